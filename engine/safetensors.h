@@ -1,0 +1,79 @@
+// safetensors checkpoints: single file or sharded, memory-mapped, every tensor checked by name.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace cepe {
+
+/// Where one tensor lives inside a safetensors file.
+struct TensorEntry {
+  DType dtype = DType::F32;      ///< element type
+  std::vector<int64_t> shape;    ///< shape as stored
+  size_t begin = 0;              ///< byte offset of the data, from the start of the data section
+  size_t end = 0;                ///< byte offset one past the data
+};
+
+/// One memory-mapped .safetensors file. Tensors are views into the mapping (no copy).
+class SafeTensorsFile {
+ public:
+  /// Maps and validates the file: header JSON, dtypes, offsets in bounds and consistent with shapes.
+  explicit SafeTensorsFile(const std::filesystem::path& path);
+  ~SafeTensorsFile();
+  SafeTensorsFile(const SafeTensorsFile&) = delete;
+  SafeTensorsFile& operator=(const SafeTensorsFile&) = delete;
+
+  /// Path of the file.
+  const std::filesystem::path& path() const { return path_; }
+  /// Tensor entries by name.
+  const std::map<std::string, TensorEntry>& entries() const { return entries_; }
+  /// True when the file holds the tensor.
+  bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+  /// View of a tensor (throws naming the tensor and file when absent); keeps the mapping alive.
+  Tensor view(const std::string& name) const;
+  /// The `__metadata__` string map of the header.
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  std::filesystem::path path_;
+  std::shared_ptr<void> mapping_;  // munmaps when the last view is gone
+  const char* data_ = nullptr;     // start of the data section
+  size_t data_size_ = 0;
+  std::map<std::string, TensorEntry> entries_;
+  std::map<std::string, std::string> metadata_;
+};
+
+/// All weights of a model directory: model.safetensors or model.safetensors.index.json + shards.
+class WeightStore {
+ public:
+  /// Opens the checkpoint in `model_dir` (throws with the path when neither layout is present).
+  static WeightStore open(const std::filesystem::path& model_dir);
+
+  /// True when some file holds the tensor.
+  bool contains(const std::string& name) const;
+  /// The tensor, checked for presence and shape; errors name the tensor and its file.
+  Tensor get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
+  /// The file that holds a tensor (for error messages).
+  std::filesystem::path file_of(const std::string& name) const;
+  /// Names of all tensors, sorted.
+  std::vector<std::string> names() const;
+  /// Total bytes of all tensors as stored.
+  size_t total_bytes() const;
+
+ private:
+  std::vector<std::shared_ptr<SafeTensorsFile>> files_;
+  std::map<std::string, size_t> index_;  // tensor name -> position in files_
+};
+
+/// Writes tensors (CPU, any dtype) to a .safetensors file atomically (temp file + rename).
+void write_safetensors(const std::filesystem::path& path,
+                       const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace cepe

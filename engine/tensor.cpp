@@ -1,0 +1,80 @@
+#include "engine/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "engine/common/error.h"
+
+namespace cepe {
+
+const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+std::string shape_to_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+int64_t Tensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape_) n *= d;
+  return n;
+}
+
+std::string Tensor::shape_string() const { return shape_to_string(shape_); }
+
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype) {
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  for (int64_t d : t.shape_) CEPE_CHECK(d >= 0, "negative dimension in shape " << t.shape_string());
+  const size_t bytes = t.nbytes();
+  // 64-byte alignment keeps BLAS and vector loops on whole cache lines.
+  void* p = bytes ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr;
+  if (bytes && !p) throw std::bad_alloc();
+  t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  t.data_ = p;
+  return t;
+}
+
+Tensor Tensor::zeros(std::vector<int64_t> shape, DType dtype) {
+  Tensor t = empty(std::move(shape), dtype);
+  if (t.nbytes()) std::memset(t.data_, 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::wrap(void* data, std::vector<int64_t> shape, DType dtype, Device device,
+                    std::shared_ptr<void> owner) {
+  Tensor t;
+  t.owner_ = std::move(owner);
+  t.data_ = data;
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::rows(int64_t begin, int64_t count) const {
+  CEPE_CHECK(rank() >= 1 && begin >= 0 && count >= 0 && begin + count <= shape_[0],
+             "row slice [" << begin << ", " << begin + count << ") out of range for "
+                           << shape_string());
+  Tensor t = *this;
+  t.shape_[0] = count;
+  const size_t row_bytes = shape_[0] ? nbytes() / shape_[0] : 0;
+  t.data_ = static_cast<char*>(data_) + begin * row_bytes;
+  return t;
+}
+
+Tensor Tensor::reshape(std::vector<int64_t> shape) const {
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  CEPE_CHECK(t.numel() == numel(),
+             "cannot reshape " << shape_string() << " to " << t.shape_string());
+  return t;
+}
+
+}  // namespace cepe
