@@ -6,20 +6,29 @@ namespace cepe {
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I32: return "I32";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::I32:
+      return "I32";
   }
   return "?";
 }
 
 bool parse_dtype(const std::string& name, DType* out) {
-  if (name == "F32") *out = DType::F32;
-  else if (name == "F16") *out = DType::F16;
-  else if (name == "BF16") *out = DType::BF16;
-  else if (name == "I32") *out = DType::I32;
-  else return false;
+  if (name == "F32")
+    *out = DType::F32;
+  else if (name == "F16")
+    *out = DType::F16;
+  else if (name == "BF16")
+    *out = DType::BF16;
+  else if (name == "I32")
+    *out = DType::I32;
+  else
+    return false;
   return true;
 }
 
@@ -55,7 +64,7 @@ uint16_t f32_to_f16(float f) {
   std::memcpy(&x, &f, 4);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow to inf
   if (abs < 0x38800000u) {  // subnormal or zero in half
     if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
@@ -76,7 +85,9 @@ uint16_t f32_to_f16(float f) {
 
 void convert_to_f32(const void* src, DType src_type, float* dst, size_t n) {
   switch (src_type) {
-    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case DType::BF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
@@ -87,14 +98,17 @@ void convert_to_f32(const void* src, DType src_type, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }
-    case DType::I32: break;
+    case DType::I32:
+      break;
   }
   CEPE_THROW("cannot convert " << dtype_name(src_type) << " to F32");
 }
 
 void convert_from_f32(const float* src, void* dst, DType dst_type, size_t n) {
   switch (dst_type) {
-    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case DType::BF16: {
       uint16_t* d = static_cast<uint16_t*>(dst);
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
@@ -105,7 +119,8 @@ void convert_from_f32(const float* src, void* dst, DType dst_type, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
       return;
     }
-    case DType::I32: break;
+    case DType::I32:
+      break;
   }
   CEPE_THROW("cannot convert F32 to " << dtype_name(dst_type));
 }

@@ -12,7 +12,9 @@ namespace cepe {
 enum class DType { F32, F16, BF16, I32 };
 
 /// Size in bytes of one element.
-inline size_t dtype_size(DType t) { return t == DType::F16 || t == DType::BF16 ? 2 : 4; }
+inline size_t dtype_size(DType t) {
+  return t == DType::F16 || t == DType::BF16 ? 2 : 4;
+}
 
 /// Name as safetensors spells it ("F32", "F16", "BF16", "I32").
 const char* dtype_name(DType t);

@@ -8,7 +8,9 @@
 
 namespace cepe {
 
-const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+const char* device_name(Device d) {
+  return d == Device::CPU ? "cpu" : "cuda";
+}
 
 std::string shape_to_string(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -25,7 +27,9 @@ int64_t Tensor::numel() const {
   return n;
 }
 
-std::string Tensor::shape_string() const { return shape_to_string(shape_); }
+std::string Tensor::shape_string() const {
+  return shape_to_string(shape_);
+}
 
 Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype) {
   Tensor t;
@@ -59,9 +63,9 @@ Tensor Tensor::wrap(void* data, std::vector<int64_t> shape, DType dtype, Device 
 }
 
 Tensor Tensor::rows(int64_t begin, int64_t count) const {
-  CEPE_CHECK(rank() >= 1 && begin >= 0 && count >= 0 && begin + count <= shape_[0],
-             "row slice [" << begin << ", " << begin + count << ") out of range for "
-                           << shape_string());
+  CEPE_CHECK(
+      rank() >= 1 && begin >= 0 && count >= 0 && begin + count <= shape_[0],
+      "row slice [" << begin << ", " << begin + count << ") out of range for " << shape_string());
   Tensor t = *this;
   t.shape_[0] = count;
   const size_t row_bytes = shape_[0] ? nbytes() / shape_[0] : 0;

@@ -20,6 +20,8 @@ class Tokenizer {
   /// Loads the model; throws naming the file when it is missing or not a sentencepiece model.
   explicit Tokenizer(const std::filesystem::path& model_file);
   ~Tokenizer();
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
 
   /// Token ids of `text`; prepends BOS when `add_bos` (as LlamaTokenizer does by default).
   std::vector<int32_t> encode(const std::string& text, bool add_bos = true) const;
@@ -33,34 +35,54 @@ class Tokenizer {
   int32_t bos_id() const;
   /// Id of the end-of-sequence token.
   int32_t eos_id() const;
+  /// True for byte-fallback pieces (`<0x41>`).
+  bool is_byte(int32_t id) const;
+  /// True for control pieces (`<s>`, `</s>`), which decode to nothing.
+  bool is_control(int32_t id) const;
+  /// True for the unknown piece (`<unk>`), which decodes to " ⁇ ".
+  bool is_unknown(int32_t id) const;
+  /// The byte a byte-fallback piece stands for, or -1 for any other piece.
+  int byte_value(int32_t id) const;
+  /// Path the model was loaded from (for error messages).
+  const std::filesystem::path& path() const { return path_; }
 
  private:
+  void check_id(int32_t id) const;
+
+  std::filesystem::path path_;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::vector<int16_t> byte_of_;  // byte value per id, -1 for pieces that are not bytes
 };
 
 /// Turns a stream of token ids into text pieces, never splitting a UTF-8 character.
 /// Decodes the whole sequence each step (as HuggingFace's TextStreamer does) so that
-/// sentencepiece's leading-space and byte-fallback rules are applied exactly.
+/// sentencepiece's leading-space and byte-fallback rules are applied exactly: the concatenation
+/// of everything push() and flush() return equals the generated part of decode(prompt + ids).
 class StreamDecoder {
  public:
-  /// Streams text for ids produced after `prompt_ids` (whose text is never emitted).
+  /// Streams text for ids produced after `prompt_ids` (whose text is never emitted). The
+  /// tokenizer must outlive the decoder.
   StreamDecoder(const Tokenizer& tokenizer, std::vector<int32_t> prompt_ids = {});
   /// Adds one generated id; returns the newly completed text (possibly empty).
   std::string push(int32_t id);
   /// Returns what remains held back (an incomplete UTF-8 tail is emitted as U+FFFD).
   std::string flush();
-  /// All generated text so far, including held-back bytes.
+  /// All generated text so far as decode() renders it (an incomplete tail as U+FFFD).
   std::string text() const;
 
  private:
+  // Number of trailing ids that are byte pieces forming an unfinished UTF-8 character.
+  size_t incomplete_byte_tail() const;
+
   const Tokenizer& tokenizer_;
-  std::vector<int32_t> ids_;
-  size_t prefix_len_ = 0;    // ids of the prompt, decoded only for context
-  size_t prefix_chars_ = 0;  // bytes of text belonging to the prompt
-  size_t emitted_ = 0;       // bytes of generated text already returned
+  std::vector<int32_t> ids_;  // prompt context (possibly trimmed) followed by generated ids
+  size_t prefix_chars_ = 0;   // bytes of decoded text belonging to the prompt context
+  size_t emitted_ = 0;        // bytes of generated text already returned
 };
 
-/// Length of the longest prefix of `s` that ends on a complete UTF-8 character boundary.
+/// Length of the longest prefix of `s` that does not end inside an unfinished UTF-8 character
+/// (a lead byte followed by fewer continuation bytes than it announces). Invalid bytes are
+/// not held back: no later byte could complete them.
 size_t utf8_complete_prefix(const std::string& s);
 
 }  // namespace cepe

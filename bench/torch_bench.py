@@ -1,0 +1,117 @@
+"""PyTorch baseline timings of CEPE inference, using the fp32 reference (tests/reference).
+
+    /usr/bin/python3 bench/torch_bench.py --model /tmp/cepe-bench --threads 2 \
+        [--chunks 32 --chunk-len 256 --prefill 512 --decode 64]
+
+Phases (each after a small warm-up of the same code path, under torch.no_grad, fp32):
+  encode           all chunks in one padded batch through the encoder;
+  prefill          --prefill decoder tokens in one forward, cross-attending to every chunk token;
+  decode_reproject --decode greedy steps with the self-attention KV cache, cross-attention K/V
+                   re-projected from the encoder states at every step (as the official code does);
+  decode_cached    the same steps with the projected cross K/V kept in the state.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "reference"))
+
+import torch  # noqa: E402
+
+import cepe_reference as ref  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def decode_steps(model, prompt, enc, steps, cache_cross_kv):
+    """Prefill (untimed) then `steps` timed single-token forwards; returns seconds."""
+    state = model.new_state()
+    logits = model.forward(prompt, enc, state, cache_cross_kv)[-1]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tok = int(torch.argmax(logits))
+        logits = model.forward([tok], enc, state, cache_cross_kv)[-1]
+    return time.perf_counter() - t0
+
+
+def rate(tokens, seconds):
+    return {"tokens": tokens, "seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="PyTorch CEPE baseline")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--chunks", type=int, default=32)
+    ap.add_argument("--chunk-len", type=int, default=256)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    model = ref.Model(a.model)
+    load_s = time.perf_counter() - t0
+    vocab = model.dec.vocab_size
+    gen = torch.Generator().manual_seed(a.seed)
+    chunks = torch.randint(3, vocab, (a.chunks, a.chunk_len), generator=gen).tolist()
+    prompt = [1] + torch.randint(3, vocab, (a.prefill - 1,), generator=gen).tolist()
+
+    with torch.no_grad():
+        # Warm-up: same code paths, small sizes (allocator, thread pool, BLAS kernels).
+        enc_small = model.encode(chunks[:2])
+        model.forward(prompt[:16], enc_small)
+        decode_steps(model, prompt[:16], enc_small, 2, False)
+        decode_steps(model, prompt[:16], enc_small, 2, True)
+
+        t0 = time.perf_counter()
+        enc = model.encode(chunks)
+        encode_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        model.forward(prompt, enc, model.new_state())
+        prefill_s = time.perf_counter() - t0
+
+        dec_reproj_s = decode_steps(model, prompt, enc, a.decode, cache_cross_kv=False)
+        dec_cached_s = decode_steps(model, prompt, enc, a.decode, cache_cross_kv=True)
+
+    n_params = sum(t.numel() for k, t in model.w.items()
+                   if not (k == "lm_head.weight" and model.config.get("tie_word_embeddings")))
+    print(json.dumps({
+        "impl": "pytorch-reference-fp32",
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "threads": a.threads,
+        "model": a.model,
+        "params": n_params,
+        "load_seconds": round(load_s, 3),
+        "chunks": a.chunks, "chunk_len": a.chunk_len, "prefill_len": a.prefill, "decode_steps": a.decode,
+        "encode": rate(a.chunks * a.chunk_len, encode_s),
+        "prefill": rate(a.prefill, prefill_s),
+        "decode_reproject": rate(a.decode, dec_reproj_s),
+        "decode_cached_cross_kv": rate(a.decode, dec_cached_s),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+#include "cli/model_flags.h"
+
+#include <filesystem>
+#include <limits>
+
+#include "engine/common/error.h"
+
+namespace cepe::cli {
+
+void add_model_flags(Args& args) {
+  args.option("model", "model directory (config.json, *.safetensors, tokenizer.model)")
+      .option("device", "cpu or cuda", "cpu")
+      .option("threads", "CPU threads (0 = all cores)", "0");
+}
+
+LoadedModel load_model(const Args& args, bool need_tokenizer) {
+  LoadedModel lm;
+  const std::filesystem::path dir = args.get("model");
+  CEPE_CHECK(std::filesystem::is_directory(dir), "--model " << dir.string() << ": not a directory");
+  BackendOptions options;
+  options.threads = static_cast<int>(args.get_int("threads", 0, 1024));
+  lm.backend = make_backend(parse_device(args.get("device")), options);
+  lm.model = CepeModel::load(dir, *lm.backend);
+  const std::filesystem::path tok = dir / "tokenizer.model";
+  if (std::filesystem::exists(tok)) {
+    lm.tokenizer = std::make_unique<Tokenizer>(tok);
+    CEPE_CHECK(lm.tokenizer->vocab_size() <= lm.model->config().decoder.vocab_size,
+               tok.string() << " has " << lm.tokenizer->vocab_size()
+                            << " pieces but the model's vocab_size is "
+                            << lm.model->config().decoder.vocab_size);
+  } else if (need_tokenizer) {
+    CEPE_THROW(tok.string() << ": not found (the model directory needs its sentencepiece "
+                               "tokenizer.model)");
+  }
+  return lm;
+}
+
+void add_sampling_flags(Args& args, int default_max_new_tokens) {
+  args.option("max-new-tokens", "stop after this many generated tokens",
+              std::to_string(default_max_new_tokens))
+      .option("temperature", "0 = greedy; > 0 samples from softmax(logits / T)", "0")
+      .option("top-k", "sample among the k most likely tokens (0 = all)", "0")
+      .option("top-p", "sample from the smallest set with this much probability", "1")
+      .option("seed", "random seed for sampling", "0")
+      .multi("stop", "stop before this string (repeatable)");
+}
+
+SamplingOptions sampling_options(const Args& args) {
+  SamplingOptions o;
+  o.max_new_tokens = static_cast<int>(args.get_int("max-new-tokens", 0, 1 << 20));
+  o.temperature = static_cast<float>(args.get_double("temperature", 0.0, 100.0));
+  o.top_k = static_cast<int>(args.get_int("top-k", 0, std::numeric_limits<int>::max()));
+  o.top_p = static_cast<float>(args.get_double("top-p", 1e-6, 1.0));
+  o.seed = static_cast<uint64_t>(args.get_int("seed", 0, std::numeric_limits<long long>::max()));
+  o.stop = args.get_all("stop");
+  return o;
+}
+
+std::vector<std::vector<int32_t>> split_chunks(const std::vector<int32_t>& ids, int chunk_tokens) {
+  std::vector<std::vector<int32_t>> chunks;
+  for (size_t i = 0; i < ids.size(); i += chunk_tokens)
+    chunks.emplace_back(ids.begin() + i, ids.begin() + std::min(ids.size(), i + chunk_tokens));
+  return chunks;
+}
+
+}  // namespace cepe::cli

@@ -1,0 +1,26 @@
+#include "engine/backend.h"
+
+#include "engine/common/error.h"
+#include "engine/cpu/cpu_backend.h"
+#ifdef CEPE_HAVE_CUDA
+#include "engine/cuda/cuda_backend.h"
+#endif
+
+namespace cepe {
+
+std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& options) {
+  if (device == Device::CPU) return make_cpu_backend(options);
+#ifdef CEPE_HAVE_CUDA
+  return make_cuda_backend(options);
+#else
+  CEPE_THROW("this build of cepe has no CUDA backend (nvcc was not found at build time)");
+#endif
+}
+
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::CPU;
+  if (name == "cuda" || name == "gpu") return Device::CUDA;
+  CEPE_THROW("unknown device '" << name << "' (expected cpu or cuda)");
+}
+
+}  // namespace cepe

@@ -1,0 +1,87 @@
+// The ops the model code calls, behind one interface per device (CPU here, CUDA in engine/cuda/).
+// Activations are F32 on the CPU; weights keep their stored dtype (F32, F16 or BF16) and are
+// converted on the fly, so a bf16 checkpoint is never widened to a second full-size copy.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace cepe {
+
+/// One independent attention problem inside a packed batch of queries.
+struct AttentionSegment {
+  int64_t q_begin = 0;  ///< first query row of this segment in the packed query tensor
+  int64_t q_len = 0;    ///< number of query rows
+  Tensor k;             ///< keys [k_len, kv_heads * head_dim] (a view; may be a KV-cache prefix)
+  Tensor v;             ///< values, same shape as k
+  bool causal = false;  ///< query i sees keys j <= causal_offset + i only
+  int64_t causal_offset = 0;  ///< keys that precede the first query (cached tokens)
+};
+
+/// Head layout shared by all segments of one attention call.
+struct AttentionShape {
+  int heads = 0;       ///< query heads
+  int kv_heads = 0;    ///< key/value heads (heads / kv_heads queries share one)
+  int head_dim = 0;    ///< per-head width
+  float scale = 1.0f;  ///< multiplies q·k before the softmax (1/sqrt(head_dim))
+};
+
+/// Construction options common to all backends.
+struct BackendOptions {
+  int threads = 0;  ///< worker threads (0: all cores)
+};
+
+/// Device-specific implementation of the model's ops. Tensors passed in live on device().
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  /// Device this backend computes on.
+  virtual Device device() const = 0;
+  /// Human-readable description ("cpu (8 threads, OpenBLAS)").
+  virtual std::string describe() const = 0;
+
+  /// Uninitialised tensor on the device.
+  virtual Tensor empty(std::vector<int64_t> shape, DType dtype) = 0;
+  /// Makes a checkpoint tensor usable by the ops. Matrices keep their dtype (on the CPU the
+  /// memory-mapped view itself is returned); `as_f32` converts small vectors (norm weights).
+  virtual Tensor load_weight(const Tensor& host, bool as_f32) = 0;
+  /// Copies a host F32 tensor to the device (the CPU returns it unchanged).
+  virtual Tensor to_device(const Tensor& host) = 0;
+  /// Copies a device tensor to host memory as F32.
+  virtual Tensor to_host_f32(const Tensor& t) = 0;
+
+  /// out[i] = table[ids[i]] widened to F32; ids are checked against the table's rows.
+  virtual void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out) = 0;
+  /// out = weight * x / sqrt(mean(x^2) + eps), row by row, in F32.
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
+  /// out = x · weightᵀ (+ out when accumulate) for x [M, K] and weight [N, K] (torch layout).
+  virtual void linear(const Tensor& x, const Tensor& weight, Tensor& out,
+                      bool accumulate = false) = 0;
+  /// Rotates pairs (i, i + head_dim/2) of every head of x [T, heads * head_dim] in place, by the
+  /// per-row angles whose cos/sin are given as [T, head_dim / 2] (HuggingFace's rotate_half).
+  virtual void rope(Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) = 0;
+  /// Copies `count` rows of src (from src_row) into dst (from dst_row); same row width and dtype.
+  virtual void copy_rows(const Tensor& src, int64_t src_row, Tensor& dst, int64_t dst_row,
+                         int64_t count) = 0;
+  /// gate = silu(gate) * up, elementwise (SwiGLU).
+  virtual void silu_mul(Tensor& gate, const Tensor& up) = 0;
+  /// Scaled-dot-product attention with an F32 softmax for every segment:
+  /// out[q rows of s] = softmax(q·kᵀ·scale, masked) · v, grouped-query aware.
+  virtual void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                         const AttentionShape& shape, Tensor& out) = 0;
+  /// Waits for queued device work (a no-op on the CPU).
+  virtual void synchronize() {}
+};
+
+/// Creates the backend for a device; throws when the device is unavailable (e.g. no GPU).
+std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& options = {});
+
+/// Parses "cpu" / "cuda" (the error names the flag value).
+Device parse_device(const std::string& name);
+
+}  // namespace cepe

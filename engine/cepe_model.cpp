@@ -1,0 +1,394 @@
+#include "engine/cepe_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "engine/common/error.h"
+#include "engine/safetensors.h"
+
+namespace cepe {
+namespace {
+
+using Shape = std::vector<int64_t>;
+
+// Loads one stack's tensors by name, each checked for presence, dtype and shape.
+class StackLoader {
+ public:
+  StackLoader(const WeightStore& store, Backend& backend, size_t* bytes)
+      : store_(store), backend_(backend), bytes_(bytes) {}
+
+  Tensor matrix(const std::string& name, Shape shape) { return get(name, std::move(shape), false); }
+  Tensor vector(const std::string& name, int64_t n) { return get(name, {n}, true); }
+
+ private:
+  Tensor get(const std::string& name, Shape shape, bool as_f32) {
+    Tensor t = store_.get(name, shape);
+    CEPE_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16,
+               "tensor '" << name << "' in " << store_.file_of(name).string() << " has dtype "
+                          << dtype_name(t.dtype()) << "; weights must be F32, F16 or BF16");
+    *bytes_ += t.nbytes();
+    return backend_.load_weight(t, as_f32);
+  }
+
+  const WeightStore& store_;
+  Backend& backend_;
+  size_t* bytes_;
+};
+
+StackWeights load_stack(StackLoader& loader, const LlamaConfig& c, const std::string& prefix,
+                        const ModelConfig* cepe) {
+  StackWeights s;
+  const int64_t h = c.hidden_size, qd = int64_t(c.num_attention_heads) * c.head_dim,
+                kvd = int64_t(c.num_key_value_heads) * c.head_dim, ff = c.intermediate_size;
+  s.embed = loader.matrix(prefix + "embed_tokens.weight", {c.vocab_size, h});
+  s.blocks.resize(c.num_hidden_layers);
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = prefix + "layers." + std::to_string(i) + ".";
+    BlockWeights& b = s.blocks[i];
+    b.input_norm = loader.vector(p + "input_layernorm.weight", h);
+    b.q = loader.matrix(p + "self_attn.q_proj.weight", {qd, h});
+    b.k = loader.matrix(p + "self_attn.k_proj.weight", {kvd, h});
+    b.v = loader.matrix(p + "self_attn.v_proj.weight", {kvd, h});
+    b.o = loader.matrix(p + "self_attn.o_proj.weight", {h, qd});
+    b.post_norm = loader.vector(p + "post_attention_layernorm.weight", h);
+    b.gate = loader.matrix(p + "mlp.gate_proj.weight", {ff, h});
+    b.up = loader.matrix(p + "mlp.up_proj.weight", {ff, h});
+    b.down = loader.matrix(p + "mlp.down_proj.weight", {h, ff});
+    if (cepe && cepe->has_cross_attention(i)) {
+      const int64_t eh = cepe->encoder_hidden_size;
+      b.has_cross = true;
+      b.cross_norm = loader.vector(p + "cross_attn.layernorm.weight", h);
+      b.cross_q = loader.matrix(p + "cross_attn.q_proj.weight", {qd, h});
+      b.cross_k = loader.matrix(p + "cross_attn.k_proj.weight", {kvd, eh});
+      b.cross_v = loader.matrix(p + "cross_attn.v_proj.weight", {kvd, eh});
+      b.cross_o = loader.matrix(p + "cross_attn.o_proj.weight", {h, qd});
+    }
+  }
+  s.norm = loader.vector(prefix + "norm.weight", h);
+  return s;
+}
+
+AttentionShape attention_shape(const LlamaConfig& c) {
+  return {c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+          1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+}
+
+}  // namespace
+
+std::vector<float> rope_inv_freq(double base, int head_dim) {
+  // PyTorch: 1.0 / (base ** (arange(0, d, 2).float() / d)), every step in F32.
+  std::vector<float> inv(head_dim / 2);
+  const float fbase = static_cast<float>(base);
+  for (int i = 0; i < head_dim / 2; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv[i] = 1.0f / std::pow(fbase, e);
+  }
+  return inv;
+}
+
+double rope_effective_base(const LlamaConfig& cfg, int64_t seq_len) {
+  if (cfg.rope_scaling != RopeScalingType::Dynamic || seq_len <= cfg.max_position_embeddings)
+    return cfg.rope_theta;
+  // Dynamic NTK (as CEPE's LlamaDynamicNTKScalingRotaryEmbedding): the base grows with the
+  // sequence so the lowest frequency still spans it; always recomputed from the original base.
+  const double f = cfg.rope_scaling_factor, d = cfg.head_dim;
+  const double ratio = f * static_cast<double>(seq_len) / cfg.max_position_embeddings - (f - 1.0);
+  return cfg.rope_theta * std::pow(ratio, d / (d - 2.0));
+}
+
+size_t DecoderState::cache_bytes() const {
+  size_t n = 0;
+  for (const auto* v : {&k_cache_, &v_cache_, &cross_k_, &cross_v_})
+    for (const Tensor& t : *v) n += t.nbytes();
+  return n;
+}
+
+CepeModel::CepeModel(ModelConfig config, Backend& backend)
+    : config_(std::move(config)), backend_(backend) {}
+
+CepeModel::~CepeModel() = default;
+
+std::unique_ptr<CepeModel> CepeModel::load(const std::filesystem::path& model_dir,
+                                           Backend& backend) {
+  ModelConfig config = load_model_config(model_dir);
+  auto store = std::make_shared<WeightStore>(WeightStore::open(model_dir));
+  std::unique_ptr<CepeModel> model(new CepeModel(std::move(config), backend));
+  model->store_ = store;
+  model->load_weights(*store);
+  return model;
+}
+
+void CepeModel::load_weights(const WeightStore& store) {
+  StackLoader loader(store, backend_, &weight_bytes_);
+  const LlamaConfig& d = config_.decoder;
+  decoder_ = load_stack(loader, d, "model.", config_.is_cepe() ? &config_ : nullptr);
+  if (config_.is_cepe()) encoder_ = load_stack(loader, *config_.encoder, "encoder.", nullptr);
+  if (d.tie_word_embeddings && !store.contains("lm_head.weight")) {
+    lm_head_ = decoder_.embed;
+  } else {
+    lm_head_ = loader.matrix("lm_head.weight", {d.vocab_size, d.hidden_size});
+  }
+}
+
+void CepeModel::rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& positions,
+                            const std::vector<int64_t>& rope_lengths, Tensor* cos,
+                            Tensor* sin) const {
+  const int half = cfg.head_dim / 2;
+  const int64_t rows = static_cast<int64_t>(positions.size());
+  Tensor c = Tensor::empty({rows, half}, DType::F32);
+  Tensor s = Tensor::empty({rows, half}, DType::F32);
+  double cached_base = -1.0;
+  std::vector<float> inv;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double base = rope_effective_base(cfg, rope_lengths[r]);
+    if (base != cached_base) {
+      inv = rope_inv_freq(base, cfg.head_dim);
+      cached_base = base;
+    }
+    float t = static_cast<float>(positions[r]);
+    if (cfg.rope_scaling == RopeScalingType::Linear)
+      t = t / static_cast<float>(cfg.rope_scaling_factor);
+    for (int i = 0; i < half; ++i) {
+      const float angle = t * inv[i];  // F32 product, as torch's outer product
+      c.data<float>()[r * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      s.data<float>()[r * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
+  *cos = backend_.to_device(c);
+  *sin = backend_.to_device(s);
+}
+
+EncodedContext CepeModel::encode(const std::vector<std::vector<int32_t>>& chunks) {
+  CEPE_CHECK(config_.is_cepe(),
+             "this model has no CEPE encoder (config.json has no "
+             "encoder_config), so it cannot take context chunks");
+  const LlamaConfig& c = *config_.encoder;
+  EncodedContext ctx;
+  if (chunks.empty()) return ctx;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> positions;
+  int64_t longest = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    CEPE_CHECK(!chunks[i].empty(), "context chunk " << i << " is empty");
+    ctx.chunk_lengths.push_back(static_cast<int64_t>(chunks[i].size()));
+    longest = std::max<int64_t>(longest, chunks[i].size());
+    for (size_t p = 0; p < chunks[i].size(); ++p) {
+      ids.push_back(chunks[i][p]);
+      positions.push_back(static_cast<int64_t>(p));
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(ids.size());
+  const int64_t h = c.hidden_size, qd = int64_t(c.num_attention_heads) * c.head_dim,
+                kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  // The official encoder runs the chunks as one padded batch, so a dynamic-NTK base depends on
+  // the longest chunk; using it for every chunk reproduces that.
+  Tensor cos, sin;
+  rope_tables(c, positions, std::vector<int64_t>(rows, longest), &cos, &sin);
+
+  Tensor x = backend_.empty({rows, h}, DType::F32);
+  backend_.embedding(encoder_.embed, ids, x);
+  Tensor hbuf = backend_.empty({rows, h}, DType::F32);
+  Tensor q = backend_.empty({rows, qd}, DType::F32);
+  Tensor k = backend_.empty({rows, kvd}, DType::F32);
+  Tensor v = backend_.empty({rows, kvd}, DType::F32);
+  Tensor attn = backend_.empty({rows, qd}, DType::F32);
+  Tensor gate = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
+  Tensor up = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
+
+  std::vector<AttentionSegment> segments;
+  int64_t begin = 0;
+  for (int64_t len : ctx.chunk_lengths) {
+    AttentionSegment s;
+    s.q_begin = begin;
+    s.q_len = len;
+    s.k = k.rows(begin, len);
+    s.v = v.rows(begin, len);
+    segments.push_back(s);
+    begin += len;
+  }
+  const AttentionShape shape = attention_shape(c);
+  for (const BlockWeights& b : encoder_.blocks) {
+    backend_.rms_norm(x, b.input_norm, c.rms_norm_eps, hbuf);
+    backend_.linear(hbuf, b.q, q);
+    backend_.linear(hbuf, b.k, k);
+    backend_.linear(hbuf, b.v, v);
+    backend_.rope(q, c.num_attention_heads, c.head_dim, cos, sin);
+    backend_.rope(k, c.num_key_value_heads, c.head_dim, cos, sin);
+    backend_.attention(q, segments, shape, attn);
+    backend_.linear(attn, b.o, x, /*accumulate=*/true);
+    backend_.rms_norm(x, b.post_norm, c.rms_norm_eps, hbuf);
+    backend_.linear(hbuf, b.gate, gate);
+    backend_.linear(hbuf, b.up, up);
+    backend_.silu_mul(gate, up);
+    backend_.linear(gate, b.down, x, /*accumulate=*/true);
+  }
+  ctx.states = backend_.empty({rows, h}, DType::F32);
+  backend_.rms_norm(x, encoder_.norm, c.rms_norm_eps, ctx.states);
+  return ctx;
+}
+
+std::unique_ptr<DecoderState> CepeModel::new_state(int64_t expected_tokens) const {
+  auto state = std::unique_ptr<DecoderState>(new DecoderState());
+  state->rope_length_ = config_.decoder.max_position_embeddings;
+  ensure_capacity(*state, std::max<int64_t>(expected_tokens, 1));
+  return state;
+}
+
+void CepeModel::ensure_capacity(DecoderState& state, int64_t needed) const {
+  if (needed <= state.capacity_) return;
+  const LlamaConfig& c = config_.decoder;
+  const int64_t kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  const int64_t capacity = std::max(needed, state.capacity_ * 2);
+  state.k_cache_.resize(c.num_hidden_layers);
+  state.v_cache_.resize(c.num_hidden_layers);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    for (Tensor* cache : {&state.k_cache_[l], &state.v_cache_[l]}) {
+      Tensor grown = backend_.empty({capacity, kvd}, DType::F32);
+      if (state.length_ > 0) backend_.copy_rows(*cache, 0, grown, 0, state.length_);
+      *cache = grown;
+    }
+  }
+  state.capacity_ = capacity;
+}
+
+void CepeModel::set_context(DecoderState& state, const EncodedContext& context) {
+  CEPE_CHECK(state.length_ == 0, "context must be attached before the first token");
+  if (context.tokens() == 0) return;
+  CEPE_CHECK(config_.is_cepe(), "this model has no cross-attention, so it cannot take context");
+  const LlamaConfig& c = config_.decoder;
+  const int64_t kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  state.cross_k_.assign(c.num_hidden_layers, Tensor());
+  state.cross_v_.assign(c.num_hidden_layers, Tensor());
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const BlockWeights& b = decoder_.blocks[l];
+    if (!b.has_cross) continue;
+    state.cross_k_[l] = backend_.empty({context.tokens(), kvd}, DType::F32);
+    state.cross_v_[l] = backend_.empty({context.tokens(), kvd}, DType::F32);
+    backend_.linear(context.states, b.cross_k, state.cross_k_[l]);
+    backend_.linear(context.states, b.cross_v, state.cross_v_[l]);
+  }
+  state.encoder_tokens_ = context.tokens();
+}
+
+Tensor CepeModel::forward(DecoderState& state, const std::vector<int32_t>& tokens,
+                          bool all_logits) {
+  return forward_batch({&state}, {tokens}, all_logits);
+}
+
+Tensor CepeModel::forward_batch(const std::vector<DecoderState*>& states,
+                                const std::vector<std::vector<int32_t>>& tokens, bool all_logits) {
+  CEPE_CHECK(
+      states.size() == tokens.size() && !states.empty(),
+      "forward_batch: " << states.size() << " states for " << tokens.size() << " token lists");
+  const LlamaConfig& c = config_.decoder;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> positions, rope_lengths, row_begin;
+  for (size_t s = 0; s < states.size(); ++s) {
+    DecoderState& st = *states[s];
+    CEPE_CHECK(!tokens[s].empty(), "sequence " << s << ": no tokens to run");
+    const int64_t total = st.length_ + static_cast<int64_t>(tokens[s].size());
+    ensure_capacity(st, total);
+    // Dynamic NTK: the rotary tables are rebuilt for the longest sequence seen so far; tokens
+    // already cached keep the rotation they were stored with (as in the official code).
+    st.rope_length_ = std::max(st.rope_length_, total);
+    row_begin.push_back(static_cast<int64_t>(ids.size()));
+    for (size_t i = 0; i < tokens[s].size(); ++i) {
+      ids.push_back(tokens[s][i]);
+      positions.push_back(st.length_ + static_cast<int64_t>(i));
+      rope_lengths.push_back(st.rope_length_);
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(ids.size());
+  const int64_t h = c.hidden_size, qd = int64_t(c.num_attention_heads) * c.head_dim,
+                kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  Tensor cos, sin;
+  rope_tables(c, positions, rope_lengths, &cos, &sin);
+
+  Tensor x = backend_.empty({rows, h}, DType::F32);
+  backend_.embedding(decoder_.embed, ids, x);
+  Tensor hbuf = backend_.empty({rows, h}, DType::F32);
+  Tensor q = backend_.empty({rows, qd}, DType::F32);
+  Tensor k = backend_.empty({rows, kvd}, DType::F32);
+  Tensor v = backend_.empty({rows, kvd}, DType::F32);
+  Tensor attn = backend_.empty({rows, qd}, DType::F32);
+  Tensor gate = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
+  Tensor up = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
+  const AttentionShape shape = attention_shape(c);
+
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const BlockWeights& b = decoder_.blocks[l];
+    backend_.rms_norm(x, b.input_norm, c.rms_norm_eps, hbuf);
+    backend_.linear(hbuf, b.q, q);
+    backend_.linear(hbuf, b.k, k);
+    backend_.linear(hbuf, b.v, v);
+    backend_.rope(q, c.num_attention_heads, c.head_dim, cos, sin);
+    backend_.rope(k, c.num_key_value_heads, c.head_dim, cos, sin);
+    std::vector<AttentionSegment> self_segments;
+    for (size_t s = 0; s < states.size(); ++s) {
+      DecoderState& st = *states[s];
+      const int64_t n = static_cast<int64_t>(tokens[s].size());
+      backend_.copy_rows(k, row_begin[s], st.k_cache_[l], st.length_, n);
+      backend_.copy_rows(v, row_begin[s], st.v_cache_[l], st.length_, n);
+      AttentionSegment seg;
+      seg.q_begin = row_begin[s];
+      seg.q_len = n;
+      seg.k = st.k_cache_[l].rows(0, st.length_ + n);
+      seg.v = st.v_cache_[l].rows(0, st.length_ + n);
+      seg.causal = true;
+      seg.causal_offset = st.length_;
+      self_segments.push_back(seg);
+    }
+    backend_.attention(q, self_segments, shape, attn);
+    backend_.linear(attn, b.o, x, /*accumulate=*/true);
+
+    if (b.has_cross) {
+      std::vector<AttentionSegment> cross_segments;
+      for (size_t s = 0; s < states.size(); ++s) {
+        const DecoderState& st = *states[s];
+        if (st.encoder_tokens_ == 0) continue;
+        AttentionSegment seg;
+        seg.q_begin = row_begin[s];
+        seg.q_len = static_cast<int64_t>(tokens[s].size());
+        seg.k = st.cross_k_[l];
+        seg.v = st.cross_v_[l];
+        cross_segments.push_back(seg);
+      }
+      if (!cross_segments.empty()) {
+        backend_.rms_norm(x, b.cross_norm, c.rms_norm_eps, hbuf);
+        backend_.linear(hbuf, b.cross_q, q);
+        // Rows of sequences without context stay zero; o_proj has no bias, so they add nothing.
+        Tensor cross_out = attn;
+        if (cross_segments.size() != states.size())
+          cross_out = backend_.to_device(Tensor::zeros({rows, qd}, DType::F32));
+        backend_.attention(q, cross_segments, shape, cross_out);
+        backend_.linear(cross_out, b.cross_o, x, /*accumulate=*/true);
+      }
+    }
+
+    backend_.rms_norm(x, b.post_norm, c.rms_norm_eps, hbuf);
+    backend_.linear(hbuf, b.gate, gate);
+    backend_.linear(hbuf, b.up, up);
+    backend_.silu_mul(gate, up);
+    backend_.linear(gate, b.down, x, /*accumulate=*/true);
+  }
+  for (size_t s = 0; s < states.size(); ++s)
+    states[s]->length_ += static_cast<int64_t>(tokens[s].size());
+
+  // Only the rows whose logits are wanted go through the final norm and the vocabulary GEMM.
+  Tensor selected = x;
+  if (!all_logits) {
+    selected = backend_.empty({static_cast<int64_t>(states.size()), h}, DType::F32);
+    for (size_t s = 0; s < states.size(); ++s)
+      backend_.copy_rows(x, row_begin[s] + static_cast<int64_t>(tokens[s].size()) - 1, selected,
+                         static_cast<int64_t>(s), 1);
+  }
+  const int64_t out_rows = selected.dim(0);
+  Tensor normed = backend_.empty({out_rows, h}, DType::F32);
+  backend_.rms_norm(selected, decoder_.norm, c.rms_norm_eps, normed);
+  Tensor logits = backend_.empty({out_rows, int64_t(c.vocab_size)}, DType::F32);
+  backend_.linear(normed, lm_head_, logits);
+  return backend_.to_host_f32(logits);
+}
+
+}  // namespace cepe

@@ -1,0 +1,125 @@
+// CEPE (Yen, Gao & Chen, 2024): a LLaMA decoder that cross-attends, in its last N layers, to the
+// states of a small bidirectional encoder run over context chunks in parallel. A plain LLaMA
+// checkpoint (no encoder) is the special case N = 0.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/config.h"
+#include "engine/tensor.h"
+
+namespace cepe {
+
+class WeightStore;
+
+/// Weights of one transformer block; the cross-attention ones are set only where it exists.
+struct BlockWeights {
+  Tensor input_norm;                 ///< input_layernorm.weight [hidden]
+  Tensor q, k, v, o;                 ///< self_attn.{q,k,v,o}_proj.weight
+  Tensor post_norm;                  ///< post_attention_layernorm.weight [hidden]
+  Tensor gate, up, down;             ///< mlp.{gate,up,down}_proj.weight
+  bool has_cross = false;            ///< true in the last num_cross_attn_layers decoder layers
+  Tensor cross_norm;                 ///< cross_attn.layernorm.weight [hidden]
+  Tensor cross_q, cross_k, cross_v;  ///< cross_attn.{q,k,v}_proj.weight (k, v read encoder width)
+  Tensor cross_o;                    ///< cross_attn.o_proj.weight
+};
+
+/// Weights of one LLaMA stack.
+struct StackWeights {
+  Tensor embed;                      ///< embed_tokens.weight [vocab, hidden]
+  std::vector<BlockWeights> blocks;  ///< one per layer
+  Tensor norm;                       ///< final norm.weight [hidden]
+};
+
+/// Encoder output for one request: the final, normed states of all its chunks, concatenated.
+struct EncodedContext {
+  Tensor states;                       ///< [total_tokens, encoder_hidden] on the backend's device
+  std::vector<int64_t> chunk_lengths;  ///< tokens per chunk, in order
+  /// Number of encoder tokens.
+  int64_t tokens() const { return states.defined() && states.rank() == 2 ? states.dim(0) : 0; }
+};
+
+/// Everything one sequence carries between decoder calls: its self-attention KV cache and the
+/// cross-attention keys/values projected once from its encoder states.
+class DecoderState {
+ public:
+  /// Tokens already processed (the next token's position).
+  int64_t length() const { return length_; }
+  /// Encoder tokens this sequence cross-attends to.
+  int64_t encoder_tokens() const { return encoder_tokens_; }
+  /// Bytes held by the caches.
+  size_t cache_bytes() const;
+
+ private:
+  friend class CepeModel;
+  std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim]
+  std::vector<Tensor> cross_k_, cross_v_;  // per cross layer [encoder_tokens, kv * hd]
+  int64_t length_ = 0;
+  int64_t capacity_ = 0;
+  int64_t encoder_tokens_ = 0;
+  int64_t rope_length_ = 0;  // dynamic NTK: longest sequence the rotary tables were built for
+};
+
+/// A loaded CEPE (or plain LLaMA) model bound to one backend.
+class CepeModel {
+ public:
+  /// Loads config.json and the safetensors weights of `model_dir`, checking every tensor.
+  static std::unique_ptr<CepeModel> load(const std::filesystem::path& model_dir, Backend& backend);
+  ~CepeModel();
+
+  /// The checkpoint's configuration.
+  const ModelConfig& config() const { return config_; }
+  /// The backend the model computes on.
+  Backend& backend() const { return backend_; }
+  /// Bytes of weights as stored in the checkpoint.
+  size_t weight_bytes() const { return weight_bytes_; }
+
+  /// Encodes context chunks independently and bidirectionally (positions from 0 in each), all in
+  /// one packed pass without padding. Throws when the model has no encoder or a chunk is empty.
+  EncodedContext encode(const std::vector<std::vector<int32_t>>& chunks);
+
+  /// A fresh sequence; `expected_tokens` pre-sizes its KV cache (it grows when needed).
+  std::unique_ptr<DecoderState> new_state(int64_t expected_tokens = 256) const;
+  /// Attaches encoder states to a sequence that has not started yet: projects every
+  /// cross-attention layer's keys and values once, so decode steps never re-project them.
+  void set_context(DecoderState& state, const EncodedContext& context);
+
+  /// Runs `tokens` through the decoder for one sequence, appending them to its cache; returns host
+  /// F32 logits for every new token (`all_logits`) or only the last one: [rows, vocab].
+  Tensor forward(DecoderState& state, const std::vector<int32_t>& tokens, bool all_logits);
+  /// The same for several sequences at once (continuous batching): their rows are packed so every
+  /// weight is read once per step. Returns logits of the last token of each sequence [n, vocab],
+  /// or of every token when `all_logits`.
+  Tensor forward_batch(const std::vector<DecoderState*>& states,
+                       const std::vector<std::vector<int32_t>>& tokens, bool all_logits);
+
+ private:
+  CepeModel(ModelConfig config, Backend& backend);
+  void load_weights(const WeightStore& store);
+  void ensure_capacity(DecoderState& state, int64_t needed) const;
+  // cos/sin [rows, head_dim/2] for the given positions, uploaded to the device.
+  void rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& positions,
+                   const std::vector<int64_t>& rope_lengths, Tensor* cos, Tensor* sin) const;
+
+  ModelConfig config_;
+  Backend& backend_;
+  StackWeights decoder_;
+  StackWeights encoder_;
+  Tensor lm_head_;
+  size_t weight_bytes_ = 0;
+  std::shared_ptr<WeightStore> store_;  // keeps the memory-mapped weights alive
+};
+
+/// Inverse frequencies of RoPE exactly as PyTorch computes them in F32:
+/// 1 / base^(2i/d) for i in [0, d/2).
+std::vector<float> rope_inv_freq(double base, int head_dim);
+/// The RoPE base a config uses for a sequence of `seq_len` tokens (dynamic NTK raises it past
+/// max_position_embeddings; other scalings keep rope_theta).
+double rope_effective_base(const LlamaConfig& cfg, int64_t seq_len);
+
+}  // namespace cepe

@@ -1,0 +1,360 @@
+#include "engine/cpu/cpu_backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "engine/common/error.h"
+
+namespace cepe {
+namespace {
+
+// OpenBLAS runs its own thread pool; while our OpenMP workers each call a small GEMM, it must be
+// single-threaded or the two pools oversubscribe the cores.
+class BlasSingleThreaded {
+ public:
+  BlasSingleThreaded() : saved_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~BlasSingleThreaded() { openblas_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+void check_cpu(const Tensor& t, const char* what) {
+  CEPE_CHECK(t.device() == Device::CPU,
+             what << " is on " << device_name(t.device()) << ", the CPU backend needs CPU tensors");
+}
+
+void check_f32(const Tensor& t, const char* what) {
+  check_cpu(t, what);
+  CEPE_CHECK(t.dtype() == DType::F32,
+             what << " must be F32 on the CPU backend, got " << dtype_name(t.dtype()));
+}
+
+inline float widen_f16(uint16_t h);
+
+// Widens one row of a 16-bit weight to F32.
+inline void widen_row(const uint16_t* src, DType type, float* dst, int64_t n) {
+  if (type == DType::BF16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = widen_f16(src[i]);
+  }
+}
+
+// Few-row product against a 16-bit weight (decode steps): every weight row is read once, widened
+// in registers and dotted with each activation row, so no F32 copy of the weight is ever made.
+template <typename Widen>
+void linear_small_m(const float* x, const uint16_t* w, float* out, int64_t m, int64_t n, int64_t k,
+                    bool accumulate, Widen widen) {
+  constexpr int64_t kMaxM = 16;
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* wr = w + j * k;
+    float acc[kMaxM] = {0};
+    for (int64_t i = 0; i < m; ++i) {
+      const float* xr = x + i * k;
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t t = 0; t < k; ++t) s += xr[t] * widen(wr[t]);
+      acc[i] = s;
+    }
+    for (int64_t i = 0; i < m; ++i) out[i * n + j] = accumulate ? out[i * n + j] + acc[i] : acc[i];
+  }
+}
+
+inline float widen_bf16(uint16_t h) {
+  return bf16_to_f32(h);
+}
+
+inline float widen_f16(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return f16_to_f32(h);
+#endif
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const BackendOptions& options) {
+    threads_ = options.threads > 0 ? options.threads : omp_get_num_procs();
+    omp_set_num_threads(threads_);
+    openblas_set_num_threads(threads_);
+  }
+
+  Device device() const override { return Device::CPU; }
+  std::string describe() const override {
+    return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS)";
+  }
+
+  Tensor empty(std::vector<int64_t> shape, DType dtype) override {
+    return Tensor::empty(std::move(shape), dtype);
+  }
+
+  Tensor load_weight(const Tensor& host, bool as_f32) override {
+    check_cpu(host, "weight");
+    if (!as_f32 || host.dtype() == DType::F32) return host;
+    Tensor out = Tensor::empty(host.shape(), DType::F32);
+    convert_to_f32(host.raw(), host.dtype(), out.data<float>(), host.numel());
+    return out;
+  }
+
+  Tensor to_device(const Tensor& host) override {
+    check_cpu(host, "tensor");
+    return host;
+  }
+
+  Tensor to_host_f32(const Tensor& t) override {
+    check_cpu(t, "tensor");
+    if (t.dtype() == DType::F32) return t;
+    Tensor out = Tensor::empty(t.shape(), DType::F32);
+    convert_to_f32(t.raw(), t.dtype(), out.data<float>(), t.numel());
+    return out;
+  }
+
+  void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out) override {
+    check_cpu(table, "embedding table");
+    check_f32(out, "embedding output");
+    const int64_t rows = table.dim(0), width = table.dim(1);
+    CEPE_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == width,
+               "embedding output " << out.shape_string() << " does not fit " << ids.size()
+                                   << " ids of width " << width);
+    for (size_t i = 0; i < ids.size(); ++i)
+      CEPE_CHECK(ids[i] >= 0 && ids[i] < rows, "token id " << ids[i] << " at position " << i
+                                                           << " is outside the vocabulary [0, "
+                                                           << rows << ")");
+    const size_t esize = dtype_size(table.dtype());
+    const char* base = static_cast<const char*>(table.raw());
+#pragma omp parallel for schedule(static) if (ids.size() > 16)
+    for (size_t i = 0; i < ids.size(); ++i)
+      convert_to_f32(base + static_cast<size_t>(ids[i]) * width * esize, table.dtype(),
+                     out.data<float>() + i * width, width);
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
+    check_f32(x, "rms_norm input");
+    check_f32(weight, "rms_norm weight");
+    check_f32(out, "rms_norm output");
+    const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
+    CEPE_CHECK(weight.numel() == width,
+               "rms_norm weight has " << weight.numel() << " elements, input width is " << width);
+    const float* w = weight.data<float>();
+#pragma omp parallel for schedule(static) if (rows > 4)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x.data<float>() + r * width;
+      float* yr = out.data<float>() + r * width;
+      float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < width; ++i) ss += xr[i] * xr[i];
+      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(width) + eps);
+      for (int64_t i = 0; i < width; ++i) yr[i] = w[i] * (xr[i] * inv);
+    }
+  }
+
+  void linear(const Tensor& x, const Tensor& weight, Tensor& out, bool accumulate) override {
+    check_f32(x, "linear input");
+    check_f32(out, "linear output");
+    check_cpu(weight, "linear weight");
+    CEPE_CHECK(weight.rank() == 2, "linear weight must be 2-D, got " << weight.shape_string());
+    const int64_t k = weight.dim(1), n = weight.dim(0);
+    const int64_t m = x.numel() / k;
+    CEPE_CHECK(x.dim(-1) == k && out.numel() == m * n && out.dim(-1) == n,
+               "linear: input " << x.shape_string() << " · weight " << weight.shape_string()
+                                << "ᵀ does not fit output " << out.shape_string());
+    if (m == 0) return;
+    const float* xp = x.data<float>();
+    float* op = out.data<float>();
+    const float beta = accumulate ? 1.0f : 0.0f;
+    switch (weight.dtype()) {
+      case DType::F32:
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, xp, k,
+                    weight.data<float>(), k, beta, op, n);
+        return;
+      case DType::BF16:
+      case DType::F16:
+        linear_16bit(xp, weight.data<uint16_t>(), weight.dtype(), op, m, n, k, accumulate);
+        return;
+      default:
+        CEPE_THROW("linear: unsupported weight dtype " << dtype_name(weight.dtype()));
+    }
+  }
+
+  void rope(Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) override {
+    check_f32(x, "rope input");
+    const int64_t t_len = x.numel() / (static_cast<int64_t>(heads) * head_dim);
+    const int half = head_dim / 2;
+    CEPE_CHECK(cos.numel() == t_len * half && sin.numel() == t_len * half,
+               "rope tables " << cos.shape_string() << " do not match " << t_len
+                              << " rows of head_dim " << head_dim);
+    const float* c = cos.data<float>();
+    const float* s = sin.data<float>();
+#pragma omp parallel for schedule(static) if (t_len > 4)
+    for (int64_t t = 0; t < t_len; ++t) {
+      for (int h = 0; h < heads; ++h) {
+        float* v = x.data<float>() + (t * heads + h) * head_dim;
+        const float* ct = c + t * half;
+        const float* st = s + t * half;
+        for (int i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * ct[i] - b * st[i];
+          v[i + half] = b * ct[i] + a * st[i];
+        }
+      }
+    }
+  }
+
+  void copy_rows(const Tensor& src, int64_t src_row, Tensor& dst, int64_t dst_row,
+                 int64_t count) override {
+    check_cpu(src, "copy source");
+    check_cpu(dst, "copy destination");
+    const int64_t width = src.dim(-1);
+    CEPE_CHECK(src.dtype() == dst.dtype() && dst.dim(-1) == width && src_row >= 0 && dst_row >= 0 &&
+                   src_row + count <= src.dim(0) && dst_row + count <= dst.dim(0),
+               "copy_rows: cannot copy rows [" << src_row << ", " << src_row + count << ") of "
+                                               << src.shape_string() << " to row " << dst_row
+                                               << " of " << dst.shape_string());
+    const size_t row_bytes = static_cast<size_t>(width) * dtype_size(src.dtype());
+    std::memcpy(static_cast<char*>(dst.raw()) + dst_row * row_bytes,
+                static_cast<const char*>(src.raw()) + src_row * row_bytes, count * row_bytes);
+  }
+
+  void silu_mul(Tensor& gate, const Tensor& up) override {
+    check_f32(gate, "silu_mul gate");
+    check_f32(up, "silu_mul up");
+    CEPE_CHECK(gate.numel() == up.numel(),
+               "silu_mul: gate " << gate.shape_string() << " vs up " << up.shape_string());
+    float* g = gate.data<float>();
+    const float* u = up.data<float>();
+    const int64_t n = gate.numel();
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  }
+
+  void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                 const AttentionShape& shape, Tensor& out) override {
+    check_f32(q, "attention queries");
+    check_f32(out, "attention output");
+    CEPE_CHECK(shape.heads % shape.kv_heads == 0,
+               "attention: heads " << shape.heads << " not a multiple of " << shape.kv_heads);
+    const int64_t q_stride = static_cast<int64_t>(shape.heads) * shape.head_dim;
+    const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * shape.head_dim;
+    CEPE_CHECK(q.dim(-1) == q_stride && out.dim(-1) == q_stride,
+               "attention: query width " << q.dim(-1) << ", expected " << q_stride);
+    // Work items: (segment, head, tile of query rows). Tiles bound the score buffer's size.
+    constexpr int64_t kTile = 64;
+    struct Item {
+      int seg, head;
+      int64_t row0, rows;
+    };
+    std::vector<Item> items;
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const AttentionSegment& sg = segments[s];
+      check_f32(sg.k, "attention keys");
+      check_f32(sg.v, "attention values");
+      CEPE_CHECK(
+          sg.k.dim(-1) == kv_stride && sg.v.dim(-1) == kv_stride && sg.k.dim(0) == sg.v.dim(0),
+          "attention: keys " << sg.k.shape_string() << " / values " << sg.v.shape_string()
+                             << " do not match " << shape.kv_heads << " heads of "
+                             << shape.head_dim);
+      CEPE_CHECK(sg.q_begin >= 0 && sg.q_begin + sg.q_len <= q.dim(0),
+                 "attention: segment rows out of range");
+      for (int h = 0; h < shape.heads; ++h)
+        for (int64_t r = 0; r < sg.q_len; r += kTile)
+          items.push_back({static_cast<int>(s), h, r, std::min(kTile, sg.q_len - r)});
+    }
+    BlasSingleThreaded single;
+    const int group = shape.heads / shape.kv_heads;
+    const int hd = shape.head_dim;
+#pragma omp parallel
+    {
+      std::vector<float> scores;
+#pragma omp for schedule(dynamic)
+      for (size_t it = 0; it < items.size(); ++it) {
+        const Item& item = items[it];
+        const AttentionSegment& sg = segments[item.seg];
+        const int kvh = item.head / group;
+        const int64_t k_len = sg.k.dim(0);
+        // Causal: the last query of the tile sees keys up to causal_offset + row.
+        const int64_t k_used =
+            sg.causal ? std::min(k_len, sg.causal_offset + item.row0 + item.rows) : k_len;
+        float* o = out.data<float>() + (sg.q_begin + item.row0) * q_stride + item.head * hd;
+        if (k_used <= 0) {
+          for (int64_t r = 0; r < item.rows; ++r)
+            std::fill(o + r * q_stride, o + r * q_stride + hd, 0.f);
+          continue;
+        }
+        scores.resize(static_cast<size_t>(item.rows * k_used));
+        const float* qp = q.data<float>() + (sg.q_begin + item.row0) * q_stride + item.head * hd;
+        const float* kp = sg.k.data<float>() + kvh * hd;
+        const float* vp = sg.v.data<float>() + kvh * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, item.rows, k_used, hd, shape.scale, qp,
+                    q_stride, kp, kv_stride, 0.0f, scores.data(), k_used);
+        for (int64_t r = 0; r < item.rows; ++r) {
+          float* srow = scores.data() + r * k_used;
+          const int64_t visible =
+              sg.causal ? std::min(k_used, sg.causal_offset + item.row0 + r + 1) : k_used;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, srow[j]);
+          float sum = 0.0f;
+          for (int64_t j = 0; j < visible; ++j) {
+            srow[j] = std::exp(srow[j] - mx);
+            sum += srow[j];
+          }
+          const float inv = 1.0f / sum;
+          for (int64_t j = 0; j < visible; ++j) srow[j] *= inv;
+          for (int64_t j = visible; j < k_used; ++j) srow[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, item.rows, hd, k_used, 1.0f,
+                    scores.data(), k_used, vp, kv_stride, 0.0f, o, q_stride);
+      }
+    }
+  }
+
+ private:
+  void linear_16bit(const float* x, const uint16_t* w, DType type, float* out, int64_t m, int64_t n,
+                    int64_t k, bool accumulate) {
+    if (m <= 16) {
+      if (type == DType::BF16)
+        linear_small_m(x, w, out, m, n, k, accumulate, widen_bf16);
+      else
+        linear_small_m(x, w, out, m, n, k, accumulate, widen_f16);
+      return;
+    }
+    // Many rows: widen a block of weight rows at a time into per-thread scratch and run an F32
+    // GEMM on it; the scratch is kBlock x K floats, never the whole matrix.
+    constexpr int64_t kBlock = 128;
+    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    const float beta = accumulate ? 1.0f : 0.0f;
+    BlasSingleThreaded single;
+#pragma omp parallel
+    {
+      std::vector<float> wblock(static_cast<size_t>(kBlock * k));
+#pragma omp for schedule(dynamic)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t j0 = b * kBlock, nb = std::min(kBlock, n - j0);
+        for (int64_t j = 0; j < nb; ++j)
+          widen_row(w + (j0 + j) * k, type, wblock.data() + j * k, k);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, k, 1.0f, x, k, wblock.data(), k,
+                    beta, out + j0, n);
+      }
+    }
+  }
+
+  int threads_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
+
+}  // namespace cepe

@@ -1,0 +1,230 @@
+#include "engine/generation.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "engine/common/error.h"
+
+namespace cepe {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+void validate(const SamplingOptions& o) {
+  CEPE_CHECK(std::isfinite(o.temperature) && o.temperature >= 0.0f,
+             "temperature must be >= 0, got " << o.temperature);
+  CEPE_CHECK(o.top_k >= 0, "top_k must be >= 0, got " << o.top_k);
+  CEPE_CHECK(std::isfinite(o.top_p) && o.top_p > 0.0f && o.top_p <= 1.0f,
+             "top_p must be in (0, 1], got " << o.top_p);
+  CEPE_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got " << o.max_new_tokens);
+}
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None:
+      return "";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Eos:
+      return "eos";
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Cancelled:
+      return "cancelled";
+  }
+  return "";
+}
+
+Sampler::Sampler(const SamplingOptions& options) : options_(options), rng_(options.seed) {}
+
+int32_t Sampler::sample(const float* logits, int vocab) {
+  CEPE_CHECK(vocab > 0, "sampling from an empty vocabulary");
+  if (options_.temperature == 0.0f) {
+    // First maximum, as torch.argmax.
+    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+  }
+  candidates_.resize(vocab);
+  for (int i = 0; i < vocab; ++i) candidates_[i] = {logits[i] / options_.temperature, i};
+  auto by_logit = [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  size_t keep = candidates_.size();
+  if (options_.top_k > 0 && static_cast<size_t>(options_.top_k) < keep) {
+    keep = options_.top_k;
+    std::partial_sort(candidates_.begin(), candidates_.begin() + keep, candidates_.end(), by_logit);
+  } else {
+    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+  }
+  candidates_.resize(keep);
+  // Softmax over the survivors (max-subtracted, in double for the cumulative sum).
+  const double mx = candidates_[0].first;
+  std::vector<double> probs(keep);
+  double total = 0.0;
+  for (size_t i = 0; i < keep; ++i) total += probs[i] = std::exp(candidates_[i].first - mx);
+  if (options_.top_p < 1.0f) {
+    // Smallest prefix whose mass reaches top_p (always at least one token).
+    double cumulative = 0.0;
+    size_t cut = keep;
+    for (size_t i = 0; i < keep; ++i) {
+      cumulative += probs[i] / total;
+      if (cumulative >= options_.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    keep = cut;
+    total = 0.0;
+    for (size_t i = 0; i < keep; ++i) total += probs[i];
+  }
+  std::uniform_real_distribution<double> uniform(0.0, total);
+  double r = uniform(rng_);
+  for (size_t i = 0; i < keep; ++i) {
+    r -= probs[i];
+    if (r < 0.0) return candidates_[i].second;
+  }
+  return candidates_[keep - 1].second;
+}
+
+StopMatcher::StopMatcher(std::vector<std::string> stops) {
+  for (auto& s : stops)
+    if (!s.empty()) stops_.push_back(std::move(s));
+}
+
+std::string StopMatcher::push(const std::string& text) {
+  if (stopped_) return "";
+  pending_ += text;
+  size_t first = std::string::npos;
+  for (const auto& s : stops_) first = std::min(first, pending_.find(s));
+  if (first != std::string::npos) {
+    stopped_ = true;
+    std::string out = pending_.substr(0, first);
+    pending_.clear();
+    return out;
+  }
+  // Hold back the longest tail that is a proper prefix of some stop string.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    for (size_t len = std::min(s.size() - 1, pending_.size()); len > hold; --len) {
+      if (pending_.compare(pending_.size() - len, len, s, 0, len) == 0) {
+        hold = len;
+        break;
+      }
+    }
+  }
+  std::string out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string StopMatcher::flush() {
+  std::string out;
+  if (!stopped_) out.swap(pending_);
+  pending_.clear();
+  return out;
+}
+
+Sequence::Sequence(CepeModel& model, const Tokenizer* tokenizer, std::vector<int32_t> prompt_ids,
+                   const EncodedContext& context, const SamplingOptions& options)
+    : model_(model),
+      prompt_(std::move(prompt_ids)),
+      options_(options),
+      sampler_(options),
+      stop_(options.stop) {
+  if (tokenizer) decoder_.emplace(*tokenizer, prompt_);
+  validate(options_);
+  CEPE_CHECK(!prompt_.empty(), "the prompt is empty: at least one token is needed");
+  state_ = model.new_state(static_cast<int64_t>(prompt_.size()) + options_.max_new_tokens);
+  model.set_context(*state_, context);
+  if (options_.max_new_tokens == 0) finish_ = FinishReason::Length;
+}
+
+void Sequence::cancel() {
+  if (!finished()) finish_ = FinishReason::Cancelled;
+  state_.reset(new DecoderState());  // frees the caches now, not when the request object dies
+}
+
+std::string Sequence::take_text() {
+  std::string out;
+  out.swap(unread_);
+  return out;
+}
+
+void Sequence::accept(const float* logits, int vocab) {
+  const int32_t id = sampler_.sample(logits, vocab);
+  const auto& eos = model_.config().decoder.eos_token_ids;
+  std::string piece;
+  const auto& extra = options_.stop_token_ids;
+  if ((options_.stop_at_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) ||
+      std::find(extra.begin(), extra.end(), id) != extra.end()) {
+    finish_ = FinishReason::Eos;
+  } else {
+    generated_.push_back(id);
+    if (decoder_) piece = stop_.push(decoder_->push(id));
+    if (stop_.stopped()) {
+      finish_ = FinishReason::Stop;
+    } else if (static_cast<int>(generated_.size()) >= options_.max_new_tokens) {
+      finish_ = FinishReason::Length;
+    }
+  }
+  if (finished() && finish_ != FinishReason::Stop && decoder_)
+    piece += stop_.push(decoder_->flush()) + stop_.flush();
+  text_ += piece;
+  unread_ += piece;
+}
+
+void step_sequences(CepeModel& model, const std::vector<Sequence*>& sequences) {
+  std::vector<Sequence*> active;
+  std::vector<DecoderState*> states;
+  std::vector<std::vector<int32_t>> tokens;
+  for (Sequence* s : sequences) {
+    if (s->finished()) continue;
+    active.push_back(s);
+    states.push_back(s->state_.get());
+    tokens.push_back(s->needs_prefill() ? s->prompt_ : std::vector<int32_t>{s->generated_.back()});
+  }
+  if (active.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  Tensor logits = model.forward_batch(states, tokens, /*all_logits=*/false);
+  const double ms = ms_since(t0);
+  const int vocab = static_cast<int>(logits.dim(1));
+  for (size_t i = 0; i < active.size(); ++i) {
+    (tokens[i].size() > 1 || active[i]->generated_.empty() ? active[i]->prefill_ms
+                                                           : active[i]->decode_ms) += ms;
+    active[i]->accept(logits.data<float>() + i * vocab, vocab);
+  }
+}
+
+GenerationResult generate(CepeModel& model, const Tokenizer& tokenizer,
+                          const std::vector<int32_t>& prompt_ids,
+                          const std::vector<std::vector<int32_t>>& context_chunks,
+                          const SamplingOptions& options,
+                          const std::function<bool(const std::string&)>& on_text) {
+  GenerationResult result;
+  EncodedContext context;
+  if (!context_chunks.empty()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    context = model.encode(context_chunks);
+    result.encode_ms = ms_since(t0);
+  }
+  Sequence seq(model, &tokenizer, prompt_ids, context, options);
+  while (!seq.finished()) {
+    step_sequences(model, {&seq});
+    std::string piece = seq.take_text();
+    if (!piece.empty() && on_text && !on_text(piece)) seq.cancel();
+  }
+  result.text = seq.text();
+  result.tokens = seq.tokens();
+  result.finish = seq.finish_reason();
+  result.prompt_tokens = seq.prompt_tokens();
+  result.encoder_tokens = context.tokens();
+  result.prefill_ms = seq.prefill_ms;
+  result.decode_ms = seq.decode_ms;
+  return result;
+}
+
+}  // namespace cepe

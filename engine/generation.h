@@ -1,0 +1,140 @@
+// Token generation on top of CepeModel: sampling, stop conditions, streaming text, and a step
+// function that advances many sequences together (the primitive continuous batching is built on).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cepe_model.h"
+#include "engine/tokenizer.h"
+
+namespace cepe {
+
+/// How the next token is chosen and when generation stops.
+struct SamplingOptions {
+  float temperature = 0.0f;       ///< 0 = greedy (argmax); otherwise logits are divided by it
+  int top_k = 0;                  ///< keep the k most likely tokens (0 = all)
+  float top_p = 1.0f;             ///< keep the smallest set whose probability reaches top_p
+  uint64_t seed = 0;              ///< random seed, so sampled output is reproducible
+  int max_new_tokens = 128;       ///< hard limit on generated tokens
+  std::vector<std::string> stop;  ///< generation ends before the first occurrence of any of these
+  bool stop_at_eos = true;        ///< end at the model's EOS token(s)
+  std::vector<int32_t> stop_token_ids;  ///< further ids that end generation (not emitted)
+};
+
+/// Checks sampling options; the error names the offending field.
+void validate(const SamplingOptions& options);
+
+/// Why a sequence stopped.
+enum class FinishReason { None, Length, Eos, Stop, Cancelled };
+
+/// "length", "eos", "stop", "cancelled" ("" while running).
+const char* finish_reason_name(FinishReason reason);
+
+/// Chooses tokens from logits: greedy, or temperature / top-k / top-p sampling (in that order,
+/// as HuggingFace's warpers apply them) with a seeded generator.
+class Sampler {
+ public:
+  /// A sampler for one sequence.
+  explicit Sampler(const SamplingOptions& options);
+  /// Picks a token id from `vocab` logits.
+  int32_t sample(const float* logits, int vocab);
+
+ private:
+  SamplingOptions options_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<float, int32_t>> candidates_;
+};
+
+/// Finds stop strings in streamed text and holds back any tail that could still become one.
+class StopMatcher {
+ public:
+  /// Watches for `stops` (empty strings are ignored).
+  explicit StopMatcher(std::vector<std::string> stops);
+  /// Appends text; returns what can be emitted now. Sets stopped() when a stop string appears
+  /// (the stop string and everything after it are dropped).
+  std::string push(const std::string& text);
+  /// Emits whatever is still held back (call when generation ends for another reason).
+  std::string flush();
+  /// True once a stop string was seen.
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool stopped_ = false;
+};
+
+/// One sequence being generated: its prompt, encoder context, cache, sampler and streamed text.
+class Sequence {
+ public:
+  /// Prepares a sequence; the context (possibly empty) is attached to its decoder state. Without
+  /// a tokenizer only token ids are produced (no text, no stop strings).
+  Sequence(CepeModel& model, const Tokenizer* tokenizer, std::vector<int32_t> prompt_ids,
+           const EncodedContext& context, const SamplingOptions& options);
+
+  /// True when generation has ended.
+  bool finished() const { return finish_ != FinishReason::None; }
+  /// Why it ended (None while running).
+  FinishReason finish_reason() const { return finish_; }
+  /// Ends the sequence now (client gone, deadline passed).
+  void cancel();
+  /// Text completed since the last call (whole UTF-8 characters, stop strings held back).
+  std::string take_text();
+  /// All generated text (without a stop string).
+  const std::string& text() const { return text_; }
+  /// Generated token ids (EOS excluded).
+  const std::vector<int32_t>& tokens() const { return generated_; }
+  /// Prompt length in tokens.
+  int64_t prompt_tokens() const { return static_cast<int64_t>(prompt_.size()); }
+  /// Encoder tokens cross-attended to.
+  int64_t encoder_tokens() const { return state_->encoder_tokens(); }
+  /// True until the prompt has been run (the next step is a prefill).
+  bool needs_prefill() const { return state_->length() == 0; }
+  /// Milliseconds spent in the prefill step and in decode steps.
+  double prefill_ms = 0.0, decode_ms = 0.0;
+
+ private:
+  friend void step_sequences(CepeModel&, const std::vector<Sequence*>&);
+  void accept(const float* logits, int vocab);
+
+  CepeModel& model_;
+  std::vector<int32_t> prompt_;
+  SamplingOptions options_;
+  std::unique_ptr<DecoderState> state_;
+  Sampler sampler_;
+  StopMatcher stop_;
+  std::optional<StreamDecoder> decoder_;
+  std::vector<int32_t> generated_;
+  std::string text_, unread_;
+  FinishReason finish_ = FinishReason::None;
+};
+
+/// Advances every unfinished sequence by one token in a single batched forward pass: sequences
+/// that have not started run their whole prompt, the others their last token.
+void step_sequences(CepeModel& model, const std::vector<Sequence*>& sequences);
+
+/// Result of a whole generation.
+struct GenerationResult {
+  std::string text;                                     ///< generated text
+  std::vector<int32_t> tokens;                          ///< generated ids
+  FinishReason finish = FinishReason::None;             ///< why it stopped
+  int64_t prompt_tokens = 0;                            ///< decoder prompt length
+  int64_t encoder_tokens = 0;                           ///< encoder tokens
+  double encode_ms = 0, prefill_ms = 0, decode_ms = 0;  ///< time per phase
+};
+
+/// Encodes `context_chunks`, then generates until a stop condition; `on_text` receives streamed
+/// text and may return false to cancel.
+GenerationResult generate(CepeModel& model, const Tokenizer& tokenizer,
+                          const std::vector<int32_t>& prompt_ids,
+                          const std::vector<std::vector<int32_t>>& context_chunks,
+                          const SamplingOptions& options,
+                          const std::function<bool(const std::string&)>& on_text = {});
+
+}  // namespace cepe

@@ -1,0 +1,205 @@
+#include "engine/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+
+#include <cstdio>
+#include <system_error>
+
+#include "engine/common/error.h"
+
+namespace cepe {
+
+namespace {
+
+// Bytes a UTF-8 sequence starting with `lead` announces; 1 for ASCII and for bytes that cannot
+// start a sequence (continuations, C0/C1 overlongs, F5..FF), which are complete on their own.
+size_t utf8_announced_length(unsigned char lead) {
+  if (lead >= 0xC2 && lead <= 0xDF) return 2;
+  if (lead >= 0xE0 && lead <= 0xEF) return 3;
+  if (lead >= 0xF0 && lead <= 0xF4) return 4;
+  return 1;
+}
+
+bool is_utf8_continuation(unsigned char b) {
+  return (b & 0xC0) == 0x80;
+}
+
+// How many of the trailing `bytes` (oldest first) belong to a character that is still missing
+// continuation bytes.
+size_t unfinished_tail(const unsigned char* bytes, size_t n) {
+  // A character is at most 4 bytes, so its lead is among the last 4.
+  for (size_t back = 1; back <= n && back <= 4; ++back) {
+    const unsigned char b = bytes[n - back];
+    if (is_utf8_continuation(b)) continue;
+    return utf8_announced_length(b) > back ? back : 0;
+  }
+  return 0;
+}
+
+}  // namespace
+
+size_t utf8_complete_prefix(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  return s.size() - unfinished_tail(p, s.size());
+}
+
+// ---- Tokenizer ----
+
+Tokenizer::Tokenizer(const std::filesystem::path& model_file)
+    : path_(model_file), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+  std::error_code ec;
+  CEPE_CHECK(std::filesystem::exists(model_file, ec),
+             "tokenizer " << model_file.string() << ": no such file");
+  CEPE_CHECK(std::filesystem::is_regular_file(model_file, ec),
+             "tokenizer " << model_file.string() << ": not a regular file");
+  const auto status = sp_->Load(model_file.string());
+  CEPE_CHECK(status.ok(), "tokenizer " << model_file.string() << ": not a sentencepiece model ("
+                                       << status.ToString() << ")");
+  // An empty file parses as an empty protobuf message, so a model without pieces is the sign
+  // of a file that was never a sentencepiece model.
+  CEPE_CHECK(sp_->GetPieceSize() > 0,
+             "tokenizer " << model_file.string() << ": not a sentencepiece model (no pieces)");
+
+  byte_of_.assign(sp_->GetPieceSize(), -1);
+  for (int id = 0; id < sp_->GetPieceSize(); ++id) {
+    if (!sp_->IsByte(id)) continue;
+    const std::string& p = sp_->IdToPiece(id);
+    unsigned value = 0;
+    CEPE_CHECK(p.size() == 6 && p.compare(0, 3, "<0x") == 0 && p[5] == '>' &&
+                   std::sscanf(p.c_str() + 3, "%2x", &value) == 1,
+               "tokenizer " << model_file.string() << ": byte piece " << id << " is '" << p
+                            << "', expected <0xNN>");
+    byte_of_[id] = static_cast<int16_t>(value);
+  }
+}
+
+Tokenizer::~Tokenizer() = default;
+
+void Tokenizer::check_id(int32_t id) const {
+  CEPE_CHECK(id >= 0 && id < vocab_size(), "token id " << id << " is out of range [0, "
+                                                       << vocab_size() << ") of tokenizer "
+                                                       << path_.string());
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_bos) const {
+  std::vector<int> ids;
+  const auto status = sp_->Encode(text, &ids);
+  CEPE_CHECK(status.ok(), "tokenizer " << path_.string() << ": cannot encode text ("
+                                       << status.ToString() << ")");
+  std::vector<int32_t> out;
+  out.reserve(ids.size() + 1);
+  if (add_bos) {
+    CEPE_CHECK(bos_id() >= 0, "tokenizer " << path_.string() << " has no BOS piece");
+    out.push_back(bos_id());
+  }
+  out.insert(out.end(), ids.begin(), ids.end());
+  return out;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  for (int32_t id : ids) check_id(id);
+  std::string text;
+  const auto status = sp_->Decode(std::vector<int>(ids.begin(), ids.end()), &text);
+  CEPE_CHECK(status.ok(),
+             "tokenizer " << path_.string() << ": cannot decode ids (" << status.ToString() << ")");
+  return text;
+}
+
+std::string Tokenizer::piece(int32_t id) const {
+  check_id(id);
+  return sp_->IdToPiece(id);
+}
+
+int32_t Tokenizer::vocab_size() const {
+  return sp_->GetPieceSize();
+}
+int32_t Tokenizer::bos_id() const {
+  return sp_->bos_id();
+}
+int32_t Tokenizer::eos_id() const {
+  return sp_->eos_id();
+}
+
+bool Tokenizer::is_byte(int32_t id) const {
+  return byte_value(id) >= 0;
+}
+
+bool Tokenizer::is_control(int32_t id) const {
+  check_id(id);
+  return sp_->IsControl(id);
+}
+
+bool Tokenizer::is_unknown(int32_t id) const {
+  check_id(id);
+  return sp_->IsUnknown(id);
+}
+
+int Tokenizer::byte_value(int32_t id) const {
+  check_id(id);
+  return byte_of_[id];
+}
+
+// ---- StreamDecoder ----
+
+StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, std::vector<int32_t> prompt_ids)
+    : tokenizer_(tokenizer) {
+  // Sentencepiece's decoding is local except for two rules: a run of byte pieces is decoded
+  // together, and the first piece that yields text loses its leading "▁". Both are settled by
+  // the last normal prompt piece with visible text, so the prompt is cut there: a long prompt
+  // then costs nothing per step, and the result is the same as with the whole prompt.
+  size_t anchor = 0;
+  for (size_t i = prompt_ids.size(); i-- > 0;) {
+    const int32_t id = prompt_ids[i];
+    if (tokenizer_.is_byte(id) || tokenizer_.is_control(id) || tokenizer_.is_unknown(id)) continue;
+    const std::string p = tokenizer_.piece(id);
+    if (p.empty() || p == "\xE2\x96\x81") continue;  // "▁" alone may be stripped to nothing
+    anchor = i;
+    break;
+  }
+  ids_.assign(prompt_ids.begin() + static_cast<std::ptrdiff_t>(anchor), prompt_ids.end());
+  // Bytes of an unfinished character at the end of the prompt are left to the generated text,
+  // which may complete them.
+  const size_t held = incomplete_byte_tail();
+  prefix_chars_ = tokenizer_.decode(std::vector<int32_t>(ids_.begin(), ids_.end() - held)).size();
+}
+
+size_t StreamDecoder::incomplete_byte_tail() const {
+  unsigned char tail[4];
+  size_t n = 0;
+  // Only the last 4 ids can hold the unfinished character; collect them oldest first.
+  size_t run = 0;
+  while (run < ids_.size() && run < 4 && tokenizer_.is_byte(ids_[ids_.size() - 1 - run])) ++run;
+  for (size_t i = ids_.size() - run; i < ids_.size(); ++i)
+    tail[n++] = static_cast<unsigned char>(tokenizer_.byte_value(ids_[i]));
+  return unfinished_tail(tail, n);
+}
+
+std::string StreamDecoder::push(int32_t id) {
+  CEPE_CHECK(id >= 0 && id < tokenizer_.vocab_size(), "generated token id "
+                                                          << id << " is out of range [0, "
+                                                          << tokenizer_.vocab_size() << ")");
+  ids_.push_back(id);
+  const size_t held = incomplete_byte_tail();
+  const std::string stable =
+      tokenizer_.decode(std::vector<int32_t>(ids_.begin(), ids_.end() - held));
+  const size_t end = utf8_complete_prefix(stable);
+  const size_t begin = prefix_chars_ + emitted_;
+  if (end <= begin) return {};
+  emitted_ += end - begin;
+  return stable.substr(begin, end - begin);
+}
+
+std::string StreamDecoder::flush() {
+  const std::string all = tokenizer_.decode(ids_);
+  const size_t begin = prefix_chars_ + emitted_;
+  if (all.size() <= begin) return {};
+  emitted_ = all.size() - prefix_chars_;
+  return all.substr(begin);
+}
+
+std::string StreamDecoder::text() const {
+  const std::string all = tokenizer_.decode(ids_);
+  return all.size() <= prefix_chars_ ? std::string() : all.substr(prefix_chars_);
+}
+
+}  // namespace cepe

@@ -1,0 +1,27 @@
+#include "retriever/embedder.h"
+
+#include <cstdio>
+
+#include "engine/common/error.h"
+#include "retriever/lexical_embedder.h"
+
+namespace cepe::retriever {
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::unique_ptr<Embedder> create_embedder(const std::string& spec, const EmbedderOptions& options) {
+  if (spec == "lexical") return std::make_unique<LexicalEmbedder>(options.dim);
+  CEPE_THROW("unknown embedder '" << spec << "' (expected lexical or bert:DIR)");
+}
+
+std::unique_ptr<Embedder> load_embedder(const std::string& spec,
+                                        const std::filesystem::path& index_dir) {
+  if (spec == "lexical") return LexicalEmbedder::load(index_dir);
+  CEPE_THROW("unknown embedder '" << spec << "' (expected lexical or bert:DIR)");
+}
+
+}  // namespace cepe::retriever
