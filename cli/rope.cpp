@@ -137,6 +137,31 @@ std::string fmt_base(double v) {
   return s;
 }
 
+// A table cell: the value, or nothing where the law's result does not exist for these inputs
+// (a double overflow at extreme bases, dynamic NTK for a 2-dim head), so one cell cannot abort
+// the whole report.
+template <typename Fn>
+std::optional<double> cell(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
+std::string fmt_cell(const std::optional<double>& v) {
+  return v ? fmt_base(*v) : "n/a";
+}
+
+void write_cell(rapidjson::PrettyWriter<rapidjson::OStreamWrapper>& w,
+                const std::optional<double>& v) {
+  if (v) {
+    w.Double(*v);
+  } else {
+    w.Null();
+  }
+}
+
 int run_rope(const std::vector<std::string>& argv) {
   Args args;
   args.option("model",
@@ -243,11 +268,11 @@ int run_rope(const std::vector<std::string>& argv) {
       w.Key("target_len");
       w.Double(t);
       w.Key("base");
-      w.Double(rope::base_for_length(s, t));
+      write_cell(w, cell([&] { return rope::base_for_length(s, t); }));
       w.Key("smallest_base_for_bound");
-      w.Double(rope::smallest_base_for_bound(s, t));
+      write_cell(w, cell([&] { return rope::smallest_base_for_bound(s, t); }));
       w.Key("dynamic_ntk_base");
-      w.Double(rope::dynamic_ntk_base(s, t, ntk_factor));
+      write_cell(w, cell([&] { return rope::dynamic_ntk_base(s, t, ntk_factor); }));
       w.Key("dynamic_ntk_factor");
       w.Double(ntk_factor);
       w.EndObject();
@@ -322,9 +347,9 @@ int run_rope(const std::vector<std::string>& argv) {
               ("dynamic NTK x" + fmt_base(ntk_factor)).c_str());
   for (double t : targets) {
     std::printf("  %-20s %12s %18s %20s%s\n", with_label(t).c_str(),
-                fmt_base(rope::base_for_length(s, t)).c_str(),
-                fmt_base(rope::smallest_base_for_bound(s, t)).c_str(),
-                fmt_base(rope::dynamic_ntk_base(s, t, ntk_factor)).c_str(),
+                fmt_cell(cell([&] { return rope::base_for_length(s, t); })).c_str(),
+                fmt_cell(cell([&] { return rope::smallest_base_for_bound(s, t); })).c_str(),
+                fmt_cell(cell([&] { return rope::dynamic_ntk_base(s, t, ntk_factor); })).c_str(),
                 target && t == *target ? "  <- --target-len" : "");
   }
 

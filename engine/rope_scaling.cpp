@@ -32,7 +32,7 @@ int dims_with_full_period(int head_dim, double len, double base) {
 // exp(e) with a check that the result is a finite double; `what` names the quantity.
 double checked_exp(double e, const char* what, double input) {
   CEPE_CHECK(std::isfinite(e) && e < std::log(DBL_MAX),
-             what << " for " << input << " overflows a double");
+             what << " " << input << " overflows a double");
   return std::exp(e);
 }
 
@@ -73,7 +73,7 @@ double extrapolation_bound(const RopeSetup& s, double tuned_base) {
   const int d_extra = critical_dimension(s);
   check_base("tuned_base", tuned_base);
   const double e = static_cast<double>(d_extra) / s.head_dim * std::log(tuned_base);
-  return kTwoPi * checked_exp(e, "extrapolation bound", tuned_base);
+  return kTwoPi * checked_exp(e, "extrapolation bound of tuned_base", tuned_base);
 }
 
 double base_for_length(const RopeSetup& s, double target_len) {

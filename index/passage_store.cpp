@@ -1,5 +1,6 @@
 #include "index/passage_store.h"
 
+#include <cstddef>
 #include <cstring>
 #include <limits>
 

@@ -1,5 +1,6 @@
 #include "index/vector_index.h"
 
+#include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFPQ.h>
@@ -17,6 +18,7 @@
 #include <atomic>
 #include <mutex>
 #include <sstream>
+#include <typeinfo>
 #include <vector>
 
 #include "engine/common/error.h"
@@ -103,7 +105,10 @@ std::unique_ptr<VectorIndex> VectorIndex::create(const std::string& factory, int
                                         << faiss_message(e));
   }
   CEPE_CHECK(idx, "FAISS factory string '" << factory << "' produced no index");
-  return std::unique_ptr<VectorIndex>(new VectorIndex(idx));
+  std::unique_ptr<VectorIndex> v(new VectorIndex(idx));
+  v->defaults_.nprobe = find_ivf(idx) ? static_cast<int>(find_ivf(idx)->nprobe) : 0;
+  v->defaults_.ef_search = find_hnsw(idx) ? find_hnsw(idx)->hnsw.efSearch : 0;
+  return v;
 }
 
 std::unique_ptr<VectorIndex> VectorIndex::load(const std::filesystem::path& file, bool mmap) {
@@ -222,6 +227,10 @@ void VectorIndex::search(int64_t n, const float* queries, int k, const SearchPar
 
 int64_t VectorIndex::size() const { return index_->ntotal; }
 int VectorIndex::dim() const { return index_->d; }
+int64_t VectorIndex::nlist() const {
+  const faiss::IndexIVF* ivf = find_ivf(index_.get());
+  return ivf ? static_cast<int64_t>(ivf->nlist) : 0;
+}
 bool VectorIndex::has_ivf() const { return find_ivf(index_.get()) != nullptr; }
 bool VectorIndex::has_hnsw() const { return find_hnsw(index_.get()) != nullptr; }
 
@@ -244,6 +253,8 @@ std::string VectorIndex::describe() const {
     os << "HNSW M=" << h->hnsw.nb_neighbors(1) << " efSearch=" << defaults_.ef_search;
   } else if (auto* pq = dynamic_cast<const faiss::IndexPQ*>(in)) {
     os << "PQ m=" << pq->pq.M << " nbits=" << pq->pq.nbits;
+  } else if (dynamic_cast<const faiss::IndexFlat*>(in)) {
+    os << "Flat (exact inner product)";
   } else {
     os << "exhaustive (" << typeid(*in).name() << ")";
   }

@@ -57,6 +57,10 @@ class VectorIndex {
   bool has_ivf() const;
   /// True when efSearch applies (an HNSW index or HNSW coarse quantizer).
   bool has_hnsw() const;
+  /// Number of IVF lists (0 when not IVF).
+  int64_t nlist() const;
+  /// nprobe/efSearch used when a search leaves them at 0 (0 where they do not apply).
+  const SearchParams& defaults() const { return defaults_; }
   /// True when the inverted lists are memory-mapped.
   bool is_mapped() const { return mapped_; }
   /// One line describing the structure ("IndexIVFPQ nlist=256 m=64 nprobe=16").

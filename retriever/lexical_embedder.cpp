@@ -69,15 +69,15 @@ void append_folded(std::string* w, char32_t c) {
     static constexpr std::string_view kLatin1 =
         "aaaaaaaceeeeiiiidnooooo_ouuuuyts"   // U+00C0..U+00DF (U+00D7 is a separator)
         "aaaaaaaceeeeiiiidnooooo_ouuuuyty";  // U+00E0..U+00FF
-    if (c == 0xC6 || c == 0xE6) return w->append("ae");
-    if (c == 0xDE || c == 0xFE) return w->append("th");
-    if (c == 0xDF) return w->append("ss");
+    if (c == 0xC6 || c == 0xE6) return void(w->append("ae"));
+    if (c == 0xDE || c == 0xFE) return void(w->append("th"));
+    if (c == 0xDF) return void(w->append("ss"));
     w->push_back(kLatin1[c - 0xC0]);
     return;
   }
   if (c >= 0x100 && c <= 0x17F) {
-    if (c == 0x132 || c == 0x133) return w->append("ij");
-    if (c == 0x152 || c == 0x153) return w->append("oe");
+    if (c == 0x132 || c == 0x133) return void(w->append("ij"));
+    if (c == 0x152 || c == 0x153) return void(w->append("oe"));
     w->push_back(kLatinExtA[c - 0x100]);
     return;
   }

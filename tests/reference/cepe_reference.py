@@ -152,10 +152,8 @@ class StackConfig:
     def from_dict(d: dict, causal: bool) -> "StackConfig":
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError("only hidden_act silu is supported")
-        if d.get("pretraining_tp", 1) not in (1, None):
-            # pretraining_tp > 1 only splits the matmuls in the official code; the result is the
-            # same up to summation order, so it is accepted but not emulated.
-            pass
+        # pretraining_tp > 1 only splits the matmuls in the official code (same result up to
+        # summation order), so it is accepted and ignored.
         heads = d.get("num_attention_heads", 32)
         cfg = StackConfig(
             vocab_size=d.get("vocab_size", 32000),
@@ -277,19 +275,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     g = H // Hkv
     # Group the g query heads of each kv head along the row axis so no kv copy is materialised.
     qg = q.reshape(B, Hkv, g * T, d)
-    scores = torch.matmul(qg, k.transpose(-1, -2)) / math.sqrt(d)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).div_(math.sqrt(d))  # in place: big for long S
     scores = scores.view(B, Hkv, g, T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
+        scores.masked_fill_(~mask.unsqueeze(2), float("-inf"))
     probs = torch.softmax(scores, dim=-1).view(B, Hkv, g * T, S)
     out = torch.matmul(probs, v).view(B, H, T, d)
     return out.transpose(1, 2).reshape(B, T, H * d)
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, T, n * d] -> [B, n, T, d]."""
+    """[B, T, n * d] -> [B, n, T, d], contiguous (torch's CPU bmm on the strided view is about
+    twice as slow for long K/V)."""
     B, T, _ = x.shape
-    return x.view(B, T, n, -1).transpose(1, 2)
+    return x.view(B, T, n, -1).transpose(1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------

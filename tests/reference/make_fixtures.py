@@ -12,7 +12,6 @@ tests/fixtures/README.md for the format.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -158,7 +157,8 @@ def stack_weights(gen, prefix: str, s: dict) -> dict:
     return w
 
 
-def make_weights(case: dict) -> dict:
+def make_weights(case: dict):
+    """All tensors of the case, and the generator (which goes on to draw the token ids)."""
     gen = torch.Generator().manual_seed(case["seed"])
     d = case["dec"]
     H, hd = d["hidden_size"], d["hidden_size"] // d["num_attention_heads"]
@@ -291,7 +291,7 @@ def main() -> None:
         print(f"{case['name']}:")
         if os.path.isdir(out_dir):
             shutil.rmtree(out_dir)
-        weights, gen = make_weights(copy.deepcopy(case))
+        weights, gen = make_weights(case)
         write_checkpoint(out_dir, case, weights)
         model = ref.Model(out_dir)  # expected values come from the weights as stored
         expected = expected_outputs(model, case, gen)

@@ -1,0 +1,135 @@
+// Engine throughput on one model: encode (chunks x chunk_len), prefill, decode; peak RSS.
+// Phases and warm-up mirror bench/torch_bench.py so the two can be compared side by side
+// (bench/run_engine_bench.sh does that and prints the ratios).
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "engine/backend.h"
+#include "engine/cepe_model.h"
+#include "engine/common/error.h"
+
+using namespace cepe;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::vector<int32_t> random_ids(std::mt19937& rng, int n, int vocab) {
+  std::uniform_int_distribution<int> d(3, vocab - 1);
+  std::vector<int32_t> ids(n);
+  for (auto& x : ids) x = d(rng);
+  return ids;
+}
+
+int argmax(const float* x, int n) {
+  int best = 0;
+  for (int i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: bench_engine --model DIR [--threads N] [--chunks 32] [--chunk-len 256] "
+               "[--prefill 512] [--decode 64] [--device cpu|cuda]\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir, device = "cpu";
+  int threads = 0, chunks = 32, chunk_len = 256, prefill = 512, decode = 64;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        usage();
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--model") model_dir = next();
+    else if (a == "--threads") threads = std::stoi(next());
+    else if (a == "--chunks") chunks = std::stoi(next());
+    else if (a == "--chunk-len") chunk_len = std::stoi(next());
+    else if (a == "--prefill") prefill = std::stoi(next());
+    else if (a == "--decode") decode = std::stoi(next());
+    else if (a == "--device") device = next();
+    else {
+      usage();
+      return 2;
+    }
+  }
+  if (model_dir.empty()) {
+    usage();
+    return 2;
+  }
+  try {
+    BackendOptions options;
+    options.threads = threads;
+    auto backend = make_backend(parse_device(device), options);
+    const auto t_load = std::chrono::steady_clock::now();
+    auto model = CepeModel::load(model_dir, *backend);
+    const double load_s = seconds_since(t_load);
+    const int vocab = model->config().decoder.vocab_size;
+    std::mt19937 rng(0);
+    std::vector<std::vector<int32_t>> context;
+    for (int c = 0; c < chunks; ++c) context.push_back(random_ids(rng, chunk_len, vocab));
+    const auto prompt = random_ids(rng, prefill, vocab);
+
+    // Warm-up on the same code paths (small sizes).
+    {
+      auto ctx = model->encode({context[0]});
+      auto st = model->new_state();
+      model->set_context(*st, ctx);
+      model->forward(*st, {prompt.begin(), prompt.begin() + 8}, false);
+      model->forward(*st, {5}, false);
+    }
+
+    auto t0 = std::chrono::steady_clock::now();
+    EncodedContext ctx = model->encode(context);
+    backend->synchronize();
+    const double encode_s = seconds_since(t0);
+
+    auto state = model->new_state(prefill + decode + 1);
+    t0 = std::chrono::steady_clock::now();
+    model->set_context(*state, ctx);  // cross-attention K/V, projected once per request
+    Tensor logits = model->forward(*state, prompt, false);
+    backend->synchronize();
+    const double prefill_s = seconds_since(t0);
+
+    t0 = std::chrono::steady_clock::now();
+    for (int s = 0; s < decode; ++s) {
+      const int next = argmax(logits.data<float>(), vocab);
+      logits = model->forward(*state, {next}, false);
+    }
+    backend->synchronize();
+    const double decode_s = seconds_since(t0);
+
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    const double peak_rss_mb = ru.ru_maxrss / 1024.0;
+    const double weights_mb = model->weight_bytes() / 1048576.0;
+    const int64_t enc_tokens = int64_t(chunks) * chunk_len;
+    std::printf(
+        "{\"engine\": \"cepe-cpp\", \"backend\": \"%s\", \"threads\": %d, \"load_s\": %.3f, "
+        "\"encode\": {\"tokens\": %lld, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
+        "\"prefill\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
+        "\"decode\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
+        "\"weights_mb\": %.1f, \"kv_and_cross_cache_mb\": %.1f, \"peak_rss_mb\": %.1f}\n",
+        backend->describe().c_str(), threads, load_s, static_cast<long long>(enc_tokens), encode_s,
+        enc_tokens / encode_s, prefill, prefill_s, prefill / prefill_s, decode, decode_s,
+        decode / decode_s, weights_mb, state->cache_bytes() / 1048576.0, peak_rss_mb);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,288 @@
+#include "index/builder.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <random>
+#include <regex>
+
+#include "engine/common/error.h"
+#include "index/fileio.h"
+#include "index/passage_store.h"
+#include "retriever/embedder.h"
+
+namespace cepe::index {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Test hook: CEPE_INDEX_BUILD_CRASH_AT=<point> kills the process with SIGKILL at that point, the
+// same as a user's kill -9 or an OOM kill, so tests can check what an interrupted build leaves.
+void crash_point(const char* point) {
+  const char* at = std::getenv("CEPE_INDEX_BUILD_CRASH_AT");
+  if (at && std::strcmp(at, point) == 0) ::kill(::getpid(), SIGKILL);
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string partial_prefix(const fs::path& out) {
+  return "." + out.filename().string() + ".partial-";
+}
+
+// Removes temporary directories left by killed builds of the same index (their pid is gone).
+void remove_stale_partials(const fs::path& out, BuildProgress* progress) {
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  const std::string prefix = partial_prefix(out);
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string rest = name.substr(prefix.size());
+    const long pid = std::strtol(rest.c_str(), nullptr, 10);
+    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) {
+      fs::remove_all(entry.path(), ec);
+      if (progress) progress->note("removed " + entry.path().string() + " left by an interrupted build");
+    }
+  }
+}
+
+// Replaces `out` by `tmp`: an atomic swap where the kernel allows it, so the old index stays
+// loadable until the new one is in place.
+void install(const fs::path& tmp, const fs::path& out, bool replace) {
+  if (!replace) {
+    CEPE_CHECK(::rename(tmp.c_str(), out.c_str()) == 0,
+               "cannot rename " << tmp.string() << " to " << out.string() << ": " << std::strerror(errno));
+    return;
+  }
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, out.c_str(), RENAME_EXCHANGE) == 0) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);  // now the old index
+    return;
+  }
+  fs::path old = out;
+  old += ".old-" + std::to_string(::getpid());
+  CEPE_CHECK(::rename(out.c_str(), old.c_str()) == 0,
+             "cannot move the old index " << out.string() << " aside: " << std::strerror(errno));
+  CEPE_CHECK(::rename(tmp.c_str(), out.c_str()) == 0,
+             "cannot rename " << tmp.string() << " to " << out.string() << ": " << std::strerror(errno));
+  std::error_code ec;
+  fs::remove_all(old, ec);
+}
+
+// Deletes the temporary directory unless the build completed.
+struct TempDirGuard {
+  fs::path dir;
+  bool keep = false;
+  ~TempDirGuard() {
+    if (!keep && !dir.empty()) {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  }
+};
+
+}  // namespace
+
+bool is_partial_build_dir(const fs::path& dir) {
+  static const std::regex re(R"(^\..+\.partial-[0-9]+$)");
+  fs::path p = dir;
+  if (p.filename().empty()) p = p.parent_path();  // "dir/" has an empty filename
+  return std::regex_match(p.filename().string(), re);
+}
+
+uint64_t directory_bytes(const fs::path& dir) {
+  uint64_t n = 0;
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(dir, ec))
+    if (e.is_regular_file()) n += e.file_size();
+  return n;
+}
+
+BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
+  BuildProgress silent;
+  BuildProgress& pr = progress ? *progress : silent;
+  const auto t0 = Clock::now();
+  CEPE_CHECK(!opt.out.empty(), "no output directory given (--out)");
+  fs::path out = opt.out;
+  if (out.filename().empty()) out = out.parent_path();  // "dir/" -> "dir"
+  bool replace = false;
+  if (fs::exists(out)) {
+    CEPE_CHECK(opt.overwrite, out.string() << " already exists (pass --overwrite to replace it)");
+    CEPE_CHECK(fs::is_directory(out), "refusing to replace " << out.string() << ": not a directory");
+    const bool is_index = fs::exists(out / kManifestFile);
+    CEPE_CHECK(is_index || fs::is_empty(out),
+               "refusing to replace " << out.string()
+                                      << ": it is neither a CEPE index nor an empty directory");
+    replace = true;
+  }
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  CEPE_CHECK(fs::is_directory(parent), "parent directory " << parent.string() << " does not exist");
+  remove_stale_partials(out, &pr);
+
+  // Everything before this point is cheap validation; create the embedder and FAISS structure
+  // first as well, so that a bad --embedder or --faiss fails before reading the corpus.
+  retriever::EmbedderOptions eo;
+  eo.dim = opt.dim;
+  std::unique_ptr<retriever::Embedder> embedder = retriever::create_embedder(opt.embedder, eo);
+  const int dim = embedder->dim();
+  std::unique_ptr<VectorIndex> vindex = VectorIndex::create(opt.faiss, dim);
+  CorpusReader reader(opt.inputs, opt.corpus);
+
+  TempDirGuard guard;
+  guard.dir = parent / (partial_prefix(out) + std::to_string(::getpid()));
+  fs::remove_all(guard.dir);
+  fs::create_directory(guard.dir);
+  const fs::path& tmp = guard.dir;
+
+  BuildResult result;
+  // 1. Ingest: validate, store, fit.
+  {
+    const auto t = Clock::now();
+    PassageStoreWriter store(tmp / kPassagesFile);
+    pr.start("read", reader.total_bytes(), "bytes");
+    bool crashed_mid_ingest = false;
+    reader.read(
+        [&](const Passage& p) {
+          store.add(p.id, p.title, p.text);
+          if (embedder->needs_fit()) embedder->fit_add(p.title, p.text);
+          if (!crashed_mid_ingest && store.count() == 100) {
+            crashed_mid_ingest = true;
+            crash_point("ingest");
+          }
+        },
+        [&](uint64_t bytes) { pr.update(bytes); });
+    pr.finish();
+    CEPE_CHECK(store.count() > 0, "the corpus has no valid passages");
+    store.finish();
+    if (embedder->needs_fit()) embedder->fit_finish();
+    embedder->save(tmp);
+    result.corpus = reader.stats();
+    result.skip_summary = reader.skip_summary();
+    if (!result.skip_summary.empty()) pr.note(result.skip_summary);
+    result.ingest_seconds = seconds_since(t);
+  }
+  PassageStore store(tmp / kPassagesFile);
+  const int64_t n = static_cast<int64_t>(store.size());
+  const int batch = opt.batch > 0 ? opt.batch : embedder->preferred_batch();
+  std::vector<float> buf(static_cast<size_t>(batch) * dim);
+  std::vector<index::PassageView> views;
+  auto embed_rows = [&](const std::vector<int64_t>& rows, size_t begin, size_t count, float* dst) {
+    views.clear();
+    for (size_t i = begin; i < begin + count; ++i) views.push_back(store.get(rows.empty() ? i : rows[i]));
+    embedder->embed_passages(views, dst);
+  };
+
+  // 2. Train on a uniform sample (IVF centroids, PQ codebooks, OPQ rotation).
+  uint64_t trained_on = 0;
+  if (vindex->needs_training()) {
+    const auto t = Clock::now();
+    int64_t want = opt.train_size > 0 ? opt.train_size : vindex->suggested_training_size();
+    want = std::min(want, n);
+    std::vector<int64_t> rows(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) rows[i] = i;
+    std::mt19937_64 rng(opt.seed);
+    // Partial Fisher-Yates: the first `want` rows become a uniform sample.
+    for (int64_t i = 0; i < want; ++i) {
+      std::uniform_int_distribution<int64_t> pick(i, n - 1);
+      std::swap(rows[i], rows[pick(rng)]);
+    }
+    rows.resize(static_cast<size_t>(want));
+    std::sort(rows.begin(), rows.end());  // sequential reads of the store
+    std::vector<float> sample(static_cast<size_t>(want) * dim);
+    pr.start("train-embed", static_cast<uint64_t>(want), "passages");
+    for (int64_t b = 0; b < want; b += batch) {
+      const size_t cnt = static_cast<size_t>(std::min<int64_t>(batch, want - b));
+      embed_rows(rows, static_cast<size_t>(b), cnt, sample.data() + static_cast<size_t>(b) * dim);
+      pr.update(static_cast<uint64_t>(b) + cnt);
+    }
+    pr.finish();
+    pr.note("training " + opt.faiss + " on " + std::to_string(want) + " vectors");
+    crash_point("train");
+    vindex->train(want, sample.data());
+    trained_on = static_cast<uint64_t>(want);
+    result.train_seconds = seconds_since(t);
+  }
+  {
+    // FAISS's defaults (one IVF list, efSearch 16) are rarely what anyone wants.
+    SearchParams d = opt.defaults;
+    const int64_t nlist = vindex->nlist();
+    if (nlist > 0 && d.nprobe == 0)
+      d.nprobe = static_cast<int>(std::min<int64_t>(nlist, std::max<int64_t>(8, nlist / 16)));
+    if (vindex->has_hnsw() && d.ef_search == 0) d.ef_search = 64;
+    vindex->set_defaults(d);
+  }
+
+  // 3. Embed and add every passage, in batches.
+  {
+    const auto t = Clock::now();
+    pr.start("embed", static_cast<uint64_t>(n), "passages");
+    const std::vector<int64_t> all;  // empty: rows are positions
+    for (int64_t b = 0; b < n; b += batch) {
+      const size_t cnt = static_cast<size_t>(std::min<int64_t>(batch, n - b));
+      embed_rows(all, static_cast<size_t>(b), cnt, buf.data());
+      vindex->add(static_cast<int64_t>(cnt), buf.data());
+      pr.update(static_cast<uint64_t>(b) + cnt);
+      if (b == 0) crash_point("add");
+    }
+    pr.finish();
+    result.embed_seconds = seconds_since(t);
+  }
+  CEPE_CHECK(vindex->size() == n, "internal: FAISS holds " << vindex->size() << " vectors for " << n
+                                                           << " passages");
+  pr.note("writing the FAISS index");
+  vindex->save(tmp / kFaissFile);
+  crash_point("save");
+
+  // 4. The manifest, last: its presence is what makes the directory an index.
+  IndexManifest& m = result.manifest;
+  m.embedder_spec = embedder->spec();
+  m.embedder_kind = embedder->kind();
+  m.embedder_fingerprint = embedder->fingerprint();
+  m.embedder_config = embedder->describe();
+  m.dim = dim;
+  m.faiss_factory = opt.faiss;
+  m.faiss_description = vindex->describe();
+  m.default_nprobe = vindex->defaults().nprobe;
+  m.default_ef_search = vindex->defaults().ef_search;
+  m.passages = static_cast<uint64_t>(n);
+  m.trained_on = trained_on;
+  for (const auto& in : opt.inputs) m.inputs.push_back(in.string());
+  m.skipped = result.corpus.skipped;
+  m.embed_passages_per_second = result.embed_seconds > 0 ? n / result.embed_seconds : 0;
+  m.created = utc_now();
+  m.cepe_version = "0.1.0";
+  m.build_seconds = seconds_since(t0);
+  write_manifest(tmp, m);
+  fsync_directory(tmp);
+  crash_point("manifest");
+  install(tmp, out, replace);
+  guard.keep = true;
+  fsync_directory(parent);
+  result.total_seconds = seconds_since(t0);
+  result.bytes_on_disk = directory_bytes(out);
+  return result;
+}
+
+}  // namespace cepe::index

@@ -1,0 +1,66 @@
+// `cepe index build`: corpus -> passage store + fitted embedder + FAISS index, in a temporary
+// directory that is renamed into place only when complete.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "index/corpus.h"
+#include "index/manifest.h"
+#include "index/vector_index.h"
+
+namespace cepe::index {
+
+/// What to build.
+struct BuildOptions {
+  std::vector<std::filesystem::path> inputs;  ///< corpus files and directories
+  std::filesystem::path out;                  ///< index directory to create
+  std::string embedder = "lexical";           ///< embedder spec
+  std::string faiss = "Flat";                 ///< FAISS factory string
+  int dim = 0;                                ///< lexical dimension (0: default)
+  CorpusOptions corpus;                       ///< ingestion settings
+  int64_t train_size = 0;                     ///< training sample for IVF/PQ (0: automatic)
+  int batch = 0;                              ///< passages per embedding batch (0: embedder's choice)
+  bool overwrite = false;                     ///< replace an existing index at `out`
+  SearchParams defaults;                      ///< nprobe/efSearch stored as the index defaults
+  uint64_t seed = 20240601;                   ///< training sample seed
+};
+
+/// Receives progress; the CLI draws a bar on a terminal and logs lines otherwise.
+class BuildProgress {
+ public:
+  virtual ~BuildProgress() = default;
+  /// A phase starts; `total` units of `unit` (0 when unknown).
+  virtual void start(const std::string& /*phase*/, uint64_t /*total*/, const std::string& /*unit*/) {}
+  /// `done` units of the current phase are complete.
+  virtual void update(uint64_t /*done*/) {}
+  /// The current phase ended.
+  virtual void finish() {}
+  /// A one-line message worth showing.
+  virtual void note(const std::string& /*line*/) {}
+};
+
+/// Outcome of a build.
+struct BuildResult {
+  IndexManifest manifest;    ///< what was written
+  CorpusStats corpus;        ///< ingestion statistics
+  std::string skip_summary;  ///< one line about skipped records (empty when none)
+  double ingest_seconds = 0;  ///< reading, validating, storing, fitting
+  double train_seconds = 0;   ///< embedding the sample and training
+  double embed_seconds = 0;   ///< embedding and adding every passage
+  double total_seconds = 0;   ///< wall time
+  uint64_t bytes_on_disk = 0;  ///< size of the finished directory
+};
+
+/// Builds the index; throws cepe::Error (leaving no index at `out`) on any failure.
+BuildResult build_index(const BuildOptions& options, BuildProgress* progress = nullptr);
+
+/// True for the temporary directories builds write into (never loadable as an index).
+bool is_partial_build_dir(const std::filesystem::path& dir);
+
+/// Total size of the regular files under `dir`.
+uint64_t directory_bytes(const std::filesystem::path& dir);
+
+}  // namespace cepe::index

@@ -1,0 +1,54 @@
+// manifest.json: what an index directory holds and how it was built. Written last and atomically,
+// so a directory without it is an interrupted build, never an index.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace cepe::index {
+
+/// Version of the index directory layout.
+inline constexpr int kIndexFormatVersion = 1;
+
+/// Contents of an index directory's manifest.json.
+struct IndexManifest {
+  int format_version = kIndexFormatVersion;        ///< layout version
+  std::string embedder_spec;                       ///< spec that recreates the embedder
+  std::string embedder_kind;                       ///< "lexical", "bert"
+  std::string embedder_fingerprint;                ///< identifies the embedding function
+  std::map<std::string, std::string> embedder_config;  ///< embedder settings, for display
+  int dim = 0;                                     ///< vector dimension
+  std::string faiss_factory;                       ///< FAISS factory string
+  std::string faiss_description;                   ///< the built structure, for display
+  int default_nprobe = 0;                          ///< stored IVF nprobe (0: not IVF)
+  int default_ef_search = 0;                       ///< stored HNSW efSearch (0: not HNSW)
+  uint64_t passages = 0;                           ///< passages (= vectors)
+  uint64_t trained_on = 0;                         ///< training sample size (0: no training)
+  std::vector<std::string> inputs;                 ///< corpus inputs as given
+  uint64_t skipped = 0;                            ///< invalid records skipped
+  double build_seconds = 0;                        ///< wall time of the build
+  double embed_passages_per_second = 0;            ///< embedding + adding throughput
+  std::string created;                             ///< UTC time, ISO 8601
+  std::string cepe_version;                        ///< version of the build that wrote it
+};
+
+/// File names inside an index directory.
+inline constexpr const char* kManifestFile = "manifest.json";
+/// The passage store.
+inline constexpr const char* kPassagesFile = "passages.bin";
+/// The FAISS index.
+inline constexpr const char* kFaissFile = "faiss.index";
+
+/// Serialises to pretty JSON.
+std::string manifest_to_json(const IndexManifest& m);
+/// Parses manifest JSON; `origin` names the file in errors.
+IndexManifest manifest_from_json(const std::string& json, const std::string& origin);
+/// Reads `dir/manifest.json`; a missing manifest means "not an index (or an interrupted build)".
+IndexManifest read_manifest(const std::filesystem::path& dir);
+/// Writes `dir/manifest.json` atomically.
+void write_manifest(const std::filesystem::path& dir, const IndexManifest& m);
+
+}  // namespace cepe::index

@@ -1,0 +1,477 @@
+#include "qa/results.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+#include <unistd.h>
+#include <unordered_map>
+
+#include <rapidjson/prettywriter.h>
+
+#include "engine/common/error.h"
+#include "qa/json_util.h"
+
+namespace cepe::qa {
+
+namespace {
+
+using rapidjson::Value;
+
+void write_all(int fd, const std::string& data, const std::string& path) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      CEPE_THROW("cannot write " << path << ": " << std::strerror(errno));
+    }
+    done += static_cast<size_t>(n);
+  }
+}
+
+const Value& require(const Value& obj, const char* key, const std::string& where) {
+  auto it = obj.FindMember(key);
+  if (it == obj.MemberEnd()) CEPE_THROW(where << ": missing \"" << key << "\"");
+  return it->value;
+}
+
+std::string require_string(const Value& obj, const char* key, const std::string& where) {
+  const Value& v = require(obj, key, where);
+  if (!v.IsString()) CEPE_THROW(where << ": \"" << key << "\" must be a string");
+  return detail::json_string(v);
+}
+
+std::vector<std::string> require_strings(const Value& obj, const char* key,
+                                         const std::string& where) {
+  const Value& v = require(obj, key, where);
+  if (!v.IsArray()) CEPE_THROW(where << ": \"" << key << "\" must be a list of strings");
+  std::vector<std::string> out;
+  for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
+    if (!v[i].IsString()) CEPE_THROW(where << ": \"" << key << "\"[" << i << "] must be a string");
+    out.push_back(detail::json_string(v[i]));
+  }
+  return out;
+}
+
+int64_t require_count(const Value& obj, const char* key, const std::string& where) {
+  const Value& v = require(obj, key, where);
+  if (!v.IsInt64() || v.GetInt64() < 0) {
+    CEPE_THROW(where << ": \"" << key << "\" must be a non-negative integer");
+  }
+  return v.GetInt64();
+}
+
+// em and substring are 0/1 (CEPE averages ints), f1 a fraction.
+std::optional<double> optional_score(const Value& obj, const char* key, bool binary,
+                                     const std::string& where) {
+  const Value& v = require(obj, key, where);
+  if (v.IsNull()) return std::nullopt;
+  if (!v.IsNumber()) CEPE_THROW(where << ": \"" << key << "\" must be a number or null");
+  const double d = v.GetDouble();
+  if (binary ? (d != 0.0 && d != 1.0) : !(d >= 0.0 && d <= 1.0)) {
+    CEPE_THROW(where << ": \"" << key << "\" is out of range: " << d);
+  }
+  return d;
+}
+
+std::string fixed(double v, int digits) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << v;
+  return os.str();
+}
+
+// The invariants record_from_json enforces, checked on the way out so a bad record fails the run
+// that writes it rather than the --resume that reads it back.
+void check_record(const QaRecord& r) {
+  CEPE_CHECK(!r.id.empty(), "result record without an id");
+  CEPE_CHECK(r.scores.has_value() == !r.gold.empty(),
+             "result record \"" << r.id << "\": scores must be set exactly when there are gold "
+                                          "answers (call score_record)");
+  CEPE_CHECK(!r.first_hit_rank || *r.first_hit_rank <= r.passage_ids.size(),
+             "result record \"" << r.id << "\": hit rank past the passages used");
+  CEPE_CHECK(r.prompt_tokens >= 0 && r.generated_tokens >= 0,
+             "result record \"" << r.id << "\": negative token count");
+}
+
+}  // namespace
+
+QaRecord make_record(const Question& q) {
+  QaRecord r;
+  r.id = q.id;
+  r.numeric_id = q.numeric_id;
+  r.question = q.question;
+  r.gold = q.answers;
+  return r;
+}
+
+void score_record(QaRecord* record, const std::vector<std::string>& passage_texts, F1Rule rule) {
+  record->scores.reset();
+  record->first_hit_rank.reset();
+  if (record->gold.empty()) return;
+  record->scores = score_answer(record->answer, record->gold, rule);
+  if (passage_texts.empty()) return;
+  const std::optional<size_t> hit = AnswerMatcher(record->gold).first_match(passage_texts);
+  record->first_hit_rank = hit ? *hit + 1 : 0;
+}
+
+std::string record_to_json(const QaRecord& r) {
+  check_record(r);
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  w.Key("id");
+  if (r.numeric_id) {
+    // An id read back as an integer always fits; anything else is written as text.
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(r.id.c_str(), &end, 10);
+    if (!r.id.empty() && *end == '\0' && errno == 0) {
+      w.Int64(v);
+    } else {
+      detail::write_string(w, r.id);
+    }
+  } else {
+    detail::write_string(w, r.id);
+  }
+  w.Key("question");
+  detail::write_string(w, r.question);
+  w.Key("answer");
+  detail::write_string(w, r.answer);
+  w.Key("gold");
+  w.StartArray();
+  for (const std::string& g : r.gold) detail::write_string(w, g);
+  w.EndArray();
+  w.Key("em");
+  if (r.scores) {
+    w.Int(r.scores->exact_match ? 1 : 0);
+    w.Key("f1");
+    w.Double(r.scores->f1);
+    w.Key("substring");
+    w.Int(r.scores->substring ? 1 : 0);
+  } else {
+    w.Null();
+    w.Key("f1");
+    w.Null();
+    w.Key("substring");
+    w.Null();
+  }
+  w.Key("passages");
+  w.StartArray();
+  for (const std::string& id : r.passage_ids) detail::write_string(w, id);
+  w.EndArray();
+  w.Key("retrieval_hit");
+  if (r.first_hit_rank) {
+    w.Bool(*r.first_hit_rank > 0);
+  } else {
+    w.Null();
+  }
+  w.Key("hit_rank");
+  if (r.first_hit_rank && *r.first_hit_rank > 0) {
+    w.Uint64(*r.first_hit_rank);
+  } else {
+    w.Null();
+  }
+  w.Key("prompt_tokens");
+  w.Int64(r.prompt_tokens);
+  w.Key("generated_tokens");
+  w.Int64(r.generated_tokens);
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+QaRecord record_from_json(std::string_view line, const std::string& where) {
+  if (auto at = detail::find_invalid_utf8(line)) {
+    CEPE_THROW(where << ": invalid UTF-8 at column " << *at + 1);
+  }
+  rapidjson::Document doc;
+  std::string error;
+  if (!detail::parse_json(line, &doc, &error)) CEPE_THROW(where << ": " << error);
+  if (!doc.IsObject()) CEPE_THROW(where << ": expected a JSON object");
+
+  QaRecord r;
+  const Value& id = require(doc, "id", where);
+  if (id.IsString()) {
+    r.id = detail::json_string(id);
+  } else if (id.IsInt64()) {
+    r.id = std::to_string(id.GetInt64());
+    r.numeric_id = true;
+  } else {
+    CEPE_THROW(where << ": \"id\" must be a string or an integer");
+  }
+  if (r.id.empty()) CEPE_THROW(where << ": \"id\" is empty");
+  r.question = require_string(doc, "question", where);
+  r.answer = require_string(doc, "answer", where);
+  r.gold = require_strings(doc, "gold", where);
+
+  const std::optional<double> em = optional_score(doc, "em", true, where);
+  const std::optional<double> f1 = optional_score(doc, "f1", false, where);
+  const std::optional<double> sub = optional_score(doc, "substring", true, where);
+  if (em.has_value() != f1.has_value() || em.has_value() != sub.has_value()) {
+    CEPE_THROW(where << ": \"em\", \"f1\" and \"substring\" must be all numbers or all null");
+  }
+  if (em.has_value() == r.gold.empty()) {
+    CEPE_THROW(where << ": scores must be present exactly when there are gold answers");
+  }
+  if (em) r.scores = AnswerScores{*em == 1.0, *f1, *sub == 1.0};
+
+  r.passage_ids = require_strings(doc, "passages", where);
+  const Value& hit = require(doc, "retrieval_hit", where);
+  const Value& rank = require(doc, "hit_rank", where);
+  if (hit.IsNull()) {
+    if (!rank.IsNull()) CEPE_THROW(where << ": \"hit_rank\" without \"retrieval_hit\"");
+  } else if (!hit.IsBool()) {
+    CEPE_THROW(where << ": \"retrieval_hit\" must be true, false or null");
+  } else if (!hit.GetBool()) {
+    if (!rank.IsNull()) CEPE_THROW(where << ": \"hit_rank\" must be null when there is no hit");
+    r.first_hit_rank = 0;
+  } else {
+    if (!rank.IsUint64() || rank.GetUint64() < 1 || rank.GetUint64() > r.passage_ids.size()) {
+      CEPE_THROW(where << ": \"hit_rank\" must be a rank between 1 and the number of passages");
+    }
+    r.first_hit_rank = rank.GetUint64();
+  }
+  r.prompt_tokens = require_count(doc, "prompt_tokens", where);
+  r.generated_tokens = require_count(doc, "generated_tokens", where);
+  return r;
+}
+
+ResultWriter::ResultWriter(std::filesystem::path path, bool append) : path_(std::move(path)) {
+  const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC);
+  fd_ = ::open(path_.c_str(), flags, 0644);
+  if (fd_ < 0) CEPE_THROW("cannot open output " << path_.string() << ": " << std::strerror(errno));
+}
+
+ResultWriter::~ResultWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void ResultWriter::write(const QaRecord& record) {
+  // Built in full first so that the line goes out in a single write and an interruption can only
+  // tear the very last line.
+  std::string line = record_to_json(record);
+  line.push_back('\n');
+  std::lock_guard<std::mutex> lock(mutex_);
+  write_all(fd_, line, path_.string());
+  ++lines_;
+}
+
+void ResultWriter::sync() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (::fsync(fd_) != 0) CEPE_THROW("cannot sync " << path_.string() << ": " << std::strerror(errno));
+}
+
+size_t ResultWriter::lines_written() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return lines_;
+}
+
+ResumeState load_for_resume(const std::filesystem::path& path) {
+  ResumeState state;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return state;
+  state.existed = true;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) CEPE_THROW("cannot open " << path.string() << " to resume: " << std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  const std::string content = ss.str();
+
+  const size_t last_newline = content.rfind('\n');
+  const size_t complete = last_newline == std::string::npos ? 0 : last_newline + 1;
+  std::unordered_map<std::string, size_t> seen;
+  size_t line_no = 0;
+  for (size_t start = 0; start < complete;) {
+    const size_t end = content.find('\n', start);
+    std::string_view line(content.data() + start, end - start);
+    start = end + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (detail::trim_ascii(line).empty()) continue;
+    const std::string where = path.string() + ":" + std::to_string(line_no);
+    QaRecord r = record_from_json(line, where);
+    auto [it, inserted] = seen.emplace(r.id, line_no);
+    if (!inserted) {
+      CEPE_THROW(where << ": duplicate id \"" << r.id << "\" (first on line " << it->second << ")");
+    }
+    state.done_ids.insert(r.id);
+    state.records.push_back(std::move(r));
+    state.record_lines.push_back(line_no);
+  }
+  // Only cut after everything before the tear checked out, so a bad file is left as it was.
+  if (complete < content.size()) {
+    state.torn_bytes = content.size() - complete;
+    std::filesystem::resize_file(path, complete, ec);
+    if (ec) CEPE_THROW("cannot cut the torn last line of " << path.string() << ": " << ec.message());
+  }
+  return state;
+}
+
+void check_resume_matches(const ResumeState& state, const std::vector<Question>& questions,
+                          const std::filesystem::path& path) {
+  std::unordered_map<std::string_view, const Question*> by_id;
+  for (const Question& q : questions) by_id.emplace(q.id, &q);
+  for (size_t i = 0; i < state.records.size(); ++i) {
+    const QaRecord& r = state.records[i];
+    const std::string where = path.string() + ":" + std::to_string(state.record_lines[i]);
+    auto it = by_id.find(r.id);
+    if (it == by_id.end()) {
+      CEPE_THROW(where << ": id \"" << r.id << "\" is not in the question file");
+    }
+    if (it->second->question != r.question) {
+      CEPE_THROW(where << ": id \"" << r.id << "\" has another question in the question file");
+    }
+  }
+}
+
+QaSummary summarize(const std::vector<QaRecord>& records, const RunStats& run) {
+  QaSummary s;
+  s.questions = records.size();
+  s.run = run;
+  double em = 0, f1 = 0, sub = 0;
+  std::vector<size_t> ranks;
+  for (const QaRecord& r : records) {
+    if (r.scores) {
+      ++s.scored;
+      em += r.scores->exact_match ? 1.0 : 0.0;
+      f1 += r.scores->f1;
+      sub += r.scores->substring ? 1.0 : 0.0;
+    }
+    if (r.first_hit_rank) {
+      ++s.retrieval_evaluated;
+      ranks.push_back(*r.first_hit_rank);
+      s.max_k = std::max(s.max_k, r.passage_ids.size());
+    }
+  }
+  if (s.scored > 0) {
+    const double n = static_cast<double>(s.scored);
+    s.exact_match = em / n;
+    s.f1 = f1 / n;
+    s.substring = sub / n;
+  }
+  if (s.retrieval_evaluated > 0) {
+    std::vector<size_t> cutoffs;
+    for (size_t k : {1, 5, 10, 20, 50, 100, 200, 500, 1000}) {
+      if (k < s.max_k) cutoffs.push_back(k);
+    }
+    cutoffs.push_back(s.max_k);
+    for (size_t k : cutoffs) {
+      size_t hits = 0;
+      for (size_t rank : ranks) hits += (rank >= 1 && rank <= k) ? 1 : 0;
+      s.recall.push_back({k, static_cast<double>(hits) / static_cast<double>(ranks.size())});
+    }
+  }
+  if (run.elapsed_s > 0) {
+    s.questions_per_s = static_cast<double>(run.questions) / run.elapsed_s;
+    s.tokens_per_s = static_cast<double>(run.generated_tokens) / run.elapsed_s;
+  }
+  return s;
+}
+
+std::string summary_to_json(const QaSummary& s) {
+  rapidjson::StringBuffer buf;
+  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
+  w.SetIndent(' ', 2);
+  auto metric = [&](const char* key, double v) {
+    w.Key(key);
+    if (s.scored > 0) {
+      w.Double(v);
+    } else {
+      w.Null();
+    }
+  };
+  w.StartObject();
+  w.Key("questions");
+  w.Uint64(s.questions);
+  w.Key("scored");
+  w.Uint64(s.scored);
+  metric("exact_match", s.exact_match);
+  metric("f1", s.f1);
+  metric("substring_exact_match", s.substring);
+  w.Key("retrieval");
+  if (s.retrieval_evaluated > 0) {
+    w.StartObject();
+    w.Key("evaluated");
+    w.Uint64(s.retrieval_evaluated);
+    w.Key("k");
+    w.Uint64(s.max_k);
+    w.Key("recall");
+    w.StartObject();
+    for (const RecallAt& r : s.recall) {
+      const std::string k = std::to_string(r.k);
+      w.Key(k.c_str(), static_cast<rapidjson::SizeType>(k.size()));
+      w.Double(r.recall);
+    }
+    w.EndObject();
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  w.Key("run");
+  w.StartObject();
+  w.Key("questions");
+  w.Uint64(s.run.questions);
+  w.Key("elapsed_s");
+  w.Double(s.run.elapsed_s);
+  w.Key("questions_per_s");
+  w.Double(s.questions_per_s);
+  w.Key("generated_tokens");
+  w.Int64(s.run.generated_tokens);
+  w.Key("tokens_per_s");
+  w.Double(s.tokens_per_s);
+  w.EndObject();
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize()) + "\n";
+}
+
+std::filesystem::path summary_path_for(const std::filesystem::path& output) {
+  return std::filesystem::path(output.string() + ".summary.json");
+}
+
+void write_summary(const std::filesystem::path& path, const QaSummary& summary) {
+  const std::string text = summary_to_json(summary);
+  const std::filesystem::path tmp(path.string() + ".tmp." + std::to_string(::getpid()));
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) CEPE_THROW("cannot create " << tmp.string() << ": " << std::strerror(errno));
+  try {
+    write_all(fd, text, tmp.string());
+    if (::fsync(fd) != 0) CEPE_THROW("cannot sync " << tmp.string() << ": " << std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    std::remove(tmp.c_str());
+    throw;
+  }
+  ::close(fd);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    CEPE_THROW("cannot rename " << tmp.string() << " to " << path.string() << ": "
+                                << std::strerror(err));
+  }
+}
+
+std::string format_summary(const QaSummary& s) {
+  std::ostringstream os;
+  auto row = [&](const std::string& name, const std::string& value) {
+    os << std::left << std::setw(18) << name << value << "\n";
+  };
+  row("Questions", std::to_string(s.questions) + " (" + std::to_string(s.scored) + " with gold)");
+  if (s.scored > 0) {
+    row("Exact match", fixed(100.0 * s.exact_match, 2));
+    row("F1", fixed(100.0 * s.f1, 2));
+    row("Substring match", fixed(100.0 * s.substring, 2));
+  }
+  for (const RecallAt& r : s.recall) {
+    row("Recall@" + std::to_string(r.k), fixed(100.0 * r.recall, 2));
+  }
+  row("Questions/s", fixed(s.questions_per_s, 2) + " (" + std::to_string(s.run.questions) +
+                         " this run in " + fixed(s.run.elapsed_s, 1) + " s)");
+  row("Tokens/s", fixed(s.tokens_per_s, 1));
+  return os.str();
+}
+
+}  // namespace cepe::qa
