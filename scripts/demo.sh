@@ -20,7 +20,7 @@ else
   if [[ ! -f "$work/random/tokenizer.model" ]]; then
     cat README.md docs/*.md > "$work/corpus.txt"
     spm_train --input="$work/corpus.txt" --model_prefix="$work/spm" --vocab_size=1000 \
-      --model_type=bpe --byte_fallback=true --character_coverage=1.0 --minloglevel=2 >/dev/null
+      --model_type=bpe --byte_fallback=true --hard_vocab_limit=false --character_coverage=1.0 --minloglevel=2 >/dev/null
     "$cepe" random-model --preset tiny --tokenizer "$work/spm.model" --out "$work/random"
   fi
   echo "== cepe generate (random weights: expect noise) =="

@@ -1,0 +1,327 @@
+// `cepe index build|search|info`: build a FAISS index over a corpus, query it, describe it.
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "cli/command.h"
+#include "engine/common/error.h"
+#include "index/builder.h"
+#include "index/manifest.h"
+#include "retriever/retriever.h"
+
+namespace cepe::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string human_count(double v) {
+  char buf[32];
+  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.1fG", v / 1e9);
+  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.1fM", v / 1e6);
+  else if (v >= 1e4) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", v);
+  return buf;
+}
+
+std::string human_bytes(double v) {
+  char buf[32];
+  if (v >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", v / (1 << 30));
+  else if (v >= 1 << 20) std::snprintf(buf, sizeof buf, "%.1f MiB", v / (1 << 20));
+  else if (v >= 1 << 10) std::snprintf(buf, sizeof buf, "%.1f KiB", v / (1 << 10));
+  else std::snprintf(buf, sizeof buf, "%.0f B", v);
+  return buf;
+}
+
+std::string clock_time(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const long t = std::lround(s);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
+// A progress bar on a terminal; periodic plain lines in logs (where \r would make a mess).
+class CliProgress : public index::BuildProgress {
+ public:
+  CliProgress() : tty_(::isatty(STDERR_FILENO) == 1) {}
+  void start(const std::string& phase, uint64_t total, const std::string& unit) override {
+    phase_ = phase;
+    total_ = total;
+    unit_ = unit;
+    done_ = 0;
+    t0_ = last_ = Clock::now();
+    if (!tty_) std::cerr << "index build: " << phase_ << ": started (" << amount(total_) << ")\n";
+  }
+  void update(uint64_t done) override {
+    done_ = done;
+    const auto now = Clock::now();
+    const double since = std::chrono::duration<double>(now - last_).count();
+    if (since < (tty_ ? 0.1 : 10.0)) return;
+    last_ = now;
+    if (tty_) std::cerr << "\r" << line() << "\033[K" << std::flush;
+    else std::cerr << "index build: " << line() << "\n";
+  }
+  void finish() override {
+    const double s = elapsed();
+    if (tty_) std::cerr << "\r" << line() << "\033[K\n";
+    std::cerr << "index build: " << phase_ << ": done, " << amount(done_) << " in " << clock_time(s)
+              << " (" << rate(done_, s) << ")\n";
+  }
+  void note(const std::string& l) override { std::cerr << "index build: " << l << "\n"; }
+
+ private:
+  double elapsed() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+  std::string amount(uint64_t n) const {
+    return unit_ == "bytes" ? human_bytes(static_cast<double>(n)) : human_count(static_cast<double>(n)) + " " + unit_;
+  }
+  std::string rate(uint64_t n, double s) const {
+    const double r = s > 0 ? n / s : 0;
+    return unit_ == "bytes" ? human_bytes(r) + "/s" : human_count(r) + " " + unit_ + "/s";
+  }
+  std::string line() const {
+    const double s = elapsed();
+    const double frac = total_ ? static_cast<double>(done_) / total_ : 0;
+    std::ostringstream os;
+    if (tty_) {
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(frac * kWidth);
+      os << "[" << std::string(filled, '#') << std::string(kWidth - filled, '.') << "] ";
+    }
+    char pct[16];
+    std::snprintf(pct, sizeof pct, "%5.1f%%", 100 * frac);
+    const double r = s > 0 ? done_ / s : 0;
+    const double eta = r > 0 && total_ ? (total_ - done_) / r : NAN;
+    os << phase_ << " " << pct << " " << amount(done_) << "/" << amount(total_) << "  " << rate(done_, s)
+       << "  ETA " << clock_time(eta);
+    return os.str();
+  }
+  bool tty_;
+  std::string phase_, unit_;
+  uint64_t total_ = 0, done_ = 0;
+  Clock::time_point t0_, last_;
+};
+
+int usage_error(const Args& args, const std::string& line, const std::string& msg) {
+  std::cerr << "cepe index: error: " << msg << "\n" << args.usage(line);
+  return 2;
+}
+
+int run_build(const std::vector<std::string>& argv) {
+  Args a;
+  a.multi("input", "corpus: .jsonl ({id,title,text}), .tsv (id, text, title + header), .txt/.md, or a directory of .txt/.md")
+      .option("out", "index directory to create")
+      .option("embedder", "lexical, or bert:DIR[,pooling=mean|cls][,normalize=0|1][,query_prefix=..][,passage_prefix=..]", "lexical")
+      .option("faiss", "FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ64, OPQ64,IVF256,PQ64, ...", "Flat")
+      .option("dim", "vector dimension of the lexical embedder", "4096")
+      .flag("skip-invalid", "skip (and count) bad records instead of stopping at the first")
+      .option("passage-words", "passage length for .txt/.md inputs, in words", "100")
+      .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages", "0")
+      .option("train-size", "vectors sampled to train IVF/PQ/OPQ (default: 64 per centroid, at least 10000)")
+      .option("batch", "passages per embedding batch (default: the embedder's choice)")
+      .option("nprobe", "IVF lists visited by default at query time (default: nlist/16, at least 8)")
+      .option("ef-search", "HNSW efSearch used by default at query time", "64")
+      .flag("overwrite", "replace an existing index at --out");
+  const std::string line =
+      "cepe index build --input PATH... --out DIR [--embedder lexical|bert:DIR] [--faiss STRING] "
+      "[--dim N] [--skip-invalid]";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (!a.positionals().empty())
+    return usage_error(a, line, "unexpected argument '" + a.positionals()[0] + "' (inputs go after --input)");
+  index::BuildOptions o;
+  for (const auto& in : a.get_all("input")) o.inputs.emplace_back(in);
+  if (o.inputs.empty()) return usage_error(a, line, "missing required flag --input");
+  o.out = a.get("out");
+  o.embedder = a.get("embedder");
+  o.faiss = a.get("faiss");
+  if (a.is_set("dim")) {
+    CEPE_CHECK(o.embedder == "lexical", "--dim applies only to the lexical embedder");
+  }
+  if (o.embedder == "lexical") o.dim = static_cast<int>(a.get_int("dim", 16, 1 << 20));
+  o.corpus.skip_invalid = a.is_set("skip-invalid");
+  o.corpus.passage_words = static_cast<int>(a.get_int("passage-words", 8, 100000));
+  o.corpus.overlap_words = static_cast<int>(a.get_int("overlap", 0, 100000));
+  if (a.has("train-size")) o.train_size = a.get_int("train-size", 1, 1LL << 40);
+  if (a.has("batch")) o.batch = static_cast<int>(a.get_int("batch", 1, 1 << 20));
+  if (a.has("nprobe")) o.defaults.nprobe = static_cast<int>(a.get_int("nprobe", 1, 1 << 20));
+  o.defaults.ef_search = static_cast<int>(a.get_int("ef-search", 1, 1 << 20));
+  o.overwrite = a.is_set("overwrite");
+  CliProgress progress;
+  const index::BuildResult r = index::build_index(o, &progress);
+  const auto& m = r.manifest;
+  std::cout << "built " << o.out.string() << ": " << m.passages << " passages, embedder "
+            << m.embedder_spec << " (dim " << m.dim << "), FAISS " << m.faiss_factory << " ["
+            << m.faiss_description << "]\n";
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "time %.1f s (read %.1f s, train %.1f s, embed+add %.1f s = %.0f passages/s), %s on disk\n",
+                r.total_seconds, r.ingest_seconds, r.train_seconds, r.embed_seconds,
+                m.embed_passages_per_second, human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
+  std::cout << buf;
+  if (!r.skip_summary.empty()) {
+    std::cout << r.skip_summary << "\n";
+    for (const auto& e : r.corpus.examples) std::cout << "  " << e << "\n";
+  }
+  return 0;
+}
+
+std::string clip(const std::string& s, size_t max) {
+  if (s.size() <= max) return s;
+  size_t cut = max;
+  // Never split a UTF-8 character.
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return s.substr(0, cut) + "...";
+}
+
+void write_hits_json(const std::string& query, const std::vector<retriever::Hit>& hits) {
+  rapidjson::StringBuffer sb;
+  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+  auto str = [&](const std::string& s) { w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size())); };
+  w.StartObject();
+  w.Key("query");
+  str(query);
+  w.Key("hits");
+  w.StartArray();
+  for (const auto& h : hits) {
+    w.StartObject();
+    w.Key("rank");
+    w.Int(h.rank);
+    w.Key("score");
+    w.Double(h.score);
+    w.Key("id");
+    str(h.id);
+    w.Key("title");
+    str(h.title);
+    w.Key("text");
+    str(h.text);
+    w.Key("row");
+    w.Uint64(h.row);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  std::cout << sb.GetString() << "\n";
+}
+
+int run_search(const std::vector<std::string>& argv) {
+  Args a;
+  a.option("index", "index directory")
+      .option("k", "passages to return (-k)", "10")
+      .option("nprobe", "IVF lists to visit (default: the index's)")
+      .option("ef-search", "HNSW candidate list size (default: the index's)")
+      .option("embedder", "refuse unless the index was built with this embedder spec")
+      .flag("json", "one JSON object per question: {query, hits: [{rank, score, id, title, text, row}]}")
+      .flag("full", "print whole passages (default: the first 300 bytes)")
+      .flag("no-mmap", "read IVF inverted lists into memory instead of mapping them")
+      .positional("QUESTION...  one or more questions");
+  const std::string line =
+      "cepe index search --index DIR [-k 10] [--nprobe N] [--ef-search N] [--json] \"question\"...";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (a.positionals().empty()) return usage_error(a, line, "no question given");
+  retriever::RetrieverOptions ro;
+  if (a.has("embedder")) ro.embedder = a.get("embedder");
+  ro.mmap = !a.is_set("no-mmap");
+  auto r = retriever::Retriever::open(a.get("index"), ro);
+  retriever::SearchOptions so;
+  so.k = static_cast<int>(a.get_int("k", 1, 100000));
+  if (a.has("nprobe")) so.nprobe = static_cast<int>(a.get_int("nprobe", 1, 1 << 20));
+  if (a.has("ef-search")) so.ef_search = static_cast<int>(a.get_int("ef-search", 1, 1 << 20));
+  const auto results = r->search_batch(a.positionals(), so);
+  for (size_t q = 0; q < results.size(); ++q) {
+    if (a.is_set("json")) {
+      write_hits_json(a.positionals()[q], results[q]);
+      continue;
+    }
+    if (results.size() > 1) std::cout << (q ? "\n" : "") << "Q: " << a.positionals()[q] << "\n";
+    for (const auto& h : results[q]) {
+      char score[32];
+      std::snprintf(score, sizeof score, "%.4f", h.score);
+      std::cout << h.rank << ". [" << score << "] " << h.id << (h.title.empty() ? "" : " | " + h.title)
+                << "\n   " << (a.is_set("full") ? h.text : clip(h.text, 300)) << "\n";
+    }
+  }
+  return 0;
+}
+
+int run_info(const std::vector<std::string>& argv) {
+  Args a;
+  a.flag("verify", "recompute the passage store checksum and load every component")
+      .flag("json", "print the manifest as JSON")
+      .positional("DIR  the index directory");
+  const std::string line = "cepe index info DIR [--verify] [--json]";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (a.positionals().size() != 1) return usage_error(a, line, "expected exactly one index directory");
+  const fs::path dir = a.positionals()[0];
+  index::IndexManifest m = index::read_manifest(dir);
+  if (a.is_set("verify")) {
+    retriever::RetrieverOptions ro;
+    ro.verify = true;
+    auto r = retriever::Retriever::open(dir, ro);
+    m = r->manifest();
+  }
+  if (a.is_set("json")) {
+    std::cout << index::manifest_to_json(m);
+  } else {
+    std::cout << "index      " << dir.string() << "\n"
+              << "passages   " << m.passages << "\n"
+              << "embedder   " << m.embedder_spec << " (dim " << m.dim << ", fingerprint "
+              << m.embedder_fingerprint << ")\n";
+    for (const auto& [k, v] : m.embedder_config) std::cout << "           " << k << ": " << v << "\n";
+    std::cout << "faiss      " << m.faiss_factory << " [" << m.faiss_description << "]";
+    if (m.trained_on) std::cout << ", trained on " << m.trained_on << " vectors";
+    std::cout << "\n";
+    if (m.default_nprobe) std::cout << "nprobe     " << m.default_nprobe << " (default)\n";
+    if (m.default_ef_search) std::cout << "ef_search  " << m.default_ef_search << " (default)\n";
+    std::cout << "size       " << human_bytes(static_cast<double>(index::directory_bytes(dir))) << " on disk\n"
+              << "built      " << m.created << " in " << clock_time(m.build_seconds) << " by cepe "
+              << m.cepe_version << "\n";
+    for (const auto& in : m.inputs) std::cout << "input      " << in << "\n";
+    if (m.skipped) std::cout << "skipped    " << m.skipped << " invalid records\n";
+  }
+  if (a.is_set("verify")) std::cout << "verify     ok\n";
+  return 0;
+}
+
+int run_index(const std::vector<std::string>& argv) {
+  const std::string help =
+      "usage: cepe index <build|search|info> [flags]   (cepe index <sub> --help for its flags)\n"
+      "  build   build an index over a corpus\n"
+      "  search  retrieve the top-k passages for questions\n"
+      "  info    describe an index\n";
+  if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
+    (argv.empty() ? std::cerr : std::cout) << help;
+    return argv.empty() ? 2 : 0;
+  }
+  const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+  if (argv[0] == "build") return run_build(rest);
+  if (argv[0] == "search") return run_search(rest);
+  if (argv[0] == "info") return run_info(rest);
+  std::cerr << "cepe index: error: unknown subcommand '" << argv[0] << "'\n" << help;
+  return 2;
+}
+
+}  // namespace
+
+CEPE_REGISTER_COMMAND("index", "build, query and describe passage indexes (FAISS)", run_index);
+
+}  // namespace cepe::cli
