@@ -17,8 +17,9 @@ int run_convert(const std::vector<std::string>& argv) {
   args.positional("FORMAT: the source format; only 'llama2c' (Karpathy's llama2.c, legacy .bin)")
       .option("checkpoint", "llama2.c checkpoint (.bin, legacy version 0 export)")
       .option("tokenizer", "llama2.c tokenizer (.bin, e.g. tokenizer.bin or tok512.bin)")
-      .option("out", "output model directory (created; config.json, model.safetensors, "
-                     "tokenizer.model are replaced)");
+      .option("out",
+              "output model directory (created; config.json, model.safetensors, "
+              "tokenizer.model are replaced)");
   args.parse(argv);
   if (args.help_requested()) {
     std::cout << args.usage(kUsage);
@@ -29,13 +30,15 @@ int run_convert(const std::vector<std::string>& argv) {
   CEPE_CHECK(pos.size() == 1, "unexpected argument '" << pos[1] << "' (usage: " << kUsage << ")");
   CEPE_CHECK(pos[0] == "llama2c", "unknown format '" << pos[0] << "' (supported: llama2c)");
 
+  const std::string checkpoint = args.get("checkpoint");
+  const std::string tokenizer = args.get("tokenizer");
   const std::string out = args.get("out");
-  const Llama2cHeader h = convert_llama2c(args.get("checkpoint"), args.get("tokenizer"), out);
-  std::cout << "converted " << args.get("checkpoint") << ": dim " << h.dim << ", "
-            << h.n_layers << " layers, " << h.n_heads << " heads (" << h.n_kv_heads
-            << " kv), hidden " << h.hidden_dim << ", vocab " << h.vocab_size << ", seq_len "
-            << h.seq_len << (h.shared_classifier ? ", tied embeddings" : ", separate lm_head")
-            << "\nwrote " << out << "/{config.json, model.safetensors, tokenizer.model}\n";
+  const Llama2cHeader h = convert_llama2c(checkpoint, tokenizer, out);
+  std::cout << "converted " << checkpoint << ": dim " << h.dim << ", " << h.n_layers << " layers, "
+            << h.n_heads << " heads (" << h.n_kv_heads << " kv), hidden " << h.hidden_dim
+            << ", vocab " << h.vocab_size << ", seq_len " << h.seq_len
+            << (h.shared_classifier ? ", tied embeddings" : ", separate lm_head") << "\nwrote "
+            << out << "/{config.json, model.safetensors, tokenizer.model}\n";
   return 0;
 }
 

@@ -108,9 +108,13 @@ std::string fmt_tokens(double v) {
     std::snprintf(buf, sizeof buf, "%.3e", v);
     return buf;
   }
-  std::string digits = std::to_string(static_cast<long long>(std::llround(v)));
-  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(i, ",");
-  return digits;
+  const std::string digits = std::to_string(std::llround(v));
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
 }
 
 // Powers of two as people say them: 16384 -> "16K", 1048576 -> "1M".

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdio>
+#include <cstdlib>
 #include <unordered_set>
 
 #include "engine/common/error.h"
@@ -20,6 +22,17 @@ using index::mix64;
 
 // Bumped whenever lexical_words() or the feature hashing changes, so old indexes are refused.
 constexpr uint32_t kTokenizerVersion = 1;
+struct Knobs { int slots = 1; int bigrams = 1; float bigram_w = 1.0f; int stop = 1; int stemming = 1; int logtf = 1; int title = 1; };
+Knobs knobs() {
+  static Knobs k = [] {
+    Knobs k;
+    if (const char* e = std::getenv("CEPE_LEX_EXP")) {
+      std::sscanf(e, "%d,%d,%f,%d,%d,%d,%d", &k.slots, &k.bigrams, &k.bigram_w, &k.stop, &k.stemming, &k.logtf, &k.title);
+    }
+    return k;
+  }();
+  return k;
+}
 constexpr char kMagic[8] = {'C', 'E', 'P', 'E', 'L', 'E', 'X', '\0'};
 constexpr uint32_t kFileVersion = 1;
 
@@ -106,8 +119,8 @@ void stem(std::string* w) {
 void finish_word(std::string* w, std::vector<std::string>* out) {
   if (w->empty()) return;
   const bool single_letter = w->size() == 1 && (*w)[0] >= 'a' && (*w)[0] <= 'z';
-  if (!single_letter && !stop_words().count(*w)) {
-    stem(w);
+  if (!single_letter && (!knobs().stop || !stop_words().count(*w))) {
+    if (knobs().stemming) stem(w);
     out->push_back(std::move(*w));
   }
   w->clear();
@@ -116,14 +129,14 @@ void finish_word(std::string* w, std::vector<std::string>* out) {
 // Distinct feature hashes of unigrams and bigrams (with repeats, for term frequency).
 void term_hashes(std::string_view title, std::string_view text, std::vector<uint64_t>* out) {
   out->clear();
-  for (std::string_view part : {title, text}) {
+  for (std::string_view part : {knobs().title ? title : std::string_view(), text}) {
     const auto words = lexical_words(part);
     uint64_t prev = 0;
     for (size_t i = 0; i < words.size(); ++i) {
-      const uint64_t h = hash64(words[i], 0x756e69);
+      const uint64_t h = hash64(words[i], 0x756e69) & ~1ULL;
       out->push_back(h);
       // Bigrams are ordered pairs of adjacent content words; the mix keeps them apart from unigrams.
-      if (i > 0) out->push_back(mix64(prev * 0x9e3779b97f4a7c15ULL + h + 0x6269));
+      if (i > 0 && knobs().bigrams) out->push_back(mix64(prev * 0x9e3779b97f4a7c15ULL + h + 0x6269) | 1ULL);
       prev = h;
     }
   }
@@ -280,10 +293,15 @@ void LexicalEmbedder::embed_one(std::string_view title, std::string_view text, f
     while (j < terms.size() && terms[j] == terms[i]) ++j;
     const uint64_t h = terms[i];
     // Sub-linear term frequency: a word said five times is not five times as relevant.
-    const float w = (1.0f + std::log(static_cast<float>(j - i))) * idf_[h & (kDfBuckets - 1)];
-    const size_t slot = (h >> 32) % static_cast<uint64_t>(dim_);
-    // Signed hashing: collisions cancel in expectation instead of always adding up.
-    out[slot] += (h >> 31) & 1 ? -w : w;
+    float w = (knobs().logtf ? (1.0f + std::log(static_cast<float>(j - i))) : float(j - i)) * idf_[h & (kDfBuckets - 1)];
+    if (h & 1) w *= knobs().bigram_w;
+    const int S = knobs().slots;
+    uint64_t g = h;
+    for (int s = 0; s < S; ++s) {
+      const size_t slot = (g >> 32) % static_cast<uint64_t>(dim_);
+      out[slot] += (g >> 31) & 1 ? -w : w;
+      g = mix64(g + 0x51ed27);
+    }
     i = j;
   }
   for (int d = 0; d < dim_; ++d) norm += static_cast<double>(out[d]) * out[d];

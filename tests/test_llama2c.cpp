@@ -42,8 +42,12 @@ const std::vector<int32_t> kGreedyIds = {
 
 // ---- helpers to write llama2.c files ----
 
-void append_i32(std::string* s, int32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
-void append_f32(std::string* s, float v) { s->append(reinterpret_cast<const char*>(&v), 4); }
+void append_i32(std::string* s, int32_t v) {
+  s->append(reinterpret_cast<const char*>(&v), 4);
+}
+void append_f32(std::string* s, float v) {
+  s->append(reinterpret_cast<const char*>(&v), 4);
+}
 
 void write_bytes(const fs::path& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
@@ -66,7 +70,8 @@ std::string tokenizer_bin(const std::vector<TokPiece>& normal) {
   }
   all.insert(all.end(), normal.begin(), normal.end());
   int32_t max_len = 0;
-  for (const auto& p : all) max_len = std::max<int32_t>(max_len, static_cast<int32_t>(p.text.size()));
+  for (const auto& p : all)
+    max_len = std::max<int32_t>(max_len, static_cast<int32_t>(p.text.size()));
   std::string s;
   append_i32(&s, max_len);
   for (const auto& p : all) {
@@ -78,7 +83,7 @@ std::string tokenizer_bin(const std::vector<TokPiece>& normal) {
 }
 
 // Pieces 259.. of the synthetic tokenizer; the scores make " a"+"b" -> " ab" and " "+"c" -> " c".
-const std::vector<TokPiece> kSyntheticPieces = {{" ", -10}, {"a", -11}, {"b", -12}, {"c", -13},
+const std::vector<TokPiece> kSyntheticPieces = {{" ", -10}, {"a", -11},  {"b", -12}, {"c", -13},
                                                 {" a", -1}, {" ab", -2}, {" c", -3}};
 constexpr int kSyntheticVocab = 3 + 256 + 7;
 
@@ -149,8 +154,7 @@ void expect_conversion_error(const fs::path& ckpt, const fs::path& tok, const fs
 
 TEST(Llama2c, RopeRowOrder) {
   EXPECT_EQ(cepe::llama2c_rope_row_order(2, 4), (std::vector<int64_t>{0, 2, 1, 3, 4, 6, 5, 7}));
-  EXPECT_EQ(cepe::llama2c_rope_row_order(1, 8),
-            (std::vector<int64_t>{0, 2, 4, 6, 1, 3, 5, 7}));
+  EXPECT_EQ(cepe::llama2c_rope_row_order(1, 8), (std::vector<int64_t>{0, 2, 4, 6, 1, 3, 5, 7}));
 }
 
 TEST(Llama2c, SyntheticUnsharedClassifier) {
@@ -199,7 +203,8 @@ TEST(Llama2c, SyntheticUnsharedClassifier) {
       EXPECT_EQ(tensor_row(q, r), file_row(ckpt, wq_off + l * d * d, q_order[r], d));
     for (int64_t r = 0; r < kv; ++r) {
       EXPECT_EQ(tensor_row(k, r), file_row(ckpt, wk_off + l * kv * d, k_order[r], d));
-      EXPECT_EQ(tensor_row(vv, r), file_row(ckpt, wv_off + l * kv * d, r, d)) << "v is not permuted";
+      EXPECT_EQ(tensor_row(vv, r), file_row(ckpt, wv_off + l * kv * d, r, d))
+          << "v is not permuted";
     }
     const cepe::Tensor down = ws.get(p + "mlp.down_proj.weight", {d, hd});
     EXPECT_EQ(tensor_row(down, 3), file_row(ckpt, w2_off + l * d * hd, 3, hd)) << "w2 is down";
@@ -220,7 +225,9 @@ TEST(Llama2c, SyntheticTokenizerEncodesLikeLlama2c) {
   EXPECT_TRUE(tok.is_control(1));
   EXPECT_TRUE(tok.is_byte(3 + 0x41));
   EXPECT_EQ(tok.piece(259), "\xE2\x96\x81") << "llama2.c's ' ' is sentencepiece's '▁'";
-  EXPECT_EQ(tok.piece(264), "\xE2\x96\x81" "ab");
+  EXPECT_EQ(tok.piece(264),
+            "\xE2\x96\x81"
+            "ab");
   // llama2.c: " ab c" -> " a"+"b" (-1), then " a"+"b" -> " ab" (-2) beats " c" (-3).
   EXPECT_EQ(tok.encode("ab c"), (std::vector<int32_t>{1, 264, 265}));
   // A character outside the vocabulary falls back to its UTF-8 bytes.
@@ -295,8 +302,9 @@ TEST(Llama2c, BrokenTokenizersAreNamed) {
                           {"cut_tok.bin: truncated: piece 265 of 266"});
 
   // One piece more than the checkpoint's vocab_size: the files do not belong together.
-  write_bytes(dir / "big_tok.bin", tokenizer_bin({kSyntheticPieces.begin(), kSyntheticPieces.end()}) +
-                                       std::string("\0\0\0\0\1\0\0\0z", 9));
+  write_bytes(dir / "big_tok.bin",
+              tokenizer_bin({kSyntheticPieces.begin(), kSyntheticPieces.end()}) +
+                  std::string("\0\0\0\0\1\0\0\0z", 9));
   expect_conversion_error(dir / "tiny.bin", dir / "big_tok.bin", dir / "out",
                           {"big_tok.bin", "unexpected bytes after 266 pieces"});
 
@@ -323,8 +331,8 @@ TEST(Llama2c, CliConvertsAndReportsErrors) {
   const std::string base = bin.string() + " convert ";
   std::string out;
   EXPECT_EQ(cepe::test::run_command(base + "llama2c --checkpoint " + (dir / "tiny.bin").string() +
-                                        " --tokenizer " + (dir / "tok.bin").string() +
-                                        " --out " + (dir / "m").string(),
+                                        " --tokenizer " + (dir / "tok.bin").string() + " --out " +
+                                        (dir / "m").string(),
                                     &out),
             0)
       << out;
@@ -437,8 +445,8 @@ TEST(Stories260K, TokenizerEncodesAndDecodesLikeLlama2c) {
             (std::vector<int32_t>{1, 346, 306, 414, 410, 243, 162, 169, 156, 263, 304, 341}));
   EXPECT_EQ(tok.encode(" two  spaces"),
             (std::vector<int32_t>{1, 410, 259, 424, 414, 410, 262, 427, 412, 331, 419}));
-  for (const std::string text : {"Lily's mom said, \"Let's go!\"", "a\nb\n\nc", "caf\xC3\xA9 \xE6\x97\xA5",
-                                 "Tom had 3 toys."})
+  for (const std::string text : {"Lily's mom said, \"Let's go!\"", "a\nb\n\nc",
+                                 "caf\xC3\xA9 \xE6\x97\xA5", "Tom had 3 toys."})
     EXPECT_EQ(tok.decode(tok.encode(text)), text);
 
   // The golden greedy ids decode, one-shot and streamed, to the golden text: BOS's following

@@ -152,7 +152,7 @@ TEST(QaMatcher, FindsGoldInPassages) {
   EXPECT_FALSE(m.empty());
   EXPECT_FALSE(m.matches("Nothing to see here."));
   EXPECT_TRUE(m.matches("Gustave Eiffel built the eiffel  tower."));
-  EXPECT_EQ(m.first_match({"abc", "def", "the EIFFEL-tower", "Eiffel Tower"}), std::nullopt);
+  EXPECT_EQ(m.first_match({"abc", "def", "the EIFFEL-tower"}), std::nullopt);  // "eiffeltower"
   EXPECT_EQ(m.first_match({"abc", "An Eiffel tower", "Eiffel Tower"}), 1u);
   AnswerMatcher none({"...", " the "});
   EXPECT_TRUE(none.empty());
@@ -282,9 +282,13 @@ TEST(QaScoringReference, AgreesWithPythonSquadEval) {
   while (std::getline(ref, line)) {
     ASSERT_LT(n, cases.size());
     const Case& c = cases[n];
-    std::vector<std::string> f;
-    std::istringstream fields(line);
-    for (std::string field; std::getline(fields, field, '\t');) f.push_back(field);
+    std::vector<std::string> f;  // split by hand: getline() drops a trailing empty field
+    for (size_t start = 0;;) {
+      const size_t tab = line.find('\t', start);
+      f.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
+      if (tab == std::string::npos) break;
+      start = tab + 1;
+    }
     ASSERT_EQ(f.size(), 6u) << line;
     const std::string where = "case " + std::to_string(n) + ": prediction hex " +
                               to_hex(c.prediction) + ", first gold hex " + to_hex(c.golds[0]);

@@ -34,7 +34,8 @@ std::vector<GoldenCase> load_golden(const std::filesystem::path& file) {
     GoldenCase g;
     g.text.assign(c["text"].GetString(), c["text"].GetStringLength());
     for (const auto& id : c["ids_without_bos"].GetArray()) g.ids.push_back(id.GetInt());
-    for (const auto& p : c["pieces"].GetArray()) g.pieces.emplace_back(p.GetString(), p.GetStringLength());
+    for (const auto& p : c["pieces"].GetArray())
+      g.pieces.emplace_back(p.GetString(), p.GetStringLength());
     cases.push_back(std::move(g));
   }
   return cases;
@@ -75,7 +76,8 @@ bool valid_utf8(const std::string& s) {
 
 // Streams `gen` after `prompt`, checking every piece; returns the concatenation plus flush.
 std::string stream_all(const Tokenizer& tok, const std::vector<int32_t>& prompt,
-                       const std::vector<int32_t>& gen, std::vector<std::string>* pieces = nullptr) {
+                       const std::vector<int32_t>& gen,
+                       std::vector<std::string>* pieces = nullptr) {
   StreamDecoder dec(tok, prompt);
   std::string out;
   for (int32_t id : gen) {
@@ -169,8 +171,8 @@ TEST(StreamDecoder, EmojiIsHeldUntilComplete) {
   std::vector<std::string> pieces;
   EXPECT_EQ(stream_all(tok, {1}, {29871, 243, 162, 169, 156, 237, 156, 141}, &pieces),
             "\xF0\x9F\xA6\x99\xEA\x99\x8A");
-  const std::vector<std::string> expected = {"", "", "", "", "\xF0\x9F\xA6\x99",
-                                             "", "", "\xEA\x99\x8A", ""};
+  const std::vector<std::string> expected = {
+      "", "", "", "", "\xF0\x9F\xA6\x99", "", "", "\xEA\x99\x8A", ""};
   EXPECT_EQ(pieces, expected);
 }
 
@@ -227,9 +229,9 @@ TEST(StreamDecoder, RandomSequencesMatchTheOneShotDecode) {
   CEPE_REQUIRE_SHARED(kLlamaTokenizer, model);
   const Tokenizer tok(model);
   std::mt19937 rng(1234);
-  const std::vector<std::string> words = {"the",  " cat", "\n",       "\xE9\x95\x87",
-                                          "  ",   "\t",   "\xF0\x9F\x98\x81", "\xEA\x99\x8A",
-                                          "é",    "ok.",  " \xF0\x9F\xA6\x99x", "Z"};
+  const std::vector<std::string> words = {
+      "the",          " cat", "\n",  "\xE9\x95\x87",       "  ", "\t", "\xF0\x9F\x98\x81",
+      "\xEA\x99\x8A", "é",    "ok.", " \xF0\x9F\xA6\x99x", "Z"};
   for (int trial = 0; trial < 200; ++trial) {
     std::string prompt_text, gen_text;
     for (int i = 0; i < 6; ++i) prompt_text += words[rng() % words.size()];
@@ -238,8 +240,8 @@ TEST(StreamDecoder, RandomSequencesMatchTheOneShotDecode) {
     std::vector<int32_t> gen = tok.encode(gen_text, false);
     // Sprinkle raw bytes and control ids so broken UTF-8 and BOS/EOS are exercised too.
     for (int i = 0; i < 3; ++i) {
-      const int32_t id = rng() % 4 == 0 ? static_cast<int32_t>(rng() % 3)
-                                        : static_cast<int32_t>(3 + rng() % 256);
+      const int32_t id =
+          rng() % 4 == 0 ? static_cast<int32_t>(rng() % 3) : static_cast<int32_t>(3 + rng() % 256);
       gen.insert(gen.begin() + rng() % (gen.size() + 1), id);
     }
     SCOPED_TRACE("trial " + std::to_string(trial));

@@ -175,6 +175,11 @@ class CpuBackend final : public Backend {
     const float beta = accumulate ? 1.0f : 0.0f;
     switch (weight.dtype()) {
       case DType::F32:
+        if (m == 1) {  // decode steps: a GEMV reads the weight once at full bandwidth
+          cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, weight.data<float>(), k, xp, 1, beta,
+                      op, 1);
+          return;
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, xp, k,
                     weight.data<float>(), k, beta, op, n);
         return;
@@ -270,9 +275,15 @@ class CpuBackend final : public Backend {
         for (int64_t r = 0; r < sg.q_len; r += kTile)
           items.push_back({static_cast<int>(s), h, r, std::min(kTile, sg.q_len - r)});
     }
-    BlasSingleThreaded single;
     const int group = shape.heads / shape.kv_heads;
     const int hd = shape.head_dim;
+    bool few_rows = true;
+    for (const auto& sg : segments) few_rows = few_rows && sg.q_len <= 4;
+    if (few_rows) {
+      attention_few_rows(q, segments, shape, out, items);
+      return;
+    }
+    BlasSingleThreaded single;
 #pragma omp parallel
     {
       std::vector<float> scores;
@@ -319,6 +330,62 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Decode steps (a few query rows per segment): plain vector loops, no BLAS calls, so the
+  // per-token cost is the reads of K and V and nothing else.
+  template <typename Item>
+  void attention_few_rows(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                          const AttentionShape& shape, Tensor& out,
+                          const std::vector<Item>& items) {
+    const int group = shape.heads / shape.kv_heads;
+    const int64_t hd = shape.head_dim;
+    const int64_t q_stride = static_cast<int64_t>(shape.heads) * hd;
+    const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * hd;
+#pragma omp parallel
+    {
+      std::vector<float> scores;
+      std::vector<float> acc(hd);
+#pragma omp for schedule(dynamic)
+      for (size_t it = 0; it < items.size(); ++it) {
+        const Item& item = items[it];
+        const AttentionSegment& sg = segments[item.seg];
+        const int kvh = item.head / group;
+        const float* kp = sg.k.data<float>() + kvh * hd;
+        const float* vp = sg.v.data<float>() + kvh * hd;
+        for (int64_t r = item.row0; r < item.row0 + item.rows; ++r) {
+          const float* qr = q.data<float>() + (sg.q_begin + r) * q_stride + item.head * hd;
+          float* o = out.data<float>() + (sg.q_begin + r) * q_stride + item.head * hd;
+          const int64_t visible =
+              sg.causal ? std::min(sg.k.dim(0), sg.causal_offset + r + 1) : sg.k.dim(0);
+          if (visible <= 0) {
+            std::fill(o, o + hd, 0.0f);
+            continue;
+          }
+          scores.resize(visible);
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < visible; ++j) {
+            const float* kr = kp + j * kv_stride;
+            float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+            for (int64_t t = 0; t < hd; ++t) d += qr[t] * kr[t];
+            scores[j] = d * shape.scale;
+            mx = std::max(mx, scores[j]);
+          }
+          float sum = 0.0f;
+          for (int64_t j = 0; j < visible; ++j) sum += scores[j] = std::exp(scores[j] - mx);
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          for (int64_t j = 0; j < visible; ++j) {
+            const float p = scores[j];
+            const float* vr = vp + j * kv_stride;
+#pragma omp simd
+            for (int64_t t = 0; t < hd; ++t) acc[t] += p * vr[t];
+          }
+          const float inv = 1.0f / sum;
+          for (int64_t t = 0; t < hd; ++t) o[t] = acc[t] * inv;
+        }
+      }
+    }
+  }
+
   void linear_16bit(const float* x, const uint16_t* w, DType type, float* out, int64_t m, int64_t n,
                     int64_t k, bool accumulate) {
     if (m <= 16) {

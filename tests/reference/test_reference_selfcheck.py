@@ -5,7 +5,9 @@
 Each check can fail: the reference is compared with its own incremental path, with chunk-by-chunk
 encoding, with a deliberately naive float64 re-implementation written from the formulas (loops over
 heads, explicit kv-head mapping, complex-number RoPE, per-chunk encoding without padding), with the
-committed expected.json files, and -- when `transformers` is importable -- with LlamaForCausalLM.
+committed expected.json files, when `transformers` is importable with LlamaForCausalLM, and when
+CEPE_OFFICIAL_MODELING names the authors' modeling_llama_flash.py with their code
+(check_against_official.py).
 """
 
 from __future__ import annotations
@@ -319,6 +321,18 @@ class Transformers(unittest.TestCase):
         with torch.no_grad():
             logits = hf(torch.tensor([exp["input_ids"]])).logits[0]
         self.assertLess(maxdiff(logits, exp["logits"]), 1e-4)
+
+
+class Official(unittest.TestCase):
+    def test_fixtures_match_official_code(self):
+        path = os.environ.get("CEPE_OFFICIAL_MODELING")
+        if not path:
+            self.skipTest("set CEPE_OFFICIAL_MODELING=path/to/modeling_llama_flash.py to compare "
+                          "with the authors' code")
+        import subprocess
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "check_against_official.py")
+        run = subprocess.run([sys.executable, script, path], capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
 
 
 if __name__ == "__main__":
