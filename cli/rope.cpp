@@ -347,10 +347,10 @@ int run_rope(const std::vector<std::string>& argv) {
               fmt_base(s.base).c_str(), fmt_tokens(own_bound).c_str());
 
   std::printf("\nBase needed for a target length: base^(log_{T_train/2pi}(T/2pi))\n");
-  std::printf("  %-20s %12s %18s %20s\n", "target", "base (law)", "min base T_extra>=T",
+  std::printf("  %-20s %12s %20s %20s\n", "target", "base (law)", "min base T_extra>=T",
               ("dynamic NTK x" + fmt_base(ntk_factor)).c_str());
   for (double t : targets) {
-    std::printf("  %-20s %12s %18s %20s%s\n", with_label(t).c_str(),
+    std::printf("  %-20s %12s %20s %20s%s\n", with_label(t).c_str(),
                 fmt_cell(cell([&] { return rope::base_for_length(s, t); })).c_str(),
                 fmt_cell(cell([&] { return rope::smallest_base_for_bound(s, t); })).c_str(),
                 fmt_cell(cell([&] { return rope::dynamic_ntk_base(s, t, ntk_factor); })).c_str(),

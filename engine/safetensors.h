@@ -26,6 +26,7 @@ class SafeTensorsFile {
   /// Maps and validates the file: header JSON, dtypes, offsets in bounds and consistent with
   /// shapes.
   explicit SafeTensorsFile(const std::filesystem::path& path);
+  /// Releases this handle; the mapping stays until the last view of it is gone.
   ~SafeTensorsFile();
   SafeTensorsFile(const SafeTensorsFile&) = delete;
   SafeTensorsFile& operator=(const SafeTensorsFile&) = delete;

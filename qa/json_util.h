@@ -30,6 +30,9 @@ inline void write_string(rapidjson::Writer<rapidjson::StringBuffer>& w, std::str
   w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
 }
 
+/// "invalid JSON: <RapidJSON's description>" for a failed parse, without a position.
+std::string json_error_message(const rapidjson::Document& doc);
+
 /// Trims ASCII whitespace on both sides.
 std::string_view trim_ascii(std::string_view s);
 

@@ -24,7 +24,12 @@ struct BadLine {
 
 [[noreturn]] void bad(std::string what) { throw BadLine{std::move(what)}; }
 
-std::string quoted(std::string_view key) { return "\"" + std::string(key) + "\""; }
+std::string quoted(std::string_view key) {
+  std::string out(1, '"');
+  out.append(key);
+  out.push_back('"');
+  return out;
+}
 
 std::string lower_ascii(std::string_view s) {
   std::string out(s);
@@ -504,9 +509,12 @@ QuestionSet load_questions(const std::filesystem::path& path, const QuestionFile
       rapidjson::Document doc;
       std::string error;
       if (!detail::parse_json(text, &doc, &error)) {
-        // The error column counts from the start of the file here; name the line instead.
-        const size_t at = doc.GetErrorOffset();
-        CEPE_THROW(path.string() << ":" << line_of_offset(text, at) << ": " << error);
+        // RapidJSON counts from the start of the file; report the line and the column within it.
+        const size_t at = std::min(doc.GetErrorOffset(), text.size());
+        const size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;
+        CEPE_THROW(path.string() << ":" << line_of_offset(text, at) << ": "
+                                 << detail::json_error_message(doc) << " (at column "
+                                 << at - line_start + 1 << ")");
       }
       const std::vector<size_t> offsets = array_element_offsets(text);
       for (rapidjson::SizeType i = 0; i < doc.Size(); ++i) {

@@ -43,7 +43,7 @@ struct BadLineCase {
 // Each bad line follows a good line and a blank line, so it is on line 3.
 const std::vector<BadLineCase> kBadLines = {
     {R"({"question": "x", "answers": ["a"])",
-     "invalid JSON: Missing a comma or '}' after an object member. (at column 34)"},
+     "invalid JSON: Missing a comma or '}' after an object member. (at column 35)"},
     {R"({"question": "x", "answers": ["a"]} {"question": "y"})",
      "invalid JSON: The document root must not be followed by other values. (at column 37)"},
     {R"(["question", "answers"])", "expected a JSON object"},
@@ -212,7 +212,7 @@ TEST(QuestionFile, JsonArrayNamesTheElementLine) {
   const auto broken = write("broken-array.json", "[\n  {\"question\": \"a\",\n  \"answer\" \"x\"}\n]");
   EXPECT_EQ(load_error(broken),
             broken.string() + ":3: invalid JSON: Missing a colon after a name of object member. "
-                              "(at column 40)");
+                              "(at column 12)");
 
   // A .json file holding JSON lines is read as JSON lines.
   const auto lines = write("lines.json", std::string(kGood) + "\n" + kGood + "\n");

@@ -284,8 +284,9 @@ TEST(Tokenizer, MissingFileIsNamed) {
 
 TEST(Tokenizer, GarbageFileIsNotAModel) {
   const auto dir = cepe::test::temp_dir("tok");
+  static const char kGarbage[] = "\xff\xfe this is not a protobuf \x00\x01\x02\x03";
   const std::vector<std::pair<std::string, std::string>> files = {
-      {"garbage.model", std::string("\xff\xfe this is not a protobuf \x00\x01\x02\x03", 32)},
+      {"garbage.model", std::string(kGarbage, sizeof kGarbage - 1)},
       {"empty.model", ""},
       {"text.model", "{\"model\": \"not sentencepiece\"}\n"}};
   for (const auto& [name, content] : files) {

@@ -1,0 +1,221 @@
+// `cepe qa`: answers a question file end to end (retrieve, encode, generate with continuous
+// batching) and scores it with EM/F1 as CEPE's evaluation does. `cepe ask`: one question.
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+
+#include "cli/command.h"
+#include "cli/model_flags.h"
+#include "engine/common/error.h"
+#include "engine/common/progress.h"
+#include "qa/question_file.h"
+#include "qa/reader.h"
+#include "qa/results.h"
+#include "retriever/retriever.h"
+
+namespace cepe::cli {
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+
+void on_sigint(int) { g_interrupted.store(true); }
+
+void add_reader_flags(Args& args) {
+  args.option("index", "index directory (from cepe index build)")
+      .option("k", "passages to retrieve per question", "10")
+      .option("decoder-passages", "of those, how many go into the decoder prompt (rest: encoder)",
+              "0")
+      .option("chunk-tokens", "tokens per encoder chunk (one passage each)", "256")
+      .option("max-prompt-tokens", "decoder prompt cap; lowest-ranked passages are dropped", "4096")
+      .option("nprobe", "FAISS IVF lists to visit (0: index default)", "0")
+      .option("ef-search", "FAISS HNSW search depth (0: index default)", "0");
+}
+
+qa::ReaderOptions reader_options(const Args& args) {
+  qa::ReaderOptions o;
+  o.decoder_passages = static_cast<int>(args.get_int("decoder-passages", 0, 1000));
+  o.chunk_tokens = static_cast<int>(args.get_int("chunk-tokens", 1, 1 << 16));
+  o.max_prompt_tokens = static_cast<int>(args.get_int("max-prompt-tokens", 1, 1 << 20));
+  o.sampling = sampling_options(args);
+  if (args.get_all("stop").empty()) o.sampling.stop = {"\n"};
+  return o;
+}
+
+retriever::SearchOptions search_options(const Args& args) {
+  retriever::SearchOptions s;
+  s.k = static_cast<int>(args.get_int("k", 0, 1000));
+  s.nprobe = static_cast<int>(args.get_int("nprobe", 0, 1 << 20));
+  s.ef_search = static_cast<int>(args.get_int("ef-search", 0, 1 << 20));
+  return s;
+}
+
+std::vector<qa::Passage> to_passages(const std::vector<retriever::Hit>& hits) {
+  std::vector<qa::Passage> out;
+  for (const auto& h : hits) out.push_back({h.id, h.title, h.text, h.score});
+  return out;
+}
+
+int run_qa(const std::vector<std::string>& argv) {
+  Args args;
+  add_model_flags(args);
+  add_reader_flags(args);
+  add_sampling_flags(args, 25);
+  args.option("questions", "question file (.jsonl/.json: question, answers|answer, id, ctxs; "
+                           ".tsv: question TAB answers)")
+      .option("out", "answers, one JSON line per question (summary: <out>.summary.json)")
+      .option("format", "question file format: auto, jsonl, json, tsv", "auto")
+      .option("concurrency", "questions generated together (continuous batching)", "8")
+      .option("limit", "answer only the first N questions (0: all)", "0")
+      .flag("skip-invalid", "skip bad question lines (reported) instead of stopping")
+      .flag("resume", "continue a partial --out file, skipping the questions it already has");
+  args.parse(argv);
+  if (args.help_requested()) {
+    std::cout << args.usage(
+        "cepe qa --questions FILE --index DIR --model DIR --out answers.jsonl [flags]");
+    return 0;
+  }
+  const std::filesystem::path out = args.get("out");
+  qa::QuestionFileOptions qopts;
+  qopts.format = qa::parse_question_format(args.get("format"));
+  qopts.skip_invalid = args.is_set("skip-invalid");
+  qa::QuestionSet set = qa::load_questions(args.get("questions"), qopts);
+  for (const auto& e : set.errors) std::cerr << "skipped: " << e << "\n";
+  const long long limit = args.get_int("limit", 0, 1LL << 40);
+  if (limit > 0 && set.questions.size() > static_cast<size_t>(limit)) set.questions.resize(limit);
+
+  qa::ResumeState resume;
+  if (args.is_set("resume")) {
+    resume = qa::load_for_resume(out);
+    qa::check_resume_matches(resume, set.questions, out);
+    if (resume.torn_bytes)
+      std::cerr << "resume: cut a torn last line (" << resume.torn_bytes << " bytes)\n";
+  }
+  std::vector<const qa::Question*> todo;
+  bool need_index = false;
+  for (const auto& q : set.questions) {
+    if (resume.done_ids.count(q.id)) continue;
+    todo.push_back(&q);
+    need_index = need_index || !q.ctxs.has_value();
+  }
+  const retriever::SearchOptions search = search_options(args);
+  const int concurrency = static_cast<int>(args.get_int("concurrency", 1, 4096));
+  qa::ReaderOptions ropts = reader_options(args);
+
+  std::unique_ptr<retriever::Retriever> retriever;
+  if (need_index) {
+    CEPE_CHECK(args.has("index"), "--index is required: some questions have no 'ctxs' passages");
+    retriever = retriever::Retriever::open(args.get("index"));
+  }
+  LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
+  qa::Reader reader(*lm.model, *lm.tokenizer, ropts);
+
+  qa::ResultWriter writer(out, /*append=*/args.is_set("resume"));
+  std::vector<qa::QaRecord> records = resume.records;
+  qa::RunStats run;
+  std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_sigint);
+  ProgressBar bar("qa", "questions", static_cast<int64_t>(todo.size()));
+  const auto t0 = std::chrono::steady_clock::now();
+
+  // Blocks of questions: retrieve them as one batch, then let the reader batch their generation.
+  const size_t block = std::max<size_t>(256, static_cast<size_t>(concurrency) * 8);
+  for (size_t b = 0; b < todo.size() && !g_interrupted.load(); b += block) {
+    const size_t n = std::min(block, todo.size() - b);
+    std::vector<std::vector<qa::Passage>> passages(n);
+    std::vector<std::string> queries;
+    std::vector<size_t> query_of;
+    for (size_t i = 0; i < n; ++i) {
+      const qa::Question& q = *todo[b + i];
+      if (q.ctxs) {
+        passages[i] = *q.ctxs;
+        if (passages[i].size() > static_cast<size_t>(search.k)) passages[i].resize(search.k);
+      } else {
+        queries.push_back(q.question);
+        query_of.push_back(i);
+      }
+    }
+    if (!queries.empty()) {
+      auto hits = retriever->search_batch(queries, search);
+      for (size_t j = 0; j < hits.size(); ++j) passages[query_of[j]] = to_passages(hits[j]);
+    }
+    std::vector<qa::ReaderRequest> requests;
+    for (size_t i = 0; i < n; ++i)
+      requests.push_back(reader.prepare(todo[b + i]->question, passages[i]));
+    reader.run(
+        requests, concurrency,
+        [&](size_t i, const qa::ReaderAnswer& answer) {
+          const qa::Question& q = *todo[b + i];
+          qa::QaRecord rec = qa::make_record(q);
+          rec.answer = answer.text;
+          std::vector<std::string> texts;
+          for (const auto& p : passages[i]) {
+            rec.passage_ids.push_back(p.id);
+            texts.push_back(p.text);
+          }
+          rec.prompt_tokens = answer.prompt_tokens + answer.encoder_tokens;
+          rec.generated_tokens = answer.generated_tokens;
+          qa::score_record(&rec, texts);
+          writer.write(rec);
+          records.push_back(rec);
+          ++run.questions;
+          run.generated_tokens += answer.generated_tokens;
+          bar.update(static_cast<int64_t>(run.questions));
+        },
+        &g_interrupted);
+  }
+  bar.finish();
+  writer.sync();
+  run.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const qa::QaSummary summary = qa::summarize(records, run);
+  qa::write_summary(qa::summary_path_for(out), summary);
+  std::cout << qa::format_summary(summary);
+  if (g_interrupted.load()) {
+    std::cerr << "interrupted: " << out.string() << " holds " << records.size()
+              << " answers; run again with --resume to finish\n";
+    return 130;
+  }
+  return 0;
+}
+
+int run_ask(const std::vector<std::string>& argv) {
+  Args args;
+  add_model_flags(args);
+  add_reader_flags(args);
+  add_sampling_flags(args, 25);
+  args.positional("QUESTION").flag("quiet", "print only the answer");
+  args.parse(argv);
+  if (args.help_requested()) {
+    std::cout << args.usage("cepe ask --index DIR --model DIR [flags] \"question\"");
+    return 0;
+  }
+  CEPE_CHECK(args.positionals().size() == 1, "give exactly one question (quote it)");
+  const std::string question = args.positionals()[0];
+  CEPE_CHECK(!question.empty(), "the question is empty");
+  auto retriever = retriever::Retriever::open(args.get("index"));
+  const auto hits = retriever->search(question, search_options(args));
+  LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
+  qa::Reader reader(*lm.model, *lm.tokenizer, reader_options(args));
+  const auto passages = to_passages(hits);
+  qa::ReaderRequest req = reader.prepare(question, passages);
+  qa::ReaderAnswer answer;
+  reader.run({req}, 1, [&](size_t, const qa::ReaderAnswer& a) { answer = a; });
+  if (!args.is_set("quiet")) {
+    for (const auto& h : hits)
+      std::printf("[%d] %.4f %s — %s\n", h.rank, h.score, h.id.c_str(), h.title.c_str());
+    std::printf("(%d passages in the decoder prompt, %zu encoder chunks, %lld encoder tokens)\n",
+                req.decoder_passages, req.chunks.size(),
+                static_cast<long long>(answer.encoder_tokens));
+    std::printf("Answer: ");
+  }
+  std::printf("%s\n", answer.text.c_str());
+  return 0;
+}
+
+}  // namespace
+
+CEPE_REGISTER_COMMAND("qa", "answer a question file end to end and score it (EM/F1)", run_qa);
+CEPE_REGISTER_COMMAND("ask", "answer one question from an index", run_ask);
+
+}  // namespace cepe::cli
