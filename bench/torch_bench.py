@@ -68,6 +68,7 @@ def main() -> None:
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
+    load_before = os.getloadavg()[0]  # other work on the machine skews the timings
     t0 = time.perf_counter()
     model = ref.Model(a.model)
     load_s = time.perf_counter() - t0
@@ -110,6 +111,7 @@ def main() -> None:
         "decode_reproject": rate(a.decode, dec_reproj_s),
         "decode_cached_cross_kv": rate(a.decode, dec_cached_s),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }, indent=2))
 
 

@@ -13,7 +13,7 @@ namespace {
 int run_random_model(const std::vector<std::string>& argv) {
   Args args;
   args.option("out", "output model directory")
-      .option("preset", "tiny, bench100m or cepe-llama2-7b", "tiny")
+      .option("preset", "tiny, small, bench100m or cepe-llama2-7b", "tiny")
       .option("dtype", "F32, F16 or BF16 weights", "")
       .option("seed", "random seed", "0")
       .option("tokenizer", "sentencepiece tokenizer.model to ship with it (sets vocab_size)");

@@ -30,6 +30,12 @@ std::string llama_config_json(int hidden, int inter, int heads, int kv, int laye
 RandomModelSpec random_model_preset(const std::string& name) {
   RandomModelSpec s;
   if (name == "tiny") return s;
+  if (name == "small") {  // ~20M parameters with a small vocabulary: QA batching benchmarks
+    s.hidden_size = 512, s.intermediate_size = 1376, s.heads = 8, s.kv_heads = 8, s.layers = 6;
+    s.cross_layers = 6;
+    s.enc_hidden_size = 256, s.enc_intermediate_size = 688, s.enc_heads = 4, s.enc_layers = 2;
+    return s;
+  }
   if (name == "bench100m") {
     s.vocab_size = 32000;
     s.hidden_size = 768, s.intermediate_size = 2048, s.heads = 12, s.kv_heads = 12, s.layers = 8;
@@ -47,7 +53,7 @@ RandomModelSpec random_model_preset(const std::string& name) {
     s.dtype = DType::BF16;
     return s;
   }
-  CEPE_THROW("unknown preset '" << name << "' (expected tiny, bench100m, cepe-llama2-7b)");
+  CEPE_THROW("unknown preset '" << name << "' (expected tiny, small, bench100m, cepe-llama2-7b)");
 }
 
 int64_t write_random_model(const RandomModelSpec& s, const std::filesystem::path& out_dir) {

@@ -25,7 +25,7 @@ struct RandomModelSpec {
   uint64_t seed = 0;                         ///< RNG seed
 };
 
-/// Named presets: "tiny", "bench100m" (~150M parameters), "cepe-llama2-7b" (the released shapes).
+/// Named presets: "tiny", "small", "bench100m" (~150M parameters), "cepe-llama2-7b" (the released shapes).
 RandomModelSpec random_model_preset(const std::string& name);
 
 /// Writes config.json and model.safetensors for `spec` into `out_dir` (created if needed).

@@ -19,8 +19,11 @@ class Tokenizer {
  public:
   /// Loads the model; throws naming the file when it is missing or not a sentencepiece model.
   explicit Tokenizer(const std::filesystem::path& model_file);
+  /// Defined where SentencePieceProcessor is a complete type.
   ~Tokenizer();
+  /// Not copyable: stream decoders keep a reference to the tokenizer they were given.
   Tokenizer(const Tokenizer&) = delete;
+  /// Not copyable either way.
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   /// Token ids of `text`; prepends BOS when `add_bos` (as LlamaTokenizer does by default).

@@ -47,7 +47,7 @@ std::string error_of(const std::function<void()>& fn) {
 }
 
 TEST(QaResults, RecordJsonRoundTrip) {
-  QaRecord r = answered("q\"1\n", "Paris \u00e9\t\"x\"", {"Paris", "the Paris"},
+  QaRecord r = answered("q\"1\n", "The \"Paris\"!\t", {"Zürich", "the Paris"},
                         {"London is big", "Paris is in France", "paris again"});
   ASSERT_TRUE(r.scores.has_value());
   EXPECT_TRUE(r.scores->exact_match);
@@ -55,8 +55,8 @@ TEST(QaResults, RecordJsonRoundTrip) {
   const std::string line = cepe::qa::record_to_json(r);
   EXPECT_EQ(line.find('\n'), std::string::npos);
   EXPECT_EQ(line,
-            "{\"id\":\"q\\\"1\\n\",\"question\":\"question q\\\"1\\n?\",\"answer\":\"Paris "
-            "\u00e9\\t\\\"x\\\"\",\"gold\":[\"Paris\",\"the Paris\"],\"em\":1,\"f1\":1.0,"
+            "{\"id\":\"q\\\"1\\n\",\"question\":\"question q\\\"1\\n?\",\"answer\":\"The "
+            "\\\"Paris\\\"!\\t\",\"gold\":[\"Zürich\",\"the Paris\"],\"em\":1,\"f1\":1.0,"
             "\"substring\":1,\"passages\":[\"p0\",\"p1\",\"p2\"],\"retrieval_hit\":true,"
             "\"hit_rank\":2,\"prompt_tokens\":100,\"generated_tokens\":4}");
   const QaRecord back = cepe::qa::record_from_json(line, "here");
@@ -113,7 +113,7 @@ TEST(QaResults, MalformedLinesAreRejected) {
        "W: \"retrieval_hit\" must be true, false or null"},
       {with("\"generated_tokens\":4", "\"generated_tokens\":-4"),
        "W: \"generated_tokens\" must be a non-negative integer"},
-      {with("\"answer\":\"x\"", "\"answer\":\"\xC3\""), "W: invalid UTF-8 at column 51"},
+      {with("\"answer\":\"x\"", "\"answer\":\"\xC3\""), "W: invalid UTF-8 at column 46"},
   };
   for (const auto& [line, message] : cases) {
     EXPECT_EQ(error_of([&] { cepe::qa::record_from_json(line, "W"); }), message) << line;
@@ -185,7 +185,7 @@ TEST(QaResults, ResumeRejectsBadOutputs) {
   { std::ofstream(bad, std::ios::binary) << content; }
   EXPECT_EQ(error_of([&] { cepe::qa::load_for_resume(bad); }),
             bad.string() + ":2: invalid JSON: Missing a comma or '}' after an object member. "
-                           "(at column 13)");
+                           "(at column 12)");
   EXPECT_EQ(cepe::test::read_file(bad), content);  // left untouched, torn tail included
 
   const auto dup = temp_path("dup.jsonl");

@@ -1,6 +1,7 @@
 #include "tests/test_util.h"
 
 #include <array>
+#include <vector>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -27,10 +28,26 @@ std::filesystem::path cepe_binary() {
   return s ? std::filesystem::path(s) : std::filesystem::path("cepe");
 }
 
+namespace {
+// Directories handed out by temp_dir(), removed when the test binary exits.
+struct TempDirs {
+  std::vector<std::filesystem::path> dirs;
+  ~TempDirs() {
+    std::error_code ec;
+    for (const auto& d : dirs) std::filesystem::remove_all(d, ec);
+  }
+};
+TempDirs& temp_dirs() {
+  static TempDirs t;
+  return t;
+}
+}  // namespace
+
 std::filesystem::path temp_dir(const std::string& tag) {
   std::string tmpl = (std::filesystem::temp_directory_path() / ("cepe-" + tag + "-XXXXXX")).string();
   char* p = mkdtemp(tmpl.data());
   if (!p) throw std::runtime_error("mkdtemp failed");
+  temp_dirs().dirs.emplace_back(p);
   return std::filesystem::path(p);
 }
 
