@@ -17,6 +17,24 @@ std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& optio
 #endif
 }
 
+bool backend_available(Device device) {
+  if (device == Device::CPU) return true;
+#ifdef CEPE_HAVE_CUDA
+  return cuda_device_available();
+#else
+  return false;
+#endif
+}
+
+BackendMemory backend_memory(Backend& backend, bool reset_peak) {
+#ifdef CEPE_HAVE_CUDA
+  if (backend.device() == Device::CUDA) return cuda_backend_memory(backend, reset_peak);
+#endif
+  (void)reset_peak;
+  (void)backend;
+  return {};
+}
+
 Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::CPU;
   if (name == "cuda" || name == "gpu") return Device::CUDA;

@@ -3,6 +3,7 @@
 // converted on the fly, so a bf16 checkpoint is never widened to a second full-size copy.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -32,7 +33,16 @@ struct AttentionShape {
 
 /// Construction options common to all backends.
 struct BackendOptions {
-  int threads = 0;  ///< worker threads (0: all cores)
+  int threads = 0;                 ///< worker threads (0: all cores)
+  size_t memory_budget_bytes = 0;  ///< device memory the backend may hold (0: no limit; CUDA)
+};
+
+/// Device memory held by a backend, in bytes (all zero for the CPU backend).
+struct BackendMemory {
+  size_t in_use = 0;        ///< held by live tensors and scratch
+  size_t peak_in_use = 0;   ///< most held at once since creation or the last reset
+  size_t device_free = 0;   ///< free on the device (cudaMemGetInfo)
+  size_t device_total = 0;  ///< the device's capacity
 };
 
 /// Device-specific implementation of the model's ops. Tensors passed in live on device().
@@ -80,6 +90,12 @@ class Backend {
 
 /// Creates the backend for a device; throws when the device is unavailable (e.g. no GPU).
 std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& options = {});
+
+/// True when make_backend(device) can succeed here (CUDA: compiled in, driver and GPU present).
+bool backend_available(Device device);
+
+/// Memory figures of a backend; `reset_peak` restarts its peak from the current use.
+BackendMemory backend_memory(Backend& backend, bool reset_peak = false);
 
 /// Parses "cpu" / "cuda" (the error names the flag value).
 Device parse_device(const std::string& name);

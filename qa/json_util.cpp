@@ -40,8 +40,8 @@ std::optional<size_t> find_invalid_utf8(std::string_view text) {
 bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error) {
   doc->Parse<rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
   if (!doc->HasParseError()) return true;
-  *error = json_error_message(*doc) + " (at column " + std::to_string(doc->GetErrorOffset() + 1) +
-           ")";
+  *error =
+      json_error_message(*doc) + " (at column " + std::to_string(doc->GetErrorOffset() + 1) + ")";
   return false;
 }
 

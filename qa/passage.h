@@ -9,10 +9,10 @@ namespace cepe::qa {
 
 /// One passage: identity, title and text, and the retriever's score when known.
 struct Passage {
-  std::string id;                ///< passage id ("" when the source gave none)
-  std::string title;             ///< title ("" when unknown)
-  std::string text;              ///< passage text
-  std::optional<double> score;   ///< retrieval score, when the source gave one
+  std::string id;               ///< passage id ("" when the source gave none)
+  std::string title;            ///< title ("" when unknown)
+  std::string text;             ///< passage text
+  std::optional<double> score;  ///< retrieval score, when the source gave one
 };
 
 }  // namespace cepe::qa

@@ -106,10 +106,18 @@ std::string PromptBuilder::render_passage(const Passage& passage, size_t index) 
       continue;
     }
     switch (piece.field) {
-      case kTitle: out += passage.title; break;
-      case kText: out += passage.text; break;
-      case kId: out += passage.id; break;
-      case kIdx: out += std::to_string(index + 1); break;
+      case kTitle:
+        out += passage.title;
+        break;
+      case kText:
+        out += passage.text;
+        break;
+      case kId:
+        out += passage.id;
+        break;
+      case kIdx:
+        out += std::to_string(index + 1);
+        break;
     }
   }
   return out;
@@ -129,15 +137,23 @@ std::string PromptBuilder::render(std::string_view question,
       continue;
     }
     switch (piece.field) {
-      case kQuestion: out += question; break;
-      case kPassages: out += rendered_passages; break;
-      case kInstruction: out += format_.instruction; break;
+      case kQuestion:
+        out += question;
+        break;
+      case kPassages:
+        out += rendered_passages;
+        break;
+      case kInstruction:
+        out += format_.instruction;
+        break;
     }
   }
   return out;
 }
 
-std::string encoder_chunk_text(const Passage& passage) { return chunk_text(passage); }
+std::string encoder_chunk_text(const Passage& passage) {
+  return chunk_text(passage);
+}
 
 std::string encoder_chunk_text(const std::vector<Passage>& passages) {
   std::string out;

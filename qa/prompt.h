@@ -3,7 +3,8 @@
 //   Document (Title: <title>): <text>
 // the passages are joined by blank lines, and the question follows as
 //   Question: <question>\nAnswer:
-// CEPE's instruction line is off by default there (use_instruction: false); kCepeInstruction has it.
+// CEPE's instruction line is off by default there (use_instruction: false); kCepeInstruction has
+// it.
 //
 // Templates hold placeholders `{name}`; `{{` and `}}` stand for literal braces. The question
 // template knows {question}, {passages} and {instruction}; passage templates know {title}, {text},

@@ -22,7 +22,9 @@ struct BadLine {
   std::string what;
 };
 
-[[noreturn]] void bad(std::string what) { throw BadLine{std::move(what)}; }
+[[noreturn]] void bad(std::string what) {
+  throw BadLine{std::move(what)};
+}
 
 std::string quoted(std::string_view key) {
   std::string out(1, '"');
@@ -260,16 +262,36 @@ std::optional<std::vector<std::string>> parse_python_list(std::string_view s) {
         const char e = s[i++];
         uint32_t cp = 0;
         switch (e) {
-          case '\\': item.push_back('\\'); break;
-          case '\'': item.push_back('\''); break;
-          case '"': item.push_back('"'); break;
-          case 'n': item.push_back('\n'); break;
-          case 't': item.push_back('\t'); break;
-          case 'r': item.push_back('\r'); break;
-          case 'a': item.push_back('\a'); break;
-          case 'b': item.push_back('\b'); break;
-          case 'f': item.push_back('\f'); break;
-          case 'v': item.push_back('\v'); break;
+          case '\\':
+            item.push_back('\\');
+            break;
+          case '\'':
+            item.push_back('\'');
+            break;
+          case '"':
+            item.push_back('"');
+            break;
+          case 'n':
+            item.push_back('\n');
+            break;
+          case 't':
+            item.push_back('\t');
+            break;
+          case 'r':
+            item.push_back('\r');
+            break;
+          case 'a':
+            item.push_back('\a');
+            break;
+          case 'b':
+            item.push_back('\b');
+            break;
+          case 'f':
+            item.push_back('\f');
+            break;
+          case 'v':
+            item.push_back('\v');
+            break;
           case 'x':
             if (!hex_value(2, &cp) || !append_utf8(cp, &item)) return std::nullopt;
             break;
@@ -349,8 +371,7 @@ std::optional<Question> read_tsv_line(std::string_view line, size_t line_no,
     bad("expected 2 tab-separated columns (question, answers), found " +
         std::to_string(cols.size()));
   }
-  if (line_no == 1 && cols.size() == 2 &&
-      lower_ascii(detail::trim_ascii(cols[0])) == "question") {
+  if (line_no == 1 && cols.size() == 2 && lower_ascii(detail::trim_ascii(cols[0])) == "question") {
     const std::string second = lower_ascii(detail::trim_ascii(cols[1]));
     if (second == "answers" || second == "answer") return std::nullopt;  // header
   }
@@ -415,7 +436,8 @@ std::string read_all(const std::filesystem::path& path) {
     CEPE_THROW("cannot read question file " << path.string() << ": it is a directory");
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in) CEPE_THROW("cannot open question file " << path.string() << ": " << std::strerror(errno));
+  if (!in)
+    CEPE_THROW("cannot open question file " << path.string() << ": " << std::strerror(errno));
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) CEPE_THROW("cannot read question file " << path.string());
@@ -431,8 +453,8 @@ class Collector {
   void add(Question q) {
     auto [it, inserted] = first_line_.emplace(q.id, q.line);
     if (!inserted) {
-      error(q.line, "duplicate id \"" + q.id + "\" (first on line " + std::to_string(it->second) +
-                        ")");
+      error(q.line,
+            "duplicate id \"" + q.id + "\" (first on line " + std::to_string(it->second) + ")");
       return;
     }
     set_.questions.push_back(std::move(q));
@@ -475,10 +497,14 @@ QuestionFormat parse_question_format(std::string_view name) {
 
 const char* question_format_name(QuestionFormat format) {
   switch (format) {
-    case QuestionFormat::kAuto: return "auto";
-    case QuestionFormat::kJsonl: return "jsonl";
-    case QuestionFormat::kJson: return "json";
-    case QuestionFormat::kTsv: return "tsv";
+    case QuestionFormat::kAuto:
+      return "auto";
+    case QuestionFormat::kJsonl:
+      return "jsonl";
+    case QuestionFormat::kJson:
+      return "json";
+    case QuestionFormat::kTsv:
+      return "tsv";
   }
   return "?";
 }

@@ -40,26 +40,26 @@ enum class QuestionFormat {
 
 /// One question with its gold answers and, optionally, pre-retrieved passages.
 struct Question {
-  std::string id;                          ///< id from the file, or the line number
-  bool numeric_id = false;                 ///< the id was an integer (written back as one)
-  std::string question;                    ///< the question text, as given
-  std::vector<std::string> answers;        ///< gold answers (empty when the file has none)
+  std::string id;                            ///< id from the file, or the line number
+  bool numeric_id = false;                   ///< the id was an integer (written back as one)
+  std::string question;                      ///< the question text, as given
+  std::vector<std::string> answers;          ///< gold answers (empty when the file has none)
   std::optional<std::vector<Passage>> ctxs;  ///< pre-retrieved passages, when the file gives them
-  std::string gold_passage_id;             ///< the gold passage's id (`passage_id`), or ""
-  size_t line = 0;                         ///< 1-based line of the question in the file
+  std::string gold_passage_id;               ///< the gold passage's id (`passage_id`), or ""
+  size_t line = 0;                           ///< 1-based line of the question in the file
 };
 
 /// How to read a question file.
 struct QuestionFileOptions {
   QuestionFormat format = QuestionFormat::kAuto;  ///< kAuto: by extension
-  bool skip_invalid = false;     ///< collect bad lines in QuestionSet::errors instead of throwing
-  bool require_answers = true;   ///< a question without gold answers is a bad line
+  bool skip_invalid = false;    ///< collect bad lines in QuestionSet::errors instead of throwing
+  bool require_answers = true;  ///< a question without gold answers is a bad line
 };
 
 /// The loaded questions and the bad lines that were skipped.
 struct QuestionSet {
-  std::vector<Question> questions;   ///< valid questions in file order
-  std::vector<std::string> errors;   ///< "FILE:LINE: what" for each skipped line (skip_invalid)
+  std::vector<Question> questions;  ///< valid questions in file order
+  std::vector<std::string> errors;  ///< "FILE:LINE: what" for each skipped line (skip_invalid)
   QuestionFormat format = QuestionFormat::kAuto;  ///< the format actually read
 };
 

@@ -1,14 +1,14 @@
 #include "qa/results.h"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fcntl.h>
 #include <fstream>
 #include <iomanip>
 #include <sstream>
-#include <unistd.h>
 #include <unordered_map>
 
 #include <rapidjson/prettywriter.h>
@@ -90,8 +90,9 @@ std::string fixed(double v, int digits) {
 void check_record(const QaRecord& r) {
   CEPE_CHECK(!r.id.empty(), "result record without an id");
   CEPE_CHECK(r.scores.has_value() == !r.gold.empty(),
-             "result record \"" << r.id << "\": scores must be set exactly when there are gold "
-                                          "answers (call score_record)");
+             "result record \"" << r.id
+                                << "\": scores must be set exactly when there are gold "
+                                   "answers (call score_record)");
   CEPE_CHECK(!r.first_hit_rank || *r.first_hit_rank <= r.passage_ids.size(),
              "result record \"" << r.id << "\": hit rank past the passages used");
   CEPE_CHECK(r.prompt_tokens >= 0 && r.generated_tokens >= 0,
@@ -262,7 +263,8 @@ void ResultWriter::write(const QaRecord& record) {
 
 void ResultWriter::sync() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (::fsync(fd_) != 0) CEPE_THROW("cannot sync " << path_.string() << ": " << std::strerror(errno));
+  if (::fsync(fd_) != 0)
+    CEPE_THROW("cannot sync " << path_.string() << ": " << std::strerror(errno));
 }
 
 size_t ResultWriter::lines_written() const {
@@ -306,7 +308,8 @@ ResumeState load_for_resume(const std::filesystem::path& path) {
   if (complete < content.size()) {
     state.torn_bytes = content.size() - complete;
     std::filesystem::resize_file(path, complete, ec);
-    if (ec) CEPE_THROW("cannot cut the torn last line of " << path.string() << ": " << ec.message());
+    if (ec)
+      CEPE_THROW("cannot cut the torn last line of " << path.string() << ": " << ec.message());
   }
   return state;
 }
@@ -439,7 +442,8 @@ void write_summary(const std::filesystem::path& path, const QaSummary& summary) 
   if (fd < 0) CEPE_THROW("cannot create " << tmp.string() << ": " << std::strerror(errno));
   try {
     write_all(fd, text, tmp.string());
-    if (::fsync(fd) != 0) CEPE_THROW("cannot sync " << tmp.string() << ": " << std::strerror(errno));
+    if (::fsync(fd) != 0)
+      CEPE_THROW("cannot sync " << tmp.string() << ": " << std::strerror(errno));
   } catch (...) {
     ::close(fd);
     std::remove(tmp.c_str());

@@ -29,15 +29,15 @@ namespace cepe::qa {
 
 /// One answered question, as written to and read back from the output file.
 struct QaRecord {
-  std::string id;                       ///< the question's id
-  bool numeric_id = false;              ///< write the id as a JSON integer
-  std::string question;                 ///< the question text
-  std::string answer;                   ///< the model's answer (already stripped by the caller)
-  std::vector<std::string> gold;        ///< gold answers (may be empty)
-  std::optional<AnswerScores> scores;   ///< EM/F1/substring; nullopt without gold answers
+  std::string id;                        ///< the question's id
+  bool numeric_id = false;               ///< write the id as a JSON integer
+  std::string question;                  ///< the question text
+  std::string answer;                    ///< the model's answer (already stripped by the caller)
+  std::vector<std::string> gold;         ///< gold answers (may be empty)
+  std::optional<AnswerScores> scores;    ///< EM/F1/substring; nullopt without gold answers
   std::vector<std::string> passage_ids;  ///< ids of the passages the answer was conditioned on
-  /// Retrieval outcome: nullopt when not applicable (no gold or no passage), 0 when no passage holds
-  /// a gold answer, else the 1-based rank of the first passage that does.
+  /// Retrieval outcome: nullopt when not applicable (no gold or no passage), 0 when no passage
+  /// holds a gold answer, else the 1-based rank of the first passage that does.
   std::optional<size_t> first_hit_rank;
   int64_t prompt_tokens = 0;     ///< tokens fed to the model (decoder and encoder)
   int64_t generated_tokens = 0;  ///< tokens generated for the answer
@@ -84,11 +84,11 @@ class ResultWriter {
 
 /// What an existing output holds, for --resume.
 struct ResumeState {
-  bool existed = false;                    ///< the output file was there
-  std::vector<QaRecord> records;           ///< complete, valid records in file order
-  std::vector<size_t> record_lines;        ///< 1-based line of each record
+  bool existed = false;                      ///< the output file was there
+  std::vector<QaRecord> records;             ///< complete, valid records in file order
+  std::vector<size_t> record_lines;          ///< 1-based line of each record
   std::unordered_set<std::string> done_ids;  ///< ids of those records
-  size_t torn_bytes = 0;                   ///< bytes of a torn last line that were cut off
+  size_t torn_bytes = 0;                     ///< bytes of a torn last line that were cut off
 };
 
 /// Reads an output for --resume: a missing file is an empty state; a last line without its newline
@@ -103,9 +103,9 @@ void check_resume_matches(const ResumeState& state, const std::vector<Question>&
 
 /// Throughput of the current run (resumed records are not re-timed).
 struct RunStats {
-  double elapsed_s = 0.0;          ///< wall time of this run
-  size_t questions = 0;            ///< questions answered in this run
-  int64_t generated_tokens = 0;    ///< tokens generated in this run
+  double elapsed_s = 0.0;        ///< wall time of this run
+  size_t questions = 0;          ///< questions answered in this run
+  int64_t generated_tokens = 0;  ///< tokens generated in this run
 };
 
 /// Recall at one cut-off.
@@ -116,15 +116,16 @@ struct RecallAt {
 
 /// Aggregate metrics over all records (resumed ones included) plus this run's throughput.
 struct QaSummary {
-  size_t questions = 0;          ///< records
-  size_t scored = 0;             ///< records with gold answers (the EM/F1 denominator)
-  double exact_match = 0.0;      ///< mean EM over scored records (fraction)
-  double f1 = 0.0;               ///< mean F1 over scored records (fraction)
-  double substring = 0.0;        ///< mean substring match over scored records (fraction)
+  size_t questions = 0;            ///< records
+  size_t scored = 0;               ///< records with gold answers (the EM/F1 denominator)
+  double exact_match = 0.0;        ///< mean EM over scored records (fraction)
+  double f1 = 0.0;                 ///< mean F1 over scored records (fraction)
+  double substring = 0.0;          ///< mean substring match over scored records (fraction)
   size_t retrieval_evaluated = 0;  ///< records with gold answers and passages
-  size_t max_k = 0;              ///< largest number of passages any record used
-  std::vector<RecallAt> recall;  ///< recall@k for k in 1, 5, 10, 20, 50, 100... below max_k, and max_k
-  RunStats run;                  ///< this run's counts
+  size_t max_k = 0;                ///< largest number of passages any record used
+  std::vector<RecallAt>
+      recall;    ///< recall@k for k in 1, 5, 10, 20, 50, 100... below max_k, and max_k
+  RunStats run;  ///< this run's counts
   double questions_per_s = 0.0;  ///< run.questions / run.elapsed_s
   double tokens_per_s = 0.0;     ///< run.generated_tokens / run.elapsed_s
 };

@@ -21,13 +21,18 @@ bool in_ranges(char32_t c, const unicode::CodeRange* ranges, size_t count) {
 }
 
 bool is_word(char32_t c) {
-  if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+  if (c < 0x80)
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
   return in_ranges(c, unicode::kWordRanges, unicode::kWordRangeCount);
 }
 
-bool is_space(char32_t c) { return in_ranges(c, unicode::kSpaceRanges, unicode::kSpaceRangeCount); }
+bool is_space(char32_t c) {
+  return in_ranges(c, unicode::kSpaceRanges, unicode::kSpaceRangeCount);
+}
 
-bool is_cased(char32_t c) { return in_ranges(c, unicode::kCasedRanges, unicode::kCasedRangeCount); }
+bool is_cased(char32_t c) {
+  return in_ranges(c, unicode::kCasedRanges, unicode::kCasedRangeCount);
+}
 
 bool is_case_ignorable(char32_t c) {
   return in_ranges(c, unicode::kCaseIgnorableRanges, unicode::kCaseIgnorableRangeCount);
@@ -199,7 +204,9 @@ std::vector<std::u32string_view> split_tokens(const std::u32string& s) {
   return tokens;
 }
 
-bool is_yes_no(const std::u32string& s) { return s == U"yes" || s == U"no" || s == U"noanswer"; }
+bool is_yes_no(const std::u32string& s) {
+  return s == U"yes" || s == U"no" || s == U"noanswer";
+}
 
 double f1_normalized(const std::u32string& pred, const std::u32string& gold, F1Rule rule) {
   if (rule == F1Rule::kCepe && pred != gold && (is_yes_no(pred) || is_yes_no(gold))) return 0.0;

@@ -46,8 +46,8 @@ bool exact_match(std::string_view prediction, std::string_view gold);
 /// Token F1 of the normalised strings: common tokens counted with multiplicity; 0 without overlap.
 double token_f1(std::string_view prediction, std::string_view gold, F1Rule rule = F1Rule::kCepe);
 
-/// True when the normalised gold occurs in the normalised prediction; as in CEPE, a gold answer that
-/// normalises to "" occurs in every prediction.
+/// True when the normalised gold occurs in the normalised prediction; as in CEPE, a gold answer
+/// that normalises to "" occurs in every prediction.
 bool substring_match(std::string_view prediction, std::string_view gold);
 
 /// EM, F1 and substring match, each maximised over `golds`; throws cepe::Error when `golds` is

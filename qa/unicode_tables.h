@@ -9,10 +9,10 @@ namespace cepe::qa::unicode {
 
 /// A run of code points first, first+stride, ..., last whose lower case is cp + delta.
 struct LowerRun {
-  uint32_t first;  ///< first code point of the run
-  uint32_t last;   ///< last code point of the run
+  uint32_t first;   ///< first code point of the run
+  uint32_t last;    ///< last code point of the run
   uint32_t stride;  ///< distance between mapped code points (1 or 2 in practice)
-  int32_t delta;   ///< lower-case code point minus the code point
+  int32_t delta;    ///< lower-case code point minus the code point
 };
 
 /// An inclusive range of code points.

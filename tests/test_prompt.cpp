@@ -37,7 +37,8 @@ TEST(QaPrompt, DefaultIsCepesOpenDomainQaPrompt) {
             "Question: where is the eiffel tower\nAnswer:");
   // Closed book: no passages, no blank lines.
   EXPECT_EQ(b.render("who?", {}), "Question: who?\nAnswer:");
-  EXPECT_EQ(b.render_passage(ps[0], 0), "Document (Title: Eiffel Tower): The tower is in Paris.\n\n");
+  EXPECT_EQ(b.render_passage(ps[0], 0),
+            "Document (Title: Eiffel Tower): The tower is in Paris.\n\n");
 }
 
 TEST(QaPrompt, CepeInstruction) {
@@ -110,8 +111,8 @@ TEST(QaPrompt, EncoderChunks) {
   EXPECT_EQ(cepe::qa::encoder_chunk_text(passage("1", "Zürich", "A city.")),
             "Document (Title: Zürich): A city.");
   EXPECT_EQ(cepe::qa::encoder_chunk_text(passage("1", "", "No title.")), "Document: No title.");
-  EXPECT_EQ(cepe::qa::encoder_chunk_text(std::vector<Passage>{passage("1", "A", "a"),
-                                                              passage("2", "B", "b")}),
+  EXPECT_EQ(cepe::qa::encoder_chunk_text(
+                std::vector<Passage>{passage("1", "A", "a"), passage("2", "B", "b")}),
             "Document (Title: A): a\n\nDocument (Title: B): b");
   EXPECT_EQ(cepe::qa::encoder_chunk_text(std::vector<Passage>{}), "");
 }

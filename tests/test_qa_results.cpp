@@ -26,11 +26,13 @@ QaRecord answered(const std::string& id, const std::string& answer,
                   const std::vector<std::string>& gold, const std::vector<std::string>& passages) {
   cepe::qa::Question q;
   q.id = id;
-  q.question = "question " + id + "?";
+  q.question = "question ";  // appended piecewise: GCC 12 misfires -Wrestrict on "lit" + str
+  q.question += id;
+  q.question += "?";
   q.answers = gold;
   QaRecord r = cepe::qa::make_record(q);
   r.answer = answer;
-  for (size_t i = 0; i < passages.size(); ++i) r.passage_ids.push_back("p" + std::to_string(i));
+  for (size_t i = 0; i < passages.size(); ++i) r.passage_ids.push_back('p' + std::to_string(i));
   cepe::qa::score_record(&r, passages);
   r.prompt_tokens = 100;
   r.generated_tokens = 4;
@@ -98,7 +100,8 @@ TEST(QaResults, MalformedLinesAreRejected) {
     return s.replace(at, from.size(), to);
   };
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {good.substr(0, 20), "W: invalid JSON: Missing a colon after a name of object member. (at column 21)"},
+      {good.substr(0, 20),
+       "W: invalid JSON: Missing a colon after a name of object member. (at column 21)"},
       {"[]", "W: expected a JSON object"},
       {with("\"id\":\"a\",", ""), "W: missing \"id\""},
       {with("\"id\":\"a\"", "\"id\":1.5"), "W: \"id\" must be a string or an integer"},
@@ -184,8 +187,9 @@ TEST(QaResults, ResumeRejectsBadOutputs) {
   const std::string content = l1 + "\n{\"id\": \"q2\"\n" + l2 + "\n" + "{\"torn";
   { std::ofstream(bad, std::ios::binary) << content; }
   EXPECT_EQ(error_of([&] { cepe::qa::load_for_resume(bad); }),
-            bad.string() + ":2: invalid JSON: Missing a comma or '}' after an object member. "
-                           "(at column 12)");
+            bad.string() +
+                ":2: invalid JSON: Missing a comma or '}' after an object member. "
+                "(at column 12)");
   EXPECT_EQ(cepe::test::read_file(bad), content);  // left untouched, torn tail included
 
   const auto dup = temp_path("dup.jsonl");
@@ -207,7 +211,9 @@ TEST(QaResults, ResumeRejectsBadOutputs) {
   EXPECT_EQ(error_of([&] { cepe::qa::check_resume_matches(state, {q1}, out); }),
             out.string() + ":3: id \"q2\" is not in the question file");
   q2.question = "something else?";
-  EXPECT_EQ(error_of([&] { cepe::qa::check_resume_matches(state, {q1, q2}, out); }),
+  EXPECT_EQ(error_of([&] {
+              cepe::qa::check_resume_matches(state, {q1, q2}, out);
+            }),
             out.string() + ":3: id \"q2\" has another question in the question file");
 }
 
@@ -219,7 +225,7 @@ TEST(QaResults, ResumeRejectsBadOutputs) {
 //   r5: F1 0.25, no passages (closed book: no retrieval verdict)
 std::vector<QaRecord> hand_made() {
   std::vector<QaRecord> v(5);
-  for (size_t i = 0; i < v.size(); ++i) v[i].id = "r" + std::to_string(i + 1);
+  for (size_t i = 0; i < v.size(); ++i) v[i].id = 'r' + std::to_string(i + 1);
   v[0].scores = cepe::qa::AnswerScores{true, 1.0, true};
   v[0].passage_ids = {"a", "b", "c"};
   v[0].first_hit_rank = 1;
@@ -280,8 +286,8 @@ TEST(QaSummary, RecallCutoffsAndEmptySets) {
   const QaSummary s = cepe::qa::summarize(v, {});
   std::vector<std::pair<size_t, double>> recall;
   for (const auto& r : s.recall) recall.emplace_back(r.k, r.recall);
-  EXPECT_EQ(recall, (std::vector<std::pair<size_t, double>>{
-                        {1, 0.0}, {5, 0.0}, {10, 0.5}, {20, 1.0}}));
+  EXPECT_EQ(recall,
+            (std::vector<std::pair<size_t, double>>{{1, 0.0}, {5, 0.0}, {10, 0.5}, {20, 1.0}}));
   EXPECT_EQ(s.questions_per_s, 0.0);  // no time measured
 
   const QaSummary none = cepe::qa::summarize({}, {});
@@ -323,8 +329,9 @@ TEST(QaSummary, JsonWrittenAtomicallyBesideTheOutput) {
   EXPECT_DOUBLE_EQ(doc["run"]["questions_per_s"].GetDouble(), 2.0);
   EXPECT_DOUBLE_EQ(doc["run"]["tokens_per_s"].GetDouble(), 15.0);
 
-  EXPECT_THROW(cepe::qa::write_summary(temp_path("no/such/dir/s.json"), cepe::qa::summarize({}, {})),
-               cepe::Error);
+  EXPECT_THROW(
+      cepe::qa::write_summary(temp_path("no/such/dir/s.json"), cepe::qa::summarize({}, {})),
+      cepe::Error);
 }
 
 // The summary over a file read back equals the summary over the records that were written.

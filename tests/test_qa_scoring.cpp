@@ -69,7 +69,7 @@ TEST(QaNormalize, Unicode) {
   EXPECT_FALSE(exact_match("caf\u00e9", "cafe\u0301"));
   EXPECT_TRUE(exact_match("António Guterres", "ANTÓNIO GUTERRES"));
   EXPECT_EQ(normalize_answer("İstanbul"), "i\u0307stanbul");  // str.lower() of U+0130
-  EXPECT_EQ(normalize_answer("ΟΔΟΣ"), "οδος");  // final sigma
+  EXPECT_EQ(normalize_answer("ΟΔΟΣ"), "οδος");                // final sigma
   EXPECT_EQ(normalize_answer("Σ"), "σ");
   EXPECT_EQ(normalize_answer("Straße"), "straße");
   EXPECT_FALSE(exact_match("STRASSE", "Straße"));
@@ -189,17 +189,82 @@ struct Case {
 // Kelvin, titlecase digraphs), non-ASCII spaces and punctuation, combining marks, CJK, emoji,
 // and bytes that are not UTF-8. All are assigned in old Unicode versions, so any python3 agrees.
 std::vector<Case> generated_cases() {
-  const std::vector<std::string> pieces = {
-      "the", "The", "THE", "a", "A", "an", "An", "cat", "Cat", "sat", "on", "mat", "Paris",
-      "paris", "France", "new", "York", "yes", "Yes", "no", "noanswer", "1,000", "1000", "3.14",
-      "$5", "50%", "U.S.A.", "o'neil", "the-end", "the_end", "an-apple", "(the)", "\"a\"", "...",
-      "!!", "-", "_", "Zürich", "ZÜRICH", "café", "cafe\u0301", "İstanbul", "ΟΔΟΣ", "Σ",
-      "ΣΑΣ.", "aΣ", "Straße", "\u212A", "\u01C4", "\u01C5", "\u2167", "\u2460", "\u0663",
-      "\uFB01", "\u00AD", "\u2013", "\u2014", "«", "»", "\u201c", "\u201d", "\u2019s", "日本",
-      "東京", "\U0001F600", "\u00e9the", "the\u00e9", "\xE9", "\xC0\xAF", "\xED\xA0\x80",
-      "\xE2\x82", "\xFF", "Ant\u00f3nio", "GUTERRES"};
-  const std::vector<std::string> separators = {
-      " ", " ", " ", "", "  ", "\t", "\n", ", ", ".", "\u00a0", "\u3000", "\u2009", "\x1c"};
+  const std::vector<std::string> pieces = {"the",
+                                           "The",
+                                           "THE",
+                                           "a",
+                                           "A",
+                                           "an",
+                                           "An",
+                                           "cat",
+                                           "Cat",
+                                           "sat",
+                                           "on",
+                                           "mat",
+                                           "Paris",
+                                           "paris",
+                                           "France",
+                                           "new",
+                                           "York",
+                                           "yes",
+                                           "Yes",
+                                           "no",
+                                           "noanswer",
+                                           "1,000",
+                                           "1000",
+                                           "3.14",
+                                           "$5",
+                                           "50%",
+                                           "U.S.A.",
+                                           "o'neil",
+                                           "the-end",
+                                           "the_end",
+                                           "an-apple",
+                                           "(the)",
+                                           "\"a\"",
+                                           "...",
+                                           "!!",
+                                           "-",
+                                           "_",
+                                           "Zürich",
+                                           "ZÜRICH",
+                                           "café",
+                                           "cafe\u0301",
+                                           "İstanbul",
+                                           "ΟΔΟΣ",
+                                           "Σ",
+                                           "ΣΑΣ.",
+                                           "aΣ",
+                                           "Straße",
+                                           "\u212A",
+                                           "\u01C4",
+                                           "\u01C5",
+                                           "\u2167",
+                                           "\u2460",
+                                           "\u0663",
+                                           "\uFB01",
+                                           "\u00AD",
+                                           "\u2013",
+                                           "\u2014",
+                                           "«",
+                                           "»",
+                                           "\u201c",
+                                           "\u201d",
+                                           "\u2019s",
+                                           "日本",
+                                           "東京",
+                                           "\U0001F600",
+                                           "\u00e9the",
+                                           "the\u00e9",
+                                           "\xE9",
+                                           "\xC0\xAF",
+                                           "\xED\xA0\x80",
+                                           "\xE2\x82",
+                                           "\xFF",
+                                           "Ant\u00f3nio",
+                                           "GUTERRES"};
+  const std::vector<std::string> separators = {" ",  " ", " ",      "",       "  ",     "\t",  "\n",
+                                               ", ", ".", "\u00a0", "\u3000", "\u2009", "\x1c"};
   std::mt19937 rng(20240601);
   auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
   auto phrase = [&](size_t max_pieces) {
@@ -270,10 +335,9 @@ TEST(QaScoringReference, AgreesWithPythonSquadEval) {
     }
   }
   std::string log;
-  const int rc = cepe::test::run_command(
-      "( " + python.string() + " " + script.string() + " " + in.string() + " > " + out.string() +
-          " )",
-      &log);
+  const int rc = cepe::test::run_command("( " + python.string() + " " + script.string() + " " +
+                                             in.string() + " > " + out.string() + " )",
+                                         &log);
   ASSERT_EQ(rc, 0) << log;
 
   std::istringstream ref(cepe::test::read_file(out));

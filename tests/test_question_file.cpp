@@ -130,18 +130,18 @@ TEST(QuestionFile, DuplicateIdsAreBadLines) {
 }
 
 TEST(QuestionFile, ReadsEveryField) {
-  const auto path = write(
-      "fields.jsonl",
-      "\xEF\xBB\xBF{\"question\": \"where is the eiffel tower\", \"answer\": \"Paris\"}\r\n"
-      "{\"id\": \"nq-7\", \"question\": \"q2\", \"answers\": [\"a\", \"b\"], \"extra\": 1}\n"
-      "\n"
-      "{\"id\": 42, \"question\": \"q3\", \"answer\": [[\"x\", \"y\"], \"z\"],"
-      " \"passage_id\": \"p-9\"}\n"
-      "{\"question\": \"q4\", \"answers\": [\"Zürich\"], \"ctxs\": ["
-      "{\"id\": \"w1\", \"title\": \"T1\", \"text\": \"text one\", \"score\": \"1.5\"},"
-      "{\"text\": \"text two\", \"score\": -2},"
-      "{\"id\": 7, \"title\": null, \"text\": \"text three\", \"hasanswer\": true}]}\n"
-      "{\"question\": \"q5\", \"answers\": [\"a\"], \"ctxs\": []}");  // no final newline
+  const auto path =
+      write("fields.jsonl",
+            "\xEF\xBB\xBF{\"question\": \"where is the eiffel tower\", \"answer\": \"Paris\"}\r\n"
+            "{\"id\": \"nq-7\", \"question\": \"q2\", \"answers\": [\"a\", \"b\"], \"extra\": 1}\n"
+            "\n"
+            "{\"id\": 42, \"question\": \"q3\", \"answer\": [[\"x\", \"y\"], \"z\"],"
+            " \"passage_id\": \"p-9\"}\n"
+            "{\"question\": \"q4\", \"answers\": [\"Zürich\"], \"ctxs\": ["
+            "{\"id\": \"w1\", \"title\": \"T1\", \"text\": \"text one\", \"score\": \"1.5\"},"
+            "{\"text\": \"text two\", \"score\": -2},"
+            "{\"id\": 7, \"title\": null, \"text\": \"text three\", \"hasanswer\": true}]}\n"
+            "{\"question\": \"q5\", \"answers\": [\"a\"], \"ctxs\": []}");  // no final newline
   const QuestionSet set = load_questions(path);
   EXPECT_EQ(set.format, QuestionFormat::kJsonl);
   ASSERT_EQ(set.questions.size(), 5u);
@@ -183,7 +183,8 @@ TEST(QuestionFile, ReadsEveryField) {
 }
 
 TEST(QuestionFile, AnswersCanBeOptional) {
-  const auto path = write("no-gold.jsonl", "{\"question\": \"a\"}\n{\"question\": \"b\", \"answers\": []}\n");
+  const auto path =
+      write("no-gold.jsonl", "{\"question\": \"a\"}\n{\"question\": \"b\", \"answers\": []}\n");
   EXPECT_EQ(load_error(path),
             path.string() + ":1: missing gold answers (\"answers\" or \"answer\")");
   QuestionFileOptions options;
@@ -194,10 +195,11 @@ TEST(QuestionFile, AnswersCanBeOptional) {
 }
 
 TEST(QuestionFile, JsonArrayNamesTheElementLine) {
-  const auto good = write("array.json",
-                          "[\n  {\"question\": \"a\", \"answer\": \"x\"},\n"
-                          "  {\"question\": \"b {[\\\"\", \"answer\": [\"y\"]}, {\"question\": \"c\","
-                          "\n   \"answer\": \"z\"}\n]\n");
+  const auto good =
+      write("array.json",
+            "[\n  {\"question\": \"a\", \"answer\": \"x\"},\n"
+            "  {\"question\": \"b {[\\\"\", \"answer\": [\"y\"]}, {\"question\": \"c\","
+            "\n   \"answer\": \"z\"}\n]\n");
   const QuestionSet set = load_questions(good);
   EXPECT_EQ(set.format, QuestionFormat::kJson);
   ASSERT_EQ(set.questions.size(), 3u);
@@ -209,10 +211,12 @@ TEST(QuestionFile, JsonArrayNamesTheElementLine) {
                          "[\n  {\"question\": \"a\", \"answer\": \"x\"},\n\n"
                          "  {\"question\": \"\", \"answer\": \"y\"}\n]\n");
   EXPECT_EQ(load_error(bad), bad.string() + ":4: item 2: empty question");
-  const auto broken = write("broken-array.json", "[\n  {\"question\": \"a\",\n  \"answer\" \"x\"}\n]");
+  const auto broken =
+      write("broken-array.json", "[\n  {\"question\": \"a\",\n  \"answer\" \"x\"}\n]");
   EXPECT_EQ(load_error(broken),
-            broken.string() + ":3: invalid JSON: Missing a colon after a name of object member. "
-                              "(at column 12)");
+            broken.string() +
+                ":3: invalid JSON: Missing a colon after a name of object member. "
+                "(at column 12)");
 
   // A .json file holding JSON lines is read as JSON lines.
   const auto lines = write("lines.json", std::string(kGood) + "\n" + kGood + "\n");
@@ -222,13 +226,14 @@ TEST(QuestionFile, JsonArrayNamesTheElementLine) {
 }
 
 TEST(QuestionFile, Tsv) {
-  const auto path = write("qas.tsv",
-                          "question\tanswers\n"
-                          "who got the first nobel prize in physics\t['Wilhelm Conrad Röntgen']\n"
-                          "who sings ain't nothing but a good time\t[\"Poison\", \"Bret Michaels\"]\n"
-                          "\n"
-                          "escapes\t['caf\\xe9', \"it's\", 'a\\'b', '\\u00fc\\\\']\r\n"
-                          "json escapes\t[\"caf\\u00e9\"]\n");
+  const auto path =
+      write("qas.tsv",
+            "question\tanswers\n"
+            "who got the first nobel prize in physics\t['Wilhelm Conrad Röntgen']\n"
+            "who sings ain't nothing but a good time\t[\"Poison\", \"Bret Michaels\"]\n"
+            "\n"
+            "escapes\t['caf\\xe9', \"it's\", 'a\\'b', '\\u00fc\\\\']\r\n"
+            "json escapes\t[\"caf\\u00e9\"]\n");
   const QuestionSet set = load_questions(path);
   EXPECT_EQ(set.format, QuestionFormat::kTsv);
   ASSERT_EQ(set.questions.size(), 4u);
@@ -310,8 +315,7 @@ TEST(QuestionFileShared, NqOpenEfficientQaDev) {
   EXPECT_EQ(first.id, "1");  // no ids in the file: line numbers
   EXPECT_EQ(first.question, "the last time la dodgers won the world series");
   EXPECT_EQ(first.answers, std::vector<std::string>{"1988"});
-  EXPECT_EQ(set.questions[2].answers,
-            (std::vector<std::string>{"Salzburg, Austria", "Austria"}));
+  EXPECT_EQ(set.questions[2].answers, (std::vector<std::string>{"Salzburg, Austria", "Austria"}));
   EXPECT_EQ(set.questions[11].answers, std::vector<std::string>{"António Guterres"});
   for (const Question& q : set.questions) {
     EXPECT_FALSE(q.answers.empty()) << q.id;

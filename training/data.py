@@ -7,10 +7,13 @@ Two steps around the tokenizer (tokenizer.sh):
                             distractors for every question  -> W/split.json, W/spm_train.txt,
                             W/passages.jsonl, W/questions.jsonl, W/retrieval.npz
   tokenizer.sh W [VOCAB]    -> W/tokenizer.model
-  data.py encode --work W   token ids of everything the trainer reads -> W/data.npz, W/meta.json
+  data.py encode --work W [--out D]
+                            token ids of everything the trainer and evaluate.py read ->
+                            D/data.npz, D/heldout.jsonl, D/tokenizer.model, D/meta.json
+                            (D defaults to W; D is what travels to the GPU machine, ~25 MB)
 
-The work directory holds SQuAD-derived data: keep it outside the repository, or in an ignored
-folder (training/.gitignore ignores training/work*/), never commit it.
+Both directories hold SQuAD-derived data: keep them outside the repository, or in an ignored
+folder (training/.gitignore ignores training/work*/), never commit them.
 
 Everything is deterministic: the held-out articles are chosen by a hash of their titles, the
 retriever has no randomness, and ties are broken by passage index.
@@ -25,6 +28,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -168,7 +172,7 @@ def cmd_split(args) -> None:
     bm_train = BM25([texts[i] for i in train_ids])
     train_pos = {int(g): j for j, g in enumerate(train_ids)}
     K = args.distractors
-    ret = np.zeros((len(questions), K), dtype=np.int32)
+    ret = np.zeros((len(questions), K), dtype=np.uint16 if len(passages) < 65536 else np.int32)
     gold_rank = []  # where BM25 itself puts the gold passage (retriever quality, for the card)
     for i, q in enumerate(questions):
         g = int(q_gold[i])
@@ -212,6 +216,8 @@ def _flat(seqs, dtype):
 
 def cmd_encode(args) -> None:
     t0 = time.time()
+    out_dir = args.out or args.work
+    os.makedirs(out_dir, exist_ok=True)
     tok = common.Tokenizer(os.path.join(args.work, "tokenizer.model"))
     passages = list(common.read_jsonl(os.path.join(args.work, "passages.jsonl")))
     questions = list(common.read_jsonl(os.path.join(args.work, "questions.jsonl")))
@@ -256,11 +262,20 @@ def cmd_encode(args) -> None:
         q_prompt=qp_tok, q_prompt_off=qp_off, q_target=qt_tok, q_target_off=qt_off,
         q_gold=np.array([q["gold"] for q in questions], dtype=np.int32),
         q_split=np.array([q["split"] == "heldout" for q in questions], dtype=np.uint8),
-        q_distractors=distractors.astype(np.int32),
+        q_distractors=distractors,
     )
-    tmp = os.path.join(args.work, "data.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, os.path.join(args.work, "data.npz"))
+    tmp = os.path.join(out_dir, "data.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, os.path.join(out_dir, "data.npz"))
+    if os.path.abspath(out_dir) != os.path.abspath(args.work):
+        shutil.copyfile(os.path.join(args.work, "tokenizer.model"),
+                        os.path.join(out_dir, "tokenizer.model"))
+    # The held-out questions with their answers (for evaluate.py), and the passages they may see.
+    with open(os.path.join(out_dir, "heldout.jsonl"), "w", encoding="utf-8") as f:
+        for q in questions:
+            if q["split"] == "heldout":
+                f.write(json.dumps({k: q[k] for k in ("idx", "id", "question", "answers", "gold")},
+                                   ensure_ascii=False) + "\n")
 
     lens = np.diff(psg_off)
     meta = {
@@ -271,8 +286,9 @@ def cmd_encode(args) -> None:
         "questions": len(questions),
         "prompt_target_mismatch_of_200": mismatch,
         "seconds": round(time.time() - t0, 1),
+        "split": json.load(open(os.path.join(args.work, "split.json"))),
     }
-    common.write_json_atomic(os.path.join(args.work, "meta.json"), meta)
+    common.write_json_atomic(os.path.join(out_dir, "meta.json"), meta)
     print(json.dumps(meta))
 
 
@@ -301,6 +317,7 @@ def main(argv=None) -> None:
                    help="BM25 distractors kept per question (>= 19 for the 20-passage setting)")
     e = sub.add_parser("encode", help="token ids of passages, documents and questions")
     e.add_argument("--work", required=True)
+    e.add_argument("--out", help="where the trainer's inputs go (default: --work)")
     args = ap.parse_args(argv)
     {"split": cmd_split, "encode": cmd_encode}[args.cmd](args)
 

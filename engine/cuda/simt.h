@@ -18,6 +18,7 @@
 #define CEPE_SIMT_ABI nvcc
 #define CEPE_GLOBAL __global__
 #define CEPE_DEVICE __device__ __forceinline__
+#define CEPE_HOST_DEVICE __host__ __device__ __forceinline__
 #define CEPE_UNROLL _Pragma("unroll")
 #define CEPE_UNROLL4 _Pragma("unroll 4")
 
@@ -84,6 +85,7 @@ CEPE_DEVICE uint16_t float_to_f16_bits(float f) { return __half_as_ushort(__floa
 #define CEPE_SIMT_ABI emulated
 #define CEPE_GLOBAL inline
 #define CEPE_DEVICE inline
+#define CEPE_HOST_DEVICE inline
 #define CEPE_UNROLL
 #define CEPE_UNROLL4
 

@@ -1,0 +1,75 @@
+// Prometheus metrics of the server, rendered in the text exposition format by GET /metrics.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace cepe::server {
+
+/// A cumulative histogram with fixed bucket bounds (seconds).
+class Histogram {
+ public:
+  /// Upper bounds, ascending; +Inf is implicit.
+  explicit Histogram(std::vector<double> bounds);
+  /// Records one observation.
+  void observe(double value);
+  /// Appends `name_bucket`, `name_sum` and `name_count` lines with `labels` ("" or `k="v",...`).
+  void render(std::string& out, const std::string& name, const std::string& labels) const;
+  /// Number of observations.
+  uint64_t count() const;
+
+ private:
+  std::vector<double> bounds_;
+  mutable std::mutex mu_;
+  std::vector<uint64_t> counts_;  // per bucket, not cumulative; last is +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+/// Every metric the server exports. Counters and gauges are atomics; labelled series sit behind a
+/// mutex (one lock per finished request).
+class Metrics {
+ public:
+  Metrics();
+  /// A finished HTTP request: `route` is one of the known routes or "other".
+  void request_done(const std::string& route, int status, double seconds);
+  /// Retrieval of one request took `seconds`.
+  void retrieval(double seconds) { retrieval_.observe(seconds); }
+  /// One engine step over `batch` sequences took `seconds`.
+  void engine_step(int batch, double seconds);
+  /// Time a request waited in the queue before joining the batch.
+  void queue_wait(double seconds) { queue_wait_.observe(seconds); }
+
+  std::atomic<int64_t> queue_depth{0};       ///< admitted requests not yet in the batch
+  std::atomic<int64_t> batch_size{0};        ///< sequences in the running batch
+  std::atomic<int64_t> in_flight{0};         ///< requests being handled
+  std::atomic<int64_t> connections{0};       ///< open connections
+  std::atomic<uint64_t> generated_tokens{0};  ///< tokens generated, all requests
+  std::atomic<uint64_t> prompt_tokens{0};     ///< decoder prompt tokens prefilled
+  std::atomic<uint64_t> encoder_tokens{0};    ///< encoder tokens encoded
+  std::atomic<uint64_t> cancelled{0};         ///< generations cancelled (client gone)
+  std::atomic<uint64_t> deadlines{0};         ///< generations stopped by the deadline
+  std::atomic<uint64_t> rejected{0};          ///< requests refused with 429
+  std::atomic<int> ready{0};                  ///< 1 while /readyz answers 200
+
+  /// The whole exposition text.
+  std::string render() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::pair<std::string, int>, uint64_t> requests_;
+  std::map<std::string, Histogram> latency_;
+  Histogram retrieval_;
+  Histogram step_;
+  Histogram queue_wait_;
+  std::atomic<uint64_t> steps_{0};
+  std::atomic<uint64_t> stepped_sequences_{0};
+};
+
+}  // namespace cepe::server

@@ -1,0 +1,65 @@
+// `cepe serve`'s HTTP server: Boost.Beast over an IO thread pool, retrieval and tokenisation on a
+// worker pool, generation on the engine thread (server/engine_loop.h). The header keeps Beast out
+// of its includers.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "config/server_config.h"
+#include "engine/cepe_model.h"
+#include "engine/tokenizer.h"
+#include "retriever/retriever.h"
+#include "server/engine_loop.h"
+#include "server/log.h"
+#include "server/metrics.h"
+
+namespace cepe::server {
+
+/// What the server answers with, loaded by the caller; everything must outlive the server.
+struct Resources {
+  CepeModel* model = nullptr;                         ///< the model (used by the engine thread only)
+  const Tokenizer* tokenizer = nullptr;               ///< its tokenizer
+  const retriever::Retriever* retriever = nullptr;    ///< null: requests must bring passages
+  std::string model_name;                             ///< reported as "model"
+};
+
+/// The server. start() listens at once (so /healthz answers while the model loads); attach()
+/// hands it the model and starts the engine; /readyz turns 200 after that.
+class Server {
+ public:
+  /// Checks the config; `logger` may be null (no logs).
+  Server(config::ServerConfig config, Logger* logger);
+  /// Stops at once if still running.
+  ~Server();
+
+  /// Binds host:port and starts the IO and retrieval threads; throws when the bind fails.
+  void start();
+  /// The bound port (useful with port 0).
+  uint16_t port() const;
+  /// Starts the engine over loaded resources; /ask is answered 503 before this.
+  void attach(const Resources& resources);
+  /// Graceful stop: refuse new connections and requests, let in-flight requests finish for up to
+  /// `grace`, then cancel what is left and stop every thread. True when nothing was cut off.
+  bool shutdown(std::chrono::milliseconds grace);
+
+  /// True when /readyz would answer 200.
+  bool ready() const;
+  /// Requests being handled right now.
+  int64_t in_flight() const;
+  /// The engine (null before attach()).
+  const EngineLoop* engine() const;
+  /// The metrics.
+  Metrics& metrics();
+  /// The config in use.
+  const config::ServerConfig& config() const;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cepe::server
