@@ -181,9 +181,11 @@ class Stack(nn.Module):
 
     def forward(self, ids, mask=None, enc=None, enc_mask=None, dropout=0.0):
         T = ids.shape[1]
-        if T > self.cfg.max_position_embeddings:
-            raise ValueError(f"sequence of {T} tokens > max_position_embeddings "
-                             f"{self.cfg.max_position_embeddings}")
+        if T > self.rope_cos.shape[0]:
+            # Past max_position_embeddings the official module rebuilds its table for the longer
+            # length (same formula, no scaling here), and so does the reference: follow it.
+            cos, sin = ref.Rope(self.cfg).table(T)
+            self.rope_cos, self.rope_sin = cos.to(ids.device), sin.to(ids.device)
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed_tokens(ids)
         for layer in self.layers:
@@ -232,10 +234,12 @@ class CepeLM(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=g) * s)
 
     def init_cross_attention(self, seed: int, std: float = 0.02) -> None:
-        """Cross-attention starts as a no-op on the frozen decoder: o_proj is zero (the model's
-        first outputs are exactly the pretrained decoder's), q_proj is a copy of the layer's
-        self-attention q_proj (CEPE's init_mode 'copy' copies the self-attention weights; k/v
-        cannot be copied here since the encoder is narrower than the decoder), k/v random."""
+        """Cross-attention starts as a no-op on the frozen decoder, with useful structure behind
+        the zero: o_proj is zero (the first outputs are exactly the pretrained decoder's), and
+        q/k/v are copies of the layer's self-attention projections, as CEPE's init_mode 'copy'
+        does (k/v only where the encoder is as wide as the decoder; random otherwise). Copied
+        projections make the first gradients of o_proj informative at once; a random start
+        learned far more slowly in CPU trials (see README.md)."""
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for i in sorted(self.cross_layers):
@@ -243,9 +247,28 @@ class CepeLM(nn.Module):
                 ca = layer.cross_attn
                 ca.layernorm.weight.copy_(layer.input_layernorm.weight)
                 ca.q_proj.weight.copy_(layer.self_attn.q_proj.weight)
-                ca.k_proj.weight.copy_(torch.randn(ca.k_proj.weight.shape, generator=g) * std)
-                ca.v_proj.weight.copy_(torch.randn(ca.v_proj.weight.shape, generator=g) * std)
+                for name in ("k_proj", "v_proj"):
+                    dst, src = getattr(ca, name).weight, getattr(layer.self_attn, name).weight
+                    dst.copy_(src if dst.shape == src.shape else
+                              torch.randn(dst.shape, generator=g) * std)
                 ca.o_proj.weight.zero_()
+
+    def init_encoder_from_decoder(self) -> None:
+        """The encoder starts as the pretrained decoder's embeddings, first layers and final
+        norm, run bidirectionally. CEPE starts from a pretrained (MLM) encoder; the pretrained
+        decoder is the only pretrained stack this recipe has, and its token representations are
+        what the cross-attention has to match against."""
+        e, d = self.enc, self.dec
+        same = (e.hidden_size, e.num_attention_heads, e.num_key_value_heads, e.intermediate_size,
+                e.vocab_size) == (d.hidden_size, d.num_attention_heads, d.num_key_value_heads,
+                                  d.intermediate_size, d.vocab_size)
+        if not same or e.num_hidden_layers > d.num_hidden_layers:
+            raise ValueError("copying the decoder into the encoder needs the same widths, heads "
+                             "and vocabulary, and no more encoder than decoder layers")
+        src = self.model.state_dict()
+        with torch.no_grad():
+            for name, p in self.encoder.named_parameters():
+                p.copy_(src[name])
 
     def decoder_param_names(self):
         """The pretrained decoder's parameters (frozen in the CEPE stages)."""

@@ -1,0 +1,153 @@
+// `cepe serve`: the HTTP QA service. Settings come from a JSON config file (config/server.json
+// documents every field) and flags override them one by one (--max-batch for max_batch, ...).
+#ifdef CEPE_HAVE_SERVER
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <csignal>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "cli/command.h"
+#include "config/server_config.h"
+#include "engine/common/error.h"
+#include "qa/prompt.h"
+#include "server/resources.h"
+#include "server/server.h"
+
+namespace cepe::cli {
+namespace {
+
+// Flag names: the config field with '-' for '_'; the lists take one value per repeated flag.
+std::string flag_name(const std::string& field) {
+  if (field == "api_keys") return "api-key";
+  if (field == "cors_origins") return "cors-origin";
+  std::string f = field;
+  for (char& c : f)
+    if (c == '_' || c == '.') c = '-';
+  return f;
+}
+
+int run_serve(const std::vector<std::string>& argv) {
+  Args args;
+  args.option("config", "JSON config file (see config/server.json; flags override it)");
+  for (const auto& f : config::server_config_fields()) {
+    if (f.kind == config::FieldKind::StringList) args.multi(flag_name(f.name), f.help);
+    else args.option(flag_name(f.name), f.help);
+  }
+  args.flag("print-config", "print the effective configuration as JSON and exit");
+  args.parse(argv);
+  if (args.help_requested()) {
+    std::cout << args.usage("cepe serve [--config FILE] --model DIR [--index DIR] [flags]");
+    return 0;
+  }
+  config::ServerConfig cfg;
+  if (args.has("config")) cfg = config::load_server_config(args.get("config"));
+  for (const auto& f : config::server_config_fields()) {
+    const std::string flag = flag_name(f.name);
+    const std::string origin = "--" + flag;
+    if (f.kind == config::FieldKind::StringList) {
+      const auto values = args.get_all(flag);
+      if (values.empty()) continue;
+      // Flags replace the file's list rather than extend it, as scalar flags replace values.
+      config::ServerConfig fresh;
+      fresh.default_stop.clear();
+      for (const auto& v : values) config::set_config_field(fresh, f.name, v, origin);
+      if (flag == "api-key") cfg.api_keys = fresh.api_keys;
+      if (flag == "cors-origin") cfg.cors_origins = fresh.cors_origins;
+      if (flag == "default-stop") {
+        cfg.default_stop.clear();
+        for (const auto& v : fresh.default_stop) cfg.default_stop.push_back(qa::unescape_template(v));
+      }
+      continue;
+    }
+    if (!args.has(flag)) continue;
+    std::string value = args.get(flag);
+    // Templates typed on a command line spell newlines as \n.
+    if (std::string(f.name).rfind("prompt.", 0) == 0) value = qa::unescape_template(value);
+    config::set_config_field(cfg, f.name, value, origin);
+  }
+  config::load_api_key_file(cfg);
+  config::validate_server_config(cfg);
+  if (args.is_set("print-config")) {
+    std::cout << config::server_config_to_json(cfg) << "\n";
+    return 0;
+  }
+
+  // Signals are taken synchronously by this thread; every thread started below inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  server::Logger logger;
+  server::Server srv(cfg, &logger);
+  srv.start();
+  server::LogLine("info", "listening")
+      .str("host", cfg.host)
+      .num("port", srv.port())
+      .flag("batching", cfg.batching)
+      .num("max_batch", cfg.max_batch)
+      .num("max_queue", cfg.max_queue)
+      .write(&logger);
+
+  server::LoadedResources resources;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    resources = server::load_resources(cfg);
+  } catch (const std::exception& e) {
+    server::LogLine("error", "load_failed").str("what", e.what()).write(&logger);
+    srv.shutdown(std::chrono::milliseconds(0));
+    throw;
+  }
+  srv.attach(resources.view());
+  server::LogLine("info", "ready")
+      .str("model", resources.model_name)
+      .str("index", cfg.index)
+      .ms("load_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                                t0)
+                         .count())
+      .write(&logger);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  server::LogLine("info", "stopping")
+      .str("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT")
+      .num("grace_ms", cfg.shutdown_grace_ms)
+      .num("in_flight", srv.in_flight())
+      .write(&logger);
+  std::atomic<bool> done{false};
+  bool clean = false;
+  std::thread stopper([&] {
+    clean = srv.shutdown(std::chrono::milliseconds(cfg.shutdown_grace_ms));
+    done.store(true);
+  });
+  // A second signal during the grace period means "now".
+  const timespec tick{0, 100 * 1000 * 1000};
+  while (!done.load()) {
+    if (sigtimedwait(&signals, nullptr, &tick) > 0) {
+      server::LogLine("warn", "forced_exit").num("in_flight", srv.in_flight()).write(&logger);
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
+  }
+  stopper.join();
+  server::LogLine("info", "stopped").flag("clean", clean).write(&logger);
+  return 0;
+}
+
+}  // namespace
+
+CEPE_REGISTER_COMMAND("serve", "answer questions over HTTP (POST /ask, streaming, metrics)",
+                      run_serve);
+
+}  // namespace cepe::cli
+
+#endif  // CEPE_HAVE_SERVER

@@ -1,0 +1,1114 @@
+// The HTTP side of the server: one Session per connection on its own strand, reading requests with
+// Beast's parser under header/body deadlines, and answering /ask through the retrieval pool and
+// the engine loop. While a request waits for the engine, a one-byte read on the raw socket watches
+// for the client going away, so its generation is cancelled at once.
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <limits>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include "engine/common/error.h"
+#include "qa/reader.h"
+#include "server/request.h"
+#include "server/server.h"
+
+namespace cepe::server {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+namespace {
+
+constexpr const char* kServerName = "cepe-qa/0.1";
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Client-supplied request ids are echoed only when short and plain, so they are safe in headers
+// and logs.
+bool valid_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+          c == ':'))
+      return false;
+  }
+  return true;
+}
+
+// Compares every byte whatever the first difference, so response timing does not reveal how
+// much of a key was right.
+bool same_key(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % (b.empty() ? 1 : b.size())];
+  return diff == 0 && !b.empty();
+}
+
+std::string route_of(std::string_view path) {
+  for (const char* r : {"/ask", "/healthz", "/readyz", "/metrics", "/v1/info"})
+    if (path == r) return r;
+  return "other";
+}
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+std::string_view trim(std::string_view s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string_view::npos) return {};
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+void put_string(Writer& w, std::string_view s) {
+  const std::string clean = sanitize_utf8(s);
+  w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
+}
+
+}  // namespace
+
+// State of one /ask between the IO strand, the retrieval pool and the engine thread.
+struct AskState {
+  AskRequest req;
+  std::string request_id;
+  Clock::time_point t0, deadline;
+  std::vector<retriever::Hit> hits;  // passages as reported (retrieved or the caller's)
+  std::shared_ptr<Job> job;
+  double retrieve_ms = 0;
+  std::optional<ApiError> error;  // preparation failed
+  std::atomic<bool> gone{false};  // the client left while preparing
+};
+
+class Session;
+
+class Server::Impl {
+ public:
+  Impl(config::ServerConfig c, Logger* l) : cfg(std::move(c)), log(l), acceptor(net::make_strand(ioc)) {
+    limits.max_k = cfg.max_k;
+    limits.default_k = cfg.default_k;
+    limits.max_new_tokens = cfg.max_new_tokens;
+    limits.default_max_new_tokens = cfg.default_max_new_tokens;
+    limits.max_question_chars = cfg.max_question_chars;
+    limits.max_stop = cfg.max_stop;
+    limits.max_stop_chars = cfg.max_stop_chars;
+    limits.max_json_depth = cfg.max_json_depth;
+    limits.default_stop = cfg.default_stop;
+    std::random_device rd;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%08x", rd());
+    id_prefix = buf;
+  }
+
+  void start();
+  void do_accept();
+  bool shutdown(std::chrono::milliseconds grace);
+  bool ready(std::string* why) const;
+  std::string next_request_id() {
+    return id_prefix + "-" + std::to_string(id_counter.fetch_add(1) + 1);
+  }
+  void request_finished() {
+    metrics.in_flight.fetch_sub(1);
+    std::lock_guard<std::mutex> lock(drain_mu);
+    drain_cv.notify_all();
+  }
+  EngineLoop* engine() const { return engine_ptr.load(std::memory_order_acquire); }
+  std::string info_json() const;
+
+  config::ServerConfig cfg;
+  AskLimits limits;
+  Logger* log;
+  Metrics metrics;  // declared before the io_context: sessions destroyed with it still count here
+  Resources res;
+  std::unique_ptr<EngineLoop> engine_owner;
+  std::atomic<EngineLoop*> engine_ptr{nullptr};
+  net::io_context ioc;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  tcp::acceptor acceptor;
+  std::unique_ptr<net::steady_timer> accept_retry;
+  std::vector<std::thread> io_threads;
+  std::unique_ptr<net::thread_pool> pool;
+  std::atomic<bool> draining{false};
+  std::atomic<bool> stopped{false};
+  bool started = false;
+  uint16_t bound_port = 0;
+  std::mutex drain_mu;
+  std::condition_variable drain_cv;
+  std::string id_prefix;
+  std::atomic<uint64_t> id_counter{0};
+};
+
+// ---------------------------------------------------------------------------------------------
+// One connection.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket&& socket, Server::Impl& srv) : stream_(std::move(socket)), srv_(srv) {
+    beast::error_code ec;
+    const auto ep = stream_.socket().remote_endpoint(ec);
+    if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+    srv_.metrics.connections.fetch_add(1);
+  }
+  ~Session() {
+    if (job_) job_->cancelled.store(true);
+    srv_.metrics.connections.fetch_sub(1);
+  }
+
+  void run() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
+  }
+
+ private:
+  using Response = http::response<http::string_body>;
+
+  // ---- reading ----
+  void read_header() {
+    if (srv_.draining.load() && requests_ > 0) return close();
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(srv_.cfg.max_header_bytes));
+    parser_->body_limit(static_cast<uint64_t>(srv_.cfg.max_body_bytes));
+    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.header_timeout_ms));
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              self->on_header(ec);
+                            });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
+        ec == http::error::partial_message || ec == net::error::operation_aborted || ec == net::error::connection_reset ||
+        ec == net::error::eof) {
+      return close();  // idle keep-alive ended, slow or vanished client: nothing to answer
+    }
+    begin_request();
+    if (ec == http::error::header_limit) {
+      return reply_error(http::status::request_header_fields_too_large, "header_too_large",
+                         "the request header is larger than " +
+                             std::to_string(srv_.cfg.max_header_bytes) + " bytes",
+                         true);
+    }
+    if (ec) return reply_error(http::status::bad_request, "bad_request",
+                               "malformed HTTP request: " + ec.message(), true);
+    auto& req = parser_->get();
+    fill_request_info(req);
+    const auto length = parser_->content_length();
+    if (length && *length > static_cast<uint64_t>(srv_.cfg.max_body_bytes)) return too_large();
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
+      stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
+      static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      net::async_write(stream_, net::buffer(kContinue, sizeof kContinue - 1),
+                       [self = shared_from_this()](beast::error_code wec, size_t) {
+                         if (wec) return self->abandon(408);
+                         self->read_body();
+                       });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.body_timeout_ms));
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                       self->on_body(ec);
+                     });
+  }
+
+  void on_body(beast::error_code ec) {
+    if (ec == http::error::body_limit) return too_large();
+    if (ec == beast::error::timeout || ec == http::error::end_of_stream ||
+        ec == http::error::partial_message || ec == net::error::connection_reset ||
+        ec == net::error::eof) {
+      return abandon(408);  // the socket is already closed or the client is gone
+    }
+    if (ec) return reply_error(http::status::bad_request, "bad_request",
+                               "malformed HTTP request body: " + ec.message(), true);
+    stream_.expires_never();
+    dispatch_request();
+  }
+
+  void too_large() {
+    reply_error(http::status::payload_too_large, "body_too_large",
+                "the request body is larger than " + std::to_string(srv_.cfg.max_body_bytes) +
+                    " bytes",
+                true);
+  }
+
+  // ---- per-request bookkeeping ----
+  void begin_request() {
+    ++requests_;
+    open_ = true;
+    t0_ = Clock::now();
+    request_id_ = srv_.next_request_id();
+    method_ = "?";
+    path_ = "?";
+    route_ = "other";
+    keep_alive_ = false;
+    version_ = 11;
+    origin_.clear();
+    stream_mode_ = false;
+    log_error_.clear();
+    finish_reason_.clear();
+    completion_tokens_ = -1;
+    srv_.metrics.in_flight.fetch_add(1);
+  }
+
+  void fill_request_info(const http::request<http::string_body>& req) {
+    method_ = std::string(req.method_string());
+    const std::string_view target(req.target().data(), req.target().size());
+    path_ = std::string(target.substr(0, target.find('?')));
+    route_ = route_of(path_);
+    keep_alive_ = req.keep_alive();
+    version_ = req.version();
+    origin_ = std::string(req[http::field::origin]);
+    const std::string_view id(req["X-Request-Id"].data(), req["X-Request-Id"].size());
+    if (valid_request_id(id)) request_id_ = std::string(id);
+  }
+
+  void finish_request(int status) {
+    if (!open_) return;
+    open_ = false;
+    const double ms = ms_since(t0_);
+    srv_.metrics.request_done(route_, status, ms / 1000.0);
+    if (srv_.cfg.log_requests && srv_.log) {
+      LogLine line("info", "request");
+      line.str("request_id", request_id_)
+          .str("remote", remote_)
+          .str("method", method_)
+          .str("path", path_)
+          .num("status", status)
+          .ms("duration_ms", ms);
+      if (route_ == "/ask") line.flag("stream", stream_mode_);
+      if (!finish_reason_.empty()) line.str("finish_reason", finish_reason_);
+      if (completion_tokens_ >= 0) line.num("completion_tokens", completion_tokens_);
+      if (!log_error_.empty()) line.str("error", log_error_);
+      line.write(srv_.log);
+    }
+    srv_.request_finished();
+  }
+
+  // Ends a request that cannot be answered (the client is gone or too slow) and the connection.
+  void abandon(int status) {
+    if (log_error_.empty()) log_error_ = status == 499 ? "client_closed" : "timeout";
+    finish_request(status);
+    close();
+  }
+
+  void close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.socket().close(ec);
+  }
+
+  // After an error answered before the body was read, closing at once would make the kernel
+  // reset the connection and the client could lose the answer: stop sending, then read and drop
+  // what it still sends, for a bounded time and amount.
+  void linger_close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    drain_left_ = 16u << 20;
+    stream_.expires_after(std::chrono::seconds(2));
+    drain();
+  }
+
+  void drain() {
+    if (!drain_buf_) drain_buf_ = std::make_unique<std::array<char, 16384>>();
+    stream_.async_read_some(net::buffer(*drain_buf_),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) {
+                              if (ec || n >= self->drain_left_) return self->close();
+                              self->drain_left_ -= n;
+                              self->drain();
+                            });
+  }
+
+  // ---- responses ----
+  void add_common_headers(http::fields& f) {
+    f.set(http::field::server, kServerName);
+    f.set("X-Request-Id", request_id_);
+    if (cors_allowed()) {
+      f.set(http::field::access_control_allow_origin, origin_);
+      f.set("Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+    }
+    if (!srv_.cfg.cors_origins.empty()) f.set(http::field::vary, "Origin");
+  }
+
+  bool cors_allowed() const {
+    if (origin_.empty()) return false;
+    for (const auto& o : srv_.cfg.cors_origins)
+      if (o == "*" || o == origin_) return true;
+    return false;
+  }
+
+  void reply(http::status status, std::string body, const std::string& content_type,
+             bool close_after, std::vector<std::pair<std::string, std::string>> extra = {}) {
+    if (dead_) return abandon(499);
+    res_.emplace(status, version_ == 10 ? 10 : 11);
+    add_common_headers(*res_);
+    res_->set(http::field::content_type, content_type);
+    res_->set(http::field::cache_control, "no-store");
+    for (auto& [k, v] : extra) res_->set(k, v);
+    res_->body() = std::move(body);
+    const bool keep = keep_alive_ && !close_after && !srv_.draining.load();
+    res_->keep_alive(keep);
+    res_->prepare_payload();
+    const int code = static_cast<int>(status);
+    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
+    http::async_write(
+        stream_, *res_,
+        [self = shared_from_this(), keep, code, close_after](beast::error_code ec, size_t) {
+          self->res_.reset();
+          if (ec) return self->abandon(499);
+          self->finish_request(code);
+          if (close_after) return self->linger_close();
+          if (!keep) return self->close();
+          self->read_header();
+        });
+  }
+
+  void reply_json(http::status status, std::string body, bool close_after = false,
+                  std::vector<std::pair<std::string, std::string>> extra = {}) {
+    reply(status, std::move(body), "application/json", close_after, std::move(extra));
+  }
+
+  void reply_error(http::status status, const std::string& code, const std::string& message,
+                   bool close_after = false,
+                   std::vector<std::pair<std::string, std::string>> extra = {}) {
+    log_error_ = code;
+    reply_json(status, error_json(code, message), close_after, std::move(extra));
+  }
+
+  void reply_api_error(const ApiError& e) {
+    reply_error(static_cast<http::status>(e.status()), e.code(), e.what());
+  }
+
+  // ---- routing ----
+  void dispatch_request() {
+    const auto& req = parser_->get();
+    const http::verb m = req.method();
+    if (m == http::verb::options) return preflight();
+    if (route_ == "other") {
+      return reply_error(http::status::not_found, "not_found", "no route for " + path_);
+    }
+    const bool post_route = route_ == "/ask";
+    const http::verb want = post_route ? http::verb::post : http::verb::get;
+    if (m != want) {
+      return reply_error(http::status::method_not_allowed, "method_not_allowed",
+                         std::string(req.method_string()) + " is not allowed on " + route_ +
+                             " (use " + (post_route ? "POST" : "GET") + ")",
+                         false, {{"Allow", post_route ? "POST, OPTIONS" : "GET, OPTIONS"}});
+    }
+    if ((route_ == "/ask" || route_ == "/v1/info") && !authorized(req)) {
+      return reply_error(http::status::unauthorized, "unauthorized",
+                         "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
+                         false, {{"WWW-Authenticate", "Bearer"}});
+    }
+    if (route_ == "/healthz") return reply_json(http::status::ok, "{\"status\":\"ok\"}");
+    if (route_ == "/readyz") {
+      std::string why;
+      if (srv_.ready(&why)) return reply_json(http::status::ok, "{\"status\":\"ready\"}");
+      return reply_error(http::status::service_unavailable, "not_ready", why);
+    }
+    if (route_ == "/metrics") {
+      std::string why;
+      srv_.metrics.ready.store(srv_.ready(&why) ? 1 : 0);
+      return reply(http::status::ok, srv_.metrics.render(), "text/plain; version=0.0.4", false);
+    }
+    if (route_ == "/v1/info") return reply_json(http::status::ok, srv_.info_json());
+    handle_ask(req.body());
+  }
+
+  bool authorized(const http::request<http::string_body>& req) const {
+    if (srv_.cfg.api_keys.empty()) return true;
+    std::string_view key;
+    const auto auth = req[http::field::authorization];
+    const std::string_view a(auth.data(), auth.size());
+    if (a.size() > 7 && beast::iequals(beast::string_view(a.data(), 7), "Bearer ")) key = a.substr(7);
+    const auto x = req["X-API-Key"];
+    if (key.empty()) key = std::string_view(x.data(), x.size());
+    bool ok = false;
+    for (const auto& k : srv_.cfg.api_keys) ok |= same_key(key, k);
+    return ok;
+  }
+
+  void preflight() {
+    if (origin_.empty()) {
+      // A plain OPTIONS (not CORS): say what the route allows.
+      return reply(http::status::no_content, "", "text/plain", false,
+                   {{"Allow", route_ == "/ask" ? "POST, OPTIONS" : "GET, OPTIONS"}});
+    }
+    if (!cors_allowed()) {
+      return reply_error(http::status::forbidden, "origin_not_allowed",
+                         "origin " + origin_ + " is not allowed");
+    }
+    reply(http::status::no_content, "", "text/plain", false,
+          {{"Access-Control-Allow-Methods", "GET, POST, OPTIONS"},
+           {"Access-Control-Allow-Headers",
+            "Content-Type, Authorization, X-API-Key, X-Request-Id"},
+           {"Access-Control-Max-Age", "600"}});
+  }
+
+  // ---- /ask ----
+  void handle_ask(const std::string& body) {
+    if (srv_.draining.load()) {
+      return reply_error(http::status::service_unavailable, "shutting_down",
+                         "the server is shutting down", true);
+    }
+    EngineLoop* engine = srv_.engine();
+    if (!engine) {
+      return reply_error(http::status::service_unavailable, "not_ready",
+                         "the model is still loading", false, {{"Retry-After", "5"}});
+    }
+    auto st = std::make_shared<AskState>();
+    try {
+      st->req = parse_ask_request(body, srv_.limits);
+    } catch (const ApiError& e) {
+      return reply_api_error(e);
+    }
+    stream_mode_ = st->req.stream;
+    if (!st->req.passages && !srv_.res.retriever) {
+      return reply_error(http::status::bad_request, "missing_field",
+                         "this server has no index: send 'passages'");
+    }
+    if (!engine->try_reserve()) {
+      srv_.metrics.rejected.fetch_add(1);
+      return reply_error(http::status::too_many_requests, "queue_full",
+                         "the request queue is full (" + std::to_string(srv_.cfg.max_queue) +
+                             " waiting); retry later",
+                         false, {{"Retry-After", std::to_string(srv_.cfg.retry_after_s)}});
+    }
+    st->request_id = request_id_;
+    st->t0 = t0_;
+    st->deadline = t0_ + std::chrono::milliseconds(srv_.cfg.request_timeout_ms);
+    ask_ = st;
+    start_watch();
+    net::post(*srv_.pool, [self = shared_from_this(), st] { self->prepare(st); });
+  }
+
+  // Runs on the retrieval pool: retrieval, prompt and tokenisation, never on an IO thread.
+  void prepare(const std::shared_ptr<AskState>& st) {
+    const auto& cfg = srv_.cfg;
+    try {
+      if (st->gone.load()) throw ApiError(499, "client_closed", "the client closed the connection");
+      std::vector<qa::Passage> passages;
+      if (st->req.passages) {
+        passages = *st->req.passages;
+        for (size_t i = 0; i < passages.size(); ++i) {
+          retriever::Hit h;
+          h.id = passages[i].id;
+          h.title = passages[i].title;
+          h.text = passages[i].text;
+          h.rank = static_cast<int>(i) + 1;
+          h.score = std::numeric_limits<float>::quiet_NaN();
+          st->hits.push_back(std::move(h));
+        }
+      } else if (st->req.k > 0) {
+        const auto t0 = Clock::now();
+        retriever::SearchOptions so;
+        so.k = st->req.k;
+        so.nprobe = cfg.nprobe;
+        so.ef_search = cfg.ef_search;
+        st->hits = srv_.res.retriever->search(st->req.question, so);
+        st->retrieve_ms = ms_since(t0);
+        srv_.metrics.retrieval(st->retrieve_ms / 1000.0);
+        for (const auto& h : st->hits) passages.push_back({h.id, h.title, h.text, h.score});
+      }
+      qa::ReaderOptions ro;
+      ro.decoder_passages = st->req.decoder_passages;
+      ro.chunk_tokens = cfg.chunk_tokens;
+      ro.max_prompt_tokens = cfg.max_prompt_tokens;
+      ro.format = cfg.prompt;
+      SamplingOptions& s = ro.sampling;
+      s.temperature = st->req.temperature;
+      s.top_p = st->req.top_p;
+      s.top_k = st->req.top_k;
+      s.seed = st->req.seed;
+      s.max_new_tokens = st->req.max_new_tokens;
+      s.stop = st->req.stop;
+      qa::ReaderRequest rr;
+      try {
+        // The reader only reads the model's config here; the model itself stays on the engine.
+        qa::Reader reader(*srv_.res.model, *srv_.res.tokenizer, ro);
+        rr = reader.prepare(st->req.question, passages);
+      } catch (const Error& e) {
+        throw ApiError(400, "invalid_request", e.message());
+      }
+      auto job = std::make_shared<Job>();
+      job->prompt_ids = std::move(rr.prompt_ids);
+      job->chunks = std::move(rr.chunks);
+      job->sampling = ro.sampling;
+      job->deadline = st->deadline;
+      st->job = std::move(job);
+    } catch (const ApiError& e) {
+      st->error = e;
+    } catch (const std::exception& e) {
+      st->error = ApiError(500, "internal", std::string("preparing the request failed: ") + e.what());
+    }
+    net::post(stream_.get_executor(), [self = shared_from_this(), st] { self->on_prepared(st); });
+  }
+
+  void on_prepared(const std::shared_ptr<AskState>& st) {
+    EngineLoop* engine = srv_.engine();
+    if (dead_ || st->error || Clock::now() >= st->deadline) {
+      engine->release();
+      ask_.reset();
+    }
+    if (dead_) return abandon(499);
+    if (st->error) {
+      return stop_watch_then([self = shared_from_this(), e = *st->error] { self->reply_api_error(e); });
+    }
+    if (Clock::now() >= st->deadline) {
+      srv_.metrics.deadlines.fetch_add(1);
+      return stop_watch_then([self = shared_from_this()] { self->reply_deadline(); });
+    }
+    job_ = st->job;
+    if (st->req.stream) {
+      job_->on_text = [self = shared_from_this()](std::string piece) {
+        net::post(self->stream_.get_executor(),
+                  [self, p = std::move(piece)]() mutable { self->on_token(std::move(p)); });
+      };
+    }
+    job_->on_done = [self = shared_from_this()](JobResult r) {
+      net::post(self->stream_.get_executor(),
+                [self, r = std::move(r)]() mutable { self->on_job_done(std::move(r)); });
+    };
+    if (st->req.stream) begin_stream(*st);
+    engine->submit(job_);
+  }
+
+  void reply_deadline() {
+    reply_error(http::status::gateway_timeout, "deadline_exceeded",
+                "the request took longer than " + std::to_string(srv_.cfg.request_timeout_ms) +
+                    " ms; its generation was cancelled");
+  }
+
+  void write_passages(Writer& w, const AskState& st) {
+    w.Key("passages");
+    w.StartArray();
+    for (const auto& h : st.hits) {
+      w.StartObject();
+      w.Key("id");
+      put_string(w, h.id);
+      w.Key("title");
+      put_string(w, h.title);
+      w.Key("text");
+      put_string(w, h.text);
+      w.Key("score");
+      if (std::isfinite(h.score)) w.Double(h.score);
+      else w.Null();
+      w.Key("rank");
+      w.Int(h.rank);
+      w.EndObject();
+    }
+    w.EndArray();
+  }
+
+  void write_result(Writer& w, const AskState& st, const JobResult& r) {
+    w.Key("answer");
+    put_string(w, trim(r.text));
+    w.Key("finish_reason");
+    w.String(r.finish_reason.c_str());
+    w.Key("usage");
+    w.StartObject();
+    w.Key("prompt_tokens");
+    w.Int64(r.prompt_tokens);
+    w.Key("encoder_tokens");
+    w.Int64(r.encoder_tokens);
+    w.Key("completion_tokens");
+    w.Int64(r.completion_tokens);
+    w.EndObject();
+    w.Key("timings");
+    w.StartObject();
+    auto put_ms = [&](const char* k, double v) {
+      w.Key(k);
+      w.Double(std::round(v * 1000.0) / 1000.0);
+    };
+    put_ms("retrieve_ms", st.retrieve_ms);
+    put_ms("queue_ms", r.queue_ms);
+    put_ms("encode_ms", r.encode_ms);
+    put_ms("prefill_ms", r.prefill_ms);
+    put_ms("decode_ms", r.decode_ms);
+    put_ms("total_ms", ms_since(st.t0));
+    w.EndObject();
+    w.Key("model");
+    put_string(w, srv_.res.model_name);
+    w.Key("request_id");
+    put_string(w, st.request_id);
+  }
+
+  void on_job_done(JobResult r) {
+    job_.reset();
+    const std::shared_ptr<AskState> st = std::move(ask_);
+    finish_reason_ = r.finish_reason;
+    completion_tokens_ = r.completion_tokens;
+    if (dead_ || r.outcome == JobOutcome::Cancelled) return abandon(499);
+    if (stream_mode_) return end_stream(*st, r);
+    switch (r.outcome) {
+      case JobOutcome::Finished: {
+        rapidjson::StringBuffer sb;
+        Writer w(sb);
+        w.StartObject();
+        write_result(w, *st, r);
+        write_passages(w, *st);
+        w.EndObject();
+        std::string body(sb.GetString(), sb.GetSize());
+        return stop_watch_then([self = shared_from_this(), body = std::move(body)]() mutable {
+          self->reply_json(http::status::ok, std::move(body));
+        });
+      }
+      case JobOutcome::Deadline:
+        return stop_watch_then([self = shared_from_this()] { self->reply_deadline(); });
+      case JobOutcome::Shutdown:
+        return stop_watch_then([self = shared_from_this()] {
+          self->reply_error(http::status::service_unavailable, "shutting_down",
+                            "the server stopped before the answer was complete", true);
+        });
+      default:
+        return stop_watch_then([self = shared_from_this(), msg = r.error] {
+          self->reply_error(http::status::internal_server_error, "internal",
+                            "generation failed: " + msg);
+        });
+    }
+  }
+
+  // ---- Server-Sent Events ----
+  void begin_stream(const AskState& st) {
+    chunked_ = version_ != 10;
+    std::string head = "HTTP/1.1 200 OK\r\n";
+    http::fields f;
+    add_common_headers(f);
+    f.set(http::field::content_type, "text/event-stream");
+    f.set(http::field::cache_control, "no-store");
+    f.set("X-Accel-Buffering", "no");  // so reverse proxies do not hold events back
+    if (chunked_) f.set(http::field::transfer_encoding, "chunked");
+    if (!chunked_ || !keep_alive_ || srv_.draining.load()) {
+      f.set(http::field::connection, "close");
+      sse_keep_ = false;
+    } else {
+      sse_keep_ = true;
+    }
+    for (const auto& field : f) {
+      head += std::string(field.name_string()) + ": " + std::string(field.value()) + "\r\n";
+    }
+    head += "\r\n";
+    out_.push_back(std::move(head));
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    w.StartObject();
+    write_passages(w, st);
+    w.EndObject();
+    send_event("passages", std::string(sb.GetString(), sb.GetSize()));
+  }
+
+  void send_event(const char* name, const std::string& json) {
+    std::string ev = std::string("event: ") + name + "\ndata: " + json + "\n\n";
+    if (chunked_) {
+      char size[24];
+      std::snprintf(size, sizeof size, "%zx\r\n", ev.size());
+      ev = size + ev + "\r\n";
+    }
+    out_.push_back(std::move(ev));
+    if (!writing_) write_next();
+  }
+
+  void write_next() {
+    if (dead_) return;
+    if (out_.empty()) {
+      writing_ = false;
+      if (stream_ended_) stream_flushed();
+      return;
+    }
+    writing_ = true;
+    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
+    net::async_write(stream_, net::buffer(out_.front()),
+                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                       if (ec) {
+                         self->writing_ = false;
+                         self->client_gone();
+                         if (self->stream_ended_) self->abandon(499);
+                         return;
+                       }
+                       self->out_.pop_front();
+                       self->write_next();
+                     });
+  }
+
+  void on_token(std::string piece) {
+    if (dead_ || stream_ended_) return;
+    send_event("token", "{\"text\":" + json_quote(sanitize_utf8(piece)) + "}");
+  }
+
+  void end_stream(const AskState& st, const JobResult& r) {
+    if (r.outcome == JobOutcome::Finished) {
+      rapidjson::StringBuffer sb;
+      Writer w(sb);
+      w.StartObject();
+      write_result(w, st, r);
+      w.EndObject();
+      send_event("done", std::string(sb.GetString(), sb.GetSize()));
+    } else {
+      std::string code = "internal", message = "generation failed: " + r.error;
+      if (r.outcome == JobOutcome::Deadline) {
+        code = "deadline_exceeded";
+        message = "the request took longer than " + std::to_string(srv_.cfg.request_timeout_ms) +
+                  " ms; its generation was cancelled";
+      } else if (r.outcome == JobOutcome::Shutdown) {
+        code = "shutting_down";
+        message = "the server stopped before the answer was complete";
+      }
+      log_error_ = code;
+      send_event("error", error_json(code, message));
+    }
+    if (chunked_) out_.push_back("0\r\n\r\n");
+    stream_ended_ = true;
+    if (!writing_) write_next();
+  }
+
+  void stream_flushed() {
+    stream_ended_ = false;
+    stop_watch_then([self = shared_from_this()] {
+      self->finish_request(200);
+      if (!self->sse_keep_ || self->srv_.draining.load()) return self->close();
+      self->read_header();
+    });
+  }
+
+  // ---- watching for the client leaving ----
+  void start_watch() {
+    // Bytes already buffered mean the client pipelined its next request: it is still there.
+    if (watching_ || dead_ || buffer_.size() > 0) return;
+    watching_ = true;
+    stream_.socket().async_read_some(
+        net::buffer(&watch_byte_, 1),
+        [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_watch(ec, n); });
+  }
+
+  void on_watch(beast::error_code ec, size_t n) {
+    watching_ = false;
+    const bool ours = static_cast<bool>(after_watch_);
+    if (!ec && n == 1) {
+      auto b = buffer_.prepare(1);
+      std::memcpy(b.data(), &watch_byte_, 1);
+      buffer_.commit(1);
+    } else if (!(ours && ec == net::error::operation_aborted)) {
+      client_gone();
+    }
+    if (ours) {
+      auto f = std::move(after_watch_);
+      after_watch_ = nullptr;
+      if (dead_) return abandon(499);
+      f();
+    }
+  }
+
+  void stop_watch_then(std::function<void()> f) {
+    if (!watching_) {
+      if (dead_) return abandon(499);
+      return f();
+    }
+    after_watch_ = std::move(f);
+    beast::error_code ec;
+    stream_.socket().cancel(ec);
+  }
+
+  void client_gone() {
+    if (dead_) return;
+    dead_ = true;
+    log_error_ = "client_closed";
+    if (ask_) ask_->gone.store(true);
+    if (job_) {
+      job_->cancelled.store(true);
+      if (EngineLoop* e = srv_.engine()) e->wake();
+    }
+  }
+
+  beast::tcp_stream stream_;
+  Server::Impl& srv_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<Response> res_;
+  std::string remote_;
+  uint64_t requests_ = 0;
+
+  // The request being handled.
+  bool open_ = false;
+  Clock::time_point t0_;
+  std::string request_id_, method_, path_, route_, origin_, log_error_, finish_reason_;
+  int64_t completion_tokens_ = -1;
+  bool keep_alive_ = false;
+  unsigned version_ = 11;
+  std::shared_ptr<AskState> ask_;
+  std::shared_ptr<Job> job_;
+
+  // Streaming.
+  bool stream_mode_ = false, chunked_ = true, sse_keep_ = true;
+  bool writing_ = false, stream_ended_ = false;
+  std::deque<std::string> out_;
+
+  // Lingering close.
+  std::unique_ptr<std::array<char, 16384>> drain_buf_;
+  size_t drain_left_ = 0;
+
+  // Disconnect watch.
+  bool watching_ = false, dead_ = false;
+  char watch_byte_ = 0;
+  std::function<void()> after_watch_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+void Server::Impl::start() {
+  beast::error_code ec;
+  const auto address = net::ip::make_address(cfg.host, ec);
+  CEPE_CHECK(!ec, "config: 'host' " << cfg.host << " is not an IP address: " << ec.message());
+  const tcp::endpoint ep(address, static_cast<uint16_t>(cfg.port));
+  acceptor.open(ep.protocol(), ec);
+  CEPE_CHECK(!ec, "cannot open a socket: " << ec.message());
+  acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  acceptor.bind(ep, ec);
+  CEPE_CHECK(!ec, "cannot listen on " << cfg.host << ":" << cfg.port << ": " << ec.message());
+  acceptor.listen(net::socket_base::max_listen_connections, ec);
+  CEPE_CHECK(!ec, "cannot listen on " << cfg.host << ":" << cfg.port << ": " << ec.message());
+  bound_port = acceptor.local_endpoint().port();
+  accept_retry = std::make_unique<net::steady_timer>(acceptor.get_executor());
+  work.emplace(ioc.get_executor());
+  pool = std::make_unique<net::thread_pool>(static_cast<size_t>(cfg.retrieval_threads));
+  net::dispatch(acceptor.get_executor(), [this] { do_accept(); });
+  for (int i = 0; i < cfg.io_threads; ++i) {
+    io_threads.emplace_back([this] {
+      for (;;) {
+        try {
+          ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          // A handler threw: log it and keep the thread serving.
+          LogLine("error", "io_exception").str("what", e.what()).write(log);
+        }
+      }
+    });
+  }
+  started = true;
+}
+
+void Server::Impl::do_accept() {
+  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    if (!acceptor.is_open() || ec == net::error::operation_aborted) return;
+    if (ec) {
+      // Out of descriptors and the like: pause instead of spinning on the error.
+      LogLine("warn", "accept_failed").str("what", ec.message()).write(log);
+      accept_retry->expires_after(std::chrono::milliseconds(50));
+      accept_retry->async_wait([this](beast::error_code) {
+        if (acceptor.is_open()) do_accept();
+      });
+      return;
+    }
+    if (metrics.connections.load() >= cfg.max_connections) {
+      beast::error_code ignored;
+      socket.close(ignored);
+    } else {
+      socket.set_option(tcp::no_delay(true), ec);
+      std::make_shared<Session>(std::move(socket), *this)->run();
+    }
+    do_accept();
+  });
+}
+
+bool Server::Impl::ready(std::string* why) const {
+  EngineLoop* e = engine();
+  if (draining.load()) {
+    *why = "the server is shutting down";
+    return false;
+  }
+  if (!e || !e->alive()) {
+    *why = "the model is not loaded yet";
+    return false;
+  }
+  const auto since = Clock::now() - e->last_tick();
+  if (since > std::chrono::milliseconds(cfg.ready_stall_ms)) {
+    *why = "the engine loop has not stepped for " +
+           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(since).count()) +
+           " ms";
+    return false;
+  }
+  return true;
+}
+
+std::string Server::Impl::info_json() const {
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  w.Key("server");
+  w.String(kServerName);
+  w.Key("model");
+  w.StartObject();
+  w.Key("name");
+  put_string(w, res.model_name);
+  w.Key("dir");
+  put_string(w, cfg.model);
+  w.Key("device");
+  put_string(w, cfg.device);
+  if (res.model) {
+    const ModelConfig& mc = res.model->config();
+    w.Key("cepe");
+    w.Bool(mc.is_cepe());
+    w.Key("vocab_size");
+    w.Int(mc.decoder.vocab_size);
+    w.Key("layers");
+    w.Int(mc.decoder.num_hidden_layers);
+    w.Key("hidden_size");
+    w.Int(mc.decoder.hidden_size);
+    w.Key("cross_attention_layers");
+    w.Int(mc.num_cross_attn_layers);
+    w.Key("max_position_embeddings");
+    w.Int(mc.decoder.max_position_embeddings);
+  }
+  w.EndObject();
+  w.Key("index");
+  if (res.retriever) {
+    const auto& m = res.retriever->manifest();
+    w.StartObject();
+    w.Key("dir");
+    put_string(w, cfg.index);
+    w.Key("passages");
+    w.Uint64(m.passages);
+    w.Key("embedder");
+    put_string(w, m.embedder_spec);
+    w.Key("dim");
+    w.Int(m.dim);
+    w.Key("faiss");
+    put_string(w, m.faiss_factory);
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  w.Key("limits");
+  w.StartObject();
+  w.Key("max_k");
+  w.Int(cfg.max_k);
+  w.Key("default_k");
+  w.Int(cfg.default_k);
+  w.Key("max_new_tokens");
+  w.Int(cfg.max_new_tokens);
+  w.Key("default_max_new_tokens");
+  w.Int(cfg.default_max_new_tokens);
+  w.Key("max_question_chars");
+  w.Int(cfg.max_question_chars);
+  w.Key("max_body_bytes");
+  w.Int64(cfg.max_body_bytes);
+  w.Key("max_stop");
+  w.Int(cfg.max_stop);
+  w.Key("request_timeout_ms");
+  w.Int(cfg.request_timeout_ms);
+  w.EndObject();
+  w.Key("engine");
+  w.StartObject();
+  w.Key("batching");
+  w.Bool(cfg.batching);
+  w.Key("max_batch");
+  w.Int(cfg.batching ? cfg.max_batch : 1);
+  w.Key("max_queue");
+  w.Int(cfg.max_queue);
+  w.EndObject();
+  w.Key("auth");
+  w.Bool(!cfg.api_keys.empty());
+  w.EndObject();
+  return std::string(sb.GetString(), sb.GetSize());
+}
+
+bool Server::Impl::shutdown(std::chrono::milliseconds grace) {
+  if (!started || stopped.exchange(true)) return true;
+  draining.store(true);
+  metrics.ready.store(0);
+  {
+    std::promise<void> closed;
+    net::dispatch(acceptor.get_executor(), [this, &closed] {
+      beast::error_code ec;
+      acceptor.close(ec);
+      accept_retry->cancel();
+      closed.set_value();
+    });
+    closed.get_future().wait();
+  }
+  auto idle = [this] { return metrics.in_flight.load() == 0; };
+  bool clean;
+  {
+    std::unique_lock<std::mutex> lock(drain_mu);
+    clean = drain_cv.wait_for(lock, grace, idle);
+  }
+  LogLine("info", "shutdown")
+      .flag("clean", clean)
+      .num("in_flight", metrics.in_flight.load())
+      .write(log);
+  // What is left after the grace period is cancelled; its clients get a 503 (or an error event).
+  pool->join();
+  if (engine_owner) engine_owner->stop();
+  {
+    std::unique_lock<std::mutex> lock(drain_mu);
+    drain_cv.wait_for(lock, std::chrono::seconds(2), idle);
+  }
+  work.reset();
+  ioc.stop();
+  for (auto& t : io_threads) t.join();
+  io_threads.clear();
+  return clean;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Server::Server(config::ServerConfig config, Logger* logger)
+    : impl_(std::make_unique<Impl>(std::move(config), logger)) {}
+
+Server::~Server() { impl_->shutdown(std::chrono::milliseconds(0)); }
+
+void Server::start() { impl_->start(); }
+
+uint16_t Server::port() const { return impl_->bound_port; }
+
+void Server::attach(const Resources& resources) {
+  CEPE_CHECK(resources.model && resources.tokenizer, "the server needs a model and a tokenizer");
+  CEPE_CHECK(!impl_->engine(), "the server already has a model");
+  impl_->res = resources;
+  EngineOptions eo;
+  eo.max_batch = impl_->cfg.max_batch;
+  eo.max_queue = impl_->cfg.max_queue;
+  eo.batching = impl_->cfg.batching;
+  impl_->engine_owner =
+      std::make_unique<EngineLoop>(*resources.model, *resources.tokenizer, eo, &impl_->metrics);
+  impl_->engine_owner->start();
+  impl_->engine_ptr.store(impl_->engine_owner.get(), std::memory_order_release);
+  impl_->metrics.ready.store(1);
+}
+
+bool Server::shutdown(std::chrono::milliseconds grace) { return impl_->shutdown(grace); }
+
+bool Server::ready() const {
+  std::string why;
+  return impl_->ready(&why);
+}
+
+int64_t Server::in_flight() const { return impl_->metrics.in_flight.load(); }
+
+const EngineLoop* Server::engine() const { return impl_->engine(); }
+
+Metrics& Server::metrics() { return impl_->metrics; }
+
+const config::ServerConfig& Server::config() const { return impl_->cfg; }
+
+}  // namespace cepe::server

@@ -1,0 +1,51 @@
+#include "server/resources.h"
+
+#include <filesystem>
+
+#include "engine/common/error.h"
+
+namespace cepe::server {
+
+Resources LoadedResources::view() const {
+  Resources r;
+  r.model = model.get();
+  r.tokenizer = tokenizer.get();
+  r.retriever = retriever.get();
+  r.model_name = model_name;
+  return r;
+}
+
+LoadedResources load_resources(const config::ServerConfig& config) {
+  namespace fs = std::filesystem;
+  LoadedResources out;
+  const fs::path dir = config.model;
+  CEPE_CHECK(fs::is_directory(dir), "config: 'model' " << dir.string() << ": not a directory");
+  const fs::path tok = dir / "tokenizer.model";
+  CEPE_CHECK(fs::exists(tok), "config: 'model': " << tok.string()
+                                                   << " not found (the server needs the model's "
+                                                      "sentencepiece tokenizer)");
+  // The index is opened first: it is cheap to check and a wrong path should not wait for a
+  // multi-gigabyte model to load.
+  if (!config.index.empty()) {
+    CEPE_CHECK(fs::is_directory(config.index),
+               "config: 'index' " << config.index << ": not a directory");
+    out.retriever = retriever::Retriever::open(config.index);
+  }
+  BackendOptions bo;
+  bo.threads = config.threads;
+  out.backend = make_backend(parse_device(config.device), bo);
+  out.model = CepeModel::load(dir, *out.backend);
+  out.tokenizer = std::make_unique<Tokenizer>(tok);
+  CEPE_CHECK(out.tokenizer->vocab_size() <= out.model->config().decoder.vocab_size,
+             tok.string() << " has " << out.tokenizer->vocab_size()
+                          << " pieces but the model's vocab_size is "
+                          << out.model->config().decoder.vocab_size);
+  out.model_name = config.model_name;
+  if (out.model_name.empty()) {
+    out.model_name = fs::absolute(dir).lexically_normal().filename().string();
+    if (out.model_name.empty()) out.model_name = fs::absolute(dir).parent_path().filename().string();
+  }
+  return out;
+}
+
+}  // namespace cepe::server

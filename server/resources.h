@@ -1,0 +1,27 @@
+// Loads what a server answers with (backend, model, tokenizer, index) from its config, with errors
+// that name the config field.
+#pragma once
+
+#include <memory>
+
+#include "config/server_config.h"
+#include "engine/backend.h"
+#include "server/server.h"
+
+namespace cepe::server {
+
+/// The loaded model and index; keep it alive as long as the server that uses it.
+struct LoadedResources {
+  std::unique_ptr<Backend> backend;                  ///< the device
+  std::unique_ptr<CepeModel> model;                  ///< weights and config
+  std::unique_ptr<Tokenizer> tokenizer;              ///< the model's tokenizer.model
+  std::unique_ptr<retriever::Retriever> retriever;   ///< null when no index is configured
+  std::string model_name;                            ///< name reported in responses
+  /// The non-owning view Server::attach() takes.
+  Resources view() const;
+};
+
+/// Loads `config.model` (which must hold tokenizer.model) and, when set, `config.index`.
+LoadedResources load_resources(const config::ServerConfig& config);
+
+}  // namespace cepe::server

@@ -1,0 +1,925 @@
+// Every backend op against a scalar double-precision reference on random inputs, for F32, F16 and
+// BF16 weights; the CUDA kernels run through the SIMT emulator (on every machine) and on the GPU
+// (when there is one); whole models on the committed fixtures, CUDA against the CPU backend.
+// Without a GPU every CUDA test skips with "no CUDA device: CUDA backend tests skipped".
+//
+// Tolerances (|got - want| <= bound, per element):
+//  - elementwise F32 ops (rms_norm, rope, silu_mul): 1e-5 * max(1, |want|); embedding: exact;
+//  - F32 GEMMs, and 16-bit weights with F32 activations: kF32Dot * sum_i |x_i w_i| + 1e-6,
+//    i.e. relative to the size of the terms, which is what bounds a dot product's rounding;
+//  - 16-bit GEMMs whose activations are rounded to the weight type (CUDA, more than
+//    kGemvMaxRows rows): the unit roundoff of that type (bf16 2^-8, f16 2^-11) times
+//    sum_i |x_i w_i|, plus the F32 bound;
+//  - attention: 2e-5 * max |v| (outputs are convex combinations of values);
+//  - model logits on the fixtures: 1e-4 for F32 checkpoints; k16BitLogitTolerance for 16-bit
+//    ones (calibrated by CudaNumericsOnCpu below); greedy tokens identical.
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/cepe_model.h"
+#include "engine/common/error.h"
+#include "engine/cuda/kernels.cuh"  // compiled here by the host compiler: the SIMT emulator
+#include "engine/generation.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace cepe;
+namespace kern = cepe::cuda_kernels;
+
+namespace {
+
+constexpr double kElementwiseRel = 1e-5;
+constexpr double kF32Dot = 1e-5;
+constexpr double kAttentionRel = 2e-5;
+constexpr double kF32LogitTolerance = 1e-4;
+// Max |logit - CPU logit| allowed for 16-bit checkpoints on CUDA (logits here reach ~11).
+// CudaNumericsOnCpu measures what rounding the activations to bf16/f16 costs on the fixtures.
+constexpr double k16BitLogitTolerance = 0.05;
+
+// ---- helpers --------------------------------------------------------------------------------
+
+Tensor random_tensor(std::vector<int64_t> shape, std::mt19937& rng, float scale = 1.0f) {
+  Tensor t = Tensor::empty(std::move(shape), DType::F32);
+  std::normal_distribution<float> d(0.0f, scale);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = d(rng);
+  return t;
+}
+
+Tensor clone(const Tensor& t) {
+  Tensor c = Tensor::empty(t.shape(), t.dtype());
+  if (t.nbytes()) std::memcpy(c.raw(), t.raw(), t.nbytes());
+  return c;
+}
+
+// A host F32 tensor stored as `type` (rounded to nearest even).
+Tensor as_dtype(const Tensor& f32, DType type) {
+  if (type == DType::F32) return clone(f32);
+  Tensor t = Tensor::empty(f32.shape(), type);
+  convert_from_f32(f32.data<float>(), t.raw(), type, f32.numel());
+  return t;
+}
+
+// Values of a host tensor of any float dtype, widened.
+std::vector<float> widened(const Tensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  convert_to_f32(t.raw(), t.dtype(), v.data(), v.size());
+  return v;
+}
+
+std::vector<float> values(const Tensor& host_f32) {
+  return std::vector<float>(host_f32.data<float>(), host_f32.data<float>() + host_f32.numel());
+}
+
+// Checks |got - want| <= bound[i] everywhere and reports the worst element.
+void expect_within(const std::vector<float>& got, const std::vector<double>& want,
+                   const std::vector<double>& bound, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  size_t worst = 0, bad = 0;
+  double worst_ratio = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(got[i] - want[i]);
+    const double ratio = err / bound[i];
+    if (!(err <= bound[i])) ++bad;  // NaN counts as bad
+    if (!(ratio <= worst_ratio)) {
+      worst_ratio = ratio;
+      worst = i;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
+                     << " elements out of tolerance; worst at " << worst << ": got " << got[worst]
+                     << ", want " << want[worst] << ", bound " << bound[worst];
+}
+
+void expect_elementwise(const std::vector<float>& got, const std::vector<double>& want,
+                        const std::string& what) {
+  std::vector<double> bound(want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    bound[i] = kElementwiseRel * std::max(1.0, std::fabs(want[i]));
+  expect_within(got, want, bound, what);
+}
+
+// ---- scalar references (double) ----------------------------------------------------------------
+
+std::vector<double> ref_embedding(const Tensor& table, const std::vector<int32_t>& ids) {
+  const std::vector<float> t = widened(table);
+  const int64_t width = table.dim(1);
+  std::vector<double> out;
+  for (int32_t id : ids)
+    for (int64_t c = 0; c < width; ++c) out.push_back(t[id * width + c]);
+  return out;
+}
+
+std::vector<double> ref_rms_norm(const Tensor& x, const Tensor& w, double eps) {
+  const int64_t width = x.dim(-1), rows = x.numel() / width;
+  std::vector<double> out;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data<float>() + r * width;
+    double ss = 0.0;
+    for (int64_t i = 0; i < width; ++i) ss += double(xr[i]) * xr[i];
+    const double inv = 1.0 / std::sqrt(ss / width + eps);
+    for (int64_t i = 0; i < width; ++i) out.push_back(w.data<float>()[i] * (xr[i] * inv));
+  }
+  return out;
+}
+
+// out = x · wᵀ (+ init), and sum |x_i w_i| per output (the scale of its rounding error).
+void ref_linear(const Tensor& x, const Tensor& weight, const Tensor* init,
+                std::vector<double>* out, std::vector<double>* magnitude) {
+  const std::vector<float> w = widened(weight);
+  const int64_t n = weight.dim(0), k = weight.dim(1), m = x.numel() / k;
+  out->assign(static_cast<size_t>(m * n), 0.0);
+  magnitude->assign(static_cast<size_t>(m * n), 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = init ? init->data<float>()[i * n + j] : 0.0, a = 0.0;
+      for (int64_t t = 0; t < k; ++t) {
+        const double p = double(x.data<float>()[i * k + t]) * w[j * k + t];
+        s += p;
+        a += std::fabs(p);
+      }
+      (*out)[i * n + j] = s;
+      (*magnitude)[i * n + j] = a + (init ? std::fabs(init->data<float>()[i * n + j]) : 0.0);
+    }
+}
+
+std::vector<double> ref_rope(const Tensor& x, int heads, int head_dim, const Tensor& cos,
+                             const Tensor& sin) {
+  const int half = head_dim / 2;
+  const int64_t rows = x.numel() / (int64_t(heads) * head_dim);
+  std::vector<double> out(x.data<float>(), x.data<float>() + x.numel());
+  for (int64_t t = 0; t < rows; ++t)
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < half; ++i) {
+        const int64_t base = (t * heads + h) * head_dim;
+        const double a = x.data<float>()[base + i], b = x.data<float>()[base + i + half];
+        const double c = cos.data<float>()[t * half + i], s = sin.data<float>()[t * half + i];
+        out[base + i] = a * c - b * s;
+        out[base + i + half] = b * c + a * s;
+      }
+  return out;
+}
+
+std::vector<double> ref_silu_mul(const Tensor& g, const Tensor& u) {
+  std::vector<double> out;
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    const double x = g.data<float>()[i];
+    out.push_back(x / (1.0 + std::exp(-x)) * u.data<float>()[i]);
+  }
+  return out;
+}
+
+// Rows outside every segment keep out_init's values.
+std::vector<double> ref_attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                                  const AttentionShape& shape, const Tensor& out_init) {
+  const int hd = shape.head_dim, group = shape.heads / shape.kv_heads;
+  const int64_t qs = int64_t(shape.heads) * hd, kvs = int64_t(shape.kv_heads) * hd;
+  std::vector<double> out(out_init.data<float>(), out_init.data<float>() + out_init.numel());
+  for (const AttentionSegment& sg : segments) {
+    const int64_t k_len = sg.k.dim(0);
+    for (int64_t i = 0; i < sg.q_len; ++i)
+      for (int h = 0; h < shape.heads; ++h) {
+        const int kvh = h / group;
+        const int64_t limit = sg.causal ? std::min(k_len, sg.causal_offset + i + 1) : k_len;
+        const float* qr = q.data<float>() + (sg.q_begin + i) * qs + h * hd;
+        double* o = out.data() + (sg.q_begin + i) * qs + h * hd;
+        std::fill(o, o + hd, 0.0);
+        if (limit <= 0) continue;
+        std::vector<double> s(static_cast<size_t>(limit));
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < limit; ++j) {
+          const float* kr = sg.k.data<float>() + j * kvs + kvh * hd;
+          double dot = 0.0;
+          for (int d = 0; d < hd; ++d) dot += double(qr[d]) * kr[d];
+          s[j] = dot * shape.scale;
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0.0;
+        for (double& x : s) sum += (x = std::exp(x - mx));
+        for (int64_t j = 0; j < limit; ++j) {
+          const float* vr = sg.v.data<float>() + j * kvs + kvh * hd;
+          for (int d = 0; d < hd; ++d) o[d] += s[j] / sum * vr[d];
+        }
+      }
+  }
+  return out;
+}
+
+double max_abs(const Tensor& t) {
+  double m = 0.0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, double(std::fabs(t.data<float>()[i])));
+  return m;
+}
+
+// ---- attention cases shared by every implementation ---------------------------------------------
+
+struct AttentionCase {
+  std::string name;
+  AttentionShape shape;
+  Tensor q, out_init;                      // host F32
+  std::vector<Tensor> keys, values;        // host F32
+  std::vector<AttentionSegment> segments;  // k/v are views of keys/values
+  std::vector<std::pair<size_t, int64_t>> placement;  // per segment: which keys, first row
+};
+
+// A segment over its own k/v of `k_len` rows.
+void add_segment(AttentionCase& c, std::mt19937& rng, int64_t q_begin, int64_t q_len,
+                 int64_t k_len, bool causal, int64_t offset) {
+  const int64_t kvs = int64_t(c.shape.kv_heads) * c.shape.head_dim;
+  c.keys.push_back(random_tensor({k_len, kvs}, rng));
+  c.values.push_back(random_tensor({k_len, kvs}, rng));
+  AttentionSegment s;
+  s.q_begin = q_begin;
+  s.q_len = q_len;
+  s.k = c.keys.back();
+  s.v = c.values.back();
+  s.causal = causal;
+  s.causal_offset = offset;
+  c.segments.push_back(s);
+  c.placement.emplace_back(c.keys.size() - 1, 0);
+}
+
+AttentionCase make_case(const std::string& name, int heads, int kv_heads, int head_dim,
+                        int64_t q_rows, uint32_t seed) {
+  AttentionCase c;
+  c.name = name;
+  c.shape = {heads, kv_heads, head_dim, 1.0f / std::sqrt(float(head_dim))};
+  std::mt19937 rng(seed);
+  c.q = random_tensor({q_rows, int64_t(heads) * head_dim}, rng);
+  c.out_init = Tensor::empty({q_rows, int64_t(heads) * head_dim}, DType::F32);
+  // Rows outside every segment must keep this value.
+  std::fill(c.out_init.data<float>(), c.out_init.data<float>() + c.out_init.numel(), 7.0f);
+  return c;
+}
+
+std::vector<AttentionCase> attention_cases() {
+  std::vector<AttentionCase> cases;
+  {  // the encoder: unequal chunks, bidirectional, packed without padding, GQA
+    AttentionCase c = make_case("encoder_chunks_gqa", 4, 2, 16, 65, 1);
+    std::mt19937 rng(11);
+    const int64_t kvs = 2 * 16;
+    Tensor k = random_tensor({65, kvs}, rng), v = random_tensor({65, kvs}, rng);
+    c.keys = {k};
+    c.values = {v};
+    int64_t begin = 0;
+    for (int64_t len : {7, 13, 1, 40, 4}) {
+      AttentionSegment s;
+      s.q_begin = begin;
+      s.q_len = len;
+      s.k = k.rows(begin, len);
+      s.v = v.rows(begin, len);
+      c.segments.push_back(s);
+      c.placement.emplace_back(0, begin);
+      begin += len;
+    }
+    cases.push_back(std::move(c));
+  }
+  {  // causal prefill, a continued prompt after cached tokens, and a decode row; two rows unused
+    AttentionCase c = make_case("causal_offsets", 4, 4, 8, 40, 2);
+    std::mt19937 rng(12);
+    add_segment(c, rng, 0, 20, 20, true, 0);
+    add_segment(c, rng, 20, 17, 22, true, 5);
+    add_segment(c, rng, 38, 1, 37, true, 36);
+    cases.push_back(std::move(c));
+  }
+  {  // rows that see no key at all must come out as zeros
+    AttentionCase c = make_case("fully_masked_rows", 2, 1, 12, 6, 3);
+    std::mt19937 rng(13);
+    add_segment(c, rng, 0, 6, 4, true, -3);
+    cases.push_back(std::move(c));
+  }
+  {  // cross-attention of two requests, one of them with several rows
+    AttentionCase c = make_case("cross_two_requests", 8, 2, 32, 5, 4);
+    std::mt19937 rng(14);
+    add_segment(c, rng, 0, 1, 300, false, 0);
+    add_segment(c, rng, 1, 4, 77, false, 0);
+    cases.push_back(std::move(c));
+  }
+  {  // a long key range: decode and a few causal rows over 5000 keys, widest head
+    AttentionCase c = make_case("long_5000_keys", 4, 2, 128, 4, 5);
+    std::mt19937 rng(15);
+    add_segment(c, rng, 0, 1, 5000, false, 0);
+    add_segment(c, rng, 1, 3, 5000, true, 4997);
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+void check_attention_result(const AttentionCase& c, const std::vector<float>& got,
+                            const std::string& who) {
+  const std::vector<double> want = ref_attention(c.q, c.segments, c.shape, c.out_init);
+  double vmax = 7.0;
+  for (const Tensor& v : c.values) vmax = std::max(vmax, max_abs(v));
+  expect_within(got, want, std::vector<double>(want.size(), kAttentionRel * vmax),
+                who + " attention " + c.name);
+}
+
+// ---- backends under test -----------------------------------------------------------------------
+
+const char* kNoCuda = "no CUDA device: CUDA backend tests skipped";
+
+#define SKIP_UNLESS_CUDA() \
+  if (!backend_available(Device::CUDA)) GTEST_SKIP() << kNoCuda
+
+std::string device_label(const ::testing::TestParamInfo<Device>& info) {
+  return device_name(info.param);
+}
+
+class BackendOps : public ::testing::TestWithParam<Device> {
+ protected:
+  void SetUp() override {
+    if (!backend_available(GetParam())) GTEST_SKIP() << kNoCuda;
+    backend_ = make_backend(GetParam());
+  }
+  Backend& b() { return *backend_; }
+  // Device copy of a host tensor; in-place ops on it never touch the host original.
+  Tensor dev(const Tensor& host) { return b().to_device(clone(host)); }
+
+  std::unique_ptr<Backend> backend_;
+};
+
+TEST_P(BackendOps, Embedding) {
+  std::mt19937 rng(21);
+  const Tensor table = random_tensor({50, 24}, rng);
+  const std::vector<int32_t> ids = {0, 49, 7, 7, 3, 22};
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    const Tensor stored = as_dtype(table, t);
+    Tensor out = b().empty({int64_t(ids.size()), 24}, DType::F32);
+    b().embedding(b().load_weight(stored, false), ids, out);
+    const std::vector<double> want = ref_embedding(stored, ids);
+    expect_within(values(b().to_host_f32(out)), want, std::vector<double>(want.size(), 0.0),
+                  std::string("embedding ") + dtype_name(t));
+  }
+  Tensor out = b().empty({1, 24}, DType::F32);
+  EXPECT_THROW(b().embedding(b().load_weight(table, false), {50}, out), Error);
+}
+
+TEST_P(BackendOps, RmsNorm) {
+  std::mt19937 rng(22);
+  for (int64_t width : {1, 48, 333, 4096}) {
+    const Tensor x = random_tensor({5, width}, rng, 3.0f);
+    const Tensor w = random_tensor({width}, rng);
+    for (DType t : {DType::F32, DType::BF16}) {
+      // Norm weights are loaded as F32 whatever their stored type.
+      const Tensor stored = as_dtype(w, t);
+      Tensor out = b().empty({5, width}, DType::F32);
+      b().rms_norm(dev(x), b().load_weight(stored, true), 1e-5f, out);
+      const Tensor wide = Tensor::empty({width}, DType::F32);
+      convert_to_f32(stored.raw(), t, wide.data<float>(), width);
+      expect_elementwise(values(b().to_host_f32(out)), ref_rms_norm(x, wide, 1e-5),
+                         "rms_norm width " + std::to_string(width));
+    }
+  }
+}
+
+double linear_unit_roundoff(Device d, DType weight, int64_t rows) {
+  if (d != Device::CUDA || weight == DType::F32 || rows <= kern::kGemvMaxRows) return 0.0;
+  return weight == DType::BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+}
+
+TEST_P(BackendOps, Linear) {
+  std::mt19937 rng(23);
+  struct Shape {
+    int64_t m, n, k;
+  };
+  // Rows 1..8 take the GEMV path on CUDA, more take cuBLAS; k = 100 is not a multiple of 8.
+  for (const Shape s : {Shape{1, 96, 64}, Shape{3, 50, 100}, Shape{8, 130, 256}, Shape{9, 64, 48},
+                        Shape{40, 257, 512}, Shape{130, 33, 96}}) {
+    const Tensor x = random_tensor({s.m, s.k}, rng);
+    const Tensor w = random_tensor({s.n, s.k}, rng, 0.05f);
+    const Tensor init = random_tensor({s.m, s.n}, rng);
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+      const Tensor stored = as_dtype(w, t);
+      const Tensor wd = b().load_weight(stored, false);
+      EXPECT_EQ(wd.dtype(), t) << "weights keep their stored type";
+      for (bool acc : {false, true}) {
+        Tensor out = acc ? dev(init) : b().empty({s.m, s.n}, DType::F32);
+        b().linear(dev(x), wd, out, acc);
+        std::vector<double> want, mag;
+        ref_linear(x, stored, acc ? &init : nullptr, &want, &mag);
+        const double u = linear_unit_roundoff(GetParam(), t, s.m);
+        std::vector<double> bound(want.size());
+        for (size_t i = 0; i < bound.size(); ++i) bound[i] = (kF32Dot + u) * mag[i] + 1e-6;
+        expect_within(values(b().to_host_f32(out)), want, bound,
+                      "linear " + std::to_string(s.m) + "x" + std::to_string(s.n) + "x" +
+                          std::to_string(s.k) + " " + dtype_name(t) + (acc ? " accumulate" : ""));
+      }
+    }
+  }
+  Tensor out = b().empty({2, 3}, DType::F32);
+  EXPECT_THROW(b().linear(dev(random_tensor({2, 5}, rng)), b().load_weight(random_tensor({3, 4}, rng), false), out), Error);
+}
+
+TEST_P(BackendOps, Rope) {
+  std::mt19937 rng(24);
+  const int heads = 3, hd = 16;
+  const Tensor x = random_tensor({7, heads * hd}, rng);
+  const Tensor cos = random_tensor({7, hd / 2}, rng), sin = random_tensor({7, hd / 2}, rng);
+  Tensor xd = dev(x);
+  b().rope(xd, heads, hd, dev(cos), dev(sin));
+  expect_elementwise(values(b().to_host_f32(xd)), ref_rope(x, heads, hd, cos, sin), "rope");
+}
+
+TEST_P(BackendOps, SiluMulAndCopyRows) {
+  std::mt19937 rng(25);
+  const Tensor g = random_tensor({9, 31}, rng, 4.0f), u = random_tensor({9, 31}, rng);
+  Tensor gd = dev(g);
+  b().silu_mul(gd, dev(u));
+  expect_elementwise(values(b().to_host_f32(gd)), ref_silu_mul(g, u), "silu_mul");
+
+  const Tensor src = random_tensor({6, 5}, rng), dst0 = random_tensor({8, 5}, rng);
+  Tensor dst = dev(dst0);
+  b().copy_rows(dev(src), 2, dst, 4, 3);
+  std::vector<double> want(dst0.data<float>(), dst0.data<float>() + dst0.numel());
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 5; ++c) want[(4 + r) * 5 + c] = src.data<float>()[(2 + r) * 5 + c];
+  expect_within(values(b().to_host_f32(dst)), want, std::vector<double>(want.size(), 0.0),
+                "copy_rows");
+  EXPECT_THROW(b().copy_rows(dev(src), 4, dst, 0, 3), Error);
+}
+
+TEST_P(BackendOps, Attention) {
+  for (const AttentionCase& c : attention_cases()) {
+    // Device copies of the k/v tensors; segments that were views of one packed tensor stay views
+    // of its device copy.
+    std::vector<Tensor> dk, dv;
+    for (size_t i = 0; i < c.keys.size(); ++i) {
+      dk.push_back(dev(c.keys[i]));
+      dv.push_back(dev(c.values[i]));
+    }
+    std::vector<AttentionSegment> segs = c.segments;
+    for (size_t i = 0; i < segs.size(); ++i) {
+      const auto [owner, row0] = c.placement[i];
+      segs[i].k = dk[owner].rows(row0, segs[i].k.dim(0));
+      segs[i].v = dv[owner].rows(row0, segs[i].v.dim(0));
+    }
+    Tensor out = dev(c.out_init);
+    b().attention(dev(c.q), segs, c.shape, out);
+    check_attention_result(c, values(b().to_host_f32(out)), device_name(GetParam()));
+  }
+}
+
+TEST_P(BackendOps, IdentityWeightShowsActivationRounding) {
+  // x · I is exact in any arithmetic, so the result is x as the GEMM saw it: rounded to the
+  // weight's type on CUDA beyond kGemvMaxRows rows, untouched otherwise.
+  std::mt19937 rng(27);
+  const int64_t k = 40;
+  Tensor eye = Tensor::zeros({k, k}, DType::F32);
+  for (int64_t i = 0; i < k; ++i) eye.data<float>()[i * k + i] = 1.0f;
+  for (int64_t m : {int64_t{3}, int64_t{kern::kGemvMaxRows + 5}}) {
+    const Tensor x = random_tensor({m, k}, rng);
+    for (DType t : {DType::F16, DType::BF16}) {
+      Tensor out = b().empty({m, k}, DType::F32);
+      b().linear(dev(x), b().load_weight(as_dtype(eye, t), false), out);
+      const bool rounds = GetParam() == Device::CUDA && m > kern::kGemvMaxRows;
+      const std::vector<float> want = rounds ? widened(as_dtype(x, t)) : values(x);
+      EXPECT_EQ(values(b().to_host_f32(out)), want)
+          << "identity GEMM, " << m << " rows, " << dtype_name(t);
+    }
+  }
+}
+
+TEST_P(BackendOps, AttentionRejectsBadShapes) {
+  std::mt19937 rng(26);
+  const Tensor q = random_tensor({2, 8}, rng);
+  AttentionSegment s;
+  s.q_len = 2;
+  s.k = dev(random_tensor({3, 6}, rng));  // not kv_heads * head_dim wide
+  s.v = s.k;
+  Tensor out = b().empty({2, 8}, DType::F32);
+  EXPECT_THROW(b().attention(dev(q), {s}, {2, 1, 4, 0.5f}, out), Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, BackendOps, ::testing::Values(Device::CPU, Device::CUDA),
+                         device_label);
+
+// ---- the CUDA kernels through the SIMT emulator (runs everywhere) ----------------------------
+
+TEST(EmulatedKernels, ElementwiseAndNorm) {
+  std::mt19937 rng(31);
+  const Tensor table = random_tensor({40, 20}, rng);
+  const std::vector<int32_t> ids = {3, 39, 0, 3};
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    const Tensor stored = as_dtype(table, t);
+    std::vector<float> out(ids.size() * 20);
+    const kern::ElemType et = t == DType::F32   ? kern::ElemType::F32
+                              : t == DType::F16 ? kern::ElemType::F16
+                                                : kern::ElemType::BF16;
+    kern::launch_embedding(stored.raw(), et, ids.data(), 4, 20, out.data(), nullptr);
+    const std::vector<double> want = ref_embedding(stored, ids);
+    expect_within(out, want, std::vector<double>(want.size(), 0.0), "emulated embedding");
+  }
+  for (int64_t width : {1, 37, 300}) {
+    const Tensor x = random_tensor({3, width}, rng, 2.0f), w = random_tensor({width}, rng);
+    std::vector<float> out(static_cast<size_t>(3 * width));
+    kern::launch_rms_norm(x.data<float>(), w.data<float>(), 1e-6f, 3, width, out.data(), nullptr);
+    expect_elementwise(out, ref_rms_norm(x, w, 1e-6), "emulated rms_norm");
+    // In place, as the kernel allows.
+    Tensor y = clone(x);
+    kern::launch_rms_norm(y.data<float>(), w.data<float>(), 1e-6f, 3, width, y.data<float>(),
+                          nullptr);
+    expect_elementwise(values(y), ref_rms_norm(x, w, 1e-6), "emulated rms_norm in place");
+  }
+  {
+    const int heads = 2, hd = 12;
+    const Tensor x = random_tensor({5, heads * hd}, rng);
+    const Tensor cos = random_tensor({5, hd / 2}, rng), sin = random_tensor({5, hd / 2}, rng);
+    Tensor y = clone(x);
+    kern::launch_rope(y.data<float>(), 5, heads, hd, cos.data<float>(), sin.data<float>(),
+                      nullptr);
+    expect_elementwise(values(y), ref_rope(x, heads, hd, cos, sin), "emulated rope");
+  }
+  {
+    const Tensor g = random_tensor({700}, rng, 5.0f), u = random_tensor({700}, rng);
+    Tensor y = clone(g);
+    kern::launch_silu_mul(y.data<float>(), u.data<float>(), 700, nullptr);
+    expect_elementwise(values(y), ref_silu_mul(g, u), "emulated silu_mul");
+  }
+  {  // rounding to 16 bits is bit-exact with the host conversions (ties, tiny and huge values)
+    Tensor x = random_tensor({600}, rng, 100.0f);
+    const float special[] = {0.0f, -0.0f, 1e-30f, 65504.0f, 65520.0f, 1e6f, 1.00390625f, 3e-8f};
+    std::copy(std::begin(special), std::end(special), x.data<float>());
+    for (bool bf16 : {true, false}) {
+      std::vector<uint16_t> got(600);
+      kern::launch_to_16bit(x.data<float>(), got.data(), 600, bf16, nullptr);
+      for (int i = 0; i < 600; ++i) {
+        const float v = x.data<float>()[i];
+        ASSERT_EQ(got[i], bf16 ? f32_to_bf16(v) : f32_to_f16(v)) << "value " << v;
+      }
+    }
+  }
+}
+
+TEST(EmulatedKernels, Gemv16) {
+  std::mt19937 rng(32);
+  for (int64_t k : {64, 100, 264}) {  // 100: no 16-byte loads
+    for (int64_t m = 1; m <= kern::kGemvMaxRows; ++m) {
+      const int64_t n = 19;
+      const Tensor x = random_tensor({m, k}, rng), init = random_tensor({m, n}, rng);
+      const Tensor w = random_tensor({n, k}, rng, 0.05f);
+      for (DType t : {DType::F16, DType::BF16}) {
+        const Tensor stored = as_dtype(w, t);
+        for (bool acc : {false, true}) {
+          Tensor out = acc ? clone(init) : Tensor::zeros({m, n}, DType::F32);
+          kern::launch_gemv16(x.data<float>(), stored.data<uint16_t>(), t == DType::BF16,
+                              out.data<float>(), m, n, k, acc, nullptr);
+          std::vector<double> want, mag;
+          ref_linear(x, stored, acc ? &init : nullptr, &want, &mag);
+          std::vector<double> bound(want.size());
+          for (size_t i = 0; i < bound.size(); ++i) bound[i] = kF32Dot * mag[i] + 1e-6;
+          expect_within(values(out), want, bound,
+                        "emulated gemv16 m=" + std::to_string(m) + " k=" + std::to_string(k));
+        }
+      }
+    }
+  }
+}
+
+// Runs the attention kernels on host memory exactly as the backend drives them on the device.
+std::vector<float> emulated_attention(const AttentionCase& c, int forced_splits,
+                                      int multiprocessors, int* splits_used) {
+  std::vector<kern::AttnSegment> segs;
+  for (const AttentionSegment& s : c.segments) {
+    kern::AttnSegment d;
+    d.k = s.k.data<float>();
+    d.v = s.v.data<float>();
+    d.q_begin = s.q_begin;
+    d.q_len = s.q_len;
+    d.k_len = s.k.dim(0);
+    d.causal = s.causal;
+    d.causal_offset = s.causal_offset;
+    segs.push_back(d);
+  }
+  const kern::AttnPlan plan =
+      kern::plan_attention(segs, c.shape.heads, multiprocessors, forced_splits);
+  *splits_used = plan.splits;
+  Tensor out = clone(c.out_init);
+  kern::AttnParams p;
+  p.q = c.q.data<float>();
+  p.out = out.data<float>();
+  p.q_stride = c.q.dim(1);
+  p.kv_stride = int64_t(c.shape.kv_heads) * c.shape.head_dim;
+  p.q_rows = c.q.dim(0);
+  p.heads = c.shape.heads;
+  p.kv_heads = c.shape.kv_heads;
+  p.head_dim = c.shape.head_dim;
+  p.scale = c.shape.scale;
+  p.splits = plan.splits;
+  const size_t slots = static_cast<size_t>(plan.splits * p.q_rows * p.heads);
+  // NaN-filled: a partial the combine step reads without the main kernel writing it shows up.
+  std::vector<float> part_o(slots * p.head_dim, NAN), part_ml(slots * 2, NAN);
+  p.part_o = part_o.data();
+  p.part_ml = part_ml.data();
+  kern::launch_attention(p, segs.data(), plan.items.data(), int64_t(plan.items.size()), nullptr);
+  return values(out);
+}
+
+TEST(EmulatedKernels, AttentionAllSplits) {
+  for (const AttentionCase& c : attention_cases()) {
+    for (int forced : {1, 2, 5, 0}) {
+      int used = 0;
+      const std::vector<float> got = emulated_attention(c, forced, 132, &used);
+      check_attention_result(c, got,
+                             "emulated (splits " + std::to_string(used) +
+                                 (forced ? ", forced)" : ", planned for 132 SMs)"));
+    }
+  }
+}
+
+TEST(EmulatedKernels, PlanSplitsOnlyWhenTheGpuWouldIdle) {
+  std::vector<kern::AttnSegment> decode(1), prefill(1);
+  decode[0].q_len = 1;
+  decode[0].k_len = 12800;
+  prefill[0].q_len = 2048;
+  prefill[0].k_len = 2048;
+  EXPECT_GT(kern::plan_attention(decode, 32, 132).splits, 1);
+  EXPECT_EQ(kern::plan_attention(prefill, 32, 132).splits, 1);
+  EXPECT_EQ(kern::plan_attention(prefill, 32, 132).items.size(), 2048u / kern::kAttnRows);
+  decode[0].k_len = 10;  // too few keys to be worth splitting
+  EXPECT_EQ(kern::plan_attention(decode, 32, 132).splits, 1);
+}
+
+// The emulator must catch the bugs it exists to catch.
+void divergent_barrier_kernel() {
+  if (simt::thread_x() < 16)
+    simt::sync_block();
+  else
+    simt::sync_warp();
+}
+void overflowing_kernel() {
+  simt::shared_floats()[simt::thread_x()] = 1.0f;
+}
+
+TEST(EmulatedKernels, EmulatorReportsDivergenceAndOverflow) {
+  const simt::Dim3 grid{1, 1, 1}, block{64, 1, 1};
+  EXPECT_THROW(simt::emu::launch(grid, block, 0, [] { divergent_barrier_kernel(); }),
+               std::logic_error);
+  EXPECT_THROW(simt::emu::launch(grid, block, 16 * sizeof(float), [] { overflowing_kernel(); }),
+               std::logic_error);
+  EXPECT_NO_THROW(simt::emu::launch(grid, block, 64 * sizeof(float), [] { overflowing_kernel(); }));
+}
+
+// ---- CUDA-specific behaviour ------------------------------------------------------------------
+
+TEST(CudaBackend, UnavailableDeviceIsOneClearError) {
+  if (backend_available(Device::CUDA)) GTEST_SKIP() << "a CUDA device is present";
+  try {
+    make_backend(Device::CUDA);
+    FAIL() << "make_backend(CUDA) succeeded without a device";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_TRUE(msg.find("no CUDA device") != std::string::npos ||
+                msg.find("no CUDA backend") != std::string::npos)
+        << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  }
+}
+
+TEST(CudaBackend, MemoryBudgetIsEnforced) {
+  SKIP_UNLESS_CUDA();
+  BackendOptions o;
+  o.memory_budget_bytes = 64 << 10;
+  auto backend = make_backend(Device::CUDA, o);
+  Tensor small = backend->empty({1024}, DType::F32);
+  try {
+    auto model =
+        CepeModel::load(test::source_dir() / "tests/fixtures/gqa_cross_last2", *backend);
+    FAIL() << "a model larger than the budget loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model does not fit"), std::string::npos) << e.what();
+  }
+  EXPECT_LE(backend_memory(*backend).in_use, o.memory_budget_bytes);
+  EXPECT_GE(backend_memory(*backend).in_use, small.nbytes());
+}
+
+TEST(CudaBackend, TensorsOutliveTheBackendAndMemoryIsReturned) {
+  SKIP_UNLESS_CUDA();
+  auto backend = make_backend(Device::CUDA);
+  const size_t before = backend_memory(*backend).in_use;
+  {
+    Tensor t = backend->empty({1 << 20}, DType::F32);
+    EXPECT_EQ(backend_memory(*backend).in_use, before + t.nbytes());
+  }
+  EXPECT_EQ(backend_memory(*backend).in_use, before);
+  Tensor kept = backend->to_device(Tensor::zeros({16}, DType::F32));
+  backend.reset();  // the tensor's deleter keeps the device context alive
+  kept = Tensor();
+  SUCCEED();
+}
+
+// ---- whole models on the fixtures ----------------------------------------------------------------
+
+std::vector<int32_t> ids_of(const rapidjson::Value& v) {
+  std::vector<int32_t> out;
+  for (const auto& x : v.GetArray()) out.push_back(x.GetInt());
+  return out;
+}
+
+std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v) {
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& c : v.GetArray()) out.push_back(ids_of(c));
+  return out;
+}
+
+std::vector<std::string> fixture_names() {
+  std::vector<std::string> names;
+  const fs::path root = test::source_dir() / "tests" / "fixtures";
+  if (!fs::exists(root)) return names;
+  for (const auto& e : fs::directory_iterator(root))
+    if (fs::exists(e.path() / "expected.json")) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+struct FixtureCase {
+  fs::path dir;
+  rapidjson::Document expected;
+};
+
+std::unique_ptr<FixtureCase> load_fixture(const std::string& name) {
+  auto f = std::make_unique<FixtureCase>();
+  f->dir = test::source_dir() / "tests" / "fixtures" / name;
+  const std::string text = test::read_file(f->dir / "expected.json");
+  f->expected.Parse(text.c_str(), text.size());
+  EXPECT_FALSE(f->expected.HasParseError()) << name;
+  return f;
+}
+
+bool has_16bit_weights(const fs::path& dir) {
+  const std::string cfg = test::read_file(dir / "config.json");
+  return cfg.find("\"bfloat16\"") != std::string::npos ||
+         cfg.find("\"float16\"") != std::string::npos;
+}
+
+std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
+                            const std::vector<std::vector<int32_t>>& chunks, int max_new) {
+  SamplingOptions o;
+  o.max_new_tokens = max_new;
+  EncodedContext ctx;
+  if (!chunks.empty()) ctx = model.encode(chunks);
+  Sequence seq(model, nullptr, prompt, ctx, o);
+  while (!seq.finished()) step_sequences(model, {&seq});
+  return seq.tokens();
+}
+
+// Scoring logits and encoder states of `model` against the CPU backend's, and greedy tokens
+// against the reference's, for one fixture.
+void compare_with_cpu(CepeModel& model, const std::string& name, double tolerance) {
+  auto f = load_fixture(name);
+  auto cpu = make_backend(Device::CPU);
+  auto cpu_model = CepeModel::load(f->dir, *cpu);
+  const auto& e = f->expected;
+  const auto ids = ids_of(e["input_ids"]);
+  const auto chunks = chunks_of(e["context_ids"]);
+  auto state = model.new_state();
+  auto cpu_state = cpu_model->new_state();
+  if (!chunks.empty()) {
+    EncodedContext ctx = model.encode(chunks), cpu_ctx = cpu_model->encode(chunks);
+    const Tensor got = model.backend().to_host_f32(ctx.states);
+    const Tensor want = cpu_ctx.states;
+    std::vector<double> w(want.data<float>(), want.data<float>() + want.numel());
+    expect_within(values(got), w, std::vector<double>(w.size(), tolerance),
+                  name + " encoder states");
+    model.set_context(*state, ctx);
+    cpu_model->set_context(*cpu_state, cpu_ctx);
+  }
+  const Tensor logits = model.forward(*state, ids, true);
+  const Tensor cpu_logits = cpu_model->forward(*cpu_state, ids, true);
+  std::vector<double> w(cpu_logits.data<float>(), cpu_logits.data<float>() + cpu_logits.numel());
+  expect_within(values(logits), w, std::vector<double>(w.size(), tolerance), name + " logits");
+  double worst = 0.0;
+  for (size_t i = 0; i < w.size(); ++i)
+    worst = std::max(worst, std::fabs(logits.data<float>()[i] - w[i]));
+  std::printf("[%s on %s] max |dlogit| vs cpu = %.3g (tolerance %.3g)\n", name.c_str(),
+              model.backend().describe().c_str(), worst, tolerance);
+
+  std::vector<const rapidjson::Value*> runs = {&e["greedy"]};
+  if (e.HasMember("greedy_extra"))
+    for (const auto& g : e["greedy_extra"].GetArray()) runs.push_back(&g);
+  for (const rapidjson::Value* g : runs) {
+    auto expected_tokens = ids_of((*g)["tokens"]);
+    const auto& eos = model.config().decoder.eos_token_ids;
+    if (!expected_tokens.empty() &&
+        std::find(eos.begin(), eos.end(), expected_tokens.back()) != eos.end())
+      expected_tokens.pop_back();
+    EXPECT_EQ(greedy(model, ids_of((*g)["input_ids"]), chunks_of((*g)["context_ids"]),
+                     (*g)["max_new_tokens"].GetInt()),
+              expected_tokens)
+        << name << " greedy tokens";
+  }
+}
+
+class CudaFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaFixture, LogitsAndGreedyTokensMatchCpu) {
+  SKIP_UNLESS_CUDA();
+  auto f = load_fixture(GetParam());
+  auto backend = make_backend(Device::CUDA);
+  auto model = CepeModel::load(f->dir, *backend);
+  compare_with_cpu(*model, GetParam(),
+                   has_16bit_weights(f->dir) ? k16BitLogitTolerance : kF32LogitTolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixture, ::testing::ValuesIn(fixture_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(CudaModel, BatchedStepsEqualSingleSequences) {
+  SKIP_UNLESS_CUDA();
+  auto f = load_fixture("gqa_cross_last2");
+  auto backend = make_backend(Device::CUDA);
+  auto model = CepeModel::load(f->dir, *backend);
+  const auto& g = f->expected["greedy"];
+  const auto prompt_a = ids_of(g["input_ids"]);
+  const auto chunks_a = chunks_of(g["context_ids"]);
+  const auto prompt_b = ids_of(f->expected["input_ids"]);
+  const auto chunks_b = chunks_of(f->expected["context_ids"]);
+  const std::vector<int32_t> prompt_c(prompt_b.begin(), prompt_b.begin() + 5);
+  const int n = 8;
+  const auto alone_a = greedy(*model, prompt_a, chunks_a, n);
+  const auto alone_b = greedy(*model, prompt_b, chunks_b, n);
+  const auto alone_c = greedy(*model, prompt_c, {}, n);
+  SamplingOptions o;
+  o.max_new_tokens = n;
+  Sequence a(*model, nullptr, prompt_a, model->encode(chunks_a), o);
+  Sequence b(*model, nullptr, prompt_b, model->encode(chunks_b), o);
+  Sequence c(*model, nullptr, prompt_c, EncodedContext(), o);
+  step_sequences(*model, {&a, &b});
+  while (!a.finished() || !b.finished() || !c.finished()) step_sequences(*model, {&a, &b, &c});
+  EXPECT_EQ(a.tokens(), alone_a);
+  EXPECT_EQ(b.tokens(), alone_b);
+  EXPECT_EQ(c.tokens(), alone_c);
+}
+
+// ---- the CUDA backend's rounding, emulated on the CPU (runs everywhere) ----------------------
+
+// The CPU backend with the one rounding the CUDA backend adds: GEMMs against 16-bit weights with
+// more than kGemvMaxRows rows see activations rounded to the weight's type (cuBLAS tensor-core
+// operands). Everything else in the CUDA backend is F32 like the CPU's, so this shows whether
+// k16BitLogitTolerance and identical greedy tokens are realistic before a GPU ever runs.
+class CudaNumericsOnCpu final : public Backend {
+ public:
+  CudaNumericsOnCpu() : cpu_(make_backend(Device::CPU)) {}
+  Device device() const override { return Device::CPU; }
+  std::string describe() const override { return "cpu with CUDA 16-bit GEMM rounding"; }
+  Tensor empty(std::vector<int64_t> shape, DType dtype) override {
+    return cpu_->empty(std::move(shape), dtype);
+  }
+  Tensor load_weight(const Tensor& host, bool as_f32) override {
+    return cpu_->load_weight(host, as_f32);
+  }
+  Tensor to_device(const Tensor& host) override { return cpu_->to_device(host); }
+  Tensor to_host_f32(const Tensor& t) override { return cpu_->to_host_f32(t); }
+  void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out) override {
+    cpu_->embedding(table, ids, out);
+  }
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    cpu_->rms_norm(x, w, eps, out);
+  }
+  void linear(const Tensor& x, const Tensor& weight, Tensor& out, bool accumulate) override {
+    const int64_t rows = x.numel() / weight.dim(1);
+    if (weight.dtype() == DType::F32 || rows <= kern::kGemvMaxRows)
+      return cpu_->linear(x, weight, out, accumulate);
+    Tensor rounded = as_dtype(x, weight.dtype());
+    Tensor back = Tensor::empty(x.shape(), DType::F32);
+    convert_to_f32(rounded.raw(), rounded.dtype(), back.data<float>(), x.numel());
+    cpu_->linear(back, weight, out, accumulate);
+  }
+  void rope(Tensor& x, int heads, int hd, const Tensor& cos, const Tensor& sin) override {
+    cpu_->rope(x, heads, hd, cos, sin);
+  }
+  void copy_rows(const Tensor& src, int64_t sr, Tensor& dst, int64_t dr, int64_t n) override {
+    cpu_->copy_rows(src, sr, dst, dr, n);
+  }
+  void silu_mul(Tensor& gate, const Tensor& up) override { cpu_->silu_mul(gate, up); }
+  void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                 const AttentionShape& shape, Tensor& out) override {
+    cpu_->attention(q, segments, shape, out);
+  }
+
+ private:
+  std::unique_ptr<Backend> cpu_;
+};
+
+class CudaNumericsFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaNumericsFixture, SixteenBitToleranceHoldsWithCudaRounding) {
+  auto f = load_fixture(GetParam());
+  if (!has_16bit_weights(f->dir)) GTEST_SKIP() << "F32 checkpoint: no 16-bit GEMMs to round";
+  CudaNumericsOnCpu backend;
+  auto model = CepeModel::load(f->dir, backend);
+  compare_with_cpu(*model, GetParam(), k16BitLogitTolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaNumericsFixture, ::testing::ValuesIn(fixture_names()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
