@@ -43,8 +43,9 @@ constexpr double kF32Dot = 1e-5;
 constexpr double kAttentionRel = 2e-5;
 constexpr double kF32LogitTolerance = 1e-4;
 // Max |logit - CPU logit| allowed for 16-bit checkpoints on CUDA (logits here reach ~11).
-// CudaNumericsOnCpu measures what rounding the activations to bf16/f16 costs on the fixtures.
-constexpr double k16BitLogitTolerance = 0.05;
+// Calibrated by CudaNumericsOnCpu: bf16-rounded GEMM operands move the bf16 fixture's logits by
+// at most 0.075; a wrong kernel moves them by far more than 0.1.
+constexpr double k16BitLogitTolerance = 0.1;
 
 // ---- helpers --------------------------------------------------------------------------------
 

@@ -310,8 +310,13 @@ class CpuBackend final : public Backend {
                     q_stride, kp, kv_stride, 0.0f, scores.data(), k_used);
         for (int64_t r = 0; r < item.rows; ++r) {
           float* srow = scores.data() + r * k_used;
-          const int64_t visible =
-              sg.causal ? std::min(k_used, sg.causal_offset + item.row0 + r + 1) : k_used;
+          // Rows before the first visible key (negative offsets) see nothing and output zeros.
+          const int64_t visible = std::max<int64_t>(
+              0, sg.causal ? std::min(k_used, sg.causal_offset + item.row0 + r + 1) : k_used);
+          if (visible == 0) {
+            std::fill(srow, srow + k_used, 0.0f);
+            continue;
+          }
           float mx = -INFINITY;
           for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, srow[j]);
           float sum = 0.0f;
