@@ -55,13 +55,20 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--model") model_dir = next();
-    else if (a == "--threads") threads = std::stoi(next());
-    else if (a == "--chunks") chunks = std::stoi(next());
-    else if (a == "--chunk-len") chunk_len = std::stoi(next());
-    else if (a == "--prefill") prefill = std::stoi(next());
-    else if (a == "--decode") decode = std::stoi(next());
-    else if (a == "--device") device = next();
+    if (a == "--model")
+      model_dir = next();
+    else if (a == "--threads")
+      threads = std::stoi(next());
+    else if (a == "--chunks")
+      chunks = std::stoi(next());
+    else if (a == "--chunk-len")
+      chunk_len = std::stoi(next());
+    else if (a == "--prefill")
+      prefill = std::stoi(next());
+    else if (a == "--decode")
+      decode = std::stoi(next());
+    else if (a == "--device")
+      device = next();
     else {
       usage();
       return 2;

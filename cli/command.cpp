@@ -98,7 +98,9 @@ std::vector<std::string> Args::get_all(const std::string& name) const {
   return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
-bool Args::is_set(const std::string& name) const { return values_.count(name) != 0; }
+bool Args::is_set(const std::string& name) const {
+  return values_.count(name) != 0;
+}
 
 long long Args::get_int(const std::string& name, long long min, long long max) const {
   const std::string s = get(name);

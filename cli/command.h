@@ -11,7 +11,7 @@ namespace cepe::cli {
 
 /// A subcommand: its one-line summary and its entry point (argv[0] is the subcommand name).
 struct Command {
-  std::string summary;                                   ///< shown by `cepe --help`
+  std::string summary;                                      ///< shown by `cepe --help`
   std::function<int(const std::vector<std::string>&)> run;  ///< returns the exit status
 };
 

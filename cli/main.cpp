@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
   auto print_help = [&]() {
     std::cout << "cepe — open-domain question answering with CEPE (parallel context encoding)\n\n"
                  "usage: cepe <command> [flags]   (cepe <command> --help for its flags)\n\n";
-    for (const auto& [name, cmd] : commands) std::printf("  %-10s %s\n", name.c_str(), cmd.summary.c_str());
+    for (const auto& [name, cmd] : commands)
+      std::printf("  %-13s %s\n", name.c_str(), cmd.summary.c_str());
   };
   if (argc < 2) {
     print_help();

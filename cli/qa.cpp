@@ -20,7 +20,9 @@ namespace {
 
 std::atomic<bool> g_interrupted{false};
 
-void on_sigint(int) { g_interrupted.store(true); }
+void on_sigint(int) {
+  g_interrupted.store(true);
+}
 
 void add_reader_flags(Args& args) {
   args.option("index", "index directory (from cepe index build)")
@@ -62,8 +64,9 @@ int run_qa(const std::vector<std::string>& argv) {
   add_model_flags(args);
   add_reader_flags(args);
   add_sampling_flags(args, 25);
-  args.option("questions", "question file (.jsonl/.json: question, answers|answer, id, ctxs; "
-                           ".tsv: question TAB answers)")
+  args.option("questions",
+              "question file (.jsonl/.json: question, answers|answer, id, ctxs; "
+              ".tsv: question TAB answers)")
       .option("out", "answers, one JSON line per question (summary: <out>.summary.json)")
       .option("format", "question file format: auto, jsonl, json, tsv", "auto")
       .option("concurrency", "questions generated together (continuous batching)", "8")

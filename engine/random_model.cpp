@@ -113,7 +113,10 @@ int64_t write_random_model(const RandomModelSpec& s, const std::filesystem::path
   cfg << llama_config_json(s.hidden_size, s.intermediate_size, s.heads, s.kv_heads, s.layers,
                            s.vocab_size, s.max_position_embeddings, s.rope_theta,
                            s.tie_word_embeddings)
-      << ", \"torch_dtype\": \"" << (s.dtype == DType::BF16 ? "bfloat16" : s.dtype == DType::F16 ? "float16" : "float32")
+      << ", \"torch_dtype\": \""
+      << (s.dtype == DType::BF16  ? "bfloat16"
+          : s.dtype == DType::F16 ? "float16"
+                                  : "float32")
       << "\", \"do_cross_attention\": true, \"num_cross_attn_layers\": " << s.cross_layers
       << ", \"num_cross_attn_hidden_states\": 1, \"encoder_hidden_size\": " << s.enc_hidden_size
       << ", \"encoder_is_model\": false, \"encode_mode\": \"context_only\", \"encoder_config\": "

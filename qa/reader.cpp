@@ -24,7 +24,8 @@ Reader::Reader(CepeModel& model, const Tokenizer& tokenizer, ReaderOptions optio
   CEPE_CHECK(options_.max_prompt_tokens > 0, "max_prompt_tokens must be > 0");
 }
 
-ReaderRequest Reader::prepare(std::string_view question, const std::vector<Passage>& passages) const {
+ReaderRequest Reader::prepare(std::string_view question,
+                              const std::vector<Passage>& passages) const {
   CEPE_CHECK(!question.empty(), "the question is empty");
   ReaderRequest req;
   // A plain decoder cannot take encoder chunks: every passage goes into its prompt.

@@ -19,11 +19,11 @@ namespace cepe::qa {
 
 /// How questions become model inputs and how answers are generated.
 struct ReaderOptions {
-  int decoder_passages = 0;     ///< passages rendered into the decoder prompt; the rest are encoded
-  int chunk_tokens = 256;       ///< one passage per encoder chunk, truncated to this many tokens
+  int decoder_passages = 0;  ///< passages rendered into the decoder prompt; the rest are encoded
+  int chunk_tokens = 256;    ///< one passage per encoder chunk, truncated to this many tokens
   int max_prompt_tokens = 4096;  ///< decoder prompt cap (the paper's); passages are dropped to fit
   SamplingOptions sampling = default_sampling();  ///< greedy, 25 tokens, stop at a newline
-  PromptFormat format;          ///< prompt templates
+  PromptFormat format;                            ///< prompt templates
 
   /// The paper's QA decoding: greedy, at most 25 new tokens, the answer ends at a newline.
   static SamplingOptions default_sampling() {
@@ -36,18 +36,18 @@ struct ReaderOptions {
 
 /// Model inputs for one question.
 struct ReaderRequest {
-  std::vector<int32_t> prompt_ids;                ///< decoder prompt (BOS first)
-  std::vector<std::vector<int32_t>> chunks;       ///< encoder chunks, one per passage
-  int decoder_passages = 0;                       ///< passages that went into the prompt
+  std::vector<int32_t> prompt_ids;           ///< decoder prompt (BOS first)
+  std::vector<std::vector<int32_t>> chunks;  ///< encoder chunks, one per passage
+  int decoder_passages = 0;                  ///< passages that went into the prompt
 };
 
 /// A generated answer.
 struct ReaderAnswer {
-  std::string text;                 ///< the answer, whitespace-trimmed
+  std::string text;                          ///< the answer, whitespace-trimmed
   FinishReason finish = FinishReason::None;  ///< why generation stopped
-  int64_t prompt_tokens = 0;        ///< decoder prompt tokens
-  int64_t encoder_tokens = 0;       ///< encoder tokens
-  int64_t generated_tokens = 0;     ///< tokens generated
+  int64_t prompt_tokens = 0;                 ///< decoder prompt tokens
+  int64_t encoder_tokens = 0;                ///< encoder tokens
+  int64_t generated_tokens = 0;              ///< tokens generated
 };
 
 /// Prepares and answers QA requests on one model.
@@ -60,7 +60,8 @@ class Reader {
   ReaderRequest prepare(std::string_view question, const std::vector<Passage>& passages) const;
 
   /// Answers `requests` with at most `max_batch` sequences in flight, calling `on_done(i, answer)`
-  /// as each finishes (completion order). Stops early, dropping unfinished ones, when `stop` is set.
+  /// as each finishes (completion order). Stops early, dropping unfinished ones, when `stop` is
+  /// set.
   void run(const std::vector<ReaderRequest>& requests, int max_batch,
            const std::function<void(size_t, const ReaderAnswer&)>& on_done,
            const std::atomic<bool>* stop = nullptr);

@@ -1,13 +1,13 @@
 #include "tests/test_util.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
 #include <array>
-#include <vector>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
-#include <sys/wait.h>
-#include <unistd.h>
+#include <vector>
 
 namespace cepe::test {
 
@@ -44,7 +44,8 @@ TempDirs& temp_dirs() {
 }  // namespace
 
 std::filesystem::path temp_dir(const std::string& tag) {
-  std::string tmpl = (std::filesystem::temp_directory_path() / ("cepe-" + tag + "-XXXXXX")).string();
+  std::string tmpl =
+      (std::filesystem::temp_directory_path() / ("cepe-" + tag + "-XXXXXX")).string();
   char* p = mkdtemp(tmpl.data());
   if (!p) throw std::runtime_error("mkdtemp failed");
   temp_dirs().dirs.emplace_back(p);

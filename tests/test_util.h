@@ -23,8 +23,9 @@ std::string read_file(const std::filesystem::path& path);
 }  // namespace cepe::test
 
 /// Skips the test when ../shared (or a file under it) is missing.
-#define CEPE_REQUIRE_SHARED(rel, var)                                                  \
-  auto var##_dir = ::cepe::test::shared_dir();                                        \
-  if (!var##_dir || !std::filesystem::exists(*var##_dir / (rel)))                      \
-    GTEST_SKIP() << "../shared/" << (rel) << " not found: skipping (tests that need the shared data run in CI)"; \
+#define CEPE_REQUIRE_SHARED(rel, var)                                                   \
+  auto var##_dir = ::cepe::test::shared_dir();                                          \
+  if (!var##_dir || !std::filesystem::exists(*var##_dir / (rel)))                       \
+    GTEST_SKIP() << "../shared/" << (rel)                                               \
+                 << " not found: skipping (tests that need the shared data run in CI)"; \
   const std::filesystem::path var = *var##_dir / (rel)

@@ -26,15 +26,15 @@ namespace detail {
 }  // namespace cepe
 
 /// Throws cepe::Error with a streamed message and the current file and line.
-#define CEPE_THROW(msg)                                                           \
-  do {                                                                            \
-    std::ostringstream cepe_throw_os_;                                            \
-    cepe_throw_os_ << msg;                                                        \
-    ::cepe::detail::throw_error(__FILE__, __LINE__, cepe_throw_os_.str());        \
+#define CEPE_THROW(msg)                                                    \
+  do {                                                                     \
+    std::ostringstream cepe_throw_os_;                                     \
+    cepe_throw_os_ << msg;                                                 \
+    ::cepe::detail::throw_error(__FILE__, __LINE__, cepe_throw_os_.str()); \
   } while (0)
 
 /// Throws cepe::Error with the message unless the condition holds.
-#define CEPE_CHECK(cond, msg) \
-  do {                        \
+#define CEPE_CHECK(cond, msg)     \
+  do {                            \
     if (!(cond)) CEPE_THROW(msg); \
   } while (0)

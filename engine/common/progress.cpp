@@ -11,8 +11,7 @@ ProgressBar::ProgressBar(std::string label, std::string unit, int64_t total)
 }
 
 double ProgressBar::rate() const {
-  const double s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   return s > 0 ? done_ / s : 0.0;
 }
 
@@ -46,9 +45,9 @@ void ProgressBar::draw(bool final_line) {
     const int filled = total_ > 0 ? static_cast<int>(kWidth * done_ / total_) : 0;
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s  %.2f %s/s  ETA %s%s", label_.c_str(),
-                 bar.c_str(), static_cast<long long>(done_), static_cast<long long>(total_),
-                 unit_.c_str(), r, unit_.c_str(), eta, final_line ? "\n" : "");
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s  %.2f %s/s  ETA %s%s", label_.c_str(), bar.c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(), r,
+                 unit_.c_str(), eta, final_line ? "\n" : "");
   } else {
     std::fprintf(stderr, "%s: %lld/%lld %s, %.2f %s/s, ETA %s\n", label_.c_str(),
                  static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(), r,
