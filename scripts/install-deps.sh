@@ -8,7 +8,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 curl
 )
-# Optional: python3-torch python3-numpy (the PyTorch reference and benchmark baseline),
+# Optional: python3-torch python3-numpy (the PyTorch reference, the training pipeline test and
+# the benchmark baseline; the test command installs them),
 # installed with `scripts/install-deps.sh --with-torch`.
 if [[ "${1:-}" == "--with-torch" ]]; then packages+=(python3-torch python3-numpy); fi
 

@@ -188,6 +188,8 @@ def main() -> int:
                 continue
             with open(os.path.join(d, "expected.json")) as f:
                 exp = json.load(f)
+            if "greedy" not in exp:  # not a CEPE fixture (e.g. the BERT embedder's)
+                continue
             for pad_left in (True, False):
                 model = build(official, d)
                 out = model(input_ids=torch.tensor([exp["input_ids"]]),

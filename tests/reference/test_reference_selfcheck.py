@@ -168,7 +168,8 @@ class Fixtures(unittest.TestCase):
                 self.assertLess(maxdiff(steps, g["step_logits"]), 1e-5, name)
 
     def test_fixture_sizes(self):
-        total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(FIXTURES) for f in fs)
+        total = sum(os.path.getsize(os.path.join(dp, f)) for name in ALL
+                    for dp, _, fs in os.walk(os.path.join(FIXTURES, name)) for f in fs)
         self.assertLess(total, 3.2e6)
 
     def test_greedy_not_constant_and_eos_case_present(self):
