@@ -243,6 +243,73 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
   }
 
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                  Tensor& out) override {
+    check_f32(x, "layer_norm input");
+    check_f32(weight, "layer_norm weight");
+    check_f32(bias, "layer_norm bias");
+    check_f32(out, "layer_norm output");
+    const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
+    CEPE_CHECK(weight.numel() == width && bias.numel() == width,
+               "layer_norm weight/bias have " << weight.numel() << "/" << bias.numel()
+                                              << " elements, input width is " << width);
+    CEPE_CHECK(out.numel() == x.numel(),
+               "layer_norm output " << out.shape_string() << " vs input " << x.shape_string());
+    if (width == 0) return;
+    const float* w = weight.data<float>();
+    const float* b = bias.data<float>();
+#pragma omp parallel for schedule(static) if (rows > 4)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x.data<float>() + r * width;
+      float* yr = out.data<float>() + r * width;
+      // Two passes (mean, then squared deviations): no cancellation for rows far from zero.
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < width; ++i) sum += xr[i];
+      const float mean = sum / static_cast<float>(width);
+      float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < width; ++i) ss += (xr[i] - mean) * (xr[i] - mean);
+      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(width) + eps);
+      for (int64_t i = 0; i < width; ++i) yr[i] = (xr[i] - mean) * inv * w[i] + b[i];
+    }
+  }
+
+  void add_bias(Tensor& x, const Tensor& bias) override {
+    check_f32(x, "add_bias input");
+    check_f32(bias, "add_bias bias");
+    const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
+    CEPE_CHECK(bias.numel() == width,
+               "add_bias: bias has " << bias.numel() << " elements, input width is " << width);
+    const float* b = bias.data<float>();
+#pragma omp parallel for schedule(static) if (rows * width > 65536)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* xr = x.data<float>() + r * width;
+#pragma omp simd
+      for (int64_t i = 0; i < width; ++i) xr[i] += b[i];
+    }
+  }
+
+  void add(Tensor& x, const Tensor& y) override {
+    check_f32(x, "add destination");
+    check_f32(y, "add operand");
+    CEPE_CHECK(x.numel() == y.numel(), "add: " << x.shape_string() << " += " << y.shape_string());
+    float* xp = x.data<float>();
+    const float* yp = y.data<float>();
+    const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) xp[i] += yp[i];
+  }
+
+  void gelu(Tensor& x) override {
+    check_f32(x, "gelu input");
+    float* xp = x.data<float>();
+    const int64_t n = x.numel();
+    constexpr float kInvSqrt2 = 0.70710678118654752f;
+#pragma omp parallel for schedule(static) if (n > 16384)
+    for (int64_t i = 0; i < n; ++i) xp[i] = 0.5f * xp[i] * (1.0f + std::erf(xp[i] * kInvSqrt2));
+  }
+
   void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                  const AttentionShape& shape, Tensor& out) override {
     check_f32(q, "attention queries");
@@ -280,7 +347,7 @@ class CpuBackend final : public Backend {
     bool few_rows = true;
     for (const auto& sg : segments) few_rows = few_rows && sg.q_len <= 4;
     if (few_rows) {
-      attention_few_rows(q, segments, shape, out, items);
+      attention_few_rows(q, segments, shape, out);
       return;
     }
     BlasSingleThreaded single;
@@ -336,56 +403,118 @@ class CpuBackend final : public Backend {
 
  private:
   // Decode steps (a few query rows per segment): plain vector loops, no BLAS calls, so the
-  // per-token cost is the reads of K and V and nothing else.
-  template <typename Item>
+  // per-token cost is one read of K and V and nothing else. Keys are visited row by row with
+  // all heads at once: a cache row [kv_heads * head_dim] is contiguous, so memory is streamed in
+  // order (per-head passes stride through it and stall on a page miss per key). Long key ranges
+  // are split into blocks whose partial softmaxes are merged (max, sum, weighted values), so
+  // every thread has work even for a single sequence.
   void attention_few_rows(const Tensor& q, const std::vector<AttentionSegment>& segments,
-                          const AttentionShape& shape, Tensor& out,
-                          const std::vector<Item>& items) {
+                          const AttentionShape& shape, Tensor& out) {
+    const int heads = shape.heads;
     const int group = shape.heads / shape.kv_heads;
     const int64_t hd = shape.head_dim;
-    const int64_t q_stride = static_cast<int64_t>(shape.heads) * hd;
+    const int64_t q_stride = static_cast<int64_t>(heads) * hd;
     const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * hd;
+    constexpr int64_t kBlock = 512;
+    struct Unit {
+      int seg;
+      int64_t row, key0, keys;  // query row in the segment; key range of this block
+      size_t first;             // index of the row's first block in `partials`
+    };
+    std::vector<Unit> units;
+    struct RowRef {
+      int seg;
+      int64_t row;
+      size_t first, blocks;
+    };
+    std::vector<RowRef> rows;
+    size_t n_blocks = 0;
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const AttentionSegment& sg = segments[s];
+      for (int64_t r = 0; r < sg.q_len; ++r) {
+        const int64_t visible = std::max<int64_t>(
+            0, sg.causal ? std::min(sg.k.dim(0), sg.causal_offset + r + 1) : sg.k.dim(0));
+        const size_t blocks = static_cast<size_t>((visible + kBlock - 1) / kBlock);
+        rows.push_back({static_cast<int>(s), r, n_blocks, blocks});
+        for (size_t b = 0; b < blocks; ++b) {
+          const int64_t key0 = static_cast<int64_t>(b) * kBlock;
+          units.push_back({static_cast<int>(s), r, key0, std::min(kBlock, visible - key0),
+                           n_blocks});
+        }
+        n_blocks += blocks;
+      }
+    }
+    // Per block and head: running max, sum of exponentials, and the unnormalised output.
+    const int64_t partial_width = 2 + hd;
+    std::vector<float> partials(n_blocks * heads * partial_width);
 #pragma omp parallel
     {
       std::vector<float> scores;
-      std::vector<float> acc(hd);
 #pragma omp for schedule(dynamic)
-      for (size_t it = 0; it < items.size(); ++it) {
-        const Item& item = items[it];
-        const AttentionSegment& sg = segments[item.seg];
-        const int kvh = item.head / group;
-        const float* kp = sg.k.data<float>() + kvh * hd;
-        const float* vp = sg.v.data<float>() + kvh * hd;
-        for (int64_t r = item.row0; r < item.row0 + item.rows; ++r) {
-          const float* qr = q.data<float>() + (sg.q_begin + r) * q_stride + item.head * hd;
-          float* o = out.data<float>() + (sg.q_begin + r) * q_stride + item.head * hd;
-          const int64_t visible =
-              sg.causal ? std::min(sg.k.dim(0), sg.causal_offset + r + 1) : sg.k.dim(0);
-          if (visible <= 0) {
-            std::fill(o, o + hd, 0.0f);
-            continue;
-          }
-          scores.resize(visible);
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < visible; ++j) {
-            const float* kr = kp + j * kv_stride;
+      for (size_t u = 0; u < units.size(); ++u) {
+        const Unit& unit = units[u];
+        const AttentionSegment& sg = segments[unit.seg];
+        const float* qr = q.data<float>() + (sg.q_begin + unit.row) * q_stride;
+        const float* kp = sg.k.data<float>() + unit.key0 * kv_stride;
+        const float* vp = sg.v.data<float>() + unit.key0 * kv_stride;
+        const int64_t n = unit.keys;
+        scores.resize(static_cast<size_t>(heads * n));
+        for (int64_t j = 0; j < n; ++j) {
+          const float* kr = kp + j * kv_stride;
+          for (int h = 0; h < heads; ++h) {
+            const float* qh = qr + h * hd;
+            const float* kh = kr + (h / group) * hd;
             float d = 0.0f;
 #pragma omp simd reduction(+ : d)
-            for (int64_t t = 0; t < hd; ++t) d += qr[t] * kr[t];
-            scores[j] = d * shape.scale;
-            mx = std::max(mx, scores[j]);
+            for (int64_t t = 0; t < hd; ++t) d += qh[t] * kh[t];
+            scores[h * n + j] = d * shape.scale;
           }
+        }
+        const size_t block = unit.first + static_cast<size_t>(unit.key0 / kBlock);
+        float* part = partials.data() + block * heads * partial_width;
+        for (int h = 0; h < heads; ++h) {
+          float* sh = scores.data() + h * n;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sh[j]);
           float sum = 0.0f;
-          for (int64_t j = 0; j < visible; ++j) sum += scores[j] = std::exp(scores[j] - mx);
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          for (int64_t j = 0; j < visible; ++j) {
-            const float p = scores[j];
-            const float* vr = vp + j * kv_stride;
+          for (int64_t j = 0; j < n; ++j) sum += sh[j] = std::exp(sh[j] - mx);
+          part[h * partial_width] = mx;
+          part[h * partial_width + 1] = sum;
+          std::fill(part + h * partial_width + 2, part + (h + 1) * partial_width, 0.0f);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          const float* vr = vp + j * kv_stride;
+          for (int h = 0; h < heads; ++h) {
+            const float p = scores[h * n + j];
+            const float* vh = vr + (h / group) * hd;
+            float* acc = part + h * partial_width + 2;
 #pragma omp simd
-            for (int64_t t = 0; t < hd; ++t) acc[t] += p * vr[t];
+            for (int64_t t = 0; t < hd; ++t) acc[t] += p * vh[t];
+          }
+        }
+      }
+      // Merge the blocks of each row: rescale every block to the row's overall max.
+#pragma omp for schedule(static)
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const RowRef& rr = rows[i];
+        const AttentionSegment& sg = segments[rr.seg];
+        float* o = out.data<float>() + (sg.q_begin + rr.row) * q_stride;
+        for (int h = 0; h < heads; ++h) {
+          float* oh = o + h * hd;
+          std::fill(oh, oh + hd, 0.0f);
+          if (rr.blocks == 0) continue;  // no visible key: zeros
+          float mx = -INFINITY;
+          for (size_t b = 0; b < rr.blocks; ++b)
+            mx = std::max(mx, partials[((rr.first + b) * heads + h) * partial_width]);
+          float sum = 0.0f;
+          for (size_t b = 0; b < rr.blocks; ++b) {
+            const float* part = partials.data() + ((rr.first + b) * heads + h) * partial_width;
+            const float w = std::exp(part[0] - mx);
+            sum += w * part[1];
+            for (int64_t t = 0; t < hd; ++t) oh[t] += w * part[2 + t];
           }
           const float inv = 1.0f / sum;
-          for (int64_t t = 0; t < hd; ++t) o[t] = acc[t] * inv;
+          for (int64_t t = 0; t < hd; ++t) oh[t] *= inv;
         }
       }
     }
