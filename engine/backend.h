@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/common/error.h"
 #include "engine/tensor.h"
 
 namespace cepe {
@@ -84,6 +85,23 @@ class Backend {
   /// out[q rows of s] = softmax(q·kᵀ·scale, masked) · v, grouped-query aware.
   virtual void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                          const AttentionShape& shape, Tensor& out) = 0;
+  /// out = (x - mean) / sqrt(var + eps) * weight + bias, row by row in F32 (out may be x).
+  virtual void layer_norm(const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*bias*/,
+                          float /*eps*/, Tensor& /*out*/) {
+    CEPE_THROW("layer_norm is not implemented by the backend " << describe());
+  }
+  /// x[r, :] += bias for every row r of x (bias: F32, as wide as x's last dimension).
+  virtual void add_bias(Tensor& /*x*/, const Tensor& /*bias*/) {
+    CEPE_THROW("add_bias is not implemented by the backend " << describe());
+  }
+  /// x += y elementwise (residual connections); both F32 with the same number of elements.
+  virtual void add(Tensor& /*x*/, const Tensor& /*y*/) {
+    CEPE_THROW("add is not implemented by the backend " << describe());
+  }
+  /// x = 0.5 x (1 + erf(x / sqrt(2))) in place: the exact GELU (HuggingFace "gelu").
+  virtual void gelu(Tensor& /*x*/) {
+    CEPE_THROW("gelu is not implemented by the backend " << describe());
+  }
   /// Waits for queued device work (a no-op on the CPU).
   virtual void synchronize() {}
 };

@@ -4,7 +4,8 @@
 // Without a GPU every CUDA test skips with "no CUDA device: CUDA backend tests skipped".
 //
 // Tolerances (|got - want| <= bound, per element):
-//  - elementwise F32 ops (rms_norm, rope, silu_mul): 1e-5 * max(1, |want|); embedding: exact;
+//  - elementwise F32 ops (rms_norm, rope, silu_mul, layer_norm, add_bias, add, gelu):
+//    1e-5 * max(1, |want|); embedding: exact;
 //  - F32 GEMMs, and 16-bit weights with F32 activations: kF32Dot * sum_i |x_i w_i| + 1e-6,
 //    i.e. relative to the size of the terms, which is what bounds a dot product's rounding;
 //  - 16-bit GEMMs whose activations are rounded to the weight type (CUDA, more than
@@ -175,6 +176,46 @@ std::vector<double> ref_silu_mul(const Tensor& g, const Tensor& u) {
   for (int64_t i = 0; i < g.numel(); ++i) {
     const double x = g.data<float>()[i];
     out.push_back(x / (1.0 + std::exp(-x)) * u.data<float>()[i]);
+  }
+  return out;
+}
+
+std::vector<double> ref_layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  const int64_t width = x.dim(-1), rows = x.numel() / width;
+  std::vector<double> out;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data<float>() + r * width;
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < width; ++i) mean += xr[i];
+    mean /= width;
+    for (int64_t i = 0; i < width; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    const double inv = 1.0 / std::sqrt(var / width + eps);
+    for (int64_t i = 0; i < width; ++i)
+      out.push_back((xr[i] - mean) * inv * w.data<float>()[i] + b.data<float>()[i]);
+  }
+  return out;
+}
+
+std::vector<double> ref_add_bias(const Tensor& x, const Tensor& b) {
+  const int64_t width = x.dim(-1);
+  std::vector<double> out;
+  for (int64_t i = 0; i < x.numel(); ++i)
+    out.push_back(double(x.data<float>()[i]) + b.data<float>()[i % width]);
+  return out;
+}
+
+std::vector<double> ref_add(const Tensor& x, const Tensor& y) {
+  std::vector<double> out;
+  for (int64_t i = 0; i < x.numel(); ++i)
+    out.push_back(double(x.data<float>()[i]) + y.data<float>()[i]);
+  return out;
+}
+
+std::vector<double> ref_gelu(const Tensor& x) {
+  std::vector<double> out;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double v = x.data<float>()[i];
+    out.push_back(0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))));
   }
   return out;
 }
@@ -448,6 +489,50 @@ TEST_P(BackendOps, SiluMulAndCopyRows) {
   EXPECT_THROW(b().copy_rows(dev(src), 4, dst, 0, 3), Error);
 }
 
+TEST_P(BackendOps, LayerNormBiasAddGelu) {
+  std::mt19937 rng(28);
+  for (int64_t width : {1, 32, 333, 768}) {
+    // Rows centred far from zero: a one-pass variance would cancel badly here.
+    Tensor x = random_tensor({5, width}, rng, 3.0f);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] += 10.0f;
+    const Tensor w = random_tensor({width}, rng), bias = random_tensor({width}, rng);
+    for (DType t : {DType::F32, DType::BF16}) {
+      const Tensor ws = as_dtype(w, t), bs = as_dtype(bias, t);
+      Tensor wide_w = Tensor::empty({width}, DType::F32),
+             wide_b = Tensor::empty({width}, DType::F32);
+      convert_to_f32(ws.raw(), t, wide_w.data<float>(), width);
+      convert_to_f32(bs.raw(), t, wide_b.data<float>(), width);
+      const std::vector<double> want = ref_layer_norm(x, wide_w, wide_b, 1e-12);
+      Tensor out = b().empty({5, width}, DType::F32);
+      b().layer_norm(dev(x), b().load_weight(ws, true), b().load_weight(bs, true), 1e-12f, out);
+      expect_elementwise(values(b().to_host_f32(out)), want,
+                         "layer_norm width " + std::to_string(width));
+      Tensor xd = dev(x);  // in place, as the BERT encoder calls it
+      b().layer_norm(xd, b().load_weight(ws, true), b().load_weight(bs, true), 1e-12f, xd);
+      expect_elementwise(values(b().to_host_f32(xd)), want,
+                         "layer_norm in place, width " + std::to_string(width));
+    }
+    Tensor xd = dev(x);
+    b().add_bias(xd, dev(bias));
+    expect_elementwise(values(b().to_host_f32(xd)), ref_add_bias(x, bias), "add_bias");
+    const Tensor y = random_tensor({5, width}, rng);
+    xd = dev(x);
+    b().add(xd, dev(y));
+    expect_elementwise(values(b().to_host_f32(xd)), ref_add(x, y), "add");
+  }
+  const Tensor g = random_tensor({7, 129}, rng, 4.0f);
+  Tensor gd = dev(g);
+  b().gelu(gd);
+  expect_elementwise(values(b().to_host_f32(gd)), ref_gelu(g), "gelu");
+  Tensor x = dev(random_tensor({2, 8}, rng));
+  Tensor out = b().empty({2, 8}, DType::F32);
+  EXPECT_THROW(
+      b().layer_norm(x, dev(random_tensor({7}, rng)), dev(random_tensor({8}, rng)), 1e-5f, out),
+      Error);
+  EXPECT_THROW(b().add_bias(x, dev(random_tensor({7}, rng))), Error);
+  EXPECT_THROW(b().add(x, dev(random_tensor({3, 8}, rng))), Error);
+}
+
 TEST_P(BackendOps, Attention) {
   for (const AttentionCase& c : attention_cases()) {
     // Device copies of the k/v tensors; segments that were views of one packed tensor stay views
@@ -544,6 +629,30 @@ TEST(EmulatedKernels, ElementwiseAndNorm) {
     Tensor y = clone(g);
     kern::launch_silu_mul(y.data<float>(), u.data<float>(), 700, nullptr);
     expect_elementwise(values(y), ref_silu_mul(g, u), "emulated silu_mul");
+  }
+  for (int64_t width : {1, 37, 300, 768}) {  // BERT ops
+    Tensor x = random_tensor({3, width}, rng, 2.0f);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] -= 5.0f;
+    const Tensor w = random_tensor({width}, rng), bias = random_tensor({width}, rng);
+    std::vector<float> out(static_cast<size_t>(3 * width));
+    kern::launch_layer_norm(x.data<float>(), w.data<float>(), bias.data<float>(), 1e-12f, 3, width,
+                            out.data(), nullptr);
+    expect_elementwise(out, ref_layer_norm(x, w, bias, 1e-12), "emulated layer_norm");
+    Tensor y = clone(x);
+    kern::launch_layer_norm(y.data<float>(), w.data<float>(), bias.data<float>(), 1e-12f, 3, width,
+                            y.data<float>(), nullptr);
+    expect_elementwise(values(y), ref_layer_norm(x, w, bias, 1e-12),
+                       "emulated layer_norm in place");
+    y = clone(x);
+    kern::launch_add_bias(y.data<float>(), bias.data<float>(), 3, width, nullptr);
+    expect_elementwise(values(y), ref_add_bias(x, bias), "emulated add_bias");
+    const Tensor z = random_tensor({3, width}, rng);
+    y = clone(x);
+    kern::launch_add(y.data<float>(), z.data<float>(), 3 * width, nullptr);
+    expect_elementwise(values(y), ref_add(x, z), "emulated add");
+    y = clone(x);
+    kern::launch_gelu(y.data<float>(), 3 * width, nullptr);
+    expect_elementwise(values(y), ref_gelu(x), "emulated gelu");
   }
   {  // rounding to 16 bits is bit-exact with the host conversions (ties, tiny and huge values)
     Tensor x = random_tensor({600}, rng, 100.0f);
@@ -901,6 +1010,13 @@ class CudaNumericsOnCpu final : public Backend {
     cpu_->copy_rows(src, sr, dst, dr, n);
   }
   void silu_mul(Tensor& gate, const Tensor& up) override { cpu_->silu_mul(gate, up); }
+  void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                  Tensor& out) override {
+    cpu_->layer_norm(x, w, b, eps, out);
+  }
+  void add_bias(Tensor& x, const Tensor& bias) override { cpu_->add_bias(x, bias); }
+  void add(Tensor& x, const Tensor& y) override { cpu_->add(x, y); }
+  void gelu(Tensor& x) override { cpu_->gelu(x); }
   void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                  const AttentionShape& shape, Tensor& out) override {
     cpu_->attention(q, segments, shape, out);

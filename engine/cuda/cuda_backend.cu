@@ -424,6 +424,43 @@ class CudaBackend final : public Backend {
     kern::launch_silu_mul(gate.data<float>(), up.data<float>(), gate.numel(), stream());
   }
 
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                  Tensor& out) override {
+    check_f32(x, "layer_norm input");
+    check_f32(weight, "layer_norm weight");
+    check_f32(bias, "layer_norm bias");
+    check_f32(out, "layer_norm output");
+    const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
+    CEPE_CHECK(weight.numel() == width && bias.numel() == width,
+               "layer_norm weight/bias have " << weight.numel() << "/" << bias.numel()
+                                              << " elements, input width is " << width);
+    CEPE_CHECK(out.numel() == x.numel(),
+               "layer_norm output " << out.shape_string() << " vs input " << x.shape_string());
+    kern::launch_layer_norm(x.data<float>(), weight.data<float>(), bias.data<float>(), eps, rows,
+                            width, out.data<float>(), stream());
+  }
+
+  void add_bias(Tensor& x, const Tensor& bias) override {
+    check_f32(x, "add_bias input");
+    check_f32(bias, "add_bias bias");
+    const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
+    CEPE_CHECK(bias.numel() == width,
+               "add_bias: bias has " << bias.numel() << " elements, input width is " << width);
+    kern::launch_add_bias(x.data<float>(), bias.data<float>(), rows, width, stream());
+  }
+
+  void add(Tensor& x, const Tensor& y) override {
+    check_f32(x, "add destination");
+    check_f32(y, "add operand");
+    CEPE_CHECK(x.numel() == y.numel(), "add: " << x.shape_string() << " += " << y.shape_string());
+    kern::launch_add(x.data<float>(), y.data<float>(), x.numel(), stream());
+  }
+
+  void gelu(Tensor& x) override {
+    check_f32(x, "gelu input");
+    kern::launch_gelu(x.data<float>(), x.numel(), stream());
+  }
+
   void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                  const AttentionShape& shape, Tensor& out) override {
     check_f32(q, "attention queries");

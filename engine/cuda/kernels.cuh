@@ -1,8 +1,9 @@
 // The CUDA backend's own kernels (cuBLAS does the large GEMMs): the embedding gather, RMSNorm,
-// RoPE, SwiGLU, the F32 -> 16-bit conversion feeding cuBLAS, a GEMV for few-row products against
-// 16-bit weights (decode steps), and attention with an online softmax. Written against simt.h, so
-// the tests run this same code through the SIMT emulator on machines without a GPU.
-// Every launcher takes raw device pointers already checked by the backend.
+// RoPE, SwiGLU, LayerNorm / bias / residual add / GELU (BERT encoders), the F32 -> 16-bit
+// conversion feeding cuBLAS, a GEMV for few-row products against 16-bit weights (decode steps), and
+// attention with an online softmax. Written against simt.h, so the tests run this same code through
+// the SIMT emulator on machines without a GPU. Every launcher takes raw device pointers already
+// checked by the backend.
 #pragma once
 
 #include <cmath>
@@ -127,6 +128,53 @@ CEPE_GLOBAL void silu_mul_kernel(float* gate, const float* up, int64_t n) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const float g = gate[i];
     gate[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+// LayerNorm, one block per row: a block-wide sum for the mean, then one of the squared deviations
+// (two passes, like the CPU backend). x and out may be the same buffer: every thread writes only
+// the elements it read, after both reductions.
+CEPE_GLOBAL void layer_norm_kernel(const float* x, const float* weight, const float* bias,
+                                   float eps, int64_t width, float* out) {
+  float* partial = simt::shared_floats();  // [2][warps]: sums for the mean, then the variance
+  const int64_t row = simt::block_x();
+  const float* xr = x + row * width;
+  float* yr = out + row * width;
+  const unsigned tid = simt::thread_x(), threads = simt::block_dim_x();
+  const unsigned warps = threads / kWarp;
+  float s = 0.0f;
+  for (int64_t c = tid; c < width; c += threads) s += xr[c];
+  s = warp_sum(s);
+  if (tid % kWarp == 0) partial[tid / kWarp] = s;
+  simt::sync_block();
+  float total = 0.0f;
+  for (unsigned w = 0; w < warps; ++w) total += partial[w];
+  const float mean = total / static_cast<float>(width);
+  float ss = 0.0f;
+  for (int64_t c = tid; c < width; c += threads) ss += (xr[c] - mean) * (xr[c] - mean);
+  ss = warp_sum(ss);
+  if (tid % kWarp == 0) partial[warps + tid / kWarp] = ss;
+  simt::sync_block();
+  float var = 0.0f;
+  for (unsigned w = 0; w < warps; ++w) var += partial[warps + w];
+  const float inv = 1.0f / sqrtf(var / static_cast<float>(width) + eps);
+  for (int64_t c = tid; c < width; c += threads) yr[c] = (xr[c] - mean) * inv * weight[c] + bias[c];
+}
+
+// x[i] += bias[i % width] over rows * width elements.
+CEPE_GLOBAL void add_bias_kernel(float* x, const float* bias, int64_t width, int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) x[i] += bias[i % width];
+}
+
+CEPE_GLOBAL void add_kernel(float* x, const float* y, int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) x[i] += y[i];
+}
+
+// Exact (erf) GELU in place.
+CEPE_GLOBAL void gelu_kernel(float* x, int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const float v = x[i];
+    x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
   }
 }
 
@@ -469,6 +517,38 @@ inline void launch_silu_mul(float* gate, const float* up, int64_t n, simt::Strea
   if (n == 0) return;
   const simt::Dim3 block{kThreads, 1, 1};
   CEPE_LAUNCH(silu_mul_kernel, stride_grid(n), block, 0, stream, gate, up, n);
+}
+
+/// LayerNorm (weight and bias) of `rows` rows of `width`; out may be x.
+inline void launch_layer_norm(const float* x, const float* weight, const float* bias, float eps,
+                              int64_t rows, int64_t width, float* out, simt::Stream stream) {
+  if (rows == 0 || width == 0) return;
+  const simt::Dim3 grid{static_cast<unsigned>(rows), 1, 1}, block{kThreads, 1, 1};
+  CEPE_LAUNCH(layer_norm_kernel, grid, block, sizeof(float) * 2 * (kThreads / kWarp), stream, x,
+              weight, bias, eps, width, out);
+}
+
+/// x[r, :] += bias for `rows` rows of `width`.
+inline void launch_add_bias(float* x, const float* bias, int64_t rows, int64_t width,
+                            simt::Stream stream) {
+  const int64_t n = rows * width;
+  if (n == 0) return;
+  const simt::Dim3 block{kThreads, 1, 1};
+  CEPE_LAUNCH(add_bias_kernel, stride_grid(n), block, 0, stream, x, bias, width, n);
+}
+
+/// x += y over n elements.
+inline void launch_add(float* x, const float* y, int64_t n, simt::Stream stream) {
+  if (n == 0) return;
+  const simt::Dim3 block{kThreads, 1, 1};
+  CEPE_LAUNCH(add_kernel, stride_grid(n), block, 0, stream, x, y, n);
+}
+
+/// Exact GELU of n elements in place.
+inline void launch_gelu(float* x, int64_t n, simt::Stream stream) {
+  if (n == 0) return;
+  const simt::Dim3 block{kThreads, 1, 1};
+  CEPE_LAUNCH(gelu_kernel, stride_grid(n), block, 0, stream, x, n);
 }
 
 /// Rounds n floats to bfloat16 (bf16) or IEEE half.
