@@ -130,10 +130,12 @@ int main(int argc, char** argv) {
         "\"encode\": {\"tokens\": %lld, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"prefill\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"decode\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
-        "\"weights_mb\": %.1f, \"kv_and_cross_cache_mb\": %.1f, \"peak_rss_mb\": %.1f}\n",
+        "\"weights_mb\": %.1f, \"kv_and_cross_cache_mb\": %.1f, \"peak_rss_mb\": %.1f, "
+        "\"peak_device_mb\": %.1f}\n",
         backend->describe().c_str(), threads, load_s, static_cast<long long>(enc_tokens), encode_s,
         enc_tokens / encode_s, prefill, prefill_s, prefill / prefill_s, decode, decode_s,
-        decode / decode_s, weights_mb, state->cache_bytes() / 1048576.0, peak_rss_mb);
+        decode / decode_s, weights_mb, state->cache_bytes() / 1048576.0, peak_rss_mb,
+        backend_memory(*backend).peak_in_use / 1048576.0);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
     return 1;

@@ -65,17 +65,27 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way, TF32 off)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
+    cuda = a.device == "cuda"
+    if cuda:
+        # Every tensor the reference creates lands on the GPU; weights are moved after loading.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_default_device("cuda")
     load_before = os.getloadavg()[0]  # other work on the machine skews the timings
     t0 = time.perf_counter()
     model = ref.Model(a.model)
+    if cuda:
+        model.w = {k: v.to("cuda") for k, v in model.w.items()}
+        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     load_s = time.perf_counter() - t0
     vocab = model.dec.vocab_size
     gen = torch.Generator().manual_seed(a.seed)
-    chunks = torch.randint(3, vocab, (a.chunks, a.chunk_len), generator=gen).tolist()
-    prompt = [1] + torch.randint(3, vocab, (a.prefill - 1,), generator=gen).tolist()
+    chunks = torch.randint(3, vocab, (a.chunks, a.chunk_len), generator=gen, device="cpu").tolist()
+    prompt = [1] + torch.randint(3, vocab, (a.prefill - 1,), generator=gen, device="cpu").tolist()
 
     with torch.no_grad():
         # Warm-up: same code paths, small sizes (allocator, thread pool, BLAS kernels).
@@ -84,12 +94,15 @@ def main() -> None:
         decode_steps(model, prompt[:16], enc_small, 2, False)
         decode_steps(model, prompt[:16], enc_small, 2, True)
 
+        sync()
         t0 = time.perf_counter()
         enc = model.encode(chunks)
+        sync()
         encode_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         model.forward(prompt, enc, model.new_state())
+        sync()
         prefill_s = time.perf_counter() - t0
 
         dec_reproj_s = decode_steps(model, prompt, enc, a.decode, cache_cross_kv=False)
@@ -98,7 +111,8 @@ def main() -> None:
     n_params = sum(t.numel() for k, t in model.w.items()
                    if not (k == "lm_head.weight" and model.config.get("tie_word_embeddings")))
     print(json.dumps({
-        "impl": "pytorch-reference-fp32",
+        "impl": "pytorch-reference-fp32" + ("-cuda" if cuda else ""),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 1048576.0, 1) if cuda else None,
         "torch": torch.__version__,
         "cpu": cpu_name(),
         "threads": a.threads,
