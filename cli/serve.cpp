@@ -37,8 +37,10 @@ int run_serve(const std::vector<std::string>& argv) {
   Args args;
   args.option("config", "JSON config file (see config/server.json; flags override it)");
   for (const auto& f : config::server_config_fields()) {
-    if (f.kind == config::FieldKind::StringList) args.multi(flag_name(f.name), f.help);
-    else args.option(flag_name(f.name), f.help);
+    if (f.kind == config::FieldKind::StringList)
+      args.multi(flag_name(f.name), f.help);
+    else
+      args.option(flag_name(f.name), f.help);
   }
   args.flag("print-config", "print the effective configuration as JSON and exit");
   args.parse(argv);
@@ -62,7 +64,8 @@ int run_serve(const std::vector<std::string>& argv) {
       if (flag == "cors-origin") cfg.cors_origins = fresh.cors_origins;
       if (flag == "default-stop") {
         cfg.default_stop.clear();
-        for (const auto& v : fresh.default_stop) cfg.default_stop.push_back(qa::unescape_template(v));
+        for (const auto& v : fresh.default_stop)
+          cfg.default_stop.push_back(qa::unescape_template(v));
       }
       continue;
     }
@@ -88,6 +91,8 @@ int run_serve(const std::vector<std::string>& argv) {
   std::signal(SIGPIPE, SIG_IGN);
 
   server::Logger logger;
+  // Declared before the server so the model outlives every thread that could still touch it.
+  server::LoadedResources resources;
   server::Server srv(cfg, &logger);
   srv.start();
   server::LogLine("info", "listening")
@@ -98,7 +103,6 @@ int run_serve(const std::vector<std::string>& argv) {
       .num("max_queue", cfg.max_queue)
       .write(&logger);
 
-  server::LoadedResources resources;
   const auto t0 = std::chrono::steady_clock::now();
   try {
     resources = server::load_resources(cfg);
@@ -111,9 +115,8 @@ int run_serve(const std::vector<std::string>& argv) {
   server::LogLine("info", "ready")
       .str("model", resources.model_name)
       .str("index", cfg.index)
-      .ms("load_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                                t0)
-                         .count())
+      .ms("load_ms",
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count())
       .write(&logger);
 
   int sig = 0;

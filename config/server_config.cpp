@@ -28,26 +28,29 @@ struct FieldRef {
   std::vector<std::string>* (*list_ptr)(ServerConfig&) = nullptr;
 };
 
-#define CEPE_INT(name, lo, hi, help) \
-  FieldRef { {#name, FieldKind::Int, lo, hi, help}, [](ServerConfig& c) { return &c.name; } }
-#define CEPE_I64(name, lo, hi, help)                                              \
-  FieldRef {                                                                      \
+#define CEPE_INT(name, lo, hi, help)                                               \
+  FieldRef {                                                                       \
+    {#name, FieldKind::Int, lo, hi, help}, [](ServerConfig& c) { return &c.name; } \
+  }
+#define CEPE_I64(name, lo, hi, help)                                                          \
+  FieldRef {                                                                                  \
     {#name, FieldKind::Int64, lo, hi, help}, nullptr, [](ServerConfig& c) { return &c.name; } \
   }
-#define CEPE_BOOL(name, help)                                                             \
-  FieldRef {                                                                              \
-    {#name, FieldKind::Bool, 0, 1, help}, nullptr, nullptr, [](ServerConfig& c) { return &c.name; } \
+#define CEPE_BOOL(name, help)                               \
+  FieldRef {                                                \
+    {#name, FieldKind::Bool, 0, 1, help}, nullptr, nullptr, \
+        [](ServerConfig& c) { return &c.name; }             \
   }
-#define CEPE_STR_AT(key, member, help)                                             \
-  FieldRef {                                                                       \
-    {key, FieldKind::String, 0, 0, help}, nullptr, nullptr, nullptr,               \
-        [](ServerConfig& c) { return &c.member; }                                  \
+#define CEPE_STR_AT(key, member, help)                               \
+  FieldRef {                                                         \
+    {key, FieldKind::String, 0, 0, help}, nullptr, nullptr, nullptr, \
+        [](ServerConfig& c) { return &c.member; }                    \
   }
 #define CEPE_STR(name, help) CEPE_STR_AT(#name, name, help)
-#define CEPE_LIST(name, help)                                                      \
-  FieldRef {                                                                       \
+#define CEPE_LIST(name, help)                                                       \
+  FieldRef {                                                                        \
     {#name, FieldKind::StringList, 0, 0, help}, nullptr, nullptr, nullptr, nullptr, \
-        [](ServerConfig& c) { return &c.name; }                                    \
+        [](ServerConfig& c) { return &c.name; }                                     \
   }
 
 const std::vector<FieldRef>& field_refs() {
@@ -133,17 +136,17 @@ std::string kind_name(FieldKind k) {
 }
 
 void set_integer(const FieldRef& f, ServerConfig& c, long long v, const std::string& where) {
-  CEPE_CHECK(v >= f.info.min && v <= f.info.max, where << ": " << v << " is out of range ["
-                                                       << f.info.min << ", " << f.info.max << "]");
-  if (f.info.kind == FieldKind::Int) *f.int_ptr(c) = static_cast<int>(v);
-  else *f.i64_ptr(c) = v;
+  CEPE_CHECK(v >= f.info.min && v <= f.info.max,
+             where << ": " << v << " is out of range [" << f.info.min << ", " << f.info.max << "]");
+  if (f.info.kind == FieldKind::Int)
+    *f.int_ptr(c) = static_cast<int>(v);
+  else
+    *f.i64_ptr(c) = v;
 }
 
 void set_from_json(const FieldRef& f, ServerConfig& c, const rapidjson::Value& v,
                    const std::string& where) {
-  auto expect = [&](bool ok) {
-    CEPE_CHECK(ok, where << ": expected " << kind_name(f.info.kind));
-  };
+  auto expect = [&](bool ok) { CEPE_CHECK(ok, where << ": expected " << kind_name(f.info.kind)); };
   switch (f.info.kind) {
     case FieldKind::Int:
     case FieldKind::Int64:
@@ -187,7 +190,8 @@ void apply_config_json(ServerConfig& config, const std::string& json, const std:
   doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseCommentsFlag |
             rapidjson::kParseIterativeFlag>(json.data(), json.size());
   CEPE_CHECK(!doc.HasParseError(), origin << ": invalid JSON at byte " << doc.GetErrorOffset()
-                                          << ": " << rapidjson::GetParseError_En(doc.GetParseError()));
+                                          << ": "
+                                          << rapidjson::GetParseError_En(doc.GetParseError()));
   CEPE_CHECK(doc.IsObject(), origin << ": expected a JSON object");
   std::set<std::string> seen;
   for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
@@ -196,7 +200,8 @@ void apply_config_json(ServerConfig& config, const std::string& json, const std:
     if (name == "prompt") {
       CEPE_CHECK(it->value.IsObject(), origin << ": field 'prompt': expected an object");
       for (auto p = it->value.MemberBegin(); p != it->value.MemberEnd(); ++p) {
-        const std::string sub = "prompt." + std::string(p->name.GetString(), p->name.GetStringLength());
+        const std::string sub =
+            "prompt." + std::string(p->name.GetString(), p->name.GetStringLength());
         const FieldRef* f = find_field(sub);
         CEPE_CHECK(f, origin << ": unknown field '" << sub << "'");
         set_from_json(*f, config, p->value, origin + ": field '" + sub + "'");
@@ -262,10 +267,10 @@ void validate_server_config(const ServerConfig& c) {
   CEPE_CHECK(!c.host.empty(), "config: 'host' is empty");
   CEPE_CHECK(c.default_k <= c.max_k,
              "config: 'default_k' (" << c.default_k << ") is above 'max_k' (" << c.max_k << ")");
-  CEPE_CHECK(c.default_max_new_tokens <= c.max_new_tokens,
-             "config: 'default_max_new_tokens' (" << c.default_max_new_tokens
-                                                  << ") is above 'max_new_tokens' ("
-                                                  << c.max_new_tokens << ")");
+  CEPE_CHECK(c.default_max_new_tokens <= c.max_new_tokens, "config: 'default_max_new_tokens' ("
+                                                               << c.default_max_new_tokens
+                                                               << ") is above 'max_new_tokens' ("
+                                                               << c.max_new_tokens << ")");
   CEPE_CHECK(c.device == "cpu" || c.device == "cuda",
              "config: 'device' must be cpu or cuda, got '" << c.device << "'");
   for (const auto& k : c.api_keys) CEPE_CHECK(!k.empty(), "config: 'api_keys' holds an empty key");
@@ -327,8 +332,10 @@ std::string server_config_to_json(const ServerConfig& config) {
       case FieldKind::StringList:
         w.StartArray();
         for (const auto& s : *f.list_ptr(c)) {
-          if (name == "api_keys") w.String("<redacted>");
-          else w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size()));
+          if (name == "api_keys")
+            w.String("<redacted>");
+          else
+            w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size()));
         }
         w.EndArray();
         break;

@@ -21,8 +21,8 @@ struct ServerConfig {
   int max_connections = 1024;      ///< open connections beyond this are closed at once
 
   // ---- model and index ----
-  std::string model;       ///< model directory (config.json, *.safetensors, tokenizer.model)
-  std::string model_name;  ///< name reported in responses ("": the model directory's name)
+  std::string model;           ///< model directory (config.json, *.safetensors, tokenizer.model)
+  std::string model_name;      ///< name reported in responses ("": the model directory's name)
   std::string device = "cpu";  ///< "cpu" or "cuda"
   int threads = 0;             ///< CPU compute threads (0: all cores)
   std::string index;           ///< index directory ("": callers must send their own passages)
@@ -73,10 +73,10 @@ enum class FieldKind { Int, Int64, Bool, String, StringList };
 
 /// One settable field: its name in the JSON file (flags use it with '-' for '_'), kind and range.
 struct FieldInfo {
-  const char* name;     ///< JSON name; prompt templates are "prompt.<name>"
-  FieldKind kind;       ///< value kind
-  long long min, max;   ///< inclusive range of integers
-  const char* help;     ///< one line for --help and the docs
+  const char* name;    ///< JSON name; prompt templates are "prompt.<name>"
+  FieldKind kind;      ///< value kind
+  long long min, max;  ///< inclusive range of integers
+  const char* help;    ///< one line for --help and the docs
 };
 
 /// Every field of ServerConfig in the order the docs list them.

@@ -28,7 +28,9 @@ EngineLoop::EngineLoop(CepeModel& model, const Tokenizer& tokenizer, EngineOptio
   if (!options_.batching) options_.max_batch = 1;
 }
 
-EngineLoop::~EngineLoop() { stop(); }
+EngineLoop::~EngineLoop() {
+  stop();
+}
 
 void EngineLoop::start() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -87,7 +89,9 @@ void EngineLoop::submit(std::shared_ptr<Job> job) {
   cv_.notify_one();
 }
 
-void EngineLoop::wake() { cv_.notify_one(); }
+void EngineLoop::wake() {
+  cv_.notify_one();
+}
 
 Clock::time_point EngineLoop::last_tick() const {
   return Clock::time_point(Clock::duration(last_tick_ns_.load()));
@@ -131,8 +135,22 @@ void EngineLoop::finish(Active& a, JobOutcome outcome, const std::string& error)
     if (outcome == JobOutcome::Cancelled) metrics_->cancelled.fetch_add(1);
   }
   a.seq.reset();
-  if (a.job->on_done) a.job->on_done(std::move(r));
+  // Delivered by deliver() once the gauges no longer count this sequence, so a client that reads
+  // /metrics right after its answer sees it gone from the batch.
+  if (a.job->on_done) done_.emplace_back(std::move(a.job->on_done), std::move(r));
   a.job.reset();
+}
+
+void EngineLoop::deliver() {
+  std::vector<std::pair<std::function<void(JobResult)>, JobResult>> done;
+  done.swap(done_);
+  for (auto& [on_done, result] : done) on_done(std::move(result));
+}
+
+void EngineLoop::publish(size_t running) {
+  running_.store(static_cast<int>(running));
+  if (metrics_) metrics_->batch_size.store(static_cast<int64_t>(running));
+  deliver();
 }
 
 // Moves queued jobs into free batch slots; expired and cancelled ones are answered instead.
@@ -187,6 +205,7 @@ void EngineLoop::admit(std::vector<Active>& active) {
       finish(a, JobOutcome::Failed, e.what());
     }
   }
+  deliver();  // failed admissions never counted in the batch
 }
 
 void EngineLoop::run() {
@@ -194,8 +213,7 @@ void EngineLoop::run() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (active.empty() && queue_.empty() && !stopping_)
-        cv_.wait_for(lock, options_.idle_tick);
+      if (active.empty() && queue_.empty() && !stopping_) cv_.wait_for(lock, options_.idle_tick);
       if (stopping_) break;
     }
     last_tick_ns_.store(Clock::now().time_since_epoch().count());
@@ -204,12 +222,13 @@ void EngineLoop::run() {
     // Leave before the step: cancelled and expired sequences must not cost another token.
     const auto now = Clock::now();
     for (auto& a : active) {
-      if (a.job->cancelled.load()) finish(a, JobOutcome::Cancelled);
-      else if (now >= a.job->deadline) finish(a, JobOutcome::Deadline);
+      if (a.job->cancelled.load())
+        finish(a, JobOutcome::Cancelled);
+      else if (now >= a.job->deadline)
+        finish(a, JobOutcome::Deadline);
     }
     std::erase_if(active, [](const Active& a) { return !a.job; });
-    running_.store(static_cast<int>(active.size()));
-    if (metrics_) metrics_->batch_size.store(static_cast<int64_t>(active.size()));
+    publish(active.size());
     if (active.empty()) continue;
 
     std::vector<Sequence*> batch;
@@ -221,12 +240,12 @@ void EngineLoop::run() {
       // A failed step leaves no sequence in a known state: fail the whole batch, keep serving.
       for (auto& a : active) finish(a, JobOutcome::Failed, e.what());
       active.clear();
-      running_.store(0);
+      publish(0);
       continue;
     }
     steps_.fetch_add(1);
-    if (metrics_) metrics_->engine_step(static_cast<int>(batch.size()),
-                                        ms_between(t0, Clock::now()) / 1000.0);
+    if (metrics_)
+      metrics_->engine_step(static_cast<int>(batch.size()), ms_between(t0, Clock::now()) / 1000.0);
     last_tick_ns_.store(Clock::now().time_since_epoch().count());
 
     for (auto& a : active) {
@@ -237,12 +256,10 @@ void EngineLoop::run() {
       if (a.seq->finished()) finish(a, JobOutcome::Finished);
     }
     std::erase_if(active, [](const Active& a) { return !a.job; });
-    running_.store(static_cast<int>(active.size()));
-    if (metrics_) metrics_->batch_size.store(static_cast<int64_t>(active.size()));
+    publish(active.size());
   }
   for (auto& a : active) finish(a, JobOutcome::Shutdown);
-  running_.store(0);
-  if (metrics_) metrics_->batch_size.store(0);
+  publish(0);
 }
 
 }  // namespace cepe::server

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/cepe_model.h"
@@ -36,35 +37,35 @@ enum class JobOutcome {
 /// What a job produced; delivered once through Job::on_done.
 struct JobResult {
   JobOutcome outcome = JobOutcome::Finished;  ///< how it ended
-  std::string error;                           ///< message when Failed
-  std::string text;                            ///< generated text (stop strings removed)
-  std::string finish_reason;                   ///< "length", "eos", "stop", "cancelled", ...
-  int64_t prompt_tokens = 0;                   ///< decoder prompt tokens
-  int64_t encoder_tokens = 0;                  ///< encoder tokens cross-attended to
-  int64_t completion_tokens = 0;               ///< tokens generated
-  double queue_ms = 0;                         ///< waiting for a batch slot
-  double encode_ms = 0;                        ///< encoding the passages
-  double prefill_ms = 0;                       ///< steps that ran the prompt
-  double decode_ms = 0;                        ///< steps that produced later tokens
+  std::string error;                          ///< message when Failed
+  std::string text;                           ///< generated text (stop strings removed)
+  std::string finish_reason;                  ///< "length", "eos", "stop", "cancelled", ...
+  int64_t prompt_tokens = 0;                  ///< decoder prompt tokens
+  int64_t encoder_tokens = 0;                 ///< encoder tokens cross-attended to
+  int64_t completion_tokens = 0;              ///< tokens generated
+  double queue_ms = 0;                        ///< waiting for a batch slot
+  double encode_ms = 0;                       ///< encoding the passages
+  double prefill_ms = 0;                      ///< steps that ran the prompt
+  double decode_ms = 0;                       ///< steps that produced later tokens
 };
 
 /// One generation request handed to the engine. The callbacks run on the engine thread and must
 /// not block (post the work elsewhere).
 struct Job {
-  std::vector<int32_t> prompt_ids;               ///< decoder prompt
-  std::vector<std::vector<int32_t>> chunks;      ///< encoder chunks (may be empty)
-  SamplingOptions sampling;                      ///< decoding settings
+  std::vector<int32_t> prompt_ids;                        ///< decoder prompt
+  std::vector<std::vector<int32_t>> chunks;               ///< encoder chunks (may be empty)
+  SamplingOptions sampling;                               ///< decoding settings
   Clock::time_point deadline = Clock::time_point::max();  ///< past it the job ends as Deadline
-  std::function<void(std::string)> on_text;      ///< streamed text (empty: not streaming)
-  std::function<void(JobResult)> on_done;        ///< called exactly once
-  std::atomic<bool> cancelled{false};            ///< set by the connection when the client is gone
-  Clock::time_point submitted;                   ///< set by submit()
+  std::function<void(std::string)> on_text;               ///< streamed text (empty: not streaming)
+  std::function<void(JobResult)> on_done;                 ///< called exactly once
+  std::atomic<bool> cancelled{false};  ///< set by the connection when the client is gone
+  Clock::time_point submitted;         ///< set by submit()
 };
 
 /// Settings of the loop.
 struct EngineOptions {
-  int max_batch = 8;   ///< sequences stepped together
-  int max_queue = 64;  ///< reservations (admitted, not yet running) before try_reserve() fails
+  int max_batch = 8;     ///< sequences stepped together
+  int max_queue = 64;    ///< reservations (admitted, not yet running) before try_reserve() fails
   bool batching = true;  ///< false: one sequence at a time
   std::chrono::milliseconds idle_tick{100};  ///< heartbeat period while idle (for /readyz)
 };
@@ -73,8 +74,7 @@ struct EngineOptions {
 class EngineLoop {
  public:
   /// Binds the model (used only from the loop's thread) and the tokenizer.
-  EngineLoop(CepeModel& model, const Tokenizer& tokenizer, EngineOptions options,
-             Metrics* metrics);
+  EngineLoop(CepeModel& model, const Tokenizer& tokenizer, EngineOptions options, Metrics* metrics);
   /// Stops the loop (see stop()).
   ~EngineLoop();
 
@@ -112,6 +112,8 @@ class EngineLoop {
   void admit(std::vector<Active>& active);
   void finish(Active& a, JobOutcome outcome, const std::string& error = "");
   void end_queued(std::shared_ptr<Job> job, JobOutcome outcome);
+  void deliver();
+  void publish(size_t running);
 
   CepeModel& model_;
   const Tokenizer& tokenizer_;
@@ -128,6 +130,9 @@ class EngineLoop {
   std::atomic<int> running_{0};
   std::atomic<uint64_t> steps_{0};
   std::atomic<int64_t> last_tick_ns_{0};
+  // Results of finished sequences, handed to their on_done after the gauges are updated (engine
+  // thread only).
+  std::vector<std::pair<std::function<void(JobResult)>, JobResult>> done_;
 };
 
 }  // namespace cepe::server

@@ -1,8 +1,5 @@
 #include "server/http_client.h"
 
-#include <sys/socket.h>
-#include <sys/time.h>
-
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
@@ -23,15 +20,6 @@ namespace {
 std::string lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-// Blocking sockets with SO_RCVTIMEO/SO_SNDTIMEO: a stuck read fails instead of hanging a test.
-void set_timeouts(tcp::socket& s, std::chrono::milliseconds t) {
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(t.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
 // Takes complete events off the front of `buf`.
@@ -67,24 +55,49 @@ std::string HttpResponse::header(const std::string& name) const {
   return it == headers.end() ? "" : it->second;
 }
 
+// Every socket operation runs asynchronously on a private io_context under a deadline, so a
+// silent server makes a call fail after the timeout instead of hanging (Asio's blocking reads
+// ignore SO_RCVTIMEO).
 class HttpClient::Impl {
  public:
   Impl(std::string h, uint16_t p, std::chrono::milliseconds t)
-      : host(std::move(h)), port(p), timeout(t), socket(ioc) {}
+      : host(std::move(h)), port(p), timeout(t), stream(ioc) {}
+
+  // Runs one asynchronous operation to completion; `start` receives the completion handler.
+  template <class Start>
+  beast::error_code run(Start&& start, std::chrono::steady_clock::time_point deadline) {
+    beast::error_code result = net::error::would_block;
+    stream.expires_at(deadline);
+    start([&result](beast::error_code ec, auto&&...) { result = ec; });
+    ioc.restart();
+    ioc.run();
+    return result;
+  }
+
+  template <class Start>
+  void run_or_throw(Start&& start, const char* what) {
+    const beast::error_code ec =
+        run(std::forward<Start>(start), std::chrono::steady_clock::now() + timeout);
+    if (ec) {
+      close();
+      throw std::runtime_error(std::string(what) + " " + host + ":" + std::to_string(port) + ": " +
+                               ec.message());
+    }
+  }
 
   void connect() {
-    if (socket.is_open()) return;
+    if (stream.socket().is_open()) return;
     buffer.clear();
     tcp::resolver resolver(ioc);
-    net::connect(socket, resolver.resolve(host, std::to_string(port)));
-    socket.set_option(tcp::no_delay(true));
-    set_timeouts(socket, timeout);
+    const auto endpoints = resolver.resolve(host, std::to_string(port));
+    run_or_throw([&](auto handler) { stream.async_connect(endpoints, handler); }, "connecting to");
+    stream.socket().set_option(tcp::no_delay(true));
   }
 
   void close() {
     beast::error_code ec;
-    socket.shutdown(tcp::socket::shutdown_both, ec);
-    socket.close(ec);
+    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream.socket().close(ec);
     stream_parser.reset();
   }
 
@@ -96,7 +109,25 @@ class HttpClient::Impl {
     for (const auto& [k, v] : headers) req.set(k, v);
     req.body() = body;
     if (!body.empty() || method == "POST") req.prepare_payload();
-    http::write(socket, req);
+    run_or_throw([&](auto handler) { http::async_write(stream, req, handler); }, "writing to");
+  }
+
+  template <class Parser>
+  void read(Parser& parser) {
+    run_or_throw([&](auto handler) { http::async_read(stream, buffer, parser, handler); },
+                 "reading from");
+  }
+
+  template <class Parser>
+  void read_header(Parser& parser) {
+    run_or_throw([&](auto handler) { http::async_read_header(stream, buffer, parser, handler); },
+                 "reading from");
+  }
+
+  template <class Parser>
+  void read_some(Parser& parser) {
+    run_or_throw([&](auto handler) { http::async_read_some(stream, buffer, parser, handler); },
+                 "reading from");
   }
 
   static HttpResponse convert(const http::response_header<>& h) {
@@ -110,7 +141,7 @@ class HttpClient::Impl {
   uint16_t port;
   std::chrono::milliseconds timeout;
   net::io_context ioc;
-  tcp::socket socket;
+  beast::tcp_stream stream;
   beast::flat_buffer buffer;
   std::optional<http::response_parser<http::string_body>> stream_parser;
   size_t consumed = 0;
@@ -121,19 +152,21 @@ class HttpClient::Impl {
 HttpClient::HttpClient(std::string host, uint16_t port, std::chrono::milliseconds timeout)
     : impl_(std::make_unique<Impl>(std::move(host), port, timeout)) {}
 
-HttpClient::~HttpClient() { impl_->close(); }
+HttpClient::~HttpClient() {
+  impl_->close();
+}
 
 HttpResponse HttpClient::request(const std::string& method, const std::string& target,
                                  const std::string& body, const HeaderList& headers) {
   // One retry: a kept-alive connection the server closed in the meantime fails on first use.
   for (int attempt = 0;; ++attempt) {
-    const bool fresh = !impl_->socket.is_open();
+    const bool fresh = !impl_->stream.socket().is_open();
     try {
       impl_->connect();
       impl_->send(method, target, body, headers);
       http::response_parser<http::string_body> parser;
       parser.body_limit(1ull << 30);
-      http::read(impl_->socket, impl_->buffer, parser);
+      impl_->read(parser);
       HttpResponse r = Impl::convert(parser.get().base());
       r.body = parser.get().body();
       if (!parser.get().keep_alive()) impl_->close();
@@ -152,14 +185,14 @@ HttpResponse HttpClient::start_stream(const std::string& target, const std::stri
   impl_->send("POST", target, body, headers);
   impl_->stream_parser.emplace();
   impl_->stream_parser->body_limit(1ull << 30);
-  http::read_header(impl_->socket, impl_->buffer, *impl_->stream_parser);
+  impl_->read_header(*impl_->stream_parser);
   impl_->consumed = 0;
   impl_->pending.clear();
   impl_->ready.clear();
   HttpResponse r = Impl::convert(impl_->stream_parser->get().base());
   // A non-stream answer (an error) is read whole.
   if (r.header("content-type").rfind("text/event-stream", 0) != 0) {
-    http::read(impl_->socket, impl_->buffer, *impl_->stream_parser);
+    impl_->read(*impl_->stream_parser);
     r.body = impl_->stream_parser->get().body();
     impl_->stream_parser.reset();
   }
@@ -181,7 +214,7 @@ std::optional<SseEvent> HttpClient::next_event() {
       im.stream_parser.reset();
       continue;
     }
-    http::read_some(im.socket, im.buffer, *im.stream_parser);
+    im.read_some(*im.stream_parser);
   }
   SseEvent ev = std::move(im.ready.front());
   im.ready.erase(im.ready.begin());
@@ -190,27 +223,42 @@ std::optional<SseEvent> HttpClient::next_event() {
 
 std::string HttpClient::raw(const std::string& bytes, std::chrono::milliseconds wait,
                             bool half_close) {
-  impl_->close();
-  impl_->connect();
-  set_timeouts(impl_->socket, wait);
-  beast::error_code ec;
-  net::write(impl_->socket, net::buffer(bytes), ec);
-  if (half_close) impl_->socket.shutdown(tcp::socket::shutdown_send, ec);
-  std::string out;
-  char buf[4096];
+  auto& im = *impl_;
+  im.close();
+  im.connect();
   const auto until = std::chrono::steady_clock::now() + wait;
-  while (std::chrono::steady_clock::now() < until) {
-    const size_t n = impl_->socket.read_some(net::buffer(buf), ec);
-    if (ec) break;
-    out.append(buf, n);
+  std::string out;
+  if (!im.run([&](auto handler) { net::async_write(im.stream, net::buffer(bytes), handler); },
+              until)) {
+    beast::error_code ec;
+    if (half_close) im.stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    char buf[4096];
+    for (;;) {
+      size_t n = 0;
+      const beast::error_code rec = im.run(
+          [&](auto handler) {
+            im.stream.async_read_some(net::buffer(buf),
+                                      [&n, handler](beast::error_code e, size_t got) mutable {
+                                        n = got;
+                                        handler(e, got);
+                                      });
+          },
+          until);
+      out.append(buf, n);
+      if (rec) break;  // closed by the server, or `wait` passed
+    }
   }
-  impl_->close();
+  im.close();
   return out;
 }
 
-void HttpClient::close() { impl_->close(); }
+void HttpClient::close() {
+  impl_->close();
+}
 
-bool HttpClient::connected() const { return impl_->socket.is_open(); }
+bool HttpClient::connected() const {
+  return impl_->stream.socket().is_open();
+}
 
 std::vector<SseEvent> parse_sse(const std::string& body) {
   std::string buf = body;

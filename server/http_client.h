@@ -51,7 +51,8 @@ class HttpClient {
   std::optional<SseEvent> next_event();
   /// Writes raw bytes on a fresh connection and returns everything read until the server closes
   /// or `wait` passes (for malformed requests). `half_close` shuts the sending side after writing.
-  std::string raw(const std::string& bytes, std::chrono::milliseconds wait, bool half_close = false);
+  std::string raw(const std::string& bytes, std::chrono::milliseconds wait,
+                  bool half_close = false);
   /// Closes the connection abruptly.
   void close();
   /// True while a connection is open.

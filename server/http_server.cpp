@@ -5,6 +5,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <array>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -14,7 +15,6 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <array>
 #include <cctype>
 #include <cmath>
 #include <condition_variable>
@@ -103,7 +103,8 @@ class Session;
 
 class Server::Impl {
  public:
-  Impl(config::ServerConfig c, Logger* l) : cfg(std::move(c)), log(l), acceptor(net::make_strand(ioc)) {
+  Impl(config::ServerConfig c, Logger* l)
+      : cfg(std::move(c)), log(l), acceptor(net::make_strand(ioc)) {
     limits.max_k = cfg.max_k;
     limits.default_k = cfg.default_k;
     limits.max_new_tokens = cfg.max_new_tokens;
@@ -137,7 +138,10 @@ class Server::Impl {
   config::ServerConfig cfg;
   AskLimits limits;
   Logger* log;
-  Metrics metrics;  // declared before the io_context: sessions destroyed with it still count here
+  // Declared before the io_context: sessions destroyed with it still count and signal here.
+  Metrics metrics;
+  std::mutex drain_mu;
+  std::condition_variable drain_cv;
   Resources res;
   std::unique_ptr<EngineLoop> engine_owner;
   std::atomic<EngineLoop*> engine_ptr{nullptr};
@@ -151,8 +155,6 @@ class Server::Impl {
   std::atomic<bool> stopped{false};
   bool started = false;
   uint16_t bound_port = 0;
-  std::mutex drain_mu;
-  std::condition_variable drain_cv;
   std::string id_prefix;
   std::atomic<uint64_t> id_counter{0};
 };
@@ -169,6 +171,13 @@ class Session : public std::enable_shared_from_this<Session> {
   }
   ~Session() {
     if (job_) job_->cancelled.store(true);
+    if (ask_) ask_->gone.store(true);
+    // A request whose connection died without an answer still counts as finished, so the drain
+    // on shutdown never waits for it.
+    if (open_) {
+      if (log_error_.empty()) log_error_ = "client_closed";
+      finish_request(499);
+    }
     srv_.metrics.connections.fetch_sub(1);
   }
 
@@ -186,27 +195,32 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->header_limit(static_cast<uint32_t>(srv_.cfg.max_header_bytes));
     parser_->body_limit(static_cast<uint64_t>(srv_.cfg.max_body_bytes));
     stream_.expires_after(std::chrono::milliseconds(srv_.cfg.header_timeout_ms));
-    http::async_read_header(stream_, buffer_, *parser_,
-                            [self = shared_from_this()](beast::error_code ec, size_t) {
-                              self->on_header(ec);
-                            });
+    http::async_read_header(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
   }
 
   void on_header(beast::error_code ec) {
     if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
-        ec == http::error::partial_message || ec == net::error::operation_aborted || ec == net::error::connection_reset ||
-        ec == net::error::eof) {
+        ec == http::error::partial_message || ec == net::error::operation_aborted ||
+        ec == net::error::connection_reset || ec == net::error::eof) {
       return close();  // idle keep-alive ended, slow or vanished client: nothing to answer
     }
     begin_request();
+    // Beast checks Content-Length against the body limit while it parses the header.
+    if (ec == http::error::body_limit) {
+      if (parser_->is_header_done()) fill_request_info(parser_->get());
+      return too_large();
+    }
     if (ec == http::error::header_limit) {
       return reply_error(http::status::request_header_fields_too_large, "header_too_large",
                          "the request header is larger than " +
                              std::to_string(srv_.cfg.max_header_bytes) + " bytes",
                          true);
     }
-    if (ec) return reply_error(http::status::bad_request, "bad_request",
-                               "malformed HTTP request: " + ec.message(), true);
+    if (ec)
+      return reply_error(http::status::bad_request, "bad_request",
+                         "malformed HTTP request: " + ec.message(), true);
     auto& req = parser_->get();
     fill_request_info(req);
     const auto length = parser_->content_length();
@@ -226,10 +240,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_body() {
     stream_.expires_after(std::chrono::milliseconds(srv_.cfg.body_timeout_ms));
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
-                       self->on_body(ec);
-                     });
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, size_t) { self->on_body(ec); });
   }
 
   void on_body(beast::error_code ec) {
@@ -239,17 +252,18 @@ class Session : public std::enable_shared_from_this<Session> {
         ec == net::error::eof) {
       return abandon(408);  // the socket is already closed or the client is gone
     }
-    if (ec) return reply_error(http::status::bad_request, "bad_request",
-                               "malformed HTTP request body: " + ec.message(), true);
+    if (ec)
+      return reply_error(http::status::bad_request, "bad_request",
+                         "malformed HTTP request body: " + ec.message(), true);
     stream_.expires_never();
     dispatch_request();
   }
 
   void too_large() {
-    reply_error(http::status::payload_too_large, "body_too_large",
-                "the request body is larger than " + std::to_string(srv_.cfg.max_body_bytes) +
-                    " bytes",
-                true);
+    reply_error(
+        http::status::payload_too_large, "body_too_large",
+        "the request body is larger than " + std::to_string(srv_.cfg.max_body_bytes) + " bytes",
+        true);
   }
 
   // ---- per-request bookkeeping ----
@@ -440,7 +454,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string_view key;
     const auto auth = req[http::field::authorization];
     const std::string_view a(auth.data(), auth.size());
-    if (a.size() > 7 && beast::iequals(beast::string_view(a.data(), 7), "Bearer ")) key = a.substr(7);
+    if (a.size() > 7 && beast::iequals(beast::string_view(a.data(), 7), "Bearer "))
+      key = a.substr(7);
     const auto x = req["X-API-Key"];
     if (key.empty()) key = std::string_view(x.data(), x.size());
     bool ok = false;
@@ -460,8 +475,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     reply(http::status::no_content, "", "text/plain", false,
           {{"Access-Control-Allow-Methods", "GET, POST, OPTIONS"},
-           {"Access-Control-Allow-Headers",
-            "Content-Type, Authorization, X-API-Key, X-Request-Id"},
+           {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-API-Key, X-Request-Id"},
            {"Access-Control-Max-Age", "600"}});
   }
 
@@ -559,7 +573,8 @@ class Session : public std::enable_shared_from_this<Session> {
     } catch (const ApiError& e) {
       st->error = e;
     } catch (const std::exception& e) {
-      st->error = ApiError(500, "internal", std::string("preparing the request failed: ") + e.what());
+      st->error =
+          ApiError(500, "internal", std::string("preparing the request failed: ") + e.what());
     }
     net::post(stream_.get_executor(), [self = shared_from_this(), st] { self->on_prepared(st); });
   }
@@ -572,7 +587,8 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (dead_) return abandon(499);
     if (st->error) {
-      return stop_watch_then([self = shared_from_this(), e = *st->error] { self->reply_api_error(e); });
+      return stop_watch_then(
+          [self = shared_from_this(), e = *st->error] { self->reply_api_error(e); });
     }
     if (Clock::now() >= st->deadline) {
       srv_.metrics.deadlines.fetch_add(1);
@@ -611,8 +627,10 @@ class Session : public std::enable_shared_from_this<Session> {
       w.Key("text");
       put_string(w, h.text);
       w.Key("score");
-      if (std::isfinite(h.score)) w.Double(h.score);
-      else w.Null();
+      if (std::isfinite(h.score))
+        w.Double(h.score);
+      else
+        w.Null();
       w.Key("rank");
       w.Int(h.rank);
       w.EndObject();
@@ -1075,11 +1093,17 @@ bool Server::Impl::shutdown(std::chrono::milliseconds grace) {
 Server::Server(config::ServerConfig config, Logger* logger)
     : impl_(std::make_unique<Impl>(std::move(config), logger)) {}
 
-Server::~Server() { impl_->shutdown(std::chrono::milliseconds(0)); }
+Server::~Server() {
+  impl_->shutdown(std::chrono::milliseconds(0));
+}
 
-void Server::start() { impl_->start(); }
+void Server::start() {
+  impl_->start();
+}
 
-uint16_t Server::port() const { return impl_->bound_port; }
+uint16_t Server::port() const {
+  return impl_->bound_port;
+}
 
 void Server::attach(const Resources& resources) {
   CEPE_CHECK(resources.model && resources.tokenizer, "the server needs a model and a tokenizer");
@@ -1096,19 +1120,29 @@ void Server::attach(const Resources& resources) {
   impl_->metrics.ready.store(1);
 }
 
-bool Server::shutdown(std::chrono::milliseconds grace) { return impl_->shutdown(grace); }
+bool Server::shutdown(std::chrono::milliseconds grace) {
+  return impl_->shutdown(grace);
+}
 
 bool Server::ready() const {
   std::string why;
   return impl_->ready(&why);
 }
 
-int64_t Server::in_flight() const { return impl_->metrics.in_flight.load(); }
+int64_t Server::in_flight() const {
+  return impl_->metrics.in_flight.load();
+}
 
-const EngineLoop* Server::engine() const { return impl_->engine(); }
+const EngineLoop* Server::engine() const {
+  return impl_->engine();
+}
 
-Metrics& Server::metrics() { return impl_->metrics; }
+Metrics& Server::metrics() {
+  return impl_->metrics;
+}
 
-const config::ServerConfig& Server::config() const { return impl_->cfg; }
+const config::ServerConfig& Server::config() const {
+  return impl_->cfg;
+}
 
 }  // namespace cepe::server

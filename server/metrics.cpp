@@ -56,8 +56,7 @@ uint64_t Histogram::count() const {
   return count_;
 }
 
-void Histogram::render(std::string& out, const std::string& name,
-                       const std::string& labels) const {
+void Histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string sep = labels.empty() ? "" : ",";
   uint64_t cumulative = 0;

@@ -19,7 +19,9 @@ using rapidjson::Value;
   throw ApiError(400, "invalid_field", "'" + field + "' " + what);
 }
 
-std::string str(const Value& v) { return std::string(v.GetString(), v.GetStringLength()); }
+std::string str(const Value& v) {
+  return std::string(v.GetString(), v.GetStringLength());
+}
 
 int get_int(const Value& v, const std::string& field, long long lo, long long hi,
             const std::string& limit_note = "") {
@@ -80,9 +82,12 @@ int json_nesting_depth(std::string_view json, int limit) {
   bool in_string = false, escaped = false;
   for (char c : json) {
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
     if (c == '"') {
@@ -107,12 +112,13 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
   // The depth is checked before parsing so no nesting, however deep, reaches the parser or the
   // (recursive) value destructors.
   if (json_nesting_depth(body, limits.max_json_depth) > limits.max_json_depth) {
-    throw ApiError(400, "invalid_json",
-                   "the JSON nests deeper than " + std::to_string(limits.max_json_depth) + " levels");
+    throw ApiError(
+        400, "invalid_json",
+        "the JSON nests deeper than " + std::to_string(limits.max_json_depth) + " levels");
   }
   rapidjson::Document doc;
   doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(body.data(),
-                                                                                     body.size());
+                                                                                    body.size());
   if (doc.HasParseError()) {
     throw ApiError(400, "invalid_json",
                    "invalid JSON at byte " + std::to_string(doc.GetErrorOffset()) + ": " +
@@ -201,8 +207,8 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
   // Caller passages fix how many passages there are; k only limits retrieval.
   if (r.passages && !has_k) r.k = static_cast<int>(r.passages->size());
   if (r.decoder_passages > r.k && !r.passages) {
-    bad("decoder_passages", "(" + std::to_string(r.decoder_passages) + ") must be <= k (" +
-                                std::to_string(r.k) + ")");
+    bad("decoder_passages",
+        "(" + std::to_string(r.decoder_passages) + ") must be <= k (" + std::to_string(r.k) + ")");
   }
   return r;
 }

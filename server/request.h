@@ -31,29 +31,29 @@ class ApiError : public std::runtime_error {
 
 /// Limits and defaults applied while parsing (from the server config).
 struct AskLimits {
-  int max_k = 20;                   ///< largest k and number of caller passages
-  int default_k = 5;                ///< k when absent
-  int max_new_tokens = 256;         ///< largest max_new_tokens
-  int default_max_new_tokens = 25;  ///< max_new_tokens when absent
-  int max_question_chars = 2000;    ///< longest question (code points)
-  int max_stop = 4;                 ///< most stop strings
-  int max_stop_chars = 64;          ///< longest stop string (bytes)
-  int max_json_depth = 16;          ///< deepest nesting
+  int max_k = 20;                                  ///< largest k and number of caller passages
+  int default_k = 5;                               ///< k when absent
+  int max_new_tokens = 256;                        ///< largest max_new_tokens
+  int default_max_new_tokens = 25;                 ///< max_new_tokens when absent
+  int max_question_chars = 2000;                   ///< longest question (code points)
+  int max_stop = 4;                                ///< most stop strings
+  int max_stop_chars = 64;                         ///< longest stop string (bytes)
+  int max_json_depth = 16;                         ///< deepest nesting
   std::vector<std::string> default_stop = {"\n"};  ///< stop strings when absent
 };
 
 /// A parsed and checked /ask request; absent options already hold their defaults.
 struct AskRequest {
-  std::string question;                       ///< the question (non-empty, valid UTF-8)
-  int k = 5;                                  ///< passages to retrieve
-  int decoder_passages = 0;                   ///< of those, how many go into the decoder prompt
-  int max_new_tokens = 25;                    ///< generation limit
-  float temperature = 0.0f;                   ///< 0: greedy
-  float top_p = 1.0f;                         ///< nucleus mass
-  int top_k = 0;                              ///< 0: all tokens
-  uint64_t seed = 0;                          ///< sampling seed
-  std::vector<std::string> stop;              ///< stop strings
-  bool stream = false;                        ///< answer with Server-Sent Events
+  std::string question;           ///< the question (non-empty, valid UTF-8)
+  int k = 5;                      ///< passages to retrieve
+  int decoder_passages = 0;       ///< of those, how many go into the decoder prompt
+  int max_new_tokens = 25;        ///< generation limit
+  float temperature = 0.0f;       ///< 0: greedy
+  float top_p = 1.0f;             ///< nucleus mass
+  int top_k = 0;                  ///< 0: all tokens
+  uint64_t seed = 0;              ///< sampling seed
+  std::vector<std::string> stop;  ///< stop strings
+  bool stream = false;            ///< answer with Server-Sent Events
   std::optional<std::vector<qa::Passage>> passages;  ///< caller passages replacing retrieval
 };
 

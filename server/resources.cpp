@@ -22,8 +22,8 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   CEPE_CHECK(fs::is_directory(dir), "config: 'model' " << dir.string() << ": not a directory");
   const fs::path tok = dir / "tokenizer.model";
   CEPE_CHECK(fs::exists(tok), "config: 'model': " << tok.string()
-                                                   << " not found (the server needs the model's "
-                                                      "sentencepiece tokenizer)");
+                                                  << " not found (the server needs the model's "
+                                                     "sentencepiece tokenizer)");
   // The index is opened first: it is cheap to check and a wrong path should not wait for a
   // multi-gigabyte model to load.
   if (!config.index.empty()) {
@@ -43,7 +43,8 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   out.model_name = config.model_name;
   if (out.model_name.empty()) {
     out.model_name = fs::absolute(dir).lexically_normal().filename().string();
-    if (out.model_name.empty()) out.model_name = fs::absolute(dir).parent_path().filename().string();
+    if (out.model_name.empty())
+      out.model_name = fs::absolute(dir).parent_path().filename().string();
   }
   return out;
 }

@@ -20,10 +20,10 @@ namespace cepe::server {
 
 /// What the server answers with, loaded by the caller; everything must outlive the server.
 struct Resources {
-  CepeModel* model = nullptr;                         ///< the model (used by the engine thread only)
-  const Tokenizer* tokenizer = nullptr;               ///< its tokenizer
-  const retriever::Retriever* retriever = nullptr;    ///< null: requests must bring passages
-  std::string model_name;                             ///< reported as "model"
+  CepeModel* model = nullptr;                       ///< the model (used by the engine thread only)
+  const Tokenizer* tokenizer = nullptr;             ///< its tokenizer
+  const retriever::Retriever* retriever = nullptr;  ///< null: requests must bring passages
+  std::string model_name;                           ///< reported as "model"
 };
 
 /// The server. start() listens at once (so /healthz answers while the model loads); attach()

@@ -1,0 +1,1019 @@
+// Integration tests of `cepe serve`: the real binary (CEPE_BINARY) on loopback with a port of its
+// choosing, a tiny random CEPE model, a sentencepiece tokenizer and a lexical index over a corpus
+// this test writes itself (no shared data needed), spoken to over HTTP. Every endpoint, every
+// error status, streaming, cancellation when the client leaves, deadlines, queue limits, API keys,
+// CORS, slow clients and graceful shutdown with requests in flight.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <thread>
+
+#include "server/http_client.h"
+#include "server/request.h"
+#include "server/resources.h"
+#include "server/server.h"
+#include "test_util.h"
+
+namespace cepe::server {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+
+// ---- test data: corpus, tokenizer, model, index ----
+
+struct TestData {
+  fs::path model, index;
+  std::string skip;  // why the tests cannot run ("" when they can)
+};
+
+const TestData& test_data() {
+  static const TestData data = [] {
+    TestData d;
+    const fs::path dir = test::temp_dir("server-http");
+    const char* cities[] = {"Paris",  "Rome", "Berlin", "Madrid", "Lisbon", "Vienna",
+                            "Prague", "Oslo", "Athens", "Dublin", "Warsaw", "Bern"};
+    const char* countries[] = {"France",   "Italy",   "Germany", "Spain",
+                               "Portugal", "Austria", "Czechia", "Norway",
+                               "Greece",   "Ireland", "Poland",  "Switzerland"};
+    const char* rivers[] = {"Seine",  "Tiber",     "Spree",   "Manzanares", "Tagus",   "Danube",
+                            "Vltava", "Akerselva", "Kifisos", "Liffey",     "Vistula", "Aare"};
+    {
+      std::ofstream jsonl(dir / "passages.jsonl"), txt(dir / "corpus.txt");
+      for (int i = 0; i < 12; ++i) {
+        for (int j = 0; j < 4; ++j) {
+          const std::string text = std::string(cities[i]) + " is the capital of " + countries[i] +
+                                   ". The river " + rivers[i] + " flows through " + cities[i] +
+                                   ". It has " + std::to_string(j + 2) +
+                                   " million people, museums, parks and old bridges.";
+          jsonl << "{\"id\":\"p" << i << "-" << j << "\",\"title\":\"" << countries[i]
+                << "\",\"text\":\"" << text << "\"}\n";
+          txt << countries[i] << "\n" << text << "\n";
+        }
+      }
+    }
+    std::string out;
+    fs::path tokenizer = dir / "spm.model";
+    if (test::run_command("command -v spm_train", &out) == 0) {
+      const std::string cmd = "spm_train --input=" + (dir / "corpus.txt").string() +
+                              " --model_prefix=" + (dir / "spm").string() +
+                              " --vocab_size=400 --hard_vocab_limit=false --model_type=bpe"
+                              " --byte_fallback=true --minloglevel=2";
+      if (test::run_command(cmd, &out) != 0) {
+        d.skip = "spm_train failed: " + out;
+        return d;
+      }
+    } else if (auto shared = test::shared_dir();
+               shared && fs::exists(*shared / "models/llama2-tokenizer/tokenizer.model")) {
+      tokenizer = *shared / "models/llama2-tokenizer/tokenizer.model";
+    } else {
+      d.skip = "neither spm_train (package sentencepiece) nor the shared llama2 tokenizer found";
+      return d;
+    }
+    const std::string cepe = test::cepe_binary().string();
+    d.model = dir / "model";
+    d.index = dir / "index";
+    if (test::run_command(cepe + " random-model --preset tiny --tokenizer " + tokenizer.string() +
+                              " --out " + d.model.string(),
+                          &out) != 0) {
+      d.skip = "cepe random-model failed: " + out;
+      return d;
+    }
+    if (test::run_command(cepe + " index build --input " + (dir / "passages.jsonl").string() +
+                              " --dim 1024 --out " + d.index.string(),
+                          &out) != 0) {
+      d.skip = "cepe index build failed: " + out;
+    }
+    return d;
+  }();
+  return data;
+}
+
+#define REQUIRE_TEST_DATA()                                          \
+  do {                                                               \
+    if (!test_data().skip.empty()) GTEST_SKIP() << test_data().skip; \
+  } while (0)
+
+// ---- the server process ----
+
+class ServerProcess {
+ public:
+  /// Starts `cepe serve` with the test model and index plus `extra` flags; waits for "ready".
+  explicit ServerProcess(const std::vector<std::string>& extra, bool with_index = true) {
+    static std::atomic<int> counter{0};
+    log_path_ = test::temp_dir("server-log") / ("serve" + std::to_string(counter++) + ".log");
+    std::vector<std::string> args = {test::cepe_binary().string(),
+                                     "serve",
+                                     "--model",
+                                     test_data().model.string(),
+                                     "--port",
+                                     "0",
+                                     "--threads",
+                                     "1",
+                                     "--io-threads",
+                                     "2",
+                                     "--retrieval-threads",
+                                     "1"};
+    if (with_index) args.insert(args.end(), {"--index", test_data().index.string()});
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int null = ::open("/dev/null", O_WRONLY);
+      dup2(fd, 2);
+      dup2(null, 1);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    const auto until = SteadyClock::now() + 60s;
+    const std::regex port_re("\"event\":\"listening\".*\"port\":([0-9]+)");
+    while (SteadyClock::now() < until) {
+      const std::string log = this->log();
+      std::smatch m;
+      if (port_ == 0 && std::regex_search(log, m, port_re)) port_ = std::stoi(m[1]);
+      if (port_ != 0 && log.find("\"event\":\"ready\"") != std::string::npos) return;
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("cepe serve exited during startup: " + log);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    throw std::runtime_error("cepe serve did not become ready in 60 s: " + log());
+  }
+
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  /// The bound port.
+  uint16_t port() const { return static_cast<uint16_t>(port_); }
+  /// The process id.
+  pid_t pid() const { return pid_; }
+  /// Everything the server logged so far.
+  std::string log() const { return test::read_file(log_path_); }
+
+  /// Sends `sig` and waits up to `limit` for the exit; returns the exit status (-1: still running,
+  /// -2: killed by a signal).
+  int stop(int sig, std::chrono::milliseconds limit) {
+    kill(pid_, sig);
+    return wait_exit(limit);
+  }
+
+  /// Waits up to `limit` for the process to exit; see stop().
+  int wait_exit(std::chrono::milliseconds limit) {
+    const auto until = SteadyClock::now() + limit;
+    while (SteadyClock::now() < until) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -2;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
+  }
+
+  /// A client of this server.
+  HttpClient client(std::chrono::milliseconds timeout = 60s) const {
+    return HttpClient("127.0.0.1", port(), timeout);
+  }
+
+ private:
+  fs::path log_path_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+// ---- helpers ----
+
+rapidjson::Document parse_json(const std::string& text) {
+  rapidjson::Document d;
+  d.Parse(text.c_str(), text.size());
+  EXPECT_FALSE(d.HasParseError()) << "not JSON: " << text;
+  return d;
+}
+
+// Checks an error answer: status, {"error":{"code","message"}}, the code, and that the message
+// mentions `mentions`.
+void expect_error(const HttpResponse& r, int status, const std::string& code,
+                  const std::string& mentions = "") {
+  EXPECT_EQ(r.status, status) << r.body;
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  EXPECT_FALSE(r.header("x-request-id").empty());
+  const auto d = parse_json(r.body);
+  ASSERT_TRUE(d.IsObject() && d.HasMember("error") && d["error"].IsObject()) << r.body;
+  ASSERT_TRUE(d["error"].HasMember("code") && d["error"]["code"].IsString()) << r.body;
+  ASSERT_TRUE(d["error"].HasMember("message") && d["error"]["message"].IsString()) << r.body;
+  EXPECT_EQ(std::string(d["error"]["code"].GetString()), code) << r.body;
+  EXPECT_NE(std::string(d["error"]["message"].GetString()).find(mentions), std::string::npos)
+      << r.body;
+}
+
+// The value of one sample (`name` with its labels, e.g. `x{a="b"}`) in a Prometheus text, or -1.
+double metric(const std::string& text, const std::string& name) {
+  size_t pos = 0;
+  while ((pos = text.find(name + " ", pos)) != std::string::npos) {
+    if (pos == 0 || text[pos - 1] == '\n') return std::stod(text.substr(pos + name.size() + 1));
+    pos += name.size();
+  }
+  return -1;
+}
+
+double metric_of(const ServerProcess& s, const std::string& name) {
+  HttpClient c = s.client();
+  return metric(c.request("GET", "/metrics").body, name);
+}
+
+// Polls until metric `name` satisfies `ok` (or `limit` passes); returns the last value.
+template <class Pred>
+double wait_metric(const ServerProcess& s, const std::string& name, Pred ok,
+                   std::chrono::milliseconds limit = 10s) {
+  const auto until = SteadyClock::now() + limit;
+  double v = metric_of(s, name);
+  while (!ok(v) && SteadyClock::now() < until) {
+    std::this_thread::sleep_for(20ms);
+    v = metric_of(s, name);
+  }
+  return v;
+}
+
+// The log line of one request id, waiting up to 5 s for it (a request is logged as it ends, which
+// can be just after the client saw the connection close); "" when absent.
+std::string log_line_of(const ServerProcess& s, const std::string& request_id) {
+  const auto until = SteadyClock::now() + 5s;
+  for (;;) {
+    const std::string log = s.log();
+    const size_t at = log.find("\"request_id\":\"" + request_id + "\"");
+    if (at != std::string::npos) {
+      const size_t b = log.rfind('\n', at);
+      const size_t begin = b == std::string::npos ? 0 : b + 1;
+      return log.substr(begin, log.find('\n', at) - begin);
+    }
+    if (SteadyClock::now() > until) return "";
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+std::string ask_body(const std::string& question, const std::string& extra = "") {
+  return "{\"question\":" + json_quote(question) + (extra.empty() ? "" : "," + extra) + "}";
+}
+
+bool can_connect(uint16_t port) {
+  try {
+    HttpClient c("127.0.0.1", port, 2s);
+    c.request("GET", "/healthz");
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// ---- the main server: most endpoints and errors ----
+
+class ServerHttp : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!test_data().skip.empty()) return;
+    server_ = new ServerProcess({"--max-batch",
+                                 "8",
+                                 "--max-queue",
+                                 "32",
+                                 "--max-new-tokens",
+                                 "2000",
+                                 "--max-body-bytes",
+                                 "4096",
+                                 "--header-timeout-ms",
+                                 "1000",
+                                 "--body-timeout-ms",
+                                 "1000",
+                                 "--cors-origin",
+                                 "http://allowed.example",
+                                 "--max-k",
+                                 "8",
+                                 "--default-k",
+                                 "3",
+                                 "--max-question-chars",
+                                 "200",
+                                 "--model-name",
+                                 "tiny-test"});
+  }
+  static void TearDownTestSuite() {
+    if (!server_) return;
+    EXPECT_EQ(server_->stop(SIGTERM, 20s), 0) << server_->log();
+    // Every log line is one JSON object with a time, a level and an event.
+    std::istringstream lines(server_->log());
+    std::string line;
+    int n = 0;
+    while (std::getline(lines, line)) {
+      const auto d = parse_json(line);
+      EXPECT_TRUE(d.IsObject() && d.HasMember("ts") && d.HasMember("level") && d.HasMember("event"))
+          << line;
+      ++n;
+    }
+    EXPECT_GT(n, 50);
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override { REQUIRE_TEST_DATA(); }
+
+  static ServerProcess* server_;
+};
+
+ServerProcess* ServerHttp::server_ = nullptr;
+
+TEST_F(ServerHttp, HealthReadyAndInfo) {
+  HttpClient c = server_->client();
+  auto r = c.request("GET", "/healthz");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "{\"status\":\"ok\"}");
+  r = c.request("GET", "/readyz");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "{\"status\":\"ready\"}");
+  r = c.request("GET", "/v1/info");
+  ASSERT_EQ(r.status, 200);
+  const auto d = parse_json(r.body);
+  EXPECT_STREQ(d["model"]["name"].GetString(), "tiny-test");
+  EXPECT_TRUE(d["model"]["cepe"].GetBool());
+  EXPECT_EQ(d["index"]["passages"].GetInt(), 48);
+  EXPECT_STREQ(d["index"]["embedder"].GetString(), "lexical");
+  EXPECT_EQ(d["limits"]["max_k"].GetInt(), 8);
+  EXPECT_EQ(d["limits"]["max_new_tokens"].GetInt(), 2000);
+  EXPECT_EQ(d["limits"]["max_body_bytes"].GetInt(), 4096);
+  EXPECT_EQ(d["engine"]["max_batch"].GetInt(), 8);
+  EXPECT_TRUE(d["engine"]["batching"].GetBool());
+  EXPECT_FALSE(d["auth"].GetBool());
+
+  expect_error(c.request("GET", "/nope"), 404, "not_found", "/nope");
+  r = c.request("POST", "/healthz", "{}");
+  expect_error(r, 405, "method_not_allowed", "/healthz");
+  EXPECT_EQ(r.header("allow"), "GET, OPTIONS");
+  r = c.request("GET", "/ask");
+  expect_error(r, 405, "method_not_allowed", "POST");
+  EXPECT_EQ(r.header("allow"), "POST, OPTIONS");
+}
+
+TEST_F(ServerHttp, AskAnswersWithPassagesUsageAndTimings) {
+  HttpClient c = server_->client();
+  const auto r = c.request("POST", "/ask", ask_body("Which river flows through Rome?"),
+                           {{"X-Request-Id", "ask-basic-1"}, {"Content-Type", "application/json"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  EXPECT_EQ(r.header("x-request-id"), "ask-basic-1");
+  const auto d = parse_json(r.body);
+  ASSERT_TRUE(d["answer"].IsString());
+  const std::string finish = d["finish_reason"].GetString();
+  EXPECT_TRUE(finish == "length" || finish == "eos" || finish == "stop") << finish;
+  EXPECT_STREQ(d["model"].GetString(), "tiny-test");
+  // k defaults to 3 (--default-k); lexical retrieval puts a Rome passage first.
+  const auto& ps = d["passages"];
+  ASSERT_TRUE(ps.IsArray());
+  ASSERT_EQ(ps.Size(), 3u);
+  for (rapidjson::SizeType i = 0; i < ps.Size(); ++i) {
+    EXPECT_EQ(ps[i]["rank"].GetInt(), static_cast<int>(i) + 1);
+    EXPECT_TRUE(ps[i]["id"].IsString() && ps[i]["title"].IsString() && ps[i]["text"].IsString());
+    EXPECT_TRUE(ps[i]["score"].IsNumber());
+    if (i > 0) {
+      EXPECT_LE(ps[i]["score"].GetDouble(), ps[i - 1]["score"].GetDouble());
+    }
+  }
+  EXPECT_STREQ(ps[0]["title"].GetString(), "Italy");
+  const auto& u = d["usage"];
+  EXPECT_GT(u["prompt_tokens"].GetInt(), 5);
+  EXPECT_GT(u["encoder_tokens"].GetInt(), 20);  // decoder_passages 0: all three are encoded
+  EXPECT_GE(u["completion_tokens"].GetInt(), 1);
+  EXPECT_LE(u["completion_tokens"].GetInt(), 25);  // the default max_new_tokens
+  const auto& t = d["timings"];
+  for (const char* k : {"retrieve_ms", "encode_ms", "prefill_ms", "decode_ms", "total_ms"}) {
+    ASSERT_TRUE(t.HasMember(k) && t[k].IsNumber()) << k;
+    EXPECT_GE(t[k].GetDouble(), 0.0) << k;
+  }
+  EXPECT_GE(t["total_ms"].GetDouble(), t["decode_ms"].GetDouble());
+  EXPECT_GT(t["encode_ms"].GetDouble(), 0.0);
+
+  const std::string line = log_line_of(*server_, "ask-basic-1");
+  EXPECT_NE(line.find("\"status\":200"), std::string::npos) << line;
+  EXPECT_NE(line.find("\"path\":\"/ask\""), std::string::npos) << line;
+
+  // Without an X-Request-Id the server makes one and echoes it.
+  const auto r2 =
+      c.request("POST", "/ask", ask_body("Where is the Tagus?", "\"max_new_tokens\":2"));
+  ASSERT_EQ(r2.status, 200);
+  EXPECT_FALSE(r2.header("x-request-id").empty());
+  EXPECT_STREQ(parse_json(r2.body)["request_id"].GetString(), r2.header("x-request-id").c_str());
+}
+
+TEST_F(ServerHttp, DecoderPassagesMoveFromEncoderToPrompt) {
+  HttpClient c = server_->client();
+  auto usage = [&](int decoder_passages) {
+    const auto r = c.request("POST", "/ask",
+                             ask_body("Which river flows through Oslo?",
+                                      "\"k\":3,\"max_new_tokens\":1,\"decoder_passages\":" +
+                                          std::to_string(decoder_passages)));
+    EXPECT_EQ(r.status, 200) << r.body;
+    const auto d = parse_json(r.body);
+    return std::pair<int, int>(d["usage"]["prompt_tokens"].GetInt(),
+                               d["usage"]["encoder_tokens"].GetInt());
+  };
+  const auto [p0, e0] = usage(0);
+  const auto [p2, e2] = usage(2);
+  const auto [p3, e3] = usage(3);
+  EXPECT_GT(p2, p0 + 20);
+  EXPECT_LT(e2, e0);
+  EXPECT_GT(e2, 0);
+  EXPECT_GT(p3, p2);
+  EXPECT_EQ(e3, 0);
+  expect_error(c.request("POST", "/ask", ask_body("q", "\"k\":2,\"decoder_passages\":3")), 400,
+               "invalid_field", "'decoder_passages'");
+}
+
+TEST_F(ServerHttp, CallerPassagesReplaceRetrieval) {
+  HttpClient c = server_->client();
+  const auto r = c.request(
+      "POST", "/ask",
+      ask_body("What is on Mars?",
+               R"("passages":[{"title":"Mars","text":"Olympus Mons is on Mars."},)"
+               R"({"text":"Valles Marineris is a canyon.","id":"vm"}],"max_new_tokens":3)"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto d = parse_json(r.body);
+  const auto& ps = d["passages"];
+  ASSERT_EQ(ps.Size(), 2u);
+  EXPECT_STREQ(ps[0]["title"].GetString(), "Mars");
+  EXPECT_STREQ(ps[1]["id"].GetString(), "vm");
+  EXPECT_EQ(ps[1]["rank"].GetInt(), 2);
+  EXPECT_TRUE(ps[0]["score"].IsNull());
+  EXPECT_EQ(d["timings"]["retrieve_ms"].GetDouble(), 0.0);
+  EXPECT_GT(d["usage"]["encoder_tokens"].GetInt(), 5);
+}
+
+TEST_F(ServerHttp, StreamingSendsPassagesTokensAndDone) {
+  const std::string body =
+      ask_body("Which river flows through Vienna?", R"("max_new_tokens":16,"stop":[],"k":2)");
+  HttpClient plain = server_->client();
+  const auto whole = plain.request("POST", "/ask", body);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  const auto wd = parse_json(whole.body);
+
+  HttpClient c = server_->client();
+  const auto head = c.start_stream("/ask", body.substr(0, body.size() - 1) + ",\"stream\":true}",
+                                   {{"X-Request-Id", "sse-1"}});
+  ASSERT_EQ(head.status, 200);
+  EXPECT_EQ(head.header("content-type"), "text/event-stream");
+  EXPECT_EQ(head.header("x-request-id"), "sse-1");
+  std::vector<SseEvent> events;
+  while (auto ev = c.next_event()) events.push_back(*ev);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.front().event, "passages");
+  EXPECT_EQ(parse_json(events.front().data)["passages"].Size(), 2u);
+  EXPECT_EQ(events.back().event, "done");
+  std::string text;
+  for (size_t i = 1; i + 1 < events.size(); ++i) {
+    EXPECT_EQ(events[i].event, "token");
+    text += parse_json(events[i].data)["text"].GetString();
+  }
+  const auto done = parse_json(events.back().data);
+  EXPECT_EQ(trim(text), std::string(done["answer"].GetString()));
+  // Greedy decoding: the streamed answer is the plain one.
+  EXPECT_STREQ(done["answer"].GetString(), wd["answer"].GetString());
+  EXPECT_EQ(done["usage"]["completion_tokens"].GetInt(), wd["usage"]["completion_tokens"].GetInt());
+  EXPECT_GT(done["usage"]["encoder_tokens"].GetInt(), 0);
+  for (const char* k : {"retrieve_ms", "encode_ms", "prefill_ms", "decode_ms", "total_ms"})
+    EXPECT_TRUE(done["timings"].HasMember(k)) << k;
+  EXPECT_STREQ(done["finish_reason"].GetString(), wd["finish_reason"].GetString());
+
+  // The connection stays usable after a stream (chunked encoding ends it cleanly).
+  const auto after = c.request("GET", "/healthz");
+  EXPECT_EQ(after.status, 200);
+}
+
+TEST_F(ServerHttp, StopStringsAndSeededSampling) {
+  HttpClient c = server_->client();
+  const auto sampled = [&](uint64_t seed) {
+    const auto r = c.request("POST", "/ask",
+                             ask_body("Where is Lisbon?",
+                                      "\"temperature\":1.0,\"top_p\":0.9,\"top_k\":50,"
+                                      "\"max_new_tokens\":12,\"stop\":[],\"seed\":" +
+                                          std::to_string(seed)));
+    EXPECT_EQ(r.status, 200) << r.body;
+    return std::string(parse_json(r.body)["answer"].GetString());
+  };
+  EXPECT_EQ(sampled(42), sampled(42));
+
+  // Greedy text with no stop string, then again stopping at a piece of it.
+  const auto full =
+      c.request("POST", "/ask", ask_body("Where is Bern?", "\"max_new_tokens\":40,\"stop\":[]"));
+  ASSERT_EQ(full.status, 200);
+  const std::string answer = parse_json(full.body)["answer"].GetString();
+  // An ASCII character at its first occurrence: sanitising invalid UTF-8 (U+FFFD) never creates
+  // or moves ASCII, so the cut answer is the text before it.
+  std::string stop;
+  size_t at = std::string::npos;
+  for (size_t i = 1; i < answer.size(); ++i) {
+    if (std::isalnum(static_cast<unsigned char>(answer[i])) && answer.find(answer[i]) == i) {
+      stop = answer.substr(i, 1);
+      at = i;
+      break;
+    }
+  }
+  if (stop.empty()) GTEST_SKIP() << "no plain substring to stop at in: " << answer;
+  const auto cut =
+      c.request("POST", "/ask",
+                ask_body("Where is Bern?", "\"max_new_tokens\":40,\"stop\":" + json_quote(stop)));
+  ASSERT_EQ(cut.status, 200);
+  const auto d = parse_json(cut.body);
+  EXPECT_EQ(std::string(d["answer"].GetString()), trim(answer.substr(0, at))) << stop;
+  EXPECT_STREQ(d["finish_reason"].GetString(), "stop");
+}
+
+TEST_F(ServerHttp, KeepAliveAndPipelining) {
+  HttpClient c = server_->client();
+  const std::string req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string out = c.raw(req + req + "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", 1500ms);
+  size_t n = 0;
+  for (size_t p = 0; (p = out.find("HTTP/1.1 200 OK", p)) != std::string::npos; ++p) ++n;
+  EXPECT_EQ(n, 3u) << out;
+  EXPECT_NE(out.find("{\"status\":\"ready\"}"), std::string::npos);
+  // HTTP/1.0 without keep-alive: one answer, then the server closes.
+  const auto t0 = SteadyClock::now();
+  const std::string one = c.raw("GET /healthz HTTP/1.0\r\n\r\n", 5s);
+  EXPECT_NE(one.find("HTTP/1.0 200 OK"), std::string::npos) << one;
+  EXPECT_LT(SteadyClock::now() - t0, 2s);
+}
+
+TEST_F(ServerHttp, RequestErrorsAreJsonWithTheRightStatus) {
+  HttpClient c = server_->client();
+  expect_error(c.request("POST", "/ask", std::string(5000, ' ')), 413, "body_too_large", "4096");
+  // A chunked body has no Content-Length: the limit is found while reading it.
+  const std::string chunk(3000, 'a');
+  char size[16];
+  std::snprintf(size, sizeof size, "%zx", chunk.size());
+  const std::string chunked = c.raw(
+      "POST /ask HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + std::string(size) +
+          "\r\n" + chunk + "\r\n" + size + "\r\n" + chunk + "\r\n0\r\n\r\n",
+      3s);
+  EXPECT_EQ(chunked.rfind("HTTP/1.1 413", 0), 0u) << chunked;
+
+  expect_error(c.request("POST", "/ask", "{\"question\": \"x\""), 400, "invalid_json", "byte");
+  expect_error(c.request("POST", "/ask", ""), 400, "invalid_json");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"k\":\"3\"")), 400, "invalid_field",
+               "'k'");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"stream\":1")), 400, "invalid_field",
+               "'stream'");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"bogus\":true")), 400, "unknown_field",
+               "'bogus'");
+  expect_error(c.request("POST", "/ask", "{\"k\":1}"), 400, "missing_field", "'question'");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"k\":9")), 400, "limit_exceeded", "'k'");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"max_new_tokens\":2001")), 400,
+               "limit_exceeded", "'max_new_tokens'");
+  expect_error(c.request("POST", "/ask", ask_body(std::string(201, 'q'))), 400, "limit_exceeded",
+               "'question'");
+  expect_error(
+      c.request("POST", "/ask",
+                "{\"question\":\"x\",\"a\":" + std::string(100, '[') + std::string(100, ']') + "}"),
+      400, "invalid_json", "nests");
+  expect_error(c.request("POST", "/ask", "{\"question\":\"\xc0\xaf\"}"), 400, "invalid_json");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"passages\":[{\"title\":\"t\"}]")), 400,
+               "missing_field", "'passages[0].text'");
+
+  expect_error(c.request("GET", "/healthz", "", {{"X-Big", std::string(20000, 'b')}}), 431,
+               "header_too_large");
+  const std::string garbage = c.raw("BLAH\r\n\r\n", 2s);
+  EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
+  EXPECT_NE(garbage.find("\"bad_request\""), std::string::npos) << garbage;
+  // The server is still healthy after all that.
+  EXPECT_EQ(c.request("GET", "/healthz").status, 200);
+}
+
+TEST_F(ServerHttp, CorsOrigins) {
+  HttpClient c = server_->client();
+  auto r = c.request("GET", "/healthz", "", {{"Origin", "http://allowed.example"}});
+  EXPECT_EQ(r.header("access-control-allow-origin"), "http://allowed.example");
+  EXPECT_EQ(r.header("vary"), "Origin");
+  r = c.request("GET", "/healthz", "", {{"Origin", "http://evil.example"}});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("access-control-allow-origin"), "");
+  r = c.request("OPTIONS", "/ask", "",
+                {{"Origin", "http://allowed.example"}, {"Access-Control-Request-Method", "POST"}});
+  EXPECT_EQ(r.status, 204);
+  EXPECT_NE(r.header("access-control-allow-methods").find("POST"), std::string::npos);
+  EXPECT_NE(r.header("access-control-allow-headers").find("Authorization"), std::string::npos);
+  expect_error(c.request("OPTIONS", "/ask", "", {{"Origin", "http://evil.example"}}), 403,
+               "origin_not_allowed", "evil");
+}
+
+TEST_F(ServerHttp, SlowClientsAreDisconnected) {
+  HttpClient c = server_->client();
+  // Half a header: dropped after --header-timeout-ms (1 s), without an answer.
+  auto t0 = SteadyClock::now();
+  std::string out = c.raw("POST /ask HTTP/1.1\r\nHost: x\r\n", 6s);
+  auto took = SteadyClock::now() - t0;
+  EXPECT_EQ(out, "");
+  EXPECT_GT(took, 800ms);
+  EXPECT_LT(took, 4s);
+  // A body that never completes: dropped after --body-timeout-ms (1 s), logged as 408.
+  t0 = SteadyClock::now();
+  out = c.raw(
+      "POST /ask HTTP/1.1\r\nHost: x\r\nX-Request-Id: slow-body\r\nContent-Length: 100\r\n\r\n{\"q",
+      6s);
+  took = SteadyClock::now() - t0;
+  EXPECT_LT(took, 4s);
+  EXPECT_GT(took, 800ms);
+  const std::string line = log_line_of(*server_, "slow-body");
+  EXPECT_NE(line.find("\"status\":408"), std::string::npos) << line;
+}
+
+TEST_F(ServerHttp, ClientDisconnectCancelsGeneration) {
+  const double c0 = metric_of(*server_, "cepe_cancelled_total");
+  const double tok0 = metric_of(*server_, "cepe_generated_tokens_total");
+  const std::string long_body = R"("max_new_tokens":2000,"stop":[])";
+  {
+    // Streaming: read the first token, then hang up.
+    HttpClient c = server_->client();
+    const auto head =
+        c.start_stream("/ask", ask_body("Where is the Liffey?", long_body + ",\"stream\":true"),
+                       {{"X-Request-Id", "cancel-stream"}});
+    ASSERT_EQ(head.status, 200);
+    for (;;) {
+      auto ev = c.next_event();
+      ASSERT_TRUE(ev.has_value());
+      if (ev->event == "token") break;
+    }
+    c.close();
+  }
+  EXPECT_EQ(wait_metric(*server_, "cepe_cancelled_total", [&](double v) { return v >= c0 + 1; }),
+            c0 + 1);
+  {
+    // Plain: send the request, wait a little, hang up before the answer.
+    HttpClient c = server_->client();
+    const std::string body = ask_body("Where is the Aare?", long_body);
+    c.raw("POST /ask HTTP/1.1\r\nHost: x\r\nX-Request-Id: cancel-plain\r\nContent-Length: " +
+              std::to_string(body.size()) + "\r\n\r\n" + body,
+          300ms);
+  }
+  EXPECT_EQ(wait_metric(*server_, "cepe_cancelled_total", [&](double v) { return v >= c0 + 2; }),
+            c0 + 2);
+  // Both left the batch (their caches are freed with their sequences) long before 2000 tokens.
+  EXPECT_EQ(wait_metric(*server_, "cepe_batch_size", [](double v) { return v == 0; }), 0);
+  EXPECT_EQ(metric_of(*server_, "cepe_in_flight_requests"), 1);  // the /metrics request itself
+  EXPECT_LT(metric_of(*server_, "cepe_generated_tokens_total") - tok0, 2 * 2000);
+  for (const char* id : {"cancel-stream", "cancel-plain"}) {
+    const std::string line = log_line_of(*server_, id);
+    EXPECT_NE(line.find("\"status\":499"), std::string::npos) << line;
+    EXPECT_NE(line.find("\"finish_reason\":\"cancelled\""), std::string::npos) << line;
+  }
+}
+
+TEST_F(ServerHttp, ConcurrentRequestsShareBatchesWithIdenticalAnswers) {
+  HttpClient solo = server_->client();
+  const std::string body =
+      ask_body("Which river flows through Prague?", R"("max_new_tokens":40,"stop":[],"k":2)");
+  const auto alone = solo.request("POST", "/ask", body);
+  ASSERT_EQ(alone.status, 200);
+  const std::string expected = parse_json(alone.body)["answer"].GetString();
+
+  const double steps0 = metric_of(*server_, "cepe_engine_steps_total");
+  const double seqs0 = metric_of(*server_, "cepe_engine_stepped_sequences_total");
+  constexpr int kClients = 8;
+  std::vector<HttpResponse> results(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      HttpClient c = server_->client();
+      results[i] = c.request("POST", "/ask", body);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& r : results) {
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(std::string(parse_json(r.body)["answer"].GetString()), expected);
+  }
+  const double steps = metric_of(*server_, "cepe_engine_steps_total") - steps0;
+  const double seqs = metric_of(*server_, "cepe_engine_stepped_sequences_total") - seqs0;
+  EXPECT_GT(seqs / steps, 2.0) << "mean batch " << seqs / steps << " over " << steps << " steps";
+}
+
+TEST_F(ServerHttp, FuzzedRequestsOverHttpAre4xx) {
+  std::mt19937_64 rng(7);
+  const std::string valid = ask_body("Where is Oslo?", R"("k":2,"max_new_tokens":2,"stop":["x"])");
+  HttpClient c = server_->client(10s);
+  int ok = 0;
+  for (int i = 0; i < 150; ++i) {
+    std::string body = valid;
+    for (int e = 0; e < 1 + static_cast<int>(rng() % 3); ++e) {
+      const size_t at = rng() % body.size();
+      switch (rng() % 4) {
+        case 0:
+          body[at] = static_cast<char>(rng());
+          break;
+        case 1:
+          body.erase(at, 1 + rng() % 3);
+          break;
+        case 2:
+          body.insert(at, std::string(1 + rng() % 200, "[{\"\xff"[rng() % 4]));
+          break;
+        default:
+          body.insert(at, "1e999");
+          break;
+      }
+    }
+    const auto r = c.request("POST", "/ask", body);
+    if (r.status == 200) {
+      ++ok;
+      continue;
+    }
+    EXPECT_GE(r.status, 400) << body;
+    EXPECT_LT(r.status, 500) << body << " -> " << r.body;
+    EXPECT_NE(r.body.find("\"error\""), std::string::npos);
+  }
+  // Raw garbage on fresh connections: a 4xx or nothing, never a crash.
+  for (int i = 0; i < 20; ++i) {
+    std::string bytes(1 + rng() % 300, '\0');
+    for (char& b : bytes) b = static_cast<char>(rng());
+    if (i % 2) bytes = "POST /ask HTTP/1.1\r\n" + bytes + "\r\n\r\n";
+    const std::string out = c.raw(bytes, 300ms);
+    if (!out.empty()) {
+      EXPECT_EQ(out.rfind("HTTP/1.1 4", 0), 0u) << out;
+    }
+  }
+  EXPECT_EQ(c.request("GET", "/healthz").status, 200);
+  EXPECT_LT(ok, 150);
+}
+
+TEST_F(ServerHttp, MetricsExposeRequestsLatencyQueueAndTokens) {
+  HttpClient c = server_->client();
+  ASSERT_EQ(c.request("POST", "/ask", ask_body("Where is Athens?", "\"max_new_tokens\":3")).status,
+            200);
+  const auto r = c.request("GET", "/metrics");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("content-type").rfind("text/plain", 0), 0u);
+  const std::string& m = r.body;
+  EXPECT_GE(metric(m, "cepe_http_requests_total{route=\"/ask\",status=\"200\"}"), 1);
+  EXPECT_GE(metric(m, "cepe_http_requests_total{route=\"/ask\",status=\"400\"}"), 1);
+  EXPECT_GE(metric(m, "cepe_http_requests_total{route=\"/healthz\",status=\"200\"}"), 1);
+  EXPECT_GE(metric(m, "cepe_http_request_duration_seconds_count{route=\"/ask\"}"), 1);
+  EXPECT_GE(metric(m, "cepe_http_request_duration_seconds_bucket{route=\"/ask\",le=\"+Inf\"}"), 1);
+  EXPECT_EQ(metric(m, "cepe_queue_depth"), 0);
+  EXPECT_EQ(metric(m, "cepe_batch_size"), 0);
+  EXPECT_GT(metric(m, "cepe_generated_tokens_total"), 0);
+  EXPECT_GT(metric(m, "cepe_encoder_tokens_total"), 0);
+  EXPECT_GT(metric(m, "cepe_retrieval_duration_seconds_count"), 0);
+  EXPECT_GT(metric(m, "cepe_engine_step_duration_seconds_count"), 0);
+  EXPECT_EQ(metric(m, "cepe_ready"), 1);
+  EXPECT_NE(m.find("# TYPE cepe_http_request_duration_seconds histogram"), std::string::npos);
+}
+
+// ---- servers with other settings ----
+
+TEST(ServerLimits, ApiKeys) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s({"--api-key", "s3cret", "--api-key", "other-key"});
+  HttpClient c = s.client();
+  const std::string body = ask_body("Where is Dublin?", "\"max_new_tokens\":2");
+  auto r = c.request("POST", "/ask", body);
+  expect_error(r, 401, "unauthorized", "API key");
+  EXPECT_EQ(r.header("www-authenticate"), "Bearer");
+  expect_error(c.request("POST", "/ask", body, {{"Authorization", "Bearer wrong"}}), 401,
+               "unauthorized");
+  expect_error(c.request("POST", "/ask", body, {{"Authorization", "Bearer s3cre"}}), 401,
+               "unauthorized");
+  EXPECT_EQ(c.request("POST", "/ask", body, {{"Authorization", "Bearer s3cret"}}).status, 200);
+  EXPECT_EQ(c.request("POST", "/ask", body, {{"X-API-Key", "other-key"}}).status, 200);
+  expect_error(c.request("GET", "/v1/info"), 401, "unauthorized");
+  EXPECT_EQ(c.request("GET", "/healthz").status, 200);  // probes need no key
+  EXPECT_EQ(c.request("GET", "/readyz").status, 200);
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
+TEST(ServerLimits, QueueFullIs429WithRetryAfter) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s(
+      {"--max-batch", "1", "--max-queue", "1", "--retry-after-s", "2", "--max-new-tokens", "1000"});
+  constexpr int kClients = 10;
+  std::vector<HttpResponse> results(kClients);
+  std::vector<std::thread> threads;
+  std::atomic<int> ready{0};
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      HttpClient c = s.client();
+      c.request("GET", "/healthz");  // connect first, so every request is sent at once
+      ready.fetch_add(1);
+      while (ready.load() < kClients) std::this_thread::yield();
+      results[i] = c.request("POST", "/ask",
+                             ask_body("Where is Warsaw?", R"("max_new_tokens":300,"stop":[])"));
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0, rejected = 0;
+  for (const auto& r : results) {
+    if (r.status == 200) {
+      ++ok;
+    } else {
+      expect_error(r, 429, "queue_full", "queue");
+      EXPECT_EQ(r.header("retry-after"), "2");
+      ++rejected;
+    }
+  }
+  EXPECT_GE(ok, 1);  // at least the first; the next only if it was queued after it started
+  EXPECT_GE(rejected, 1);
+  EXPECT_EQ(ok + rejected, kClients);
+  EXPECT_EQ(metric_of(s, "cepe_rejected_total"), rejected);
+  EXPECT_EQ(metric_of(s, "cepe_http_requests_total{route=\"/ask\",status=\"429\"}"), rejected);
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
+TEST(ServerLimits, DeadlineIs504AndStopsGeneration) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s({"--request-timeout-ms", "400", "--max-new-tokens", "20000"});
+  HttpClient c = s.client();
+  const std::string body = ask_body("Where is Madrid?", R"("max_new_tokens":20000,"stop":[])");
+  const auto t0 = SteadyClock::now();
+  const auto r = c.request("POST", "/ask", body, {{"X-Request-Id", "late-1"}});
+  EXPECT_LT(SteadyClock::now() - t0, 3s);
+  expect_error(r, 504, "deadline_exceeded", "400 ms");
+  EXPECT_EQ(metric_of(s, "cepe_deadline_exceeded_total"), 1);
+  EXPECT_EQ(metric_of(s, "cepe_batch_size"), 0);
+  const std::string line = log_line_of(s, "late-1");
+  EXPECT_NE(line.find("\"status\":504"), std::string::npos) << line;
+  EXPECT_NE(line.find("\"finish_reason\":\"deadline\""), std::string::npos) << line;
+  EXPECT_EQ(line.find("\"completion_tokens\":20000"), std::string::npos) << line;
+
+  // Streaming: the stream has begun, so the deadline arrives as an error event.
+  const auto head = c.start_stream("/ask", body.substr(0, body.size() - 1) + ",\"stream\":true}");
+  ASSERT_EQ(head.status, 200);
+  std::vector<SseEvent> events;
+  while (auto ev = c.next_event()) events.push_back(*ev);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.front().event, "passages");
+  EXPECT_EQ(events.back().event, "error");
+  EXPECT_NE(events.back().data.find("deadline_exceeded"), std::string::npos);
+  EXPECT_EQ(metric_of(s, "cepe_deadline_exceeded_total"), 2);
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
+TEST(ServerLimits, WithoutIndexRequestsMustBringPassages) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s({}, /*with_index=*/false);
+  HttpClient c = s.client();
+  expect_error(c.request("POST", "/ask", ask_body("Where is Rome?")), 400, "missing_field",
+               "passages");
+  const auto r = c.request(
+      "POST", "/ask",
+      ask_body("Where is Rome?", R"("passages":[{"title":"Italy","text":"Rome is in Italy."}])"));
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(parse_json(c.request("GET", "/v1/info").body)["index"].IsNull());
+  EXPECT_EQ(s.stop(SIGINT, 10s), 0);
+}
+
+// ---- shutdown ----
+
+TEST(ServerShutdown, SigtermFinishesEveryRequestInFlight) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s({"--shutdown-grace-ms", "30000", "--max-new-tokens", "5000"});
+  constexpr int kPlain = 3, kStream = 3;
+  constexpr int kTokens = 500;
+  const std::string body = ask_body(
+      "Where is Berlin?", "\"max_new_tokens\":" + std::to_string(kTokens) + ",\"stop\":[]");
+  std::vector<HttpResponse> plain(kPlain);
+  std::vector<std::vector<SseEvent>> streams(kStream);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kPlain; ++i)
+    threads.emplace_back([&, i] {
+      HttpClient c = s.client();
+      plain[i] = c.request("POST", "/ask", body);
+    });
+  for (int i = 0; i < kStream; ++i)
+    threads.emplace_back([&, i] {
+      HttpClient c = s.client();
+      if (c.start_stream("/ask", body.substr(0, body.size() - 1) + ",\"stream\":true}").status !=
+          200)
+        return;
+      while (auto ev = c.next_event()) streams[i].push_back(*ev);
+    });
+  // Signal once all six are generating.
+  EXPECT_EQ(wait_metric(s, "cepe_batch_size", [](double v) { return v == kPlain + kStream; }),
+            kPlain + kStream);
+  kill(s.pid(), SIGTERM);
+  // New connections are refused soon after.
+  bool refused = false;
+  for (int i = 0; i < 100 && !refused; ++i) {
+    refused = !can_connect(s.port());
+    if (!refused) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(refused);
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(s.wait_exit(30s), 0) << s.log();
+  for (const auto& r : plain) {
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto d = parse_json(r.body);
+    EXPECT_STRNE(d["finish_reason"].GetString(), "error");
+    if (std::string(d["finish_reason"].GetString()) == "length") {
+      EXPECT_EQ(d["usage"]["completion_tokens"].GetInt(), kTokens);
+    }
+  }
+  for (const auto& evs : streams) {
+    ASSERT_FALSE(evs.empty());
+    EXPECT_EQ(evs.back().event, "done");
+  }
+  const std::string log = s.log();
+  EXPECT_NE(log.find("\"event\":\"stopping\",\"signal\":\"SIGTERM\""), std::string::npos);
+  EXPECT_NE(log.find("\"event\":\"shutdown\",\"clean\":true"), std::string::npos) << log;
+}
+
+TEST(ServerShutdown, GracePeriodEndsWhatIsLeft) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s({"--shutdown-grace-ms", "300", "--max-new-tokens", "50000"});
+  HttpResponse r;
+  std::thread t([&] {
+    HttpClient c = s.client();
+    r = c.request("POST", "/ask",
+                  ask_body("Where is Rome?", R"("max_new_tokens":50000,"stop":[])"));
+  });
+  EXPECT_EQ(wait_metric(s, "cepe_batch_size", [](double v) { return v == 1; }), 1);
+  const auto t0 = SteadyClock::now();
+  kill(s.pid(), SIGINT);
+  t.join();
+  EXPECT_EQ(s.wait_exit(10s), 0) << s.log();
+  EXPECT_LT(SteadyClock::now() - t0, 5s);
+  expect_error(r, 503, "shutting_down");
+  EXPECT_NE(s.log().find("\"event\":\"shutdown\",\"clean\":false"), std::string::npos);
+}
+
+// ---- CLI and in-process ----
+
+TEST(ServerCli, ConfigFileFlagsAndStartupErrors) {
+  REQUIRE_TEST_DATA();
+  const std::string cepe = test::cepe_binary().string();
+  const std::string conf = (test::source_dir() / "config" / "server.json").string();
+  std::string out;
+  ASSERT_EQ(test::run_command(cepe + " serve --config " + conf +
+                                  " --model m --max-batch 3 --cors-origin http://a --print-config",
+                              &out),
+            0)
+      << out;
+  const auto d = parse_json(out);
+  EXPECT_EQ(d["max_batch"].GetInt(), 3);
+  EXPECT_EQ(d["max_queue"].GetInt(), 64);
+  EXPECT_STREQ(d["cors_origins"][0].GetString(), "http://a");
+
+  EXPECT_EQ(test::run_command(cepe + " serve --model /nonexistent/model --port 0", &out), 1);
+  EXPECT_NE(out.find("'model'"), std::string::npos) << out;
+  EXPECT_EQ(test::run_command(cepe + " serve --model m --max-batch 0", &out), 1);
+  EXPECT_NE(out.find("--max-batch"), std::string::npos) << out;
+  const fs::path bad = test::temp_dir("server-cli") / "bad.json";
+  std::ofstream(bad) << "{\"max_bach\": 4}";
+  EXPECT_EQ(test::run_command(cepe + " serve --config " + bad.string() + " --model m", &out), 1);
+  EXPECT_NE(out.find("'max_bach'"), std::string::npos) << out;
+}
+
+TEST(ServerInProcess, ReadyzIs503UntilTheModelIsAttached) {
+  REQUIRE_TEST_DATA();
+  config::ServerConfig cfg;
+  cfg.port = 0;
+  cfg.model = test_data().model.string();
+  cfg.index = test_data().index.string();
+  cfg.threads = 1;
+  cfg.io_threads = 1;
+  cfg.retrieval_threads = 1;
+  Server srv(cfg, nullptr);
+  srv.start();
+  HttpClient c("127.0.0.1", srv.port());
+  EXPECT_EQ(c.request("GET", "/healthz").status, 200);
+  expect_error(c.request("GET", "/readyz"), 503, "not_ready", "not loaded");
+  expect_error(c.request("POST", "/ask", ask_body("q")), 503, "not_ready");
+  EXPECT_EQ(metric(c.request("GET", "/metrics").body, "cepe_ready"), 0);
+  EXPECT_FALSE(srv.ready());
+
+  LoadedResources res = load_resources(cfg);
+  srv.attach(res.view());
+  EXPECT_TRUE(srv.ready());
+  EXPECT_EQ(c.request("GET", "/readyz").status, 200);
+  EXPECT_EQ(c.request("POST", "/ask", ask_body("Where is Rome?", "\"max_new_tokens\":2")).status,
+            200);
+  EXPECT_TRUE(srv.shutdown(5s));
+  EXPECT_FALSE(srv.ready());
+}
+
+}  // namespace
+}  // namespace cepe::server
