@@ -97,7 +97,11 @@ TEST(QuestionFile, SkipInvalidCollectsEveryBadLine) {
     content += std::string(kGood).insert(1, "\"id\": \"g" + std::to_string(line) + "\", ") + "\n";
     content += c.line + "\n";
     line += 2;
-    expected.push_back(":" + std::to_string(line) + ": " + c.what);
+    // Built by appending: `"literal" + std::string&&` trips GCC 12's -Wrestrict false positive.
+    std::string where = ":";
+    where += std::to_string(line);
+    where += ": ";
+    expected.push_back(where + c.what);
   }
   const auto path = write("many-bad.jsonl", content);
   QuestionFileOptions options;
