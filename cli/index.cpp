@@ -24,19 +24,27 @@ using Clock = std::chrono::steady_clock;
 
 std::string human_count(double v) {
   char buf[32];
-  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.1fG", v / 1e9);
-  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.1fM", v / 1e6);
-  else if (v >= 1e4) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
-  else std::snprintf(buf, sizeof buf, "%.0f", v);
+  if (v >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.1fG", v / 1e9);
+  else if (v >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.1fM", v / 1e6);
+  else if (v >= 1e4)
+    std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f", v);
   return buf;
 }
 
 std::string human_bytes(double v) {
   char buf[32];
-  if (v >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", v / (1 << 30));
-  else if (v >= 1 << 20) std::snprintf(buf, sizeof buf, "%.1f MiB", v / (1 << 20));
-  else if (v >= 1 << 10) std::snprintf(buf, sizeof buf, "%.1f KiB", v / (1 << 10));
-  else std::snprintf(buf, sizeof buf, "%.0f B", v);
+  if (v >= 1 << 30)
+    std::snprintf(buf, sizeof buf, "%.2f GiB", v / (1 << 30));
+  else if (v >= 1 << 20)
+    std::snprintf(buf, sizeof buf, "%.1f MiB", v / (1 << 20));
+  else if (v >= 1 << 10)
+    std::snprintf(buf, sizeof buf, "%.1f KiB", v / (1 << 10));
+  else
+    std::snprintf(buf, sizeof buf, "%.0f B", v);
   return buf;
 }
 
@@ -44,8 +52,10 @@ std::string clock_time(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   const long t = std::lround(s);
   char buf[32];
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%ld:%02ld", t / 60, t % 60);
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ld:%02ld", t / 60, t % 60);
   return buf;
 }
 
@@ -67,8 +77,10 @@ class CliProgress : public index::BuildProgress {
     const double since = std::chrono::duration<double>(now - last_).count();
     if (since < (tty_ ? 0.1 : 10.0)) return;
     last_ = now;
-    if (tty_) std::cerr << "\r" << line() << "\033[K" << std::flush;
-    else std::cerr << "index build: " << line() << "\n";
+    if (tty_)
+      std::cerr << "\r" << line() << "\033[K" << std::flush;
+    else
+      std::cerr << "index build: " << line() << "\n";
   }
   void finish() override {
     const double s = elapsed();
@@ -81,7 +93,8 @@ class CliProgress : public index::BuildProgress {
  private:
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
   std::string amount(uint64_t n) const {
-    return unit_ == "bytes" ? human_bytes(static_cast<double>(n)) : human_count(static_cast<double>(n)) + " " + unit_;
+    return unit_ == "bytes" ? human_bytes(static_cast<double>(n))
+                            : human_count(static_cast<double>(n)) + " " + unit_;
   }
   std::string rate(uint64_t n, double s) const {
     const double r = s > 0 ? n / s : 0;
@@ -100,8 +113,8 @@ class CliProgress : public index::BuildProgress {
     std::snprintf(pct, sizeof pct, "%5.1f%%", 100 * frac);
     const double r = s > 0 ? done_ / s : 0;
     const double eta = r > 0 && total_ ? (total_ - done_) / r : NAN;
-    os << phase_ << " " << pct << " " << amount(done_) << "/" << amount(total_) << "  " << rate(done_, s)
-       << "  ETA " << clock_time(eta);
+    os << phase_ << " " << pct << " " << amount(done_) << "/" << amount(total_) << "  "
+       << rate(done_, s) << "  ETA " << clock_time(eta);
     return os.str();
   }
   bool tty_;
@@ -117,17 +130,28 @@ int usage_error(const Args& args, const std::string& line, const std::string& ms
 
 int run_build(const std::vector<std::string>& argv) {
   Args a;
-  a.multi("input", "corpus: .jsonl ({id,title,text}), .tsv (id, text, title + header), .txt/.md, or a directory of .txt/.md")
+  a.multi("input",
+          "corpus: .jsonl ({id,title,text}), .tsv (id, text, title + header), .txt/.md, or a "
+          "directory of .txt/.md")
       .option("out", "index directory to create")
-      .option("embedder", "lexical, or bert:DIR[,pooling=mean|cls][,normalize=0|1][,query_prefix=..][,passage_prefix=..]", "lexical")
-      .option("faiss", "FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ64, OPQ64,IVF256,PQ64, ...", "Flat")
+      .option("embedder",
+              "lexical, or "
+              "bert:DIR[,pooling=mean|cls][,normalize=0|1][,query_prefix=..][,passage_prefix=..]",
+              "lexical")
+      .option(
+          "faiss",
+          "FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ64, OPQ64,IVF256,PQ64, ...",
+          "Flat")
       .option("dim", "vector dimension of the lexical embedder", "4096")
       .flag("skip-invalid", "skip (and count) bad records instead of stopping at the first")
       .option("passage-words", "passage length for .txt/.md inputs, in words", "100")
-      .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages", "0")
-      .option("train-size", "vectors sampled to train IVF/PQ/OPQ (default: 64 per centroid, at least 10000)")
+      .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages",
+              "0")
+      .option("train-size",
+              "vectors sampled to train IVF/PQ/OPQ (default: 64 per centroid, at least 10000)")
       .option("batch", "passages per embedding batch (default: the embedder's choice)")
-      .option("nprobe", "IVF lists visited by default at query time (default: nlist/16, at least 8)")
+      .option("nprobe",
+              "IVF lists visited by default at query time (default: nlist/16, at least 8)")
       .option("ef-search", "HNSW efSearch used by default at query time", "64")
       .flag("overwrite", "replace an existing index at --out");
   const std::string line =
@@ -139,7 +163,8 @@ int run_build(const std::vector<std::string>& argv) {
     return 0;
   }
   if (!a.positionals().empty())
-    return usage_error(a, line, "unexpected argument '" + a.positionals()[0] + "' (inputs go after --input)");
+    return usage_error(
+        a, line, "unexpected argument '" + a.positionals()[0] + "' (inputs go after --input)");
   index::BuildOptions o;
   for (const auto& in : a.get_all("input")) o.inputs.emplace_back(in);
   if (o.inputs.empty()) return usage_error(a, line, "missing required flag --input");
@@ -165,10 +190,11 @@ int run_build(const std::vector<std::string>& argv) {
             << m.embedder_spec << " (dim " << m.dim << "), FAISS " << m.faiss_factory << " ["
             << m.faiss_description << "]\n";
   char buf[256];
-  std::snprintf(buf, sizeof buf,
-                "time %.1f s (read %.1f s, train %.1f s, embed+add %.1f s = %.0f passages/s), %s on disk\n",
-                r.total_seconds, r.ingest_seconds, r.train_seconds, r.embed_seconds,
-                m.embed_passages_per_second, human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
+  std::snprintf(
+      buf, sizeof buf,
+      "time %.1f s (read %.1f s, train %.1f s, embed+add %.1f s = %.0f passages/s), %s on disk\n",
+      r.total_seconds, r.ingest_seconds, r.train_seconds, r.embed_seconds,
+      m.embed_passages_per_second, human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
   std::cout << buf;
   if (!r.skip_summary.empty()) {
     std::cout << r.skip_summary << "\n";
@@ -188,7 +214,9 @@ std::string clip(const std::string& s, size_t max) {
 void write_hits_json(const std::string& query, const std::vector<retriever::Hit>& hits) {
   rapidjson::StringBuffer sb;
   rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-  auto str = [&](const std::string& s) { w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size())); };
+  auto str = [&](const std::string& s) {
+    w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size()));
+  };
   w.StartObject();
   w.Key("query");
   str(query);
@@ -222,7 +250,8 @@ int run_search(const std::vector<std::string>& argv) {
       .option("nprobe", "IVF lists to visit (default: the index's)")
       .option("ef-search", "HNSW candidate list size (default: the index's)")
       .option("embedder", "refuse unless the index was built with this embedder spec")
-      .flag("json", "one JSON object per question: {query, hits: [{rank, score, id, title, text, row}]}")
+      .flag("json",
+            "one JSON object per question: {query, hits: [{rank, score, id, title, text, row}]}")
       .flag("full", "print whole passages (default: the first 300 bytes)")
       .flag("no-mmap", "read IVF inverted lists into memory instead of mapping them")
       .positional("QUESTION...  one or more questions");
@@ -252,8 +281,9 @@ int run_search(const std::vector<std::string>& argv) {
     for (const auto& h : results[q]) {
       char score[32];
       std::snprintf(score, sizeof score, "%.4f", h.score);
-      std::cout << h.rank << ". [" << score << "] " << h.id << (h.title.empty() ? "" : " | " + h.title)
-                << "\n   " << (a.is_set("full") ? h.text : clip(h.text, 300)) << "\n";
+      std::cout << h.rank << ". [" << score << "] " << h.id
+                << (h.title.empty() ? "" : " | " + h.title) << "\n   "
+                << (a.is_set("full") ? h.text : clip(h.text, 300)) << "\n";
     }
   }
   return 0;
@@ -270,7 +300,8 @@ int run_info(const std::vector<std::string>& argv) {
     std::cout << a.usage(line);
     return 0;
   }
-  if (a.positionals().size() != 1) return usage_error(a, line, "expected exactly one index directory");
+  if (a.positionals().size() != 1)
+    return usage_error(a, line, "expected exactly one index directory");
   const fs::path dir = a.positionals()[0];
   index::IndexManifest m = index::read_manifest(dir);
   if (a.is_set("verify")) {
@@ -286,13 +317,15 @@ int run_info(const std::vector<std::string>& argv) {
               << "passages   " << m.passages << "\n"
               << "embedder   " << m.embedder_spec << " (dim " << m.dim << ", fingerprint "
               << m.embedder_fingerprint << ")\n";
-    for (const auto& [k, v] : m.embedder_config) std::cout << "           " << k << ": " << v << "\n";
+    for (const auto& [k, v] : m.embedder_config)
+      std::cout << "           " << k << ": " << v << "\n";
     std::cout << "faiss      " << m.faiss_factory << " [" << m.faiss_description << "]";
     if (m.trained_on) std::cout << ", trained on " << m.trained_on << " vectors";
     std::cout << "\n";
     if (m.default_nprobe) std::cout << "nprobe     " << m.default_nprobe << " (default)\n";
     if (m.default_ef_search) std::cout << "ef_search  " << m.default_ef_search << " (default)\n";
-    std::cout << "size       " << human_bytes(static_cast<double>(index::directory_bytes(dir))) << " on disk\n"
+    std::cout << "size       " << human_bytes(static_cast<double>(index::directory_bytes(dir)))
+              << " on disk\n"
               << "built      " << m.created << " in " << clock_time(m.build_seconds) << " by cepe "
               << m.cepe_version << "\n";
     for (const auto& in : m.inputs) std::cout << "input      " << in << "\n";

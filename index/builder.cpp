@@ -63,7 +63,8 @@ void remove_stale_partials(const fs::path& out, BuildProgress* progress) {
     const long pid = std::strtol(rest.c_str(), nullptr, 10);
     if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) {
       fs::remove_all(entry.path(), ec);
-      if (progress) progress->note("removed " + entry.path().string() + " left by an interrupted build");
+      if (progress)
+        progress->note("removed " + entry.path().string() + " left by an interrupted build");
     }
   }
 }
@@ -72,8 +73,9 @@ void remove_stale_partials(const fs::path& out, BuildProgress* progress) {
 // loadable until the new one is in place.
 void install(const fs::path& tmp, const fs::path& out, bool replace) {
   if (!replace) {
-    CEPE_CHECK(::rename(tmp.c_str(), out.c_str()) == 0,
-               "cannot rename " << tmp.string() << " to " << out.string() << ": " << std::strerror(errno));
+    CEPE_CHECK(::rename(tmp.c_str(), out.c_str()) == 0, "cannot rename " << tmp.string() << " to "
+                                                                         << out.string() << ": "
+                                                                         << std::strerror(errno));
     return;
   }
   if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, out.c_str(), RENAME_EXCHANGE) == 0) {
@@ -85,8 +87,9 @@ void install(const fs::path& tmp, const fs::path& out, bool replace) {
   old += ".old-" + std::to_string(::getpid());
   CEPE_CHECK(::rename(out.c_str(), old.c_str()) == 0,
              "cannot move the old index " << out.string() << " aside: " << std::strerror(errno));
-  CEPE_CHECK(::rename(tmp.c_str(), out.c_str()) == 0,
-             "cannot rename " << tmp.string() << " to " << out.string() << ": " << std::strerror(errno));
+  CEPE_CHECK(::rename(tmp.c_str(), out.c_str()) == 0, "cannot rename " << tmp.string() << " to "
+                                                                       << out.string() << ": "
+                                                                       << std::strerror(errno));
   std::error_code ec;
   fs::remove_all(old, ec);
 }
@@ -130,7 +133,8 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   bool replace = false;
   if (fs::exists(out)) {
     CEPE_CHECK(opt.overwrite, out.string() << " already exists (pass --overwrite to replace it)");
-    CEPE_CHECK(fs::is_directory(out), "refusing to replace " << out.string() << ": not a directory");
+    CEPE_CHECK(fs::is_directory(out),
+               "refusing to replace " << out.string() << ": not a directory");
     const bool is_index = fs::exists(out / kManifestFile);
     CEPE_CHECK(is_index || fs::is_empty(out),
                "refusing to replace " << out.string()
@@ -190,7 +194,8 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   std::vector<index::PassageView> views;
   auto embed_rows = [&](const std::vector<int64_t>& rows, size_t begin, size_t count, float* dst) {
     views.clear();
-    for (size_t i = begin; i < begin + count; ++i) views.push_back(store.get(rows.empty() ? i : rows[i]));
+    for (size_t i = begin; i < begin + count; ++i)
+      views.push_back(store.get(rows.empty() ? i : rows[i]));
     embedder->embed_passages(views, dst);
   };
 
@@ -249,8 +254,8 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
     pr.finish();
     result.embed_seconds = seconds_since(t);
   }
-  CEPE_CHECK(vindex->size() == n, "internal: FAISS holds " << vindex->size() << " vectors for " << n
-                                                           << " passages");
+  CEPE_CHECK(vindex->size() == n,
+             "internal: FAISS holds " << vindex->size() << " vectors for " << n << " passages");
   pr.note("writing the FAISS index");
   vindex->save(tmp / kFaissFile);
   crash_point("save");

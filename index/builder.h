@@ -22,10 +22,10 @@ struct BuildOptions {
   int dim = 0;                                ///< lexical dimension (0: default)
   CorpusOptions corpus;                       ///< ingestion settings
   int64_t train_size = 0;                     ///< training sample for IVF/PQ (0: automatic)
-  int batch = 0;                              ///< passages per embedding batch (0: embedder's choice)
-  bool overwrite = false;                     ///< replace an existing index at `out`
-  SearchParams defaults;                      ///< nprobe/efSearch stored as the index defaults
-  uint64_t seed = 20240601;                   ///< training sample seed
+  int batch = 0;             ///< passages per embedding batch (0: embedder's choice)
+  bool overwrite = false;    ///< replace an existing index at `out`
+  SearchParams defaults;     ///< nprobe/efSearch stored as the index defaults
+  uint64_t seed = 20240601;  ///< training sample seed
 };
 
 /// Receives progress; the CLI draws a bar on a terminal and logs lines otherwise.
@@ -33,7 +33,8 @@ class BuildProgress {
  public:
   virtual ~BuildProgress() = default;
   /// A phase starts; `total` units of `unit` (0 when unknown).
-  virtual void start(const std::string& /*phase*/, uint64_t /*total*/, const std::string& /*unit*/) {}
+  virtual void start(const std::string& /*phase*/, uint64_t /*total*/,
+                     const std::string& /*unit*/) {}
   /// `done` units of the current phase are complete.
   virtual void update(uint64_t /*done*/) {}
   /// The current phase ended.
@@ -44,13 +45,13 @@ class BuildProgress {
 
 /// Outcome of a build.
 struct BuildResult {
-  IndexManifest manifest;    ///< what was written
-  CorpusStats corpus;        ///< ingestion statistics
-  std::string skip_summary;  ///< one line about skipped records (empty when none)
-  double ingest_seconds = 0;  ///< reading, validating, storing, fitting
-  double train_seconds = 0;   ///< embedding the sample and training
-  double embed_seconds = 0;   ///< embedding and adding every passage
-  double total_seconds = 0;   ///< wall time
+  IndexManifest manifest;      ///< what was written
+  CorpusStats corpus;          ///< ingestion statistics
+  std::string skip_summary;    ///< one line about skipped records (empty when none)
+  double ingest_seconds = 0;   ///< reading, validating, storing, fitting
+  double train_seconds = 0;    ///< embedding the sample and training
+  double embed_seconds = 0;    ///< embedding and adding every passage
+  double total_seconds = 0;    ///< wall time
   uint64_t bytes_on_disk = 0;  ///< size of the finished directory
 };
 

@@ -29,7 +29,9 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
@@ -112,7 +114,8 @@ std::vector<std::string_view> split_tabs(std::string_view line) {
   size_t start = 0;
   for (;;) {
     size_t tab = line.find('\t', start);
-    out.push_back(line.substr(start, tab == std::string_view::npos ? std::string_view::npos : tab - start));
+    out.push_back(
+        line.substr(start, tab == std::string_view::npos ? std::string_view::npos : tab - start));
     if (tab == std::string_view::npos) break;
     start = tab + 1;
   }
@@ -144,8 +147,8 @@ std::vector<CorpusFile> resolve_corpus_inputs(const std::vector<fs::path>& input
     CEPE_CHECK(fs::exists(input), "corpus input " << input.string() << " does not exist");
     if (fs::is_directory(input)) {
       std::vector<fs::path> found;
-      for (auto it = fs::recursive_directory_iterator(input); it != fs::recursive_directory_iterator();
-           ++it) {
+      for (auto it = fs::recursive_directory_iterator(input);
+           it != fs::recursive_directory_iterator(); ++it) {
         const std::string name = it->path().filename().string();
         if (!name.empty() && name[0] == '.') {  // hidden files and directories (.git, editors)
           if (it->is_directory()) it.disable_recursion_pending();
@@ -162,7 +165,8 @@ std::vector<CorpusFile> resolve_corpus_inputs(const std::vector<fs::path>& input
       }
       // Sorted so that ids and rows do not depend on directory enumeration order.
       std::sort(found.begin(), found.end());
-      CEPE_CHECK(!found.empty(), "corpus directory " << input.string() << " has no .txt or .md files");
+      CEPE_CHECK(!found.empty(),
+                 "corpus directory " << input.string() << " has no .txt or .md files");
       for (const fs::path& p : found) {
         bool known = false;
         files.push_back({p, fs::relative(p, input).generic_string(), format_of(p, &known),
@@ -185,8 +189,8 @@ std::vector<CorpusFile> resolve_corpus_inputs(const std::vector<fs::path>& input
 
 CorpusReader::CorpusReader(const std::vector<fs::path>& inputs, CorpusOptions options)
     : options_(options) {
-  CEPE_CHECK(options_.passage_words >= 8, "passage length must be at least 8 words (got "
-                                              << options_.passage_words << ")");
+  CEPE_CHECK(options_.passage_words >= 8,
+             "passage length must be at least 8 words (got " << options_.passage_words << ")");
   CEPE_CHECK(options_.overlap_words >= 0 && options_.overlap_words < options_.passage_words,
              "passage overlap must be in [0, " << options_.passage_words << ") words (got "
                                                << options_.overlap_words << ")");
@@ -244,7 +248,8 @@ bool CorpusReader::accept(size_t file_index, uint64_t line, Passage&& p) {
   }
   const uint64_t key = hash64(p.id, 0x1d);
   const auto check = static_cast<uint32_t>(hash64(p.id, 0x2e));
-  auto [it, inserted] = seen_ids_.try_emplace(key, Location{static_cast<uint32_t>(file_index), check, line});
+  auto [it, inserted] =
+      seen_ids_.try_emplace(key, Location{static_cast<uint32_t>(file_index), check, line});
   if (!inserted && it->second.check == check) {
     reject(file_index, line, kDuplicate,
            quote(p.id) + " (first seen at " + files_[it->second.file].path.string() + ":" +
@@ -272,8 +277,8 @@ void CorpusReader::read_jsonl(size_t fi) {
     doc.Parse(line.data(), line.size());
     if (doc.HasParseError()) {
       reject(fi, ln, kMalformed,
-             std::string("JSON error at column ") + std::to_string(doc.GetErrorOffset() + 1) + ": " +
-                 rapidjson::GetParseError_En(doc.GetParseError()));
+             std::string("JSON error at column ") + std::to_string(doc.GetErrorOffset() + 1) +
+                 ": " + rapidjson::GetParseError_En(doc.GetParseError()));
       continue;
     }
     if (!doc.IsObject()) {
@@ -302,8 +307,9 @@ void CorpusReader::read_jsonl(size_t fi) {
     }
     auto text = doc.FindMember("text");
     if (text == doc.MemberEnd() || !text->value.IsString()) {
-      reject(fi, ln, kMalformed,
-             text == doc.MemberEnd() ? "missing field \"text\"" : "field \"text\" must be a string");
+      reject(
+          fi, ln, kMalformed,
+          text == doc.MemberEnd() ? "missing field \"text\"" : "field \"text\" must be a string");
       continue;
     }
     p.text.assign(text->value.GetString(), text->value.GetStringLength());
@@ -329,7 +335,8 @@ void CorpusReader::read_tsv(size_t fi) {
   LineReader in(files_[fi].path);
   std::string line;
   const std::string& name = files_[fi].path.string();
-  CEPE_CHECK(in.next(&line), name << ":1: empty TSV file (expected a header line id<TAB>text<TAB>title)");
+  CEPE_CHECK(in.next(&line),
+             name << ":1: empty TSV file (expected a header line id<TAB>text<TAB>title)");
   // The header is not skippable: without it no row can be read.
   int col_id = -1, col_text = -1, col_title = -1;
   const auto header = split_tabs(line);
@@ -392,7 +399,8 @@ void CorpusReader::read_text(size_t fi) {
       std::string_view l(content.data() + start, end - start);
       size_t hashes = 0;
       while (hashes < l.size() && l[hashes] == '#') ++hashes;
-      if (hashes >= 1 && hashes <= 6 && (hashes == l.size() || l[hashes] == ' ' || l[hashes] == '\t')) {
+      if (hashes >= 1 && hashes <= 6 &&
+          (hashes == l.size() || l[hashes] == ' ' || l[hashes] == '\t')) {
         std::string_view h = trim(l.substr(hashes));
         while (!h.empty() && h.back() == '#') h.remove_suffix(1);  // closing hashes
         h = trim(h);

@@ -1,5 +1,5 @@
-// Corpus ingestion: JSONL ({id, title, text}), DPR-style TSV (id, text, title with a header line) and
-// directories of .txt/.md files split into passages of about N words at sentence boundaries.
+// Corpus ingestion: JSONL ({id, title, text}), DPR-style TSV (id, text, title with a header line)
+// and directories of .txt/.md files split into passages of about N words at sentence boundaries.
 // Every rejected record is reported as "file:line: reason"; strict mode stops at the first one,
 // skip mode counts them and goes on.
 #pragma once
@@ -26,18 +26,18 @@ struct Passage {
 struct CorpusOptions {
   bool skip_invalid = false;  ///< count and skip bad records instead of stopping at the first
   int passage_words = 100;    ///< target passage length for .txt/.md files
-  int overlap_words = 0;      ///< at most this many words of whole sentences repeated between passages
-  size_t max_examples = 10;   ///< skipped records quoted in full in the stats
+  int overlap_words = 0;  ///< at most this many words of whole sentences repeated between passages
+  size_t max_examples = 10;  ///< skipped records quoted in full in the stats
 };
 
 /// What ingestion saw.
 struct CorpusStats {
-  uint64_t files = 0;         ///< input files read
-  uint64_t passages = 0;      ///< passages accepted
-  uint64_t skipped = 0;       ///< records skipped (skip mode only)
+  uint64_t files = 0;                                 ///< input files read
+  uint64_t passages = 0;                              ///< passages accepted
+  uint64_t skipped = 0;                               ///< records skipped (skip mode only)
   std::map<std::string, uint64_t> skipped_by_reason;  ///< counts per reason
-  std::vector<std::string> examples;                  ///< the first skipped records, "file:line: reason"
-  uint64_t ignored_files = 0;  ///< files in input directories that are not .txt/.md
+  std::vector<std::string> examples;  ///< the first skipped records, "file:line: reason"
+  uint64_t ignored_files = 0;         ///< files in input directories that are not .txt/.md
 };
 
 /// Kind of an input file.

@@ -18,7 +18,9 @@ namespace cepe::index {
 namespace {
 std::atomic<uint64_t> g_tmp_counter{0};
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 }  // namespace
 
 AtomicFileWriter::AtomicFileWriter(const std::filesystem::path& path) : path_(path) {

@@ -18,8 +18,8 @@ void put(Writer& w, const char* key, const std::string& v) {
   w.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
 }
 
-const rapidjson::Value& member(const rapidjson::Value& obj, const char* key, const std::string& origin,
-                               const std::string& path) {
+const rapidjson::Value& member(const rapidjson::Value& obj, const char* key,
+                               const std::string& origin, const std::string& path) {
   auto it = obj.FindMember(key);
   CEPE_CHECK(it != obj.MemberEnd(), origin << ": missing field \"" << path << key << "\"");
   return it->value;
@@ -35,7 +35,8 @@ std::string get_string(const rapidjson::Value& obj, const char* key, const std::
 uint64_t get_u64(const rapidjson::Value& obj, const char* key, const std::string& origin,
                  const std::string& path) {
   const auto& v = member(obj, key, origin, path);
-  CEPE_CHECK(v.IsUint64(), origin << ": field \"" << path << key << "\" must be a non-negative integer");
+  CEPE_CHECK(v.IsUint64(),
+             origin << ": field \"" << path << key << "\" must be a non-negative integer");
   return v.GetUint64();
 }
 
@@ -115,8 +116,9 @@ IndexManifest manifest_from_json(const std::string& json, const std::string& ori
   IndexManifest m;
   m.format_version = static_cast<int>(get_u64(d, "version", origin, ""));
   CEPE_CHECK(m.format_version == kIndexFormatVersion,
-             origin << ": index format version " << m.format_version << " is not supported (expected "
-                    << kIndexFormatVersion << "); rebuild the index");
+             origin << ": index format version " << m.format_version
+                    << " is not supported (expected " << kIndexFormatVersion
+                    << "); rebuild the index");
   const auto& e = get_object(d, "embedder", origin);
   m.embedder_spec = get_string(e, "spec", origin, "embedder.");
   m.embedder_kind = get_string(e, "kind", origin, "embedder.");
@@ -151,7 +153,8 @@ IndexManifest manifest_from_json(const std::string& json, const std::string& ori
 }
 
 IndexManifest read_manifest(const std::filesystem::path& dir) {
-  CEPE_CHECK(std::filesystem::is_directory(dir), "index directory " << dir.string() << " does not exist");
+  CEPE_CHECK(std::filesystem::is_directory(dir),
+             "index directory " << dir.string() << " does not exist");
   const auto path = dir / kManifestFile;
   CEPE_CHECK(std::filesystem::exists(path),
              dir.string() << " is not a CEPE index: it has no " << kManifestFile

@@ -15,24 +15,24 @@ inline constexpr int kIndexFormatVersion = 1;
 
 /// Contents of an index directory's manifest.json.
 struct IndexManifest {
-  int format_version = kIndexFormatVersion;        ///< layout version
-  std::string embedder_spec;                       ///< spec that recreates the embedder
-  std::string embedder_kind;                       ///< "lexical", "bert"
-  std::string embedder_fingerprint;                ///< identifies the embedding function
+  int format_version = kIndexFormatVersion;            ///< layout version
+  std::string embedder_spec;                           ///< spec that recreates the embedder
+  std::string embedder_kind;                           ///< "lexical", "bert"
+  std::string embedder_fingerprint;                    ///< identifies the embedding function
   std::map<std::string, std::string> embedder_config;  ///< embedder settings, for display
-  int dim = 0;                                     ///< vector dimension
-  std::string faiss_factory;                       ///< FAISS factory string
-  std::string faiss_description;                   ///< the built structure, for display
-  int default_nprobe = 0;                          ///< stored IVF nprobe (0: not IVF)
-  int default_ef_search = 0;                       ///< stored HNSW efSearch (0: not HNSW)
-  uint64_t passages = 0;                           ///< passages (= vectors)
-  uint64_t trained_on = 0;                         ///< training sample size (0: no training)
-  std::vector<std::string> inputs;                 ///< corpus inputs as given
-  uint64_t skipped = 0;                            ///< invalid records skipped
-  double build_seconds = 0;                        ///< wall time of the build
-  double embed_passages_per_second = 0;            ///< embedding + adding throughput
-  std::string created;                             ///< UTC time, ISO 8601
-  std::string cepe_version;                        ///< version of the build that wrote it
+  int dim = 0;                                         ///< vector dimension
+  std::string faiss_factory;                           ///< FAISS factory string
+  std::string faiss_description;                       ///< the built structure, for display
+  int default_nprobe = 0;                              ///< stored IVF nprobe (0: not IVF)
+  int default_ef_search = 0;                           ///< stored HNSW efSearch (0: not HNSW)
+  uint64_t passages = 0;                               ///< passages (= vectors)
+  uint64_t trained_on = 0;                             ///< training sample size (0: no training)
+  std::vector<std::string> inputs;                     ///< corpus inputs as given
+  uint64_t skipped = 0;                                ///< invalid records skipped
+  double build_seconds = 0;                            ///< wall time of the build
+  double embed_passages_per_second = 0;                ///< embedding + adding throughput
+  std::string created;                                 ///< UTC time, ISO 8601
+  std::string cepe_version;                            ///< version of the build that wrote it
 };
 
 /// File names inside an index directory.

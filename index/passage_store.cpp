@@ -26,8 +26,9 @@ struct Header {
 static_assert(sizeof(Header) == kHeaderSize);
 
 uint64_t header_checksum(const Header& h) {
-  return hash64(std::string_view(reinterpret_cast<const char*>(&h), offsetof(Header, header_checksum)),
-                0x48445221);
+  return hash64(
+      std::string_view(reinterpret_cast<const char*>(&h), offsetof(Header, header_checksum)),
+      0x48445221);
 }
 
 uint64_t read_u64(const char* p) {
@@ -49,7 +50,8 @@ PassageStoreWriter::PassageStoreWriter(const std::filesystem::path& path)
   out_.write(&placeholder, sizeof placeholder);
 }
 
-uint64_t PassageStoreWriter::add(std::string_view id, std::string_view title, std::string_view text) {
+uint64_t PassageStoreWriter::add(std::string_view id, std::string_view title,
+                                 std::string_view text) {
   constexpr size_t kMax = std::numeric_limits<uint32_t>::max();
   CEPE_CHECK(id.size() <= kMax && title.size() <= kMax, "passage id or title too long");
   const uint32_t lens[2] = {static_cast<uint32_t>(id.size()), static_cast<uint32_t>(title.size())};
@@ -89,12 +91,12 @@ void PassageStoreWriter::finish() {
 PassageStore::PassageStore(const std::filesystem::path& path)
     : file_(std::make_shared<MappedFile>(path)) {
   const std::string name = path.string();
-  CEPE_CHECK(file_->size() >= kHeaderSize,
-             name << ": truncated passage store (" << file_->size() << " bytes, header needs "
-                  << kHeaderSize << ")");
+  CEPE_CHECK(file_->size() >= kHeaderSize, name << ": truncated passage store (" << file_->size()
+                                                << " bytes, header needs " << kHeaderSize << ")");
   Header h;
   std::memcpy(&h, file_->data(), sizeof h);
-  CEPE_CHECK(std::memcmp(h.magic, kMagic, 8) == 0, name << ": not a CEPE passage store (bad magic)");
+  CEPE_CHECK(std::memcmp(h.magic, kMagic, 8) == 0,
+             name << ": not a CEPE passage store (bad magic)");
   CEPE_CHECK(h.version == kPassageStoreVersion,
              name << ": passage store version " << h.version << " is not supported (expected "
                   << kPassageStoreVersion << "); rebuild the index");
@@ -118,7 +120,7 @@ PassageStore::PassageStore(const std::filesystem::path& path)
 
 PassageView PassageStore::get(uint64_t row) const {
   CEPE_CHECK(row < count_, path().string() << ": passage row " << row << " out of range (store has "
-                                            << count_ << ")");
+                                           << count_ << ")");
   const uint64_t begin = read_u64(offsets_ + 8 * row);
   const uint64_t end = read_u64(offsets_ + 8 * (row + 1));
   // Checked on every read: a corrupt offset must not turn into an out-of-bounds view.

@@ -48,7 +48,8 @@ const faiss::IndexHNSW* find_hnsw(const faiss::Index* idx) {
 }
 
 bool contains_refine(const faiss::Index* idx) {
-  if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(idx)) return contains_refine(pt->index);
+  if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(idx))
+    return contains_refine(pt->index);
   return dynamic_cast<const faiss::IndexRefine*>(idx) != nullptr;
 }
 
@@ -82,6 +83,12 @@ std::string faiss_message(const std::exception& e) {
   std::string m = e.what();
   // FAISS messages carry a multi-line C++ location; the first line is the useful part.
   if (auto nl = m.find('\n'); nl != std::string::npos) m = m.substr(0, nl);
+  // "Error in <signature> at ./faiss/x.cpp:123: what went wrong": keep what went wrong.
+  if (m.rfind("Error in ", 0) == 0) {
+    if (auto at = m.find(".cpp:"); at != std::string::npos) {
+      if (auto colon = m.find(": ", at); colon != std::string::npos) m = m.substr(colon + 2);
+    }
+  }
   return m;
 }
 
@@ -105,6 +112,12 @@ std::unique_ptr<VectorIndex> VectorIndex::create(const std::string& factory, int
                                         << faiss_message(e));
   }
   CEPE_CHECK(idx, "FAISS factory string '" << factory << "' produced no index");
+  // ",RFlat" re-ranks the base index's candidates with the exact vectors; with FAISS's default
+  // of k candidates it could only re-order them, so it looks at kRefineFactor x k of them (the
+  // factor is saved with the index).
+  faiss::Index* outer = idx;
+  if (auto* pt = dynamic_cast<faiss::IndexPreTransform*>(outer)) outer = pt->index;
+  if (auto* rf = dynamic_cast<faiss::IndexRefine*>(outer)) rf->k_factor = kRefineFactor;
   std::unique_ptr<VectorIndex> v(new VectorIndex(idx));
   v->defaults_.nprobe = find_ivf(idx) ? static_cast<int>(find_ivf(idx)->nprobe) : 0;
   v->defaults_.ef_search = find_hnsw(idx) ? find_hnsw(idx)->hnsw.efSearch : 0;
@@ -137,7 +150,9 @@ std::unique_ptr<VectorIndex> VectorIndex::load(const std::filesystem::path& file
   return v;
 }
 
-bool VectorIndex::needs_training() const { return !index_->is_trained; }
+bool VectorIndex::needs_training() const {
+  return !index_->is_trained;
+}
 
 int64_t VectorIndex::suggested_training_size() const {
   if (index_->is_trained) return 0;
@@ -145,8 +160,10 @@ int64_t VectorIndex::suggested_training_size() const {
   int64_t want = 10000;
   if (auto* ivf = find_ivf(index_.get())) want = std::max<int64_t>(want, 64 * ivf->nlist);
   const faiss::Index* in = inner(index_.get());
-  if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(in)) want = std::max<int64_t>(want, 64 * pq->pq.ksub);
-  if (auto* pq = dynamic_cast<const faiss::IndexPQ*>(in)) want = std::max<int64_t>(want, 64 * pq->pq.ksub);
+  if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(in))
+    want = std::max<int64_t>(want, 64 * pq->pq.ksub);
+  if (auto* pq = dynamic_cast<const faiss::IndexPQ*>(in))
+    want = std::max<int64_t>(want, 64 * pq->pq.ksub);
   return std::min<int64_t>(want, 1000000);
 }
 
@@ -184,7 +201,8 @@ void VectorIndex::save(const std::filesystem::path& file) const {
   }
   std::error_code ec;
   std::filesystem::rename(tmp, file, ec);
-  CEPE_CHECK(!ec, "cannot rename " << tmp.string() << " to " << file.string() << ": " << ec.message());
+  CEPE_CHECK(!ec,
+             "cannot rename " << tmp.string() << " to " << file.string() << ": " << ec.message());
   fsync_directory(file.parent_path());
 }
 
@@ -225,14 +243,22 @@ void VectorIndex::search(int64_t n, const float* queries, int k, const SearchPar
   }
 }
 
-int64_t VectorIndex::size() const { return index_->ntotal; }
-int VectorIndex::dim() const { return index_->d; }
+int64_t VectorIndex::size() const {
+  return index_->ntotal;
+}
+int VectorIndex::dim() const {
+  return index_->d;
+}
 int64_t VectorIndex::nlist() const {
   const faiss::IndexIVF* ivf = find_ivf(index_.get());
   return ivf ? static_cast<int64_t>(ivf->nlist) : 0;
 }
-bool VectorIndex::has_ivf() const { return find_ivf(index_.get()) != nullptr; }
-bool VectorIndex::has_hnsw() const { return find_hnsw(index_.get()) != nullptr; }
+bool VectorIndex::has_ivf() const {
+  return find_ivf(index_.get()) != nullptr;
+}
+bool VectorIndex::has_hnsw() const {
+  return find_hnsw(index_.get()) != nullptr;
+}
 
 std::string VectorIndex::describe() const {
   std::ostringstream os;
@@ -248,7 +274,8 @@ std::string VectorIndex::describe() const {
     os << "IVF-PQ nlist=" << ivfpq->nlist << " m=" << ivfpq->pq.M << " nbits=" << ivfpq->pq.nbits
        << " nprobe=" << defaults_.nprobe;
   } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(in)) {
-    os << "IVF nlist=" << ivf->nlist << " code_size=" << ivf->code_size << " nprobe=" << defaults_.nprobe;
+    os << "IVF nlist=" << ivf->nlist << " code_size=" << ivf->code_size
+       << " nprobe=" << defaults_.nprobe;
   } else if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(in)) {
     os << "HNSW M=" << h->hnsw.nb_neighbors(1) << " efSearch=" << defaults_.ef_search;
   } else if (auto* pq = dynamic_cast<const faiss::IndexPQ*>(in)) {

@@ -23,7 +23,10 @@ struct SearchParams {
 /// Owns one faiss::Index using METRIC_INNER_PRODUCT.
 class VectorIndex {
  public:
-  /// Creates an empty index from a factory string ("Flat", "HNSW32", "IVF256,PQ64", "OPQ64,IVF256,PQ64"
+  /// Candidates per requested result that a ",RFlat" index re-ranks with the exact vectors.
+  static constexpr int kRefineFactor = 16;
+  /// Creates an empty index from a factory string ("Flat", "HNSW32", "IVF256,PQ64",
+  /// "OPQ64,IVF256,PQ64"
   /// ...); throws naming the string when FAISS rejects it.
   static std::unique_ptr<VectorIndex> create(const std::string& factory, int dim);
   /// Reads an index file; `mmap` maps IVF inverted lists instead of reading them (other index

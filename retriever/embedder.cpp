@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "engine/common/error.h"
+#include "retriever/bert_embedder.h"
 #include "retriever/lexical_embedder.h"
 
 namespace cepe::retriever {
@@ -15,12 +16,14 @@ std::string hex64(uint64_t v) {
 
 std::unique_ptr<Embedder> create_embedder(const std::string& spec, const EmbedderOptions& options) {
   if (spec == "lexical") return std::make_unique<LexicalEmbedder>(options.dim);
+  if (spec.rfind("bert:", 0) == 0) return std::make_unique<BertEmbedder>(spec);
   CEPE_THROW("unknown embedder '" << spec << "' (expected lexical or bert:DIR)");
 }
 
 std::unique_ptr<Embedder> load_embedder(const std::string& spec,
                                         const std::filesystem::path& index_dir) {
   if (spec == "lexical") return LexicalEmbedder::load(index_dir);
+  if (spec.rfind("bert:", 0) == 0) return std::make_unique<BertEmbedder>(spec);
   CEPE_THROW("unknown embedder '" << spec << "' (expected lexical or bert:DIR)");
 }
 

@@ -42,7 +42,8 @@ class Embedder {
   virtual void save(const std::filesystem::path& /*index_dir*/) const {}
 
   /// Embeds passages into `out` (n x dim, row-major).
-  virtual void embed_passages(const std::vector<index::PassageView>& passages, float* out) const = 0;
+  virtual void embed_passages(const std::vector<index::PassageView>& passages,
+                              float* out) const = 0;
   /// Embeds queries into `out` (n x dim, row-major).
   virtual void embed_queries(const std::vector<std::string>& queries, float* out) const = 0;
   /// Passages per embed_passages call that keep memory bounded and throughput high.
@@ -58,7 +59,8 @@ struct EmbedderOptions {
 std::unique_ptr<Embedder> create_embedder(const std::string& spec, const EmbedderOptions& options);
 
 /// Loads the embedder recorded for an index: `spec` as recorded, state from `index_dir`.
-std::unique_ptr<Embedder> load_embedder(const std::string& spec, const std::filesystem::path& index_dir);
+std::unique_ptr<Embedder> load_embedder(const std::string& spec,
+                                        const std::filesystem::path& index_dir);
 
 /// 16 hex digits.
 std::string hex64(uint64_t v);

@@ -1,5 +1,5 @@
-// The built-in `lexical` embedder: TF-IDF weighted unigrams and bigrams, feature-hashed into a dense
-// vector and L2-normalised, so that inner product is the cosine of hashed TF-IDF vectors.
+// The built-in `lexical` embedder: TF-IDF weighted unigrams and bigrams, feature-hashed into a
+// dense vector and L2-normalised, so that inner product is the cosine of hashed TF-IDF vectors.
 #pragma once
 
 #include <filesystem>

@@ -29,15 +29,18 @@ std::unique_ptr<Retriever> Retriever::open(const std::filesystem::path& dir,
                       << m.embedder_fingerprint << ", but that embedder now has fingerprint " << fp
                       << " (model files or fitted state changed); refusing to load");
   CEPE_CHECK(r->embedder_->dim() == m.dim, "index " << name << ": embedder dimension "
-                                                    << r->embedder_->dim() << " != recorded " << m.dim);
+                                                    << r->embedder_->dim() << " != recorded "
+                                                    << m.dim);
   r->store_ = std::make_unique<index::PassageStore>(dir / index::kPassagesFile);
   if (options.verify) r->store_->verify();
   r->vectors_ = index::VectorIndex::load(dir / index::kFaissFile, options.mmap);
-  CEPE_CHECK(r->vectors_->dim() == m.dim,
-             "index " << name << ": FAISS dimension " << r->vectors_->dim() << " != recorded " << m.dim);
-  CEPE_CHECK(r->store_->size() == m.passages && static_cast<uint64_t>(r->vectors_->size()) == m.passages,
-             "index " << name << ": " << r->store_->size() << " stored passages and "
-                      << r->vectors_->size() << " vectors, manifest says " << m.passages);
+  CEPE_CHECK(r->vectors_->dim() == m.dim, "index " << name << ": FAISS dimension "
+                                                   << r->vectors_->dim() << " != recorded "
+                                                   << m.dim);
+  CEPE_CHECK(
+      r->store_->size() == m.passages && static_cast<uint64_t>(r->vectors_->size()) == m.passages,
+      "index " << name << ": " << r->store_->size() << " stored passages and "
+               << r->vectors_->size() << " vectors, manifest says " << m.passages);
   return r;
 }
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Retrieval benchmark from a fresh build: lexical embedder over SQuAD-train passages with FAISS
+# Flat (exact baseline), HNSW32 and IVF-PQ; build throughput, size on disk, query latency (single
+# and batched), gold-passage recall@1/5/20 and ANN recall@10 against Flat.
+#   bench/run_retrieval_bench.sh [extra bench_retrieval flags, e.g. --sample 0 for all questions]
+# Figures: docs/bench/retrieval.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD_DIR:-build-ret}
+data=${SQUAD_DIR:-../shared/data/squad-train}
+work=${BENCH_WORK_DIR:-/tmp/cepe-retrieval-bench}
+[[ -f "$data/passages.jsonl" && -f "$data/questions.jsonl" ]] ||
+  { echo "no SQuAD data at $data (set SQUAD_DIR)"; exit 1; }
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+cmake -S . -B "$build" -DCEPE_WITH_CUDA=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" -j"${JOBS:-1}" --target bench_retrieval cepe
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
+"$build/bench/bench_retrieval" --passages "$data/passages.jsonl" --questions "$data/questions.jsonl" \
+  --work "$work" --faiss Flat --faiss HNSW32 --faiss IVF256,PQ512x4 \
+  --sample 10000 --seed 1234 --latency-queries 1000 --batch 32 --train-size 8192 \
+  --json "$work/results.json" "$@" 2> >(grep -v '^WARNING clustering' >&2)
+"$build/cepe" index info "$work/idx-IVF256_PQ512x4"

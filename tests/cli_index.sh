@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# `cepe index build|search|info` end to end: plain progress lines off a terminal, bad input named
+# by file and line with exit status 1, --skip-invalid counts, and a build killed with kill -9 from
+# outside leaving the old index loadable and nothing else that loads.
+set -uo pipefail
+cepe=${CEPE_BINARY:?}
+[[ -x "$cepe" ]] || { echo "SKIP: $cepe not built"; exit 77; }
+export OMP_WAIT_POLICY=passive
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+ok() { echo "ok:   $1"; }
+bad() { echo "FAIL: $1"; fail=1; }
+
+# A corpus of n passages with a few distinctive words.
+corpus() {
+  local n=$1 tag=$2
+  awk -v n="$n" -v tag="$tag" 'BEGIN { srand(7); split("river mountain castle poet ocean engine forest desert island bridge", w, " ");
+    for (i = 0; i < n; i++) { t = tag; for (j = 0; j < 60; j++) t = t " " w[int(rand() * 10) + 1];
+      printf "{\"id\": \"%s-%d\", \"title\": \"T%d\", \"text\": \"%s unique%d.\"}\n", tag, i, i % 97, t, i } }'
+}
+
+corpus 300 old >"$tmp/old.jsonl"
+out=$("$cepe" index build --input "$tmp/old.jsonl" --out "$tmp/idx" 2>"$tmp/build.err")
+rc=$?
+if [[ $rc -eq 0 && "$out" == *"built $tmp/idx: 300 passages"* ]] && grep -q "^index build: embed: done" "$tmp/build.err" &&
+  ! grep -q $'\r' "$tmp/build.err"; then ok "build (plain progress lines off a terminal)"; else
+  bad "build: rc=$rc $out"; cat "$tmp/build.err"; fi
+out=$("$cepe" index search --index "$tmp/idx" -k 2 "unique17 castle" 2>&1)
+[[ "$out" == "1. ["*"] old-17 | T17"* ]] && ok "search" || bad "search: $out"
+out=$("$cepe" index search --index "$tmp/idx" -k 3 --json "unique5" "unique6" 2>&1)
+[[ $(grep -c '"hits"' <<<"$out") -eq 2 && "$out" == *'"id":"old-5"'* ]] && ok "search --json, two questions" ||
+  bad "search --json: $out"
+out=$("$cepe" index info "$tmp/idx" --verify 2>&1)
+[[ "$out" == *"passages   300"* && "$out" == *"lexical (dim 4096, fingerprint lexical-"* && "$out" == *"verify     ok"* ]] &&
+  ok "info --verify" || bad "info: $out"
+
+# expect_error name fragment args...: exit 1, one line, containing fragment.
+expect_error() {
+  local name=$1 fragment=$2
+  shift 2
+  local err rc
+  err=$("$cepe" "$@" 2>&1 >/dev/null)
+  rc=$?
+  err=$(grep -v '^index build: ' <<<"$err")  # progress lines
+  if [[ $rc -eq 1 && $(grep -c . <<<"$err") -eq 1 && "$err" == *"$fragment"* ]]; then ok "$name -> $err"; else
+    bad "$name (exit $rc): expected '$fragment', got: $err"; fi
+}
+printf '{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n' >"$tmp/dup.jsonl"
+expect_error "duplicate id" "$tmp/dup.jsonl:2: duplicate id: 'a' (first seen at $tmp/dup.jsonl:1)" \
+  index build --input "$tmp/dup.jsonl" --out "$tmp/x"
+printf '{"id": "a", "text": "x"}\n\n{"id": "b", "text": ""}\n' >"$tmp/empty.jsonl"
+expect_error "empty text" "$tmp/empty.jsonl:3: empty text" index build --input "$tmp/empty.jsonl" --out "$tmp/x"
+printf '{"id": "a", "text": "x\xff"}\n' >"$tmp/utf8.jsonl"
+expect_error "invalid UTF-8" "$tmp/utf8.jsonl:1: invalid UTF-8" index build --input "$tmp/utf8.jsonl" --out "$tmp/x"
+printf 'id\ttext\ttitle\n1\tok\tT\n2\tno title column\n' >"$tmp/bad.tsv"
+expect_error "malformed TSV" "$tmp/bad.tsv:3: malformed line: expected 3 tab-separated fields, got 2" \
+  index build --input "$tmp/bad.tsv" --out "$tmp/x"
+mkdir -p "$tmp/docs" && printf 'Good line.\nBad \xc3 line.\n' >"$tmp/docs/a.txt"
+expect_error "invalid UTF-8 in .txt" "$tmp/docs/a.txt:2: invalid UTF-8" index build --input "$tmp/docs" --out "$tmp/x"
+expect_error "bad factory string" "FAISS factory string 'IVFx,Flat' rejected" \
+  index build --input "$tmp/old.jsonl" --out "$tmp/x" --faiss IVFx,Flat
+expect_error "embedder mismatch" "refusing to query it with 'bert:/m'" index search --index "$tmp/idx" --embedder bert:/m "q"
+expect_error "not an index" "is not a CEPE index" index search --index "$tmp/docs" "q"
+[[ -e "$tmp/x" ]] && bad "failed builds left $tmp/x" || ok "failed builds leave no index"
+
+# --skip-invalid counts and reports.
+cat "$tmp/dup.jsonl" "$tmp/empty.jsonl" >"$tmp/mixed.jsonl"
+printf '{"id": "c", "text": "fine"}\n{broken\n' >>"$tmp/mixed.jsonl"
+out=$("$cepe" index build --skip-invalid --input "$tmp/mixed.jsonl" --out "$tmp/skip" 2>/dev/null)
+[[ "$out" == *"skipped 4 invalid record(s): 2 duplicate id, 1 empty text, 1 malformed line"* &&
+  "$out" == *"$tmp/mixed.jsonl:7: malformed line"* && "$out" == *"2 passages"* ]] &&
+  ok "--skip-invalid counts" || bad "--skip-invalid: $out"
+"$cepe" index info "$tmp/skip" | grep -q "skipped    4 invalid records" && ok "info shows skipped" || bad "info skipped"
+
+# kill -9 during a rebuild: the old index still loads; the leftover does not.
+corpus 60000 new >"$tmp/new.jsonl"
+"$cepe" index build --overwrite --input "$tmp/new.jsonl" --out "$tmp/idx" --faiss IVF64,Flat >/dev/null 2>&1 &
+pid=$!
+partial="$tmp/.idx.partial-$pid"
+for _ in $(seq 1 200); do [[ -d "$partial" ]] && break; sleep 0.05; done
+sleep 0.5
+if kill -0 "$pid" 2>/dev/null && [[ -d "$partial" ]]; then
+  kill -9 "$pid"
+  wait "$pid" 2>/dev/null
+  out=$("$cepe" index search --index "$tmp/idx" -k 1 "unique17 castle" 2>&1)
+  [[ "$out" == "1. ["*"] old-17"* ]] && ok "old index loads after kill -9" || bad "old index after kill -9: $out"
+  err=$("$cepe" index search --index "$partial" "q" 2>&1)
+  [[ $? -eq 1 && "$err" == *"not an index"* ]] && ok "killed build's directory does not load" ||
+    bad "partial dir: $err"
+  out=$("$cepe" index build --overwrite --input "$tmp/old.jsonl" --out "$tmp/idx" 2>&1)
+  [[ "$out" == *"left by an interrupted build"* && ! -e "$partial" ]] && ok "next build removes the leftover" ||
+    bad "leftover not removed: $out"
+else
+  bad "build finished before it could be killed (or never started)"
+fi
+exit $fail

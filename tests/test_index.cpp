@@ -1,0 +1,669 @@
+// Corpus ingestion (every bad-input case names file and line), passage splitting, the passage
+// store and manifest (round trips, truncation and corruption), FAISS wrapping, and crash safety of
+// `cepe index build`.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "engine/common/error.h"
+#include "index/builder.h"
+#include "index/corpus.h"
+#include "index/manifest.h"
+#include "index/passage_store.h"
+#include "index/vector_index.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+using namespace cepe::index;
+
+namespace {
+
+void write(const fs::path& p, const std::string& s) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << s;
+}
+
+std::vector<Passage> read_all(const std::vector<fs::path>& inputs, CorpusOptions o = {},
+                              CorpusStats* stats = nullptr) {
+  CorpusReader r(inputs, o);
+  std::vector<Passage> out;
+  r.read([&](const Passage& p) { out.push_back(p); });
+  if (stats) *stats = r.stats();
+  return out;
+}
+
+// The message of the error reading `inputs` in strict mode.
+std::string strict_error(const std::vector<fs::path>& inputs) {
+  try {
+    read_all(inputs);
+  } catch (const cepe::Error& e) {
+    return e.message();
+  }
+  return "(no error)";
+}
+
+std::string where(const fs::path& p, int line) {
+  return p.string() + ":" + std::to_string(line) + ": ";
+}
+
+std::string json_line(const std::string& id, const std::string& title, const std::string& text) {
+  return "{\"id\": \"" + id + "\", \"title\": \"" + title + "\", \"text\": \"" + text + "\"}\n";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// JSONL
+
+TEST(CorpusJsonl, ReadsRecordsInOrder) {
+  const fs::path dir = cepe::test::temp_dir("jsonl");
+  write(dir / "c.jsonl", json_line("a", "Alpha", "first text") + "\n" +
+                             "{\"id\": 7, \"text\": \"numeric id, no title\"}\n" +
+                             json_line("c", "Gamma", "caf\\u00e9"));
+  const auto ps = read_all({dir / "c.jsonl"});
+  ASSERT_EQ(ps.size(), 3u);
+  EXPECT_EQ(ps[0].id, "a");
+  EXPECT_EQ(ps[0].title, "Alpha");
+  EXPECT_EQ(ps[1].id, "7");
+  EXPECT_EQ(ps[1].title, "");
+  EXPECT_EQ(ps[2].text, "caf\xC3\xA9");
+}
+
+TEST(CorpusJsonl, EveryBadRecordNamesFileAndLine) {
+  const fs::path dir = cepe::test::temp_dir("jsonl-bad");
+  const std::string good = json_line("a", "A", "text a");
+  struct Case {
+    std::string name, second_line, fragment;
+  };
+  const std::vector<Case> cases = {
+      {"duplicate", json_line("a", "B", "other"), "duplicate id: 'a' (first seen at "},
+      {"empty", json_line("b", "B", "  "), "empty text"},
+      {"utf8", "{\"id\": \"b\", \"text\": \"bad \xC3\x28 byte\"}\n", "invalid UTF-8"},
+      {"surrogate", "{\"id\": \"b\", \"text\": \"\\ud800\"}\n", "surrogate"},
+      {"json", "{\"id\": \"b\", \"text\": \n", "malformed line: JSON error"},
+      {"not-object", "[1, 2]\n", "malformed line: expected a JSON object"},
+      {"no-id", "{\"text\": \"x\"}\n", "missing field \"id\""},
+      {"no-text", "{\"id\": \"b\"}\n", "missing field \"text\""},
+      {"text-type", "{\"id\": \"b\", \"text\": 3}\n", "field \"text\" must be a string"},
+      {"title-type", "{\"id\": \"b\", \"title\": 1, \"text\": \"x\"}\n", "\"title\" must be"},
+  };
+  for (const auto& c : cases) {
+    const fs::path f = dir / (c.name + ".jsonl");
+    write(f, good + c.second_line);
+    const std::string msg = strict_error({f});
+    EXPECT_NE(msg.find(where(f, 2)), std::string::npos) << c.name << ": " << msg;
+    EXPECT_NE(msg.find(c.fragment), std::string::npos) << c.name << ": " << msg;
+    EXPECT_NE(msg.find("--skip-invalid"), std::string::npos) << c.name << ": " << msg;
+  }
+  // The duplicate names where the first one was.
+  const fs::path f = dir / "duplicate.jsonl";
+  EXPECT_NE(strict_error({f}).find("first seen at " + f.string() + ":1"), std::string::npos);
+}
+
+TEST(CorpusJsonl, DuplicateAcrossFilesNamesBoth) {
+  const fs::path dir = cepe::test::temp_dir("jsonl-dup2");
+  write(dir / "one.jsonl", json_line("x", "", "t1") + json_line("y", "", "t2"));
+  write(dir / "two.jsonl", "\n" + json_line("z", "", "t3") + json_line("y", "", "t4"));
+  const std::string msg = strict_error({dir / "one.jsonl", dir / "two.jsonl"});
+  EXPECT_NE(msg.find(where(dir / "two.jsonl", 3) + "duplicate id: 'y' (first seen at " +
+                     (dir / "one.jsonl").string() + ":2)"),
+            std::string::npos)
+      << msg;
+}
+
+TEST(CorpusJsonl, SkipInvalidCountsByReason) {
+  const fs::path dir = cepe::test::temp_dir("jsonl-skip");
+  const fs::path f = dir / "c.jsonl";
+  write(f, json_line("a", "A", "ok") + json_line("a", "A", "dup") + json_line("b", "B", "") +
+               "{broken\n" + "{\"id\": \"c\", \"text\": \"\xFF\"}\n" + json_line("d", "D", "ok") +
+               "{\"id\": \"e\"}\n");
+  CorpusOptions o;
+  o.skip_invalid = true;
+  CorpusStats st;
+  const auto ps = read_all({f}, o, &st);
+  ASSERT_EQ(ps.size(), 2u);
+  EXPECT_EQ(ps[0].id, "a");
+  EXPECT_EQ(ps[1].id, "d");
+  EXPECT_EQ(st.passages, 2u);
+  EXPECT_EQ(st.skipped, 5u);
+  EXPECT_EQ(st.skipped_by_reason["duplicate id"], 1u);
+  EXPECT_EQ(st.skipped_by_reason["empty text"], 1u);
+  EXPECT_EQ(st.skipped_by_reason["malformed line"], 2u);
+  EXPECT_EQ(st.skipped_by_reason["invalid UTF-8"], 1u);
+  ASSERT_EQ(st.examples.size(), 5u);
+  EXPECT_EQ(st.examples[0].rfind(where(f, 2) + "duplicate id", 0), 0u) << st.examples[0];
+  EXPECT_EQ(st.examples[1].rfind(where(f, 3) + "empty text", 0), 0u) << st.examples[1];
+  EXPECT_EQ(st.examples[2].rfind(where(f, 4) + "malformed line", 0), 0u) << st.examples[2];
+  EXPECT_EQ(st.examples[3].rfind(where(f, 5) + "invalid UTF-8", 0), 0u) << st.examples[3];
+  EXPECT_EQ(st.examples[4].rfind(where(f, 7) + "malformed line", 0), 0u) << st.examples[4];
+  CorpusReader r({f}, o);
+  r.read([](const Passage&) {});
+  EXPECT_EQ(r.skip_summary(),
+            "skipped 5 invalid record(s): 1 duplicate id, 1 empty text, 1 invalid UTF-8, 2 "
+            "malformed line");
+}
+
+// ---------------------------------------------------------------------------------------------
+// TSV
+
+TEST(CorpusTsv, ReadsDprLayout) {
+  const fs::path dir = cepe::test::temp_dir("tsv");
+  write(dir / "psgs.tsv",
+        "id\ttext\ttitle\n1\t\"He said \"\"hi\"\"\"\tAaron\n2\tplain text\tBee\r\n\n3\tthird\t\n");
+  const auto ps = read_all({dir / "psgs.tsv"});
+  ASSERT_EQ(ps.size(), 3u);
+  EXPECT_EQ(ps[0].id, "1");
+  EXPECT_EQ(ps[0].text, "He said \"hi\"");
+  EXPECT_EQ(ps[0].title, "Aaron");
+  EXPECT_EQ(ps[1].text, "plain text");
+  EXPECT_EQ(ps[1].title, "Bee");
+  EXPECT_EQ(ps[2].title, "");
+}
+
+TEST(CorpusTsv, EveryBadRecordNamesFileAndLine) {
+  const fs::path dir = cepe::test::temp_dir("tsv-bad");
+  const std::string head = "id\ttext\ttitle\n1\tgood\tT\n";
+  struct Case {
+    std::string name, row, fragment;
+  };
+  const std::vector<Case> cases = {
+      {"fields", "2\tonly two\n", "malformed line: expected 3 tab-separated fields, got 2"},
+      {"extra", "2\ta\tb\tc\n", "malformed line: expected 3 tab-separated fields, got 4"},
+      {"dup", "1\tagain\tT\n", "duplicate id: '1'"},
+      {"empty", "2\t \tT\n", "empty text"},
+      {"noid", "\ttext\tT\n", "malformed line: empty id"},
+      {"utf8", "2\tbad \xE2\x82 seq\tT\n", "invalid UTF-8: bad byte sequence at column 7"},
+  };
+  for (const auto& c : cases) {
+    const fs::path f = dir / (c.name + ".tsv");
+    write(f, head + c.row);
+    const std::string msg = strict_error({f});
+    EXPECT_NE(msg.find(where(f, 3) + c.fragment), std::string::npos) << c.name << ": " << msg;
+  }
+  const fs::path nohead = dir / "nohead.tsv";
+  write(nohead, "1\tgood\tT\n");
+  EXPECT_NE(strict_error({nohead}).find(where(nohead, 1) + "malformed line: expected a header"),
+            std::string::npos)
+      << strict_error({nohead});
+  const fs::path empty = dir / "empty.tsv";
+  write(empty, "");
+  EXPECT_NE(strict_error({empty}).find(where(empty, 1) + "empty TSV file"), std::string::npos);
+}
+
+TEST(CorpusTsv, SkipInvalidCounts) {
+  const fs::path dir = cepe::test::temp_dir("tsv-skip");
+  const fs::path f = dir / "p.tsv";
+  write(f, "id\ttext\ttitle\n1\tone\tA\n1\tdup\tA\n2\t\tB\n3\tshort\n4\tfour\tD\n");
+  CorpusOptions o;
+  o.skip_invalid = true;
+  CorpusStats st;
+  const auto ps = read_all({f}, o, &st);
+  ASSERT_EQ(ps.size(), 2u);
+  EXPECT_EQ(st.skipped, 3u);
+  EXPECT_EQ(st.skipped_by_reason["duplicate id"], 1u);
+  EXPECT_EQ(st.skipped_by_reason["empty text"], 1u);
+  EXPECT_EQ(st.skipped_by_reason["malformed line"], 1u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// .txt / .md directories
+
+TEST(CorpusText, SplitsAtSentenceBoundariesNearTarget) {
+  std::string text;
+  for (int s = 0; s < 60; ++s)
+    text += "Sentence number " + std::to_string(s) + " has seven words here. ";
+  const auto ps = split_passages(text, 100, 0);
+  ASSERT_GE(ps.size(), 4u);
+  size_t total = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    std::istringstream is(ps[i].first);
+    size_t words = 0;
+    for (std::string w; is >> w;) ++words;
+    total += words;
+    if (i + 1 < ps.size()) {
+      EXPECT_GE(words, 50u) << i;
+      EXPECT_LE(words, 150u) << i;
+    }
+    EXPECT_EQ(ps[i].first.rfind("Sentence number", 0), 0u)
+        << "passage " << i << " starts mid-sentence";
+    EXPECT_EQ(ps[i].first.back(), '.') << "passage " << i << " ends mid-sentence";
+  }
+  EXPECT_EQ(total, 60u * 7);  // no overlap: every word exactly once
+}
+
+TEST(CorpusText, OverlapRepeatsWholeTrailingSentences) {
+  std::string text;
+  for (int s = 0; s < 40; ++s) text += "Alpha beta gamma delta epsilon " + std::to_string(s) + ". ";
+  const auto ps = split_passages(text, 30, 12);
+  ASSERT_GE(ps.size(), 3u);
+  for (size_t i = 0; i + 1 < ps.size(); ++i) {
+    // The last two sentences (12 words) of a passage open the next one.
+    const std::string& a = ps[i].first;
+    const std::string tail = a.substr(a.rfind("Alpha", a.rfind("Alpha") - 1));
+    EXPECT_EQ(ps[i + 1].first.rfind(tail, 0), 0u)
+        << i << ": '" << tail << "' vs '" << ps[i + 1].first << "'";
+  }
+}
+
+TEST(CorpusText, LongSentenceIsCutAndLinesAreTracked) {
+  std::string text = "Intro line.\n\n";
+  for (int w = 0; w < 250; ++w) text += "word" + std::to_string(w) + (w % 10 == 9 ? "\n" : " ");
+  const auto ps = split_passages(text, 100, 0);
+  // "Intro line." joins the first 100-word piece (a short passage may run over by half).
+  ASSERT_EQ(ps.size(), 3u);
+  EXPECT_EQ(ps[0].second, 1u);
+  EXPECT_EQ(ps[1].second, 13u);  // word100 is on line 3 + 10
+  EXPECT_EQ(ps[2].second, 23u);
+  EXPECT_EQ(ps[1].first.rfind("word100 ", 0), 0u);
+}
+
+TEST(CorpusText, DirectoryTitlesAndIds) {
+  const fs::path dir = cepe::test::temp_dir("txtdir");
+  write(dir / "b" / "notes.txt", "Plain text file. It has two sentences.");
+  write(dir / "a.md",
+        "Intro before the heading.\n\n# The Real Title #\n\nBody text here.\n## Sub\nMore.");
+  write(dir / "ignored.pdf", "x");
+  write(dir / ".hidden" / "x.txt", "hidden");
+  CorpusStats st;
+  const auto ps = read_all({dir}, {}, &st);
+  ASSERT_EQ(ps.size(), 2u);
+  EXPECT_EQ(ps[0].id, "a.md#0");
+  EXPECT_EQ(ps[0].title, "The Real Title");
+  EXPECT_EQ(ps[0].text.find('#'), std::string::npos) << ps[0].text;
+  EXPECT_NE(ps[0].text.find("Body text here."), std::string::npos);
+  EXPECT_EQ(ps[1].id, "b/notes.txt#0");
+  EXPECT_EQ(ps[1].title, "notes");
+  EXPECT_EQ(st.ignored_files, 1u);
+}
+
+TEST(CorpusText, BadFilesNameFileAndLine) {
+  const fs::path dir = cepe::test::temp_dir("txt-bad");
+  write(dir / "bad" / "x.txt", "Line one.\nLine two.\nBad \xC0\xAF here.\n");
+  const fs::path f = dir / "bad" / "x.txt";
+  const std::string msg = strict_error({dir / "bad"});
+  EXPECT_NE(msg.find(where(f, 3) + "invalid UTF-8"), std::string::npos) << msg;
+  write(dir / "empty" / "e.md", "# Only a heading\n\n   \n");
+  const std::string m2 = strict_error({dir / "empty"});
+  EXPECT_NE(m2.find(where(dir / "empty" / "e.md", 1) + "empty text"), std::string::npos) << m2;
+  write(dir / "mixed" / "good.txt", "Fine text.");
+  write(dir / "mixed" / "x.txt", "Bad \xFF.");
+  write(dir / "mixed" / "y.md", "");
+  CorpusOptions o;
+  o.skip_invalid = true;
+  CorpusStats st;
+  EXPECT_EQ(read_all({dir / "mixed"}, o, &st).size(), 1u);
+  EXPECT_EQ(st.skipped, 2u);
+  EXPECT_EQ(st.skipped_by_reason["invalid UTF-8"], 1u);
+  EXPECT_EQ(st.skipped_by_reason["empty text"], 1u);
+}
+
+TEST(CorpusInputs, MissingAndUnsupportedInputs) {
+  const fs::path dir = cepe::test::temp_dir("inputs");
+  EXPECT_THROW(read_all({dir / "nope.jsonl"}), cepe::Error);
+  write(dir / "x.csv", "a,b");
+  try {
+    read_all({dir / "x.csv"});
+    ADD_FAILURE();
+  } catch (const cepe::Error& e) {
+    EXPECT_NE(e.message().find("unsupported format"), std::string::npos) << e.message();
+  }
+  fs::create_directories(dir / "emptydir");
+  EXPECT_THROW(read_all({dir / "emptydir"}), cepe::Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passage store
+
+namespace {
+fs::path make_store(const fs::path& dir, int n) {
+  const fs::path p = dir / "passages.bin";
+  PassageStoreWriter w(p);
+  for (int i = 0; i < n; ++i)
+    w.add("id" + std::to_string(i), i % 3 ? "title " + std::to_string(i) : "",
+          std::string(static_cast<size_t>(i % 17), 'x') + " text " + std::to_string(i));
+  w.finish();
+  return p;
+}
+
+std::string store_error(const fs::path& p, bool verify = false) {
+  try {
+    PassageStore s(p);
+    if (verify) s.verify();
+  } catch (const cepe::Error& e) {
+    return e.message();
+  }
+  return "(no error)";
+}
+
+void patch(const fs::path& p, uint64_t offset, const std::string& bytes) {
+  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+}  // namespace
+
+TEST(PassageStore, RoundTripAndLookupByRow) {
+  const fs::path dir = cepe::test::temp_dir("store");
+  const fs::path p = make_store(dir, 1000);
+  // Only the final file exists: the temporary was renamed.
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 1);
+  PassageStore s(p);
+  ASSERT_EQ(s.size(), 1000u);
+  s.verify();
+  for (int i : {0, 1, 2, 500, 999}) {
+    const PassageView v = s.get(static_cast<uint64_t>(i));
+    EXPECT_EQ(v.id, "id" + std::to_string(i));
+    EXPECT_EQ(v.title, i % 3 ? "title " + std::to_string(i) : "");
+    EXPECT_EQ(v.text, std::string(static_cast<size_t>(i % 17), 'x') + " text " + std::to_string(i));
+  }
+  EXPECT_THROW(s.get(1000), cepe::Error);
+}
+
+TEST(PassageStore, UnfinishedWriterLeavesNothing) {
+  const fs::path dir = cepe::test::temp_dir("store-unfinished");
+  {
+    PassageStoreWriter w(dir / "passages.bin");
+    w.add("a", "", "b");
+  }
+  EXPECT_TRUE(fs::is_empty(dir));
+}
+
+TEST(PassageStore, TruncatedOrCorruptFilesGiveClearErrors) {
+  const fs::path dir = cepe::test::temp_dir("store-bad");
+  const fs::path good = make_store(dir, 50);
+  const std::string bytes = cepe::test::read_file(good);
+  const fs::path p = dir / "bad.bin";
+  auto with = [&](const std::string& content) {
+    write(p, content);
+    return p;
+  };
+  EXPECT_NE(store_error(with(bytes.substr(0, 20))).find("truncated passage store (20 bytes"),
+            std::string::npos);
+  EXPECT_NE(store_error(with(bytes.substr(0, bytes.size() - 9))).find("truncated passage store"),
+            std::string::npos);
+  EXPECT_NE(store_error(with(bytes + "junk")).find("unexpected trailing bytes"), std::string::npos);
+  std::string magic = bytes;
+  magic[0] = 'X';
+  EXPECT_NE(store_error(with(magic)).find("bad magic"), std::string::npos);
+  with(bytes);
+  patch(p, 8, std::string("\x02\x00\x00\x00", 4));  // version 2
+  EXPECT_NE(store_error(p).find("version 2 is not supported"), std::string::npos) << store_error(p);
+  with(bytes);
+  patch(p, 16, std::string("\x33", 1));  // count, header checksum no longer matches
+  EXPECT_NE(store_error(p).find("corrupt passage store header"), std::string::npos);
+  with(bytes);
+  patch(p, 64 + 20, "Z");  // a data byte: only the full checksum sees it
+  EXPECT_EQ(store_error(p), "(no error)");
+  EXPECT_NE(store_error(p, true).find("checksum mismatch"), std::string::npos);
+  for (const std::string& msg : {store_error(with(bytes.substr(0, 20)))})
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+  EXPECT_NE(store_error(dir / "missing.bin").find("cannot open"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifest
+
+namespace {
+IndexManifest sample_manifest() {
+  IndexManifest m;
+  m.embedder_spec = "lexical";
+  m.embedder_kind = "lexical";
+  m.embedder_fingerprint = "lexical-0123456789abcdef";
+  m.embedder_config = {{"dim", "64"}};
+  m.dim = 64;
+  m.faiss_factory = "IVF4,Flat";
+  m.faiss_description = "IVF nlist=4";
+  m.default_nprobe = 2;
+  m.passages = 12;
+  m.trained_on = 12;
+  m.inputs = {"a.jsonl"};
+  m.created = "2024-01-01T00:00:00Z";
+  m.cepe_version = "0.1.0";
+  return m;
+}
+}  // namespace
+
+TEST(Manifest, RoundTrip) {
+  const fs::path dir = cepe::test::temp_dir("manifest");
+  write_manifest(dir, sample_manifest());
+  const IndexManifest m = read_manifest(dir);
+  EXPECT_EQ(m.embedder_fingerprint, "lexical-0123456789abcdef");
+  EXPECT_EQ(m.faiss_factory, "IVF4,Flat");
+  EXPECT_EQ(m.default_nprobe, 2);
+  EXPECT_EQ(m.passages, 12u);
+  EXPECT_EQ(m.embedder_config.at("dim"), "64");
+}
+
+TEST(Manifest, MissingTruncatedOrCorruptManifestGivesClearErrors) {
+  const fs::path dir = cepe::test::temp_dir("manifest-bad");
+  auto err = [&]() -> std::string {
+    try {
+      read_manifest(dir);
+    } catch (const cepe::Error& e) {
+      return e.message();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(err().find("is not a CEPE index: it has no manifest.json"), std::string::npos) << err();
+  const std::string json = manifest_to_json(sample_manifest());
+  const fs::path f = dir / kManifestFile;
+  write(f, json.substr(0, json.size() / 2));
+  EXPECT_NE(err().find(f.string() + ": invalid JSON"), std::string::npos) << err();
+  std::string v2 = json;
+  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 9");
+  write(f, v2);
+  EXPECT_NE(err().find("index format version 9 is not supported"), std::string::npos) << err();
+  std::string nofp = json;
+  nofp.replace(nofp.find("\"fingerprint\""), 13, "\"fingerprinx\"");
+  write(f, nofp);
+  EXPECT_NE(err().find(f.string() + ": missing field \"embedder.fingerprint\""), std::string::npos)
+      << err();
+  write(f, "[]");
+  EXPECT_NE(err().find("expected a JSON object"), std::string::npos) << err();
+}
+
+// ---------------------------------------------------------------------------------------------
+// FAISS wrapper
+
+namespace {
+std::vector<float> random_unit_vectors(int n, int d, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<float> v(static_cast<size_t>(n) * d);
+  for (int i = 0; i < n; ++i) {
+    double norm = 0;
+    for (int j = 0; j < d; ++j) norm += std::pow(v[i * d + j] = g(rng), 2);
+    for (int j = 0; j < d; ++j) v[i * d + j] /= static_cast<float>(std::sqrt(norm));
+  }
+  return v;
+}
+
+// Top-k rows by inner product, computed by hand.
+std::vector<int64_t> brute_force(const std::vector<float>& x, int n, int d, const float* q, int k) {
+  std::vector<std::pair<double, int64_t>> s;
+  for (int i = 0; i < n; ++i) {
+    double dot = 0;
+    for (int j = 0; j < d; ++j) dot += static_cast<double>(x[i * d + j]) * q[j];
+    s.push_back({-dot, i});
+  }
+  std::sort(s.begin(), s.end());
+  std::vector<int64_t> out;
+  for (int i = 0; i < k; ++i) out.push_back(s[i].second);
+  return out;
+}
+}  // namespace
+
+TEST(VectorIndex, FlatEqualsBruteForceAndExhaustiveIvfToo) {
+  const int n = 600, d = 32, k = 10, nq = 20;
+  const auto x = random_unit_vectors(n, d, 1);
+  const auto q = random_unit_vectors(nq, d, 2);
+  auto flat = VectorIndex::create("Flat", d);
+  EXPECT_FALSE(flat->needs_training());
+  flat->add(n, x.data());
+  auto ivf = VectorIndex::create("IVF8,Flat", d);
+  ASSERT_TRUE(ivf->needs_training());
+  EXPECT_TRUE(ivf->has_ivf());
+  ivf->train(n, x.data());
+  ivf->add(n, x.data());
+  std::vector<float> scores(nq * k);
+  std::vector<int64_t> rows(nq * k), ivf_rows(nq * k);
+  flat->search(nq, q.data(), k, {}, scores.data(), rows.data());
+  SearchParams all;
+  all.nprobe = 8;  // every list: exact
+  ivf->search(nq, q.data(), k, all, scores.data(), ivf_rows.data());
+  for (int i = 0; i < nq; ++i) {
+    const auto want = brute_force(x, n, d, q.data() + i * d, k);
+    EXPECT_EQ(std::vector<int64_t>(rows.begin() + i * k, rows.begin() + (i + 1) * k), want) << i;
+    EXPECT_EQ(std::vector<int64_t>(ivf_rows.begin() + i * k, ivf_rows.begin() + (i + 1) * k), want)
+        << i;
+  }
+  // nprobe on a Flat index is a usage error, not silently ignored.
+  EXPECT_THROW(flat->search(1, q.data(), k, all, scores.data(), rows.data()), cepe::Error);
+}
+
+TEST(VectorIndex, FactoryStringsSaveAndMappedLoad) {
+  const int n = 1000, d = 32;
+  const auto x = random_unit_vectors(n, d, 3);
+  const fs::path dir = cepe::test::temp_dir("faiss");
+  // Small PQ codebooks keep training fast on this 2-core machine (OPQ is left out: its rotation
+  // training alone takes a minute here).
+  for (const std::string f : {"HNSW16", "IVF16,Flat", "IVF16_HNSW8,Flat", "IVF8,PQ8x4"}) {
+    auto v = VectorIndex::create(f, d);
+    if (v->needs_training()) v->train(n, x.data());
+    v->add(n, x.data());
+    v->set_defaults({4, 32});
+    v->save(dir / "i.index");
+    for (bool mmap : {false, true}) {
+      auto l = VectorIndex::load(dir / "i.index", mmap);
+      EXPECT_EQ(l->size(), n) << f;
+      EXPECT_EQ(l->is_mapped(), mmap && l->has_ivf()) << f;
+      if (l->has_ivf()) {
+        EXPECT_EQ(l->defaults().nprobe, 4) << f;
+      }
+      if (l->has_hnsw()) {
+        EXPECT_EQ(l->defaults().ef_search, 32) << f;
+      }
+      std::vector<float> s(5);
+      std::vector<int64_t> r(5);
+      // Searching for a stored vector finds it first (PQ: among the top 5).
+      l->search(1, x.data() + 7 * d, 5, {}, s.data(), r.data());
+      EXPECT_NE(std::find(r.begin(), r.end(), 7), r.end()) << f << " " << l->describe();
+    }
+  }
+  try {
+    VectorIndex::create("NoSuchIndex12", d);
+    ADD_FAILURE();
+  } catch (const cepe::Error& e) {
+    EXPECT_NE(e.message().find("'NoSuchIndex12' rejected"), std::string::npos) << e.message();
+  }
+  write(dir / "trunc.index", cepe::test::read_file(dir / "i.index").substr(0, 100));
+  EXPECT_THROW(VectorIndex::load(dir / "trunc.index", false), cepe::Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Builds: atomic installation, crashes at every stage, kill -9 from outside
+
+namespace {
+fs::path write_corpus(const fs::path& dir, int n, const std::string& tag) {
+  const fs::path f = dir / (tag + ".jsonl");
+  std::ofstream out(f);
+  std::mt19937 rng(n);
+  const char* words[] = {"river",  "mountain", "city",  "king",   "war",
+                         "music",  "science",  "ocean", "forest", "bridge",
+                         "castle", "engine",   "poet",  "island", "desert"};
+  for (int i = 0; i < n; ++i) {
+    std::string text = tag;
+    for (int w = 0; w < 40; ++w) text += std::string(" ") + words[rng() % 15];
+    std::string title = "T";  // appended: `"T" + std::string&&` trips GCC 12's -Wrestrict
+    title += std::to_string(i % 50);
+    out << json_line(tag + "-" + std::to_string(i), title, text);
+  }
+  return f;
+}
+
+std::string run_cepe(const std::string& args, int* rc, const std::string& env = "") {
+  std::string out;
+  *rc = cepe::test::run_command(env + " " + cepe::test::cepe_binary().string() + " " + args, &out);
+  return out;
+}
+}  // namespace
+
+TEST(Build, CrashAtEveryStageLeavesOldIndexAndNothingLoadable) {
+  const fs::path dir = cepe::test::temp_dir("crash");
+  const fs::path old_corpus = write_corpus(dir, 300, "old");
+  const fs::path new_corpus = write_corpus(dir, 400, "new");
+  const fs::path out = dir / "idx";
+  int rc = 0;
+  std::string log = run_cepe("index build --input " + old_corpus.string() + " --out " +
+                                 out.string() + " --faiss IVF4,Flat",
+                             &rc);
+  ASSERT_EQ(rc, 0) << log;
+  for (const std::string point : {"ingest", "train", "add", "save", "manifest"}) {
+    log = run_cepe("index build --overwrite --input " + new_corpus.string() + " --out " +
+                       out.string() + " --faiss IVF4,Flat",
+                   &rc, "CEPE_INDEX_BUILD_CRASH_AT=" + point);
+    EXPECT_EQ(rc, 128 + 9) << point << ": " << log;
+    // The old index is untouched and still answers.
+    log = run_cepe("index search --index " + out.string() + " -k 1 --json \"river king\"", &rc);
+    EXPECT_EQ(rc, 0) << point << ": " << log;
+    EXPECT_NE(log.find("\"id\":\"old-"), std::string::npos) << point << ": " << log;
+    // Whatever the killed build left does not load as an index.
+    int partials = 0;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (!is_partial_build_dir(e.path())) continue;
+      ++partials;
+      log = run_cepe("index search --index " + e.path().string() + " \"river\"", &rc);
+      EXPECT_EQ(rc, 1) << point << ": " << log;
+      EXPECT_NE(log.find("not an index"), std::string::npos) << point << ": " << log;
+    }
+    EXPECT_EQ(partials, 1) << point;
+  }
+  // The next build removes what the killed ones left, and installs the new index.
+  log = run_cepe(
+      "index build --overwrite --input " + new_corpus.string() + " --out " + out.string(), &rc);
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_NE(log.find("left by an interrupted build"), std::string::npos) << log;
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
+  log = run_cepe("index search --index " + out.string() + " -k 1 --json \"river king\"", &rc);
+  EXPECT_NE(log.find("\"id\":\"new-"), std::string::npos) << log;
+  // A first build killed before it finished leaves no index at all.
+  const fs::path fresh = dir / "fresh";
+  log = run_cepe("index build --input " + new_corpus.string() + " --out " + fresh.string(), &rc,
+                 "CEPE_INDEX_BUILD_CRASH_AT=save");
+  EXPECT_EQ(rc, 128 + 9) << log;
+  EXPECT_FALSE(fs::exists(fresh));
+  log = run_cepe("index info " + fresh.string(), &rc);
+  EXPECT_EQ(rc, 1) << log;
+}
+
+TEST(Build, RefusesToClobber) {
+  const fs::path dir = cepe::test::temp_dir("clobber");
+  const fs::path corpus = write_corpus(dir, 20, "c");
+  BuildOptions o;
+  o.inputs = {corpus};
+  o.out = dir / "idx";
+  build_index(o);
+  EXPECT_THROW(build_index(o), cepe::Error);  // exists, no --overwrite
+  fs::create_directories(dir / "notindex");
+  write(dir / "notindex" / "precious.txt", "x");
+  o.out = dir / "notindex";
+  o.overwrite = true;
+  try {
+    build_index(o);
+    ADD_FAILURE();
+  } catch (const cepe::Error& e) {
+    EXPECT_NE(e.message().find("neither a CEPE index nor an empty directory"), std::string::npos);
+  }
+  EXPECT_TRUE(fs::exists(dir / "notindex" / "precious.txt"));
+  // A failed build (bad corpus) leaves no temporary directory behind.
+  write(dir / "bad.jsonl", "{oops\n");
+  o.inputs = {dir / "bad.jsonl"};
+  o.out = dir / "idx2";
+  EXPECT_THROW(build_index(o), cepe::Error);
+  for (const auto& e : fs::directory_iterator(dir)) EXPECT_FALSE(is_partial_build_dir(e.path()));
+  EXPECT_FALSE(fs::exists(dir / "idx2"));
+}

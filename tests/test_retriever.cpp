@@ -1,0 +1,399 @@
+// The lexical embedder and the Retriever: exact search equals a hand-computed dot-product ranking,
+// batched and concurrent searches agree with single ones, embedder mismatches and damaged index
+// files are refused with clear errors, and lexical recall on SQuAD meets its target.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "engine/common/error.h"
+#include "index/builder.h"
+#include "retriever/lexical_embedder.h"
+#include "retriever/retriever.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+using cepe::retriever::LexicalEmbedder;
+using cepe::retriever::Retriever;
+using cepe::retriever::SearchOptions;
+
+namespace {
+
+const char* kTopics[][6] = {
+    {"volcano", "lava", "eruption", "magma", "crater", "ash"},
+    {"violin", "orchestra", "symphony", "concerto", "composer", "melody"},
+    {"galaxy", "telescope", "nebula", "planet", "orbit", "comet"},
+    {"castle", "knight", "siege", "moat", "fortress", "crown"},
+    {"protein", "enzyme", "molecule", "cell", "membrane", "gene"},
+};
+
+// A small corpus with topical structure: each passage mixes words of one topic with filler.
+fs::path make_corpus(const fs::path& dir, int n) {
+  const fs::path f = dir / "corpus.jsonl";
+  std::ofstream out(f);
+  std::mt19937 rng(42);
+  const char* filler[] = {"river", "old", "north", "people", "large", "early", "known", "city"};
+  for (int i = 0; i < n; ++i) {
+    const int t = i % 5;
+    std::string text;
+    for (int w = 0; w < 30; ++w) {
+      if (!text.empty()) text += ' ';
+      text += rng() % 3 ? kTopics[t][rng() % 6] : filler[rng() % 8];
+    }
+    text += " number" + std::to_string(i) + ".";
+    out << "{\"id\": \"p" << i << "\", \"title\": \"Topic " << t << "\", \"text\": \"" << text
+        << "\"}\n";
+  }
+  return f;
+}
+
+fs::path build(const fs::path& dir, const std::string& name, const std::string& faiss, int n = 400,
+               int dim = 256) {
+  cepe::index::BuildOptions o;
+  o.inputs = {make_corpus(dir, n)};
+  o.out = dir / name;
+  o.faiss = faiss;
+  o.dim = dim;
+  cepe::index::build_index(o);
+  return o.out;
+}
+
+std::string open_error(const fs::path& dir, const cepe::retriever::RetrieverOptions& o = {}) {
+  try {
+    Retriever::open(dir, o);
+  } catch (const cepe::Error& e) {
+    return e.message();
+  }
+  return "(no error)";
+}
+
+void copy_dir(const fs::path& from, const fs::path& to) {
+  fs::remove_all(to);
+  fs::copy(from, to, fs::copy_options::recursive);
+}
+
+void truncate_file(const fs::path& p, size_t keep) {
+  const std::string s = cepe::test::read_file(p);
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << s.substr(0, keep);
+}
+
+}  // namespace
+
+TEST(LexicalWords, FoldsStopsAndStems) {
+  using cepe::retriever::lexical_words;
+  EXPECT_EQ(lexical_words("The Cafés of PARIS, and the rivers!"),
+            (std::vector<std::string>{"cafe", "pari", "river"}));
+  EXPECT_EQ(lexical_words("what is x-ray's 2nd use?"),
+            (std::vector<std::string>{"ray", "2nd", "use"}));
+  EXPECT_EQ(lexical_words("studies cats glass"),
+            (std::vector<std::string>{"study", "cat", "glass"}));
+  EXPECT_EQ(lexical_words("東京 tower"), (std::vector<std::string>{"東", "京", "tower"}));
+  EXPECT_TRUE(lexical_words("the of and").empty());
+}
+
+TEST(LexicalEmbedder, UnitNormDeterministicAndSavedState) {
+  const fs::path dir = cepe::test::temp_dir("lex");
+  LexicalEmbedder e(512);
+  e.fit_add("Volcano", "lava flows from the crater");
+  e.fit_add("Music", "the orchestra plays a symphony");
+  e.fit_add("", "lava and ash");
+  e.fit_finish();
+  EXPECT_EQ(e.dim(), 512);
+  std::vector<float> a(512), b(512), c(512);
+  e.embed_queries({"where does lava come from?"}, a.data());
+  e.embed_queries({"where does lava come from?"}, b.data());
+  EXPECT_EQ(a, b);
+  double norm = 0;
+  for (float v : a) norm += v * v;
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  e.embed_queries({"the of and"}, c.data());  // no content words: the zero vector
+  EXPECT_TRUE(std::all_of(c.begin(), c.end(), [](float v) { return v == 0; }));
+  e.save(dir);
+  auto l = LexicalEmbedder::load(dir);
+  EXPECT_EQ(l->fingerprint(), e.fingerprint());
+  EXPECT_EQ(l->dim(), 512);
+  l->embed_queries({"where does lava come from?"}, b.data());
+  EXPECT_EQ(a, b);
+  // Another corpus, another fingerprint.
+  LexicalEmbedder other(512);
+  other.fit_add("", "lava");
+  other.fit_finish();
+  EXPECT_NE(other.fingerprint(), e.fingerprint());
+  EXPECT_THROW(LexicalEmbedder(8), cepe::Error);
+  // Damaged IDF tables.
+  const fs::path f = dir / LexicalEmbedder::kFileName;
+  const std::string bytes = cepe::test::read_file(f);
+  auto load_error = [&](const std::string& content) -> std::string {
+    std::ofstream(f, std::ios::binary | std::ios::trunc) << content;
+    try {
+      LexicalEmbedder::load(dir);
+    } catch (const cepe::Error& e) {
+      return e.message();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(load_error(bytes.substr(0, 30)).find(f.string() + ": truncated"), std::string::npos);
+  EXPECT_NE(load_error(bytes.substr(0, bytes.size() - 4)).find("truncated or corrupt"),
+            std::string::npos);
+  std::string flipped = bytes;
+  flipped[50] ^= 1;
+  EXPECT_NE(load_error(flipped).find("checksum mismatch"), std::string::npos);
+}
+
+TEST(Retriever, FlatEqualsHandComputedDotProductRanking) {
+  const fs::path dir = cepe::test::temp_dir("ret-flat");
+  const fs::path idx = build(dir, "flat", "Flat");
+  auto r = Retriever::open(idx);
+  const auto& store = r->passages();
+  const int dim = r->embedder().dim();
+  ASSERT_EQ(store.size(), 400u);
+  // Every passage vector, recomputed from the stored text.
+  std::vector<float> pv(store.size() * dim);
+  for (uint64_t i = 0; i < store.size(); ++i)
+    r->embedder().embed_passages({store.get(i)}, pv.data() + i * dim);
+  for (const std::string q : {"volcano lava eruption", "orchestra composer melody", "galaxy orbit",
+                              "knight castle number17", "enzyme membrane gene protein"}) {
+    std::vector<float> qv(dim);
+    r->embedder().embed_queries({q}, qv.data());
+    std::vector<std::pair<double, uint64_t>> want;
+    for (uint64_t i = 0; i < store.size(); ++i) {
+      double dot = 0;
+      for (int d = 0; d < dim; ++d) dot += static_cast<double>(qv[d]) * pv[i * dim + d];
+      want.push_back({dot, i});
+    }
+    std::stable_sort(want.begin(), want.end(), [](auto& a, auto& b) { return a.first > b.first; });
+    SearchOptions so;
+    so.k = 10;
+    const auto hits = r->search(q, so);
+    ASSERT_EQ(hits.size(), 10u);
+    for (int j = 0; j < 10; ++j) {
+      EXPECT_NEAR(hits[j].score, want[j].first, 1e-5) << q << " rank " << j;
+      // Equal scores may come in either order; otherwise the rows agree.
+      if (std::abs(want[j].first - want[j + (j < 9)].first) > 1e-6 &&
+          (j == 0 || std::abs(want[j].first - want[j - 1].first) > 1e-6)) {
+        EXPECT_EQ(hits[j].row, want[j].second) << q << " rank " << j;
+      }
+      EXPECT_EQ(hits[j].rank, j + 1);
+      EXPECT_EQ(hits[j].id, store.get(hits[j].row).id);
+      EXPECT_EQ(hits[j].text, store.get(hits[j].row).text);
+    }
+  }
+  // A query naming one passage's unique word finds that passage first.
+  SearchOptions so;
+  so.k = 3;
+  EXPECT_EQ(r->search("number123", so).front().id, "p123");
+}
+
+TEST(Retriever, BatchedConcurrentAndAnnAgree) {
+  const fs::path dir = cepe::test::temp_dir("ret-batch");
+  const fs::path flat = build(dir, "flat", "Flat");
+  const fs::path ivf = build(dir, "ivf", "IVF8,Flat");
+  const fs::path hnsw = build(dir, "hnsw", "HNSW16");
+  auto r = Retriever::open(flat);
+  std::vector<std::string> qs;
+  for (int i = 0; i < 40; ++i)
+    qs.push_back(std::string(kTopics[i % 5][i % 6]) + " " + kTopics[(i + 1) % 5][(i * 7) % 6] +
+                 " number" + std::to_string(i * 9));
+  SearchOptions so;
+  so.k = 5;
+  const auto batch = r->search_batch(qs, so);
+  ASSERT_EQ(batch.size(), qs.size());
+  std::vector<std::vector<cepe::retriever::Hit>> single;
+  for (const auto& q : qs) single.push_back(r->search(q, so));
+  auto rows = [](const std::vector<cepe::retriever::Hit>& h) {
+    std::vector<uint64_t> out;
+    for (const auto& x : h) out.push_back(x.row);
+    return out;
+  };
+  for (size_t i = 0; i < qs.size(); ++i) EXPECT_EQ(rows(batch[i]), rows(single[i])) << qs[i];
+  // Four threads searching the same Retriever get the same answers.
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 5; ++rep)
+        for (size_t i = t; i < qs.size(); i += 4)
+          if (rows(r->search(qs[i], so)) != rows(single[i])) ++mismatches[t];
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches, std::vector<int>(4, 0));
+  // IVF visiting every list is exact; HNSW with a large candidate list too, on 400 vectors.
+  auto ri = Retriever::open(ivf);
+  EXPECT_TRUE(ri->vectors().has_ivf());
+  EXPECT_GT(ri->manifest().default_nprobe, 0);
+  SearchOptions all = so;
+  all.nprobe = 8;
+  auto rh = Retriever::open(hnsw);
+  SearchOptions wide = so;
+  wide.ef_search = 400;
+  // Scores, not rows, for HNSW: passages with equal scores may come in another order.
+  auto scores = [](const std::vector<cepe::retriever::Hit>& h) {
+    std::vector<long> out;
+    for (const auto& x : h) out.push_back(std::lround(x.score * 1e5));
+    return out;
+  };
+  int ivf_same = 0, hnsw_found = 0, hnsw_narrow_found = 0;
+  SearchOptions narrow = so;
+  narrow.ef_search = 5;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    ivf_same += rows(ri->search(qs[i], all)) == rows(single[i]);
+    const auto want = scores(single[i]);
+    for (auto* found : {&hnsw_found, &hnsw_narrow_found}) {
+      auto got = scores(rh->search(qs[i], found == &hnsw_found ? wide : narrow));
+      for (long s : want) {
+        auto it = std::find(got.begin(), got.end(), s);
+        if (it == got.end()) continue;
+        ++*found;
+        got.erase(it);
+      }
+    }
+  }
+  EXPECT_EQ(ivf_same, static_cast<int>(qs.size()));
+  // HNSW over inner products is approximate even with a wide candidate list; efSearch matters.
+  std::printf("HNSW16 recall@5 vs Flat: efSearch 400 %.3f, efSearch 5 %.3f\n",
+              hnsw_found / (5.0 * qs.size()), hnsw_narrow_found / (5.0 * qs.size()));
+  EXPECT_GE(hnsw_found, static_cast<int>(0.85 * 5 * qs.size()));
+  EXPECT_GE(hnsw_found, hnsw_narrow_found);
+  // nprobe/efSearch on an index without them is an error, not silently ignored.
+  EXPECT_THROW(r->search(qs[0], all), cepe::Error);
+  EXPECT_THROW(ri->search(qs[0], wide), cepe::Error);
+  SearchOptions zero = so;
+  zero.k = 0;
+  EXPECT_THROW(r->search(qs[0], zero), cepe::Error);
+}
+
+TEST(Retriever, RefusesAnotherEmbedder) {
+  const fs::path dir = cepe::test::temp_dir("ret-mismatch");
+  const fs::path idx = build(dir, "flat", "Flat", 100);
+  cepe::retriever::RetrieverOptions o;
+  o.embedder = "bert:/models/e5";
+  EXPECT_NE(open_error(idx, o).find("was built with embedder 'lexical' (fingerprint lexical-"),
+            std::string::npos)
+      << open_error(idx, o);
+  EXPECT_NE(open_error(idx, o).find("refusing to query it with 'bert:/models/e5'"),
+            std::string::npos);
+  o.embedder = "lexical";
+  EXPECT_EQ(open_error(idx, o), "(no error)");
+  // The fitted state no longer matches the recorded fingerprint (IDF from another corpus).
+  const fs::path other = build(dir, "other", "Flat", 120);
+  const fs::path mixed = dir / "mixed";
+  copy_dir(idx, mixed);
+  fs::copy_file(other / LexicalEmbedder::kFileName, mixed / LexicalEmbedder::kFileName,
+                fs::copy_options::overwrite_existing);
+  EXPECT_NE(open_error(mixed).find("but that embedder now has fingerprint"), std::string::npos)
+      << open_error(mixed);
+  // The CLI refuses the same way, with exit status 1.
+  std::string out;
+  const int rc =
+      cepe::test::run_command(cepe::test::cepe_binary().string() + " index search --index " +
+                                  idx.string() + " --embedder bert:/x \"lava\"",
+                              &out);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("refusing to query it with 'bert:/x'"), std::string::npos) << out;
+}
+
+TEST(Retriever, DamagedIndexFilesGiveClearErrors) {
+  const fs::path dir = cepe::test::temp_dir("ret-damage");
+  const fs::path idx = build(dir, "flat", "IVF4,Flat", 200);
+  const fs::path other = build(dir, "other", "IVF4,Flat", 150);
+  const fs::path d = dir / "d";
+  struct Case {
+    std::string name;
+    std::function<void()> damage;
+    std::string fragment;
+  };
+  const std::vector<Case> cases = {
+      {"truncated store", [&] { truncate_file(d / "passages.bin", 1000); },
+       (d / "passages.bin").string() + ": truncated passage store"},
+      {"empty store", [&] { truncate_file(d / "passages.bin", 0); }, "truncated passage store"},
+      {"missing store", [&] { fs::remove(d / "passages.bin"); }, "cannot open"},
+      {"truncated faiss", [&] { truncate_file(d / "faiss.index", 500); },
+       "cannot read FAISS index " + (d / "faiss.index").string()},
+      {"missing faiss", [&] { fs::remove(d / "faiss.index"); }, "faiss.index is missing"},
+      {"truncated manifest", [&] { truncate_file(d / "manifest.json", 100); },
+       (d / "manifest.json").string() + ": invalid JSON"},
+      {"missing manifest", [&] { fs::remove(d / "manifest.json"); }, "is not a CEPE index"},
+      {"truncated idf", [&] { truncate_file(d / "lexical.idf", 100); }, "lexical.idf: truncated"},
+      {"store of another index",
+       [&] {
+         fs::copy_file(other / "passages.bin", d / "passages.bin",
+                       fs::copy_options::overwrite_existing);
+       },
+       "150 stored passages and 200 vectors, manifest says 200"},
+  };
+  for (const auto& c : cases) {
+    copy_dir(idx, d);
+    ASSERT_EQ(open_error(d), "(no error)");
+    c.damage();
+    const std::string msg = open_error(d);
+    EXPECT_NE(msg.find(c.fragment), std::string::npos) << c.name << ": " << msg;
+  }
+  // Corruption inside the store's data is found by --verify.
+  copy_dir(idx, d);
+  {
+    std::fstream f(d / "passages.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('#');
+  }
+  EXPECT_EQ(open_error(d), "(no error)");
+  cepe::retriever::RetrieverOptions verify;
+  verify.verify = true;
+  EXPECT_NE(open_error(d, verify).find("checksum mismatch"), std::string::npos);
+}
+
+TEST(Retriever, SquadLexicalFlatRecall) {
+  CEPE_REQUIRE_SHARED("data/squad-train/passages.jsonl", passages);
+  CEPE_REQUIRE_SHARED("data/squad-train/questions.jsonl", questions);
+  const fs::path dir = cepe::test::temp_dir("ret-squad");
+  cepe::index::BuildOptions o;
+  o.inputs = {passages};
+  o.out = dir / "flat";
+  cepe::index::build_index(o);
+  auto r = Retriever::open(o.out);
+  std::unordered_map<std::string, uint64_t> row_of;
+  for (uint64_t i = 0; i < r->passages().size(); ++i)
+    row_of.emplace(std::string(r->passages().get(i).id), i);
+  // Every 40th question: a fixed sample of 2,190 spread over all articles.
+  std::ifstream in(questions);
+  std::vector<std::string> qs;
+  std::vector<uint64_t> gold;
+  std::string line;
+  for (int n = 0; std::getline(in, line); ++n) {
+    if (n % 40) continue;
+    auto field = [&](const std::string& key) {
+      const size_t k = line.find("\"" + key + "\": \"");
+      const size_t b = k + key.size() + 5;
+      std::string v;
+      for (size_t i = b; i < line.size() && line[i] != '"'; ++i) {
+        if (line[i] == '\\') ++i;  // good enough for ids and questions: \" and \\ only matter
+        v += line[i];
+      }
+      return v;
+    };
+    const auto it = row_of.find(field("passage_id"));
+    ASSERT_NE(it, row_of.end()) << line;
+    qs.push_back(field("question"));
+    gold.push_back(it->second);
+  }
+  SearchOptions so;
+  so.k = 20;
+  const auto hits = r->search_batch(qs, so);
+  int at1 = 0, at20 = 0;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    for (const auto& h : hits[i]) {
+      if (h.row != gold[i]) continue;
+      at1 += h.rank == 1;
+      ++at20;
+    }
+  }
+  const double r1 = static_cast<double>(at1) / qs.size(),
+               r20 = static_cast<double>(at20) / qs.size();
+  std::printf("SQuAD lexical Flat on %zu questions: recall@1 %.4f, recall@20 %.4f\n", qs.size(), r1,
+              r20);
+  EXPECT_GE(r20, 0.85);
+}
