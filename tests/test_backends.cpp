@@ -135,8 +135,8 @@ std::vector<double> ref_rms_norm(const Tensor& x, const Tensor& w, double eps) {
 }
 
 // out = x · wᵀ (+ init), and sum |x_i w_i| per output (the scale of its rounding error).
-void ref_linear(const Tensor& x, const Tensor& weight, const Tensor* init,
-                std::vector<double>* out, std::vector<double>* magnitude) {
+void ref_linear(const Tensor& x, const Tensor& weight, const Tensor* init, std::vector<double>* out,
+                std::vector<double>* magnitude) {
   const std::vector<float> w = widened(weight);
   const int64_t n = weight.dim(0), k = weight.dim(1), m = x.numel() / k;
   out->assign(static_cast<size_t>(m * n), 0.0);
@@ -267,15 +267,15 @@ double max_abs(const Tensor& t) {
 struct AttentionCase {
   std::string name;
   AttentionShape shape;
-  Tensor q, out_init;                      // host F32
-  std::vector<Tensor> keys, values;        // host F32
-  std::vector<AttentionSegment> segments;  // k/v are views of keys/values
+  Tensor q, out_init;                                 // host F32
+  std::vector<Tensor> keys, values;                   // host F32
+  std::vector<AttentionSegment> segments;             // k/v are views of keys/values
   std::vector<std::pair<size_t, int64_t>> placement;  // per segment: which keys, first row
 };
 
 // A segment over its own k/v of `k_len` rows.
-void add_segment(AttentionCase& c, std::mt19937& rng, int64_t q_begin, int64_t q_len,
-                 int64_t k_len, bool causal, int64_t offset) {
+void add_segment(AttentionCase& c, std::mt19937& rng, int64_t q_begin, int64_t q_len, int64_t k_len,
+                 bool causal, int64_t offset) {
   const int64_t kvs = int64_t(c.shape.kv_heads) * c.shape.head_dim;
   c.keys.push_back(random_tensor({k_len, kvs}, rng));
   c.values.push_back(random_tensor({k_len, kvs}, rng));
@@ -458,7 +458,9 @@ TEST_P(BackendOps, Linear) {
     }
   }
   Tensor out = b().empty({2, 3}, DType::F32);
-  EXPECT_THROW(b().linear(dev(random_tensor({2, 5}, rng)), b().load_weight(random_tensor({3, 4}, rng), false), out), Error);
+  EXPECT_THROW(b().linear(dev(random_tensor({2, 5}, rng)),
+                          b().load_weight(random_tensor({3, 4}, rng), false), out),
+               Error);
 }
 
 TEST_P(BackendOps, Rope) {
@@ -620,8 +622,7 @@ TEST(EmulatedKernels, ElementwiseAndNorm) {
     const Tensor x = random_tensor({5, heads * hd}, rng);
     const Tensor cos = random_tensor({5, hd / 2}, rng), sin = random_tensor({5, hd / 2}, rng);
     Tensor y = clone(x);
-    kern::launch_rope(y.data<float>(), 5, heads, hd, cos.data<float>(), sin.data<float>(),
-                      nullptr);
+    kern::launch_rope(y.data<float>(), 5, heads, hd, cos.data<float>(), sin.data<float>(), nullptr);
     expect_elementwise(values(y), ref_rope(x, heads, hd, cos, sin), "emulated rope");
   }
   {
@@ -801,8 +802,7 @@ TEST(CudaBackend, MemoryBudgetIsEnforced) {
   auto backend = make_backend(Device::CUDA, o);
   Tensor small = backend->empty({1024}, DType::F32);
   try {
-    auto model =
-        CepeModel::load(test::source_dir() / "tests/fixtures/gqa_cross_last2", *backend);
+    auto model = CepeModel::load(test::source_dir() / "tests/fixtures/gqa_cross_last2", *backend);
     FAIL() << "a model larger than the budget loaded";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model does not fit"), std::string::npos) << e.what();
@@ -826,7 +826,8 @@ TEST(CudaBackend, TensorsOutliveTheBackendAndMemoryIsReturned) {
   SUCCEED();
 }
 
-// ---- whole models on the fixtures ----------------------------------------------------------------
+// ---- whole models on the fixtures
+// ----------------------------------------------------------------
 
 std::vector<int32_t> ids_of(const rapidjson::Value& v) {
   std::vector<int32_t> out;

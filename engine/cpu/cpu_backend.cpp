@@ -438,8 +438,8 @@ class CpuBackend final : public Backend {
         rows.push_back({static_cast<int>(s), r, n_blocks, blocks});
         for (size_t b = 0; b < blocks; ++b) {
           const int64_t key0 = static_cast<int64_t>(b) * kBlock;
-          units.push_back({static_cast<int>(s), r, key0, std::min(kBlock, visible - key0),
-                           n_blocks});
+          units.push_back(
+              {static_cast<int>(s), r, key0, std::min(kBlock, visible - key0), n_blocks});
         }
         n_blocks += blocks;
       }

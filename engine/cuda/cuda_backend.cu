@@ -95,8 +95,8 @@ class CudaContext : public std::enable_shared_from_this<CudaContext> {
     if (bytes == 0) return nullptr;
     const size_t held = in_use_.load();
     if (budget_ && held + bytes > budget_)
-      CEPE_THROW("model does not fit: " << what << " needs " << format_bytes(bytes)
-                                        << " but only " << format_bytes(budget_ - std::min(held, budget_))
+      CEPE_THROW("model does not fit: " << what << " needs " << format_bytes(bytes) << " but only "
+                                        << format_bytes(budget_ - std::min(held, budget_))
                                         << " of the memory budget of " << format_bytes(budget_)
                                         << " are available");
     void* p = nullptr;
@@ -112,10 +112,10 @@ class CudaContext : public std::enable_shared_from_this<CudaContext> {
       cudaGetLastError();
       size_t free_bytes = 0, total = 0;
       cudaMemGetInfo(&free_bytes, &total);
-      CEPE_THROW("model does not fit: " << what << " needs " << format_bytes(bytes) << " but the GPU ("
-                                        << props_.name << ") has only " << format_bytes(free_bytes)
-                                        << " free of " << format_bytes(total)
-                                        << " (this backend holds " << format_bytes(held) << ")");
+      CEPE_THROW("model does not fit: "
+                 << what << " needs " << format_bytes(bytes) << " but the GPU (" << props_.name
+                 << ") has only " << format_bytes(free_bytes) << " free of " << format_bytes(total)
+                 << " (this backend holds " << format_bytes(held) << ")");
     }
     CEPE_CUDA_CHECK(err);
     const size_t now = in_use_.fetch_add(bytes) + bytes;
@@ -152,8 +152,7 @@ class CudaContext : public std::enable_shared_from_this<CudaContext> {
       // The buffer is free once its previous copy has left it.
       if (pending_[slot]) CEPE_CUDA_CHECK(cudaEventSynchronize(staged_[slot]));
       std::memcpy(staging_[slot], s + off, n);
-      CEPE_CUDA_CHECK(
-          cudaMemcpyAsync(d + off, staging_[slot], n, cudaMemcpyHostToDevice, stream_));
+      CEPE_CUDA_CHECK(cudaMemcpyAsync(d + off, staging_[slot], n, cudaMemcpyHostToDevice, stream_));
       CEPE_CUDA_CHECK(cudaEventRecord(staged_[slot], stream_));
       pending_[slot] = true;
     }
@@ -199,9 +198,8 @@ class CudaContext : public std::enable_shared_from_this<CudaContext> {
 };
 
 void check_cuda(const Tensor& t, const char* what) {
-  CEPE_CHECK(t.device() == Device::CUDA,
-             what << " is on " << device_name(t.device())
-                  << ", the CUDA backend needs CUDA tensors");
+  CEPE_CHECK(t.device() == Device::CUDA, what << " is on " << device_name(t.device())
+                                              << ", the CUDA backend needs CUDA tensors");
 }
 
 void check_f32(const Tensor& t, const char* what) {
@@ -256,9 +254,8 @@ class CudaBackend final : public Backend {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
-    std::shared_ptr<void> mem =
-        ctx_->allocate(bytes, std::string("a ") + shape_to_string(shape) + " " + dtype_name(dtype) +
-                                  " tensor");
+    std::shared_ptr<void> mem = ctx_->allocate(
+        bytes, std::string("a ") + shape_to_string(shape) + " " + dtype_name(dtype) + " tensor");
     void* p = mem.get();
     return Tensor::wrap(p, std::move(shape), dtype, Device::CUDA, std::move(mem));
   }
@@ -386,16 +383,16 @@ class CudaBackend final : public Backend {
     check_f32(x, "rope input");
     check_f32(cos, "rope cos table");
     check_f32(sin, "rope sin table");
-    CEPE_CHECK(heads > 0 && head_dim > 0 && head_dim % 2 == 0 && x.dim(-1) == heads * head_dim,
-               "rope: input " << x.shape_string() << " is not " << heads << " heads of "
-                              << head_dim);
+    CEPE_CHECK(
+        heads > 0 && head_dim > 0 && head_dim % 2 == 0 && x.dim(-1) == heads * head_dim,
+        "rope: input " << x.shape_string() << " is not " << heads << " heads of " << head_dim);
     const int64_t t_len = x.numel() / (static_cast<int64_t>(heads) * head_dim);
     const int half = head_dim / 2;
     CEPE_CHECK(cos.numel() == t_len * half && sin.numel() == t_len * half,
                "rope tables " << cos.shape_string() << " do not match " << t_len
                               << " rows of head_dim " << head_dim);
-    kern::launch_rope(x.data<float>(), t_len, heads, head_dim, cos.data<float>(),
-                      sin.data<float>(), stream());
+    kern::launch_rope(x.data<float>(), t_len, heads, head_dim, cos.data<float>(), sin.data<float>(),
+                      stream());
   }
 
   void copy_rows(const Tensor& src, int64_t src_row, Tensor& dst, int64_t dst_row,
@@ -403,9 +400,8 @@ class CudaBackend final : public Backend {
     check_cuda(src, "copy source");
     check_cuda(dst, "copy destination");
     const int64_t width = src.dim(-1);
-    CEPE_CHECK(src.dtype() == dst.dtype() && dst.dim(-1) == width && src_row >= 0 &&
-                   dst_row >= 0 && count >= 0 && src_row + count <= src.dim(0) &&
-                   dst_row + count <= dst.dim(0),
+    CEPE_CHECK(src.dtype() == dst.dtype() && dst.dim(-1) == width && src_row >= 0 && dst_row >= 0 &&
+                   count >= 0 && src_row + count <= src.dim(0) && dst_row + count <= dst.dim(0),
                "copy_rows: cannot copy rows [" << src_row << ", " << src_row + count << ") of "
                                                << src.shape_string() << " to row " << dst_row
                                                << " of " << dst.shape_string());
@@ -527,8 +523,8 @@ class CudaBackend final : public Backend {
     std::shared_ptr<void> partials;
     if (plan.splits > 1) {
       const size_t slots = static_cast<size_t>(plan.splits) * q.dim(0) * shape.heads;
-      partials = ctx_->allocate(slots * (shape.head_dim + 2) * sizeof(float),
-                                "attention split partials");
+      partials =
+          ctx_->allocate(slots * (shape.head_dim + 2) * sizeof(float), "attention split partials");
       p.part_o = static_cast<float*>(partials.get());
       p.part_ml = p.part_o + slots * shape.head_dim;
     }

@@ -191,8 +191,8 @@ constexpr int kGemvMaxRows = 8;
 // weight row once (16 bytes per lane per step) and dots it with every activation row, so decode
 // steps stream each weight once at near full bandwidth while the activations stay in F32.
 template <int M, bool kBF16>
-CEPE_GLOBAL void gemv16_kernel(const float* x, const uint16_t* w, float* out, int64_t n,
-                               int64_t k, int accumulate, int vectorized) {
+CEPE_GLOBAL void gemv16_kernel(const float* x, const uint16_t* w, float* out, int64_t n, int64_t k,
+                               int accumulate, int vectorized) {
   const int lane = static_cast<int>(simt::thread_x() % kWarp);
   const int64_t col = static_cast<int64_t>(simt::block_x()) * (simt::block_dim_x() / kWarp) +
                       simt::thread_x() / kWarp;
@@ -242,14 +242,14 @@ CEPE_GLOBAL void gemv16_kernel(const float* x, const uint16_t* w, float* out, in
 
 /// One attention problem of a packed call: the device-side copy of an AttentionSegment.
 struct AttnSegment {
-  const float* k = nullptr;     ///< keys [k_len, kv_stride]
-  const float* v = nullptr;     ///< values, same layout
-  int64_t q_begin = 0;          ///< first query row in the packed queries
-  int64_t q_len = 0;            ///< query rows
-  int64_t k_len = 0;            ///< key rows
-  int64_t causal_offset = 0;    ///< keys before the first query (causal only)
-  int32_t causal = 0;           ///< 1: query i sees keys j <= causal_offset + i
-  int32_t reserved = 0;         ///< padding
+  const float* k = nullptr;   ///< keys [k_len, kv_stride]
+  const float* v = nullptr;   ///< values, same layout
+  int64_t q_begin = 0;        ///< first query row in the packed queries
+  int64_t q_len = 0;          ///< query rows
+  int64_t k_len = 0;          ///< key rows
+  int64_t causal_offset = 0;  ///< keys before the first query (causal only)
+  int32_t causal = 0;         ///< 1: query i sees keys j <= causal_offset + i
+  int32_t reserved = 0;       ///< padding
 };
 
 /// Up to kAttnRows query rows of one segment: what one block (per head, per split) works on.
@@ -498,8 +498,8 @@ inline void launch_rms_norm(const float* x, const float* weight, float eps, int6
                             int64_t width, float* out, simt::Stream stream) {
   if (rows == 0 || width == 0) return;
   const simt::Dim3 grid{static_cast<unsigned>(rows), 1, 1}, block{kThreads, 1, 1};
-  CEPE_LAUNCH(rms_norm_kernel, grid, block, sizeof(float) * (kThreads / kWarp), stream, x,
-              weight, eps, width, out);
+  CEPE_LAUNCH(rms_norm_kernel, grid, block, sizeof(float) * (kThreads / kWarp), stream, x, weight,
+              eps, width, out);
 }
 
 /// In-place RoPE of x [rows, heads * head_dim] with cos/sin [rows, head_dim / 2].
@@ -574,14 +574,22 @@ template <bool kBF16>
 void launch_gemv16_typed(const float* x, const uint16_t* w, float* out, int64_t m, int64_t n,
                          int64_t k, bool accumulate, bool vectorized, simt::Stream stream) {
   switch (m) {
-    case 1: return launch_gemv16_rows<1, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
-    case 2: return launch_gemv16_rows<2, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
-    case 3: return launch_gemv16_rows<3, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
-    case 4: return launch_gemv16_rows<4, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
-    case 5: return launch_gemv16_rows<5, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
-    case 6: return launch_gemv16_rows<6, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
-    case 7: return launch_gemv16_rows<7, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
-    default: return launch_gemv16_rows<8, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    case 1:
+      return launch_gemv16_rows<1, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    case 2:
+      return launch_gemv16_rows<2, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    case 3:
+      return launch_gemv16_rows<3, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    case 4:
+      return launch_gemv16_rows<4, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    case 5:
+      return launch_gemv16_rows<5, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    case 6:
+      return launch_gemv16_rows<6, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    case 7:
+      return launch_gemv16_rows<7, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
+    default:
+      return launch_gemv16_rows<8, kBF16>(x, w, out, n, k, accumulate, vectorized, stream);
   }
 }
 

@@ -36,14 +36,30 @@ using U32x4 = uint4;
 /// Four floats loaded together.
 using F32x4 = float4;
 
-CEPE_DEVICE unsigned thread_x() { return threadIdx.x; }
-CEPE_DEVICE unsigned block_x() { return blockIdx.x; }
-CEPE_DEVICE unsigned block_y() { return blockIdx.y; }
-CEPE_DEVICE unsigned block_z() { return blockIdx.z; }
-CEPE_DEVICE unsigned block_dim_x() { return blockDim.x; }
-CEPE_DEVICE unsigned grid_dim_x() { return gridDim.x; }
-CEPE_DEVICE void sync_block() { __syncthreads(); }
-CEPE_DEVICE void sync_warp() { __syncwarp(); }
+CEPE_DEVICE unsigned thread_x() {
+  return threadIdx.x;
+}
+CEPE_DEVICE unsigned block_x() {
+  return blockIdx.x;
+}
+CEPE_DEVICE unsigned block_y() {
+  return blockIdx.y;
+}
+CEPE_DEVICE unsigned block_z() {
+  return blockIdx.z;
+}
+CEPE_DEVICE unsigned block_dim_x() {
+  return blockDim.x;
+}
+CEPE_DEVICE unsigned grid_dim_x() {
+  return gridDim.x;
+}
+CEPE_DEVICE void sync_block() {
+  __syncthreads();
+}
+CEPE_DEVICE void sync_warp() {
+  __syncwarp();
+}
 CEPE_DEVICE float shfl_xor(float v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
@@ -51,30 +67,40 @@ CEPE_DEVICE float* shared_floats() {
   extern __shared__ float cepe_shared_floats[];
   return cepe_shared_floats;
 }
-CEPE_DEVICE U32x4 load_u32x4(const void* p) { return *static_cast<const uint4*>(p); }
-CEPE_DEVICE F32x4 load_f32x4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+CEPE_DEVICE U32x4 load_u32x4(const void* p) {
+  return *static_cast<const uint4*>(p);
+}
+CEPE_DEVICE F32x4 load_f32x4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
 
 /// Widens a bfloat16 bit pattern.
-CEPE_DEVICE float bf16_bits_to_float(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
+CEPE_DEVICE float bf16_bits_to_float(uint16_t h) {
+  return __uint_as_float(uint32_t(h) << 16);
+}
 /// Widens an IEEE half bit pattern.
-CEPE_DEVICE float f16_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+CEPE_DEVICE float f16_bits_to_float(uint16_t h) {
+  return __half2float(__ushort_as_half(h));
+}
 /// Rounds to bfloat16 (nearest even).
 CEPE_DEVICE uint16_t float_to_bf16_bits(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
 /// Rounds to IEEE half (nearest even).
-CEPE_DEVICE uint16_t float_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+CEPE_DEVICE uint16_t float_to_f16_bits(float f) {
+  return __half_as_ushort(__float2half_rn(f));
+}
 
 }  // namespace nvcc
 }  // namespace cepe::simt
 
 /// Launches a kernel and checks the launch (not its completion: errors of the run itself surface
 /// at the next synchronising call).
-#define CEPE_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                        \
-  do {                                                                                   \
+#define CEPE_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                     \
+  do {                                                                                  \
     kernel<<<dim3((grid).x, (grid).y, (grid).z), dim3((block).x, (block).y, (block).z), \
-             (shared_bytes), (stream)>>>(__VA_ARGS__);                                   \
-    CEPE_CUDA_CHECK(cudaGetLastError());                                                 \
+             (shared_bytes), (stream)>>>(__VA_ARGS__);                                  \
+    CEPE_CUDA_CHECK(cudaGetLastError());                                                \
   } while (0)
 
 #else  // host compiler: the emulator
@@ -112,9 +138,9 @@ inline uint16_t float_to_f16_bits(float f) {
 }  // namespace emulated
 }  // namespace cepe::simt
 
-#define CEPE_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                      \
-  do {                                                                                 \
-    (void)(stream);                                                                    \
+#define CEPE_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                           \
+  do {                                                                                        \
+    (void)(stream);                                                                           \
     ::cepe::simt::emu::launch((grid), (block), (shared_bytes), [&] { kernel(__VA_ARGS__); }); \
   } while (0)
 

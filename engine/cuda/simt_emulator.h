@@ -182,8 +182,9 @@ inline void launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::functi
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
     throw std::logic_error("SIMT emulator: bad grid size");
   if (shared_bytes > 48 * 1024)
-    throw std::logic_error("SIMT emulator: more than 48 KiB of dynamic shared memory needs an "
-                           "explicit opt-in on the GPU");
+    throw std::logic_error(
+        "SIMT emulator: more than 48 KiB of dynamic shared memory needs an "
+        "explicit opt-in on the GPU");
   Block b;
   b.grid = grid;
   b.block = block;
