@@ -8,6 +8,72 @@
 
 namespace cepe {
 
+namespace op_checks {
+
+namespace {
+int64_t width_of(const Tensor& x) {
+  return x.rank() > 0 ? x.dim(-1) : 0;
+}
+}  // namespace
+
+void rms_norm(const Tensor& x, const Tensor& weight, const Tensor& out) {
+  const int64_t width = width_of(x);
+  CEPE_CHECK(weight.numel() == width,
+             "rms_norm weight has " << weight.numel() << " elements, input width is " << width);
+  CEPE_CHECK(out.numel() == x.numel(),
+             "rms_norm output " << out.shape_string() << " vs input " << x.shape_string());
+}
+
+void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out) {
+  const int64_t width = width_of(x);
+  CEPE_CHECK(weight.numel() == width && bias.numel() == width,
+             "layer_norm weight/bias have " << weight.numel() << "/" << bias.numel()
+                                            << " elements, input width is " << width);
+  CEPE_CHECK(out.numel() == x.numel(),
+             "layer_norm output " << out.shape_string() << " vs input " << x.shape_string());
+}
+
+void add_bias(const Tensor& x, const Tensor& bias) {
+  const int64_t width = width_of(x);
+  CEPE_CHECK(bias.numel() == width,
+             "add_bias: bias has " << bias.numel() << " elements, input width is " << width);
+}
+
+void add(const Tensor& x, const Tensor& y) {
+  CEPE_CHECK(x.numel() == y.numel(), "add: " << x.shape_string() << " += " << y.shape_string());
+}
+
+void silu_mul(const Tensor& gate, const Tensor& up) {
+  CEPE_CHECK(gate.numel() == up.numel(),
+             "silu_mul: gate " << gate.shape_string() << " vs up " << up.shape_string());
+}
+
+void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
+               const AttentionShape& shape, const Tensor& out) {
+  CEPE_CHECK(shape.heads > 0 && shape.kv_heads > 0 && shape.head_dim > 0 &&
+                 shape.heads % shape.kv_heads == 0,
+             "attention: " << shape.heads << " heads of " << shape.head_dim << " over "
+                           << shape.kv_heads << " key/value heads");
+  const int64_t q_stride = static_cast<int64_t>(shape.heads) * shape.head_dim;
+  const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * shape.head_dim;
+  CEPE_CHECK(q.rank() == 2 && out.rank() == 2 && q.dim(-1) == q_stride && out.dim(-1) == q_stride &&
+                 out.dim(0) == q.dim(0),
+             "attention: queries " << q.shape_string() << " / output " << out.shape_string()
+                                   << ", expected [rows, " << q_stride << "]");
+  for (const AttentionSegment& sg : segments) {
+    CEPE_CHECK(sg.k.rank() == 2 && sg.v.rank() == 2 && sg.k.dim(-1) == kv_stride &&
+                   sg.v.dim(-1) == kv_stride && sg.k.dim(0) == sg.v.dim(0),
+               "attention: keys " << sg.k.shape_string() << " / values " << sg.v.shape_string()
+                                  << " do not match " << shape.kv_heads << " heads of "
+                                  << shape.head_dim);
+    CEPE_CHECK(sg.q_begin >= 0 && sg.q_len >= 0 && sg.q_begin + sg.q_len <= q.dim(0),
+               "attention: segment rows [" << sg.q_begin << ", " << sg.q_begin + sg.q_len
+                                           << ") out of range for " << q.dim(0) << " queries");
+  }
+}
+
+}  // namespace op_checks
+
 std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& options) {
   if (device == Device::CPU) return make_cpu_backend(options);
 #ifdef CEPE_HAVE_CUDA

@@ -106,6 +106,25 @@ class Backend {
   virtual void synchronize() {}
 };
 
+/// Shape checks shared by every backend's ops, so that each op accepts exactly the same
+/// arguments on every device (device and dtype checks stay with the backend). Each throws a
+/// message naming the op and the mismatch.
+namespace op_checks {
+/// rms_norm: the weight has the input's width; the output has the input's size.
+void rms_norm(const Tensor& x, const Tensor& weight, const Tensor& out);
+/// layer_norm: weight and bias have the input's width; the output has the input's size.
+void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out);
+/// add_bias: the bias has the input's width.
+void add_bias(const Tensor& x, const Tensor& bias);
+/// add: both operands have the same number of elements.
+void add(const Tensor& x, const Tensor& y);
+/// silu_mul: gate and up have the same number of elements.
+void silu_mul(const Tensor& gate, const Tensor& up);
+/// attention: head layout, query/output widths, and every segment's rows and key/value shapes.
+void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
+               const AttentionShape& shape, const Tensor& out);
+}  // namespace op_checks
+
 /// Creates the backend for a device; throws when the device is unavailable (e.g. no GPU).
 std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& options = {});
 

@@ -556,6 +556,38 @@ TEST_P(BackendOps, Attention) {
   }
 }
 
+// Shape checks are shared (op_checks), so every device refuses the same arguments, with the op
+// named; the CPU backend used to divide by a zero kv_heads here.
+TEST_P(BackendOps, BadShapesThrowNamingTheOp) {
+  std::mt19937 rng(31);
+  auto expect_throw = [](auto&& call, const std::string& what) {
+    try {
+      call();
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  const Tensor q = dev(random_tensor({3, 16}, rng));
+  const Tensor kv = dev(random_tensor({5, 16}, rng));
+  Tensor out = b().empty({3, 16}, DType::F32);
+  AttentionSegment sg;
+  sg.q_len = 3;
+  sg.k = kv;
+  sg.v = kv;
+  expect_throw([&] { b().attention(q, {sg}, {2, 0, 8, 1.0f}, out); }, "attention");
+  expect_throw([&] { b().attention(q, {sg}, {2, 3, 8, 1.0f}, out); }, "attention");
+  sg.q_len = 4;  // past the last query row
+  expect_throw([&] { b().attention(q, {sg}, {2, 2, 8, 1.0f}, out); }, "attention");
+  const Tensor w = dev(random_tensor({16}, rng)), short_bias = dev(random_tensor({15}, rng));
+  expect_throw([&] { b().layer_norm(q, w, short_bias, 1e-5f, out); }, "layer_norm");
+  Tensor x = dev(random_tensor({3, 16}, rng));
+  expect_throw([&] { b().add_bias(x, short_bias); }, "add_bias");
+  expect_throw([&] { b().add(x, kv); }, "add");
+  expect_throw([&] { b().silu_mul(x, kv); }, "silu_mul");
+  expect_throw([&] { b().rms_norm(q, short_bias, 1e-5f, out); }, "rms_norm");
+}
+
 TEST_P(BackendOps, IdentityWeightShowsActivationRounding) {
   // x · I is exact in any arithmetic, so the result is x as the GEMM saw it: rounded to the
   // weight's type on CUDA beyond kGemvMaxRows rows, untouched otherwise.

@@ -143,9 +143,8 @@ class CpuBackend final : public Backend {
     check_f32(x, "rms_norm input");
     check_f32(weight, "rms_norm weight");
     check_f32(out, "rms_norm output");
+    op_checks::rms_norm(x, weight, out);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
-    CEPE_CHECK(weight.numel() == width,
-               "rms_norm weight has " << weight.numel() << " elements, input width is " << width);
     const float* w = weight.data<float>();
 #pragma omp parallel for schedule(static) if (rows > 4)
     for (int64_t r = 0; r < rows; ++r) {
@@ -234,8 +233,7 @@ class CpuBackend final : public Backend {
   void silu_mul(Tensor& gate, const Tensor& up) override {
     check_f32(gate, "silu_mul gate");
     check_f32(up, "silu_mul up");
-    CEPE_CHECK(gate.numel() == up.numel(),
-               "silu_mul: gate " << gate.shape_string() << " vs up " << up.shape_string());
+    op_checks::silu_mul(gate, up);
     float* g = gate.data<float>();
     const float* u = up.data<float>();
     const int64_t n = gate.numel();
@@ -249,12 +247,8 @@ class CpuBackend final : public Backend {
     check_f32(weight, "layer_norm weight");
     check_f32(bias, "layer_norm bias");
     check_f32(out, "layer_norm output");
+    op_checks::layer_norm(x, weight, bias, out);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
-    CEPE_CHECK(weight.numel() == width && bias.numel() == width,
-               "layer_norm weight/bias have " << weight.numel() << "/" << bias.numel()
-                                              << " elements, input width is " << width);
-    CEPE_CHECK(out.numel() == x.numel(),
-               "layer_norm output " << out.shape_string() << " vs input " << x.shape_string());
     if (width == 0) return;
     const float* w = weight.data<float>();
     const float* b = bias.data<float>();
@@ -278,9 +272,8 @@ class CpuBackend final : public Backend {
   void add_bias(Tensor& x, const Tensor& bias) override {
     check_f32(x, "add_bias input");
     check_f32(bias, "add_bias bias");
+    op_checks::add_bias(x, bias);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
-    CEPE_CHECK(bias.numel() == width,
-               "add_bias: bias has " << bias.numel() << " elements, input width is " << width);
     const float* b = bias.data<float>();
 #pragma omp parallel for schedule(static) if (rows * width > 65536)
     for (int64_t r = 0; r < rows; ++r) {
@@ -293,7 +286,7 @@ class CpuBackend final : public Backend {
   void add(Tensor& x, const Tensor& y) override {
     check_f32(x, "add destination");
     check_f32(y, "add operand");
-    CEPE_CHECK(x.numel() == y.numel(), "add: " << x.shape_string() << " += " << y.shape_string());
+    op_checks::add(x, y);
     float* xp = x.data<float>();
     const float* yp = y.data<float>();
     const int64_t n = x.numel();
@@ -314,12 +307,9 @@ class CpuBackend final : public Backend {
                  const AttentionShape& shape, Tensor& out) override {
     check_f32(q, "attention queries");
     check_f32(out, "attention output");
-    CEPE_CHECK(shape.heads % shape.kv_heads == 0,
-               "attention: heads " << shape.heads << " not a multiple of " << shape.kv_heads);
+    op_checks::attention(q, segments, shape, out);
     const int64_t q_stride = static_cast<int64_t>(shape.heads) * shape.head_dim;
     const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * shape.head_dim;
-    CEPE_CHECK(q.dim(-1) == q_stride && out.dim(-1) == q_stride,
-               "attention: query width " << q.dim(-1) << ", expected " << q_stride);
     // Work items: (segment, head, tile of query rows). Tiles bound the score buffer's size.
     constexpr int64_t kTile = 64;
     struct Item {
@@ -331,13 +321,6 @@ class CpuBackend final : public Backend {
       const AttentionSegment& sg = segments[s];
       check_f32(sg.k, "attention keys");
       check_f32(sg.v, "attention values");
-      CEPE_CHECK(
-          sg.k.dim(-1) == kv_stride && sg.v.dim(-1) == kv_stride && sg.k.dim(0) == sg.v.dim(0),
-          "attention: keys " << sg.k.shape_string() << " / values " << sg.v.shape_string()
-                             << " do not match " << shape.kv_heads << " heads of "
-                             << shape.head_dim);
-      CEPE_CHECK(sg.q_begin >= 0 && sg.q_begin + sg.q_len <= q.dim(0),
-                 "attention: segment rows out of range");
       for (int h = 0; h < shape.heads; ++h)
         for (int64_t r = 0; r < sg.q_len; r += kTile)
           items.push_back({static_cast<int>(s), h, r, std::min(kTile, sg.q_len - r)});

@@ -320,11 +320,8 @@ class CudaBackend final : public Backend {
     check_f32(x, "rms_norm input");
     check_f32(weight, "rms_norm weight");
     check_f32(out, "rms_norm output");
+    op_checks::rms_norm(x, weight, out);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
-    CEPE_CHECK(weight.numel() == width,
-               "rms_norm weight has " << weight.numel() << " elements, input width is " << width);
-    CEPE_CHECK(out.numel() == x.numel(),
-               "rms_norm output " << out.shape_string() << " vs input " << x.shape_string());
     kern::launch_rms_norm(x.data<float>(), weight.data<float>(), eps, rows, width,
                           out.data<float>(), stream());
   }
@@ -415,8 +412,7 @@ class CudaBackend final : public Backend {
   void silu_mul(Tensor& gate, const Tensor& up) override {
     check_f32(gate, "silu_mul gate");
     check_f32(up, "silu_mul up");
-    CEPE_CHECK(gate.numel() == up.numel(),
-               "silu_mul: gate " << gate.shape_string() << " vs up " << up.shape_string());
+    op_checks::silu_mul(gate, up);
     kern::launch_silu_mul(gate.data<float>(), up.data<float>(), gate.numel(), stream());
   }
 
@@ -426,12 +422,8 @@ class CudaBackend final : public Backend {
     check_f32(weight, "layer_norm weight");
     check_f32(bias, "layer_norm bias");
     check_f32(out, "layer_norm output");
+    op_checks::layer_norm(x, weight, bias, out);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
-    CEPE_CHECK(weight.numel() == width && bias.numel() == width,
-               "layer_norm weight/bias have " << weight.numel() << "/" << bias.numel()
-                                              << " elements, input width is " << width);
-    CEPE_CHECK(out.numel() == x.numel(),
-               "layer_norm output " << out.shape_string() << " vs input " << x.shape_string());
     kern::launch_layer_norm(x.data<float>(), weight.data<float>(), bias.data<float>(), eps, rows,
                             width, out.data<float>(), stream());
   }
@@ -439,16 +431,15 @@ class CudaBackend final : public Backend {
   void add_bias(Tensor& x, const Tensor& bias) override {
     check_f32(x, "add_bias input");
     check_f32(bias, "add_bias bias");
+    op_checks::add_bias(x, bias);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
-    CEPE_CHECK(bias.numel() == width,
-               "add_bias: bias has " << bias.numel() << " elements, input width is " << width);
     kern::launch_add_bias(x.data<float>(), bias.data<float>(), rows, width, stream());
   }
 
   void add(Tensor& x, const Tensor& y) override {
     check_f32(x, "add destination");
     check_f32(y, "add operand");
-    CEPE_CHECK(x.numel() == y.numel(), "add: " << x.shape_string() << " += " << y.shape_string());
+    op_checks::add(x, y);
     kern::launch_add(x.data<float>(), y.data<float>(), x.numel(), stream());
   }
 
@@ -461,28 +452,18 @@ class CudaBackend final : public Backend {
                  const AttentionShape& shape, Tensor& out) override {
     check_f32(q, "attention queries");
     check_f32(out, "attention output");
-    CEPE_CHECK(shape.heads > 0 && shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0,
-               "attention: heads " << shape.heads << " not a multiple of " << shape.kv_heads);
+    op_checks::attention(q, segments, shape, out);
     CEPE_CHECK(shape.head_dim > 0 && shape.head_dim <= kern::kAttnMaxHeadDim,
                "attention: head_dim " << shape.head_dim
                                       << " is not supported by the CUDA attention kernel (1 to "
                                       << kern::kAttnMaxHeadDim << ")");
     const int64_t q_stride = static_cast<int64_t>(shape.heads) * shape.head_dim;
     const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * shape.head_dim;
-    CEPE_CHECK(q.dim(-1) == q_stride && out.dim(-1) == q_stride && out.dim(0) == q.dim(0),
-               "attention: query width " << q.dim(-1) << ", expected " << q_stride);
     std::vector<kern::AttnSegment> segs;
     segs.reserve(segments.size());
     for (const AttentionSegment& sg : segments) {
       check_f32(sg.k, "attention keys");
       check_f32(sg.v, "attention values");
-      CEPE_CHECK(
-          sg.k.dim(-1) == kv_stride && sg.v.dim(-1) == kv_stride && sg.k.dim(0) == sg.v.dim(0),
-          "attention: keys " << sg.k.shape_string() << " / values " << sg.v.shape_string()
-                             << " do not match " << shape.kv_heads << " heads of "
-                             << shape.head_dim);
-      CEPE_CHECK(sg.q_begin >= 0 && sg.q_len >= 0 && sg.q_begin + sg.q_len <= q.dim(0),
-                 "attention: segment rows out of range");
       kern::AttnSegment s;
       s.k = sg.k.data<float>();
       s.v = sg.v.data<float>();
