@@ -16,6 +16,49 @@ int64_t width_of(const Tensor& x) {
 }
 }  // namespace
 
+void embedding(const Tensor& table, const std::vector<int32_t>& ids, const Tensor& out) {
+  CEPE_CHECK(table.rank() == 2, "embedding table must be 2-D, got " << table.shape_string());
+  const int64_t rows = table.dim(0), width = table.dim(1);
+  CEPE_CHECK(
+      out.rank() == 2 && out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == width,
+      "embedding output " << out.shape_string() << " does not fit " << ids.size()
+                          << " ids of width " << width);
+  for (size_t i = 0; i < ids.size(); ++i)
+    CEPE_CHECK(ids[i] >= 0 && ids[i] < rows, "token id " << ids[i] << " at position " << i
+                                                         << " is outside the vocabulary [0, "
+                                                         << rows << ")");
+}
+
+void linear(const Tensor& x, const Tensor& weight, const Tensor& out) {
+  CEPE_CHECK(weight.rank() == 2, "linear weight must be 2-D, got " << weight.shape_string());
+  const int64_t k = weight.dim(1), n = weight.dim(0);
+  CEPE_CHECK(k > 0, "linear weight " << weight.shape_string() << " has no columns");
+  const int64_t m = x.numel() / k;
+  CEPE_CHECK(x.dim(-1) == k && out.numel() == m * n && out.dim(-1) == n,
+             "linear: input " << x.shape_string() << " · weight " << weight.shape_string()
+                              << "ᵀ does not fit output " << out.shape_string());
+}
+
+void rope(const Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) {
+  CEPE_CHECK(heads > 0 && head_dim > 0 && head_dim % 2 == 0 && x.dim(-1) == heads * head_dim,
+             "rope: input " << x.shape_string() << " is not " << heads << " heads of " << head_dim);
+  const int64_t t_len = x.numel() / (static_cast<int64_t>(heads) * head_dim);
+  const int64_t half = head_dim / 2;
+  CEPE_CHECK(cos.numel() == t_len * half && sin.numel() == t_len * half,
+             "rope tables " << cos.shape_string() << " do not match " << t_len
+                            << " rows of head_dim " << head_dim);
+}
+
+void copy_rows(const Tensor& src, int64_t src_row, const Tensor& dst, int64_t dst_row,
+               int64_t count) {
+  CEPE_CHECK(src.dtype() == dst.dtype() && dst.dim(-1) == src.dim(-1) && src_row >= 0 &&
+                 dst_row >= 0 && count >= 0 && src_row + count <= src.dim(0) &&
+                 dst_row + count <= dst.dim(0),
+             "copy_rows: cannot copy rows [" << src_row << ", " << src_row + count << ") of "
+                                             << src.shape_string() << " to row " << dst_row
+                                             << " of " << dst.shape_string());
+}
+
 void rms_norm(const Tensor& x, const Tensor& weight, const Tensor& out) {
   const int64_t width = width_of(x);
   CEPE_CHECK(weight.numel() == width,

@@ -110,6 +110,15 @@ class Backend {
 /// arguments on every device (device and dtype checks stay with the backend). Each throws a
 /// message naming the op and the mismatch.
 namespace op_checks {
+/// embedding: a 2-D table, an output of [ids, width], every id inside the vocabulary.
+void embedding(const Tensor& table, const std::vector<int32_t>& ids, const Tensor& out);
+/// linear: a 2-D weight [n, k] with k > 0, input [..., k], output [..., n].
+void linear(const Tensor& x, const Tensor& weight, const Tensor& out);
+/// rope: the input is rows of `heads` x even `head_dim`; the tables hold half a head per row.
+void rope(const Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin);
+/// copy_rows: same dtype and width, both row ranges inside their tensors.
+void copy_rows(const Tensor& src, int64_t src_row, const Tensor& dst, int64_t dst_row,
+               int64_t count);
 /// rms_norm: the weight has the input's width; the output has the input's size.
 void rms_norm(const Tensor& x, const Tensor& weight, const Tensor& out);
 /// layer_norm: weight and bias have the input's width; the output has the input's size.

@@ -586,6 +586,16 @@ TEST_P(BackendOps, BadShapesThrowNamingTheOp) {
   expect_throw([&] { b().add(x, kv); }, "add");
   expect_throw([&] { b().silu_mul(x, kv); }, "silu_mul");
   expect_throw([&] { b().rms_norm(q, short_bias, 1e-5f, out); }, "rms_norm");
+  // Checks the CPU backend lacked before they were shared: a zero-width weight and zero heads
+  // divided by zero; a 1-D table and a negative count went unchecked.
+  expect_throw(
+      [&] {
+        b().linear(q, b().load_weight(Tensor::zeros({4, 0}, DType::F32), false), out);
+      },
+      "linear");
+  expect_throw([&] { b().rope(x, 0, 16, w, w); }, "rope");
+  expect_throw([&] { b().embedding(w, {1}, out); }, "embedding");
+  expect_throw([&] { b().copy_rows(q, 0, out, 0, -1); }, "copy_rows");
 }
 
 TEST_P(BackendOps, IdentityWeightShowsActivationRounding) {

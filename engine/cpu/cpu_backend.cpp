@@ -133,14 +133,8 @@ class CpuBackend final : public Backend {
   void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out) override {
     check_cpu(table, "embedding table");
     check_f32(out, "embedding output");
-    const int64_t rows = table.dim(0), width = table.dim(1);
-    CEPE_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == width,
-               "embedding output " << out.shape_string() << " does not fit " << ids.size()
-                                   << " ids of width " << width);
-    for (size_t i = 0; i < ids.size(); ++i)
-      CEPE_CHECK(ids[i] >= 0 && ids[i] < rows, "token id " << ids[i] << " at position " << i
-                                                           << " is outside the vocabulary [0, "
-                                                           << rows << ")");
+    op_checks::embedding(table, ids, out);
+    const int64_t width = table.dim(1);
     const size_t esize = dtype_size(table.dtype());
     const char* base = static_cast<const char*>(table.raw());
 #pragma omp parallel for schedule(static) if (ids.size() > 16)
@@ -172,12 +166,9 @@ class CpuBackend final : public Backend {
     check_f32(x, "linear input");
     check_f32(out, "linear output");
     check_cpu(weight, "linear weight");
-    CEPE_CHECK(weight.rank() == 2, "linear weight must be 2-D, got " << weight.shape_string());
+    op_checks::linear(x, weight, out);
     const int64_t k = weight.dim(1), n = weight.dim(0);
     const int64_t m = x.numel() / k;
-    CEPE_CHECK(x.dim(-1) == k && out.numel() == m * n && out.dim(-1) == n,
-               "linear: input " << x.shape_string() << " · weight " << weight.shape_string()
-                                << "ᵀ does not fit output " << out.shape_string());
     if (m == 0) return;
     const float* xp = x.data<float>();
     float* op = out.data<float>();
@@ -203,11 +194,9 @@ class CpuBackend final : public Backend {
 
   void rope(Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) override {
     check_f32(x, "rope input");
+    op_checks::rope(x, heads, head_dim, cos, sin);
     const int64_t t_len = x.numel() / (static_cast<int64_t>(heads) * head_dim);
     const int half = head_dim / 2;
-    CEPE_CHECK(cos.numel() == t_len * half && sin.numel() == t_len * half,
-               "rope tables " << cos.shape_string() << " do not match " << t_len
-                              << " rows of head_dim " << head_dim);
     const float* c = cos.data<float>();
     const float* s = sin.data<float>();
 #pragma omp parallel for schedule(static) if (t_len > 4)
@@ -229,12 +218,8 @@ class CpuBackend final : public Backend {
                  int64_t count) override {
     check_cpu(src, "copy source");
     check_cpu(dst, "copy destination");
+    op_checks::copy_rows(src, src_row, dst, dst_row, count);
     const int64_t width = src.dim(-1);
-    CEPE_CHECK(src.dtype() == dst.dtype() && dst.dim(-1) == width && src_row >= 0 && dst_row >= 0 &&
-                   src_row + count <= src.dim(0) && dst_row + count <= dst.dim(0),
-               "copy_rows: cannot copy rows [" << src_row << ", " << src_row + count << ") of "
-                                               << src.shape_string() << " to row " << dst_row
-                                               << " of " << dst.shape_string());
     const size_t row_bytes = static_cast<size_t>(width) * dtype_size(src.dtype());
     std::memcpy(static_cast<char*>(dst.raw()) + dst_row * row_bytes,
                 static_cast<const char*>(src.raw()) + src_row * row_bytes, count * row_bytes);

@@ -299,15 +299,8 @@ class CudaBackend final : public Backend {
   void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out) override {
     check_cuda(table, "embedding table");
     check_f32(out, "embedding output");
-    CEPE_CHECK(table.rank() == 2, "embedding table must be 2-D, got " << table.shape_string());
+    op_checks::embedding(table, ids, out);
     const int64_t rows = table.dim(0), width = table.dim(1);
-    CEPE_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == width,
-               "embedding output " << out.shape_string() << " does not fit " << ids.size()
-                                   << " ids of width " << width);
-    for (size_t i = 0; i < ids.size(); ++i)
-      CEPE_CHECK(ids[i] >= 0 && ids[i] < rows, "token id " << ids[i] << " at position " << i
-                                                           << " is outside the vocabulary [0, "
-                                                           << rows << ")");
     if (ids.empty()) return;
     const kern::ElemType type = elem_type(table.dtype(), "embedding table");
     std::shared_ptr<void> dev_ids = ctx_->allocate(ids.size() * sizeof(int32_t), "token ids");
@@ -330,13 +323,9 @@ class CudaBackend final : public Backend {
     check_f32(x, "linear input");
     check_f32(out, "linear output");
     check_cuda(weight, "linear weight");
-    CEPE_CHECK(weight.rank() == 2, "linear weight must be 2-D, got " << weight.shape_string());
+    op_checks::linear(x, weight, out);
     const int64_t k = weight.dim(1), n = weight.dim(0);
-    CEPE_CHECK(k > 0, "linear weight " << weight.shape_string() << " has no columns");
     const int64_t m = x.numel() / k;
-    CEPE_CHECK(x.dim(-1) == k && out.numel() == m * n && out.dim(-1) == n,
-               "linear: input " << x.shape_string() << " · weight " << weight.shape_string()
-                                << "ᵀ does not fit output " << out.shape_string());
     if (m == 0 || n == 0) return;
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const int mi = to_int(m, "linear rows"), ni = to_int(n, "linear output width"),
@@ -380,14 +369,8 @@ class CudaBackend final : public Backend {
     check_f32(x, "rope input");
     check_f32(cos, "rope cos table");
     check_f32(sin, "rope sin table");
-    CEPE_CHECK(
-        heads > 0 && head_dim > 0 && head_dim % 2 == 0 && x.dim(-1) == heads * head_dim,
-        "rope: input " << x.shape_string() << " is not " << heads << " heads of " << head_dim);
+    op_checks::rope(x, heads, head_dim, cos, sin);
     const int64_t t_len = x.numel() / (static_cast<int64_t>(heads) * head_dim);
-    const int half = head_dim / 2;
-    CEPE_CHECK(cos.numel() == t_len * half && sin.numel() == t_len * half,
-               "rope tables " << cos.shape_string() << " do not match " << t_len
-                              << " rows of head_dim " << head_dim);
     kern::launch_rope(x.data<float>(), t_len, heads, head_dim, cos.data<float>(), sin.data<float>(),
                       stream());
   }
@@ -396,12 +379,7 @@ class CudaBackend final : public Backend {
                  int64_t count) override {
     check_cuda(src, "copy source");
     check_cuda(dst, "copy destination");
-    const int64_t width = src.dim(-1);
-    CEPE_CHECK(src.dtype() == dst.dtype() && dst.dim(-1) == width && src_row >= 0 && dst_row >= 0 &&
-                   count >= 0 && src_row + count <= src.dim(0) && dst_row + count <= dst.dim(0),
-               "copy_rows: cannot copy rows [" << src_row << ", " << src_row + count << ") of "
-                                               << src.shape_string() << " to row " << dst_row
-                                               << " of " << dst.shape_string());
+    op_checks::copy_rows(src, src_row, dst, dst_row, count);
     const size_t row_bytes = src.dim(0) ? src.nbytes() / src.dim(0) : 0;
     if (count == 0 || row_bytes == 0) return;
     CEPE_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.raw()) + dst_row * row_bytes,
