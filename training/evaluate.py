@@ -84,7 +84,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", required=True, help="data.py's output (data.npz, heldout.jsonl)")
     ap.add_argument("--settings", default="0,10,20",
                     help="passages in the encoder per setting (0 = decoder alone)")
-    ap.add_argument("--limit", type=int, default=0, help="first N held-out questions (0: all)")
+    ap.add_argument("--limit", type=int, default=0,
+                    help="N held-out questions spread evenly over the held-out articles (0: all)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=25)
     ap.add_argument("--chunk-len", type=int, default=256)
@@ -102,8 +103,9 @@ def main(argv=None) -> None:
     tok = common.Tokenizer(os.path.join(args.model, "tokenizer.model"))
     data = Data(args.work)
     heldout = list(common.read_jsonl(os.path.join(args.work, "heldout.jsonl")))
-    if args.limit:
-        heldout = heldout[:args.limit]
+    if 0 < args.limit < len(heldout):
+        # Every (n/limit)-th question, so that every held-out article is represented.
+        heldout = [heldout[i * len(heldout) // args.limit] for i in range(args.limit)]
     stop_ids = {EOS_ID, tok.newline_id}
     settings = [int(x) for x in args.settings.split(",")]
     if any(k > 0 for k in settings) and not model.is_cepe:
