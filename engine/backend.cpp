@@ -91,6 +91,24 @@ void silu_mul(const Tensor& gate, const Tensor& up) {
              "silu_mul: gate " << gate.shape_string() << " vs up " << up.shape_string());
 }
 
+void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
+                 const Tensor& out) {
+  CEPE_CHECK(heads > 0 && groups > 0 && heads % groups == 0,
+             "head_linear: " << heads << " heads do not split into " << groups << " groups");
+  CEPE_CHECK(
+      weight.rank() == 2 && weight.dim(0) > 0 && weight.dim(1) > 0 && weight.dim(0) % groups == 0,
+      "head_linear: weight " << weight.shape_string() << " does not split into " << groups
+                             << " row blocks");
+  const int64_t a = weight.dim(0) / groups, b = weight.dim(1);
+  const int64_t in = transposed ? b : a, out_width = transposed ? a : b;
+  CEPE_CHECK(x.rank() == 2 && x.dim(1) == heads * in, "head_linear: input "
+                                                          << x.shape_string() << " is not rows x "
+                                                          << heads << " heads of " << in);
+  CEPE_CHECK(out.rank() == 2 && out.dim(0) == x.dim(0) && out.dim(1) == heads * out_width,
+             "head_linear: output " << out.shape_string() << " is not " << x.dim(0) << " x "
+                                    << heads << " heads of " << out_width);
+}
+
 void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                const AttentionShape& shape, const Tensor& out) {
   CEPE_CHECK(shape.heads > 0 && shape.kv_heads > 0 && shape.head_dim > 0 &&

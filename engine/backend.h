@@ -85,6 +85,16 @@ class Backend {
   /// out[q rows of s] = softmax(q·kᵀ·scale, masked) · v, grouped-query aware.
   virtual void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                          const AttentionShape& shape, Tensor& out) = 0;
+  /// Per-head products with one weight block per key/value group, for cross-attention with the
+  /// projections absorbed (q' = W_kᵀq scored against the encoder states, out = W_v·c). x is
+  /// [rows, heads * in], weight [groups * a, b]; head h uses block g = h / (heads / groups),
+  /// W_g = rows [g * a, (g + 1) * a). `transposed`: out_h = W_g x_h (in = b, out = a); otherwise
+  /// out_h = W_gᵀ x_h (in = a, out = b). out is [rows, heads * out]; the weight keeps its dtype.
+  virtual void head_linear(const Tensor& /*x*/, const Tensor& /*weight*/, int /*heads*/,
+                           int /*groups*/, bool /*transposed*/, Tensor& /*out*/) {
+    CEPE_THROW("head_linear (absorbed cross-attention) is not implemented by the backend "
+               << describe() << "; use the cached cross-attention (--cross-attention cached)");
+  }
   /// out = (x - mean) / sqrt(var + eps) * weight + bias, row by row in F32 (out may be x).
   virtual void layer_norm(const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*bias*/,
                           float /*eps*/, Tensor& /*out*/) {
@@ -129,6 +139,9 @@ void add_bias(const Tensor& x, const Tensor& bias);
 void add(const Tensor& x, const Tensor& y);
 /// silu_mul: gate and up have the same number of elements.
 void silu_mul(const Tensor& gate, const Tensor& up);
+/// head_linear: heads split evenly into groups, weight rows into groups, matching widths.
+void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
+                 const Tensor& out);
 /// attention: head layout, query/output widths, and every segment's rows and key/value shapes.
 void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                const AttentionShape& shape, const Tensor& out);

@@ -97,10 +97,21 @@ double rope_effective_base(const LlamaConfig& cfg, int64_t seq_len) {
   return cfg.rope_theta * std::pow(ratio, d / (d - 2.0));
 }
 
+CrossAttentionMode parse_cross_attention_mode(const std::string& name, const std::string& what) {
+  if (name == "cached") return CrossAttentionMode::Cached;
+  if (name == "absorbed") return CrossAttentionMode::Absorbed;
+  CEPE_THROW(what << ": '" << name << "' is not a cross-attention mode (cached or absorbed)");
+}
+
+const char* cross_attention_mode_name(CrossAttentionMode mode) {
+  return mode == CrossAttentionMode::Absorbed ? "absorbed" : "cached";
+}
+
 size_t DecoderState::cache_bytes() const {
-  size_t n = 0;
+  size_t n = context_.defined() ? context_.nbytes() : 0;
   for (const auto* v : {&k_cache_, &v_cache_, &cross_k_, &cross_v_})
-    for (const Tensor& t : *v) n += t.nbytes();
+    for (const Tensor& t : *v)
+      if (t.defined()) n += t.nbytes();  // layers without cross-attention hold none
   return n;
 }
 
@@ -256,6 +267,12 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
   CEPE_CHECK(state.length_ == 0, "context must be attached before the first token");
   if (context.tokens() == 0) return;
   CEPE_CHECK(config_.is_cepe(), "this model has no cross-attention, so it cannot take context");
+  state.cross_mode_ = cross_mode_;
+  state.encoder_tokens_ = context.tokens();
+  if (cross_mode_ == CrossAttentionMode::Absorbed) {
+    state.context_ = context.states;
+    return;
+  }
   const LlamaConfig& c = config_.decoder;
   const int64_t kvd = int64_t(c.num_key_value_heads) * c.head_dim;
   state.cross_k_.assign(c.num_hidden_layers, Tensor());
@@ -268,7 +285,6 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
     backend_.linear(context.states, b.cross_k, state.cross_k_[l]);
     backend_.linear(context.states, b.cross_v, state.cross_v_[l]);
   }
-  state.encoder_tokens_ = context.tokens();
 }
 
 Tensor CepeModel::forward(DecoderState& state, const std::vector<int32_t>& tokens,
@@ -283,7 +299,7 @@ Tensor CepeModel::forward_batch(const std::vector<DecoderState*>& states,
       "forward_batch: " << states.size() << " states for " << tokens.size() << " token lists");
   const LlamaConfig& c = config_.decoder;
   std::vector<int32_t> ids;
-  std::vector<int64_t> positions, rope_lengths, row_begin;
+  std::vector<int64_t> positions, rope_lengths, row_begin, row_count;
   for (size_t s = 0; s < states.size(); ++s) {
     DecoderState& st = *states[s];
     CEPE_CHECK(!tokens[s].empty(), "sequence " << s << ": no tokens to run");
@@ -293,6 +309,7 @@ Tensor CepeModel::forward_batch(const std::vector<DecoderState*>& states,
     // already cached keep the rotation they were stored with (as in the official code).
     st.rope_length_ = std::max(st.rope_length_, total);
     row_begin.push_back(static_cast<int64_t>(ids.size()));
+    row_count.push_back(static_cast<int64_t>(tokens[s].size()));
     for (size_t i = 0; i < tokens[s].size(); ++i) {
       ids.push_back(tokens[s][i]);
       positions.push_back(st.length_ + static_cast<int64_t>(i));
@@ -342,29 +359,7 @@ Tensor CepeModel::forward_batch(const std::vector<DecoderState*>& states,
     backend_.attention(q, self_segments, shape, attn);
     backend_.linear(attn, b.o, x, /*accumulate=*/true);
 
-    if (b.has_cross) {
-      std::vector<AttentionSegment> cross_segments;
-      for (size_t s = 0; s < states.size(); ++s) {
-        const DecoderState& st = *states[s];
-        if (st.encoder_tokens_ == 0) continue;
-        AttentionSegment seg;
-        seg.q_begin = row_begin[s];
-        seg.q_len = static_cast<int64_t>(tokens[s].size());
-        seg.k = st.cross_k_[l];
-        seg.v = st.cross_v_[l];
-        cross_segments.push_back(seg);
-      }
-      if (!cross_segments.empty()) {
-        backend_.rms_norm(x, b.cross_norm, c.rms_norm_eps, hbuf);
-        backend_.linear(hbuf, b.cross_q, q);
-        // Rows of sequences without context stay zero; o_proj has no bias, so they add nothing.
-        Tensor cross_out = attn;
-        if (cross_segments.size() != states.size())
-          cross_out = backend_.to_device(Tensor::zeros({rows, qd}, DType::F32));
-        backend_.attention(q, cross_segments, shape, cross_out);
-        backend_.linear(cross_out, b.cross_o, x, /*accumulate=*/true);
-      }
-    }
+    if (b.has_cross) cross_attention(b, l, states, row_begin, row_count, x, hbuf, q, attn);
 
     backend_.rms_norm(x, b.post_norm, c.rms_norm_eps, hbuf);
     backend_.linear(hbuf, b.gate, gate);
@@ -389,6 +384,111 @@ Tensor CepeModel::forward_batch(const std::vector<DecoderState*>& states,
   Tensor logits = backend_.empty({out_rows, int64_t(c.vocab_size)}, DType::F32);
   backend_.linear(normed, lm_head_, logits);
   return backend_.to_host_f32(logits);
+}
+
+void CepeModel::cross_attention(const BlockWeights& b, int layer,
+                                const std::vector<DecoderState*>& states,
+                                const std::vector<int64_t>& row_begin,
+                                const std::vector<int64_t>& row_count, Tensor& x, Tensor& hbuf,
+                                Tensor& q, Tensor& attn) {
+  const LlamaConfig& c = config_.decoder;
+  const int64_t rows = x.dim(0);
+  const int64_t qd = int64_t(c.num_attention_heads) * c.head_dim,
+                kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  const int64_t eh = config_.encoder_hidden_size;
+  // Per sequence: attention over keys/values (cached, or projected for this call only), or the
+  // absorbed form. Absorbed costs ~2·heads·n·eh FLOPs per query row against a one-off
+  // 2·n·eh·kvd projection plus 2·heads·n·hd per row: it wins below ~eh·kvd / (heads·(eh - hd))
+  // rows, i.e. always for decode steps and never for a 2048-token prefill at 7B shapes.
+  std::vector<AttentionSegment> direct;
+  std::vector<size_t> absorbed;
+  size_t with_context = 0;
+  for (size_t s = 0; s < states.size(); ++s) {
+    DecoderState& st = *states[s];
+    if (st.encoder_tokens_ == 0) continue;
+    ++with_context;
+    AttentionSegment seg;
+    seg.q_begin = row_begin[s];
+    seg.q_len = row_count[s];
+    if (st.cross_mode_ == CrossAttentionMode::Cached) {
+      seg.k = st.cross_k_[layer];
+      seg.v = st.cross_v_[layer];
+    } else {
+      const bool use_absorbed =
+          absorbed_max_rows_ >= 0
+              ? row_count[s] <= absorbed_max_rows_
+              : eh <= c.head_dim ||
+                    row_count[s] * c.num_attention_heads * (eh - c.head_dim) < eh * kvd;
+      if (use_absorbed) {
+        absorbed.push_back(s);
+        continue;
+      }
+      seg.k = backend_.empty({st.encoder_tokens_, kvd}, DType::F32);
+      seg.v = backend_.empty({st.encoder_tokens_, kvd}, DType::F32);
+      backend_.linear(st.context_, b.cross_k, seg.k);
+      backend_.linear(st.context_, b.cross_v, seg.v);
+    }
+    direct.push_back(std::move(seg));
+  }
+  if (with_context == 0) return;
+  backend_.rms_norm(x, b.cross_norm, c.rms_norm_eps, hbuf);
+  backend_.linear(hbuf, b.cross_q, q);
+  // Rows of sequences without context stay zero; o_proj has no bias, so they add nothing.
+  Tensor out = attn;
+  if (with_context != states.size())
+    out = backend_.to_device(Tensor::zeros({rows, qd}, DType::F32));
+  if (!direct.empty()) backend_.attention(q, direct, attention_shape(c), out);
+  if (!absorbed.empty())
+    absorbed_cross_attention(b, states, absorbed, row_begin, row_count, q, out);
+  backend_.linear(out, b.cross_o, x, /*accumulate=*/true);
+}
+
+void CepeModel::absorbed_cross_attention(const BlockWeights& b,
+                                         const std::vector<DecoderState*>& states,
+                                         const std::vector<size_t>& which,
+                                         const std::vector<int64_t>& row_begin,
+                                         const std::vector<int64_t>& row_count, const Tensor& q,
+                                         Tensor& out) {
+  const LlamaConfig& c = config_.decoder;
+  const int heads = c.num_attention_heads, groups = c.num_key_value_heads;
+  const int64_t qd = int64_t(heads) * c.head_dim, eh = config_.encoder_hidden_size;
+  // The sequences' query rows, packed (no copy when they are the whole batch, in order).
+  const bool whole = which.size() == states.size();
+  int64_t rows = 0;
+  for (size_t s : which) rows += row_count[s];
+  Tensor q_rows = q, out_rows = out;
+  if (!whole) {
+    q_rows = backend_.empty({rows, qd}, DType::F32);
+    out_rows = backend_.empty({rows, qd}, DType::F32);
+  }
+  std::vector<AttentionSegment> segments;
+  int64_t at = 0;
+  for (size_t s : which) {
+    if (!whole) backend_.copy_rows(q, row_begin[s], q_rows, at, row_count[s]);
+    AttentionSegment seg;
+    seg.q_begin = whole ? row_begin[s] : at;
+    seg.q_len = row_count[s];
+    seg.k = states[s]->context_;
+    seg.v = states[s]->context_;
+    segments.push_back(std::move(seg));
+    at += row_count[s];
+  }
+  // q'_h = W_k,gᵀ q_h: one encoder-width query per head, scored against E itself (one shared
+  // "key head" of width eh); the softmax scale stays the decoder head's 1/sqrt(head_dim).
+  Tensor q_abs = backend_.empty({rows, heads * eh}, DType::F32);
+  backend_.head_linear(q_rows, b.cross_k, heads, groups, /*transposed=*/false, q_abs);
+  Tensor mixed = backend_.empty({rows, heads * eh}, DType::F32);
+  const AttentionShape shape{heads, 1, static_cast<int>(eh),
+                             1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+  backend_.attention(q_abs, segments, shape, mixed);
+  // out_h = W_v,g · (softmax · E): the value projection applied after the weighted sum.
+  backend_.head_linear(mixed, b.cross_v, heads, groups, /*transposed=*/true, out_rows);
+  if (whole) return;
+  at = 0;
+  for (size_t s : which) {
+    backend_.copy_rows(out_rows, at, out, row_begin[s], row_count[s]);
+    at += row_count[s];
+  }
 }
 
 }  // namespace cepe

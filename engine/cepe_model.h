@@ -44,8 +44,25 @@ struct EncodedContext {
   int64_t tokens() const { return states.defined() && states.rank() == 2 ? states.dim(0) : 0; }
 };
 
-/// Everything one sequence carries between decoder calls: its self-attention KV cache and the
-/// cross-attention keys/values projected once from its encoder states.
+/// How decoder tokens read a request's encoder states E in the cross-attention layers. Both give
+/// the official model's result (which re-projects W_k·E and W_v·E at every step); they differ in
+/// what a request holds between steps and in the work per decode step.
+enum class CrossAttentionMode {
+  /// W_k·E and W_v·E projected once per cross layer at set_context and kept: per request
+  /// 2 x layers x encoder_tokens x kv width (13.4 GB in F32 for CEPE-LLaMA-2-7B, 50 x 256 tokens).
+  Cached,
+  /// Only E is kept (encoder_tokens x encoder width: 52 MB there). Query rows are scored as
+  /// (W_kᵀq)·E and W_v is applied after the softmax; a call with many rows per sequence (a long
+  /// prefill) projects that layer's K/V for the call alone, whichever costs fewer FLOPs.
+  Absorbed,
+};
+/// Parses "cached" / "absorbed" (the error names `what`, e.g. the flag).
+CrossAttentionMode parse_cross_attention_mode(const std::string& name, const std::string& what);
+/// "cached" / "absorbed".
+const char* cross_attention_mode_name(CrossAttentionMode mode);
+
+/// Everything one sequence carries between decoder calls: its self-attention KV cache and what
+/// cross-attention reads (projected keys/values, or the encoder states themselves).
 class DecoderState {
  public:
   /// Tokens already processed (the next token's position).
@@ -58,7 +75,9 @@ class DecoderState {
  private:
   friend class CepeModel;
   std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim]
-  std::vector<Tensor> cross_k_, cross_v_;  // per cross layer [encoder_tokens, kv * hd]
+  std::vector<Tensor> cross_k_, cross_v_;  // Cached: per cross layer [encoder_tokens, kv * hd]
+  Tensor context_;                         // Absorbed: encoder states [encoder_tokens, enc_hidden]
+  CrossAttentionMode cross_mode_ = CrossAttentionMode::Cached;
   int64_t length_ = 0;
   int64_t capacity_ = 0;
   int64_t encoder_tokens_ = 0;
@@ -85,8 +104,18 @@ class CepeModel {
 
   /// A fresh sequence; `expected_tokens` pre-sizes its KV cache (it grows when needed).
   std::unique_ptr<DecoderState> new_state(int64_t expected_tokens = 256) const;
-  /// Attaches encoder states to a sequence that has not started yet: projects every
-  /// cross-attention layer's keys and values once, so decode steps never re-project them.
+  /// How sequences attached to a context from now on read it (default: Cached). Absorbed
+  /// handles a sequence's rows in absorbed form up to `absorbed_max_rows` rows per call (-1: where
+  /// that costs fewer FLOPs than projecting the layer's keys and values for the call).
+  void set_cross_attention_mode(CrossAttentionMode mode, int64_t absorbed_max_rows = -1) {
+    cross_mode_ = mode;
+    absorbed_max_rows_ = absorbed_max_rows;
+  }
+  /// The mode set_context uses.
+  CrossAttentionMode cross_attention_mode() const { return cross_mode_; }
+  /// Attaches encoder states to a sequence that has not started yet. Cached: projects every
+  /// cross-attention layer's keys and values once, so decode steps never re-project them;
+  /// Absorbed: keeps a reference to the states alone.
   void set_context(DecoderState& state, const EncodedContext& context);
 
   /// Runs `tokens` through the decoder for one sequence, appending them to its cache; returns host
@@ -102,6 +131,17 @@ class CepeModel {
   CepeModel(ModelConfig config, Backend& backend);
   void load_weights(const WeightStore& store);
   void ensure_capacity(DecoderState& state, int64_t needed) const;
+  // One cross-attention layer for a packed batch: adds o_proj(attention over each sequence's
+  // context) to x for the rows of sequences that have one. hbuf, q and attn are scratch rows.
+  void cross_attention(const BlockWeights& b, int layer, const std::vector<DecoderState*>& states,
+                       const std::vector<int64_t>& row_begin, const std::vector<int64_t>& row_count,
+                       Tensor& x, Tensor& hbuf, Tensor& q, Tensor& attn);
+  // Absorbed cross-attention for the given sequences: q's rows of them in, out's rows written.
+  void absorbed_cross_attention(const BlockWeights& b, const std::vector<DecoderState*>& states,
+                                const std::vector<size_t>& which,
+                                const std::vector<int64_t>& row_begin,
+                                const std::vector<int64_t>& row_count, const Tensor& q,
+                                Tensor& out);
   // cos/sin [rows, head_dim/2] for the given positions, uploaded to the device.
   void rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& positions,
                    const std::vector<int64_t>& rope_lengths, Tensor* cos, Tensor* sin) const;
@@ -111,6 +151,8 @@ class CepeModel {
   StackWeights decoder_;
   StackWeights encoder_;
   Tensor lm_head_;
+  CrossAttentionMode cross_mode_ = CrossAttentionMode::Cached;
+  int64_t absorbed_max_rows_ = -1;
   size_t weight_bytes_ = 0;
   std::shared_ptr<WeightStore> store_;  // keeps the memory-mapped weights alive
 };

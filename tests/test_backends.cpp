@@ -463,6 +463,66 @@ TEST_P(BackendOps, Linear) {
                Error);
 }
 
+// The absorbed cross-attention's per-head products, against double loops, for MHA and GQA,
+// both orientations and every weight dtype.
+TEST_P(BackendOps, HeadLinear) {
+  if (GetParam() == Device::CUDA)
+    GTEST_SKIP() << "head_linear has no CUDA implementation yet (absorbed cross-attention runs on "
+                    "the CPU backend; issue 3)";
+  std::mt19937 rng(27);
+  struct Case {
+    int64_t rows;
+    int heads, groups;
+    int64_t a, b;
+  };
+  for (const Case c :
+       {Case{1, 4, 4, 8, 24}, Case{5, 6, 2, 16, 40}, Case{3, 8, 1, 12, 7}, Case{0, 2, 2, 4, 4}}) {
+    const Tensor w = random_tensor({c.groups * c.a, c.b}, rng, 0.1f);
+    for (bool transposed : {false, true}) {
+      const int64_t in = transposed ? c.b : c.a, out_w = transposed ? c.a : c.b;
+      const Tensor x = random_tensor({c.rows, c.heads * in}, rng);
+      for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+        const Tensor stored = as_dtype(w, t);
+        const std::vector<float> wf = widened(stored);
+        Tensor out = b().empty({c.rows, c.heads * out_w}, DType::F32);
+        b().head_linear(dev(x), b().load_weight(stored, false), c.heads, c.groups, transposed, out);
+        std::vector<double> want, bound;
+        for (int64_t r = 0; r < c.rows; ++r)
+          for (int h = 0; h < c.heads; ++h) {
+            const int64_t g = h / (c.heads / c.groups);
+            for (int64_t o = 0; o < out_w; ++o) {
+              double sum = 0.0, mag = 0.0;
+              for (int64_t i = 0; i < in; ++i) {
+                // Block g is rows [g*a, (g+1)*a) of [groups*a, b]: element (row, col).
+                const int64_t row = g * c.a + (transposed ? o : i), col = transposed ? i : o;
+                const double p = double(x.data<float>()[r * c.heads * in + h * in + i]) *
+                                 wf[static_cast<size_t>(row * c.b + col)];
+                sum += p;
+                mag += std::fabs(p);
+              }
+              want.push_back(sum);
+              bound.push_back(kF32Dot * mag + 1e-6);
+            }
+          }
+        expect_within(values(b().to_host_f32(out)), want, bound,
+                      "head_linear " + std::to_string(c.rows) + " rows, " +
+                          std::to_string(c.heads) + "/" + std::to_string(c.groups) + " " +
+                          dtype_name(t) + (transposed ? " transposed" : ""));
+      }
+    }
+  }
+  Tensor out = b().empty({2, 3 * 7}, DType::F32);
+  const Tensor w = b().load_weight(random_tensor({4, 7}, rng), false);
+  for (auto [heads, groups] : {std::pair{3, 2}, std::pair{4, 0}, std::pair{4, 3}}) {
+    try {
+      b().head_linear(dev(random_tensor({2, heads * 2}, rng)), w, heads, groups, false, out);
+      ADD_FAILURE() << "no error for heads " << heads << " groups " << groups;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("head_linear"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_P(BackendOps, Rope) {
   std::mt19937 rng(24);
   const int heads = 3, hd = 16;
@@ -871,57 +931,19 @@ TEST(CudaBackend, TensorsOutliveTheBackendAndMemoryIsReturned) {
 // ---- whole models on the fixtures
 // ----------------------------------------------------------------
 
-std::vector<int32_t> ids_of(const rapidjson::Value& v) {
-  std::vector<int32_t> out;
-  for (const auto& x : v.GetArray()) out.push_back(x.GetInt());
-  return out;
-}
-
-std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v) {
-  std::vector<std::vector<int32_t>> out;
-  for (const auto& c : v.GetArray()) out.push_back(ids_of(c));
-  return out;
-}
+using test::chunks_of;
+using test::greedy;
+using test::ids_of;
+using test::load_fixture;
 
 std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  const fs::path root = test::source_dir() / "tests" / "fixtures";
-  if (!fs::exists(root)) return names;
-  for (const auto& e : fs::directory_iterator(root))
-    if (fs::exists(e.path() / "expected.json")) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-struct FixtureCase {
-  fs::path dir;
-  rapidjson::Document expected;
-};
-
-std::unique_ptr<FixtureCase> load_fixture(const std::string& name) {
-  auto f = std::make_unique<FixtureCase>();
-  f->dir = test::source_dir() / "tests" / "fixtures" / name;
-  const std::string text = test::read_file(f->dir / "expected.json");
-  f->expected.Parse(text.c_str(), text.size());
-  EXPECT_FALSE(f->expected.HasParseError()) << name;
-  return f;
+  return test::fixture_names(/*greedy_only=*/false);
 }
 
 bool has_16bit_weights(const fs::path& dir) {
   const std::string cfg = test::read_file(dir / "config.json");
   return cfg.find("\"bfloat16\"") != std::string::npos ||
          cfg.find("\"float16\"") != std::string::npos;
-}
-
-std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
-                            const std::vector<std::vector<int32_t>>& chunks, int max_new) {
-  SamplingOptions o;
-  o.max_new_tokens = max_new;
-  EncodedContext ctx;
-  if (!chunks.empty()) ctx = model.encode(chunks);
-  Sequence seq(model, nullptr, prompt, ctx, o);
-  while (!seq.finished()) step_sequences(model, {&seq});
-  return seq.tokens();
 }
 
 // Scoring logits and encoder states of `model` against the CPU backend's, and greedy tokens
@@ -1060,6 +1082,10 @@ class CudaNumericsOnCpu final : public Backend {
   void add_bias(Tensor& x, const Tensor& bias) override { cpu_->add_bias(x, bias); }
   void add(Tensor& x, const Tensor& y) override { cpu_->add(x, y); }
   void gelu(Tensor& x) override { cpu_->gelu(x); }
+  void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
+                   Tensor& out) override {
+    cpu_->head_linear(x, weight, heads, groups, transposed, out);
+  }
   void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                  const AttentionShape& shape, Tensor& out) override {
     cpu_->attention(q, segments, shape, out);

@@ -21,47 +21,10 @@ namespace {
 
 constexpr double kLogitTolerance = 1e-4;
 
-struct Fixture {
-  std::string name;
-  fs::path dir;
-  rapidjson::Document expected;
-};
-
-std::vector<int32_t> ids_of(const rapidjson::Value& v) {
-  std::vector<int32_t> out;
-  for (const auto& x : v.GetArray()) out.push_back(x.GetInt());
-  return out;
-}
-
-std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v) {
-  std::vector<std::vector<int32_t>> out;
-  for (const auto& c : v.GetArray()) out.push_back(ids_of(c));
-  return out;
-}
-
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  const fs::path root = test::source_dir() / "tests" / "fixtures";
-  if (!fs::exists(root)) return names;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const fs::path expected = e.path() / "expected.json";
-    if (!fs::exists(expected)) continue;
-    if (test::read_file(expected).find("\"greedy\"") == std::string::npos) continue;
-    names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-std::unique_ptr<Fixture> load_fixture(const std::string& name) {
-  auto f = std::make_unique<Fixture>();
-  f->name = name;
-  f->dir = test::source_dir() / "tests" / "fixtures" / name;
-  const std::string text = test::read_file(f->dir / "expected.json");
-  f->expected.Parse(text.c_str(), text.size());
-  EXPECT_FALSE(f->expected.HasParseError()) << name;
-  return f;
-}
+using test::chunks_of;
+using test::greedy;
+using test::ids_of;
+using test::load_fixture;
 
 double max_abs_diff(const float* got, const rapidjson::Value& rows, int64_t width) {
   double worst = 0.0;
@@ -76,24 +39,33 @@ double max_abs_diff(const float* got, const rapidjson::Value& rows, int64_t widt
   return worst;
 }
 
-// Greedy ids as the reference's incremental loop produces them (EOS ends it and is kept out).
-std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
-                            const std::vector<std::vector<int32_t>>& chunks, int max_new) {
-  SamplingOptions o;
-  o.max_new_tokens = max_new;
-  EncodedContext ctx;
-  if (!chunks.empty()) ctx = model.encode(chunks);
-  Sequence seq(model, nullptr, prompt, ctx, o);
-  while (!seq.finished()) step_sequences(model, {&seq});
-  return seq.tokens();
-}
+// Every fixture runs with each way of reading the encoder states: cached K/V; absorbed with the
+// cost model's choice (decode steps absorbed, the longer prompts projected for the call); and
+// absorbed for every row (the multi-row per-head GEMMs).
+struct ModeCase {
+  const char* name;
+  CrossAttentionMode mode;
+  int64_t absorbed_max_rows;
+};
+const ModeCase kModes[] = {{"cached", CrossAttentionMode::Cached, -1},
+                           {"absorbed", CrossAttentionMode::Absorbed, -1},
+                           {"absorbed_all_rows", CrossAttentionMode::Absorbed, 1 << 30}};
 
-class ReferenceFixture : public ::testing::TestWithParam<std::string> {};
+class ReferenceFixture : public ::testing::TestWithParam<std::tuple<std::string, ModeCase>> {
+ protected:
+  std::unique_ptr<test::Fixture> fixture() const { return load_fixture(std::get<0>(GetParam())); }
+  std::unique_ptr<CepeModel> load(const test::Fixture& f, Backend& backend) const {
+    auto model = CepeModel::load(f.dir, backend);
+    const ModeCase& m = std::get<1>(GetParam());
+    model->set_cross_attention_mode(m.mode, m.absorbed_max_rows);
+    return model;
+  }
+};
 
 TEST_P(ReferenceFixture, LogitsMatchReference) {
-  auto f = load_fixture(GetParam());
+  auto f = fixture();
   auto backend = make_backend(Device::CPU);
-  auto model = CepeModel::load(f->dir, *backend);
+  auto model = load(*f, *backend);
   const auto& e = f->expected;
   const auto ids = ids_of(e["input_ids"]);
   const auto chunks = chunks_of(e["context_ids"]);
@@ -111,7 +83,8 @@ TEST_P(ReferenceFixture, LogitsMatchReference) {
   ASSERT_EQ(logits.dim(0), static_cast<int64_t>(ids.size()));
   const double d = max_abs_diff(logits.data<float>(), e["logits"], logits.dim(1));
   EXPECT_LE(d, kLogitTolerance) << "max |Δlogit| for " << f->name;
-  std::printf("[%s] max |dlogit| = %.3g\n", f->name.c_str(), d);
+  std::printf("[%s, %s] max |dlogit| = %.3g\n", f->name.c_str(),
+              cross_attention_mode_name(model->cross_attention_mode()), d);
 }
 
 // Greedy tokens through the generation loop, and the logits of every incremental (KV-cached)
@@ -146,21 +119,25 @@ void check_greedy_case(CepeModel& model, const rapidjson::Value& g, const std::s
 }
 
 TEST_P(ReferenceFixture, GreedyTokensMatchReference) {
-  auto f = load_fixture(GetParam());
+  auto f = fixture();
   auto backend = make_backend(Device::CPU);
-  auto model = CepeModel::load(f->dir, *backend);
+  auto model = load(*f, *backend);
   check_greedy_case(*model, f->expected["greedy"], f->name + " greedy");
   if (f->expected.HasMember("greedy_extra"))
     for (const auto& g : f->expected["greedy_extra"].GetArray())
       check_greedy_case(*model, g, f->name + " greedy_extra");
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceFixture, ::testing::ValuesIn(fixture_names()),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, ReferenceFixture,
+    ::testing::Combine(::testing::ValuesIn(test::fixture_names(/*greedy_only=*/true)),
+                       ::testing::ValuesIn(kModes)),
+    [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param).name; });
 
 // Sequences stepped together (continuous batching) give what each gives alone, including a
-// sequence without context in a batch whose others cross-attend.
-TEST(CepeModel, BatchedStepsEqualSingleSequences) {
+// sequence without context in a batch whose others cross-attend, in each cross-attention mode
+// and with the modes mixed in one batch (a absorbed, b cached: the absorbed rows are gathered).
+void check_batched_steps(CrossAttentionMode mode_a, CrossAttentionMode mode_b) {
   auto f = load_fixture("gqa_cross_last2");
   auto backend = make_backend(Device::CPU);
   auto model = CepeModel::load(f->dir, *backend);
@@ -177,9 +154,11 @@ TEST(CepeModel, BatchedStepsEqualSingleSequences) {
 
   SamplingOptions o;
   o.max_new_tokens = n;
+  model->set_cross_attention_mode(mode_a);
   Sequence a(*model, nullptr, prompt_a, model->encode(chunks_a), o);
   SamplingOptions ob = o;
   ob.max_new_tokens = n + 3;
+  model->set_cross_attention_mode(mode_b);
   Sequence b(*model, nullptr, prompt_b, model->encode(chunks_b), ob);
   Sequence c(*model, nullptr, prompt_c, EncodedContext(), o);
   // c joins one step late, as a request arriving mid-batch would.
@@ -188,6 +167,38 @@ TEST(CepeModel, BatchedStepsEqualSingleSequences) {
   EXPECT_EQ(a.tokens(), alone_a);
   EXPECT_EQ(b.tokens(), alone_b);
   EXPECT_EQ(c.tokens(), alone_c);
+}
+
+TEST(CepeModel, BatchedStepsEqualSingleSequences) {
+  check_batched_steps(CrossAttentionMode::Cached, CrossAttentionMode::Cached);
+}
+
+TEST(CepeModel, BatchedAbsorbedStepsEqualSingleSequences) {
+  check_batched_steps(CrossAttentionMode::Absorbed, CrossAttentionMode::Absorbed);
+}
+
+TEST(CepeModel, BatchMixingCrossAttentionModes) {
+  check_batched_steps(CrossAttentionMode::Absorbed, CrossAttentionMode::Cached);
+}
+
+// Absorbed: a request holds its encoder states, not per-layer keys and values.
+TEST(CepeModel, AbsorbedStateHoldsOnlyEncoderStates) {
+  auto f = load_fixture("gqa_cross_last2");
+  auto backend = make_backend(Device::CPU);
+  auto model = CepeModel::load(f->dir, *backend);
+  const EncodedContext ctx = model->encode(chunks_of(f->expected["context_ids"]));
+  auto cached = model->new_state(1);
+  model->set_context(*cached, ctx);
+  model->set_cross_attention_mode(CrossAttentionMode::Absorbed);
+  auto absorbed = model->new_state(1);
+  model->set_context(*absorbed, ctx);
+  const auto& c = model->config().decoder;
+  const size_t self_kv = 2 * size_t(c.num_hidden_layers) * c.num_key_value_heads * c.head_dim * 4;
+  const size_t cross_kv = 2 * size_t(model->config().num_cross_attn_layers) * ctx.tokens() *
+                          c.num_key_value_heads * c.head_dim * 4;
+  EXPECT_EQ(cached->cache_bytes(), self_kv + cross_kv);
+  EXPECT_EQ(absorbed->cache_bytes(), self_kv + ctx.states.nbytes());
+  EXPECT_THROW(parse_cross_attention_mode("fast", "--cross-attention"), Error);
 }
 
 fs::path copy_fixture(const std::string& name, const std::string& tag) {

@@ -1,13 +1,19 @@
 #include "tests/test_util.h"
 
+#include <gtest/gtest.h>
+
 #include <sys/wait.h>
 #include <unistd.h>
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <vector>
+
+#include "engine/cepe_model.h"
+#include "engine/generation.h"
 
 namespace cepe::test {
 
@@ -70,6 +76,53 @@ std::string read_file(const std::filesystem::path& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+std::vector<std::string> fixture_names(bool greedy_only) {
+  std::vector<std::string> names;
+  const std::filesystem::path root = source_dir() / "tests" / "fixtures";
+  if (!std::filesystem::exists(root)) return names;
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    const std::filesystem::path expected = e.path() / "expected.json";
+    if (!std::filesystem::exists(expected)) continue;
+    if (greedy_only && read_file(expected).find("\"greedy\"") == std::string::npos) continue;
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::unique_ptr<Fixture> load_fixture(const std::string& name) {
+  auto f = std::make_unique<Fixture>();
+  f->name = name;
+  f->dir = source_dir() / "tests" / "fixtures" / name;
+  const std::string text = read_file(f->dir / "expected.json");
+  f->expected.Parse(text.c_str(), text.size());
+  EXPECT_FALSE(f->expected.HasParseError()) << name;
+  return f;
+}
+
+std::vector<int32_t> ids_of(const rapidjson::Value& v) {
+  std::vector<int32_t> out;
+  for (const auto& x : v.GetArray()) out.push_back(x.GetInt());
+  return out;
+}
+
+std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v) {
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& c : v.GetArray()) out.push_back(ids_of(c));
+  return out;
+}
+
+std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
+                            const std::vector<std::vector<int32_t>>& chunks, int max_new) {
+  SamplingOptions o;
+  o.max_new_tokens = max_new;
+  EncodedContext ctx;
+  if (!chunks.empty()) ctx = model.encode(chunks);
+  Sequence seq(model, nullptr, prompt, ctx, o);
+  while (!seq.finished()) step_sequences(model, {&seq});
+  return seq.tokens();
 }
 
 }  // namespace cepe::test

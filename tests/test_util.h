@@ -1,9 +1,18 @@
 // Helpers shared by the tests: where the sources, ../shared and the CLI are.
 #pragma once
 
+#include <rapidjson/document.h>
+
+#include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
+
+namespace cepe {
+class CepeModel;
+}
 
 namespace cepe::test {
 
@@ -19,6 +28,25 @@ std::filesystem::path temp_dir(const std::string& tag);
 int run_command(const std::string& command, std::string* output);
 /// Reads a whole file.
 std::string read_file(const std::filesystem::path& path);
+
+/// A PyTorch reference fixture (tests/fixtures/NAME: a model and its expected.json).
+struct Fixture {
+  std::string name;              ///< directory name
+  std::filesystem::path dir;     ///< the model directory
+  rapidjson::Document expected;  ///< expected.json, parsed
+};
+/// Names of the committed fixtures, sorted; `greedy_only` keeps those with greedy references.
+std::vector<std::string> fixture_names(bool greedy_only);
+/// Loads one fixture (a parse error fails the calling test).
+std::unique_ptr<Fixture> load_fixture(const std::string& name);
+/// A JSON array of token ids.
+std::vector<int32_t> ids_of(const rapidjson::Value& v);
+/// A JSON array of arrays of token ids (context chunks).
+std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v);
+/// Greedy ids through the generation loop, as the reference's incremental loop produces them
+/// (EOS ends it and is kept out).
+std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
+                            const std::vector<std::vector<int32_t>>& chunks, int max_new);
 
 }  // namespace cepe::test
 

@@ -192,6 +192,47 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
+                   Tensor& out) override {
+    check_f32(x, "head_linear input");
+    check_f32(out, "head_linear output");
+    check_cpu(weight, "head_linear weight");
+    op_checks::head_linear(x, weight, heads, groups, transposed, out);
+    CEPE_CHECK(weight.dtype() == DType::F32 || weight.dtype() == DType::F16 ||
+                   weight.dtype() == DType::BF16,
+               "head_linear: unsupported weight dtype " << dtype_name(weight.dtype()));
+    const int64_t rows = x.dim(0), a = weight.dim(0) / groups, b = weight.dim(1);
+    const int64_t in = transposed ? b : a, out_width = transposed ? a : b;
+    const int per_group = heads / groups;
+    if (rows == 0) return;
+    BlasSingleThreaded single;
+    // One group per work item: its weight block is widened once (16-bit weights) into a
+    // per-thread buffer, then every head of the group is one GEMM against it.
+#pragma omp parallel
+    {
+      std::vector<float> block;
+#pragma omp for schedule(dynamic)
+      for (int g = 0; g < groups; ++g) {
+        const float* w = nullptr;
+        if (weight.dtype() == DType::F32) {
+          w = weight.data<float>() + static_cast<int64_t>(g) * a * b;
+        } else {
+          block.resize(static_cast<size_t>(a * b));
+          const uint16_t* src = weight.data<uint16_t>() + static_cast<int64_t>(g) * a * b;
+          for (int64_t r = 0; r < a; ++r)
+            widen_row(src + r * b, weight.dtype(), block.data() + r * b, b);
+          w = block.data();
+        }
+        for (int j = 0; j < per_group; ++j) {
+          const int64_t h = static_cast<int64_t>(g) * per_group + j;
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, transposed ? CblasTrans : CblasNoTrans, rows,
+                      out_width, in, 1.0f, x.data<float>() + h * in, heads * in, w, b, 0.0f,
+                      out.data<float>() + h * out_width, heads * out_width);
+        }
+      }
+    }
+  }
+
   void rope(Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) override {
     check_f32(x, "rope input");
     op_checks::rope(x, heads, head_dim, cos, sin);
