@@ -38,13 +38,14 @@ int argmax(const float* x, int n) {
 void usage() {
   std::fprintf(stderr,
                "usage: bench_engine --model DIR [--threads N] [--chunks 32] [--chunk-len 256] "
-               "[--prefill 512] [--decode 64] [--device cpu|cuda]\n");
+               "[--prefill 512] [--decode 64] [--device cpu|cuda] "
+               "[--cross-attention cached|absorbed]\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, device = "cpu";
+  std::string model_dir, device = "cpu", cross_attention = "cached";
   int threads = 0, chunks = 32, chunk_len = 256, prefill = 512, decode = 64;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -69,6 +70,8 @@ int main(int argc, char** argv) {
       decode = std::stoi(next());
     else if (a == "--device")
       device = next();
+    else if (a == "--cross-attention")
+      cross_attention = next();
     else {
       usage();
       return 2;
@@ -84,6 +87,8 @@ int main(int argc, char** argv) {
     auto backend = make_backend(parse_device(device), options);
     const auto t_load = std::chrono::steady_clock::now();
     auto model = CepeModel::load(model_dir, *backend);
+    model->set_cross_attention_mode(
+        parse_cross_attention_mode(cross_attention, "--cross-attention"));
     const double load_s = seconds_since(t_load);
     const int vocab = model->config().decoder.vocab_size;
     std::mt19937 rng(0);
@@ -107,7 +112,7 @@ int main(int argc, char** argv) {
 
     auto state = model->new_state(prefill + decode + 1);
     t0 = std::chrono::steady_clock::now();
-    model->set_context(*state, ctx);  // cross-attention K/V, projected once per request
+    model->set_context(*state, ctx);  // cached: cross-attention K/V, projected once per request
     Tensor logits = model->forward(*state, prompt, false);
     backend->synchronize();
     const double prefill_s = seconds_since(t0);

@@ -10,7 +10,11 @@ namespace cepe::cli {
 void add_model_flags(Args& args) {
   args.option("model", "model directory (config.json, *.safetensors, tokenizer.model)")
       .option("device", "cpu or cuda", "cpu")
-      .option("threads", "CPU threads (0 = all cores)", "0");
+      .option("threads", "CPU threads (0 = all cores)", "0")
+      .option("cross-attention",
+              "how decoding reads the encoder states: cached (per-layer K/V kept per request), "
+              "absorbed (only the states kept), auto (absorbed on cpu, cached on cuda)",
+              "auto");
 }
 
 LoadedModel load_model(const Args& args, bool need_tokenizer) {
@@ -21,6 +25,8 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   options.threads = static_cast<int>(args.get_int("threads", 0, 1024));
   lm.backend = make_backend(parse_device(args.get("device")), options);
   lm.model = CepeModel::load(dir, *lm.backend);
+  lm.model->set_cross_attention_mode(resolve_cross_attention_mode(
+      args.get("cross-attention"), lm.backend->device(), "--cross-attention"));
   const std::filesystem::path tok = dir / "tokenizer.model";
   if (std::filesystem::exists(tok)) {
     lm.tokenizer = std::make_unique<Tokenizer>(tok);

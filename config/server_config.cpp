@@ -64,6 +64,7 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_STR(model_name, "model name in responses (default: the directory name)"),
       CEPE_STR(device, "cpu or cuda"),
       CEPE_INT(threads, 0, 1024, "CPU compute threads (0: all cores)"),
+      CEPE_STR(cross_attention, "cached, absorbed or auto (absorbed on cpu, cached on cuda)"),
       CEPE_STR(index, "index directory (empty: requests must carry passages)"),
       CEPE_INT(nprobe, 0, 1 << 20, "FAISS IVF lists to visit (0: index default)"),
       CEPE_INT(ef_search, 0, 1 << 20, "FAISS HNSW search depth (0: index default)"),
@@ -273,6 +274,10 @@ void validate_server_config(const ServerConfig& c) {
                                                                << c.max_new_tokens << ")");
   CEPE_CHECK(c.device == "cpu" || c.device == "cuda",
              "config: 'device' must be cpu or cuda, got '" << c.device << "'");
+  CEPE_CHECK(c.cross_attention == "auto" || c.cross_attention == "cached" ||
+                 c.cross_attention == "absorbed",
+             "config: 'cross_attention' must be auto, cached or absorbed, got '"
+                 << c.cross_attention << "'");
   for (const auto& k : c.api_keys) CEPE_CHECK(!k.empty(), "config: 'api_keys' holds an empty key");
   for (const auto& o : c.cors_origins)
     CEPE_CHECK(!o.empty(), "config: 'cors_origins' holds an empty origin");

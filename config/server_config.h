@@ -25,9 +25,10 @@ struct ServerConfig {
   std::string model_name;      ///< name reported in responses ("": the model directory's name)
   std::string device = "cpu";  ///< "cpu" or "cuda"
   int threads = 0;             ///< CPU compute threads (0: all cores)
-  std::string index;           ///< index directory ("": callers must send their own passages)
-  int nprobe = 0;              ///< FAISS IVF lists to visit (0: the index's default)
-  int ef_search = 0;           ///< FAISS HNSW search depth (0: the index's default)
+  std::string cross_attention = "auto";  ///< "cached", "absorbed" or "auto" (see CepeModel)
+  std::string index;  ///< index directory ("": callers must send their own passages)
+  int nprobe = 0;     ///< FAISS IVF lists to visit (0: the index's default)
+  int ef_search = 0;  ///< FAISS HNSW search depth (0: the index's default)
 
   // ---- engine ----
   int max_batch = 8;      ///< sequences generated together (continuous batching)

@@ -100,7 +100,15 @@ double rope_effective_base(const LlamaConfig& cfg, int64_t seq_len) {
 CrossAttentionMode parse_cross_attention_mode(const std::string& name, const std::string& what) {
   if (name == "cached") return CrossAttentionMode::Cached;
   if (name == "absorbed") return CrossAttentionMode::Absorbed;
-  CEPE_THROW(what << ": '" << name << "' is not a cross-attention mode (cached or absorbed)");
+  CEPE_THROW(what << ": '" << name << "' is not a cross-attention mode (auto, cached or absorbed)");
+}
+
+CrossAttentionMode resolve_cross_attention_mode(const std::string& name, Device device,
+                                                const std::string& what) {
+  // The CUDA backend has no head_linear yet (not verified on a GPU), so it keeps the cached form.
+  if (name == "auto")
+    return device == Device::CPU ? CrossAttentionMode::Absorbed : CrossAttentionMode::Cached;
+  return parse_cross_attention_mode(name, what);
 }
 
 const char* cross_attention_mode_name(CrossAttentionMode mode) {
@@ -461,26 +469,29 @@ void CepeModel::absorbed_cross_attention(const BlockWeights& b,
     q_rows = backend_.empty({rows, qd}, DType::F32);
     out_rows = backend_.empty({rows, qd}, DType::F32);
   }
+  // Cross-attention is not causal and, after absorption, every head reads the same keys and
+  // values (E itself), so each (row, head) pair is an independent query row of width eh: a
+  // segment becomes one [q_len * heads, eh] x [eh, n] product instead of `heads` narrow ones.
   std::vector<AttentionSegment> segments;
   int64_t at = 0;
   for (size_t s : which) {
     if (!whole) backend_.copy_rows(q, row_begin[s], q_rows, at, row_count[s]);
     AttentionSegment seg;
-    seg.q_begin = whole ? row_begin[s] : at;
-    seg.q_len = row_count[s];
+    seg.q_begin = (whole ? row_begin[s] : at) * heads;
+    seg.q_len = row_count[s] * heads;
     seg.k = states[s]->context_;
     seg.v = states[s]->context_;
     segments.push_back(std::move(seg));
     at += row_count[s];
   }
-  // q'_h = W_k,gᵀ q_h: one encoder-width query per head, scored against E itself (one shared
-  // "key head" of width eh); the softmax scale stays the decoder head's 1/sqrt(head_dim).
+  // q'_h = W_k,gᵀ q_h, scored against E; the softmax scale stays the decoder head's.
   Tensor q_abs = backend_.empty({rows, heads * eh}, DType::F32);
   backend_.head_linear(q_rows, b.cross_k, heads, groups, /*transposed=*/false, q_abs);
   Tensor mixed = backend_.empty({rows, heads * eh}, DType::F32);
-  const AttentionShape shape{heads, 1, static_cast<int>(eh),
+  const AttentionShape shape{1, 1, static_cast<int>(eh),
                              1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-  backend_.attention(q_abs, segments, shape, mixed);
+  Tensor mixed_rows = mixed.reshape({rows * heads, eh});
+  backend_.attention(q_abs.reshape({rows * heads, eh}), segments, shape, mixed_rows);
   // out_h = W_v,g · (softmax · E): the value projection applied after the weighted sum.
   backend_.head_linear(mixed, b.cross_v, heads, groups, /*transposed=*/true, out_rows);
   if (whole) return;

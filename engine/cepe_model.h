@@ -58,6 +58,9 @@ enum class CrossAttentionMode {
 };
 /// Parses "cached" / "absorbed" (the error names `what`, e.g. the flag).
 CrossAttentionMode parse_cross_attention_mode(const std::string& name, const std::string& what);
+/// The same, plus "auto": Absorbed where the backend implements it (the CPU), Cached elsewhere.
+CrossAttentionMode resolve_cross_attention_mode(const std::string& name, Device device,
+                                                const std::string& what);
 /// "cached" / "absorbed".
 const char* cross_attention_mode_name(CrossAttentionMode mode);
 

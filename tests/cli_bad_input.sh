@@ -78,6 +78,8 @@ echo '{"input_ids": [1], "extra": 1}' >"$tmp/extra.json"
 expect_error "score: unknown field" "extra" score --model "$good" --input "$tmp/extra.json"
 expect_error "score: missing input file" "cannot open" score --model "$good" --input "$tmp/none.json"
 expect_error "bad --threads" "--threads" score --model "$good" --input "$tmp/in.json" --threads abc
+expect_error "bad --cross-attention" "--cross-attention" score --model "$good" --input "$tmp/in.json" \
+  --cross-attention fast
 expect_error "unknown flag" "--bogus" score --model "$good" --input "$tmp/in.json" --bogus 1
 
 # generate needs a tokenizer: train a tiny one offline and attach it to a random model.
