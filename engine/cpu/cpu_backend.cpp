@@ -369,54 +369,62 @@ class CpuBackend final : public Backend {
       attention_few_rows(q, segments, shape, out);
       return;
     }
+    auto run_item = [&](size_t it, std::vector<float>& scores) {
+      const Item& item = items[it];
+      const AttentionSegment& sg = segments[item.seg];
+      const int kvh = item.head / group;
+      const int64_t k_len = sg.k.dim(0);
+      // Causal: the last query of the tile sees keys up to causal_offset + row.
+      const int64_t k_used =
+          sg.causal ? std::min(k_len, sg.causal_offset + item.row0 + item.rows) : k_len;
+      float* o = out.data<float>() + (sg.q_begin + item.row0) * q_stride + item.head * hd;
+      if (k_used <= 0) {
+        for (int64_t r = 0; r < item.rows; ++r)
+          std::fill(o + r * q_stride, o + r * q_stride + hd, 0.f);
+        return;
+      }
+      scores.resize(static_cast<size_t>(item.rows * k_used));
+      const float* qp = q.data<float>() + (sg.q_begin + item.row0) * q_stride + item.head * hd;
+      const float* kp = sg.k.data<float>() + kvh * hd;
+      const float* vp = sg.v.data<float>() + kvh * hd;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, item.rows, k_used, hd, shape.scale, qp,
+                  q_stride, kp, kv_stride, 0.0f, scores.data(), k_used);
+      for (int64_t r = 0; r < item.rows; ++r) {
+        float* srow = scores.data() + r * k_used;
+        // Rows before the first visible key (negative offsets) see nothing and output zeros.
+        const int64_t visible = std::max<int64_t>(
+            0, sg.causal ? std::min(k_used, sg.causal_offset + item.row0 + r + 1) : k_used);
+        if (visible == 0) {
+          std::fill(srow, srow + k_used, 0.0f);
+          continue;
+        }
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, srow[j]);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < visible; ++j) {
+          srow[j] = std::exp(srow[j] - mx);
+          sum += srow[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < visible; ++j) srow[j] *= inv;
+        for (int64_t j = visible; j < k_used; ++j) srow[j] = 0.0f;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, item.rows, hd, k_used, 1.0f,
+                  scores.data(), k_used, vp, kv_stride, 0.0f, o, q_stride);
+    };
+    // Few work items (e.g. absorbed cross-attention: one wide query block per segment) cannot
+    // fill the cores one item each: run them in turn with multi-threaded BLAS instead.
+    if (static_cast<int>(items.size()) < omp_get_max_threads()) {
+      std::vector<float> scores;
+      for (size_t it = 0; it < items.size(); ++it) run_item(it, scores);
+      return;
+    }
     BlasSingleThreaded single;
 #pragma omp parallel
     {
       std::vector<float> scores;
 #pragma omp for schedule(dynamic)
-      for (size_t it = 0; it < items.size(); ++it) {
-        const Item& item = items[it];
-        const AttentionSegment& sg = segments[item.seg];
-        const int kvh = item.head / group;
-        const int64_t k_len = sg.k.dim(0);
-        // Causal: the last query of the tile sees keys up to causal_offset + row.
-        const int64_t k_used =
-            sg.causal ? std::min(k_len, sg.causal_offset + item.row0 + item.rows) : k_len;
-        float* o = out.data<float>() + (sg.q_begin + item.row0) * q_stride + item.head * hd;
-        if (k_used <= 0) {
-          for (int64_t r = 0; r < item.rows; ++r)
-            std::fill(o + r * q_stride, o + r * q_stride + hd, 0.f);
-          continue;
-        }
-        scores.resize(static_cast<size_t>(item.rows * k_used));
-        const float* qp = q.data<float>() + (sg.q_begin + item.row0) * q_stride + item.head * hd;
-        const float* kp = sg.k.data<float>() + kvh * hd;
-        const float* vp = sg.v.data<float>() + kvh * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, item.rows, k_used, hd, shape.scale, qp,
-                    q_stride, kp, kv_stride, 0.0f, scores.data(), k_used);
-        for (int64_t r = 0; r < item.rows; ++r) {
-          float* srow = scores.data() + r * k_used;
-          // Rows before the first visible key (negative offsets) see nothing and output zeros.
-          const int64_t visible = std::max<int64_t>(
-              0, sg.causal ? std::min(k_used, sg.causal_offset + item.row0 + r + 1) : k_used);
-          if (visible == 0) {
-            std::fill(srow, srow + k_used, 0.0f);
-            continue;
-          }
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, srow[j]);
-          float sum = 0.0f;
-          for (int64_t j = 0; j < visible; ++j) {
-            srow[j] = std::exp(srow[j] - mx);
-            sum += srow[j];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t j = 0; j < visible; ++j) srow[j] *= inv;
-          for (int64_t j = visible; j < k_used; ++j) srow[j] = 0.0f;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, item.rows, hd, k_used, 1.0f,
-                    scores.data(), k_used, vp, kv_stride, 0.0f, o, q_stride);
-      }
+      for (size_t it = 0; it < items.size(); ++it) run_item(it, scores);
     }
   }
 
