@@ -5,7 +5,8 @@
 #   3. stories260K greedy text on CUDA equal to llama2.c's (when ../shared is there);
 #   4. bench100m (F32): our CUDA engine against the PyTorch reference on the same GPU;
 #   5. the CEPE-LLaMA-2-7B shapes in BF16 (random weights): encode 50 x 256, prefill 2048 with
-#      the 50 passages in the encoder, decode, peak GPU memory.
+#      the 50 passages in the encoder, decode, peak GPU memory; cached and absorbed
+#      cross-attention side by side (--cross-attention).
 # Usage: BUILD_DIR=build OUT_DIR=/tmp/gpu bench/run_gpu_checks.sh [steps...]   (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,8 @@ if has 5; then
   echo "== 5. CEPE-LLaMA-2-7B shapes, BF16, random weights"
   m=/tmp/cepe-7b-BF16
   [[ -f $m/config.json ]] || "$build/cepe" random-model --preset cepe-llama2-7b --dtype BF16 --out $m >/dev/null
-  "$build/bench/bench_engine" --model $m --device cuda --chunks 50 --chunk-len 256 --prefill 2048 \
-    --decode 32 | tee "$out/bench7b-cepe.json"
+  for mode in cached absorbed; do
+    "$build/bench/bench_engine" --model $m --device cuda --chunks 50 --chunk-len 256 \
+      --prefill 2048 --decode 32 --cross-attention $mode | tee "$out/bench7b-cepe-$mode.json"
+  done
 fi

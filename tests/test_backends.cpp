@@ -353,6 +353,18 @@ std::vector<AttentionCase> attention_cases() {
     add_segment(c, rng, 1, 3, 5000, true, 4997);
     cases.push_back(std::move(c));
   }
+  {  // heads wider than the CUDA kernel's 128 (absorbed cross-attention: one shared key head of
+     // encoder width, every (row, head) pair a query row), and wide GQA; a row left unused
+    AttentionCase c = make_case("wide_heads", 1, 1, 300, 14, 6);
+    std::mt19937 rng(16);
+    add_segment(c, rng, 0, 12, 500, false, 0);
+    add_segment(c, rng, 13, 1, 9, false, 0);
+    cases.push_back(std::move(c));
+    AttentionCase g = make_case("wide_heads_gqa", 4, 2, 160, 7, 7);
+    add_segment(g, rng, 0, 5, 90, false, 0);
+    add_segment(g, rng, 5, 2, 33, false, 0);
+    cases.push_back(std::move(g));
+  }
   return cases;
 }
 
@@ -466,9 +478,6 @@ TEST_P(BackendOps, Linear) {
 // The absorbed cross-attention's per-head products, against double loops, for MHA and GQA,
 // both orientations and every weight dtype.
 TEST_P(BackendOps, HeadLinear) {
-  if (GetParam() == Device::CUDA)
-    GTEST_SKIP() << "head_linear has no CUDA implementation yet (absorbed cross-attention runs on "
-                    "the CPU backend; issue 3)";
   std::mt19937 rng(27);
   struct Case {
     int64_t rows;
@@ -772,6 +781,27 @@ TEST(EmulatedKernels, ElementwiseAndNorm) {
   }
 }
 
+TEST(EmulatedKernels, SoftmaxRows) {
+  std::mt19937 rng(34);
+  for (int64_t n : {1, 31, 257, 3000}) {
+    const int64_t rows = 3, ld = n + 5;  // padded rows: the tail past n stays untouched
+    Tensor s = random_tensor({rows, ld}, rng, 8.0f);
+    const Tensor before = clone(s);
+    kern::launch_softmax_rows(s.data<float>(), rows, n, ld, nullptr);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* x = before.data<float>() + r * ld;
+      double mx = -INFINITY, sum = 0.0;
+      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, double(x[j]));
+      for (int64_t j = 0; j < n; ++j) sum += std::exp(double(x[j]) - mx);
+      for (int64_t j = 0; j < ld; ++j) {
+        const double want = j < n ? std::exp(double(x[j]) - mx) / sum : x[j];
+        ASSERT_NEAR(s.data<float>()[r * ld + j], want, 1e-6 + 1e-5 * std::fabs(want))
+            << "softmax n " << n << " row " << r << " col " << j;
+      }
+    }
+  }
+}
+
 TEST(EmulatedKernels, Gemv16) {
   std::mt19937 rng(32);
   for (int64_t k : {64, 100, 264}) {  // 100: no 16-byte loads
@@ -838,6 +868,8 @@ std::vector<float> emulated_attention(const AttentionCase& c, int forced_splits,
 
 TEST(EmulatedKernels, AttentionAllSplits) {
   for (const AttentionCase& c : attention_cases()) {
+    // Wider heads never reach the kernel: the CUDA backend runs them by GEMM + softmax_rows.
+    if (c.shape.head_dim > kern::kAttnMaxHeadDim) continue;
     for (int forced : {1, 2, 5, 0}) {
       int used = 0;
       const std::vector<float> got = emulated_attention(c, forced, 132, &used);
@@ -1006,6 +1038,20 @@ TEST_P(CudaFixture, LogitsAndGreedyTokensMatchCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixture, ::testing::ValuesIn(fixture_names()),
                          [](const auto& info) { return info.param; });
+
+// Absorbed cross-attention on the GPU (head_linear by strided-batched cuBLAS, encoder-width
+// heads by GEMM + row softmax) against the CPU backend's cached form.
+TEST(CudaModel, AbsorbedCrossAttentionMatchesCpu) {
+  SKIP_UNLESS_CUDA();
+  for (const std::string& name : fixture_names()) {
+    auto f = load_fixture(name);
+    auto backend = make_backend(Device::CUDA);
+    auto model = CepeModel::load(f->dir, *backend);
+    model->set_cross_attention_mode(CrossAttentionMode::Absorbed);
+    compare_with_cpu(*model, name,
+                     has_16bit_weights(f->dir) ? k16BitLogitTolerance : kF32LogitTolerance);
+  }
+}
 
 TEST(CudaModel, BatchedStepsEqualSingleSequences) {
   SKIP_UNLESS_CUDA();

@@ -365,6 +365,57 @@ class CudaBackend final : public Backend {
     }
   }
 
+  void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
+                   Tensor& out) override {
+    check_f32(x, "head_linear input");
+    check_f32(out, "head_linear output");
+    check_cuda(weight, "head_linear weight");
+    op_checks::head_linear(x, weight, heads, groups, transposed, out);
+    const int64_t rows = x.dim(0), a = weight.dim(0) / groups, b = weight.dim(1);
+    const int64_t in = transposed ? b : a, out_width = transposed ? a : b;
+    if (rows == 0) return;
+    const int per_group = heads / groups;
+    const int mi = to_int(out_width, "head_linear output width"),
+              ni = to_int(rows, "head_linear rows"), ki = to_int(in, "head_linear input width"),
+              lda = to_int(b, "head_linear weight width"),
+              ldb = to_int(heads * in, "head_linear input row"),
+              ldc = to_int(heads * out_width, "head_linear output row");
+    // Column-major, the row-major weight block W_g [a, b] is a b x a matrix (ld b): used as is
+    // it is W_g's transpose (out_h = x_h W_g), transposed it is W_g (out_h = x_h W_gᵀ). One
+    // strided-batched GEMM per position j inside a group, batched over the groups: head
+    // g * per_group + j reads block g.
+    const cublasOperation_t op_w = transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const long long stride_w = a * b, stride_x = per_group * in, stride_out = per_group * out_width;
+    const float alpha = 1.0f, beta = 0.0f;
+    switch (weight.dtype()) {
+      case DType::F32:
+        for (int j = 0; j < per_group; ++j)
+          CEPE_CUBLAS_CHECK(cublasSgemmStridedBatched(
+              ctx_->blas(), op_w, CUBLAS_OP_N, mi, ni, ki, &alpha, weight.data<float>(), lda,
+              stride_w, x.data<float>() + j * in, ldb, stride_x, &beta,
+              out.data<float>() + j * out_width, ldc, stride_out, groups));
+        return;
+      case DType::BF16:
+      case DType::F16: {
+        const bool bf16 = weight.dtype() == DType::BF16;
+        std::shared_ptr<void> x16 = ctx_->allocate(static_cast<size_t>(x.numel()) * 2,
+                                                   "16-bit activations for head_linear");
+        kern::launch_to_16bit(x.data<float>(), static_cast<uint16_t*>(x16.get()), x.numel(), bf16,
+                              stream());
+        const cudaDataType_t t = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+        for (int j = 0; j < per_group; ++j)
+          CEPE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+              ctx_->blas(), op_w, CUBLAS_OP_N, mi, ni, ki, &alpha, weight.raw(), t, lda, stride_w,
+              static_cast<const uint16_t*>(x16.get()) + j * in, t, ldb, stride_x, &beta,
+              out.data<float>() + j * out_width, CUDA_R_32F, ldc, stride_out, groups,
+              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+      }
+      default:
+        CEPE_THROW("head_linear: unsupported weight dtype " << dtype_name(weight.dtype()));
+    }
+  }
+
   void rope(Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) override {
     check_f32(x, "rope input");
     check_f32(cos, "rope cos table");
@@ -431,10 +482,10 @@ class CudaBackend final : public Backend {
     check_f32(q, "attention queries");
     check_f32(out, "attention output");
     op_checks::attention(q, segments, shape, out);
-    CEPE_CHECK(shape.head_dim > 0 && shape.head_dim <= kern::kAttnMaxHeadDim,
-               "attention: head_dim " << shape.head_dim
-                                      << " is not supported by the CUDA attention kernel (1 to "
-                                      << kern::kAttnMaxHeadDim << ")");
+    if (shape.head_dim > kern::kAttnMaxHeadDim) {
+      attention_wide(q, segments, shape, out);
+      return;
+    }
     const int64_t q_stride = static_cast<int64_t>(shape.heads) * shape.head_dim;
     const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * shape.head_dim;
     std::vector<kern::AttnSegment> segs;
@@ -498,6 +549,54 @@ class CudaBackend final : public Backend {
   BackendMemory memory(bool reset_peak) { return ctx_->memory(reset_peak); }
 
  private:
+  // Heads wider than the attention kernel's registers hold (the absorbed cross-attention's
+  // encoder-width queries): per segment and head, scores by GEMM, a row softmax, and the
+  // weighted sum by GEMM, all F32. Only non-causal segments (cross-attention) take this path.
+  void attention_wide(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                      const AttentionShape& shape, Tensor& out) {
+    const int64_t hd = shape.head_dim;
+    const int64_t q_stride = static_cast<int64_t>(shape.heads) * hd;
+    const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * hd;
+    const int group = shape.heads / shape.kv_heads;
+    const float zero = 0.0f, one = 1.0f;
+    for (const AttentionSegment& sg : segments) {
+      check_f32(sg.k, "attention keys");
+      check_f32(sg.v, "attention values");
+      CEPE_CHECK(!sg.causal, "attention: causal heads wider than "
+                                 << kern::kAttnMaxHeadDim << " (head_dim " << hd
+                                 << ") are not supported by the CUDA backend");
+      const int64_t k_len = sg.k.dim(0);
+      if (sg.q_len == 0) continue;
+      float* o = out.data<float>() + sg.q_begin * q_stride;
+      if (k_len == 0) {  // no key: zeros, as the kernel and the CPU backend give
+        CEPE_CUDA_CHECK(cudaMemset2DAsync(o, q_stride * sizeof(float), 0, q_stride * sizeof(float),
+                                          sg.q_len, stream()));
+        continue;
+      }
+      const int m_keys = to_int(k_len, "attention keys"),
+                n_rows = to_int(sg.q_len, "attention rows"),
+                k_dim = to_int(hd, "attention head width"),
+                ld_kv = to_int(kv_stride, "attention key row"),
+                ld_q = to_int(q_stride, "attention query row");
+      std::shared_ptr<void> scores = ctx_->allocate(
+          static_cast<size_t>(sg.q_len * k_len) * sizeof(float), "wide-head attention scores");
+      float* sp = static_cast<float*>(scores.get());
+      for (int h = 0; h < shape.heads; ++h) {
+        const int64_t kv_off = static_cast<int64_t>(h / group) * hd;
+        const float* qh = q.data<float>() + sg.q_begin * q_stride + h * hd;
+        // Column-major: scores (k_len x q_len) = K_g (stored hd x k_len, so transposed) · Q_h
+        // (hd x q_len); the softmax then runs along each query's k_len contiguous scores.
+        CEPE_CUBLAS_CHECK(cublasSgemm(ctx_->blas(), CUBLAS_OP_T, CUBLAS_OP_N, m_keys, n_rows, k_dim,
+                                      &shape.scale, sg.k.data<float>() + kv_off, ld_kv, qh, ld_q,
+                                      &zero, sp, m_keys));
+        kern::launch_softmax_rows(sp, sg.q_len, k_len, k_len, stream());
+        CEPE_CUBLAS_CHECK(cublasSgemm(ctx_->blas(), CUBLAS_OP_N, CUBLAS_OP_N, k_dim, n_rows, m_keys,
+                                      &one, sg.v.data<float>() + kv_off, ld_kv, sp, m_keys, &zero,
+                                      o + h * hd, ld_q));
+      }
+    }
+  }
+
   cudaStream_t stream() const { return ctx_->stream(); }
 
   std::shared_ptr<CudaContext> ctx_;

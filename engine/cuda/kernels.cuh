@@ -1,9 +1,9 @@
 // The CUDA backend's own kernels (cuBLAS does the large GEMMs): the embedding gather, RMSNorm,
 // RoPE, SwiGLU, LayerNorm / bias / residual add / GELU (BERT encoders), the F32 -> 16-bit
-// conversion feeding cuBLAS, a GEMV for few-row products against 16-bit weights (decode steps), and
-// attention with an online softmax. Written against simt.h, so the tests run this same code through
-// the SIMT emulator on machines without a GPU. Every launcher takes raw device pointers already
-// checked by the backend.
+// conversion feeding cuBLAS, a GEMV for few-row products against 16-bit weights (decode steps),
+// attention with an online softmax, and a row softmax for attention over heads too wide for it.
+// Written against simt.h, so the tests run this same code through the SIMT emulator on machines
+// without a GPU. Every launcher takes raw device pointers already checked by the backend.
 #pragma once
 
 #include <cmath>
@@ -236,6 +236,35 @@ CEPE_GLOBAL void gemv16_kernel(const float* x, const uint16_t* w, float* out, in
       *o = accumulate ? *o + acc[m] : acc[m];
     }
   }
+}
+
+// In-place softmax of every row of s [rows, ld] over its first n entries, F32; one block per
+// row. Used by the wide-head attention path (scores from a GEMM, then the second GEMM).
+CEPE_GLOBAL void softmax_rows_kernel(float* s, int64_t n, int64_t ld) {
+  float* partial = simt::shared_floats();  // one value per warp
+  float* row = s + static_cast<int64_t>(simt::block_x()) * ld;
+  const unsigned tid = simt::thread_x(), threads = simt::block_dim_x(), warps = threads / kWarp;
+  float mx = -INFINITY;
+  for (int64_t c = tid; c < n; c += threads) mx = fmaxf(mx, row[c]);
+  mx = warp_max(mx);
+  if (tid % kWarp == 0) partial[tid / kWarp] = mx;
+  simt::sync_block();
+  float row_max = -INFINITY;
+  for (unsigned w = 0; w < warps; ++w) row_max = fmaxf(row_max, partial[w]);
+  simt::sync_block();  // every thread has read the maxima before they are overwritten
+  float sum = 0.0f;
+  for (int64_t c = tid; c < n; c += threads) {
+    const float e = expf(row[c] - row_max);
+    row[c] = e;
+    sum += e;
+  }
+  sum = warp_sum(sum);
+  if (tid % kWarp == 0) partial[tid / kWarp] = sum;
+  simt::sync_block();
+  float total = 0.0f;
+  for (unsigned w = 0; w < warps; ++w) total += partial[w];
+  const float inv = 1.0f / total;
+  for (int64_t c = tid; c < n; c += threads) row[c] *= inv;
 }
 
 // ---- attention ---------------------------------------------------------------------------------
@@ -604,6 +633,16 @@ inline void launch_gemv16(const float* x, const uint16_t* w, bool bf16, float* o
     launch_gemv16_typed<true>(x, w, out, m, n, k, accumulate, vectorized, stream);
   else
     launch_gemv16_typed<false>(x, w, out, m, n, k, accumulate, vectorized, stream);
+}
+
+/// Softmax of each of `rows` rows of s (row stride ld) over its first n entries, in place.
+inline void launch_softmax_rows(float* s, int64_t rows, int64_t n, int64_t ld,
+                                simt::Stream stream) {
+  if (rows == 0 || n == 0) return;
+  const simt::Dim3 grid{static_cast<unsigned>(rows), 1, 1};
+  const simt::Dim3 block{kThreads, 1, 1};
+  CEPE_LAUNCH(softmax_rows_kernel, grid, block, sizeof(float) * (kThreads / kWarp), stream, s, n,
+              ld);
 }
 
 /// Runs attention for `n_items` tiles (device arrays `segments`, `items`); with p.splits > 1 the
