@@ -1,4 +1,5 @@
-// Engine throughput on one model: encode (chunks x chunk_len), prefill, decode; peak RSS.
+// Engine throughput on one model: encode (chunks x chunk_len), prefill, decode; peak RSS; with
+// --batch N also decode steps of N requests together (each with its own chunks and prompt).
 // Phases and warm-up mirror bench/torch_bench.py so the two can be compared side by side
 // (bench/run_engine_bench.sh does that and prints the ratios).
 #include <sys/resource.h>
@@ -6,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <string>
 
@@ -39,14 +41,14 @@ void usage() {
   std::fprintf(stderr,
                "usage: bench_engine --model DIR [--threads N] [--chunks 32] [--chunk-len 256] "
                "[--prefill 512] [--decode 64] [--device cpu|cuda] "
-               "[--cross-attention cached|absorbed]\n");
+               "[--cross-attention cached|absorbed] [--batch N]\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_dir, device = "cpu", cross_attention = "cached";
-  int threads = 0, chunks = 32, chunk_len = 256, prefill = 512, decode = 64;
+  int threads = 0, chunks = 32, chunk_len = 256, prefill = 512, decode = 64, batch = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -72,12 +74,14 @@ int main(int argc, char** argv) {
       device = next();
     else if (a == "--cross-attention")
       cross_attention = next();
+    else if (a == "--batch")
+      batch = std::stoi(next());
     else {
       usage();
       return 2;
     }
   }
-  if (model_dir.empty()) {
+  if (model_dir.empty() || batch < 1) {
     usage();
     return 2;
   }
@@ -125,6 +129,43 @@ int main(int argc, char** argv) {
     backend->synchronize();
     const double decode_s = seconds_since(t0);
 
+    // Bytes a batch-1 decode step must read at least: the decoder's weights once, plus this
+    // request's caches (self K/V and what cross-attention reads); against the device's bandwidth
+    // this is the step's roofline.
+    const double step_bytes =
+        static_cast<double>(model->decode_weight_bytes() + state->cache_bytes());
+
+    // Decode steps of `batch` requests together: the others get their own chunks and prompt
+    // (encoded and prefilled untimed), then all step at once.
+    double batch_step_s = decode_s / std::max(decode, 1);
+    size_t batch_cache_bytes = state->cache_bytes();
+    if (batch > 1) {
+      std::vector<std::unique_ptr<DecoderState>> others;
+      std::vector<DecoderState*> all = {state.get()};
+      std::vector<int32_t> next_tokens = {argmax(logits.data<float>(), vocab)};
+      for (int r = 1; r < batch; ++r) {
+        std::vector<std::vector<int32_t>> ctx_r;
+        for (int c = 0; c < chunks; ++c) ctx_r.push_back(random_ids(rng, chunk_len, vocab));
+        auto st = model->new_state(prefill + decode + 1);
+        model->set_context(*st, model->encode(ctx_r));
+        Tensor l = model->forward(*st, random_ids(rng, prefill, vocab), false);
+        next_tokens.push_back(argmax(l.data<float>(), vocab));
+        all.push_back(st.get());
+        batch_cache_bytes += st->cache_bytes();
+        others.push_back(std::move(st));
+      }
+      backend->synchronize();
+      t0 = std::chrono::steady_clock::now();
+      for (int s = 0; s < decode; ++s) {
+        std::vector<std::vector<int32_t>> step_tokens;
+        for (int32_t t : next_tokens) step_tokens.push_back({t});
+        Tensor l = model->forward_batch(all, step_tokens, false);
+        for (int r = 0; r < batch; ++r) next_tokens[r] = argmax(l.data<float>() + r * vocab, vocab);
+      }
+      backend->synchronize();
+      batch_step_s = seconds_since(t0) / std::max(decode, 1);
+    }
+
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
     const double peak_rss_mb = ru.ru_maxrss / 1024.0;
@@ -136,11 +177,17 @@ int main(int argc, char** argv) {
         "\"prefill\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"decode\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"weights_mb\": %.1f, \"kv_and_cross_cache_mb\": %.1f, \"peak_rss_mb\": %.1f, "
-        "\"peak_device_mb\": %.1f}\n",
+        "\"peak_device_mb\": %.1f, \"cross_attention\": \"%s\", "
+        "\"decode_step_bytes\": %.0f, \"decode_bytes_per_s\": %.4g, "
+        "\"batch_decode\": {\"batch\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.2f, "
+        "\"cache_mb_per_request\": %.1f}}\n",
         backend->describe().c_str(), threads, load_s, static_cast<long long>(enc_tokens), encode_s,
         enc_tokens / encode_s, prefill, prefill_s, prefill / prefill_s, decode, decode_s,
         decode / decode_s, weights_mb, state->cache_bytes() / 1048576.0, peak_rss_mb,
-        backend_memory(*backend).peak_in_use / 1048576.0);
+        backend_memory(*backend).peak_in_use / 1048576.0,
+        cross_attention_mode_name(model->cross_attention_mode()), step_bytes,
+        step_bytes * decode / decode_s, batch, 1e3 * batch_step_s, batch / batch_step_s,
+        batch_cache_bytes / 1048576.0 / batch);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
     return 1;

@@ -56,11 +56,16 @@ if has 4; then
   python3 bench/torch_bench.py --model $m --threads 8 --device cuda | tee "$out/bench100m-torch.json"
 fi
 if has 5; then
-  echo "== 5. CEPE-LLaMA-2-7B shapes, BF16, random weights"
+  echo "== 5. CEPE-LLaMA-2-7B shapes, BF16, random weights (cepe: cached / absorbed; PyTorch bf16 SDPA)"
   m=/tmp/cepe-7b-BF16
   [[ -f $m/config.json ]] || "$build/cepe" random-model --preset cepe-llama2-7b --dtype BF16 --out $m >/dev/null
-  for mode in cached absorbed; do
-    "$build/bench/bench_engine" --model $m --device cuda --chunks 50 --chunk-len 256 \
-      --prefill 2048 --decode 32 --cross-attention $mode | tee "$out/bench7b-cepe-$mode.json"
+  common=(--model $m --device cuda --chunks 50 --chunk-len 256 --prefill 2048 --decode 32)
+  "$build/bench/bench_engine" "${common[@]}" --cross-attention cached | tee "$out/bench7b-cached.json"
+  for batch in 1 8 32; do
+    "$build/bench/bench_engine" "${common[@]}" --cross-attention absorbed --batch $batch |
+      tee "$out/bench7b-absorbed-b$batch.json"
   done
+  python3 bench/torch_bench.py --model $m --threads 8 --device cuda --dtype bf16 --sdpa \
+    --chunks 50 --chunk-len 256 --prefill 2048 --decode 32 | tee "$out/bench7b-torch.json"
+  python3 bench/gpu_summary.py "$out" | tee "$out/summary.txt"
 fi

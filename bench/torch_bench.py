@@ -3,7 +3,11 @@
     /usr/bin/python3 bench/torch_bench.py --model /tmp/cepe-bench --threads 2 \
         [--chunks 32 --chunk-len 256 --prefill 512 --decode 64]
 
-Phases (each after a small warm-up of the same code path, under torch.no_grad, fp32):
+    --dtype bf16 --sdpa: weights and activations in bf16 with torch's scaled_dot_product_attention
+    (flash / memory-efficient kernels on a GPU; torch >= 2.0): the official code's approach,
+    the baseline the CUDA engine is compared with at 7B shapes.
+
+Phases (each after a small warm-up of the same code path, under torch.no_grad):
   encode           all chunks in one padded batch through the encoder;
   prefill          --prefill decoder tokens in one forward, cross-attending to every chunk token;
   decode_reproject --decode greedy steps with the self-attention KV cache, cross-attention K/V
@@ -26,6 +30,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "reference"))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import cepe_reference as ref  # noqa: E402
 
@@ -52,6 +57,29 @@ def decode_steps(model, prompt, enc, steps, cache_cross_kv):
     return time.perf_counter() - t0
 
 
+def use_bf16_and_sdpa(dtype: torch.dtype, sdpa: bool) -> None:
+    """Adapts the fp32 reference for the baseline without touching the reference itself: RoPE
+    tables follow the activations' dtype, and attention can go through SDPA."""
+    plain_rope = ref.apply_rope
+
+    def apply_rope(x, cos, sin):
+        return plain_rope(x, cos.to(x.dtype), sin.to(x.dtype))
+    ref.apply_rope = apply_rope
+    if not sdpa:
+        return
+    if not hasattr(F, "scaled_dot_product_attention"):
+        sys.exit(f"error: --sdpa needs torch >= 2.0 (this is {torch.__version__})")
+
+    def attention(q, k, v, mask):
+        B, H, T, d = q.shape
+        if k.shape[1] != H:  # GQA: SDPA wants one kv head per query head
+            k = k.repeat_interleave(H // k.shape[1], dim=1)
+            v = v.repeat_interleave(H // v.shape[1], dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask: True = attend
+        return out.transpose(1, 2).reshape(B, T, H * d)
+    ref.attention = attention
+
+
 def rate(tokens, seconds):
     return {"tokens": tokens, "seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 2)}
 
@@ -65,8 +93,15 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way, TF32 off)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (TF32 off)")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="weights and activations (the reference computes in fp32)")
+    ap.add_argument("--sdpa", action="store_true",
+                    help="attention through torch's scaled_dot_product_attention")
     a = ap.parse_args()
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    if dtype != torch.float32 or a.sdpa:
+        use_bf16_and_sdpa(dtype, a.sdpa)
 
     torch.set_num_threads(a.threads)
     cuda = a.device == "cuda"
@@ -77,8 +112,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # other work on the machine skews the timings
     t0 = time.perf_counter()
     model = ref.Model(a.model)
+    if cuda or dtype != torch.float32:
+        model.w = {k: v.to("cuda" if cuda else "cpu", dtype) for k, v in model.w.items()}
     if cuda:
-        model.w = {k: v.to("cuda") for k, v in model.w.items()}
         torch.cuda.synchronize()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     load_s = time.perf_counter() - t0
@@ -111,7 +147,7 @@ def main() -> None:
     n_params = sum(t.numel() for k, t in model.w.items()
                    if not (k == "lm_head.weight" and model.config.get("tie_word_embeddings")))
     print(json.dumps({
-        "impl": "pytorch-reference-fp32" + ("-cuda" if cuda else ""),
+        "impl": f"pytorch-reference-{a.dtype}" + ("-sdpa" if a.sdpa else "") + ("-cuda" if cuda else ""),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 1048576.0, 1) if cuda else None,
         "torch": torch.__version__,
         "cpu": cpu_name(),

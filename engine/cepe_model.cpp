@@ -150,6 +150,15 @@ void CepeModel::load_weights(const WeightStore& store) {
   }
 }
 
+size_t CepeModel::decode_weight_bytes() const {
+  size_t n = lm_head_.nbytes() + decoder_.norm.nbytes();
+  for (const BlockWeights& b : decoder_.blocks)
+    for (const Tensor* t : {&b.input_norm, &b.q, &b.k, &b.v, &b.o, &b.post_norm, &b.gate, &b.up,
+                            &b.down, &b.cross_norm, &b.cross_q, &b.cross_k, &b.cross_v, &b.cross_o})
+      if (t->defined()) n += t->nbytes();
+  return n;
+}
+
 void CepeModel::rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& positions,
                             const std::vector<int64_t>& rope_lengths, Tensor* cos,
                             Tensor* sin) const {

@@ -100,6 +100,9 @@ class CepeModel {
   Backend& backend() const { return backend_; }
   /// Bytes of weights as stored in the checkpoint.
   size_t weight_bytes() const { return weight_bytes_; }
+  /// Bytes of the weights one decode step reads: every decoder layer, the final norm and the
+  /// output head (not the encoder, nor the embedding table of which it reads one row per token).
+  size_t decode_weight_bytes() const;
 
   /// Encodes context chunks independently and bidirectionally (positions from 0 in each), all in
   /// one packed pass without padding. Throws when the model has no encoder or a chunk is empty.
