@@ -139,7 +139,8 @@ void add_bias(const Tensor& x, const Tensor& bias);
 void add(const Tensor& x, const Tensor& y);
 /// silu_mul: gate and up have the same number of elements.
 void silu_mul(const Tensor& gate, const Tensor& up);
-/// head_linear: heads split evenly into groups, weight rows into groups, matching widths.
+/// head_linear: an F32/F16/BF16 weight, heads and weight rows split evenly into groups, matching
+/// widths.
 void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
                  const Tensor& out);
 /// attention: head layout, query/output widths, and every segment's rows and key/value shapes.

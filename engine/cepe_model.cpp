@@ -74,6 +74,46 @@ AttentionShape attention_shape(const LlamaConfig& c) {
           1.0f / std::sqrt(static_cast<float>(c.head_dim))};
 }
 
+// Per-call activation buffers of one stack: the residual stream and each block's scratch.
+struct Activations {
+  Tensor x, hbuf, q, k, v, attn, gate, up;
+};
+
+Activations make_activations(Backend& be, const LlamaConfig& c, int64_t rows) {
+  const int64_t h = c.hidden_size, qd = int64_t(c.num_attention_heads) * c.head_dim,
+                kvd = int64_t(c.num_key_value_heads) * c.head_dim, ff = c.intermediate_size;
+  Activations a;
+  a.x = be.empty({rows, h}, DType::F32);
+  a.hbuf = be.empty({rows, h}, DType::F32);
+  a.q = be.empty({rows, qd}, DType::F32);
+  a.k = be.empty({rows, kvd}, DType::F32);
+  a.v = be.empty({rows, kvd}, DType::F32);
+  a.attn = be.empty({rows, qd}, DType::F32);
+  a.gate = be.empty({rows, ff}, DType::F32);
+  a.up = be.empty({rows, ff}, DType::F32);
+  return a;
+}
+
+// q, k, v of a block's self-attention from input_layernorm(x), rotated.
+void self_attention_inputs(Backend& be, const BlockWeights& b, const LlamaConfig& c,
+                           const Tensor& cos, const Tensor& sin, Activations& a) {
+  be.rms_norm(a.x, b.input_norm, c.rms_norm_eps, a.hbuf);
+  be.linear(a.hbuf, b.q, a.q);
+  be.linear(a.hbuf, b.k, a.k);
+  be.linear(a.hbuf, b.v, a.v);
+  be.rope(a.q, c.num_attention_heads, c.head_dim, cos, sin);
+  be.rope(a.k, c.num_key_value_heads, c.head_dim, cos, sin);
+}
+
+// x += MLP(post_attention_layernorm(x)).
+void add_mlp(Backend& be, const BlockWeights& b, const LlamaConfig& c, Activations& a) {
+  be.rms_norm(a.x, b.post_norm, c.rms_norm_eps, a.hbuf);
+  be.linear(a.hbuf, b.gate, a.gate);
+  be.linear(a.hbuf, b.up, a.up);
+  be.silu_mul(a.gate, a.up);
+  be.linear(a.gate, b.down, a.x, /*accumulate=*/true);
+}
+
 }  // namespace
 
 std::vector<float> rope_inv_freq(double base, int head_dim) {
@@ -207,22 +247,14 @@ EncodedContext CepeModel::encode(const std::vector<std::vector<int32_t>>& chunks
     }
   }
   const int64_t rows = static_cast<int64_t>(ids.size());
-  const int64_t h = c.hidden_size, qd = int64_t(c.num_attention_heads) * c.head_dim,
-                kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  const int64_t h = c.hidden_size;
   // The official encoder runs the chunks as one padded batch, so a dynamic-NTK base depends on
   // the longest chunk; using it for every chunk reproduces that.
   Tensor cos, sin;
   rope_tables(c, positions, std::vector<int64_t>(rows, longest), &cos, &sin);
 
-  Tensor x = backend_.empty({rows, h}, DType::F32);
-  backend_.embedding(encoder_.embed, ids, x);
-  Tensor hbuf = backend_.empty({rows, h}, DType::F32);
-  Tensor q = backend_.empty({rows, qd}, DType::F32);
-  Tensor k = backend_.empty({rows, kvd}, DType::F32);
-  Tensor v = backend_.empty({rows, kvd}, DType::F32);
-  Tensor attn = backend_.empty({rows, qd}, DType::F32);
-  Tensor gate = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
-  Tensor up = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
+  Activations a = make_activations(backend_, c, rows);
+  backend_.embedding(encoder_.embed, ids, a.x);
 
   std::vector<AttentionSegment> segments;
   int64_t begin = 0;
@@ -230,29 +262,20 @@ EncodedContext CepeModel::encode(const std::vector<std::vector<int32_t>>& chunks
     AttentionSegment s;
     s.q_begin = begin;
     s.q_len = len;
-    s.k = k.rows(begin, len);
-    s.v = v.rows(begin, len);
+    s.k = a.k.rows(begin, len);
+    s.v = a.v.rows(begin, len);
     segments.push_back(s);
     begin += len;
   }
   const AttentionShape shape = attention_shape(c);
   for (const BlockWeights& b : encoder_.blocks) {
-    backend_.rms_norm(x, b.input_norm, c.rms_norm_eps, hbuf);
-    backend_.linear(hbuf, b.q, q);
-    backend_.linear(hbuf, b.k, k);
-    backend_.linear(hbuf, b.v, v);
-    backend_.rope(q, c.num_attention_heads, c.head_dim, cos, sin);
-    backend_.rope(k, c.num_key_value_heads, c.head_dim, cos, sin);
-    backend_.attention(q, segments, shape, attn);
-    backend_.linear(attn, b.o, x, /*accumulate=*/true);
-    backend_.rms_norm(x, b.post_norm, c.rms_norm_eps, hbuf);
-    backend_.linear(hbuf, b.gate, gate);
-    backend_.linear(hbuf, b.up, up);
-    backend_.silu_mul(gate, up);
-    backend_.linear(gate, b.down, x, /*accumulate=*/true);
+    self_attention_inputs(backend_, b, c, cos, sin, a);
+    backend_.attention(a.q, segments, shape, a.attn);
+    backend_.linear(a.attn, b.o, a.x, /*accumulate=*/true);
+    add_mlp(backend_, b, c, a);
   }
   ctx.states = backend_.empty({rows, h}, DType::F32);
-  backend_.rms_norm(x, encoder_.norm, c.rms_norm_eps, ctx.states);
+  backend_.rms_norm(a.x, encoder_.norm, c.rms_norm_eps, ctx.states);
   return ctx;
 }
 
@@ -334,36 +357,23 @@ Tensor CepeModel::forward_batch(const std::vector<DecoderState*>& states,
     }
   }
   const int64_t rows = static_cast<int64_t>(ids.size());
-  const int64_t h = c.hidden_size, qd = int64_t(c.num_attention_heads) * c.head_dim,
-                kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  const int64_t h = c.hidden_size;
   Tensor cos, sin;
   rope_tables(c, positions, rope_lengths, &cos, &sin);
 
-  Tensor x = backend_.empty({rows, h}, DType::F32);
-  backend_.embedding(decoder_.embed, ids, x);
-  Tensor hbuf = backend_.empty({rows, h}, DType::F32);
-  Tensor q = backend_.empty({rows, qd}, DType::F32);
-  Tensor k = backend_.empty({rows, kvd}, DType::F32);
-  Tensor v = backend_.empty({rows, kvd}, DType::F32);
-  Tensor attn = backend_.empty({rows, qd}, DType::F32);
-  Tensor gate = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
-  Tensor up = backend_.empty({rows, int64_t(c.intermediate_size)}, DType::F32);
+  Activations a = make_activations(backend_, c, rows);
+  backend_.embedding(decoder_.embed, ids, a.x);
   const AttentionShape shape = attention_shape(c);
 
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const BlockWeights& b = decoder_.blocks[l];
-    backend_.rms_norm(x, b.input_norm, c.rms_norm_eps, hbuf);
-    backend_.linear(hbuf, b.q, q);
-    backend_.linear(hbuf, b.k, k);
-    backend_.linear(hbuf, b.v, v);
-    backend_.rope(q, c.num_attention_heads, c.head_dim, cos, sin);
-    backend_.rope(k, c.num_key_value_heads, c.head_dim, cos, sin);
+    self_attention_inputs(backend_, b, c, cos, sin, a);
     std::vector<AttentionSegment> self_segments;
     for (size_t s = 0; s < states.size(); ++s) {
       DecoderState& st = *states[s];
       const int64_t n = static_cast<int64_t>(tokens[s].size());
-      backend_.copy_rows(k, row_begin[s], st.k_cache_[l], st.length_, n);
-      backend_.copy_rows(v, row_begin[s], st.v_cache_[l], st.length_, n);
+      backend_.copy_rows(a.k, row_begin[s], st.k_cache_[l], st.length_, n);
+      backend_.copy_rows(a.v, row_begin[s], st.v_cache_[l], st.length_, n);
       AttentionSegment seg;
       seg.q_begin = row_begin[s];
       seg.q_len = n;
@@ -373,26 +383,20 @@ Tensor CepeModel::forward_batch(const std::vector<DecoderState*>& states,
       seg.causal_offset = st.length_;
       self_segments.push_back(seg);
     }
-    backend_.attention(q, self_segments, shape, attn);
-    backend_.linear(attn, b.o, x, /*accumulate=*/true);
-
-    if (b.has_cross) cross_attention(b, l, states, row_begin, row_count, x, hbuf, q, attn);
-
-    backend_.rms_norm(x, b.post_norm, c.rms_norm_eps, hbuf);
-    backend_.linear(hbuf, b.gate, gate);
-    backend_.linear(hbuf, b.up, up);
-    backend_.silu_mul(gate, up);
-    backend_.linear(gate, b.down, x, /*accumulate=*/true);
+    backend_.attention(a.q, self_segments, shape, a.attn);
+    backend_.linear(a.attn, b.o, a.x, /*accumulate=*/true);
+    if (b.has_cross) cross_attention(b, l, states, row_begin, row_count, a.x, a.hbuf, a.q, a.attn);
+    add_mlp(backend_, b, c, a);
   }
   for (size_t s = 0; s < states.size(); ++s)
     states[s]->length_ += static_cast<int64_t>(tokens[s].size());
 
   // Only the rows whose logits are wanted go through the final norm and the vocabulary GEMM.
-  Tensor selected = x;
+  Tensor selected = a.x;
   if (!all_logits) {
     selected = backend_.empty({static_cast<int64_t>(states.size()), h}, DType::F32);
     for (size_t s = 0; s < states.size(); ++s)
-      backend_.copy_rows(x, row_begin[s] + static_cast<int64_t>(tokens[s].size()) - 1, selected,
+      backend_.copy_rows(a.x, row_begin[s] + static_cast<int64_t>(tokens[s].size()) - 1, selected,
                          static_cast<int64_t>(s), 1);
   }
   const int64_t out_rows = selected.dim(0);

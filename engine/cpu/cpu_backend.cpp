@@ -198,9 +198,6 @@ class CpuBackend final : public Backend {
     check_f32(out, "head_linear output");
     check_cpu(weight, "head_linear weight");
     op_checks::head_linear(x, weight, heads, groups, transposed, out);
-    CEPE_CHECK(weight.dtype() == DType::F32 || weight.dtype() == DType::F16 ||
-                   weight.dtype() == DType::BF16,
-               "head_linear: unsupported weight dtype " << dtype_name(weight.dtype()));
     const int64_t rows = x.dim(0), a = weight.dim(0) / groups, b = weight.dim(1);
     const int64_t in = transposed ? b : a, out_width = transposed ? a : b;
     const int per_group = heads / groups;
