@@ -1055,29 +1055,8 @@ TEST(CudaModel, AbsorbedCrossAttentionMatchesCpu) {
 
 TEST(CudaModel, BatchedStepsEqualSingleSequences) {
   SKIP_UNLESS_CUDA();
-  auto f = load_fixture("gqa_cross_last2");
-  auto backend = make_backend(Device::CUDA);
-  auto model = CepeModel::load(f->dir, *backend);
-  const auto& g = f->expected["greedy"];
-  const auto prompt_a = ids_of(g["input_ids"]);
-  const auto chunks_a = chunks_of(g["context_ids"]);
-  const auto prompt_b = ids_of(f->expected["input_ids"]);
-  const auto chunks_b = chunks_of(f->expected["context_ids"]);
-  const std::vector<int32_t> prompt_c(prompt_b.begin(), prompt_b.begin() + 5);
-  const int n = 8;
-  const auto alone_a = greedy(*model, prompt_a, chunks_a, n);
-  const auto alone_b = greedy(*model, prompt_b, chunks_b, n);
-  const auto alone_c = greedy(*model, prompt_c, {}, n);
-  SamplingOptions o;
-  o.max_new_tokens = n;
-  Sequence a(*model, nullptr, prompt_a, model->encode(chunks_a), o);
-  Sequence b(*model, nullptr, prompt_b, model->encode(chunks_b), o);
-  Sequence c(*model, nullptr, prompt_c, EncodedContext(), o);
-  step_sequences(*model, {&a, &b});
-  while (!a.finished() || !b.finished() || !c.finished()) step_sequences(*model, {&a, &b, &c});
-  EXPECT_EQ(a.tokens(), alone_a);
-  EXPECT_EQ(b.tokens(), alone_b);
-  EXPECT_EQ(c.tokens(), alone_c);
+  test::check_batched_steps(Device::CUDA, CrossAttentionMode::Cached, CrossAttentionMode::Cached);
+  test::check_batched_steps(Device::CUDA, CrossAttentionMode::Absorbed, CrossAttentionMode::Cached);
 }
 
 // ---- the CUDA backend's rounding, emulated on the CPU (runs everywhere) ----------------------

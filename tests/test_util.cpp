@@ -12,6 +12,7 @@
 #include <sstream>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/cepe_model.h"
 #include "engine/generation.h"
 
@@ -123,6 +124,41 @@ std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt
   Sequence seq(model, nullptr, prompt, ctx, o);
   while (!seq.finished()) step_sequences(model, {&seq});
   return seq.tokens();
+}
+
+// Sequences stepped together (continuous batching) give what each gives alone, including a
+// sequence without context in a batch whose others cross-attend, in each cross-attention mode
+// and with the modes mixed in one batch (a absorbed, b cached: the absorbed rows are gathered).
+void check_batched_steps(Device device, CrossAttentionMode mode_a, CrossAttentionMode mode_b) {
+  auto f = load_fixture("gqa_cross_last2");
+  auto backend = make_backend(device);
+  auto model = CepeModel::load(f->dir, *backend);
+  const auto& g = f->expected["greedy"];
+  const auto prompt_a = ids_of(g["input_ids"]);
+  const auto chunks_a = chunks_of(g["context_ids"]);
+  const auto prompt_b = ids_of(f->expected["input_ids"]);
+  const auto chunks_b = chunks_of(f->expected["context_ids"]);
+  const std::vector<int32_t> prompt_c(prompt_b.begin(), prompt_b.begin() + 5);
+  const int n = 8;
+  const auto alone_a = greedy(*model, prompt_a, chunks_a, n);
+  const auto alone_b = greedy(*model, prompt_b, chunks_b, n + 3);
+  const auto alone_c = greedy(*model, prompt_c, {}, n);
+
+  SamplingOptions o;
+  o.max_new_tokens = n;
+  model->set_cross_attention_mode(mode_a);
+  Sequence a(*model, nullptr, prompt_a, model->encode(chunks_a), o);
+  SamplingOptions ob = o;
+  ob.max_new_tokens = n + 3;
+  model->set_cross_attention_mode(mode_b);
+  Sequence b(*model, nullptr, prompt_b, model->encode(chunks_b), ob);
+  Sequence c(*model, nullptr, prompt_c, EncodedContext(), o);
+  // c joins one step late, as a request arriving mid-batch would.
+  step_sequences(*model, {&a, &b});
+  while (!a.finished() || !b.finished() || !c.finished()) step_sequences(*model, {&a, &b, &c});
+  EXPECT_EQ(a.tokens(), alone_a);
+  EXPECT_EQ(b.tokens(), alone_b);
+  EXPECT_EQ(c.tokens(), alone_c);
 }
 
 }  // namespace cepe::test

@@ -10,9 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace cepe {
-class CepeModel;
-}
+#include "engine/cepe_model.h"
 
 namespace cepe::test {
 
@@ -47,6 +45,10 @@ std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v);
 /// (EOS ends it and is kept out).
 std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
                             const std::vector<std::vector<int32_t>>& chunks, int max_new);
+/// Sequences stepped together (continuous batching) on `device` give each one's solo tokens: two
+/// with context (the first attached in mode_a, the second in mode_b) and one without, which
+/// joins a step late (fixture gqa_cross_last2).
+void check_batched_steps(Device device, CrossAttentionMode mode_a, CrossAttentionMode mode_b);
 
 }  // namespace cepe::test
 
