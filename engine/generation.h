@@ -94,6 +94,8 @@ class Sequence {
   int64_t prompt_tokens() const { return static_cast<int64_t>(prompt_.size()); }
   /// Encoder tokens cross-attended to.
   int64_t encoder_tokens() const { return state_->encoder_tokens(); }
+  /// Bytes the sequence holds between steps (KV cache and what cross-attention reads).
+  size_t cache_bytes() const { return state_->cache_bytes(); }
   /// True until the prompt has been run (the next step is a prefill).
   bool needs_prefill() const { return state_->length() == 0; }
   /// Milliseconds spent in the prefill step and in decode steps.

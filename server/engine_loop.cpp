@@ -147,9 +147,15 @@ void EngineLoop::deliver() {
   for (auto& [on_done, result] : done) on_done(std::move(result));
 }
 
-void EngineLoop::publish(size_t running) {
-  running_.store(static_cast<int>(running));
-  if (metrics_) metrics_->batch_size.store(static_cast<int64_t>(running));
+void EngineLoop::publish(const std::vector<Active>& active) {
+  running_.store(static_cast<int>(active.size()));
+  if (metrics_) {
+    size_t bytes = 0;
+    for (const Active& a : active)
+      if (a.seq) bytes += a.seq->cache_bytes();
+    metrics_->batch_size.store(static_cast<int64_t>(active.size()));
+    metrics_->cache_bytes.store(static_cast<int64_t>(bytes));
+  }
   deliver();
 }
 
@@ -228,7 +234,7 @@ void EngineLoop::run() {
         finish(a, JobOutcome::Deadline);
     }
     std::erase_if(active, [](const Active& a) { return !a.job; });
-    publish(active.size());
+    publish(active);
     if (active.empty()) continue;
 
     std::vector<Sequence*> batch;
@@ -240,7 +246,7 @@ void EngineLoop::run() {
       // A failed step leaves no sequence in a known state: fail the whole batch, keep serving.
       for (auto& a : active) finish(a, JobOutcome::Failed, e.what());
       active.clear();
-      publish(0);
+      publish(active);
       continue;
     }
     steps_.fetch_add(1);
@@ -256,10 +262,11 @@ void EngineLoop::run() {
       if (a.seq->finished()) finish(a, JobOutcome::Finished);
     }
     std::erase_if(active, [](const Active& a) { return !a.job; });
-    publish(active.size());
+    publish(active);
   }
   for (auto& a : active) finish(a, JobOutcome::Shutdown);
-  publish(0);
+  active.clear();
+  publish(active);
 }
 
 }  // namespace cepe::server

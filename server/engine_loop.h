@@ -113,7 +113,8 @@ class EngineLoop {
   void finish(Active& a, JobOutcome outcome, const std::string& error = "");
   void end_queued(std::shared_ptr<Job> job, JobOutcome outcome);
   void deliver();
-  void publish(size_t running);
+  // Batch size and cache bytes of the running sequences to the metrics; then deliver().
+  void publish(const std::vector<Active>& active);
 
   CepeModel& model_;
   const Tokenizer& tokenizer_;

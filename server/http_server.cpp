@@ -994,6 +994,8 @@ std::string Server::Impl::info_json() const {
     w.Int(mc.decoder.hidden_size);
     w.Key("cross_attention_layers");
     w.Int(mc.num_cross_attn_layers);
+    w.Key("cross_attention");
+    w.String(cross_attention_mode_name(res.model->cross_attention_mode()));
     w.Key("max_position_embeddings");
     w.Int(mc.decoder.max_position_embeddings);
   }

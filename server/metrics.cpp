@@ -121,6 +121,10 @@ std::string Metrics::render() const {
          static_cast<double>(queue_depth.load()));
   scalar(out, "cepe_batch_size", "gauge", "Sequences in the running batch.",
          static_cast<double>(batch_size.load()));
+  scalar(out, "cepe_sequence_cache_bytes", "gauge",
+         "Bytes held by the running sequences between steps: self-attention K/V plus the "
+         "cross-attention K/V (cached) or encoder states (absorbed).",
+         static_cast<double>(cache_bytes.load()));
   scalar(out, "cepe_in_flight_requests", "gauge", "Requests being handled.",
          static_cast<double>(in_flight.load()));
   scalar(out, "cepe_open_connections", "gauge", "Open HTTP connections.",

@@ -48,6 +48,7 @@ class Metrics {
 
   std::atomic<int64_t> queue_depth{0};        ///< admitted requests not yet in the batch
   std::atomic<int64_t> batch_size{0};         ///< sequences in the running batch
+  std::atomic<int64_t> cache_bytes{0};        ///< caches held by the running sequences
   std::atomic<int64_t> in_flight{0};          ///< requests being handled
   std::atomic<int64_t> connections{0};        ///< open connections
   std::atomic<uint64_t> generated_tokens{0};  ///< tokens generated, all requests

@@ -357,6 +357,7 @@ TEST_F(ServerHttp, HealthReadyAndInfo) {
   const auto d = parse_json(r.body);
   EXPECT_STREQ(d["model"]["name"].GetString(), "tiny-test");
   EXPECT_TRUE(d["model"]["cepe"].GetBool());
+  EXPECT_STREQ(d["model"]["cross_attention"].GetString(), "absorbed");  // auto on the CPU
   EXPECT_EQ(d["index"]["passages"].GetInt(), 48);
   EXPECT_STREQ(d["index"]["embedder"].GetString(), "lexical");
   EXPECT_EQ(d["limits"]["max_k"].GetInt(), 8);
@@ -778,6 +779,7 @@ TEST_F(ServerHttp, MetricsExposeRequestsLatencyQueueAndTokens) {
   EXPECT_GE(metric(m, "cepe_http_request_duration_seconds_bucket{route=\"/ask\",le=\"+Inf\"}"), 1);
   EXPECT_EQ(metric(m, "cepe_queue_depth"), 0);
   EXPECT_EQ(metric(m, "cepe_batch_size"), 0);
+  EXPECT_EQ(metric(m, "cepe_sequence_cache_bytes"), 0);  // nothing running, nothing held
   EXPECT_GT(metric(m, "cepe_generated_tokens_total"), 0);
   EXPECT_GT(metric(m, "cepe_encoder_tokens_total"), 0);
   EXPECT_GT(metric(m, "cepe_retrieval_duration_seconds_count"), 0);
@@ -953,6 +955,8 @@ TEST(ServerShutdown, GracePeriodEndsWhatIsLeft) {
                   ask_body("Where is Rome?", R"("max_new_tokens":50000,"stop":[])"));
   });
   EXPECT_EQ(wait_metric(s, "cepe_batch_size", [](double v) { return v == 1; }), 1);
+  // A running sequence holds its caches (self K/V and, absorbed, its encoder states).
+  EXPECT_GT(wait_metric(s, "cepe_sequence_cache_bytes", [](double v) { return v > 0; }), 0);
   const auto t0 = SteadyClock::now();
   kill(s.pid(), SIGINT);
   t.join();
