@@ -169,4 +169,24 @@ assert set(s) == {"decoder", "gold_in_10", "gold_in_20"}, s
 assert all(v["questions"] == 4 and 0 <= v["em"] <= v["f1"] + 1e-9 <= 100 for v in s.values()), s
 print("ok: EM/F1 reported for", ", ".join(sorted(s)))
 EOF
+step "run_device.sh: two chained calls, the first cut short in the qa stage"
+chain=(--threads 1 --device cpu --batch-size 4 --lr 3e-3 --warmup 2)
+export PYTHON="$py" PRETRAIN_ARGS="${TINY[*]} --steps 6 --batch-size 4 --seq-len 64 --dropout 0"
+export WARMUP_ARGS="${TINY[*]} --enc-layers 1 --enc-max-pos 64 --steps 4 --seq-len 64 --n-chunks 4"
+qa_args="${chain[*]} --steps 8 --chunk-len 64 --min-ctx 2 --max-ctx 5 --log-every 1"
+QA_ARGS="$qa_args --stop-at 4" "$t/run_device.sh" "$W" "$tmp/chain" "$tmp/chain-out1" 600 600 600 2 \
+  >"$tmp/chain1.log" 2>&1 || { cat "$tmp/chain1.log" >&2; fail "run_device.sh, first call"; }
+grep -q "^qa: rc=75" "$tmp/chain1.log" || fail "the first call's qa stage should stop early: $(cat "$tmp/chain1.log")"
+[[ -f "$tmp/chain/qa/final/config.json" && -s "$tmp/chain-out1/eval.json" ]] ||
+  fail "a stage cut short must still be exported and evaluated"
+QA_ARGS="$qa_args" "$t/run_device.sh" "$W" "$tmp/chain" "$tmp/chain-out2" 600 600 600 2 \
+  >"$tmp/chain2.log" 2>&1 || { cat "$tmp/chain2.log" >&2; fail "run_device.sh, second call"; }
+for s in pretrain warmup; do
+  grep -q "^$s: done in an earlier call" "$tmp/chain2.log" || fail "$s ran again: $(cat "$tmp/chain2.log")"
+done
+grep -q "^qa: rc=0" "$tmp/chain2.log" && [[ -f "$tmp/chain/qa/DONE" && -s "$tmp/chain-out2/eval.json" ]] ||
+  fail "the second call should finish qa: $(cat "$tmp/chain2.log")"
+grep -q "resume: qa from step 4 of 8" "$tmp/chain-out2/qa.log" || fail "qa did not resume at step 4"
+echo "ok: chained device calls skip finished stages and resume the cut one"
+
 echo "ok: training pipeline ($((SECONDS - start)) s)"
