@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
     const auto t_load = std::chrono::steady_clock::now();
     auto model = CepeModel::load(model_dir, *backend);
     model->set_cross_attention_mode(
-        parse_cross_attention_mode(cross_attention, "--cross-attention"));
+        parse_cross_attention_mode(cross_attention, backend->device(), "--cross-attention"));
     const double load_s = seconds_since(t_load);
     const int vocab = model->config().decoder.vocab_size;
     std::mt19937 rng(0);

@@ -25,7 +25,7 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   options.threads = static_cast<int>(args.get_int("threads", 0, 1024));
   lm.backend = make_backend(parse_device(args.get("device")), options);
   lm.model = CepeModel::load(dir, *lm.backend);
-  lm.model->set_cross_attention_mode(resolve_cross_attention_mode(
+  lm.model->set_cross_attention_mode(parse_cross_attention_mode(
       args.get("cross-attention"), lm.backend->device(), "--cross-attention"));
   const std::filesystem::path tok = dir / "tokenizer.model";
   if (std::filesystem::exists(tok)) {

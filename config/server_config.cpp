@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "engine/cepe_model.h"
 #include "engine/common/error.h"
 
 namespace cepe::config {
@@ -274,10 +275,8 @@ void validate_server_config(const ServerConfig& c) {
                                                                << c.max_new_tokens << ")");
   CEPE_CHECK(c.device == "cpu" || c.device == "cuda",
              "config: 'device' must be cpu or cuda, got '" << c.device << "'");
-  CEPE_CHECK(c.cross_attention == "auto" || c.cross_attention == "cached" ||
-                 c.cross_attention == "absorbed",
-             "config: 'cross_attention' must be auto, cached or absorbed, got '"
-                 << c.cross_attention << "'");
+  parse_cross_attention_mode(c.cross_attention, parse_device(c.device),
+                             "config: 'cross_attention'");
   for (const auto& k : c.api_keys) CEPE_CHECK(!k.empty(), "config: 'api_keys' holds an empty key");
   for (const auto& o : c.cors_origins)
     CEPE_CHECK(!o.empty(), "config: 'cors_origins' holds an empty origin");

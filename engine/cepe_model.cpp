@@ -137,18 +137,14 @@ double rope_effective_base(const LlamaConfig& cfg, int64_t seq_len) {
   return cfg.rope_theta * std::pow(ratio, d / (d - 2.0));
 }
 
-CrossAttentionMode parse_cross_attention_mode(const std::string& name, const std::string& what) {
+CrossAttentionMode parse_cross_attention_mode(const std::string& name, Device device,
+                                              const std::string& what) {
   if (name == "cached") return CrossAttentionMode::Cached;
   if (name == "absorbed") return CrossAttentionMode::Absorbed;
-  CEPE_THROW(what << ": '" << name << "' is not a cross-attention mode (auto, cached or absorbed)");
-}
-
-CrossAttentionMode resolve_cross_attention_mode(const std::string& name, Device device,
-                                                const std::string& what) {
-  // The CUDA backend has no head_linear yet (not verified on a GPU), so it keeps the cached form.
+  // CUDA's absorbed path has not run on a GPU yet, so it keeps the cached form there.
   if (name == "auto")
     return device == Device::CPU ? CrossAttentionMode::Absorbed : CrossAttentionMode::Cached;
-  return parse_cross_attention_mode(name, what);
+  CEPE_THROW(what << ": '" << name << "' is not a cross-attention mode (auto, cached or absorbed)");
 }
 
 const char* cross_attention_mode_name(CrossAttentionMode mode) {
@@ -182,21 +178,15 @@ void CepeModel::load_weights(const WeightStore& store) {
   StackLoader loader(store, backend_, &weight_bytes_);
   const LlamaConfig& d = config_.decoder;
   decoder_ = load_stack(loader, d, "model.", config_.is_cepe() ? &config_ : nullptr);
+  // A decode step reads every decoder weight but the embedding table (one row per token).
+  decode_weight_bytes_ = weight_bytes_ - decoder_.embed.nbytes();
   if (config_.is_cepe()) encoder_ = load_stack(loader, *config_.encoder, "encoder.", nullptr);
   if (d.tie_word_embeddings && !store.contains("lm_head.weight")) {
     lm_head_ = decoder_.embed;
   } else {
     lm_head_ = loader.matrix("lm_head.weight", {d.vocab_size, d.hidden_size});
   }
-}
-
-size_t CepeModel::decode_weight_bytes() const {
-  size_t n = lm_head_.nbytes() + decoder_.norm.nbytes();
-  for (const BlockWeights& b : decoder_.blocks)
-    for (const Tensor* t : {&b.input_norm, &b.q, &b.k, &b.v, &b.o, &b.post_norm, &b.gate, &b.up,
-                            &b.down, &b.cross_norm, &b.cross_q, &b.cross_k, &b.cross_v, &b.cross_o})
-      if (t->defined()) n += t->nbytes();
-  return n;
+  decode_weight_bytes_ += lm_head_.nbytes();
 }
 
 void CepeModel::rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& positions,
@@ -307,7 +297,6 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
   CEPE_CHECK(state.length_ == 0, "context must be attached before the first token");
   if (context.tokens() == 0) return;
   CEPE_CHECK(config_.is_cepe(), "this model has no cross-attention, so it cannot take context");
-  state.cross_mode_ = cross_mode_;
   state.encoder_tokens_ = context.tokens();
   if (cross_mode_ == CrossAttentionMode::Absorbed) {
     state.context_ = context.states;
@@ -431,7 +420,7 @@ void CepeModel::cross_attention(const BlockWeights& b, int layer,
     AttentionSegment seg;
     seg.q_begin = row_begin[s];
     seg.q_len = row_count[s];
-    if (st.cross_mode_ == CrossAttentionMode::Cached) {
+    if (!st.context_.defined()) {  // cached
       seg.k = st.cross_k_[layer];
       seg.v = st.cross_v_[layer];
     } else {

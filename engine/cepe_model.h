@@ -56,11 +56,10 @@ enum class CrossAttentionMode {
   /// prefill) projects that layer's K/V for the call alone, whichever costs fewer FLOPs.
   Absorbed,
 };
-/// Parses "cached" / "absorbed" (the error names `what`, e.g. the flag).
-CrossAttentionMode parse_cross_attention_mode(const std::string& name, const std::string& what);
-/// The same, plus "auto": Absorbed where the backend implements it (the CPU), Cached elsewhere.
-CrossAttentionMode resolve_cross_attention_mode(const std::string& name, Device device,
-                                                const std::string& what);
+/// Parses "cached", "absorbed" or "auto" (Absorbed where the backend for `device` implements it,
+/// the CPU; Cached elsewhere). The error names `what`, e.g. the flag.
+CrossAttentionMode parse_cross_attention_mode(const std::string& name, Device device,
+                                              const std::string& what);
 /// "cached" / "absorbed".
 const char* cross_attention_mode_name(CrossAttentionMode mode);
 
@@ -79,8 +78,7 @@ class DecoderState {
   friend class CepeModel;
   std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim]
   std::vector<Tensor> cross_k_, cross_v_;  // Cached: per cross layer [encoder_tokens, kv * hd]
-  Tensor context_;                         // Absorbed: encoder states [encoder_tokens, enc_hidden]
-  CrossAttentionMode cross_mode_ = CrossAttentionMode::Cached;
+  Tensor context_;  // Absorbed (set iff so): encoder states [encoder_tokens, enc_hidden]
   int64_t length_ = 0;
   int64_t capacity_ = 0;
   int64_t encoder_tokens_ = 0;
@@ -102,7 +100,7 @@ class CepeModel {
   size_t weight_bytes() const { return weight_bytes_; }
   /// Bytes of the weights one decode step reads: every decoder layer, the final norm and the
   /// output head (not the encoder, nor the embedding table of which it reads one row per token).
-  size_t decode_weight_bytes() const;
+  size_t decode_weight_bytes() const { return decode_weight_bytes_; }
 
   /// Encodes context chunks independently and bidirectionally (positions from 0 in each), all in
   /// one packed pass without padding. Throws when the model has no encoder or a chunk is empty.
@@ -160,6 +158,7 @@ class CepeModel {
   CrossAttentionMode cross_mode_ = CrossAttentionMode::Cached;
   int64_t absorbed_max_rows_ = -1;
   size_t weight_bytes_ = 0;
+  size_t decode_weight_bytes_ = 0;
   std::shared_ptr<WeightStore> store_;  // keeps the memory-mapped weights alive
 };
 

@@ -35,7 +35,7 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   bo.threads = config.threads;
   out.backend = make_backend(parse_device(config.device), bo);
   out.model = CepeModel::load(dir, *out.backend);
-  out.model->set_cross_attention_mode(resolve_cross_attention_mode(
+  out.model->set_cross_attention_mode(parse_cross_attention_mode(
       config.cross_attention, out.backend->device(), "config: 'cross_attention'"));
   out.tokenizer = std::make_unique<Tokenizer>(tok);
   CEPE_CHECK(out.tokenizer->vocab_size() <= out.model->config().decoder.vocab_size,

@@ -165,7 +165,7 @@ TEST(CepeModel, AbsorbedStateHoldsOnlyEncoderStates) {
                           c.num_key_value_heads * c.head_dim * 4;
   EXPECT_EQ(cached->cache_bytes(), self_kv + cross_kv);
   EXPECT_EQ(absorbed->cache_bytes(), self_kv + ctx.states.nbytes());
-  EXPECT_THROW(parse_cross_attention_mode("fast", "--cross-attention"), Error);
+  EXPECT_THROW(parse_cross_attention_mode("fast", Device::CPU, "--cross-attention"), Error);
 }
 
 fs::path copy_fixture(const std::string& name, const std::string& tag) {
