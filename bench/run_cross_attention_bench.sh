@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}
 shift || true
-chunk_counts=("${@:-16 32 64}")
-read -r -a chunk_counts <<<"${chunk_counts[*]}"
+chunk_counts=("$@")
+((${#chunk_counts[@]})) || chunk_counts=(16 32 64)
 build=${BUILD_DIR:-build}
 model=${BENCH_MODEL_DIR:-/tmp/cepe-bench100m-F32}
 if [[ ! -f "$model/config.json" ]]; then
@@ -23,4 +23,4 @@ for chunks in "${chunk_counts[@]}"; do
     results+=("$chunks $mode $r")
   done
 done
-printf '%s\n' "${results[@]}" | python3 "$(dirname "$0")/cross_attention_table.py"
+printf '%s\n' "${results[@]}" | python3 bench/cross_attention_table.py
