@@ -19,6 +19,7 @@
 
 #include "cli/command.h"
 #include "common/error.h"
+#include "common/json.h"
 #include "engine/rope_scaling.h"
 
 namespace cepe::cli {
@@ -47,10 +48,7 @@ RopeConfig read_rope_config(const fs::path& model) {
   ss << in.rdbuf();
   const std::string text = ss.str();
   rapidjson::Document doc;
-  doc.Parse(text.data(), text.size());
-  CEPE_CHECK(!doc.HasParseError(), path.string() << ": not valid JSON ("
-                                                 << rapidjson::GetParseError_En(doc.GetParseError())
-                                                 << " at byte " << doc.GetErrorOffset() << ")");
+  parse_json_or_throw(text, &doc, path.string());
   CEPE_CHECK(doc.IsObject(), path.string() << ": must be a JSON object");
   const std::string where = path.string();
   auto positive_int = [&](const char* key) -> std::optional<long long> {

@@ -14,6 +14,7 @@
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "common/error.h"
+#include "common/json.h"
 
 namespace cepe::cli {
 namespace {
@@ -50,10 +51,7 @@ int run_score(const std::vector<std::string>& argv) {
   ss << in.rdbuf();
   const std::string text = ss.str();
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseValidateEncodingFlag>(text.c_str(), text.size());
-  CEPE_CHECK(!doc.HasParseError(), input_path << ": invalid JSON at byte " << doc.GetErrorOffset()
-                                              << ": "
-                                              << rapidjson::GetParseError_En(doc.GetParseError()));
+  parse_json_or_throw(text, &doc, input_path);
   CEPE_CHECK(doc.IsObject(), input_path << ": expected a JSON object");
   for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
     const std::string key = it->name.GetString();

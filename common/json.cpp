@@ -2,47 +2,49 @@
 
 #include <rapidjson/error/en.h>
 
+#include <algorithm>
+
 #include "common/error.h"
 
 namespace cepe {
 
-namespace {
-
-// Byte offset where nesting first exceeds `max_depth`, or npos. Strings are skipped so that
-// brackets inside them do not count; the text is not otherwise validated here.
-size_t depth_violation(std::string_view text, int max_depth) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
+int json_nesting_depth(std::string_view json, int limit) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : json) {
     if (in_string) {
-      if (c == '\\')
-        ++i;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
       else if (c == '"')
         in_string = false;
-    } else if (c == '"') {
+      continue;
+    }
+    if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
-      if (++depth > max_depth) return i;
-    } else if (c == ']' || c == '}') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) return deepest;
+    } else if ((c == ']' || c == '}') && depth > 0) {
       --depth;
     }
   }
-  return std::string_view::npos;
+  return deepest;
 }
 
-}  // namespace
-
-bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error,
-                int max_depth) {
-  const size_t too_deep = depth_violation(text, max_depth);
-  if (too_deep != std::string_view::npos) {
-    *error = "invalid JSON: nested deeper than " + std::to_string(max_depth) +
-             " levels (at column " + std::to_string(too_deep + 1) + ")";
+bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error, int max_depth,
+                JsonComments comments) {
+  if (json_nesting_depth(text, max_depth) > max_depth) {
+    *error = "invalid JSON: nested deeper than " + std::to_string(max_depth) + " levels";
     return false;
   }
-  doc->Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(text.data(),
-                                                                                     text.size());
+  constexpr unsigned kFlags =
+      rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag;
+  if (comments == JsonComments::Allowed)
+    doc->Parse<kFlags | rapidjson::kParseCommentsFlag>(text.data(), text.size());
+  else
+    doc->Parse<kFlags>(text.data(), text.size());
   if (!doc->HasParseError()) return true;
   *error =
       json_error_message(*doc) + " (at column " + std::to_string(doc->GetErrorOffset() + 1) + ")";
@@ -50,9 +52,9 @@ bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* er
 }
 
 void parse_json_or_throw(std::string_view text, rapidjson::Document* doc, const std::string& origin,
-                         int max_depth) {
+                         int max_depth, JsonComments comments) {
   std::string error;
-  if (!parse_json(text, doc, &error, max_depth)) CEPE_THROW(origin << ": " << error);
+  if (!parse_json(text, doc, &error, max_depth, comments)) CEPE_THROW(origin << ": " << error);
 }
 
 std::string json_error_message(const rapidjson::Document& doc) {

@@ -16,14 +16,19 @@ namespace cepe {
 /// Deepest nesting of arrays and objects parse_json accepts by default.
 constexpr int kJsonMaxDepth = 64;
 
+/// Deepest array/object nesting in `json` (strings skipped), stopping early past `limit`.
+int json_nesting_depth(std::string_view json, int limit);
+/// Whether `//` and `/* */` comments are accepted (config files document their fields that way).
+enum class JsonComments { Rejected, Allowed };
 /// Parses `text` as one JSON value, validating string encodings, with at most `max_depth` nested
 /// arrays/objects (parsed iteratively, so the depth costs no stack); on failure returns false and
 /// sets `error` to a one-line description with the 1-based column.
 bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error,
-                int max_depth = kJsonMaxDepth);
+                int max_depth = kJsonMaxDepth, JsonComments comments = JsonComments::Rejected);
 /// Parses `text` or throws cepe::Error "`origin`: <what> (at column N)".
 void parse_json_or_throw(std::string_view text, rapidjson::Document* doc, const std::string& origin,
-                         int max_depth = kJsonMaxDepth);
+                         int max_depth = kJsonMaxDepth,
+                         JsonComments comments = JsonComments::Rejected);
 /// The string value of `v` (which must be a string), embedded NULs included.
 inline std::string json_string(const rapidjson::Value& v) {
   return std::string(v.GetString(), v.GetStringLength());

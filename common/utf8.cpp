@@ -62,9 +62,7 @@ bool utf8_valid(std::string_view s, size_t* bad_offset) {
 
 char32_t utf8_next(std::string_view s, size_t* pos) {
   char32_t cp = 0xFFFD;
-  const size_t len = decode(s, *pos, &cp);
-  *pos += len ? len : 1;
-  return len ? cp : 0xFFFD;
+  return utf8_decode(s, pos, &cp) ? cp : 0xFFFD;
 }
 
 void utf8_append(std::string* out, char32_t cp) {
@@ -110,13 +108,30 @@ std::string sanitize_utf8(std::string_view s) {
 }
 
 size_t utf8_complete_prefix(std::string_view s) {
-  // Walk back over at most three continuation bytes to the lead byte of the last sequence.
-  size_t i = s.size(), back = 0;
-  while (i > 0 && back < 3 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80) --i, ++back;
-  if (i == 0) return s.size();
-  const auto lead = static_cast<unsigned char>(s[i - 1]);
-  const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
-  return need > back + 1 ? i - 1 : s.size();
+  // A character is at most 4 bytes, so the lead of an unfinished one is among the last 4. Bytes
+  // that cannot start a sequence (continuations, C0/C1, F5..FF) are complete on their own.
+  for (size_t back = 1; back <= s.size() && back <= 4; ++back) {
+    const auto b = static_cast<unsigned char>(s[s.size() - back]);
+    if ((b & 0xC0) == 0x80) continue;
+    const size_t announced = b >= 0xC2 && b <= 0xDF   ? 2
+                             : b >= 0xE0 && b <= 0xEF ? 3
+                             : b >= 0xF0 && b <= 0xF4 ? 4
+                                                      : 1;
+    return announced > back ? s.size() - back : s.size();
+  }
+  return s.size();
+}
+
+bool utf8_decode(std::string_view s, size_t* pos, char32_t* cp) {
+  const size_t len = decode(s, *pos, cp);
+  *pos += len ? len : 1;
+  return len != 0;
+}
+
+size_t utf8_length(std::string_view s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
 }
 
 }  // namespace cepe

@@ -18,14 +18,20 @@ bool utf8_valid(std::string_view s, size_t* bad_offset = nullptr);
 /// advances by one, so callers never loop forever on bad input.
 char32_t utf8_next(std::string_view s, size_t* pos);
 
+/// Decodes the code point at `*pos` into `*cp` and advances past it; a malformed byte returns
+/// false and advances by one (callers decide what stands for it).
+bool utf8_decode(std::string_view s, size_t* pos, char32_t* cp);
+/// Number of code points of valid UTF-8 `s` (bytes that are not continuation bytes).
+size_t utf8_length(std::string_view s);
 /// Appends the UTF-8 encoding of `cp`.
 void utf8_append(std::string* out, char32_t cp);
 /// Byte offset of the first byte that is not part of valid UTF-8, or nullopt when all of it is.
 std::optional<size_t> find_invalid_utf8(std::string_view s);
 /// `s` with every malformed sequence replaced by U+FFFD (valid input is returned unchanged).
 std::string sanitize_utf8(std::string_view s);
-/// Length of the longest prefix of `s` that ends on a code-point boundary (an incomplete
-/// multi-byte sequence at the end is left for the next piece of a stream).
+/// Length of the longest prefix of `s` that does not end inside an unfinished UTF-8 character
+/// (a lead byte followed by fewer continuation bytes than it announces). Invalid bytes are not
+/// held back: no later byte could complete them.
 size_t utf8_complete_prefix(std::string_view s);
 
 }  // namespace cepe

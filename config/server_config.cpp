@@ -10,8 +10,9 @@
 #include <set>
 #include <sstream>
 
-#include "engine/cepe_model.h"
 #include "common/error.h"
+#include "common/json.h"
+#include "engine/cepe_model.h"
 
 namespace cepe::config {
 namespace {
@@ -189,11 +190,7 @@ const std::vector<FieldInfo>& server_config_fields() {
 
 void apply_config_json(ServerConfig& config, const std::string& json, const std::string& origin) {
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseCommentsFlag |
-            rapidjson::kParseIterativeFlag>(json.data(), json.size());
-  CEPE_CHECK(!doc.HasParseError(), origin << ": invalid JSON at byte " << doc.GetErrorOffset()
-                                          << ": "
-                                          << rapidjson::GetParseError_En(doc.GetParseError()));
+  parse_json_or_throw(json, &doc, origin, kJsonMaxDepth, JsonComments::Allowed);
   CEPE_CHECK(doc.IsObject(), origin << ": expected a JSON object");
   std::set<std::string> seen;
   for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {

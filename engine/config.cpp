@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/json.h"
 
 namespace cepe {
 namespace {
@@ -133,10 +134,7 @@ LlamaConfig parse_llama(const Json& obj, const std::string& origin, const std::s
 
 ModelConfig parse_model_config(const std::string& json, const std::string& origin) {
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseValidateEncodingFlag>(json.c_str(), json.size());
-  if (doc.HasParseError())
-    CEPE_THROW(origin << ": invalid JSON at byte " << doc.GetErrorOffset() << ": "
-                      << rapidjson::GetParseError_En(doc.GetParseError()));
+  parse_json_or_throw(json, &doc, origin);
   if (!doc.IsObject()) CEPE_THROW(origin << ": expected a JSON object");
 
   ModelConfig mc;

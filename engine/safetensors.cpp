@@ -18,6 +18,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "common/json.h"
 
 namespace cepe {
 
@@ -120,10 +121,7 @@ SafeTensorsFile::SafeTensorsFile(const fs::path& path) : path_(path) {
   // Parse a copy: the mapping is read-only and the JSON is not NUL-terminated.
   const std::string header(reinterpret_cast<const char*>(bytes) + 8, header_len);
   rapidjson::Document doc;
-  doc.Parse(header.data(), header.size());
-  CEPE_CHECK(!doc.HasParseError(), where << ": header is not valid JSON ("
-                                         << rapidjson::GetParseError_En(doc.GetParseError())
-                                         << " at byte " << doc.GetErrorOffset() << ")");
+  parse_json_or_throw(header, &doc, where + ": header");
   CEPE_CHECK(doc.IsObject(), where << ": header must be a JSON object, found " << json_type(doc));
 
   std::vector<std::pair<std::pair<size_t, size_t>, std::string>> ranges;  // for the overlap check
@@ -318,11 +316,7 @@ WeightStore WeightStore::open(const fs::path& model_dir) {
   if (fs::exists(index_path, ec)) {
     const std::string text = read_text_file(index_path);
     rapidjson::Document doc;
-    doc.Parse(text.data(), text.size());
-    CEPE_CHECK(!doc.HasParseError(), path_text(index_path)
-                                         << ": not valid JSON ("
-                                         << rapidjson::GetParseError_En(doc.GetParseError())
-                                         << " at byte " << doc.GetErrorOffset() << ")");
+    parse_json_or_throw(text, &doc, path_text(index_path));
     CEPE_CHECK(doc.IsObject(), path_text(index_path) << ": must be a JSON object");
     auto wm = doc.FindMember("weight_map");
     CEPE_CHECK(wm != doc.MemberEnd() && wm->value.IsObject(),

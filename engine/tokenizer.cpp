@@ -6,42 +6,9 @@
 #include <system_error>
 
 #include "common/error.h"
+#include "common/utf8.h"
 
 namespace cepe {
-
-namespace {
-
-// Bytes a UTF-8 sequence starting with `lead` announces; 1 for ASCII and for bytes that cannot
-// start a sequence (continuations, C0/C1 overlongs, F5..FF), which are complete on their own.
-size_t utf8_announced_length(unsigned char lead) {
-  if (lead >= 0xC2 && lead <= 0xDF) return 2;
-  if (lead >= 0xE0 && lead <= 0xEF) return 3;
-  if (lead >= 0xF0 && lead <= 0xF4) return 4;
-  return 1;
-}
-
-bool is_utf8_continuation(unsigned char b) {
-  return (b & 0xC0) == 0x80;
-}
-
-// How many of the trailing `bytes` (oldest first) belong to a character that is still missing
-// continuation bytes.
-size_t unfinished_tail(const unsigned char* bytes, size_t n) {
-  // A character is at most 4 bytes, so its lead is among the last 4.
-  for (size_t back = 1; back <= n && back <= 4; ++back) {
-    const unsigned char b = bytes[n - back];
-    if (is_utf8_continuation(b)) continue;
-    return utf8_announced_length(b) > back ? back : 0;
-  }
-  return 0;
-}
-
-}  // namespace
-
-size_t utf8_complete_prefix(const std::string& s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  return s.size() - unfinished_tail(p, s.size());
-}
 
 // ---- Tokenizer ----
 
@@ -164,14 +131,14 @@ StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, std::vector<int32_t> pr
 }
 
 size_t StreamDecoder::incomplete_byte_tail() const {
-  unsigned char tail[4];
+  char tail[4];
   size_t n = 0;
   // Only the last 4 ids can hold the unfinished character; collect them oldest first.
   size_t run = 0;
   while (run < ids_.size() && run < 4 && tokenizer_.is_byte(ids_[ids_.size() - 1 - run])) ++run;
   for (size_t i = ids_.size() - run; i < ids_.size(); ++i)
-    tail[n++] = static_cast<unsigned char>(tokenizer_.byte_value(ids_[i]));
-  return unfinished_tail(tail, n);
+    tail[n++] = static_cast<char>(tokenizer_.byte_value(ids_[i]));
+  return n - utf8_complete_prefix(std::string_view(tail, n));
 }
 
 std::string StreamDecoder::push(int32_t id) {

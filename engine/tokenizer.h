@@ -83,9 +83,4 @@ class StreamDecoder {
   size_t emitted_ = 0;        // bytes of generated text already returned
 };
 
-/// Length of the longest prefix of `s` that does not end inside an unfinished UTF-8 character
-/// (a lead byte followed by fewer continuation bytes than it announces). Invalid bytes are
-/// not held back: no later byte could complete them.
-size_t utf8_complete_prefix(const std::string& s);
-
 }  // namespace cepe

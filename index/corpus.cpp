@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/fileio.h"
 #include "common/hash.h"
+#include "common/json.h"
 #include "common/utf8.h"
 
 namespace cepe::index {
@@ -274,11 +275,8 @@ void CorpusReader::read_jsonl(size_t fi) {
       reject(fi, ln, kUtf8, "bad byte sequence at column " + std::to_string(bad + 1));
       continue;
     }
-    doc.Parse(line.data(), line.size());
-    if (doc.HasParseError()) {
-      reject(fi, ln, kMalformed,
-             std::string("JSON error at column ") + std::to_string(doc.GetErrorOffset() + 1) +
-                 ": " + rapidjson::GetParseError_En(doc.GetParseError()));
+    if (std::string error; !parse_json(line, &doc, &error)) {
+      reject(fi, ln, kMalformed, error);
       continue;
     }
     if (!doc.IsObject()) {

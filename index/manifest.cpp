@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/json.h"
 
 namespace cepe::index {
 
@@ -107,9 +108,7 @@ std::string manifest_to_json(const IndexManifest& m) {
 
 IndexManifest manifest_from_json(const std::string& json, const std::string& origin) {
   rapidjson::Document d;
-  d.Parse(json.data(), json.size());
-  CEPE_CHECK(!d.HasParseError(), origin << ": invalid JSON at offset " << d.GetErrorOffset() << ": "
-                                        << rapidjson::GetParseError_En(d.GetParseError()));
+  parse_json_or_throw(json, &d, origin);
   CEPE_CHECK(d.IsObject(), origin << ": expected a JSON object");
   CEPE_CHECK(get_string(d, "format", origin, "") == "cepe-index",
              origin << ": not a CEPE index manifest (field \"format\")");

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/unicode_tables.h"
+#include "common/utf8.h"
 
 namespace cepe::qa {
 
@@ -70,42 +71,11 @@ bool is_ascii_punct(char32_t c) {
 std::u32string decode_utf8(std::string_view s) {
   std::u32string out;
   out.reserve(s.size());
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto b0 = static_cast<unsigned char>(s[i]);
-    if (b0 < 0x80) {
-      out.push_back(b0);
-      ++i;
-      continue;
-    }
-    size_t len = 0;
-    char32_t cp = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (b0 >= 0xC2 && b0 <= 0xDF) {
-      len = 2, cp = b0 & 0x1F;
-    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-      len = 3, cp = b0 & 0x0F;
-      if (b0 == 0xE0) lo = 0xA0;  // overlong
-      if (b0 == 0xED) hi = 0x9F;  // surrogates
-    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-      len = 4, cp = b0 & 0x07;
-      if (b0 == 0xF0) lo = 0x90;  // overlong
-      if (b0 == 0xF4) hi = 0x8F;  // beyond U+10FFFF
-    }
-    bool ok = len > 0 && i + len <= s.size();
-    for (size_t k = 1; ok && k < len; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      const bool in_range = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
-      if (!in_range) ok = false;
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    if (ok) {
-      out.push_back(cp);
-      i += len;
-    } else {
-      out.push_back(kRawByteBase + b0);
-      ++i;
-    }
+  for (size_t i = 0; i < s.size();) {
+    const size_t start = i;
+    char32_t cp;
+    out.push_back(utf8_decode(s, &i, &cp) ? cp
+                                          : kRawByteBase + static_cast<unsigned char>(s[start]));
   }
   return out;
 }
@@ -113,23 +83,10 @@ std::u32string decode_utf8(std::string_view s) {
 void encode_utf8(const std::u32string& cps, std::string* out) {
   out->reserve(cps.size());
   for (char32_t c : cps) {
-    if (c < 0x80) {
-      out->push_back(static_cast<char>(c));
-    } else if (c < 0x800) {
-      out->push_back(static_cast<char>(0xC0 | (c >> 6)));
-      out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else if (c < 0x10000) {
-      out->push_back(static_cast<char>(0xE0 | (c >> 12)));
-      out->push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else if (c < kRawByteBase) {
-      out->push_back(static_cast<char>(0xF0 | (c >> 18)));
-      out->push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else {
+    if (c < kRawByteBase)
+      utf8_append(out, c);
+    else
       out->push_back(static_cast<char>(c - kRawByteBase));
-    }
   }
 }
 

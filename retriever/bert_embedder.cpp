@@ -10,8 +10,9 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "engine/safetensors.h"
 #include "common/hash.h"
+#include "common/json.h"
+#include "engine/safetensors.h"
 
 namespace cepe::retriever {
 
@@ -88,10 +89,7 @@ BertConfig read_bert_config(const fs::path& dir) {
   CEPE_CHECK(fs::is_regular_file(path), "BERT config " << path.string() << " not found");
   const std::string json = slurp(path, "BERT config");
   rapidjson::Document doc;
-  doc.Parse(json.c_str(), json.size());
-  CEPE_CHECK(!doc.HasParseError(), path.string()
-                                       << ": bad JSON at offset " << doc.GetErrorOffset() << ": "
-                                       << rapidjson::GetParseError_En(doc.GetParseError()));
+  parse_json_or_throw(json, &doc, path.string());
   CEPE_CHECK(doc.IsObject(), path.string() << ": not a JSON object");
   const std::string where = path.string();
   auto integer = [&](const char* key, int* out, bool required, int min_value) {

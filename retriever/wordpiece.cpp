@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/json.h"
 #include "common/utf8.h"
 
 namespace cepe::retriever {
@@ -178,14 +179,8 @@ WordPiece WordPiece::load(const fs::path& dir) {
   if (fs::exists(cfg_path)) {
     const std::string json = read_file(cfg_path, "tokenizer config");
     rapidjson::Document doc;
-    doc.Parse(json.c_str(), json.size());
-    CEPE_CHECK(
-        !doc.HasParseError() && doc.IsObject(),
-        cfg_path.string() << ": not a JSON object"
-                          << (doc.HasParseError()
-                                  ? std::string(" (") +
-                                        rapidjson::GetParseError_En(doc.GetParseError()) + ")"
-                                  : std::string()));
+    parse_json_or_throw(json, &doc, cfg_path.string());
+    CEPE_CHECK(doc.IsObject(), cfg_path.string() << ": not a JSON object");
     auto boolean = [&](const char* key, bool* out) {
       if (!doc.HasMember(key) || doc[key].IsNull()) return false;
       CEPE_CHECK(doc[key].IsBool(), cfg_path.string() << ": " << key << " must be true or false");

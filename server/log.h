@@ -2,6 +2,8 @@
 // threads never interleave.
 #pragma once
 
+#include "common/utf8.h"  // sanitize_utf8, used with the log and JSON writers
+
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -45,8 +47,5 @@ class LogLine {
  private:
   std::string out_;
 };
-
-/// `text` with bytes that are not valid UTF-8 replaced by U+FFFD.
-std::string sanitize_utf8(std::string_view text);
 
 }  // namespace cepe::server

@@ -1,5 +1,7 @@
 #include "server/request.h"
 
+#include "common/json.h"
+
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/stringbuffer.h>
@@ -76,37 +78,6 @@ qa::Passage get_passage(const Value& v, const std::string& field) {
 }
 
 }  // namespace
-
-int json_nesting_depth(std::string_view json, int limit) {
-  int depth = 0, deepest = 0;
-  bool in_string = false, escaped = false;
-  for (char c : json) {
-    if (in_string) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        in_string = false;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-      if (deepest > limit) return deepest;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return deepest;
-}
-
-size_t utf8_length(std::string_view text) {
-  size_t n = 0;
-  for (unsigned char c : text) n += (c & 0xC0) != 0x80;
-  return n;
-}
 
 AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
   // The depth is checked before parsing so no nesting, however deep, reaches the parser or the

@@ -2,6 +2,8 @@
 // 400s that name the field) and the JSON error body every failure is answered with.
 #pragma once
 
+#include "common/utf8.h"  // utf8_length: limits count code points
+
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -59,12 +61,6 @@ struct AskRequest {
 
 /// Parses a request body; throws ApiError (400) naming the offending field.
 AskRequest parse_ask_request(std::string_view body, const AskLimits& limits);
-
-/// Deepest array/object nesting in `json` (strings skipped), stopping early past `limit`.
-int json_nesting_depth(std::string_view json, int limit);
-
-/// Number of Unicode code points in valid UTF-8 text.
-size_t utf8_length(std::string_view text);
 
 /// `{"error": {"code": ..., "message": ...}}`.
 std::string error_json(const std::string& code, const std::string& message);

@@ -83,7 +83,7 @@ TEST(CorpusJsonl, EveryBadRecordNamesFileAndLine) {
       {"empty", json_line("b", "B", "  "), "empty text"},
       {"utf8", "{\"id\": \"b\", \"text\": \"bad \xC3\x28 byte\"}\n", "invalid UTF-8"},
       {"surrogate", "{\"id\": \"b\", \"text\": \"\\ud800\"}\n", "surrogate"},
-      {"json", "{\"id\": \"b\", \"text\": \n", "malformed line: JSON error"},
+      {"json", "{\"id\": \"b\", \"text\": \n", "malformed line: invalid JSON"},
       {"not-object", "[1, 2]\n", "malformed line: expected a JSON object"},
       {"no-id", "{\"text\": \"x\"}\n", "missing field \"id\""},
       {"no-text", "{\"id\": \"b\"}\n", "missing field \"text\""},

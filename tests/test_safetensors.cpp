@@ -296,7 +296,7 @@ TEST(Safetensors, ShardedBadIndex) {
 
   std::ofstream(dir / "model.safetensors.index.json") << R"({"weight_map": {"x": )";
   msg = error_of([&] { WeightStore::open(dir); });
-  EXPECT_NE(msg.find("not valid JSON"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("invalid JSON"), std::string::npos) << msg;
 }
 
 TEST(Safetensors, MissingDirectoryOrCheckpoint) {
@@ -333,7 +333,7 @@ TEST(Safetensors, HeaderLengthHuge) {
 
 TEST(Safetensors, BadJson) {
   std::string msg = open_error("st-badjson", R"({"x": {"dtype": "F32", )", "");
-  EXPECT_NE(msg.find("not valid JSON"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("invalid JSON"), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
   msg = open_error("st-notobj", R"([1, 2])", "");
   EXPECT_NE(msg.find("must be a JSON object"), std::string::npos) << msg;

@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "common/json.h"
 #include "server/request.h"
 #include "test_util.h"
 

@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "engine/tokenizer.h"
+#include "common/utf8.h"
 #include "tests/test_util.h"
 
 namespace {
