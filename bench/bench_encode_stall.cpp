@@ -8,6 +8,9 @@
 //
 //   bench_encode_stall --model DIR --tokenizer FILE [--passages 50] [--chunk-tokens 256]
 //                      [--budgets 0,256,1024,4096] [--threads 0] [--repeats 3]
+//                      [--cross-attention auto|cached|absorbed]
+// (auto: absorbed on the CPU, as `cepe serve` runs; cached projects the request's keys and values
+// for every cross layer when its sequence starts, a step this bench's slicing does not split.)
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -68,8 +71,8 @@ std::vector<int32_t> random_ids(std::mt19937& rng, int n, int vocab) {
 
 Figures run_once(cepe::CepeModel& model, const cepe::Tokenizer& tokenizer, int64_t budget,
                  int passages, int chunk_tokens, unsigned seed) {
-  const int vocab = static_cast<int>(std::min<int64_t>(model.config().decoder.vocab_size,
-                                                       tokenizer.vocab_size()));
+  const int vocab = static_cast<int>(
+      std::min<int64_t>(model.config().decoder.vocab_size, tokenizer.vocab_size()));
   std::mt19937 rng(seed);
   StepClock clock;
   cepe::qa::SchedulerOptions so;
@@ -168,7 +171,7 @@ Figures run_once(cepe::CepeModel& model, const cepe::Tokenizer& tokenizer, int64
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, tokenizer_path, budgets_arg = "0,256,1024,4096";
+  std::string model_dir, tokenizer_path, budgets_arg = "0,256,1024,4096", cross = "auto";
   int passages = 50, chunk_tokens = 256, threads = 0, repeats = 3;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -184,6 +187,8 @@ int main(int argc, char** argv) {
         model_dir = value();
       else if (a == "--tokenizer")
         tokenizer_path = value();
+      else if (a == "--cross-attention")
+        cross = value();
       else if (a == "--budgets")
         budgets_arg = value();
       else if (a == "--passages")
@@ -206,7 +211,8 @@ int main(int argc, char** argv) {
   if (model_dir.empty() || tokenizer_path.empty() || passages < 1 || chunk_tokens < 1 ||
       repeats < 1) {
     std::cerr << "usage: bench_encode_stall --model DIR --tokenizer FILE [--passages N] "
-                 "[--chunk-tokens T] [--budgets 0,256,...] [--threads N] [--repeats R]\n";
+                 "[--chunk-tokens T] [--budgets 0,256,...] [--threads N] [--repeats R] "
+                 "[--cross-attention auto|cached|absorbed]\n";
     return 2;
   }
   std::vector<int64_t> budgets;
@@ -219,9 +225,14 @@ int main(int argc, char** argv) {
     bo.threads = threads;
     auto backend = cepe::make_backend(cepe::Device::CPU, bo);
     auto model = cepe::CepeModel::load(model_dir, *backend);
+    model->set_cross_attention_mode(
+        cepe::parse_cross_attention_mode(cross, backend->device(), "--cross-attention"));
     cepe::Tokenizer tokenizer(tokenizer_path);
-    std::printf("stream decoding, then a request of %d x %d encoder tokens joins; best of %d\n",
-                passages, chunk_tokens, repeats);
+    std::printf(
+        "stream decoding, then a request of %d x %d encoder tokens joins; best of %d; "
+        "cross-attention %s\n",
+        passages, chunk_tokens, repeats,
+        cepe::cross_attention_mode_name(model->cross_attention_mode()));
     std::printf("%-22s %14s %16s %10s %14s\n", "encode_tokens_per_step", "steady gap ms",
                 "longest gap ms", "vs whole", "join total ms");
     double baseline = 0;

@@ -112,8 +112,8 @@ TEST(QaScheduler, SlicedEncodingGivesTheAnswersOfWholeEncodingAndOfGenerate) {
   // The reference: the engine's one-shot path (encode the request's chunks in one call, then
   // generate alone), independent of the scheduler.
   for (size_t i = 0; i < requests.size(); ++i) {
-    const GenerationResult g = generate(*l.model, *l.tokenizer, requests[i].prompt,
-                                        requests[i].chunks, greedy(12));
+    const GenerationResult g =
+        generate(*l.model, *l.tokenizer, requests[i].prompt, requests[i].chunks, greedy(12));
     EXPECT_EQ(whole[i].text, g.text) << "request " << i;
     EXPECT_EQ(whole[i].encoder_tokens, g.encoder_tokens) << "request " << i;
   }
