@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::qa {
 namespace {
