@@ -10,11 +10,11 @@
 #include <iostream>
 
 #include "cli/command.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/llama2c.h"
 #include "engine/quant.h"
 #include "engine/safetensors.h"
-#include "index/fileio.h"
+#include "common/fileio.h"
 
 namespace cepe::cli {
 namespace {
@@ -60,7 +60,7 @@ int convert_weights(const Args& args) {
   }
   // config.json: the same keys with the new torch_dtype.
   const fs::path config_path = in / "config.json";
-  const std::string config_text = index::read_whole_file(config_path);
+  const std::string config_text = read_whole_file(config_path);
   rapidjson::Document doc;
   doc.Parse(config_text.c_str(), config_text.size());
   CEPE_CHECK(!doc.HasParseError() && doc.IsObject(),
@@ -80,10 +80,10 @@ int convert_weights(const Args& args) {
 
   fs::create_directories(out);
   write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}});
-  index::write_file_atomic(out / "config.json", std::string(buffer.GetString()) + "\n");
+  write_file_atomic(out / "config.json", std::string(buffer.GetString()) + "\n");
   if (fs::exists(in / "tokenizer.model"))
-    index::write_file_atomic(out / "tokenizer.model",
-                             index::read_whole_file(in / "tokenizer.model"));
+    write_file_atomic(out / "tokenizer.model",
+                             read_whole_file(in / "tokenizer.model"));
   std::cout << "re-typed " << converted << " tensors of " << in.string() << " to "
             << dtype_name(target) << "\nwrote " << out.string()
             << "/{config.json, model.safetensors"

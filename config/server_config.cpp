@@ -11,8 +11,8 @@
 #include <sstream>
 
 #include "engine/cepe_model.h"
+#include "common/error.h"
 #include "engine/quant.h"
-#include "engine/common/error.h"
 
 namespace cepe::config {
 namespace {

@@ -9,7 +9,7 @@
 #include <mutex>
 #include <vector>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/cpu/kernels.h"
 #include "engine/quant.h"
 

@@ -14,7 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 // Every vector function carries its own target attribute (no -m flags on the file), so the
 // binary builds for baseline x86-64 and each path runs only where cpuid says it can.
