@@ -39,6 +39,9 @@ struct ReaderRequest {
   std::vector<int32_t> prompt_ids;           ///< decoder prompt (BOS first)
   std::vector<std::vector<int32_t>> chunks;  ///< encoder chunks, one per passage
   int decoder_passages = 0;                  ///< passages that went into the prompt
+  /// Indices (into prepare()'s `passages`) of those that reached the prompt or an encoder chunk,
+  /// in order: what the answer is conditioned on.
+  std::vector<size_t> used_passages;
 };
 
 /// A generated answer.

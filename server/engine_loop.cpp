@@ -127,8 +127,12 @@ void EngineLoop::finish(Active& a, JobOutcome outcome, const std::string& error)
     r.decode_ms = s->decode_ms;
     r.finish_reason = finish_reason_name(s->finish_reason());
   }
+  // One rule for queued and running jobs alike (end_queued): a job the server stopped was
+  // cancelled, not failed; only a model error is "error".
   if (outcome == JobOutcome::Deadline) r.finish_reason = "deadline";
-  if (outcome == JobOutcome::Shutdown || outcome == JobOutcome::Failed) r.finish_reason = "error";
+  if (outcome == JobOutcome::Cancelled || outcome == JobOutcome::Shutdown)
+    r.finish_reason = "cancelled";
+  if (outcome == JobOutcome::Failed) r.finish_reason = "error";
   if (metrics_) {
     metrics_->generated_tokens.fetch_add(static_cast<uint64_t>(r.completion_tokens));
     if (outcome == JobOutcome::Deadline) metrics_->deadlines.fetch_add(1);
