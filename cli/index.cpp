@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "cli/command.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 #include "index/manifest.h"
 #include "retriever/retriever.h"

@@ -28,7 +28,7 @@
 #include <thread>
 #include <unordered_map>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/reader.h"
 #include "server/openai.h"
 #include "server/request.h"
