@@ -1,4 +1,4 @@
-#include "index/vector_index.h"
+#include "retriever/vector_index.h"
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -24,7 +24,7 @@
 #include "engine/common/error.h"
 #include "index/fileio.h"
 
-namespace cepe::index {
+namespace cepe::retriever {
 
 namespace {
 
@@ -203,7 +203,7 @@ void VectorIndex::save(const std::filesystem::path& file) const {
   std::filesystem::rename(tmp, file, ec);
   CEPE_CHECK(!ec,
              "cannot rename " << tmp.string() << " to " << file.string() << ": " << ec.message());
-  fsync_directory(file.parent_path());
+  index::fsync_directory(file.parent_path());
 }
 
 void VectorIndex::set_defaults(const SearchParams& p) {
@@ -289,4 +289,4 @@ std::string VectorIndex::describe() const {
   return os.str();
 }
 
-}  // namespace cepe::index
+}  // namespace cepe::retriever
