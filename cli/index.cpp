@@ -378,12 +378,36 @@ int run_info(const std::vector<std::string>& argv) {
   return 0;
 }
 
+int run_shard(const std::vector<std::string>& argv) {
+  Args a;
+  a.option("index", "index directory (bm25 or hybrid)")
+      .option("shards", "number of shards", "2")
+      .option("out", "directory for shard-0.xapian, shard-1.xapian, ...");
+  const std::string line = "cepe index shard --index DIR --shards N --out DIR";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (!a.has("index") || !a.has("out"))
+    return usage_error(a, line, "--index and --out are required");
+  const fs::path dir = a.get("index");
+  auto r = index::open_index(dir);  // verifies the files first
+  CEPE_CHECK(r->bm25(), "index " << dir.string() << " has no BM25 database (retriever "
+                                 << r->manifest().retriever << ")");
+  const auto shards = retriever::split_bm25(
+      dir / index::kBm25File, static_cast<int>(a.get_int("shards", 1, 1024)), a.get("out"));
+  for (const auto& s : shards) std::cout << s.string() << "\n";
+  return 0;
+}
+
 int run_index(const std::vector<std::string>& argv) {
   const std::string help =
-      "usage: cepe index <build|search|info> [flags]   (cepe index <sub> --help for its flags)\n"
+      "usage: cepe index <build|search|info|shard> [flags]   (cepe index <sub> --help for flags)\n"
       "  build   build an index over a corpus\n"
       "  search  retrieve the top-k passages for questions\n"
-      "  info    describe an index\n";
+      "  info    describe an index\n"
+      "  shard   split an index's BM25 database into shards (for xapian-tcpsrv)\n";
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
     (argv.empty() ? std::cerr : std::cout) << help;
     return argv.empty() ? 2 : 0;
@@ -392,6 +416,7 @@ int run_index(const std::vector<std::string>& argv) {
   if (argv[0] == "build") return run_build(rest);
   if (argv[0] == "search") return run_search(rest);
   if (argv[0] == "info") return run_info(rest);
+  if (argv[0] == "shard") return run_shard(rest);
   std::cerr << "cepe index: error: unknown subcommand '" << argv[0] << "'\n" << help;
   return 2;
 }

@@ -56,7 +56,9 @@ void load_analyzer(const Bm25Config& c, AnalyzerParts* out) {
 // Stemmed, stop-worded terms of a text, the same for passages and queries.
 void configure(Xapian::TermGenerator& tg, const AnalyzerParts& a) {
   tg.set_stemmer(a.stem);
-  tg.set_stemming_strategy(Xapian::TermGenerator::STEM_ALL);
+  // STEM_ALL indexes nothing at all without a stemmer.
+  tg.set_stemming_strategy(a.stem.is_none() ? Xapian::TermGenerator::STEM_NONE
+                                            : Xapian::TermGenerator::STEM_ALL);
   if (a.has_stopper) {
     tg.set_stopper(&a.stopper);
     tg.set_stopper_strategy(Xapian::TermGenerator::STOP_ALL);
@@ -158,6 +160,45 @@ void Bm25Writer::finish() {
   }
   std::error_code ec;
   fs::remove_all(s.scratch, ec);
+}
+
+std::vector<fs::path> split_bm25(const fs::path& file, int shards, const fs::path& out_dir) {
+  CEPE_CHECK(shards >= 1 && shards <= 1024, "shards must be in [1, 1024] (got " << shards << ")");
+  std::vector<fs::path> out;
+  try {
+    Xapian::Database db(file.string());
+    fs::create_directories(out_dir);
+    std::vector<std::unique_ptr<Xapian::WritableDatabase>> parts;
+    std::vector<fs::path> scratch;
+    for (int s = 0; s < shards; ++s) {
+      scratch.push_back(out_dir / (".shard-" + std::to_string(s) + ".build"));
+      std::error_code ec;
+      fs::remove_all(scratch.back(), ec);
+      parts.push_back(std::make_unique<Xapian::WritableDatabase>(
+          scratch.back().string(), Xapian::DB_CREATE_OR_OVERWRITE | Xapian::DB_BACKEND_GLASS));
+    }
+    const Xapian::docid last = db.get_lastdocid();
+    for (Xapian::docid id = 1; id <= last; ++id) {
+      const uint64_t row = id - 1;
+      const int s = static_cast<int>(row % static_cast<uint64_t>(shards));
+      parts[s]->replace_document(static_cast<Xapian::docid>(row / shards + 1), db.get_document(id));
+    }
+    for (int s = 0; s < shards; ++s) {
+      parts[s]->commit();
+      const fs::path final_path = out_dir / ("shard-" + std::to_string(s) + ".xapian");
+      fs::path tmp = final_path;
+      tmp += ".tmp";
+      parts[s]->compact(tmp.string(), Xapian::DBCOMPACT_SINGLE_FILE);
+      parts[s]->close();
+      fs::rename(tmp, final_path);
+      std::error_code ec;
+      fs::remove_all(scratch[s], ec);
+      out.push_back(final_path);
+    }
+  } catch (const Xapian::Error& e) {
+    CEPE_THROW(file.string() << ": splitting the BM25 database: " << e.get_description());
+  }
+  return out;
 }
 
 Bm25Searcher::Bm25Searcher(const std::vector<std::string>& shards, const Bm25Config& config)

@@ -48,6 +48,12 @@ class Bm25Writer {
   std::unique_ptr<State> state_;
 };
 
+/// Splits a BM25 database into `shards` single-file databases `out_dir/shard-<i>.xapian`, passage
+/// row r going to shard r % shards: searched together (Bm25Searcher over all of them, local or
+/// behind xapian-tcpsrv) they number documents as the original does, so results are identical.
+std::vector<std::filesystem::path> split_bm25(const std::filesystem::path& file, int shards,
+                                              const std::filesystem::path& out_dir);
+
 /// Searches BM25 databases. Thread-safe: each concurrent search uses its own Xapian handle.
 class Bm25Searcher {
  public:
