@@ -27,7 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 #include "index/open_index.h"
 #include "retriever/retriever.h"

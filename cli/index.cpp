@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "cli/command.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 #include "index/manifest.h"
 #include "index/open_index.h"

@@ -11,9 +11,9 @@
 #include <cstring>
 #include <fstream>
 
-#include "engine/common/error.h"
-#include "index/fileio.h"
-#include "index/hash.h"
+#include "common/error.h"
+#include "common/fileio.h"
+#include "common/hash.h"
 
 namespace cepe::index {
 

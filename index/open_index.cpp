@@ -1,6 +1,6 @@
 #include "index/open_index.h"
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 
 namespace cepe::index {

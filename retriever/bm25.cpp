@@ -8,7 +8,7 @@
 #include <fstream>
 #include <system_error>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::retriever {
 

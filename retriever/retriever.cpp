@@ -4,7 +4,7 @@
 #include <cmath>
 #include <unordered_map>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::retriever {
 

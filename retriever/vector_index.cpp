@@ -21,8 +21,8 @@
 #include <typeinfo>
 #include <vector>
 
-#include "engine/common/error.h"
-#include "index/fileio.h"
+#include "common/error.h"
+#include "common/fileio.h"
 
 namespace cepe::retriever {
 
@@ -203,7 +203,7 @@ void VectorIndex::save(const std::filesystem::path& file) const {
   std::filesystem::rename(tmp, file, ec);
   CEPE_CHECK(!ec,
              "cannot rename " << tmp.string() << " to " << file.string() << ": " << ec.message());
-  index::fsync_directory(file.parent_path());
+  fsync_directory(file.parent_path());
 }
 
 void VectorIndex::set_defaults(const SearchParams& p) {

@@ -12,7 +12,7 @@
 #include <thread>
 #include <unordered_map>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 #include "index/open_index.h"
 #include "retriever/bm25.h"
