@@ -1,5 +1,6 @@
 #include "qa/reader.h"
 
+#include <chrono>
 #include <memory>
 
 #include "engine/common/error.h"
@@ -17,7 +18,11 @@ std::string trim(const std::string& s) {
 }  // namespace
 
 Reader::Reader(CepeModel& model, const Tokenizer& tokenizer, ReaderOptions options)
-    : model_(model), tokenizer_(tokenizer), options_(std::move(options)), prompt_(options_.format) {
+    : model_(model),
+      tokenizer_(tokenizer),
+      options_(std::move(options)),
+      prompt_(options_.format),
+      encoder_states_(model) {
   validate(options_.sampling);
   CEPE_CHECK(options_.decoder_passages >= 0, "decoder_passages must be >= 0");
   CEPE_CHECK(options_.chunk_tokens > 0, "chunk_tokens must be > 0");
@@ -46,10 +51,10 @@ ReaderRequest Reader::prepare(std::string_view question,
   }
   req.decoder_passages = static_cast<int>(decoder_passages.size());
   for (size_t i = in_decoder; i < passages.size(); ++i) {
-    std::vector<int32_t> ids = tokenizer_.encode(encoder_chunk_text(passages[i]), false);
+    std::vector<int32_t> ids = encoder_chunk_ids(tokenizer_, passages[i], options_.chunk_tokens);
     if (ids.empty()) continue;
-    if (static_cast<int>(ids.size()) > options_.chunk_tokens) ids.resize(options_.chunk_tokens);
     req.chunks.push_back(std::move(ids));
+    req.chunk_ids.push_back(passages[i].id);
   }
   return req;
 }
@@ -58,9 +63,12 @@ void Reader::run(const std::vector<ReaderRequest>& requests, int max_batch,
                  const std::function<void(size_t, const ReaderAnswer&)>& on_done,
                  const std::atomic<bool>* stop) {
   CEPE_CHECK(max_batch >= 1, "the batch size must be >= 1");
+  using Clock = std::chrono::steady_clock;
   struct Active {
     size_t index;
     std::unique_ptr<Sequence> seq;
+    Clock::time_point joined;
+    double first_token_ms = -1;
   };
   std::vector<Active> active;
   size_t next = 0;
@@ -69,15 +77,22 @@ void Reader::run(const std::vector<ReaderRequest>& requests, int max_batch,
     // Join: new requests take the free slots; their context is encoded as they enter.
     while (static_cast<int>(active.size()) < max_batch && next < requests.size()) {
       const ReaderRequest& r = requests[next];
+      const Clock::time_point joined = Clock::now();
       EncodedContext ctx;
-      if (!r.chunks.empty()) ctx = model_.encode(r.chunks);
+      if (!r.chunks.empty()) ctx = encoder_states_.encode(r.chunk_ids, r.chunks);
       active.push_back({next, std::make_unique<Sequence>(model_, &tokenizer_, r.prompt_ids, ctx,
-                                                         options_.sampling)});
+                                                         options_.sampling),
+                        joined});
       ++next;
     }
     std::vector<Sequence*> batch;
     for (auto& a : active) batch.push_back(a.seq.get());
     step_sequences(model_, batch);
+    const Clock::time_point stepped = Clock::now();
+    for (auto& a : active)
+      if (a.first_token_ms < 0 && (!a.seq->tokens().empty() || a.seq->finished()))
+        a.first_token_ms =
+            std::chrono::duration<double, std::milli>(stepped - a.joined).count();
     // Leave: finished sequences report and free their slot (and caches) at once.
     for (size_t i = 0; i < active.size();) {
       Sequence& s = *active[i].seq;
@@ -91,6 +106,7 @@ void Reader::run(const std::vector<ReaderRequest>& requests, int max_batch,
       answer.prompt_tokens = s.prompt_tokens();
       answer.encoder_tokens = s.encoder_tokens();
       answer.generated_tokens = static_cast<int64_t>(s.tokens().size());
+      answer.first_token_ms = active[i].first_token_ms;
       const size_t index = active[i].index;
       active.erase(active.begin() + static_cast<long>(i));
       on_done(index, answer);

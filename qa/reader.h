@@ -12,6 +12,7 @@
 #include "engine/cepe_model.h"
 #include "engine/generation.h"
 #include "engine/tokenizer.h"
+#include "qa/encoder_states.h"
 #include "qa/passage.h"
 #include "qa/prompt.h"
 
@@ -38,6 +39,7 @@ struct ReaderOptions {
 struct ReaderRequest {
   std::vector<int32_t> prompt_ids;           ///< decoder prompt (BOS first)
   std::vector<std::vector<int32_t>> chunks;  ///< encoder chunks, one per passage
+  std::vector<std::string> chunk_ids;        ///< passage id of each chunk (store/cache lookups)
   int decoder_passages = 0;                  ///< passages that went into the prompt
 };
 
@@ -48,6 +50,7 @@ struct ReaderAnswer {
   int64_t prompt_tokens = 0;                 ///< decoder prompt tokens
   int64_t encoder_tokens = 0;                ///< encoder tokens
   int64_t generated_tokens = 0;              ///< tokens generated
+  double first_token_ms = 0;  ///< from joining the batch (before encoding) to the first token
 };
 
 /// Prepares and answers QA requests on one model.
@@ -68,12 +71,15 @@ class Reader {
 
   /// The options in use.
   const ReaderOptions& options() const { return options_; }
+  /// Where passages' encoder states come from (set a store or cache on it before run()).
+  EncoderStates& encoder_states() { return encoder_states_; }
 
  private:
   CepeModel& model_;
   const Tokenizer& tokenizer_;
   ReaderOptions options_;
   PromptBuilder prompt_;
+  EncoderStates encoder_states_;
 };
 
 }  // namespace cepe::qa

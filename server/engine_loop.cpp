@@ -22,7 +22,11 @@ struct EngineLoop::Active {
 
 EngineLoop::EngineLoop(CepeModel& model, const Tokenizer& tokenizer, EngineOptions options,
                        Metrics* metrics)
-    : model_(model), tokenizer_(tokenizer), options_(options), metrics_(metrics) {
+    : model_(model),
+      tokenizer_(tokenizer),
+      options_(options),
+      metrics_(metrics),
+      encoder_states_(model) {
   CEPE_CHECK(options_.max_batch >= 1, "max_batch must be >= 1");
   CEPE_CHECK(options_.max_queue >= 1, "max_queue must be >= 1");
   if (!options_.batching) options_.max_batch = 1;
@@ -150,11 +154,27 @@ void EngineLoop::deliver() {
 void EngineLoop::publish(const std::vector<Active>& active) {
   running_.store(static_cast<int>(active.size()));
   if (metrics_) {
-    size_t bytes = 0;
-    for (const Active& a : active)
-      if (a.seq) bytes += a.seq->cache_bytes();
+    size_t bytes = 0, states = 0;
+    const bool absorbed = model_.cross_attention_mode() == CrossAttentionMode::Absorbed;
+    const size_t state_row = static_cast<size_t>(model_.config().encoder_hidden_size) * 4;
+    for (const Active& a : active) {
+      if (!a.seq) continue;
+      bytes += a.seq->cache_bytes();
+      // Absorbed: what a sequence holds for cross-attention is its encoder states E alone.
+      if (absorbed) states += static_cast<size_t>(a.seq->encoder_tokens()) * state_row;
+    }
     metrics_->batch_size.store(static_cast<int64_t>(active.size()));
     metrics_->cache_bytes.store(static_cast<int64_t>(bytes));
+    metrics_->sequence_encoder_state_bytes.store(static_cast<int64_t>(states));
+    const qa::EncoderStateCounters& c = encoder_states_.counters();
+    metrics_->encoder_store_hits.store(c.store_hits.load());
+    metrics_->encoder_cache_hits.store(c.cache_hits.load());
+    metrics_->encoder_live_passages.store(c.live_passages.load());
+    if (const auto& cache = encoder_states_.cache()) {
+      metrics_->encoder_cache_misses.store(cache->misses());
+      metrics_->encoder_cache_evictions.store(cache->evictions());
+      metrics_->encoder_cache_bytes.store(static_cast<int64_t>(cache->bytes()));
+    }
   }
   deliver();
 }
@@ -194,7 +214,8 @@ void EngineLoop::admit(std::vector<Active>& active) {
       EncodedContext ctx;
       if (!job->chunks.empty()) {
         const auto t0 = Clock::now();
-        ctx = model_.encode(job->chunks);
+        job->chunk_ids.resize(job->chunks.size());
+        ctx = encoder_states_.encode(job->chunk_ids, job->chunks);
         a.encode_ms = ms_between(t0, Clock::now());
       }
       a.encoder_tokens = ctx.tokens();
@@ -206,6 +227,7 @@ void EngineLoop::admit(std::vector<Active>& active) {
       // The chunks are no longer needed once encoded; drop them rather than hold them for the
       // whole generation.
       std::vector<std::vector<int32_t>>().swap(job->chunks);
+      std::vector<std::string>().swap(job->chunk_ids);
       active.push_back(std::move(a));
     } catch (const std::exception& e) {
       finish(a, JobOutcome::Failed, e.what());

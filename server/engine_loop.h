@@ -19,6 +19,7 @@
 #include "engine/cepe_model.h"
 #include "engine/generation.h"
 #include "engine/tokenizer.h"
+#include "qa/encoder_states.h"
 #include "server/metrics.h"
 
 namespace cepe::server {
@@ -54,6 +55,7 @@ struct JobResult {
 struct Job {
   std::vector<int32_t> prompt_ids;                        ///< decoder prompt
   std::vector<std::vector<int32_t>> chunks;               ///< encoder chunks (may be empty)
+  std::vector<std::string> chunk_ids;  ///< passage id per chunk (store/cache lookups; may be "")
   SamplingOptions sampling;                               ///< decoding settings
   Clock::time_point deadline = Clock::time_point::max();  ///< past it the job ends as Deadline
   std::function<void(std::string)> on_text;               ///< streamed text (empty: not streaming)
@@ -105,6 +107,8 @@ class EngineLoop {
   bool alive() const { return alive_.load(); }
   /// The options in use.
   const EngineOptions& options() const { return options_; }
+  /// Where passages' states come from; set its store/cache before start().
+  qa::EncoderStates& encoder_states() { return encoder_states_; }
 
  private:
   struct Active;
@@ -120,6 +124,7 @@ class EngineLoop {
   const Tokenizer& tokenizer_;
   EngineOptions options_;
   Metrics* metrics_;
+  qa::EncoderStates encoder_states_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

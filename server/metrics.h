@@ -49,6 +49,13 @@ class Metrics {
   std::atomic<int64_t> queue_depth{0};        ///< admitted requests not yet in the batch
   std::atomic<int64_t> batch_size{0};         ///< sequences in the running batch
   std::atomic<int64_t> cache_bytes{0};        ///< caches held by the running sequences
+  std::atomic<int64_t> sequence_encoder_state_bytes{0};  ///< of those: encoder states (absorbed)
+  std::atomic<uint64_t> encoder_store_hits{0};           ///< passages read from the state store
+  std::atomic<uint64_t> encoder_cache_hits{0};           ///< passages read from the state cache
+  std::atomic<uint64_t> encoder_cache_misses{0};         ///< cache lookups that missed
+  std::atomic<uint64_t> encoder_cache_evictions{0};      ///< cache entries evicted
+  std::atomic<int64_t> encoder_cache_bytes{0};           ///< bytes the state cache holds
+  std::atomic<uint64_t> encoder_live_passages{0};        ///< passages encoded per request
   std::atomic<int64_t> in_flight{0};          ///< requests being handled
   std::atomic<int64_t> connections{0};        ///< open connections
   std::atomic<uint64_t> generated_tokens{0};  ///< tokens generated, all requests
