@@ -137,8 +137,9 @@ size_t state_row_bytes(StateDType t, int64_t width) {
     case StateDType::BF16:
     case StateDType::F16:
       return static_cast<size_t>(width) * 2;
-    case StateDType::Q8_0:
-      return static_cast<size_t>(width / kQ8Block) * (2 + kQ8Block);
+    case StateDType::Q8_0:  // a last, shorter block when width is not a multiple of 32
+      return static_cast<size_t>((width + kQ8Block - 1) / kQ8Block) * 2 +
+             static_cast<size_t>(width);
   }
   return 0;
 }
@@ -155,18 +156,19 @@ void encode_state_row(const float* src, int64_t width, StateDType t, char* dst) 
       convert_from_f32(src, dst, DType::F16, static_cast<size_t>(width));
       return;
     case StateDType::Q8_0:
-      for (int64_t b = 0; b < width / kQ8Block; ++b) {
+      for (int64_t b = 0; b * kQ8Block < width; ++b) {
         const float* x = src + b * kQ8Block;
+        const int64_t len = std::min(kQ8Block, width - b * kQ8Block);
         char* out = dst + b * (2 + kQ8Block);
         float amax = 0.0f;
-        for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(x[i]));
+        for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(x[i]));
         // The scale is rounded to F16 first and the values quantised against the rounded one,
         // so the only error is the int8 rounding: |x - d q| <= d / 2.
         const uint16_t d16 = f32_to_f16(amax / 127.0f);
         const float d = f16_to_f32(d16);
         const float inv = d > 0.0f ? 1.0f / d : 0.0f;
         std::memcpy(out, &d16, 2);
-        for (int64_t i = 0; i < kQ8Block; ++i) {
+        for (int64_t i = 0; i < len; ++i) {
           const float q = std::nearbyint(x[i] * inv);
           out[2 + i] = static_cast<char>(static_cast<int8_t>(std::clamp(q, -127.0f, 127.0f)));
         }
@@ -187,10 +189,11 @@ void decode_state_row(const char* src, int64_t width, StateDType t, float* dst) 
       convert_to_f32(src, DType::F16, dst, static_cast<size_t>(width));
       return;
     case StateDType::Q8_0:
-      for (int64_t b = 0; b < width / kQ8Block; ++b) {
+      for (int64_t b = 0; b * kQ8Block < width; ++b) {
         const char* in = src + b * (2 + kQ8Block);
         const float d = f16_to_f32(load<uint16_t>(in));
-        for (int64_t i = 0; i < kQ8Block; ++i)
+        const int64_t len = std::min(kQ8Block, width - b * kQ8Block);
+        for (int64_t i = 0; i < len; ++i)
           dst[b * kQ8Block + i] = d * static_cast<float>(static_cast<int8_t>(in[2 + i]));
       }
       return;
@@ -241,9 +244,6 @@ EncoderFingerprint encoder_fingerprint(const fs::path& model_dir, const ModelCon
   fp.chunk_tokens = chunk_tokens;
   fp.width = config.encoder_hidden_size;
   fp.dtype = dtype;
-  CEPE_CHECK(dtype != StateDType::Q8_0 || fp.width % kQ8Block == 0,
-             "q8_0 needs an encoder width divisible by " << kQ8Block << " (this model's is "
-                                                         << fp.width << ")");
   const LlamaConfig& c = *config.encoder;
   Hasher cfg(0x43464721);
   for (int64_t v : {int64_t(c.hidden_size), int64_t(c.intermediate_size),
@@ -465,6 +465,8 @@ EncoderStore::EncoderStore(const fs::path& path) : file_(std::make_shared<Mapped
   fp_.encoder_config = h.config_hash;
   fp_.tokenizer = h.tokenizer_hash;
   count_ = h.count;
+  CEPE_CHECK(count_ <= file_->size() / (kTableEntry + kIdEntry),
+             name << ": header claims " << count_ << " passages, more than the file can hold");
   total_tokens_ = h.total_tokens;
   data_bytes_ = h.data_bytes;
   checksum_ = h.data_checksum;

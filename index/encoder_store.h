@@ -31,7 +31,7 @@ enum class StateDType : uint32_t {
   F32 = 0,   ///< exact
   BF16 = 1,  ///< 8-bit mantissa, F32 range
   F16 = 2,   ///< 11-bit mantissa, range +-65504
-  Q8_0 = 3,  ///< blocks of 32 values: one F16 scale + 32 int8 (GGML's Q8_0)
+  Q8_0 = 3,  ///< blocks of 32 values: one F16 scale + 32 int8 (GGML's Q8_0; last block shorter)
 };
 
 /// "f32", "bf16", "f16", "q8_0".

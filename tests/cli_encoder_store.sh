@@ -16,7 +16,7 @@ command -v spm_train >/dev/null || { echo "skip: spm_train (sentencepiece) not i
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-head -n 1500 "$data/passages.jsonl" >"$tmp/passages.jsonl"
+head -n 600 "$data/passages.jsonl" >"$tmp/passages.jsonl"
 python3 - "$tmp" "$data/questions.jsonl" <<'PY'
 import json, sys
 tmp, questions = sys.argv[1], sys.argv[2]
@@ -78,7 +78,7 @@ ls "$tmp"/index/encoder_states/ | grep -q partial && { echo "FAIL: partial files
 qa=(--questions "$tmp/questions.jsonl" --index "$tmp/index" --model "$tmp/model" --k 5
   --max-new-tokens 6 --threads 2 --concurrency 4)
 "$cepe" qa "${qa[@]}" --out "$tmp/store.jsonl" >/dev/null 2>"$tmp/store.err"
-grep -q "^encoder store: .*(f32, 1500 passages)" "$tmp/store.err" || {
+grep -q "^encoder store: .*(f32, 600 passages)" "$tmp/store.err" || {
   echo "FAIL: the store was not used"; cat "$tmp/store.err"; exit 1; }
 "$cepe" qa "${qa[@]}" --encoder-store off --out "$tmp/live.jsonl" >/dev/null 2>"$tmp/live.err"
 grep -q "^encoder store:" "$tmp/live.err" && { echo "FAIL: --encoder-store off used it"; exit 1; }
