@@ -13,7 +13,7 @@
 
 #include "engine/backend.h"
 #include "engine/cepe_model.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 
 using namespace cepe;
 

@@ -26,7 +26,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 #include "retriever/retriever.h"
 

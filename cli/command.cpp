@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::cli {
 

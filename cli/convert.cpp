@@ -3,7 +3,7 @@
 #include <iostream>
 
 #include "cli/command.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/llama2c.h"
 
 namespace cepe::cli {

@@ -9,7 +9,7 @@
 
 #include "cli/command.h"
 #include "cli/model_flags.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::cli {
 namespace {

@@ -11,8 +11,8 @@
 
 #include "cli/command.h"
 #include "cli/model_flags.h"
-#include "engine/common/error.h"
-#include "engine/common/progress.h"
+#include "common/error.h"
+#include "common/progress.h"
 #include "index/builder.h"
 #include "index/encoder_store.h"
 #include "index/manifest.h"

@@ -6,7 +6,7 @@
 #include <new>
 
 #include "cli/command.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 
 int main(int argc, char** argv) {
   auto& commands = cepe::cli::registry();

@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <limits>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::cli {
 

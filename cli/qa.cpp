@@ -11,8 +11,8 @@
 
 #include "cli/command.h"
 #include "cli/model_flags.h"
-#include "engine/common/error.h"
-#include "engine/common/progress.h"
+#include "common/error.h"
+#include "common/progress.h"
 #include "qa/encoder_states.h"
 #include "qa/question_file.h"
 #include "qa/reader.h"

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "cli/command.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/rope_scaling.h"
 
 namespace cepe::cli {

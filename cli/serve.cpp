@@ -1,7 +1,5 @@
 // `cepe serve`: the HTTP QA service. Settings come from a JSON config file (config/server.json
 // documents every field) and flags override them one by one (--max-batch for max_batch, ...).
-#ifdef CEPE_HAVE_SERVER
-
 #include <pthread.h>
 #include <signal.h>
 
@@ -15,7 +13,7 @@
 
 #include "cli/command.h"
 #include "config/server_config.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/prompt.h"
 #include "server/resources.h"
 #include "server/server.h"
@@ -153,4 +151,3 @@ CEPE_REGISTER_COMMAND("serve", "answer questions over HTTP (POST /ask, streaming
 
 }  // namespace cepe::cli
 
-#endif  // CEPE_HAVE_SERVER

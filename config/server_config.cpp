@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "engine/cepe_model.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::config {
 namespace {

@@ -1,6 +1,6 @@
 #include "engine/backend.h"
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/cpu/cpu_backend.h"
 #ifdef CEPE_HAVE_CUDA
 #include "engine/cuda/cuda_backend.h"

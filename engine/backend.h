@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/tensor.h"
 
 namespace cepe {

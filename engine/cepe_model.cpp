@@ -4,7 +4,7 @@
 #include <cmath>
 #include <string>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/safetensors.h"
 
 namespace cepe {

@@ -6,7 +6,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe {
 namespace {

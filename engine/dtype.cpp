@@ -1,6 +1,6 @@
 #include "engine/dtype.h"
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe {
 

@@ -4,7 +4,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe {
 namespace {

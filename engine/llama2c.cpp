@@ -13,7 +13,7 @@
 #include <unordered_map>
 #include <utility>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/safetensors.h"
 #include "engine/tensor.h"
 

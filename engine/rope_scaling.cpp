@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::rope {
 

@@ -17,7 +17,7 @@
 #include <limits>
 #include <set>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe {
 

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <system_error>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe {
 

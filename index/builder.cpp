@@ -14,8 +14,8 @@
 #include <random>
 #include <regex>
 
-#include "engine/common/error.h"
-#include "index/fileio.h"
+#include "common/error.h"
+#include "common/fileio.h"
 #include "index/passage_store.h"
 #include "retriever/embedder.h"
 

@@ -8,10 +8,10 @@
 #include <cstdio>
 #include <memory>
 
-#include "engine/common/error.h"
-#include "index/fileio.h"
-#include "index/hash.h"
-#include "index/utf8.h"
+#include "common/error.h"
+#include "common/fileio.h"
+#include "common/hash.h"
+#include "common/utf8.h"
 
 namespace cepe::index {
 

@@ -11,10 +11,10 @@
 #include <cstring>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/dtype.h"
 #include "engine/safetensors.h"
-#include "index/hash.h"
+#include "common/hash.h"
 
 namespace cepe::index {
 

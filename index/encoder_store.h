@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "index/fileio.h"
+#include "common/fileio.h"
 
 namespace cepe::index {
 

@@ -5,8 +5,8 @@
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 
-#include "engine/common/error.h"
-#include "index/fileio.h"
+#include "common/error.h"
+#include "common/fileio.h"
 
 namespace cepe::index {
 

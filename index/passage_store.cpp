@@ -4,7 +4,7 @@
 #include <cstring>
 #include <limits>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::index {
 

@@ -14,8 +14,8 @@
 #include <string_view>
 #include <vector>
 
-#include "index/fileio.h"
-#include "index/hash.h"
+#include "common/fileio.h"
+#include "common/hash.h"
 
 namespace cepe::index {
 

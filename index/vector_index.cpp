@@ -21,8 +21,8 @@
 #include <typeinfo>
 #include <vector>
 
-#include "engine/common/error.h"
-#include "index/fileio.h"
+#include "common/error.h"
+#include "common/fileio.h"
 
 namespace cepe::index {
 

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/prompt.h"
 
 namespace cepe::qa {

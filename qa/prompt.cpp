@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::qa {
 

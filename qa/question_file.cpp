@@ -8,8 +8,10 @@
 #include <sstream>
 #include <unordered_map>
 
-#include "engine/common/error.h"
-#include "qa/json_util.h"
+#include "common/error.h"
+#include "common/json.h"
+#include "common/utf8.h"
+#include "common/strings.h"
 
 namespace cepe::qa {
 
@@ -42,7 +44,7 @@ std::string lower_ascii(std::string_view s) {
 }
 
 void check_utf8(std::string_view line) {
-  if (auto at = detail::find_invalid_utf8(line)) {
+  if (auto at = find_invalid_utf8(line)) {
     bad("invalid UTF-8 at column " + std::to_string(*at + 1));
   }
 }
@@ -50,7 +52,7 @@ void check_utf8(std::string_view line) {
 // Ids are kept as text; integers remember that they were integers so output can match input.
 void read_id(const Value& v, std::string_view what, std::string* id, bool* numeric) {
   if (v.IsString()) {
-    *id = detail::json_string(v);
+    *id = json_string(v);
     if (id->empty()) bad(std::string(what) + " is empty");
     *numeric = false;
   } else if (v.IsInt64()) {
@@ -66,7 +68,7 @@ void read_id(const Value& v, std::string_view what, std::string* id, bool* numer
 
 void read_answers(const Value& v, std::string_view key, std::vector<std::string>* out) {
   if (v.IsString()) {
-    out->push_back(detail::json_string(v));
+    out->push_back(json_string(v));
     return;
   }
   if (!v.IsArray()) bad(quoted(key) + " must be a string or a list of strings");
@@ -74,12 +76,12 @@ void read_answers(const Value& v, std::string_view key, std::vector<std::string>
     const Value& e = v[i];
     const std::string where = quoted(key) + "[" + std::to_string(i) + "]";
     if (e.IsString()) {
-      out->push_back(detail::json_string(e));
+      out->push_back(json_string(e));
     } else if (e.IsArray()) {
       // CEPE flattens a list of lists of answers.
       for (rapidjson::SizeType j = 0; j < e.Size(); ++j) {
         if (!e[j].IsString()) bad(where + "[" + std::to_string(j) + "] must be a string");
-        out->push_back(detail::json_string(e[j]));
+        out->push_back(json_string(e[j]));
       }
     } else {
       bad(where + " must be a string");
@@ -91,8 +93,8 @@ std::optional<double> read_score(const Value& v, const std::string& where) {
   if (v.IsNull()) return std::nullopt;
   if (v.IsNumber()) return v.GetDouble();
   if (v.IsString()) {
-    const std::string s = detail::json_string(v);
-    const std::string_view t = detail::trim_ascii(s);
+    const std::string s = json_string(v);
+    const std::string_view t = trim_ascii(s);
     if (!t.empty()) {
       const std::string copy(t);
       char* end = nullptr;
@@ -116,11 +118,11 @@ std::vector<Passage> read_ctxs(const Value& v) {
     auto text = c.FindMember("text");
     if (text == c.MemberEnd()) bad(where + " has no \"text\"");
     if (!text->value.IsString()) bad(where + ".text must be a string");
-    p.text = detail::json_string(text->value);
+    p.text = json_string(text->value);
     auto title = c.FindMember("title");
     if (title != c.MemberEnd() && !title->value.IsNull()) {
       if (!title->value.IsString()) bad(where + ".title must be a string");
-      p.title = detail::json_string(title->value);
+      p.title = json_string(title->value);
     }
     auto id = c.FindMember("id");
     if (id != c.MemberEnd() && !id->value.IsNull()) {
@@ -143,8 +145,8 @@ Question read_question_object(const Value& v, size_t line, size_t default_id,
   auto question = v.FindMember("question");
   if (question == v.MemberEnd()) bad("missing \"question\"");
   if (!question->value.IsString()) bad("\"question\" must be a string");
-  q.question = detail::json_string(question->value);
-  if (detail::trim_ascii(q.question).empty()) bad("empty question");
+  q.question = json_string(question->value);
+  if (trim_ascii(q.question).empty()) bad("empty question");
 
   auto answers = v.FindMember("answers");
   const char* key = "answers";
@@ -182,7 +184,7 @@ Question read_json_line(std::string_view line, size_t line_no, const QuestionFil
   check_utf8(line);
   rapidjson::Document doc;
   std::string error;
-  if (!detail::parse_json(line, &doc, &error)) bad(error);
+  if (!parse_json(line, &doc, &error)) bad(error);
   return read_question_object(doc, line_no, line_no, options);
 }
 
@@ -339,13 +341,13 @@ std::optional<std::vector<std::string>> parse_python_list(std::string_view s) {
 }
 
 std::vector<std::string> read_tsv_answers(std::string_view column) {
-  const std::string_view t = detail::trim_ascii(column);
+  const std::string_view t = trim_ascii(column);
   if (t.empty() || t.front() != '[') {
     bad("the answers column must be a list such as [\"Paris\"]");
   }
   rapidjson::Document doc;
   std::string json_error;
-  if (detail::parse_json(t, &doc, &json_error)) {
+  if (parse_json(t, &doc, &json_error)) {
     if (!doc.IsArray()) bad("the answers column must be a list such as [\"Paris\"]");
     std::vector<std::string> out;
     read_answers(doc, "answers", &out);
@@ -371,8 +373,8 @@ std::optional<Question> read_tsv_line(std::string_view line, size_t line_no,
     bad("expected 2 tab-separated columns (question, answers), found " +
         std::to_string(cols.size()));
   }
-  if (line_no == 1 && cols.size() == 2 && lower_ascii(detail::trim_ascii(cols[0])) == "question") {
-    const std::string second = lower_ascii(detail::trim_ascii(cols[1]));
+  if (line_no == 1 && cols.size() == 2 && lower_ascii(trim_ascii(cols[0])) == "question") {
+    const std::string second = lower_ascii(trim_ascii(cols[1]));
     if (second == "answers" || second == "answer") return std::nullopt;  // header
   }
   Question q;
@@ -380,7 +382,7 @@ std::optional<Question> read_tsv_line(std::string_view line, size_t line_no,
   q.id = std::to_string(line_no);
   q.numeric_id = true;
   q.question = std::string(cols[0]);
-  if (detail::trim_ascii(q.question).empty()) bad("empty question");
+  if (trim_ascii(q.question).empty()) bad("empty question");
   if (cols.size() == 1) {
     if (options.require_answers) bad("missing the answers column (question TAB answers)");
   } else {
@@ -529,17 +531,17 @@ QuestionSet load_questions(const std::filesystem::path& path, const QuestionFile
   if (format == QuestionFormat::kJson) {
     const size_t first = text.find_first_not_of(" \t\r\n");
     if (first != std::string_view::npos && text[first] == '[') {
-      if (auto at = detail::find_invalid_utf8(text)) {
+      if (auto at = find_invalid_utf8(text)) {
         CEPE_THROW(path.string() << ":" << line_of_offset(text, *at) << ": invalid UTF-8");
       }
       rapidjson::Document doc;
       std::string error;
-      if (!detail::parse_json(text, &doc, &error)) {
+      if (!parse_json(text, &doc, &error)) {
         // RapidJSON counts from the start of the file; report the line and the column within it.
         const size_t at = std::min(doc.GetErrorOffset(), text.size());
         const size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;
         CEPE_THROW(path.string() << ":" << line_of_offset(text, at) << ": "
-                                 << detail::json_error_message(doc) << " (at column "
+                                 << json_error_message(doc) << " (at column "
                                  << at - line_start + 1 << ")");
       }
       const std::vector<size_t> offsets = array_element_offsets(text);
@@ -565,7 +567,7 @@ QuestionSet load_questions(const std::filesystem::path& path, const QuestionFile
     start = end + 1;
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (detail::trim_ascii(line).empty()) continue;
+    if (trim_ascii(line).empty()) continue;
     try {
       if (format == QuestionFormat::kTsv) {
         if (auto q = read_tsv_line(line, line_no, options)) out.add(std::move(*q));

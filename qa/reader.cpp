@@ -3,7 +3,7 @@
 #include <chrono>
 #include <memory>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::qa {
 namespace {

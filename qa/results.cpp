@@ -13,8 +13,10 @@
 
 #include <rapidjson/prettywriter.h>
 
-#include "engine/common/error.h"
-#include "qa/json_util.h"
+#include "common/error.h"
+#include "common/json.h"
+#include "common/utf8.h"
+#include "common/strings.h"
 
 namespace cepe::qa {
 
@@ -43,7 +45,7 @@ const Value& require(const Value& obj, const char* key, const std::string& where
 std::string require_string(const Value& obj, const char* key, const std::string& where) {
   const Value& v = require(obj, key, where);
   if (!v.IsString()) CEPE_THROW(where << ": \"" << key << "\" must be a string");
-  return detail::json_string(v);
+  return json_string(v);
 }
 
 std::vector<std::string> require_strings(const Value& obj, const char* key,
@@ -53,7 +55,7 @@ std::vector<std::string> require_strings(const Value& obj, const char* key,
   std::vector<std::string> out;
   for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
     if (!v[i].IsString()) CEPE_THROW(where << ": \"" << key << "\"[" << i << "] must be a string");
-    out.push_back(detail::json_string(v[i]));
+    out.push_back(json_string(v[i]));
   }
   return out;
 }
@@ -134,18 +136,18 @@ std::string record_to_json(const QaRecord& r) {
     if (!r.id.empty() && *end == '\0' && errno == 0) {
       w.Int64(v);
     } else {
-      detail::write_string(w, r.id);
+      write_json_string(w, r.id);
     }
   } else {
-    detail::write_string(w, r.id);
+    write_json_string(w, r.id);
   }
   w.Key("question");
-  detail::write_string(w, r.question);
+  write_json_string(w, r.question);
   w.Key("answer");
-  detail::write_string(w, r.answer);
+  write_json_string(w, r.answer);
   w.Key("gold");
   w.StartArray();
-  for (const std::string& g : r.gold) detail::write_string(w, g);
+  for (const std::string& g : r.gold) write_json_string(w, g);
   w.EndArray();
   w.Key("em");
   if (r.scores) {
@@ -163,7 +165,7 @@ std::string record_to_json(const QaRecord& r) {
   }
   w.Key("passages");
   w.StartArray();
-  for (const std::string& id : r.passage_ids) detail::write_string(w, id);
+  for (const std::string& id : r.passage_ids) write_json_string(w, id);
   w.EndArray();
   w.Key("retrieval_hit");
   if (r.first_hit_rank) {
@@ -186,18 +188,18 @@ std::string record_to_json(const QaRecord& r) {
 }
 
 QaRecord record_from_json(std::string_view line, const std::string& where) {
-  if (auto at = detail::find_invalid_utf8(line)) {
+  if (auto at = find_invalid_utf8(line)) {
     CEPE_THROW(where << ": invalid UTF-8 at column " << *at + 1);
   }
   rapidjson::Document doc;
   std::string error;
-  if (!detail::parse_json(line, &doc, &error)) CEPE_THROW(where << ": " << error);
+  if (!parse_json(line, &doc, &error)) CEPE_THROW(where << ": " << error);
   if (!doc.IsObject()) CEPE_THROW(where << ": expected a JSON object");
 
   QaRecord r;
   const Value& id = require(doc, "id", where);
   if (id.IsString()) {
-    r.id = detail::json_string(id);
+    r.id = json_string(id);
   } else if (id.IsInt64()) {
     r.id = std::to_string(id.GetInt64());
     r.numeric_id = true;
@@ -293,7 +295,7 @@ ResumeState load_for_resume(const std::filesystem::path& path) {
     start = end + 1;
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (detail::trim_ascii(line).empty()) continue;
+    if (trim_ascii(line).empty()) continue;
     const std::string where = path.string() + ":" + std::to_string(line_no);
     QaRecord r = record_from_json(line, where);
     auto [it, inserted] = seen.emplace(r.id, line_no);

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "engine/common/error.h"
-#include "qa/unicode_tables.h"
+#include "common/error.h"
+#include "common/unicode_tables.h"
 
 namespace cepe::qa {
 

@@ -9,9 +9,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/safetensors.h"
-#include "index/hash.h"
+#include "common/hash.h"
 
 namespace cepe::retriever {
 
@@ -172,7 +172,7 @@ void BertEmbedder::load_weights() {
                                  ? "bert."
                                  : "";
   const int64_t H = config_.hidden_size, I = config_.intermediate_size;
-  index::Hasher hash(0xBE27);
+  Hasher hash(0xBE27);
   hash.update_string("bert-embedder-v1");
   std::vector<std::string> dtypes;
   // Every tensor is fetched by name and shape (errors name the tensor and file) and hashed.

@@ -2,7 +2,7 @@
 
 #include <cstdio>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "retriever/bert_embedder.h"
 #include "retriever/lexical_embedder.h"
 

@@ -7,18 +7,15 @@
 #include <cstring>
 #include <unordered_set>
 
-#include "engine/common/error.h"
-#include "index/fileio.h"
-#include "index/hash.h"
-#include "index/utf8.h"
+#include "common/error.h"
+#include "common/fileio.h"
+#include "common/hash.h"
+#include "common/utf8.h"
 
 namespace cepe::retriever {
 
 namespace {
 
-using index::hash64;
-using index::Hasher;
-using index::mix64;
 
 // Bumped whenever lexical_words() or the feature hashing changes, so old indexes are refused.
 // Version 2: four hash slots per feature, bigrams at half weight (measured on SQuAD: recall@20
@@ -96,7 +93,7 @@ void append_folded(std::string* w, char32_t c) {
     c += 0x20;  // Greek, Cyrillic
   else if (c >= 0x400 && c <= 0x40F)
     c += 0x50;
-  index::utf8_append(w, c);
+  utf8_append(w, c);
 }
 
 // Harman's "S" stemmer: folds the commonest English plurals onto their singular.
@@ -150,13 +147,13 @@ std::vector<std::string> lexical_words(std::string_view text) {
   std::string w;
   size_t pos = 0;
   while (pos < text.size()) {
-    const char32_t c = index::utf8_next(text, &pos);
+    const char32_t c = utf8_next(text, &pos);
     if (is_separator(c)) {
       finish_word(&w, &out);
     } else if (is_cjk(c)) {
       // Ideographs carry a word's meaning each; CJK text has no spaces to split on.
       finish_word(&w, &out);
-      index::utf8_append(&w, c);
+      utf8_append(&w, c);
       out.push_back(std::move(w));
       w.clear();
     } else {
@@ -241,13 +238,13 @@ void LexicalEmbedder::save(const std::filesystem::path& index_dir) const {
   }
   const uint64_t sum = hash64(buf, 0x494446);
   put(&sum, 8);
-  index::write_file_atomic(index_dir / kFileName, buf);
+  write_file_atomic(index_dir / kFileName, buf);
 }
 
 std::unique_ptr<LexicalEmbedder> LexicalEmbedder::load(const std::filesystem::path& index_dir) {
   const auto path = index_dir / kFileName;
   const std::string name = path.string();
-  index::MappedFile f(path);
+  MappedFile f(path);
   const char* p = f.data();
   const size_t size = f.size();
   constexpr size_t kHead = 8 + 16 + 8 + 8;

@@ -1,6 +1,6 @@
 #include "retriever/retriever.h"
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 
 namespace cepe::retriever {

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/common/error.h"
-#include "index/utf8.h"
+#include "common/error.h"
+#include "common/utf8.h"
 
 namespace cepe::retriever {
 namespace {
@@ -131,7 +131,7 @@ std::u32string strip_accents(const std::u32string& w) {
 
 std::string to_utf8(const std::u32string& s) {
   std::string out;
-  for (char32_t c : s) index::utf8_append(&out, c);
+  for (char32_t c : s) utf8_append(&out, c);
   return out;
 }
 
@@ -246,7 +246,7 @@ std::vector<std::string> WordPiece::basic_tokenize(std::string_view text) const 
   std::vector<std::u32string> words(1);
   size_t pos = 0;
   while (pos < text.size()) {
-    const char32_t c = index::utf8_next(text, &pos);  // malformed bytes decode as U+FFFD
+    const char32_t c = utf8_next(text, &pos);  // malformed bytes decode as U+FFFD
     if (c == 0 || c == 0xFFFD || is_control(c)) continue;
     const bool cjk = options_.tokenize_chinese_chars && is_cjk(c);
     if (is_split_space(c) || cjk) {
@@ -286,7 +286,7 @@ void WordPiece::wordpiece(const std::string& word, std::vector<int32_t>* ids) co
   std::vector<size_t> bounds;
   for (size_t pos = 0; pos < word.size();) {
     bounds.push_back(pos);
-    index::utf8_next(word, &pos);
+    utf8_next(word, &pos);
   }
   const size_t chars = bounds.size();
   bounds.push_back(word.size());

@@ -6,7 +6,7 @@
 #include <boost/beast/http.hpp>
 #include <cctype>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::server {
 

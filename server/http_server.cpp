@@ -26,7 +26,7 @@
 #include <random>
 #include <thread>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/reader.h"
 #include "server/request.h"
 #include "server/server.h"

@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <iostream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe::server {
 

@@ -4,7 +4,7 @@
 # outside leaving the old index loadable and nothing else that loads.
 set -uo pipefail
 cepe=${CEPE_BINARY:?}
-[[ -x "$cepe" ]] || { echo "SKIP: $cepe not built"; exit 77; }
+[[ -x "$cepe" ]] || { echo "FAIL: $cepe not built (our own binary: a failure, not a skip)"; exit 1; }
 export OMP_WAIT_POLICY=passive
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

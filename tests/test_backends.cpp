@@ -12,7 +12,8 @@
 //    kGemvMaxRows rows): the unit roundoff of that type (bf16 2^-8, f16 2^-11) times
 //    sum_i |x_i w_i|, plus the F32 bound;
 //  - attention: 2e-5 * max |v| (outputs are convex combinations of values);
-//  - model logits on the fixtures: 1e-4 for F32 checkpoints; k16BitLogitTolerance for 16-bit
+//  - model logits on the fixtures: test::float32_logit_bound (derived from the float32 arithmetic,
+//    ~4e-4 here) for F32 checkpoints; k16BitLogitTolerance for 16-bit
 //    ones (calibrated by CudaNumericsOnCpu below); greedy tokens identical.
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
@@ -26,9 +27,9 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "engine/backend.h"
 #include "engine/cepe_model.h"
-#include "engine/common/error.h"
 #include "engine/cuda/kernels.cuh"  // compiled here by the host compiler: the SIMT emulator
 #include "engine/generation.h"
 #include "test_util.h"
@@ -42,7 +43,6 @@ namespace {
 constexpr double kElementwiseRel = 1e-5;
 constexpr double kF32Dot = 1e-5;
 constexpr double kAttentionRel = 2e-5;
-constexpr double kF32LogitTolerance = 1e-4;
 // Max |logit - CPU logit| allowed for 16-bit checkpoints on CUDA (logits here reach ~11).
 // Calibrated by CudaNumericsOnCpu: bf16-rounded GEMM operands move the bf16 fixture's logits by
 // at most 0.075; a wrong kernel moves them by far more than 0.1.
@@ -978,6 +978,15 @@ bool has_16bit_weights(const fs::path& dir) {
          cfg.find("\"float16\"") != std::string::npos;
 }
 
+// Logit tolerance against the CPU backend for fixture `f`: k16BitLogitTolerance for 16-bit
+// checkpoints, otherwise the derived float32 bound for its scoring sequence.
+double fixture_tolerance(const test::Fixture& f) {
+  if (has_16bit_weights(f.dir)) return k16BitLogitTolerance;
+  const auto& e = f.expected;
+  return test::float32_logit_bound(load_model_config(f.dir), ids_of(e["input_ids"]).size(),
+                                   chunks_of(e["context_ids"]), test::max_abs(e["logits"]));
+}
+
 // Scoring logits and encoder states of `model` against the CPU backend's, and greedy tokens
 // against the reference's, for one fixture.
 void compare_with_cpu(CepeModel& model, const std::string& name, double tolerance) {
@@ -1032,8 +1041,7 @@ TEST_P(CudaFixture, LogitsAndGreedyTokensMatchCpu) {
   auto f = load_fixture(GetParam());
   auto backend = make_backend(Device::CUDA);
   auto model = CepeModel::load(f->dir, *backend);
-  compare_with_cpu(*model, GetParam(),
-                   has_16bit_weights(f->dir) ? k16BitLogitTolerance : kF32LogitTolerance);
+  compare_with_cpu(*model, GetParam(), fixture_tolerance(*f));
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixture, ::testing::ValuesIn(fixture_names()),
@@ -1048,8 +1056,7 @@ TEST(CudaModel, AbsorbedCrossAttentionMatchesCpu) {
     auto backend = make_backend(Device::CUDA);
     auto model = CepeModel::load(f->dir, *backend);
     model->set_cross_attention_mode(CrossAttentionMode::Absorbed);
-    compare_with_cpu(*model, name,
-                     has_16bit_weights(f->dir) ? k16BitLogitTolerance : kF32LogitTolerance);
+    compare_with_cpu(*model, name, fixture_tolerance(*f));
   }
 }
 

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/safetensors.h"
 #include "retriever/bert_embedder.h"
 #include "retriever/embedder.h"

@@ -12,7 +12,7 @@
 
 #include "engine/backend.h"
 #include "engine/cepe_model.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/generation.h"
 #include "index/encoder_store.h"
 #include "qa/encoder_states.h"

@@ -8,7 +8,7 @@
 #include <random>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 #include "index/corpus.h"
 #include "index/manifest.h"

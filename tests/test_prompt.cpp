@@ -1,7 +1,7 @@
 // The QA prompt templates: CEPE's default layout, custom numbered templates, and template errors.
 #include <gtest/gtest.h>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/prompt.h"
 
 namespace {

@@ -6,7 +6,7 @@
 
 #include <rapidjson/document.h>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/results.h"
 #include "tests/test_util.h"
 

@@ -8,7 +8,7 @@
 #include <random>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/scoring.h"
 #include "tests/test_util.h"
 

@@ -4,7 +4,7 @@
 
 #include <fstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "qa/question_file.h"
 #include "tests/test_util.h"
 

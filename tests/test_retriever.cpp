@@ -10,7 +10,7 @@
 #include <thread>
 #include <unordered_map>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "index/builder.h"
 #include "retriever/lexical_embedder.h"
 #include "retriever/retriever.h"

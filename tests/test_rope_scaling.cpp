@@ -10,7 +10,7 @@
 #include <limits>
 #include <numbers>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "tests/test_util.h"
 
 using cepe::rope::RopeSetup;

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "config/server_config.h"
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/request.h"

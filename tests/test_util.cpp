@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -159,6 +160,60 @@ void check_batched_steps(Device device, CrossAttentionMode mode_a, CrossAttentio
   EXPECT_EQ(a.tokens(), alone_a);
   EXPECT_EQ(b.tokens(), alone_b);
   EXPECT_EQ(c.tokens(), alone_c);
+}
+
+namespace {
+
+constexpr double kUnitRoundoffF32 = 1.0 / (1 << 24);
+constexpr double kLambda = 6.0;
+
+// Summation lengths in one block: RMSNorm, q/k/v, scores, softmax + weighted sum, o, MLP.
+int64_t stack_chain(const LlamaConfig& c, int64_t keys) {
+  const int64_t d = c.hidden_size;
+  return d + 3 * d + d / c.num_attention_heads + 2 * keys + d + 2 * d + c.intermediate_size;
+}
+
+int64_t longest(const std::vector<std::vector<int32_t>>& chunks) {
+  size_t n = 0;
+  for (const auto& c : chunks) n = std::max(n, c.size());
+  return static_cast<int64_t>(n);
+}
+
+double two_evaluations(int64_t chain, double magnitude) {
+  return 2.0 * kLambda * std::sqrt(static_cast<double>(chain)) * kUnitRoundoffF32 *
+         std::max(1.0, magnitude);
+}
+
+}  // namespace
+
+double float32_logit_bound(const ModelConfig& config, int64_t tokens,
+                           const std::vector<std::vector<int32_t>>& chunks, double magnitude) {
+  const LlamaConfig& dec = config.decoder;
+  int64_t n = dec.num_hidden_layers * stack_chain(dec, tokens);
+  int64_t context = 0;
+  for (const auto& c : chunks) context += static_cast<int64_t>(c.size());
+  if (config.is_cepe() && context > 0) {
+    const LlamaConfig& enc = *config.encoder;
+    n += enc.num_hidden_layers * stack_chain(enc, longest(chunks));
+    const int64_t d = dec.hidden_size, e = config.encoder_hidden_size;
+    n += config.num_cross_attn_layers *
+         (d + d + 2 * e + d / dec.num_attention_heads + 2 * context + d);
+  }
+  return two_evaluations(n + 2 * dec.hidden_size, magnitude);  // + final norm and LM head
+}
+
+double float32_encoder_bound(const ModelConfig& config,
+                             const std::vector<std::vector<int32_t>>& chunks, double magnitude) {
+  const LlamaConfig& enc = *config.encoder;
+  return two_evaluations(
+      enc.num_hidden_layers * stack_chain(enc, longest(chunks)) + enc.hidden_size, magnitude);
+}
+
+double max_abs(const rapidjson::Value& rows) {
+  double m = 0.0;
+  for (const auto& row : rows.GetArray())
+    for (const auto& v : row.GetArray()) m = std::max(m, std::fabs(v.GetDouble()));
+  return m;
 }
 
 }  // namespace cepe::test

@@ -45,6 +45,21 @@ std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v);
 /// (EOS ends it and is kept out).
 std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
                             const std::vector<std::vector<int32_t>>& chunks, int max_new);
+/// Largest |logit difference| two float32 evaluations of `config` may show for a sequence of
+/// `tokens` tokens with encoder `chunks`, given the logits' largest magnitude. Derived from the
+/// arithmetic as tests/reference/tolerance.py explains (the same formula): a dot product of length
+/// n errs by at most 6 sqrt(n) u sum|x_i y_i| (u = 2^-24; Higham & Mary 2019, probability of a
+/// miss < 3e-8), n is the total length of the float32 sums on one logit's path, sum|x_i y_i| is
+/// stood in for by max(1, magnitude), and two evaluations double it. ~4e-4 on the fixtures, whose
+/// measured cross-machine differences are ~1.5e-5; real defects move logits by > 1e-2.
+double float32_logit_bound(const ModelConfig& config, int64_t tokens,
+                           const std::vector<std::vector<int32_t>>& chunks, double magnitude);
+/// The same bound for encoder states (the encoder's sums only), given their largest magnitude.
+double float32_encoder_bound(const ModelConfig& config,
+                             const std::vector<std::vector<int32_t>>& chunks, double magnitude);
+/// Largest |value| of a JSON array of arrays of numbers.
+double max_abs(const rapidjson::Value& rows);
+
 /// Sequences stepped together (continuous batching) on `device` give each one's solo tokens: two
 /// with context (the first attached in mode_a, the second in mode_b) and one without, which
 /// joins a step late (fixture gqa_cross_last2).

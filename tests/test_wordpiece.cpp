@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "retriever/wordpiece.h"
 #include "test_util.h"
 

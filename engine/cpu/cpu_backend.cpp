@@ -11,7 +11,7 @@
 #include <cstring>
 #include <vector>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 namespace cepe {
 namespace {

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.cuh"
 

@@ -5,7 +5,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
 /// Throws cepe::Error when a CUDA runtime call does not return cudaSuccess.
 #define CEPE_CUDA_CHECK(call)                                                                  \

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <string_view>
 
-namespace cepe::index {
+namespace cepe {
 
 /// Final avalanche step: every input bit affects every output bit.
 inline uint64_t mix64(uint64_t h) {
@@ -68,4 +68,4 @@ inline uint64_t hash64(std::string_view s, uint64_t seed = 0) {
   return h.digest();
 }
 
-}  // namespace cepe::index
+}  // namespace cepe

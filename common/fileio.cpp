@@ -1,4 +1,4 @@
-#include "index/fileio.h"
+#include "common/fileio.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -11,9 +11,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/common/error.h"
+#include "common/error.h"
 
-namespace cepe::index {
+namespace cepe {
 
 namespace {
 std::atomic<uint64_t> g_tmp_counter{0};
@@ -133,4 +133,4 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<char*>(data_), size_);
 }
 
-}  // namespace cepe::index
+}  // namespace cepe

@@ -1,4 +1,4 @@
-#include "engine/common/progress.h"
+#include "common/progress.h"
 
 #include <unistd.h>
 

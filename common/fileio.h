@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace cepe::index {
+namespace cepe {
 
 /// Streams bytes to `path.tmp-<pid>-<n>` and renames it over `path` on commit(), so readers see
 /// either the old file or the complete new one. Without commit() the temporary file is removed.
@@ -73,4 +73,4 @@ class MappedFile {
   size_t size_ = 0;
 };
 
-}  // namespace cepe::index
+}  // namespace cepe

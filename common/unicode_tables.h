@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace cepe::qa::unicode {
+namespace cepe::unicode {
 
 /// A run of code points first, first+stride, ..., last whose lower case is cp + delta.
 struct LowerRun {
@@ -44,4 +44,4 @@ extern const CodeRange kCaseIgnorableRanges[];
 /// Number of entries in kCaseIgnorableRanges.
 extern const size_t kCaseIgnorableRangeCount;
 
-}  // namespace cepe::qa::unicode
+}  // namespace cepe::unicode

@@ -1,6 +1,6 @@
-#include "index/utf8.h"
+#include "common/utf8.h"
 
-namespace cepe::index {
+namespace cepe {
 
 namespace {
 // Length of the sequence at s[i] and its code point, or 0 when malformed (RFC 3629 table).
@@ -85,4 +85,38 @@ void utf8_append(std::string* out, char32_t cp) {
   }
 }
 
-}  // namespace cepe::index
+std::optional<size_t> find_invalid_utf8(std::string_view s) {
+  size_t bad = 0;
+  if (utf8_valid(s, &bad)) return std::nullopt;
+  return bad;
+}
+
+std::string sanitize_utf8(std::string_view s) {
+  size_t bad = 0;
+  if (utf8_valid(s, &bad)) return std::string(s);
+  std::string out(s.substr(0, bad));
+  for (size_t i = bad; i < s.size();) {
+    char32_t cp;
+    const size_t len = decode(s, i, &cp);
+    if (len == 0) {
+      utf8_append(&out, 0xFFFD);
+      ++i;
+    } else {
+      out.append(s.substr(i, len));
+      i += len;
+    }
+  }
+  return out;
+}
+
+size_t utf8_complete_prefix(std::string_view s) {
+  // Walk back over at most three continuation bytes to the lead byte of the last sequence.
+  size_t i = s.size(), back = 0;
+  while (i > 0 && back < 3 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80) --i, ++back;
+  if (i == 0) return s.size();
+  const auto lead = static_cast<unsigned char>(s[i - 1]);
+  const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  return need > back + 1 ? i - 1 : s.size();
+}
+
+}  // namespace cepe

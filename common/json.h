@@ -1,0 +1,38 @@
+// JSON for files and requests: one-line parse errors with the column, a nesting-depth limit (a
+// deeply nested file is an error, never a stack overflow), and exact-length string helpers.
+// Pulls in RapidJSON: include it from .cpp files only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+namespace cepe {
+
+/// Deepest nesting of arrays and objects parse_json accepts by default.
+constexpr int kJsonMaxDepth = 64;
+
+/// Parses `text` as one JSON value, validating string encodings, with at most `max_depth` nested
+/// arrays/objects (parsed iteratively, so the depth costs no stack); on failure returns false and
+/// sets `error` to a one-line description with the 1-based column.
+bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error,
+                int max_depth = kJsonMaxDepth);
+/// Parses `text` or throws cepe::Error "`origin`: <what> (at column N)".
+void parse_json_or_throw(std::string_view text, rapidjson::Document* doc, const std::string& origin,
+                         int max_depth = kJsonMaxDepth);
+/// The string value of `v` (which must be a string), embedded NULs included.
+inline std::string json_string(const rapidjson::Value& v) {
+  return std::string(v.GetString(), v.GetStringLength());
+}
+/// Writes `s` as a JSON string, with its exact length so embedded NULs survive.
+inline void write_json_string(rapidjson::Writer<rapidjson::StringBuffer>& w, std::string_view s) {
+  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+/// "invalid JSON: <RapidJSON's description>" for a failed parse, without a position.
+std::string json_error_message(const rapidjson::Document& doc);
+
+}  // namespace cepe
