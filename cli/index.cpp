@@ -368,8 +368,8 @@ int run_encode(const std::vector<std::string>& argv) {
   index::read_manifest(dir);  // refuses a directory that is not a finished index
   const index::PassageStore passages(dir / index::kPassagesFile);
   LoadedModel lm = load_model(a, /*need_tokenizer=*/true);
-  CEPE_CHECK(lm.model->config().is_cepe(), "--model " << a.get("model")
-                                                      << ": the model has no CEPE encoder");
+  CEPE_CHECK(lm.model->config().is_cepe(),
+             "--model " << a.get("model") << ": the model has no CEPE encoder");
   const auto t0 = Clock::now();
   const index::EncoderFingerprint fp =
       index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype);
@@ -392,8 +392,8 @@ int run_encode(const std::vector<std::string>& argv) {
   uint64_t total_tokens = 0;
   for (uint64_t r = 0; r < passages.size(); ++r) {
     const auto [id, ids] = chunk_of(r);
-    CEPE_CHECK(!ids.empty(), dir.string() << ": passage row " << r << " ('" << id
-                                          << "') tokenises to nothing");
+    CEPE_CHECK(!ids.empty(),
+               dir.string() << ": passage row " << r << " ('" << id << "') tokenises to nothing");
     infos[r] = {index::passage_id_hash(id), static_cast<uint32_t>(ids.size()),
                 index::chunk_token_hash(ids)};
     total_tokens += ids.size();

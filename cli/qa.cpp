@@ -70,9 +70,9 @@ void add_reader_flags(Args& args) {
 void attach_encoder_store(const Args& args, const LoadedModel& lm, qa::Reader& reader) {
   const std::string mode = args.get("encoder-store");
   const std::filesystem::path index_dir = args.has("index") ? args.get("index") : "";
-  auto store = qa::open_encoder_store(
-      mode, index_dir, args.get("model"), lm.model->config(), reader.options().chunk_tokens,
-      [](const std::string& line) { std::cerr << line << "\n"; });
+  auto store = qa::open_encoder_store(mode, index_dir, args.get("model"), lm.model->config(),
+                                      reader.options().chunk_tokens,
+                                      [](const std::string& line) { std::cerr << line << "\n"; });
   if (!store) return;
   std::cerr << "encoder store: " << store->path().string() << " ("
             << index::state_dtype_name(store->fingerprint().dtype) << ", " << store->size()
@@ -187,62 +187,61 @@ int run_qa(const std::vector<std::string>& argv) {
   const size_t block = std::max<size_t>(256, static_cast<size_t>(concurrency) * 8);
   std::vector<PassStats> pass_stats(passes);
   for (int pass = 0; pass < passes; ++pass) {
-  PassStats& ps = pass_stats[pass];
-  const auto pass_t0 = std::chrono::steady_clock::now();
-  const qa::EncoderStateCounters& counters = reader.encoder_states().counters();
-  ps.store0 = counters.store_hits.load(), ps.cache0 = counters.cache_hits.load(),
-  ps.live0 = counters.live_passages.load();
-  for (size_t b = 0; b < todo.size() && !g_interrupted.load(); b += block) {
-    const size_t n = std::min(block, todo.size() - b);
-    std::vector<std::vector<qa::Passage>> passages(n);
-    std::vector<std::string> queries;
-    std::vector<size_t> query_of;
-    for (size_t i = 0; i < n; ++i) {
-      const qa::Question& q = *todo[b + i];
-      if (q.ctxs) {
-        passages[i] = *q.ctxs;
-        if (passages[i].size() > static_cast<size_t>(search.k)) passages[i].resize(search.k);
-      } else {
-        queries.push_back(q.question);
-        query_of.push_back(i);
+    PassStats& ps = pass_stats[pass];
+    const auto pass_t0 = std::chrono::steady_clock::now();
+    const qa::EncoderStateCounters& counters = reader.encoder_states().counters();
+    ps.store0 = counters.store_hits.load(), ps.cache0 = counters.cache_hits.load(),
+    ps.live0 = counters.live_passages.load();
+    for (size_t b = 0; b < todo.size() && !g_interrupted.load(); b += block) {
+      const size_t n = std::min(block, todo.size() - b);
+      std::vector<std::vector<qa::Passage>> passages(n);
+      std::vector<std::string> queries;
+      std::vector<size_t> query_of;
+      for (size_t i = 0; i < n; ++i) {
+        const qa::Question& q = *todo[b + i];
+        if (q.ctxs) {
+          passages[i] = *q.ctxs;
+          if (passages[i].size() > static_cast<size_t>(search.k)) passages[i].resize(search.k);
+        } else {
+          queries.push_back(q.question);
+          query_of.push_back(i);
+        }
       }
+      if (!queries.empty()) {
+        auto hits = retriever->search_batch(queries, search);
+        for (size_t j = 0; j < hits.size(); ++j) passages[query_of[j]] = to_passages(hits[j]);
+      }
+      std::vector<qa::ReaderRequest> requests;
+      for (size_t i = 0; i < n; ++i)
+        requests.push_back(reader.prepare(todo[b + i]->question, passages[i]));
+      reader.run(
+          requests, concurrency,
+          [&](size_t i, const qa::ReaderAnswer& answer) {
+            ps.first_token_ms.push_back(answer.first_token_ms);
+            if (pass > 0) return;  // a timing pass: the answers are already written
+            const qa::Question& q = *todo[b + i];
+            qa::QaRecord rec = qa::make_record(q);
+            rec.answer = answer.text;
+            std::vector<std::string> texts;
+            for (const auto& p : passages[i]) {
+              rec.passage_ids.push_back(p.id);
+              texts.push_back(p.text);
+            }
+            rec.prompt_tokens = answer.prompt_tokens + answer.encoder_tokens;
+            rec.generated_tokens = answer.generated_tokens;
+            qa::score_record(&rec, texts);
+            writer.write(rec);
+            records.push_back(rec);
+            ++run.questions;
+            run.generated_tokens += answer.generated_tokens;
+            bar.update(static_cast<int64_t>(run.questions));
+          },
+          &g_interrupted);
     }
-    if (!queries.empty()) {
-      auto hits = retriever->search_batch(queries, search);
-      for (size_t j = 0; j < hits.size(); ++j) passages[query_of[j]] = to_passages(hits[j]);
-    }
-    std::vector<qa::ReaderRequest> requests;
-    for (size_t i = 0; i < n; ++i)
-      requests.push_back(reader.prepare(todo[b + i]->question, passages[i]));
-    reader.run(
-        requests, concurrency,
-        [&](size_t i, const qa::ReaderAnswer& answer) {
-          ps.first_token_ms.push_back(answer.first_token_ms);
-          if (pass > 0) return;  // a timing pass: the answers are already written
-          const qa::Question& q = *todo[b + i];
-          qa::QaRecord rec = qa::make_record(q);
-          rec.answer = answer.text;
-          std::vector<std::string> texts;
-          for (const auto& p : passages[i]) {
-            rec.passage_ids.push_back(p.id);
-            texts.push_back(p.text);
-          }
-          rec.prompt_tokens = answer.prompt_tokens + answer.encoder_tokens;
-          rec.generated_tokens = answer.generated_tokens;
-          qa::score_record(&rec, texts);
-          writer.write(rec);
-          records.push_back(rec);
-          ++run.questions;
-          run.generated_tokens += answer.generated_tokens;
-          bar.update(static_cast<int64_t>(run.questions));
-        },
-        &g_interrupted);
-  }
-  ps.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_t0).count();
-  ps.store = counters.store_hits.load() - ps.store0;
-  ps.cache = counters.cache_hits.load() - ps.cache0;
-  ps.live = counters.live_passages.load() - ps.live0;
+    ps.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_t0).count();
+    ps.store = counters.store_hits.load() - ps.store0;
+    ps.cache = counters.cache_hits.load() - ps.cache0;
+    ps.live = counters.live_passages.load() - ps.live0;
   }
   bar.finish();
   writer.sync();

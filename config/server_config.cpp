@@ -10,8 +10,8 @@
 #include <set>
 #include <sstream>
 
-#include "engine/cepe_model.h"
 #include "common/error.h"
+#include "engine/cepe_model.h"
 
 namespace cepe::config {
 namespace {

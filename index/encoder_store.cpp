@@ -12,9 +12,9 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/hash.h"
 #include "engine/dtype.h"
 #include "engine/safetensors.h"
-#include "common/hash.h"
 
 namespace cepe::index {
 
@@ -225,8 +225,8 @@ std::string EncoderFingerprint::model_mismatch(const EncoderFingerprint& other) 
     why.push_back("another encoder config (hash " + hex64(encoder_config) + ", the model's " +
                   hex64(other.encoder_config) + ")");
   if (tokenizer != other.tokenizer)
-    why.push_back("another tokenizer (tokenizer.model hash " + hex64(tokenizer) +
-                  ", the model's " + hex64(other.tokenizer) + ")");
+    why.push_back("another tokenizer (tokenizer.model hash " + hex64(tokenizer) + ", the model's " +
+                  hex64(other.tokenizer) + ")");
   if (chunk_tokens != other.chunk_tokens)
     why.push_back("chunk length " + std::to_string(chunk_tokens) + " tokens (this run uses " +
                   std::to_string(other.chunk_tokens) + ")");
@@ -246,11 +246,11 @@ EncoderFingerprint encoder_fingerprint(const fs::path& model_dir, const ModelCon
   fp.dtype = dtype;
   const LlamaConfig& c = *config.encoder;
   Hasher cfg(0x43464721);
-  for (int64_t v : {int64_t(c.hidden_size), int64_t(c.intermediate_size),
-                    int64_t(c.num_attention_heads), int64_t(c.num_key_value_heads),
-                    int64_t(c.num_hidden_layers), int64_t(c.head_dim), int64_t(c.vocab_size),
-                    int64_t(c.max_position_embeddings), int64_t(c.rope_scaling),
-                    int64_t(config.encoder_hidden_size)})
+  for (int64_t v :
+       {int64_t(c.hidden_size), int64_t(c.intermediate_size), int64_t(c.num_attention_heads),
+        int64_t(c.num_key_value_heads), int64_t(c.num_hidden_layers), int64_t(c.head_dim),
+        int64_t(c.vocab_size), int64_t(c.max_position_embeddings), int64_t(c.rope_scaling),
+        int64_t(config.encoder_hidden_size)})
     cfg.update_u64(static_cast<uint64_t>(v));
   for (double v : {double(c.rms_norm_eps), c.rope_theta, c.rope_scaling_factor}) {
     uint64_t bits;
@@ -361,12 +361,11 @@ EncoderStoreWriter::~EncoderStoreWriter() {
 }
 
 void EncoderStoreWriter::append(const float* states, int64_t tokens) {
-  CEPE_CHECK(rows_ < passages_.size(), "encoder store: more rows than the " << passages_.size()
-                                                                            << " passages");
-  CEPE_CHECK(tokens == passages_[rows_].tokens, "encoder store: row " << rows_ << " has "
-                                                                      << tokens << " states for "
-                                                                      << passages_[rows_].tokens
-                                                                      << " tokens");
+  CEPE_CHECK(rows_ < passages_.size(),
+             "encoder store: more rows than the " << passages_.size() << " passages");
+  CEPE_CHECK(tokens == passages_[rows_].tokens, "encoder store: row "
+                                                    << rows_ << " has " << tokens << " states for "
+                                                    << passages_[rows_].tokens << " tokens");
   const size_t row_bytes = state_row_bytes(fp_.dtype, fp_.width);
   const uint64_t bytes = offsets_[rows_ + 1] - offsets_[rows_];
   row_buffer_.assign(static_cast<size_t>(bytes), 0);

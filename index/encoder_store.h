@@ -21,8 +21,8 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/config.h"
 #include "common/fileio.h"
+#include "engine/config.h"
 
 namespace cepe::index {
 

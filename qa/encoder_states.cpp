@@ -79,8 +79,8 @@ std::shared_ptr<const index::EncoderStore> open_encoder_store(
   }
   auto store = std::make_shared<const index::EncoderStore>(mode);
   const std::string why = store->fingerprint().model_mismatch(want);
-  CEPE_CHECK(why.empty(), "encoder store " << mode << " does not fit this model: it was made with "
-                                           << why);
+  CEPE_CHECK(why.empty(),
+             "encoder store " << mode << " does not fit this model: it was made with " << why);
   return store;
 }
 

@@ -30,8 +30,8 @@ std::vector<int32_t> encoder_chunk_ids(const Tokenizer& tokenizer, const Passage
 
 /// Counters of where passages' states came from (thread-safe).
 struct EncoderStateCounters {
-  std::atomic<uint64_t> store_hits{0};    ///< passages read from the store
-  std::atomic<uint64_t> cache_hits{0};    ///< passages read from the cache
+  std::atomic<uint64_t> store_hits{0};     ///< passages read from the store
+  std::atomic<uint64_t> cache_hits{0};     ///< passages read from the cache
   std::atomic<uint64_t> live_passages{0};  ///< passages encoded live
   std::atomic<uint64_t> live_tokens{0};    ///< tokens encoded live
 };

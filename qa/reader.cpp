@@ -80,9 +80,10 @@ void Reader::run(const std::vector<ReaderRequest>& requests, int max_batch,
       const Clock::time_point joined = Clock::now();
       EncodedContext ctx;
       if (!r.chunks.empty()) ctx = encoder_states_.encode(r.chunk_ids, r.chunks);
-      active.push_back({next, std::make_unique<Sequence>(model_, &tokenizer_, r.prompt_ids, ctx,
-                                                         options_.sampling),
-                        joined});
+      active.push_back(
+          {next,
+           std::make_unique<Sequence>(model_, &tokenizer_, r.prompt_ids, ctx, options_.sampling),
+           joined});
       ++next;
     }
     std::vector<Sequence*> batch;
@@ -91,8 +92,7 @@ void Reader::run(const std::vector<ReaderRequest>& requests, int max_batch,
     const Clock::time_point stepped = Clock::now();
     for (auto& a : active)
       if (a.first_token_ms < 0 && (!a.seq->tokens().empty() || a.seq->finished()))
-        a.first_token_ms =
-            std::chrono::duration<double, std::milli>(stepped - a.joined).count();
+        a.first_token_ms = std::chrono::duration<double, std::milli>(stepped - a.joined).count();
     // Leave: finished sequences report and free their slot (and caches) at once.
     for (size_t i = 0; i < active.size();) {
       Sequence& s = *active[i].seq;

@@ -53,10 +53,10 @@ struct JobResult {
 /// One generation request handed to the engine. The callbacks run on the engine thread and must
 /// not block (post the work elsewhere).
 struct Job {
-  std::vector<int32_t> prompt_ids;                        ///< decoder prompt
-  std::vector<std::vector<int32_t>> chunks;               ///< encoder chunks (may be empty)
+  std::vector<int32_t> prompt_ids;           ///< decoder prompt
+  std::vector<std::vector<int32_t>> chunks;  ///< encoder chunks (may be empty)
   std::vector<std::string> chunk_ids;  ///< passage id per chunk (store/cache lookups; may be "")
-  SamplingOptions sampling;                               ///< decoding settings
+  SamplingOptions sampling;            ///< decoding settings
   Clock::time_point deadline = Clock::time_point::max();  ///< past it the job ends as Deadline
   std::function<void(std::string)> on_text;               ///< streamed text (empty: not streaming)
   std::function<void(JobResult)> on_done;                 ///< called exactly once

@@ -1026,8 +1026,8 @@ std::string Server::Impl::info_json() const {
       w.Key("encoder_state_bytes_per_passage_token");
       w.Uint64(res.model->cross_attention_mode() == CrossAttentionMode::Absorbed
                    ? uint64_t(mc.encoder_hidden_size) * 4
-                   : uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads *
-                         d.head_dim * 4);
+                   : uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads * d.head_dim *
+                         4);
       w.EndObject();
     }
   }

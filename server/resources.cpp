@@ -55,10 +55,10 @@ LoadedResources load_resources(const config::ServerConfig& config) {
     if (!out.encoder_store && config.encoder_cache_mb > 0) {
       out.encoder_cache =
           std::make_shared<qa::EncodedPassageCache>(size_t(config.encoder_cache_mb) << 20);
-      out.encoder_fingerprint = index::encoder_fingerprint(dir, out.model->config(),
-                                                           config.chunk_tokens,
-                                                           index::StateDType::F32)
-                                    .digest();
+      out.encoder_fingerprint =
+          index::encoder_fingerprint(dir, out.model->config(), config.chunk_tokens,
+                                     index::StateDType::F32)
+              .digest();
     }
   }
   out.model_name = config.model_name;

@@ -10,9 +10,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/error.h"
 #include "engine/backend.h"
 #include "engine/cepe_model.h"
-#include "common/error.h"
 #include "engine/generation.h"
 #include "index/encoder_store.h"
 #include "qa/encoder_states.h"
@@ -171,8 +171,8 @@ TEST_P(StoreOnFixture, StatesLogitsAndGreedyAgainstLive) {
   double max_abs = 0.0, max_diff = 0.0;
   for (int64_t i = 0; i < lg_live.numel(); ++i) {
     max_abs = std::max(max_abs, std::fabs(double(lg_live.data<float>()[i])));
-    max_diff = std::max(max_diff, std::fabs(double(lg_store.data<float>()[i]) -
-                                            lg_live.data<float>()[i]));
+    max_diff =
+        std::max(max_diff, std::fabs(double(lg_store.data<float>()[i]) - lg_live.data<float>()[i]));
   }
   if (c.dtype == StateDType::F32) {
     EXPECT_EQ(std::memcmp(lg_store.raw(), lg_live.raw(), lg_live.nbytes()), 0)
@@ -197,8 +197,8 @@ TEST_P(StoreOnFixture, StatesLogitsAndGreedyAgainstLive) {
 std::vector<FixtureCase> fixture_cases() {
   std::vector<FixtureCase> out;
   for (const auto& name : test::fixture_names(/*greedy_only=*/true)) {
-    const std::string cfg = test::read_file(test::source_dir() / "tests/fixtures" / name /
-                                            "config.json");
+    const std::string cfg =
+        test::read_file(test::source_dir() / "tests/fixtures" / name / "config.json");
     if (cfg.find("encoder_config") == std::string::npos) continue;  // plain LLaMA
     for (StateDType t : {StateDType::F32, StateDType::BF16, StateDType::F16, StateDType::Q8_0})
       out.push_back({name, t});
@@ -234,8 +234,8 @@ TEST(EncoderStore, OtherPackingStaysWithinRounding) {
     const EncodedContext live = model->encode(chunks);
     double ds = 0;
     for (int64_t i = 0; i < live.states.numel(); ++i)
-      ds = std::max(ds, double(std::fabs(stored.states.data<float>()[i] -
-                                         live.states.data<float>()[i])));
+      ds = std::max(
+          ds, double(std::fabs(stored.states.data<float>()[i] - live.states.data<float>()[i])));
     EXPECT_LE(ds, 1e-5) << name;
     const auto prompt = test::ids_of(f->expected["input_ids"]);
     const Tensor a = logits_with(*model, prompt, stored), b = logits_with(*model, prompt, live);
@@ -246,8 +246,8 @@ TEST(EncoderStore, OtherPackingStaysWithinRounding) {
     const auto gp = test::ids_of(g["input_ids"]);
     const int max_new = g["max_new_tokens"].GetInt();
     EXPECT_EQ(greedy_with(*model, gp, stored, max_new), greedy_with(*model, gp, live, max_new));
-    std::printf("[%s, chunks encoded alone] max |dstate| %.3g, max |dlogit| %.3g\n",
-                name.c_str(), ds, dl);
+    std::printf("[%s, chunks encoded alone] max |dstate| %.3g, max |dlogit| %.3g\n", name.c_str(),
+                ds, dl);
   }
 }
 
@@ -279,8 +279,7 @@ void expect_refused(const Built& b, const fs::path& model_dir, int chunk_tokens,
   auto backend = make_backend(Device::CPU);
   auto model = CepeModel::load(model_dir, *backend);
   std::vector<std::string> reports;
-  auto store = qa::open_encoder_store("auto", b.index_dir, model_dir, model->config(),
-                                      chunk_tokens,
+  auto store = qa::open_encoder_store("auto", b.index_dir, model_dir, model->config(), chunk_tokens,
                                       [&](const std::string& l) { reports.push_back(l); });
   EXPECT_FALSE(store) << "a mismatching store was used";
   ASSERT_EQ(reports.size(), 1u);
@@ -318,8 +317,7 @@ TEST(EncoderStoreRefusal, AnotherChunkLength) {
 TEST(EncoderStoreRefusal, ChangedPassageIsEncodedLive) {
   // Same id, other tokens (the passage text changed after the store was built): not used.
   Built b = built_store("gqa_cross_last2");
-  auto store = qa::open_encoder_store("auto", b.index_dir, b.model_dir, b.model->config(), 256,
-                                      {});
+  auto store = qa::open_encoder_store("auto", b.index_dir, b.model_dir, b.model->config(), 256, {});
   ASSERT_TRUE(store);
   qa::EncoderStates states(*b.model);
   states.use_store(store);
