@@ -30,10 +30,13 @@ PY
   "$cepe" random-model --preset bench100m --tokenizer "$work/spm.model" --out "$work/model" >/dev/null
   "$cepe" index build --input "$work/passages.jsonl" --out "$work/index" >/dev/null 2>&1
 fi
-rm -rf "$work/index/encoder_states"
-build=$( { /usr/bin/time -f "%e" "$cepe" index encode --index "$work/index" --model "$work/model" \
-  --threads "$threads" 2>&1 >"$work/encode.txt"; } | tail -n 1)
-echo "store build: $(cat "$work/encode.txt") (wall ${build} s)"
+# KEEP_STORE=1 re-uses the store (and the build figures) of an earlier run.
+if [[ -z ${KEEP_STORE:-} || ! -f "$work/encode.txt" ]]; then
+  rm -rf "$work/index/encoder_states"
+  { /usr/bin/time -f "%e" "$cepe" index encode --index "$work/index" --model "$work/model" \
+    --threads "$threads" 2>&1 >"$work/encode.txt"; } | tail -n 1 >"$work/encode.wall"
+fi
+echo "store build: $(cat "$work/encode.txt") (wall $(cat "$work/encode.wall") s)"
 run() {  # k label extra-flags...
   local k=$1 label=$2
   shift 2
