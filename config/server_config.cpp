@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/json.h"
 #include "engine/cepe_model.h"
+#include "engine/quant.h"
 
 namespace cepe::config {
 namespace {
@@ -66,6 +67,7 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_STR(model_name, "model name in responses (default: the directory name)"),
       CEPE_STR(device, "cpu or cuda"),
       CEPE_INT(threads, 0, 1024, "CPU compute threads (0: all cores)"),
+      CEPE_STR(weights, "load-time weight format: stored, f32, bf16, f16, q8_0 or q4_0 (cpu)"),
       CEPE_STR(cross_attention, "cached, absorbed or auto (absorbed on cpu, cached on cuda)"),
       CEPE_STR(index, "index directory (empty: requests must carry passages)"),
       CEPE_INT(nprobe, 0, 1 << 20, "FAISS IVF lists to visit (0: index default)"),
@@ -274,6 +276,10 @@ void validate_server_config(const ServerConfig& c) {
              "config: 'device' must be cpu or cuda, got '" << c.device << "'");
   parse_cross_attention_mode(c.cross_attention, parse_device(c.device),
                              "config: 'cross_attention'");
+  CEPE_CHECK(parse_weight_kind(c.weights, "config: 'weights'") == WeightKind::Stored ||
+                 c.device == "cpu",
+             "config: 'weights' '" << c.weights << "' needs device cpu (got '" << c.device
+                                   << "'); use stored on cuda");
   for (const auto& k : c.api_keys) CEPE_CHECK(!k.empty(), "config: 'api_keys' holds an empty key");
   for (const auto& o : c.cors_origins)
     CEPE_CHECK(!o.empty(), "config: 'cors_origins' holds an empty origin");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "engine/quant.h"
 #include "engine/tensor.h"
 
 namespace cepe {
@@ -36,6 +37,9 @@ struct AttentionShape {
 struct BackendOptions {
   int threads = 0;                 ///< worker threads (0: all cores)
   size_t memory_budget_bytes = 0;  ///< device memory the backend may hold (0: no limit; CUDA)
+  /// What load_weight makes of every matrix (linears and embedding tables; norms stay F32).
+  /// Anything but Stored is CPU-only for now.
+  WeightKind weights = WeightKind::Stored;
 };
 
 /// Device memory held by a backend, in bytes (all zero for the CPU backend).
@@ -59,7 +63,8 @@ class Backend {
   /// Uninitialised tensor on the device.
   virtual Tensor empty(std::vector<int64_t> shape, DType dtype) = 0;
   /// Makes a checkpoint tensor usable by the ops. Matrices keep their dtype (on the CPU the
-  /// memory-mapped view itself is returned); `as_f32` converts small vectors (norm weights).
+  /// memory-mapped view itself is returned) unless BackendOptions::weights asks for another one,
+  /// to which they are converted one at a time; `as_f32` converts small vectors (norm weights).
   virtual Tensor load_weight(const Tensor& host, bool as_f32) = 0;
   /// Copies a host F32 tensor to the device (the CPU returns it unchanged).
   virtual Tensor to_device(const Tensor& host) = 0;
@@ -139,8 +144,8 @@ void add_bias(const Tensor& x, const Tensor& bias);
 void add(const Tensor& x, const Tensor& y);
 /// silu_mul: gate and up have the same number of elements.
 void silu_mul(const Tensor& gate, const Tensor& up);
-/// head_linear: an F32/F16/BF16 weight, heads and weight rows split evenly into groups, matching
-/// widths.
+/// head_linear: a weight of any weight dtype, heads and weight rows split evenly into groups,
+/// matching widths.
 void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
                  const Tensor& out);
 /// attention: head layout, query/output widths, and every segment's rows and key/value shapes.

@@ -32,7 +32,8 @@ LoadedResources load_resources(const config::ServerConfig& config) {
     out.retriever = retriever::Retriever::open(config.index);
   }
   BackendOptions bo;
-  bo.threads = config.threads;
+  bo.threads = config.threads;  // honoured on the engine thread: every CPU region names its team
+  bo.weights = parse_weight_kind(config.weights, "config: 'weights'");
   out.backend = make_backend(parse_device(config.device), bo);
   out.model = CepeModel::load(dir, *out.backend);
   out.model->set_cross_attention_mode(parse_cross_attention_mode(
