@@ -13,6 +13,7 @@
 #include "qa/question_file.h"
 #include "qa/reader.h"
 #include "qa/results.h"
+#include "index/open_index.h"
 #include "retriever/retriever.h"
 
 namespace cepe::cli {
@@ -32,7 +33,10 @@ void add_reader_flags(Args& args) {
       .option("chunk-tokens", "tokens per encoder chunk (one passage each)", "256")
       .option("max-prompt-tokens", "decoder prompt cap; lowest-ranked passages are dropped", "4096")
       .option("nprobe", "FAISS IVF lists to visit (0: index default)", "0")
-      .option("ef-search", "FAISS HNSW search depth (0: index default)", "0");
+      .option("ef-search", "FAISS HNSW search depth (0: index default)", "0")
+      .option("bm25-weight", "hybrid indexes: weight of the BM25 ranking in rank fusion", "1")
+      .option("dense-weight", "hybrid indexes: weight of the dense ranking in rank fusion", "1")
+      .option("rrf-k", "hybrid indexes: reciprocal rank fusion constant", "60");
 }
 
 qa::ReaderOptions reader_options(const Args& args) {
@@ -50,6 +54,10 @@ retriever::SearchOptions search_options(const Args& args) {
   s.k = static_cast<int>(args.get_int("k", 0, 1000));
   s.nprobe = static_cast<int>(args.get_int("nprobe", 0, 1 << 20));
   s.ef_search = static_cast<int>(args.get_int("ef-search", 0, 1 << 20));
+  s.bm25_weight = args.get_double("bm25-weight", 0, 1e6);
+  s.dense_weight = args.get_double("dense-weight", 0, 1e6);
+  s.rrf_k = static_cast<int>(args.get_int("rrf-k", 0, 1 << 20));
+  retriever::check_search_options(s);
   return s;
 }
 
@@ -109,7 +117,7 @@ int run_qa(const std::vector<std::string>& argv) {
   std::unique_ptr<retriever::Retriever> retriever;
   if (need_index) {
     CEPE_CHECK(args.has("index"), "--index is required: some questions have no 'ctxs' passages");
-    retriever = retriever::Retriever::open(args.get("index"));
+    retriever = index::open_index(args.get("index"));
   }
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
   qa::Reader reader(*lm.model, *lm.tokenizer, ropts);
@@ -196,7 +204,7 @@ int run_ask(const std::vector<std::string>& argv) {
   CEPE_CHECK(args.positionals().size() == 1, "give exactly one question (quote it)");
   const std::string question = args.positionals()[0];
   CEPE_CHECK(!question.empty(), "the question is empty");
-  auto retriever = retriever::Retriever::open(args.get("index"));
+  auto retriever = index::open_index(args.get("index"));
   const auto hits = retriever->search(question, search_options(args));
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
   qa::Reader reader(*lm.model, *lm.tokenizer, reader_options(args));

@@ -289,8 +289,7 @@ std::vector<int32_t> BertEmbedder::encode(std::string_view text) const {
   return tokenizer_.encode(text, max_tokens_);
 }
 
-void BertEmbedder::embed_passages(const std::vector<index::PassageView>& passages,
-                                  float* out) const {
+void BertEmbedder::embed_passages(const std::vector<PassageView>& passages, float* out) const {
   std::vector<std::string> texts;
   texts.reserve(passages.size());
   for (const auto& p : passages) {

@@ -67,7 +67,7 @@ class BertEmbedder : public Embedder {
   /// Model directory, shape, tokenizer and pooling settings, device.
   std::map<std::string, std::string> describe() const override;
   /// Embeds passage_prefix + title + " " + text (just the text when there is no title).
-  void embed_passages(const std::vector<index::PassageView>& passages, float* out) const override;
+  void embed_passages(const std::vector<PassageView>& passages, float* out) const override;
   /// Embeds query_prefix + query.
   void embed_queries(const std::vector<std::string>& queries, float* out) const override;
   /// Passages per batch: enough rows for efficient GEMMs, bounded memory.

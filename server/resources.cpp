@@ -29,7 +29,7 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   if (!config.index.empty()) {
     CEPE_CHECK(fs::is_directory(config.index),
                "config: 'index' " << config.index << ": not a directory");
-    out.retriever = retriever::Retriever::open(config.index);
+    out.retriever = index::open_index(config.index);
   }
   BackendOptions bo;
   bo.threads = config.threads;  // honoured on the engine thread: every CPU region names its team

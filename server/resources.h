@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "config/server_config.h"
+#include "index/open_index.h"
 #include "engine/backend.h"
 #include "server/server.h"
 
@@ -15,7 +16,7 @@ struct LoadedResources {
   std::unique_ptr<Backend> backend;                 ///< the device
   std::unique_ptr<CepeModel> model;                 ///< weights and config
   std::unique_ptr<Tokenizer> tokenizer;             ///< the model's tokenizer.model
-  std::unique_ptr<retriever::Retriever> retriever;  ///< null when no index is configured
+  std::unique_ptr<index::IndexRetriever> retriever;  ///< null when no index is configured
   std::string model_name;                           ///< name reported in responses
   /// The non-owning view Server::attach() takes.
   Resources view() const;

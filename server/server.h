@@ -11,6 +11,7 @@
 #include "config/server_config.h"
 #include "engine/cepe_model.h"
 #include "engine/tokenizer.h"
+#include "index/open_index.h"
 #include "retriever/retriever.h"
 #include "server/engine_loop.h"
 #include "server/log.h"
@@ -22,7 +23,7 @@ namespace cepe::server {
 struct Resources {
   CepeModel* model = nullptr;                       ///< the model (used by the engine thread only)
   const Tokenizer* tokenizer = nullptr;             ///< its tokenizer
-  const retriever::Retriever* retriever = nullptr;  ///< null: requests must bring passages
+  const index::IndexRetriever* retriever = nullptr;  ///< null: requests must bring passages
   std::string model_name;                           ///< reported as "model"
 };
 
