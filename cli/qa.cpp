@@ -1,5 +1,6 @@
-// `cepe qa`: answers a question file end to end (retrieve, encode, generate with continuous
-// batching) and scores it with EM/F1 as CEPE's evaluation does. `cepe ask`: one question.
+// `cepe qa`: answers a question file end to end through the QA pipeline (retrieve, plan, generate
+// on the scheduler with continuous batching) and scores it with EM/F1 as CEPE's evaluation does.
+// `cepe ask`: one question through the same pipeline.
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -10,8 +11,8 @@
 #include "cli/model_flags.h"
 #include "common/error.h"
 #include "common/progress.h"
+#include "qa/pipeline.h"
 #include "qa/question_file.h"
-#include "qa/reader.h"
 #include "qa/results.h"
 #include "index/open_index.h"
 #include "retriever/retriever.h"
@@ -39,13 +40,27 @@ void add_reader_flags(Args& args) {
       .option("rrf-k", "hybrid indexes: reciprocal rank fusion constant", "60");
 }
 
-qa::ReaderOptions reader_options(const Args& args) {
-  qa::ReaderOptions o;
+qa::PlanOptions plan_options(const Args& args) {
+  qa::PlanOptions o;
   o.decoder_passages = static_cast<int>(args.get_int("decoder-passages", 0, 1000));
   o.chunk_tokens = static_cast<int>(args.get_int("chunk-tokens", 1, 1 << 16));
   o.max_prompt_tokens = static_cast<int>(args.get_int("max-prompt-tokens", 1, 1 << 20));
-  o.sampling = sampling_options(args);
-  if (args.get_all("stop").empty()) o.sampling.stop = {"\n"};
+  return o;
+}
+
+SamplingOptions qa_sampling_options(const Args& args) {
+  SamplingOptions s = sampling_options(args);
+  if (args.get_all("stop").empty()) s.stop = {"\n"};
+  return s;
+}
+
+// The CLI has no streams to keep flowing, so a joining question is encoded whole (the fastest
+// way through a file); every job of a block is queued at once.
+qa::SchedulerOptions scheduler_options(int concurrency) {
+  qa::SchedulerOptions o;
+  o.max_batch = concurrency;
+  o.max_queue = 1 << 30;
+  o.encode_tokens_per_step = 0;
   return o;
 }
 
@@ -59,12 +74,6 @@ retriever::SearchOptions search_options(const Args& args) {
   s.rrf_k = static_cast<int>(args.get_int("rrf-k", 0, 1 << 20));
   retriever::check_search_options(s);
   return s;
-}
-
-std::vector<qa::Passage> to_passages(const std::vector<retriever::Hit>& hits) {
-  std::vector<qa::Passage> out;
-  for (const auto& h : hits) out.push_back({h.id, h.title, h.text, h.score});
-  return out;
 }
 
 int run_qa(const std::vector<std::string>& argv) {
@@ -112,7 +121,6 @@ int run_qa(const std::vector<std::string>& argv) {
   }
   const retriever::SearchOptions search = search_options(args);
   const int concurrency = static_cast<int>(args.get_int("concurrency", 1, 4096));
-  qa::ReaderOptions ropts = reader_options(args);
 
   std::unique_ptr<retriever::Retriever> retriever;
   if (need_index) {
@@ -120,7 +128,8 @@ int run_qa(const std::vector<std::string>& argv) {
     retriever = index::open_index(args.get("index"));
   }
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
-  qa::Reader reader(*lm.model, *lm.tokenizer, ropts);
+  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), plan_options(args),
+                        qa_sampling_options(args), scheduler_options(concurrency));
 
   qa::ResultWriter writer(out, /*append=*/args.is_set("resume"));
   std::vector<qa::QaRecord> records = resume.records;
@@ -130,7 +139,8 @@ int run_qa(const std::vector<std::string>& argv) {
   ProgressBar bar("qa", "questions", static_cast<int64_t>(todo.size()));
   const auto t0 = std::chrono::steady_clock::now();
 
-  // Blocks of questions: retrieve them as one batch, then let the reader batch their generation.
+  // Blocks of questions: retrieve them as one batch, then let the scheduler batch their
+  // generation.
   const size_t block = std::max<size_t>(256, static_cast<size_t>(concurrency) * 8);
   for (size_t b = 0; b < todo.size() && !g_interrupted.load(); b += block) {
     const size_t n = std::min(block, todo.size() - b);
@@ -148,15 +158,15 @@ int run_qa(const std::vector<std::string>& argv) {
       }
     }
     if (!queries.empty()) {
-      auto hits = retriever->search_batch(queries, search);
-      for (size_t j = 0; j < hits.size(); ++j) passages[query_of[j]] = to_passages(hits[j]);
+      auto found = pipeline.retrieve(queries, search);
+      for (size_t j = 0; j < found.size(); ++j) passages[query_of[j]] = std::move(found[j]);
     }
-    std::vector<qa::ReaderRequest> requests;
+    std::vector<qa::Plan> plans;
     for (size_t i = 0; i < n; ++i)
-      requests.push_back(reader.prepare(todo[b + i]->question, passages[i]));
-    reader.run(
-        requests, concurrency,
-        [&](size_t i, const qa::ReaderAnswer& answer) {
+      plans.push_back(pipeline.plan(todo[b + i]->question, passages[i]));
+    pipeline.answer(
+        std::move(plans),
+        [&](size_t i, const qa::Answer& answer) {
           const qa::Question& q = *todo[b + i];
           qa::QaRecord rec = qa::make_record(q);
           rec.answer = answer.text;
@@ -174,7 +184,7 @@ int run_qa(const std::vector<std::string>& argv) {
           run.generated_tokens += answer.generated_tokens;
           bar.update(static_cast<int64_t>(run.questions));
         },
-        &g_interrupted);
+        [] { return g_interrupted.load(); });
   }
   bar.finish();
   writer.sync();
@@ -207,17 +217,20 @@ int run_ask(const std::vector<std::string>& argv) {
   auto retriever = index::open_index(args.get("index"));
   const auto hits = retriever->search(question, search_options(args));
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
-  qa::Reader reader(*lm.model, *lm.tokenizer, reader_options(args));
-  const auto passages = to_passages(hits);
-  qa::ReaderRequest req = reader.prepare(question, passages);
-  qa::ReaderAnswer answer;
-  reader.run({req}, 1, [&](size_t, const qa::ReaderAnswer& a) { answer = a; });
+  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), plan_options(args),
+                        qa_sampling_options(args), scheduler_options(1));
+  qa::Plan plan = pipeline.plan(question, qa::passages_from_hits(hits));
+  const int decoder_passages = plan.decoder_passages;
+  const size_t chunks = plan.chunks.size();
+  qa::Answer answer;
+  std::vector<qa::Plan> plans;
+  plans.push_back(std::move(plan));
+  pipeline.answer(std::move(plans), [&](size_t, const qa::Answer& a) { answer = a; });
   if (!args.is_set("quiet")) {
     for (const auto& h : hits)
       std::printf("[%d] %.4f %s — %s\n", h.rank, h.score, h.id.c_str(), h.title.c_str());
     std::printf("(%d passages in the decoder prompt, %zu encoder chunks, %lld encoder tokens)\n",
-                req.decoder_passages, req.chunks.size(),
-                static_cast<long long>(answer.encoder_tokens));
+                decoder_passages, chunks, static_cast<long long>(answer.encoder_tokens));
     std::printf("Answer: ");
   }
   std::printf("%s\n", answer.text.c_str());

@@ -75,6 +75,8 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_INT(max_batch, 1, 4096, "sequences generated together"),
       CEPE_INT(max_queue, 1, 1000000, "requests waiting for a batch slot before 429"),
       CEPE_BOOL(batching, "continuous batching (off: one request at a time)"),
+      CEPE_INT(encode_tokens_per_step, 0, 1 << 24,
+               "encoder tokens encoded between two decode steps (0: a request whole)"),
       CEPE_INT(retry_after_s, 0, 3600, "Retry-After seconds on 429"),
       CEPE_I64(max_body_bytes, 1, 1LL << 32, "largest request body (413 above)"),
       CEPE_INT(max_header_bytes, 1024, 1 << 20, "largest request header (431 above)"),

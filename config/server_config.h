@@ -32,9 +32,11 @@ struct ServerConfig {
   int ef_search = 0;  ///< FAISS HNSW search depth (0: the index's default)
 
   // ---- engine ----
-  int max_batch = 8;      ///< sequences generated together (continuous batching)
-  int max_queue = 64;     ///< admitted requests waiting for a batch slot; more get 429
-  bool batching = true;   ///< false: one request at a time (for comparisons)
+  int max_batch = 8;     ///< sequences generated together (continuous batching)
+  int max_queue = 64;    ///< admitted requests waiting for a batch slot; more get 429
+  bool batching = true;  ///< false: one request at a time (for comparisons)
+  /// encoder tokens encoded between two decode steps while streams run (0: a request whole)
+  int encode_tokens_per_step = 1024;
   int retry_after_s = 1;  ///< Retry-After sent with 429
 
   // ---- request limits and defaults ----

@@ -27,7 +27,7 @@
 #include <thread>
 
 #include "common/error.h"
-#include "qa/reader.h"
+#include "qa/pipeline.h"
 #include "server/request.h"
 #include "server/server.h"
 
@@ -544,32 +544,28 @@ class Session : public std::enable_shared_from_this<Session> {
         srv_.metrics.retrieval(st->retrieve_ms / 1000.0);
         for (const auto& h : st->hits) passages.push_back({h.id, h.title, h.text, h.score});
       }
-      qa::ReaderOptions ro;
-      ro.decoder_passages = st->req.decoder_passages;
-      ro.chunk_tokens = cfg.chunk_tokens;
-      ro.max_prompt_tokens = cfg.max_prompt_tokens;
-      ro.format = cfg.prompt;
-      SamplingOptions& s = ro.sampling;
+      qa::PlanOptions po;
+      po.decoder_passages = st->req.decoder_passages;
+      po.chunk_tokens = cfg.chunk_tokens;
+      po.max_prompt_tokens = cfg.max_prompt_tokens;
+      po.format = cfg.prompt;
+      SamplingOptions s = qa::qa_sampling();
       s.temperature = st->req.temperature;
       s.top_p = st->req.top_p;
       s.top_k = st->req.top_k;
       s.seed = st->req.seed;
       s.max_new_tokens = st->req.max_new_tokens;
       s.stop = st->req.stop;
-      qa::ReaderRequest rr;
+      qa::Plan plan;
       try {
-        // The reader only reads the model's config here; the model itself stays on the engine.
-        qa::Reader reader(*srv_.res.model, *srv_.res.tokenizer, ro);
-        rr = reader.prepare(st->req.question, passages);
+        // The planner reads only the model's config; the model itself stays on the scheduler.
+        validate(s);
+        plan = qa::Planner(srv_.res.model->config(), *srv_.res.tokenizer, po)
+                   .plan(st->req.question, passages);
       } catch (const Error& e) {
         throw ApiError(400, "invalid_request", e.message());
       }
-      auto job = std::make_shared<Job>();
-      job->prompt_ids = std::move(rr.prompt_ids);
-      job->chunks = std::move(rr.chunks);
-      job->sampling = ro.sampling;
-      job->deadline = st->deadline;
-      st->job = std::move(job);
+      st->job = qa::make_job(std::move(plan), s, st->deadline);
     } catch (const ApiError& e) {
       st->error = e;
     } catch (const std::exception& e) {
@@ -1115,6 +1111,7 @@ void Server::attach(const Resources& resources) {
   eo.max_batch = impl_->cfg.max_batch;
   eo.max_queue = impl_->cfg.max_queue;
   eo.batching = impl_->cfg.batching;
+  eo.encode_tokens_per_step = impl_->cfg.encode_tokens_per_step;
   impl_->engine_owner =
       std::make_unique<EngineLoop>(*resources.model, *resources.tokenizer, eo, &impl_->metrics);
   impl_->engine_owner->start();

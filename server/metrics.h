@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "qa/scheduler.h"
+
 namespace cepe::server {
 
 /// A cumulative histogram with fixed bucket bounds (seconds).
@@ -33,8 +35,8 @@ class Histogram {
 };
 
 /// Every metric the server exports. Counters and gauges are atomics; labelled series sit behind a
-/// mutex (one lock per finished request).
-class Metrics {
+/// mutex (one lock per finished request). The scheduler reports through its SchedulerMetrics side.
+class Metrics : public qa::SchedulerMetrics {
  public:
   Metrics();
   /// A finished HTTP request: `route` is one of the known routes or "other".
@@ -45,6 +47,29 @@ class Metrics {
   void engine_step(int batch, double seconds);
   /// Time a request waited in the queue before joining the batch.
   void queue_wait(double seconds) { queue_wait_.observe(seconds); }
+
+  /// SchedulerMetrics: the queue_depth gauge.
+  void on_queue_depth(int64_t depth) override { queue_depth.store(depth); }
+  /// SchedulerMetrics: the batch_size and cache_bytes gauges.
+  void on_batch(int64_t sequences, int64_t bytes) override {
+    batch_size.store(sequences);
+    cache_bytes.store(bytes);
+  }
+  /// SchedulerMetrics: the queue wait histogram.
+  void on_queue_wait(double seconds) override { queue_wait(seconds); }
+  /// SchedulerMetrics: the step histogram and counters.
+  void on_engine_step(int batch, double seconds) override { engine_step(batch, seconds); }
+  /// SchedulerMetrics: prompt and encoder token counters.
+  void on_joined(int64_t prompt, int64_t encoder) override {
+    prompt_tokens.fetch_add(static_cast<uint64_t>(prompt));
+    encoder_tokens.fetch_add(static_cast<uint64_t>(encoder));
+  }
+  /// SchedulerMetrics: generated tokens, cancellations and deadlines.
+  void on_ended(qa::JobOutcome outcome, int64_t generated) override {
+    generated_tokens.fetch_add(static_cast<uint64_t>(generated));
+    if (outcome == qa::JobOutcome::Deadline) deadlines.fetch_add(1);
+    if (outcome == qa::JobOutcome::Cancelled) cancelled.fetch_add(1);
+  }
 
   std::atomic<int64_t> queue_depth{0};        ///< admitted requests not yet in the batch
   std::atomic<int64_t> batch_size{0};         ///< sequences in the running batch

@@ -1,5 +1,5 @@
 // `cepe serve`'s HTTP server: Boost.Beast over an IO thread pool, retrieval and tokenisation on a
-// worker pool, generation on the engine thread (server/engine_loop.h). The header keeps Beast out
+// worker pool, generation on the scheduler's thread (qa/scheduler.h). The header keeps Beast out
 // of its includers.
 #pragma once
 
@@ -12,12 +12,20 @@
 #include "engine/cepe_model.h"
 #include "engine/tokenizer.h"
 #include "index/open_index.h"
+#include "qa/scheduler.h"
 #include "retriever/retriever.h"
-#include "server/engine_loop.h"
 #include "server/log.h"
 #include "server/metrics.h"
 
 namespace cepe::server {
+
+// The server's names for the QA scheduler's types (the scheduler lives in qa/).
+using Clock = qa::Clock;
+using EngineLoop = qa::Scheduler;
+using EngineOptions = qa::SchedulerOptions;
+using Job = qa::Job;
+using JobOutcome = qa::JobOutcome;
+using JobResult = qa::JobResult;
 
 /// What the server answers with, loaded by the caller; everything must outlive the server.
 struct Resources {

@@ -1,0 +1,134 @@
+#include "qa/pipeline.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+
+namespace cepe::qa {
+namespace {
+
+std::string trim(const std::string& s) {
+  const char* ws = " \t\r\n";
+  const size_t b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+}  // namespace
+
+SamplingOptions qa_sampling() {
+  SamplingOptions s;
+  s.max_new_tokens = 25;
+  s.stop = {"\n"};
+  return s;
+}
+
+Planner::Planner(const ModelConfig& config, const Tokenizer& tokenizer, PlanOptions options)
+    : has_encoder_(config.is_cepe()),
+      tokenizer_(tokenizer),
+      options_(std::move(options)),
+      prompt_(options_.format) {
+  CEPE_CHECK(options_.decoder_passages >= 0, "decoder_passages must be >= 0");
+  CEPE_CHECK(options_.chunk_tokens > 0, "chunk_tokens must be > 0");
+  CEPE_CHECK(options_.max_prompt_tokens > 0, "max_prompt_tokens must be > 0");
+}
+
+Plan Planner::plan(std::string_view question, const std::vector<Passage>& passages) const {
+  CEPE_CHECK(!question.empty(), "the question is empty");
+  Plan plan;
+  // A plain decoder cannot take encoder chunks: every passage goes into its prompt.
+  const size_t in_decoder =
+      has_encoder_ ? std::min(passages.size(), static_cast<size_t>(options_.decoder_passages))
+                   : passages.size();
+  std::vector<Passage> decoder_passages(passages.begin(), passages.begin() + in_decoder);
+  // Drop the lowest-ranked decoder passages until the prompt fits the cap.
+  for (;;) {
+    plan.prompt_ids = tokenizer_.encode(prompt_.render(question, decoder_passages), true);
+    if (static_cast<int>(plan.prompt_ids.size()) <= options_.max_prompt_tokens) break;
+    CEPE_CHECK(!decoder_passages.empty(), "the question alone is "
+                                              << plan.prompt_ids.size()
+                                              << " tokens, over the prompt limit of "
+                                              << options_.max_prompt_tokens);
+    decoder_passages.pop_back();
+  }
+  plan.decoder_passages = static_cast<int>(decoder_passages.size());
+  for (size_t i = in_decoder; i < passages.size(); ++i) {
+    std::vector<int32_t> ids = tokenizer_.encode(encoder_chunk_text(passages[i]), false);
+    if (ids.empty()) continue;
+    if (static_cast<int>(ids.size()) > options_.chunk_tokens) ids.resize(options_.chunk_tokens);
+    plan.chunks.push_back(std::move(ids));
+  }
+  return plan;
+}
+
+std::vector<Passage> passages_from_hits(const std::vector<retriever::Hit>& hits) {
+  std::vector<Passage> out;
+  out.reserve(hits.size());
+  for (const auto& h : hits) out.push_back({h.id, h.title, h.text, h.score});
+  return out;
+}
+
+std::shared_ptr<Job> make_job(Plan plan, const SamplingOptions& sampling,
+                              Clock::time_point deadline) {
+  auto job = std::make_shared<Job>();
+  job->prompt_ids = std::move(plan.prompt_ids);
+  job->chunks = std::move(plan.chunks);
+  job->sampling = sampling;
+  job->deadline = deadline;
+  return job;
+}
+
+Pipeline::Pipeline(CepeModel& model, const Tokenizer& tokenizer,
+                   const retriever::Retriever* retriever, PlanOptions plan_options,
+                   SamplingOptions sampling, SchedulerOptions scheduler_options)
+    : retriever_(retriever),
+      planner_(model.config(), tokenizer, std::move(plan_options)),
+      sampling_(std::move(sampling)),
+      scheduler_(model, tokenizer, scheduler_options) {
+  validate(sampling_);
+}
+
+std::vector<std::vector<Passage>> Pipeline::retrieve(const std::vector<std::string>& questions,
+                                                     const retriever::SearchOptions& search) const {
+  CEPE_CHECK(retriever_, "no index: the questions need passages to be retrieved");
+  std::vector<std::vector<Passage>> out;
+  for (const auto& hits : retriever_->search_batch(questions, search))
+    out.push_back(passages_from_hits(hits));
+  return out;
+}
+
+Plan Pipeline::plan(std::string_view question, const std::vector<Passage>& passages) const {
+  return planner_.plan(question, passages);
+}
+
+void Pipeline::answer(std::vector<Plan> plans,
+                      const std::function<void(size_t, const Answer&)>& on_done,
+                      const std::function<bool()>& stop) {
+  std::exception_ptr failure;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    CEPE_CHECK(scheduler_.try_reserve(), "the scheduler's queue holds "
+                                             << scheduler_.options().max_queue
+                                             << " jobs; cannot queue " << plans.size());
+    auto job = make_job(std::move(plans[i]), sampling_);
+    job->on_done = [i, &on_done, &failure](JobResult r) {
+      if (r.outcome == JobOutcome::Failed) {
+        if (!failure) failure = r.exception;
+        return;
+      }
+      if (r.outcome != JobOutcome::Finished) return;  // dropped by `stop`
+      Answer a;
+      a.text = trim(r.text);
+      a.finish_reason = r.finish_reason;
+      a.prompt_tokens = r.prompt_tokens;
+      a.encoder_tokens = r.encoder_tokens;
+      a.generated_tokens = r.completion_tokens;
+      on_done(i, a);
+    };
+    scheduler_.submit(std::move(job));
+  }
+  scheduler_.drain([&] { return failure || (stop && stop()); });
+  // The model's own error (file and line where it was raised), as a direct call would throw it.
+  if (failure) std::rethrow_exception(failure);
+}
+
+}  // namespace cepe::qa
