@@ -63,6 +63,8 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_INT(io_threads, 1, 256, "HTTP IO threads"),
       CEPE_INT(retrieval_threads, 1, 256, "retrieval and tokenisation threads"),
       CEPE_INT(max_connections, 1, 1000000, "open connections beyond this are closed"),
+      CEPE_INT(max_connections_per_client, 1, 1000000,
+               "open connections from one client address beyond this are closed"),
       CEPE_STR(model, "model directory"),
       CEPE_STR(model_name, "model name in responses (default: the directory name)"),
       CEPE_STR(device, "cpu or cuda"),
@@ -79,7 +81,9 @@ const std::vector<FieldRef>& field_refs() {
                "encoder tokens encoded between two decode steps (0: a request whole)"),
       CEPE_INT(retry_after_s, 0, 3600, "Retry-After seconds on 429"),
       CEPE_I64(max_body_bytes, 1, 1LL << 32, "largest request body (413 above)"),
-      CEPE_INT(max_header_bytes, 1024, 1 << 20, "largest request header (431 above)"),
+      // Beast stores one header field in at most 65,533 bytes and throws past that; the cap keeps
+      // every field a parse can produce below it.
+      CEPE_INT(max_header_bytes, 1024, 61440, "largest request header or trailer (431 above)"),
       CEPE_INT(max_k, 0, 1000, "largest k"),
       CEPE_INT(default_k, 0, 1000, "k when the request has none"),
       CEPE_INT(max_new_tokens, 0, 1 << 20, "largest max_new_tokens"),
@@ -298,12 +302,20 @@ void load_api_key_file(ServerConfig& config) {
   std::ifstream in(config.api_key_file);
   CEPE_CHECK(in, "config: 'api_key_file': cannot open " << config.api_key_file);
   std::string line;
+  size_t keys = 0;
   while (std::getline(in, line)) {
     const size_t b = line.find_first_not_of(" \t\r");
     if (b == std::string::npos || line[b] == '#') continue;
     const size_t e = line.find_last_not_of(" \t\r");
     config.api_keys.push_back(line.substr(b, e - b + 1));
+    ++keys;
   }
+  CEPE_CHECK(!in.bad(), "config: 'api_key_file': cannot read " << config.api_key_file);
+  // A key file with every key revoked (or only comments) must not silently turn authentication
+  // off: the operator asked for keys, so starting open would fail open.
+  CEPE_CHECK(keys > 0, "config: 'api_key_file': " << config.api_key_file
+                                                  << " holds no keys (only blank or '#' lines); "
+                                                     "refusing to start without authentication");
 }
 
 std::string server_config_to_json(const ServerConfig& config) {

@@ -14,11 +14,12 @@ namespace cepe::config {
 /// Everything the server needs to know; the defaults are the documented ones.
 struct ServerConfig {
   // ---- network ----
-  std::string host = "127.0.0.1";  ///< address to listen on ("0.0.0.0" for every interface)
-  int port = 8080;                 ///< TCP port (0: any free port, reported in the log)
-  int io_threads = 2;              ///< threads running HTTP connections
-  int retrieval_threads = 2;       ///< threads running retrieval and tokenisation
-  int max_connections = 1024;      ///< open connections beyond this are closed at once
+  std::string host = "127.0.0.1";       ///< address to listen on ("0.0.0.0" for every interface)
+  int port = 8080;                      ///< TCP port (0: any free port, reported in the log)
+  int io_threads = 2;                   ///< threads running HTTP connections
+  int retrieval_threads = 2;            ///< threads running retrieval and tokenisation
+  int max_connections = 1024;           ///< open connections beyond this are closed at once
+  int max_connections_per_client = 64;  ///< the same from one client IP address
 
   // ---- model and index ----
   std::string model;           ///< model directory (config.json, *.safetensors, tokenizer.model)
@@ -41,7 +42,7 @@ struct ServerConfig {
 
   // ---- request limits and defaults ----
   int64_t max_body_bytes = 1 << 20;  ///< larger request bodies get 413
-  int max_header_bytes = 16384;      ///< larger request headers get 431
+  int max_header_bytes = 16384;      ///< larger request headers (or chunked trailers) get 431
   int max_k = 20;                    ///< largest `k` (and number of caller passages)
   int default_k = 5;                 ///< `k` when the request gives none
   int max_new_tokens = 256;          ///< largest `max_new_tokens`

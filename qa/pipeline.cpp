@@ -40,23 +40,56 @@ Plan Planner::plan(std::string_view question, const std::vector<Passage>& passag
   const size_t in_decoder =
       has_encoder_ ? std::min(passages.size(), static_cast<size_t>(options_.decoder_passages))
                    : passages.size();
-  std::vector<Passage> decoder_passages(passages.begin(), passages.begin() + in_decoder);
-  // Drop the lowest-ranked decoder passages until the prompt fits the cap.
-  for (;;) {
-    plan.prompt_ids = tokenizer_.encode(prompt_.render(question, decoder_passages), true);
-    if (static_cast<int>(plan.prompt_ids.size()) <= options_.max_prompt_tokens) break;
-    CEPE_CHECK(!decoder_passages.empty(), "the question alone is "
-                                              << plan.prompt_ids.size()
-                                              << " tokens, over the prompt limit of "
-                                              << options_.max_prompt_tokens);
-    decoder_passages.pop_back();
+  // Keep the most decoder passages whose prompt fits the cap. Re-tokenising the whole prompt after
+  // each drop would cost O(passages x prompt); instead each passage is tokenised once on its own
+  // (stopping once the running estimate is clearly over the cap), the estimate picks a count,
+  // and only prompts near the cap are tokenised in full to settle it. Pieces tokenised alone can
+  // differ from the joined prompt by a token or two at each seam, hence the margin and the final
+  // exact search (which finds the same count as dropping one passage at a time).
+  auto prompt_with = [&](size_t m) {
+    const std::vector<Passage> first(passages.begin(), passages.begin() + m);
+    return tokenizer_.encode(prompt_.render(question, first), true);
+  };
+  const int cap = options_.max_prompt_tokens;
+  const std::vector<int32_t> bare = prompt_with(0);
+  CEPE_CHECK(
+      static_cast<int>(bare.size()) <= cap,
+      "the question alone is " << bare.size() << " tokens, over the prompt limit of " << cap);
+  constexpr int64_t kSeamTokens = 4;  // per passage, either way
+  // estimates[m - 1]: the estimated prompt length with the first m passages.
+  std::vector<int64_t> estimates;
+  int64_t estimate = static_cast<int64_t>(bare.size());
+  size_t fitted = 0;
+  for (size_t i = 0; i < in_decoder; ++i) {
+    std::string piece = prompt_.render_passage(passages[i], i);
+    if (i > 0) piece = prompt_.format().passage_separator + piece;
+    estimate += static_cast<int64_t>(tokenizer_.encode(piece, false).size());
+    estimates.push_back(estimate);
+    if (estimate - kSeamTokens * static_cast<int64_t>(i + 1) > cap) break;
+    if (estimate <= cap) fitted = i + 1;
   }
-  plan.decoder_passages = static_cast<int>(decoder_passages.size());
+  plan.prompt_ids = fitted == 0 ? bare : prompt_with(fitted);
+  while (fitted > 0 && static_cast<int>(plan.prompt_ids.size()) > cap) {
+    --fitted;
+    plan.prompt_ids = fitted == 0 ? bare : prompt_with(fitted);
+  }
+  // One more passage may still fit where the estimate was pessimistic; one that is estimated
+  // clearly over the cap is never tokenised in full.
+  while (fitted < estimates.size() &&
+         estimates[fitted] - kSeamTokens * static_cast<int64_t>(fitted + 1) <= cap) {
+    std::vector<int32_t> more = prompt_with(fitted + 1);
+    if (static_cast<int>(more.size()) > cap) break;
+    plan.prompt_ids = std::move(more);
+    ++fitted;
+  }
+  plan.decoder_passages = static_cast<int>(fitted);
+  for (size_t i = 0; i < fitted; ++i) plan.used_passages.push_back(i);
   for (size_t i = in_decoder; i < passages.size(); ++i) {
     std::vector<int32_t> ids = tokenizer_.encode(encoder_chunk_text(passages[i]), false);
     if (ids.empty()) continue;
     if (static_cast<int>(ids.size()) > options_.chunk_tokens) ids.resize(options_.chunk_tokens);
     plan.chunks.push_back(std::move(ids));
+    plan.used_passages.push_back(i);
   }
   return plan;
 }

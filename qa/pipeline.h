@@ -38,6 +38,9 @@ struct Plan {
   std::vector<int32_t> prompt_ids;           ///< decoder prompt (BOS first)
   std::vector<std::vector<int32_t>> chunks;  ///< encoder chunks, one per passage
   int decoder_passages = 0;                  ///< passages that went into the prompt
+  /// Indices (into plan()'s `passages`) of those that reached the prompt or an encoder chunk,
+  /// in order: what the answer is conditioned on.
+  std::vector<size_t> used_passages;
 };
 
 /// Builds plans: the first passages in the decoder prompt, the rest one per encoder chunk.

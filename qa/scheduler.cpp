@@ -167,9 +167,9 @@ void Scheduler::end_early(std::shared_ptr<Job> job, JobOutcome outcome, double q
   r.error = message_of(error);
   r.exception = error;
   r.queue_ms = queue_ms;
-  r.finish_reason = outcome == JobOutcome::Deadline    ? "deadline"
-                    : outcome == JobOutcome::Cancelled ? "cancelled"
-                                                       : "error";
+  r.finish_reason = outcome == JobOutcome::Deadline ? "deadline"
+                    : outcome == JobOutcome::Failed ? "error"
+                                                    : "cancelled";
   if (metrics_) metrics_->on_ended(outcome, 0);
   if (job->on_done) done_.emplace_back(std::move(job->on_done), std::move(r));
 }
@@ -192,8 +192,12 @@ void Scheduler::finish(Active& a, JobOutcome outcome, std::exception_ptr error) 
     r.decode_ms = s->decode_ms;
     r.finish_reason = finish_reason_name(s->finish_reason());
   }
+  // One rule for queued and running jobs alike (end_queued): a job the server stopped was
+  // cancelled, not failed; only a model error is "error".
   if (outcome == JobOutcome::Deadline) r.finish_reason = "deadline";
-  if (outcome == JobOutcome::Shutdown || outcome == JobOutcome::Failed) r.finish_reason = "error";
+  if (outcome == JobOutcome::Cancelled || outcome == JobOutcome::Shutdown)
+    r.finish_reason = "cancelled";
+  if (outcome == JobOutcome::Failed) r.finish_reason = "error";
   if (metrics_) metrics_->on_ended(outcome, r.completion_tokens);
   a.seq.reset();
   // Delivered by deliver() once the gauges no longer count this sequence, so a client that reads

@@ -19,15 +19,18 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <future>
 #include <limits>
 #include <optional>
 #include <random>
 #include <thread>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "qa/pipeline.h"
+#include "server/openai.h"
 #include "server/request.h"
 #include "server/server.h"
 
@@ -66,10 +69,28 @@ bool same_key(std::string_view a, std::string_view b) {
   return diff == 0 && !b.empty();
 }
 
+constexpr const char* kChatRoute = "/v1/chat/completions";
+constexpr const char* kCompletionsRoute = "/v1/completions";
+constexpr const char* kModelsRoute = "/v1/models";
+
 std::string route_of(std::string_view path) {
-  for (const char* r : {"/ask", "/healthz", "/readyz", "/metrics", "/v1/info"})
+  for (const char* r : {"/ask", "/healthz", "/readyz", "/metrics", "/v1/info", kChatRoute,
+                        kCompletionsRoute, kModelsRoute})
     if (path == r) return r;
   return "other";
+}
+
+// Routes that generate an answer (POST), and the API each speaks.
+std::optional<Api> generate_api(const std::string& route) {
+  if (route == "/ask") return Api::Ask;
+  if (route == kChatRoute) return Api::Chat;
+  if (route == kCompletionsRoute) return Api::Completion;
+  return std::nullopt;
+}
+
+// Routes whose errors take OpenAI's shape, so OpenAI clients can read them.
+bool openai_route(const std::string& route) {
+  return route == kChatRoute || route == kCompletionsRoute || route == kModelsRoute;
 }
 
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
@@ -89,6 +110,9 @@ void put_string(Writer& w, std::string_view s) {
 
 // State of one /ask between the IO strand, the retrieval pool and the engine thread.
 struct AskState {
+  Api api = Api::Ask;
+  OpenAiIds ids;               // OpenAI routes: id, created, model
+  bool include_usage = false;  // OpenAI streams: a usage chunk before [DONE]
   AskRequest req;
   std::string request_id;
   Clock::time_point t0, deadline;
@@ -157,13 +181,42 @@ class Server::Impl {
   uint16_t bound_port = 0;
   std::string id_prefix;
   std::atomic<uint64_t> id_counter{0};
+  int64_t started_unix = static_cast<int64_t>(std::time(nullptr));  // "created" of /v1/models
+  // Open connections per client IP address (max_connections_per_client).
+  std::mutex clients_mu;
+  std::unordered_map<std::string, int> clients;
+  /// Counts a new connection from `address`; false (nothing counted) when it has too many.
+  bool admit_client(const std::string& address) {
+    std::lock_guard<std::mutex> lock(clients_mu);
+    int& n = clients[address];
+    if (n >= cfg.max_connections_per_client) {
+      if (n == 0) clients.erase(address);
+      return false;
+    }
+    ++n;
+    return true;
+  }
+  /// Forgets one connection of `address`.
+  void release_client(const std::string& address) {
+    std::lock_guard<std::mutex> lock(clients_mu);
+    auto it = clients.find(address);
+    if (it != clients.end() && --it->second <= 0) clients.erase(it);
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
 // One connection.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, Server::Impl& srv) : stream_(std::move(socket)), srv_(srv) {
+  // `client` is the peer's address, already counted by Impl::admit_client().
+  Session(tcp::socket&& socket, Server::Impl& srv, std::string client)
+      : stream_(std::move(socket)),
+        srv_(srv),
+        // The read buffer holds at most a header (or a chunked body's trailers, which Beast
+        // buffers whole) plus a little read-ahead: a bigger one fails the read with
+        // buffer_overflow instead of growing without bound.
+        buffer_(static_cast<size_t>(srv.cfg.max_header_bytes) + kReadAheadBytes),
+        client_(std::move(client)) {
     beast::error_code ec;
     const auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -179,6 +232,7 @@ class Session : public std::enable_shared_from_this<Session> {
       finish_request(499);
     }
     srv_.metrics.connections.fetch_sub(1);
+    srv_.release_client(client_);
   }
 
   void run() {
@@ -187,6 +241,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   using Response = http::response<http::string_body>;
+  static constexpr size_t kReadAheadBytes = 4096;
 
   // ---- reading ----
   void read_header() {
@@ -212,7 +267,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (parser_->is_header_done()) fill_request_info(parser_->get());
       return too_large();
     }
-    if (ec == http::error::header_limit) {
+    if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
       return reply_error(http::status::request_header_fields_too_large, "header_too_large",
                          "the request header is larger than " +
                              std::to_string(srv_.cfg.max_header_bytes) + " bytes",
@@ -247,6 +302,13 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_body(beast::error_code ec) {
     if (ec == http::error::body_limit) return too_large();
+    // Only the trailers of a chunked body are buffered whole: they overflowed the buffer.
+    if (ec == http::error::buffer_overflow || ec == http::error::header_limit) {
+      return reply_error(http::status::request_header_fields_too_large, "header_too_large",
+                         "the chunked body's trailers are larger than " +
+                             std::to_string(srv_.cfg.max_header_bytes) + " bytes",
+                         true);
+    }
     if (ec == beast::error::timeout || ec == http::error::end_of_stream ||
         ec == http::error::partial_message || ec == net::error::connection_reset ||
         ec == net::error::eof) {
@@ -310,7 +372,7 @@ class Session : public std::enable_shared_from_this<Session> {
           .str("path", path_)
           .num("status", status)
           .ms("duration_ms", ms);
-      if (route_ == "/ask") line.flag("stream", stream_mode_);
+      if (generate_api(route_)) line.flag("stream", stream_mode_);
       if (!finish_reason_.empty()) line.str("finish_reason", finish_reason_);
       if (completion_tokens_ >= 0) line.num("completion_tokens", completion_tokens_);
       if (!log_error_.empty()) line.str("error", log_error_);
@@ -404,13 +466,18 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void reply_error(http::status status, const std::string& code, const std::string& message,
                    bool close_after = false,
-                   std::vector<std::pair<std::string, std::string>> extra = {}) {
+                   std::vector<std::pair<std::string, std::string>> extra = {},
+                   const std::string& param = "") {
     log_error_ = code;
-    reply_json(status, error_json(code, message), close_after, std::move(extra));
+    reply_json(status,
+               openai_route(route_)
+                   ? openai_error_json(static_cast<int>(status), code, message, param)
+                   : error_json(code, message),
+               close_after, std::move(extra));
   }
 
   void reply_api_error(const ApiError& e) {
-    reply_error(static_cast<http::status>(e.status()), e.code(), e.what());
+    reply_error(static_cast<http::status>(e.status()), e.code(), e.what(), false, {}, e.param());
   }
 
   // ---- routing ----
@@ -421,7 +488,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (route_ == "other") {
       return reply_error(http::status::not_found, "not_found", "no route for " + path_);
     }
-    const bool post_route = route_ == "/ask";
+    const bool post_route = generate_api(route_).has_value();
     const http::verb want = post_route ? http::verb::post : http::verb::get;
     if (m != want) {
       return reply_error(http::status::method_not_allowed, "method_not_allowed",
@@ -429,7 +496,8 @@ class Session : public std::enable_shared_from_this<Session> {
                              " (use " + (post_route ? "POST" : "GET") + ")",
                          false, {{"Allow", post_route ? "POST, OPTIONS" : "GET, OPTIONS"}});
     }
-    if ((route_ == "/ask" || route_ == "/v1/info") && !authorized(req)) {
+    const bool probe = route_ == "/healthz" || route_ == "/readyz" || route_ == "/metrics";
+    if (!probe && !authorized(req)) {
       return reply_error(http::status::unauthorized, "unauthorized",
                          "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
                          false, {{"WWW-Authenticate", "Bearer"}});
@@ -446,7 +514,16 @@ class Session : public std::enable_shared_from_this<Session> {
       return reply(http::status::ok, srv_.metrics.render(), "text/plain; version=0.0.4", false);
     }
     if (route_ == "/v1/info") return reply_json(http::status::ok, srv_.info_json());
-    handle_ask(req.body());
+    if (route_ == kModelsRoute) {
+      // The name is known once the model is attached (acquire, as for /v1/info).
+      if (!srv_.engine()) {
+        return reply_error(http::status::service_unavailable, "not_ready",
+                           "the model is still loading", false, {{"Retry-After", "5"}});
+      }
+      return reply_json(http::status::ok,
+                        openai_models_json(srv_.res.model_name, srv_.started_unix));
+    }
+    handle_generate(*generate_api(route_), req.body());
   }
 
   bool authorized(const http::request<http::string_body>& req) const {
@@ -467,7 +544,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (origin_.empty()) {
       // A plain OPTIONS (not CORS): say what the route allows.
       return reply(http::status::no_content, "", "text/plain", false,
-                   {{"Allow", route_ == "/ask" ? "POST, OPTIONS" : "GET, OPTIONS"}});
+                   {{"Allow", generate_api(route_) ? "POST, OPTIONS" : "GET, OPTIONS"}});
     }
     if (!cors_allowed()) {
       return reply_error(http::status::forbidden, "origin_not_allowed",
@@ -480,7 +557,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // ---- /ask ----
-  void handle_ask(const std::string& body) {
+  void handle_generate(Api api, const std::string& body) {
     if (srv_.draining.load()) {
       return reply_error(http::status::service_unavailable, "shutting_down",
                          "the server is shutting down", true);
@@ -491,8 +568,19 @@ class Session : public std::enable_shared_from_this<Session> {
                          "the model is still loading", false, {{"Retry-After", "5"}});
     }
     auto st = std::make_shared<AskState>();
+    st->api = api;
     try {
-      st->req = parse_ask_request(body, srv_.limits);
+      if (api == Api::Ask) {
+        st->req = parse_ask_request(body, srv_.limits);
+      } else {
+        OpenAiRequest o = parse_openai_request(api, body, srv_.limits);
+        st->req = std::move(o.ask);
+        st->include_usage = o.include_usage;
+        st->ids.api = api;
+        st->ids.id = (api == Api::Chat ? "chatcmpl-" : "cmpl-") + request_id_;
+        st->ids.created = static_cast<int64_t>(std::time(nullptr));
+        st->ids.model = srv_.res.model_name;
+      }
     } catch (const ApiError& e) {
       return reply_api_error(e);
     }
@@ -537,8 +625,8 @@ class Session : public std::enable_shared_from_this<Session> {
         const auto t0 = Clock::now();
         retriever::SearchOptions so;
         so.k = st->req.k;
-        so.nprobe = cfg.nprobe;
-        so.ef_search = cfg.ef_search;
+        so.nprobe = st->req.nprobe >= 0 ? st->req.nprobe : cfg.nprobe;
+        so.ef_search = st->req.ef_search >= 0 ? st->req.ef_search : cfg.ef_search;
         st->hits = srv_.res.retriever->search(st->req.question, so);
         st->retrieve_ms = ms_since(t0);
         srv_.metrics.retrieval(st->retrieve_ms / 1000.0);
@@ -565,6 +653,12 @@ class Session : public std::enable_shared_from_this<Session> {
       } catch (const Error& e) {
         throw ApiError(400, "invalid_request", e.message());
       }
+      // Report only what the answer is conditioned on: decoder passages dropped to fit the
+      // prompt cap (or empty encoder chunks) are not.
+      std::vector<retriever::Hit> used;
+      for (size_t i : plan.used_passages)
+        if (i < st->hits.size()) used.push_back(std::move(st->hits[i]));
+      st->hits = std::move(used);
       st->job = qa::make_job(std::move(plan), s, st->deadline);
     } catch (const ApiError& e) {
       st->error = e;
@@ -613,25 +707,16 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void write_passages(Writer& w, const AskState& st) {
     w.Key("passages");
-    w.StartArray();
-    for (const auto& h : st.hits) {
-      w.StartObject();
-      w.Key("id");
-      put_string(w, h.id);
-      w.Key("title");
-      put_string(w, h.title);
-      w.Key("text");
-      put_string(w, h.text);
-      w.Key("score");
-      if (std::isfinite(h.score))
-        w.Double(h.score);
-      else
-        w.Null();
-      w.Key("rank");
-      w.Int(h.rank);
-      w.EndObject();
-    }
-    w.EndArray();
+    const std::string array = passages_json(st.hits);
+    w.RawValue(array.data(), array.size(), rapidjson::kArrayType);
+  }
+
+  static OpenAiUsage usage_of(const JobResult& r) {
+    OpenAiUsage u;
+    u.prompt_tokens = r.prompt_tokens;
+    u.completion_tokens = r.completion_tokens;
+    u.encoder_tokens = r.encoder_tokens;
+    return u;
   }
 
   void write_result(Writer& w, const AskState& st, const JobResult& r) {
@@ -676,13 +761,19 @@ class Session : public std::enable_shared_from_this<Session> {
     if (stream_mode_) return end_stream(*st, r);
     switch (r.outcome) {
       case JobOutcome::Finished: {
-        rapidjson::StringBuffer sb;
-        Writer w(sb);
-        w.StartObject();
-        write_result(w, *st, r);
-        write_passages(w, *st);
-        w.EndObject();
-        std::string body(sb.GetString(), sb.GetSize());
+        std::string body;
+        if (st->api == Api::Ask) {
+          rapidjson::StringBuffer sb;
+          Writer w(sb);
+          w.StartObject();
+          write_result(w, *st, r);
+          write_passages(w, *st);
+          w.EndObject();
+          body.assign(sb.GetString(), sb.GetSize());
+        } else {
+          body = openai_response_json(st->ids, std::string(trim(r.text)), r.finish_reason,
+                                      usage_of(r), passages_json(st->hits));
+        }
         return stop_watch_then([self = shared_from_this(), body = std::move(body)]() mutable {
           self->reply_json(http::status::ok, std::move(body));
         });
@@ -723,6 +814,13 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     head += "\r\n";
     out_.push_back(std::move(head));
+    stream_api_ = st.api;
+    if (st.api != Api::Ask) {
+      stream_ids_ = st.ids;
+      // The role (chat) and the passages come first, before any text, as /ask's passages event.
+      return send_event(nullptr,
+                        openai_chunk_json(st.ids, "", true, std::nullopt, passages_json(st.hits)));
+    }
     rapidjson::StringBuffer sb;
     Writer w(sb);
     w.StartObject();
@@ -731,8 +829,10 @@ class Session : public std::enable_shared_from_this<Session> {
     send_event("passages", std::string(sb.GetString(), sb.GetSize()));
   }
 
+  // `name` null: a data-only event (the OpenAI streams).
   void send_event(const char* name, const std::string& json) {
-    std::string ev = std::string("event: ") + name + "\ndata: " + json + "\n\n";
+    std::string ev =
+        (name ? std::string("event: ") + name + "\n" : std::string()) + "data: " + json + "\n\n";
     if (chunked_) {
       char size[24];
       std::snprintf(size, sizeof size, "%zx\r\n", ev.size());
@@ -766,11 +866,17 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_token(std::string piece) {
     if (dead_ || stream_ended_) return;
+    if (stream_api_ != Api::Ask)
+      return send_event(nullptr, openai_chunk_json(stream_ids_, piece, false, std::nullopt));
     send_event("token", "{\"text\":" + json_quote(sanitize_utf8(piece)) + "}");
   }
 
   void end_stream(const AskState& st, const JobResult& r) {
-    if (r.outcome == JobOutcome::Finished) {
+    if (st.api != Api::Ask && r.outcome == JobOutcome::Finished) {
+      send_event(nullptr, openai_chunk_json(st.ids, "", false, r.finish_reason));
+      if (st.include_usage) send_event(nullptr, openai_usage_chunk_json(st.ids, usage_of(r)));
+      send_event(nullptr, "[DONE]");
+    } else if (r.outcome == JobOutcome::Finished) {
       rapidjson::StringBuffer sb;
       Writer w(sb);
       w.StartObject();
@@ -788,7 +894,16 @@ class Session : public std::enable_shared_from_this<Session> {
         message = "the server stopped before the answer was complete";
       }
       log_error_ = code;
-      send_event("error", error_json(code, message));
+      if (st.api == Api::Ask) {
+        send_event("error", error_json(code, message));
+      } else {
+        // As OpenAI-compatible servers do: the error as a data event, then the end marker.
+        const int status = r.outcome == JobOutcome::Deadline   ? 504
+                           : r.outcome == JobOutcome::Shutdown ? 503
+                                                               : 500;
+        send_event(nullptr, openai_error_json(status, code, message));
+        send_event(nullptr, "[DONE]");
+      }
     }
     if (chunked_) out_.push_back("0\r\n\r\n");
     stream_ended_ = true;
@@ -806,21 +921,24 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // ---- watching for the client leaving ----
   void start_watch() {
-    // Bytes already buffered mean the client pipelined its next request: it is still there.
-    if (watching_ || dead_ || buffer_.size() > 0) return;
+    // What the client sends meanwhile (a pipelined request) is kept for the next read; once the
+    // buffer is full it is not read, and a hang-up is then noticed when the answer is written.
+    const size_t room = buffer_.max_size() - buffer_.size();
+    if (watching_ || dead_ || room == 0) return;
     watching_ = true;
     stream_.socket().async_read_some(
-        net::buffer(&watch_byte_, 1),
+        buffer_.prepare(std::min<size_t>(room, 1024)),
         [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_watch(ec, n); });
   }
 
   void on_watch(beast::error_code ec, size_t n) {
     watching_ = false;
     const bool ours = static_cast<bool>(after_watch_);
-    if (!ec && n == 1) {
-      auto b = buffer_.prepare(1);
-      std::memcpy(b.data(), &watch_byte_, 1);
-      buffer_.commit(1);
+    if (!ec && n > 0) {
+      buffer_.commit(n);
+      // Still waiting for the answer: watch on, or a hang-up after a pipelined byte would go
+      // unnoticed until the whole generation had run.
+      if (!ours) start_watch();
     } else if (!(ours && ec == net::error::operation_aborted)) {
       client_gone();
     }
@@ -856,6 +974,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   Server::Impl& srv_;
   beast::flat_buffer buffer_;
+  std::string client_;  // peer IP address, for max_connections_per_client
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<Response> res_;
   std::string remote_;
@@ -875,6 +994,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool stream_mode_ = false, chunked_ = true, sse_keep_ = true;
   bool writing_ = false, stream_ended_ = false;
   std::deque<std::string> out_;
+  Api stream_api_ = Api::Ask;
+  OpenAiIds stream_ids_;
 
   // Lingering close.
   std::unique_ptr<std::array<char, 16384>> drain_buf_;
@@ -882,7 +1003,6 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Disconnect watch.
   bool watching_ = false, dead_ = false;
-  char watch_byte_ = 0;
   std::function<void()> after_watch_;
 };
 
@@ -933,12 +1053,17 @@ void Server::Impl::do_accept() {
       });
       return;
     }
-    if (metrics.connections.load() >= cfg.max_connections) {
+    beast::error_code peer_ec;
+    const auto peer = socket.remote_endpoint(peer_ec);
+    std::string client = peer_ec ? std::string("?") : peer.address().to_string();
+    if (metrics.connections.load() >= cfg.max_connections || !admit_client(client)) {
+      // Closed at once, so idle sockets of one client cannot lock the others out.
+      metrics.connections_refused.fetch_add(1);
       beast::error_code ignored;
       socket.close(ignored);
     } else {
       socket.set_option(tcp::no_delay(true), ec);
-      std::make_shared<Session>(std::move(socket), *this)->run();
+      std::make_shared<Session>(std::move(socket), *this, std::move(client))->run();
     }
     do_accept();
   });
@@ -965,6 +1090,11 @@ bool Server::Impl::ready(std::string* why) const {
 }
 
 std::string Server::Impl::info_json() const {
+  // `res` is written by attach() before it publishes the engine; reading it is safe only after
+  // the acquire that sees the engine (as /ask does). Before that nothing is loaded.
+  const bool attached = engine() != nullptr;
+  static const Resources kNothing;
+  const Resources& res = attached ? this->res : kNothing;
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();

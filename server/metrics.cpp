@@ -141,6 +141,9 @@ std::string Metrics::render() const {
          "Generations stopped by the request deadline.", static_cast<double>(deadlines.load()));
   scalar(out, "cepe_rejected_total", "counter", "Requests refused because the queue was full.",
          static_cast<double>(rejected.load()));
+  scalar(out, "cepe_connections_refused_total", "counter",
+         "Connections closed as they were accepted (max_connections, max_connections_per_client).",
+         static_cast<double>(connections_refused.load()));
   scalar(out, "cepe_ready", "gauge", "1 while the server is ready.",
          static_cast<double>(ready.load()));
   return out;

@@ -82,6 +82,7 @@ class Metrics : public qa::SchedulerMetrics {
   std::atomic<uint64_t> cancelled{0};         ///< generations cancelled (client gone)
   std::atomic<uint64_t> deadlines{0};         ///< generations stopped by the deadline
   std::atomic<uint64_t> rejected{0};          ///< requests refused with 429
+  std::atomic<uint64_t> connections_refused{0};  ///< connections closed at accept (limits)
   std::atomic<int> ready{0};                  ///< 1 while /readyz answers 200
 
   /// The whole exposition text.
