@@ -11,10 +11,15 @@
 #include <sstream>
 
 #include "cli/command.h"
+#include "cli/model_flags.h"
 #include "common/error.h"
+#include "common/progress.h"
 #include "index/builder.h"
+#include "index/encoder_store.h"
 #include "index/manifest.h"
 #include "index/open_index.h"
+#include "index/passage_store.h"
+#include "qa/encoder_states.h"
 #include "retriever/retriever.h"
 
 namespace cepe::cli {
@@ -401,13 +406,121 @@ int run_shard(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// `cepe index encode`: every passage's encoder states, written resumably beside the index.
+int run_encode(const std::vector<std::string>& argv) {
+  Args a;
+  add_model_flags(a);
+  a.option("index", "index directory (from cepe index build)")
+      .option("dtype", "stored element type: f32 (exact), bf16, f16 or q8_0", "f32")
+      .option("chunk-tokens", "tokens per passage chunk (as cepe qa --chunk-tokens)", "256")
+      .option("batch-tokens", "encoder tokens per packed encoder pass (and per commit)", "8192")
+      .flag("overwrite", "rebuild a store that is already complete");
+  const std::string line =
+      "cepe index encode --index DIR --model DIR [--dtype f32|bf16|f16|q8_0] [--threads N] "
+      "[--chunk-tokens 256]";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (!a.positionals().empty())
+    return usage_error(a, line, "unexpected argument '" + a.positionals()[0] + "'");
+  if (!a.has("index")) return usage_error(a, line, "missing required flag --index");
+  if (!a.has("model")) return usage_error(a, line, "missing required flag --model");
+  const fs::path dir = a.get("index");
+  const index::StateDType dtype = index::parse_state_dtype(a.get("dtype"), "--dtype");
+  const int chunk_tokens = static_cast<int>(a.get_int("chunk-tokens", 1, 1 << 16));
+  const int64_t batch_tokens = a.get_int("batch-tokens", 1, 1LL << 30);
+  index::read_manifest(dir);  // refuses a directory that is not a finished index
+  const index::PassageStore passages(dir / index::kPassagesFile);
+  LoadedModel lm = load_model(a, /*need_tokenizer=*/true);
+  CEPE_CHECK(lm.model->config().is_cepe(),
+             "--model " << a.get("model") << ": the model has no CEPE encoder");
+  const auto t0 = Clock::now();
+  const index::EncoderFingerprint fp =
+      index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype);
+  const fs::path path = index::encoder_store_path(dir, fp);
+  if (fs::exists(path) && !a.is_set("overwrite")) {
+    const index::EncoderStore done(path);
+    std::cout << "encoder store " << path.string() << " is complete (" << done.size()
+              << " passages, " << human_bytes(static_cast<double>(done.file_bytes()))
+              << "); --overwrite rebuilds it\n";
+    return 0;
+  }
+  if (fs::exists(path)) fs::remove(path);
+  // Chunk lengths and hashes first (the table is laid out before any state is written).
+  auto chunk_of = [&](uint64_t row) {
+    const index::PassageView v = passages.get(row);
+    qa::Passage p{std::string(v.id), std::string(v.title), std::string(v.text), std::nullopt};
+    return std::make_pair(p.id, qa::encoder_chunk_ids(*lm.tokenizer, p, chunk_tokens));
+  };
+  std::vector<index::StoredPassageInfo> infos(passages.size());
+  uint64_t total_tokens = 0;
+  for (uint64_t r = 0; r < passages.size(); ++r) {
+    const auto [id, ids] = chunk_of(r);
+    CEPE_CHECK(!ids.empty(),
+               dir.string() << ": passage row " << r << " ('" << id << "') tokenises to nothing");
+    infos[r] = {index::passage_id_hash(id), static_cast<uint32_t>(ids.size()),
+                index::chunk_token_hash(ids)};
+    total_tokens += ids.size();
+  }
+  index::EncoderStoreWriter writer(path, fp, infos);
+  if (writer.resumed_rows() > 0)
+    std::cerr << "index encode: resuming at passage " << writer.resumed_rows() << " of "
+              << passages.size() << "\n";
+  const int64_t width = lm.model->config().encoder_hidden_size;
+  ProgressBar bar("encode", "passages",
+                  static_cast<int64_t>(passages.size() - writer.resumed_rows()));
+  // Batches are cut at fixed rows (from row 0, by token budget), so a resumed build encodes the
+  // same batches as an uninterrupted one.
+  uint64_t row = 0, encoded_tokens = 0;
+  while (row < passages.size()) {
+    uint64_t end = row;
+    int64_t tokens = 0;
+    while (end < passages.size() && (end == row || tokens + infos[end].tokens <= batch_tokens))
+      tokens += infos[end++].tokens;
+    if (end <= writer.resumed_rows()) {
+      row = end;
+      continue;
+    }
+    CEPE_CHECK(row >= writer.resumed_rows(),
+               "index encode: the checkpoint is not at a batch boundary (was --batch-tokens "
+               "changed?); delete "
+                   << path.string() << ".partial.ckpt to restart");
+    std::vector<std::vector<int32_t>> chunks;
+    for (uint64_t r = row; r < end; ++r) chunks.push_back(chunk_of(r).second);
+    const EncodedContext ctx = lm.model->encode(chunks);
+    const Tensor host = lm.backend->to_host_f32(ctx.states);
+    int64_t at = 0;
+    for (uint64_t r = row; r < end; ++r) {
+      writer.append(host.data<float>() + at * width, infos[r].tokens);
+      at += infos[r].tokens;
+    }
+    writer.commit();
+    encoded_tokens += static_cast<uint64_t>(tokens);
+    row = end;
+    bar.update(static_cast<int64_t>(row - writer.resumed_rows()));
+  }
+  bar.finish();
+  writer.finish();
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%.1f s, %.0f tokens/s", s, s > 0 ? encoded_tokens / s : 0.0);
+  std::cout << "encoded " << passages.size() << " passages (" << total_tokens << " tokens, "
+            << index::state_dtype_name(dtype) << ") into " << path.string() << ": "
+            << human_bytes(static_cast<double>(writer.file_bytes())) << ", " << buf << "\n";
+  return 0;
+}
+
 int run_index(const std::vector<std::string>& argv) {
   const std::string help =
-      "usage: cepe index <build|search|info|shard> [flags]   (cepe index <sub> --help for flags)\n"
+      "usage: cepe index <build|search|info|shard|encode> [flags]   (cepe index <sub> --help for "
+      "its flags)\n"
       "  build   build an index over a corpus\n"
       "  search  retrieve the top-k passages for questions\n"
       "  info    describe an index\n"
-      "  shard   split an index's BM25 database into shards (for xapian-tcpsrv)\n";
+      "  shard   split an index's BM25 database into shards (for xapian-tcpsrv)\n"
+      "  encode  store every passage's encoder states for a model (cepe qa/serve read them)\n";
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
     (argv.empty() ? std::cerr : std::cout) << help;
     return argv.empty() ? 2 : 0;
@@ -417,6 +530,7 @@ int run_index(const std::vector<std::string>& argv) {
   if (argv[0] == "search") return run_search(rest);
   if (argv[0] == "info") return run_info(rest);
   if (argv[0] == "shard") return run_shard(rest);
+  if (argv[0] == "encode") return run_encode(rest);
   std::cerr << "cepe index: error: unknown subcommand '" << argv[0] << "'\n" << help;
   return 2;
 }

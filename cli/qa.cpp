@@ -1,6 +1,9 @@
 // `cepe qa`: answers a question file end to end through the QA pipeline (retrieve, plan, generate
 // on the scheduler with continuous batching) and scores it with EM/F1 as CEPE's evaluation does.
 // `cepe ask`: one question through the same pipeline.
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -11,10 +14,11 @@
 #include "cli/model_flags.h"
 #include "common/error.h"
 #include "common/progress.h"
+#include "index/open_index.h"
+#include "qa/encoder_states.h"
 #include "qa/pipeline.h"
 #include "qa/question_file.h"
 #include "qa/results.h"
-#include "index/open_index.h"
 #include "retriever/retriever.h"
 
 namespace cepe::cli {
@@ -24,6 +28,28 @@ std::atomic<bool> g_interrupted{false};
 
 void on_sigint(int) {
   g_interrupted.store(true);
+}
+
+// Timing of one pass over the questions (cepe qa --passes).
+struct PassStats {
+  std::vector<double> first_token_ms;
+  double seconds = 0;
+  uint64_t store0 = 0, cache0 = 0, live0 = 0, store = 0, cache = 0, live = 0;
+};
+
+void print_pass(int pass, PassStats s) {
+  std::sort(s.first_token_ms.begin(), s.first_token_ms.end());
+  const size_t n = s.first_token_ms.size();
+  double mean = 0;
+  for (double v : s.first_token_ms) mean += v / std::max<size_t>(n, 1);
+  const auto at = [&](double q) { return n ? s.first_token_ms[size_t(q * double(n - 1))] : 0.0; };
+  std::printf(
+      "pass %d: %zu questions in %.2f s (%.3f questions/s); time to first token mean %.1f ms, "
+      "p50 %.1f ms, p90 %.1f ms; encoder states: %llu passages from the store, %llu from the "
+      "cache, %llu encoded live\n",
+      pass, n, s.seconds, s.seconds > 0 ? double(n) / s.seconds : 0.0, mean, at(0.5), at(0.9),
+      static_cast<unsigned long long>(s.store), static_cast<unsigned long long>(s.cache),
+      static_cast<unsigned long long>(s.live));
 }
 
 void add_reader_flags(Args& args) {
@@ -37,7 +63,27 @@ void add_reader_flags(Args& args) {
       .option("ef-search", "FAISS HNSW search depth (0: index default)", "0")
       .option("bm25-weight", "hybrid indexes: weight of the BM25 ranking in rank fusion", "1")
       .option("dense-weight", "hybrid indexes: weight of the dense ranking in rank fusion", "1")
-      .option("rrf-k", "hybrid indexes: reciprocal rank fusion constant", "60");
+      .option("rrf-k", "hybrid indexes: reciprocal rank fusion constant", "60")
+      .option("encoder-store",
+              "precomputed passage states: auto (the index's store for this model, if one "
+              "matches), off, or a .ces file (from cepe index encode)",
+              "auto");
+}
+
+// Points the pipeline at the encoder-state store --encoder-store selects; a store that does not
+// fit the model is reported (once) and not used.
+void attach_encoder_store(const Args& args, const LoadedModel& lm, qa::Pipeline& pipeline,
+                          int chunk_tokens) {
+  const std::string mode = args.get("encoder-store");
+  const std::filesystem::path index_dir = args.has("index") ? args.get("index") : "";
+  auto store = qa::open_encoder_store(mode, index_dir, args.get("model"), lm.model->config(),
+                                      chunk_tokens,
+                                      [](const std::string& line) { std::cerr << line << "\n"; });
+  if (!store) return;
+  std::cerr << "encoder store: " << store->path().string() << " ("
+            << index::state_dtype_name(store->fingerprint().dtype) << ", " << store->size()
+            << " passages)\n";
+  pipeline.scheduler().encoder_states().use_store(std::move(store));
 }
 
 qa::PlanOptions plan_options(const Args& args) {
@@ -89,7 +135,14 @@ int run_qa(const std::vector<std::string>& argv) {
       .option("concurrency", "questions generated together (continuous batching)", "8")
       .option("limit", "answer only the first N questions (0: all)", "0")
       .flag("skip-invalid", "skip bad question lines (reported) instead of stopping")
-      .flag("resume", "continue a partial --out file, skipping the questions it already has");
+      .flag("resume", "continue a partial --out file, skipping the questions it already has")
+      .option("encoder-cache-mb",
+              "LRU cache of encoded passages (MiB) for passages the store does not have (0: off)",
+              "0")
+      .option("passes",
+              "answer the questions this many times (timing only: later passes re-use the "
+              "cache; answers are written once)",
+              "1");
   args.parse(argv);
   if (args.help_requested()) {
     std::cout << args.usage(
@@ -128,8 +181,19 @@ int run_qa(const std::vector<std::string>& argv) {
     retriever = index::open_index(args.get("index"));
   }
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
-  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), plan_options(args),
+  const qa::PlanOptions popts = plan_options(args);
+  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), popts,
                         qa_sampling_options(args), scheduler_options(concurrency));
+  attach_encoder_store(args, lm, pipeline, popts.chunk_tokens);
+  qa::EncoderStates& states = pipeline.scheduler().encoder_states();
+  const long long cache_mb = args.get_int("encoder-cache-mb", 0, 1 << 20);
+  if (cache_mb > 0 && lm.model->config().is_cepe())
+    states.use_cache(
+        std::make_shared<qa::EncodedPassageCache>(static_cast<size_t>(cache_mb) << 20),
+        index::encoder_fingerprint(args.get("model"), lm.model->config(), popts.chunk_tokens,
+                                   index::StateDType::F32)
+            .digest());
+  const int passes = static_cast<int>(args.get_int("passes", 1, 100));
 
   qa::ResultWriter writer(out, /*append=*/args.is_set("resume"));
   std::vector<qa::QaRecord> records = resume.records;
@@ -142,49 +206,63 @@ int run_qa(const std::vector<std::string>& argv) {
   // Blocks of questions: retrieve them as one batch, then let the scheduler batch their
   // generation.
   const size_t block = std::max<size_t>(256, static_cast<size_t>(concurrency) * 8);
-  for (size_t b = 0; b < todo.size() && !g_interrupted.load(); b += block) {
-    const size_t n = std::min(block, todo.size() - b);
-    std::vector<std::vector<qa::Passage>> passages(n);
-    std::vector<std::string> queries;
-    std::vector<size_t> query_of;
-    for (size_t i = 0; i < n; ++i) {
-      const qa::Question& q = *todo[b + i];
-      if (q.ctxs) {
-        passages[i] = *q.ctxs;
-        if (passages[i].size() > static_cast<size_t>(search.k)) passages[i].resize(search.k);
-      } else {
-        queries.push_back(q.question);
-        query_of.push_back(i);
+  std::vector<PassStats> pass_stats(passes);
+  for (int pass = 0; pass < passes; ++pass) {
+    PassStats& ps = pass_stats[pass];
+    const auto pass_t0 = std::chrono::steady_clock::now();
+    const qa::EncoderStateCounters& counters = states.counters();
+    ps.store0 = counters.store_hits.load(), ps.cache0 = counters.cache_hits.load(),
+    ps.live0 = counters.live_passages.load();
+    for (size_t b = 0; b < todo.size() && !g_interrupted.load(); b += block) {
+      const size_t n = std::min(block, todo.size() - b);
+      std::vector<std::vector<qa::Passage>> passages(n);
+      std::vector<std::string> queries;
+      std::vector<size_t> query_of;
+      for (size_t i = 0; i < n; ++i) {
+        const qa::Question& q = *todo[b + i];
+        if (q.ctxs) {
+          passages[i] = *q.ctxs;
+          if (passages[i].size() > static_cast<size_t>(search.k)) passages[i].resize(search.k);
+        } else {
+          queries.push_back(q.question);
+          query_of.push_back(i);
+        }
       }
+      if (!queries.empty()) {
+        auto found = pipeline.retrieve(queries, search);
+        for (size_t j = 0; j < found.size(); ++j) passages[query_of[j]] = std::move(found[j]);
+      }
+      std::vector<qa::Plan> plans;
+      for (size_t i = 0; i < n; ++i)
+        plans.push_back(pipeline.plan(todo[b + i]->question, passages[i]));
+      pipeline.answer(
+          std::move(plans),
+          [&](size_t i, const qa::Answer& answer) {
+            ps.first_token_ms.push_back(answer.first_token_ms);
+            if (pass > 0) return;  // a timing pass: the answers are already written
+            const qa::Question& q = *todo[b + i];
+            qa::QaRecord rec = qa::make_record(q);
+            rec.answer = answer.text;
+            std::vector<std::string> texts;
+            for (const auto& p : passages[i]) {
+              rec.passage_ids.push_back(p.id);
+              texts.push_back(p.text);
+            }
+            rec.prompt_tokens = answer.prompt_tokens + answer.encoder_tokens;
+            rec.generated_tokens = answer.generated_tokens;
+            qa::score_record(&rec, texts);
+            writer.write(rec);
+            records.push_back(rec);
+            ++run.questions;
+            run.generated_tokens += answer.generated_tokens;
+            bar.update(static_cast<int64_t>(run.questions));
+          },
+          [] { return g_interrupted.load(); });
     }
-    if (!queries.empty()) {
-      auto found = pipeline.retrieve(queries, search);
-      for (size_t j = 0; j < found.size(); ++j) passages[query_of[j]] = std::move(found[j]);
-    }
-    std::vector<qa::Plan> plans;
-    for (size_t i = 0; i < n; ++i)
-      plans.push_back(pipeline.plan(todo[b + i]->question, passages[i]));
-    pipeline.answer(
-        std::move(plans),
-        [&](size_t i, const qa::Answer& answer) {
-          const qa::Question& q = *todo[b + i];
-          qa::QaRecord rec = qa::make_record(q);
-          rec.answer = answer.text;
-          std::vector<std::string> texts;
-          for (const auto& p : passages[i]) {
-            rec.passage_ids.push_back(p.id);
-            texts.push_back(p.text);
-          }
-          rec.prompt_tokens = answer.prompt_tokens + answer.encoder_tokens;
-          rec.generated_tokens = answer.generated_tokens;
-          qa::score_record(&rec, texts);
-          writer.write(rec);
-          records.push_back(rec);
-          ++run.questions;
-          run.generated_tokens += answer.generated_tokens;
-          bar.update(static_cast<int64_t>(run.questions));
-        },
-        [] { return g_interrupted.load(); });
+    ps.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_t0).count();
+    ps.store = counters.store_hits.load() - ps.store0;
+    ps.cache = counters.cache_hits.load() - ps.cache0;
+    ps.live = counters.live_passages.load() - ps.live0;
   }
   bar.finish();
   writer.sync();
@@ -192,6 +270,10 @@ int run_qa(const std::vector<std::string>& argv) {
   const qa::QaSummary summary = qa::summarize(records, run);
   qa::write_summary(qa::summary_path_for(out), summary);
   std::cout << qa::format_summary(summary);
+  for (int p = 0; p < passes; ++p) print_pass(p + 1, pass_stats[p]);
+  struct rusage usage;
+  if (getrusage(RUSAGE_SELF, &usage) == 0)
+    std::printf("peak RSS: %.1f MiB\n", static_cast<double>(usage.ru_maxrss) / 1024.0);
   if (g_interrupted.load()) {
     std::cerr << "interrupted: " << out.string() << " holds " << records.size()
               << " answers; run again with --resume to finish\n";
@@ -217,8 +299,10 @@ int run_ask(const std::vector<std::string>& argv) {
   auto retriever = index::open_index(args.get("index"));
   const auto hits = retriever->search(question, search_options(args));
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
-  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), plan_options(args),
+  const qa::PlanOptions popts = plan_options(args);
+  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), popts,
                         qa_sampling_options(args), scheduler_options(1));
+  attach_encoder_store(args, lm, pipeline, popts.chunk_tokens);
   qa::Plan plan = pipeline.plan(question, qa::passages_from_hits(hits));
   const int decoder_passages = plan.decoder_passages;
   const size_t chunks = plan.chunks.size();

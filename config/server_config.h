@@ -31,6 +31,11 @@ struct ServerConfig {
   std::string index;  ///< index directory ("": callers must send their own passages)
   int nprobe = 0;     ///< FAISS IVF lists to visit (0: the index's default)
   int ef_search = 0;  ///< FAISS HNSW search depth (0: the index's default)
+  /// Precomputed passage states (cepe index encode): "auto" (the index's store matching the
+  /// model), "off", or a .ces file.
+  std::string encoder_store = "auto";
+  /// LRU cache of encoded passages when no store is used, in MiB (0: off).
+  int encoder_cache_mb = 256;
 
   // ---- engine ----
   int max_batch = 8;     ///< sequences generated together (continuous batching)

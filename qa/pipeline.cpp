@@ -85,10 +85,11 @@ Plan Planner::plan(std::string_view question, const std::vector<Passage>& passag
   plan.decoder_passages = static_cast<int>(fitted);
   for (size_t i = 0; i < fitted; ++i) plan.used_passages.push_back(i);
   for (size_t i = in_decoder; i < passages.size(); ++i) {
-    std::vector<int32_t> ids = tokenizer_.encode(encoder_chunk_text(passages[i]), false);
+    // The same tokens `cepe index encode` stores, so stored states are found by their hash.
+    std::vector<int32_t> ids = encoder_chunk_ids(tokenizer_, passages[i], options_.chunk_tokens);
     if (ids.empty()) continue;
-    if (static_cast<int>(ids.size()) > options_.chunk_tokens) ids.resize(options_.chunk_tokens);
     plan.chunks.push_back(std::move(ids));
+    plan.chunk_ids.push_back(passages[i].id);
     plan.used_passages.push_back(i);
   }
   return plan;
@@ -106,6 +107,7 @@ std::shared_ptr<Job> make_job(Plan plan, const SamplingOptions& sampling,
   auto job = std::make_shared<Job>();
   job->prompt_ids = std::move(plan.prompt_ids);
   job->chunks = std::move(plan.chunks);
+  job->chunk_ids = std::move(plan.chunk_ids);
   job->sampling = sampling;
   job->deadline = deadline;
   return job;
@@ -155,6 +157,7 @@ void Pipeline::answer(std::vector<Plan> plans,
       a.prompt_tokens = r.prompt_tokens;
       a.encoder_tokens = r.encoder_tokens;
       a.generated_tokens = r.completion_tokens;
+      a.first_token_ms = r.first_token_ms;
       on_done(i, a);
     };
     scheduler_.submit(std::move(job));

@@ -37,6 +37,7 @@ struct PlanOptions {
 struct Plan {
   std::vector<int32_t> prompt_ids;           ///< decoder prompt (BOS first)
   std::vector<std::vector<int32_t>> chunks;  ///< encoder chunks, one per passage
+  std::vector<std::string> chunk_ids;        ///< passage id of each chunk (store/cache lookups)
   int decoder_passages = 0;                  ///< passages that went into the prompt
   /// Indices (into plan()'s `passages`) of those that reached the prompt or an encoder chunk,
   /// in order: what the answer is conditioned on.
@@ -76,6 +77,7 @@ struct Answer {
   int64_t prompt_tokens = 0;     ///< decoder prompt tokens
   int64_t encoder_tokens = 0;    ///< encoder tokens
   int64_t generated_tokens = 0;  ///< tokens generated
+  double first_token_ms = -1;    ///< from leaving the queue (before encoding) to the first token
 };
 
 /// Retrieval, planning and scheduling over one model, driven on the calling thread.

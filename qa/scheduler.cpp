@@ -31,27 +31,35 @@ struct Scheduler::Active {
   std::unique_ptr<Sequence> seq;
   int64_t encoder_tokens = 0;
   double queue_ms = 0, encode_ms = 0;
+  Clock::time_point joined;    // left the queue
+  double first_token_ms = -1;  // from `joined` to the first generated token
 };
 
 // A job that left the queue and whose chunks are being encoded, slice by slice.
 struct Scheduler::Joining {
-  // Rows [begin, begin + rows) of one slice's encoder output that belong to this job.
+  // One chunk's states: rows [begin, begin + rows) of a slice's encoder output, or the whole of
+  // a tensor read from the encoder-state store or cache.
   struct Piece {
     Tensor states;
     int64_t begin = 0, rows = 0;
   };
   std::shared_ptr<Job> job;
   double queue_ms = 0, encode_ms = 0;
-  size_t next_chunk = 0;    // chunks [0, next_chunk) are encoded
+  Clock::time_point joined;
+  size_t next_chunk = 0;    // chunks [0, next_chunk) are encoded (or were found)
   int64_t rope_length = 0;  // the longest chunk: every chunk's dynamic-NTK length
-  std::vector<Piece> pieces;
+  std::vector<Piece> pieces;  // one per chunk, in chunk order
   std::exception_ptr error;  // set when a pass with its chunks failed
   bool encoded() const { return next_chunk == job->chunks.size(); }
 };
 
 Scheduler::Scheduler(CepeModel& model, const Tokenizer& tokenizer, SchedulerOptions options,
                      SchedulerMetrics* metrics)
-    : model_(model), tokenizer_(tokenizer), options_(options), metrics_(metrics) {
+    : model_(model),
+      tokenizer_(tokenizer),
+      options_(options),
+      metrics_(metrics),
+      encoder_states_(model) {
   CEPE_CHECK(options_.max_batch >= 1, "max_batch must be >= 1");
   CEPE_CHECK(options_.max_queue >= 1, "max_queue must be >= 1");
   CEPE_CHECK(options_.encode_tokens_per_step >= 0, "encode_tokens_per_step must be >= 0");
@@ -183,6 +191,7 @@ void Scheduler::finish(Active& a, JobOutcome outcome, std::exception_ptr error) 
   r.encoder_tokens = a.encoder_tokens;
   r.queue_ms = a.queue_ms;
   r.encode_ms = a.encode_ms;
+  r.first_token_ms = a.first_token_ms;
   if (s) {
     if (outcome != JobOutcome::Finished) s->cancel();  // frees its caches now
     r.text = s->text();
@@ -230,10 +239,18 @@ void Scheduler::publish() {
   running_.store(static_cast<int>(active_.size()));
   encoding_.store(static_cast<int>(joining_.size()));
   if (metrics_) {
-    size_t bytes = 0;
-    for (const Active& a : active_)
-      if (a.seq) bytes += a.seq->cache_bytes();
+    size_t bytes = 0, states = 0;
+    const bool absorbed = model_.cross_attention_mode() == CrossAttentionMode::Absorbed;
+    const size_t state_row = static_cast<size_t>(model_.config().encoder_hidden_size) * 4;
+    for (const Active& a : active_) {
+      if (!a.seq) continue;
+      bytes += a.seq->cache_bytes();
+      // Absorbed: what a sequence holds for cross-attention is its encoder states E alone.
+      if (absorbed) states += static_cast<size_t>(a.seq->encoder_tokens()) * state_row;
+    }
     metrics_->on_batch(static_cast<int64_t>(active_.size()), static_cast<int64_t>(bytes));
+    metrics_->on_encoder_states(encoder_states_.counters(), encoder_states_.cache().get(),
+                                static_cast<int64_t>(states));
   }
   deliver();
 }
@@ -268,17 +285,29 @@ void Scheduler::admit() {
     release();
     Joining j;
     j.job = job;
+    j.joined = now;
     j.queue_ms = ms_between(job->submitted, now);
     if (metrics_) metrics_->on_queue_wait(j.queue_ms / 1000.0);
     for (const auto& chunk : job->chunks)
       j.rope_length = std::max<int64_t>(j.rope_length, static_cast<int64_t>(chunk.size()));
+    j.pieces.resize(job->chunks.size());
+    // Passages whose states are stored or cached are not encoded: read them now (a copy out of
+    // the mapped store, or the cached tensor itself). A store that fails to read fails the job.
+    if (encoder_states_.enabled()) {
+      const auto t0 = Clock::now();
+      try {
+        for (size_t c = 0; c < job->chunks.size() && c < job->chunk_ids.size(); ++c) {
+          Tensor found = encoder_states_.lookup(job->chunk_ids[c], job->chunks[c]);
+          if (!found.raw()) continue;
+          j.pieces[c] = {model_.backend().to_device(found), 0, found.dim(0)};
+        }
+      } catch (...) {
+        j.error = std::current_exception();
+      }
+      j.encode_ms += ms_between(t0, Clock::now());
+    }
     joining_.push_back(std::move(j));
   }
-}
-
-EncodedContext Scheduler::encode_chunks(const std::vector<std::vector<int32_t>>& chunks,
-                                        const std::vector<int64_t>& rope_lengths) {
-  return model_.encode(chunks, rope_lengths);
 }
 
 // Encodes the next chunks of the joining jobs, in join order, in one pass. While sequences are
@@ -290,8 +319,8 @@ void Scheduler::encode_slice() {
   const int64_t budget =
       limited ? options_.encode_tokens_per_step : std::numeric_limits<int64_t>::max();
   struct Take {
-    size_t joining;  // index into joining_
-    size_t first, count;
+    size_t joining;              // index into joining_
+    std::vector<size_t> chunks;  // its chunks in this pass, in order
   };
   std::vector<Take> takes;
   std::vector<std::vector<int32_t>> chunks;
@@ -300,9 +329,15 @@ void Scheduler::encode_slice() {
   bool full = false;
   for (size_t i = 0; i < joining_.size() && !full; ++i) {
     Joining& j = joining_[i];
-    Take take{i, j.next_chunk, 0};
-    while (j.next_chunk + take.count < j.job->chunks.size()) {
-      const auto& chunk = j.job->chunks[j.next_chunk + take.count];
+    if (j.error) continue;
+    Take take{i, {}};
+    while (j.next_chunk < j.job->chunks.size()) {
+      const size_t c = j.next_chunk;
+      if (j.pieces[c].states.raw() != nullptr) {  // found in the store or cache
+        ++j.next_chunk;
+        continue;
+      }
+      const auto& chunk = j.job->chunks[c];
       const int64_t n = static_cast<int64_t>(chunk.size());
       if (!chunks.empty() && tokens + n > budget) {
         full = true;
@@ -311,35 +346,45 @@ void Scheduler::encode_slice() {
       chunks.push_back(chunk);
       rope_lengths.push_back(j.rope_length);
       tokens += n;
-      ++take.count;
+      take.chunks.push_back(c);
+      ++j.next_chunk;
     }
-    if (take.count > 0) takes.push_back(take);
+    if (!take.chunks.empty()) takes.push_back(std::move(take));
   }
   if (!chunks.empty()) {
     const auto t0 = Clock::now();
     EncodedContext ctx;
+    Tensor host;  // the pass's states on the host, for the cache
     std::exception_ptr error;
     try {
-      ctx = encode_chunks(chunks, rope_lengths);
+      ctx = model_.encode(chunks, rope_lengths);
+      encoder_states_.count_live(chunks.size(), ctx.tokens());
+      if (encoder_states_.caching()) host = model_.backend().to_host_f32(ctx.states);
     } catch (...) {
       error = std::current_exception();
     }
     const double ms = ms_between(t0, Clock::now());
+    const int64_t width = ctx.states.raw() ? ctx.states.dim(1) : 0;
     int64_t row = 0;
     size_t chunk_index = 0;
     for (const Take& take : takes) {
       Joining& j = joining_[take.joining];
-      j.next_chunk += take.count;
       if (error) {
         // One bad chunk spoils the pass: every job in it fails, the others keep going.
         j.error = error;
         continue;
       }
-      int64_t rows = 0;
-      for (size_t c = 0; c < take.count; ++c) rows += ctx.chunk_lengths[chunk_index++];
-      j.pieces.push_back({ctx.states, row, rows});
-      j.encode_ms += ms * static_cast<double>(rows) / static_cast<double>(tokens);
-      row += rows;
+      int64_t job_rows = 0;
+      for (size_t c : take.chunks) {
+        const int64_t rows = ctx.chunk_lengths[chunk_index++];
+        j.pieces[c] = {ctx.states, row, rows};
+        if (host.raw() && c < j.job->chunk_ids.size())
+          encoder_states_.remember(j.job->chunk_ids[c], j.job->chunks[c],
+                                   host.data<float>() + row * width);
+        row += rows;
+        job_rows += rows;
+      }
+      j.encode_ms += ms * static_cast<double>(job_rows) / static_cast<double>(tokens);
     }
   }
   // Jobs whose chunks are all encoded start generating, in join order.
@@ -360,20 +405,28 @@ void Scheduler::start_sequence(Joining& j) {
   a.job = j.job;
   a.queue_ms = j.queue_ms;
   a.encode_ms = j.encode_ms;
+  a.joined = j.joined;
   try {
     EncodedContext ctx;
-    if (j.pieces.size() == 1 && j.pieces[0].begin == 0 &&
-        j.pieces[0].rows == j.pieces[0].states.dim(0)) {
-      ctx.states = j.pieces[0].states;
-    } else if (!j.pieces.empty()) {
+    if (!j.pieces.empty()) {
+      // One pass covering exactly this job's chunks, in order, is the context as it stands.
+      const Tensor& first = j.pieces[0].states;
       int64_t total = 0;
-      for (const auto& p : j.pieces) total += p.rows;
-      Backend& backend = model_.backend();
-      ctx.states = backend.empty({total, j.pieces[0].states.dim(1)}, DType::F32);
-      int64_t row = 0;
+      bool whole = true;
       for (const auto& p : j.pieces) {
-        backend.copy_rows(p.states, p.begin, ctx.states, row, p.rows);
-        row += p.rows;
+        whole = whole && p.states.raw() == first.raw() && p.begin == total;
+        total += p.rows;
+      }
+      if (whole && total == first.dim(0)) {
+        ctx.states = first;
+      } else {
+        Backend& backend = model_.backend();
+        ctx.states = backend.empty({total, first.dim(1)}, DType::F32);
+        int64_t row = 0;
+        for (const auto& p : j.pieces) {
+          backend.copy_rows(p.states, p.begin, ctx.states, row, p.rows);
+          row += p.rows;
+        }
       }
     }
     for (const auto& chunk : j.job->chunks)
@@ -387,6 +440,7 @@ void Scheduler::start_sequence(Joining& j) {
     // The chunks are no longer needed once encoded; drop them rather than hold them for the
     // whole generation.
     std::vector<std::vector<int32_t>>().swap(a.job->chunks);
+    std::vector<std::string>().swap(a.job->chunk_ids);
     active_.push_back(std::move(a));
   } catch (...) {
     finish(a, JobOutcome::Failed, std::current_exception());
@@ -437,9 +491,12 @@ void Scheduler::iterate() {
   steps_.fetch_add(1);
   if (metrics_)
     metrics_->on_engine_step(static_cast<int>(batch.size()), ms_between(t0, Clock::now()) / 1000.0);
-  last_tick_ns_.store(Clock::now().time_since_epoch().count());
+  const auto stepped = Clock::now();
+  last_tick_ns_.store(stepped.time_since_epoch().count());
 
   for (auto& a : active_) {
+    if (a.first_token_ms < 0 && (!a.seq->tokens().empty() || a.seq->finished()))
+      a.first_token_ms = ms_between(a.joined, stepped);
     if (a.job->on_text) {
       std::string piece = a.seq->take_text();
       if (!piece.empty()) a.job->on_text(std::move(piece));

@@ -26,6 +26,7 @@
 #include "engine/cepe_model.h"
 #include "engine/generation.h"
 #include "engine/tokenizer.h"
+#include "qa/encoder_states.h"
 
 namespace cepe::qa {
 
@@ -54,6 +55,8 @@ struct JobResult {
   double encode_ms = 0;                       ///< encoding the passages (the slices' share)
   double prefill_ms = 0;                      ///< steps that ran the prompt
   double decode_ms = 0;                       ///< steps that produced later tokens
+  /// From leaving the queue (before encoding) to the first generated token; -1 without one.
+  double first_token_ms = -1;
 };
 
 /// One generation request handed to the scheduler. The callbacks run on the scheduler's thread
@@ -61,6 +64,8 @@ struct JobResult {
 struct Job {
   std::vector<int32_t> prompt_ids;                        ///< decoder prompt
   std::vector<std::vector<int32_t>> chunks;               ///< encoder chunks (may be empty)
+  /// Passage id of each chunk, for the encoder-state store and cache ("" or absent: encoded live).
+  std::vector<std::string> chunk_ids;
   SamplingOptions sampling;                               ///< decoding settings
   Clock::time_point deadline = Clock::time_point::max();  ///< past it the job ends as Deadline
   std::function<void(std::string)> on_text;               ///< streamed text (empty: not streaming)
@@ -86,6 +91,12 @@ class SchedulerMetrics {
   virtual void on_joined(int64_t prompt_tokens, int64_t encoder_tokens) = 0;
   /// A job ended (queued or running) after generating `generated_tokens`.
   virtual void on_ended(JobOutcome outcome, int64_t generated_tokens) = 0;
+  /// Where passages' states came from so far (`cache` may be null), and the bytes of encoder
+  /// states the running sequences hold for absorbed cross-attention.
+  virtual void on_encoder_states(const EncoderStateCounters& counters,
+                                 const EncodedPassageCache* cache, int64_t sequence_state_bytes) {
+    (void)counters, (void)cache, (void)sequence_state_bytes;
+  }
 };
 
 /// Settings of the scheduler.
@@ -141,6 +152,9 @@ class Scheduler {
   bool alive() const { return alive_.load(); }
   /// The options in use.
   const SchedulerOptions& options() const { return options_; }
+  /// Where passages' states come from (store, cache, live); set its store and cache before
+  /// start() or the first submit().
+  EncoderStates& encoder_states() { return encoder_states_; }
 
  private:
   struct Active;
@@ -150,10 +164,6 @@ class Scheduler {
   void iterate();
   void admit();
   void encode_slice();
-  // Encodes `chunks` (each with its request's rotary length) in one pass: the one place where
-  // chunks become encoder states, so a store of precomputed states can be plugged in here.
-  EncodedContext encode_chunks(const std::vector<std::vector<int32_t>>& chunks,
-                               const std::vector<int64_t>& rope_lengths);
   void start_sequence(Joining& j);
   void finish(Active& a, JobOutcome outcome, std::exception_ptr error = nullptr);
   void end_early(std::shared_ptr<Job> job, JobOutcome outcome, double queue_ms,
@@ -169,6 +179,7 @@ class Scheduler {
   const Tokenizer& tokenizer_;
   SchedulerOptions options_;
   SchedulerMetrics* metrics_;
+  EncoderStates encoder_states_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

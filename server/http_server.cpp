@@ -1124,6 +1124,37 @@ std::string Server::Impl::info_json() const {
     w.String(cross_attention_mode_name(res.model->cross_attention_mode()));
     w.Key("max_position_embeddings");
     w.Int(mc.decoder.max_position_embeddings);
+    // Where passage states come from, and what one request holds with them.
+    w.Key("encoder_store");
+    if (res.encoder_store) {
+      w.StartObject();
+      w.Key("path");
+      put_string(w, res.encoder_store->path().string());
+      w.Key("dtype");
+      w.String(index::state_dtype_name(res.encoder_store->fingerprint().dtype));
+      w.Key("passages");
+      w.Uint64(res.encoder_store->size());
+      w.Key("bytes");
+      w.Uint64(res.encoder_store->file_bytes());
+      w.EndObject();
+    } else {
+      w.Null();
+    }
+    w.Key("encoder_cache_bytes");
+    w.Uint64(res.encoder_cache ? res.encoder_cache->capacity() : 0);
+    if (mc.is_cepe()) {
+      const LlamaConfig& d = mc.decoder;
+      w.Key("request_memory");
+      w.StartObject();
+      w.Key("self_attention_bytes_per_token");
+      w.Uint64(uint64_t(2) * d.num_hidden_layers * d.num_key_value_heads * d.head_dim * 4);
+      w.Key("encoder_state_bytes_per_passage_token");
+      w.Uint64(res.model->cross_attention_mode() == CrossAttentionMode::Absorbed
+                   ? uint64_t(mc.encoder_hidden_size) * 4
+                   : uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads * d.head_dim *
+                         4);
+      w.EndObject();
+    }
   }
   w.EndObject();
   w.Key("index");
@@ -1244,6 +1275,9 @@ void Server::attach(const Resources& resources) {
   eo.encode_tokens_per_step = impl_->cfg.encode_tokens_per_step;
   impl_->engine_owner =
       std::make_unique<EngineLoop>(*resources.model, *resources.tokenizer, eo, &impl_->metrics);
+  impl_->engine_owner->encoder_states().use_store(resources.encoder_store);
+  impl_->engine_owner->encoder_states().use_cache(resources.encoder_cache,
+                                                  resources.encoder_fingerprint);
   impl_->engine_owner->start();
   impl_->engine_ptr.store(impl_->engine_owner.get(), std::memory_order_release);
   impl_->metrics.ready.store(1);

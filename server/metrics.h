@@ -70,10 +70,30 @@ class Metrics : public qa::SchedulerMetrics {
     if (outcome == qa::JobOutcome::Deadline) deadlines.fetch_add(1);
     if (outcome == qa::JobOutcome::Cancelled) cancelled.fetch_add(1);
   }
+  /// SchedulerMetrics: the encoder-state store and cache counters and gauges.
+  void on_encoder_states(const qa::EncoderStateCounters& c, const qa::EncodedPassageCache* cache,
+                         int64_t sequence_state_bytes) override {
+    sequence_encoder_state_bytes.store(sequence_state_bytes);
+    encoder_store_hits.store(c.store_hits.load());
+    encoder_cache_hits.store(c.cache_hits.load());
+    encoder_live_passages.store(c.live_passages.load());
+    if (cache) {
+      encoder_cache_misses.store(cache->misses());
+      encoder_cache_evictions.store(cache->evictions());
+      encoder_cache_bytes.store(static_cast<int64_t>(cache->bytes()));
+    }
+  }
 
   std::atomic<int64_t> queue_depth{0};        ///< admitted requests not yet in the batch
   std::atomic<int64_t> batch_size{0};         ///< sequences in the running batch
   std::atomic<int64_t> cache_bytes{0};        ///< caches held by the running sequences
+  std::atomic<int64_t> sequence_encoder_state_bytes{0};  ///< of cache_bytes: encoder states (absorbed)
+  std::atomic<uint64_t> encoder_store_hits{0};           ///< passages read from the state store
+  std::atomic<uint64_t> encoder_cache_hits{0};           ///< passages read from the state cache
+  std::atomic<uint64_t> encoder_cache_misses{0};         ///< cache lookups that missed
+  std::atomic<uint64_t> encoder_cache_evictions{0};      ///< cache entries evicted
+  std::atomic<int64_t> encoder_cache_bytes{0};           ///< bytes the state cache holds
+  std::atomic<uint64_t> encoder_live_passages{0};        ///< passages encoded per request
   std::atomic<int64_t> in_flight{0};          ///< requests being handled
   std::atomic<int64_t> connections{0};        ///< open connections
   std::atomic<uint64_t> generated_tokens{0};  ///< tokens generated, all requests

@@ -33,6 +33,9 @@ struct Resources {
   const Tokenizer* tokenizer = nullptr;             ///< its tokenizer
   const index::IndexRetriever* retriever = nullptr;  ///< null: requests must bring passages
   std::string model_name;                           ///< reported as "model"
+  std::shared_ptr<const index::EncoderStore> encoder_store;  ///< passage states (may be null)
+  std::shared_ptr<qa::EncodedPassageCache> encoder_cache;    ///< LRU of encoded passages (or null)
+  uint64_t encoder_fingerprint = 0;                          ///< the model's, for cache keys
 };
 
 /// The server. start() listens at once (so /healthz answers while the model loads); attach()
