@@ -77,9 +77,12 @@ ls "$tmp"/index/encoder_states/ | grep -q partial && { echo "FAIL: partial files
 # Answers: store vs live.
 qa=(--questions "$tmp/questions.jsonl" --index "$tmp/index" --model "$tmp/model" --k 5
   --max-new-tokens 6 --threads 2 --concurrency 4)
-"$cepe" qa "${qa[@]}" --out "$tmp/store.jsonl" >/dev/null 2>"$tmp/store.err"
+"$cepe" qa "${qa[@]}" --out "$tmp/store.jsonl" >"$tmp/store.out" 2>"$tmp/store.err"
 grep -q "^encoder store: .*(f32, 600 passages)" "$tmp/store.err" || {
   echo "FAIL: the store was not used"; cat "$tmp/store.err"; exit 1; }
+# Every retrieved passage is in the store: the scheduler reads them all and encodes none live.
+grep -Eq "encoder states: [1-9][0-9]* passages from the store, 0 from the cache, 0 encoded live" \
+  "$tmp/store.out" || { echo "FAIL: the scheduler did not read the store"; cat "$tmp/store.out"; exit 1; }
 "$cepe" qa "${qa[@]}" --encoder-store off --out "$tmp/live.jsonl" >/dev/null 2>"$tmp/live.err"
 grep -q "^encoder store:" "$tmp/live.err" && { echo "FAIL: --encoder-store off used it"; exit 1; }
 python3 - "$tmp" <<'PY'
