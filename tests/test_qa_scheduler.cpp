@@ -72,18 +72,25 @@ SamplingOptions greedy(int max_new) {
   return s;
 }
 
-// Answers every request together on the calling thread with the given encode budget.
-std::vector<qa::JobResult> run_all(CepeModel& model, const Tokenizer& tok,
-                                   const std::vector<Request>& requests, int64_t budget) {
+qa::SchedulerOptions batch_options(int64_t budget) {
   qa::SchedulerOptions so;
   so.max_batch = 4;  // fewer slots than requests: later ones join a running batch
   so.encode_tokens_per_step = budget;
-  qa::Scheduler scheduler(model, tok, so);
+  return so;
+}
+
+// Answers every request together on `scheduler` (driven on the calling thread). With ids, chunk
+// c of request r is passage "r.c" (for the encoder-state cache).
+std::vector<qa::JobResult> run_on(qa::Scheduler& scheduler, const std::vector<Request>& requests,
+                                  bool with_ids = false) {
   std::vector<qa::JobResult> results(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     auto job = std::make_shared<qa::Job>();
     job->prompt_ids = requests[i].prompt;
     job->chunks = requests[i].chunks;
+    if (with_ids)
+      for (size_t c = 0; c < requests[i].chunks.size(); ++c)
+        job->chunk_ids.push_back(std::to_string(i) + "." + std::to_string(c));
     job->sampling = greedy(12);
     job->on_done = [&results, i](qa::JobResult r) { results[i] = std::move(r); };
     EXPECT_TRUE(scheduler.try_reserve());
@@ -91,6 +98,13 @@ std::vector<qa::JobResult> run_all(CepeModel& model, const Tokenizer& tok,
   }
   scheduler.drain();
   return results;
+}
+
+// Answers every request together on the calling thread with the given encode budget.
+std::vector<qa::JobResult> run_all(CepeModel& model, const Tokenizer& tok,
+                                   const std::vector<Request>& requests, int64_t budget) {
+  qa::Scheduler scheduler(model, tok, batch_options(budget));
+  return run_on(scheduler, requests);
 }
 
 TEST(QaScheduler, SlicedEncodingGivesTheAnswersOfWholeEncodingAndOfGenerate) {
@@ -116,6 +130,41 @@ TEST(QaScheduler, SlicedEncodingGivesTheAnswersOfWholeEncodingAndOfGenerate) {
         generate(*l.model, *l.tokenizer, requests[i].prompt, requests[i].chunks, greedy(12));
     EXPECT_EQ(whole[i].text, g.text) << "request " << i;
     EXPECT_EQ(whole[i].encoder_tokens, g.encoder_tokens) << "request " << i;
+  }
+}
+
+// Passages found in the encoder-state cache are read, not encoded, and the answers are those of
+// live encoding: a cold pass fills the cache, a warm pass reads every chunk from it, on whole and
+// sliced encoding alike.
+TEST(QaScheduler, CachedPassagesGiveTheAnswersOfLiveEncoding) {
+  CEPE_REQUIRE_SHARED("models/llama2-tokenizer/tokenizer.model", tok_path);
+  Loaded l = load_tiny(tok_path);
+  const auto requests = make_requests(6, 4);
+  const auto live = run_all(*l.model, *l.tokenizer, requests, 0);
+  size_t chunks = 0;
+  for (const auto& r : requests) chunks += r.chunks.size();
+  for (int64_t budget : {0, 40}) {
+    SCOPED_TRACE("budget " + std::to_string(budget));
+    qa::Scheduler scheduler(*l.model, *l.tokenizer, batch_options(budget));
+    auto cache = std::make_shared<qa::EncodedPassageCache>(size_t(64) << 20);
+    scheduler.encoder_states().use_cache(cache, /*fingerprint=*/7);
+    const auto cold = run_on(scheduler, requests, /*with_ids=*/true);
+    const qa::EncoderStateCounters& c = scheduler.encoder_states().counters();
+    EXPECT_EQ(c.cache_hits.load(), 0u);
+    EXPECT_EQ(c.live_passages.load(), chunks);
+    EXPECT_EQ(cache->entries(), chunks);
+    const auto warm = run_on(scheduler, requests, /*with_ids=*/true);
+    EXPECT_EQ(c.cache_hits.load(), chunks);
+    EXPECT_EQ(c.live_passages.load(), chunks) << "a cached passage was encoded again";
+    for (size_t i = 0; i < requests.size(); ++i) {
+      SCOPED_TRACE("request " + std::to_string(i));
+      ASSERT_EQ(cold[i].outcome, qa::JobOutcome::Finished) << cold[i].error;
+      ASSERT_EQ(warm[i].outcome, qa::JobOutcome::Finished) << warm[i].error;
+      EXPECT_EQ(cold[i].text, live[i].text);
+      EXPECT_EQ(warm[i].text, live[i].text);
+      EXPECT_EQ(warm[i].encoder_tokens, live[i].encoder_tokens);
+      EXPECT_GE(warm[i].first_token_ms, 0);
+    }
   }
 }
 
