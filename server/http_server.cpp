@@ -1,10 +1,9 @@
 // The HTTP side of the server: one Session per connection on its own strand, reading requests with
-// Beast's parser under header/body deadlines, and answering /ask through the retrieval pool and
-// the engine loop. While a request waits for the engine, a one-byte read on the raw socket watches
-// for the client going away, so its generation is cancelled at once.
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
+// Beast's parser under header/body deadlines, routing them (routes.h), checking access (access.h),
+// and answering the generating routes through the retrieval pool (ask.h: retrieve and plan) and
+// the scheduler, streaming with Server-Sent Events (sse.h). While a request waits for the engine,
+// a one-byte read on the raw socket watches for the client going away, so its generation is
+// cancelled at once. /v1/info is rendered by info.h.
 #include <array>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -29,10 +28,14 @@
 #include <unordered_map>
 
 #include "common/error.h"
-#include "qa/pipeline.h"
+#include "server/access.h"
+#include "server/ask.h"
+#include "server/info.h"
 #include "server/openai.h"
 #include "server/request.h"
+#include "server/routes.h"
 #include "server/server.h"
+#include "server/sse.h"
 
 namespace cepe::server {
 
@@ -61,67 +64,7 @@ bool valid_request_id(std::string_view id) {
   return true;
 }
 
-// Compares every byte whatever the first difference, so response timing does not reveal how
-// much of a key was right.
-bool same_key(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % (b.empty() ? 1 : b.size())];
-  return diff == 0 && !b.empty();
-}
-
-constexpr const char* kChatRoute = "/v1/chat/completions";
-constexpr const char* kCompletionsRoute = "/v1/completions";
-constexpr const char* kModelsRoute = "/v1/models";
-
-std::string route_of(std::string_view path) {
-  for (const char* r : {"/ask", "/healthz", "/readyz", "/metrics", "/v1/info", kChatRoute,
-                        kCompletionsRoute, kModelsRoute})
-    if (path == r) return r;
-  return "other";
-}
-
-// Routes that generate an answer (POST), and the API each speaks.
-std::optional<Api> generate_api(const std::string& route) {
-  if (route == "/ask") return Api::Ask;
-  if (route == kChatRoute) return Api::Chat;
-  if (route == kCompletionsRoute) return Api::Completion;
-  return std::nullopt;
-}
-
-// Routes whose errors take OpenAI's shape, so OpenAI clients can read them.
-bool openai_route(const std::string& route) {
-  return route == kChatRoute || route == kCompletionsRoute || route == kModelsRoute;
-}
-
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-std::string_view trim(std::string_view s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string_view::npos) return {};
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
-}
-
-void put_string(Writer& w, std::string_view s) {
-  const std::string clean = sanitize_utf8(s);
-  w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
-}
-
 }  // namespace
-
-// State of one /ask between the IO strand, the retrieval pool and the engine thread.
-struct AskState {
-  Api api = Api::Ask;
-  OpenAiIds ids;               // OpenAI routes: id, created, model
-  bool include_usage = false;  // OpenAI streams: a usage chunk before [DONE]
-  AskRequest req;
-  std::string request_id;
-  Clock::time_point t0, deadline;
-  std::vector<retriever::Hit> hits;  // passages as reported (retrieved or the caller's)
-  std::shared_ptr<Job> job;
-  double retrieve_ms = 0;
-  std::optional<ApiError> error;  // preparation failed
-  std::atomic<bool> gone{false};  // the client left while preparing
-};
 
 class Session;
 
@@ -426,12 +369,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!srv_.cfg.cors_origins.empty()) f.set(http::field::vary, "Origin");
   }
 
-  bool cors_allowed() const {
-    if (origin_.empty()) return false;
-    for (const auto& o : srv_.cfg.cors_origins)
-      if (o == "*" || o == origin_) return true;
-    return false;
-  }
+  bool cors_allowed() const { return origin_allowed(origin_, srv_.cfg.cors_origins); }
 
   void reply(http::status status, std::string body, const std::string& content_type,
              bool close_after, std::vector<std::pair<std::string, std::string>> extra = {}) {
@@ -496,8 +434,7 @@ class Session : public std::enable_shared_from_this<Session> {
                              " (use " + (post_route ? "POST" : "GET") + ")",
                          false, {{"Allow", post_route ? "POST, OPTIONS" : "GET, OPTIONS"}});
     }
-    const bool probe = route_ == "/healthz" || route_ == "/readyz" || route_ == "/metrics";
-    if (!probe && !authorized(req)) {
+    if (!probe_route(route_) && !authorized(req)) {
       return reply_error(http::status::unauthorized, "unauthorized",
                          "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
                          false, {{"WWW-Authenticate", "Bearer"}});
@@ -527,17 +464,11 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   bool authorized(const http::request<http::string_body>& req) const {
-    if (srv_.cfg.api_keys.empty()) return true;
-    std::string_view key;
     const auto auth = req[http::field::authorization];
-    const std::string_view a(auth.data(), auth.size());
-    if (a.size() > 7 && beast::iequals(beast::string_view(a.data(), 7), "Bearer "))
-      key = a.substr(7);
     const auto x = req["X-API-Key"];
-    if (key.empty()) key = std::string_view(x.data(), x.size());
-    bool ok = false;
-    for (const auto& k : srv_.cfg.api_keys) ok |= same_key(key, k);
-    return ok;
+    return key_allowed(request_key(std::string_view(auth.data(), auth.size()),
+                                   std::string_view(x.data(), x.size())),
+                       srv_.cfg.api_keys);
   }
 
   void preflight() {
@@ -606,60 +537,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Runs on the retrieval pool: retrieval, prompt and tokenisation, never on an IO thread.
   void prepare(const std::shared_ptr<AskState>& st) {
-    const auto& cfg = srv_.cfg;
     try {
       if (st->gone.load()) throw ApiError(499, "client_closed", "the client closed the connection");
-      std::vector<qa::Passage> passages;
-      if (st->req.passages) {
-        passages = *st->req.passages;
-        for (size_t i = 0; i < passages.size(); ++i) {
-          retriever::Hit h;
-          h.id = passages[i].id;
-          h.title = passages[i].title;
-          h.text = passages[i].text;
-          h.rank = static_cast<int>(i) + 1;
-          h.score = std::numeric_limits<float>::quiet_NaN();
-          st->hits.push_back(std::move(h));
-        }
-      } else if (st->req.k > 0) {
-        const auto t0 = Clock::now();
-        retriever::SearchOptions so;
-        so.k = st->req.k;
-        so.nprobe = st->req.nprobe >= 0 ? st->req.nprobe : cfg.nprobe;
-        so.ef_search = st->req.ef_search >= 0 ? st->req.ef_search : cfg.ef_search;
-        st->hits = srv_.res.retriever->search(st->req.question, so);
-        st->retrieve_ms = ms_since(t0);
-        srv_.metrics.retrieval(st->retrieve_ms / 1000.0);
-        for (const auto& h : st->hits) passages.push_back({h.id, h.title, h.text, h.score});
-      }
-      qa::PlanOptions po;
-      po.decoder_passages = st->req.decoder_passages;
-      po.chunk_tokens = cfg.chunk_tokens;
-      po.max_prompt_tokens = cfg.max_prompt_tokens;
-      po.format = cfg.prompt;
-      SamplingOptions s = qa::qa_sampling();
-      s.temperature = st->req.temperature;
-      s.top_p = st->req.top_p;
-      s.top_k = st->req.top_k;
-      s.seed = st->req.seed;
-      s.max_new_tokens = st->req.max_new_tokens;
-      s.stop = st->req.stop;
-      qa::Plan plan;
-      try {
-        // The planner reads only the model's config; the model itself stays on the scheduler.
-        validate(s);
-        plan = qa::Planner(srv_.res.model->config(), *srv_.res.tokenizer, po)
-                   .plan(st->req.question, passages);
-      } catch (const Error& e) {
-        throw ApiError(400, "invalid_request", e.message());
-      }
-      // Report only what the answer is conditioned on: decoder passages dropped to fit the
-      // prompt cap (or empty encoder chunks) are not.
-      std::vector<retriever::Hit> used;
-      for (size_t i : plan.used_passages)
-        if (i < st->hits.size()) used.push_back(std::move(st->hits[i]));
-      st->hits = std::move(used);
-      st->job = qa::make_job(std::move(plan), s, st->deadline);
+      prepare_ask(*st, srv_.res, srv_.cfg, srv_.metrics);
     } catch (const ApiError& e) {
       st->error = e;
     } catch (const std::exception& e) {
@@ -705,53 +585,6 @@ class Session : public std::enable_shared_from_this<Session> {
                     " ms; its generation was cancelled");
   }
 
-  void write_passages(Writer& w, const AskState& st) {
-    w.Key("passages");
-    const std::string array = passages_json(st.hits);
-    w.RawValue(array.data(), array.size(), rapidjson::kArrayType);
-  }
-
-  static OpenAiUsage usage_of(const JobResult& r) {
-    OpenAiUsage u;
-    u.prompt_tokens = r.prompt_tokens;
-    u.completion_tokens = r.completion_tokens;
-    u.encoder_tokens = r.encoder_tokens;
-    return u;
-  }
-
-  void write_result(Writer& w, const AskState& st, const JobResult& r) {
-    w.Key("answer");
-    put_string(w, trim(r.text));
-    w.Key("finish_reason");
-    w.String(r.finish_reason.c_str());
-    w.Key("usage");
-    w.StartObject();
-    w.Key("prompt_tokens");
-    w.Int64(r.prompt_tokens);
-    w.Key("encoder_tokens");
-    w.Int64(r.encoder_tokens);
-    w.Key("completion_tokens");
-    w.Int64(r.completion_tokens);
-    w.EndObject();
-    w.Key("timings");
-    w.StartObject();
-    auto put_ms = [&](const char* k, double v) {
-      w.Key(k);
-      w.Double(std::round(v * 1000.0) / 1000.0);
-    };
-    put_ms("retrieve_ms", st.retrieve_ms);
-    put_ms("queue_ms", r.queue_ms);
-    put_ms("encode_ms", r.encode_ms);
-    put_ms("prefill_ms", r.prefill_ms);
-    put_ms("decode_ms", r.decode_ms);
-    put_ms("total_ms", ms_since(st.t0));
-    w.EndObject();
-    w.Key("model");
-    put_string(w, srv_.res.model_name);
-    w.Key("request_id");
-    put_string(w, st.request_id);
-  }
-
   void on_job_done(JobResult r) {
     job_.reset();
     const std::shared_ptr<AskState> st = std::move(ask_);
@@ -763,15 +596,9 @@ class Session : public std::enable_shared_from_this<Session> {
       case JobOutcome::Finished: {
         std::string body;
         if (st->api == Api::Ask) {
-          rapidjson::StringBuffer sb;
-          Writer w(sb);
-          w.StartObject();
-          write_result(w, *st, r);
-          write_passages(w, *st);
-          w.EndObject();
-          body.assign(sb.GetString(), sb.GetSize());
+          body = ask_answer_json(*st, r, srv_.res.model_name, /*with_passages=*/true);
         } else {
-          body = openai_response_json(st->ids, std::string(trim(r.text)), r.finish_reason,
+          body = openai_response_json(st->ids, answer_text(r), r.finish_reason,
                                       usage_of(r), passages_json(st->hits));
         }
         return stop_watch_then([self = shared_from_this(), body = std::move(body)]() mutable {
@@ -821,24 +648,12 @@ class Session : public std::enable_shared_from_this<Session> {
       return send_event(nullptr,
                         openai_chunk_json(st.ids, "", true, std::nullopt, passages_json(st.hits)));
     }
-    rapidjson::StringBuffer sb;
-    Writer w(sb);
-    w.StartObject();
-    write_passages(w, st);
-    w.EndObject();
-    send_event("passages", std::string(sb.GetString(), sb.GetSize()));
+    send_event("passages", ask_passages_json(st));
   }
 
   // `name` null: a data-only event (the OpenAI streams).
   void send_event(const char* name, const std::string& json) {
-    std::string ev =
-        (name ? std::string("event: ") + name + "\n" : std::string()) + "data: " + json + "\n\n";
-    if (chunked_) {
-      char size[24];
-      std::snprintf(size, sizeof size, "%zx\r\n", ev.size());
-      ev = size + ev + "\r\n";
-    }
-    out_.push_back(std::move(ev));
+    out_.push_back(sse_event(name, json, chunked_));
     if (!writing_) write_next();
   }
 
@@ -877,12 +692,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (st.include_usage) send_event(nullptr, openai_usage_chunk_json(st.ids, usage_of(r)));
       send_event(nullptr, "[DONE]");
     } else if (r.outcome == JobOutcome::Finished) {
-      rapidjson::StringBuffer sb;
-      Writer w(sb);
-      w.StartObject();
-      write_result(w, st, r);
-      w.EndObject();
-      send_event("done", std::string(sb.GetString(), sb.GetSize()));
+      send_event("done", ask_answer_json(st, r, srv_.res.model_name, /*with_passages=*/false));
     } else {
       std::string code = "internal", message = "generation failed: " + r.error;
       if (r.outcome == JobOutcome::Deadline) {
@@ -905,7 +715,7 @@ class Session : public std::enable_shared_from_this<Session> {
         send_event(nullptr, "[DONE]");
       }
     }
-    if (chunked_) out_.push_back("0\r\n\r\n");
+    if (chunked_) out_.push_back(kLastChunk);
     stream_ended_ = true;
     if (!writing_) write_next();
   }
@@ -1092,121 +902,8 @@ bool Server::Impl::ready(std::string* why) const {
 std::string Server::Impl::info_json() const {
   // `res` is written by attach() before it publishes the engine; reading it is safe only after
   // the acquire that sees the engine (as /ask does). Before that nothing is loaded.
-  const bool attached = engine() != nullptr;
   static const Resources kNothing;
-  const Resources& res = attached ? this->res : kNothing;
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  w.StartObject();
-  w.Key("server");
-  w.String(kServerName);
-  w.Key("model");
-  w.StartObject();
-  w.Key("name");
-  put_string(w, res.model_name);
-  w.Key("dir");
-  put_string(w, cfg.model);
-  w.Key("device");
-  put_string(w, cfg.device);
-  if (res.model) {
-    const ModelConfig& mc = res.model->config();
-    w.Key("cepe");
-    w.Bool(mc.is_cepe());
-    w.Key("vocab_size");
-    w.Int(mc.decoder.vocab_size);
-    w.Key("layers");
-    w.Int(mc.decoder.num_hidden_layers);
-    w.Key("hidden_size");
-    w.Int(mc.decoder.hidden_size);
-    w.Key("cross_attention_layers");
-    w.Int(mc.num_cross_attn_layers);
-    w.Key("cross_attention");
-    w.String(cross_attention_mode_name(res.model->cross_attention_mode()));
-    w.Key("max_position_embeddings");
-    w.Int(mc.decoder.max_position_embeddings);
-    // Where passage states come from, and what one request holds with them.
-    w.Key("encoder_store");
-    if (res.encoder_store) {
-      w.StartObject();
-      w.Key("path");
-      put_string(w, res.encoder_store->path().string());
-      w.Key("dtype");
-      w.String(index::state_dtype_name(res.encoder_store->fingerprint().dtype));
-      w.Key("passages");
-      w.Uint64(res.encoder_store->size());
-      w.Key("bytes");
-      w.Uint64(res.encoder_store->file_bytes());
-      w.EndObject();
-    } else {
-      w.Null();
-    }
-    w.Key("encoder_cache_bytes");
-    w.Uint64(res.encoder_cache ? res.encoder_cache->capacity() : 0);
-    if (mc.is_cepe()) {
-      const LlamaConfig& d = mc.decoder;
-      w.Key("request_memory");
-      w.StartObject();
-      w.Key("self_attention_bytes_per_token");
-      w.Uint64(uint64_t(2) * d.num_hidden_layers * d.num_key_value_heads * d.head_dim * 4);
-      w.Key("encoder_state_bytes_per_passage_token");
-      w.Uint64(res.model->cross_attention_mode() == CrossAttentionMode::Absorbed
-                   ? uint64_t(mc.encoder_hidden_size) * 4
-                   : uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads * d.head_dim *
-                         4);
-      w.EndObject();
-    }
-  }
-  w.EndObject();
-  w.Key("index");
-  if (res.retriever) {
-    const auto& m = res.retriever->manifest();
-    w.StartObject();
-    w.Key("dir");
-    put_string(w, cfg.index);
-    w.Key("passages");
-    w.Uint64(m.passages);
-    w.Key("embedder");
-    put_string(w, m.embedder_spec);
-    w.Key("dim");
-    w.Int(m.dim);
-    w.Key("faiss");
-    put_string(w, m.faiss_factory);
-    w.EndObject();
-  } else {
-    w.Null();
-  }
-  w.Key("limits");
-  w.StartObject();
-  w.Key("max_k");
-  w.Int(cfg.max_k);
-  w.Key("default_k");
-  w.Int(cfg.default_k);
-  w.Key("max_new_tokens");
-  w.Int(cfg.max_new_tokens);
-  w.Key("default_max_new_tokens");
-  w.Int(cfg.default_max_new_tokens);
-  w.Key("max_question_chars");
-  w.Int(cfg.max_question_chars);
-  w.Key("max_body_bytes");
-  w.Int64(cfg.max_body_bytes);
-  w.Key("max_stop");
-  w.Int(cfg.max_stop);
-  w.Key("request_timeout_ms");
-  w.Int(cfg.request_timeout_ms);
-  w.EndObject();
-  w.Key("engine");
-  w.StartObject();
-  w.Key("batching");
-  w.Bool(cfg.batching);
-  w.Key("max_batch");
-  w.Int(cfg.batching ? cfg.max_batch : 1);
-  w.Key("max_queue");
-  w.Int(cfg.max_queue);
-  w.EndObject();
-  w.Key("auth");
-  w.Bool(!cfg.api_keys.empty());
-  w.EndObject();
-  return std::string(sb.GetString(), sb.GetSize());
+  return server_info_json(engine() != nullptr ? res : kNothing, cfg, kServerName);
 }
 
 bool Server::Impl::shutdown(std::chrono::milliseconds grace) {

@@ -215,10 +215,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
       r.top_k = get_int(v, name, 0, std::numeric_limits<int>::max());
     } else if (name == "passages") {
       r.passages = get_passages(v, name, limits);
-    } else if (name == "nprobe") {
-      r.nprobe = get_int(v, name, 0, 1 << 16);
-    } else if (name == "ef_search") {
-      r.ef_search = get_int(v, name, 0, 1 << 16);
+    } else if (get_retrieval_field(name, v, r)) {
     } else {
       throw ApiError(400, "unknown_field", "unknown field '" + name + "'", name);
     }

@@ -164,6 +164,8 @@ void check_question(AskRequest& r, bool has_k, const std::string& name, const As
                        std::to_string(limits.max_question_chars),
                    name);
   }
+  if (r.bm25_weight == 0 && r.dense_weight == 0)
+    bad("dense_weight", "and bm25_weight cannot both be 0");
   // Caller passages fix how many passages there are; k only limits retrieval.
   if (r.passages && !has_k) r.k = static_cast<int>(r.passages->size());
   if (r.decoder_passages > r.k && !r.passages) {
@@ -175,6 +177,23 @@ void check_question(AskRequest& r, bool has_k, const std::string& name, const As
     what += ")";
     bad("decoder_passages", what);
   }
+}
+
+bool get_retrieval_field(const std::string& name, const rapidjson::Value& v, AskRequest& r) {
+  if (name == "nprobe") {
+    r.nprobe = get_int(v, name, 0, 1 << 16);
+  } else if (name == "ef_search") {
+    r.ef_search = get_int(v, name, 0, 1 << 16);
+  } else if (name == "bm25_weight") {
+    r.bm25_weight = get_float(v, name, 0.0, 1e6, false);
+  } else if (name == "dense_weight") {
+    r.dense_weight = get_float(v, name, 0.0, 1e6, false);
+  } else if (name == "rrf_k") {
+    r.rrf_k = get_int(v, name, 0, 1 << 20);
+  } else {
+    return false;
+  }
+  return true;
 }
 
 }  // namespace fields
@@ -221,7 +240,7 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
       r.stream = v.GetBool();
     } else if (name == "passages") {
       r.passages = get_passages(v, name, limits);
-    } else {
+    } else if (!get_retrieval_field(name, v, r)) {
       throw ApiError(400, "unknown_field", "unknown field '" + name + "'", name);
     }
   }

@@ -66,6 +66,9 @@ struct AskRequest {
   std::optional<std::vector<qa::Passage>> passages;  ///< caller passages replacing retrieval
   int nprobe = -1;     ///< FAISS IVF lists to visit (-1: the server's setting)
   int ef_search = -1;  ///< FAISS HNSW search depth (-1: the server's setting)
+  double bm25_weight = 1.0;   ///< hybrid indexes: weight of the BM25 ranking in rank fusion
+  double dense_weight = 1.0;  ///< hybrid indexes: weight of the dense ranking in rank fusion
+  int rrf_k = 60;             ///< hybrid indexes: the reciprocal rank fusion constant
 };
 
 /// Parses a request body; throws ApiError (400) naming the offending field.

@@ -33,6 +33,9 @@ std::vector<std::string> get_stop(const rapidjson::Value& v, const std::string& 
 /// Caller passages ({title, text, id} objects), at most limits.max_k.
 std::vector<qa::Passage> get_passages(const rapidjson::Value& v, const std::string& name,
                                       const AskLimits& limits);
+/// Reads the retrieval settings (nprobe, ef_search, bm25_weight, dense_weight, rrf_k) into `r`;
+/// false when `name` is none of them.
+bool get_retrieval_field(const std::string& name, const rapidjson::Value& v, AskRequest& r);
 /// Checks the question (named `name`) and settles k and decoder_passages against each other.
 void check_question(AskRequest& r, bool has_k, const std::string& name, const AskLimits& limits);
 
