@@ -330,6 +330,8 @@ EncoderStoreWriter::EncoderStoreWriter(const fs::path& path, const EncoderFinger
   data_pos_ = align_up(kHeaderBytes + n * kTableEntry + n * kIdEntry, 4096);
 
   fs::create_directories(path_.parent_path());
+  // A build killed while writing its checkpoint leaves the checkpoint's temporary file behind.
+  remove_stale_temps(ckpt_);
   // Resume when a checkpoint of this very build exists and the partial file holds its bytes.
   const std::string expect = "fp " + fp_.hex() + " list " + hex64(list_hash_) + " rows ";
   uint64_t committed = 0;

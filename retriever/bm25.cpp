@@ -259,8 +259,20 @@ void Bm25Searcher::release(std::unique_ptr<Xapian::Database> db) const {
 }
 
 std::map<std::string, int> Bm25Searcher::query_terms(const std::string& query) const {
+  // A stemmer of this query's own: Xapian's stemmers keep working state and non-atomic reference
+  // counts, so one shared by concurrent searches mis-stems now and then. Opening one is cheap;
+  // the stop word list is only read and stays shared.
+  AnalyzerParts own;
+  own.stem = Xapian::Stem(config_.stemmer);
+  own.has_stopper = analyzer_->has_stopper;
   Xapian::TermGenerator tg;
-  configure(tg, *analyzer_);
+  tg.set_stemmer(own.stem);
+  tg.set_stemming_strategy(own.stem.is_none() ? Xapian::TermGenerator::STEM_NONE
+                                              : Xapian::TermGenerator::STEM_ALL);
+  if (own.has_stopper) {
+    tg.set_stopper(&analyzer_->stopper);
+    tg.set_stopper_strategy(Xapian::TermGenerator::STOP_ALL);
+  }
   Xapian::Document doc;
   tg.set_document(doc);
   tg.index_text(query);
