@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
 #include "qa/scheduler.h"
 

@@ -15,7 +15,7 @@
 #include <string>
 
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "common/error.h"
 
 using namespace cepe;

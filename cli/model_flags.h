@@ -7,7 +7,7 @@
 
 #include "cli/command.h"
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
 #include "engine/tokenizer.h"
 

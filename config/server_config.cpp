@@ -12,7 +12,7 @@
 
 #include "common/error.h"
 #include "common/json.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/quant.h"
 
 namespace cepe::config {

@@ -15,7 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
 #include "index/encoder_store.h"
 #include "qa/passage.h"

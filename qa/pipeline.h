@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
 #include "engine/tokenizer.h"
 #include "qa/passage.h"

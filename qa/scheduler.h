@@ -23,7 +23,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
 #include "engine/tokenizer.h"
 #include "qa/encoder_states.h"

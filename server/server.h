@@ -9,7 +9,7 @@
 #include <string>
 
 #include "config/server_config.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
 #include "index/open_index.h"
 #include "qa/scheduler.h"

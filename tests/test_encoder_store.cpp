@@ -12,7 +12,7 @@
 
 #include "common/error.h"
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
 #include "index/encoder_store.h"
 #include "qa/encoder_states.h"

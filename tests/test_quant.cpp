@@ -14,7 +14,7 @@
 #include <random>
 
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/cpu/kernels.h"
 #include "engine/llama2c.h"
 #include "engine/quant.h"

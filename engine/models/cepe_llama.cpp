@@ -1,4 +1,4 @@
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 
 #include <algorithm>
 #include <cmath>
