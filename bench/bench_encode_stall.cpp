@@ -24,6 +24,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/args.h"
+#include "common/error.h"
 #include "engine/backend.h"
 #include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
@@ -171,48 +173,35 @@ Figures run_once(cepe::CepeModel& model, const cepe::Tokenizer& tokenizer, int64
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, tokenizer_path, budgets_arg = "0,256,1024,4096", cross = "auto";
-  int passages = 50, chunk_tokens = 256, threads = 0, repeats = 3;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::cerr << "bench_encode_stall: " << a << " needs a value\n";
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    try {
-      if (a == "--model")
-        model_dir = value();
-      else if (a == "--tokenizer")
-        tokenizer_path = value();
-      else if (a == "--cross-attention")
-        cross = value();
-      else if (a == "--budgets")
-        budgets_arg = value();
-      else if (a == "--passages")
-        passages = std::stoi(value());
-      else if (a == "--chunk-tokens")
-        chunk_tokens = std::stoi(value());
-      else if (a == "--threads")
-        threads = std::stoi(value());
-      else if (a == "--repeats")
-        repeats = std::stoi(value());
-      else {
-        std::cerr << "bench_encode_stall: unknown flag " << a << "\n";
-        return 2;
-      }
-    } catch (const std::exception&) {
-      std::cerr << "bench_encode_stall: " << a << " needs a number\n";
-      return 2;
+  cepe::Args args;
+  args.option("model", "CEPE model directory")
+      .option("tokenizer", "tokenizer.model")
+      .option("passages", "encoder chunks of the joining request", "50")
+      .option("chunk-tokens", "tokens per chunk", "256")
+      .option("budgets", "encode_tokens_per_step values, comma-separated (0 is always run)",
+              "0,256,1024,4096")
+      .option("threads", "CPU threads (0: all cores)", "0")
+      .option("repeats", "runs per budget (best kept)", "3")
+      .option("cross-attention", "auto, cached or absorbed", "auto");
+  std::string model_dir, tokenizer_path, budgets_arg, cross;
+  int passages = 0, chunk_tokens = 0, threads = 0, repeats = 0;
+  try {
+    args.parse(std::vector<std::string>(argv + 1, argv + argc));
+    if (args.help_requested()) {
+      std::cout << args.usage("bench_encode_stall --model DIR --tokenizer FILE [flags]");
+      return 0;
     }
-  }
-  if (model_dir.empty() || tokenizer_path.empty() || passages < 1 || chunk_tokens < 1 ||
-      repeats < 1) {
-    std::cerr << "usage: bench_encode_stall --model DIR --tokenizer FILE [--passages N] "
-                 "[--chunk-tokens T] [--budgets 0,256,...] [--threads N] [--repeats R] "
-                 "[--cross-attention auto|cached|absorbed]\n";
+    CEPE_CHECK(args.has("model") && args.has("tokenizer"), "--model and --tokenizer are required");
+    model_dir = args.get("model");
+    tokenizer_path = args.get("tokenizer");
+    budgets_arg = args.get("budgets");
+    cross = args.get("cross-attention");
+    passages = static_cast<int>(args.get_int("passages", 1, 1 << 16));
+    chunk_tokens = static_cast<int>(args.get_int("chunk-tokens", 1, 1 << 16));
+    threads = static_cast<int>(args.get_int("threads", 0, 4096));
+    repeats = static_cast<int>(args.get_int("repeats", 1, 1000));
+  } catch (const std::exception& e) {
+    std::cerr << "bench_encode_stall: " << e.what() << "\n";
     return 2;
   }
   std::vector<int64_t> budgets;

@@ -16,6 +16,7 @@
 
 #include "engine/backend.h"
 #include "engine/models/cepe_llama.h"
+#include "common/args.h"
 #include "common/error.h"
 
 using namespace cepe;
@@ -40,60 +41,39 @@ int argmax(const float* x, int n) {
   return best;
 }
 
-void usage() {
-  std::fprintf(stderr,
-               "usage: bench_engine --model DIR [--threads N] [--chunks 32] [--chunk-len 256] "
-               "[--prompt-tokens|--prefill 512] [--decode-tokens|--decode 64] "
-               "[--weights stored|f32|bf16|f16|q8_0|q4_0] [--device cpu|cuda] "
-               "[--cross-attention cached|absorbed] [--batch N] [--json]\n"
-               "(the output is always one JSON object; --json is accepted for clarity)\n");
-}
-
 }  // namespace
 
-int main(int argc, char** argv) {
-  std::string model_dir, device = "cpu", cross_attention = "cached", weights = "stored";
-  int threads = 0, chunks = 32, chunk_len = 256, prefill = 512, decode = 64, batch = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage();
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--model")
-      model_dir = next();
-    else if (a == "--threads")
-      threads = std::stoi(next());
-    else if (a == "--chunks")
-      chunks = std::stoi(next());
-    else if (a == "--chunk-len")
-      chunk_len = std::stoi(next());
-    else if (a == "--prefill" || a == "--prompt-tokens")
-      prefill = std::stoi(next());
-    else if (a == "--decode" || a == "--decode-tokens")
-      decode = std::stoi(next());
-    else if (a == "--weights")
-      weights = next();
-    else if (a == "--json")
-      continue;
-    else if (a == "--device")
-      device = next();
-    else if (a == "--cross-attention")
-      cross_attention = next();
-    else if (a == "--batch")
-      batch = std::stoi(next());
-    else {
-      usage();
-      return 2;
-    }
+int main(int argc, char** argv) try {
+  Args args;
+  args.option("model", "model directory")
+      .option("threads", "CPU threads (0: all cores)", "0")
+      .option("chunks", "encoder chunks (CEPE models)", "32")
+      .option("chunk-len", "tokens per encoder chunk", "256")
+      .option("prompt-tokens", "prefill length", "512")
+      .option("prefill", "alias of --prompt-tokens")
+      .option("decode-tokens", "tokens decoded", "64")
+      .option("decode", "alias of --decode-tokens")
+      .option("weights", "load-time weights: stored|f32|bf16|f16|q8_0|q4_0", "stored")
+      .option("device", "cpu or cuda", "cpu")
+      .option("cross-attention", "cached or absorbed", "cached")
+      .option("batch", "requests decoded together", "1")
+      .flag("json", "accepted for clarity: the output is always one JSON object");
+  args.parse(std::vector<std::string>(argv + 1, argv + argc));
+  if (args.help_requested()) {
+    std::fputs(args.usage("bench_engine --model DIR [flags]").c_str(), stdout);
+    return 0;
   }
-  if (model_dir.empty() || batch < 1) {
-    usage();
-    return 2;
-  }
+  CEPE_CHECK(args.has("model"), "--model is required");
+  const std::string model_dir = args.get("model"), device = args.get("device"),
+                    cross_attention = args.get("cross-attention"), weights = args.get("weights");
+  const int threads = static_cast<int>(args.get_int("threads", 0, 4096));
+  int chunks = static_cast<int>(args.get_int("chunks", 0, 1 << 20));
+  const int chunk_len = static_cast<int>(args.get_int("chunk-len", 1, 1 << 20));
+  const int prefill = static_cast<int>(
+      args.get_int(args.has("prefill") ? "prefill" : "prompt-tokens", 1, 1 << 24));
+  const int decode = static_cast<int>(
+      args.get_int(args.has("decode") ? "decode" : "decode-tokens", 0, 1 << 24));
+  const int batch = static_cast<int>(args.get_int("batch", 1, 4096));
   try {
     BackendOptions options;
     options.threads = threads;
@@ -222,4 +202,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
+  return 2;
 }

@@ -27,6 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/args.h"
 #include "common/error.h"
 #include "index/builder.h"
 #include "index/open_index.h"
@@ -103,67 +104,46 @@ std::string dir_name(const std::string& factory) {
   return s;
 }
 
-void usage() {
-  std::cerr << "usage: bench_retrieval --passages P.jsonl --questions Q.jsonl --work DIR [--index "
-               "bm25|dense:FACTORY|hybrid:FACTORY]... [--embedder SPEC] [--sample N] [--seed S] "
-               "[--latency-queries N] [--batch B] [--dim D] [--nprobe N] [--train-size N] "
-               "[--reuse] [--json FILE]\n";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) try {
-  fs::path passages, questions_file, work, json_out;
-  std::vector<std::string> factories;
-  size_t sample = 10000, latency_queries = 2000;
-  int batch = 32, dim = 0, nprobe = 0;
-  int64_t train_size = 0;
-  uint64_t seed = 1234;
-  bool reuse = false;
-  std::string embedder = "lexical";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      CEPE_CHECK(i + 1 < argc, "flag " << a << " needs a value");
-      return argv[++i];
-    };
-    if (a == "--passages")
-      passages = value();
-    else if (a == "--questions")
-      questions_file = value();
-    else if (a == "--work")
-      work = value();
-    else if (a == "--index")
-      factories.push_back(value());
-    else if (a == "--embedder")
-      embedder = value();
-    else if (a == "--reuse")
-      reuse = true;
-    else if (a == "--sample")
-      sample = std::stoull(value());
-    else if (a == "--seed")
-      seed = std::stoull(value());
-    else if (a == "--latency-queries")
-      latency_queries = std::stoull(value());
-    else if (a == "--batch")
-      batch = std::stoi(value());
-    else if (a == "--dim")
-      dim = std::stoi(value());
-    else if (a == "--nprobe")
-      nprobe = std::stoi(value());
-    else if (a == "--train-size")
-      train_size = std::stoll(value());
-    else if (a == "--json")
-      json_out = value();
-    else {
-      usage();
-      return 2;
-    }
+  cepe::Args args;
+  args.option("passages", "corpus (.jsonl)")
+      .option("questions", "questions with their gold passage_id (.jsonl)")
+      .option("work", "directory for the indexes built")
+      .multi("index", "bm25, dense:FACTORY or hybrid:FACTORY (repeat; default bm25, dense:Flat, "
+                      "hybrid:Flat)")
+      .option("embedder", "dense embedder spec", "lexical")
+      .flag("reuse", "reuse indexes already built in --work")
+      .option("sample", "questions sampled for recall (0: all)", "10000")
+      .option("seed", "sampling seed", "1234")
+      .option("latency-queries", "questions timed one by one", "2000")
+      .option("batch", "queries per batched search", "32")
+      .option("dim", "lexical embedder dimension (0: its default)", "0")
+      .option("nprobe", "IVF lists to visit (0: the index default)", "0")
+      .option("train-size", "FAISS training vectors (0: the builder's default)", "0")
+      .option("json", "also write the results as JSON here");
+  args.parse(std::vector<std::string>(argv + 1, argv + argc));
+  if (args.help_requested()) {
+    std::cout << args.usage("bench_retrieval --passages P.jsonl --questions Q.jsonl --work DIR "
+                            "[flags]");
+    return 0;
   }
-  if (passages.empty() || questions_file.empty() || work.empty()) {
-    usage();
-    return 2;
-  }
+  CEPE_CHECK(args.has("passages") && args.has("questions") && args.has("work"),
+             "--passages, --questions and --work are required");
+  const fs::path passages = args.get("passages"), questions_file = args.get("questions"),
+                 work = args.get("work");
+  const fs::path json_out = args.has("json") ? fs::path(args.get("json")) : fs::path();
+  std::vector<std::string> factories = args.get_all("index");
+  const size_t sample = static_cast<size_t>(args.get_int("sample", 0, 1LL << 40));
+  const size_t latency_queries = static_cast<size_t>(args.get_int("latency-queries", 0, 1LL << 40));
+  const int batch = static_cast<int>(args.get_int("batch", 1, 1 << 20));
+  const int dim = static_cast<int>(args.get_int("dim", 0, 1 << 20));
+  const int nprobe = static_cast<int>(args.get_int("nprobe", 0, 1 << 20));
+  const int64_t train_size = args.get_int("train-size", 0, 1LL << 40);
+  const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0, 1LL << 62));
+  const bool reuse = args.is_set("reuse");
+  const std::string embedder = args.get("embedder");
   if (factories.empty()) factories = {"bm25", "dense:Flat", "hybrid:Flat"};
   fs::create_directories(work);
 

@@ -33,6 +33,9 @@
 #include <thread>
 #include <vector>
 
+#include "common/args.h"
+#include "common/error.h"
+
 namespace {
 
 namespace beast = boost::beast;
@@ -62,74 +65,57 @@ struct Options {
   double slo_tpot_ms = 200;         // goodput: and TPOT at most this
 };
 
-void usage() {
-  std::cout << "usage: bench_server --port P [--host H] [--pid PID] [--concurrency N] "
-               "[--requests M] [--rounds R] [--max-new-tokens T] [--k K] [--backoff-ms MS] "
-               "[--warmup-rounds W] [--max-rss-growth-kb KB] [--expect-no-429] [--label NAME]\n"
-               "       [--openai [--workload shared|distinct] [--passages N] [--slo-ttft-ms MS] "
-               "[--slo-tpot-ms MS]]\n";
-}
-
 Options parse_args(int argc, char** argv) {
+  cepe::Args args;
+  args.option("port", "server port")
+      .option("host", "server address", "127.0.0.1")
+      .option("pid", "server process, for its VmRSS (0: not read)", "0")
+      .option("concurrency", "concurrent clients", "32")
+      .option("requests", "requests per round", "200")
+      .option("rounds", "rounds", "3")
+      .option("max-new-tokens", "tokens per answer", "8")
+      .option("k", "passages per question", "3")
+      .option("backoff-ms", "pause after a 429 before the client's next request", "20")
+      .option("warmup-rounds", "rounds before the RSS baseline", "0")
+      .option("max-rss-growth-kb", "fail when RSS grows more (-1: not checked)", "-1")
+      .flag("expect-no-429", "fail on any 429")
+      .option("label", "name printed with the figures", "run")
+      .flag("openai", "streamed chat completions with latency figures")
+      .option("workload", "--openai: shared or distinct caller passages", "shared")
+      .option("passages", "--openai: caller passages per request", "4")
+      .option("slo-ttft-ms", "goodput: time to first token at most this", "1000")
+      .option("slo-tpot-ms", "goodput: and time per output token at most this", "200");
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::cerr << "bench_server: " << a << " needs a value\n";
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--host")
-      o.host = value();
-    else if (a == "--port")
-      o.port = std::stoi(value());
-    else if (a == "--pid")
-      o.pid = std::stol(value());
-    else if (a == "--concurrency")
-      o.concurrency = std::stoi(value());
-    else if (a == "--requests")
-      o.requests = std::stoi(value());
-    else if (a == "--rounds")
-      o.rounds = std::stoi(value());
-    else if (a == "--max-new-tokens")
-      o.max_new_tokens = std::stoi(value());
-    else if (a == "--k")
-      o.k = std::stoi(value());
-    else if (a == "--backoff-ms")
-      o.backoff_ms = std::stoi(value());
-    else if (a == "--warmup-rounds")
-      o.warmup_rounds = std::stoi(value());
-    else if (a == "--max-rss-growth-kb")
-      o.max_rss_growth_kb = std::stol(value());
-    else if (a == "--expect-no-429")
-      o.expect_no_429 = true;
-    else if (a == "--label")
-      o.label = value();
-    else if (a == "--openai")
-      o.openai = true;
-    else if (a == "--workload")
-      o.workload = value();
-    else if (a == "--passages")
-      o.passages = std::stoi(value());
-    else if (a == "--slo-ttft-ms")
-      o.slo_ttft_ms = std::stod(value());
-    else if (a == "--slo-tpot-ms")
-      o.slo_tpot_ms = std::stod(value());
-    else if (a == "--help" || a == "-h") {
-      usage();
+  try {
+    args.parse(std::vector<std::string>(argv + 1, argv + argc));
+    if (args.help_requested()) {
+      std::cout << args.usage("bench_server --port P [flags]");
       std::exit(0);
-    } else {
-      std::cerr << "bench_server: unknown argument " << a << "\n";
-      usage();
-      std::exit(2);
     }
-  }
-  if (o.port <= 0 || o.concurrency < 1 || o.requests < 1 || o.rounds <= o.warmup_rounds ||
-      o.warmup_rounds < 0 || (o.workload != "shared" && o.workload != "distinct") ||
-      o.passages < 0) {
-    usage();
+    CEPE_CHECK(args.has("port"), "--port is required");
+    o.host = args.get("host");
+    o.port = static_cast<int>(args.get_int("port", 1, 65535));
+    o.pid = static_cast<long>(args.get_int("pid", 0, 1LL << 40));
+    o.concurrency = static_cast<int>(args.get_int("concurrency", 1, 1 << 16));
+    o.requests = static_cast<int>(args.get_int("requests", 1, 1 << 24));
+    o.rounds = static_cast<int>(args.get_int("rounds", 1, 1 << 16));
+    o.max_new_tokens = static_cast<int>(args.get_int("max-new-tokens", 0, 1 << 16));
+    o.k = static_cast<int>(args.get_int("k", 0, 1 << 16));
+    o.backoff_ms = static_cast<int>(args.get_int("backoff-ms", 0, 1 << 24));
+    o.warmup_rounds = static_cast<int>(args.get_int("warmup-rounds", 0, 1 << 16));
+    o.max_rss_growth_kb = static_cast<long>(args.get_int("max-rss-growth-kb", -1, 1LL << 40));
+    o.expect_no_429 = args.is_set("expect-no-429");
+    o.label = args.get("label");
+    o.openai = args.is_set("openai");
+    o.workload = args.get("workload");
+    o.passages = static_cast<int>(args.get_int("passages", 0, 1 << 16));
+    o.slo_ttft_ms = args.get_double("slo-ttft-ms", 0, 1e9);
+    o.slo_tpot_ms = args.get_double("slo-tpot-ms", 0, 1e9);
+    CEPE_CHECK(o.rounds > o.warmup_rounds, "--rounds must exceed --warmup-rounds");
+    CEPE_CHECK(o.workload == "shared" || o.workload == "distinct",
+               "--workload must be shared or distinct");
+  } catch (const std::exception& e) {
+    std::cerr << "bench_server: " << e.what() << "\n";
     std::exit(2);
   }
   return o;

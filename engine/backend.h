@@ -50,7 +50,8 @@ struct BackendMemory {
   size_t device_total = 0;  ///< the device's capacity
 };
 
-/// Device-specific implementation of the model's ops. Tensors passed in live on device().
+/// Device-specific implementation of the model's ops. Tensors passed in live on device(). Every
+/// op is pure virtual: a backend that lacks one does not compile (CPU and CUDA implement all).
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -95,28 +96,17 @@ class Backend {
   /// [rows, heads * in], weight [groups * a, b]; head h uses block g = h / (heads / groups),
   /// W_g = rows [g * a, (g + 1) * a). `transposed`: out_h = W_g x_h (in = b, out = a); otherwise
   /// out_h = W_gᵀ x_h (in = a, out = b). out is [rows, heads * out]; the weight keeps its dtype.
-  virtual void head_linear(const Tensor& /*x*/, const Tensor& /*weight*/, int /*heads*/,
-                           int /*groups*/, bool /*transposed*/, Tensor& /*out*/) {
-    CEPE_THROW("head_linear (absorbed cross-attention) is not implemented by the backend "
-               << describe() << "; use the cached cross-attention (--cross-attention cached)");
-  }
+  virtual void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups,
+                           bool transposed, Tensor& out) = 0;
   /// out = (x - mean) / sqrt(var + eps) * weight + bias, row by row in F32 (out may be x).
-  virtual void layer_norm(const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*bias*/,
-                          float /*eps*/, Tensor& /*out*/) {
-    CEPE_THROW("layer_norm is not implemented by the backend " << describe());
-  }
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                          Tensor& out) = 0;
   /// x[r, :] += bias for every row r of x (bias: F32, as wide as x's last dimension).
-  virtual void add_bias(Tensor& /*x*/, const Tensor& /*bias*/) {
-    CEPE_THROW("add_bias is not implemented by the backend " << describe());
-  }
+  virtual void add_bias(Tensor& x, const Tensor& bias) = 0;
   /// x += y elementwise (residual connections); both F32 with the same number of elements.
-  virtual void add(Tensor& /*x*/, const Tensor& /*y*/) {
-    CEPE_THROW("add is not implemented by the backend " << describe());
-  }
+  virtual void add(Tensor& x, const Tensor& y) = 0;
   /// x = 0.5 x (1 + erf(x / sqrt(2))) in place: the exact GELU (HuggingFace "gelu").
-  virtual void gelu(Tensor& /*x*/) {
-    CEPE_THROW("gelu is not implemented by the backend " << describe());
-  }
+  virtual void gelu(Tensor& x) = 0;
   /// Waits for queued device work (a no-op on the CPU).
   virtual void synchronize() {}
 };
