@@ -621,26 +621,22 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // ---- Server-Sent Events ----
+  // The header goes out through Beast's serializer and every event as one chunk of Beast's chunk
+  // API (make_chunk / make_chunk_last); an HTTP/1.0 client gets the events unframed, then the
+  // connection closes.
   void begin_stream(const AskState& st) {
     chunked_ = version_ != 10;
-    std::string head = "HTTP/1.1 200 OK\r\n";
-    http::fields f;
-    add_common_headers(f);
-    f.set(http::field::content_type, "text/event-stream");
-    f.set(http::field::cache_control, "no-store");
-    f.set("X-Accel-Buffering", "no");  // so reverse proxies do not hold events back
-    if (chunked_) f.set(http::field::transfer_encoding, "chunked");
-    if (!chunked_ || !keep_alive_ || srv_.draining.load()) {
-      f.set(http::field::connection, "close");
-      sse_keep_ = false;
-    } else {
-      sse_keep_ = true;
-    }
-    for (const auto& field : f) {
-      head += std::string(field.name_string()) + ": " + std::string(field.value()) + "\r\n";
-    }
-    head += "\r\n";
-    out_.push_back(std::move(head));
+    sse_res_.emplace(http::status::ok, 11);
+    add_common_headers(*sse_res_);
+    sse_res_->set(http::field::content_type, "text/event-stream");
+    sse_res_->set(http::field::cache_control, "no-store");
+    sse_res_->set("X-Accel-Buffering", "no");  // so reverse proxies do not hold events back
+    sse_res_->chunked(chunked_);
+    sse_keep_ = chunked_ && keep_alive_ && !srv_.draining.load();
+    if (!sse_keep_) sse_res_->set(http::field::connection, "close");
+    sse_sr_.emplace(*sse_res_);
+    header_sent_ = false;
+    last_chunk_pending_ = false;
     stream_api_ = st.api;
     if (st.api != Api::Ask) {
       stream_ids_ = st.ids;
@@ -653,30 +649,48 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // `name` null: a data-only event (the OpenAI streams).
   void send_event(const char* name, const std::string& json) {
-    out_.push_back(sse_event(name, json, chunked_));
+    out_.push_back(sse_event(name, json));
     if (!writing_) write_next();
   }
 
   void write_next() {
     if (dead_) return;
+    auto on_written = [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) {
+        self->writing_ = false;
+        self->client_gone();
+        if (self->stream_ended_) self->abandon(499);
+        return;
+      }
+      self->write_next();
+    };
+    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
+    if (!header_sent_) {
+      writing_ = true;
+      header_sent_ = true;
+      return http::async_write_header(stream_, *sse_sr_, std::move(on_written));
+    }
     if (out_.empty()) {
+      if (last_chunk_pending_) {
+        writing_ = true;
+        last_chunk_pending_ = false;
+        return net::async_write(stream_, http::make_chunk_last(), std::move(on_written));
+      }
       writing_ = false;
       if (stream_ended_) stream_flushed();
       return;
     }
     writing_ = true;
-    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
-    net::async_write(stream_, net::buffer(out_.front()),
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
-                       if (ec) {
-                         self->writing_ = false;
-                         self->client_gone();
-                         if (self->stream_ended_) self->abandon(499);
-                         return;
-                       }
-                       self->out_.pop_front();
-                       self->write_next();
-                     });
+    // The event leaves the queue now; the write keeps its own copy alive until it completes.
+    auto event = std::make_shared<std::string>(std::move(out_.front()));
+    out_.pop_front();
+    auto done = [event, on_written = std::move(on_written)](beast::error_code ec, size_t n) {
+      on_written(ec, n);
+    };
+    if (chunked_)
+      net::async_write(stream_, http::make_chunk(net::buffer(*event)), std::move(done));
+    else
+      net::async_write(stream_, net::buffer(*event), std::move(done));
   }
 
   void on_token(std::string piece) {
@@ -715,7 +729,7 @@ class Session : public std::enable_shared_from_this<Session> {
         send_event(nullptr, "[DONE]");
       }
     }
-    if (chunked_) out_.push_back(kLastChunk);
+    last_chunk_pending_ = chunked_;
     stream_ended_ = true;
     if (!writing_) write_next();
   }
@@ -803,7 +817,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Streaming.
   bool stream_mode_ = false, chunked_ = true, sse_keep_ = true;
   bool writing_ = false, stream_ended_ = false;
-  std::deque<std::string> out_;
+  bool header_sent_ = false, last_chunk_pending_ = false;
+  std::deque<std::string> out_;  // events not yet written
+  std::optional<http::response<http::empty_body>> sse_res_;
+  std::optional<http::response_serializer<http::empty_body>> sse_sr_;
   Api stream_api_ = Api::Ask;
   OpenAiIds stream_ids_;
 

@@ -1,5 +1,5 @@
-// Server-Sent Events framing: `event: NAME` (optional) and `data: JSON` lines, each event in its
-// own HTTP/1.1 chunk when the response is chunked.
+// Server-Sent Events framing: `event: NAME` (optional) and `data: JSON` lines ending in a blank
+// line. The HTTP side sends each event as one chunk of Beast's chunk API.
 #pragma once
 
 #include <string>
@@ -7,9 +7,7 @@
 
 namespace cepe::server {
 
-/// One event as it goes on the wire; `name` null makes a data-only event (the OpenAI streams).
-std::string sse_event(const char* name, std::string_view data, bool chunked);
-/// The chunked body's terminating chunk.
-inline constexpr const char* kLastChunk = "0\r\n\r\n";
+/// One event; `name` null makes a data-only event (the OpenAI streams).
+std::string sse_event(const char* name, std::string_view data);
 
 }  // namespace cepe::server

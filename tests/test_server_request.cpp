@@ -200,12 +200,8 @@ TEST(ServerRoutes, KnownPathsOnly) {
 }
 
 TEST(ServerSse, EventFraming) {
-  EXPECT_EQ(sse_event("token", "{\"text\":\"a\"}", false),
-            "event: token\ndata: {\"text\":\"a\"}\n\n");
-  EXPECT_EQ(sse_event(nullptr, "[DONE]", false), "data: [DONE]\n\n");
-  // Chunked: the hex size of the event, CRLF, the event, CRLF.
-  EXPECT_EQ(sse_event(nullptr, "[DONE]", true), "e\r\ndata: [DONE]\n\n\r\n");
-  EXPECT_STREQ(kLastChunk, "0\r\n\r\n");
+  EXPECT_EQ(sse_event("token", "{\"text\":\"a\"}"), "event: token\ndata: {\"text\":\"a\"}\n\n");
+  EXPECT_EQ(sse_event(nullptr, "[DONE]"), "data: [DONE]\n\n");
 }
 
 TEST(ServerRequest, LimitsAreInclusive) {
