@@ -34,6 +34,13 @@ bool parse_bool(const std::string& key, const std::string& v) {
   CEPE_THROW("embedder spec: " << key << "=" << v << " must be 0, 1, true or false");
 }
 
+// The vocabulary, once config.json has been read and checked: a directory that is not a BERT
+// checkpoint at all is reported by its config, the first file a user would look at.
+WordPiece load_tokenizer(const fs::path& dir) {
+  read_bert_config(dir);
+  return WordPiece::load(dir);
+}
+
 }  // namespace
 
 BertSpec parse_bert_spec(const std::string& spec) {
@@ -85,7 +92,7 @@ BertSpec parse_bert_spec(const std::string& spec) {
 }
 
 BertEmbedder::BertEmbedder(const std::string& spec)
-    : spec_(parse_bert_spec(spec)), tokenizer_(WordPiece::load(spec_.dir)) {
+    : spec_(parse_bert_spec(spec)), tokenizer_(load_tokenizer(spec_.dir)) {
   const BertConfig config = read_bert_config(spec_.dir);
   spec_string_ = "bert:" + fs::absolute(spec_.dir).lexically_normal().string() + spec_.options;
   max_tokens_ = static_cast<size_t>(config.max_position_embeddings);
