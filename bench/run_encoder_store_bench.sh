@@ -2,7 +2,7 @@
 # Encoder-state store vs server-style cache vs live encoding, `cepe qa` on the bench100m shapes
 # (random weights: answers are noise, the work per token is real), k = 10 and k = 20:
 # time to first token, questions/s, peak RSS; store size and build time.
-#   bench/run_encoder_store_bench.sh [questions=32] [passages=400] [threads=0]
+#   [CONCURRENCY=4] bench/run_encoder_store_bench.sh [questions=32] [passages=400] [threads=0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-32}
@@ -42,7 +42,7 @@ run() {  # k label extra-flags...
   shift 2
   "$cepe" qa --questions "$work/questions.jsonl" --index "$work/index" --model "$work/model" \
     --limit "$n" --k "$k" --decoder-passages 0 --max-new-tokens 8 --stop "@@never@@" \
-    --threads "$threads" --concurrency 4 --out "$work/answers-$label-$k.jsonl" "$@" \
+    --threads "$threads" --concurrency "${CONCURRENCY:-4}" --out "$work/answers-$label-$k.jsonl" "$@" \
     >"$work/run-$label-$k.txt" 2>/dev/null
   local line
   line=$(grep "^pass" "$work/run-$label-$k.txt" | tail -n 1)
