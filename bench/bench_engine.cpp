@@ -1,5 +1,8 @@
-// Engine throughput on one model: encode (chunks x chunk_len), prefill, decode; peak RSS; with
-// --batch N also decode steps of N requests together (each with its own chunks and prompt).
+// Engine throughput on one model: encode (chunks x chunk_len; CEPE models only), prefill, decode
+// from a one-token prompt and decode after the prefill; peak RSS; with --batch N also decode
+// steps of N requests together (each with its own chunks and prompt). --weights picks the
+// load-time weight format (stored|f32|bf16|f16|q8_0|q4_0). Plain LLaMA models (no encoder) skip
+// the encode phase.
 // Phases and warm-up mirror bench/torch_bench.py so the two can be compared side by side
 // (bench/run_engine_bench.sh does that and prints the ratios).
 #include <sys/resource.h>
@@ -12,7 +15,8 @@
 #include <string>
 
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
+#include "common/args.h"
 #include "common/error.h"
 
 using namespace cepe;
@@ -37,57 +41,43 @@ int argmax(const float* x, int n) {
   return best;
 }
 
-void usage() {
-  std::fprintf(stderr,
-               "usage: bench_engine --model DIR [--threads N] [--chunks 32] [--chunk-len 256] "
-               "[--prefill 512] [--decode 64] [--device cpu|cuda] "
-               "[--cross-attention cached|absorbed] [--batch N]\n");
-}
-
 }  // namespace
 
-int main(int argc, char** argv) {
-  std::string model_dir, device = "cpu", cross_attention = "cached";
-  int threads = 0, chunks = 32, chunk_len = 256, prefill = 512, decode = 64, batch = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        usage();
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--model")
-      model_dir = next();
-    else if (a == "--threads")
-      threads = std::stoi(next());
-    else if (a == "--chunks")
-      chunks = std::stoi(next());
-    else if (a == "--chunk-len")
-      chunk_len = std::stoi(next());
-    else if (a == "--prefill")
-      prefill = std::stoi(next());
-    else if (a == "--decode")
-      decode = std::stoi(next());
-    else if (a == "--device")
-      device = next();
-    else if (a == "--cross-attention")
-      cross_attention = next();
-    else if (a == "--batch")
-      batch = std::stoi(next());
-    else {
-      usage();
-      return 2;
-    }
+int main(int argc, char** argv) try {
+  Args args;
+  args.option("model", "model directory")
+      .option("threads", "CPU threads (0: all cores)", "0")
+      .option("chunks", "encoder chunks (CEPE models)", "32")
+      .option("chunk-len", "tokens per encoder chunk", "256")
+      .option("prompt-tokens", "prefill length", "512")
+      .option("prefill", "alias of --prompt-tokens")
+      .option("decode-tokens", "tokens decoded", "64")
+      .option("decode", "alias of --decode-tokens")
+      .option("weights", "load-time weights: stored|f32|bf16|f16|q8_0|q4_0", "stored")
+      .option("device", "cpu or cuda", "cpu")
+      .option("cross-attention", "cached or absorbed", "cached")
+      .option("batch", "requests decoded together", "1")
+      .flag("json", "accepted for clarity: the output is always one JSON object");
+  args.parse(std::vector<std::string>(argv + 1, argv + argc));
+  if (args.help_requested()) {
+    std::fputs(args.usage("bench_engine --model DIR [flags]").c_str(), stdout);
+    return 0;
   }
-  if (model_dir.empty() || batch < 1) {
-    usage();
-    return 2;
-  }
+  CEPE_CHECK(args.has("model"), "--model is required");
+  const std::string model_dir = args.get("model"), device = args.get("device"),
+                    cross_attention = args.get("cross-attention"), weights = args.get("weights");
+  const int threads = static_cast<int>(args.get_int("threads", 0, 4096));
+  int chunks = static_cast<int>(args.get_int("chunks", 0, 1 << 20));
+  const int chunk_len = static_cast<int>(args.get_int("chunk-len", 1, 1 << 20));
+  const int prefill = static_cast<int>(
+      args.get_int(args.has("prefill") ? "prefill" : "prompt-tokens", 1, 1 << 24));
+  const int decode = static_cast<int>(
+      args.get_int(args.has("decode") ? "decode" : "decode-tokens", 0, 1 << 24));
+  const int batch = static_cast<int>(args.get_int("batch", 1, 4096));
   try {
     BackendOptions options;
     options.threads = threads;
+    options.weights = parse_weight_kind(weights, "--weights");
     auto backend = make_backend(parse_device(device), options);
     const auto t_load = std::chrono::steady_clock::now();
     auto model = CepeModel::load(model_dir, *backend);
@@ -95,28 +85,44 @@ int main(int argc, char** argv) {
         parse_cross_attention_mode(cross_attention, backend->device(), "--cross-attention"));
     const double load_s = seconds_since(t_load);
     const int vocab = model->config().decoder.vocab_size;
+    const bool has_encoder = model->config().is_cepe();
+    if (!has_encoder) chunks = 0;
     std::mt19937 rng(0);
     std::vector<std::vector<int32_t>> context;
     for (int c = 0; c < chunks; ++c) context.push_back(random_ids(rng, chunk_len, vocab));
-    const auto prompt = random_ids(rng, prefill, vocab);
+    const auto prompt = random_ids(rng, std::max(prefill, 8), vocab);
 
     // Warm-up on the same code paths (small sizes).
     {
-      auto ctx = model->encode({context[0]});
       auto st = model->new_state();
-      model->set_context(*st, ctx);
+      if (!context.empty()) model->set_context(*st, model->encode({context[0]}));
       model->forward(*st, {prompt.begin(), prompt.begin() + 8}, false);
       model->forward(*st, {5}, false);
     }
 
     auto t0 = std::chrono::steady_clock::now();
-    EncodedContext ctx = model->encode(context);
+    EncodedContext ctx;
+    if (!context.empty()) ctx = model->encode(context);
     backend->synchronize();
     const double encode_s = seconds_since(t0);
 
+    // Decode from a one-token prompt (BOS): the short-context decode figure.
+    double decode_short_s = 0.0;
+    {
+      auto st = model->new_state(decode + 2);
+      if (!context.empty()) model->set_context(*st, ctx);
+      Tensor l = model->forward(*st, {1}, false);
+      t0 = std::chrono::steady_clock::now();
+      for (int s = 0; s < decode; ++s)
+        l = model->forward(*st, {argmax(l.data<float>(), vocab)}, false);
+      backend->synchronize();
+      decode_short_s = seconds_since(t0);
+    }
+
     auto state = model->new_state(prefill + decode + 1);
     t0 = std::chrono::steady_clock::now();
-    model->set_context(*state, ctx);  // cached: cross-attention K/V, projected once per request
+    if (!context.empty())
+      model->set_context(*state, ctx);  // cached: cross-attention K/V, projected once per request
     Tensor logits = model->forward(*state, prompt, false);
     backend->synchronize();
     const double prefill_s = seconds_since(t0);
@@ -147,7 +153,7 @@ int main(int argc, char** argv) {
         std::vector<std::vector<int32_t>> ctx_r;
         for (int c = 0; c < chunks; ++c) ctx_r.push_back(random_ids(rng, chunk_len, vocab));
         auto st = model->new_state(prefill + decode + 1);
-        model->set_context(*st, model->encode(ctx_r));
+        if (!ctx_r.empty()) model->set_context(*st, model->encode(ctx_r));
         Tensor l = model->forward(*st, random_ids(rng, prefill, vocab), false);
         next_tokens.push_back(argmax(l.data<float>(), vocab));
         all.push_back(st.get());
@@ -172,19 +178,22 @@ int main(int argc, char** argv) {
     const double weights_mb = model->weight_bytes() / 1048576.0;
     const int64_t enc_tokens = int64_t(chunks) * chunk_len;
     std::printf(
-        "{\"engine\": \"cepe-cpp\", \"backend\": \"%s\", \"threads\": %d, \"load_s\": %.3f, "
+        "{\"engine\": \"cepe-cpp\", \"backend\": \"%s\", \"threads\": %d, \"weights\": \"%s\", "
+        "\"load_s\": %.3f, "
         "\"encode\": {\"tokens\": %lld, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"prefill\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
+        "\"decode_short\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"decode\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"weights_mb\": %.1f, \"kv_and_cross_cache_mb\": %.1f, \"peak_rss_mb\": %.1f, "
         "\"peak_device_mb\": %.1f, \"cross_attention\": \"%s\", "
         "\"decode_step_bytes\": %.0f, \"decode_bytes_per_s\": %.4g, "
         "\"batch_decode\": {\"batch\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.2f, "
         "\"cache_mb_per_request\": %.1f}}\n",
-        backend->describe().c_str(), threads, load_s, static_cast<long long>(enc_tokens), encode_s,
-        enc_tokens / encode_s, prefill, prefill_s, prefill / prefill_s, decode, decode_s,
-        decode / decode_s, weights_mb, state->cache_bytes() / 1048576.0, peak_rss_mb,
-        backend_memory(*backend).peak_in_use / 1048576.0,
+        backend->describe().c_str(), threads, weights.c_str(), load_s,
+        static_cast<long long>(enc_tokens), encode_s, enc_tokens ? enc_tokens / encode_s : 0.0,
+        prefill, prefill_s, prefill / prefill_s, decode, decode_short_s, decode / decode_short_s,
+        decode, decode_s, decode / decode_s, weights_mb, state->cache_bytes() / 1048576.0,
+        peak_rss_mb, backend_memory(*backend).peak_in_use / 1048576.0,
         cross_attention_mode_name(model->cross_attention_mode()), step_bytes,
         step_bytes * decode / decode_s, batch, 1e3 * batch_step_s, batch / batch_step_s,
         batch_cache_bytes / 1048576.0 / batch);
@@ -193,4 +202,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
+  return 2;
 }

@@ -6,6 +6,9 @@ Default shape (~150M parameters, ~0.6 GB in f32): decoder 8 layers x 768 hidden,
 vocab 32000, cross-attention in all 8 layers, max_position_embeddings 4096; encoder 4 layers x 512,
 8 heads, FFN 1376, max_position_embeddings 512. Weights are random (timing only); write it outside
 the repository.
+
+    --plain: a plain LLaMA (no encoder, no cross-attention), the 134M shape of issue 14 with
+    --dec-layers 12: dim 768, 12 heads, FFN 2048, vocab 32000, untied lm_head.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main() -> None:
     ap.add_argument("--enc-hidden", type=int, default=512)
     ap.add_argument("--enc-heads", type=int, default=8)
     ap.add_argument("--enc-ffn", type=int, default=1376)
+    ap.add_argument("--plain", action="store_true", help="plain LLaMA: no encoder, no cross-attention")
     a = ap.parse_args()
 
     torch_dtype = {"f32": "float32", "bf16": "bfloat16"}[a.dtype]
@@ -59,6 +63,11 @@ def main() -> None:
                 "do_cross_attention": True, "num_cross_attn_layers": a.dec_layers,
                 "num_cross_attn_hidden_states": 1, "encoder_hidden_size": a.enc_hidden,
                 "encoder_is_model": False, "encode_mode": "context_only", "encoder_config": enc})
+
+    if a.plain:
+        cfg = llama(a.dec_hidden, a.dec_heads, a.dec_kv_heads, a.dec_layers, a.dec_ffn, a.vocab, 4096,
+                    torch_dtype)
+        cfg.update({"architectures": ["LlamaForCausalLM"], "tie_word_embeddings": False})
 
     gen = torch.Generator().manual_seed(a.seed)
 
@@ -92,9 +101,11 @@ def main() -> None:
                           c + "o_proj.weight": lin(hidden, heads * hd)})
         return w
 
-    w = stack("model.", a.dec_hidden, a.dec_heads, a.dec_kv_heads, a.dec_layers, a.dec_ffn, a.enc_hidden)
+    w = stack("model.", a.dec_hidden, a.dec_heads, a.dec_kv_heads, a.dec_layers, a.dec_ffn,
+              None if a.plain else a.enc_hidden)
     w["lm_head.weight"] = lin(a.vocab, a.dec_hidden)
-    w.update(stack("encoder.", a.enc_hidden, a.enc_heads, a.enc_heads, a.enc_layers, a.enc_ffn))
+    if not a.plain:
+        w.update(stack("encoder.", a.enc_hidden, a.enc_heads, a.enc_heads, a.enc_layers, a.enc_ffn))
 
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "config.json"), "w") as f:

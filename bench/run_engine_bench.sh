@@ -1,36 +1,70 @@
 #!/usr/bin/env bash
-# Engine benchmark, side by side with the PyTorch reference on the same random ~150M-parameter
-# CEPE model and the same thread count. Needs a build (scripts/build.sh) and, for the baseline,
-# Debian's python3-torch (scripts/install-deps.sh --with-torch).
-#   bench/run_engine_bench.sh [threads] [dtype]     (defaults: all cores, F32)
+# Engine benchmark, side by side with the PyTorch reference in the same run, for every load-time
+# weights kind. Needs a build (bench_engine) and, for the baseline, Debian's python3-torch
+# (scripts/install-deps.sh --with-torch).
+#   bench/run_engine_bench.sh [threads] [kinds] [model]
+#     threads  default 2
+#     kinds    default "stored bf16 f16 q8_0 q4_0" (stored = F32 for the F32 checkpoint)
+#     model    "plain" (default): the 134M plain LLaMA of issue 14 (dim 768, 12 layers, 12 heads,
+#              FFN 2048, vocab 32000, untied), 512-token prompt, 128 decode tokens;
+#              "cepe": the ~150M random CEPE model, 32 x 256 passages encoded, 512 + 128.
+# Prints one JSON line per run and a table; figures on a shared machine are noisy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=${1:-$(nproc)}
-dtype=${2:-F32}
+threads=${1:-2}
+kinds=${2:-"stored bf16 f16 q8_0 q4_0"}
+which=${3:-plain}
 build=${BUILD_DIR:-build}
-model=${BENCH_MODEL_DIR:-/tmp/cepe-bench100m-$dtype}
+if [[ $which == plain ]]; then
+  model=${BENCH_MODEL_DIR:-/tmp/cepe-bench134m-plain}
+  make_flags=(--plain --dec-layers 12)
+  run_flags=(--prompt-tokens 512 --decode-tokens 128)
+  torch_flags=(--chunks 0 --prefill 512 --decode 128)
+else
+  model=${BENCH_MODEL_DIR:-/tmp/cepe-bench150m-cepe}
+  make_flags=()
+  run_flags=(--chunks 32 --chunk-len 256 --prompt-tokens 512 --decode-tokens 128)
+  torch_flags=(--chunks 32 --chunk-len 256 --prefill 512 --decode 128)
+fi
 if [[ ! -f "$model/config.json" ]]; then
-  "$build/cepe" random-model --preset bench100m --dtype "$dtype" --out "$model"
+  /usr/bin/python3 bench/make_bench_model.py --out "$model" "${make_flags[@]}" >&2
 fi
-ours=$("$build/bench/bench_engine" --model "$model" --threads "$threads")
-echo "cepe:    $ours"
-if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+results=()
+for kind in $kinds; do
+  line=$("$build/bench/bench_engine" --model "$model" --threads "$threads" --weights "$kind" \
+         "${run_flags[@]}" --json)
+  echo "cepe $kind: $line"
+  results+=("$line")
+done
+theirs=null
+if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  theirs=$(/usr/bin/python3 bench/torch_bench.py --model "$model" --threads "$threads" \
+           "${torch_flags[@]}" | tr -d '\n')
+  echo "pytorch fp32: $theirs"
+else
   echo "python3-torch not installed: no PyTorch baseline (scripts/install-deps.sh --with-torch)"
-  exit 0
 fi
-theirs=$(/usr/bin/python3 bench/torch_bench.py --model "$model" --threads "$threads")
-/usr/bin/python3 - "$ours" "$theirs" <<'PY'
+/usr/bin/python3 - "$theirs" "${results[@]}" <<'PY'
 import json, sys
-ours, theirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-rows = [("encode tokens/s", ours["encode"]["tokens_per_s"], theirs["encode"]["tokens_per_s"]),
-        ("prefill tokens/s", ours["prefill"]["tokens_per_s"], theirs["prefill"]["tokens_per_s"]),
-        ("decode tokens/s (vs official re-projection)", ours["decode"]["tokens_per_s"],
-         theirs["decode_reproject"]["tokens_per_s"]),
-        ("decode tokens/s (vs cached cross K/V)", ours["decode"]["tokens_per_s"],
-         theirs["decode_cached_cross_kv"]["tokens_per_s"])]
-print(f"\n{'figure':46} {'cepe':>10} {'pytorch':>10} {'ratio':>7}")
-for name, a, b in rows:
-    print(f"{name:46} {a:10.1f} {b:10.1f} {a / b:7.2f}x")
-print(f"{'peak RSS MB (weights ' + str(ours['weights_mb']) + ' MB)':46} {ours['peak_rss_mb']:10.1f} "
-      f"{theirs['peak_rss_mb']:10.1f} {ours['peak_rss_mb'] / theirs['peak_rss_mb']:7.2f}x")
+theirs = json.loads(sys.argv[1])
+ours = [json.loads(a) for a in sys.argv[2:]]
+cols = [o["weights"] for o in ours] + (["pytorch f32"] if theirs else [])
+def row(name, get_ours, get_theirs):
+    vals = [get_ours(o) for o in ours] + ([get_theirs(theirs)] if theirs else [])
+    cells = " | ".join(f"{v:.1f}" if v is not None else "-" for v in vals)
+    ratio = ""
+    if theirs and get_theirs(theirs):
+        ratio = " | " + " ".join(f"{get_ours(o) / get_theirs(theirs):.2f}x" for o in ours)
+    print(f"| {name} | {cells}{ratio} |")
+print("\n| figure | " + " | ".join(cols) + (" | cepe / pytorch" if theirs else "") + " |")
+print("|---" * (len(cols) + 1 + (1 if theirs else 0)) + "|")
+if ours[0]["encode"]["tokens"]:
+    row("encode tokens/s", lambda o: o["encode"]["tokens_per_s"], lambda t: t["encode"]["tokens_per_s"])
+row("prefill tokens/s (512-token prompt)", lambda o: o["prefill"]["tokens_per_s"],
+    lambda t: t["prefill"]["tokens_per_s"])
+row("decode tokens/s (128 tokens)", lambda o: o["decode_short"]["tokens_per_s"],
+    lambda t: t["decode_short"]["tokens_per_s"])
+row("decode tokens/s after a 512-token prompt", lambda o: o["decode"]["tokens_per_s"],
+    lambda t: t["decode_cached_cross_kv"]["tokens_per_s"])
+row("peak RSS MB", lambda o: o["peak_rss_mb"], lambda t: t["peak_rss_mb"])
 PY

@@ -7,6 +7,13 @@
 # clean 429s), several rounds each, checking that the server's RSS does not grow across rounds.
 #
 #   bench/run_server_bench.sh [BUILD_DIR]        (default: build)
+#   MODE=openai bench/run_server_bench.sh [BUILD_DIR]
+#
+# MODE=openai instead drives the OpenAI endpoint (streamed POST /v1/chat/completions) at 1, 8, 32
+# and 64 concurrent clients on a shared-passage and a distinct-passage workload and prints TTFT,
+# TPOT, ITL and end-to-end latency p50/p90/p99 and goodput (SLO_TTFT_MS, SLO_TPOT_MS) per level,
+# with the 1-client figures as the baseline of the ratios. OPENAI_REQUESTS (requests per level:
+# default one per client, at least 4), PASSAGES (caller passages per request, 4).
 #
 # Environment knobs: THREADS (server compute threads, 2), MAX_BATCH (16), MAX_QUEUE (40),
 # MAX_NEW_TOKENS (16), REQUESTS (answers per round, 64), ROUNDS (3 measured rounds), PRESET (small), DEVICE (cpu or
@@ -83,6 +90,43 @@ stop_server() {
   server_pid=
   [[ $rc == 0 ]] || { echo "cepe serve exited with $rc after SIGTERM" >&2; exit 1; }
 }
+
+if [[ ${MODE:-} == openai ]]; then
+  max_queue=$((max_queue > 64 ? max_queue : 64))  # 64 clients fit: no 429s in these figures
+  slo_ttft=${SLO_TTFT_MS:-2000}
+  slo_tpot=${SLO_TPOT_MS:-250}
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  echo "model: random $preset preset on $device; server --threads $threads --max-batch $max_batch" \
+    "--max-queue $max_queue; $max_new new tokens per answer; ${PASSAGES:-4} caller passages" \
+    "(1 in the prompt, the rest encoded); SLO TTFT <= $slo_ttft ms, TPOT <= $slo_tpot ms"
+  start_server on
+  status=0
+  for workload in shared distinct; do
+    for c in 1 8 32 64; do
+      n=${OPENAI_REQUESTS:-$((c > 4 ? c : 4))}
+      "$bench" --openai --port "$port" --concurrency "$c" --requests "$n" --rounds 1 \
+        --max-new-tokens "$max_new" --workload "$workload" --passages "${PASSAGES:-4}" \
+        --slo-ttft-ms "$slo_ttft" --slo-tpot-ms "$slo_tpot" --label "openai-$workload-c$c" |
+        tee -a "$out" || status=1
+    done
+  done
+  stop_server
+  echo
+  echo "| workload | clients | answers/s | output tok/s | goodput/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | ITL p50/p90/p99 ms | E2E p50/p90/p99 ms | tok/s vs 1 client |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  for workload in shared distinct; do
+    base=
+    for c in 1 8 32 64; do
+      line=$(grep "\"openai-$workload-c$c\"" "$out" | tail -1)
+      field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" <<<"$line"; }
+      arr() { sed -n "s/.*\"$1\":\[\([^]]*\)\].*/\1/p" <<<"$line" | sed 's|,| / |g'; }
+      tps=$(field output_tokens_per_s)
+      [[ -z $base ]] && base=$tps
+      echo "| $workload | $c | $(field answers_per_s) | $tps | $(field goodput_per_s) | $(arr ttft_ms_p50_p90_p99) | $(arr tpot_ms_p50_p90_p99) | $(arr itl_ms_p50_p90_p99) | $(arr e2e_ms_p50_p90_p99) | $(awk "BEGIN{printf \"%.2fx\", $tps/$base}") |"
+    done
+  done
+  exit $status
+fi
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 echo "model: random $preset preset on $device; server --threads $threads --max-batch $max_batch" \

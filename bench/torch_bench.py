@@ -12,7 +12,9 @@ Phases (each after a small warm-up of the same code path, under torch.no_grad):
   prefill          --prefill decoder tokens in one forward, cross-attending to every chunk token;
   decode_reproject --decode greedy steps with the self-attention KV cache, cross-attention K/V
                    re-projected from the encoder states at every step (as the official code does);
-  decode_cached    the same steps with the projected cross K/V kept in the state.
+  decode_cached    the same steps with the projected cross K/V kept in the state;
+  decode_short     --decode greedy steps after a one-token prompt (BOS).
+A plain LLaMA (no encoder) skips the encode phase (its figure is then meaningless).
 Prints one JSON object.
 """
 
@@ -141,6 +143,8 @@ def main() -> None:
         sync()
         prefill_s = time.perf_counter() - t0
 
+        dec_short_s = decode_steps(model, [1], enc, a.decode, cache_cross_kv=True)
+
         dec_reproj_s = decode_steps(model, prompt, enc, a.decode, cache_cross_kv=False)
         dec_cached_s = decode_steps(model, prompt, enc, a.decode, cache_cross_kv=True)
 
@@ -158,6 +162,7 @@ def main() -> None:
         "chunks": a.chunks, "chunk_len": a.chunk_len, "prefill_len": a.prefill, "decode_steps": a.decode,
         "encode": rate(a.chunks * a.chunk_len, encode_s),
         "prefill": rate(a.prefill, prefill_s),
+        "decode_short": rate(a.decode, dec_short_s),
         "decode_reproject": rate(a.decode, dec_reproj_s),
         "decode_cached_cross_kv": rate(a.decode, dec_cached_s),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),

@@ -1,4 +1,5 @@
-// `cepe index build|search|info`: build a FAISS index over a corpus, query it, describe it.
+// `cepe index build|search|info`: build a BM25, FAISS or hybrid index over a corpus, query it,
+// describe it.
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <unistd.h>
@@ -10,9 +11,15 @@
 #include <sstream>
 
 #include "cli/command.h"
+#include "cli/model_flags.h"
 #include "common/error.h"
+#include "common/progress.h"
 #include "index/builder.h"
+#include "index/encoder_store.h"
 #include "index/manifest.h"
+#include "index/open_index.h"
+#include "index/passage_store.h"
+#include "qa/encoder_states.h"
 #include "retriever/retriever.h"
 
 namespace cepe::cli {
@@ -134,8 +141,16 @@ int run_build(const std::vector<std::string>& argv) {
           "corpus: .jsonl ({id,title,text}), .tsv (id, text, title + header), .txt/.md, or a "
           "directory of .txt/.md")
       .option("out", "index directory to create")
+      .option(
+          "retriever",
+          "bm25 (Xapian, no model), dense (embedder + FAISS) or hybrid (both, fused by "
+          "reciprocal rank fusion); default bm25, or dense when --embedder/--faiss/--dim is given")
+      .option("bm25-k1", "BM25 term-frequency saturation k1", "0.9")
+      .option("bm25-b", "BM25 length normalisation b", "0.4")
+      .option("bm25-stemmer", "Xapian stemmer language (english, french, ...) or none", "english")
+      .option("bm25-stopwords", "english (built-in list), none, or a file of stop words", "english")
       .option("embedder",
-              "lexical, or "
+              "dense side: lexical, or "
               "bert:DIR[,pooling=mean|cls][,normalize=0|1][,query_prefix=..][,passage_prefix=..]",
               "lexical")
       .option(
@@ -155,8 +170,8 @@ int run_build(const std::vector<std::string>& argv) {
       .option("ef-search", "HNSW efSearch used by default at query time", "64")
       .flag("overwrite", "replace an existing index at --out");
   const std::string line =
-      "cepe index build --input PATH... --out DIR [--embedder lexical|bert:DIR] [--faiss STRING] "
-      "[--dim N] [--skip-invalid]";
+      "cepe index build --input PATH... --out DIR [--retriever bm25|dense|hybrid] "
+      "[--embedder lexical|bert:DIR] [--faiss STRING] [--dim N] [--skip-invalid]";
   a.parse(argv);
   if (a.help_requested()) {
     std::cout << a.usage(line);
@@ -169,6 +184,16 @@ int run_build(const std::vector<std::string>& argv) {
   for (const auto& in : a.get_all("input")) o.inputs.emplace_back(in);
   if (o.inputs.empty()) return usage_error(a, line, "missing required flag --input");
   o.out = a.get("out");
+  const bool dense_flags = a.is_set("embedder") || a.is_set("faiss") || a.is_set("dim");
+  o.retriever = a.is_set("retriever") ? a.get("retriever") : (dense_flags ? "dense" : "bm25");
+  CEPE_CHECK(o.retriever == "bm25" || o.retriever == "dense" || o.retriever == "hybrid",
+             "--retriever: expected bm25, dense or hybrid (got '" << o.retriever << "')");
+  CEPE_CHECK(o.retriever != "bm25" || !dense_flags,
+             "--embedder, --faiss and --dim need --retriever dense or hybrid");
+  o.bm25.k1 = a.get_double("bm25-k1", 0, 100);
+  o.bm25.b = a.get_double("bm25-b", 0, 1);
+  o.bm25.stemmer = a.get("bm25-stemmer");
+  o.bm25.stopwords = a.get("bm25-stopwords");
   o.embedder = a.get("embedder");
   o.faiss = a.get("faiss");
   if (a.is_set("dim")) {
@@ -186,15 +211,22 @@ int run_build(const std::vector<std::string>& argv) {
   CliProgress progress;
   const index::BuildResult r = index::build_index(o, &progress);
   const auto& m = r.manifest;
-  std::cout << "built " << o.out.string() << ": " << m.passages << " passages, embedder "
-            << m.embedder_spec << " (dim " << m.dim << "), FAISS " << m.faiss_factory << " ["
-            << m.faiss_description << "]\n";
+  std::cout << "built " << o.out.string() << ": " << m.passages << " passages, retriever "
+            << m.retriever;
+  if (index::has_bm25(m))
+    std::cout << ", BM25 (k1 " << m.bm25.k1 << ", b " << m.bm25.b << ", stemmer " << m.bm25.stemmer
+              << ", stop words " << m.bm25.stopwords << ")";
+  if (index::has_dense(m))
+    std::cout << ", embedder " << m.embedder_spec << " (dim " << m.dim << "), FAISS "
+              << m.faiss_factory << " [" << m.faiss_description << "]";
+  std::cout << "\n";
   char buf[256];
-  std::snprintf(
-      buf, sizeof buf,
-      "time %.1f s (read %.1f s, train %.1f s, embed+add %.1f s = %.0f passages/s), %s on disk\n",
-      r.total_seconds, r.ingest_seconds, r.train_seconds, r.embed_seconds,
-      m.embed_passages_per_second, human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
+  std::snprintf(buf, sizeof buf,
+                "time %.1f s (read %.1f s, bm25 %.1f s, train %.1f s, embed+add %.1f s = %.0f "
+                "passages/s), %s on disk\n",
+                r.total_seconds, r.ingest_seconds, r.bm25_seconds, r.train_seconds, r.embed_seconds,
+                m.embed_passages_per_second,
+                human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
   std::cout << buf;
   if (!r.skip_summary.empty()) {
     std::cout << r.skip_summary << "\n";
@@ -250,6 +282,12 @@ int run_search(const std::vector<std::string>& argv) {
       .option("nprobe", "IVF lists to visit (default: the index's)")
       .option("ef-search", "HNSW candidate list size (default: the index's)")
       .option("embedder", "refuse unless the index was built with this embedder spec")
+      .option("bm25-weight", "hybrid indexes: weight of the BM25 ranking in rank fusion", "1")
+      .option("dense-weight", "hybrid indexes: weight of the dense ranking in rank fusion", "1")
+      .option("rrf-k", "hybrid indexes: reciprocal rank fusion constant c in w / (c + rank)", "60")
+      .multi("bm25-shard",
+             "search these BM25 databases (paths or tcp:HOST:PORT of xapian-tcpsrv) as one "
+             "instead of the index's own")
       .flag("json",
             "one JSON object per question: {query, hits: [{rank, score, id, title, text, row}]}")
       .flag("full", "print whole passages (default: the first 300 bytes)")
@@ -263,14 +301,18 @@ int run_search(const std::vector<std::string>& argv) {
     return 0;
   }
   if (a.positionals().empty()) return usage_error(a, line, "no question given");
-  retriever::RetrieverOptions ro;
+  index::OpenOptions ro;
   if (a.has("embedder")) ro.embedder = a.get("embedder");
   ro.mmap = !a.is_set("no-mmap");
-  auto r = retriever::Retriever::open(a.get("index"), ro);
+  ro.bm25_shards = a.get_all("bm25-shard");
+  auto r = index::open_index(a.get("index"), ro);
   retriever::SearchOptions so;
   so.k = static_cast<int>(a.get_int("k", 1, 100000));
   if (a.has("nprobe")) so.nprobe = static_cast<int>(a.get_int("nprobe", 1, 1 << 20));
   if (a.has("ef-search")) so.ef_search = static_cast<int>(a.get_int("ef-search", 1, 1 << 20));
+  so.bm25_weight = a.get_double("bm25-weight", 0, 1e6);
+  so.dense_weight = a.get_double("dense-weight", 0, 1e6);
+  so.rrf_k = static_cast<int>(a.get_int("rrf-k", 0, 1 << 20));
   const auto results = r->search_batch(a.positionals(), so);
   for (size_t q = 0; q < results.size(); ++q) {
     if (a.is_set("json")) {
@@ -291,7 +333,7 @@ int run_search(const std::vector<std::string>& argv) {
 
 int run_info(const std::vector<std::string>& argv) {
   Args a;
-  a.flag("verify", "recompute the passage store checksum and load every component")
+  a.flag("verify", "check every file's checksum, walk the passage store, load every component")
       .flag("json", "print the manifest as JSON")
       .positional("DIR  the index directory");
   const std::string line = "cepe index info DIR [--verify] [--json]";
@@ -305,9 +347,9 @@ int run_info(const std::vector<std::string>& argv) {
   const fs::path dir = a.positionals()[0];
   index::IndexManifest m = index::read_manifest(dir);
   if (a.is_set("verify")) {
-    retriever::RetrieverOptions ro;
+    index::OpenOptions ro;
     ro.verify = true;
-    auto r = retriever::Retriever::open(dir, ro);
+    auto r = index::open_index(dir, ro);
     m = r->manifest();
   }
   if (a.is_set("json")) {
@@ -315,13 +357,19 @@ int run_info(const std::vector<std::string>& argv) {
   } else {
     std::cout << "index      " << dir.string() << "\n"
               << "passages   " << m.passages << "\n"
-              << "embedder   " << m.embedder_spec << " (dim " << m.dim << ", fingerprint "
-              << m.embedder_fingerprint << ")\n";
-    for (const auto& [k, v] : m.embedder_config)
-      std::cout << "           " << k << ": " << v << "\n";
-    std::cout << "faiss      " << m.faiss_factory << " [" << m.faiss_description << "]";
-    if (m.trained_on) std::cout << ", trained on " << m.trained_on << " vectors";
-    std::cout << "\n";
+              << "retriever  " << m.retriever << "\n";
+    if (index::has_bm25(m))
+      std::cout << "bm25       " << index::kBm25File << " (k1 " << m.bm25.k1 << ", b " << m.bm25.b
+                << ", stemmer " << m.bm25.stemmer << ", stop words " << m.bm25.stopwords << ")\n";
+    if (index::has_dense(m)) {
+      std::cout << "embedder   " << m.embedder_spec << " (dim " << m.dim << ", fingerprint "
+                << m.embedder_fingerprint << ")\n";
+      for (const auto& [k, v] : m.embedder_config)
+        std::cout << "           " << k << ": " << v << "\n";
+      std::cout << "faiss      " << m.faiss_factory << " [" << m.faiss_description << "]";
+      if (m.trained_on) std::cout << ", trained on " << m.trained_on << " vectors";
+      std::cout << "\n";
+    }
     if (m.default_nprobe) std::cout << "nprobe     " << m.default_nprobe << " (default)\n";
     if (m.default_ef_search) std::cout << "ef_search  " << m.default_ef_search << " (default)\n";
     std::cout << "size       " << human_bytes(static_cast<double>(index::directory_bytes(dir)))
@@ -335,12 +383,144 @@ int run_info(const std::vector<std::string>& argv) {
   return 0;
 }
 
+int run_shard(const std::vector<std::string>& argv) {
+  Args a;
+  a.option("index", "index directory (bm25 or hybrid)")
+      .option("shards", "number of shards", "2")
+      .option("out", "directory for shard-0.xapian, shard-1.xapian, ...");
+  const std::string line = "cepe index shard --index DIR --shards N --out DIR";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (!a.has("index") || !a.has("out"))
+    return usage_error(a, line, "--index and --out are required");
+  const fs::path dir = a.get("index");
+  auto r = index::open_index(dir);  // verifies the files first
+  CEPE_CHECK(r->bm25(), "index " << dir.string() << " has no BM25 database (retriever "
+                                 << r->manifest().retriever << ")");
+  const auto shards = retriever::split_bm25(
+      dir / index::kBm25File, static_cast<int>(a.get_int("shards", 1, 1024)), a.get("out"));
+  for (const auto& s : shards) std::cout << s.string() << "\n";
+  return 0;
+}
+
+// `cepe index encode`: every passage's encoder states, written resumably beside the index.
+int run_encode(const std::vector<std::string>& argv) {
+  Args a;
+  add_model_flags(a);
+  a.option("index", "index directory (from cepe index build)")
+      .option("dtype", "stored element type: f32 (exact), bf16, f16 or q8_0", "f32")
+      .option("chunk-tokens", "tokens per passage chunk (as cepe qa --chunk-tokens)", "256")
+      .option("batch-tokens", "encoder tokens per packed encoder pass (and per commit)", "8192")
+      .flag("overwrite", "rebuild a store that is already complete");
+  const std::string line =
+      "cepe index encode --index DIR --model DIR [--dtype f32|bf16|f16|q8_0] [--threads N] "
+      "[--chunk-tokens 256]";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (!a.positionals().empty())
+    return usage_error(a, line, "unexpected argument '" + a.positionals()[0] + "'");
+  if (!a.has("index")) return usage_error(a, line, "missing required flag --index");
+  if (!a.has("model")) return usage_error(a, line, "missing required flag --model");
+  const fs::path dir = a.get("index");
+  const index::StateDType dtype = index::parse_state_dtype(a.get("dtype"), "--dtype");
+  const int chunk_tokens = static_cast<int>(a.get_int("chunk-tokens", 1, 1 << 16));
+  const int64_t batch_tokens = a.get_int("batch-tokens", 1, 1LL << 30);
+  index::read_manifest(dir);  // refuses a directory that is not a finished index
+  const index::PassageStore passages(dir / index::kPassagesFile);
+  LoadedModel lm = load_model(a, /*need_tokenizer=*/true);
+  CEPE_CHECK(lm.model->config().is_cepe(),
+             "--model " << a.get("model") << ": the model has no CEPE encoder");
+  const auto t0 = Clock::now();
+  const index::EncoderFingerprint fp =
+      index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype);
+  const fs::path path = index::encoder_store_path(dir, fp);
+  if (fs::exists(path) && !a.is_set("overwrite")) {
+    const index::EncoderStore done(path);
+    std::cout << "encoder store " << path.string() << " is complete (" << done.size()
+              << " passages, " << human_bytes(static_cast<double>(done.file_bytes()))
+              << "); --overwrite rebuilds it\n";
+    return 0;
+  }
+  if (fs::exists(path)) fs::remove(path);
+  // Chunk lengths and hashes first (the table is laid out before any state is written).
+  auto chunk_of = [&](uint64_t row) {
+    const index::PassageView v = passages.get(row);
+    qa::Passage p{std::string(v.id), std::string(v.title), std::string(v.text), std::nullopt};
+    return std::make_pair(p.id, qa::encoder_chunk_ids(*lm.tokenizer, p, chunk_tokens));
+  };
+  std::vector<index::StoredPassageInfo> infos(passages.size());
+  uint64_t total_tokens = 0;
+  for (uint64_t r = 0; r < passages.size(); ++r) {
+    const auto [id, ids] = chunk_of(r);
+    CEPE_CHECK(!ids.empty(),
+               dir.string() << ": passage row " << r << " ('" << id << "') tokenises to nothing");
+    infos[r] = {index::passage_id_hash(id), static_cast<uint32_t>(ids.size()),
+                index::chunk_token_hash(ids)};
+    total_tokens += ids.size();
+  }
+  index::EncoderStoreWriter writer(path, fp, infos);
+  if (writer.resumed_rows() > 0)
+    std::cerr << "index encode: resuming at passage " << writer.resumed_rows() << " of "
+              << passages.size() << "\n";
+  const int64_t width = lm.model->config().encoder_hidden_size;
+  ProgressBar bar("encode", "passages",
+                  static_cast<int64_t>(passages.size() - writer.resumed_rows()));
+  // Batches are cut at fixed rows (from row 0, by token budget), so a resumed build encodes the
+  // same batches as an uninterrupted one.
+  uint64_t row = 0, encoded_tokens = 0;
+  while (row < passages.size()) {
+    uint64_t end = row;
+    int64_t tokens = 0;
+    while (end < passages.size() && (end == row || tokens + infos[end].tokens <= batch_tokens))
+      tokens += infos[end++].tokens;
+    if (end <= writer.resumed_rows()) {
+      row = end;
+      continue;
+    }
+    CEPE_CHECK(row >= writer.resumed_rows(),
+               "index encode: the checkpoint is not at a batch boundary (was --batch-tokens "
+               "changed?); delete "
+                   << path.string() << ".partial.ckpt to restart");
+    std::vector<std::vector<int32_t>> chunks;
+    for (uint64_t r = row; r < end; ++r) chunks.push_back(chunk_of(r).second);
+    const EncodedContext ctx = lm.model->encode(chunks);
+    const Tensor host = lm.backend->to_host_f32(ctx.states);
+    int64_t at = 0;
+    for (uint64_t r = row; r < end; ++r) {
+      writer.append(host.data<float>() + at * width, infos[r].tokens);
+      at += infos[r].tokens;
+    }
+    writer.commit();
+    encoded_tokens += static_cast<uint64_t>(tokens);
+    row = end;
+    bar.update(static_cast<int64_t>(row - writer.resumed_rows()));
+  }
+  bar.finish();
+  writer.finish();
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%.1f s, %.0f tokens/s", s, s > 0 ? encoded_tokens / s : 0.0);
+  std::cout << "encoded " << passages.size() << " passages (" << total_tokens << " tokens, "
+            << index::state_dtype_name(dtype) << ") into " << path.string() << ": "
+            << human_bytes(static_cast<double>(writer.file_bytes())) << ", " << buf << "\n";
+  return 0;
+}
+
 int run_index(const std::vector<std::string>& argv) {
   const std::string help =
-      "usage: cepe index <build|search|info> [flags]   (cepe index <sub> --help for its flags)\n"
+      "usage: cepe index <build|search|info|shard|encode> [flags]   (cepe index <sub> --help for "
+      "its flags)\n"
       "  build   build an index over a corpus\n"
       "  search  retrieve the top-k passages for questions\n"
-      "  info    describe an index\n";
+      "  info    describe an index\n"
+      "  shard   split an index's BM25 database into shards (for xapian-tcpsrv)\n"
+      "  encode  store every passage's encoder states for a model (cepe qa/serve read them)\n";
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
     (argv.empty() ? std::cerr : std::cout) << help;
     return argv.empty() ? 2 : 0;
@@ -349,12 +529,15 @@ int run_index(const std::vector<std::string>& argv) {
   if (argv[0] == "build") return run_build(rest);
   if (argv[0] == "search") return run_search(rest);
   if (argv[0] == "info") return run_info(rest);
+  if (argv[0] == "shard") return run_shard(rest);
+  if (argv[0] == "encode") return run_encode(rest);
   std::cerr << "cepe index: error: unknown subcommand '" << argv[0] << "'\n" << help;
   return 2;
 }
 
 }  // namespace
 
-CEPE_REGISTER_COMMAND("index", "build, query and describe passage indexes (FAISS)", run_index);
+CEPE_REGISTER_COMMAND("index", "build, query and describe passage indexes (BM25, FAISS, hybrid)",
+                      run_index);
 
 }  // namespace cepe::cli

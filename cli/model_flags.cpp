@@ -11,6 +11,11 @@ void add_model_flags(Args& args) {
   args.option("model", "model directory (config.json, *.safetensors, tokenizer.model)")
       .option("device", "cpu or cuda", "cpu")
       .option("threads", "CPU threads (0 = all cores)", "0")
+      .option("weights",
+              "what the linears and embedding tables are converted to at load time: stored (as "
+              "in the checkpoint), f32, bf16, f16, q8_0 or q4_0 (norms stay F32; all but stored "
+              "need --device cpu)",
+              "stored")
       .option("cross-attention",
               "how decoding reads the encoder states: cached (per-layer K/V kept per request), "
               "absorbed (only the states kept), auto (absorbed on cpu, cached on cuda)",
@@ -23,6 +28,7 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   CEPE_CHECK(std::filesystem::is_directory(dir), "--model " << dir.string() << ": not a directory");
   BackendOptions options;
   options.threads = static_cast<int>(args.get_int("threads", 0, 1024));
+  options.weights = parse_weight_kind(args.get("weights"), "--weights");
   lm.backend = make_backend(parse_device(args.get("device")), options);
   lm.model = CepeModel::load(dir, *lm.backend);
   lm.model->set_cross_attention_mode(parse_cross_attention_mode(

@@ -7,7 +7,7 @@
 
 #include "cli/command.h"
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
 #include "engine/tokenizer.h"
 
@@ -20,7 +20,7 @@ struct LoadedModel {
   std::unique_ptr<Tokenizer> tokenizer;  ///< null when the directory has no tokenizer.model
 };
 
-/// Declares --model, --device, --threads and --cross-attention.
+/// Declares --model, --device, --threads, --weights and --cross-attention.
 void add_model_flags(Args& args);
 /// Loads what add_model_flags describes; `need_tokenizer` makes a missing tokenizer an error.
 LoadedModel load_model(const Args& args, bool need_tokenizer);

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <iostream>
 #include <thread>
 
@@ -102,12 +103,41 @@ int run_serve(const std::vector<std::string>& argv) {
       .write(&logger);
 
   const auto t0 = std::chrono::steady_clock::now();
-  try {
-    resources = server::load_resources(cfg);
-  } catch (const std::exception& e) {
-    server::LogLine("error", "load_failed").str("what", e.what()).write(&logger);
+  // The model loads on its own thread while this one keeps taking signals: a SIGTERM during a
+  // long load stops the server now rather than after the load. The load cannot be interrupted,
+  // so the process then exits without joining it.
+  std::exception_ptr load_error;
+  std::atomic<bool> loaded{false};
+  std::thread loader([&] {
+    try {
+      resources = server::load_resources(cfg);
+    } catch (...) {
+      load_error = std::current_exception();
+    }
+    loaded.store(true);
+  });
+  const timespec load_tick{0, 50 * 1000 * 1000};
+  while (!loaded.load()) {
+    const int got = sigtimedwait(&signals, nullptr, &load_tick);
+    if (got <= 0) continue;
+    server::LogLine("info", "stopping")
+        .str("signal", got == SIGTERM ? "SIGTERM" : "SIGINT")
+        .str("while", "loading")
+        .write(&logger);
     srv.shutdown(std::chrono::milliseconds(0));
-    throw;
+    server::LogLine("info", "stopped").flag("clean", true).write(&logger);
+    std::fflush(stderr);
+    std::_Exit(0);
+  }
+  loader.join();
+  if (load_error) {
+    try {
+      std::rethrow_exception(load_error);
+    } catch (const std::exception& e) {
+      server::LogLine("error", "load_failed").str("what", e.what()).write(&logger);
+      srv.shutdown(std::chrono::milliseconds(0));
+      throw;
+    }
   }
   srv.attach(resources.view());
   server::LogLine("info", "ready")

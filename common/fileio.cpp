@@ -133,4 +133,18 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<char*>(data_), size_);
 }
 
+int remove_stale_temps(const std::filesystem::path& path) {
+  const std::string prefix = path.filename().string() + ".tmp-";
+  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : ".";
+  std::error_code ec;
+  int removed = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    std::error_code rm;
+    if (std::filesystem::remove(entry.path(), rm)) ++removed;
+  }
+  return removed;
+}
+
 }  // namespace cepe

@@ -51,6 +51,10 @@ std::string read_whole_file(const std::filesystem::path& path);
 /// fsyncs a directory so that renames inside it survive a crash.
 void fsync_directory(const std::filesystem::path& dir);
 
+/// Removes the temporary files an atomic write of `path` leaves when its process is killed before
+/// the rename (`PATH.tmp-PID-N`); returns how many it removed.
+int remove_stale_temps(const std::filesystem::path& path);
+
 /// A read-only memory mapping of a whole file.
 class MappedFile {
  public:

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Regenerates common/unicode_tables.cpp from this Python's Unicode database.
+"""Regenerates common/unicode_tables.cpp from this Python's Unicode database: the one generator of
+every Unicode table in the project (common/unicode.h is their interface).
 
-Answer normalisation must agree with Python's str.lower(), re's \\w (for the article regex's \\b)
-and str.split(), so the tables are derived from Python itself rather than from the UCD files:
-whatever Python the official scoring scripts run on is the reference.
+Answer normalisation (qa/scoring) must agree with Python's str.lower(), re's \\w (for the article
+regex's \\b) and str.split(); BERT's basic tokenizer (retriever/wordpiece) with HuggingFace's
+Python one (unicodedata categories, NFD minus nonspacing marks). So the tables are derived from
+Python itself rather than from the UCD files: whatever Python the reference scripts run on is the
+reference. tests/cli_unicode_tables.sh checks that the committed file is what this script prints.
 
 Usage: python3 common/gen_unicode_tables.py > common/unicode_tables.cpp
 """
@@ -40,6 +43,38 @@ def ranges(pred):
     if start is not None:
         out.append((start, prev))
     return out
+
+
+def category_ranges(pred):
+    # Every code point, surrogates included (their category Cs is "other").
+    out, start = [], None
+    for cp in range(MAX_CP + 1):
+        if pred(unicodedata.category(chr(cp))):
+            if start is None:
+                start = cp
+            end = cp
+        elif start is not None:
+            out.append((start, end))
+            start = None
+    if start is not None:
+        out.append((start, end))
+    return out
+
+
+def strip_entries():
+    # NFD with nonspacing marks removed, where that changes the code point (Hangul syllables are
+    # decomposed in code; Mn code points themselves are dropped in code).
+    entries = []
+    for cp in code_points():
+        if 0xAC00 <= cp <= 0xD7A3 or unicodedata.category(chr(cp)) == "Mn":
+            continue
+        d = unicodedata.normalize("NFD", chr(cp))
+        if d == chr(cp):
+            continue
+        out = [ord(x) for x in d if unicodedata.category(x) != "Mn"]
+        assert 1 <= len(out) <= 3, (hex(cp), out)
+        entries.append((cp, out + [0] * (3 - len(out))))
+    return entries
 
 
 def is_cased(c):
@@ -100,9 +135,23 @@ def main():
         ("kCasedRanges", is_cased),
         ("kCaseIgnorableRanges", is_case_ignorable),
     ]
+    categories = [
+        ("kControlRanges", lambda cat: cat.startswith("C")),
+        ("kPunctuationRanges", lambda cat: cat.startswith("P")),
+        ("kSpaceSeparatorRanges", lambda cat: cat == "Zs"),
+        ("kNonspacingMarkRanges", lambda cat: cat == "Mn"),
+    ]
     for name, pred in tables:
         emit_ranges(name, ranges(pred))
         print(f"const size_t {name[:-6]}RangeCount = sizeof({name}) / sizeof({name}[0]);\n")
+    for name, pred in categories:
+        emit_ranges(name, category_ranges(pred))
+        print(f"const size_t {name[:-6]}RangeCount = sizeof({name}) / sizeof({name}[0]);\n")
+    print("const StripEntry kStripEntries[] = {")
+    for cp, out in strip_entries():
+        print("    {0x%X, {0x%X, 0x%X, 0x%X}}," % (cp, *out))
+    print("};")
+    print("const size_t kStripEntryCount = sizeof(kStripEntries) / sizeof(kStripEntries[0]);\n")
     print("}  // namespace cepe::unicode")
     print("// clang-format on")
 

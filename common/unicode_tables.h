@@ -1,5 +1,5 @@
-// Code-point tables behind answer normalisation, generated from Python's Unicode database so that
-// lower-casing, word boundaries and whitespace splitting agree with the official Python scorers.
+// The generated code-point tables (common/gen_unicode_tables.py, from Python's Unicode database)
+// behind common/unicode.h; use that header's functions rather than the tables.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +19,12 @@ struct LowerRun {
 struct CodeRange {
   uint32_t first;  ///< first code point
   uint32_t last;   ///< last code point (inclusive)
+};
+
+/// A code point whose NFD form minus nonspacing marks is other code points (0-padded).
+struct StripEntry {
+  uint32_t cp;      ///< the code point
+  uint32_t out[3];  ///< what it becomes (unused slots 0)
 };
 
 /// Unicode version the tables were generated from.
@@ -43,5 +49,25 @@ extern const size_t kCasedRangeCount;
 extern const CodeRange kCaseIgnorableRanges[];
 /// Number of entries in kCaseIgnorableRanges.
 extern const size_t kCaseIgnorableRangeCount;
+/// General category C* (control, format, surrogate, private use, unassigned).
+extern const CodeRange kControlRanges[];
+/// Number of entries in kControlRanges.
+extern const size_t kControlRangeCount;
+/// General category P* (punctuation).
+extern const CodeRange kPunctuationRanges[];
+/// Number of entries in kPunctuationRanges.
+extern const size_t kPunctuationRangeCount;
+/// General category Zs (space separator).
+extern const CodeRange kSpaceSeparatorRanges[];
+/// Number of entries in kSpaceSeparatorRanges.
+extern const size_t kSpaceSeparatorRangeCount;
+/// General category Mn (nonspacing mark).
+extern const CodeRange kNonspacingMarkRanges[];
+/// Number of entries in kNonspacingMarkRanges.
+extern const size_t kNonspacingMarkRangeCount;
+/// NFD minus Mn for the code points it changes (Hangul syllables excluded: done in code).
+extern const StripEntry kStripEntries[];
+/// Number of entries in kStripEntries.
+extern const size_t kStripEntryCount;
 
 }  // namespace cepe::unicode

@@ -12,7 +12,8 @@
 
 #include "common/error.h"
 #include "common/json.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
+#include "engine/quant.h"
 
 namespace cepe::config {
 namespace {
@@ -62,20 +63,30 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_INT(io_threads, 1, 256, "HTTP IO threads"),
       CEPE_INT(retrieval_threads, 1, 256, "retrieval and tokenisation threads"),
       CEPE_INT(max_connections, 1, 1000000, "open connections beyond this are closed"),
+      CEPE_INT(max_connections_per_client, 1, 1000000,
+               "open connections from one client address beyond this are closed"),
       CEPE_STR(model, "model directory"),
       CEPE_STR(model_name, "model name in responses (default: the directory name)"),
       CEPE_STR(device, "cpu or cuda"),
       CEPE_INT(threads, 0, 1024, "CPU compute threads (0: all cores)"),
+      CEPE_STR(weights, "load-time weight format: stored, f32, bf16, f16, q8_0 or q4_0 (cpu)"),
       CEPE_STR(cross_attention, "cached, absorbed or auto (absorbed on cpu, cached on cuda)"),
       CEPE_STR(index, "index directory (empty: requests must carry passages)"),
       CEPE_INT(nprobe, 0, 1 << 20, "FAISS IVF lists to visit (0: index default)"),
       CEPE_INT(ef_search, 0, 1 << 20, "FAISS HNSW search depth (0: index default)"),
+      CEPE_STR(encoder_store, "precomputed passage states: auto, off or a .ces file"),
+      CEPE_INT(encoder_cache_mb, 0, 1 << 20,
+               "LRU cache of encoded passages when no store is used, MiB (0: off)"),
       CEPE_INT(max_batch, 1, 4096, "sequences generated together"),
       CEPE_INT(max_queue, 1, 1000000, "requests waiting for a batch slot before 429"),
       CEPE_BOOL(batching, "continuous batching (off: one request at a time)"),
+      CEPE_INT(encode_tokens_per_step, 0, 1 << 24,
+               "encoder tokens encoded between two decode steps (0: a request whole)"),
       CEPE_INT(retry_after_s, 0, 3600, "Retry-After seconds on 429"),
       CEPE_I64(max_body_bytes, 1, 1LL << 32, "largest request body (413 above)"),
-      CEPE_INT(max_header_bytes, 1024, 1 << 20, "largest request header (431 above)"),
+      // Beast stores one header field in at most 65,533 bytes and throws past that; the cap keeps
+      // every field a parse can produce below it.
+      CEPE_INT(max_header_bytes, 1024, 61440, "largest request header or trailer (431 above)"),
       CEPE_INT(max_k, 0, 1000, "largest k"),
       CEPE_INT(default_k, 0, 1000, "k when the request has none"),
       CEPE_INT(max_new_tokens, 0, 1 << 20, "largest max_new_tokens"),
@@ -274,6 +285,10 @@ void validate_server_config(const ServerConfig& c) {
              "config: 'device' must be cpu or cuda, got '" << c.device << "'");
   parse_cross_attention_mode(c.cross_attention, parse_device(c.device),
                              "config: 'cross_attention'");
+  CEPE_CHECK(parse_weight_kind(c.weights, "config: 'weights'") == WeightKind::Stored ||
+                 c.device == "cpu",
+             "config: 'weights' '" << c.weights << "' needs device cpu (got '" << c.device
+                                   << "'); use stored on cuda");
   for (const auto& k : c.api_keys) CEPE_CHECK(!k.empty(), "config: 'api_keys' holds an empty key");
   for (const auto& o : c.cors_origins)
     CEPE_CHECK(!o.empty(), "config: 'cors_origins' holds an empty origin");
@@ -290,12 +305,20 @@ void load_api_key_file(ServerConfig& config) {
   std::ifstream in(config.api_key_file);
   CEPE_CHECK(in, "config: 'api_key_file': cannot open " << config.api_key_file);
   std::string line;
+  size_t keys = 0;
   while (std::getline(in, line)) {
     const size_t b = line.find_first_not_of(" \t\r");
     if (b == std::string::npos || line[b] == '#') continue;
     const size_t e = line.find_last_not_of(" \t\r");
     config.api_keys.push_back(line.substr(b, e - b + 1));
+    ++keys;
   }
+  CEPE_CHECK(!in.bad(), "config: 'api_key_file': cannot read " << config.api_key_file);
+  // A key file with every key revoked (or only comments) must not silently turn authentication
+  // off: the operator asked for keys, so starting open would fail open.
+  CEPE_CHECK(keys > 0, "config: 'api_key_file': " << config.api_key_file
+                                                  << " holds no keys (only blank or '#' lines); "
+                                                     "refusing to start without authentication");
 }
 
 std::string server_config_to_json(const ServerConfig& config) {

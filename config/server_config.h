@@ -14,31 +14,40 @@ namespace cepe::config {
 /// Everything the server needs to know; the defaults are the documented ones.
 struct ServerConfig {
   // ---- network ----
-  std::string host = "127.0.0.1";  ///< address to listen on ("0.0.0.0" for every interface)
-  int port = 8080;                 ///< TCP port (0: any free port, reported in the log)
-  int io_threads = 2;              ///< threads running HTTP connections
-  int retrieval_threads = 2;       ///< threads running retrieval and tokenisation
-  int max_connections = 1024;      ///< open connections beyond this are closed at once
+  std::string host = "127.0.0.1";       ///< address to listen on ("0.0.0.0" for every interface)
+  int port = 8080;                      ///< TCP port (0: any free port, reported in the log)
+  int io_threads = 2;                   ///< threads running HTTP connections
+  int retrieval_threads = 2;            ///< threads running retrieval and tokenisation
+  int max_connections = 1024;           ///< open connections beyond this are closed at once
+  int max_connections_per_client = 64;  ///< the same from one client IP address
 
   // ---- model and index ----
   std::string model;           ///< model directory (config.json, *.safetensors, tokenizer.model)
   std::string model_name;      ///< name reported in responses ("": the model directory's name)
   std::string device = "cpu";  ///< "cpu" or "cuda"
   int threads = 0;             ///< CPU compute threads (0: all cores)
+  std::string weights = "stored";  ///< load-time weight format: stored|f32|bf16|f16|q8_0|q4_0
   std::string cross_attention = "auto";  ///< "cached", "absorbed" or "auto" (see CepeModel)
   std::string index;  ///< index directory ("": callers must send their own passages)
   int nprobe = 0;     ///< FAISS IVF lists to visit (0: the index's default)
   int ef_search = 0;  ///< FAISS HNSW search depth (0: the index's default)
+  /// Precomputed passage states (cepe index encode): "auto" (the index's store matching the
+  /// model), "off", or a .ces file.
+  std::string encoder_store = "auto";
+  /// LRU cache of encoded passages when no store is used, in MiB (0: off).
+  int encoder_cache_mb = 256;
 
   // ---- engine ----
-  int max_batch = 8;      ///< sequences generated together (continuous batching)
-  int max_queue = 64;     ///< admitted requests waiting for a batch slot; more get 429
-  bool batching = true;   ///< false: one request at a time (for comparisons)
+  int max_batch = 8;     ///< sequences generated together (continuous batching)
+  int max_queue = 64;    ///< admitted requests waiting for a batch slot; more get 429
+  bool batching = true;  ///< false: one request at a time (for comparisons)
+  /// encoder tokens encoded between two decode steps while streams run (0: a request whole)
+  int encode_tokens_per_step = 1024;
   int retry_after_s = 1;  ///< Retry-After sent with 429
 
   // ---- request limits and defaults ----
   int64_t max_body_bytes = 1 << 20;  ///< larger request bodies get 413
-  int max_header_bytes = 16384;      ///< larger request headers get 431
+  int max_header_bytes = 16384;      ///< larger request headers (or chunked trailers) get 431
   int max_k = 20;                    ///< largest `k` (and number of caller passages)
   int default_k = 5;                 ///< `k` when the request gives none
   int max_new_tokens = 256;          ///< largest `max_new_tokens`

@@ -137,6 +137,11 @@ void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
 
 std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& options) {
   if (device == Device::CPU) return make_cpu_backend(options);
+  CEPE_CHECK(options.weights == WeightKind::Stored,
+             "weights '" << weight_kind_name(options.weights) << "' is supported on the cpu "
+                         << "backend only; on " << device_name(device)
+                         << " use 'stored' (re-type the checkpoint with `cepe convert weights` "
+                            "for bf16 or f16)");
 #ifdef CEPE_HAVE_CUDA
   return make_cuda_backend(options);
 #else

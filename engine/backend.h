@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "engine/quant.h"
 #include "engine/tensor.h"
 
 namespace cepe {
@@ -36,6 +37,9 @@ struct AttentionShape {
 struct BackendOptions {
   int threads = 0;                 ///< worker threads (0: all cores)
   size_t memory_budget_bytes = 0;  ///< device memory the backend may hold (0: no limit; CUDA)
+  /// What load_weight makes of every matrix (linears and embedding tables; norms stay F32).
+  /// Anything but Stored is CPU-only for now.
+  WeightKind weights = WeightKind::Stored;
 };
 
 /// Device memory held by a backend, in bytes (all zero for the CPU backend).
@@ -46,7 +50,8 @@ struct BackendMemory {
   size_t device_total = 0;  ///< the device's capacity
 };
 
-/// Device-specific implementation of the model's ops. Tensors passed in live on device().
+/// Device-specific implementation of the model's ops. Tensors passed in live on device(). Every
+/// op is pure virtual: a backend that lacks one does not compile (CPU and CUDA implement all).
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -59,7 +64,8 @@ class Backend {
   /// Uninitialised tensor on the device.
   virtual Tensor empty(std::vector<int64_t> shape, DType dtype) = 0;
   /// Makes a checkpoint tensor usable by the ops. Matrices keep their dtype (on the CPU the
-  /// memory-mapped view itself is returned); `as_f32` converts small vectors (norm weights).
+  /// memory-mapped view itself is returned) unless BackendOptions::weights asks for another one,
+  /// to which they are converted one at a time; `as_f32` converts small vectors (norm weights).
   virtual Tensor load_weight(const Tensor& host, bool as_f32) = 0;
   /// Copies a host F32 tensor to the device (the CPU returns it unchanged).
   virtual Tensor to_device(const Tensor& host) = 0;
@@ -90,28 +96,17 @@ class Backend {
   /// [rows, heads * in], weight [groups * a, b]; head h uses block g = h / (heads / groups),
   /// W_g = rows [g * a, (g + 1) * a). `transposed`: out_h = W_g x_h (in = b, out = a); otherwise
   /// out_h = W_gᵀ x_h (in = a, out = b). out is [rows, heads * out]; the weight keeps its dtype.
-  virtual void head_linear(const Tensor& /*x*/, const Tensor& /*weight*/, int /*heads*/,
-                           int /*groups*/, bool /*transposed*/, Tensor& /*out*/) {
-    CEPE_THROW("head_linear (absorbed cross-attention) is not implemented by the backend "
-               << describe() << "; use the cached cross-attention (--cross-attention cached)");
-  }
+  virtual void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups,
+                           bool transposed, Tensor& out) = 0;
   /// out = (x - mean) / sqrt(var + eps) * weight + bias, row by row in F32 (out may be x).
-  virtual void layer_norm(const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*bias*/,
-                          float /*eps*/, Tensor& /*out*/) {
-    CEPE_THROW("layer_norm is not implemented by the backend " << describe());
-  }
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                          Tensor& out) = 0;
   /// x[r, :] += bias for every row r of x (bias: F32, as wide as x's last dimension).
-  virtual void add_bias(Tensor& /*x*/, const Tensor& /*bias*/) {
-    CEPE_THROW("add_bias is not implemented by the backend " << describe());
-  }
+  virtual void add_bias(Tensor& x, const Tensor& bias) = 0;
   /// x += y elementwise (residual connections); both F32 with the same number of elements.
-  virtual void add(Tensor& /*x*/, const Tensor& /*y*/) {
-    CEPE_THROW("add is not implemented by the backend " << describe());
-  }
+  virtual void add(Tensor& x, const Tensor& y) = 0;
   /// x = 0.5 x (1 + erf(x / sqrt(2))) in place: the exact GELU (HuggingFace "gelu").
-  virtual void gelu(Tensor& /*x*/) {
-    CEPE_THROW("gelu is not implemented by the backend " << describe());
-  }
+  virtual void gelu(Tensor& x) = 0;
   /// Waits for queued device work (a no-op on the CPU).
   virtual void synchronize() {}
 };
@@ -139,8 +134,8 @@ void add_bias(const Tensor& x, const Tensor& bias);
 void add(const Tensor& x, const Tensor& y);
 /// silu_mul: gate and up have the same number of elements.
 void silu_mul(const Tensor& gate, const Tensor& up);
-/// head_linear: an F32/F16/BF16 weight, heads and weight rows split evenly into groups, matching
-/// widths.
+/// head_linear: a weight of any weight dtype, heads and weight rows split evenly into groups,
+/// matching widths.
 void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
                  const Tensor& out);
 /// attention: head layout, query/output widths, and every segment's rows and key/value shapes.

@@ -14,6 +14,10 @@ const char* dtype_name(DType t) {
       return "BF16";
     case DType::I32:
       return "I32";
+    case DType::Q8_0:
+      return "Q8_0";
+    case DType::Q4_0:
+      return "Q4_0";
   }
   return "?";
 }
@@ -99,6 +103,8 @@ void convert_to_f32(const void* src, DType src_type, float* dst, size_t n) {
       return;
     }
     case DType::I32:
+    case DType::Q8_0:
+    case DType::Q4_0:
       break;
   }
   CEPE_THROW("cannot convert " << dtype_name(src_type) << " to F32");
@@ -120,6 +126,8 @@ void convert_from_f32(const float* src, void* dst, DType dst_type, size_t n) {
       return;
     }
     case DType::I32:
+    case DType::Q8_0:
+    case DType::Q4_0:
       break;
   }
   CEPE_THROW("cannot convert F32 to " << dtype_name(dst_type));

@@ -8,18 +8,46 @@
 
 namespace cepe {
 
-/// Element type of a tensor.
-enum class DType { F32, F16, BF16, I32 };
+/// Element type of a tensor. Q8_0 and Q4_0 are block formats with GGUF's meaning (32 weights
+/// per block sharing one fp16 scale; see engine/quant.h); they exist only in memory, for weight
+/// matrices whose rows are padded with zeros to a whole number of blocks.
+enum class DType { F32, F16, BF16, I32, Q8_0, Q4_0 };
 
-/// Size in bytes of one element.
+/// True for the block-quantized types (Q8_0, Q4_0).
+inline bool dtype_is_block(DType t) {
+  return t == DType::Q8_0 || t == DType::Q4_0;
+}
+
+/// Size in bytes of one element; 0 for block types (use dtype_row_bytes).
 inline size_t dtype_size(DType t) {
+  if (dtype_is_block(t)) return 0;
   return t == DType::F16 || t == DType::BF16 ? 2 : 4;
 }
 
-/// Name as safetensors spells it ("F32", "F16", "BF16", "I32").
+/// Elements per block of a block type (32), 1 for the others.
+inline int64_t dtype_block_elems(DType t) {
+  return dtype_is_block(t) ? 32 : 1;
+}
+
+/// Bytes of one block: Q8_0 = fp16 scale + 32 int8 (34), Q4_0 = fp16 scale + 16 bytes of nibbles
+/// (18); for the other types the element size.
+inline size_t dtype_block_bytes(DType t) {
+  if (t == DType::Q8_0) return 34;
+  if (t == DType::Q4_0) return 18;
+  return dtype_size(t);
+}
+
+/// Bytes of one row of `width` elements (block types round the row up to whole blocks).
+inline size_t dtype_row_bytes(DType t, int64_t width) {
+  const int64_t per = dtype_block_elems(t);
+  return static_cast<size_t>((width + per - 1) / per) * dtype_block_bytes(t);
+}
+
+/// Name as safetensors spells it ("F32", "F16", "BF16", "I32"; "Q8_0", "Q4_0" for the block types).
 const char* dtype_name(DType t);
 
-/// Parses a safetensors dtype name; returns false for an unsupported one.
+/// Parses a safetensors dtype name; returns false for an unsupported one (block types are never
+/// read from files).
 bool parse_dtype(const std::string& name, DType* out);
 
 /// Widens a bfloat16 bit pattern to float.

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
 
 namespace cepe {

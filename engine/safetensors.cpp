@@ -250,7 +250,9 @@ Tensor SafeTensorsFile::view(const std::string& name) const {
     return t;
   }
   // The mapping is PROT_READ: views are read-only, and a write through one faults.
-  return Tensor::wrap(const_cast<char*>(p), e.shape, e.dtype, Device::CPU, mapping_);
+  Tensor t = Tensor::wrap(const_cast<char*>(p), e.shape, e.dtype, Device::CPU, mapping_);
+  t.set_file_backed(true);  // a PROT_READ mapping: dropped pages are read back from the file
+  return t;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,6 +462,10 @@ void write_safetensors(const fs::path& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   const std::string where = path_text(path);
+  for (const auto& [name, t] : tensors)
+    CEPE_CHECK(!dtype_is_block(t.dtype()), where << ": tensor '" << name << "' is "
+                                                 << dtype_name(t.dtype())
+                                                 << ", which safetensors cannot hold");
   std::set<std::string> seen;
   rapidjson::StringBuffer sb;
   rapidjson::Writer<rapidjson::StringBuffer> w(sb);

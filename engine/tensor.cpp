@@ -27,6 +27,14 @@ int64_t Tensor::numel() const {
   return n;
 }
 
+size_t Tensor::nbytes() const {
+  if (!dtype_is_block(dtype_)) return static_cast<size_t>(numel()) * dtype_size(dtype_);
+  if (shape_.empty()) return dtype_row_bytes(dtype_, 1);
+  const int64_t width = shape_.back();
+  if (width == 0) return 0;
+  return static_cast<size_t>(numel() / width) * dtype_row_bytes(dtype_, width);
+}
+
 std::string Tensor::shape_string() const {
   return shape_to_string(shape_);
 }
@@ -78,6 +86,10 @@ Tensor Tensor::reshape(std::vector<int64_t> shape) const {
   t.shape_ = std::move(shape);
   CEPE_CHECK(t.numel() == numel(),
              "cannot reshape " << shape_string() << " to " << t.shape_string());
+  CEPE_CHECK(!dtype_is_block(dtype_) ||
+                 (!shape_.empty() && !t.shape_.empty() && shape_.back() == t.shape_.back()),
+             "cannot reshape " << dtype_name(dtype_) << " tensor " << shape_string() << " to "
+                               << t.shape_string() << ": block rows keep their width");
   return t;
 }
 

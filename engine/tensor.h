@@ -50,8 +50,8 @@ class Tensor {
   int64_t dim(int i) const { return shape_.at(i < 0 ? shape_.size() + i : i); }
   /// Number of elements.
   int64_t numel() const;
-  /// Number of bytes.
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  /// Number of bytes (block types: every row of the last dimension padded to whole blocks).
+  size_t nbytes() const;
   /// Shape as "[a, b, c]".
   std::string shape_string() const;
 
@@ -59,6 +59,11 @@ class Tensor {
   Tensor rows(int64_t begin, int64_t count) const;
   /// View with another shape of the same number of elements.
   Tensor reshape(std::vector<int64_t> shape) const;
+  /// True for views of a read-only file mapping (checkpoint tensors), whose pages may be dropped
+  /// from memory after a conversion and read back from the file when touched again.
+  bool file_backed() const { return file_backed_; }
+  /// Marks the tensor as a view of a read-only file mapping (see file_backed).
+  void set_file_backed(bool on) { file_backed_ = on; }
   /// The storage owner, for views that must outlive this tensor.
   const std::shared_ptr<void>& owner() const { return owner_; }
 
@@ -68,6 +73,7 @@ class Tensor {
   std::vector<int64_t> shape_;
   DType dtype_ = DType::F32;
   Device device_ = Device::CPU;
+  bool file_backed_ = false;
 };
 
 /// Formats a shape as "[a, b, c]".

@@ -17,11 +17,14 @@
 #include "common/error.h"
 #include "common/fileio.h"
 #include "index/passage_store.h"
+#include "retriever/bm25.h"
 #include "retriever/embedder.h"
 
 namespace cepe::index {
 
 namespace fs = std::filesystem;
+using retriever::SearchParams;
+using retriever::VectorIndex;
 
 namespace {
 
@@ -106,6 +109,86 @@ struct TempDirGuard {
   }
 };
 
+// Steps 2 and 3 of a dense build: train FAISS on a sample, then embed and add every passage.
+void build_dense(const BuildOptions& opt, const fs::path& tmp, retriever::Embedder& embedder_ref,
+                 VectorIndex& vindex_ref, BuildProgress& pr, BuildResult* result_ptr) {
+  retriever::Embedder* embedder = &embedder_ref;
+  VectorIndex* vindex = &vindex_ref;
+  BuildResult& result = *result_ptr;
+  const int dim = embedder->dim();
+  PassageStore store(tmp / kPassagesFile);
+  const int64_t n = static_cast<int64_t>(store.size());
+  const int batch = opt.batch > 0 ? opt.batch : embedder->preferred_batch();
+  std::vector<float> buf(static_cast<size_t>(batch) * dim);
+  std::vector<index::PassageView> views;
+  auto embed_rows = [&](const std::vector<int64_t>& rows, size_t begin, size_t count, float* dst) {
+    views.clear();
+    for (size_t i = begin; i < begin + count; ++i)
+      views.push_back(store.get(rows.empty() ? i : rows[i]));
+    embedder->embed_passages(views, dst);
+  };
+
+  // 2. Train on a uniform sample (IVF centroids, PQ codebooks, OPQ rotation).
+  if (vindex->needs_training()) {
+    const auto t = Clock::now();
+    int64_t want = opt.train_size > 0 ? opt.train_size : vindex->suggested_training_size();
+    want = std::min(want, n);
+    std::vector<int64_t> rows(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) rows[i] = i;
+    std::mt19937_64 rng(opt.seed);
+    // Partial Fisher-Yates: the first `want` rows become a uniform sample.
+    for (int64_t i = 0; i < want; ++i) {
+      std::uniform_int_distribution<int64_t> pick(i, n - 1);
+      std::swap(rows[i], rows[pick(rng)]);
+    }
+    rows.resize(static_cast<size_t>(want));
+    std::sort(rows.begin(), rows.end());  // sequential reads of the store
+    std::vector<float> sample(static_cast<size_t>(want) * dim);
+    pr.start("train-embed", static_cast<uint64_t>(want), "passages");
+    for (int64_t b = 0; b < want; b += batch) {
+      const size_t cnt = static_cast<size_t>(std::min<int64_t>(batch, want - b));
+      embed_rows(rows, static_cast<size_t>(b), cnt, sample.data() + static_cast<size_t>(b) * dim);
+      pr.update(static_cast<uint64_t>(b) + cnt);
+    }
+    pr.finish();
+    pr.note("training " + opt.faiss + " on " + std::to_string(want) + " vectors");
+    crash_point("train");
+    vindex->train(want, sample.data());
+    result.trained_on = static_cast<uint64_t>(want);
+    result.train_seconds = seconds_since(t);
+  }
+  {
+    // FAISS's defaults (one IVF list, efSearch 16) are rarely what anyone wants.
+    SearchParams d = opt.defaults;
+    const int64_t nlist = vindex->nlist();
+    if (nlist > 0 && d.nprobe == 0)
+      d.nprobe = static_cast<int>(std::min<int64_t>(nlist, std::max<int64_t>(8, nlist / 16)));
+    if (vindex->has_hnsw() && d.ef_search == 0) d.ef_search = 64;
+    vindex->set_defaults(d);
+  }
+
+  // 3. Embed and add every passage, in batches.
+  {
+    const auto t = Clock::now();
+    pr.start("embed", static_cast<uint64_t>(n), "passages");
+    const std::vector<int64_t> all;  // empty: rows are positions
+    for (int64_t b = 0; b < n; b += batch) {
+      const size_t cnt = static_cast<size_t>(std::min<int64_t>(batch, n - b));
+      embed_rows(all, static_cast<size_t>(b), cnt, buf.data());
+      vindex->add(static_cast<int64_t>(cnt), buf.data());
+      pr.update(static_cast<uint64_t>(b) + cnt);
+      if (b == 0) crash_point("add");
+    }
+    pr.finish();
+    result.embed_seconds = seconds_since(t);
+  }
+  CEPE_CHECK(vindex->size() == n,
+             "internal: FAISS holds " << vindex->size() << " vectors for " << n << " passages");
+  pr.note("writing the FAISS index");
+  vindex->save(tmp / kFaissFile);
+  crash_point("save");
+}
+
 }  // namespace
 
 bool is_partial_build_dir(const fs::path& dir) {
@@ -147,11 +230,21 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
 
   // Everything before this point is cheap validation; create the embedder and FAISS structure
   // first as well, so that a bad --embedder or --faiss fails before reading the corpus.
-  retriever::EmbedderOptions eo;
-  eo.dim = opt.dim;
-  std::unique_ptr<retriever::Embedder> embedder = retriever::create_embedder(opt.embedder, eo);
-  const int dim = embedder->dim();
-  std::unique_ptr<VectorIndex> vindex = VectorIndex::create(opt.faiss, dim);
+  CEPE_CHECK(opt.retriever == "bm25" || opt.retriever == "dense" || opt.retriever == "hybrid",
+             "unknown retriever '" << opt.retriever << "' (expected bm25, dense or hybrid)");
+  const bool dense = opt.retriever != "bm25";
+  const bool lexical = opt.retriever != "dense";
+  if (lexical) retriever::check_bm25_config(opt.bm25);
+  std::unique_ptr<retriever::Embedder> embedder;
+  std::unique_ptr<VectorIndex> vindex;
+  int dim = 0;
+  if (dense) {
+    retriever::EmbedderOptions eo;
+    eo.dim = opt.dim;
+    embedder = retriever::create_embedder(opt.embedder, eo);
+    dim = embedder->dim();
+    vindex = VectorIndex::create(opt.faiss, dim);
+  }
   CorpusReader reader(opt.inputs, opt.corpus);
 
   TempDirGuard guard;
@@ -165,12 +258,15 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   {
     const auto t = Clock::now();
     PassageStoreWriter store(tmp / kPassagesFile);
+    std::unique_ptr<retriever::Bm25Writer> bm25;
+    if (lexical) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, opt.bm25);
     pr.start("read", reader.total_bytes(), "bytes");
     bool crashed_mid_ingest = false;
     reader.read(
         [&](const Passage& p) {
-          store.add(p.id, p.title, p.text);
-          if (embedder->needs_fit()) embedder->fit_add(p.title, p.text);
+          const uint64_t row = store.add(p.id, p.title, p.text);
+          if (bm25) bm25->add(row, p.title, p.text);
+          if (embedder && embedder->needs_fit()) embedder->fit_add(p.title, p.text);
           if (!crashed_mid_ingest && store.count() == 100) {
             crashed_mid_ingest = true;
             crash_point("ingest");
@@ -179,106 +275,50 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
         [&](uint64_t bytes) { pr.update(bytes); });
     pr.finish();
     CEPE_CHECK(store.count() > 0, "the corpus has no valid passages");
+    result.passages = store.count();
     store.finish();
-    if (embedder->needs_fit()) embedder->fit_finish();
-    embedder->save(tmp);
+    if (embedder && embedder->needs_fit()) embedder->fit_finish();
+    if (embedder) embedder->save(tmp);
     result.corpus = reader.stats();
     result.skip_summary = reader.skip_summary();
     if (!result.skip_summary.empty()) pr.note(result.skip_summary);
     result.ingest_seconds = seconds_since(t);
-  }
-  PassageStore store(tmp / kPassagesFile);
-  const int64_t n = static_cast<int64_t>(store.size());
-  const int batch = opt.batch > 0 ? opt.batch : embedder->preferred_batch();
-  std::vector<float> buf(static_cast<size_t>(batch) * dim);
-  std::vector<index::PassageView> views;
-  auto embed_rows = [&](const std::vector<int64_t>& rows, size_t begin, size_t count, float* dst) {
-    views.clear();
-    for (size_t i = begin; i < begin + count; ++i)
-      views.push_back(store.get(rows.empty() ? i : rows[i]));
-    embedder->embed_passages(views, dst);
-  };
-
-  // 2. Train on a uniform sample (IVF centroids, PQ codebooks, OPQ rotation).
-  uint64_t trained_on = 0;
-  if (vindex->needs_training()) {
-    const auto t = Clock::now();
-    int64_t want = opt.train_size > 0 ? opt.train_size : vindex->suggested_training_size();
-    want = std::min(want, n);
-    std::vector<int64_t> rows(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) rows[i] = i;
-    std::mt19937_64 rng(opt.seed);
-    // Partial Fisher-Yates: the first `want` rows become a uniform sample.
-    for (int64_t i = 0; i < want; ++i) {
-      std::uniform_int_distribution<int64_t> pick(i, n - 1);
-      std::swap(rows[i], rows[pick(rng)]);
+    if (bm25) {
+      const auto tb = Clock::now();
+      pr.note("writing the BM25 database");
+      bm25->finish();
+      result.bm25_seconds = seconds_since(tb);
     }
-    rows.resize(static_cast<size_t>(want));
-    std::sort(rows.begin(), rows.end());  // sequential reads of the store
-    std::vector<float> sample(static_cast<size_t>(want) * dim);
-    pr.start("train-embed", static_cast<uint64_t>(want), "passages");
-    for (int64_t b = 0; b < want; b += batch) {
-      const size_t cnt = static_cast<size_t>(std::min<int64_t>(batch, want - b));
-      embed_rows(rows, static_cast<size_t>(b), cnt, sample.data() + static_cast<size_t>(b) * dim);
-      pr.update(static_cast<uint64_t>(b) + cnt);
-    }
-    pr.finish();
-    pr.note("training " + opt.faiss + " on " + std::to_string(want) + " vectors");
-    crash_point("train");
-    vindex->train(want, sample.data());
-    trained_on = static_cast<uint64_t>(want);
-    result.train_seconds = seconds_since(t);
   }
-  {
-    // FAISS's defaults (one IVF list, efSearch 16) are rarely what anyone wants.
-    SearchParams d = opt.defaults;
-    const int64_t nlist = vindex->nlist();
-    if (nlist > 0 && d.nprobe == 0)
-      d.nprobe = static_cast<int>(std::min<int64_t>(nlist, std::max<int64_t>(8, nlist / 16)));
-    if (vindex->has_hnsw() && d.ef_search == 0) d.ef_search = 64;
-    vindex->set_defaults(d);
-  }
-
-  // 3. Embed and add every passage, in batches.
-  {
-    const auto t = Clock::now();
-    pr.start("embed", static_cast<uint64_t>(n), "passages");
-    const std::vector<int64_t> all;  // empty: rows are positions
-    for (int64_t b = 0; b < n; b += batch) {
-      const size_t cnt = static_cast<size_t>(std::min<int64_t>(batch, n - b));
-      embed_rows(all, static_cast<size_t>(b), cnt, buf.data());
-      vindex->add(static_cast<int64_t>(cnt), buf.data());
-      pr.update(static_cast<uint64_t>(b) + cnt);
-      if (b == 0) crash_point("add");
-    }
-    pr.finish();
-    result.embed_seconds = seconds_since(t);
-  }
-  CEPE_CHECK(vindex->size() == n,
-             "internal: FAISS holds " << vindex->size() << " vectors for " << n << " passages");
-  pr.note("writing the FAISS index");
-  vindex->save(tmp / kFaissFile);
-  crash_point("save");
+  if (dense) build_dense(opt, tmp, *embedder, *vindex, pr, &result);
+  if (!dense) crash_point("save");
 
   // 4. The manifest, last: its presence is what makes the directory an index.
   IndexManifest& m = result.manifest;
-  m.embedder_spec = embedder->spec();
-  m.embedder_kind = embedder->kind();
-  m.embedder_fingerprint = embedder->fingerprint();
-  m.embedder_config = embedder->describe();
-  m.dim = dim;
-  m.faiss_factory = opt.faiss;
-  m.faiss_description = vindex->describe();
-  m.default_nprobe = vindex->defaults().nprobe;
-  m.default_ef_search = vindex->defaults().ef_search;
-  m.passages = static_cast<uint64_t>(n);
-  m.trained_on = trained_on;
+  m.retriever = opt.retriever;
+  if (lexical) m.bm25 = opt.bm25;
+  if (dense) {
+    m.embedder_spec = embedder->spec();
+    m.embedder_kind = embedder->kind();
+    m.embedder_fingerprint = embedder->fingerprint();
+    m.embedder_config = embedder->describe();
+    m.dim = dim;
+    m.faiss_factory = opt.faiss;
+    m.faiss_description = vindex->describe();
+    m.default_nprobe = vindex->defaults().nprobe;
+    m.default_ef_search = vindex->defaults().ef_search;
+    m.trained_on = result.trained_on;
+  }
+  m.passages = result.passages;
   for (const auto& in : opt.inputs) m.inputs.push_back(in.string());
   m.skipped = result.corpus.skipped;
-  m.embed_passages_per_second = result.embed_seconds > 0 ? n / result.embed_seconds : 0;
+  m.embed_passages_per_second =
+      result.embed_seconds > 0 ? static_cast<double>(m.passages) / result.embed_seconds : 0;
   m.created = utc_now();
   m.cepe_version = "0.1.0";
   m.build_seconds = seconds_since(t0);
+  // Checksums of everything else, so that opening verifies each file before any parser reads it.
+  m.files = digest_directory(tmp);
   write_manifest(tmp, m);
   fsync_directory(tmp);
   crash_point("manifest");

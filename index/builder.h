@@ -9,7 +9,8 @@
 
 #include "index/corpus.h"
 #include "index/manifest.h"
-#include "index/vector_index.h"
+#include "retriever/bm25.h"
+#include "retriever/vector_index.h"
 
 namespace cepe::index {
 
@@ -17,15 +18,17 @@ namespace cepe::index {
 struct BuildOptions {
   std::vector<std::filesystem::path> inputs;  ///< corpus files and directories
   std::filesystem::path out;                  ///< index directory to create
+  std::string retriever = "bm25";             ///< "bm25", "dense" or "hybrid"
+  retriever::Bm25Config bm25;                 ///< BM25 settings (bm25 and hybrid)
   std::string embedder = "lexical";           ///< embedder spec
   std::string faiss = "Flat";                 ///< FAISS factory string
   int dim = 0;                                ///< lexical dimension (0: default)
   CorpusOptions corpus;                       ///< ingestion settings
   int64_t train_size = 0;                     ///< training sample for IVF/PQ (0: automatic)
-  int batch = 0;             ///< passages per embedding batch (0: embedder's choice)
-  bool overwrite = false;    ///< replace an existing index at `out`
-  SearchParams defaults;     ///< nprobe/efSearch stored as the index defaults
-  uint64_t seed = 20240601;  ///< training sample seed
+  int batch = 0;                     ///< passages per embedding batch (0: embedder's choice)
+  bool overwrite = false;            ///< replace an existing index at `out`
+  retriever::SearchParams defaults;  ///< nprobe/efSearch stored as the index defaults
+  uint64_t seed = 20240601;          ///< training sample seed
 };
 
 /// Receives progress; the CLI draws a bar on a terminal and logs lines otherwise.
@@ -51,6 +54,9 @@ struct BuildResult {
   double ingest_seconds = 0;   ///< reading, validating, storing, fitting
   double train_seconds = 0;    ///< embedding the sample and training
   double embed_seconds = 0;    ///< embedding and adding every passage
+  double bm25_seconds = 0;     ///< committing and compacting the BM25 database
+  uint64_t passages = 0;       ///< passages stored
+  uint64_t trained_on = 0;     ///< FAISS training sample size (0: none)
   double total_seconds = 0;    ///< wall time
   uint64_t bytes_on_disk = 0;  ///< size of the finished directory
 };

@@ -5,8 +5,15 @@
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/hash.h"
 #include "common/json.h"
 
 namespace cepe::index {
@@ -41,6 +48,47 @@ uint64_t get_u64(const rapidjson::Value& obj, const char* key, const std::string
   return v.GetUint64();
 }
 
+double get_number(const rapidjson::Value& obj, const char* key, const std::string& origin,
+                  const std::string& path) {
+  const auto& v = member(obj, key, origin, path);
+  CEPE_CHECK(v.IsNumber(), origin << ": field \"" << path << key << "\" must be a number");
+  return v.GetDouble();
+}
+
+std::string hex(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  return buf;
+}
+
+constexpr uint64_t kFileHashSeed = 0x46494c45;      // "FILE"
+constexpr uint64_t kManifestHashSeed = 0x4d414e49;  // "MANI"
+constexpr const char* kZeroChecksum = "0000000000000000";
+
+// The manifest's own checksum covers its text with the checksum's digits zeroed: a flipped digit
+// in k1 or a file hash must not pass as a valid (different) index description.
+void check_manifest_checksum(const std::string& json, const rapidjson::Value& d,
+                             const std::string& origin) {
+  const auto it = d.FindMember("checksum");
+  CEPE_CHECK(it != d.MemberEnd() && it->value.IsString() && it->value.GetStringLength() == 16,
+             origin << ": field \"checksum\" must be 16 hex digits");
+  const std::string want(it->value.GetString(), 16);
+  const std::string needle = "\"checksum\": \"" + want + "\"";
+  const size_t at = json.find(needle);
+  CEPE_CHECK(at != std::string::npos, origin << ": checksum mismatch (the file is corrupt)");
+  std::string zeroed = json;
+  zeroed.replace(at + needle.size() - 17, 16, kZeroChecksum);
+  CEPE_CHECK(
+      hex(hash64(zeroed, kManifestHashSeed)) == want,
+      origin << ": checksum mismatch (the file is corrupt or was edited); rebuild the index");
+}
+
+// A file name recorded in a manifest must name a file directly inside the index directory.
+bool plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
 const rapidjson::Value& get_object(const rapidjson::Value& obj, const char* key,
                                    const std::string& origin) {
   const auto& v = member(obj, key, origin, "");
@@ -53,9 +101,35 @@ std::string manifest_to_json(const IndexManifest& m) {
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();
+  // Placeholder, replaced below by the checksum of the text with these 16 zeros in it.
+  put(w, "checksum", kZeroChecksum);
   put(w, "format", "cepe-index");
   w.Key("version");
   w.Int(m.format_version);
+  put(w, "retriever", m.retriever);
+  if (has_bm25(m)) {
+    w.Key("bm25");
+    w.StartObject();
+    put(w, "file", kBm25File);
+    w.Key("k1");
+    w.Double(m.bm25.k1);
+    w.Key("b");
+    w.Double(m.bm25.b);
+    put(w, "stemmer", m.bm25.stemmer);
+    put(w, "stopwords", m.bm25.stopwords);
+    w.EndObject();
+  }
+  w.Key("files");
+  w.StartObject();
+  for (const auto& [name, d] : m.files) {
+    w.Key(name.c_str(), static_cast<rapidjson::SizeType>(name.size()));
+    w.StartObject();
+    w.Key("bytes");
+    w.Uint64(d.bytes);
+    put(w, "hash", hex(d.hash));
+    w.EndObject();
+  }
+  w.EndObject();
   w.Key("embedder");
   w.StartObject();
   put(w, "spec", m.embedder_spec);
@@ -103,7 +177,10 @@ std::string manifest_to_json(const IndexManifest& m) {
   put(w, "cepe_version", m.cepe_version);
   w.EndObject();
   w.EndObject();
-  return std::string(sb.GetString(), sb.GetSize()) + "\n";
+  std::string text = std::string(sb.GetString(), sb.GetSize()) + "\n";
+  const size_t at = text.find(kZeroChecksum);
+  text.replace(at, 16, hex(hash64(text, kManifestHashSeed)));
+  return text;
 }
 
 IndexManifest manifest_from_json(const std::string& json, const std::string& origin) {
@@ -118,6 +195,43 @@ IndexManifest manifest_from_json(const std::string& json, const std::string& ori
              origin << ": index format version " << m.format_version
                     << " is not supported (expected " << kIndexFormatVersion
                     << "); rebuild the index");
+  m.retriever = get_string(d, "retriever", origin, "");
+  CEPE_CHECK(m.retriever == "bm25" || m.retriever == "dense" || m.retriever == "hybrid",
+             origin << ": field \"retriever\" must be bm25, dense or hybrid (got \"" << m.retriever
+                    << "\")");
+  if (has_bm25(m)) {
+    const auto& b = get_object(d, "bm25", origin);
+    CEPE_CHECK(get_string(b, "file", origin, "bm25.") == kBm25File,
+               origin << ": field \"bm25.file\" must be " << kBm25File);
+    m.bm25.k1 = get_number(b, "k1", origin, "bm25.");
+    m.bm25.b = get_number(b, "b", origin, "bm25.");
+    m.bm25.stemmer = get_string(b, "stemmer", origin, "bm25.");
+    m.bm25.stopwords = get_string(b, "stopwords", origin, "bm25.");
+  }
+  const auto& files = get_object(d, "files", origin);
+  for (const auto& kv : files.GetObject()) {
+    const std::string name(kv.name.GetString(), kv.name.GetStringLength());
+    CEPE_CHECK(plain_file_name(name) && name != kManifestFile,
+               origin << ": field \"files\" names \"" << name
+                      << "\", which is not a file of the index directory");
+    CEPE_CHECK(kv.value.IsObject(), origin << ": field \"files." << name << "\" must be an object");
+    FileDigest fd;
+    fd.bytes = get_u64(kv.value, "bytes", origin, "files." + name + ".");
+    const std::string h = get_string(kv.value, "hash", origin, "files." + name + ".");
+    char* end = nullptr;
+    errno = 0;
+    fd.hash = std::strtoull(h.c_str(), &end, 16);
+    CEPE_CHECK(h.size() == 16 && *end == '\0' && errno == 0,
+               origin << ": field \"files." << name << ".hash\" must be 16 hex digits");
+    m.files[name] = fd;
+  }
+  CEPE_CHECK(m.files.count(kPassagesFile),
+             origin << ": field \"files\" does not list " << kPassagesFile);
+  if (has_bm25(m))
+    CEPE_CHECK(m.files.count(kBm25File), origin << ": field \"files\" does not list " << kBm25File);
+  if (has_dense(m))
+    CEPE_CHECK(m.files.count(kFaissFile),
+               origin << ": field \"files\" does not list " << kFaissFile);
   const auto& e = get_object(d, "embedder", origin);
   m.embedder_spec = get_string(e, "spec", origin, "embedder.");
   m.embedder_kind = get_string(e, "kind", origin, "embedder.");
@@ -148,7 +262,57 @@ IndexManifest manifest_from_json(const std::string& json, const std::string& ori
     m.embed_passages_per_second = s->value.GetDouble();
   m.created = get_string(b, "created", origin, "build.");
   m.cepe_version = get_string(b, "cepe_version", origin, "build.");
+  check_manifest_checksum(json, d, origin);
   return m;
+}
+
+FileDigest digest_file(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  CEPE_CHECK(in, file.string() << ": cannot open: " << std::strerror(errno));
+  Hasher h(kFileHashSeed);
+  // A multiple of 8: Hasher gives the same digest however the bytes are split on 8-byte bounds.
+  std::vector<char> buf(1 << 20);
+  FileDigest d;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const auto got = static_cast<size_t>(in.gcount());
+    if (got == 0) break;
+    h.update(buf.data(), got);
+    d.bytes += got;
+  }
+  CEPE_CHECK(in.eof(), file.string() << ": read error");
+  d.hash = h.digest();
+  return d;
+}
+
+std::map<std::string, FileDigest> digest_directory(const std::filesystem::path& dir) {
+  std::map<std::string, FileDigest> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name == kManifestFile) continue;
+    CEPE_CHECK(e.is_regular_file(),
+               "internal: " << e.path().string() << " is not a regular file; an index holds files");
+    out[name] = digest_file(e.path());
+  }
+  return out;
+}
+
+void verify_files(const std::filesystem::path& dir, const IndexManifest& m) {
+  namespace fs = std::filesystem;
+  for (const auto& [name, want] : m.files) {
+    const fs::path f = dir / name;
+    std::error_code ec;
+    CEPE_CHECK(fs::is_regular_file(f, ec),
+               f.string() << ": missing (the index manifest lists it); rebuild the index");
+    const uint64_t size = fs::file_size(f, ec);
+    CEPE_CHECK(!ec, f.string() << ": cannot stat: " << ec.message());
+    CEPE_CHECK(size == want.bytes, f.string() << ": truncated or resized (" << size
+                                              << " bytes, the manifest records " << want.bytes
+                                              << "); rebuild the index");
+    const FileDigest got = digest_file(f);
+    CEPE_CHECK(got.bytes == want.bytes && got.hash == want.hash,
+               f.string() << ": checksum mismatch (the file is corrupt); rebuild the index");
+  }
 }
 
 IndexManifest read_manifest(const std::filesystem::path& dir) {

@@ -8,14 +8,25 @@
 #include <string>
 #include <vector>
 
+#include "retriever/bm25.h"
+
 namespace cepe::index {
 
-/// Version of the index directory layout.
-inline constexpr int kIndexFormatVersion = 1;
+/// Version of the index directory layout (2: retriever kinds, BM25, per-file checksums).
+inline constexpr int kIndexFormatVersion = 2;
+
+/// Size and checksum of one file of an index, recorded at build time and verified at open.
+struct FileDigest {
+  uint64_t bytes = 0;  ///< file size
+  uint64_t hash = 0;   ///< Hasher digest of the whole file (seed kFileHashSeed)
+};
 
 /// Contents of an index directory's manifest.json.
 struct IndexManifest {
   int format_version = kIndexFormatVersion;            ///< layout version
+  std::string retriever = "dense";                     ///< "bm25", "dense" or "hybrid"
+  retriever::Bm25Config bm25;                          ///< BM25 settings (bm25 and hybrid)
+  std::map<std::string, FileDigest> files;             ///< every other file of the directory
   std::string embedder_spec;                           ///< spec that recreates the embedder
   std::string embedder_kind;                           ///< "lexical", "bert"
   std::string embedder_fingerprint;                    ///< identifies the embedding function
@@ -41,6 +52,25 @@ inline constexpr const char* kManifestFile = "manifest.json";
 inline constexpr const char* kPassagesFile = "passages.bin";
 /// The FAISS index.
 inline constexpr const char* kFaissFile = "faiss.index";
+/// The BM25 (Xapian, single-file) database.
+inline constexpr const char* kBm25File = "bm25.xapian";
+
+/// True when the manifest's retriever kind has a dense (embedder + FAISS) side.
+inline bool has_dense(const IndexManifest& m) {
+  return m.retriever != "bm25";
+}
+/// True when the manifest's retriever kind has a BM25 side.
+inline bool has_bm25(const IndexManifest& m) {
+  return m.retriever != "dense";
+}
+
+/// Digest of a file, read in chunks (never mapped whole).
+FileDigest digest_file(const std::filesystem::path& file);
+/// Records the digest of every regular file in `dir` except the manifest.
+std::map<std::string, FileDigest> digest_directory(const std::filesystem::path& dir);
+/// Checks that `dir` holds exactly the files `m.files` lists with their sizes and checksums;
+/// throws naming the first file that is missing, unexpected, truncated or corrupt.
+void verify_files(const std::filesystem::path& dir, const IndexManifest& m);
 
 /// Serialises to pretty JSON.
 std::string manifest_to_json(const IndexManifest& m);

@@ -102,13 +102,22 @@ PassageStore::PassageStore(const std::filesystem::path& path)
                   << kPassageStoreVersion << "); rebuild the index");
   CEPE_CHECK(h.header_size == kHeaderSize && h.header_checksum == header_checksum(h),
              name << ": corrupt passage store header (checksum mismatch)");
-  CEPE_CHECK(h.offsets_pos >= kHeaderSize + h.data_size && h.offsets_pos % 8 == 0,
+  // Every size is checked before it is used in arithmetic: a header claiming 2^61-1 passages (its
+  // checksum recomputed by whoever forged it) must fail here, not wrap around and pass.
+  const uint64_t file_size = file_->size();
+  CEPE_CHECK(h.data_size <= file_size - kHeaderSize, name << ": truncated passage store ("
+                                                          << file_size << " bytes, header says "
+                                                          << h.data_size << " bytes of data)");
+  CEPE_CHECK(h.offsets_pos >= kHeaderSize + h.data_size && h.offsets_pos % 8 == 0 &&
+                 h.offsets_pos <= file_size,
              name << ": corrupt passage store header (offsets at " << h.offsets_pos << ")");
+  const uint64_t table_room = (file_size - h.offsets_pos) / sizeof(uint64_t);
+  CEPE_CHECK(h.count < table_room, name << ": truncated passage store (header says " << h.count
+                                        << " passages, the file has room for "
+                                        << (table_room > 0 ? table_room - 1 : 0) << ")");
   const uint64_t expected = h.offsets_pos + (h.count + 1) * sizeof(uint64_t);
-  CEPE_CHECK(file_->size() >= expected, name << ": truncated passage store (" << file_->size()
-                                             << " bytes, header says " << expected << ")");
-  CEPE_CHECK(file_->size() == expected, name << ": passage store has " << file_->size() - expected
-                                             << " unexpected trailing bytes");
+  CEPE_CHECK(file_size == expected, name << ": passage store has " << file_size - expected
+                                         << " unexpected trailing bytes");
   count_ = h.count;
   data_size_ = h.data_size;
   checksum_ = h.data_checksum;

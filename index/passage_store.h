@@ -16,15 +16,12 @@
 
 #include "common/fileio.h"
 #include "common/hash.h"
+#include "retriever/passage.h"
 
 namespace cepe::index {
 
 /// One passage as read from the store; views into the mapping, valid while the store lives.
-struct PassageView {
-  std::string_view id;     ///< corpus id
-  std::string_view title;  ///< title (may be empty)
-  std::string_view text;   ///< passage text
-};
+using PassageView = retriever::PassageView;
 
 /// Current on-disk version of the passage store.
 inline constexpr uint32_t kPassageStoreVersion = 1;
@@ -48,16 +45,16 @@ class PassageStoreWriter {
 };
 
 /// A read-only, memory-mapped passage store.
-class PassageStore {
+class PassageStore : public retriever::PassageLookup {
  public:
   /// Maps and validates the header and sizes; throws naming the file when it is not a store, has
   /// another version, or is truncated.
   explicit PassageStore(const std::filesystem::path& path);
 
   /// Number of passages.
-  uint64_t size() const { return count_; }
+  uint64_t size() const override { return count_; }
   /// Passage at `row`; throws when the row is out of range or the record is corrupt.
-  PassageView get(uint64_t row) const;
+  PassageView get(uint64_t row) const override;
   /// Recomputes the data checksum; throws naming the file when it does not match the header.
   void verify() const;
   /// Size of the file in bytes.

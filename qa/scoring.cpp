@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "common/error.h"
-#include "common/unicode_tables.h"
+#include "common/unicode.h"
 #include "common/utf8.h"
 
 namespace cepe::qa {
@@ -13,53 +13,6 @@ namespace {
 // Invalid UTF-8 bytes become code points past U+10FFFF so that they cannot collide with real
 // characters and are re-emitted as the original byte.
 constexpr char32_t kRawByteBase = 0x110000;
-
-bool in_ranges(char32_t c, const unicode::CodeRange* ranges, size_t count) {
-  const unicode::CodeRange* end = ranges + count;
-  const unicode::CodeRange* it = std::upper_bound(
-      ranges, end, c, [](char32_t v, const unicode::CodeRange& r) { return v < r.first; });
-  return it != ranges && c <= (it - 1)->last;
-}
-
-bool is_word(char32_t c) {
-  if (c < 0x80)
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-  return in_ranges(c, unicode::kWordRanges, unicode::kWordRangeCount);
-}
-
-bool is_space(char32_t c) {
-  return in_ranges(c, unicode::kSpaceRanges, unicode::kSpaceRangeCount);
-}
-
-bool is_cased(char32_t c) {
-  return in_ranges(c, unicode::kCasedRanges, unicode::kCasedRangeCount);
-}
-
-bool is_case_ignorable(char32_t c) {
-  return in_ranges(c, unicode::kCaseIgnorableRanges, unicode::kCaseIgnorableRangeCount);
-}
-
-char32_t simple_lower(char32_t c) {
-  const unicode::LowerRun* begin = unicode::kLowerRuns;
-  const unicode::LowerRun* end = begin + unicode::kLowerRunCount;
-  const unicode::LowerRun* it = std::upper_bound(
-      begin, end, c, [](char32_t v, const unicode::LowerRun& r) { return v < r.first; });
-  if (it == begin) return c;
-  const unicode::LowerRun& run = *(it - 1);
-  if (c > run.last || (c - run.first) % run.stride != 0) return c;
-  return static_cast<char32_t>(static_cast<int64_t>(c) + run.delta);
-}
-
-// str.lower() turns a capital sigma into the final form when a cased letter precedes it and none
-// follows it, skipping case-ignorable characters on both sides; the context is the original text.
-bool sigma_is_final(const std::u32string& s, size_t i) {
-  size_t j = i;
-  while (j > 0 && is_case_ignorable(s[j - 1])) --j;
-  if (j == 0 || !is_cased(s[j - 1])) return false;
-  size_t k = i + 1;
-  while (k < s.size() && is_case_ignorable(s[k])) ++k;
-  return k == s.size() || !is_cased(s[k]);
-}
 
 bool is_ascii_punct(char32_t c) {
   return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
@@ -107,9 +60,9 @@ std::u32string normalize_cps(std::string_view text) {
       low.push_back(U'i');
       low.push_back(0x307);
     } else if (c == 0x3A3) {
-      low.push_back(sigma_is_final(cps, i) ? 0x3C2 : 0x3C3);
+      low.push_back(unicode::sigma_is_final(cps, i) ? 0x3C2 : 0x3C3);
     } else if (c < kRawByteBase) {
-      low.push_back(simple_lower(c));
+      low.push_back(unicode::simple_lower(c));
     } else {
       low.push_back(c);
     }
@@ -120,12 +73,12 @@ std::u32string normalize_cps(std::string_view text) {
   std::u32string no_articles;
   no_articles.reserve(low.size());
   for (size_t i = 0; i < low.size();) {
-    if (!is_word(low[i])) {
+    if (!unicode::is_word(low[i])) {
       no_articles.push_back(low[i++]);
       continue;
     }
     size_t j = i;
-    while (j < low.size() && is_word(low[j])) ++j;
+    while (j < low.size() && unicode::is_word(low[j])) ++j;
     const std::u32string_view word(low.data() + i, j - i);
     if (word == U"a" || word == U"an" || word == U"the") {
       no_articles.push_back(U' ');
@@ -139,12 +92,12 @@ std::u32string normalize_cps(std::string_view text) {
   std::u32string out;
   out.reserve(no_articles.size());
   for (size_t i = 0; i < no_articles.size();) {
-    if (is_space(no_articles[i])) {
+    if (unicode::is_space(no_articles[i])) {
       ++i;
       continue;
     }
     if (!out.empty()) out.push_back(U' ');
-    while (i < no_articles.size() && !is_space(no_articles[i])) out.push_back(no_articles[i++]);
+    while (i < no_articles.size() && !unicode::is_space(no_articles[i])) out.push_back(no_articles[i++]);
   }
   return out;
 }

@@ -1,6 +1,6 @@
-// The `bert` dense embedder: a BERT-family encoder (BertModel: Contriever, E5, BGE, ...) loaded
-// from a HuggingFace directory (config.json, model.safetensors, vocab.txt), run on an engine
-// backend, with mean or CLS pooling, optional query/passage prefixes and L2 normalisation.
+// The `bert` dense embedder: a BERT-family encoder (engine/models/bert.h: Contriever, E5, BGE,
+// ...) loaded from a HuggingFace directory (config.json, model.safetensors, vocab.txt), with its
+// WordPiece tokenizer, mean or CLS pooling, optional query/passage prefixes and L2 normalisation.
 // Spec: bert:DIR[,pooling=mean|cls][,normalize=0|1][,query_prefix=TEXT][,passage_prefix=TEXT]
 //            [,max_tokens=N][,device=cpu|cuda]
 #pragma once
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/models/bert.h"
 #include "retriever/embedder.h"
 #include "retriever/wordpiece.h"
 
@@ -33,21 +34,6 @@ struct BertSpec {
 /// Parses "bert:DIR[,key=value...]"; values are taken verbatim (prefixes keep their spaces).
 BertSpec parse_bert_spec(const std::string& spec);
 
-/// The model hyper-parameters read from config.json.
-struct BertConfig {
-  int hidden_size = 0;              ///< width of the hidden states (the vector dimension)
-  int num_hidden_layers = 0;        ///< transformer layers
-  int num_attention_heads = 0;      ///< attention heads per layer
-  int intermediate_size = 0;        ///< feed-forward width
-  int max_position_embeddings = 0;  ///< longest input, [CLS] and [SEP] included
-  int type_vocab_size = 2;          ///< token-type embeddings (only type 0 is used)
-  int vocab_size = 0;               ///< rows of the word-embedding table (0: from the weights)
-  float layer_norm_eps = 1e-12f;    ///< LayerNorm epsilon
-};
-
-/// Reads and checks `dir`/config.json; errors name the file and the offending field.
-BertConfig read_bert_config(const std::filesystem::path& dir);
-
 /// BERT encoder + pooling behind the Embedder interface. Thread-safe (forwards are serialised).
 class BertEmbedder : public Embedder {
  public:
@@ -61,13 +47,13 @@ class BertEmbedder : public Embedder {
   /// "bert".
   std::string kind() const override { return "bert"; }
   /// hidden_size.
-  int dim() const override { return config_.hidden_size; }
+  int dim() const override { return model_->config().hidden_size; }
   /// Hash of config.json, vocab.txt, the tokenizer settings, pooling, prefixes and every weight.
   std::string fingerprint() const override { return fingerprint_; }
   /// Model directory, shape, tokenizer and pooling settings, device.
   std::map<std::string, std::string> describe() const override;
   /// Embeds passage_prefix + title + " " + text (just the text when there is no title).
-  void embed_passages(const std::vector<index::PassageView>& passages, float* out) const override;
+  void embed_passages(const std::vector<PassageView>& passages, float* out) const override;
   /// Embeds query_prefix + query.
   void embed_queries(const std::vector<std::string>& queries, float* out) const override;
   /// Passages per batch: enough rows for efficient GEMMs, bounded memory.
@@ -81,25 +67,21 @@ class BertEmbedder : public Embedder {
   /// The tokenizer.
   const WordPiece& tokenizer() const { return tokenizer_; }
   /// The parsed config.
-  const BertConfig& config() const { return config_; }
+  const BertConfig& config() const { return model_->config(); }
   /// Most tokens packed into one forward.
   static constexpr size_t kBatchTokens = 8192;
 
  private:
-  struct Layer;
-  void load_weights();
+  // Pools (mean or [CLS]) and normalises one forward's texts into out.
   void forward(const std::vector<std::vector<int32_t>>& ids, float* out) const;
 
   BertSpec spec_;
   std::string spec_string_;
-  BertConfig config_;
   WordPiece tokenizer_;
   size_t max_tokens_ = 0;
   std::string fingerprint_;
-  std::string weight_dtype_;
   std::unique_ptr<Backend> backend_;
-  Tensor word_embeddings_, position_type_, embed_ln_w_, embed_ln_b_;
-  std::vector<Layer> layers_;
+  std::unique_ptr<BertModel> model_;
   mutable std::mutex mutex_;
 };
 

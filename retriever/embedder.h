@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "index/passage_store.h"
+#include "retriever/passage.h"
 
 namespace cepe::retriever {
 
@@ -42,8 +42,7 @@ class Embedder {
   virtual void save(const std::filesystem::path& /*index_dir*/) const {}
 
   /// Embeds passages into `out` (n x dim, row-major).
-  virtual void embed_passages(const std::vector<index::PassageView>& passages,
-                              float* out) const = 0;
+  virtual void embed_passages(const std::vector<PassageView>& passages, float* out) const = 0;
   /// Embeds queries into `out` (n x dim, row-major).
   virtual void embed_queries(const std::vector<std::string>& queries, float* out) const = 0;
   /// Passages per embed_passages call that keep memory bounded and throughput high.

@@ -312,8 +312,7 @@ void LexicalEmbedder::embed_one(std::string_view title, std::string_view text, f
   }
 }
 
-void LexicalEmbedder::embed_passages(const std::vector<index::PassageView>& passages,
-                                     float* out) const {
+void LexicalEmbedder::embed_passages(const std::vector<PassageView>& passages, float* out) const {
   for (size_t i = 0; i < passages.size(); ++i)
     embed_one(passages[i].title, passages[i].text, out + i * static_cast<size_t>(dim_));
 }

@@ -49,7 +49,7 @@ class LexicalEmbedder : public Embedder {
   /// Writes lexical.idf (sparse df table) atomically.
   void save(const std::filesystem::path& index_dir) const override;
   /// Embeds title + text.
-  void embed_passages(const std::vector<index::PassageView>& passages, float* out) const override;
+  void embed_passages(const std::vector<PassageView>& passages, float* out) const override;
   /// Embeds questions.
   void embed_queries(const std::vector<std::string>& queries, float* out) const override;
   /// Lexical embedding is cheap; large batches amortise FAISS calls.

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/json.h"
+#include "common/unicode.h"
 #include "common/utf8.h"
 
 namespace cepe::retriever {
@@ -16,34 +17,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CodeRange {
-  char32_t first, last;
-};
-struct LowerRun {
-  char32_t first, last;
-  int32_t stride, delta;
-};
-struct StripEntry {
-  char32_t cp;
-  char32_t out[3];
-};
-
-#include "retriever/wordpiece.unicode.inc"
-
-template <size_t N>
-bool in_ranges(const CodeRange (&table)[N], char32_t c) {
-  const CodeRange* end = table + N;
-  const CodeRange* it =
-      std::upper_bound(table, end, c, [](char32_t v, const CodeRange& r) { return v < r.first; });
-  return it != table && c <= (it - 1)->last;
-}
-
 bool is_control(char32_t c) {
-  return c != U'\t' && c != U'\n' && c != U'\r' && in_ranges(kControl, c);
+  return c != U'\t' && c != U'\n' && c != U'\r' && unicode::is_other(c);
 }
 
 bool is_whitespace(char32_t c) {
-  return c == U' ' || c == U'\t' || c == U'\n' || c == U'\r' || in_ranges(kSpaceSeparator, c);
+  return c == U' ' || c == U'\t' || c == U'\n' || c == U'\r' || unicode::is_space_separator(c);
 }
 
 // What Python's str.split() splits on besides the whitespace above (the rest of str.isspace()
@@ -57,7 +36,7 @@ bool is_punctuation(char32_t c) {
   if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
       (c >= 123 && c <= 126))
     return true;
-  return in_ranges(kPunctuation, c);
+  return unicode::is_punctuation(c);
 }
 
 bool is_cjk(char32_t c) {
@@ -65,69 +44,6 @@ bool is_cjk(char32_t c) {
          (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
          (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
          (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
-}
-
-char32_t lower_simple(char32_t c) {
-  const LowerRun* end = kLower + std::size(kLower);
-  const LowerRun* it =
-      std::upper_bound(kLower, end, c, [](char32_t v, const LowerRun& r) { return v < r.first; });
-  if (it == kLower) return c;
-  const LowerRun& r = *(it - 1);
-  if (c > r.last || (c - r.first) % static_cast<char32_t>(r.stride) != 0) return c;
-  return static_cast<char32_t>(static_cast<int64_t>(c) + r.delta);
-}
-
-// Python's str.lower() of one word: the simple mappings, U+0130 -> "i" U+0307, and capital sigma
-// -> final sigma after a cased letter and not before one (case-ignorable code points skipped).
-std::u32string python_lower(const std::u32string& w) {
-  std::u32string out;
-  out.reserve(w.size() + 1);
-  for (size_t i = 0; i < w.size(); ++i) {
-    const char32_t c = w[i];
-    if (c == 0x130) {
-      out += U'i';
-      out += char32_t{0x307};
-    } else if (c == 0x3A3) {
-      size_t j = i;
-      while (j > 0 && in_ranges(kCaseIgnorable, w[j - 1])) --j;
-      bool final_sigma = j > 0 && in_ranges(kCased, w[j - 1]);
-      if (final_sigma) {
-        size_t k = i + 1;
-        while (k < w.size() && in_ranges(kCaseIgnorable, w[k])) ++k;
-        final_sigma = k == w.size() || !in_ranges(kCased, w[k]);
-      }
-      out += final_sigma ? char32_t{0x3C2} : char32_t{0x3C3};
-    } else {
-      out += lower_simple(c);
-    }
-  }
-  return out;
-}
-
-// NFD with nonspacing marks (Mn) removed, code point by code point.
-std::u32string strip_accents(const std::u32string& w) {
-  std::u32string out;
-  out.reserve(w.size());
-  const StripEntry* end = kStrip + std::size(kStrip);
-  for (char32_t c : w) {
-    if (c >= 0xAC00 && c <= 0xD7A3) {  // Hangul syllable: algorithmic decomposition into jamo
-      const char32_t s = c - 0xAC00;
-      out += static_cast<char32_t>(0x1100 + s / (21 * 28));
-      out += static_cast<char32_t>(0x1161 + (s % (21 * 28)) / 28);
-      if (s % 28) out += static_cast<char32_t>(0x11A7 + s % 28);
-      continue;
-    }
-    if (in_ranges(kNonspacingMark, c)) continue;
-    const StripEntry* it =
-        std::lower_bound(kStrip, end, c, [](const StripEntry& e, char32_t v) { return e.cp < v; });
-    if (it != end && it->cp == c) {
-      for (char32_t o : it->out)
-        if (o) out += o;
-    } else {
-      out += c;
-    }
-  }
-  return out;
 }
 
 std::string to_utf8(const std::u32string& s) {
@@ -259,8 +175,8 @@ std::vector<std::string> WordPiece::basic_tokenize(std::string_view text) const 
   const bool strip = options_.strip_accents.value_or(options_.lower_case);
   std::vector<std::string> out;
   for (std::u32string& w : words) {
-    if (options_.lower_case) w = python_lower(w);
-    if (strip) w = strip_accents(w);
+    if (options_.lower_case) w = unicode::lower(w);
+    if (strip) w = unicode::strip_accents(w);
     std::u32string piece;
     for (char32_t c : w) {
       if (is_punctuation(c)) {

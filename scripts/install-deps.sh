@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
   libboost-all-dev libfaiss-dev libsentencepiece-dev sentencepiece rapidjson-dev libopenblas-dev
+  libxapian-dev xapian-tools
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 curl
 )

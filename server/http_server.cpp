@@ -1,10 +1,9 @@
 // The HTTP side of the server: one Session per connection on its own strand, reading requests with
-// Beast's parser under header/body deadlines, and answering /ask through the retrieval pool and
-// the engine loop. While a request waits for the engine, a one-byte read on the raw socket watches
-// for the client going away, so its generation is cancelled at once.
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
+// Beast's parser under header/body deadlines, routing them (routes.h), checking access (access.h),
+// and answering the generating routes through the retrieval pool (ask.h: retrieve and plan) and
+// the scheduler, streaming with Server-Sent Events (sse.h). While a request waits for the engine,
+// a one-byte read on the raw socket watches for the client going away, so its generation is
+// cancelled at once. /v1/info is rendered by info.h.
 #include <array>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -19,17 +18,24 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <future>
 #include <limits>
 #include <optional>
 #include <random>
 #include <thread>
+#include <unordered_map>
 
 #include "common/error.h"
-#include "qa/reader.h"
+#include "server/access.h"
+#include "server/ask.h"
+#include "server/info.h"
+#include "server/openai.h"
 #include "server/request.h"
+#include "server/routes.h"
 #include "server/server.h"
+#include "server/sse.h"
 
 namespace cepe::server {
 
@@ -58,46 +64,7 @@ bool valid_request_id(std::string_view id) {
   return true;
 }
 
-// Compares every byte whatever the first difference, so response timing does not reveal how
-// much of a key was right.
-bool same_key(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % (b.empty() ? 1 : b.size())];
-  return diff == 0 && !b.empty();
-}
-
-std::string route_of(std::string_view path) {
-  for (const char* r : {"/ask", "/healthz", "/readyz", "/metrics", "/v1/info"})
-    if (path == r) return r;
-  return "other";
-}
-
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-std::string_view trim(std::string_view s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string_view::npos) return {};
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
-}
-
-void put_string(Writer& w, std::string_view s) {
-  const std::string clean = sanitize_utf8(s);
-  w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
-}
-
 }  // namespace
-
-// State of one /ask between the IO strand, the retrieval pool and the engine thread.
-struct AskState {
-  AskRequest req;
-  std::string request_id;
-  Clock::time_point t0, deadline;
-  std::vector<retriever::Hit> hits;  // passages as reported (retrieved or the caller's)
-  std::shared_ptr<Job> job;
-  double retrieve_ms = 0;
-  std::optional<ApiError> error;  // preparation failed
-  std::atomic<bool> gone{false};  // the client left while preparing
-};
 
 class Session;
 
@@ -157,13 +124,42 @@ class Server::Impl {
   uint16_t bound_port = 0;
   std::string id_prefix;
   std::atomic<uint64_t> id_counter{0};
+  int64_t started_unix = static_cast<int64_t>(std::time(nullptr));  // "created" of /v1/models
+  // Open connections per client IP address (max_connections_per_client).
+  std::mutex clients_mu;
+  std::unordered_map<std::string, int> clients;
+  /// Counts a new connection from `address`; false (nothing counted) when it has too many.
+  bool admit_client(const std::string& address) {
+    std::lock_guard<std::mutex> lock(clients_mu);
+    int& n = clients[address];
+    if (n >= cfg.max_connections_per_client) {
+      if (n == 0) clients.erase(address);
+      return false;
+    }
+    ++n;
+    return true;
+  }
+  /// Forgets one connection of `address`.
+  void release_client(const std::string& address) {
+    std::lock_guard<std::mutex> lock(clients_mu);
+    auto it = clients.find(address);
+    if (it != clients.end() && --it->second <= 0) clients.erase(it);
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
 // One connection.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, Server::Impl& srv) : stream_(std::move(socket)), srv_(srv) {
+  // `client` is the peer's address, already counted by Impl::admit_client().
+  Session(tcp::socket&& socket, Server::Impl& srv, std::string client)
+      : stream_(std::move(socket)),
+        srv_(srv),
+        // The read buffer holds at most a header (or a chunked body's trailers, which Beast
+        // buffers whole) plus a little read-ahead: a bigger one fails the read with
+        // buffer_overflow instead of growing without bound.
+        buffer_(static_cast<size_t>(srv.cfg.max_header_bytes) + kReadAheadBytes),
+        client_(std::move(client)) {
     beast::error_code ec;
     const auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -179,6 +175,7 @@ class Session : public std::enable_shared_from_this<Session> {
       finish_request(499);
     }
     srv_.metrics.connections.fetch_sub(1);
+    srv_.release_client(client_);
   }
 
   void run() {
@@ -187,6 +184,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   using Response = http::response<http::string_body>;
+  static constexpr size_t kReadAheadBytes = 4096;
 
   // ---- reading ----
   void read_header() {
@@ -212,7 +210,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (parser_->is_header_done()) fill_request_info(parser_->get());
       return too_large();
     }
-    if (ec == http::error::header_limit) {
+    if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
       return reply_error(http::status::request_header_fields_too_large, "header_too_large",
                          "the request header is larger than " +
                              std::to_string(srv_.cfg.max_header_bytes) + " bytes",
@@ -247,6 +245,13 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_body(beast::error_code ec) {
     if (ec == http::error::body_limit) return too_large();
+    // Only the trailers of a chunked body are buffered whole: they overflowed the buffer.
+    if (ec == http::error::buffer_overflow || ec == http::error::header_limit) {
+      return reply_error(http::status::request_header_fields_too_large, "header_too_large",
+                         "the chunked body's trailers are larger than " +
+                             std::to_string(srv_.cfg.max_header_bytes) + " bytes",
+                         true);
+    }
     if (ec == beast::error::timeout || ec == http::error::end_of_stream ||
         ec == http::error::partial_message || ec == net::error::connection_reset ||
         ec == net::error::eof) {
@@ -310,7 +315,7 @@ class Session : public std::enable_shared_from_this<Session> {
           .str("path", path_)
           .num("status", status)
           .ms("duration_ms", ms);
-      if (route_ == "/ask") line.flag("stream", stream_mode_);
+      if (generate_api(route_)) line.flag("stream", stream_mode_);
       if (!finish_reason_.empty()) line.str("finish_reason", finish_reason_);
       if (completion_tokens_ >= 0) line.num("completion_tokens", completion_tokens_);
       if (!log_error_.empty()) line.str("error", log_error_);
@@ -364,12 +369,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!srv_.cfg.cors_origins.empty()) f.set(http::field::vary, "Origin");
   }
 
-  bool cors_allowed() const {
-    if (origin_.empty()) return false;
-    for (const auto& o : srv_.cfg.cors_origins)
-      if (o == "*" || o == origin_) return true;
-    return false;
-  }
+  bool cors_allowed() const { return origin_allowed(origin_, srv_.cfg.cors_origins); }
 
   void reply(http::status status, std::string body, const std::string& content_type,
              bool close_after, std::vector<std::pair<std::string, std::string>> extra = {}) {
@@ -404,13 +404,18 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void reply_error(http::status status, const std::string& code, const std::string& message,
                    bool close_after = false,
-                   std::vector<std::pair<std::string, std::string>> extra = {}) {
+                   std::vector<std::pair<std::string, std::string>> extra = {},
+                   const std::string& param = "") {
     log_error_ = code;
-    reply_json(status, error_json(code, message), close_after, std::move(extra));
+    reply_json(status,
+               openai_route(route_)
+                   ? openai_error_json(static_cast<int>(status), code, message, param)
+                   : error_json(code, message),
+               close_after, std::move(extra));
   }
 
   void reply_api_error(const ApiError& e) {
-    reply_error(static_cast<http::status>(e.status()), e.code(), e.what());
+    reply_error(static_cast<http::status>(e.status()), e.code(), e.what(), false, {}, e.param());
   }
 
   // ---- routing ----
@@ -421,7 +426,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (route_ == "other") {
       return reply_error(http::status::not_found, "not_found", "no route for " + path_);
     }
-    const bool post_route = route_ == "/ask";
+    const bool post_route = generate_api(route_).has_value();
     const http::verb want = post_route ? http::verb::post : http::verb::get;
     if (m != want) {
       return reply_error(http::status::method_not_allowed, "method_not_allowed",
@@ -429,7 +434,7 @@ class Session : public std::enable_shared_from_this<Session> {
                              " (use " + (post_route ? "POST" : "GET") + ")",
                          false, {{"Allow", post_route ? "POST, OPTIONS" : "GET, OPTIONS"}});
     }
-    if ((route_ == "/ask" || route_ == "/v1/info") && !authorized(req)) {
+    if (!probe_route(route_) && !authorized(req)) {
       return reply_error(http::status::unauthorized, "unauthorized",
                          "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
                          false, {{"WWW-Authenticate", "Bearer"}});
@@ -446,28 +451,31 @@ class Session : public std::enable_shared_from_this<Session> {
       return reply(http::status::ok, srv_.metrics.render(), "text/plain; version=0.0.4", false);
     }
     if (route_ == "/v1/info") return reply_json(http::status::ok, srv_.info_json());
-    handle_ask(req.body());
+    if (route_ == kModelsRoute) {
+      // The name is known once the model is attached (acquire, as for /v1/info).
+      if (!srv_.engine()) {
+        return reply_error(http::status::service_unavailable, "not_ready",
+                           "the model is still loading", false, {{"Retry-After", "5"}});
+      }
+      return reply_json(http::status::ok,
+                        openai_models_json(srv_.res.model_name, srv_.started_unix));
+    }
+    handle_generate(*generate_api(route_), req.body());
   }
 
   bool authorized(const http::request<http::string_body>& req) const {
-    if (srv_.cfg.api_keys.empty()) return true;
-    std::string_view key;
     const auto auth = req[http::field::authorization];
-    const std::string_view a(auth.data(), auth.size());
-    if (a.size() > 7 && beast::iequals(beast::string_view(a.data(), 7), "Bearer "))
-      key = a.substr(7);
     const auto x = req["X-API-Key"];
-    if (key.empty()) key = std::string_view(x.data(), x.size());
-    bool ok = false;
-    for (const auto& k : srv_.cfg.api_keys) ok |= same_key(key, k);
-    return ok;
+    return key_allowed(request_key(std::string_view(auth.data(), auth.size()),
+                                   std::string_view(x.data(), x.size())),
+                       srv_.cfg.api_keys);
   }
 
   void preflight() {
     if (origin_.empty()) {
       // A plain OPTIONS (not CORS): say what the route allows.
       return reply(http::status::no_content, "", "text/plain", false,
-                   {{"Allow", route_ == "/ask" ? "POST, OPTIONS" : "GET, OPTIONS"}});
+                   {{"Allow", generate_api(route_) ? "POST, OPTIONS" : "GET, OPTIONS"}});
     }
     if (!cors_allowed()) {
       return reply_error(http::status::forbidden, "origin_not_allowed",
@@ -480,7 +488,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // ---- /ask ----
-  void handle_ask(const std::string& body) {
+  void handle_generate(Api api, const std::string& body) {
     if (srv_.draining.load()) {
       return reply_error(http::status::service_unavailable, "shutting_down",
                          "the server is shutting down", true);
@@ -491,8 +499,19 @@ class Session : public std::enable_shared_from_this<Session> {
                          "the model is still loading", false, {{"Retry-After", "5"}});
     }
     auto st = std::make_shared<AskState>();
+    st->api = api;
     try {
-      st->req = parse_ask_request(body, srv_.limits);
+      if (api == Api::Ask) {
+        st->req = parse_ask_request(body, srv_.limits);
+      } else {
+        OpenAiRequest o = parse_openai_request(api, body, srv_.limits);
+        st->req = std::move(o.ask);
+        st->include_usage = o.include_usage;
+        st->ids.api = api;
+        st->ids.id = (api == Api::Chat ? "chatcmpl-" : "cmpl-") + request_id_;
+        st->ids.created = static_cast<int64_t>(std::time(nullptr));
+        st->ids.model = srv_.res.model_name;
+      }
     } catch (const ApiError& e) {
       return reply_api_error(e);
     }
@@ -518,58 +537,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Runs on the retrieval pool: retrieval, prompt and tokenisation, never on an IO thread.
   void prepare(const std::shared_ptr<AskState>& st) {
-    const auto& cfg = srv_.cfg;
     try {
       if (st->gone.load()) throw ApiError(499, "client_closed", "the client closed the connection");
-      std::vector<qa::Passage> passages;
-      if (st->req.passages) {
-        passages = *st->req.passages;
-        for (size_t i = 0; i < passages.size(); ++i) {
-          retriever::Hit h;
-          h.id = passages[i].id;
-          h.title = passages[i].title;
-          h.text = passages[i].text;
-          h.rank = static_cast<int>(i) + 1;
-          h.score = std::numeric_limits<float>::quiet_NaN();
-          st->hits.push_back(std::move(h));
-        }
-      } else if (st->req.k > 0) {
-        const auto t0 = Clock::now();
-        retriever::SearchOptions so;
-        so.k = st->req.k;
-        so.nprobe = cfg.nprobe;
-        so.ef_search = cfg.ef_search;
-        st->hits = srv_.res.retriever->search(st->req.question, so);
-        st->retrieve_ms = ms_since(t0);
-        srv_.metrics.retrieval(st->retrieve_ms / 1000.0);
-        for (const auto& h : st->hits) passages.push_back({h.id, h.title, h.text, h.score});
-      }
-      qa::ReaderOptions ro;
-      ro.decoder_passages = st->req.decoder_passages;
-      ro.chunk_tokens = cfg.chunk_tokens;
-      ro.max_prompt_tokens = cfg.max_prompt_tokens;
-      ro.format = cfg.prompt;
-      SamplingOptions& s = ro.sampling;
-      s.temperature = st->req.temperature;
-      s.top_p = st->req.top_p;
-      s.top_k = st->req.top_k;
-      s.seed = st->req.seed;
-      s.max_new_tokens = st->req.max_new_tokens;
-      s.stop = st->req.stop;
-      qa::ReaderRequest rr;
-      try {
-        // The reader only reads the model's config here; the model itself stays on the engine.
-        qa::Reader reader(*srv_.res.model, *srv_.res.tokenizer, ro);
-        rr = reader.prepare(st->req.question, passages);
-      } catch (const Error& e) {
-        throw ApiError(400, "invalid_request", e.message());
-      }
-      auto job = std::make_shared<Job>();
-      job->prompt_ids = std::move(rr.prompt_ids);
-      job->chunks = std::move(rr.chunks);
-      job->sampling = ro.sampling;
-      job->deadline = st->deadline;
-      st->job = std::move(job);
+      prepare_ask(*st, srv_.res, srv_.cfg, srv_.metrics);
     } catch (const ApiError& e) {
       st->error = e;
     } catch (const std::exception& e) {
@@ -615,62 +585,6 @@ class Session : public std::enable_shared_from_this<Session> {
                     " ms; its generation was cancelled");
   }
 
-  void write_passages(Writer& w, const AskState& st) {
-    w.Key("passages");
-    w.StartArray();
-    for (const auto& h : st.hits) {
-      w.StartObject();
-      w.Key("id");
-      put_string(w, h.id);
-      w.Key("title");
-      put_string(w, h.title);
-      w.Key("text");
-      put_string(w, h.text);
-      w.Key("score");
-      if (std::isfinite(h.score))
-        w.Double(h.score);
-      else
-        w.Null();
-      w.Key("rank");
-      w.Int(h.rank);
-      w.EndObject();
-    }
-    w.EndArray();
-  }
-
-  void write_result(Writer& w, const AskState& st, const JobResult& r) {
-    w.Key("answer");
-    put_string(w, trim(r.text));
-    w.Key("finish_reason");
-    w.String(r.finish_reason.c_str());
-    w.Key("usage");
-    w.StartObject();
-    w.Key("prompt_tokens");
-    w.Int64(r.prompt_tokens);
-    w.Key("encoder_tokens");
-    w.Int64(r.encoder_tokens);
-    w.Key("completion_tokens");
-    w.Int64(r.completion_tokens);
-    w.EndObject();
-    w.Key("timings");
-    w.StartObject();
-    auto put_ms = [&](const char* k, double v) {
-      w.Key(k);
-      w.Double(std::round(v * 1000.0) / 1000.0);
-    };
-    put_ms("retrieve_ms", st.retrieve_ms);
-    put_ms("queue_ms", r.queue_ms);
-    put_ms("encode_ms", r.encode_ms);
-    put_ms("prefill_ms", r.prefill_ms);
-    put_ms("decode_ms", r.decode_ms);
-    put_ms("total_ms", ms_since(st.t0));
-    w.EndObject();
-    w.Key("model");
-    put_string(w, srv_.res.model_name);
-    w.Key("request_id");
-    put_string(w, st.request_id);
-  }
-
   void on_job_done(JobResult r) {
     job_.reset();
     const std::shared_ptr<AskState> st = std::move(ask_);
@@ -680,13 +594,13 @@ class Session : public std::enable_shared_from_this<Session> {
     if (stream_mode_) return end_stream(*st, r);
     switch (r.outcome) {
       case JobOutcome::Finished: {
-        rapidjson::StringBuffer sb;
-        Writer w(sb);
-        w.StartObject();
-        write_result(w, *st, r);
-        write_passages(w, *st);
-        w.EndObject();
-        std::string body(sb.GetString(), sb.GetSize());
+        std::string body;
+        if (st->api == Api::Ask) {
+          body = ask_answer_json(*st, r, srv_.res.model_name, /*with_passages=*/true);
+        } else {
+          body = openai_response_json(st->ids, answer_text(r), r.finish_reason,
+                                      usage_of(r), passages_json(st->hits));
+        }
         return stop_watch_then([self = shared_from_this(), body = std::move(body)]() mutable {
           self->reply_json(http::status::ok, std::move(body));
         });
@@ -707,80 +621,92 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // ---- Server-Sent Events ----
+  // The header goes out through Beast's serializer and every event as one chunk of Beast's chunk
+  // API (make_chunk / make_chunk_last); an HTTP/1.0 client gets the events unframed, then the
+  // connection closes.
   void begin_stream(const AskState& st) {
     chunked_ = version_ != 10;
-    std::string head = "HTTP/1.1 200 OK\r\n";
-    http::fields f;
-    add_common_headers(f);
-    f.set(http::field::content_type, "text/event-stream");
-    f.set(http::field::cache_control, "no-store");
-    f.set("X-Accel-Buffering", "no");  // so reverse proxies do not hold events back
-    if (chunked_) f.set(http::field::transfer_encoding, "chunked");
-    if (!chunked_ || !keep_alive_ || srv_.draining.load()) {
-      f.set(http::field::connection, "close");
-      sse_keep_ = false;
-    } else {
-      sse_keep_ = true;
+    sse_res_.emplace(http::status::ok, 11);
+    add_common_headers(*sse_res_);
+    sse_res_->set(http::field::content_type, "text/event-stream");
+    sse_res_->set(http::field::cache_control, "no-store");
+    sse_res_->set("X-Accel-Buffering", "no");  // so reverse proxies do not hold events back
+    sse_res_->chunked(chunked_);
+    sse_keep_ = chunked_ && keep_alive_ && !srv_.draining.load();
+    if (!sse_keep_) sse_res_->set(http::field::connection, "close");
+    sse_sr_.emplace(*sse_res_);
+    header_sent_ = false;
+    last_chunk_pending_ = false;
+    stream_api_ = st.api;
+    if (st.api != Api::Ask) {
+      stream_ids_ = st.ids;
+      // The role (chat) and the passages come first, before any text, as /ask's passages event.
+      return send_event(nullptr,
+                        openai_chunk_json(st.ids, "", true, std::nullopt, passages_json(st.hits)));
     }
-    for (const auto& field : f) {
-      head += std::string(field.name_string()) + ": " + std::string(field.value()) + "\r\n";
-    }
-    head += "\r\n";
-    out_.push_back(std::move(head));
-    rapidjson::StringBuffer sb;
-    Writer w(sb);
-    w.StartObject();
-    write_passages(w, st);
-    w.EndObject();
-    send_event("passages", std::string(sb.GetString(), sb.GetSize()));
+    send_event("passages", ask_passages_json(st));
   }
 
+  // `name` null: a data-only event (the OpenAI streams).
   void send_event(const char* name, const std::string& json) {
-    std::string ev = std::string("event: ") + name + "\ndata: " + json + "\n\n";
-    if (chunked_) {
-      char size[24];
-      std::snprintf(size, sizeof size, "%zx\r\n", ev.size());
-      ev = size + ev + "\r\n";
-    }
-    out_.push_back(std::move(ev));
+    out_.push_back(sse_event(name, json));
     if (!writing_) write_next();
   }
 
   void write_next() {
     if (dead_) return;
+    auto on_written = [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) {
+        self->writing_ = false;
+        self->client_gone();
+        if (self->stream_ended_) self->abandon(499);
+        return;
+      }
+      self->write_next();
+    };
+    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
+    if (!header_sent_) {
+      writing_ = true;
+      header_sent_ = true;
+      return http::async_write_header(stream_, *sse_sr_, std::move(on_written));
+    }
     if (out_.empty()) {
+      if (last_chunk_pending_) {
+        writing_ = true;
+        last_chunk_pending_ = false;
+        return net::async_write(stream_, http::make_chunk_last(), std::move(on_written));
+      }
       writing_ = false;
       if (stream_ended_) stream_flushed();
       return;
     }
     writing_ = true;
-    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
-    net::async_write(stream_, net::buffer(out_.front()),
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
-                       if (ec) {
-                         self->writing_ = false;
-                         self->client_gone();
-                         if (self->stream_ended_) self->abandon(499);
-                         return;
-                       }
-                       self->out_.pop_front();
-                       self->write_next();
-                     });
+    // The event leaves the queue now; the write keeps its own copy alive until it completes.
+    auto event = std::make_shared<std::string>(std::move(out_.front()));
+    out_.pop_front();
+    auto done = [event, on_written = std::move(on_written)](beast::error_code ec, size_t n) {
+      on_written(ec, n);
+    };
+    if (chunked_)
+      net::async_write(stream_, http::make_chunk(net::buffer(*event)), std::move(done));
+    else
+      net::async_write(stream_, net::buffer(*event), std::move(done));
   }
 
   void on_token(std::string piece) {
     if (dead_ || stream_ended_) return;
+    if (stream_api_ != Api::Ask)
+      return send_event(nullptr, openai_chunk_json(stream_ids_, piece, false, std::nullopt));
     send_event("token", "{\"text\":" + json_quote(sanitize_utf8(piece)) + "}");
   }
 
   void end_stream(const AskState& st, const JobResult& r) {
-    if (r.outcome == JobOutcome::Finished) {
-      rapidjson::StringBuffer sb;
-      Writer w(sb);
-      w.StartObject();
-      write_result(w, st, r);
-      w.EndObject();
-      send_event("done", std::string(sb.GetString(), sb.GetSize()));
+    if (st.api != Api::Ask && r.outcome == JobOutcome::Finished) {
+      send_event(nullptr, openai_chunk_json(st.ids, "", false, r.finish_reason));
+      if (st.include_usage) send_event(nullptr, openai_usage_chunk_json(st.ids, usage_of(r)));
+      send_event(nullptr, "[DONE]");
+    } else if (r.outcome == JobOutcome::Finished) {
+      send_event("done", ask_answer_json(st, r, srv_.res.model_name, /*with_passages=*/false));
     } else {
       std::string code = "internal", message = "generation failed: " + r.error;
       if (r.outcome == JobOutcome::Deadline) {
@@ -792,9 +718,18 @@ class Session : public std::enable_shared_from_this<Session> {
         message = "the server stopped before the answer was complete";
       }
       log_error_ = code;
-      send_event("error", error_json(code, message));
+      if (st.api == Api::Ask) {
+        send_event("error", error_json(code, message));
+      } else {
+        // As OpenAI-compatible servers do: the error as a data event, then the end marker.
+        const int status = r.outcome == JobOutcome::Deadline   ? 504
+                           : r.outcome == JobOutcome::Shutdown ? 503
+                                                               : 500;
+        send_event(nullptr, openai_error_json(status, code, message));
+        send_event(nullptr, "[DONE]");
+      }
     }
-    if (chunked_) out_.push_back("0\r\n\r\n");
+    last_chunk_pending_ = chunked_;
     stream_ended_ = true;
     if (!writing_) write_next();
   }
@@ -810,21 +745,24 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // ---- watching for the client leaving ----
   void start_watch() {
-    // Bytes already buffered mean the client pipelined its next request: it is still there.
-    if (watching_ || dead_ || buffer_.size() > 0) return;
+    // What the client sends meanwhile (a pipelined request) is kept for the next read; once the
+    // buffer is full it is not read, and a hang-up is then noticed when the answer is written.
+    const size_t room = buffer_.max_size() - buffer_.size();
+    if (watching_ || dead_ || room == 0) return;
     watching_ = true;
     stream_.socket().async_read_some(
-        net::buffer(&watch_byte_, 1),
+        buffer_.prepare(std::min<size_t>(room, 1024)),
         [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_watch(ec, n); });
   }
 
   void on_watch(beast::error_code ec, size_t n) {
     watching_ = false;
     const bool ours = static_cast<bool>(after_watch_);
-    if (!ec && n == 1) {
-      auto b = buffer_.prepare(1);
-      std::memcpy(b.data(), &watch_byte_, 1);
-      buffer_.commit(1);
+    if (!ec && n > 0) {
+      buffer_.commit(n);
+      // Still waiting for the answer: watch on, or a hang-up after a pipelined byte would go
+      // unnoticed until the whole generation had run.
+      if (!ours) start_watch();
     } else if (!(ours && ec == net::error::operation_aborted)) {
       client_gone();
     }
@@ -860,6 +798,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   Server::Impl& srv_;
   beast::flat_buffer buffer_;
+  std::string client_;  // peer IP address, for max_connections_per_client
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<Response> res_;
   std::string remote_;
@@ -878,7 +817,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // Streaming.
   bool stream_mode_ = false, chunked_ = true, sse_keep_ = true;
   bool writing_ = false, stream_ended_ = false;
-  std::deque<std::string> out_;
+  bool header_sent_ = false, last_chunk_pending_ = false;
+  std::deque<std::string> out_;  // events not yet written
+  std::optional<http::response<http::empty_body>> sse_res_;
+  std::optional<http::response_serializer<http::empty_body>> sse_sr_;
+  Api stream_api_ = Api::Ask;
+  OpenAiIds stream_ids_;
 
   // Lingering close.
   std::unique_ptr<std::array<char, 16384>> drain_buf_;
@@ -886,7 +830,6 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Disconnect watch.
   bool watching_ = false, dead_ = false;
-  char watch_byte_ = 0;
   std::function<void()> after_watch_;
 };
 
@@ -937,12 +880,17 @@ void Server::Impl::do_accept() {
       });
       return;
     }
-    if (metrics.connections.load() >= cfg.max_connections) {
+    beast::error_code peer_ec;
+    const auto peer = socket.remote_endpoint(peer_ec);
+    std::string client = peer_ec ? std::string("?") : peer.address().to_string();
+    if (metrics.connections.load() >= cfg.max_connections || !admit_client(client)) {
+      // Closed at once, so idle sockets of one client cannot lock the others out.
+      metrics.connections_refused.fetch_add(1);
       beast::error_code ignored;
       socket.close(ignored);
     } else {
       socket.set_option(tcp::no_delay(true), ec);
-      std::make_shared<Session>(std::move(socket), *this)->run();
+      std::make_shared<Session>(std::move(socket), *this, std::move(client))->run();
     }
     do_accept();
   });
@@ -969,87 +917,10 @@ bool Server::Impl::ready(std::string* why) const {
 }
 
 std::string Server::Impl::info_json() const {
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  w.StartObject();
-  w.Key("server");
-  w.String(kServerName);
-  w.Key("model");
-  w.StartObject();
-  w.Key("name");
-  put_string(w, res.model_name);
-  w.Key("dir");
-  put_string(w, cfg.model);
-  w.Key("device");
-  put_string(w, cfg.device);
-  if (res.model) {
-    const ModelConfig& mc = res.model->config();
-    w.Key("cepe");
-    w.Bool(mc.is_cepe());
-    w.Key("vocab_size");
-    w.Int(mc.decoder.vocab_size);
-    w.Key("layers");
-    w.Int(mc.decoder.num_hidden_layers);
-    w.Key("hidden_size");
-    w.Int(mc.decoder.hidden_size);
-    w.Key("cross_attention_layers");
-    w.Int(mc.num_cross_attn_layers);
-    w.Key("cross_attention");
-    w.String(cross_attention_mode_name(res.model->cross_attention_mode()));
-    w.Key("max_position_embeddings");
-    w.Int(mc.decoder.max_position_embeddings);
-  }
-  w.EndObject();
-  w.Key("index");
-  if (res.retriever) {
-    const auto& m = res.retriever->manifest();
-    w.StartObject();
-    w.Key("dir");
-    put_string(w, cfg.index);
-    w.Key("passages");
-    w.Uint64(m.passages);
-    w.Key("embedder");
-    put_string(w, m.embedder_spec);
-    w.Key("dim");
-    w.Int(m.dim);
-    w.Key("faiss");
-    put_string(w, m.faiss_factory);
-    w.EndObject();
-  } else {
-    w.Null();
-  }
-  w.Key("limits");
-  w.StartObject();
-  w.Key("max_k");
-  w.Int(cfg.max_k);
-  w.Key("default_k");
-  w.Int(cfg.default_k);
-  w.Key("max_new_tokens");
-  w.Int(cfg.max_new_tokens);
-  w.Key("default_max_new_tokens");
-  w.Int(cfg.default_max_new_tokens);
-  w.Key("max_question_chars");
-  w.Int(cfg.max_question_chars);
-  w.Key("max_body_bytes");
-  w.Int64(cfg.max_body_bytes);
-  w.Key("max_stop");
-  w.Int(cfg.max_stop);
-  w.Key("request_timeout_ms");
-  w.Int(cfg.request_timeout_ms);
-  w.EndObject();
-  w.Key("engine");
-  w.StartObject();
-  w.Key("batching");
-  w.Bool(cfg.batching);
-  w.Key("max_batch");
-  w.Int(cfg.batching ? cfg.max_batch : 1);
-  w.Key("max_queue");
-  w.Int(cfg.max_queue);
-  w.EndObject();
-  w.Key("auth");
-  w.Bool(!cfg.api_keys.empty());
-  w.EndObject();
-  return std::string(sb.GetString(), sb.GetSize());
+  // `res` is written by attach() before it publishes the engine; reading it is safe only after
+  // the acquire that sees the engine (as /ask does). Before that nothing is loaded.
+  static const Resources kNothing;
+  return server_info_json(engine() != nullptr ? res : kNothing, cfg, kServerName);
 }
 
 bool Server::Impl::shutdown(std::chrono::milliseconds grace) {
@@ -1115,8 +986,12 @@ void Server::attach(const Resources& resources) {
   eo.max_batch = impl_->cfg.max_batch;
   eo.max_queue = impl_->cfg.max_queue;
   eo.batching = impl_->cfg.batching;
+  eo.encode_tokens_per_step = impl_->cfg.encode_tokens_per_step;
   impl_->engine_owner =
       std::make_unique<EngineLoop>(*resources.model, *resources.tokenizer, eo, &impl_->metrics);
+  impl_->engine_owner->encoder_states().use_store(resources.encoder_store);
+  impl_->engine_owner->encoder_states().use_cache(resources.encoder_cache,
+                                                  resources.encoder_fingerprint);
   impl_->engine_owner->start();
   impl_->engine_ptr.store(impl_->engine_owner.get(), std::memory_order_release);
   impl_->metrics.ready.store(1);

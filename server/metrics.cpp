@@ -125,6 +125,31 @@ std::string Metrics::render() const {
          "Bytes held by the running sequences between steps: self-attention K/V plus the "
          "cross-attention K/V (cached) or encoder states (absorbed).",
          static_cast<double>(cache_bytes.load()));
+  scalar(out, "cepe_sequence_encoder_state_bytes", "gauge",
+         "Of cepe_sequence_cache_bytes, the encoder states the running sequences hold (absorbed "
+         "cross-attention); the rest is the decoder's self-attention cache.",
+         static_cast<double>(sequence_encoder_state_bytes.load()));
+  scalar(out, "cepe_sequence_self_attention_bytes", "gauge",
+         "Of cepe_sequence_cache_bytes, the decoder self-attention K/V (absorbed mode; in cached "
+         "mode it also counts the projected cross K/V).",
+         static_cast<double>(cache_bytes.load() - sequence_encoder_state_bytes.load()));
+  scalar(out, "cepe_encoder_store_hits_total", "counter",
+         "Passages whose encoder states were read from the index's state store.",
+         static_cast<double>(encoder_store_hits.load()));
+  scalar(out, "cepe_encoder_cache_hits_total", "counter",
+         "Passages whose encoder states came from the server's LRU cache.",
+         static_cast<double>(encoder_cache_hits.load()));
+  scalar(out, "cepe_encoder_cache_misses_total", "counter",
+         "Cache lookups that found nothing (the passage was encoded).",
+         static_cast<double>(encoder_cache_misses.load()));
+  scalar(out, "cepe_encoder_cache_evictions_total", "counter",
+         "Cache entries evicted to stay under encoder_cache_mb.",
+         static_cast<double>(encoder_cache_evictions.load()));
+  scalar(out, "cepe_encoder_cache_bytes", "gauge", "Bytes of encoder states in the LRU cache.",
+         static_cast<double>(encoder_cache_bytes.load()));
+  scalar(out, "cepe_encoder_live_passages_total", "counter",
+         "Passages encoded at request time (not found in a store or cache).",
+         static_cast<double>(encoder_live_passages.load()));
   scalar(out, "cepe_in_flight_requests", "gauge", "Requests being handled.",
          static_cast<double>(in_flight.load()));
   scalar(out, "cepe_open_connections", "gauge", "Open HTTP connections.",
@@ -141,6 +166,9 @@ std::string Metrics::render() const {
          "Generations stopped by the request deadline.", static_cast<double>(deadlines.load()));
   scalar(out, "cepe_rejected_total", "counter", "Requests refused because the queue was full.",
          static_cast<double>(rejected.load()));
+  scalar(out, "cepe_connections_refused_total", "counter",
+         "Connections closed as they were accepted (max_connections, max_connections_per_client).",
+         static_cast<double>(connections_refused.load()));
   scalar(out, "cepe_ready", "gauge", "1 while the server is ready.",
          static_cast<double>(ready.load()));
   return out;

@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "qa/scheduler.h"
+
 namespace cepe::server {
 
 /// A cumulative histogram with fixed bucket bounds (seconds).
@@ -33,8 +35,8 @@ class Histogram {
 };
 
 /// Every metric the server exports. Counters and gauges are atomics; labelled series sit behind a
-/// mutex (one lock per finished request).
-class Metrics {
+/// mutex (one lock per finished request). The scheduler reports through its SchedulerMetrics side.
+class Metrics : public qa::SchedulerMetrics {
  public:
   Metrics();
   /// A finished HTTP request: `route` is one of the known routes or "other".
@@ -46,9 +48,52 @@ class Metrics {
   /// Time a request waited in the queue before joining the batch.
   void queue_wait(double seconds) { queue_wait_.observe(seconds); }
 
+  /// SchedulerMetrics: the queue_depth gauge.
+  void on_queue_depth(int64_t depth) override { queue_depth.store(depth); }
+  /// SchedulerMetrics: the batch_size and cache_bytes gauges.
+  void on_batch(int64_t sequences, int64_t bytes) override {
+    batch_size.store(sequences);
+    cache_bytes.store(bytes);
+  }
+  /// SchedulerMetrics: the queue wait histogram.
+  void on_queue_wait(double seconds) override { queue_wait(seconds); }
+  /// SchedulerMetrics: the step histogram and counters.
+  void on_engine_step(int batch, double seconds) override { engine_step(batch, seconds); }
+  /// SchedulerMetrics: prompt and encoder token counters.
+  void on_joined(int64_t prompt, int64_t encoder) override {
+    prompt_tokens.fetch_add(static_cast<uint64_t>(prompt));
+    encoder_tokens.fetch_add(static_cast<uint64_t>(encoder));
+  }
+  /// SchedulerMetrics: generated tokens, cancellations and deadlines.
+  void on_ended(qa::JobOutcome outcome, int64_t generated) override {
+    generated_tokens.fetch_add(static_cast<uint64_t>(generated));
+    if (outcome == qa::JobOutcome::Deadline) deadlines.fetch_add(1);
+    if (outcome == qa::JobOutcome::Cancelled) cancelled.fetch_add(1);
+  }
+  /// SchedulerMetrics: the encoder-state store and cache counters and gauges.
+  void on_encoder_states(const qa::EncoderStateCounters& c, const qa::EncodedPassageCache* cache,
+                         int64_t sequence_state_bytes) override {
+    sequence_encoder_state_bytes.store(sequence_state_bytes);
+    encoder_store_hits.store(c.store_hits.load());
+    encoder_cache_hits.store(c.cache_hits.load());
+    encoder_live_passages.store(c.live_passages.load());
+    if (cache) {
+      encoder_cache_misses.store(cache->misses());
+      encoder_cache_evictions.store(cache->evictions());
+      encoder_cache_bytes.store(static_cast<int64_t>(cache->bytes()));
+    }
+  }
+
   std::atomic<int64_t> queue_depth{0};        ///< admitted requests not yet in the batch
   std::atomic<int64_t> batch_size{0};         ///< sequences in the running batch
   std::atomic<int64_t> cache_bytes{0};        ///< caches held by the running sequences
+  std::atomic<int64_t> sequence_encoder_state_bytes{0};  ///< of cache_bytes: encoder states (absorbed)
+  std::atomic<uint64_t> encoder_store_hits{0};           ///< passages read from the state store
+  std::atomic<uint64_t> encoder_cache_hits{0};           ///< passages read from the state cache
+  std::atomic<uint64_t> encoder_cache_misses{0};         ///< cache lookups that missed
+  std::atomic<uint64_t> encoder_cache_evictions{0};      ///< cache entries evicted
+  std::atomic<int64_t> encoder_cache_bytes{0};           ///< bytes the state cache holds
+  std::atomic<uint64_t> encoder_live_passages{0};        ///< passages encoded per request
   std::atomic<int64_t> in_flight{0};          ///< requests being handled
   std::atomic<int64_t> connections{0};        ///< open connections
   std::atomic<uint64_t> generated_tokens{0};  ///< tokens generated, all requests
@@ -57,6 +102,7 @@ class Metrics {
   std::atomic<uint64_t> cancelled{0};         ///< generations cancelled (client gone)
   std::atomic<uint64_t> deadlines{0};         ///< generations stopped by the deadline
   std::atomic<uint64_t> rejected{0};          ///< requests refused with 429
+  std::atomic<uint64_t> connections_refused{0};  ///< connections closed at accept (limits)
   std::atomic<int> ready{0};                  ///< 1 while /readyz answers 200
 
   /// The whole exposition text.

@@ -12,13 +12,16 @@
 #include <set>
 #include <sstream>
 
+#include "server/log.h"
+#include "server/request_fields.h"
+
 namespace cepe::server {
-namespace {
+namespace fields {
 
 using rapidjson::Value;
 
 [[noreturn]] void bad(const std::string& field, const std::string& what) {
-  throw ApiError(400, "invalid_field", "'" + field + "' " + what);
+  throw ApiError(400, "invalid_field", "'" + field + "' " + what, field);
 }
 
 std::string str(const Value& v) {
@@ -26,14 +29,15 @@ std::string str(const Value& v) {
 }
 
 int get_int(const Value& v, const std::string& field, long long lo, long long hi,
-            const std::string& limit_note = "") {
+            const std::string& limit_note) {
   if (!v.IsInt64()) bad(field, "must be an integer");
   const long long x = v.GetInt64();
   if (x < lo) bad(field, "must be >= " + std::to_string(lo) + ", got " + std::to_string(x));
   if (x > hi) {
     throw ApiError(400, "limit_exceeded",
                    "'" + field + "' is " + std::to_string(x) + ", above the " + limit_note +
-                       "maximum of " + std::to_string(hi));
+                       "maximum of " + std::to_string(hi),
+                   field);
   }
   return static_cast<int>(x);
 }
@@ -45,7 +49,15 @@ float get_float(const Value& v, const std::string& field, double lo, double hi, 
   range << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
   if (!std::isfinite(x) || x < lo || (lo_open && x == lo) || x > hi)
     bad(field, "must be in " + range.str());
-  return static_cast<float>(x);
+  // The sampler works in float: a value it would round to 0 (or to a subnormal, where its
+  // divisions lose all precision) is a different setting from the one asked for.
+  const float f = static_cast<float>(x);
+  if (x != 0.0 && !(std::fabs(f) >= std::numeric_limits<float>::min())) {
+    std::ostringstream min;
+    min << std::numeric_limits<float>::min();
+    bad(field, "is too small to represent (nonzero values must be >= " + min.str() + ")");
+  }
+  return f;
 }
 
 std::string get_string(const Value& v, const std::string& field) {
@@ -70,24 +82,25 @@ qa::Passage get_passage(const Value& v, const std::string& field) {
     } else if (name == "id") {
       p.id = get_string(it->value, sub);
     } else {
-      throw ApiError(400, "unknown_field", "unknown field '" + sub + "'");
+      throw ApiError(400, "unknown_field", "unknown field '" + sub + "'", sub);
     }
   }
-  if (!has_text) throw ApiError(400, "missing_field", "'" + field + ".text' is required");
+  if (!has_text)
+    throw ApiError(400, "missing_field", "'" + field + ".text' is required", field + ".text");
   return p;
 }
 
-}  // namespace
-
-AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
+void check_depth(std::string_view body, int max_depth) {
   // The depth is checked before parsing so no nesting, however deep, reaches the parser or the
   // (recursive) value destructors.
-  if (json_nesting_depth(body, limits.max_json_depth) > limits.max_json_depth) {
-    throw ApiError(
-        400, "invalid_json",
-        "the JSON nests deeper than " + std::to_string(limits.max_json_depth) + " levels");
+  if (json_nesting_depth(body, max_depth) > max_depth) {
+    throw ApiError(400, "invalid_json",
+                   "the JSON nests deeper than " + std::to_string(max_depth) + " levels");
   }
-  rapidjson::Document doc;
+}
+
+void parse_object(std::string_view body, int max_depth, rapidjson::Document& doc) {
+  check_depth(body, max_depth);
   doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(body.data(),
                                                                                     body.size());
   if (doc.HasParseError()) {
@@ -96,6 +109,100 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
                        rapidjson::GetParseError_En(doc.GetParseError()));
   }
   if (!doc.IsObject()) throw ApiError(400, "invalid_json", "the body must be a JSON object");
+}
+
+std::vector<std::string> get_stop(const Value& v, const std::string& name,
+                                  const AskLimits& limits) {
+  std::vector<std::string> stop;
+  if (v.IsString()) {
+    stop = {str(v)};
+  } else if (v.IsArray()) {
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
+      stop.push_back(get_string(v[i], name + "[" + std::to_string(i) + "]"));
+  } else {
+    bad(name, "must be a string or an array of strings");
+  }
+  if (static_cast<int>(stop.size()) > limits.max_stop) {
+    throw ApiError(400, "limit_exceeded",
+                   "'" + name + "' has " + std::to_string(stop.size()) +
+                       " strings, above the maximum of " + std::to_string(limits.max_stop),
+                   name);
+  }
+  for (size_t i = 0; i < stop.size(); ++i) {
+    if (static_cast<int>(stop[i].size()) > limits.max_stop_chars) {
+      throw ApiError(400, "limit_exceeded",
+                     "'" + name + "[" + std::to_string(i) + "]' is longer than " +
+                         std::to_string(limits.max_stop_chars) + " bytes",
+                     name);
+    }
+  }
+  return stop;
+}
+
+std::vector<qa::Passage> get_passages(const Value& v, const std::string& name,
+                                      const AskLimits& limits) {
+  if (!v.IsArray()) bad(name, "must be an array of {title, text} objects");
+  if (static_cast<int>(v.Size()) > limits.max_k) {
+    throw ApiError(400, "limit_exceeded",
+                   "'" + name + "' has " + std::to_string(v.Size()) +
+                       " entries, above the maximum of " + std::to_string(limits.max_k),
+                   name);
+  }
+  std::vector<qa::Passage> ps;
+  for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
+    ps.push_back(get_passage(v[i], name + "[" + std::to_string(i) + "]"));
+  return ps;
+}
+
+void check_question(AskRequest& r, bool has_k, const std::string& name, const AskLimits& limits) {
+  if (r.question.find_first_not_of(" \t\r\n") == std::string::npos) bad(name, "is empty");
+  const size_t chars = utf8_length(r.question);
+  if (chars > static_cast<size_t>(limits.max_question_chars)) {
+    throw ApiError(400, "limit_exceeded",
+                   "'" + name + "' has " + std::to_string(chars) +
+                       " characters, above the maximum of " +
+                       std::to_string(limits.max_question_chars),
+                   name);
+  }
+  if (r.bm25_weight == 0 && r.dense_weight == 0)
+    bad("dense_weight", "and bm25_weight cannot both be 0");
+  // Caller passages fix how many passages there are; k only limits retrieval.
+  if (r.passages && !has_k) r.k = static_cast<int>(r.passages->size());
+  if (r.decoder_passages > r.k && !r.passages) {
+    // Built piecewise: GCC 12 misreads `"(" + std::to_string(...)` here as an overlapping copy.
+    std::string what = "(";
+    what += std::to_string(r.decoder_passages);
+    what += ") must be <= k (";
+    what += std::to_string(r.k);
+    what += ")";
+    bad("decoder_passages", what);
+  }
+}
+
+bool get_retrieval_field(const std::string& name, const rapidjson::Value& v, AskRequest& r) {
+  if (name == "nprobe") {
+    r.nprobe = get_int(v, name, 0, 1 << 16);
+  } else if (name == "ef_search") {
+    r.ef_search = get_int(v, name, 0, 1 << 16);
+  } else if (name == "bm25_weight") {
+    r.bm25_weight = get_float(v, name, 0.0, 1e6, false);
+  } else if (name == "dense_weight") {
+    r.dense_weight = get_float(v, name, 0.0, 1e6, false);
+  } else if (name == "rrf_k") {
+    r.rrf_k = get_int(v, name, 0, 1 << 20);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace fields
+
+using namespace fields;
+
+AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
+  rapidjson::Document doc;
+  parse_object(body, limits.max_json_depth, doc);
 
   AskRequest r;
   r.k = limits.default_k;
@@ -127,60 +234,18 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
       if (!v.IsUint64()) bad(name, "must be an integer in [0, 2^64)");
       r.seed = v.GetUint64();
     } else if (name == "stop") {
-      if (v.IsString()) {
-        r.stop = {str(v)};
-      } else if (v.IsArray()) {
-        r.stop.clear();
-        for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
-          r.stop.push_back(get_string(v[i], "stop[" + std::to_string(i) + "]"));
-      } else {
-        bad(name, "must be a string or an array of strings");
-      }
-      if (static_cast<int>(r.stop.size()) > limits.max_stop) {
-        throw ApiError(400, "limit_exceeded",
-                       "'stop' has " + std::to_string(r.stop.size()) +
-                           " strings, above the maximum of " + std::to_string(limits.max_stop));
-      }
-      for (size_t i = 0; i < r.stop.size(); ++i) {
-        if (static_cast<int>(r.stop[i].size()) > limits.max_stop_chars) {
-          throw ApiError(400, "limit_exceeded",
-                         "'stop[" + std::to_string(i) + "]' is longer than " +
-                             std::to_string(limits.max_stop_chars) + " bytes");
-        }
-      }
+      r.stop = get_stop(v, name, limits);
     } else if (name == "stream") {
       if (!v.IsBool()) bad(name, "must be true or false");
       r.stream = v.GetBool();
     } else if (name == "passages") {
-      if (!v.IsArray()) bad(name, "must be an array of {title, text} objects");
-      if (static_cast<int>(v.Size()) > limits.max_k) {
-        throw ApiError(400, "limit_exceeded",
-                       "'passages' has " + std::to_string(v.Size()) +
-                           " entries, above the maximum of " + std::to_string(limits.max_k));
-      }
-      std::vector<qa::Passage> ps;
-      for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
-        ps.push_back(get_passage(v[i], "passages[" + std::to_string(i) + "]"));
-      r.passages = std::move(ps);
-    } else {
-      throw ApiError(400, "unknown_field", "unknown field '" + name + "'");
+      r.passages = get_passages(v, name, limits);
+    } else if (!get_retrieval_field(name, v, r)) {
+      throw ApiError(400, "unknown_field", "unknown field '" + name + "'", name);
     }
   }
-  if (!has_question) throw ApiError(400, "missing_field", "'question' is required");
-  if (r.question.find_first_not_of(" \t\r\n") == std::string::npos) bad("question", "is empty");
-  const size_t chars = utf8_length(r.question);
-  if (chars > static_cast<size_t>(limits.max_question_chars)) {
-    throw ApiError(400, "limit_exceeded",
-                   "'question' has " + std::to_string(chars) +
-                       " characters, above the maximum of " +
-                       std::to_string(limits.max_question_chars));
-  }
-  // Caller passages fix how many passages there are; k only limits retrieval.
-  if (r.passages && !has_k) r.k = static_cast<int>(r.passages->size());
-  if (r.decoder_passages > r.k && !r.passages) {
-    bad("decoder_passages",
-        "(" + std::to_string(r.decoder_passages) + ") must be <= k (" + std::to_string(r.k) + ")");
-  }
+  if (!has_question) throw ApiError(400, "missing_field", "'question' is required", "question");
+  check_question(r, has_k, "question", limits);
   return r;
 }
 
@@ -192,7 +257,9 @@ std::string json_quote(std::string_view text) {
 }
 
 std::string error_json(const std::string& code, const std::string& message) {
-  return "{\"error\":{\"code\":" + json_quote(code) + ",\"message\":" + json_quote(message) + "}}";
+  // Messages quote what the client sent (a path, a field name), which need not be UTF-8.
+  return "{\"error\":{\"code\":" + json_quote(sanitize_utf8(code)) +
+         ",\"message\":" + json_quote(sanitize_utf8(message)) + "}}";
 }
 
 }  // namespace cepe::server

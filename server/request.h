@@ -18,17 +18,24 @@ namespace cepe::server {
 /// A failure answered with an HTTP status and `{"error": {"code", "message"}}`.
 class ApiError : public std::runtime_error {
  public:
-  /// `code` is a stable machine-readable word; `message` is for people.
-  ApiError(int status, std::string code, const std::string& message)
-      : std::runtime_error(message), status_(status), code_(std::move(code)) {}
+  /// `code` is a stable machine-readable word; `message` is for people; `param` names the request
+  /// field at fault ("" when none), for the OpenAI error shape.
+  ApiError(int status, std::string code, const std::string& message, std::string param = "")
+      : std::runtime_error(message),
+        status_(status),
+        code_(std::move(code)),
+        param_(std::move(param)) {}
   /// HTTP status.
   int status() const { return status_; }
   /// Stable error code ("invalid_field", "queue_full", ...).
   const std::string& code() const { return code_; }
+  /// The request field at fault, "" when none.
+  const std::string& param() const { return param_; }
 
  private:
   int status_;
   std::string code_;
+  std::string param_;
 };
 
 /// Limits and defaults applied while parsing (from the server config).
@@ -57,6 +64,11 @@ struct AskRequest {
   std::vector<std::string> stop;  ///< stop strings
   bool stream = false;            ///< answer with Server-Sent Events
   std::optional<std::vector<qa::Passage>> passages;  ///< caller passages replacing retrieval
+  int nprobe = -1;     ///< FAISS IVF lists to visit (-1: the server's setting)
+  int ef_search = -1;  ///< FAISS HNSW search depth (-1: the server's setting)
+  double bm25_weight = 1.0;   ///< hybrid indexes: weight of the BM25 ranking in rank fusion
+  double dense_weight = 1.0;  ///< hybrid indexes: weight of the dense ranking in rank fusion
+  int rrf_k = 60;             ///< hybrid indexes: the reciprocal rank fusion constant
 };
 
 /// Parses a request body; throws ApiError (400) naming the offending field.

@@ -1,6 +1,7 @@
 #include "server/resources.h"
 
 #include <filesystem>
+#include <iostream>
 
 #include "common/error.h"
 
@@ -12,6 +13,9 @@ Resources LoadedResources::view() const {
   r.tokenizer = tokenizer.get();
   r.retriever = retriever.get();
   r.model_name = model_name;
+  r.encoder_store = encoder_store;
+  r.encoder_cache = encoder_cache;
+  r.encoder_fingerprint = encoder_fingerprint;
   return r;
 }
 
@@ -29,10 +33,11 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   if (!config.index.empty()) {
     CEPE_CHECK(fs::is_directory(config.index),
                "config: 'index' " << config.index << ": not a directory");
-    out.retriever = retriever::Retriever::open(config.index);
+    out.retriever = index::open_index(config.index);
   }
   BackendOptions bo;
-  bo.threads = config.threads;
+  bo.threads = config.threads;  // honoured on the engine thread: every CPU region names its team
+  bo.weights = parse_weight_kind(config.weights, "config: 'weights'");
   out.backend = make_backend(parse_device(config.device), bo);
   out.model = CepeModel::load(dir, *out.backend);
   out.model->set_cross_attention_mode(parse_cross_attention_mode(
@@ -42,6 +47,21 @@ LoadedResources load_resources(const config::ServerConfig& config) {
              tok.string() << " has " << out.tokenizer->vocab_size()
                           << " pieces but the model's vocab_size is "
                           << out.model->config().decoder.vocab_size);
+  // Passage states: the store when one matches; otherwise (with an index or caller passages) the
+  // LRU cache. A store that does not match is reported once here and never used.
+  if (out.model->config().is_cepe()) {
+    out.encoder_store = qa::open_encoder_store(
+        config.encoder_store, config.index, dir, out.model->config(), config.chunk_tokens,
+        [](const std::string& line) { std::cerr << "cepe serve: " << line << "\n"; });
+    if (!out.encoder_store && config.encoder_cache_mb > 0) {
+      out.encoder_cache =
+          std::make_shared<qa::EncodedPassageCache>(size_t(config.encoder_cache_mb) << 20);
+      out.encoder_fingerprint =
+          index::encoder_fingerprint(dir, out.model->config(), config.chunk_tokens,
+                                     index::StateDType::F32)
+              .digest();
+    }
+  }
   out.model_name = config.model_name;
   if (out.model_name.empty()) {
     out.model_name = fs::absolute(dir).lexically_normal().filename().string();

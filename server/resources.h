@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "config/server_config.h"
+#include "index/open_index.h"
 #include "engine/backend.h"
 #include "server/server.h"
 
@@ -12,11 +13,14 @@ namespace cepe::server {
 
 /// The loaded model and index; keep it alive as long as the server that uses it.
 struct LoadedResources {
-  std::unique_ptr<Backend> backend;                 ///< the device
-  std::unique_ptr<CepeModel> model;                 ///< weights and config
-  std::unique_ptr<Tokenizer> tokenizer;             ///< the model's tokenizer.model
-  std::unique_ptr<retriever::Retriever> retriever;  ///< null when no index is configured
-  std::string model_name;                           ///< name reported in responses
+  std::unique_ptr<Backend> backend;                          ///< the device
+  std::unique_ptr<CepeModel> model;                          ///< weights and config
+  std::unique_ptr<Tokenizer> tokenizer;                      ///< the model's tokenizer.model
+  std::unique_ptr<index::IndexRetriever> retriever;          ///< null when no index is configured
+  std::string model_name;                                    ///< name reported in responses
+  std::shared_ptr<const index::EncoderStore> encoder_store;  ///< config encoder_store (or null)
+  std::shared_ptr<qa::EncodedPassageCache> encoder_cache;    ///< config encoder_cache_mb (or null)
+  uint64_t encoder_fingerprint = 0;                          ///< cache key part
   /// The non-owning view Server::attach() takes.
   Resources view() const;
 };

@@ -1,5 +1,5 @@
 // `cepe serve`'s HTTP server: Boost.Beast over an IO thread pool, retrieval and tokenisation on a
-// worker pool, generation on the engine thread (server/engine_loop.h). The header keeps Beast out
+// worker pool, generation on the scheduler's thread (qa/scheduler.h). The header keeps Beast out
 // of its includers.
 #pragma once
 
@@ -9,21 +9,33 @@
 #include <string>
 
 #include "config/server_config.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
+#include "index/open_index.h"
+#include "qa/scheduler.h"
 #include "retriever/retriever.h"
-#include "server/engine_loop.h"
 #include "server/log.h"
 #include "server/metrics.h"
 
 namespace cepe::server {
 
+// The server's names for the QA scheduler's types (the scheduler lives in qa/).
+using Clock = qa::Clock;
+using EngineLoop = qa::Scheduler;
+using EngineOptions = qa::SchedulerOptions;
+using Job = qa::Job;
+using JobOutcome = qa::JobOutcome;
+using JobResult = qa::JobResult;
+
 /// What the server answers with, loaded by the caller; everything must outlive the server.
 struct Resources {
   CepeModel* model = nullptr;                       ///< the model (used by the engine thread only)
   const Tokenizer* tokenizer = nullptr;             ///< its tokenizer
-  const retriever::Retriever* retriever = nullptr;  ///< null: requests must bring passages
+  const index::IndexRetriever* retriever = nullptr;  ///< null: requests must bring passages
   std::string model_name;                           ///< reported as "model"
+  std::shared_ptr<const index::EncoderStore> encoder_store;  ///< passage states (may be null)
+  std::shared_ptr<qa::EncodedPassageCache> encoder_cache;    ///< LRU of encoded passages (or null)
+  uint64_t encoder_fingerprint = 0;                          ///< the model's, for cache keys
 };
 
 /// The server. start() listens at once (so /healthz answers while the model loads); attach()

@@ -23,7 +23,7 @@ corpus() {
 corpus 300 old >"$tmp/old.jsonl"
 out=$("$cepe" index build --input "$tmp/old.jsonl" --out "$tmp/idx" 2>"$tmp/build.err")
 rc=$?
-if [[ $rc -eq 0 && "$out" == *"built $tmp/idx: 300 passages"* ]] && grep -q "^index build: embed: done" "$tmp/build.err" &&
+if [[ $rc -eq 0 && "$out" == *"built $tmp/idx: 300 passages, retriever bm25"* ]] && grep -q "^index build: read: done" "$tmp/build.err" &&
   ! grep -q $'\r' "$tmp/build.err"; then ok "build (plain progress lines off a terminal)"; else
   bad "build: rc=$rc $out"; cat "$tmp/build.err"; fi
 out=$("$cepe" index search --index "$tmp/idx" -k 2 "unique17 castle" 2>&1)
@@ -32,8 +32,17 @@ out=$("$cepe" index search --index "$tmp/idx" -k 3 --json "unique5" "unique6" 2>
 [[ $(grep -c '"hits"' <<<"$out") -eq 2 && "$out" == *'"id":"old-5"'* ]] && ok "search --json, two questions" ||
   bad "search --json: $out"
 out=$("$cepe" index info "$tmp/idx" --verify 2>&1)
-[[ "$out" == *"passages   300"* && "$out" == *"lexical (dim 4096, fingerprint lexical-"* && "$out" == *"verify     ok"* ]] &&
+[[ "$out" == *"passages   300"* && "$out" == *"retriever  bm25"* && "$out" == *"verify     ok"* ]] &&
   ok "info --verify" || bad "info: $out"
+# The dense side: the lexical embedder with FAISS (the embedder is checked at query time).
+out=$("$cepe" index build --retriever dense --dim 256 --input "$tmp/old.jsonl" --out "$tmp/dense" 2>"$tmp/dense.err")
+rc=$?
+if [[ $rc -eq 0 && "$out" == *"built $tmp/dense: 300 passages, retriever dense"* ]] &&
+  grep -q "^index build: embed: done" "$tmp/dense.err"; then ok "build --retriever dense"; else
+  bad "build --retriever dense: rc=$rc $out"; cat "$tmp/dense.err"; fi
+out=$("$cepe" index info "$tmp/dense" --verify 2>&1)
+[[ "$out" == *"lexical (dim 256, fingerprint lexical-"* && "$out" == *"verify     ok"* ]] &&
+  ok "info --verify (dense)" || bad "info (dense): $out"
 
 # expect_error name fragment args...: exit 1, one line, containing fragment.
 expect_error() {
@@ -60,7 +69,7 @@ mkdir -p "$tmp/docs" && printf 'Good line.\nBad \xc3 line.\n' >"$tmp/docs/a.txt"
 expect_error "invalid UTF-8 in .txt" "$tmp/docs/a.txt:2: invalid UTF-8" index build --input "$tmp/docs" --out "$tmp/x"
 expect_error "bad factory string" "FAISS factory string 'IVFx,Flat' rejected" \
   index build --input "$tmp/old.jsonl" --out "$tmp/x" --faiss IVFx,Flat
-expect_error "embedder mismatch" "refusing to query it with 'bert:/m'" index search --index "$tmp/idx" --embedder bert:/m "q"
+expect_error "embedder mismatch" "refusing to query it with 'bert:/m'" index search --index "$tmp/dense" --embedder bert:/m "q"
 expect_error "not an index" "is not a CEPE index" index search --index "$tmp/docs" "q"
 [[ -e "$tmp/x" ]] && bad "failed builds left $tmp/x" || ok "failed builds leave no index"
 

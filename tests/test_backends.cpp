@@ -29,7 +29,7 @@
 
 #include "common/error.h"
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/cuda/kernels.cuh"  // compiled here by the host compiler: the SIMT emulator
 #include "engine/generation.h"
 #include "test_util.h"

@@ -92,7 +92,7 @@ std::vector<float> embed_all(const BertEmbedder& e, const Setting& s,
   if (s.prefix == "query: ") {
     e.embed_queries(texts, out.data());
   } else if (s.prefix == "passage: ") {
-    std::vector<index::PassageView> views;
+    std::vector<retriever::PassageView> views;
     for (const auto& t : texts) views.push_back({"id", "", t});
     e.embed_passages(views, out.data());
   } else {

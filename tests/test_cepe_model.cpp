@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
 #include "engine/safetensors.h"
 #include "test_util.h"

@@ -13,11 +13,13 @@
 #include "index/corpus.h"
 #include "index/manifest.h"
 #include "index/passage_store.h"
-#include "index/vector_index.h"
+#include "retriever/vector_index.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace cepe::index;
+using cepe::retriever::SearchParams;
+using cepe::retriever::VectorIndex;
 
 namespace {
 
@@ -422,6 +424,7 @@ IndexManifest sample_manifest() {
   m.inputs = {"a.jsonl"};
   m.created = "2024-01-01T00:00:00Z";
   m.cepe_version = "0.1.0";
+  m.files = {{"passages.bin", {100, 0x1234}}, {"faiss.index", {200, 0xabcdef}}};
   return m;
 }
 }  // namespace
@@ -435,6 +438,22 @@ TEST(Manifest, RoundTrip) {
   EXPECT_EQ(m.default_nprobe, 2);
   EXPECT_EQ(m.passages, 12u);
   EXPECT_EQ(m.embedder_config.at("dim"), "64");
+  EXPECT_EQ(m.retriever, "dense");
+  EXPECT_EQ(m.files.at("faiss.index").bytes, 200u);
+  EXPECT_EQ(m.files.at("faiss.index").hash, 0xabcdefu);
+  IndexManifest b = sample_manifest();
+  b.retriever = "hybrid";
+  b.bm25.k1 = 1.2;
+  b.bm25.b = 0.75;
+  b.bm25.stemmer = "none";
+  b.files["bm25.xapian"] = {300, 7};
+  write_manifest(dir, b);
+  const IndexManifest rb = read_manifest(dir);
+  EXPECT_EQ(rb.retriever, "hybrid");
+  EXPECT_DOUBLE_EQ(rb.bm25.k1, 1.2);
+  EXPECT_DOUBLE_EQ(rb.bm25.b, 0.75);
+  EXPECT_EQ(rb.bm25.stemmer, "none");
+  EXPECT_EQ(rb.bm25.stopwords, "english");
 }
 
 TEST(Manifest, MissingTruncatedOrCorruptManifestGivesClearErrors) {
@@ -453,7 +472,7 @@ TEST(Manifest, MissingTruncatedOrCorruptManifestGivesClearErrors) {
   write(f, json.substr(0, json.size() / 2));
   EXPECT_NE(err().find(f.string() + ": invalid JSON"), std::string::npos) << err();
   std::string v2 = json;
-  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 9");
+  v2.replace(v2.find("\"version\": 2"), 12, "\"version\": 9");
   write(f, v2);
   EXPECT_NE(err().find("index format version 9 is not supported"), std::string::npos) << err();
   std::string nofp = json;
@@ -463,6 +482,18 @@ TEST(Manifest, MissingTruncatedOrCorruptManifestGivesClearErrors) {
       << err();
   write(f, "[]");
   EXPECT_NE(err().find("expected a JSON object"), std::string::npos) << err();
+  // A changed value that still parses (one digit of a file size) fails the manifest's checksum.
+  std::string edited = json;
+  const std::string size200 = "\"bytes\": 200";
+  edited.replace(edited.find(size200), size200.size(), "\"bytes\": 201");
+  write(f, edited);
+  EXPECT_NE(err().find(f.string() + ": checksum mismatch"), std::string::npos) << err();
+  // File names must stay inside the index directory.
+  std::string escape = json;
+  const std::string key = "\"faiss.index\": {";
+  escape.replace(escape.find(key), key.size(), "\"../x.index\": {");
+  write(f, escape);
+  EXPECT_NE(err().find("which is not a file of the index directory"), std::string::npos) << err();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,13 +12,14 @@
 
 #include "common/error.h"
 #include "index/builder.h"
+#include "index/open_index.h"
 #include "retriever/lexical_embedder.h"
 #include "retriever/retriever.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
+using cepe::index::open_index;
 using cepe::retriever::LexicalEmbedder;
-using cepe::retriever::Retriever;
 using cepe::retriever::SearchOptions;
 
 namespace {
@@ -56,15 +57,16 @@ fs::path build(const fs::path& dir, const std::string& name, const std::string& 
   cepe::index::BuildOptions o;
   o.inputs = {make_corpus(dir, n)};
   o.out = dir / name;
+  o.retriever = "dense";
   o.faiss = faiss;
   o.dim = dim;
   cepe::index::build_index(o);
   return o.out;
 }
 
-std::string open_error(const fs::path& dir, const cepe::retriever::RetrieverOptions& o = {}) {
+std::string open_error(const fs::path& dir, const cepe::index::OpenOptions& o = {}) {
   try {
-    Retriever::open(dir, o);
+    open_index(dir, o);
   } catch (const cepe::Error& e) {
     return e.message();
   }
@@ -147,18 +149,18 @@ TEST(LexicalEmbedder, UnitNormDeterministicAndSavedState) {
 TEST(Retriever, FlatEqualsHandComputedDotProductRanking) {
   const fs::path dir = cepe::test::temp_dir("ret-flat");
   const fs::path idx = build(dir, "flat", "Flat");
-  auto r = Retriever::open(idx);
+  auto r = open_index(idx);
   const auto& store = r->passages();
-  const int dim = r->embedder().dim();
+  const int dim = r->dense()->embedder().dim();
   ASSERT_EQ(store.size(), 400u);
   // Every passage vector, recomputed from the stored text.
   std::vector<float> pv(store.size() * dim);
   for (uint64_t i = 0; i < store.size(); ++i)
-    r->embedder().embed_passages({store.get(i)}, pv.data() + i * dim);
+    r->dense()->embedder().embed_passages({store.get(i)}, pv.data() + i * dim);
   for (const std::string q : {"volcano lava eruption", "orchestra composer melody", "galaxy orbit",
                               "knight castle number17", "enzyme membrane gene protein"}) {
     std::vector<float> qv(dim);
-    r->embedder().embed_queries({q}, qv.data());
+    r->dense()->embedder().embed_queries({q}, qv.data());
     std::vector<std::pair<double, uint64_t>> want;
     for (uint64_t i = 0; i < store.size(); ++i) {
       double dot = 0;
@@ -193,7 +195,7 @@ TEST(Retriever, BatchedConcurrentAndAnnAgree) {
   const fs::path flat = build(dir, "flat", "Flat");
   const fs::path ivf = build(dir, "ivf", "IVF8,Flat");
   const fs::path hnsw = build(dir, "hnsw", "HNSW16");
-  auto r = Retriever::open(flat);
+  auto r = open_index(flat);
   std::vector<std::string> qs;
   for (int i = 0; i < 40; ++i)
     qs.push_back(std::string(kTopics[i % 5][i % 6]) + " " + kTopics[(i + 1) % 5][(i * 7) % 6] +
@@ -223,12 +225,12 @@ TEST(Retriever, BatchedConcurrentAndAnnAgree) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(mismatches, std::vector<int>(4, 0));
   // IVF visiting every list is exact; HNSW with a large candidate list too, on 400 vectors.
-  auto ri = Retriever::open(ivf);
-  EXPECT_TRUE(ri->vectors().has_ivf());
+  auto ri = open_index(ivf);
+  EXPECT_TRUE(ri->dense()->vectors().has_ivf());
   EXPECT_GT(ri->manifest().default_nprobe, 0);
   SearchOptions all = so;
   all.nprobe = 8;
-  auto rh = Retriever::open(hnsw);
+  auto rh = open_index(hnsw);
   SearchOptions wide = so;
   wide.ef_search = 400;
   // Scores, not rows, for HNSW: passages with equal scores may come in another order.
@@ -270,7 +272,7 @@ TEST(Retriever, BatchedConcurrentAndAnnAgree) {
 TEST(Retriever, RefusesAnotherEmbedder) {
   const fs::path dir = cepe::test::temp_dir("ret-mismatch");
   const fs::path idx = build(dir, "flat", "Flat", 100);
-  cepe::retriever::RetrieverOptions o;
+  cepe::index::OpenOptions o;
   o.embedder = "bert:/models/e5";
   EXPECT_NE(open_error(idx, o).find("was built with embedder 'lexical' (fingerprint lexical-"),
             std::string::npos)
@@ -285,8 +287,14 @@ TEST(Retriever, RefusesAnotherEmbedder) {
   copy_dir(idx, mixed);
   fs::copy_file(other / LexicalEmbedder::kFileName, mixed / LexicalEmbedder::kFileName,
                 fs::copy_options::overwrite_existing);
-  EXPECT_NE(open_error(mixed).find("but that embedder now has fingerprint"), std::string::npos)
+  // The file checksum catches the swap first; past it, the fingerprint check does.
+  EXPECT_NE(open_error(mixed).find("lexical.idf: truncated or resized"), std::string::npos)
       << open_error(mixed);
+  cepe::index::OpenOptions unchecked;
+  unchecked.skip_checksums = true;
+  EXPECT_NE(open_error(mixed, unchecked).find("but that embedder now has fingerprint"),
+            std::string::npos)
+      << open_error(mixed, unchecked);
   // The CLI refuses the same way, with exit status 1.
   std::string out;
   const int rc =
@@ -307,24 +315,28 @@ TEST(Retriever, DamagedIndexFilesGiveClearErrors) {
     std::function<void()> damage;
     std::string fragment;
   };
+  // Opening checks every file's size and checksum first, so damage is named before any parser
+  // (ours or FAISS's) reads the file.
   const std::vector<Case> cases = {
       {"truncated store", [&] { truncate_file(d / "passages.bin", 1000); },
-       (d / "passages.bin").string() + ": truncated passage store"},
-      {"empty store", [&] { truncate_file(d / "passages.bin", 0); }, "truncated passage store"},
-      {"missing store", [&] { fs::remove(d / "passages.bin"); }, "cannot open"},
+       (d / "passages.bin").string() + ": truncated or resized (1000 bytes"},
+      {"empty store", [&] { truncate_file(d / "passages.bin", 0); }, "truncated or resized (0"},
+      {"missing store", [&] { fs::remove(d / "passages.bin"); },
+       "passages.bin: missing (the index manifest lists it)"},
       {"truncated faiss", [&] { truncate_file(d / "faiss.index", 500); },
-       "cannot read FAISS index " + (d / "faiss.index").string()},
-      {"missing faiss", [&] { fs::remove(d / "faiss.index"); }, "faiss.index is missing"},
+       (d / "faiss.index").string() + ": truncated or resized"},
+      {"missing faiss", [&] { fs::remove(d / "faiss.index"); }, "faiss.index: missing"},
       {"truncated manifest", [&] { truncate_file(d / "manifest.json", 100); },
        (d / "manifest.json").string() + ": invalid JSON"},
       {"missing manifest", [&] { fs::remove(d / "manifest.json"); }, "is not a CEPE index"},
-      {"truncated idf", [&] { truncate_file(d / "lexical.idf", 100); }, "lexical.idf: truncated"},
+      {"truncated idf", [&] { truncate_file(d / "lexical.idf", 100); },
+       "lexical.idf: truncated or resized"},
       {"store of another index",
        [&] {
          fs::copy_file(other / "passages.bin", d / "passages.bin",
                        fs::copy_options::overwrite_existing);
        },
-       "150 stored passages and 200 vectors, manifest says 200"},
+       "passages.bin: truncated or resized"},
   };
   for (const auto& c : cases) {
     copy_dir(idx, d);
@@ -333,17 +345,44 @@ TEST(Retriever, DamagedIndexFilesGiveClearErrors) {
     const std::string msg = open_error(d);
     EXPECT_NE(msg.find(c.fragment), std::string::npos) << c.name << ": " << msg;
   }
-  // Corruption inside the store's data is found by --verify.
+  // Without the checksums each component's own validation still names the file.
+  cepe::index::OpenOptions unchecked;
+  unchecked.skip_checksums = true;
+  const std::vector<Case> structural = {
+      {"truncated store", [&] { truncate_file(d / "passages.bin", 1000); },
+       (d / "passages.bin").string() + ": truncated passage store"},
+      {"empty store", [&] { truncate_file(d / "passages.bin", 0); }, "truncated passage store"},
+      {"missing store", [&] { fs::remove(d / "passages.bin"); }, "cannot open"},
+      {"truncated faiss", [&] { truncate_file(d / "faiss.index", 500); },
+       "cannot read FAISS index " + (d / "faiss.index").string()},
+      {"missing faiss", [&] { fs::remove(d / "faiss.index"); }, "faiss.index is missing"},
+      {"truncated idf", [&] { truncate_file(d / "lexical.idf", 100); }, "lexical.idf: truncated"},
+      {"store of another index",
+       [&] {
+         fs::copy_file(other / "passages.bin", d / "passages.bin",
+                       fs::copy_options::overwrite_existing);
+       },
+       "150 stored passages, manifest says 200"},
+  };
+  for (const auto& c : structural) {
+    copy_dir(idx, d);
+    c.damage();
+    const std::string msg = open_error(d, unchecked);
+    EXPECT_NE(msg.find(c.fragment), std::string::npos) << c.name << ": " << msg;
+  }
+  // Corruption inside the store's data: the file checksum at open, the store's own with --verify.
   copy_dir(idx, d);
   {
     std::fstream f(d / "passages.bin", std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(200);
     f.put('#');
   }
-  EXPECT_EQ(open_error(d), "(no error)");
-  cepe::retriever::RetrieverOptions verify;
+  EXPECT_NE(open_error(d).find("passages.bin: checksum mismatch"), std::string::npos)
+      << open_error(d);
+  EXPECT_EQ(open_error(d, unchecked), "(no error)");
+  cepe::index::OpenOptions verify = unchecked;
   verify.verify = true;
-  EXPECT_NE(open_error(d, verify).find("checksum mismatch"), std::string::npos);
+  EXPECT_NE(open_error(d, verify).find("passage store checksum mismatch"), std::string::npos);
 }
 
 TEST(Retriever, SquadLexicalFlatRecall) {
@@ -353,8 +392,9 @@ TEST(Retriever, SquadLexicalFlatRecall) {
   cepe::index::BuildOptions o;
   o.inputs = {passages};
   o.out = dir / "flat";
+  o.retriever = "dense";
   cepe::index::build_index(o);
-  auto r = Retriever::open(o.out);
+  auto r = open_index(o.out);
   std::unordered_map<std::string, uint64_t> row_of;
   for (uint64_t i = 0; i < r->passages().size(); ++i)
     row_of.emplace(std::string(r->passages().get(i).id), i);

@@ -4,12 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -206,6 +208,23 @@ TEST(Safetensors, AtomicWriteLeavesNoTempFile) {
   WeightStore ws = WeightStore::open(dir);
   EXPECT_FALSE(ws.contains("x"));
   EXPECT_TRUE(ws.contains("y"));
+}
+
+// What a process killed between an atomic write's create and rename leaves is cleaned up, and
+// nothing else in the directory is touched.
+TEST(FileIo, StaleTempsOfOneFileAreRemoved) {
+  const fs::path dir = temp_dir("stale-temps");
+  const fs::path target = dir / "store.ces.partial.ckpt";
+  for (const char* name : {"store.ces.partial.ckpt.tmp-123-0", "store.ces.partial.ckpt.tmp-9-4",
+                           "store.ces.partial.ckpt", "other.tmp-1-0", "store.ces.partial"})
+    std::ofstream(dir / name) << "x";
+  EXPECT_EQ(cepe::remove_stale_temps(target), 2);
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path().filename().string());
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"other.tmp-1-0", "store.ces.partial",
+                                             "store.ces.partial.ckpt"}));
+  EXPECT_EQ(cepe::remove_stale_temps(dir / "missing-dir" / "x"), 0);
 }
 
 TEST(Safetensors, WriteErrorsNameThePath) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,7 +35,8 @@ using SteadyClock = std::chrono::steady_clock;
 
 struct TestData {
   fs::path model, index;
-  std::string skip;  // why the tests cannot run ("" when they can)
+  std::string skip;   // why the tests cannot run: an outside tool or shared data is missing
+  std::string error;  // our own command failed: a product regression, so the tests fail
 };
 
 const TestData& test_data() {
@@ -86,13 +88,13 @@ const TestData& test_data() {
     if (test::run_command(cepe + " random-model --preset tiny --tokenizer " + tokenizer.string() +
                               " --out " + d.model.string(),
                           &out) != 0) {
-      d.skip = "cepe random-model failed: " + out;
+      d.error = "cepe random-model failed: " + out;
       return d;
     }
     if (test::run_command(cepe + " index build --input " + (dir / "passages.jsonl").string() +
                               " --dim 1024 --out " + d.index.string(),
                           &out) != 0) {
-      d.skip = "cepe index build failed: " + out;
+      d.error = "cepe index build failed: " + out;
     }
     return d;
   }();
@@ -101,6 +103,7 @@ const TestData& test_data() {
 
 #define REQUIRE_TEST_DATA()                                          \
   do {                                                               \
+    if (!test_data().error.empty()) FAIL() << test_data().error;     \
     if (!test_data().skip.empty()) GTEST_SKIP() << test_data().skip; \
   } while (0)
 
@@ -109,13 +112,15 @@ const TestData& test_data() {
 class ServerProcess {
  public:
   /// Starts `cepe serve` with the test model and index plus `extra` flags; waits for "ready".
-  explicit ServerProcess(const std::vector<std::string>& extra, bool with_index = true) {
+  /// `model` replaces the test model; `wait_ready` false returns once it listens (still loading).
+  explicit ServerProcess(const std::vector<std::string>& extra, bool with_index = true,
+                         const fs::path& model = {}, bool wait_ready = true) {
     static std::atomic<int> counter{0};
     log_path_ = test::temp_dir("server-log") / ("serve" + std::to_string(counter++) + ".log");
     std::vector<std::string> args = {test::cepe_binary().string(),
                                      "serve",
                                      "--model",
-                                     test_data().model.string(),
+                                     model.empty() ? test_data().model.string() : model.string(),
                                      "--port",
                                      "0",
                                      "--threads",
@@ -144,7 +149,8 @@ class ServerProcess {
       const std::string log = this->log();
       std::smatch m;
       if (port_ == 0 && std::regex_search(log, m, port_re)) port_ = std::stoi(m[1]);
-      if (port_ != 0 && log.find("\"event\":\"ready\"") != std::string::npos) return;
+      if (port_ != 0 && (!wait_ready || log.find("\"event\":\"ready\"") != std::string::npos))
+        return;
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
@@ -296,7 +302,7 @@ bool can_connect(uint16_t port) {
 class ServerHttp : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!test_data().skip.empty()) return;
+    if (!test_data().skip.empty() || !test_data().error.empty()) return;
     server_ = new ServerProcess({"--max-batch",
                                  "8",
                                  "--max-queue",
@@ -597,6 +603,11 @@ TEST_F(ServerHttp, RequestErrorsAreJsonWithTheRightStatus) {
   expect_error(c.request("POST", "/ask", "{\"question\":\"\xc0\xaf\"}"), 400, "invalid_json");
   expect_error(c.request("POST", "/ask", ask_body("x", "\"passages\":[{\"title\":\"t\"}]")), 400,
                "missing_field", "'passages[0].text'");
+  // Values the float sampler would round to 0 are refused, not silently changed.
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"top_p\":1e-300")), 400, "invalid_field",
+               "'top_p'");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"temperature\":1e-300")), 400,
+               "invalid_field", "'temperature'");
 
   expect_error(c.request("GET", "/healthz", "", {{"X-Big", std::string(20000, 'b')}}), 431,
                "header_too_large");
@@ -605,6 +616,59 @@ TEST_F(ServerHttp, RequestErrorsAreJsonWithTheRightStatus) {
   EXPECT_NE(garbage.find("\"bad_request\""), std::string::npos) << garbage;
   // The server is still healthy after all that.
   EXPECT_EQ(c.request("GET", "/healthz").status, 200);
+}
+
+// Bytes 0x80-0xFF in the target reach "no route for ...": the error body must stay valid UTF-8.
+TEST_F(ServerHttp, ErrorBodiesAreValidUtf8) {
+  HttpClient c = server_->client();
+  const std::string out =
+      c.raw("GET /caf\xe9\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 3s);
+  ASSERT_EQ(out.rfind("HTTP/1.1 404", 0), 0u) << out;
+  const std::string body = out.substr(out.find("\r\n\r\n") + 4);
+  rapidjson::Document d;
+  d.Parse<rapidjson::kParseValidateEncodingFlag>(body.c_str(), body.size());
+  ASSERT_FALSE(d.HasParseError()) << "not valid UTF-8 JSON: " << body;
+  EXPECT_NE(std::string(d["error"]["message"].GetString()).find("no route for /caf"),
+            std::string::npos);
+}
+
+// Trailers of a chunked body are buffered whole by the parser: they are bounded like a header
+// (431), and a trailer field too large for Beast's field storage is a 431 too, not a throw that
+// drops the connection.
+TEST_F(ServerHttp, ChunkedTrailersAreBoundedLikeHeaders) {
+  HttpClient c = server_->client();
+  const std::string body = ask_body("Where is Rome?", "\"max_new_tokens\":1");
+  char size[16];
+  std::snprintf(size, sizeof size, "%zx", body.size());
+  const std::string head = "POST /ask HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                           std::string(size) + "\r\n" + body + "\r\n0\r\n";
+  // A small trailer is fine.
+  std::string out = c.raw(head + "X-Trailer: ok\r\n\r\n", 3s);
+  EXPECT_EQ(out.rfind("HTTP/1.1 200", 0), 0u) << out.substr(0, 200);
+  for (size_t n : {30000u, 70000u}) {
+    out = c.raw(head + "X-Trailer: " + std::string(n, 't') + "\r\n\r\n", 5s);
+    EXPECT_EQ(out.rfind("HTTP/1.1 431", 0), 0u) << n << ": " << out.substr(0, 200);
+    EXPECT_NE(out.find("\"header_too_large\""), std::string::npos) << out.substr(0, 300);
+  }
+  EXPECT_EQ(c.request("GET", "/healthz").status, 200);
+}
+
+// A client that pipelines a byte after its request and then hangs up is still noticed: the
+// disconnect watch keeps reading after the byte.
+TEST_F(ServerHttp, DisconnectAfterAPipelinedByteCancelsGeneration) {
+  const double c0 = metric_of(*server_, "cepe_cancelled_total");
+  {
+    HttpClient c = server_->client();
+    const std::string body = ask_body("Where is the Tagus?", R"("max_new_tokens":2000,"stop":[])");
+    c.raw("POST /ask HTTP/1.1\r\nHost: x\r\nX-Request-Id: cancel-pipelined\r\nContent-Length: " +
+              std::to_string(body.size()) + "\r\n\r\n" + body + "G",
+          300ms);
+  }
+  EXPECT_EQ(wait_metric(*server_, "cepe_cancelled_total", [&](double v) { return v >= c0 + 1; }),
+            c0 + 1);
+  const std::string line = log_line_of(*server_, "cancel-pipelined");
+  EXPECT_NE(line.find("\"status\":499"), std::string::npos) << line;
+  EXPECT_NE(line.find("\"finish_reason\":\"cancelled\""), std::string::npos) << line;
 }
 
 TEST_F(ServerHttp, CorsOrigins) {
@@ -890,6 +954,100 @@ TEST(ServerLimits, WithoutIndexRequestsMustBringPassages) {
   EXPECT_EQ(s.stop(SIGINT, 10s), 0);
 }
 
+TEST(ServerLimits, PerClientConnectionLimit) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s({"--max-connections-per-client", "3"});
+  std::vector<std::unique_ptr<HttpClient>> idle;
+  for (int i = 0; i < 3; ++i) {
+    idle.push_back(std::make_unique<HttpClient>("127.0.0.1", s.port(), 5s));
+    ASSERT_EQ(idle.back()->request("GET", "/healthz").status, 200);  // kept alive, then idle
+  }
+  // A fourth connection from the same address is closed as it is accepted.
+  HttpClient extra = s.client(5s);
+  int status = -1;
+  try {
+    status = extra.request("GET", "/healthz").status;
+  } catch (const std::exception&) {
+    status = 0;
+  }
+  EXPECT_EQ(status, 0);
+  EXPECT_GE(metric(idle[0]->request("GET", "/metrics").body, "cepe_connections_refused_total"), 1);
+  // Once one of them leaves, a new one gets in.
+  idle[1]->close();
+  bool admitted = false;
+  for (int i = 0; i < 100 && !admitted; ++i) {
+    try {
+      HttpClient again = s.client(5s);
+      admitted = again.request("GET", "/healthz").status == 200;
+    } catch (const std::exception&) {
+    }
+    if (!admitted) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(admitted);
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
+// Decoder passages that do not fit the prompt cap are dropped once (each tokenised on its own, not
+// the whole prompt again after every drop), and the answer lists only what reached the model.
+TEST(ServerLimits, PromptFittingIsLinearAndListsOnlyUsedPassages) {
+  REQUIRE_TEST_DATA();
+  ServerProcess s({"--max-prompt-tokens", "120", "--max-k", "20", "--max-body-bytes", "4000000"});
+  HttpClient c = s.client();
+  auto passages_json = [](int n, size_t chars) {
+    std::string text;
+    while (text.size() < chars) text += "Rome is the capital of Italy and the Tiber flows there. ";
+    std::string out = "[";
+    for (int i = 0; i < n; ++i)
+      out += std::string(i ? "," : "") + "{\"id\":\"d" + std::to_string(i) +
+             "\",\"title\":\"Italy\",\"text\":\"" + text + "\"}";
+    return out + "]";
+  };
+  // Short passages: the first ones fit, the rest are dropped and not reported.
+  auto r = c.request(
+      "POST", "/ask",
+      ask_body("Where is Rome?", "\"max_new_tokens\":1,\"decoder_passages\":6," +
+                                     std::string("\"passages\":") + passages_json(6, 120)));
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto d = parse_json(r.body);
+  EXPECT_LE(d["usage"]["prompt_tokens"].GetInt(), 120);
+  const auto& listed = d["passages"];
+  EXPECT_GE(listed.Size(), 1u) << r.body;
+  EXPECT_LT(listed.Size(), 6u) << r.body;
+  for (rapidjson::SizeType i = 0; i < listed.Size(); ++i)
+    EXPECT_EQ(std::string(listed[i]["id"].GetString()), "d" + std::to_string(i));
+  // Mixed: decoder passages that do not fit are dropped, encoder passages stay.
+  r = c.request(
+      "POST", "/ask",
+      ask_body("Where is Rome?", "\"max_new_tokens\":1,\"decoder_passages\":4," +
+                                     std::string("\"passages\":") + passages_json(6, 120)));
+  ASSERT_EQ(r.status, 200) << r.body;
+  d = parse_json(r.body);
+  EXPECT_EQ(std::string(d["passages"][d["passages"].Size() - 1]["id"].GetString()), "d5");
+  EXPECT_LT(d["passages"].Size(), 6u);
+
+  // Large passages: 20 of them cost about what one costs (the old loop re-tokenised the whole
+  // prompt after each drop: 20 passages cost ~200 passage tokenisations, one cost ~2).
+  auto timed = [&](int n) {
+    const std::string body = ask_body(
+        "Where is Rome?", "\"max_new_tokens\":1,\"decoder_passages\":" + std::to_string(n) +
+                              ",\"passages\":" + passages_json(n, 40000));
+    double best = 1e9;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto t0 = SteadyClock::now();
+      const auto res = c.request("POST", "/ask", body);
+      EXPECT_EQ(res.status, 200) << res.body.substr(0, 300);
+      best = std::min(best, std::chrono::duration<double>(SteadyClock::now() - t0).count());
+    }
+    return best;
+  };
+  const double one = timed(1), twenty = timed(20);
+  // Beyond the fitting, 20 passages add only parsing 0.8 MB of JSON; a factor of 6 leaves room for
+  // a busy machine while the quadratic loop was ~100x.
+  EXPECT_LT(twenty, 6 * one + 0.05)
+      << "1 passage: " << one << " s, 20 passages: " << twenty << " s";
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
 // ---- shutdown ----
 
 TEST(ServerShutdown, SigtermFinishesEveryRequestInFlight) {
@@ -951,8 +1109,8 @@ TEST(ServerShutdown, GracePeriodEndsWhatIsLeft) {
   HttpResponse r;
   std::thread t([&] {
     HttpClient c = s.client();
-    r = c.request("POST", "/ask",
-                  ask_body("Where is Rome?", R"("max_new_tokens":50000,"stop":[])"));
+    r = c.request("POST", "/ask", ask_body("Where is Rome?", R"("max_new_tokens":50000,"stop":[])"),
+                  {{"X-Request-Id", "cut-running"}});
   });
   EXPECT_EQ(wait_metric(s, "cepe_batch_size", [](double v) { return v == 1; }), 1);
   // A running sequence holds its caches (self K/V and, absorbed, its encoder states).
@@ -964,6 +1122,31 @@ TEST(ServerShutdown, GracePeriodEndsWhatIsLeft) {
   EXPECT_LT(SteadyClock::now() - t0, 5s);
   expect_error(r, 503, "shutting_down");
   EXPECT_NE(s.log().find("\"event\":\"shutdown\",\"clean\":false"), std::string::npos);
+  // A running job the server stopped reads as a queued one does: cancelled, not an error.
+  const std::string line = log_line_of(s, "cut-running");
+  EXPECT_NE(line.find("\"finish_reason\":\"cancelled\""), std::string::npos) << line;
+}
+
+TEST(ServerShutdown, SigtermDuringModelLoadingIsHonoured) {
+  REQUIRE_TEST_DATA();
+  // A model whose config.json is a FIFO nobody writes: loading blocks in open() until killed.
+  const fs::path model = test::temp_dir("server-slow-load") / "model";
+  fs::create_directories(model);
+  for (const auto& e : fs::directory_iterator(test_data().model))
+    if (e.path().filename() != "config.json")
+      fs::copy(e.path(), model / e.path().filename(), fs::copy_options::overwrite_existing);
+  fs::remove(model / "config.json");
+  ASSERT_EQ(mkfifo((model / "config.json").c_str(), 0644), 0);
+  ServerProcess s({}, /*with_index=*/false, model, /*wait_ready=*/false);
+  HttpClient c = s.client();
+  EXPECT_EQ(c.request("GET", "/healthz").status, 200);
+  expect_error(c.request("GET", "/readyz"), 503, "not_ready");
+  const auto t0 = SteadyClock::now();
+  EXPECT_EQ(s.stop(SIGTERM, 5s), 0) << s.log();
+  EXPECT_LT(SteadyClock::now() - t0, 3s);
+  EXPECT_NE(s.log().find("\"event\":\"stopping\",\"signal\":\"SIGTERM\",\"while\":\"loading\""),
+            std::string::npos)
+      << s.log();
 }
 
 // ---- CLI and in-process ----
@@ -991,6 +1174,12 @@ TEST(ServerCli, ConfigFileFlagsAndStartupErrors) {
   std::ofstream(bad) << "{\"max_bach\": 4}";
   EXPECT_EQ(test::run_command(cepe + " serve --config " + bad.string() + " --model m", &out), 1);
   EXPECT_NE(out.find("'max_bach'"), std::string::npos) << out;
+  // A key file with every key revoked must not start the server without authentication.
+  const fs::path keys = test::temp_dir("server-cli") / "keys.txt";
+  std::ofstream(keys) << "# all keys revoked\n\n   \n# old-key\n";
+  EXPECT_EQ(test::run_command(cepe + " serve --model m --api-key-file " + keys.string(), &out), 1);
+  EXPECT_NE(out.find("'api_key_file'"), std::string::npos) << out;
+  EXPECT_NE(out.find("no keys"), std::string::npos) << out;
 }
 
 TEST(ServerInProcess, ReadyzIs503UntilTheModelIsAttached) {

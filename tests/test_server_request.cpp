@@ -15,7 +15,10 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "common/json.h"
+#include "server/access.h"
 #include "server/request.h"
+#include "server/routes.h"
+#include "server/sse.h"
 #include "test_util.h"
 
 namespace cepe::server {
@@ -107,6 +110,10 @@ TEST(ServerRequest, ErrorsNameTheField) {
       {R"({"question":"q","temperature":"hot"})", "invalid_field", "'temperature'"},
       {R"({"question":"q","temperature":-0.5})", "invalid_field", "'temperature'"},
       {R"({"question":"q","top_p":0})", "invalid_field", "'top_p'"},
+      {R"({"question":"q","bm25_weight":-1})", "invalid_field", "'bm25_weight'"},
+      {R"({"question":"q","bm25_weight":0,"dense_weight":0})", "invalid_field", "'dense_weight'"},
+      {R"({"question":"q","rrf_k":-1})", "invalid_field", "'rrf_k'"},
+      {R"({"question":"q","nprobe":"all"})", "invalid_field", "'nprobe'"},
       {R"({"question":"q","top_p":1.01})", "invalid_field", "'top_p'"},
       {R"({"question":"q","top_k":true})", "invalid_field", "'top_k'"},
       {R"({"question":"q","seed":-1})", "invalid_field", "'seed'"},
@@ -142,6 +149,59 @@ TEST(ServerRequest, ErrorsNameTheField) {
     EXPECT_EQ(code, c.code) << c.body << " -> " << message;
     EXPECT_NE(message.find(c.names), std::string::npos) << c.body << " -> " << message;
   }
+}
+
+TEST(ServerRequest, RetrievalFieldsReachTheRequest) {
+  const AskRequest r = parse_ask_request(
+      R"({"question":"q","nprobe":4,"ef_search":64,"bm25_weight":0.5,"dense_weight":0,"rrf_k":10})",
+      test_limits());
+  EXPECT_EQ(r.nprobe, 4);
+  EXPECT_EQ(r.ef_search, 64);
+  EXPECT_DOUBLE_EQ(r.bm25_weight, 0.5);
+  EXPECT_DOUBLE_EQ(r.dense_weight, 0.0);
+  EXPECT_EQ(r.rrf_k, 10);
+  const AskRequest d = parse_ask_request(R"({"question":"q"})", test_limits());
+  EXPECT_EQ(d.nprobe, -1);
+  EXPECT_DOUBLE_EQ(d.bm25_weight, 1.0);
+  EXPECT_DOUBLE_EQ(d.dense_weight, 1.0);
+  EXPECT_EQ(d.rrf_k, 60);
+}
+
+TEST(ServerAccess, KeysAndOrigins) {
+  EXPECT_TRUE(same_key("secret", "secret"));
+  EXPECT_FALSE(same_key("secreT", "secret"));
+  EXPECT_FALSE(same_key("secret-and-more", "secret"));
+  EXPECT_FALSE(same_key("", ""));  // an empty key never matches
+  EXPECT_EQ(request_key("Bearer abc", "xyz"), "abc");
+  EXPECT_EQ(request_key("bEaReR abc", ""), "abc");
+  EXPECT_EQ(request_key("Basic abc", "xyz"), "xyz");
+  EXPECT_EQ(request_key("Bearer ", "xyz"), "xyz");
+  EXPECT_TRUE(key_allowed("anything", {}));
+  EXPECT_TRUE(key_allowed("k2", {"k1", "k2"}));
+  EXPECT_FALSE(key_allowed("", {"k1"}));
+  EXPECT_FALSE(key_allowed("k3", {"k1", "k2"}));
+  EXPECT_TRUE(origin_allowed("https://a.example", {"https://a.example"}));
+  EXPECT_TRUE(origin_allowed("https://b.example", {"*"}));
+  EXPECT_FALSE(origin_allowed("", {"*"}));
+  EXPECT_FALSE(origin_allowed("https://b.example", {"https://a.example"}));
+}
+
+TEST(ServerRoutes, KnownPathsOnly) {
+  EXPECT_EQ(route_of("/ask"), "/ask");
+  EXPECT_EQ(route_of("/ask/"), "other");
+  EXPECT_EQ(route_of("/v1/chat/completions"), kChatRoute);
+  EXPECT_EQ(generate_api("/ask"), Api::Ask);
+  EXPECT_EQ(generate_api(kCompletionsRoute), Api::Completion);
+  EXPECT_FALSE(generate_api("/v1/info").has_value());
+  EXPECT_TRUE(openai_route(kModelsRoute));
+  EXPECT_FALSE(openai_route("/ask"));
+  EXPECT_TRUE(probe_route("/metrics"));
+  EXPECT_FALSE(probe_route("/v1/info"));
+}
+
+TEST(ServerSse, EventFraming) {
+  EXPECT_EQ(sse_event("token", "{\"text\":\"a\"}"), "event: token\ndata: {\"text\":\"a\"}\n\n");
+  EXPECT_EQ(sse_event(nullptr, "[DONE]"), "data: [DONE]\n\n");
 }
 
 TEST(ServerRequest, LimitsAreInclusive) {

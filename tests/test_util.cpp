@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
 
 namespace cepe::test {

@@ -2,30 +2,24 @@
 
 #include <cblas.h>
 #include <omp.h>
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "common/error.h"
+#include "engine/cpu/kernels.h"
+#include "engine/quant.h"
 
 namespace cepe {
 namespace {
 
-// OpenBLAS runs its own thread pool; while our OpenMP workers each call a small GEMM, it must be
-// single-threaded or the two pools oversubscribe the cores.
-class BlasSingleThreaded {
- public:
-  BlasSingleThreaded() : saved_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~BlasSingleThreaded() { openblas_set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
+// Rows of activations up to which a linear runs as dot products of each weight row with each
+// activation row (decode steps, small batches); beyond it a tile of weight rows is widened to F32
+// once and multiplied by all rows with a GEMM, which amortises the widening over the rows.
+constexpr int64_t kDotRows = 16;
 
 void check_cpu(const Tensor& t, const char* what) {
   CEPE_CHECK(t.device() == Device::CPU,
@@ -38,71 +32,29 @@ void check_f32(const Tensor& t, const char* what) {
              what << " must be F32 on the CPU backend, got " << dtype_name(t.dtype()));
 }
 
-inline float widen_f16(uint16_t h);
-
-// Widens one row of a 16-bit weight to F32.
-inline void widen_row(const uint16_t* src, DType type, float* dst, int64_t n) {
-  if (type == DType::BF16) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
-    return;
-  }
-  int64_t i = 0;
-#if defined(__F16C__)
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i,
-                     _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-#endif
-  for (; i < n; ++i) dst[i] = widen_f16(src[i]);
-}
-
-// Few-row product against a 16-bit weight (decode steps): every weight row is read once and
-// widened into a per-thread row that stays in L1, then dotted with each activation row, so no
-// F32 copy of the weight is ever made. (Widening element by element through a function pointer
-// inside the dot product cost 8x: nothing vectorised.)
-void linear_small_m(const float* x, const uint16_t* w, DType type, float* out, int64_t m, int64_t n,
-                    int64_t k, bool accumulate) {
-  constexpr int64_t kMaxM = 16;
-#pragma omp parallel
-  {
-    std::vector<float> row(static_cast<size_t>(k));
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < n; ++j) {
-      widen_row(w + j * k, type, row.data(), k);
-      const float* wr = row.data();
-      float acc[kMaxM] = {0};
-      for (int64_t i = 0; i < m; ++i) {
-        const float* xr = x + i * k;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t t = 0; t < k; ++t) s += xr[t] * wr[t];
-        acc[i] = s;
-      }
-      for (int64_t i = 0; i < m; ++i)
-        out[i * n + j] = accumulate ? out[i * n + j] + acc[i] : acc[i];
-    }
-  }
-}
-
-inline float widen_f16(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  return f16_to_f32(h);
-#endif
+// One thread pool owns the cores: every parallel region below names its team size, so the
+// backend's thread count holds on whichever thread calls it (a server's engine thread included,
+// where omp_set_num_threads on the constructing thread would not apply), and OpenBLAS, whose
+// pthreads build keeps its own pool, is set to one thread once for the process and only ever
+// called from inside our regions on slices of the work. Nothing is flipped per call.
+void blas_single_threaded_once() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(const BackendOptions& options) {
-    threads_ = options.threads > 0 ? options.threads : omp_get_num_procs();
-    omp_set_num_threads(threads_);
-    openblas_set_num_threads(threads_);
+  explicit CpuBackend(const BackendOptions& options)
+      : threads_(options.threads > 0 ? options.threads : omp_get_num_procs()),
+        weights_(options.weights),
+        kernels_(cpu::active_kernels()) {
+    blas_single_threaded_once();
   }
 
   Device device() const override { return Device::CPU; }
   std::string describe() const override {
-    return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS)";
+    return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS, " + kernels_.name +
+           " kernels, weights " + weight_kind_name(weights_) + ")";
   }
 
   Tensor empty(std::vector<int64_t> shape, DType dtype) override {
@@ -111,10 +63,10 @@ class CpuBackend final : public Backend {
 
   Tensor load_weight(const Tensor& host, bool as_f32) override {
     check_cpu(host, "weight");
-    if (!as_f32 || host.dtype() == DType::F32) return host;
-    Tensor out = Tensor::empty(host.shape(), DType::F32);
-    convert_to_f32(host.raw(), host.dtype(), out.data<float>(), host.numel());
-    return out;
+    if (as_f32) return to_host_f32(host);
+    if (weights_ == WeightKind::Stored) return host;
+    // One matrix at a time, row by row: the mapped source pages are dropped once converted.
+    return convert_weight(host, weight_kind_dtype(weights_, host.dtype()));
   }
 
   Tensor to_device(const Tensor& host) override {
@@ -126,7 +78,12 @@ class CpuBackend final : public Backend {
     check_cpu(t, "tensor");
     if (t.dtype() == DType::F32) return t;
     Tensor out = Tensor::empty(t.shape(), DType::F32);
-    convert_to_f32(t.raw(), t.dtype(), out.data<float>(), t.numel());
+    const int64_t width = t.rank() ? t.dim(-1) : 1;
+    const int64_t rows = width ? t.numel() / width : 0;
+    const size_t row_bytes = dtype_row_bytes(t.dtype(), width);
+    for (int64_t r = 0; r < rows; ++r)
+      cpu::dequantize_row(kernels_, static_cast<const char*>(t.raw()) + r * row_bytes, t.dtype(),
+                          out.data<float>() + r * width, width);
     return out;
   }
 
@@ -135,12 +92,12 @@ class CpuBackend final : public Backend {
     check_f32(out, "embedding output");
     op_checks::embedding(table, ids, out);
     const int64_t width = table.dim(1);
-    const size_t esize = dtype_size(table.dtype());
+    const size_t row_bytes = dtype_row_bytes(table.dtype(), width);
     const char* base = static_cast<const char*>(table.raw());
-#pragma omp parallel for schedule(static) if (ids.size() > 16)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (ids.size() > 16)
     for (size_t i = 0; i < ids.size(); ++i)
-      convert_to_f32(base + static_cast<size_t>(ids[i]) * width * esize, table.dtype(),
-                     out.data<float>() + i * width, width);
+      cpu::dequantize_row(kernels_, base + static_cast<size_t>(ids[i]) * row_bytes, table.dtype(),
+                          out.data<float>() + i * width, width);
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
@@ -150,7 +107,7 @@ class CpuBackend final : public Backend {
     op_checks::rms_norm(x, weight, out);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
     const float* w = weight.data<float>();
-#pragma omp parallel for schedule(static) if (rows > 4)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (rows > 4)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x.data<float>() + r * width;
       float* yr = out.data<float>() + r * width;
@@ -172,20 +129,18 @@ class CpuBackend final : public Backend {
     if (m == 0) return;
     const float* xp = x.data<float>();
     float* op = out.data<float>();
-    const float beta = accumulate ? 1.0f : 0.0f;
     switch (weight.dtype()) {
       case DType::F32:
-        if (m == 1) {  // decode steps: a GEMV reads the weight once at full bandwidth
-          cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, weight.data<float>(), k, xp, 1, beta,
-                      op, 1);
-          return;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, xp, k,
-                    weight.data<float>(), k, beta, op, n);
+        linear_f32(xp, weight.data<float>(), op, m, n, k, accumulate);
         return;
       case DType::BF16:
       case DType::F16:
-        linear_16bit(xp, weight.data<uint16_t>(), weight.dtype(), op, m, n, k, accumulate);
+      case DType::Q8_0:
+      case DType::Q4_0:
+        if (m <= kDotRows)
+          linear_dots(xp, weight, op, m, n, k, accumulate);
+        else
+          linear_tiles(xp, weight, op, m, n, k, accumulate);
         return;
       default:
         CEPE_THROW("linear: unsupported weight dtype " << dtype_name(weight.dtype()));
@@ -202,10 +157,10 @@ class CpuBackend final : public Backend {
     const int64_t in = transposed ? b : a, out_width = transposed ? a : b;
     const int per_group = heads / groups;
     if (rows == 0) return;
-    BlasSingleThreaded single;
-    // One group per work item: its weight block is widened once (16-bit weights) into a
+    const size_t row_bytes = dtype_row_bytes(weight.dtype(), b);
+    // One group per work item: its weight block is widened once (narrower weights) into a
     // per-thread buffer, then every head of the group is one GEMM against it.
-#pragma omp parallel
+#pragma omp parallel num_threads(threads_)
     {
       std::vector<float> block;
 #pragma omp for schedule(dynamic)
@@ -215,9 +170,10 @@ class CpuBackend final : public Backend {
           w = weight.data<float>() + static_cast<int64_t>(g) * a * b;
         } else {
           block.resize(static_cast<size_t>(a * b));
-          const uint16_t* src = weight.data<uint16_t>() + static_cast<int64_t>(g) * a * b;
+          const char* src = static_cast<const char*>(weight.raw()) + g * a * row_bytes;
           for (int64_t r = 0; r < a; ++r)
-            widen_row(src + r * b, weight.dtype(), block.data() + r * b, b);
+            cpu::dequantize_row(kernels_, src + r * row_bytes, weight.dtype(), block.data() + r * b,
+                                b);
           w = block.data();
         }
         for (int j = 0; j < per_group; ++j) {
@@ -237,7 +193,7 @@ class CpuBackend final : public Backend {
     const int half = head_dim / 2;
     const float* c = cos.data<float>();
     const float* s = sin.data<float>();
-#pragma omp parallel for schedule(static) if (t_len > 4)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (t_len > 4)
     for (int64_t t = 0; t < t_len; ++t) {
       for (int h = 0; h < heads; ++h) {
         float* v = x.data<float>() + (t * heads + h) * head_dim;
@@ -258,7 +214,7 @@ class CpuBackend final : public Backend {
     check_cpu(dst, "copy destination");
     op_checks::copy_rows(src, src_row, dst, dst_row, count);
     const int64_t width = src.dim(-1);
-    const size_t row_bytes = static_cast<size_t>(width) * dtype_size(src.dtype());
+    const size_t row_bytes = dtype_row_bytes(src.dtype(), width);
     std::memcpy(static_cast<char*>(dst.raw()) + dst_row * row_bytes,
                 static_cast<const char*>(src.raw()) + src_row * row_bytes, count * row_bytes);
   }
@@ -270,7 +226,7 @@ class CpuBackend final : public Backend {
     float* g = gate.data<float>();
     const float* u = up.data<float>();
     const int64_t n = gate.numel();
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
   }
 
@@ -285,7 +241,7 @@ class CpuBackend final : public Backend {
     if (width == 0) return;
     const float* w = weight.data<float>();
     const float* b = bias.data<float>();
-#pragma omp parallel for schedule(static) if (rows > 4)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (rows > 4)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x.data<float>() + r * width;
       float* yr = out.data<float>() + r * width;
@@ -308,7 +264,7 @@ class CpuBackend final : public Backend {
     op_checks::add_bias(x, bias);
     const int64_t width = x.dim(-1), rows = x.numel() / std::max<int64_t>(width, 1);
     const float* b = bias.data<float>();
-#pragma omp parallel for schedule(static) if (rows * width > 65536)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (rows * width > 65536)
     for (int64_t r = 0; r < rows; ++r) {
       float* xr = x.data<float>() + r * width;
 #pragma omp simd
@@ -323,7 +279,7 @@ class CpuBackend final : public Backend {
     float* xp = x.data<float>();
     const float* yp = y.data<float>();
     const int64_t n = x.numel();
-#pragma omp parallel for simd schedule(static) if (n > 65536)
+#pragma omp parallel for simd num_threads(threads_) schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; ++i) xp[i] += yp[i];
   }
 
@@ -332,7 +288,7 @@ class CpuBackend final : public Backend {
     float* xp = x.data<float>();
     const int64_t n = x.numel();
     constexpr float kInvSqrt2 = 0.70710678118654752f;
-#pragma omp parallel for schedule(static) if (n > 16384)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (n > 16384)
     for (int64_t i = 0; i < n; ++i) xp[i] = 0.5f * xp[i] * (1.0f + std::erf(xp[i] * kInvSqrt2));
   }
 
@@ -343,8 +299,17 @@ class CpuBackend final : public Backend {
     op_checks::attention(q, segments, shape, out);
     const int64_t q_stride = static_cast<int64_t>(shape.heads) * shape.head_dim;
     const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * shape.head_dim;
-    // Work items: (segment, head, tile of query rows). Tiles bound the score buffer's size.
-    constexpr int64_t kTile = 64;
+    // Work items: (segment, head, tile of query rows). Tiles bound the score buffer's size; they
+    // shrink until there are a few items per thread (e.g. absorbed cross-attention: one wide
+    // query block per segment), since every BLAS call runs on one thread.
+    int64_t tile = 64;
+    auto item_count = [&](int64_t t) {
+      int64_t c = 0;
+      for (const auto& sg : segments) c += shape.heads * ((sg.q_len + t - 1) / t);
+      return c;
+    };
+    while (tile > 8 && item_count(tile) < 2 * threads_) tile /= 2;
+    const int64_t kTile = tile;
     struct Item {
       int seg, head;
       int64_t row0, rows;
@@ -409,15 +374,7 @@ class CpuBackend final : public Backend {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, item.rows, hd, k_used, 1.0f,
                   scores.data(), k_used, vp, kv_stride, 0.0f, o, q_stride);
     };
-    // Few work items (e.g. absorbed cross-attention: one wide query block per segment) cannot
-    // fill the cores one item each: run them in turn with multi-threaded BLAS instead.
-    if (static_cast<int>(items.size()) < omp_get_max_threads()) {
-      std::vector<float> scores;
-      for (size_t it = 0; it < items.size(); ++it) run_item(it, scores);
-      return;
-    }
-    BlasSingleThreaded single;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads_)
     {
       std::vector<float> scores;
 #pragma omp for schedule(dynamic)
@@ -471,7 +428,7 @@ class CpuBackend final : public Backend {
     // Per block and head: running max, sum of exponentials, and the unnormalised output.
     const int64_t partial_width = 2 + hd;
     std::vector<float> partials(n_blocks * heads * partial_width);
-#pragma omp parallel
+#pragma omp parallel num_threads(threads_)
     {
       std::vector<float> scores;
 #pragma omp for schedule(dynamic)
@@ -544,33 +501,95 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void linear_16bit(const float* x, const uint16_t* w, DType type, float* out, int64_t m, int64_t n,
-                    int64_t k, bool accumulate) {
-    if (m <= 16) {
-      linear_small_m(x, w, type, out, m, n, k, accumulate);
-      return;
-    }
-    // Many rows: widen a block of weight rows at a time into per-thread scratch and run an F32
-    // GEMM on it; the scratch is kBlock x K floats, never the whole matrix.
-    constexpr int64_t kBlock = 128;
-    const int64_t blocks = (n + kBlock - 1) / kBlock;
+  // F32 weights: the rows of the weight are split into one slice per thread and each slice is a
+  // single-threaded BLAS call on the weight in place (GEMV for one row, GEMM otherwise).
+  void linear_f32(const float* x, const float* w, float* out, int64_t m, int64_t n, int64_t k,
+                  bool accumulate) {
     const float beta = accumulate ? 1.0f : 0.0f;
-    BlasSingleThreaded single;
-#pragma omp parallel
+    const int64_t parts = n * k * m < 32768 ? 1 : std::min<int64_t>(threads_, (n + 15) / 16);
+    const int64_t slice = ((n + parts - 1) / parts + 15) / 16 * 16;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (parts > 1)
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t j0 = p * slice, nj = std::min(slice, n - j0);
+      if (nj <= 0) continue;
+      if (m == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, nj, k, 1.0f, w + j0 * k, k, x, 1, beta, out + j0,
+                    1);
+      else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nj, k, 1.0f, x, k, w + j0 * k, k,
+                    beta, out + j0, n);
+    }
+  }
+
+  // Few rows against 16-bit or block-quantized weights (decode steps): every weight row is read
+  // once and dotted with each activation row by the dispatched kernels, no copy of the weight is
+  // made. Block weights are dotted with the activations quantized to Q8_0 (as GGUF does): exact
+  // integer products per block, one F32 multiply-add per block.
+  void linear_dots(const float* x, const Tensor& weight, float* out, int64_t m, int64_t n,
+                   int64_t k, bool accumulate) {
+    const DType type = weight.dtype();
+    const size_t row_bytes = dtype_row_bytes(type, k);
+    const char* w = static_cast<const char*>(weight.raw());
+    const int64_t blocks = (k + 31) / 32;
+    std::vector<BlockQ8_0> xq;
+    if (dtype_is_block(type)) {
+      xq.resize(static_cast<size_t>(m * blocks));
+      for (int64_t i = 0; i < m; ++i) kernels_.quantize_q8_0(x + i * k, xq.data() + i * blocks, k);
+    }
+    const cpu::Kernels& kr = kernels_;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (n * k > 16384)
+    for (int64_t j = 0; j < n; ++j) {
+      const void* row = w + j * row_bytes;
+      for (int64_t i = 0; i < m; ++i) {
+        float s;
+        switch (type) {
+          case DType::F16:
+            s = kr.dot_f16(static_cast<const uint16_t*>(row), x + i * k, k);
+            break;
+          case DType::BF16:
+            s = kr.dot_bf16(static_cast<const uint16_t*>(row), x + i * k, k);
+            break;
+          case DType::Q8_0:
+            s = kr.dot_q8_0(static_cast<const BlockQ8_0*>(row), xq.data() + i * blocks, blocks);
+            break;
+          default:
+            s = kr.dot_q4_0(static_cast<const BlockQ4_0*>(row), xq.data() + i * blocks, blocks);
+        }
+        out[i * n + j] = accumulate ? out[i * n + j] + s : s;
+      }
+    }
+  }
+
+  // Many rows (prefill, encoder): a tile of weight rows at a time is widened into per-thread F32
+  // scratch (tile x K floats, never the whole matrix) and multiplied by every activation row with
+  // a single-threaded GEMM; the activations stay F32, so this is as exact as the F32 path on the
+  // widened weights.
+  void linear_tiles(const float* x, const Tensor& weight, float* out, int64_t m, int64_t n,
+                    int64_t k, bool accumulate) {
+    int64_t tile = 128;
+    while (tile > 32 && (n + tile - 1) / tile < 2 * threads_) tile /= 2;
+    const int64_t tiles = (n + tile - 1) / tile;
+    const float beta = accumulate ? 1.0f : 0.0f;
+    const size_t row_bytes = dtype_row_bytes(weight.dtype(), k);
+    const char* w = static_cast<const char*>(weight.raw());
+#pragma omp parallel num_threads(threads_)
     {
-      std::vector<float> wblock(static_cast<size_t>(kBlock * k));
+      std::vector<float> wtile(static_cast<size_t>(tile * k));
 #pragma omp for schedule(dynamic)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t j0 = b * kBlock, nb = std::min(kBlock, n - j0);
-        for (int64_t j = 0; j < nb; ++j)
-          widen_row(w + (j0 + j) * k, type, wblock.data() + j * k, k);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, k, 1.0f, x, k, wblock.data(), k,
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t j0 = t * tile, nj = std::min(tile, n - j0);
+        for (int64_t j = 0; j < nj; ++j)
+          cpu::dequantize_row(kernels_, w + (j0 + j) * row_bytes, weight.dtype(),
+                              wtile.data() + j * k, k);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nj, k, 1.0f, x, k, wtile.data(), k,
                     beta, out + j0, n);
       }
     }
   }
 
   int threads_ = 1;
+  WeightKind weights_ = WeightKind::Stored;
+  const cpu::Kernels& kernels_;
 };
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "index/vector_index.h"
+#include "retriever/vector_index.h"
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -24,7 +24,7 @@
 #include "common/error.h"
 #include "common/fileio.h"
 
-namespace cepe::index {
+namespace cepe::retriever {
 
 namespace {
 
@@ -289,4 +289,4 @@ std::string VectorIndex::describe() const {
   return os.str();
 }
 
-}  // namespace cepe::index
+}  // namespace cepe::retriever

@@ -12,7 +12,7 @@ namespace faiss {
 struct Index;
 }
 
-namespace cepe::index {
+namespace cepe::retriever {
 
 /// Query-time knobs; 0 keeps the value stored in the index.
 struct SearchParams {
@@ -78,4 +78,4 @@ class VectorIndex {
   bool mapped_ = false;
 };
 
-}  // namespace cepe::index
+}  // namespace cepe::retriever

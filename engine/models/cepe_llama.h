@@ -105,6 +105,11 @@ class CepeModel {
   /// Encodes context chunks independently and bidirectionally (positions from 0 in each), all in
   /// one packed pass without padding. Throws when the model has no encoder or a chunk is empty.
   EncodedContext encode(const std::vector<std::vector<int32_t>>& chunks);
+  /// The same with the length each chunk's dynamic-NTK rotary base is computed for given per chunk
+  /// (the longest chunk of its request), so chunks of several requests can share one pass and a
+  /// request encoded in slices gets the states it would get in one call.
+  EncodedContext encode(const std::vector<std::vector<int32_t>>& chunks,
+                        const std::vector<int64_t>& rope_lengths);
 
   /// A fresh sequence; `expected_tokens` pre-sizes its KV cache (it grows when needed).
   std::unique_ptr<DecoderState> new_state(int64_t expected_tokens = 256) const;

@@ -1,4 +1,4 @@
-#include "engine/cepe_model.h"
+#include "engine/models/cepe_llama.h"
 
 #include <algorithm>
 #include <cmath>
@@ -218,30 +218,42 @@ void CepeModel::rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& 
 }
 
 EncodedContext CepeModel::encode(const std::vector<std::vector<int32_t>>& chunks) {
+  // The official encoder runs the chunks as one padded batch, so a dynamic-NTK base depends on
+  // the longest chunk; using it for every chunk reproduces that.
+  int64_t longest = 0;
+  for (const auto& chunk : chunks) longest = std::max<int64_t>(longest, chunk.size());
+  return encode(chunks, std::vector<int64_t>(chunks.size(), longest));
+}
+
+EncodedContext CepeModel::encode(const std::vector<std::vector<int32_t>>& chunks,
+                                 const std::vector<int64_t>& rope_lengths) {
   CEPE_CHECK(config_.is_cepe(),
              "this model has no CEPE encoder (config.json has no "
              "encoder_config), so it cannot take context chunks");
+  CEPE_CHECK(rope_lengths.size() == chunks.size(), "encode: " << rope_lengths.size()
+                                                              << " rotary lengths for "
+                                                              << chunks.size() << " chunks");
   const LlamaConfig& c = *config_.encoder;
   EncodedContext ctx;
   if (chunks.empty()) return ctx;
   std::vector<int32_t> ids;
-  std::vector<int64_t> positions;
-  int64_t longest = 0;
+  std::vector<int64_t> positions, row_rope_lengths;
   for (size_t i = 0; i < chunks.size(); ++i) {
     CEPE_CHECK(!chunks[i].empty(), "context chunk " << i << " is empty");
+    CEPE_CHECK(rope_lengths[i] >= static_cast<int64_t>(chunks[i].size()),
+               "encode: chunk " << i << " has " << chunks[i].size()
+                                << " tokens, more than its rotary length " << rope_lengths[i]);
     ctx.chunk_lengths.push_back(static_cast<int64_t>(chunks[i].size()));
-    longest = std::max<int64_t>(longest, chunks[i].size());
     for (size_t p = 0; p < chunks[i].size(); ++p) {
       ids.push_back(chunks[i][p]);
       positions.push_back(static_cast<int64_t>(p));
+      row_rope_lengths.push_back(rope_lengths[i]);
     }
   }
   const int64_t rows = static_cast<int64_t>(ids.size());
   const int64_t h = c.hidden_size;
-  // The official encoder runs the chunks as one padded batch, so a dynamic-NTK base depends on
-  // the longest chunk; using it for every chunk reproduces that.
   Tensor cos, sin;
-  rope_tables(c, positions, std::vector<int64_t>(rows, longest), &cos, &sin);
+  rope_tables(c, positions, row_rope_lengths, &cos, &sin);
 
   Activations a = make_activations(backend_, c, rows);
   backend_.embedding(encoder_.embed, ids, a.x);

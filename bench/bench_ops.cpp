@@ -1,0 +1,138 @@
+// Per-op micro-benchmarks with Google Benchmark, on the CPU backend: the linear (GEMV at decode,
+// GEMM at prefill) for every load-time weight kind, decode attention over a KV cache, and the
+// normalisation and activation ops. The F32 linear is the baseline each weight kind is read
+// against (items/s = rows x output features; bytes/s = weight bytes streamed per call).
+//
+//   build/bench/bench_ops [--benchmark_filter=Linear] [--benchmark_min_time=0.2s]
+//   CEPE_KERNELS=avx2 build/bench/bench_ops   (force one kernel level)
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/quant.h"
+
+namespace {
+
+using cepe::Backend;
+using cepe::DType;
+using cepe::Tensor;
+using cepe::WeightKind;
+
+Tensor random_f32(std::vector<int64_t> shape, uint32_t seed) {
+  Tensor t = Tensor::empty(std::move(shape), DType::F32);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.05f);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = d(rng);
+  return t;
+}
+
+std::unique_ptr<Backend> cpu(WeightKind weights = WeightKind::Stored) {
+  cepe::BackendOptions o;
+  o.weights = weights;
+  return cepe::make_backend(cepe::Device::CPU, o);
+}
+
+// x [rows, K] · Wᵀ for W [N, K] converted to `kind` at load time.
+void BM_Linear(benchmark::State& state, WeightKind kind) {
+  const int64_t rows = state.range(0), k = state.range(1), n = state.range(2);
+  auto b = cpu(kind);
+  const Tensor w = b->load_weight(random_f32({n, k}, 1), false);
+  const Tensor x = random_f32({rows, k}, 2);
+  Tensor out = b->empty({rows, n}, DType::F32);
+  for (auto _ : state) {
+    b->linear(x, w, out);
+    benchmark::DoNotOptimize(out.raw());
+  }
+  state.SetItemsProcessed(state.iterations() * rows * n);
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(w.nbytes()));
+  state.SetLabel(cepe::weight_kind_name(kind));
+}
+
+// One decode step's self-attention: one query row per head over `keys` cached rows.
+void BM_AttentionDecode(benchmark::State& state) {
+  const int64_t keys = state.range(0), heads = 12, head_dim = 64;
+  auto b = cpu();
+  const Tensor q = random_f32({1, heads * head_dim}, 3);
+  const Tensor k = random_f32({keys, heads * head_dim}, 4);
+  const Tensor v = random_f32({keys, heads * head_dim}, 5);
+  Tensor out = b->empty({1, heads * head_dim}, DType::F32);
+  std::vector<cepe::AttentionSegment> segments(1);
+  segments[0].q_begin = 0;
+  segments[0].q_len = 1;
+  segments[0].k = k;
+  segments[0].v = v;
+  segments[0].causal = false;
+  cepe::AttentionShape shape;
+  shape.heads = shape.kv_heads = static_cast<int>(heads);
+  shape.head_dim = static_cast<int>(head_dim);
+  shape.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (auto _ : state) {
+    b->attention(q, segments, shape, out);
+    benchmark::DoNotOptimize(out.raw());
+  }
+  state.SetItemsProcessed(state.iterations() * keys * heads);
+}
+
+void BM_RmsNorm(benchmark::State& state) {
+  const int64_t rows = state.range(0), width = 768;
+  auto b = cpu();
+  const Tensor x = random_f32({rows, width}, 6), w = random_f32({width}, 7);
+  Tensor out = b->empty({rows, width}, DType::F32);
+  for (auto _ : state) {
+    b->rms_norm(x, w, 1e-5f, out);
+    benchmark::DoNotOptimize(out.raw());
+  }
+  state.SetItemsProcessed(state.iterations() * rows * width);
+}
+
+void BM_LayerNorm(benchmark::State& state) {
+  const int64_t rows = state.range(0), width = 768;
+  auto b = cpu();
+  const Tensor x = random_f32({rows, width}, 8), w = random_f32({width}, 9),
+               bias = random_f32({width}, 10);
+  Tensor out = b->empty({rows, width}, DType::F32);
+  for (auto _ : state) {
+    b->layer_norm(x, w, bias, 1e-12f, out);
+    benchmark::DoNotOptimize(out.raw());
+  }
+  state.SetItemsProcessed(state.iterations() * rows * width);
+}
+
+void BM_Gelu(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  auto b = cpu();
+  Tensor x = random_f32({n}, 11);
+  for (auto _ : state) {
+    b->gelu(x);
+    benchmark::DoNotOptimize(x.raw());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+
+// Decode (1 row) and prefill (64 rows) shapes of a 134M LLaMA's attention projection (768 x 768)
+// and MLP (768 -> 2048).
+void linear_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t rows : {1, 64}) {
+    b->Args({rows, 768, 768});
+    b->Args({rows, 768, 2048});
+  }
+}
+
+BENCHMARK_CAPTURE(BM_Linear, f32, WeightKind::F32)->Apply(linear_shapes);
+BENCHMARK_CAPTURE(BM_Linear, bf16, WeightKind::BF16)->Apply(linear_shapes);
+BENCHMARK_CAPTURE(BM_Linear, f16, WeightKind::F16)->Apply(linear_shapes);
+BENCHMARK_CAPTURE(BM_Linear, q8_0, WeightKind::Q8_0)->Apply(linear_shapes);
+BENCHMARK_CAPTURE(BM_Linear, q4_0, WeightKind::Q4_0)->Apply(linear_shapes);
+BENCHMARK(BM_AttentionDecode)->Arg(128)->Arg(512)->Arg(2048);
+BENCHMARK(BM_RmsNorm)->Arg(1)->Arg(64);
+BENCHMARK(BM_LayerNorm)->Arg(1)->Arg(64);
+BENCHMARK(BM_Gelu)->Arg(2048)->Arg(64 * 2048);
+
+}  // namespace
+
+BENCHMARK_MAIN();

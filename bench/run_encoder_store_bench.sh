@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Encoder-state store vs server-style cache vs live encoding, `cepe qa` on the bench100m shapes
+# (random weights: answers are noise, the work per token is real), k = 10 and k = 20:
+# time to first token, questions/s, peak RSS; store size and build time.
+#   [CONCURRENCY=4] bench/run_encoder_store_bench.sh [questions=32] [passages=400] [threads=0]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-32}
+np=${2:-400}
+threads=${3:-0}
+cepe=${CEPE:-build/cepe}
+data=../shared/data/squad-train
+work=${STORE_BENCH_DIR:-/tmp/cepe-store-bench}
+mkdir -p "$work"
+if [[ ! -f "$work/index/manifest.json" ]]; then
+  head -n "$np" "$data/passages.jsonl" >"$work/passages.jsonl"
+  python3 - "$work" "$data/questions.jsonl" <<'PY'
+import json, sys
+work, questions = sys.argv[1], sys.argv[2]
+ids = {json.loads(l)["id"] for l in open(f"{work}/passages.jsonl")}
+open(f"{work}/questions.jsonl", "w").writelines(
+    [l for l in open(questions) if json.loads(l)["passage_id"] in ids][::3])
+with open(f"{work}/corpus.txt", "w") as f:
+    for l in open(f"{work}/passages.jsonl"):
+        p = json.loads(l)
+        f.write(p["title"] + "\n" + p["text"] + "\n")
+PY
+  spm_train --input="$work/corpus.txt" --model_prefix="$work/spm" --vocab_size=4000 \
+    --hard_vocab_limit=false --model_type=bpe --byte_fallback=true --minloglevel=2 >/dev/null 2>&1
+  "$cepe" random-model --preset bench100m --tokenizer "$work/spm.model" --out "$work/model" >/dev/null
+  "$cepe" index build --input "$work/passages.jsonl" --out "$work/index" >/dev/null 2>&1
+fi
+# KEEP_STORE=1 re-uses the store (and the build figures) of an earlier run.
+if [[ -z ${KEEP_STORE:-} || ! -f "$work/encode.txt" ]]; then
+  rm -rf "$work/index/encoder_states"
+  { /usr/bin/time -f "%e" "$cepe" index encode --index "$work/index" --model "$work/model" \
+    --threads "$threads" 2>&1 >"$work/encode.txt"; } | tail -n 1 >"$work/encode.wall"
+fi
+echo "store build: $(cat "$work/encode.txt") (wall $(cat "$work/encode.wall") s)"
+run() {  # k label extra-flags...
+  local k=$1 label=$2
+  shift 2
+  "$cepe" qa --questions "$work/questions.jsonl" --index "$work/index" --model "$work/model" \
+    --limit "$n" --k "$k" --decoder-passages 0 --max-new-tokens 8 --stop "@@never@@" \
+    --threads "$threads" --concurrency "${CONCURRENCY:-4}" --out "$work/answers-$label-$k.jsonl" "$@" \
+    >"$work/run-$label-$k.txt" 2>/dev/null
+  local line
+  line=$(grep "^pass" "$work/run-$label-$k.txt" | tail -n 1)
+  local rss
+  rss=$(grep "^peak RSS" "$work/run-$label-$k.txt" | awk '{print $3}')
+  python3 - "$k" "$label" "$rss" "$line" <<'PY'
+import re, sys
+k, label, rss, line = sys.argv[1:5]
+qps = float(re.search(r"\(([\d.]+) questions/s\)", line).group(1))
+ttft = float(re.search(r"first token mean ([\d.]+) ms", line).group(1))
+src = re.search(r"encoder states: (.*)$", line).group(1)
+print(f"k={k:<3} {label:<14} ttft {ttft:9.1f} ms  {qps:7.3f} questions/s  peak RSS {float(rss):7.1f} MiB  [{src}]")
+open(f"/tmp/cepe-store-bench-{label}-{k}.ttft", "w").write(f"{ttft}\n")
+PY
+}
+for k in 10 20; do
+  run "$k" live --encoder-store off
+  run "$k" store
+  run "$k" cache-pass2 --encoder-store off --encoder-cache-mb 1024 --passes 2
+  python3 - "$k" <<'PY'
+import sys
+k = sys.argv[1]
+t = {l: float(open(f"/tmp/cepe-store-bench-{l}-{k}.ttft").read()) for l in ("live", "store", "cache-pass2")}
+print(f"k={k}: time to first token live / store = {t['live'] / t['store']:.1f}x, "
+      f"live / cache (2nd pass) = {t['live'] / t['cache-pass2']:.1f}x")
+PY
+done
+cmp <(sort "$work/answers-live-20.jsonl" | python3 -c "import json,sys; [print(json.loads(l)['id'], json.loads(l)['answer']) for l in sys.stdin]") \
+    <(sort "$work/answers-store-20.jsonl" | python3 -c "import json,sys; [print(json.loads(l)['id'], json.loads(l)['answer']) for l in sys.stdin]") \
+  && echo "k=20 answers identical with the f32 store and live"

@@ -1,0 +1,61 @@
+// CPU inner loops with one implementation per instruction set, picked at run time by cpuid so a
+// single binary runs on any x86-64: scalar (reference, portable), AVX2 (+FMA, F16C), AVX-512
+// (F, BW, VL), AVX-512 VNNI (int8 dot products) and AVX-512 BF16 (bf16 dot products). Each level
+// reuses the best lower level's function where it has none of its own.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/dtype.h"
+#include "engine/quant.h"
+
+namespace cepe::cpu {
+
+/// An instruction-set level of the kernels, lowest first.
+enum class KernelPath { Scalar, Avx2, Avx512, Avx512Vnni, Avx512Bf16 };
+
+/// The kernel table of one level.
+struct Kernels {
+  KernelPath path;   ///< the level
+  const char* name;  ///< "scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"
+  /// Σ dequant(w) · dequant(x) over `blocks` Q8_0 blocks of a weight row and an activation row.
+  float (*dot_q8_0)(const BlockQ8_0* w, const BlockQ8_0* x, int64_t blocks);
+  /// Σ dequant(w) · dequant(x) over `blocks` Q4_0 weight blocks and Q8_0 activation blocks.
+  float (*dot_q4_0)(const BlockQ4_0* w, const BlockQ8_0* x, int64_t blocks);
+  /// Σ w_i x_i for an fp16 weight row and an F32 activation row of n elements.
+  float (*dot_f16)(const uint16_t* w, const float* x, int64_t n);
+  /// Σ w_i x_i for a bf16 weight row and an F32 activation row (the BF16 level rounds x to bf16).
+  float (*dot_bf16)(const uint16_t* w, const float* x, int64_t n);
+  /// Quantizes n activations into ceil(n / 32) Q8_0 blocks (bit-identical on every level).
+  void (*quantize_q8_0)(const float* x, BlockQ8_0* out, int64_t n);
+  /// Widens n fp16 values to F32 (exact).
+  void (*widen_f16)(const uint16_t* in, float* out, int64_t n);
+  /// Widens n bf16 values to F32 (exact).
+  void (*widen_bf16)(const uint16_t* in, float* out, int64_t n);
+  /// The first n weights of Q8_0 blocks as F32 (exact: one product per weight).
+  void (*dequantize_q8_0)(const BlockQ8_0* in, float* out, int64_t n);
+  /// The first n weights of Q4_0 blocks as F32 (exact).
+  void (*dequantize_q4_0)(const BlockQ4_0* in, float* out, int64_t n);
+};
+
+/// True when this CPU can run the level.
+bool kernel_path_supported(KernelPath path);
+/// The kernels of one level (throws when this CPU cannot run it).
+const Kernels& kernels_for(KernelPath path);
+/// Every level this CPU can run, lowest first.
+std::vector<KernelPath> supported_kernel_paths();
+/// Every level compiled into the binary, lowest first.
+std::vector<KernelPath> all_kernel_paths();
+/// The level's name ("avx2").
+const char* kernel_path_name(KernelPath path);
+/// The kernels the CPU backend uses: the highest supported level, or the one named by the
+/// environment variable CEPE_KERNELS (scalar|avx2|avx512|avx512vnni|avx512bf16; an unsupported
+/// or unknown name throws), read once.
+const Kernels& active_kernels();
+
+/// Widens one row of any weight dtype (F32, F16, BF16, Q8_0, Q4_0) to F32 with `k`.
+void dequantize_row(const Kernels& k, const void* row, DType dtype, float* out, int64_t width);
+
+}  // namespace cepe::cpu

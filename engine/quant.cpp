@@ -1,0 +1,175 @@
+#include "engine/quant.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/error.h"
+
+namespace cepe {
+
+WeightKind parse_weight_kind(const std::string& name, const std::string& where) {
+  if (name == "stored") return WeightKind::Stored;
+  if (name == "f32") return WeightKind::F32;
+  if (name == "bf16") return WeightKind::BF16;
+  if (name == "f16") return WeightKind::F16;
+  if (name == "q8_0") return WeightKind::Q8_0;
+  if (name == "q4_0") return WeightKind::Q4_0;
+  CEPE_THROW(where << ": unknown weights kind '" << name
+                   << "' (expected stored, f32, bf16, f16, q8_0 or q4_0)");
+}
+
+const char* weight_kind_name(WeightKind kind) {
+  switch (kind) {
+    case WeightKind::Stored:
+      return "stored";
+    case WeightKind::F32:
+      return "f32";
+    case WeightKind::BF16:
+      return "bf16";
+    case WeightKind::F16:
+      return "f16";
+    case WeightKind::Q8_0:
+      return "q8_0";
+    case WeightKind::Q4_0:
+      return "q4_0";
+  }
+  return "?";
+}
+
+DType weight_kind_dtype(WeightKind kind, DType stored) {
+  switch (kind) {
+    case WeightKind::Stored:
+      return stored;
+    case WeightKind::F32:
+      return DType::F32;
+    case WeightKind::BF16:
+      return DType::BF16;
+    case WeightKind::F16:
+      return DType::F16;
+    case WeightKind::Q8_0:
+      return DType::Q8_0;
+    case WeightKind::Q4_0:
+      return DType::Q4_0;
+  }
+  return stored;
+}
+
+void quantize_row_q8_0_ref(const float* x, BlockQ8_0* out, int64_t n) {
+  const int64_t blocks = (n + 31) / 32;
+  for (int64_t b = 0; b < blocks; ++b) {
+    float v[32] = {0};
+    const int64_t len = std::min<int64_t>(32, n - b * 32);
+    std::memcpy(v, x + b * 32, static_cast<size_t>(len) * sizeof(float));
+    float amax = 0.0f;
+    for (float f : v) amax = std::max(amax, std::fabs(f));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = f32_to_f16(d);
+    for (int i = 0; i < 32; ++i) out[b].qs[i] = static_cast<int8_t>(std::nearbyint(v[i] * id));
+  }
+}
+
+void quantize_row_q4_0_ref(const float* x, BlockQ4_0* out, int64_t n) {
+  const int64_t blocks = (n + 31) / 32;
+  for (int64_t b = 0; b < blocks; ++b) {
+    float v[32] = {0};
+    const int64_t len = std::min<int64_t>(32, n - b * 32);
+    std::memcpy(v, x + b * 32, static_cast<size_t>(len) * sizeof(float));
+    // GGUF: the scale maps the weight of largest magnitude to -8 exactly, so its sign is kept
+    // and the 16 levels -8..7 cover [-|max|, |max| * 7/8].
+    float amax = 0.0f, max = 0.0f;
+    for (float f : v)
+      if (std::fabs(f) > amax) {
+        amax = std::fabs(f);
+        max = f;
+      }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = f32_to_f16(d);
+    for (int j = 0; j < 16; ++j) {
+      const int lo = std::min(15, static_cast<int>(static_cast<int8_t>(v[j] * id + 8.5f)));
+      const int hi = std::min(15, static_cast<int>(static_cast<int8_t>(v[j + 16] * id + 8.5f)));
+      out[b].qs[j] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+  }
+}
+
+void dequantize_row_q8_0_ref(const BlockQ8_0* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const BlockQ8_0& b = in[i / 32];
+    out[i] = f16_to_f32(b.d) * static_cast<float>(b.qs[i % 32]);
+  }
+}
+
+void dequantize_row_q4_0_ref(const BlockQ4_0* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const BlockQ4_0& b = in[i / 32];
+    const int j = static_cast<int>(i % 32);
+    const int nibble = j < 16 ? (b.qs[j] & 0x0f) : (b.qs[j - 16] >> 4);
+    out[i] = f16_to_f32(b.d) * static_cast<float>(nibble - 8);
+  }
+}
+
+void dequantize_row_ref(const void* row, DType dtype, float* out, int64_t width) {
+  switch (dtype) {
+    case DType::Q8_0:
+      dequantize_row_q8_0_ref(static_cast<const BlockQ8_0*>(row), out, width);
+      return;
+    case DType::Q4_0:
+      dequantize_row_q4_0_ref(static_cast<const BlockQ4_0*>(row), out, width);
+      return;
+    default:
+      convert_to_f32(row, dtype, out, static_cast<size_t>(width));
+  }
+}
+
+void release_file_pages(const Tensor& t) {
+  if (!t.file_backed() || t.nbytes() == 0) return;
+  // Only whole pages inside the tensor: a page shared with a neighbouring tensor may still be in
+  // use (it is read back from the file anyway, but there is no need to drop it twice).
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.raw()) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.raw()) + t.nbytes()) / page * page;
+  if (end > begin)
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advisory only
+}
+
+Tensor convert_weight(const Tensor& source, DType target) {
+  CEPE_CHECK(source.device() == Device::CPU, "convert_weight: the source must be a CPU tensor");
+  CEPE_CHECK(target != DType::I32 && source.dtype() != DType::I32,
+             "convert_weight: I32 tensors are not weights");
+  if (source.dtype() == target) return source;
+  CEPE_CHECK(source.rank() >= 1,
+             "convert_weight: a scalar cannot be converted to " << dtype_name(target));
+  const int64_t width = source.dim(-1);
+  const int64_t rows = width ? source.numel() / width : 0;
+  Tensor out = Tensor::empty(source.shape(), target);
+  const size_t in_row = dtype_row_bytes(source.dtype(), width);
+  const size_t out_row = dtype_row_bytes(target, width);
+  const char* src = static_cast<const char*>(source.raw());
+  char* dst = static_cast<char*>(out.raw());
+  std::vector<float> row(static_cast<size_t>(width));
+  for (int64_t r = 0; r < rows; ++r) {
+    dequantize_row_ref(src + r * in_row, source.dtype(), row.data(), width);
+    void* o = dst + r * out_row;
+    switch (target) {
+      case DType::Q8_0:
+        quantize_row_q8_0_ref(row.data(), static_cast<BlockQ8_0*>(o), width);
+        break;
+      case DType::Q4_0:
+        quantize_row_q4_0_ref(row.data(), static_cast<BlockQ4_0*>(o), width);
+        break;
+      default:
+        convert_from_f32(row.data(), o, target, static_cast<size_t>(width));
+    }
+  }
+  release_file_pages(source);
+  return out;
+}
+
+}  // namespace cepe

@@ -1,0 +1,180 @@
+#include "qa/encoder_states.h"
+
+#include <cstring>
+
+#include "common/error.h"
+#include "qa/prompt.h"
+
+namespace cepe::qa {
+
+std::vector<int32_t> encoder_chunk_ids(const Tokenizer& tokenizer, const Passage& passage,
+                                       int chunk_tokens) {
+  std::vector<int32_t> ids = tokenizer.encode(encoder_chunk_text(passage), false);
+  if (static_cast<int>(ids.size()) > chunk_tokens) ids.resize(chunk_tokens);
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+EncodedPassageCache::EncodedPassageCache(size_t capacity_bytes) : capacity_(capacity_bytes) {}
+
+std::string EncodedPassageCache::key(uint64_t fingerprint, std::string_view passage_id,
+                                     uint64_t token_hash) {
+  std::string k(16, '\0');
+  std::memcpy(k.data(), &fingerprint, 8);
+  std::memcpy(k.data() + 8, &token_hash, 8);
+  k.append(passage_id);
+  return k;
+}
+
+Tensor EncodedPassageCache::get(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = map_.find(key);
+  if (it == map_.end()) {
+    misses_.fetch_add(1);
+    return Tensor();
+  }
+  hits_.fetch_add(1);
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+void EncodedPassageCache::put(const std::string& key, Tensor states) {
+  const size_t n = states.nbytes() + key.size();
+  if (n > capacity_) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (map_.count(key)) return;
+  while (!lru_.empty() && bytes_.load() + n > capacity_) {
+    const Entry& last = lru_.back();
+    bytes_.fetch_sub(last.second.nbytes() + last.first.size());
+    map_.erase(last.first);
+    lru_.pop_back();
+    evictions_.fetch_add(1);
+  }
+  lru_.emplace_front(key, std::move(states));
+  map_[key] = lru_.begin();
+  bytes_.fetch_add(n);
+}
+
+size_t EncodedPassageCache::entries() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return map_.size();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+std::shared_ptr<const index::EncoderStore> open_encoder_store(
+    const std::string& mode, const std::filesystem::path& index_dir,
+    const std::filesystem::path& model_dir, const ModelConfig& config, int chunk_tokens,
+    const std::function<void(const std::string&)>& report) {
+  if (mode == "off" || !config.is_cepe()) return nullptr;
+  const index::EncoderFingerprint want =
+      index::encoder_fingerprint(model_dir, config, chunk_tokens, index::StateDType::F32);
+  if (mode == "auto") {
+    if (index_dir.empty()) return nullptr;
+    index::StoreLookup found = index::find_encoder_store(index_dir, want);
+    for (const std::string& why : found.rejected)
+      if (report) report("encoder store ignored: " + why);
+    return found.store;
+  }
+  auto store = std::make_shared<const index::EncoderStore>(mode);
+  const std::string why = store->fingerprint().model_mismatch(want);
+  CEPE_CHECK(why.empty(),
+             "encoder store " << mode << " does not fit this model: it was made with " << why);
+  return store;
+}
+
+Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& chunk) {
+  if (id.empty() || chunk.empty() || (!store_ && !cache_)) return Tensor();
+  const uint64_t token_hash = index::chunk_token_hash(chunk);
+  const auto tokens = static_cast<uint32_t>(chunk.size());
+  if (store_) {
+    if (auto row = store_->find(id, tokens, token_hash)) {
+      const int64_t width = model_.config().encoder_hidden_size;
+      Tensor host = Tensor::empty({static_cast<int64_t>(tokens), width}, DType::F32);
+      store_->read(*row, host.data<float>());
+      counters_.store_hits.fetch_add(1);
+      return host;
+    }
+  }
+  if (cache_) {
+    // Cached entries are never written after put(), so the entry itself can be shared.
+    Tensor cached = cache_->get(EncodedPassageCache::key(fingerprint_, id, token_hash));
+    if (cached.defined() && cached.numel() > 0) {
+      counters_.cache_hits.fetch_add(1);
+      return cached;
+    }
+  }
+  return Tensor();
+}
+
+void EncoderStates::remember(const std::string& id, const std::vector<int32_t>& chunk,
+                             const float* rows) {
+  if (!cache_ || id.empty() || chunk.empty()) return;
+  const int64_t width = model_.config().encoder_hidden_size;
+  // A copy of its own: a view would keep the whole pass's states alive.
+  Tensor copy = Tensor::empty({static_cast<int64_t>(chunk.size()), width}, DType::F32);
+  std::memcpy(copy.raw(), rows, copy.nbytes());
+  cache_->put(EncodedPassageCache::key(fingerprint_, id, index::chunk_token_hash(chunk)),
+              std::move(copy));
+}
+
+void EncoderStates::count_live(size_t passages, int64_t tokens) {
+  counters_.live_passages.fetch_add(passages);
+  counters_.live_tokens.fetch_add(static_cast<uint64_t>(tokens));
+}
+
+EncodedContext EncoderStates::encode(const std::vector<std::string>& ids,
+                                     const std::vector<std::vector<int32_t>>& chunks) {
+  CEPE_CHECK(ids.size() == chunks.size(),
+             "encoder states: " << ids.size() << " passage ids for " << chunks.size() << " chunks");
+  if (chunks.empty()) return EncodedContext();
+  for (size_t i = 0; i < chunks.size(); ++i)
+    CEPE_CHECK(!chunks[i].empty(), "context chunk " << i << " is empty");
+  std::vector<Tensor> found(chunks.size());
+  std::vector<std::vector<int32_t>> live_chunks;
+  std::vector<size_t> live_of;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    found[i] = lookup(ids[i], chunks[i]);
+    if (found[i].raw() != nullptr) continue;
+    live_of.push_back(i);
+    live_chunks.push_back(chunks[i]);
+  }
+  EncodedContext live;
+  if (!live_chunks.empty()) {
+    live = model_.encode(live_chunks);
+    count_live(live_chunks.size(), live.tokens());
+  }
+  const int64_t width = model_.config().encoder_hidden_size;
+  Tensor live_host;
+  if (live.tokens() > 0 && (caching() || live_chunks.size() < chunks.size()))
+    live_host = model_.backend().to_host_f32(live.states);
+  std::vector<int64_t> live_begin(chunks.size(), 0);
+  int64_t at = 0;
+  for (size_t i : live_of) {
+    live_begin[i] = at;
+    remember(ids[i], chunks[i], live_host.raw() ? live_host.data<float>() + at * width : nullptr);
+    at += static_cast<int64_t>(chunks[i].size());
+  }
+  // Nothing found: the live context is the answer as it stands (no copy).
+  if (live_chunks.size() == chunks.size()) return live;
+  // One host tensor in passage order (uploaded once on a device backend).
+  int64_t total = 0;
+  for (const auto& c : chunks) total += static_cast<int64_t>(c.size());
+  Tensor host = Tensor::empty({total, width}, DType::F32);
+  EncodedContext ctx;
+  int64_t row = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(chunks[i].size());
+    const float* src = found[i].raw() != nullptr ? found[i].data<float>()
+                                          : live_host.data<float>() + live_begin[i] * width;
+    std::memcpy(host.data<float>() + row * width, src,
+                static_cast<size_t>(n * width) * sizeof(float));
+    ctx.chunk_lengths.push_back(n);
+    row += n;
+  }
+  ctx.states = model_.backend().to_device(host);
+  return ctx;
+}
+
+}  // namespace cepe::qa

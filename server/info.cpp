@@ -1,0 +1,136 @@
+#include "server/info.h"
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "common/utf8.h"
+
+namespace cepe::server {
+namespace {
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void put_string(Writer& w, std::string_view s) {
+  const std::string clean = sanitize_utf8(s);
+  w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
+}
+
+}  // namespace
+
+std::string server_info_json(const Resources& res, const config::ServerConfig& cfg,
+                             const char* server_name) {
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  w.Key("server");
+  w.String(server_name);
+  w.Key("model");
+  w.StartObject();
+  w.Key("name");
+  put_string(w, res.model_name);
+  w.Key("dir");
+  put_string(w, cfg.model);
+  w.Key("device");
+  put_string(w, cfg.device);
+  if (res.model) {
+    const ModelConfig& mc = res.model->config();
+    w.Key("cepe");
+    w.Bool(mc.is_cepe());
+    w.Key("vocab_size");
+    w.Int(mc.decoder.vocab_size);
+    w.Key("layers");
+    w.Int(mc.decoder.num_hidden_layers);
+    w.Key("hidden_size");
+    w.Int(mc.decoder.hidden_size);
+    w.Key("cross_attention_layers");
+    w.Int(mc.num_cross_attn_layers);
+    w.Key("cross_attention");
+    w.String(cross_attention_mode_name(res.model->cross_attention_mode()));
+    w.Key("max_position_embeddings");
+    w.Int(mc.decoder.max_position_embeddings);
+    // Where passage states come from, and what one request holds with them.
+    w.Key("encoder_store");
+    if (res.encoder_store) {
+      w.StartObject();
+      w.Key("path");
+      put_string(w, res.encoder_store->path().string());
+      w.Key("dtype");
+      w.String(index::state_dtype_name(res.encoder_store->fingerprint().dtype));
+      w.Key("passages");
+      w.Uint64(res.encoder_store->size());
+      w.Key("bytes");
+      w.Uint64(res.encoder_store->file_bytes());
+      w.EndObject();
+    } else {
+      w.Null();
+    }
+    w.Key("encoder_cache_bytes");
+    w.Uint64(res.encoder_cache ? res.encoder_cache->capacity() : 0);
+    if (mc.is_cepe()) {
+      const LlamaConfig& d = mc.decoder;
+      w.Key("request_memory");
+      w.StartObject();
+      w.Key("self_attention_bytes_per_token");
+      w.Uint64(uint64_t(2) * d.num_hidden_layers * d.num_key_value_heads * d.head_dim * 4);
+      w.Key("encoder_state_bytes_per_passage_token");
+      w.Uint64(res.model->cross_attention_mode() == CrossAttentionMode::Absorbed
+                   ? uint64_t(mc.encoder_hidden_size) * 4
+                   : uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads * d.head_dim *
+                         4);
+      w.EndObject();
+    }
+  }
+  w.EndObject();
+  w.Key("index");
+  if (res.retriever) {
+    const auto& m = res.retriever->manifest();
+    w.StartObject();
+    w.Key("dir");
+    put_string(w, cfg.index);
+    w.Key("passages");
+    w.Uint64(m.passages);
+    w.Key("embedder");
+    put_string(w, m.embedder_spec);
+    w.Key("dim");
+    w.Int(m.dim);
+    w.Key("faiss");
+    put_string(w, m.faiss_factory);
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  w.Key("limits");
+  w.StartObject();
+  w.Key("max_k");
+  w.Int(cfg.max_k);
+  w.Key("default_k");
+  w.Int(cfg.default_k);
+  w.Key("max_new_tokens");
+  w.Int(cfg.max_new_tokens);
+  w.Key("default_max_new_tokens");
+  w.Int(cfg.default_max_new_tokens);
+  w.Key("max_question_chars");
+  w.Int(cfg.max_question_chars);
+  w.Key("max_body_bytes");
+  w.Int64(cfg.max_body_bytes);
+  w.Key("max_stop");
+  w.Int(cfg.max_stop);
+  w.Key("request_timeout_ms");
+  w.Int(cfg.request_timeout_ms);
+  w.EndObject();
+  w.Key("engine");
+  w.StartObject();
+  w.Key("batching");
+  w.Bool(cfg.batching);
+  w.Key("max_batch");
+  w.Int(cfg.batching ? cfg.max_batch : 1);
+  w.Key("max_queue");
+  w.Int(cfg.max_queue);
+  w.EndObject();
+  w.Key("auth");
+  w.Bool(!cfg.api_keys.empty());
+  w.EndObject();
+  return std::string(sb.GetString(), sb.GetSize());
+}
+
+}  // namespace cepe::server

@@ -1,0 +1,29 @@
+// The server's routes: which paths exist, which generate an answer (and in which API), and which
+// answer errors in OpenAI's shape.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "server/openai.h"
+
+namespace cepe::server {
+
+/// POST: OpenAI chat completions.
+inline constexpr const char* kChatRoute = "/v1/chat/completions";
+/// POST: OpenAI completions.
+inline constexpr const char* kCompletionsRoute = "/v1/completions";
+/// GET: OpenAI model list.
+inline constexpr const char* kModelsRoute = "/v1/models";
+
+/// The route a request path names, or "other" (so metrics never label by client-chosen paths).
+std::string route_of(std::string_view path);
+/// The API a generating (POST) route speaks; nullopt for the GET routes.
+std::optional<Api> generate_api(const std::string& route);
+/// True for routes whose errors take OpenAI's shape, so OpenAI clients can read them.
+bool openai_route(const std::string& route);
+/// True for the probes (/healthz, /readyz, /metrics), which need no API key.
+bool probe_route(const std::string& route);
+
+}  // namespace cepe::server

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# `cepe index encode` end to end on a slice of ../shared/data/squad-train:
+# - crash test: the build is killed (SIGKILL) mid-way, rerun, resumes from its last commit, and the
+#   store is byte-equal to an uninterrupted build's; an interrupted build is never picked up;
+# - `cepe qa` answers identically with the f32 store and with live encoding (--encoder-store off);
+# - a store made with another chunk length is reported once and ignored (answers stay the same),
+#   and named explicitly it is an error (exit 1) naming the difference.
+set -euo pipefail
+cepe=${CEPE_BINARY:?}
+data=${CEPE_SHARED_DIR:-${CEPE_SOURCE_DIR:?}/../shared}/data/squad-train
+if [[ ! -f "$data/passages.jsonl" ]]; then
+  echo "skip: $data not found (the shared test data is only present in CI)"
+  exit 77
+fi
+command -v spm_train >/dev/null || { echo "skip: spm_train (sentencepiece) not installed"; exit 77; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+head -n 600 "$data/passages.jsonl" >"$tmp/passages.jsonl"
+python3 - "$tmp" "$data/questions.jsonl" <<'PY'
+import json, sys
+tmp, questions = sys.argv[1], sys.argv[2]
+ids = {json.loads(l)["id"] for l in open(f"{tmp}/passages.jsonl")}
+picked = [l for l in open(questions) if json.loads(l)["passage_id"] in ids][::37][:24]
+open(f"{tmp}/questions.jsonl", "w").writelines(picked)
+with open(f"{tmp}/corpus.txt", "w") as f:
+    for l in open(f"{tmp}/passages.jsonl"):
+        p = json.loads(l)
+        f.write(p["title"] + "\n" + p["text"] + "\n")
+PY
+spm_train --input="$tmp/corpus.txt" --model_prefix="$tmp/spm" --vocab_size=2000 \
+  --hard_vocab_limit=false --model_type=bpe --byte_fallback=true --minloglevel=2 >/dev/null 2>&1
+"$cepe" random-model --preset tiny --tokenizer "$tmp/spm.model" --out "$tmp/model" >/dev/null
+"$cepe" index build --input "$tmp/passages.jsonl" --out "$tmp/index" >/dev/null 2>&1
+cp -r "$tmp/index" "$tmp/index2"
+
+# Small batches: many commits, so the kill lands between two of them.
+enc=(--model "$tmp/model" --threads 1 --batch-tokens 300)
+"$cepe" index encode --index "$tmp/index2" "${enc[@]}" >"$tmp/whole.txt" 2>/dev/null
+cat "$tmp/whole.txt"
+
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" >/dev/null 2>&1 &
+pid=$!
+killed=0
+for _ in $(seq 1 600); do
+  ckpt=$(ls "$tmp"/index/encoder_states/*.partial.ckpt 2>/dev/null || true)
+  if [[ -n "$ckpt" ]] && [[ $(awk '{print $NF}' "$ckpt") -ge 200 ]]; then
+    kill -9 "$pid" && killed=1
+    break
+  fi
+  sleep 0.05
+done
+wait "$pid" 2>/dev/null || true
+[[ $killed == 1 ]] || { echo "FAIL: the build finished before it could be killed"; exit 1; }
+rows=$(awk '{print $NF}' "$tmp"/index/encoder_states/*.partial.ckpt)
+echo "killed after $rows committed passages"
+if ls "$tmp"/index/encoder_states/*.ces >/dev/null 2>&1; then
+  echo "FAIL: an unfinished store is visible"; exit 1
+fi
+# The interrupted build is not used: qa runs live (no store line) and works.
+"$cepe" qa --questions "$tmp/questions.jsonl" --index "$tmp/index" --model "$tmp/model" \
+  --k 3 --max-new-tokens 4 --threads 1 --limit 2 --out "$tmp/partial.jsonl" >/dev/null 2>"$tmp/partial.err"
+if grep -q "^encoder store:" "$tmp/partial.err"; then
+  echo "FAIL: an interrupted store was used"; exit 1
+fi
+
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" >"$tmp/resume.txt" 2>"$tmp/resume.err"
+grep -q "resuming at passage $rows" "$tmp/resume.err" || {
+  echo "FAIL: did not resume at $rows"; cat "$tmp/resume.err"; exit 1; }
+a=$(ls "$tmp"/index/encoder_states/*.ces)
+b=$(ls "$tmp"/index2/encoder_states/*.ces)
+[[ $(basename "$a") == $(basename "$b") ]] || { echo "FAIL: fingerprints differ"; exit 1; }
+cmp "$a" "$b" || { echo "FAIL: resumed store differs from an uninterrupted build"; exit 1; }
+echo "ok: resumed store is byte-equal to the uninterrupted build ($(stat -c %s "$a") bytes)"
+ls "$tmp"/index/encoder_states/ | grep -q partial && { echo "FAIL: partial files left"; exit 1; }
+
+# Answers: store vs live.
+qa=(--questions "$tmp/questions.jsonl" --index "$tmp/index" --model "$tmp/model" --k 5
+  --max-new-tokens 6 --threads 2 --concurrency 4)
+"$cepe" qa "${qa[@]}" --out "$tmp/store.jsonl" >"$tmp/store.out" 2>"$tmp/store.err"
+grep -q "^encoder store: .*(f32, 600 passages)" "$tmp/store.err" || {
+  echo "FAIL: the store was not used"; cat "$tmp/store.err"; exit 1; }
+# Every retrieved passage is in the store: the scheduler reads them all and encodes none live.
+grep -Eq "encoder states: [1-9][0-9]* passages from the store, 0 from the cache, 0 encoded live" \
+  "$tmp/store.out" || { echo "FAIL: the scheduler did not read the store"; cat "$tmp/store.out"; exit 1; }
+"$cepe" qa "${qa[@]}" --encoder-store off --out "$tmp/live.jsonl" >/dev/null 2>"$tmp/live.err"
+grep -q "^encoder store:" "$tmp/live.err" && { echo "FAIL: --encoder-store off used it"; exit 1; }
+python3 - "$tmp" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+load = lambda n: {r["id"]: r["answer"] for r in map(json.loads, open(f"{tmp}/{n}"))}
+s, l = load("store.jsonl"), load("live.jsonl")
+assert len(s) == len(l) > 0 and s == l, "answers differ between the f32 store and live encoding"
+print(f"ok: {len(s)} answers identical with the f32 store and with live encoding")
+PY
+
+# A store with another chunk length: reported once, ignored; explicit: exit 1 with the reason.
+"$cepe" qa "${qa[@]}" --chunk-tokens 64 --out "$tmp/c64.jsonl" >/dev/null 2>"$tmp/c64.err"
+[[ $(grep -c "encoder store ignored: .*chunk length 256 tokens (this run uses 64)" "$tmp/c64.err") == 1 ]] || {
+  echo "FAIL: mismatch not reported exactly once"; cat "$tmp/c64.err"; exit 1; }
+grep -q "^encoder store:" "$tmp/c64.err" && { echo "FAIL: a mismatching store was used"; exit 1; }
+set +e
+"$cepe" qa "${qa[@]}" --chunk-tokens 64 --encoder-store "$a" --out "$tmp/x.jsonl" >/dev/null 2>"$tmp/x.err"
+rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "does not fit this model: it was made with chunk length 256" "$tmp/x.err" || {
+  echo "FAIL: explicit mismatching store: rc $rc"; cat "$tmp/x.err"; exit 1; }
+echo "ok: a store with another chunk length is reported once and ignored; named, it is refused"
+
+# Rerunning on a complete store does nothing.
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" | grep -q "is complete" || {
+  echo "FAIL: a complete store was rebuilt"; exit 1; }
+echo "all encoder-store CLI checks passed"

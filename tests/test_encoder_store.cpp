@@ -1,0 +1,460 @@
+// The encoder-state store (index/encoder_store) and the component that reads it
+// (qa/encoder_states): an f32 store gives exactly the live states, logits and greedy tokens on
+// the reference fixtures; bf16/f16/q8_0 stay within their derived element bounds, a stated logit
+// bound and the same greedy tokens; stores of another model, tokenizer or chunk length are
+// refused with the reason; an interrupted build resumes to the same bytes; the LRU cache.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "common/error.h"
+#include "engine/backend.h"
+#include "engine/models/cepe_llama.h"
+#include "engine/generation.h"
+#include "index/encoder_store.h"
+#include "qa/encoder_states.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace cepe;
+using index::StateDType;
+
+namespace {
+
+// The fixtures have no tokenizer.model (their ids are given); the fingerprint hashes the file's
+// bytes, so a copy of the fixture with stand-in bytes gives a model directory with one.
+fs::path model_with_tokenizer(const std::string& fixture, const std::string& tokenizer_bytes) {
+  const fs::path dir = test::temp_dir("encstore_" + fixture);
+  for (const auto& e : fs::directory_iterator(test::source_dir() / "tests/fixtures" / fixture))
+    fs::copy_file(e.path(), dir / e.path().filename(), fs::copy_options::overwrite_existing);
+  std::ofstream(dir / "tokenizer.model", std::ios::binary) << tokenizer_bytes;
+  return dir;
+}
+
+std::vector<std::string> ids_for(size_t n) {
+  std::vector<std::string> ids;
+  for (size_t i = 0; i < n; ++i) ids.push_back("passage-" + std::to_string(i));
+  return ids;
+}
+
+// Builds a store of `chunks` (row i = passage "passage-i") as `cepe index encode` does: all
+// chunks in one packed pass (`packed`, as the request packs them) or every chunk alone.
+fs::path build_store(CepeModel& model, const index::EncoderFingerprint& fp,
+                     const std::vector<std::vector<int32_t>>& chunks, const fs::path& index_dir,
+                     bool packed = true) {
+  std::vector<index::StoredPassageInfo> infos;
+  const auto ids = ids_for(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i)
+    infos.push_back({index::passage_id_hash(ids[i]), static_cast<uint32_t>(chunks[i].size()),
+                     index::chunk_token_hash(chunks[i])});
+  const fs::path path = index::encoder_store_path(index_dir, fp);
+  index::EncoderStoreWriter w(path, fp, infos);
+  if (packed) {
+    EncodedContext ctx = model.encode(chunks);
+    Tensor host = model.backend().to_host_f32(ctx.states);
+    int64_t at = 0;
+    for (const auto& c : chunks) {
+      w.append(host.data<float>() + at * host.dim(1), static_cast<int64_t>(c.size()));
+      at += static_cast<int64_t>(c.size());
+    }
+    w.commit();
+  } else {
+    for (const auto& c : chunks) {
+      EncodedContext ctx = model.encode({c});
+      Tensor host = model.backend().to_host_f32(ctx.states);
+      w.append(host.data<float>(), ctx.tokens());
+      w.commit();
+    }
+  }
+  w.finish();
+  return path;
+}
+
+std::vector<int32_t> greedy_with(CepeModel& model, const std::vector<int32_t>& prompt,
+                                 const EncodedContext& ctx, int max_new) {
+  SamplingOptions o;
+  o.max_new_tokens = max_new;
+  Sequence seq(model, nullptr, prompt, ctx, o);
+  while (!seq.finished()) step_sequences(model, {&seq});
+  return seq.tokens();
+}
+
+Tensor logits_with(CepeModel& model, const std::vector<int32_t>& ids, const EncodedContext& ctx) {
+  auto state = model.new_state();
+  model.set_context(*state, ctx);
+  return model.forward(*state, ids, /*all_logits=*/true);
+}
+
+// Unit roundoff of each dtype (round to nearest): |x̂ - x| <= u |x| for values in the normal
+// range; Q8_0 instead bounds the error by half a step of its block, see element_bound().
+double unit_roundoff(StateDType t) {
+  switch (t) {
+    case StateDType::F32:
+      return 0.0;
+    case StateDType::BF16:
+      return std::ldexp(1.0, -8);
+    case StateDType::F16:
+      return std::ldexp(1.0, -11);
+    case StateDType::Q8_0:
+      return 1.0 / 254.0;
+  }
+  return 1.0;
+}
+
+struct FixtureCase {
+  std::string fixture;
+  StateDType dtype;
+};
+
+class StoreOnFixture : public ::testing::TestWithParam<FixtureCase> {};
+
+TEST_P(StoreOnFixture, StatesLogitsAndGreedyAgainstLive) {
+  const FixtureCase& c = GetParam();
+  auto f = test::load_fixture(c.fixture);
+  const auto& g = f->expected["greedy"];
+  const auto chunks = test::chunks_of(g["context_ids"]);
+  if (chunks.empty()) GTEST_SKIP() << c.fixture << " has no context chunks";
+  const fs::path model_dir = model_with_tokenizer(c.fixture, "tokenizer A");
+  auto backend = make_backend(Device::CPU);
+  auto model = CepeModel::load(model_dir, *backend);
+  model->set_cross_attention_mode(CrossAttentionMode::Absorbed);
+  const auto fp = index::encoder_fingerprint(model_dir, model->config(), 256, c.dtype);
+  const fs::path index_dir = test::temp_dir("encstore_index_" + c.fixture);
+  const fs::path path = build_store(*model, fp, chunks, index_dir);
+
+  index::StoreLookup found = index::find_encoder_store(index_dir, fp);
+  ASSERT_TRUE(found.store) << path;
+  EXPECT_TRUE(found.rejected.empty());
+  qa::EncoderStates states(*model);
+  states.use_store(found.store);
+  const auto ids = ids_for(chunks.size());
+  const EncodedContext stored = states.encode(ids, chunks);
+  EXPECT_EQ(states.counters().store_hits.load(), chunks.size());
+  EXPECT_EQ(states.counters().live_passages.load(), 0u);
+  const EncodedContext live = model->encode(chunks);
+  ASSERT_EQ(stored.tokens(), live.tokens());
+  ASSERT_EQ(stored.chunk_lengths, live.chunk_lengths);
+
+  // Element bounds, derived from each dtype's rounding.
+  const int64_t width = live.states.dim(1);
+  const float* a = stored.states.data<float>();
+  const float* b = live.states.data<float>();
+  double worst_rel = 0.0;
+  for (int64_t r = 0; r < live.tokens(); ++r) {
+    for (int64_t blk = 0; blk < width; blk += 32) {
+      double amax = 0.0;
+      for (int64_t j = blk; j < std::min(width, blk + 32); ++j)
+        amax = std::max(amax, std::fabs(double(b[r * width + j])));
+      for (int64_t j = blk; j < std::min(width, blk + 32); ++j) {
+        const double x = b[r * width + j], err = std::fabs(a[r * width + j] - x);
+        double bound = 0.0;
+        if (c.dtype == StateDType::Q8_0)
+          bound = amax / 254.0 * (1.0 + std::ldexp(1.0, -10));  // d/2, d rounded to F16
+        else
+          bound = unit_roundoff(c.dtype) * std::fabs(x) + 6e-8;  // + F16's subnormal step
+        ASSERT_LE(err, bound) << c.fixture << " state [" << r << ", " << j << "]";
+        if (amax > 0) worst_rel = std::max(worst_rel, err / amax);
+      }
+    }
+  }
+
+  // Logits: bit-identical for f32. Otherwise the logit error is first order in the state error,
+  // |Δlogit| <~ u · S with S = max|logit| times the network's amplification; we state
+  // |Δlogit| <= 8 u max|logit| (u: the dtype's relative bound above) and check it.
+  const auto prompt = test::ids_of(f->expected["input_ids"]);
+  const Tensor lg_store = logits_with(*model, prompt, stored);
+  const Tensor lg_live = logits_with(*model, prompt, live);
+  ASSERT_EQ(lg_store.numel(), lg_live.numel());
+  double max_abs = 0.0, max_diff = 0.0;
+  for (int64_t i = 0; i < lg_live.numel(); ++i) {
+    max_abs = std::max(max_abs, std::fabs(double(lg_live.data<float>()[i])));
+    max_diff =
+        std::max(max_diff, std::fabs(double(lg_store.data<float>()[i]) - lg_live.data<float>()[i]));
+  }
+  if (c.dtype == StateDType::F32) {
+    EXPECT_EQ(std::memcmp(lg_store.raw(), lg_live.raw(), lg_live.nbytes()), 0)
+        << "f32 store logits differ from live encoding (max " << max_diff << ")";
+  } else {
+    EXPECT_LE(max_diff, 8.0 * unit_roundoff(c.dtype) * max_abs) << c.fixture;
+  }
+  std::printf("[%s %s] max |dstate|/blockmax %.3g, max |dlogit| %.3g (max |logit| %.3g)\n",
+              c.fixture.c_str(), index::state_dtype_name(c.dtype), worst_rel, max_diff, max_abs);
+
+  // Greedy: the reference's tokens (EOS kept out of ours).
+  auto expected = test::ids_of(g["tokens"]);
+  const auto& eos = model->config().decoder.eos_token_ids;
+  if (!expected.empty() && std::find(eos.begin(), eos.end(), expected.back()) != eos.end())
+    expected.pop_back();
+  const auto greedy_prompt = test::ids_of(g["input_ids"]);
+  const int max_new = g["max_new_tokens"].GetInt();
+  EXPECT_EQ(greedy_with(*model, greedy_prompt, stored, max_new), expected) << c.fixture;
+  EXPECT_EQ(greedy_with(*model, greedy_prompt, live, max_new), expected) << c.fixture;
+}
+
+std::vector<FixtureCase> fixture_cases() {
+  std::vector<FixtureCase> out;
+  for (const auto& name : test::fixture_names(/*greedy_only=*/true)) {
+    const std::string cfg =
+        test::read_file(test::source_dir() / "tests/fixtures" / name / "config.json");
+    if (cfg.find("encoder_config") == std::string::npos) continue;  // plain LLaMA
+    for (StateDType t : {StateDType::F32, StateDType::BF16, StateDType::F16, StateDType::Q8_0})
+      out.push_back({name, t});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, StoreOnFixture, ::testing::ValuesIn(fixture_cases()),
+                         [](const auto& info) {
+                           return info.param.fixture + "_" +
+                                  index::state_dtype_name(info.param.dtype);
+                         });
+
+// `cepe index encode` packs passages by a token budget, not as a request does. A chunk's states
+// do not depend on the other chunks mathematically, but BLAS may block a GEMM differently for
+// another row count, so the last bits may differ: states within 1e-5, logits within 5e-5 (the
+// reference tolerance is 1e-4) and the same greedy tokens.
+TEST(EncoderStore, OtherPackingStaysWithinRounding) {
+  for (const std::string name : {"gqa_cross_last2", "dynamic", "linear_tied", "bf16"}) {
+    auto f = test::load_fixture(name);
+    const auto& g = f->expected["greedy"];
+    const auto chunks = test::chunks_of(g["context_ids"]);
+    const fs::path model_dir = model_with_tokenizer(name, "tokenizer A");
+    auto backend = make_backend(Device::CPU);
+    auto model = CepeModel::load(model_dir, *backend);
+    model->set_cross_attention_mode(CrossAttentionMode::Absorbed);
+    const auto fp = index::encoder_fingerprint(model_dir, model->config(), 256, StateDType::F32);
+    const fs::path index_dir = test::temp_dir("encstore_alone_" + name);
+    build_store(*model, fp, chunks, index_dir, /*packed=*/false);
+    qa::EncoderStates states(*model);
+    states.use_store(index::find_encoder_store(index_dir, fp).store);
+    const EncodedContext stored = states.encode(ids_for(chunks.size()), chunks);
+    const EncodedContext live = model->encode(chunks);
+    double ds = 0;
+    for (int64_t i = 0; i < live.states.numel(); ++i)
+      ds = std::max(
+          ds, double(std::fabs(stored.states.data<float>()[i] - live.states.data<float>()[i])));
+    EXPECT_LE(ds, 1e-5) << name;
+    const auto prompt = test::ids_of(f->expected["input_ids"]);
+    const Tensor a = logits_with(*model, prompt, stored), b = logits_with(*model, prompt, live);
+    double dl = 0;
+    for (int64_t i = 0; i < a.numel(); ++i)
+      dl = std::max(dl, double(std::fabs(a.data<float>()[i] - b.data<float>()[i])));
+    EXPECT_LE(dl, 5e-5) << name;
+    const auto gp = test::ids_of(g["input_ids"]);
+    const int max_new = g["max_new_tokens"].GetInt();
+    EXPECT_EQ(greedy_with(*model, gp, stored, max_new), greedy_with(*model, gp, live, max_new));
+    std::printf("[%s, chunks encoded alone] max |dstate| %.3g, max |dlogit| %.3g\n", name.c_str(),
+                ds, dl);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: another model, another tokenizer, another chunk length.
+
+struct Built {
+  fs::path model_dir, index_dir;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<CepeModel> model;
+};
+
+Built built_store(const std::string& fixture) {
+  Built b;
+  b.model_dir = model_with_tokenizer(fixture, "tokenizer A");
+  b.backend = make_backend(Device::CPU);
+  b.model = CepeModel::load(b.model_dir, *b.backend);
+  auto f = test::load_fixture(fixture);
+  const auto chunks = test::chunks_of(f->expected["greedy"]["context_ids"]);
+  b.index_dir = test::temp_dir("encstore_refuse_" + fixture);
+  build_store(*b.model,
+              index::encoder_fingerprint(b.model_dir, b.model->config(), 256, StateDType::F32),
+              chunks, b.index_dir);
+  return b;
+}
+
+void expect_refused(const Built& b, const fs::path& model_dir, int chunk_tokens,
+                    const std::string& reason) {
+  auto backend = make_backend(Device::CPU);
+  auto model = CepeModel::load(model_dir, *backend);
+  std::vector<std::string> reports;
+  auto store = qa::open_encoder_store("auto", b.index_dir, model_dir, model->config(), chunk_tokens,
+                                      [&](const std::string& l) { reports.push_back(l); });
+  EXPECT_FALSE(store) << "a mismatching store was used";
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_NE(reports[0].find(reason), std::string::npos) << reports[0];
+  // Named explicitly, the same store is an error naming the difference.
+  fs::path file;
+  for (const auto& e : fs::directory_iterator(index::encoder_store_dir(b.index_dir)))
+    file = e.path();
+  try {
+    qa::open_encoder_store(file.string(), b.index_dir, model_dir, model->config(), chunk_tokens,
+                           {});
+    ADD_FAILURE() << "explicit mismatching store accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(reason), std::string::npos) << e.what();
+  }
+}
+
+TEST(EncoderStoreRefusal, AnotherModel) {
+  const Built b = built_store("gqa_cross_last2");
+  expect_refused(b, model_with_tokenizer("mha_encoder_gqa", "tokenizer A"), 256,
+                 "other encoder weights");
+}
+
+TEST(EncoderStoreRefusal, AnotherTokenizer) {
+  const Built b = built_store("gqa_cross_last2");
+  expect_refused(b, model_with_tokenizer("gqa_cross_last2", "tokenizer B"), 256,
+                 "another tokenizer");
+}
+
+TEST(EncoderStoreRefusal, AnotherChunkLength) {
+  const Built b = built_store("gqa_cross_last2");
+  expect_refused(b, b.model_dir, 128, "chunk length 256 tokens (this run uses 128)");
+}
+
+TEST(EncoderStoreRefusal, ChangedPassageIsEncodedLive) {
+  // Same id, other tokens (the passage text changed after the store was built): not used.
+  Built b = built_store("gqa_cross_last2");
+  auto store = qa::open_encoder_store("auto", b.index_dir, b.model_dir, b.model->config(), 256, {});
+  ASSERT_TRUE(store);
+  qa::EncoderStates states(*b.model);
+  states.use_store(store);
+  const EncodedContext ctx = states.encode({"passage-0"}, {{5, 6, 7}});
+  EXPECT_EQ(states.counters().store_hits.load(), 0u);
+  EXPECT_EQ(states.counters().live_passages.load(), 1u);
+  EXPECT_EQ(ctx.tokens(), 3);
+}
+
+TEST(EncoderStoreFile, CorruptOrTruncatedIsNamed) {
+  Built b = built_store("gqa_cross_last2");
+  fs::path file;
+  for (const auto& e : fs::directory_iterator(index::encoder_store_dir(b.index_dir)))
+    file = e.path();
+  index::EncoderStore(file).verify();
+  const fs::path cut = b.index_dir / "cut.ces";
+  fs::copy_file(file, cut);
+  fs::resize_file(cut, fs::file_size(file) - 100);
+  try {
+    index::EncoderStore s(cut);
+    ADD_FAILURE() << "truncated store opened";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cut.ces"), std::string::npos) << e.what();
+  }
+  const fs::path junk = b.index_dir / "junk.ces";
+  std::ofstream(junk) << std::string(5000, 'x');
+  EXPECT_THROW(index::EncoderStore s(junk), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// An interrupted build (rows appended past the last commit, then the process gone) resumes from
+// the commit and ends byte-equal to an uninterrupted build.
+
+TEST(EncoderStoreWriter, ResumeIsByteEqual) {
+  index::EncoderFingerprint fp;
+  fp.encoder_weights = 1, fp.encoder_config = 2, fp.tokenizer = 3, fp.chunk_tokens = 16;
+  fp.width = 64;
+  fp.dtype = StateDType::Q8_0;
+  std::vector<index::StoredPassageInfo> infos;
+  std::vector<std::vector<float>> rows;
+  for (int i = 0; i < 10; ++i) {
+    const uint32_t n = 1 + (i * 7) % 16;
+    infos.push_back({index::passage_id_hash(std::to_string(i)), n, uint64_t(i) * 31});
+    std::vector<float> v(n * fp.width);
+    for (size_t j = 0; j < v.size(); ++j) v[j] = std::sin(0.37 * double(j + 1000 * i));
+    rows.push_back(v);
+  }
+  const fs::path dir = test::temp_dir("encstore_resume");
+  const fs::path whole = dir / "whole.ces", resumed = dir / "resumed.ces";
+  {
+    index::EncoderStoreWriter w(whole, fp, infos);
+    for (const auto& r : rows) w.append(r.data(), static_cast<int64_t>(r.size() / fp.width));
+    w.finish();
+  }
+  {
+    index::EncoderStoreWriter w(resumed, fp, infos);
+    for (int i = 0; i < 4; ++i) w.append(rows[i].data(), infos[i].tokens);
+    w.commit();
+    for (int i = 4; i < 6; ++i) w.append(rows[i].data(), infos[i].tokens);  // never committed
+  }
+  EXPECT_FALSE(fs::exists(resumed)) << "an unfinished store is visible under its final name";
+  {
+    std::ofstream(resumed.string() + ".partial", std::ios::app) << "torn bytes";
+    index::EncoderStoreWriter w(resumed, fp, infos);
+    EXPECT_EQ(w.resumed_rows(), 4u);
+    for (size_t i = w.resumed_rows(); i < rows.size(); ++i)
+      w.append(rows[i].data(), infos[i].tokens);
+    w.finish();
+  }
+  EXPECT_EQ(test::read_file(whole), test::read_file(resumed));
+  EXPECT_FALSE(fs::exists(resumed.string() + ".partial.ckpt"));
+  // A checkpoint of another build (other passages) is not resumed from.
+  infos[0].token_hash ^= 1;
+  std::ofstream(dir / "other.ces.partial") << "x";
+  index::EncoderStoreWriter other(dir / "other.ces", fp, infos);
+  EXPECT_EQ(other.resumed_rows(), 0u);
+  index::EncoderStore s(whole);
+  s.verify();
+  EXPECT_EQ(s.size(), rows.size());
+  std::vector<float> back(infos[3].tokens * fp.width);
+  s.read(3, back.data());
+  for (size_t j = 0; j < back.size(); ++j) EXPECT_NEAR(back[j], rows[3][j], 1.0 / 254 + 1e-3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The LRU cache and the component with a cache.
+
+TEST(EncodedPassageCache, LruByBytes) {
+  auto t = [](int64_t rows) { return Tensor::zeros({rows, 4}, DType::F32); };
+  const std::string ka = qa::EncodedPassageCache::key(1, "a", 0);
+  const std::string kb = qa::EncodedPassageCache::key(1, "b", 0);
+  const std::string kc = qa::EncodedPassageCache::key(1, "c", 0);
+  qa::EncodedPassageCache cache(2 * (64 + ka.size()));  // room for two 4-row entries
+  cache.put(ka, t(4));
+  cache.put(kb, t(4));
+  EXPECT_TRUE(cache.get(ka).defined());  // a is now the most recent
+  cache.put(kc, t(4));                   // evicts b
+  EXPECT_EQ(cache.evictions(), 1u);
+  EXPECT_FALSE(cache.get(kb).defined());
+  EXPECT_TRUE(cache.get(kc).defined());
+  EXPECT_EQ(cache.hits(), 2u);
+  EXPECT_EQ(cache.misses(), 1u);
+  EXPECT_EQ(cache.entries(), 2u);
+  EXPECT_LE(cache.bytes(), cache.capacity());
+  cache.put(qa::EncodedPassageCache::key(1, "huge", 0), t(1000));  // larger than the cache
+  EXPECT_EQ(cache.entries(), 2u);
+  // Another fingerprint is another key.
+  EXPECT_NE(qa::EncodedPassageCache::key(2, "a", 0), ka);
+}
+
+TEST(EncoderStates, CacheGivesTheLiveStates) {
+  auto f = test::load_fixture("gqa_cross_last2");
+  auto backend = make_backend(Device::CPU);
+  auto model = CepeModel::load(f->dir, *backend);
+  const auto chunks = test::chunks_of(f->expected["greedy"]["context_ids"]);
+  qa::EncoderStates states(*model);
+  states.use_cache(std::make_shared<qa::EncodedPassageCache>(1 << 20), 42);
+  const auto ids = ids_for(chunks.size());
+  const EncodedContext first = states.encode(ids, chunks);
+  EXPECT_EQ(states.counters().live_passages.load(), chunks.size());
+  // The second request: one new passage first, then the cached ones.
+  std::vector<std::vector<int32_t>> chunks2 = {{9, 8, 7, 6}};
+  std::vector<std::string> ids2 = {"new"};
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    chunks2.push_back(chunks[i]);
+    ids2.push_back(ids[i]);
+  }
+  const EncodedContext second = states.encode(ids2, chunks2);
+  EXPECT_EQ(states.counters().cache_hits.load(), chunks.size());
+  const EncodedContext alone = model->encode({chunks2[0]});
+  ASSERT_EQ(second.tokens(), alone.tokens() + first.tokens());
+  const int64_t w = first.states.dim(1);
+  // The new passage is the live encoding of it; the cached ones are the first request's bytes.
+  EXPECT_EQ(std::memcmp(second.states.raw(), alone.states.raw(), alone.states.nbytes()), 0);
+  EXPECT_EQ(std::memcmp(second.states.data<float>() + alone.tokens() * w, first.states.raw(),
+                        first.states.nbytes()),
+            0);
+}
+
+}  // namespace
