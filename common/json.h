@@ -11,6 +11,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "common/utf8.h"
+
 namespace cepe {
 
 /// Deepest nesting of arrays and objects parse_json accepts by default.
@@ -36,6 +38,11 @@ inline std::string json_string(const rapidjson::Value& v) {
 /// Writes `s` as a JSON string, with its exact length so embedded NULs survive.
 inline void write_json_string(rapidjson::Writer<rapidjson::StringBuffer>& w, std::string_view s) {
   w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+/// Writes `s` as a JSON string after replacing invalid UTF-8 (common/utf8.h sanitize_utf8), so
+/// text from clients or models always makes valid JSON.
+inline void write_json_text(rapidjson::Writer<rapidjson::StringBuffer>& w, std::string_view s) {
+  write_json_string(w, sanitize_utf8(s));
 }
 /// "invalid JSON: <RapidJSON's description>" for a failed parse, without a position.
 std::string json_error_message(const rapidjson::Document& doc);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "common/json.h"
 #include "common/utf8.h"
 #include "qa/pipeline.h"
 
@@ -15,19 +16,10 @@ namespace {
 
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
 std::string_view trim(std::string_view s) {
   const size_t b = s.find_first_not_of(" \t\r\n");
   if (b == std::string_view::npos) return {};
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
-}
-
-void put_string(Writer& w, std::string_view s) {
-  const std::string clean = sanitize_utf8(s);
-  w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
 }
 
 void put_passages(Writer& w, const AskState& st) {
@@ -113,7 +105,7 @@ std::string ask_answer_json(const AskState& st, const JobResult& r, const std::s
   Writer w(sb);
   w.StartObject();
   w.Key("answer");
-  put_string(w, answer_text(r));
+  write_json_text(w, answer_text(r));
   w.Key("finish_reason");
   w.String(r.finish_reason.c_str());
   w.Key("usage");
@@ -139,9 +131,9 @@ std::string ask_answer_json(const AskState& st, const JobResult& r, const std::s
   put_ms("total_ms", ms_since(st.t0));
   w.EndObject();
   w.Key("model");
-  put_string(w, model_name);
+  write_json_text(w, model_name);
   w.Key("request_id");
-  put_string(w, st.request_id);
+  write_json_text(w, st.request_id);
   if (with_passages) put_passages(w, st);
   w.EndObject();
   return std::string(sb.GetString(), sb.GetSize());

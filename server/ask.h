@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,11 @@ struct AskState {
   std::optional<ApiError> error;     ///< set when preparation failed
   std::atomic<bool> gone{false};     ///< the client left while preparing
 };
+
+/// Milliseconds from `t0` to now (request timings).
+inline double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
 
 /// Retrieves (or takes the caller's passages), plans the prompt and chunks, and sets st.hits to
 /// the passages the answer is conditioned on and st.job to the scheduler job. Runs on the

@@ -48,10 +48,6 @@ namespace {
 
 constexpr const char* kServerName = "cepe-qa/0.1";
 
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
 // Client-supplied request ids are echoed only when short and plain, so they are safe in headers
 // and logs.
 bool valid_request_id(std::string_view id) {
@@ -598,8 +594,8 @@ class Session : public std::enable_shared_from_this<Session> {
         if (st->api == Api::Ask) {
           body = ask_answer_json(*st, r, srv_.res.model_name, /*with_passages=*/true);
         } else {
-          body = openai_response_json(st->ids, answer_text(r), r.finish_reason,
-                                      usage_of(r), passages_json(st->hits));
+          body = openai_response_json(st->ids, answer_text(r), r.finish_reason, usage_of(r),
+                                      passages_json(st->hits));
         }
         return stop_watch_then([self = shared_from_this(), body = std::move(body)]() mutable {
           self->reply_json(http::status::ok, std::move(body));

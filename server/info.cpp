@@ -3,17 +3,12 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include "common/utf8.h"
+#include "common/json.h"
 
 namespace cepe::server {
 namespace {
 
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void put_string(Writer& w, std::string_view s) {
-  const std::string clean = sanitize_utf8(s);
-  w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
-}
 
 }  // namespace
 
@@ -27,11 +22,11 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
   w.Key("model");
   w.StartObject();
   w.Key("name");
-  put_string(w, res.model_name);
+  write_json_text(w, res.model_name);
   w.Key("dir");
-  put_string(w, cfg.model);
+  write_json_text(w, cfg.model);
   w.Key("device");
-  put_string(w, cfg.device);
+  write_json_text(w, cfg.device);
   if (res.model) {
     const ModelConfig& mc = res.model->config();
     w.Key("cepe");
@@ -53,7 +48,7 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
     if (res.encoder_store) {
       w.StartObject();
       w.Key("path");
-      put_string(w, res.encoder_store->path().string());
+      write_json_text(w, res.encoder_store->path().string());
       w.Key("dtype");
       w.String(index::state_dtype_name(res.encoder_store->fingerprint().dtype));
       w.Key("passages");
@@ -86,15 +81,15 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
     const auto& m = res.retriever->manifest();
     w.StartObject();
     w.Key("dir");
-    put_string(w, cfg.index);
+    write_json_text(w, cfg.index);
     w.Key("passages");
     w.Uint64(m.passages);
     w.Key("embedder");
-    put_string(w, m.embedder_spec);
+    write_json_text(w, m.embedder_spec);
     w.Key("dim");
     w.Int(m.dim);
     w.Key("faiss");
-    put_string(w, m.faiss_factory);
+    write_json_text(w, m.faiss_factory);
     w.EndObject();
   } else {
     w.Null();

@@ -8,6 +8,7 @@
 #include <limits>
 #include <set>
 
+#include "common/json.h"
 #include "server/log.h"
 #include "server/request_fields.h"
 
@@ -91,14 +92,9 @@ std::string last_user_message(const Value& v, const AskLimits& limits) {
   return *question;
 }
 
-void put_string(Writer& w, std::string_view s) {
-  const std::string clean = sanitize_utf8(s);
-  w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
-}
-
 void put_head(Writer& w, const OpenAiIds& ids, bool chunk) {
   w.Key("id");
-  put_string(w, ids.id);
+  write_json_text(w, ids.id);
   w.Key("object");
   if (ids.api == Api::Chat)
     w.String(chunk ? "chat.completion.chunk" : "chat.completion");
@@ -107,7 +103,7 @@ void put_head(Writer& w, const OpenAiIds& ids, bool chunk) {
   w.Key("created");
   w.Int64(ids.created);
   w.Key("model");
-  put_string(w, ids.model);
+  write_json_text(w, ids.model);
 }
 
 void put_usage(Writer& w, const OpenAiUsage& u) {
@@ -241,16 +237,16 @@ std::string openai_error_json(int status, const std::string& code, const std::st
   w.Key("error");
   w.StartObject();
   w.Key("message");
-  put_string(w, message);
+  write_json_text(w, message);
   w.Key("type");
   w.String(type);
   w.Key("param");
   if (param.empty())
     w.Null();
   else
-    put_string(w, param);
+    write_json_text(w, param);
   w.Key("code");
-  put_string(w, code);
+  write_json_text(w, code);
   w.EndObject();
   w.EndObject();
   return done(sb);
@@ -268,11 +264,11 @@ std::string passages_json(const std::vector<retriever::Hit>& hits) {
   for (const auto& h : hits) {
     w.StartObject();
     w.Key("id");
-    put_string(w, h.id);
+    write_json_text(w, h.id);
     w.Key("title");
-    put_string(w, h.title);
+    write_json_text(w, h.title);
     w.Key("text");
-    put_string(w, h.text);
+    write_json_text(w, h.text);
     w.Key("score");
     if (std::isfinite(h.score))
       w.Double(h.score);
@@ -304,16 +300,16 @@ std::string openai_response_json(const OpenAiIds& ids, const std::string& text,
     w.Key("role");
     w.String("assistant");
     w.Key("content");
-    put_string(w, text);
+    write_json_text(w, text);
     w.EndObject();
   } else {
     w.Key("text");
-    put_string(w, text);
+    write_json_text(w, text);
   }
   w.Key("logprobs");
   w.Null();
   w.Key("finish_reason");
-  put_string(w, openai_finish_reason(finish_reason));
+  write_json_text(w, openai_finish_reason(finish_reason));
   w.EndObject();
   w.EndArray();
   put_usage(w, usage);
@@ -343,18 +339,18 @@ std::string openai_chunk_json(const OpenAiIds& ids, const std::string& text, boo
     }
     if (!finish_reason) {
       w.Key("content");
-      put_string(w, text);
+      write_json_text(w, text);
     }
     w.EndObject();
   } else {
     w.Key("text");
-    put_string(w, text);
+    write_json_text(w, text);
   }
   w.Key("logprobs");
   w.Null();
   w.Key("finish_reason");
   if (finish_reason)
-    put_string(w, openai_finish_reason(*finish_reason));
+    write_json_text(w, openai_finish_reason(*finish_reason));
   else
     w.Null();
   w.EndObject();
@@ -387,7 +383,7 @@ std::string openai_models_json(const std::string& model, int64_t created) {
   w.StartArray();
   w.StartObject();
   w.Key("id");
-  put_string(w, model);
+  write_json_text(w, model);
   w.Key("object");
   w.String("model");
   w.Key("created");
