@@ -13,7 +13,7 @@
 # and 64 concurrent clients on a shared-passage and a distinct-passage workload and prints TTFT,
 # TPOT, ITL and end-to-end latency p50/p90/p99 and goodput (SLO_TTFT_MS, SLO_TPOT_MS) per level,
 # with the 1-client figures as the baseline of the ratios. OPENAI_REQUESTS (requests per level:
-# default one per client, at least 4), PASSAGES (caller passages per request, 4).
+# default four per client, at least 16: the clients stay busy for several waves), PASSAGES (caller passages per request, 4).
 #
 # Environment knobs: THREADS (server compute threads, 2), MAX_BATCH (16), MAX_QUEUE (40),
 # MAX_NEW_TOKENS (16), REQUESTS (answers per round, 64), ROUNDS (3 measured rounds), PRESET (small), DEVICE (cpu or
@@ -103,7 +103,7 @@ if [[ ${MODE:-} == openai ]]; then
   status=0
   for workload in shared distinct; do
     for c in 1 8 32 64; do
-      n=${OPENAI_REQUESTS:-$((c > 4 ? c : 4))}
+      n=${OPENAI_REQUESTS:-$((4 * c > 16 ? 4 * c : 16))}
       "$bench" --openai --port "$port" --concurrency "$c" --requests "$n" --rounds 1 \
         --max-new-tokens "$max_new" --workload "$workload" --passages "${PASSAGES:-4}" \
         --slo-ttft-ms "$slo_ttft" --slo-tpot-ms "$slo_tpot" --label "openai-$workload-c$c" |

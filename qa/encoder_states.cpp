@@ -20,10 +20,18 @@ EncodedPassageCache::EncodedPassageCache(size_t capacity_bytes) : capacity_(capa
 
 std::string EncodedPassageCache::key(uint64_t fingerprint, std::string_view passage_id,
                                      uint64_t token_hash) {
-  std::string k(16, '\0');
-  std::memcpy(k.data(), &fingerprint, 8);
-  std::memcpy(k.data() + 8, &token_hash, 8);
+  std::string k(17, 'i');  // 'i': keyed by passage id; 'c': by content
+  std::memcpy(k.data() + 1, &fingerprint, 8);
+  std::memcpy(k.data() + 9, &token_hash, 8);
   k.append(passage_id);
+  return k;
+}
+
+std::string EncodedPassageCache::content_key(uint64_t fingerprint,
+                                             const std::vector<int32_t>& chunk) {
+  std::string k(9 + chunk.size() * sizeof(int32_t), 'c');
+  std::memcpy(k.data() + 1, &fingerprint, 8);
+  if (!chunk.empty()) std::memcpy(k.data() + 9, chunk.data(), chunk.size() * sizeof(int32_t));
   return k;
 }
 
@@ -85,10 +93,10 @@ std::shared_ptr<const index::EncoderStore> open_encoder_store(
 }
 
 Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& chunk) {
-  if (id.empty() || chunk.empty() || (!store_ && !cache_)) return Tensor();
+  if (chunk.empty() || (!store_ && !cache_)) return Tensor();
   const uint64_t token_hash = index::chunk_token_hash(chunk);
   const auto tokens = static_cast<uint32_t>(chunk.size());
-  if (store_) {
+  if (store_ && !id.empty()) {
     if (auto row = store_->find(id, tokens, token_hash)) {
       const int64_t width = model_.config().encoder_hidden_size;
       Tensor host = Tensor::empty({static_cast<int64_t>(tokens), width}, DType::F32);
@@ -99,7 +107,9 @@ Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& 
   }
   if (cache_) {
     // Cached entries are never written after put(), so the entry itself can be shared.
-    Tensor cached = cache_->get(EncodedPassageCache::key(fingerprint_, id, token_hash));
+    Tensor cached =
+        cache_->get(id.empty() ? EncodedPassageCache::content_key(fingerprint_, chunk)
+                               : EncodedPassageCache::key(fingerprint_, id, token_hash));
     if (cached.defined() && cached.numel() > 0) {
       counters_.cache_hits.fetch_add(1);
       return cached;
@@ -110,12 +120,14 @@ Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& 
 
 void EncoderStates::remember(const std::string& id, const std::vector<int32_t>& chunk,
                              const float* rows) {
-  if (!cache_ || id.empty() || chunk.empty()) return;
+  if (!cache_ || chunk.empty()) return;
   const int64_t width = model_.config().encoder_hidden_size;
   // A copy of its own: a view would keep the whole pass's states alive.
   Tensor copy = Tensor::empty({static_cast<int64_t>(chunk.size()), width}, DType::F32);
   std::memcpy(copy.raw(), rows, copy.nbytes());
-  cache_->put(EncodedPassageCache::key(fingerprint_, id, index::chunk_token_hash(chunk)),
+  cache_->put(id.empty()
+                  ? EncodedPassageCache::content_key(fingerprint_, chunk)
+                  : EncodedPassageCache::key(fingerprint_, id, index::chunk_token_hash(chunk)),
               std::move(copy));
 }
 
@@ -167,7 +179,7 @@ EncodedContext EncoderStates::encode(const std::vector<std::string>& ids,
   for (size_t i = 0; i < chunks.size(); ++i) {
     const int64_t n = static_cast<int64_t>(chunks[i].size());
     const float* src = found[i].raw() != nullptr ? found[i].data<float>()
-                                          : live_host.data<float>() + live_begin[i] * width;
+                                                 : live_host.data<float>() + live_begin[i] * width;
     std::memcpy(host.data<float>() + row * width, src,
                 static_cast<size_t>(n * width) * sizeof(float));
     ctx.chunk_lengths.push_back(n);

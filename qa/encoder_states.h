@@ -49,6 +49,9 @@ class EncodedPassageCache {
   void put(const std::string& key, Tensor states);
   /// Cache key of one passage's chunk under a model fingerprint.
   static std::string key(uint64_t fingerprint, std::string_view passage_id, uint64_t token_hash);
+  /// Cache key of a chunk without a passage id (a caller's passage): the token ids themselves, so
+  /// equal keys mean equal content and no hash collision can hand out another text's states.
+  static std::string content_key(uint64_t fingerprint, const std::vector<int32_t>& chunk);
 
   /// Lookups that found an entry.
   uint64_t hits() const { return hits_.load(); }
@@ -111,7 +114,8 @@ class EncoderStates {
   /// True when live-encoded passages are kept in a cache (remember() stores them).
   bool caching() const { return cache_ != nullptr; }
   /// Host F32 [tokens, width] states of passage `id` whose chunk is `chunk`, from the store or
-  /// the cache (counted as a hit), or an undefined tensor ("" ids are never looked up).
+  /// the cache (counted as a hit), or an undefined tensor ("" ids, a caller's passages, are
+  /// looked up in the cache by their tokens only).
   Tensor lookup(const std::string& id, const std::vector<int32_t>& chunk);
   /// Keeps the live-encoded states `rows` (host F32, chunk.size() x width) of passage `id` in
   /// the cache, when there is one.
@@ -119,7 +123,7 @@ class EncoderStates {
   /// Counts passages and tokens encoded live.
   void count_live(size_t passages, int64_t tokens);
 
-  /// States of `chunks` (passage `ids[i]`'s chunk is chunks[i]; "" ids are never looked up).
+  /// States of `chunks` (passage `ids[i]`'s chunk is chunks[i]; "" ids: by content, cache only).
   /// Identical to model.encode(chunks) when nothing is found; otherwise the found passages'
   /// states are copied (dequantised) with the live ones into one [tokens, width] tensor.
   EncodedContext encode(const std::vector<std::string>& ids,

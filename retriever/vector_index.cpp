@@ -1,12 +1,14 @@
 #include "retriever/vector_index.h"
 
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexPQ.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
+#include <faiss/VectorTransform.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
@@ -92,6 +94,167 @@ std::string faiss_message(const std::exception& e) {
   return m;
 }
 
+// Structural checks of a FAISS index read from disk, before any search touches it. FAISS trusts
+// its own files: one wrong neighbour id in an HNSW graph or one list size in an IVF file makes a
+// search read out of bounds. The manifest checksums catch corruption first; these catch what a
+// checksum cannot (a file written by a buggy or hostile tool with a valid checksum), cheaply:
+// O(graph edges + ids), never reading the vector codes themselves.
+// A structural check that fails names the file and what is wrong, and says what to do.
+#define CHECK_STRUCTURE(cond, msg) \
+  CEPE_CHECK(cond, msg << " (the file is corrupt; rebuild the index)")
+
+void check_structure(const faiss::Index* idx, const std::string& where);
+
+void check_codes(const faiss::IndexFlatCodes* fc, const std::string& where) {
+  CHECK_STRUCTURE(fc->codes.size() == static_cast<size_t>(fc->ntotal) * fc->code_size,
+                  where << ": " << fc->codes.size() << " code bytes for " << fc->ntotal
+                        << " vectors of " << fc->code_size << " bytes");
+}
+
+void check_hnsw(const faiss::IndexHNSW* h, const std::string& where) {
+  const faiss::HNSW& g = h->hnsw;
+  const size_t n = static_cast<size_t>(h->ntotal);
+  CHECK_STRUCTURE(h->storage != nullptr, where << ": HNSW index without vector storage");
+  CHECK_STRUCTURE(h->storage->ntotal == h->ntotal && h->storage->d == h->d,
+                  where << ": HNSW storage holds " << h->storage->ntotal << " vectors of dimension "
+                        << h->storage->d << ", the graph " << h->ntotal << " of " << h->d);
+  check_structure(h->storage, where + " (HNSW storage)");
+  CHECK_STRUCTURE(g.levels.size() == n && g.offsets.size() == n + 1,
+                  where << ": HNSW graph has " << g.levels.size() << " levels and "
+                        << g.offsets.size() << " offsets for " << n << " vectors");
+  CHECK_STRUCTURE(!g.cum_nneighbor_per_level.empty() && g.cum_nneighbor_per_level[0] == 0,
+                  where << ": HNSW neighbour counts per level are malformed");
+  const int levels = static_cast<int>(g.cum_nneighbor_per_level.size()) - 1;
+  CHECK_STRUCTURE(g.max_level >= -1 && g.max_level < levels,
+                  where << ": HNSW max level " << g.max_level << " outside 0.." << levels - 1);
+  CHECK_STRUCTURE(
+      n == 0 ? g.entry_point == -1 : g.entry_point >= 0 && static_cast<size_t>(g.entry_point) < n,
+      where << ": HNSW entry point " << g.entry_point << " outside 0.." << n);
+  for (int l = 0; l < levels; ++l)
+    CHECK_STRUCTURE(g.cum_nneighbor_per_level[l + 1] >= g.cum_nneighbor_per_level[l],
+                    where << ": HNSW neighbour counts per level decrease at level " << l);
+  CHECK_STRUCTURE(g.offsets.empty() || g.offsets[0] == 0,
+                  where << ": HNSW offsets do not start at 0");
+  for (size_t i = 0; i < n; ++i) {
+    const int lv = g.levels[i];
+    CHECK_STRUCTURE(lv >= 1 && lv <= levels && lv - 1 <= g.max_level,
+                    where << ": HNSW vector " << i << " has level " << lv << " (max "
+                          << g.max_level + 1 << ")");
+    // Each vector owns cum_nneighbor_per_level[level] slots; search walks exactly that range.
+    CHECK_STRUCTURE(
+        g.offsets[i + 1] >= g.offsets[i] &&
+            g.offsets[i + 1] - g.offsets[i] == static_cast<size_t>(g.cum_nneighbor_per_level[lv]),
+        where << ": HNSW neighbour range of vector " << i << " is malformed");
+  }
+  CHECK_STRUCTURE(g.offsets.back() == g.neighbors.size(),
+                  where << ": HNSW offsets end at " << g.offsets.back()
+                        << ", the neighbour table holds " << g.neighbors.size());
+  for (size_t e = 0; e < g.neighbors.size(); ++e) {
+    const faiss::HNSW::storage_idx_t v = g.neighbors[e];
+    CHECK_STRUCTURE(
+        v >= -1 && v < static_cast<faiss::HNSW::storage_idx_t>(n),
+        where << ": HNSW neighbour id " << v << " (entry " << e << ") outside 0.." << n - 1);
+  }
+}
+
+void check_ivf(const faiss::IndexIVF* ivf, const std::string& where) {
+  CHECK_STRUCTURE(ivf->quantizer != nullptr && ivf->invlists != nullptr,
+                  where << ": IVF index without quantizer or inverted lists");
+  CHECK_STRUCTURE(ivf->quantizer->d == ivf->d &&
+                      ivf->quantizer->ntotal == static_cast<faiss::Index::idx_t>(ivf->nlist),
+                  where << ": IVF quantizer holds " << ivf->quantizer->ntotal
+                        << " centroids of dimension " << ivf->quantizer->d << ", the index wants "
+                        << ivf->nlist << " of " << ivf->d);
+  check_structure(ivf->quantizer, where + " (IVF quantizer)");
+  const faiss::InvertedLists* il = ivf->invlists;
+  CHECK_STRUCTURE(il->nlist == ivf->nlist && il->code_size == ivf->code_size,
+                  where << ": inverted lists have " << il->nlist << " lists of " << il->code_size
+                        << "-byte codes, the index " << ivf->nlist << " of " << ivf->code_size);
+  if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
+    CHECK_STRUCTURE(pq->pq.code_size == ivf->code_size &&
+                        pq->pq.M * pq->pq.dsub == static_cast<size_t>(ivf->d) &&
+                        pq->pq.ksub == (size_t{1} << pq->pq.nbits) &&
+                        pq->pq.centroids.size() == pq->pq.M * pq->pq.ksub * pq->pq.dsub,
+                    where << ": product quantizer (M " << pq->pq.M << ", " << pq->pq.nbits
+                          << " bits, code " << pq->pq.code_size
+                          << " bytes) does not fit the index");
+  }
+  size_t total = 0;
+  const auto* od = dynamic_cast<const faiss::OnDiskInvertedLists*>(il);
+  for (size_t l = 0; l < il->nlist; ++l) {
+    const size_t size = il->list_size(l);
+    CHECK_STRUCTURE(
+        size <= static_cast<size_t>(ivf->ntotal),
+        where << ": inverted list " << l << " claims " << size << " entries of " << ivf->ntotal);
+    if (od != nullptr) {
+      // A mapped list is [capacity codes][capacity ids] at its offset inside the mapping.
+      const auto& li = od->lists[l];
+      const size_t per = il->code_size + sizeof(faiss::Index::idx_t);
+      CHECK_STRUCTURE(li.size <= li.capacity &&
+                          li.capacity <= od->totsize / std::max<size_t>(per, 1) &&
+                          li.offset <= od->totsize - li.capacity * per,
+                      where << ": inverted list " << l << " lies outside its file");
+    }
+    total += size;
+    faiss::InvertedLists::ScopedIds ids(il, l);
+    for (size_t j = 0; j < size; ++j)
+      CHECK_STRUCTURE(ids[j] >= 0 && ids[j] < ivf->ntotal,
+                      where << ": inverted list " << l << " holds id " << ids[j] << " outside 0.."
+                            << ivf->ntotal - 1);
+  }
+  CHECK_STRUCTURE(
+      total == static_cast<size_t>(ivf->ntotal),
+      where << ": inverted lists hold " << total << " entries, the index " << ivf->ntotal);
+}
+
+void check_structure(const faiss::Index* idx, const std::string& where) {
+  CHECK_STRUCTURE(idx->d > 0 && idx->ntotal >= 0,
+                  where << ": dimension " << idx->d << ", " << idx->ntotal << " vectors");
+  if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(idx)) {
+    int d = pt->d;
+    for (const faiss::VectorTransform* t : pt->chain) {
+      CHECK_STRUCTURE(t != nullptr && t->d_in == d,
+                      where << ": transform chain breaks at dimension " << d);
+      if (auto* lt = dynamic_cast<const faiss::LinearTransform*>(t))
+        CHECK_STRUCTURE(lt->A.size() == static_cast<size_t>(lt->d_in) * lt->d_out &&
+                            (lt->b.empty() || lt->b.size() == static_cast<size_t>(lt->d_out)),
+                        where << ": linear transform " << lt->d_in << " -> " << lt->d_out
+                              << " has a matrix of " << lt->A.size() << " values");
+      d = t->d_out;
+    }
+    CHECK_STRUCTURE(pt->index != nullptr && pt->index->d == d && pt->index->ntotal == pt->ntotal,
+                    where << ": transformed index does not match its transforms");
+    check_structure(pt->index, where);
+  } else if (auto* rf = dynamic_cast<const faiss::IndexRefine*>(idx)) {
+    CHECK_STRUCTURE(rf->base_index != nullptr && rf->refine_index != nullptr &&
+                        rf->base_index->ntotal == rf->ntotal &&
+                        rf->refine_index->ntotal == rf->ntotal && rf->base_index->d == rf->d &&
+                        rf->refine_index->d == rf->d,
+                    where << ": refine index parts disagree on their vectors");
+    check_structure(rf->base_index, where + " (base)");
+    check_structure(rf->refine_index, where + " (refine)");
+  } else if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(idx)) {
+    check_hnsw(h, where);
+  } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(idx)) {
+    check_ivf(ivf, where);
+  } else if (auto* pq = dynamic_cast<const faiss::IndexPQ*>(idx)) {
+    CHECK_STRUCTURE(pq->pq.code_size == pq->code_size &&
+                        pq->pq.M * pq->pq.dsub == static_cast<size_t>(pq->d) &&
+                        pq->pq.centroids.size() == pq->pq.M * pq->pq.ksub * pq->pq.dsub,
+                    where << ": product quantizer does not fit the index");
+    check_codes(pq, where);
+  } else if (auto* fc = dynamic_cast<const faiss::IndexFlatCodes*>(idx)) {
+    if (dynamic_cast<const faiss::IndexFlat*>(idx))
+      CHECK_STRUCTURE(
+          fc->code_size == sizeof(float) * idx->d,
+          where << ": flat index with " << fc->code_size << "-byte rows for dimension " << idx->d);
+    check_codes(fc, where);
+  }
+  // Other types are not made by `cepe index build`; the manifest checksum is their only guard.
+}
+
+#undef CHECK_STRUCTURE
+
 // Serialises searches on structures that cannot take per-call parameters (IndexRefine in FAISS
 // 1.7), whose knobs must then be set on the shared object.
 std::mutex g_refine_mutex;
@@ -133,9 +296,11 @@ std::unique_ptr<VectorIndex> VectorIndex::load(const std::filesystem::path& file
     // claim "mapped" when FAISS actually produced mapped lists.
     idx = faiss::read_index(file.c_str(), mmap ? faiss::IO_FLAG_MMAP : 0);
   } catch (const std::exception& e) {
-    CEPE_THROW("cannot read FAISS index " << file.string() << ": " << faiss_message(e));
+    CEPE_THROW("cannot read FAISS index " << file.string() << ": " << faiss_message(e)
+                                          << " (the file is corrupt; rebuild the index)");
   }
   std::unique_ptr<VectorIndex> v(new VectorIndex(idx));
+  check_structure(idx, "FAISS index " + file.string());
   if (auto* ivf = const_cast<faiss::IndexIVF*>(find_ivf(idx))) {
     if (auto* od = dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists)) {
       // FAISS's prefetcher starts threads and takes a global lock on every search; the page cache

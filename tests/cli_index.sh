@@ -7,7 +7,8 @@ cepe=${CEPE_BINARY:?}
 [[ -x "$cepe" ]] || { echo "FAIL: $cepe not built (our own binary: a failure, not a skip)"; exit 1; }
 export OMP_WAIT_POLICY=passive
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+tcpsrv_pids=()
+trap 'kill "${tcpsrv_pids[@]}" 2>/dev/null; rm -rf "$tmp"' EXIT
 fail=0
 ok() { echo "ok:   $1"; }
 bad() { echo "FAIL: $1"; fail=1; }
@@ -43,6 +44,48 @@ if [[ $rc -eq 0 && "$out" == *"built $tmp/dense: 300 passages, retriever dense"*
 out=$("$cepe" index info "$tmp/dense" --verify 2>&1)
 [[ "$out" == *"lexical (dim 256, fingerprint lexical-"* && "$out" == *"verify     ok"* ]] &&
   ok "info --verify (dense)" || bad "info (dense): $out"
+
+# Beyond one machine: the BM25 database split in two (`cepe index shard`), each half served by its
+# own xapian-tcpsrv on loopback, searched as one database: the same ranked ids and scores as the
+# whole database, for several questions.
+start_tcpsrv() {  # $1 = database; sets port (a free one, found by trying)
+  local try log=$tmp/tcpsrv-$RANDOM.log
+  for try in $(seq 20); do
+    port=$((20000 + RANDOM % 40000))
+    # Its own session: on SIGTERM xapian-tcpsrv signals its whole process group (to stop its
+    # forked connection handlers), which would otherwise be this script and ctest.
+    setsid xapian-tcpsrv --port "$port" --interface 127.0.0.1 "$1" >"$log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 50); do
+      grep -q '^Listening' "$log" && { tcpsrv_pids+=("$pid"); return 0; }
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null
+  done
+  return 1
+}
+if ! command -v xapian-tcpsrv >/dev/null; then
+  echo "skip: xapian-tcpsrv not installed (package xapian-tools): no remote-shard check"
+elif ! "$cepe" index shard --index "$tmp/idx" --shards 2 --out "$tmp/shards" >"$tmp/shards.txt" 2>&1; then
+  bad "index shard: $(cat "$tmp/shards.txt")"
+elif ! start_tcpsrv "$tmp/shards/shard-0.xapian" || ! p0=$port || ! start_tcpsrv "$tmp/shards/shard-1.xapian"; then
+  bad "xapian-tcpsrv did not start"
+else
+  p1=$port
+  qs=("unique17 castle" "river mountain unique5" "poet ocean" "engine forest desert unique250")
+  one=$("$cepe" index search --index "$tmp/idx" -k 10 --json "${qs[@]}" 2>&1)
+  two=$("$cepe" index search --index "$tmp/idx" -k 10 --json --bm25-shard "tcp:127.0.0.1:$p0" \
+    --bm25-shard "tcp:127.0.0.1:$p1" "${qs[@]}" 2>&1)
+  [[ $(grep -o '"id":"old-[0-9]*"' <<<"$one" | wc -l) -eq 40 && "$one" == "$two" ]] &&
+    ok "two shards behind xapian-tcpsrv = one database (4 questions, top 10, ids and scores)" ||
+    bad "remote shards differ from one database: one=$one two=$two"
+  err=$("$cepe" index search --index "$tmp/idx" --bm25-shard "tcp:127.0.0.1:$p0" "q" 2>&1)
+  [[ $? -eq 1 && "$err" == *"shard"* ]] && ok "one remote shard alone is refused -> $err" ||
+    bad "one shard of two accepted: $err"
+  kill "${tcpsrv_pids[@]}" 2>/dev/null
+  wait "${tcpsrv_pids[@]}" 2>/dev/null
+fi
 
 # expect_error name fragment args...: exit 1, one line, containing fragment.
 expect_error() {

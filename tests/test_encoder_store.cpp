@@ -12,8 +12,8 @@
 
 #include "common/error.h"
 #include "engine/backend.h"
-#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
+#include "engine/models/cepe_llama.h"
 #include "index/encoder_store.h"
 #include "qa/encoder_states.h"
 #include "test_util.h"
@@ -455,6 +455,37 @@ TEST(EncoderStates, CacheGivesTheLiveStates) {
   EXPECT_EQ(std::memcmp(second.states.data<float>() + alone.tokens() * w, first.states.raw(),
                         first.states.nbytes()),
             0);
+}
+
+// A caller's passages have no id: they are cached by their tokens, so the same text again is a hit
+// with the same bytes, and a different text (even with the same length) is a miss, never a
+// neighbour's states.
+TEST(EncoderStates, CallerPassagesAreCachedByTheirTokens) {
+  auto f = test::load_fixture("gqa_cross_last2");
+  auto backend = make_backend(Device::CPU);
+  auto model = CepeModel::load(f->dir, *backend);
+  const auto chunks = test::chunks_of(f->expected["greedy"]["context_ids"]);
+  ASSERT_FALSE(chunks.empty());
+  qa::EncoderStates states(*model);
+  states.use_cache(std::make_shared<qa::EncodedPassageCache>(1 << 20), 42);
+  const std::vector<std::string> no_ids(chunks.size());
+  const EncodedContext first = states.encode(no_ids, chunks);
+  EXPECT_EQ(states.counters().cache_hits.load(), 0u);
+  const EncodedContext again = states.encode(no_ids, chunks);
+  EXPECT_EQ(states.counters().cache_hits.load(), chunks.size());
+  EXPECT_EQ(states.counters().live_passages.load(), chunks.size());
+  ASSERT_EQ(again.states.nbytes(), first.states.nbytes());
+  EXPECT_EQ(std::memcmp(again.states.raw(), first.states.raw(), first.states.nbytes()), 0);
+  std::vector<int32_t> other = chunks[0];
+  other.back() = other.back() == 5 ? 6 : 5;  // same length, one token changed
+  const EncodedContext changed = states.encode({""}, {other});
+  EXPECT_EQ(states.counters().cache_hits.load(), chunks.size());
+  EXPECT_EQ(states.counters().live_passages.load(), chunks.size() + 1);
+  const EncodedContext alone = model->encode({other});
+  EXPECT_EQ(std::memcmp(changed.states.raw(), alone.states.raw(), alone.states.nbytes()), 0);
+  // An id-keyed entry and a content-keyed one never share a key.
+  EXPECT_NE(qa::EncodedPassageCache::content_key(42, chunks[0]),
+            qa::EncodedPassageCache::key(42, "", 0));
 }
 
 }  // namespace

@@ -3,8 +3,16 @@
 // `cepe index build`.
 #include <gtest/gtest.h>
 
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/index_io.h>
+#include <faiss/invlists/InvertedLists.h>
+
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 
@@ -592,6 +600,98 @@ TEST(VectorIndex, FactoryStringsSaveAndMappedLoad) {
   }
   write(dir / "trunc.index", cepe::test::read_file(dir / "i.index").substr(0, 100));
   EXPECT_THROW(VectorIndex::load(dir / "trunc.index", false), cepe::Error);
+}
+
+// A file FAISS itself reads without complaint but whose structure is wrong (written by a buggy or
+// hostile tool, checksum recomputed) is refused at load, naming the file and what is wrong, before
+// a search can read out of bounds (a bad HNSW neighbour id made FAISS segfault).
+TEST(VectorIndex, StructurallyCorruptFilesAreRefusedAtLoad) {
+  const int n = 1000, d = 32;
+  const auto x = random_unit_vectors(n, d, 5);
+  const fs::path dir = cepe::test::temp_dir("faiss-structure");
+  struct Case {
+    std::string factory;
+    std::string what;
+    std::function<void(faiss::Index*)> corrupt;
+    std::string fragment;
+  };
+  auto hnsw_of = [](faiss::Index* i) { return dynamic_cast<faiss::IndexHNSW*>(i); };
+  auto ivf_of = [](faiss::Index* i) { return dynamic_cast<faiss::IndexIVF*>(i); };
+  auto lists_of = [&](faiss::Index* i) {
+    return dynamic_cast<faiss::ArrayInvertedLists*>(ivf_of(i)->invlists);
+  };
+  const std::vector<Case> cases = {
+      {"HNSW16", "neighbour id past the end",
+       [&](faiss::Index* i) { hnsw_of(i)->hnsw.neighbors[123] = n + 5; }, "HNSW neighbour id 1005"},
+      {"HNSW16", "negative neighbour id",
+       [&](faiss::Index* i) { hnsw_of(i)->hnsw.neighbors[7] = -9; }, "HNSW neighbour id -9"},
+      {"HNSW16", "entry point past the end",
+       [&](faiss::Index* i) { hnsw_of(i)->hnsw.entry_point = n; }, "HNSW entry point 1000"},
+      {"HNSW16", "level above the graph", [&](faiss::Index* i) { hnsw_of(i)->hnsw.levels[3] = 40; },
+       "HNSW vector 3 has level 40"},
+      {"HNSW16", "storage shorter than the graph",
+       [&](faiss::Index* i) {
+         auto* flat = dynamic_cast<faiss::IndexFlat*>(hnsw_of(i)->storage);
+         flat->codes.resize(flat->codes.size() / 2);
+         flat->ntotal = n / 2;
+       },
+       "HNSW storage holds 500 vectors"},
+      {"IVF16,Flat", "id outside the index",
+       [&](faiss::Index* i) { lists_of(i)->ids[2][0] = n + 3; }, "holds id 1003"},
+      {"IVF16,Flat", "an entry missing from a list",
+       [&](faiss::Index* i) {
+         auto* il = lists_of(i);
+         il->ids[0].pop_back();
+         il->codes[0].resize(il->ids[0].size() * il->code_size);
+       },
+       "inverted lists hold 999 entries, the index 1000"},
+      {"IVF16,Flat", "quantizer with fewer centroids",
+       [&](faiss::Index* i) {
+         auto* q = dynamic_cast<faiss::IndexFlat*>(ivf_of(i)->quantizer);
+         q->codes.resize(q->codes.size() - q->code_size);
+         q->ntotal -= 1;
+       },
+       "IVF quantizer holds 15 centroids"},
+      {"IVF16_HNSW8,Flat", "bad neighbour in the HNSW quantizer",
+       [&](faiss::Index* i) { hnsw_of(ivf_of(i)->quantizer)->hnsw.neighbors[0] = 1 << 20; },
+       "(IVF quantizer): HNSW neighbour id 1048576"},
+      {"IVF8,PQ8x4", "product quantizer codebook cut short",
+       [&](faiss::Index* i) {
+         auto* pq = dynamic_cast<faiss::IndexIVFPQ*>(i);
+         pq->pq.centroids.resize(pq->pq.centroids.size() / 2);
+       },
+       "product quantizer (M 8, 4 bits"},
+      {"Flat", "vector data cut short",
+       [&](faiss::Index* i) {
+         auto* f = dynamic_cast<faiss::IndexFlat*>(i);
+         f->codes.resize(f->codes.size() - 4);
+       },
+       // FAISS's reader checks this one itself.
+       "codes.size() == idxf->ntotal * idxf->code_size"},
+  };
+  for (const Case& c : cases) {
+    auto v = VectorIndex::create(c.factory, d);
+    if (v->needs_training()) v->train(n, x.data());
+    v->add(n, x.data());
+    const fs::path good = dir / "good.index", bad = dir / "bad.index";
+    v->save(good);
+    std::unique_ptr<faiss::Index> raw(faiss::read_index(good.c_str()));
+    c.corrupt(raw.get());
+    faiss::write_index(raw.get(), bad.c_str());
+    for (bool mmap : {false, true}) {
+      EXPECT_NO_THROW(VectorIndex::load(good, mmap)) << c.factory;
+      try {
+        VectorIndex::load(bad, mmap);
+        ADD_FAILURE() << c.factory << " " << c.what << ": loaded";
+      } catch (const cepe::Error& e) {
+        EXPECT_NE(e.message().find("FAISS index " + bad.string()), std::string::npos)
+            << e.message();
+        EXPECT_NE(e.message().find(c.fragment), std::string::npos)
+            << c.factory << " " << c.what << ": " << e.message();
+        EXPECT_NE(e.message().find("rebuild the index"), std::string::npos) << e.message();
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
