@@ -72,6 +72,14 @@ std::unique_ptr<IndexRetriever> open_index(const std::filesystem::path& dir,
                                                        << m.passages);
   std::unique_ptr<retriever::DenseRetriever> dense;
   std::unique_ptr<retriever::Bm25Retriever> bm25;
+  // Options for a side the index does not have are refused, not ignored: the caller asked for
+  // something that will not happen.
+  CEPE_CHECK(has_dense(m) || options.embedder.empty(),
+             "index " << dir.string() << " has no dense side (retriever " << m.retriever
+                      << "): it takes no embedder, got '" << options.embedder << "'");
+  CEPE_CHECK(has_bm25(m) || options.bm25_shards.empty(),
+             "index " << dir.string() << " has no BM25 side (retriever " << m.retriever
+                      << "): BM25 shards cannot be searched with it");
   if (has_dense(m)) dense = open_dense(dir, m, options, *r->store_);
   if (has_bm25(m)) bm25 = open_bm25(dir, m, options, *r->store_);
   r->dense_ = dense.get();

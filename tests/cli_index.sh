@@ -113,6 +113,10 @@ expect_error "invalid UTF-8 in .txt" "$tmp/docs/a.txt:2: invalid UTF-8" index bu
 expect_error "bad factory string" "FAISS factory string 'IVFx,Flat' rejected" \
   index build --input "$tmp/old.jsonl" --out "$tmp/x" --faiss IVFx,Flat
 expect_error "embedder mismatch" "refusing to query it with 'bert:/m'" index search --index "$tmp/dense" --embedder bert:/m "q"
+expect_error "embedder on a bm25 index" "has no dense side (retriever bm25): it takes no embedder" \
+  index search --index "$tmp/idx" --embedder bert:/m "q"
+expect_error "bm25 shard on a dense index" "has no BM25 side (retriever dense)" \
+  index search --index "$tmp/dense" --bm25-shard "$tmp/x.xapian" "q"
 expect_error "not an index" "is not a CEPE index" index search --index "$tmp/docs" "q"
 [[ -e "$tmp/x" ]] && bad "failed builds left $tmp/x" || ok "failed builds leave no index"
 
