@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
+#include <mutex>
 #include <unordered_map>
 
 #include "common/error.h"
@@ -92,8 +94,21 @@ Bm25Retriever::Bm25Retriever(std::unique_ptr<Bm25Searcher> searcher, const Passa
 std::vector<RankedRows> Bm25Retriever::rank_batch(const std::vector<std::string>& queries,
                                                   const SearchOptions& options) const {
   std::vector<RankedRows> out(queries.size());
-  for (size_t q = 0; q < queries.size(); ++q)
-    searcher_->search(queries[q], options.k, &out[q].rows, &out[q].scores);
+  // Queries are independent and the searcher is thread-safe (a database per concurrent search),
+  // so a batch uses every core; the first error is rethrown after the loop.
+  std::exception_ptr error;
+  std::mutex error_mu;
+  const int64_t n = static_cast<int64_t>(queries.size());
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+  for (int64_t q = 0; q < n; ++q) {
+    try {
+      searcher_->search(queries[q], options.k, &out[q].rows, &out[q].scores);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
   return out;
 }
 
