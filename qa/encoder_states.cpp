@@ -92,6 +92,12 @@ std::shared_ptr<const index::EncoderStore> open_encoder_store(
   return store;
 }
 
+std::string EncoderStates::cache_key(const std::string& id, const std::vector<int32_t>& chunk,
+                                     uint64_t token_hash) const {
+  return id.empty() ? EncodedPassageCache::content_key(fingerprint_, chunk)
+                    : EncodedPassageCache::key(fingerprint_, id, token_hash);
+}
+
 Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& chunk) {
   if (chunk.empty() || (!store_ && !cache_)) return Tensor();
   const uint64_t token_hash = index::chunk_token_hash(chunk);
@@ -107,9 +113,7 @@ Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& 
   }
   if (cache_) {
     // Cached entries are never written after put(), so the entry itself can be shared.
-    Tensor cached =
-        cache_->get(id.empty() ? EncodedPassageCache::content_key(fingerprint_, chunk)
-                               : EncodedPassageCache::key(fingerprint_, id, token_hash));
+    Tensor cached = cache_->get(cache_key(id, chunk, token_hash));
     if (cached.defined() && cached.numel() > 0) {
       counters_.cache_hits.fetch_add(1);
       return cached;
@@ -125,10 +129,7 @@ void EncoderStates::remember(const std::string& id, const std::vector<int32_t>& 
   // A copy of its own: a view would keep the whole pass's states alive.
   Tensor copy = Tensor::empty({static_cast<int64_t>(chunk.size()), width}, DType::F32);
   std::memcpy(copy.raw(), rows, copy.nbytes());
-  cache_->put(id.empty()
-                  ? EncodedPassageCache::content_key(fingerprint_, chunk)
-                  : EncodedPassageCache::key(fingerprint_, id, index::chunk_token_hash(chunk)),
-              std::move(copy));
+  cache_->put(cache_key(id, chunk, index::chunk_token_hash(chunk)), std::move(copy));
 }
 
 void EncoderStates::count_live(size_t passages, int64_t tokens) {

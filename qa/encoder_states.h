@@ -133,6 +133,10 @@ class EncoderStates {
   const EncoderStateCounters& counters() const { return counters_; }
 
  private:
+  /// The cache key of passage `id`'s chunk: by id and token hash, or by the tokens when id is "".
+  std::string cache_key(const std::string& id, const std::vector<int32_t>& chunk,
+                        uint64_t token_hash) const;
+
   CepeModel& model_;
   std::shared_ptr<const index::EncoderStore> store_;
   std::shared_ptr<EncodedPassageCache> cache_;

@@ -111,6 +111,17 @@ void check_codes(const faiss::IndexFlatCodes* fc, const std::string& where) {
                         << " vectors of " << fc->code_size << " bytes");
 }
 
+// A product quantizer's codebook and code size fit an index of dimension d with code_size-byte
+// codes (IndexPQ and IndexIVFPQ alike).
+void check_pq(const faiss::ProductQuantizer& pq, size_t code_size, int d,
+              const std::string& where) {
+  CHECK_STRUCTURE(pq.code_size == code_size && pq.M * pq.dsub == static_cast<size_t>(d) &&
+                      pq.ksub == (size_t{1} << pq.nbits) &&
+                      pq.centroids.size() == pq.M * pq.ksub * pq.dsub,
+                  where << ": product quantizer (M " << pq.M << ", " << pq.nbits << " bits, code "
+                        << pq.code_size << " bytes) does not fit the index");
+}
+
 void check_hnsw(const faiss::IndexHNSW* h, const std::string& where) {
   const faiss::HNSW& g = h->hnsw;
   const size_t n = static_cast<size_t>(h->ntotal);
@@ -170,15 +181,8 @@ void check_ivf(const faiss::IndexIVF* ivf, const std::string& where) {
   CHECK_STRUCTURE(il->nlist == ivf->nlist && il->code_size == ivf->code_size,
                   where << ": inverted lists have " << il->nlist << " lists of " << il->code_size
                         << "-byte codes, the index " << ivf->nlist << " of " << ivf->code_size);
-  if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
-    CHECK_STRUCTURE(pq->pq.code_size == ivf->code_size &&
-                        pq->pq.M * pq->pq.dsub == static_cast<size_t>(ivf->d) &&
-                        pq->pq.ksub == (size_t{1} << pq->pq.nbits) &&
-                        pq->pq.centroids.size() == pq->pq.M * pq->pq.ksub * pq->pq.dsub,
-                    where << ": product quantizer (M " << pq->pq.M << ", " << pq->pq.nbits
-                          << " bits, code " << pq->pq.code_size
-                          << " bytes) does not fit the index");
-  }
+  if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf))
+    check_pq(pq->pq, ivf->code_size, ivf->d, where);
   size_t total = 0;
   const auto* od = dynamic_cast<const faiss::OnDiskInvertedLists*>(il);
   for (size_t l = 0; l < il->nlist; ++l) {
@@ -238,10 +242,7 @@ void check_structure(const faiss::Index* idx, const std::string& where) {
   } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(idx)) {
     check_ivf(ivf, where);
   } else if (auto* pq = dynamic_cast<const faiss::IndexPQ*>(idx)) {
-    CHECK_STRUCTURE(pq->pq.code_size == pq->code_size &&
-                        pq->pq.M * pq->pq.dsub == static_cast<size_t>(pq->d) &&
-                        pq->pq.centroids.size() == pq->pq.M * pq->pq.ksub * pq->pq.dsub,
-                    where << ": product quantizer does not fit the index");
+    check_pq(pq->pq, pq->code_size, pq->d, where);
     check_codes(pq, where);
   } else if (auto* fc = dynamic_cast<const faiss::IndexFlatCodes*>(idx)) {
     if (dynamic_cast<const faiss::IndexFlat*>(idx))
