@@ -5,11 +5,11 @@
 //
 //   bench_retrieval --passages P.jsonl --questions Q.jsonl --work DIR
 //                   [--index bm25 --index dense:Flat --index hybrid:Flat ...] [--sample N]
-//                   [--seed S] [--latency-queries N] [--batch B] [--dim D] [--nprobe N]
-//                   [--train-size N] [--reuse] [--json FILE]
+//                   [--embedder bert:DIR] [--seed S] [--latency-queries N] [--batch B]
+//                   [--nprobe N] [--train-size N] [--reuse] [--json FILE]
 //
 // A configuration is bm25, dense:FACTORY or hybrid:FACTORY (the dense side uses the embedder given
-// by --embedder, default the hashed lexical TF-IDF). Questions are JSONL {question, passage_id};
+// by --embedder, required for them). Questions are JSONL {question, passage_id};
 // --sample 0 uses all of them. --reuse opens existing indexes in --work instead of building.
 #include <omp.h>
 #include <rapidjson/document.h>
@@ -111,15 +111,14 @@ int main(int argc, char** argv) try {
   args.option("passages", "corpus (.jsonl)")
       .option("questions", "questions with their gold passage_id (.jsonl)")
       .option("work", "directory for the indexes built")
-      .multi("index", "bm25, dense:FACTORY or hybrid:FACTORY (repeat; default bm25, dense:Flat, "
-                      "hybrid:Flat)")
-      .option("embedder", "dense embedder spec", "lexical")
+      .multi("index", "bm25, dense:FACTORY or hybrid:FACTORY (repeat; default bm25, plus "
+                      "dense:Flat and hybrid:Flat when --embedder is given)")
+      .option("embedder", "dense embedder spec (bert:DIR)")
       .flag("reuse", "reuse indexes already built in --work")
       .option("sample", "questions sampled for recall (0: all)", "10000")
       .option("seed", "sampling seed", "1234")
       .option("latency-queries", "questions timed one by one", "2000")
       .option("batch", "queries per batched search", "32")
-      .option("dim", "lexical embedder dimension (0: its default)", "0")
       .option("nprobe", "IVF lists to visit (0: the index default)", "0")
       .option("train-size", "FAISS training vectors (0: the builder's default)", "0")
       .option("json", "also write the results as JSON here");
@@ -138,12 +137,12 @@ int main(int argc, char** argv) try {
   const size_t sample = static_cast<size_t>(args.get_int("sample", 0, 1LL << 40));
   const size_t latency_queries = static_cast<size_t>(args.get_int("latency-queries", 0, 1LL << 40));
   const int batch = static_cast<int>(args.get_int("batch", 1, 1 << 20));
-  const int dim = static_cast<int>(args.get_int("dim", 0, 1 << 20));
   const int nprobe = static_cast<int>(args.get_int("nprobe", 0, 1 << 20));
   const int64_t train_size = args.get_int("train-size", 0, 1LL << 40);
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0, 1LL << 62));
   const bool reuse = args.is_set("reuse");
-  const std::string embedder = args.get("embedder");
+  const std::string embedder = args.has("embedder") ? args.get("embedder") : "";
+  if (factories.empty() && embedder.empty()) factories = {"bm25"};
   if (factories.empty()) factories = {"bm25", "dense:Flat", "hybrid:Flat"};
   fs::create_directories(work);
 
@@ -175,7 +174,6 @@ int main(int argc, char** argv) try {
     CEPE_CHECK(bo.retriever == "bm25" ? colon == std::string::npos : colon != std::string::npos,
                "--index " << r.factory << ": expected bm25, dense:FACTORY or hybrid:FACTORY");
     bo.embedder = embedder;
-    bo.dim = dim;
     bo.overwrite = true;
     bo.train_size = train_size;
     bo.defaults.nprobe = nprobe;

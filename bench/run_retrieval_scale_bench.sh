@@ -2,11 +2,12 @@
 # Retrieval at corpus scale: a 1M-passage corpus made from SQuAD-train (its 18,896 passages plus
 # sentence mixes of them, bench/make_scale_corpus.py, so term statistics stay those of real text
 # and SQuAD's questions keep their gold passages among 981K distractors), indexed with BM25
-# (Xapian) and with the lexical embedder + FAISS IVF-PQ; build time, size on disk, memory,
+# (Xapian) and, with EMBEDDER=bert:DIR, a dense FAISS IVF-PQ index; build time, size on disk, memory,
 # single-query p50/p99 and batched throughput, recall@1/5/20/100 (bench_retrieval).
 #   bench/run_retrieval_scale_bench.sh [extra bench_retrieval flags]
-# Knobs: PASSAGES (1000000), DENSE (IVF1024,PQ64; empty: BM25 only), DIM (lexical dimension,
-# 1024), BUILD_DIR (build), BENCH_WORK_DIR (/tmp/cepe-retrieval-scale; needs ~4 GB), SQUAD_DIR.
+# Knobs: PASSAGES (1000000), EMBEDDER (none: BM25 only), DENSE (IVF1024,PQ64: the FAISS factory
+# with EMBEDDER), BUILD_DIR (build), BENCH_WORK_DIR (/tmp/cepe-retrieval-scale; needs ~4 GB),
+# SQUAD_DIR.
 # Figures: docs/retrieval.md ("At 1M passages").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,8 @@ corpus=$work/passages-$n.jsonl
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo "corpus: $corpus ($(wc -l <"$corpus") passages, $(du -h "$corpus" | cut -f1))"
 configs=(--index bm25)
-[[ -n $dense ]] && configs+=(--index "dense:$dense")
+[[ -n ${EMBEDDER:-} && -n $dense ]] && configs+=(--embedder "$EMBEDDER" --index "dense:$dense")
 /usr/bin/time -v "$build/bench/bench_retrieval" --passages "$corpus" --questions "$data/questions.jsonl" \
-  --work "$work" "${configs[@]}" --dim "${DIM:-1024}" --sample 10000 --seed 1234 \
+  --work "$work" "${configs[@]}" --sample 10000 --seed 1234 \
   --latency-queries 1000 --batch 32 --train-size 65536 --json "$work/results.json" "$@" \
   2> >(grep -v '^WARNING clustering' >&2)

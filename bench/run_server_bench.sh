@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test of `cepe serve` on loopback, from a built tree, fully offline: writes a small corpus,
 # trains a sentencepiece tokenizer on it (spm_train), makes a random `small` CEPE model (~20M
-# parameters: decode is bound by reading the weights, so batching pays) and a lexical index, then
+# parameters: decode is bound by reading the weights, so batching pays) and a BM25 index, then
 # for batching on and off starts the server and runs bench_server at 32 concurrent connections
 # (below the queue limit: no request may fail, no 429) and at 64 (above it: the excess must get
 # clean 429s), several rounds each, checking that the server's RSS does not grow across rounds.
@@ -67,7 +67,7 @@ else
   [[ -f $tokenizer ]] || { echo "need spm_train (package sentencepiece) or $tokenizer" >&2; exit 1; }
 fi
 "$cepe" random-model --preset "$preset" --tokenizer "$tokenizer" --out "$work/model" >/dev/null
-"$cepe" index build --input "$work/passages.jsonl" --dim 1024 --out "$work/index" >/dev/null 2>&1
+"$cepe" index build --input "$work/passages.jsonl" --out "$work/index" >/dev/null 2>&1
 
 start_server() {  # $1 = on|off
   "$cepe" serve --model "$work/model" --index "$work/index" --port 0 --device "$device" \

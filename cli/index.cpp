@@ -144,20 +144,18 @@ int run_build(const std::vector<std::string>& argv) {
       .option(
           "retriever",
           "bm25 (Xapian, no model), dense (embedder + FAISS) or hybrid (both, fused by "
-          "reciprocal rank fusion); default bm25, or dense when --embedder/--faiss/--dim is given")
+          "reciprocal rank fusion); default bm25, or dense when --embedder/--faiss is given")
       .option("bm25-k1", "BM25 term-frequency saturation k1", "0.9")
       .option("bm25-b", "BM25 length normalisation b", "0.4")
       .option("bm25-stemmer", "Xapian stemmer language (english, french, ...) or none", "english")
       .option("bm25-stopwords", "english (built-in list), none, or a file of stop words", "english")
       .option("embedder",
-              "dense side: lexical, or "
-              "bert:DIR[,pooling=mean|cls][,normalize=0|1][,query_prefix=..][,passage_prefix=..]",
-              "lexical")
+              "dense side: "
+              "bert:DIR[,pooling=mean|cls][,normalize=0|1][,query_prefix=..][,passage_prefix=..]")
       .option(
           "faiss",
           "FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ64, OPQ64,IVF256,PQ64, ...",
           "Flat")
-      .option("dim", "vector dimension of the lexical embedder", "4096")
       .flag("skip-invalid", "skip (and count) bad records instead of stopping at the first")
       .option("passage-words", "passage length for .txt/.md inputs, in words", "100")
       .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages",
@@ -171,7 +169,7 @@ int run_build(const std::vector<std::string>& argv) {
       .flag("overwrite", "replace an existing index at --out");
   const std::string line =
       "cepe index build --input PATH... --out DIR [--retriever bm25|dense|hybrid] "
-      "[--embedder lexical|bert:DIR] [--faiss STRING] [--dim N] [--skip-invalid]";
+      "[--embedder bert:DIR] [--faiss STRING] [--skip-invalid]";
   a.parse(argv);
   if (a.help_requested()) {
     std::cout << a.usage(line);
@@ -184,22 +182,21 @@ int run_build(const std::vector<std::string>& argv) {
   for (const auto& in : a.get_all("input")) o.inputs.emplace_back(in);
   if (o.inputs.empty()) return usage_error(a, line, "missing required flag --input");
   o.out = a.get("out");
-  const bool dense_flags = a.is_set("embedder") || a.is_set("faiss") || a.is_set("dim");
+  const bool dense_flags = a.is_set("embedder") || a.is_set("faiss");
   o.retriever = a.is_set("retriever") ? a.get("retriever") : (dense_flags ? "dense" : "bm25");
   CEPE_CHECK(o.retriever == "bm25" || o.retriever == "dense" || o.retriever == "hybrid",
              "--retriever: expected bm25, dense or hybrid (got '" << o.retriever << "')");
   CEPE_CHECK(o.retriever != "bm25" || !dense_flags,
-             "--embedder, --faiss and --dim need --retriever dense or hybrid");
+             "--embedder and --faiss need --retriever dense or hybrid");
   o.bm25.k1 = a.get_double("bm25-k1", 0, 100);
   o.bm25.b = a.get_double("bm25-b", 0, 1);
   o.bm25.stemmer = a.get("bm25-stemmer");
   o.bm25.stopwords = a.get("bm25-stopwords");
-  o.embedder = a.get("embedder");
+  if (a.has("embedder")) o.embedder = a.get("embedder");
+  CEPE_CHECK(o.retriever == "bm25" || !o.embedder.empty(),
+             "--retriever " << o.retriever << " needs --embedder bert:DIR (a BERT-family model "
+                            << "directory: config.json, vocab.txt, model.safetensors)");
   o.faiss = a.get("faiss");
-  if (a.is_set("dim")) {
-    CEPE_CHECK(o.embedder == "lexical", "--dim applies only to the lexical embedder");
-  }
-  if (o.embedder == "lexical") o.dim = static_cast<int>(a.get_int("dim", 16, 1 << 20));
   o.corpus.skip_invalid = a.is_set("skip-invalid");
   o.corpus.passage_words = static_cast<int>(a.get_int("passage-words", 8, 100000));
   o.corpus.overlap_words = static_cast<int>(a.get_int("overlap", 0, 100000));

@@ -64,10 +64,20 @@ void add_reader_flags(Args& args) {
       .option("bm25-weight", "hybrid indexes: weight of the BM25 ranking in rank fusion", "1")
       .option("dense-weight", "hybrid indexes: weight of the dense ranking in rank fusion", "1")
       .option("rrf-k", "hybrid indexes: reciprocal rank fusion constant", "60")
+      .multi("bm25-shard",
+             "search these BM25 databases (paths or tcp:HOST:PORT of xapian-tcpsrv) as one "
+             "instead of the index's own")
       .option("encoder-store",
               "precomputed passage states: auto (the index's store for this model, if one "
               "matches), off, or a .ces file (from cepe index encode)",
               "auto");
+}
+
+// The index --index names, its BM25 side searched through --bm25-shard when given.
+std::unique_ptr<index::IndexRetriever> open_reader_index(const Args& args) {
+  index::OpenOptions o;
+  o.bm25_shards = args.get_all("bm25-shard");
+  return index::open_index(args.get("index"), o);
 }
 
 // Points the pipeline at the encoder-state store --encoder-store selects; a store that does not
@@ -178,7 +188,7 @@ int run_qa(const std::vector<std::string>& argv) {
   std::unique_ptr<retriever::Retriever> retriever;
   if (need_index) {
     CEPE_CHECK(args.has("index"), "--index is required: some questions have no 'ctxs' passages");
-    retriever = index::open_index(args.get("index"));
+    retriever = open_reader_index(args);
   }
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
   const qa::PlanOptions popts = plan_options(args);
@@ -296,7 +306,7 @@ int run_ask(const std::vector<std::string>& argv) {
   CEPE_CHECK(args.positionals().size() == 1, "give exactly one question (quote it)");
   const std::string question = args.positionals()[0];
   CEPE_CHECK(!question.empty(), "the question is empty");
-  auto retriever = index::open_index(args.get("index"));
+  auto retriever = open_reader_index(args);
   const auto hits = retriever->search(question, search_options(args));
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
   const qa::PlanOptions popts = plan_options(args);

@@ -26,6 +26,7 @@ namespace {
 std::string flag_name(const std::string& field) {
   if (field == "api_keys") return "api-key";
   if (field == "cors_origins") return "cors-origin";
+  if (field == "bm25_shards") return "bm25-shard";
   std::string f = field;
   for (char& c : f)
     if (c == '_' || c == '.') c = '-';
@@ -61,6 +62,7 @@ int run_serve(const std::vector<std::string>& argv) {
       for (const auto& v : values) config::set_config_field(fresh, f.name, v, origin);
       if (flag == "api-key") cfg.api_keys = fresh.api_keys;
       if (flag == "cors-origin") cfg.cors_origins = fresh.cors_origins;
+      if (flag == "bm25-shard") cfg.bm25_shards = fresh.bm25_shards;
       if (flag == "default-stop") {
         cfg.default_stop.clear();
         for (const auto& v : fresh.default_stop)

@@ -74,6 +74,8 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_STR(index, "index directory (empty: requests must carry passages)"),
       CEPE_INT(nprobe, 0, 1 << 20, "FAISS IVF lists to visit (0: index default)"),
       CEPE_INT(ef_search, 0, 1 << 20, "FAISS HNSW search depth (0: index default)"),
+      CEPE_LIST(bm25_shards,
+                "BM25 shards (paths or tcp:HOST:PORT) searched instead of the index's database"),
       CEPE_STR(encoder_store, "precomputed passage states: auto, off or a .ces file"),
       CEPE_INT(encoder_cache_mb, 0, 1 << 20,
                "LRU cache of encoded passages when no store is used, MiB (0: off)"),
@@ -292,6 +294,10 @@ void validate_server_config(const ServerConfig& c) {
   for (const auto& k : c.api_keys) CEPE_CHECK(!k.empty(), "config: 'api_keys' holds an empty key");
   for (const auto& o : c.cors_origins)
     CEPE_CHECK(!o.empty(), "config: 'cors_origins' holds an empty origin");
+  for (const auto& s : c.bm25_shards)
+    CEPE_CHECK(!s.empty(), "config: 'bm25_shards' holds an empty entry");
+  CEPE_CHECK(c.bm25_shards.empty() || !c.index.empty(),
+             "config: 'bm25_shards' needs 'index' (the passages come from the index's store)");
   // The prompt builder checks the templates; building one here reports them at startup.
   try {
     qa::PromptBuilder check(c.prompt);

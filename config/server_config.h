@@ -31,6 +31,9 @@ struct ServerConfig {
   std::string index;  ///< index directory ("": callers must send their own passages)
   int nprobe = 0;     ///< FAISS IVF lists to visit (0: the index's default)
   int ef_search = 0;  ///< FAISS HNSW search depth (0: the index's default)
+  /// BM25 shards searched as one database instead of the index's own (paths, or tcp:HOST:PORT of
+  /// xapian-tcpsrv); passages still come from the index's store.
+  std::vector<std::string> bm25_shards;
   /// Precomputed passage states (cepe index encode): "auto" (the index's store matching the
   /// model), "off", or a .ces file.
   std::string encoder_store = "auto";

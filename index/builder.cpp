@@ -233,15 +233,13 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   CEPE_CHECK(opt.retriever == "bm25" || opt.retriever == "dense" || opt.retriever == "hybrid",
              "unknown retriever '" << opt.retriever << "' (expected bm25, dense or hybrid)");
   const bool dense = opt.retriever != "bm25";
-  const bool lexical = opt.retriever != "dense";
-  if (lexical) retriever::check_bm25_config(opt.bm25);
+  const bool with_bm25 = opt.retriever != "dense";
+  if (with_bm25) retriever::check_bm25_config(opt.bm25);
   std::unique_ptr<retriever::Embedder> embedder;
   std::unique_ptr<VectorIndex> vindex;
   int dim = 0;
   if (dense) {
-    retriever::EmbedderOptions eo;
-    eo.dim = opt.dim;
-    embedder = retriever::create_embedder(opt.embedder, eo);
+    embedder = retriever::create_embedder(opt.embedder);
     dim = embedder->dim();
     vindex = VectorIndex::create(opt.faiss, dim);
   }
@@ -254,19 +252,18 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   const fs::path& tmp = guard.dir;
 
   BuildResult result;
-  // 1. Ingest: validate, store, fit.
+  // 1. Ingest: validate, store, index the terms.
   {
     const auto t = Clock::now();
     PassageStoreWriter store(tmp / kPassagesFile);
     std::unique_ptr<retriever::Bm25Writer> bm25;
-    if (lexical) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, opt.bm25);
+    if (with_bm25) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, opt.bm25);
     pr.start("read", reader.total_bytes(), "bytes");
     bool crashed_mid_ingest = false;
     reader.read(
         [&](const Passage& p) {
           const uint64_t row = store.add(p.id, p.title, p.text);
           if (bm25) bm25->add(row, p.title, p.text);
-          if (embedder && embedder->needs_fit()) embedder->fit_add(p.title, p.text);
           if (!crashed_mid_ingest && store.count() == 100) {
             crashed_mid_ingest = true;
             crash_point("ingest");
@@ -277,8 +274,6 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
     CEPE_CHECK(store.count() > 0, "the corpus has no valid passages");
     result.passages = store.count();
     store.finish();
-    if (embedder && embedder->needs_fit()) embedder->fit_finish();
-    if (embedder) embedder->save(tmp);
     result.corpus = reader.stats();
     result.skip_summary = reader.skip_summary();
     if (!result.skip_summary.empty()) pr.note(result.skip_summary);
@@ -296,7 +291,7 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   // 4. The manifest, last: its presence is what makes the directory an index.
   IndexManifest& m = result.manifest;
   m.retriever = opt.retriever;
-  if (lexical) m.bm25 = opt.bm25;
+  if (with_bm25) m.bm25 = opt.bm25;
   if (dense) {
     m.embedder_spec = embedder->spec();
     m.embedder_kind = embedder->kind();

@@ -1,5 +1,5 @@
-// `cepe index build`: corpus -> passage store + fitted embedder + FAISS index, in a temporary
-// directory that is renamed into place only when complete.
+// `cepe index build`: corpus -> passage store + BM25 database and/or embeddings in FAISS, in a
+// temporary directory that is renamed into place only when complete.
 #pragma once
 
 #include <cstdint>
@@ -20,9 +20,8 @@ struct BuildOptions {
   std::filesystem::path out;                  ///< index directory to create
   std::string retriever = "bm25";             ///< "bm25", "dense" or "hybrid"
   retriever::Bm25Config bm25;                 ///< BM25 settings (bm25 and hybrid)
-  std::string embedder = "lexical";           ///< embedder spec
+  std::string embedder;                       ///< embedder spec (dense and hybrid: "bert:DIR")
   std::string faiss = "Flat";                 ///< FAISS factory string
-  int dim = 0;                                ///< lexical dimension (0: default)
   CorpusOptions corpus;                       ///< ingestion settings
   int64_t train_size = 0;                     ///< training sample for IVF/PQ (0: automatic)
   int batch = 0;                     ///< passages per embedding batch (0: embedder's choice)
@@ -51,7 +50,7 @@ struct BuildResult {
   IndexManifest manifest;      ///< what was written
   CorpusStats corpus;          ///< ingestion statistics
   std::string skip_summary;    ///< one line about skipped records (empty when none)
-  double ingest_seconds = 0;   ///< reading, validating, storing, fitting
+  double ingest_seconds = 0;   ///< reading, validating, storing, term indexing
   double train_seconds = 0;    ///< embedding the sample and training
   double embed_seconds = 0;    ///< embedding and adding every passage
   double bm25_seconds = 0;     ///< committing and compacting the BM25 database

@@ -28,7 +28,7 @@ struct IndexManifest {
   retriever::Bm25Config bm25;                          ///< BM25 settings (bm25 and hybrid)
   std::map<std::string, FileDigest> files;             ///< every other file of the directory
   std::string embedder_spec;                           ///< spec that recreates the embedder
-  std::string embedder_kind;                           ///< "lexical", "bert"
+  std::string embedder_kind;                           ///< "bert" (an index of the retired "lexical" is refused)
   std::string embedder_fingerprint;                    ///< identifies the embedding function
   std::map<std::string, std::string> embedder_config;  ///< embedder settings, for display
   int dim = 0;                                         ///< vector dimension

@@ -19,12 +19,16 @@ std::unique_ptr<retriever::DenseRetriever> open_dense(const std::filesystem::pat
                         << "' (fingerprint " << m.embedder_fingerprint
                         << "); refusing to query it with '" << options.embedder << "'");
   }
-  auto embedder = retriever::load_embedder(m.embedder_spec, dir);
+  CEPE_CHECK(m.embedder_kind != "lexical",
+             "index " << name << " was built with the hashed TF-IDF embedder 'lexical', which was "
+                      << "retired (BM25 replaces it): rebuild it with `cepe index build` (BM25 by "
+                      << "default, or --retriever dense|hybrid --embedder bert:DIR)");
+  auto embedder = retriever::create_embedder(m.embedder_spec);
   const std::string fp = embedder->fingerprint();
   CEPE_CHECK(fp == m.embedder_fingerprint,
              "index " << name << " was built with embedder '" << m.embedder_spec << "' fingerprint "
                       << m.embedder_fingerprint << ", but that embedder now has fingerprint " << fp
-                      << " (model files or fitted state changed); refusing to load");
+                      << " (its model files changed); refusing to load");
   CEPE_CHECK(embedder->dim() == m.dim, "index " << name << ": embedder dimension "
                                                 << embedder->dim() << " != recorded " << m.dim);
   auto vectors = retriever::VectorIndex::load(dir / kFaissFile, options.mmap);

@@ -4,7 +4,6 @@
 
 #include "common/error.h"
 #include "retriever/bert_embedder.h"
-#include "retriever/lexical_embedder.h"
 
 namespace cepe::retriever {
 
@@ -14,17 +13,14 @@ std::string hex64(uint64_t v) {
   return buf;
 }
 
-std::unique_ptr<Embedder> create_embedder(const std::string& spec, const EmbedderOptions& options) {
-  if (spec == "lexical") return std::make_unique<LexicalEmbedder>(options.dim);
+std::unique_ptr<Embedder> create_embedder(const std::string& spec) {
   if (spec.rfind("bert:", 0) == 0) return std::make_unique<BertEmbedder>(spec);
-  CEPE_THROW("unknown embedder '" << spec << "' (expected lexical or bert:DIR)");
-}
-
-std::unique_ptr<Embedder> load_embedder(const std::string& spec,
-                                        const std::filesystem::path& index_dir) {
-  if (spec == "lexical") return LexicalEmbedder::load(index_dir);
-  if (spec.rfind("bert:", 0) == 0) return std::make_unique<BertEmbedder>(spec);
-  CEPE_THROW("unknown embedder '" << spec << "' (expected lexical or bert:DIR)");
+  // One lexical method, not two: BM25 beat the hashed TF-IDF vectors on recall, size and latency.
+  CEPE_CHECK(spec != "lexical",
+             "the hashed TF-IDF embedder 'lexical' was retired: BM25 replaces it (--retriever "
+             "bm25, the default); a dense side needs --embedder bert:DIR");
+  CEPE_CHECK(!spec.empty(), "a dense index needs an embedder (--embedder bert:DIR)");
+  CEPE_THROW("unknown embedder '" << spec << "' (expected bert:DIR)");
 }
 
 }  // namespace cepe::retriever

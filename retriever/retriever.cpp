@@ -148,13 +148,13 @@ std::vector<RankedRows> HybridRetriever::rank_batch(const std::vector<std::strin
   check_search_options(options);
   SearchOptions side = options;
   side.k = options.fusion_depth > 0 ? options.fusion_depth : std::max(options.k, 100);
-  std::vector<RankedRows> lexical, dense;
-  if (options.bm25_weight > 0) lexical = bm25_->rank_batch(queries, side);
+  std::vector<RankedRows> bm25, dense;
+  if (options.bm25_weight > 0) bm25 = bm25_->rank_batch(queries, side);
   if (options.dense_weight > 0) dense = dense_->rank_batch(queries, side);
   const RankedRows none;
   std::vector<RankedRows> out(queries.size());
   for (size_t q = 0; q < queries.size(); ++q) {
-    out[q] = fuse_rrf({lexical.empty() ? &none : &lexical[q], dense.empty() ? &none : &dense[q]},
+    out[q] = fuse_rrf({bm25.empty() ? &none : &bm25[q], dense.empty() ? &none : &dense[q]},
                       {options.bm25_weight, options.dense_weight}, options.rrf_k, options.k);
   }
   return out;

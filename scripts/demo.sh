@@ -4,7 +4,7 @@
 #  2. model: models/demo when present (the trained reader, see training/README.md); otherwise a
 #     random-weight CEPE model with a tokenizer trained on the corpus (its answers are noise: the
 #     point is the pipeline - retrieval, parallel encoding, cross-attending decoding, HTTP);
-#  3. `cepe index build` (FAISS, lexical embedder), `cepe serve` on a free loopback port,
+#  3. `cepe index build` (BM25, the default), `cepe serve` on a free loopback port,
 #     two `POST /ask` requests (one plain, one streamed), then SIGTERM (graceful shutdown);
 #  4. with ../shared/models/stories260K (a real pretrained tiny LLaMA), `cepe generate` tells a story.
 set -euo pipefail

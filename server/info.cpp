@@ -4,6 +4,7 @@
 #include <rapidjson/writer.h>
 
 #include "common/json.h"
+#include "index/manifest.h"
 
 namespace cepe::server {
 namespace {
@@ -84,12 +85,43 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
     write_json_text(w, cfg.index);
     w.Key("passages");
     w.Uint64(m.passages);
+    w.Key("retriever");
+    write_json_text(w, m.retriever);
+    // The side an index lacks is null, not an empty setting.
+    const bool dense = index::has_dense(m);
     w.Key("embedder");
-    write_json_text(w, m.embedder_spec);
+    if (dense) {
+      write_json_text(w, m.embedder_spec);
+    } else {
+      w.Null();
+    }
     w.Key("dim");
-    w.Int(m.dim);
+    if (dense) {
+      w.Int(m.dim);
+    } else {
+      w.Null();
+    }
     w.Key("faiss");
-    write_json_text(w, m.faiss_factory);
+    if (dense) {
+      write_json_text(w, m.faiss_factory);
+    } else {
+      w.Null();
+    }
+    w.Key("bm25");
+    if (index::has_bm25(m)) {
+      w.StartObject();
+      w.Key("k1");
+      w.Double(m.bm25.k1);
+      w.Key("b");
+      w.Double(m.bm25.b);
+      w.Key("stemmer");
+      write_json_text(w, m.bm25.stemmer);
+      w.Key("stopwords");
+      write_json_text(w, m.bm25.stopwords);
+      w.EndObject();
+    } else {
+      w.Null();
+    }
     w.EndObject();
   } else {
     w.Null();

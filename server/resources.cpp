@@ -33,7 +33,9 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   if (!config.index.empty()) {
     CEPE_CHECK(fs::is_directory(config.index),
                "config: 'index' " << config.index << ": not a directory");
-    out.retriever = index::open_index(config.index);
+    index::OpenOptions oo;
+    oo.bm25_shards = config.bm25_shards;
+    out.retriever = index::open_index(config.index, oo);
   }
   BackendOptions bo;
   bo.threads = config.threads;  // honoured on the engine thread: every CPU region names its team

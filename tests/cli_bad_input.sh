@@ -105,7 +105,7 @@ for i in $(seq 1 200); do
   printf '{"id": "p%d", "title": "T%d", "text": "castle moat lava orchestra number%d word%d."}\n' \
     "$i" "$((i % 17))" "$i" "$((i * 7 % 31))"
 done >"$tmp/corpus.jsonl"
-"$cepe" index build --retriever hybrid --dim 64 --faiss HNSW8 --input "$tmp/corpus.jsonl" \
+"$cepe" index build --retriever hybrid --embedder "bert:${CEPE_SOURCE_DIR:?}/tests/fixtures/bert_tiny" --faiss HNSW8 --input "$tmp/corpus.jsonl" \
   --out "$tmp/hidx" >/dev/null 2>&1 || { echo "FAIL: hybrid index build"; exit 1; }
 "$cepe" index search --index "$tmp/hidx" -k 3 "castle number5" >/dev/null ||
   { echo "FAIL: the good index does not search"; fail=1; }

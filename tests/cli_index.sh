@@ -35,14 +35,16 @@ out=$("$cepe" index search --index "$tmp/idx" -k 3 --json "unique5" "unique6" 2>
 out=$("$cepe" index info "$tmp/idx" --verify 2>&1)
 [[ "$out" == *"passages   300"* && "$out" == *"retriever  bm25"* && "$out" == *"verify     ok"* ]] &&
   ok "info --verify" || bad "info: $out"
-# The dense side: the lexical embedder with FAISS (the embedder is checked at query time).
-out=$("$cepe" index build --retriever dense --dim 256 --input "$tmp/old.jsonl" --out "$tmp/dense" 2>"$tmp/dense.err")
+# The dense side: a BERT-family embedder (the tiny random fixture) with FAISS; the embedder is
+# checked at query time.
+bert="${CEPE_SOURCE_DIR:?}/tests/fixtures/bert_tiny"
+out=$("$cepe" index build --retriever dense --embedder "bert:$bert" --input "$tmp/old.jsonl" --out "$tmp/dense" 2>"$tmp/dense.err")
 rc=$?
 if [[ $rc -eq 0 && "$out" == *"built $tmp/dense: 300 passages, retriever dense"* ]] &&
   grep -q "^index build: embed: done" "$tmp/dense.err"; then ok "build --retriever dense"; else
   bad "build --retriever dense: rc=$rc $out"; cat "$tmp/dense.err"; fi
 out=$("$cepe" index info "$tmp/dense" --verify 2>&1)
-[[ "$out" == *"lexical (dim 256, fingerprint lexical-"* && "$out" == *"verify     ok"* ]] &&
+[[ "$out" == *"embedder   bert:$bert (dim 32, fingerprint "* && "$out" == *"verify     ok"* ]] &&
   ok "info --verify (dense)" || bad "info (dense): $out"
 
 # Beyond one machine: the BM25 database split in two (`cepe index shard`), each half served by its
@@ -83,6 +85,23 @@ else
   err=$("$cepe" index search --index "$tmp/idx" --bm25-shard "tcp:127.0.0.1:$p0" "q" 2>&1)
   [[ $? -eq 1 && "$err" == *"shard"* ]] && ok "one remote shard alone is refused -> $err" ||
     bad "one shard of two accepted: $err"
+  # serve, ask and qa take the same shards (serve from the config too); each opens the index
+  # before loading the model, so one shard of two is refused before a model is needed.
+  mkdir -p "$tmp/nomodel" && : >"$tmp/nomodel/tokenizer.model"
+  printf '{"id": "q1", "question": "unique17 castle", "answers": ["x"]}\n' >"$tmp/q.jsonl"
+  printf '{"model": "%s", "index": "%s", "bm25_shards": ["tcp:127.0.0.1:%s"]}\n' "$tmp/nomodel" \
+    "$tmp/idx" "$p0" >"$tmp/serve.json"
+  for cmd in "serve --model $tmp/nomodel --index $tmp/idx --port 0 --bm25-shard tcp:127.0.0.1:$p0" \
+    "serve --config $tmp/serve.json --port 0" \
+    "ask --model $tmp/nomodel --index $tmp/idx --bm25-shard tcp:127.0.0.1:$p0 question" \
+    "qa --model $tmp/nomodel --index $tmp/idx --bm25-shard tcp:127.0.0.1:$p0 --questions $tmp/q.jsonl --out $tmp/qa.jsonl"; do
+    # shellcheck disable=SC2086 # the words of $cmd are the arguments
+    err=$(timeout 60 "$cepe" $cmd 2>&1)
+    rc=$?
+    [[ $rc -eq 1 && "$err" == *"the BM25 database shards hold 150 documents, manifest says 300"* ]] &&
+      ok "cepe ${cmd%% *} takes --bm25-shard / bm25_shards (${cmd:0:40}...)" ||
+      bad "cepe ${cmd%% *} with one shard of two (exit $rc): $err"
+  done
   kill "${tcpsrv_pids[@]}" 2>/dev/null
   wait "${tcpsrv_pids[@]}" 2>/dev/null
 fi
@@ -111,8 +130,12 @@ expect_error "malformed TSV" "$tmp/bad.tsv:3: malformed line: expected 3 tab-sep
 mkdir -p "$tmp/docs" && printf 'Good line.\nBad \xc3 line.\n' >"$tmp/docs/a.txt"
 expect_error "invalid UTF-8 in .txt" "$tmp/docs/a.txt:2: invalid UTF-8" index build --input "$tmp/docs" --out "$tmp/x"
 expect_error "bad factory string" "FAISS factory string 'IVFx,Flat' rejected" \
-  index build --input "$tmp/old.jsonl" --out "$tmp/x" --faiss IVFx,Flat
+  index build --input "$tmp/old.jsonl" --out "$tmp/x" --faiss IVFx,Flat --embedder "bert:$bert"
 expect_error "embedder mismatch" "refusing to query it with 'bert:/m'" index search --index "$tmp/dense" --embedder bert:/m "q"
+expect_error "retired embedder" "'lexical' was retired: BM25 replaces it" \
+  index build --input "$tmp/old.jsonl" --out "$tmp/x" --embedder lexical
+expect_error "dense without an embedder" "--retriever hybrid needs --embedder bert:DIR" \
+  index build --input "$tmp/old.jsonl" --out "$tmp/x" --retriever hybrid
 expect_error "embedder on a bm25 index" "has no dense side (retriever bm25): it takes no embedder" \
   index search --index "$tmp/idx" --embedder bert:/m "q"
 expect_error "bm25 shard on a dense index" "has no BM25 side (retriever dense)" \
@@ -131,7 +154,8 @@ out=$("$cepe" index build --skip-invalid --input "$tmp/mixed.jsonl" --out "$tmp/
 
 # kill -9 during a rebuild: the old index still loads; the leftover does not.
 corpus 60000 new >"$tmp/new.jsonl"
-"$cepe" index build --overwrite --input "$tmp/new.jsonl" --out "$tmp/idx" --faiss IVF64,Flat >/dev/null 2>&1 &
+"$cepe" index build --overwrite --input "$tmp/new.jsonl" --out "$tmp/idx" --faiss IVF64,Flat \
+  --embedder "bert:$bert" >/dev/null 2>&1 &
 pid=$!
 partial="$tmp/.idx.partial-$pid"
 for _ in $(seq 1 200); do [[ -d "$partial" ]] && break; sleep 0.05; done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The OpenAI-compatible endpoints of `cepe serve` driven by the real `openai` npm package
-# (tests/openai_client.mjs): a tiny random CEPE model, a lexical index over a small corpus, a
+# (tests/openai_client.mjs): a tiny random CEPE model, a BM25 index over a small corpus, a
 # server on a loopback port with an API key. The package is installed into the build folder;
 # without node, npm or a reachable registry the test skips (77) with a message.
 set -uo pipefail
@@ -52,7 +52,7 @@ fi
 # Our own commands failing is a failure, not a skip.
 "$cepe" random-model --preset tiny --tokenizer "$tokenizer" --out "$tmp/model" >"$tmp/rm.log" 2>&1 ||
   { echo "FAIL: cepe random-model"; cat "$tmp/rm.log"; exit 1; }
-"$cepe" index build --input "$tmp/passages.jsonl" --dim 1024 --out "$tmp/index" >"$tmp/ib.log" 2>&1 ||
+"$cepe" index build --input "$tmp/passages.jsonl" --out "$tmp/index" >"$tmp/ib.log" 2>&1 ||
   { echo "FAIL: cepe index build"; cat "$tmp/ib.log"; exit 1; }
 
 "$cepe" serve --model "$tmp/model" --index "$tmp/index" --port 0 --threads 1 --io-threads 2 \

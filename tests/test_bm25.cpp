@@ -42,7 +42,7 @@ std::string error_of(const std::function<void()>& f) {
   return "(no error)";
 }
 
-// A topical corpus (as in test_retriever): five topics, filler words, one unique word each.
+// A topical corpus: five topics, filler words, one unique word each.
 fs::path topic_corpus(const fs::path& dir, int n) {
   const char* topics[][6] = {
       {"volcano", "lava", "eruption", "magma", "crater", "ash"},
@@ -132,7 +132,7 @@ TEST(Bm25, ScoresEqualOkapiBm25ComputedByHand) {
     for (size_t i = 0; i < want.size(); ++i) {
       EXPECT_EQ(static_cast<int64_t>(hits[i].row), want[i].second) << "k1 " << k1 << " rank " << i;
       EXPECT_NEAR(hits[i].score, -want[i].first, 1e-5 * -want[i].first) << "k1 " << k1;
-      EXPECT_EQ(hits[i].id, "d" + std::to_string(want[i].second));
+      EXPECT_EQ(hits[i].id, std::string("d").append(std::to_string(want[i].second)));
     }
   }
 }
@@ -250,7 +250,7 @@ TEST(Hybrid, WeightsSelectEitherSideAndBadWeightsAreRefused) {
   o.inputs = {corpus};
   o.out = dir / "hybrid";
   o.retriever = "hybrid";
-  o.dim = 256;
+  o.embedder = "bert:" + (cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny").string();
   cepe::index::build_index(o);
   o.out = dir / "bm25";
   o.retriever = "bm25";
@@ -267,14 +267,14 @@ TEST(Hybrid, WeightsSelectEitherSideAndBadWeightsAreRefused) {
   ASSERT_NE(h->dense(), nullptr);
   SearchOptions so;
   so.k = 10;
-  SearchOptions lexical_only = so, dense_only = so;
-  lexical_only.dense_weight = 0;
+  SearchOptions bm25_only = so, dense_only = so;
+  bm25_only.dense_weight = 0;
   dense_only.bm25_weight = 0;
   int differ = 0;
   for (int i = 0; i < 20; ++i) {
     const std::string q = "magma comet number" + std::to_string(i * 17) + " siege";
     // RRF over one side keeps that side's order (ties in the dense side aside, compared by set).
-    EXPECT_EQ(rows_of(h->search(q, lexical_only)), rows_of(b->search(q, so))) << q;
+    EXPECT_EQ(rows_of(h->search(q, bm25_only)), rows_of(b->search(q, so))) << q;
     auto hd = rows_of(h->search(q, dense_only)), dd = rows_of(d->search(q, so));
     std::sort(hd.begin(), hd.end());
     std::sort(dd.begin(), dd.end());
@@ -310,7 +310,7 @@ TEST(Bm25, SquadRecallAndSizeTargets) {
   std::unordered_map<std::string, uint64_t> row_of;
   for (uint64_t i = 0; i < r->store().size(); ++i)
     row_of.emplace(std::string(r->store().get(i).id), i);
-  // Every 40th question: the same fixed sample of 2,190 as the lexical test in test_retriever.
+  // Every 40th question: a fixed sample of 2,190 spread over all articles.
   std::ifstream in(questions);
   std::vector<std::string> qs;
   std::vector<uint64_t> gold;
@@ -341,6 +341,7 @@ TEST(Bm25, SquadRecallAndSizeTargets) {
   std::printf("SQuAD BM25 on %zu questions: recall@20 %.4f, %.1f MiB on disk\n", qs.size(), r20,
               built.bytes_on_disk / 1048576.0);
   EXPECT_GE(r20, 0.90);  // issue 16's target
-  // The hashed TF-IDF Flat index is 316 MiB here; BM25 with the passage store is far smaller.
+  // The retired hashed TF-IDF Flat index was 316 MiB here; BM25 with the passage store is far
+  // smaller.
   EXPECT_LT(built.bytes_on_disk, 100u << 20);
 }

@@ -419,9 +419,9 @@ TEST(PassageStore, TruncatedOrCorruptFilesGiveClearErrors) {
 namespace {
 IndexManifest sample_manifest() {
   IndexManifest m;
-  m.embedder_spec = "lexical";
-  m.embedder_kind = "lexical";
-  m.embedder_fingerprint = "lexical-0123456789abcdef";
+  m.embedder_spec = "bert:/models/e5";
+  m.embedder_kind = "bert";
+  m.embedder_fingerprint = "0123456789abcdef";
   m.embedder_config = {{"dim", "64"}};
   m.dim = 64;
   m.faiss_factory = "IVF4,Flat";
@@ -441,7 +441,7 @@ TEST(Manifest, RoundTrip) {
   const fs::path dir = cepe::test::temp_dir("manifest");
   write_manifest(dir, sample_manifest());
   const IndexManifest m = read_manifest(dir);
-  EXPECT_EQ(m.embedder_fingerprint, "lexical-0123456789abcdef");
+  EXPECT_EQ(m.embedder_fingerprint, "0123456789abcdef");
   EXPECT_EQ(m.faiss_factory, "IVF4,Flat");
   EXPECT_EQ(m.default_nprobe, 2);
   EXPECT_EQ(m.passages, 12u);
@@ -727,14 +727,18 @@ TEST(Build, CrashAtEveryStageLeavesOldIndexAndNothingLoadable) {
   const fs::path old_corpus = write_corpus(dir, 300, "old");
   const fs::path new_corpus = write_corpus(dir, 400, "new");
   const fs::path out = dir / "idx";
+  // A dense index, so that the train and add stages run: the tiny random BERT fixture embeds.
+  const std::string dense =
+      " --faiss IVF4,Flat --embedder bert:" +
+      (cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny").string();
   int rc = 0;
   std::string log = run_cepe("index build --input " + old_corpus.string() + " --out " +
-                                 out.string() + " --faiss IVF4,Flat",
+                                 out.string() + dense,
                              &rc);
   ASSERT_EQ(rc, 0) << log;
   for (const std::string point : {"ingest", "train", "add", "save", "manifest"}) {
     log = run_cepe("index build --overwrite --input " + new_corpus.string() + " --out " +
-                       out.string() + " --faiss IVF4,Flat",
+                       out.string() + dense,
                    &rc, "CEPE_INDEX_BUILD_CRASH_AT=" + point);
     EXPECT_EQ(rc, 128 + 9) << point << ": " << log;
     // The old index is untouched and still answers.

@@ -1,6 +1,7 @@
-// The lexical embedder and the Retriever: exact search equals a hand-computed dot-product ranking,
-// batched and concurrent searches agree with single ones, embedder mismatches and damaged index
-// files are refused with clear errors, and lexical recall on SQuAD meets its target.
+// The dense Retriever (the tiny random BERT of tests/fixtures/bert_tiny + FAISS): exact search equals
+// a hand-computed dot-product ranking, batched and concurrent searches agree with single ones, IVF
+// and HNSW agree with Flat, other embedders, changed model files, retired embedders and damaged
+// index files are refused with clear errors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,18 +9,15 @@
 #include <fstream>
 #include <random>
 #include <thread>
-#include <unordered_map>
 
 #include "common/error.h"
 #include "index/builder.h"
 #include "index/open_index.h"
-#include "retriever/lexical_embedder.h"
 #include "retriever/retriever.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using cepe::index::open_index;
-using cepe::retriever::LexicalEmbedder;
 using cepe::retriever::SearchOptions;
 
 namespace {
@@ -52,14 +50,18 @@ fs::path make_corpus(const fs::path& dir, int n) {
   return f;
 }
 
+fs::path bert_tiny() { return cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny"; }
+
+// The embedder's 48-token window covers the first words of each passage only (its vocabulary is
+// mostly single letters): enough for distinct vectors, which is all these tests need.
 fs::path build(const fs::path& dir, const std::string& name, const std::string& faiss, int n = 400,
-               int dim = 256) {
+               const fs::path& model = bert_tiny()) {
   cepe::index::BuildOptions o;
   o.inputs = {make_corpus(dir, n)};
   o.out = dir / name;
   o.retriever = "dense";
+  o.embedder = "bert:" + model.string();
   o.faiss = faiss;
-  o.dim = dim;
   cepe::index::build_index(o);
   return o.out;
 }
@@ -84,67 +86,6 @@ void truncate_file(const fs::path& p, size_t keep) {
 }
 
 }  // namespace
-
-TEST(LexicalWords, FoldsStopsAndStems) {
-  using cepe::retriever::lexical_words;
-  EXPECT_EQ(lexical_words("The Cafés of PARIS, and the rivers!"),
-            (std::vector<std::string>{"cafe", "pari", "river"}));
-  EXPECT_EQ(lexical_words("what is x-ray's 2nd use?"),
-            (std::vector<std::string>{"ray", "2nd", "use"}));
-  EXPECT_EQ(lexical_words("studies cats glass"),
-            (std::vector<std::string>{"study", "cat", "glass"}));
-  EXPECT_EQ(lexical_words("東京 tower"), (std::vector<std::string>{"東", "京", "tower"}));
-  EXPECT_TRUE(lexical_words("the of and").empty());
-}
-
-TEST(LexicalEmbedder, UnitNormDeterministicAndSavedState) {
-  const fs::path dir = cepe::test::temp_dir("lex");
-  LexicalEmbedder e(512);
-  e.fit_add("Volcano", "lava flows from the crater");
-  e.fit_add("Music", "the orchestra plays a symphony");
-  e.fit_add("", "lava and ash");
-  e.fit_finish();
-  EXPECT_EQ(e.dim(), 512);
-  std::vector<float> a(512), b(512), c(512);
-  e.embed_queries({"where does lava come from?"}, a.data());
-  e.embed_queries({"where does lava come from?"}, b.data());
-  EXPECT_EQ(a, b);
-  double norm = 0;
-  for (float v : a) norm += v * v;
-  EXPECT_NEAR(norm, 1.0, 1e-5);
-  e.embed_queries({"the of and"}, c.data());  // no content words: the zero vector
-  EXPECT_TRUE(std::all_of(c.begin(), c.end(), [](float v) { return v == 0; }));
-  e.save(dir);
-  auto l = LexicalEmbedder::load(dir);
-  EXPECT_EQ(l->fingerprint(), e.fingerprint());
-  EXPECT_EQ(l->dim(), 512);
-  l->embed_queries({"where does lava come from?"}, b.data());
-  EXPECT_EQ(a, b);
-  // Another corpus, another fingerprint.
-  LexicalEmbedder other(512);
-  other.fit_add("", "lava");
-  other.fit_finish();
-  EXPECT_NE(other.fingerprint(), e.fingerprint());
-  EXPECT_THROW(LexicalEmbedder(8), cepe::Error);
-  // Damaged IDF tables.
-  const fs::path f = dir / LexicalEmbedder::kFileName;
-  const std::string bytes = cepe::test::read_file(f);
-  auto load_error = [&](const std::string& content) -> std::string {
-    std::ofstream(f, std::ios::binary | std::ios::trunc) << content;
-    try {
-      LexicalEmbedder::load(dir);
-    } catch (const cepe::Error& e) {
-      return e.message();
-    }
-    return "(no error)";
-  };
-  EXPECT_NE(load_error(bytes.substr(0, 30)).find(f.string() + ": truncated"), std::string::npos);
-  EXPECT_NE(load_error(bytes.substr(0, bytes.size() - 4)).find("truncated or corrupt"),
-            std::string::npos);
-  std::string flipped = bytes;
-  flipped[50] ^= 1;
-  EXPECT_NE(load_error(flipped).find("checksum mismatch"), std::string::npos);
-}
 
 TEST(Retriever, FlatEqualsHandComputedDotProductRanking) {
   const fs::path dir = cepe::test::temp_dir("ret-flat");
@@ -184,10 +125,6 @@ TEST(Retriever, FlatEqualsHandComputedDotProductRanking) {
       EXPECT_EQ(hits[j].text, store.get(hits[j].row).text);
     }
   }
-  // A query naming one passage's unique word finds that passage first.
-  SearchOptions so;
-  so.k = 3;
-  EXPECT_EQ(r->search("number123", so).front().id, "p123");
 }
 
 TEST(Retriever, BatchedConcurrentAndAnnAgree) {
@@ -269,32 +206,55 @@ TEST(Retriever, BatchedConcurrentAndAnnAgree) {
   EXPECT_THROW(r->search(qs[0], zero), cepe::Error);
 }
 
-TEST(Retriever, RefusesAnotherEmbedder) {
+TEST(Retriever, RefusesAnotherEmbedderChangedModelFilesAndRetiredEmbedders) {
   const fs::path dir = cepe::test::temp_dir("ret-mismatch");
-  const fs::path idx = build(dir, "flat", "Flat", 100);
+  // A private copy of the model, so that it can change after the build.
+  const fs::path model = dir / "bert";
+  fs::copy(bert_tiny(), model, fs::copy_options::recursive);
+  const fs::path idx = build(dir, "flat", "Flat", 100, model);
+  const std::string spec = "bert:" + fs::absolute(model).lexically_normal().string();
   cepe::index::OpenOptions o;
   o.embedder = "bert:/models/e5";
-  EXPECT_NE(open_error(idx, o).find("was built with embedder 'lexical' (fingerprint lexical-"),
+  EXPECT_NE(open_error(idx, o).find("was built with embedder '" + spec + "' (fingerprint "),
             std::string::npos)
       << open_error(idx, o);
   EXPECT_NE(open_error(idx, o).find("refusing to query it with 'bert:/models/e5'"),
             std::string::npos);
-  o.embedder = "lexical";
+  o.embedder = spec;
   EXPECT_EQ(open_error(idx, o), "(no error)");
-  // The fitted state no longer matches the recorded fingerprint (IDF from another corpus).
-  const fs::path other = build(dir, "other", "Flat", 120);
-  const fs::path mixed = dir / "mixed";
-  copy_dir(idx, mixed);
-  fs::copy_file(other / LexicalEmbedder::kFileName, mixed / LexicalEmbedder::kFileName,
-                fs::copy_options::overwrite_existing);
-  // The file checksum catches the swap first; past it, the fingerprint check does.
-  EXPECT_NE(open_error(mixed).find("lexical.idf: truncated or resized"), std::string::npos)
-      << open_error(mixed);
-  cepe::index::OpenOptions unchecked;
-  unchecked.skip_checksums = true;
-  EXPECT_NE(open_error(mixed, unchecked).find("but that embedder now has fingerprint"),
+  // The model's files changed since the build: its vectors would no longer match the stored ones.
+  {
+    std::string config = cepe::test::read_file(model / "config.json");
+    config.insert(config.find('{') + 1, "\n  \"initializer_range_note\": 1,");
+    std::ofstream(model / "config.json", std::ios::trunc) << config;
+  }
+  EXPECT_NE(open_error(idx).find("but that embedder now has fingerprint"), std::string::npos)
+      << open_error(idx);
+  // An index made by the retired hashed TF-IDF embedder is refused with what to do instead.
+  const fs::path old = dir / "old";
+  copy_dir(idx, old);
+  {
+    cepe::index::IndexManifest m = cepe::index::read_manifest(old);
+    m.embedder_spec = m.embedder_kind = "lexical";
+    cepe::index::write_manifest(old, m);  // with a valid checksum: only the embedder is old
+  }
+  EXPECT_NE(open_error(old).find("was built with the hashed TF-IDF embedder 'lexical', which was "
+                                 "retired"),
             std::string::npos)
-      << open_error(mixed, unchecked);
+      << open_error(old);
+  cepe::index::BuildOptions retired;
+  retired.inputs = {dir / "corpus.jsonl"};
+  retired.out = dir / "never";
+  retired.retriever = "dense";
+  retired.embedder = "lexical";
+  std::string err;
+  try {
+    cepe::index::build_index(retired);
+  } catch (const cepe::Error& e) {
+    err = e.message();
+  }
+  EXPECT_NE(err.find("'lexical' was retired: BM25 replaces it"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(retired.out));
   // The CLI refuses the same way, with exit status 1.
   std::string out;
   const int rc =
@@ -329,8 +289,6 @@ TEST(Retriever, DamagedIndexFilesGiveClearErrors) {
       {"truncated manifest", [&] { truncate_file(d / "manifest.json", 100); },
        (d / "manifest.json").string() + ": invalid JSON"},
       {"missing manifest", [&] { fs::remove(d / "manifest.json"); }, "is not a CEPE index"},
-      {"truncated idf", [&] { truncate_file(d / "lexical.idf", 100); },
-       "lexical.idf: truncated or resized"},
       {"store of another index",
        [&] {
          fs::copy_file(other / "passages.bin", d / "passages.bin",
@@ -356,7 +314,6 @@ TEST(Retriever, DamagedIndexFilesGiveClearErrors) {
       {"truncated faiss", [&] { truncate_file(d / "faiss.index", 500); },
        "cannot read FAISS index " + (d / "faiss.index").string()},
       {"missing faiss", [&] { fs::remove(d / "faiss.index"); }, "faiss.index is missing"},
-      {"truncated idf", [&] { truncate_file(d / "lexical.idf", 100); }, "lexical.idf: truncated"},
       {"store of another index",
        [&] {
          fs::copy_file(other / "passages.bin", d / "passages.bin",
@@ -383,57 +340,4 @@ TEST(Retriever, DamagedIndexFilesGiveClearErrors) {
   cepe::index::OpenOptions verify = unchecked;
   verify.verify = true;
   EXPECT_NE(open_error(d, verify).find("passage store checksum mismatch"), std::string::npos);
-}
-
-TEST(Retriever, SquadLexicalFlatRecall) {
-  CEPE_REQUIRE_SHARED("data/squad-train/passages.jsonl", passages);
-  CEPE_REQUIRE_SHARED("data/squad-train/questions.jsonl", questions);
-  const fs::path dir = cepe::test::temp_dir("ret-squad");
-  cepe::index::BuildOptions o;
-  o.inputs = {passages};
-  o.out = dir / "flat";
-  o.retriever = "dense";
-  cepe::index::build_index(o);
-  auto r = open_index(o.out);
-  std::unordered_map<std::string, uint64_t> row_of;
-  for (uint64_t i = 0; i < r->passages().size(); ++i)
-    row_of.emplace(std::string(r->passages().get(i).id), i);
-  // Every 40th question: a fixed sample of 2,190 spread over all articles.
-  std::ifstream in(questions);
-  std::vector<std::string> qs;
-  std::vector<uint64_t> gold;
-  std::string line;
-  for (int n = 0; std::getline(in, line); ++n) {
-    if (n % 40) continue;
-    auto field = [&](const std::string& key) {
-      const size_t k = line.find("\"" + key + "\": \"");
-      const size_t b = k + key.size() + 5;
-      std::string v;
-      for (size_t i = b; i < line.size() && line[i] != '"'; ++i) {
-        if (line[i] == '\\') ++i;  // good enough for ids and questions: \" and \\ only matter
-        v += line[i];
-      }
-      return v;
-    };
-    const auto it = row_of.find(field("passage_id"));
-    ASSERT_NE(it, row_of.end()) << line;
-    qs.push_back(field("question"));
-    gold.push_back(it->second);
-  }
-  SearchOptions so;
-  so.k = 20;
-  const auto hits = r->search_batch(qs, so);
-  int at1 = 0, at20 = 0;
-  for (size_t i = 0; i < qs.size(); ++i) {
-    for (const auto& h : hits[i]) {
-      if (h.row != gold[i]) continue;
-      at1 += h.rank == 1;
-      ++at20;
-    }
-  }
-  const double r1 = static_cast<double>(at1) / qs.size(),
-               r20 = static_cast<double>(at20) / qs.size();
-  std::printf("SQuAD lexical Flat on %zu questions: recall@1 %.4f, recall@20 %.4f\n", qs.size(), r1,
-              r20);
-  EXPECT_GE(r20, 0.85);
 }

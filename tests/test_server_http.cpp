@@ -1,5 +1,5 @@
 // Integration tests of `cepe serve`: the real binary (CEPE_BINARY) on loopback with a port of its
-// choosing, a tiny random CEPE model, a sentencepiece tokenizer and a lexical index over a corpus
+// choosing, a tiny random CEPE model, a sentencepiece tokenizer and a BM25 index over a corpus
 // this test writes itself (no shared data needed), spoken to over HTTP. Every endpoint, every
 // error status, streaming, cancellation when the client leaves, deadlines, queue limits, API keys,
 // CORS, slow clients and graceful shutdown with requests in flight.
@@ -92,7 +92,7 @@ const TestData& test_data() {
       return d;
     }
     if (test::run_command(cepe + " index build --input " + (dir / "passages.jsonl").string() +
-                              " --dim 1024 --out " + d.index.string(),
+                              " --out " + d.index.string(),
                           &out) != 0) {
       d.error = "cepe index build failed: " + out;
     }
@@ -365,7 +365,10 @@ TEST_F(ServerHttp, HealthReadyAndInfo) {
   EXPECT_TRUE(d["model"]["cepe"].GetBool());
   EXPECT_STREQ(d["model"]["cross_attention"].GetString(), "absorbed");  // auto on the CPU
   EXPECT_EQ(d["index"]["passages"].GetInt(), 48);
-  EXPECT_STREQ(d["index"]["embedder"].GetString(), "lexical");
+  EXPECT_STREQ(d["index"]["retriever"].GetString(), "bm25");
+  EXPECT_TRUE(d["index"]["embedder"].IsNull());  // no dense side
+  EXPECT_DOUBLE_EQ(d["index"]["bm25"]["k1"].GetDouble(), 0.9);
+  EXPECT_STREQ(d["index"]["bm25"]["stemmer"].GetString(), "english");
   EXPECT_EQ(d["limits"]["max_k"].GetInt(), 8);
   EXPECT_EQ(d["limits"]["max_new_tokens"].GetInt(), 2000);
   EXPECT_EQ(d["limits"]["max_body_bytes"].GetInt(), 4096);
@@ -394,7 +397,7 @@ TEST_F(ServerHttp, AskAnswersWithPassagesUsageAndTimings) {
   const std::string finish = d["finish_reason"].GetString();
   EXPECT_TRUE(finish == "length" || finish == "eos" || finish == "stop") << finish;
   EXPECT_STREQ(d["model"].GetString(), "tiny-test");
-  // k defaults to 3 (--default-k); lexical retrieval puts a Rome passage first.
+  // k defaults to 3 (--default-k); BM25 puts a Rome passage first.
   const auto& ps = d["passages"];
   ASSERT_TRUE(ps.IsArray());
   ASSERT_EQ(ps.Size(), 3u);
