@@ -111,8 +111,9 @@ int main(int argc, char** argv) try {
   args.option("passages", "corpus (.jsonl)")
       .option("questions", "questions with their gold passage_id (.jsonl)")
       .option("work", "directory for the indexes built")
-      .multi("index", "bm25, dense:FACTORY or hybrid:FACTORY (repeat; default bm25, plus "
-                      "dense:Flat and hybrid:Flat when --embedder is given)")
+      .multi("index",
+             "bm25, dense:FACTORY or hybrid:FACTORY (repeat; default bm25, plus "
+             "dense:Flat and hybrid:Flat when --embedder is given)")
       .option("embedder", "dense embedder spec (bert:DIR)")
       .flag("reuse", "reuse indexes already built in --work")
       .option("sample", "questions sampled for recall (0: all)", "10000")
@@ -124,8 +125,9 @@ int main(int argc, char** argv) try {
       .option("json", "also write the results as JSON here");
   args.parse(std::vector<std::string>(argv + 1, argv + argc));
   if (args.help_requested()) {
-    std::cout << args.usage("bench_retrieval --passages P.jsonl --questions Q.jsonl --work DIR "
-                            "[flags]");
+    std::cout << args.usage(
+        "bench_retrieval --passages P.jsonl --questions Q.jsonl --work DIR "
+        "[flags]");
     return 0;
   }
   CEPE_CHECK(args.has("passages") && args.has("questions") && args.has("work"),
@@ -213,7 +215,8 @@ int main(int argc, char** argv) try {
       const auto ranked = ret->rank_batch(part, so);
       for (size_t q = 0; q < n; ++q) {
         auto it = row_of.find(qs[b + q].gold);
-        CEPE_CHECK(it != row_of.end(), "gold passage " << qs[b + q].gold << " is not in the corpus");
+        CEPE_CHECK(it != row_of.end(),
+                   "gold passage " << qs[b + q].gold << " is not in the corpus");
         const auto& rows = ranked[q].rows;
         for (size_t j = 0; j < rows.size(); ++j) {
           if (rows[j] != it->second) continue;
@@ -260,9 +263,9 @@ int main(int argc, char** argv) try {
   const Result& base = results.front();
   std::printf("\n%zu questions for recall, %zu for latency, batch %d; baseline %s\n", qs.size(),
               std::min(latency_queries, qs.size()), batch, base.factory.c_str());
-  std::printf("%-16s %7s %7s %7s %7s | %9s %9s %7s | %9s %9s %7s | %8s %9s %7s %8s\n",
-              "index", "R@1", "R@5", "R@20", "R@100", "1q p50ms", "1q p99ms", "x base", "B p50 ms",
-              "B q/s", "x base", "build s", "MiB", "x base", "RSS MiB");
+  std::printf("%-16s %7s %7s %7s %7s | %9s %9s %7s | %9s %9s %7s | %8s %9s %7s %8s\n", "index",
+              "R@1", "R@5", "R@20", "R@100", "1q p50ms", "1q p99ms", "x base", "B p50 ms", "B q/s",
+              "x base", "build s", "MiB", "x base", "RSS MiB");
   for (const Result& r : results) {
     std::printf(
         "%-16s %7.4f %7.4f %7.4f %7.4f | %9.3f %9.3f %6.2fx | %9.2f %9.0f %6.2fx | %8.1f %9.1f "

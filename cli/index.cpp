@@ -141,10 +141,9 @@ int run_build(const std::vector<std::string>& argv) {
           "corpus: .jsonl ({id,title,text}), .tsv (id, text, title + header), .txt/.md, or a "
           "directory of .txt/.md")
       .option("out", "index directory to create")
-      .option(
-          "retriever",
-          "bm25 (Xapian, no model), dense (embedder + FAISS) or hybrid (both, fused by "
-          "reciprocal rank fusion); default bm25, or dense when --embedder/--faiss is given")
+      .option("retriever",
+              "bm25 (Xapian, no model), dense (embedder + FAISS) or hybrid (both, fused by "
+              "reciprocal rank fusion); default bm25, or dense when --embedder/--faiss is given")
       .option("bm25-k1", "BM25 term-frequency saturation k1", "0.9")
       .option("bm25-b", "BM25 length normalisation b", "0.4")
       .option("bm25-stemmer", "Xapian stemmer language (english, french, ...) or none", "english")

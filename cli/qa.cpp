@@ -86,9 +86,9 @@ void attach_encoder_store(const Args& args, const LoadedModel& lm, qa::Pipeline&
                           int chunk_tokens) {
   const std::string mode = args.get("encoder-store");
   const std::filesystem::path index_dir = args.has("index") ? args.get("index") : "";
-  auto store = qa::open_encoder_store(mode, index_dir, args.get("model"), lm.model->config(),
-                                      chunk_tokens,
-                                      [](const std::string& line) { std::cerr << line << "\n"; });
+  auto store =
+      qa::open_encoder_store(mode, index_dir, args.get("model"), lm.model->config(), chunk_tokens,
+                             [](const std::string& line) { std::cerr << line << "\n"; });
   if (!store) return;
   std::cerr << "encoder store: " << store->path().string() << " ("
             << index::state_dtype_name(store->fingerprint().dtype) << ", " << store->size()
@@ -192,17 +192,16 @@ int run_qa(const std::vector<std::string>& argv) {
   }
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
   const qa::PlanOptions popts = plan_options(args);
-  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), popts,
-                        qa_sampling_options(args), scheduler_options(concurrency));
+  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), popts, qa_sampling_options(args),
+                        scheduler_options(concurrency));
   attach_encoder_store(args, lm, pipeline, popts.chunk_tokens);
   qa::EncoderStates& states = pipeline.scheduler().encoder_states();
   const long long cache_mb = args.get_int("encoder-cache-mb", 0, 1 << 20);
   if (cache_mb > 0 && lm.model->config().is_cepe())
-    states.use_cache(
-        std::make_shared<qa::EncodedPassageCache>(static_cast<size_t>(cache_mb) << 20),
-        index::encoder_fingerprint(args.get("model"), lm.model->config(), popts.chunk_tokens,
-                                   index::StateDType::F32)
-            .digest());
+    states.use_cache(std::make_shared<qa::EncodedPassageCache>(static_cast<size_t>(cache_mb) << 20),
+                     index::encoder_fingerprint(args.get("model"), lm.model->config(),
+                                                popts.chunk_tokens, index::StateDType::F32)
+                         .digest());
   const int passes = static_cast<int>(args.get_int("passes", 1, 100));
 
   qa::ResultWriter writer(out, /*append=*/args.is_set("resume"));
@@ -310,8 +309,8 @@ int run_ask(const std::vector<std::string>& argv) {
   const auto hits = retriever->search(question, search_options(args));
   LoadedModel lm = load_model(args, /*need_tokenizer=*/true);
   const qa::PlanOptions popts = plan_options(args);
-  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), popts,
-                        qa_sampling_options(args), scheduler_options(1));
+  qa::Pipeline pipeline(*lm.model, *lm.tokenizer, retriever.get(), popts, qa_sampling_options(args),
+                        scheduler_options(1));
   attach_encoder_store(args, lm, pipeline, popts.chunk_tokens);
   qa::Plan plan = pipeline.plan(question, qa::passages_from_hits(hits));
   const int decoder_passages = plan.decoder_passages;

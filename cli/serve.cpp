@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "cli/command.h"
-#include "config/server_config.h"
 #include "common/error.h"
+#include "config/server_config.h"
 #include "qa/prompt.h"
 #include "server/resources.h"
 #include "server/server.h"
@@ -182,4 +182,3 @@ CEPE_REGISTER_COMMAND("serve", "answer questions over HTTP (POST /ask, streaming
                       run_serve);
 
 }  // namespace cepe::cli
-

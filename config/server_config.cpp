@@ -287,10 +287,10 @@ void validate_server_config(const ServerConfig& c) {
              "config: 'device' must be cpu or cuda, got '" << c.device << "'");
   parse_cross_attention_mode(c.cross_attention, parse_device(c.device),
                              "config: 'cross_attention'");
-  CEPE_CHECK(parse_weight_kind(c.weights, "config: 'weights'") == WeightKind::Stored ||
-                 c.device == "cpu",
-             "config: 'weights' '" << c.weights << "' needs device cpu (got '" << c.device
-                                   << "'); use stored on cuda");
+  CEPE_CHECK(
+      parse_weight_kind(c.weights, "config: 'weights'") == WeightKind::Stored || c.device == "cpu",
+      "config: 'weights' '" << c.weights << "' needs device cpu (got '" << c.device
+                            << "'); use stored on cuda");
   for (const auto& k : c.api_keys) CEPE_CHECK(!k.empty(), "config: 'api_keys' holds an empty key");
   for (const auto& o : c.cors_origins)
     CEPE_CHECK(!o.empty(), "config: 'cors_origins' holds an empty origin");

@@ -23,13 +23,13 @@ struct FileDigest {
 
 /// Contents of an index directory's manifest.json.
 struct IndexManifest {
-  int format_version = kIndexFormatVersion;            ///< layout version
-  std::string retriever = "dense";                     ///< "bm25", "dense" or "hybrid"
-  retriever::Bm25Config bm25;                          ///< BM25 settings (bm25 and hybrid)
-  std::map<std::string, FileDigest> files;             ///< every other file of the directory
-  std::string embedder_spec;                           ///< spec that recreates the embedder
-  std::string embedder_kind;                           ///< "bert" (an index of the retired "lexical" is refused)
-  std::string embedder_fingerprint;                    ///< identifies the embedding function
+  int format_version = kIndexFormatVersion;  ///< layout version
+  std::string retriever = "dense";           ///< "bm25", "dense" or "hybrid"
+  retriever::Bm25Config bm25;                ///< BM25 settings (bm25 and hybrid)
+  std::map<std::string, FileDigest> files;   ///< every other file of the directory
+  std::string embedder_spec;                 ///< spec that recreates the embedder
+  std::string embedder_kind;         ///< "bert" (an index of the retired "lexical" is refused)
+  std::string embedder_fingerprint;  ///< identifies the embedding function
   std::map<std::string, std::string> embedder_config;  ///< embedder settings, for display
   int dim = 0;                                         ///< vector dimension
   std::string faiss_factory;                           ///< FAISS factory string

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend.h"
 #include "common/error.h"
+#include "engine/backend.h"
 #include "engine/safetensors.h"
 #include "retriever/bert_embedder.h"
 #include "retriever/embedder.h"

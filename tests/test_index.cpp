@@ -732,14 +732,13 @@ TEST(Build, CrashAtEveryStageLeavesOldIndexAndNothingLoadable) {
       " --faiss IVF4,Flat --embedder bert:" +
       (cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny").string();
   int rc = 0;
-  std::string log = run_cepe("index build --input " + old_corpus.string() + " --out " +
-                                 out.string() + dense,
-                             &rc);
+  std::string log = run_cepe(
+      "index build --input " + old_corpus.string() + " --out " + out.string() + dense, &rc);
   ASSERT_EQ(rc, 0) << log;
   for (const std::string point : {"ingest", "train", "add", "save", "manifest"}) {
-    log = run_cepe("index build --overwrite --input " + new_corpus.string() + " --out " +
-                       out.string() + dense,
-                   &rc, "CEPE_INDEX_BUILD_CRASH_AT=" + point);
+    log = run_cepe(
+        "index build --overwrite --input " + new_corpus.string() + " --out " + out.string() + dense,
+        &rc, "CEPE_INDEX_BUILD_CRASH_AT=" + point);
     EXPECT_EQ(rc, 128 + 9) << point << ": " << log;
     // The old index is untouched and still answers.
     log = run_cepe("index search --index " + out.string() + " -k 1 --json \"river king\"", &rc);

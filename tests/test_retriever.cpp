@@ -1,7 +1,7 @@
-// The dense Retriever (the tiny random BERT of tests/fixtures/bert_tiny + FAISS): exact search equals
-// a hand-computed dot-product ranking, batched and concurrent searches agree with single ones, IVF
-// and HNSW agree with Flat, other embedders, changed model files, retired embedders and damaged
-// index files are refused with clear errors.
+// The dense Retriever (the tiny random BERT of tests/fixtures/bert_tiny + FAISS): exact search
+// equals a hand-computed dot-product ranking, batched and concurrent searches agree with single
+// ones, IVF and HNSW agree with Flat, other embedders, changed model files, retired embedders and
+// damaged index files are refused with clear errors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -50,7 +50,9 @@ fs::path make_corpus(const fs::path& dir, int n) {
   return f;
 }
 
-fs::path bert_tiny() { return cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny"; }
+fs::path bert_tiny() {
+  return cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny";
+}
 
 // The embedder's 48-token window covers the first words of each passage only (its vocabulary is
 // mostly single letters): enough for distinct vectors, which is all these tests need.
