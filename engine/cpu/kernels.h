@@ -50,9 +50,10 @@ std::vector<KernelPath> supported_kernel_paths();
 std::vector<KernelPath> all_kernel_paths();
 /// The level's name ("avx2").
 const char* kernel_path_name(KernelPath path);
-/// The kernels the CPU backend uses: the highest supported level, or the one named by the
-/// environment variable CEPE_KERNELS (scalar|avx2|avx512|avx512vnni|avx512bf16; an unsupported
-/// or unknown name throws), read once.
+/// The kernels the CPU backend uses: the highest supported level that keeps activations in F32
+/// (so not avx512bf16, which rounds them to bf16), or the one named by the environment variable
+/// CEPE_KERNELS (scalar|avx2|avx512|avx512vnni|avx512bf16; an unsupported or unknown name
+/// throws), read once.
 const Kernels& active_kernels();
 
 /// Widens one row of any weight dtype (F32, F16, BF16, Q8_0, Q4_0) to F32 with `k`.
