@@ -99,38 +99,53 @@ expect_error "generate: corrupt tokenizer" "tokenizer.model" generate --model "$
 "$cepe" generate --model "$tmp/rnd" --prompt "the fox" --context "the lazy dog" --max-new-tokens 4 \
   >/dev/null || { echo "FAIL: a good generate under sanitizers"; fail=1; }
 
-# Index files that cannot crash us: one flipped byte anywhere in any file of an index (BM25 and
-# dense HNSW) is refused at open with one line naming the index, never read by FAISS or Xapian.
+# Index files that cannot crash us: one flipped byte anywhere in any file, or the file cut short,
+# of a BM25 + HNSW (hybrid), a Flat and an IVF-PQ index is refused at open with one line naming
+# the index, never read by FAISS or Xapian (the ASan build turns any bad read into a failure).
 for i in $(seq 1 200); do
   printf '{"id": "p%d", "title": "T%d", "text": "castle moat lava orchestra number%d word%d."}\n' \
     "$i" "$((i % 17))" "$i" "$((i * 7 % 31))"
 done >"$tmp/corpus.jsonl"
-"$cepe" index build --retriever hybrid --embedder "bert:${CEPE_SOURCE_DIR:?}/tests/fixtures/bert_tiny" --faiss HNSW8 --input "$tmp/corpus.jsonl" \
-  --out "$tmp/hidx" >/dev/null 2>&1 || { echo "FAIL: hybrid index build"; exit 1; }
-"$cepe" index search --index "$tmp/hidx" -k 3 "castle number5" >/dev/null ||
-  { echo "FAIL: the good index does not search"; fail=1; }
+bert="bert:${CEPE_SOURCE_DIR:?}/tests/fixtures/bert_tiny"
+for spec in "hidx hybrid HNSW8" "fidx dense Flat" "pidx dense IVF4,PQ8x4"; do
+  read -r name retriever factory <<<"$spec"
+  "$cepe" index build --retriever "$retriever" --embedder "$bert" --faiss "$factory" \
+    --input "$tmp/corpus.jsonl" --out "$tmp/$name" >/dev/null 2>&1 ||
+    { echo "FAIL: $retriever $factory index build"; exit 1; }
+  "$cepe" index search --index "$tmp/$name" -k 3 "castle number5" >/dev/null ||
+    { echo "FAIL: the good $factory index does not search"; fail=1; }
+done
 flips=0
-for file in "$tmp"/hidx/*; do
-  name=$(basename "$file")
-  size=$(stat -c %s "$file")
-  for trial in 1 2 3 4 5 6; do
-    rm -rf "$tmp/flip" && cp -r "$tmp/hidx" "$tmp/flip"
-    python3 - "$tmp/flip/$name" "$size" "$trial" <<'PY'
-import random, sys
+cuts=0
+for name in hidx fidx pidx; do
+  for file in "$tmp/$name"/*; do
+    base=$(basename "$file")
+    size=$(stat -c %s "$file")
+    for trial in 1 2 3 4 5 6 7 8; do
+      rm -rf "$tmp/flip" && cp -r "$tmp/$name" "$tmp/flip"
+      # Trials 1-6 flip one bit at a random offset; 7 and 8 cut the file at a random length.
+      python3 - "$tmp/flip/$base" "$size" "$trial" <<'PY'
+import os, random, sys
 path, size, trial = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(size * 131 + trial)
 at = rng.randrange(size)
-with open(path, "r+b") as f:
-    f.seek(at)
-    b = f.read(1)[0]
-    f.seek(at)
-    f.write(bytes([b ^ (1 << rng.randrange(8))]))
+if trial > 6:
+    os.truncate(path, at)
+else:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([b ^ (1 << rng.randrange(8))]))
 PY
-    expect_error "flipped byte in $name (trial $trial)" "$tmp/flip" index search --index "$tmp/flip" \
-      -k 3 "castle number5"
-    flips=$((flips + 1))
+      what="flipped byte"
+      ((trial > 6)) && what="cut short"
+      expect_error "$name: $what in $base (trial $trial)" "$tmp/flip" index search --index "$tmp/flip" \
+        -k 3 "castle number5"
+      if ((trial > 6)); then cuts=$((cuts + 1)); else flips=$((flips + 1)); fi
+    done
   done
 done
-echo "index byte flips: $flips, each refused with one line"
+echo "index damage: $flips byte flips and $cuts truncations over 3 indexes, each refused with one line"
 
 exit $fail

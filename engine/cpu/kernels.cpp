@@ -426,8 +426,9 @@ const Kernels& active_kernels() {
     }
     // VDPBF16PS multiplies bf16 by bf16, so that path rounds every activation to bf16 (2^-9
     // relative per product; up to 4e-2 on the bf16 fixture's logits against 3e-4 with F32
-    // activations). Measured on Zen 4 (bench_ops, 1 thread, noisy): one-row GEMV about equal,
-    // a 64-row GEMM 1.3x faster with it. Exactness first: the default keeps F32 activations and
+    // activations). It buys little: decode is bound by reading the weights (bench_ops on Zen 4,
+    // 1 thread: the one-row bf16 GEMV within noise of the widening path) and prefill widens
+    // weight tiles to F32 on every path. So the default keeps F32 activations and
     // CEPE_KERNELS=avx512bf16 opts in to the rounding path.
     const std::vector<KernelPath> paths = supported_kernel_paths();
     for (auto it = paths.rbegin(); it != paths.rend(); ++it)
