@@ -287,7 +287,8 @@ int run_search(const std::vector<std::string>& argv) {
       .flag("json",
             "one JSON object per question: {query, hits: [{rank, score, id, title, text, row}]}")
       .flag("full", "print whole passages (default: the first 300 bytes)")
-      .flag("no-mmap", "read IVF inverted lists into memory instead of mapping them")
+      .flag("no-mmap",
+            "read IVF inverted lists into memory instead of mapping them (where they can be)")
       .positional("QUESTION...  one or more questions");
   const std::string line =
       "cepe index search --index DIR [-k 10] [--nprobe N] [--ef-search N] [--json] \"question\"...";

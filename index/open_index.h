@@ -19,7 +19,8 @@ struct OpenOptions {
   /// Embedder the caller wants to query with; empty means the recorded one. Opening refuses when it
   /// differs from the recorded embedder or its fingerprint.
   std::string embedder;
-  /// Map IVF inverted lists instead of reading them (other index types are read into memory).
+  /// Map IVF inverted lists instead of reading them, where their ids lie aligned in the file
+  /// (other index types, and misaligned lists, are read into memory).
   bool mmap = true;
   /// Also walk every passage record and recompute the passage store's own checksum.
   bool verify = false;

@@ -261,6 +261,21 @@ void check_structure(const faiss::Index* idx, const std::string& where) {
 std::mutex g_refine_mutex;
 std::atomic<uint64_t> g_tmp_counter{0};
 
+// FAISS maps an inverted list as [capacity codes][capacity ids] at its offset in the file. When
+// the codes do not fill a multiple of 8 bytes (4-byte PQ codes, say), the 64-bit ids that follow
+// are misaligned and every read of them, ours or FAISS's, is undefined behaviour.
+bool mapped_ids_aligned(const faiss::Index* idx) {
+  const faiss::IndexIVF* ivf = find_ivf(idx);
+  const auto* od = ivf ? dynamic_cast<const faiss::OnDiskInvertedLists*>(ivf->invlists) : nullptr;
+  if (od == nullptr) return true;
+  for (const auto& li : od->lists) {
+    const uintptr_t ids =
+        reinterpret_cast<uintptr_t>(od->ptr) + li.offset + li.capacity * od->code_size;
+    if (li.capacity > 0 && ids % alignof(faiss::Index::idx_t) != 0) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 VectorIndex::VectorIndex(faiss::Index* index) : index_(index) {}
@@ -296,6 +311,12 @@ std::unique_ptr<VectorIndex> VectorIndex::load(const std::filesystem::path& file
     // Only IVF inverted lists can be mapped; asking for it elsewhere is harmless but we only
     // claim "mapped" when FAISS actually produced mapped lists.
     idx = faiss::read_index(file.c_str(), mmap ? faiss::IO_FLAG_MMAP : 0);
+    if (mmap && !mapped_ids_aligned(idx)) {
+      // Read into memory instead: the lists then live in aligned vectors.
+      delete idx;
+      idx = nullptr;
+      idx = faiss::read_index(file.c_str(), 0);
+    }
   } catch (const std::exception& e) {
     CEPE_THROW("cannot read FAISS index " << file.string() << ": " << faiss_message(e)
                                           << " (the file is corrupt; rebuild the index)");

@@ -29,8 +29,8 @@ class VectorIndex {
   /// "OPQ64,IVF256,PQ64"
   /// ...); throws naming the string when FAISS rejects it.
   static std::unique_ptr<VectorIndex> create(const std::string& factory, int dim);
-  /// Reads an index file; `mmap` maps IVF inverted lists instead of reading them (other index
-  /// types are always read into memory, as FAISS 1.7 cannot map them).
+  /// Reads an index file; `mmap` maps IVF inverted lists instead of reading them where their ids
+  /// are aligned in the file (other lists and index types are read into memory).
   static std::unique_ptr<VectorIndex> load(const std::filesystem::path& file, bool mmap);
   ~VectorIndex();
   VectorIndex(const VectorIndex&) = delete;

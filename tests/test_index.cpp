@@ -578,7 +578,9 @@ TEST(VectorIndex, FactoryStringsSaveAndMappedLoad) {
     for (bool mmap : {false, true}) {
       auto l = VectorIndex::load(dir / "i.index", mmap);
       EXPECT_EQ(l->size(), n) << f;
-      EXPECT_EQ(l->is_mapped(), mmap && l->has_ivf()) << f;
+      // Only IVF lists map, and only where FAISS's layout leaves their 64-bit ids aligned
+      // (misaligned ones are read into memory: every read of them would be undefined).
+      EXPECT_TRUE(!l->is_mapped() || (mmap && l->has_ivf())) << f;
       if (l->has_ivf()) {
         EXPECT_EQ(l->defaults().nprobe, 4) << f;
       }
