@@ -261,9 +261,10 @@ void check_structure(const faiss::Index* idx, const std::string& where) {
 std::mutex g_refine_mutex;
 std::atomic<uint64_t> g_tmp_counter{0};
 
-// FAISS maps an inverted list as [capacity codes][capacity ids] at its offset in the file. When
-// the codes do not fill a multiple of 8 bytes (4-byte PQ codes, say), the 64-bit ids that follow
-// are misaligned and every read of them, ours or FAISS's, is undefined behaviour.
+// FAISS maps an inverted list as [capacity codes][capacity ids] at its offset in the file, and
+// neither the offsets (they follow the header) nor the code bytes are padded to 8: the 64-bit ids
+// are then misaligned, and every read of them, ours or FAISS's, is undefined behaviour. Only
+// arithmetic here, no reads: the structure is validated after this.
 bool mapped_ids_aligned(const faiss::Index* idx) {
   const faiss::IndexIVF* ivf = find_ivf(idx);
   const auto* od = ivf ? dynamic_cast<const faiss::OnDiskInvertedLists*>(ivf->invlists) : nullptr;
