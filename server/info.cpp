@@ -88,24 +88,18 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
     w.Key("retriever");
     write_json_text(w, m.retriever);
     // The side an index lacks is null, not an empty setting.
-    const bool dense = index::has_dense(m);
-    w.Key("embedder");
-    if (dense) {
+    if (index::has_dense(m)) {
+      w.Key("embedder");
       write_json_text(w, m.embedder_spec);
-    } else {
-      w.Null();
-    }
-    w.Key("dim");
-    if (dense) {
+      w.Key("dim");
       w.Int(m.dim);
-    } else {
-      w.Null();
-    }
-    w.Key("faiss");
-    if (dense) {
+      w.Key("faiss");
       write_json_text(w, m.faiss_factory);
     } else {
-      w.Null();
+      for (const char* key : {"embedder", "dim", "faiss"}) {
+        w.Key(key);
+        w.Null();
+      }
     }
     w.Key("bm25");
     if (index::has_bm25(m)) {
