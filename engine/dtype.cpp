@@ -18,6 +18,10 @@ const char* dtype_name(DType t) {
       return "Q8_0";
     case DType::Q4_0:
       return "Q4_0";
+    case DType::Q8_0x16:
+      return "Q8_0x16";
+    case DType::Q4_0x16:
+      return "Q4_0x16";
   }
   return "?";
 }
@@ -105,6 +109,8 @@ void convert_to_f32(const void* src, DType src_type, float* dst, size_t n) {
     case DType::I32:
     case DType::Q8_0:
     case DType::Q4_0:
+    case DType::Q8_0x16:
+    case DType::Q4_0x16:
       break;
   }
   CEPE_THROW("cannot convert " << dtype_name(src_type) << " to F32");
@@ -128,6 +134,8 @@ void convert_from_f32(const float* src, void* dst, DType dst_type, size_t n) {
     case DType::I32:
     case DType::Q8_0:
     case DType::Q4_0:
+    case DType::Q8_0x16:
+    case DType::Q4_0x16:
       break;
   }
   CEPE_THROW("cannot convert F32 to " << dtype_name(dst_type));

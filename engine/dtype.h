@@ -10,12 +10,24 @@ namespace cepe {
 
 /// Element type of a tensor. Q8_0 and Q4_0 are block formats with GGUF's meaning (32 weights
 /// per block sharing one fp16 scale; see engine/quant.h); they exist only in memory, for weight
-/// matrices whose rows are padded with zeros to a whole number of blocks.
-enum class DType { F32, F16, BF16, I32, Q8_0, Q4_0 };
+/// matrices whose rows are padded with zeros to a whole number of blocks. Q8_0x16 and Q4_0x16
+/// hold the same blocks with the rows interleaved in groups of 16 (the CPU kernels' layout, see
+/// pack_rows16 in engine/quant.h): same bytes per matrix, but a row is not contiguous.
+enum class DType { F32, F16, BF16, I32, Q8_0, Q4_0, Q8_0x16, Q4_0x16 };
 
-/// True for the block-quantized types (Q8_0, Q4_0).
+/// True for the row-interleaved block types (Q8_0x16, Q4_0x16).
+inline bool dtype_is_packed(DType t) {
+  return t == DType::Q8_0x16 || t == DType::Q4_0x16;
+}
+
+/// The row-major block type of a packed one (Q8_0x16 -> Q8_0); other types unchanged.
+inline DType dtype_unpacked(DType t) {
+  return t == DType::Q8_0x16 ? DType::Q8_0 : t == DType::Q4_0x16 ? DType::Q4_0 : t;
+}
+
+/// True for the block-quantized types (Q8_0, Q4_0 and their packed layouts).
 inline bool dtype_is_block(DType t) {
-  return t == DType::Q8_0 || t == DType::Q4_0;
+  return t == DType::Q8_0 || t == DType::Q4_0 || dtype_is_packed(t);
 }
 
 /// Size in bytes of one element; 0 for block types (use dtype_row_bytes).
@@ -32,12 +44,13 @@ inline int64_t dtype_block_elems(DType t) {
 /// Bytes of one block: Q8_0 = fp16 scale + 32 int8 (34), Q4_0 = fp16 scale + 16 bytes of nibbles
 /// (18); for the other types the element size.
 inline size_t dtype_block_bytes(DType t) {
-  if (t == DType::Q8_0) return 34;
-  if (t == DType::Q4_0) return 18;
+  if (t == DType::Q8_0 || t == DType::Q8_0x16) return 34;
+  if (t == DType::Q4_0 || t == DType::Q4_0x16) return 18;
   return dtype_size(t);
 }
 
-/// Bytes of one row of `width` elements (block types round the row up to whole blocks).
+/// Bytes of one row of `width` elements (block types round the row up to whole blocks; for the
+/// packed types the average share of a row, since its blocks are spread through its group).
 inline size_t dtype_row_bytes(DType t, int64_t width) {
   const int64_t per = dtype_block_elems(t);
   return static_cast<size_t>((width + per - 1) / per) * dtype_block_bytes(t);

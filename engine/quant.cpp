@@ -123,8 +123,77 @@ void dequantize_row_ref(const void* row, DType dtype, float* out, int64_t width)
     case DType::Q4_0:
       dequantize_row_q4_0_ref(static_cast<const BlockQ4_0*>(row), out, width);
       return;
+    case DType::Q8_0x16:
+    case DType::Q4_0x16:
+      CEPE_THROW("dequantize_row_ref: a " << dtype_name(dtype)
+                                          << " row is not contiguous (use unpack_row16 first)");
     default:
       convert_to_f32(row, dtype, out, static_cast<size_t>(width));
+  }
+}
+
+namespace {
+
+// Byte offset of group g's block b, and of a block's quants, in a packed matrix.
+size_t packed_block_offset(DType packed, int64_t blocks, int64_t g, int64_t b) {
+  return static_cast<size_t>((g * blocks + b) * kPackRows) * dtype_block_bytes(packed);
+}
+
+}  // namespace
+
+Tensor pack_rows16(const Tensor& source) {
+  const DType from = source.dtype();
+  CEPE_CHECK(from == DType::Q8_0 || from == DType::Q4_0,
+             "pack_rows16: expected a Q8_0 or Q4_0 matrix, got " << dtype_name(from));
+  CEPE_CHECK(source.rank() == 2, "pack_rows16: expected a matrix, got " << source.shape_string());
+  const DType to = from == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16;
+  const int64_t rows = source.dim(0), width = source.dim(1), blocks = (width + 31) / 32;
+  const size_t row_bytes = dtype_row_bytes(from, width), block_bytes = dtype_block_bytes(from);
+  const size_t quant_bytes = block_bytes - 2;              // 32 (Q8_0) or 16 (Q4_0)
+  const uint8_t flip = from == DType::Q8_0 ? 0x80 : 0x00;  // int8 -> q + 128
+  Tensor out = Tensor::empty(source.shape(), to);
+  const char* src = static_cast<const char*>(source.raw());
+  char* dst = static_cast<char*>(out.raw());
+  const int64_t groups = rows / kPackRows;
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t b = 0; b < blocks; ++b) {
+      char* blk = dst + packed_block_offset(to, blocks, g, b);
+      for (int64_t r = 0; r < kPackRows; ++r) {
+        const char* in = src + (g * kPackRows + r) * row_bytes + b * block_bytes;
+        std::memcpy(blk + 2 * r, in, 2);
+        for (size_t c = 0; c < quant_bytes / 4; ++c)
+          for (size_t i = 0; i < 4; ++i)
+            blk[2 * kPackRows + c * 4 * kPackRows + 4 * r + i] =
+                static_cast<char>(static_cast<uint8_t>(in[2 + 4 * c + i]) ^ flip);
+      }
+    }
+  const int64_t done = groups * kPackRows;
+  std::memcpy(dst + done * row_bytes, src + done * row_bytes, (rows - done) * row_bytes);
+  return out;
+}
+
+void unpack_row16(const Tensor& t, int64_t r, void* out) {
+  const DType packed = t.dtype(), plain = dtype_unpacked(packed);
+  const int64_t rows = t.dim(0), width = t.dim(-1), blocks = (width + 31) / 32;
+  CEPE_CHECK(r >= 0 && r < rows, "unpack_row16: row " << r << " of " << rows);
+  const size_t row_bytes = dtype_row_bytes(plain, width);
+  const char* src = static_cast<const char*>(t.raw());
+  if (!dtype_is_packed(packed) || r >= rows / kPackRows * kPackRows) {
+    std::memcpy(out, src + r * row_bytes, row_bytes);
+    return;
+  }
+  const size_t block_bytes = dtype_block_bytes(plain), quant_bytes = block_bytes - 2;
+  const uint8_t flip = plain == DType::Q8_0 ? 0x80 : 0x00;
+  const int64_t g = r / kPackRows, lane = r % kPackRows;
+  char* dst = static_cast<char*>(out);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const char* blk = src + packed_block_offset(packed, blocks, g, b);
+    char* o = dst + b * block_bytes;
+    std::memcpy(o, blk + 2 * lane, 2);
+    for (size_t c = 0; c < quant_bytes / 4; ++c)
+      for (size_t i = 0; i < 4; ++i)
+        o[2 + 4 * c + i] = static_cast<char>(
+            static_cast<uint8_t>(blk[2 * kPackRows + c * 4 * kPackRows + 4 * lane + i]) ^ flip);
   }
 }
 

@@ -55,6 +55,22 @@ void dequantize_row_ref(const void* row, DType dtype, float* out, int64_t width)
 /// at most. Returns the source itself when it already has the target dtype.
 Tensor convert_weight(const Tensor& source, DType target);
 
+/// Rows per interleaved group of the packed block types (Q8_0x16, Q4_0x16).
+constexpr int64_t kPackRows = 16;
+
+/// Re-lays a row-major Q8_0 or Q4_0 matrix as Q8_0x16 / Q4_0x16 for the CPU kernels. Rows are
+/// taken in groups of 16; group g, block b is 16 fp16 scales (row order) then the 16 rows'
+/// quants interleaved four bytes at a time: 64-byte chunk c holds bytes 4c..4c+3 of each row's
+/// block, row r at bytes 4r..4r+3 (Q4_0: chunks 0-3 of the 16 nibble bytes; Q8_0: chunks 0-7 of
+/// the 32 quants, each stored as q + 128, an unsigned byte). So one 512-bit load is one chunk of
+/// 16 rows and a 4-byte broadcast of the activations lines up with every row. Rows past the
+/// last whole group stay row-major after the groups. The bytes are the same count as the source.
+Tensor pack_rows16(const Tensor& source);
+
+/// Row r of a packed (or row-major) block matrix in the row-major block format: `out` receives
+/// dtype_row_bytes(dtype_unpacked(t.dtype()), width) bytes.
+void unpack_row16(const Tensor& t, int64_t r, void* out);
+
 /// Drops the resident pages of a file-backed (read-only mmap) tensor from this process; they are
 /// read back from the file if touched again. A no-op for other tensors.
 void release_file_pages(const Tensor& t);

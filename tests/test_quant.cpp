@@ -14,9 +14,9 @@
 #include <random>
 
 #include "engine/backend.h"
-#include "engine/models/cepe_llama.h"
 #include "engine/cpu/kernels.h"
 #include "engine/llama2c.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/quant.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
@@ -205,6 +205,79 @@ TEST_P(KernelLevels, MatchScalar) {
   }
 }
 
+// The packed-group kernels (Q4_0x16, Q8_0x16) of every level against double sums of the exact
+// block terms: per block the integer sum is exact, so each output is an F32 sum of `blocks`
+// products of exact values, within (blocks + 8) u Σ|terms| of the double sum (+ one rounding
+// of each scale product, 2u per term). Activation rows 1..9 cover the 4-row tiles and their
+// tail; the packing itself round-trips exactly (unpack_row16).
+TEST_P(KernelLevels, PackedGroupsMatchDoubleSums) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& k = cpu::kernels_for(path);
+  for (int64_t n : {32, 100, 512}) {
+    const int64_t rows = 16, blocks = (n + 31) / 32, m = 9;
+    auto wv = random_floats(rows * n, 41 + n), xv = random_floats(m * n, 43 + n, 3.0f);
+    for (DType plain : {DType::Q4_0, DType::Q8_0}) {
+      Tensor w = Tensor::empty({rows, n}, DType::F32);
+      std::copy(wv.begin(), wv.end(), w.data<float>());
+      Tensor q = convert_weight(w, plain);
+      Tensor packed = pack_rows16(q);
+      ASSERT_EQ(packed.nbytes(), q.nbytes());
+      std::vector<char> row(dtype_row_bytes(plain, n));
+      for (int64_t r = 0; r < rows; ++r) {
+        unpack_row16(packed, r, row.data());
+        ASSERT_EQ(std::memcmp(row.data(),
+                              static_cast<const char*>(q.raw()) + r * dtype_row_bytes(plain, n),
+                              row.size()),
+                  0)
+            << dtype_name(plain) << " row " << r << " does not round-trip";
+      }
+      std::vector<BlockQ8_0> xq(m * blocks);
+      std::vector<float> xd(m * blocks);
+      std::vector<int32_t> xs(m * blocks);
+      cpu::quantize_rows_q8_0(k, xv.data(), m, n, xq.data(), xd.data(), xs.data());
+      const int64_t ldo = 20;
+      std::vector<float> out(m * ldo, 1.0f);
+      const auto gemm = plain == DType::Q4_0 ? k.gemm_q4_0x16 : k.gemm_q8_0x16;
+      for (bool accumulate : {false, true}) {
+        gemm(static_cast<const uint8_t*>(packed.raw()), xq.data(), xd.data(), xs.data(), m, blocks,
+             out.data(), ldo, accumulate);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t r = 0; r < rows; ++r) {
+            const char* wr = static_cast<const char*>(q.raw()) + r * dtype_row_bytes(plain, n);
+            double e = 0, a = 0;
+            for (int64_t b = 0; b < blocks; ++b) {
+              int32_t isum = 0;
+              uint16_t dw;
+              std::memcpy(&dw, wr + b * dtype_block_bytes(plain), 2);
+              for (int j = 0; j < 32; ++j) {
+                int wq;
+                if (plain == DType::Q8_0) {
+                  wq = reinterpret_cast<const BlockQ8_0*>(wr)[b].qs[j];
+                } else {
+                  const uint8_t* qs = reinterpret_cast<const BlockQ4_0*>(wr)[b].qs;
+                  wq = (j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4)) - 8;
+                }
+                isum += wq * xq[i * blocks + b].qs[j];
+              }
+              const double term = double(isum) * f16_to_f32(dw) * xd[i * blocks + b];
+              e += term;
+              a += std::fabs(term);
+            }
+            const double base = accumulate ? 2 * e : e;  // the first pass's result, added again
+            ASSERT_NEAR(out[i * ldo + r], base, 2 * (blocks + 10) * kU * a + 1e-6)
+                << k.name << " " << dtype_name(plain) << " n " << n << " x row " << i
+                << " weight row " << r << (accumulate ? " (accumulate)" : "");
+          }
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t c = rows; c < ldo; ++c)
+            ASSERT_EQ(out[i * ldo + c], 1.0f) << "wrote past the group's 16 columns";
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, KernelLevels, ::testing::ValuesIn(cpu::all_kernel_paths()),
                          [](const auto& info) {
                            return std::string(cpu::kernel_path_name(info.param));
@@ -241,7 +314,10 @@ TEST_P(QuantLinear, MatchesDoubleReference) {
   Tensor w = Tensor::empty({n, k}, DType::F32);
   std::copy(wv.begin(), wv.end(), w.data<float>());
   Tensor wl = backend->load_weight(w, false);
-  ASSERT_EQ(wl.dtype(), weight_kind_dtype(kind, DType::F32));
+  // Block kinds are packed in groups of 16 rows (70 = 4 groups + 6 row-major rows).
+  const DType plain = weight_kind_dtype(kind, DType::F32);
+  ASSERT_EQ(dtype_unpacked(wl.dtype()), plain);
+  ASSERT_EQ(dtype_is_packed(wl.dtype()), dtype_is_block(plain));
   Tensor x = Tensor::empty({m, k}, DType::F32);
   std::copy(xv.begin(), xv.end(), x.data<float>());
   Tensor out = Tensor::empty({m, n}, DType::F32);
@@ -249,10 +325,13 @@ TEST_P(QuantLinear, MatchesDoubleReference) {
   // Independent reference in double: the weights as stored (dequantized by the scalar code);
   // for block weights on the dot path the activations as the kernels see them (Q8_0).
   std::vector<float> wd(n * k), xd(m * k);
-  for (int64_t j = 0; j < n; ++j)
-    dequantize_row_ref(static_cast<const char*>(wl.raw()) + j * dtype_row_bytes(wl.dtype(), k),
-                       wl.dtype(), wd.data() + j * k, k);
-  const bool x_quantized = dtype_is_block(wl.dtype()) && m <= 16;
+  std::vector<char> row(dtype_row_bytes(plain, k));
+  for (int64_t j = 0; j < n; ++j) {
+    unpack_row16(wl, j, row.data());
+    dequantize_row_ref(row.data(), plain, wd.data() + j * k, k);
+  }
+  // Packed block weights quantize the activations for any number of rows.
+  const bool x_quantized = dtype_is_block(plain);
   for (int64_t i = 0; i < m; ++i) {
     if (x_quantized) {
       std::vector<BlockQ8_0> b((k + 31) / 32);
@@ -403,8 +482,12 @@ TEST(QuantLoad, ConvertedWeightsAreNarrowAndNormsStayF32) {
   EXPECT_GT(model->weight_bytes(), 0u);
   Tensor w = Tensor::empty({4, 48}, DType::F32);
   for (int i = 0; i < 4 * 48; ++i) w.data<float>()[i] = static_cast<float>(i % 7) - 3.0f;
-  EXPECT_EQ(backend->load_weight(w, false).dtype(), DType::Q4_0);
+  EXPECT_EQ(backend->load_weight(w, false).dtype(), DType::Q4_0);   // < 16 rows: row-major
   EXPECT_EQ(backend->load_weight(w, false).nbytes(), 4u * 2 * 18);  // 48 -> 2 blocks per row
+  Tensor tall = Tensor::empty({40, 48}, DType::F32);
+  for (int i = 0; i < 40 * 48; ++i) tall.data<float>()[i] = static_cast<float>(i % 11) - 5.0f;
+  EXPECT_EQ(backend->load_weight(tall, false).dtype(), DType::Q4_0x16);  // 2 groups + 8 rows
+  EXPECT_EQ(backend->load_weight(tall, false).nbytes(), 40u * 2 * 18);   // same bytes
   EXPECT_EQ(backend->load_weight(w, true).dtype(), DType::F32);
 }
 

@@ -66,7 +66,12 @@ class CpuBackend final : public Backend {
     if (as_f32) return to_host_f32(host);
     if (weights_ == WeightKind::Stored) return host;
     // One matrix at a time, row by row: the mapped source pages are dropped once converted.
-    return convert_weight(host, weight_kind_dtype(weights_, host.dtype()));
+    Tensor converted = convert_weight(host, weight_kind_dtype(weights_, host.dtype()));
+    // Block matrices are re-laid in groups of 16 rows for the packed kernels (decode and
+    // prefill alike); the row-major copy is freed as soon as the packed one exists.
+    if (dtype_is_block(converted.dtype()) && converted.rank() == 2 && converted.dim(0) >= kPackRows)
+      return pack_rows16(converted);
+    return converted;
   }
 
   Tensor to_device(const Tensor& host) override {
@@ -80,10 +85,7 @@ class CpuBackend final : public Backend {
     Tensor out = Tensor::empty(t.shape(), DType::F32);
     const int64_t width = t.rank() ? t.dim(-1) : 1;
     const int64_t rows = width ? t.numel() / width : 0;
-    const size_t row_bytes = dtype_row_bytes(t.dtype(), width);
-    for (int64_t r = 0; r < rows; ++r)
-      cpu::dequantize_row(kernels_, static_cast<const char*>(t.raw()) + r * row_bytes, t.dtype(),
-                          out.data<float>() + r * width, width);
+    for (int64_t r = 0; r < rows; ++r) weight_row(t, r, out.data<float>() + r * width);
     return out;
   }
 
@@ -92,12 +94,9 @@ class CpuBackend final : public Backend {
     check_f32(out, "embedding output");
     op_checks::embedding(table, ids, out);
     const int64_t width = table.dim(1);
-    const size_t row_bytes = dtype_row_bytes(table.dtype(), width);
-    const char* base = static_cast<const char*>(table.raw());
 #pragma omp parallel for num_threads(threads_) schedule(static) if (ids.size() > 16)
     for (size_t i = 0; i < ids.size(); ++i)
-      cpu::dequantize_row(kernels_, base + static_cast<size_t>(ids[i]) * row_bytes, table.dtype(),
-                          out.data<float>() + i * width, width);
+      weight_row(table, ids[i], out.data<float>() + i * width);
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
@@ -133,6 +132,10 @@ class CpuBackend final : public Backend {
       case DType::F32:
         linear_f32(xp, weight.data<float>(), op, m, n, k, accumulate);
         return;
+      case DType::Q8_0x16:
+      case DType::Q4_0x16:
+        linear_packed(xp, weight, op, m, n, k, accumulate);
+        return;
       case DType::BF16:
       case DType::F16:
       case DType::Q8_0:
@@ -157,9 +160,8 @@ class CpuBackend final : public Backend {
     const int64_t in = transposed ? b : a, out_width = transposed ? a : b;
     const int per_group = heads / groups;
     if (rows == 0) return;
-    const size_t row_bytes = dtype_row_bytes(weight.dtype(), b);
-    // One group per work item: its weight block is widened once (narrower weights) into a
-    // per-thread buffer, then every head of the group is one GEMM against it.
+      // One group per work item: its weight block is widened once (narrower weights) into a
+      // per-thread buffer, then every head of the group is one GEMM against it.
 #pragma omp parallel num_threads(threads_)
     {
       std::vector<float> block;
@@ -170,10 +172,7 @@ class CpuBackend final : public Backend {
           w = weight.data<float>() + static_cast<int64_t>(g) * a * b;
         } else {
           block.resize(static_cast<size_t>(a * b));
-          const char* src = static_cast<const char*>(weight.raw()) + g * a * row_bytes;
-          for (int64_t r = 0; r < a; ++r)
-            cpu::dequantize_row(kernels_, src + r * row_bytes, weight.dtype(), block.data() + r * b,
-                                b);
+          for (int64_t r = 0; r < a; ++r) weight_row(weight, g * a + r, block.data() + r * b);
           w = block.data();
         }
         for (int j = 0; j < per_group; ++j) {
@@ -383,6 +382,23 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Row r of a weight matrix of any dtype, widened to F32 (packed rows are gathered from their
+  // group first).
+  void weight_row(const Tensor& w, int64_t r, float* out) const {
+    const int64_t width = w.dim(-1);
+    if (dtype_is_packed(w.dtype())) {
+      const DType plain = dtype_unpacked(w.dtype());
+      thread_local std::vector<char> row;
+      row.resize(dtype_row_bytes(plain, width));
+      unpack_row16(w, r, row.data());
+      cpu::dequantize_row(kernels_, row.data(), plain, out, width);
+      return;
+    }
+    cpu::dequantize_row(kernels_,
+                        static_cast<const char*>(w.raw()) + r * dtype_row_bytes(w.dtype(), width),
+                        w.dtype(), out, width);
+  }
+
   // Decode steps (a few query rows per segment): plain vector loops, no BLAS calls, so the
   // per-token cost is one read of K and V and nothing else. Keys are visited row by row with
   // all heads at once: a cache row [kv_heads * head_dim] is contiguous, so memory is streamed in
@@ -560,6 +576,58 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // Packed block weights, any number of rows: the activations are quantized to Q8_0 once (with
+  // each block's F32 scale and quant sum), then every group of 16 weight rows is one kernel call
+  // over all activation rows, groups split evenly between the threads; one parallel region for
+  // the whole op. Decode steps and prefill share the arithmetic, so a row's result does not
+  // depend on how many rows came with it. Rows past the last whole group are row-major and go
+  // through the row dot kernels.
+  void linear_packed(const float* x, const Tensor& weight, float* out, int64_t m, int64_t n,
+                     int64_t k, bool accumulate) {
+    const bool q4 = weight.dtype() == DType::Q4_0x16;
+    const int64_t blocks = (k + 31) / 32, groups = n / kPackRows;
+    const size_t group_bytes =
+        static_cast<size_t>(blocks * kPackRows) * dtype_block_bytes(weight.dtype());
+    const size_t row_bytes = dtype_row_bytes(weight.dtype(), k);
+    const uint8_t* w = static_cast<const uint8_t*>(weight.raw());
+    // Kept per calling thread between calls (no allocation per decode step; a backend may be
+    // shared by threads that each run their own ops).
+    thread_local std::vector<BlockQ8_0> scratch_q;
+    thread_local std::vector<float> scratch_d;
+    thread_local std::vector<int32_t> scratch_s;
+    scratch_q.resize(static_cast<size_t>(m * blocks));
+    scratch_d.resize(static_cast<size_t>(m * blocks));
+    scratch_s.resize(static_cast<size_t>(m * blocks));
+    BlockQ8_0* xq = scratch_q.data();
+    float* xd = scratch_d.data();
+    int32_t* xs = scratch_s.data();
+    const cpu::Kernels& kr = kernels_;
+    const auto gemm = q4 ? kr.gemm_q4_0x16 : kr.gemm_q8_0x16;
+    const int team = n * k * m < 65536 ? 1 : threads_;
+#pragma omp parallel num_threads(team)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      // Rows quantized in contiguous slices, then a barrier: every group reads every row.
+      const int64_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
+      cpu::quantize_rows_q8_0(kr, x + r0 * k, r1 - r0, k, xq + r0 * blocks, xd + r0 * blocks,
+                              xs + r0 * blocks);
+#pragma omp barrier
+      const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
+      for (int64_t g = g0; g < g1; ++g)
+        gemm(w + g * group_bytes, xq, xd, xs, m, blocks, out + g * kPackRows, n, accumulate);
+      if (t == nt - 1)
+        for (int64_t j = groups * kPackRows; j < n; ++j) {
+          const uint8_t* row = w + j * row_bytes;
+          for (int64_t i = 0; i < m; ++i) {
+            const float s =
+                q4 ? kr.dot_q4_0(reinterpret_cast<const BlockQ4_0*>(row), xq + i * blocks, blocks)
+                   : kr.dot_q8_0(reinterpret_cast<const BlockQ8_0*>(row), xq + i * blocks, blocks);
+            out[i * n + j] = accumulate ? out[i * n + j] + s : s;
+          }
+        }
+    }
+  }
+
   // Many rows (prefill, encoder): a tile of weight rows at a time is widened into per-thread F32
   // scratch (tile x K floats, never the whole matrix) and multiplied by every activation row with
   // a single-threaded GEMM; the activations stay F32, so this is as exact as the F32 path on the
@@ -589,6 +657,7 @@ class CpuBackend final : public Backend {
 
   int threads_ = 1;
   WeightKind weights_ = WeightKind::Stored;
+
   const cpu::Kernels& kernels_;
 };
 

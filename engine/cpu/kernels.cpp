@@ -325,32 +325,252 @@ CEPE_AVX512BF16 float dot_bf16_avx512bf16(const uint16_t* w, const float* x, int
   return s;
 }
 
+// ---- packed groups (Q4_0x16, Q8_0x16): 16 weight rows per call, see pack_rows16 ----
+
+constexpr int kRows = 16;  // rows of a packed group (kPackRows)
+
+inline void store_group_row(float* o, const float* v, bool accumulate) {
+  for (int r = 0; r < kRows; ++r) o[r] = accumulate ? o[r] + v[r] : v[r];
+}
+
+// Q4_0x16 block: 32 bytes of scales, then chunks c = 0..3 whose low nibbles meet x[4c..4c+3]
+// and high nibbles x[16 + 4c..]. Q8_0x16: chunks t = 0..7 of q + 128 meeting x[4t..4t+3].
+// Either way the integer sum is Σ u·x − offset·Σx (offset 8 or 128), exact in int32.
+template <bool Q4>
+void gemm_x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, const int32_t* xs,
+                     int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate) {
+  constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
+  constexpr int32_t offset = Q4 ? 8 : 128;
+  for (int64_t i = 0; i < m; ++i) {
+    float acc[kRows] = {};
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = g + b * stride;
+      const int8_t* xq = x[i * blocks + b].qs;
+      for (int r = 0; r < kRows; ++r) {
+        int32_t s = -offset * xs[i * blocks + b];
+        for (int c = 0; c < (Q4 ? 4 : 8); ++c)
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t u = blk[32 + c * 64 + 4 * r + j];
+            if (Q4) {
+              s += int32_t(u & 0x0f) * xq[4 * c + j] + int32_t(u >> 4) * xq[16 + 4 * c + j];
+            } else {
+              s += int32_t(u) * xq[4 * c + j];
+            }
+          }
+        uint16_t d;
+        std::memcpy(&d, blk + 2 * r, 2);
+        acc[r] += static_cast<float>(s) * (f16_to_f32(d) * xd[i * blocks + b]);
+      }
+    }
+    store_group_row(out + i * ldo, acc, accumulate);
+  }
+}
+
+void gemm_q4_0x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, const int32_t* xs,
+                         int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate) {
+  gemm_x16_scalar<true>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
+}
+void gemm_q8_0x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, const int32_t* xs,
+                         int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate) {
+  gemm_x16_scalar<false>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
+}
+
+CEPE_AVX2 inline __m256i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// AVX2: each half of the group (rows 0-7, 8-15) is one 256-bit lane set. Q4_0: maddubs of the
+// unsigned nibbles (<= 15) with x (|x| <= 127) gives int16 pairs <= 3810, and eight of them sum
+// to <= 30480 without saturating, so one madd per block widens them. Q8_0: the stored q + 128 is
+// flipped back to q and the sign trick of dot32_avx2 keeps every pair inside int16; no offset.
+template <bool Q4, int R>
+CEPE_AVX2 inline void gemm_x16_avx2_tile(const uint8_t* g, const BlockQ8_0* x, const float* xd,
+                                         const int32_t* xs, int64_t blocks, float* out, int64_t ldo,
+                                         bool accumulate) {
+  constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
+  constexpr int kChunks = Q4 ? 4 : 8;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = g + b * stride;
+      const __m256 dw =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16 * half)));
+      __m256i w[8];
+      for (int c = 0; c < kChunks; ++c) {
+        const __m256i v =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 + 64 * c + 32 * half));
+        if (Q4) {
+          w[c] = _mm256_and_si256(v, low4);
+          w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        } else {
+          w[c] = _mm256_xor_si256(v, flip);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const int8_t* xq = x[r * blocks + b].qs;
+        __m256i s32;
+        if (Q4) {
+          __m256i s16 = _mm256_maddubs_epi16(w[0], bcast4(xq));
+          for (int c = 1; c < 4; ++c)
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[c], bcast4(xq + 4 * c)));
+          for (int c = 0; c < 4; ++c)
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[4 + c], bcast4(xq + 16 + 4 * c)));
+          s32 = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones),
+                                 _mm256_set1_epi32(8 * xs[r * blocks + b]));
+        } else {
+          s32 = _mm256_setzero_si256();
+          for (int c = 0; c < 8; ++c) {
+            const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w[c], w[c]),
+                                                     _mm256_sign_epi8(bcast4(xq + 4 * c), w[c]));
+            s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(p16, ones));
+          }
+        }
+        const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * blocks + b]));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), d, acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* o = out + r * ldo + 8 * half;
+      _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), acc[r]) : acc[r]);
+    }
+  }
+}
+
+template <bool Q4>
+CEPE_AVX2 void gemm_x16_avx2(const uint8_t* g, const BlockQ8_0* x, const float* xd,
+                             const int32_t* xs, int64_t m, int64_t blocks, float* out, int64_t ldo,
+                             bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    gemm_x16_avx2_tile<Q4, 4>(g, x + i * blocks, xd + i * blocks, xs + i * blocks, blocks,
+                              out + i * ldo, ldo, accumulate);
+  for (; i < m; ++i)
+    gemm_x16_avx2_tile<Q4, 1>(g, x + i * blocks, xd + i * blocks, xs + i * blocks, blocks,
+                              out + i * ldo, ldo, accumulate);
+}
+
+CEPE_AVX2 void gemm_q4_0x16_avx2(const uint8_t* g, const BlockQ8_0* x, const float* xd,
+                                 const int32_t* xs, int64_t m, int64_t blocks, float* out,
+                                 int64_t ldo, bool accumulate) {
+  gemm_x16_avx2<true>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
+}
+CEPE_AVX2 void gemm_q8_0x16_avx2(const uint8_t* g, const BlockQ8_0* x, const float* xd,
+                                 const int32_t* xs, int64_t m, int64_t blocks, float* out,
+                                 int64_t ldo, bool accumulate) {
+  gemm_x16_avx2<false>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
+}
+
+// AVX-512 VNNI: one 512-bit register is a chunk of all 16 rows, and VPDPBUSD multiplies its
+// unsigned bytes (nibbles, or q + 128) by a broadcast of four activation bytes: 64 products
+// per instruction, no widening steps. The accumulator starts at −offset·Σx, so the int32 lanes
+// end as each row's exact block sum; two accumulators per row halve the dependency chain.
+template <bool Q4, int R>
+CEPE_AVX512VNNI inline void gemm_x16_vnni_tile(const uint8_t* g, const BlockQ8_0* x,
+                                               const float* xd, const int32_t* xs, int64_t blocks,
+                                               float* out, int64_t ldo, bool accumulate) {
+  constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
+  constexpr int32_t offset = Q4 ? 8 : 128;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = g + b * stride;
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+    __m512i w[8];
+    if (Q4) {
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v = _mm512_loadu_si512(blk + 32 + 64 * c);
+        w[c] = _mm512_and_si512(v, low4);
+        w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      }
+    } else {
+      for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + 32 + 64 * c);
+    }
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xq = x[r * blocks + b].qs;
+      int32_t xw[8];
+      std::memcpy(xw, xq, 32);
+      __m512i s0 = _mm512_set1_epi32(-offset * xs[r * blocks + b]);
+      __m512i s1 = _mm512_setzero_si512();
+      // Chunk t of either layout meets activation bytes 4t..4t+3 (Q4: w[4 + c] = high nibbles,
+      // bytes 16 + 4c, i.e. t = 4 + c).
+      for (int t = 0; t < 8; t += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, w[t], _mm512_set1_epi32(xw[t]));
+        s1 = _mm512_dpbusd_epi32(s1, w[t + 1], _mm512_set1_epi32(xw[t + 1]));
+      }
+      const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * blocks + b]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* o = out + r * ldo;
+    _mm512_storeu_ps(o, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o), acc[r]) : acc[r]);
+  }
+}
+
+template <bool Q4>
+CEPE_AVX512VNNI void gemm_x16_vnni(const uint8_t* g, const BlockQ8_0* x, const float* xd,
+                                   const int32_t* xs, int64_t m, int64_t blocks, float* out,
+                                   int64_t ldo, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    gemm_x16_vnni_tile<Q4, 4>(g, x + i * blocks, xd + i * blocks, xs + i * blocks, blocks,
+                              out + i * ldo, ldo, accumulate);
+  for (; i < m; ++i)
+    gemm_x16_vnni_tile<Q4, 1>(g, x + i * blocks, xd + i * blocks, xs + i * blocks, blocks,
+                              out + i * ldo, ldo, accumulate);
+}
+
+CEPE_AVX512VNNI void gemm_q4_0x16_vnni(const uint8_t* g, const BlockQ8_0* x, const float* xd,
+                                       const int32_t* xs, int64_t m, int64_t blocks, float* out,
+                                       int64_t ldo, bool accumulate) {
+  gemm_x16_vnni<true>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
+}
+CEPE_AVX512VNNI void gemm_q8_0x16_vnni(const uint8_t* g, const BlockQ8_0* x, const float* xd,
+                                       const int32_t* xs, int64_t m, int64_t blocks, float* out,
+                                       int64_t ldo, bool accumulate) {
+  gemm_x16_vnni<false>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
+}
+
 // ---- the tables ----
 
-const Kernels kScalar{KernelPath::Scalar,     "scalar",
-                      dot_q8_0_scalar,        dot_q4_0_scalar,
-                      dot_f16_scalar,         dot_bf16_scalar,
-                      quantize_row_q8_0_ref,  widen_f16_scalar,
-                      widen_bf16_scalar,      dequantize_row_q8_0_ref,
-                      dequantize_row_q4_0_ref};
-const Kernels kAvx2{KernelPath::Avx2,    "avx2",
-                    dot_q8_0_avx2,       dot_q4_0_avx2,
-                    dot_f16_avx2,        dot_bf16_avx2,
-                    quantize_q8_0_avx2,  widen_f16_avx2,
-                    widen_bf16_avx2,     dequantize_q8_0_avx2,
-                    dequantize_q4_0_avx2};
-const Kernels kAvx512{
-    KernelPath::Avx512,  "avx512",           dot_q8_0_avx512, dot_q4_0_avx512, dot_f16_avx512,
-    dot_bf16_avx512,     quantize_q8_0_avx2, widen_f16_avx2,  widen_bf16_avx2, dequantize_q8_0_avx2,
-    dequantize_q4_0_avx2};
-const Kernels kAvx512Vnni{KernelPath::Avx512Vnni, "avx512vnni",        dot_q8_0_vnni,
-                          dot_q4_0_vnni,          dot_f16_avx512,      dot_bf16_avx512,
-                          quantize_q8_0_avx2,     widen_f16_avx2,      widen_bf16_avx2,
-                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2};
-const Kernels kAvx512Bf16{KernelPath::Avx512Bf16, "avx512bf16",        dot_q8_0_vnni,
-                          dot_q4_0_vnni,          dot_f16_avx512,      dot_bf16_avx512bf16,
-                          quantize_q8_0_avx2,     widen_f16_avx2,      widen_bf16_avx2,
-                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2};
+const Kernels kScalar{KernelPath::Scalar,      "scalar",
+                      dot_q8_0_scalar,         dot_q4_0_scalar,
+                      dot_f16_scalar,          dot_bf16_scalar,
+                      quantize_row_q8_0_ref,   widen_f16_scalar,
+                      widen_bf16_scalar,       dequantize_row_q8_0_ref,
+                      dequantize_row_q4_0_ref, gemm_q4_0x16_scalar,
+                      gemm_q8_0x16_scalar};
+const Kernels kAvx2{KernelPath::Avx2,     "avx2",
+                    dot_q8_0_avx2,        dot_q4_0_avx2,
+                    dot_f16_avx2,         dot_bf16_avx2,
+                    quantize_q8_0_avx2,   widen_f16_avx2,
+                    widen_bf16_avx2,      dequantize_q8_0_avx2,
+                    dequantize_q4_0_avx2, gemm_q4_0x16_avx2,
+                    gemm_q8_0x16_avx2};
+const Kernels kAvx512{KernelPath::Avx512,   "avx512",
+                      dot_q8_0_avx512,      dot_q4_0_avx512,
+                      dot_f16_avx512,       dot_bf16_avx512,
+                      quantize_q8_0_avx2,   widen_f16_avx2,
+                      widen_bf16_avx2,      dequantize_q8_0_avx2,
+                      dequantize_q4_0_avx2, gemm_q4_0x16_avx2,
+                      gemm_q8_0x16_avx2};
+const Kernels kAvx512Vnni{KernelPath::Avx512Vnni, "avx512vnni",         dot_q8_0_vnni,
+                          dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512,
+                          quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
+                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_q4_0x16_vnni,
+                          gemm_q8_0x16_vnni};
+const Kernels kAvx512Bf16{KernelPath::Avx512Bf16, "avx512bf16",         dot_q8_0_vnni,
+                          dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512bf16,
+                          quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
+                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_q4_0x16_vnni,
+                          gemm_q8_0x16_vnni};
 
 const Kernels& table(KernelPath path) {
   switch (path) {
@@ -438,6 +658,21 @@ const Kernels& active_kernels() {
   return *chosen;
 }
 
+void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t k, BlockQ8_0* xq,
+                        float* xd, int32_t* xs) {
+  const int64_t blocks = (k + 31) / 32;
+  for (int64_t i = 0; i < m; ++i) {
+    kern.quantize_q8_0(x + i * k, xq + i * blocks, k);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const BlockQ8_0& blk = xq[i * blocks + b];
+      int32_t s = 0;
+      for (int j = 0; j < 32; ++j) s += blk.qs[j];
+      xd[i * blocks + b] = f16_to_f32(blk.d);
+      xs[i * blocks + b] = s;
+    }
+  }
+}
+
 void dequantize_row(const Kernels& k, const void* row, DType dtype, float* out, int64_t width) {
   switch (dtype) {
     case DType::F32:
@@ -456,6 +691,8 @@ void dequantize_row(const Kernels& k, const void* row, DType dtype, float* out, 
       k.dequantize_q4_0(static_cast<const BlockQ4_0*>(row), out, width);
       return;
     case DType::I32:
+    case DType::Q8_0x16:
+    case DType::Q4_0x16:
       break;
   }
   CEPE_THROW("cannot widen " << dtype_name(dtype) << " weights to F32");

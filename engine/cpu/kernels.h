@@ -38,6 +38,15 @@ struct Kernels {
   void (*dequantize_q8_0)(const BlockQ8_0* in, float* out, int64_t n);
   /// The first n weights of Q4_0 blocks as F32 (exact).
   void (*dequantize_q4_0)(const BlockQ4_0* in, float* out, int64_t n);
+  /// One Q4_0x16 group (16 weight rows, `blocks` blocks each) against m activation rows: for
+  /// each row i and weight row r, out[i * ldo + r] (or += with accumulate) gets
+  /// Σ_b d_w d_x Σ (nibble - 8) q_x, one exact int32 sum per block. Row i's blocks are
+  /// x[i * blocks ...], their scales as F32 in xd and their quant sums in xs (same indexing).
+  void (*gemm_q4_0x16)(const uint8_t* group, const BlockQ8_0* x, const float* xd, const int32_t* xs,
+                       int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate);
+  /// The same for one Q8_0x16 group: Σ_b d_w d_x Σ q_w q_x.
+  void (*gemm_q8_0x16)(const uint8_t* group, const BlockQ8_0* x, const float* xd, const int32_t* xs,
+                       int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate);
 };
 
 /// True when this CPU can run the level.
@@ -56,7 +65,12 @@ const char* kernel_path_name(KernelPath path);
 /// throws), read once.
 const Kernels& active_kernels();
 
-/// Widens one row of any weight dtype (F32, F16, BF16, Q8_0, Q4_0) to F32 with `k`.
+/// Quantizes m rows of k activations for the packed kernels: Q8_0 blocks (`blocks` per row),
+/// each block's scale as F32 and the sum of its quants.
+void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t k, BlockQ8_0* xq,
+                        float* xd, int32_t* xs);
+
+/// Widens one row of any row-major weight dtype (F32, F16, BF16, Q8_0, Q4_0) to F32 with `k`.
 void dequantize_row(const Kernels& k, const void* row, DType dtype, float* out, int64_t width);
 
 }  // namespace cepe::cpu
