@@ -478,8 +478,13 @@ TEST(QuantLoad, ConvertedWeightsAreNarrowAndNormsStayF32) {
   o.weights = WeightKind::Q4_0;
   auto backend = make_backend(Device::CPU, o);
   auto model = CepeModel::load(f->dir, *backend);
-  // The loader counts stored bytes; the in-memory copy is what decode reads.
+  // The loader counts the bytes it holds: q4_0 matrices at 18 bytes per 32 weights.
   EXPECT_GT(model->weight_bytes(), 0u);
+  {
+    auto f32 = make_backend(Device::CPU, BackendOptions{});
+    auto full = CepeModel::load(f->dir, *f32);
+    EXPECT_LT(model->weight_bytes(), full->weight_bytes() / 2);
+  }
   Tensor w = Tensor::empty({4, 48}, DType::F32);
   for (int i = 0; i < 4 * 48; ++i) w.data<float>()[i] = static_cast<float>(i % 7) - 3.0f;
   EXPECT_EQ(backend->load_weight(w, false).dtype(), DType::Q4_0);   // < 16 rows: row-major

@@ -412,7 +412,14 @@ class CpuBackend final : public Backend {
     const int64_t hd = shape.head_dim;
     const int64_t q_stride = static_cast<int64_t>(heads) * hd;
     const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * hd;
-    constexpr int64_t kBlock = 512;
+    // Key blocks of 512, halved (down to 64) until every thread has a couple of blocks: one
+    // short sequence would otherwise be one block for one thread. Every block streams whole
+    // cache rows (all heads), which the prefetcher follows; splitting by heads instead reads a
+    // strided slice of each row and measured slower.
+    int64_t total_keys = 0;
+    for (const auto& sg : segments) total_keys += sg.q_len * sg.k.dim(0);
+    int64_t kBlock = 512;
+    while (kBlock > 64 && (total_keys + kBlock - 1) / kBlock < 2 * threads_) kBlock /= 2;
     struct Unit {
       int seg;
       int64_t row, key0, keys;  // query row in the segment; key range of this block

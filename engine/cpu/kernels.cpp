@@ -376,9 +376,7 @@ void gemm_q8_0x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, 
 }
 
 CEPE_AVX2 inline __m256i bcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm256_set1_epi32(v);
+  return _mm256_castps_si256(_mm256_broadcast_ss(reinterpret_cast<const float*>(p)));
 }
 
 // AVX2: each half of the group (rows 0-7, 8-15) is one 256-bit lane set. Q4_0: maddubs of the
@@ -470,6 +468,12 @@ CEPE_AVX2 void gemm_q8_0x16_avx2(const uint8_t* g, const BlockQ8_0* x, const flo
 // unsigned bytes (nibbles, or q + 128) by a broadcast of four activation bytes: 64 products
 // per instruction, no widening steps. The accumulator starts at −offset·Σx, so the int32 lanes
 // end as each row's exact block sum; two accumulators per row halve the dependency chain.
+// Four activation bytes in every 32-bit lane, straight from memory (VBROADCASTSS m32: a load,
+// not a trip through a general register).
+CEPE_AVX512VNNI inline __m512i bcast4_512(const int8_t* p) {
+  return _mm512_castps_si512(_mm512_broadcastss_ps(_mm_load_ss(reinterpret_cast<const float*>(p))));
+}
+
 template <bool Q4, int R>
 CEPE_AVX512VNNI inline void gemm_x16_vnni_tile(const uint8_t* g, const BlockQ8_0* x,
                                                const float* xd, const int32_t* xs, int64_t blocks,
@@ -494,18 +498,22 @@ CEPE_AVX512VNNI inline void gemm_x16_vnni_tile(const uint8_t* g, const BlockQ8_0
     }
     for (int r = 0; r < R; ++r) {
       const int8_t* xq = x[r * blocks + b].qs;
-      int32_t xw[8];
-      std::memcpy(xw, xq, 32);
-      __m512i s0 = _mm512_set1_epi32(-offset * xs[r * blocks + b]);
-      __m512i s1 = _mm512_setzero_si512();
       // Chunk t of either layout meets activation bytes 4t..4t+3 (Q4: w[4 + c] = high nibbles,
-      // bytes 16 + 4c, i.e. t = 4 + c).
-      for (int t = 0; t < 8; t += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, w[t], _mm512_set1_epi32(xw[t]));
-        s1 = _mm512_dpbusd_epi32(s1, w[t + 1], _mm512_set1_epi32(xw[t + 1]));
+      // bytes 16 + 4c, i.e. t = 4 + c). A lone row splits its chain in two; tiles of several
+      // rows have independent chains already.
+      __m512i s0 = _mm512_set1_epi32(-offset * xs[r * blocks + b]);
+      if (R == 1) {
+        __m512i s1 = _mm512_setzero_si512();
+        for (int t = 0; t < 8; t += 2) {
+          s0 = _mm512_dpbusd_epi32(s0, w[t], bcast4_512(xq + 4 * t));
+          s1 = _mm512_dpbusd_epi32(s1, w[t + 1], bcast4_512(xq + 4 * t + 4));
+        }
+        s0 = _mm512_add_epi32(s0, s1);
+      } else {
+        for (int t = 0; t < 8; ++t) s0 = _mm512_dpbusd_epi32(s0, w[t], bcast4_512(xq + 4 * t));
       }
       const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * blocks + b]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d, acc[r]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), d, acc[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -519,6 +527,9 @@ CEPE_AVX512VNNI void gemm_x16_vnni(const uint8_t* g, const BlockQ8_0* x, const f
                                    const int32_t* xs, int64_t m, int64_t blocks, float* out,
                                    int64_t ldo, bool accumulate) {
   int64_t i = 0;
+  for (; i + 8 <= m; i += 8)
+    gemm_x16_vnni_tile<Q4, 8>(g, x + i * blocks, xd + i * blocks, xs + i * blocks, blocks,
+                              out + i * ldo, ldo, accumulate);
   for (; i + 4 <= m; i += 4)
     gemm_x16_vnni_tile<Q4, 4>(g, x + i * blocks, xd + i * blocks, xs + i * blocks, blocks,
                               out + i * ldo, ldo, accumulate);

@@ -27,8 +27,9 @@ class StackLoader {
     CEPE_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16,
                "tensor '" << name << "' in " << store_.file_of(name).string() << " has dtype "
                           << dtype_name(t.dtype()) << "; weights must be F32, F16 or BF16");
-    *bytes_ += t.nbytes();
-    return backend_.load_weight(t, as_f32);
+    Tensor loaded = backend_.load_weight(t, as_f32);
+    *bytes_ += loaded.nbytes();  // what the model holds (after --weights conversion)
+    return loaded;
   }
 
   const WeightStore& store_;

@@ -96,7 +96,7 @@ class CepeModel {
   const ModelConfig& config() const { return config_; }
   /// The backend the model computes on.
   Backend& backend() const { return backend_; }
-  /// Bytes of weights as stored in the checkpoint.
+  /// Bytes of weights the model holds (after the backend's --weights conversion).
   size_t weight_bytes() const { return weight_bytes_; }
   /// Bytes of the weights one decode step reads: every decoder layer, the final norm and the
   /// output head (not the encoder, nor the embedding table of which it reads one row per token).
