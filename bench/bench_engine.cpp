@@ -7,6 +7,9 @@
 // (bench/run_engine_bench.sh does that and prints the ratios).
 #include <sys/resource.h>
 
+#include <thread>
+#include <vector>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -14,10 +17,10 @@
 #include <random>
 #include <string>
 
-#include "engine/backend.h"
-#include "engine/models/cepe_llama.h"
 #include "common/args.h"
 #include "common/error.h"
+#include "engine/backend.h"
+#include "engine/models/cepe_llama.h"
 
 using namespace cepe;
 
@@ -32,6 +35,33 @@ std::vector<int32_t> random_ids(std::mt19937& rng, int n, int vocab) {
   std::vector<int32_t> ids(n);
   for (auto& x : ids) x = d(rng);
   return ids;
+}
+
+// Bytes per second this machine streams from memory with `threads` threads (best of 3 reads of
+// a 256 MiB buffer, far past any L3): a decode step that reads every weight once cannot beat
+// this divided by its bytes, on any engine.
+double read_bandwidth(int threads) {
+  const size_t words = (size_t(256) << 20) / sizeof(uint64_t);
+  std::vector<uint64_t> buf(words, 1);
+  double best = 0.0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<uint64_t> sums(threads, 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        uint64_t s = 0;
+        for (size_t i = words * t / threads; i < words * (t + 1) / threads; ++i) s += buf[i];
+        sums[t] = s;
+      });
+    for (auto& th : pool) th.join();
+    const double secs = seconds_since(t0);
+    uint64_t total = 0;
+    for (uint64_t v : sums) total += v;
+    if (total != words) std::fprintf(stderr, "bench_engine: bandwidth check summed wrong\n");
+    best = std::max(best, words * sizeof(uint64_t) / secs);
+  }
+  return best;
 }
 
 int argmax(const float* x, int n) {
@@ -69,10 +99,10 @@ int main(int argc, char** argv) try {
   const int threads = static_cast<int>(args.get_int("threads", 0, 4096));
   int chunks = static_cast<int>(args.get_int("chunks", 0, 1 << 20));
   const int chunk_len = static_cast<int>(args.get_int("chunk-len", 1, 1 << 20));
-  const int prefill = static_cast<int>(
-      args.get_int(args.has("prefill") ? "prefill" : "prompt-tokens", 1, 1 << 24));
-  const int decode = static_cast<int>(
-      args.get_int(args.has("decode") ? "decode" : "decode-tokens", 0, 1 << 24));
+  const int prefill =
+      static_cast<int>(args.get_int(args.has("prefill") ? "prefill" : "prompt-tokens", 1, 1 << 24));
+  const int decode =
+      static_cast<int>(args.get_int(args.has("decode") ? "decode" : "decode-tokens", 0, 1 << 24));
   const int batch = static_cast<int>(args.get_int("batch", 1, 4096));
   try {
     BackendOptions options;
@@ -176,6 +206,8 @@ int main(int argc, char** argv) try {
     getrusage(RUSAGE_SELF, &ru);
     const double peak_rss_mb = ru.ru_maxrss / 1024.0;
     const double weights_mb = model->weight_bytes() / 1048576.0;
+    const double read_bytes_per_s =
+        read_bandwidth(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
     const int64_t enc_tokens = int64_t(chunks) * chunk_len;
     std::printf(
         "{\"engine\": \"cepe-cpp\", \"backend\": \"%s\", \"threads\": %d, \"weights\": \"%s\", "
@@ -188,7 +220,8 @@ int main(int argc, char** argv) try {
         "\"peak_device_mb\": %.1f, \"cross_attention\": \"%s\", "
         "\"decode_step_bytes\": %.0f, \"decode_bytes_per_s\": %.4g, "
         "\"batch_decode\": {\"batch\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.2f, "
-        "\"cache_mb_per_request\": %.1f}}\n",
+        "\"cache_mb_per_request\": %.1f}, \"machine_read_gb_s\": %.2f, "
+        "\"decode_roofline_tokens_per_s\": %.1f}\n",
         backend->describe().c_str(), threads, weights.c_str(), load_s,
         static_cast<long long>(enc_tokens), encode_s, enc_tokens ? enc_tokens / encode_s : 0.0,
         prefill, prefill_s, prefill / prefill_s, decode, decode_short_s, decode / decode_short_s,
@@ -196,7 +229,8 @@ int main(int argc, char** argv) try {
         peak_rss_mb, backend_memory(*backend).peak_in_use / 1048576.0,
         cross_attention_mode_name(model->cross_attention_mode()), step_bytes,
         step_bytes * decode / decode_s, batch, 1e3 * batch_step_s, batch / batch_step_s,
-        batch_cache_bytes / 1048576.0 / batch);
+        batch_cache_bytes / 1048576.0 / batch, read_bytes_per_s / 1e9,
+        read_bytes_per_s / static_cast<double>(model->decode_weight_bytes()));
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
     return 1;

@@ -67,4 +67,12 @@ row("decode tokens/s (128 tokens)", lambda o: o["decode_short"]["tokens_per_s"],
 row("decode tokens/s after a 512-token prompt", lambda o: o["decode"]["tokens_per_s"],
     lambda t: t["decode_cached_cross_kv"]["tokens_per_s"])
 row("peak RSS MB", lambda o: o["peak_rss_mb"], lambda t: t["peak_rss_mb"])
+# The memory roofline of short decode on this machine: its measured read bandwidth over the
+# bytes of weights one step reads (no engine can beat it), and how close each kind gets.
+print("| decode roofline tokens/s (read GB/s / weight bytes per step) | " +
+      " | ".join(f'{o["decode_roofline_tokens_per_s"]:.1f} ({o["machine_read_gb_s"]:.1f} GB/s)'
+                 for o in ours) + (" | - | |" if theirs else " |"))
+print("| short decode as a share of that roofline | " +
+      " | ".join(f'{o["decode_short"]["tokens_per_s"] / o["decode_roofline_tokens_per_s"]:.0%}'
+                 for o in ours) + (" | - | |" if theirs else " |"))
 PY
