@@ -163,7 +163,7 @@ Tensor pack_rows16(const Tensor& source) {
         std::memcpy(blk + 2 * r, in, 2);
         for (size_t c = 0; c < quant_bytes / 4; ++c)
           for (size_t i = 0; i < 4; ++i)
-            blk[2 * kPackRows + c * 4 * kPackRows + 4 * r + i] =
+            blk[packed_quant_index(c, r, i)] =
                 static_cast<char>(static_cast<uint8_t>(in[2 + 4 * c + i]) ^ flip);
       }
     }
@@ -192,8 +192,8 @@ void unpack_row16(const Tensor& t, int64_t r, void* out) {
     std::memcpy(o, blk + 2 * lane, 2);
     for (size_t c = 0; c < quant_bytes / 4; ++c)
       for (size_t i = 0; i < 4; ++i)
-        o[2 + 4 * c + i] = static_cast<char>(
-            static_cast<uint8_t>(blk[2 * kPackRows + c * 4 * kPackRows + 4 * lane + i]) ^ flip);
+        o[2 + 4 * c + i] =
+            static_cast<char>(static_cast<uint8_t>(blk[packed_quant_index(c, lane, i)]) ^ flip);
   }
 }
 

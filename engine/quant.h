@@ -67,6 +67,12 @@ constexpr int64_t kPackRows = 16;
 /// last whole group stay row-major after the groups. The bytes are the same count as the source.
 Tensor pack_rows16(const Tensor& source);
 
+/// Offset, inside one packed block of 16 rows, of byte `byte` (0-3) of row `row`'s 4-byte
+/// piece in chunk `chunk`: past the 16 scales, chunks of 64 bytes, rows 4 bytes apart.
+constexpr int64_t packed_quant_index(int64_t chunk, int64_t row, int64_t byte) {
+  return 2 * kPackRows + chunk * 4 * kPackRows + 4 * row + byte;
+}
+
 /// Row r of a packed (or row-major) block matrix in the row-major block format: `out` receives
 /// dtype_row_bytes(dtype_unpacked(t.dtype()), width) bytes.
 void unpack_row16(const Tensor& t, int64_t r, void* out);

@@ -350,7 +350,7 @@ void gemm_x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, cons
         int32_t s = -offset * xs[i * blocks + b];
         for (int c = 0; c < (Q4 ? 4 : 8); ++c)
           for (int j = 0; j < 4; ++j) {
-            const uint8_t u = blk[32 + c * 64 + 4 * r + j];
+            const uint8_t u = blk[packed_quant_index(c, r, j)];
             if (Q4) {
               s += int32_t(u & 0x0f) * xq[4 * c + j] + int32_t(u >> 4) * xq[16 + 4 * c + j];
             } else {
@@ -364,15 +364,6 @@ void gemm_x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, cons
     }
     store_group_row(out + i * ldo, acc, accumulate);
   }
-}
-
-void gemm_q4_0x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, const int32_t* xs,
-                         int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate) {
-  gemm_x16_scalar<true>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
-}
-void gemm_q8_0x16_scalar(const uint8_t* g, const BlockQ8_0* x, const float* xd, const int32_t* xs,
-                         int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate) {
-  gemm_x16_scalar<false>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
 }
 
 CEPE_AVX2 inline __m256i bcast4(const int8_t* p) {
@@ -401,8 +392,8 @@ CEPE_AVX2 inline void gemm_x16_avx2_tile(const uint8_t* g, const BlockQ8_0* x, c
           _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16 * half)));
       __m256i w[8];
       for (int c = 0; c < kChunks; ++c) {
-        const __m256i v =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 + 64 * c + 32 * half));
+        const __m256i v = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(blk + packed_quant_index(c, 8 * half, 0)));
         if (Q4) {
           w[c] = _mm256_and_si256(v, low4);
           w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
@@ -453,17 +444,6 @@ CEPE_AVX2 void gemm_x16_avx2(const uint8_t* g, const BlockQ8_0* x, const float* 
                               out + i * ldo, ldo, accumulate);
 }
 
-CEPE_AVX2 void gemm_q4_0x16_avx2(const uint8_t* g, const BlockQ8_0* x, const float* xd,
-                                 const int32_t* xs, int64_t m, int64_t blocks, float* out,
-                                 int64_t ldo, bool accumulate) {
-  gemm_x16_avx2<true>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
-}
-CEPE_AVX2 void gemm_q8_0x16_avx2(const uint8_t* g, const BlockQ8_0* x, const float* xd,
-                                 const int32_t* xs, int64_t m, int64_t blocks, float* out,
-                                 int64_t ldo, bool accumulate) {
-  gemm_x16_avx2<false>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
-}
-
 // AVX-512 VNNI: one 512-bit register is a chunk of all 16 rows, and VPDPBUSD multiplies its
 // unsigned bytes (nibbles, or q + 128) by a broadcast of four activation bytes: 64 products
 // per instruction, no widening steps. The accumulator starts at −offset·Σx, so the int32 lanes
@@ -489,12 +469,12 @@ CEPE_AVX512VNNI inline void gemm_x16_vnni_tile(const uint8_t* g, const BlockQ8_0
     __m512i w[8];
     if (Q4) {
       for (int c = 0; c < 4; ++c) {
-        const __m512i v = _mm512_loadu_si512(blk + 32 + 64 * c);
+        const __m512i v = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
         w[c] = _mm512_and_si512(v, low4);
         w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
       }
     } else {
-      for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + 32 + 64 * c);
+      for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
     }
     for (int r = 0; r < R; ++r) {
       const int8_t* xq = x[r * blocks + b].qs;
@@ -538,17 +518,6 @@ CEPE_AVX512VNNI void gemm_x16_vnni(const uint8_t* g, const BlockQ8_0* x, const f
                               out + i * ldo, ldo, accumulate);
 }
 
-CEPE_AVX512VNNI void gemm_q4_0x16_vnni(const uint8_t* g, const BlockQ8_0* x, const float* xd,
-                                       const int32_t* xs, int64_t m, int64_t blocks, float* out,
-                                       int64_t ldo, bool accumulate) {
-  gemm_x16_vnni<true>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
-}
-CEPE_AVX512VNNI void gemm_q8_0x16_vnni(const uint8_t* g, const BlockQ8_0* x, const float* xd,
-                                       const int32_t* xs, int64_t m, int64_t blocks, float* out,
-                                       int64_t ldo, bool accumulate) {
-  gemm_x16_vnni<false>(g, x, xd, xs, m, blocks, out, ldo, accumulate);
-}
-
 // ---- the tables ----
 
 const Kernels kScalar{KernelPath::Scalar,      "scalar",
@@ -556,32 +525,32 @@ const Kernels kScalar{KernelPath::Scalar,      "scalar",
                       dot_f16_scalar,          dot_bf16_scalar,
                       quantize_row_q8_0_ref,   widen_f16_scalar,
                       widen_bf16_scalar,       dequantize_row_q8_0_ref,
-                      dequantize_row_q4_0_ref, gemm_q4_0x16_scalar,
-                      gemm_q8_0x16_scalar};
+                      dequantize_row_q4_0_ref, gemm_x16_scalar<true>,
+                      gemm_x16_scalar<false>};
 const Kernels kAvx2{KernelPath::Avx2,     "avx2",
                     dot_q8_0_avx2,        dot_q4_0_avx2,
                     dot_f16_avx2,         dot_bf16_avx2,
                     quantize_q8_0_avx2,   widen_f16_avx2,
                     widen_bf16_avx2,      dequantize_q8_0_avx2,
-                    dequantize_q4_0_avx2, gemm_q4_0x16_avx2,
-                    gemm_q8_0x16_avx2};
+                    dequantize_q4_0_avx2, gemm_x16_avx2<true>,
+                    gemm_x16_avx2<false>};
 const Kernels kAvx512{KernelPath::Avx512,   "avx512",
                       dot_q8_0_avx512,      dot_q4_0_avx512,
                       dot_f16_avx512,       dot_bf16_avx512,
                       quantize_q8_0_avx2,   widen_f16_avx2,
                       widen_bf16_avx2,      dequantize_q8_0_avx2,
-                      dequantize_q4_0_avx2, gemm_q4_0x16_avx2,
-                      gemm_q8_0x16_avx2};
+                      dequantize_q4_0_avx2, gemm_x16_avx2<true>,
+                      gemm_x16_avx2<false>};
 const Kernels kAvx512Vnni{KernelPath::Avx512Vnni, "avx512vnni",         dot_q8_0_vnni,
                           dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512,
                           quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
-                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_q4_0x16_vnni,
-                          gemm_q8_0x16_vnni};
+                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
+                          gemm_x16_vnni<false>};
 const Kernels kAvx512Bf16{KernelPath::Avx512Bf16, "avx512bf16",         dot_q8_0_vnni,
                           dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512bf16,
                           quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
-                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_q4_0x16_vnni,
-                          gemm_q8_0x16_vnni};
+                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
+                          gemm_x16_vnni<false>};
 
 const Kernels& table(KernelPath path) {
   switch (path) {
