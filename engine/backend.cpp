@@ -1,5 +1,7 @@
 #include "engine/backend.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "engine/cpu/cpu_backend.h"
 #ifdef CEPE_HAVE_CUDA
@@ -7,6 +9,13 @@
 #endif
 
 namespace cepe {
+
+int64_t AttentionSegment::key_count() const {
+  if (k_parts.empty()) return k.dim(0);
+  int64_t n = 0;
+  for (const Tensor& part : k_parts) n += part.dim(0);
+  return n;
+}
 
 namespace op_checks {
 
@@ -122,11 +131,19 @@ void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
              "attention: queries " << q.shape_string() << " / output " << out.shape_string()
                                    << ", expected [rows, " << q_stride << "]");
   for (const AttentionSegment& sg : segments) {
-    CEPE_CHECK(sg.k.rank() == 2 && sg.v.rank() == 2 && sg.k.dim(-1) == kv_stride &&
-                   sg.v.dim(-1) == kv_stride && sg.k.dim(0) == sg.v.dim(0),
-               "attention: keys " << sg.k.shape_string() << " / values " << sg.v.shape_string()
-                                  << " do not match " << shape.kv_heads << " heads of "
-                                  << shape.head_dim);
+    CEPE_CHECK(sg.k_parts.size() == sg.v_parts.size(),
+               "attention: " << sg.k_parts.size() << " key parts for " << sg.v_parts.size()
+                             << " value parts");
+    CEPE_CHECK(sg.k_parts.empty() || !sg.causal, "attention: keys in parts cannot be causal");
+    for (size_t i = 0; i < std::max<size_t>(1, sg.k_parts.size()); ++i) {
+      const Tensor& k = sg.k_parts.empty() ? sg.k : sg.k_parts[i];
+      const Tensor& v = sg.k_parts.empty() ? sg.v : sg.v_parts[i];
+      CEPE_CHECK(k.rank() == 2 && v.rank() == 2 && k.dim(-1) == kv_stride &&
+                     v.dim(-1) == kv_stride && k.dim(0) == v.dim(0),
+                 "attention: keys " << k.shape_string() << " / values " << v.shape_string()
+                                    << " do not match " << shape.kv_heads << " heads of "
+                                    << shape.head_dim);
+    }
     CEPE_CHECK(sg.q_begin >= 0 && sg.q_len >= 0 && sg.q_begin + sg.q_len <= q.dim(0),
                "attention: segment rows [" << sg.q_begin << ", " << sg.q_begin + sg.q_len
                                            << ") out of range for " << q.dim(0) << " queries");

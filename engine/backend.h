@@ -23,6 +23,12 @@ struct AttentionSegment {
   Tensor v;             ///< values, same shape as k
   bool causal = false;  ///< query i sees keys j <= causal_offset + i only
   int64_t causal_offset = 0;  ///< keys that precede the first query (cached tokens)
+  /// Keys and values in several row blocks, attended as one range in order (CPU only; not
+  /// causal); when set, k and v are unused. A request's passages are read where they lie (a
+  /// mapped encoder-state store, a cache entry, an encoder pass) instead of being joined first.
+  std::vector<Tensor> k_parts, v_parts;
+  /// Number of keys: k's rows, or the parts' together.
+  int64_t key_count() const;
 };
 
 /// Head layout shared by all segments of one attention call.

@@ -96,6 +96,9 @@ class Sequence {
   int64_t encoder_tokens() const { return state_->encoder_tokens(); }
   /// Bytes the sequence holds between steps (KV cache and what cross-attention reads).
   size_t cache_bytes() const { return state_->cache_bytes(); }
+  /// Of cache_bytes, the encoder states it holds (absorbed cross-attention; none when they are
+  /// read in place from a mapped store).
+  size_t encoder_state_bytes() const { return state_->encoder_state_bytes(); }
   /// True until the prompt has been run (the next step is a prefill).
   bool needs_prefill() const { return state_->length() == 0; }
   /// Milliseconds spent in the prefill step and in decode steps.

@@ -105,9 +105,18 @@ Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& 
   if (store_ && !id.empty()) {
     if (auto row = store_->find(id, tokens, token_hash)) {
       const int64_t width = model_.config().encoder_hidden_size;
+      counters_.store_hits.fetch_add(1);
+      if (const float* mapped = store_->f32_data(*row)) {
+        // An f32 store's rows are the states themselves: a read-only view of the mapping,
+        // which the store (held by the view) keeps alive.
+        Tensor view = Tensor::wrap(
+            const_cast<float*>(mapped), {int64_t(tokens), width}, DType::F32, Device::CPU,
+            std::const_pointer_cast<void>(std::static_pointer_cast<const void>(store_)));
+        view.set_file_backed(true);
+        return view;
+      }
       Tensor host = Tensor::empty({static_cast<int64_t>(tokens), width}, DType::F32);
       store_->read(*row, host.data<float>());
-      counters_.store_hits.fetch_add(1);
       return host;
     }
   }
@@ -171,7 +180,18 @@ EncodedContext EncoderStates::encode(const std::vector<std::string>& ids,
   }
   // Nothing found: the live context is the answer as it stands (no copy).
   if (live_chunks.size() == chunks.size()) return live;
-  // One host tensor in passage order (uploaded once on a device backend).
+  if (model_.backend().device() == Device::CPU) {
+    // Each passage's rows where they lie: the store's mapping, a cache entry, the live pass.
+    EncodedContext ctx;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const int64_t n = static_cast<int64_t>(chunks[i].size());
+      ctx.parts.push_back(found[i].raw() != nullptr ? found[i]
+                                                    : live.states.rows(live_begin[i], n));
+      ctx.chunk_lengths.push_back(n);
+    }
+    return ctx;
+  }
+  // One host tensor in passage order, uploaded once.
   int64_t total = 0;
   for (const auto& c : chunks) total += static_cast<int64_t>(c.size());
   Tensor host = Tensor::empty({total, width}, DType::F32);

@@ -113,8 +113,9 @@ class EncoderStates {
   bool enabled() const { return store_ || cache_; }
   /// True when live-encoded passages are kept in a cache (remember() stores them).
   bool caching() const { return cache_ != nullptr; }
-  /// Host F32 [tokens, width] states of passage `id` whose chunk is `chunk`, from the store or
-  /// the cache (counted as a hit), or an undefined tensor ("" ids, a caller's passages, are
+  /// Host F32 [tokens, width] states of passage `id` whose chunk is `chunk`, from the store (a
+  /// read-only view of an f32 store's mapping) or the cache (counted as a hit), or an undefined
+  /// tensor ("" ids, a caller's passages, are
   /// looked up in the cache by their tokens only).
   Tensor lookup(const std::string& id, const std::vector<int32_t>& chunk);
   /// Keeps the live-encoded states `rows` (host F32, chunk.size() x width) of passage `id` in
@@ -124,8 +125,10 @@ class EncoderStates {
   void count_live(size_t passages, int64_t tokens);
 
   /// States of `chunks` (passage `ids[i]`'s chunk is chunks[i]; "" ids: by content, cache only).
-  /// Identical to model.encode(chunks) when nothing is found; otherwise the found passages'
-  /// states are copied (dequantised) with the live ones into one [tokens, width] tensor.
+  /// Identical to model.encode(chunks) when nothing is found. Otherwise, on the CPU, one part
+  /// per passage, read where it lies (an f32 store's mapping, a cache entry, the live pass);
+  /// on a device, the passages' states joined into one [tokens, width] tensor and uploaded.
+  /// States of a bf16/f16/q8_0 store are decoded to F32 per request.
   EncodedContext encode(const std::vector<std::string>& ids,
                         const std::vector<std::vector<int32_t>>& chunks);
 

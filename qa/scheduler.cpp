@@ -46,10 +46,10 @@ struct Scheduler::Joining {
   std::shared_ptr<Job> job;
   double queue_ms = 0, encode_ms = 0;
   Clock::time_point joined;
-  size_t next_chunk = 0;    // chunks [0, next_chunk) are encoded (or were found)
-  int64_t rope_length = 0;  // the longest chunk: every chunk's dynamic-NTK length
+  size_t next_chunk = 0;      // chunks [0, next_chunk) are encoded (or were found)
+  int64_t rope_length = 0;    // the longest chunk: every chunk's dynamic-NTK length
   std::vector<Piece> pieces;  // one per chunk, in chunk order
-  std::exception_ptr error;  // set when a pass with its chunks failed
+  std::exception_ptr error;   // set when a pass with its chunks failed
   bool encoded() const { return next_chunk == job->chunks.size(); }
 };
 
@@ -240,13 +240,12 @@ void Scheduler::publish() {
   encoding_.store(static_cast<int>(joining_.size()));
   if (metrics_) {
     size_t bytes = 0, states = 0;
-    const bool absorbed = model_.cross_attention_mode() == CrossAttentionMode::Absorbed;
-    const size_t state_row = static_cast<size_t>(model_.config().encoder_hidden_size) * 4;
     for (const Active& a : active_) {
       if (!a.seq) continue;
       bytes += a.seq->cache_bytes();
-      // Absorbed: what a sequence holds for cross-attention is its encoder states E alone.
-      if (absorbed) states += static_cast<size_t>(a.seq->encoder_tokens()) * state_row;
+      // Absorbed: what a sequence holds for cross-attention is its encoder states E alone,
+      // and not even those when they are read in place from the mapped store.
+      states += a.seq->encoder_state_bytes();
     }
     metrics_->on_batch(static_cast<int64_t>(active_.size()), static_cast<int64_t>(bytes));
     metrics_->on_encoder_states(encoder_states_.counters(), encoder_states_.cache().get(),
@@ -419,6 +418,9 @@ void Scheduler::start_sequence(Joining& j) {
       }
       if (whole && total == first.dim(0)) {
         ctx.states = first;
+      } else if (model_.backend().device() == Device::CPU) {
+        // Read where they lie: store pages, cache entries and encoder passes, no copy.
+        for (const auto& p : j.pieces) ctx.parts.push_back(p.states.rows(p.begin, p.rows));
       } else {
         Backend& backend = model_.backend();
         ctx.states = backend.empty({total, first.dim(1)}, DType::F32);

@@ -29,9 +29,9 @@
 
 #include "common/error.h"
 #include "engine/backend.h"
-#include "engine/models/cepe_llama.h"
 #include "engine/cuda/kernels.cuh"  // compiled here by the host compiler: the SIMT emulator
 #include "engine/generation.h"
+#include "engine/models/cepe_llama.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -623,6 +623,80 @@ TEST_P(BackendOps, Attention) {
     b().attention(dev(c.q), segs, c.shape, out);
     check_attention_result(c, values(b().to_host_f32(out)), device_name(GetParam()));
   }
+}
+
+// Keys and values given in parts (a request's passages read where they lie) give the
+// attention over the same rows joined, on every CPU path: decode rows (<= 4 per segment), wide
+// absorbed rows split by key blocks, GQA, several segments, beside a causal segment in the same
+// call. Key-block results are merged in a fixed order, so 1 and 2 threads agree bit for bit.
+TEST(CpuAttention, KeysInPartsEqualJoinedKeys) {
+  struct Shape {
+    std::string name;
+    int heads, kv_heads, head_dim;
+    std::vector<int64_t> q_lens;  // one non-causal segment per entry
+  };
+  const std::vector<Shape> shapes = {
+      {"decode_rows", 4, 2, 16, {1, 3}},
+      {"absorbed_wide", 1, 1, 96, {36, 12}},
+      {"gqa_prefill", 8, 2, 32, {40}},
+  };
+  const std::vector<int64_t> part_rows = {50, 130, 7, 600, 1};
+  for (const Shape& sh : shapes) {
+    std::mt19937 rng(31);
+    int64_t q_rows = 0;
+    for (int64_t n : sh.q_lens) q_rows += n;
+    const int64_t causal_rows = 5;
+    AttentionCase joined =
+        make_case(sh.name, sh.heads, sh.kv_heads, sh.head_dim, q_rows + causal_rows, 41);
+    std::vector<AttentionSegment> in_parts;
+    int64_t q_begin = 0;
+    for (int64_t q_len : sh.q_lens) {
+      int64_t total = 0;
+      for (int64_t n : part_rows) total += n;
+      add_segment(joined, rng, q_begin, q_len, total, false, 0);
+      // The same rows as separate tensors: a part never shares memory with the next one.
+      AttentionSegment seg;
+      seg.q_begin = q_begin;
+      seg.q_len = q_len;
+      int64_t row = 0;
+      for (int64_t n : part_rows) {
+        seg.k_parts.push_back(clone(joined.keys.back().rows(row, n)));
+        seg.v_parts.push_back(clone(joined.values.back().rows(row, n)));
+        row += n;
+      }
+      in_parts.push_back(seg);
+      q_begin += q_len;
+    }
+    add_segment(joined, rng, q_begin, causal_rows, 9, true, 4);
+    in_parts.push_back(joined.segments.back());
+    std::vector<std::vector<float>> results;
+    for (int threads : {1, 2}) {
+      BackendOptions options;
+      options.threads = threads;
+      auto cpu = make_backend(Device::CPU, options);
+      Tensor out = clone(joined.out_init);
+      cpu->attention(joined.q, in_parts, joined.shape, out);
+      results.push_back(values(out));
+      check_attention_result(joined, results.back(),
+                             "cpu (keys in parts, " + std::to_string(threads) + " threads)");
+    }
+    // The causal rows go through row tiles whose size follows the thread count; compare the rest.
+    const size_t cross = static_cast<size_t>(q_rows * sh.heads * sh.head_dim);
+    EXPECT_TRUE(std::equal(results[0].begin(), results[0].begin() + cross, results[1].begin()))
+        << sh.name << ": cross-attention rows depend on the thread count";
+  }
+  // Parts must pair up and cannot be causal.
+  auto cpu = make_backend(Device::CPU);
+  std::mt19937 rng(32);
+  AttentionCase c = make_case("bad_parts", 2, 2, 8, 2, 42);
+  AttentionSegment seg;
+  seg.q_len = 2;
+  seg.k_parts = {random_tensor({3, 16}, rng)};
+  Tensor out = clone(c.out_init);
+  EXPECT_THROW(cpu->attention(c.q, {seg}, c.shape, out), Error);
+  seg.v_parts = {random_tensor({3, 16}, rng)};
+  seg.causal = true;
+  EXPECT_THROW(cpu->attention(c.q, {seg}, c.shape, out), Error);
 }
 
 // Shape checks are shared (op_checks), so every device refuses the same arguments, with the op

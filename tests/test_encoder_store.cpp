@@ -73,6 +73,14 @@ fs::path build_store(CepeModel& model, const index::EncoderFingerprint& fp,
   return path;
 }
 
+// A context's states as one host array, in order (its parts joined, or its one tensor).
+std::vector<float> host_rows(const EncodedContext& ctx) {
+  std::vector<float> out;
+  for (const Tensor& block : ctx.parts.empty() ? std::vector<Tensor>{ctx.states} : ctx.parts)
+    out.insert(out.end(), block.data<float>(), block.data<float>() + block.numel());
+  return out;
+}
+
 std::vector<int32_t> greedy_with(CepeModel& model, const std::vector<int32_t>& prompt,
                                  const EncodedContext& ctx, int max_new) {
   SamplingOptions o;
@@ -138,9 +146,31 @@ TEST_P(StoreOnFixture, StatesLogitsAndGreedyAgainstLive) {
   ASSERT_EQ(stored.tokens(), live.tokens());
   ASSERT_EQ(stored.chunk_lengths, live.chunk_lengths);
 
-  // Element bounds, derived from each dtype's rounding.
+  // On the CPU every passage is its own part. An f32 store's parts are read-only views of the
+  // mapped file itself (no per-request copy); other dtypes are decoded into request memory.
   const int64_t width = live.states.dim(1);
-  const float* a = stored.states.data<float>();
+  ASSERT_EQ(stored.parts.size(), chunks.size());
+  const auto* file_begin = reinterpret_cast<const char*>(found.store->f32_data(0));
+  std::vector<float> joined;
+  for (size_t i = 0; i < stored.parts.size(); ++i) {
+    const Tensor& part = stored.parts[i];
+    ASSERT_EQ(part.dim(0), static_cast<int64_t>(chunks[i].size()));
+    const auto* at = static_cast<const char*>(part.raw());
+    if (c.dtype == StateDType::F32) {
+      EXPECT_TRUE(part.file_backed()) << "passage " << i;
+      EXPECT_TRUE(at >= file_begin && at + part.nbytes() <= file_begin + found.store->file_bytes())
+          << "passage " << i << " was copied out of the store";
+    } else {
+      EXPECT_FALSE(part.file_backed()) << "passage " << i;
+    }
+    joined.insert(joined.end(), part.data<float>(), part.data<float>() + part.numel());
+  }
+  {  // What a request holds for cross-attention: nothing of its own with an f32 store.
+    auto state = model->new_state(1);
+    model->set_context(*state, stored);
+    EXPECT_EQ(state->encoder_state_bytes(), c.dtype == StateDType::F32 ? 0u : live.states.nbytes());
+  }
+  const float* a = joined.data();
   const float* b = live.states.data<float>();
   double worst_rel = 0.0;
   for (int64_t r = 0; r < live.tokens(); ++r) {
@@ -233,9 +263,10 @@ TEST(EncoderStore, OtherPackingStaysWithinRounding) {
     const EncodedContext stored = states.encode(ids_for(chunks.size()), chunks);
     const EncodedContext live = model->encode(chunks);
     double ds = 0;
+    const std::vector<float> stored_rows = host_rows(stored);
+    ASSERT_EQ(stored_rows.size(), static_cast<size_t>(live.states.numel()));
     for (int64_t i = 0; i < live.states.numel(); ++i)
-      ds = std::max(
-          ds, double(std::fabs(stored.states.data<float>()[i] - live.states.data<float>()[i])));
+      ds = std::max(ds, double(std::fabs(stored_rows[i] - live.states.data<float>()[i])));
     EXPECT_LE(ds, 1e-5) << name;
     const auto prompt = test::ids_of(f->expected["input_ids"]);
     const Tensor a = logits_with(*model, prompt, stored), b = logits_with(*model, prompt, live);
@@ -451,10 +482,16 @@ TEST(EncoderStates, CacheGivesTheLiveStates) {
   ASSERT_EQ(second.tokens(), alone.tokens() + first.tokens());
   const int64_t w = first.states.dim(1);
   // The new passage is the live encoding of it; the cached ones are the first request's bytes.
-  EXPECT_EQ(std::memcmp(second.states.raw(), alone.states.raw(), alone.states.nbytes()), 0);
-  EXPECT_EQ(std::memcmp(second.states.data<float>() + alone.tokens() * w, first.states.raw(),
-                        first.states.nbytes()),
-            0);
+  const std::vector<float> rows2 = host_rows(second);
+  EXPECT_EQ(std::memcmp(rows2.data(), alone.states.raw(), alone.states.nbytes()), 0);
+  EXPECT_EQ(
+      std::memcmp(rows2.data() + alone.tokens() * w, first.states.raw(), first.states.nbytes()), 0);
+  // Cache hits are the entries themselves, not copies.
+  ASSERT_EQ(second.parts.size(), chunks2.size());
+  EXPECT_EQ(second.parts[1].raw(),
+            states.cache()
+                ->get(qa::EncodedPassageCache::key(42, ids[0], index::chunk_token_hash(chunks[0])))
+                .raw());
 }
 
 // A caller's passages have no id: they are cached by their tokens, so the same text again is a hit
@@ -474,8 +511,9 @@ TEST(EncoderStates, CallerPassagesAreCachedByTheirTokens) {
   const EncodedContext again = states.encode(no_ids, chunks);
   EXPECT_EQ(states.counters().cache_hits.load(), chunks.size());
   EXPECT_EQ(states.counters().live_passages.load(), chunks.size());
-  ASSERT_EQ(again.states.nbytes(), first.states.nbytes());
-  EXPECT_EQ(std::memcmp(again.states.raw(), first.states.raw(), first.states.nbytes()), 0);
+  const std::vector<float> again_rows = host_rows(again);
+  ASSERT_EQ(again_rows.size() * sizeof(float), first.states.nbytes());
+  EXPECT_EQ(std::memcmp(again_rows.data(), first.states.raw(), first.states.nbytes()), 0);
   std::vector<int32_t> other = chunks[0];
   other.back() = other.back() == 5 ? 6 : 5;  // same length, one token changed
   const EncodedContext changed = states.encode({""}, {other});

@@ -316,25 +316,33 @@ class CpuBackend final : public Backend {
     std::vector<Item> items;
     for (size_t s = 0; s < segments.size(); ++s) {
       const AttentionSegment& sg = segments[s];
-      check_f32(sg.k, "attention keys");
-      check_f32(sg.v, "attention values");
       for (int h = 0; h < shape.heads; ++h)
         for (int64_t r = 0; r < sg.q_len; r += kTile)
           items.push_back({static_cast<int>(s), h, r, std::min(kTile, sg.q_len - r)});
     }
     const int group = shape.heads / shape.kv_heads;
     const int hd = shape.head_dim;
+    const std::vector<std::vector<KeyBlock>> blocks = key_blocks(segments);
     bool few_rows = true;
     for (const auto& sg : segments) few_rows = few_rows && sg.q_len <= 4;
     if (few_rows) {
-      attention_few_rows(q, segments, shape, out);
+      attention_few_rows(q, segments, blocks, shape, out);
       return;
+    }
+    // Non-causal segments (cross-attention) are split by keys instead, when their partial
+    // results fit a bound; the items below then cover the causal ones only.
+    std::vector<bool> by_keys = attention_by_keys(q, segments, blocks, shape, out);
+    {
+      std::vector<Item> causal_items;
+      for (const Item& item : items)
+        if (!by_keys[item.seg]) causal_items.push_back(item);
+      items.swap(causal_items);
     }
     auto run_item = [&](size_t it, std::vector<float>& scores) {
       const Item& item = items[it];
       const AttentionSegment& sg = segments[item.seg];
       const int kvh = item.head / group;
-      const int64_t k_len = sg.k.dim(0);
+      const int64_t k_len = sg.key_count();
       // Causal: the last query of the tile sees keys up to causal_offset + row.
       const int64_t k_used =
           sg.causal ? std::min(k_len, sg.causal_offset + item.row0 + item.rows) : k_len;
@@ -346,10 +354,15 @@ class CpuBackend final : public Backend {
       }
       scores.resize(static_cast<size_t>(item.rows * k_used));
       const float* qp = q.data<float>() + (sg.q_begin + item.row0) * q_stride + item.head * hd;
-      const float* kp = sg.k.data<float>() + kvh * hd;
-      const float* vp = sg.v.data<float>() + kvh * hd;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, item.rows, k_used, hd, shape.scale, qp,
-                  q_stride, kp, kv_stride, 0.0f, scores.data(), k_used);
+      // Scores of each key block land side by side in one row, so the softmax spans them all.
+      int64_t off = 0;
+      for (const KeyBlock& kb : blocks[item.seg]) {
+        const int64_t n = std::min(kb.keys, k_used - off);
+        if (n <= 0) break;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, item.rows, n, hd, shape.scale, qp,
+                    q_stride, kb.k + kvh * hd, kv_stride, 0.0f, scores.data() + off, k_used);
+        off += n;
+      }
       for (int64_t r = 0; r < item.rows; ++r) {
         float* srow = scores.data() + r * k_used;
         // Rows before the first visible key (negative offsets) see nothing and output zeros.
@@ -370,8 +383,15 @@ class CpuBackend final : public Backend {
         for (int64_t j = 0; j < visible; ++j) srow[j] *= inv;
         for (int64_t j = visible; j < k_used; ++j) srow[j] = 0.0f;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, item.rows, hd, k_used, 1.0f,
-                  scores.data(), k_used, vp, kv_stride, 0.0f, o, q_stride);
+      off = 0;
+      for (const KeyBlock& kb : blocks[item.seg]) {
+        const int64_t n = std::min(kb.keys, k_used - off);
+        if (n <= 0) break;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, item.rows, hd, n, 1.0f,
+                    scores.data() + off, k_used, kb.v + kvh * hd, kv_stride, off == 0 ? 0.0f : 1.0f,
+                    o, q_stride);
+        off += n;
+      }
     };
 #pragma omp parallel num_threads(threads_)
     {
@@ -382,6 +402,149 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // A run of keys and their values: a segment's k/v, or one of its parts.
+  struct KeyBlock {
+    const float* k;
+    const float* v;
+    int64_t keys;
+  };
+  std::vector<std::vector<KeyBlock>> key_blocks(const std::vector<AttentionSegment>& segments) {
+    std::vector<std::vector<KeyBlock>> blocks(segments.size());
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const AttentionSegment& sg = segments[s];
+      if (sg.k_parts.empty()) {
+        check_f32(sg.k, "attention keys");
+        check_f32(sg.v, "attention values");
+        blocks[s].push_back({sg.k.data<float>(), sg.v.data<float>(), sg.k.dim(0)});
+        continue;
+      }
+      for (size_t i = 0; i < sg.k_parts.size(); ++i) {
+        check_f32(sg.k_parts[i], "attention keys");
+        check_f32(sg.v_parts[i], "attention values");
+        blocks[s].push_back(
+            {sg.k_parts[i].data<float>(), sg.v_parts[i].data<float>(), sg.k_parts[i].dim(0)});
+      }
+    }
+    return blocks;
+  }
+
+  // Attention of non-causal segments split by key blocks: each work unit scores one tile of
+  // query rows of one head against one block of keys and keeps its partial softmax (row max,
+  // sum of exponentials, unnormalised output); a second pass merges a row's blocks in block
+  // order. Each key block is read (and packed by BLAS) once per tile of up to 256 rows rather
+  // than once per 64-row tile, and the blocks spread a single wide segment (absorbed
+  // cross-attention: heads x prompt rows against every passage's states) over all threads.
+  // The merge order is fixed, so results do not depend on the thread count. Returns which
+  // segments it handled (those whose partials stay under 64 MiB).
+  std::vector<bool> attention_by_keys(const Tensor& q,
+                                      const std::vector<AttentionSegment>& segments,
+                                      const std::vector<std::vector<KeyBlock>>& runs,
+                                      const AttentionShape& shape, Tensor& out) {
+    const int group = shape.heads / shape.kv_heads;
+    const int64_t hd = shape.head_dim;
+    const int64_t q_stride = static_cast<int64_t>(shape.heads) * hd;
+    const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * hd;
+    constexpr int64_t kRowTile = 256, kKeyBlock = 512;
+    constexpr size_t kMaxPartialFloats = size_t(16) << 20;
+    const int64_t partial_width = hd + 2;  // max, sum, output row
+    struct Tile {
+      int seg, head;
+      int64_t row0, rows;
+      size_t first_block, blocks;  // this tile's units, in key order
+    };
+    struct Unit {
+      size_t tile;
+      const float *k, *v;
+      int64_t keys;
+      size_t partial;  // first float of its partials
+    };
+    std::vector<bool> handled(segments.size(), false);
+    std::vector<Tile> tiles;
+    std::vector<Unit> units;
+    size_t floats = 0;
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const AttentionSegment& sg = segments[s];
+      if (sg.causal || sg.q_len == 0) continue;
+      size_t seg_blocks = 0;
+      for (const KeyBlock& run : runs[s]) seg_blocks += (run.keys + kKeyBlock - 1) / kKeyBlock;
+      const size_t seg_floats =
+          seg_blocks * static_cast<size_t>(shape.heads * sg.q_len * partial_width);
+      if (seg_blocks == 0 || floats + seg_floats > kMaxPartialFloats) continue;
+      handled[s] = true;
+      floats += seg_floats;
+      for (int h = 0; h < shape.heads; ++h)
+        for (int64_t r = 0; r < sg.q_len; r += kRowTile) {
+          Tile tile{static_cast<int>(s), h, r, std::min(kRowTile, sg.q_len - r), units.size(), 0};
+          for (const KeyBlock& run : runs[s])
+            for (int64_t key0 = 0; key0 < run.keys; key0 += kKeyBlock) {
+              units.push_back({tiles.size(), run.k + key0 * kv_stride, run.v + key0 * kv_stride,
+                               std::min(kKeyBlock, run.keys - key0), 0});
+              ++tile.blocks;
+            }
+          tiles.push_back(tile);
+        }
+    }
+    if (units.empty()) return handled;
+    size_t at = 0;
+    for (Unit& u : units) {
+      u.partial = at;
+      at += static_cast<size_t>(tiles[u.tile].rows * partial_width);
+    }
+    std::vector<float> partials(at);
+#pragma omp parallel num_threads(threads_)
+    {
+      std::vector<float> scores;
+#pragma omp for schedule(dynamic)
+      for (size_t i = 0; i < units.size(); ++i) {
+        const Unit& u = units[i];
+        const Tile& t = tiles[u.tile];
+        const AttentionSegment& sg = segments[t.seg];
+        const int64_t kv_off = static_cast<int64_t>(t.head / group) * hd;
+        const float* qp = q.data<float>() + (sg.q_begin + t.row0) * q_stride + t.head * hd;
+        scores.resize(static_cast<size_t>(t.rows * u.keys));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t.rows, u.keys, hd, shape.scale, qp,
+                    q_stride, u.k + kv_off, kv_stride, 0.0f, scores.data(), u.keys);
+        float* part = partials.data() + u.partial;
+        for (int64_t r = 0; r < t.rows; ++r) {
+          float* srow = scores.data() + r * u.keys;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < u.keys; ++j) mx = std::max(mx, srow[j]);
+          float sum = 0.0f;
+          for (int64_t j = 0; j < u.keys; ++j) sum += srow[j] = std::exp(srow[j] - mx);
+          part[r * partial_width] = mx;
+          part[r * partial_width + 1] = sum;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t.rows, hd, u.keys, 1.0f,
+                    scores.data(), u.keys, u.v + kv_off, kv_stride, 0.0f, part + 2, partial_width);
+      }
+      // Merge each row's blocks, rescaled to the row's overall max.
+#pragma omp for schedule(static)
+      for (size_t ti = 0; ti < tiles.size(); ++ti) {
+        const Tile& t = tiles[ti];
+        const AttentionSegment& sg = segments[t.seg];
+        for (int64_t r = 0; r < t.rows; ++r) {
+          float* o = out.data<float>() + (sg.q_begin + t.row0 + r) * q_stride + t.head * hd;
+          float mx = -INFINITY;
+          for (size_t b = 0; b < t.blocks; ++b)
+            mx = std::max(mx, partials[units[t.first_block + b].partial + r * partial_width]);
+          float sum = 0.0f;
+          std::fill(o, o + hd, 0.0f);
+          for (size_t b = 0; b < t.blocks; ++b) {
+            const float* part =
+                partials.data() + units[t.first_block + b].partial + r * partial_width;
+            const float w = std::exp(part[0] - mx);
+            sum += w * part[1];
+#pragma omp simd
+            for (int64_t c = 0; c < hd; ++c) o[c] += w * part[2 + c];
+          }
+          const float inv = 1.0f / sum;
+          for (int64_t c = 0; c < hd; ++c) o[c] *= inv;
+        }
+      }
+    }
+    return handled;
+  }
+
   // Row r of a weight matrix of any dtype, widened to F32 (packed rows are gathered from their
   // group first).
   void weight_row(const Tensor& w, int64_t r, float* out) const {
@@ -406,6 +569,7 @@ class CpuBackend final : public Backend {
   // are split into blocks whose partial softmaxes are merged (max, sum, weighted values), so
   // every thread has work even for a single sequence.
   void attention_few_rows(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                          const std::vector<std::vector<KeyBlock>>& key_runs,
                           const AttentionShape& shape, Tensor& out) {
     const int heads = shape.heads;
     const int group = shape.heads / shape.kv_heads;
@@ -415,15 +579,17 @@ class CpuBackend final : public Backend {
     // Key blocks of 512, halved (down to 64) until every thread has a couple of blocks: one
     // short sequence would otherwise be one block for one thread. Every block streams whole
     // cache rows (all heads), which the prefetcher follows; splitting by heads instead reads a
-    // strided slice of each row and measured slower.
+    // strided slice of each row and measured slower. Blocks never straddle two key runs.
     int64_t total_keys = 0;
-    for (const auto& sg : segments) total_keys += sg.q_len * sg.k.dim(0);
+    for (const auto& sg : segments) total_keys += sg.q_len * sg.key_count();
     int64_t kBlock = 512;
     while (kBlock > 64 && (total_keys + kBlock - 1) / kBlock < 2 * threads_) kBlock /= 2;
     struct Unit {
       int seg;
-      int64_t row, key0, keys;  // query row in the segment; key range of this block
-      size_t first;             // index of the row's first block in `partials`
+      int64_t row;           // query row in the segment
+      const float *kp, *vp;  // this block's first key and value row
+      int64_t keys;
+      size_t block;  // index into `partials`
     };
     std::vector<Unit> units;
     struct RowRef {
@@ -437,15 +603,19 @@ class CpuBackend final : public Backend {
       const AttentionSegment& sg = segments[s];
       for (int64_t r = 0; r < sg.q_len; ++r) {
         const int64_t visible = std::max<int64_t>(
-            0, sg.causal ? std::min(sg.k.dim(0), sg.causal_offset + r + 1) : sg.k.dim(0));
-        const size_t blocks = static_cast<size_t>((visible + kBlock - 1) / kBlock);
-        rows.push_back({static_cast<int>(s), r, n_blocks, blocks});
-        for (size_t b = 0; b < blocks; ++b) {
-          const int64_t key0 = static_cast<int64_t>(b) * kBlock;
-          units.push_back(
-              {static_cast<int>(s), r, key0, std::min(kBlock, visible - key0), n_blocks});
+            0, sg.causal ? std::min(sg.key_count(), sg.causal_offset + r + 1) : sg.key_count());
+        const size_t first = n_blocks;
+        int64_t seen = 0;
+        for (const KeyBlock& run : key_runs[s]) {
+          const int64_t in_run = std::min(run.keys, visible - seen);
+          for (int64_t key0 = 0; key0 < in_run; key0 += kBlock)
+            units.push_back({static_cast<int>(s), r, run.k + key0 * kv_stride,
+                             run.v + key0 * kv_stride, std::min(kBlock, in_run - key0),
+                             n_blocks++});
+          seen += std::max<int64_t>(in_run, 0);
+          if (seen >= visible) break;
         }
-        n_blocks += blocks;
+        rows.push_back({static_cast<int>(s), r, first, n_blocks - first});
       }
     }
     // Per block and head: running max, sum of exponentials, and the unnormalised output.
@@ -459,8 +629,8 @@ class CpuBackend final : public Backend {
         const Unit& unit = units[u];
         const AttentionSegment& sg = segments[unit.seg];
         const float* qr = q.data<float>() + (sg.q_begin + unit.row) * q_stride;
-        const float* kp = sg.k.data<float>() + unit.key0 * kv_stride;
-        const float* vp = sg.v.data<float>() + unit.key0 * kv_stride;
+        const float* kp = unit.kp;
+        const float* vp = unit.vp;
         const int64_t n = unit.keys;
         scores.resize(static_cast<size_t>(heads * n));
         for (int64_t j = 0; j < n; ++j) {
@@ -474,8 +644,7 @@ class CpuBackend final : public Backend {
             scores[h * n + j] = d * shape.scale;
           }
         }
-        const size_t block = unit.first + static_cast<size_t>(unit.key0 / kBlock);
-        float* part = partials.data() + block * heads * partial_width;
+        float* part = partials.data() + unit.block * heads * partial_width;
         for (int h = 0; h < heads; ++h) {
           float* sh = scores.data() + h * n;
           float mx = -INFINITY;

@@ -482,6 +482,9 @@ class CudaBackend final : public Backend {
     check_f32(q, "attention queries");
     check_f32(out, "attention output");
     op_checks::attention(q, segments, shape, out);
+    // The model joins a request's states into one device tensor before they reach CUDA.
+    for (const AttentionSegment& sg : segments)
+      CEPE_CHECK(sg.k_parts.empty(), "attention: keys in parts are a CPU-only form");
     if (shape.head_dim > kern::kAttnMaxHeadDim) {
       attention_wide(q, segments, shape, out);
       return;

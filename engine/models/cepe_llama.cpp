@@ -152,8 +152,38 @@ const char* cross_attention_mode_name(CrossAttentionMode mode) {
   return mode == CrossAttentionMode::Absorbed ? "absorbed" : "cached";
 }
 
+int64_t EncodedContext::tokens() const {
+  int64_t n = states.defined() && states.rank() == 2 ? states.dim(0) : 0;
+  for (const Tensor& part : parts) n += part.dim(0);
+  return n;
+}
+
+std::vector<Tensor> EncodedContext::blocks() const {
+  if (!parts.empty()) return parts;
+  if (!states.defined() || states.rank() != 2 || states.dim(0) == 0) return {};
+  // One view per chunk where the lengths say so, so a request reads the same blocks (and rounds
+  // the same way) whether its passages were encoded together or come from a store one by one.
+  int64_t total = 0;
+  for (int64_t n : chunk_lengths) total += n;
+  if (chunk_lengths.size() < 2 || total != states.dim(0)) return {states};
+  std::vector<Tensor> out;
+  int64_t row = 0;
+  for (int64_t n : chunk_lengths) {
+    out.push_back(states.rows(row, n));
+    row += n;
+  }
+  return out;
+}
+
+size_t DecoderState::encoder_state_bytes() const {
+  size_t n = 0;
+  for (const Tensor& part : context_)
+    if (!part.file_backed()) n += part.nbytes();  // mapped store pages belong to no request
+  return n;
+}
+
 size_t DecoderState::cache_bytes() const {
-  size_t n = context_.defined() ? context_.nbytes() : 0;
+  size_t n = encoder_state_bytes();
   for (const auto* v : {&k_cache_, &v_cache_, &cross_k_, &cross_v_})
     for (const Tensor& t : *v)
       if (t.defined()) n += t.nbytes();  // layers without cross-attention hold none
@@ -312,7 +342,13 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
   CEPE_CHECK(config_.is_cepe(), "this model has no cross-attention, so it cannot take context");
   state.encoder_tokens_ = context.tokens();
   if (cross_mode_ == CrossAttentionMode::Absorbed) {
-    state.context_ = context.states;
+    // Keys in parts are a CPU form; a device reads the request's one tensor.
+    if (backend_.device() == Device::CPU) {
+      state.context_ = context.blocks();
+    } else {
+      CEPE_CHECK(context.parts.empty(), "encoder states in parts are a CPU-only form");
+      state.context_ = {context.states};
+    }
     return;
   }
   const LlamaConfig& c = config_.decoder;
@@ -324,8 +360,18 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
     if (!b.has_cross) continue;
     state.cross_k_[l] = backend_.empty({context.tokens(), kvd}, DType::F32);
     state.cross_v_[l] = backend_.empty({context.tokens(), kvd}, DType::F32);
-    backend_.linear(context.states, b.cross_k, state.cross_k_[l]);
-    backend_.linear(context.states, b.cross_v, state.cross_v_[l]);
+    project_blocks(context.blocks(), b.cross_k, state.cross_k_[l]);
+    project_blocks(context.blocks(), b.cross_v, state.cross_v_[l]);
+  }
+}
+
+void CepeModel::project_blocks(const std::vector<Tensor>& blocks, const Tensor& weight,
+                               Tensor& out) const {
+  int64_t row = 0;
+  for (const Tensor& block : blocks) {
+    Tensor rows = out.rows(row, block.dim(0));
+    backend_.linear(block, weight, rows);
+    row += block.dim(0);
   }
 }
 
@@ -433,7 +479,7 @@ void CepeModel::cross_attention(const BlockWeights& b, int layer,
     AttentionSegment seg;
     seg.q_begin = row_begin[s];
     seg.q_len = row_count[s];
-    if (!st.context_.defined()) {  // cached
+    if (st.context_.empty()) {  // cached
       seg.k = st.cross_k_[layer];
       seg.v = st.cross_v_[layer];
     } else {
@@ -448,8 +494,8 @@ void CepeModel::cross_attention(const BlockWeights& b, int layer,
       }
       seg.k = backend_.empty({st.encoder_tokens_, kvd}, DType::F32);
       seg.v = backend_.empty({st.encoder_tokens_, kvd}, DType::F32);
-      backend_.linear(st.context_, b.cross_k, seg.k);
-      backend_.linear(st.context_, b.cross_v, seg.v);
+      project_blocks(st.context_, b.cross_k, seg.k);
+      project_blocks(st.context_, b.cross_v, seg.v);
     }
     direct.push_back(std::move(seg));
   }
@@ -494,8 +540,12 @@ void CepeModel::absorbed_cross_attention(const BlockWeights& b,
     AttentionSegment seg;
     seg.q_begin = (whole ? row_begin[s] : at) * heads;
     seg.q_len = row_count[s] * heads;
-    seg.k = states[s]->context_;
-    seg.v = states[s]->context_;
+    const std::vector<Tensor>& context = states[s]->context_;
+    if (context.size() == 1) {
+      seg.k = seg.v = context[0];
+    } else {
+      seg.k_parts = seg.v_parts = context;
+    }
     segments.push_back(std::move(seg));
     at += row_count[s];
   }

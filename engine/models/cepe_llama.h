@@ -36,12 +36,18 @@ struct StackWeights {
   Tensor norm;                       ///< final norm.weight [hidden]
 };
 
-/// Encoder output for one request: the final, normed states of all its chunks, concatenated.
+/// Encoder output for one request: the final, normed states of all its chunks, in order.
 struct EncodedContext {
-  Tensor states;                       ///< [total_tokens, encoder_hidden] on the backend's device
+  Tensor states;  ///< [total_tokens, encoder_hidden] on the backend's device (unless in parts)
+  /// Or the same rows as several [rows, encoder_hidden] host blocks, in order (CPU backend):
+  /// views of a memory-mapped store, cache entries or encoder passes, read where they lie.
+  std::vector<Tensor> parts;
   std::vector<int64_t> chunk_lengths;  ///< tokens per chunk, in order
   /// Number of encoder tokens.
-  int64_t tokens() const { return states.defined() && states.rank() == 2 ? states.dim(0) : 0; }
+  int64_t tokens() const;
+  /// The states as row blocks: `parts`, or views of `states` one per chunk (all of it when the
+  /// chunk lengths do not cover it); empty when there are none.
+  std::vector<Tensor> blocks() const;
 };
 
 /// How decoder tokens read a request's encoder states E in the cross-attention layers. Both give
@@ -71,14 +77,17 @@ class DecoderState {
   int64_t length() const { return length_; }
   /// Encoder tokens this sequence cross-attends to.
   int64_t encoder_tokens() const { return encoder_tokens_; }
-  /// Bytes held by the caches.
+  /// Bytes held by the caches (encoder states read in place from a file mapping excluded).
   size_t cache_bytes() const;
+  /// Of cache_bytes, the encoder states held for absorbed cross-attention.
+  size_t encoder_state_bytes() const;
 
  private:
   friend class CepeModel;
   std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim]
   std::vector<Tensor> cross_k_, cross_v_;  // Cached: per cross layer [encoder_tokens, kv * hd]
-  Tensor context_;  // Absorbed (set iff so): encoder states [encoder_tokens, enc_hidden]
+  // Absorbed (non-empty iff so): encoder states [encoder_tokens, enc_hidden] in row blocks
+  std::vector<Tensor> context_;
   int64_t length_ = 0;
   int64_t capacity_ = 0;
   int64_t encoder_tokens_ = 0;
@@ -151,6 +160,8 @@ class CepeModel {
                                 const std::vector<int64_t>& row_begin,
                                 const std::vector<int64_t>& row_count, const Tensor& q,
                                 Tensor& out);
+  // out's rows = each block's rows · weightᵀ, block after block.
+  void project_blocks(const std::vector<Tensor>& blocks, const Tensor& weight, Tensor& out) const;
   // cos/sin [rows, head_dim/2] for the given positions, uploaded to the device.
   void rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& positions,
                    const std::vector<int64_t>& rope_lengths, Tensor* cos, Tensor* sin) const;
