@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Encoder-state store vs server-style cache vs live encoding, `cepe qa` on the bench100m shapes
 # (random weights: answers are noise, the work per token is real), k = 10 and k = 20:
-# time to first token, questions/s, peak RSS; store size and build time.
-#   [CONCURRENCY=4] bench/run_encoder_store_bench.sh [questions=32] [passages=400] [threads=0]
+# time to first token, questions/s, peak RSS; store size and build time. Questions run one at a
+# time by default, so a question's time to first token is its own work (retrieval, states,
+# prefill), not a share of other sequences' decode steps.
+#   [CONCURRENCY=1] bench/run_encoder_store_bench.sh [questions=200] [passages=400] [threads=0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=${1:-32}
+n=${1:-200}
 np=${2:-400}
 threads=${3:-0}
 cepe=${CEPE:-build/cepe}
@@ -42,7 +44,7 @@ run() {  # k label extra-flags...
   shift 2
   "$cepe" qa --questions "$work/questions.jsonl" --index "$work/index" --model "$work/model" \
     --limit "$n" --k "$k" --decoder-passages 0 --max-new-tokens 8 --stop "@@never@@" \
-    --threads "$threads" --concurrency "${CONCURRENCY:-4}" --out "$work/answers-$label-$k.jsonl" "$@" \
+    --threads "$threads" --concurrency "${CONCURRENCY:-1}" --out "$work/answers-$label-$k.jsonl" "$@" \
     >"$work/run-$label-$k.txt" 2>/dev/null
   local line
   line=$(grep "^pass" "$work/run-$label-$k.txt" | tail -n 1)

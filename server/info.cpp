@@ -69,10 +69,18 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
       w.Key("self_attention_bytes_per_token");
       w.Uint64(uint64_t(2) * d.num_hidden_layers * d.num_key_value_heads * d.head_dim * 4);
       w.Key("encoder_state_bytes_per_passage_token");
-      w.Uint64(res.model->cross_attention_mode() == CrossAttentionMode::Absorbed
-                   ? uint64_t(mc.encoder_hidden_size) * 4
-                   : uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads * d.head_dim *
-                         4);
+      const bool absorbed = res.model->cross_attention_mode() == CrossAttentionMode::Absorbed;
+      const uint64_t per_passage_token = absorbed ? uint64_t(mc.encoder_hidden_size) * 4
+                                                  : uint64_t(2) * mc.num_cross_attn_layers *
+                                                        d.num_key_value_heads * d.head_dim * 4;
+      w.Uint64(per_passage_token);
+      // Passages of an f32 store are read in place from its mapping by the CPU's absorbed
+      // cross-attention: they cost a request nothing.
+      w.Key("encoder_state_bytes_per_stored_passage_token");
+      const bool in_place = absorbed && res.encoder_store &&
+                            res.encoder_store->fingerprint().dtype == index::StateDType::F32 &&
+                            res.model->backend().device() == Device::CPU;
+      w.Uint64(in_place ? 0 : per_passage_token);
       w.EndObject();
     }
   }
