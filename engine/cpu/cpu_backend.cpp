@@ -428,6 +428,27 @@ class CpuBackend final : public Backend {
     return blocks;
   }
 
+  // One query row and head: joins `blocks` partial softmaxes, block b's (max, sum of
+  // exponentials, unnormalised output row of `width`) starting at part_of(b), each rescaled to
+  // the overall max. No block (no visible key) gives zeros.
+  template <class PartOf>
+  static void merge_softmax_blocks(size_t blocks, PartOf part_of, int64_t width, float* out) {
+    std::fill(out, out + width, 0.0f);
+    if (blocks == 0) return;
+    float mx = -INFINITY;
+    for (size_t b = 0; b < blocks; ++b) mx = std::max(mx, part_of(b)[0]);
+    float sum = 0.0f;
+    for (size_t b = 0; b < blocks; ++b) {
+      const float* part = part_of(b);
+      const float w = std::exp(part[0] - mx);
+      sum += w * part[1];
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) out[c] += w * part[2 + c];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t c = 0; c < width; ++c) out[c] *= inv;
+  }
+
   // Attention of non-causal segments split by key blocks: each work unit scores one tile of
   // query rows of one head against one block of keys and keeps its partial softmax (row max,
   // sum of exponentials, unnormalised output); a second pass merges a row's blocks in block
@@ -522,24 +543,13 @@ class CpuBackend final : public Backend {
       for (size_t ti = 0; ti < tiles.size(); ++ti) {
         const Tile& t = tiles[ti];
         const AttentionSegment& sg = segments[t.seg];
-        for (int64_t r = 0; r < t.rows; ++r) {
-          float* o = out.data<float>() + (sg.q_begin + t.row0 + r) * q_stride + t.head * hd;
-          float mx = -INFINITY;
-          for (size_t b = 0; b < t.blocks; ++b)
-            mx = std::max(mx, partials[units[t.first_block + b].partial + r * partial_width]);
-          float sum = 0.0f;
-          std::fill(o, o + hd, 0.0f);
-          for (size_t b = 0; b < t.blocks; ++b) {
-            const float* part =
-                partials.data() + units[t.first_block + b].partial + r * partial_width;
-            const float w = std::exp(part[0] - mx);
-            sum += w * part[1];
-#pragma omp simd
-            for (int64_t c = 0; c < hd; ++c) o[c] += w * part[2 + c];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t c = 0; c < hd; ++c) o[c] *= inv;
-        }
+        for (int64_t r = 0; r < t.rows; ++r)
+          merge_softmax_blocks(
+              t.blocks,
+              [&](size_t b) {
+                return partials.data() + units[t.first_block + b].partial + r * partial_width;
+              },
+              hd, out.data<float>() + (sg.q_begin + t.row0 + r) * q_stride + t.head * hd);
       }
     }
     return handled;
@@ -672,23 +682,13 @@ class CpuBackend final : public Backend {
         const RowRef& rr = rows[i];
         const AttentionSegment& sg = segments[rr.seg];
         float* o = out.data<float>() + (sg.q_begin + rr.row) * q_stride;
-        for (int h = 0; h < heads; ++h) {
-          float* oh = o + h * hd;
-          std::fill(oh, oh + hd, 0.0f);
-          if (rr.blocks == 0) continue;  // no visible key: zeros
-          float mx = -INFINITY;
-          for (size_t b = 0; b < rr.blocks; ++b)
-            mx = std::max(mx, partials[((rr.first + b) * heads + h) * partial_width]);
-          float sum = 0.0f;
-          for (size_t b = 0; b < rr.blocks; ++b) {
-            const float* part = partials.data() + ((rr.first + b) * heads + h) * partial_width;
-            const float w = std::exp(part[0] - mx);
-            sum += w * part[1];
-            for (int64_t t = 0; t < hd; ++t) oh[t] += w * part[2 + t];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t t = 0; t < hd; ++t) oh[t] *= inv;
-        }
+        for (int h = 0; h < heads; ++h)
+          merge_softmax_blocks(
+              rr.blocks,
+              [&](size_t b) {
+                return partials.data() + ((rr.first + b) * heads + h) * partial_width;
+              },
+              hd, o + h * hd);
       }
     }
   }
