@@ -1,12 +1,17 @@
 #include "engine/backend.h"
 
+#include <dlfcn.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "engine/cpu/cpu_backend.h"
-#ifdef CEPE_HAVE_CUDA
-#include "engine/cuda/cuda_backend.h"
-#endif
+#include "engine/cuda/cuda_plugin.h"
 
 namespace cepe {
 
@@ -152,6 +157,84 @@ void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
 
 }  // namespace op_checks
 
+namespace {
+
+// The CUDA backend lives in a plugin (engine/cuda/cuda_plugin.h), opened once, on first use, and
+// never closed: backends and tensors it made may outlive any caller.
+struct CudaPlugin {
+  std::string error;  // why it cannot be used ("" when it can)
+  decltype(&cepe_cuda_device_available) device_available = nullptr;
+  decltype(&cepe_cuda_make_backend) make_backend = nullptr;
+  decltype(&cepe_cuda_backend_memory) backend_memory = nullptr;
+};
+
+std::vector<std::string> cuda_plugin_candidates() {
+  if (const char* path = std::getenv("CEPE_CUDA_PLUGIN"); path != nullptr && *path != '\0')
+    return {path};
+  std::vector<std::string> candidates;
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back((exe.parent_path() / kCudaPluginFileName).string());
+    candidates.push_back(
+        (exe.parent_path() / ".." / "lib" / "cepe" / kCudaPluginFileName).string());
+  }
+#ifdef CEPE_CUDA_PLUGIN_BUILD_PATH
+  candidates.push_back(CEPE_CUDA_PLUGIN_BUILD_PATH);  // tests and benchmarks in the build tree
+#endif
+  return candidates;
+}
+
+CudaPlugin load_cuda_plugin() {
+  CudaPlugin plugin;
+  const std::vector<std::string> candidates = cuda_plugin_candidates();
+  std::string path;
+  for (const std::string& candidate : candidates) {
+    if (access(candidate.c_str(), F_OK) == 0) {
+      path = candidate;
+      break;
+    }
+  }
+  if (path.empty()) {
+    std::string looked;
+    for (const std::string& c : candidates) looked += (looked.empty() ? "" : ", ") + c;
+    plugin.error = std::string("the CUDA backend plugin ") + kCudaPluginFileName +
+                   " was not found (looked for " + looked +
+                   "; set CEPE_CUDA_PLUGIN to its path, or build with nvcc present)";
+    return plugin;
+  }
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* why = dlerror();
+    plugin.error = "cannot load the CUDA backend plugin " + path + ": " + (why ? why : "?");
+    return plugin;
+  }
+  auto symbol = [&](const char* name) {
+    void* found = dlsym(handle, name);
+    if (found == nullptr && plugin.error.empty())
+      plugin.error = "the CUDA backend plugin " + path + " lacks the entry point " + name;
+    return found;
+  };
+  auto abi = reinterpret_cast<decltype(&cepe_cuda_plugin_abi)>(symbol("cepe_cuda_plugin_abi"));
+  plugin.device_available =
+      reinterpret_cast<decltype(plugin.device_available)>(symbol("cepe_cuda_device_available"));
+  plugin.make_backend =
+      reinterpret_cast<decltype(plugin.make_backend)>(symbol("cepe_cuda_make_backend"));
+  plugin.backend_memory =
+      reinterpret_cast<decltype(plugin.backend_memory)>(symbol("cepe_cuda_backend_memory"));
+  if (plugin.error.empty() && abi() != cuda_plugin_abi())
+    plugin.error = "the CUDA backend plugin " + path +
+                   " was built from other sources than this binary (ABI mismatch); rebuild both";
+  return plugin;
+}
+
+const CudaPlugin& cuda_plugin() {
+  static const CudaPlugin plugin = load_cuda_plugin();
+  return plugin;
+}
+
+}  // namespace
+
 std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& options) {
   if (device == Device::CPU) return make_cpu_backend(options);
   CEPE_CHECK(options.weights == WeightKind::Stored,
@@ -159,29 +242,29 @@ std::unique_ptr<Backend> make_backend(Device device, const BackendOptions& optio
                          << "backend only; on " << device_name(device)
                          << " use 'stored' (re-type the checkpoint with `cepe convert weights` "
                             "for bf16 or f16)");
-#ifdef CEPE_HAVE_CUDA
-  return make_cuda_backend(options);
-#else
-  CEPE_THROW("this build of cepe has no CUDA backend (nvcc was not found at build time)");
-#endif
+  const CudaPlugin& plugin = cuda_plugin();
+  CEPE_CHECK(plugin.error.empty(), "no CUDA backend: " << plugin.error);
+  char error[1024] = "";
+  Backend* backend = plugin.make_backend(&options, error, sizeof error);
+  CEPE_CHECK(backend != nullptr, error);
+  return std::unique_ptr<Backend>(backend);
 }
 
 bool backend_available(Device device) {
   if (device == Device::CPU) return true;
-#ifdef CEPE_HAVE_CUDA
-  return cuda_device_available();
-#else
-  return false;
-#endif
+  const CudaPlugin& plugin = cuda_plugin();
+  return plugin.error.empty() && plugin.device_available() != 0;
 }
 
 BackendMemory backend_memory(Backend& backend, bool reset_peak) {
-#ifdef CEPE_HAVE_CUDA
-  if (backend.device() == Device::CUDA) return cuda_backend_memory(backend, reset_peak);
-#endif
-  (void)reset_peak;
-  (void)backend;
-  return {};
+  BackendMemory memory;
+  if (backend.device() != Device::CUDA) return memory;
+  const CudaPlugin& plugin = cuda_plugin();
+  CEPE_CHECK(plugin.error.empty(), "no CUDA backend: " << plugin.error);
+  char error[1024] = "";
+  CEPE_CHECK(plugin.backend_memory(&backend, reset_peak ? 1 : 0, &memory, error, sizeof error) == 0,
+             error);
+  return memory;
 }
 
 Device parse_device(const std::string& name) {

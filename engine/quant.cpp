@@ -139,6 +139,27 @@ size_t packed_block_offset(DType packed, int64_t blocks, int64_t g, int64_t b) {
   return static_cast<size_t>((g * blocks + b) * kPackRows) * dtype_block_bytes(packed);
 }
 
+// Packs 16 row-major rows of `from` blocks (`rows16`, `row_bytes` apart) as group g of a packed
+// matrix at `dst` (layout: pack_rows16).
+void pack_group(const char* rows16, DType from, int64_t blocks, int64_t g, char* dst) {
+  const DType to = from == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16;
+  const size_t block_bytes = dtype_block_bytes(from);
+  const size_t row_bytes = static_cast<size_t>(blocks) * block_bytes;
+  const size_t quant_bytes = block_bytes - 2;              // 32 (Q8_0) or 16 (Q4_0)
+  const uint8_t flip = from == DType::Q8_0 ? 0x80 : 0x00;  // int8 -> q + 128
+  for (int64_t b = 0; b < blocks; ++b) {
+    char* blk = dst + packed_block_offset(to, blocks, g, b);
+    for (int64_t r = 0; r < kPackRows; ++r) {
+      const char* in = rows16 + r * row_bytes + b * block_bytes;
+      std::memcpy(blk + 2 * r, in, 2);
+      for (size_t c = 0; c < quant_bytes / 4; ++c)
+        for (size_t i = 0; i < 4; ++i)
+          blk[packed_quant_index(c, r, i)] =
+              static_cast<char>(static_cast<uint8_t>(in[2 + 4 * c + i]) ^ flip);
+    }
+  }
+}
+
 }  // namespace
 
 Tensor pack_rows16(const Tensor& source) {
@@ -148,25 +169,13 @@ Tensor pack_rows16(const Tensor& source) {
   CEPE_CHECK(source.rank() == 2, "pack_rows16: expected a matrix, got " << source.shape_string());
   const DType to = from == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16;
   const int64_t rows = source.dim(0), width = source.dim(1), blocks = (width + 31) / 32;
-  const size_t row_bytes = dtype_row_bytes(from, width), block_bytes = dtype_block_bytes(from);
-  const size_t quant_bytes = block_bytes - 2;              // 32 (Q8_0) or 16 (Q4_0)
-  const uint8_t flip = from == DType::Q8_0 ? 0x80 : 0x00;  // int8 -> q + 128
+  const size_t row_bytes = dtype_row_bytes(from, width);
   Tensor out = Tensor::empty(source.shape(), to);
   const char* src = static_cast<const char*>(source.raw());
   char* dst = static_cast<char*>(out.raw());
   const int64_t groups = rows / kPackRows;
   for (int64_t g = 0; g < groups; ++g)
-    for (int64_t b = 0; b < blocks; ++b) {
-      char* blk = dst + packed_block_offset(to, blocks, g, b);
-      for (int64_t r = 0; r < kPackRows; ++r) {
-        const char* in = src + (g * kPackRows + r) * row_bytes + b * block_bytes;
-        std::memcpy(blk + 2 * r, in, 2);
-        for (size_t c = 0; c < quant_bytes / 4; ++c)
-          for (size_t i = 0; i < 4; ++i)
-            blk[packed_quant_index(c, r, i)] =
-                static_cast<char>(static_cast<uint8_t>(in[2 + 4 * c + i]) ^ flip);
-      }
-    }
+    pack_group(src + g * kPackRows * row_bytes, from, blocks, g, dst);
   const int64_t done = groups * kPackRows;
   std::memcpy(dst + done * row_bytes, src + done * row_bytes, (rows - done) * row_bytes);
   return out;
@@ -197,15 +206,17 @@ void unpack_row16(const Tensor& t, int64_t r, void* out) {
   }
 }
 
-void release_file_pages(const Tensor& t) {
-  if (!t.file_backed() || t.nbytes() == 0) return;
-  // Only whole pages inside the tensor: a page shared with a neighbouring tensor may still be in
-  // use (it is read back from the file anyway, but there is no need to drop it twice).
+void release_file_pages(const Tensor& t, size_t begin, size_t end) {
+  end = std::min(end, t.nbytes());
+  if (!t.file_backed() || begin >= end) return;
+  // Only whole pages inside the range: a page shared with a neighbouring tensor or rows not yet
+  // read may still be in use.
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.raw()) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.raw()) + t.nbytes()) / page * page;
-  if (end > begin)
-    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advisory only
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.raw());
+  const uintptr_t first = (base + begin + page - 1) / page * page;
+  const uintptr_t last = (base + end) / page * page;
+  if (last > first)
+    ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);  // advisory only
 }
 
 Tensor convert_weight(const Tensor& source, DType target) {
@@ -217,16 +228,33 @@ Tensor convert_weight(const Tensor& source, DType target) {
              "convert_weight: a scalar cannot be converted to " << dtype_name(target));
   const int64_t width = source.dim(-1);
   const int64_t rows = width ? source.numel() / width : 0;
+  // A packed target is quantized 16 rows at a time into `group` and packed from there, so no
+  // row-major copy of the matrix is ever made.
+  const bool packed = target == DType::Q8_0x16 || target == DType::Q4_0x16;
+  const DType row_type = packed ? dtype_unpacked(target) : target;
+  CEPE_CHECK(!packed || source.rank() == 2,
+             "convert_weight: only a matrix can be packed, got " << source.shape_string());
+  const int64_t packed_rows = packed ? rows / kPackRows * kPackRows : 0;
   Tensor out = Tensor::empty(source.shape(), target);
   const size_t in_row = dtype_row_bytes(source.dtype(), width);
-  const size_t out_row = dtype_row_bytes(target, width);
+  const size_t out_row = dtype_row_bytes(row_type, width);
   const char* src = static_cast<const char*>(source.raw());
   char* dst = static_cast<char*>(out.raw());
+  std::vector<char> group(packed ? kPackRows * out_row : 0);
   std::vector<float> row(static_cast<size_t>(width));
+  // The source's pages are dropped every few MB as rows are consumed, so converting a large
+  // matrix (a 32000 x 4096 head is 500 MB in F32) never holds it all resident.
+  constexpr size_t kReleaseBytes = size_t{4} << 20;
+  size_t released = 0;
   for (int64_t r = 0; r < rows; ++r) {
+    const size_t consumed = static_cast<size_t>(r) * in_row;
+    if (consumed - released >= kReleaseBytes) {
+      release_file_pages(source, released, consumed);
+      released = consumed;
+    }
     dequantize_row_ref(src + r * in_row, source.dtype(), row.data(), width);
-    void* o = dst + r * out_row;
-    switch (target) {
+    void* o = r < packed_rows ? group.data() + (r % kPackRows) * out_row : dst + r * out_row;
+    switch (row_type) {
       case DType::Q8_0:
         quantize_row_q8_0_ref(row.data(), static_cast<BlockQ8_0*>(o), width);
         break;
@@ -236,6 +264,8 @@ Tensor convert_weight(const Tensor& source, DType target) {
       default:
         convert_from_f32(row.data(), o, target, static_cast<size_t>(width));
     }
+    if (r < packed_rows && r % kPackRows == kPackRows - 1)
+      pack_group(group.data(), row_type, (width + 31) / 32, r / kPackRows, dst);
   }
   release_file_pages(source);
   return out;

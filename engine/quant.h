@@ -50,9 +50,12 @@ void dequantize_row_q4_0_ref(const BlockQ4_0* in, float* out, int64_t n);
 void dequantize_row_ref(const void* row, DType dtype, float* out, int64_t width);
 
 /// Converts a CPU matrix (rank >= 1, rows of the last dimension) to `target`, one row at a time
-/// through an F32 row buffer; a file-backed source has its pages released afterwards, so a
-/// quantized load of a large checkpoint holds the quantized copy and one tensor's source pages
-/// at most. Returns the source itself when it already has the target dtype.
+/// through an F32 row buffer; a file-backed source has its pages released every few MB as rows
+/// are consumed, so a quantized load of a large checkpoint holds the converted copy and a few MB
+/// of source pages at most. A packed target (Q8_0x16, Q4_0x16; a matrix) is quantized 16 rows
+/// at a time and packed as it goes: the same bytes as pack_rows16(convert_weight(source, Q8_0 or
+/// Q4_0)) without that row-major copy. Returns the source itself when it already has the target
+/// dtype.
 Tensor convert_weight(const Tensor& source, DType target);
 
 /// Rows per interleaved group of the packed block types (Q8_0x16, Q4_0x16).
@@ -77,8 +80,9 @@ constexpr int64_t packed_quant_index(int64_t chunk, int64_t row, int64_t byte) {
 /// dtype_row_bytes(dtype_unpacked(t.dtype()), width) bytes.
 void unpack_row16(const Tensor& t, int64_t r, void* out);
 
-/// Drops the resident pages of a file-backed (read-only mmap) tensor from this process; they are
-/// read back from the file if touched again. A no-op for other tensors.
-void release_file_pages(const Tensor& t);
+/// Drops the resident pages of a file-backed (read-only mmap) tensor from this process, those
+/// wholly inside its bytes [begin, end); they are read back from the file if touched again. A
+/// no-op for other tensors.
+void release_file_pages(const Tensor& t, size_t begin = 0, size_t end = SIZE_MAX);
 
 }  // namespace cepe

@@ -530,17 +530,43 @@ TEST(QuantLoad, ConvertWeightsCli) {
   EXPECT_NE(log.find("--weights: unknown weights kind 'q5'"), std::string::npos) << log;
 }
 
+// Quantizing straight into the packed layout (what the CPU backend loads) gives the bytes of
+// quantizing row-major and packing afterwards, whole groups and the row-major tail alike, from
+// every source dtype.
+TEST(QuantPack, ConvertToPackedEqualsPackAfterConvert) {
+  for (int64_t rows : {16, 37, 64}) {
+    const int64_t n = 96;
+    const auto v = random_floats(rows * n, 7 + rows);
+    Tensor w = Tensor::empty({rows, n}, DType::F32);
+    std::copy(v.begin(), v.end(), w.data<float>());
+    for (DType source : {DType::F32, DType::BF16, DType::F16}) {
+      const Tensor src = convert_weight(w, source);
+      for (DType plain : {DType::Q4_0, DType::Q8_0}) {
+        const DType packed_type = plain == DType::Q4_0 ? DType::Q4_0x16 : DType::Q8_0x16;
+        const Tensor expected = pack_rows16(convert_weight(src, plain));
+        const Tensor packed = convert_weight(src, packed_type);
+        ASSERT_EQ(packed.dtype(), packed_type);
+        ASSERT_EQ(packed.nbytes(), expected.nbytes());
+        EXPECT_EQ(std::memcmp(packed.raw(), expected.raw(), packed.nbytes()), 0)
+            << rows << " rows of " << dtype_name(source) << " to " << dtype_name(packed_type);
+      }
+    }
+  }
+}
+
 TEST(QuantLoad, FilePagesAreReleasedAfterConversion) {
   auto f = test::load_fixture("gqa_cross_last2");
   WeightStore store = WeightStore::open(f->dir);
   const Tensor t = store.get("lm_head.weight");
   ASSERT_TRUE(t.file_backed());
-  const Tensor q = convert_weight(t, DType::Q8_0);
-  EXPECT_EQ(q.dtype(), DType::Q8_0);
-  EXPECT_FALSE(q.file_backed());
-  // The view still reads the same values (pages come back from the file).
-  Tensor again = convert_weight(store.get("lm_head.weight"), DType::Q8_0);
-  EXPECT_EQ(std::memcmp(q.raw(), again.raw(), q.nbytes()), 0);
+  for (DType target : {DType::Q8_0, DType::Q8_0x16}) {
+    const Tensor q = convert_weight(t, target);
+    EXPECT_EQ(q.dtype(), target);
+    EXPECT_FALSE(q.file_backed());
+    // The view still reads the same values (pages come back from the file).
+    Tensor again = convert_weight(store.get("lm_head.weight"), target);
+    EXPECT_EQ(std::memcmp(q.raw(), again.raw(), q.nbytes()), 0);
+  }
 }
 
 }  // namespace

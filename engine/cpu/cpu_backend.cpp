@@ -65,13 +65,13 @@ class CpuBackend final : public Backend {
     check_cpu(host, "weight");
     if (as_f32) return to_host_f32(host);
     if (weights_ == WeightKind::Stored) return host;
-    // One matrix at a time, row by row: the mapped source pages are dropped once converted.
-    Tensor converted = convert_weight(host, weight_kind_dtype(weights_, host.dtype()));
-    // Block matrices are re-laid in groups of 16 rows for the packed kernels (decode and
-    // prefill alike); the row-major copy is freed as soon as the packed one exists.
-    if (dtype_is_block(converted.dtype()) && converted.rank() == 2 && converted.dim(0) >= kPackRows)
-      return pack_rows16(converted);
-    return converted;
+    // One matrix at a time, row by row: the mapped source pages are dropped as they are used.
+    // Block matrices are laid in groups of 16 rows for the packed kernels (decode and prefill
+    // alike), straight from the source rows.
+    const DType target = weight_kind_dtype(weights_, host.dtype());
+    if (dtype_is_block(target) && host.rank() == 2 && host.dim(0) >= kPackRows)
+      return convert_weight(host, target == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16);
+    return convert_weight(host, target);
   }
 
   Tensor to_device(const Tensor& host) override {
