@@ -86,6 +86,8 @@ int main(int argc, char** argv) try {
       .option("weights", "load-time weights: stored|f32|bf16|f16|q8_0|q4_0", "stored")
       .option("device", "cpu or cuda", "cpu")
       .option("cross-attention", "cached or absorbed", "cached")
+      .option("kv-cache", "KV cache type: f32, f16 or auto (f16 on cpu with converted weights)",
+              "auto")
       .option("batch", "requests decoded together", "1")
       .flag("json", "accepted for clarity: the output is always one JSON object");
   args.parse(std::vector<std::string>(argv + 1, argv + argc));
@@ -113,6 +115,8 @@ int main(int argc, char** argv) try {
     auto model = CepeModel::load(model_dir, *backend);
     model->set_cross_attention_mode(
         parse_cross_attention_mode(cross_attention, backend->device(), "--cross-attention"));
+    model->set_kv_cache_dtype(parse_kv_cache_type(args.get("kv-cache"), backend->device(),
+                                                  options.weights, "--kv-cache"));
     const double load_s = seconds_since(t_load);
     const int vocab = model->config().decoder.vocab_size;
     const bool has_encoder = model->config().is_cepe();
@@ -217,7 +221,7 @@ int main(int argc, char** argv) try {
         "\"decode_short\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"decode\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"weights_mb\": %.1f, \"kv_and_cross_cache_mb\": %.1f, \"peak_rss_mb\": %.1f, "
-        "\"peak_device_mb\": %.1f, \"cross_attention\": \"%s\", "
+        "\"peak_device_mb\": %.1f, \"cross_attention\": \"%s\", \"kv_cache\": \"%s\", "
         "\"decode_step_bytes\": %.0f, \"decode_bytes_per_s\": %.4g, "
         "\"batch_decode\": {\"batch\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.2f, "
         "\"cache_mb_per_request\": %.1f}, \"machine_read_gb_s\": %.2f, "
@@ -227,9 +231,10 @@ int main(int argc, char** argv) try {
         prefill, prefill_s, prefill / prefill_s, decode, decode_short_s, decode / decode_short_s,
         decode, decode_s, decode / decode_s, weights_mb, state->cache_bytes() / 1048576.0,
         peak_rss_mb, backend_memory(*backend).peak_in_use / 1048576.0,
-        cross_attention_mode_name(model->cross_attention_mode()), step_bytes,
-        step_bytes * decode / decode_s, batch, 1e3 * batch_step_s, batch / batch_step_s,
-        batch_cache_bytes / 1048576.0 / batch, read_bytes_per_s / 1e9,
+        cross_attention_mode_name(model->cross_attention_mode()),
+        dtype_name(model->kv_cache_dtype()), step_bytes, step_bytes * decode / decode_s, batch,
+        1e3 * batch_step_s, batch / batch_step_s, batch_cache_bytes / 1048576.0 / batch,
+        read_bytes_per_s / 1e9,
         read_bytes_per_s / static_cast<double>(model->decode_weight_bytes()));
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_engine: error: %s\n", e.what());

@@ -19,6 +19,10 @@ void add_model_flags(Args& args) {
       .option("cross-attention",
               "how decoding reads the encoder states: cached (per-layer K/V kept per request), "
               "absorbed (only the states kept), auto (absorbed on cpu, cached on cuda)",
+              "auto")
+      .option("kv-cache",
+              "self-attention KV cache element type: f32, f16 (cpu; halves the cache) or auto "
+              "(f16 on cpu with --weights bf16, f16, q8_0 or q4_0, else f32)",
               "auto");
 }
 
@@ -33,6 +37,8 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   lm.model = CepeModel::load(dir, *lm.backend);
   lm.model->set_cross_attention_mode(parse_cross_attention_mode(
       args.get("cross-attention"), lm.backend->device(), "--cross-attention"));
+  lm.model->set_kv_cache_dtype(parse_kv_cache_type(args.get("kv-cache"), lm.backend->device(),
+                                                   options.weights, "--kv-cache"));
   const std::filesystem::path tok = dir / "tokenizer.model";
   if (std::filesystem::exists(tok)) {
     lm.tokenizer = std::make_unique<Tokenizer>(tok);

@@ -20,7 +20,7 @@ struct LoadedModel {
   std::unique_ptr<Tokenizer> tokenizer;  ///< null when the directory has no tokenizer.model
 };
 
-/// Declares --model, --device, --threads, --weights and --cross-attention.
+/// Declares --model, --device, --threads, --weights, --cross-attention and --kv-cache.
 void add_model_flags(Args& args);
 /// Loads what add_model_flags describes; `need_tokenizer` makes a missing tokenizer an error.
 LoadedModel load_model(const Args& args, bool need_tokenizer);

@@ -71,6 +71,9 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_INT(threads, 0, 1024, "CPU compute threads (0: all cores)"),
       CEPE_STR(weights, "load-time weight format: stored, f32, bf16, f16, q8_0 or q4_0 (cpu)"),
       CEPE_STR(cross_attention, "cached, absorbed or auto (absorbed on cpu, cached on cuda)"),
+      CEPE_STR(kv_cache,
+               "KV cache type: f32, f16 (cpu) or auto (f16 on cpu with 16/8/4-bit "
+               "weights, else f32)"),
       CEPE_STR(index, "index directory (empty: requests must carry passages)"),
       CEPE_INT(nprobe, 0, 1 << 20, "FAISS IVF lists to visit (0: index default)"),
       CEPE_INT(ef_search, 0, 1 << 20, "FAISS HNSW search depth (0: index default)"),
@@ -287,6 +290,8 @@ void validate_server_config(const ServerConfig& c) {
              "config: 'device' must be cpu or cuda, got '" << c.device << "'");
   parse_cross_attention_mode(c.cross_attention, parse_device(c.device),
                              "config: 'cross_attention'");
+  parse_kv_cache_type(c.kv_cache, parse_device(c.device),
+                      parse_weight_kind(c.weights, "config: 'weights'"), "config: 'kv_cache'");
   CEPE_CHECK(
       parse_weight_kind(c.weights, "config: 'weights'") == WeightKind::Stored || c.device == "cpu",
       "config: 'weights' '" << c.weights << "' needs device cpu (got '" << c.device

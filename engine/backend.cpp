@@ -65,9 +65,12 @@ void rope(const Tensor& x, int heads, int head_dim, const Tensor& cos, const Ten
 
 void copy_rows(const Tensor& src, int64_t src_row, const Tensor& dst, int64_t dst_row,
                int64_t count) {
-  CEPE_CHECK(src.dtype() == dst.dtype() && dst.dim(-1) == src.dim(-1) && src_row >= 0 &&
-                 dst_row >= 0 && count >= 0 && src_row + count <= src.dim(0) &&
-                 dst_row + count <= dst.dim(0),
+  const bool narrowing = src.dtype() == DType::F32 && dst.dtype() == DType::F16;
+  CEPE_CHECK(src.dtype() == dst.dtype() || narrowing,
+             "copy_rows: cannot copy " << dtype_name(src.dtype()) << " rows into a "
+                                       << dtype_name(dst.dtype()) << " tensor");
+  CEPE_CHECK(dst.dim(-1) == src.dim(-1) && src_row >= 0 && dst_row >= 0 && count >= 0 &&
+                 src_row + count <= src.dim(0) && dst_row + count <= dst.dim(0),
              "copy_rows: cannot copy rows [" << src_row << ", " << src_row + count << ") of "
                                              << src.shape_string() << " to row " << dst_row
                                              << " of " << dst.shape_string());

@@ -88,7 +88,8 @@ class Backend {
   /// Rotates pairs (i, i + head_dim/2) of every head of x [T, heads * head_dim] in place, by the
   /// per-row angles whose cos/sin are given as [T, head_dim / 2] (HuggingFace's rotate_half).
   virtual void rope(Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) = 0;
-  /// Copies `count` rows of src (from src_row) into dst (from dst_row); same row width and dtype.
+  /// Copies `count` rows of src (from src_row) into dst (from dst_row); same row width, and same
+  /// dtype or (CPU) F32 rows rounded into an F16 tensor.
   virtual void copy_rows(const Tensor& src, int64_t src_row, Tensor& dst, int64_t dst_row,
                          int64_t count) = 0;
   /// gate = silu(gate) * up, elementwise (SwiGLU).
@@ -127,7 +128,8 @@ void embedding(const Tensor& table, const std::vector<int32_t>& ids, const Tenso
 void linear(const Tensor& x, const Tensor& weight, const Tensor& out);
 /// rope: the input is rows of `heads` x even `head_dim`; the tables hold half a head per row.
 void rope(const Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin);
-/// copy_rows: same dtype and width, both row ranges inside their tensors.
+/// copy_rows: same width, same dtype or F32 rows into F16 (the F16 KV cache), both row ranges
+/// inside their tensors.
 void copy_rows(const Tensor& src, int64_t src_row, const Tensor& dst, int64_t dst_row,
                int64_t count);
 /// rms_norm: the weight has the input's width; the output has the input's size.

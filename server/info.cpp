@@ -42,6 +42,8 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
     w.Int(mc.num_cross_attn_layers);
     w.Key("cross_attention");
     w.String(cross_attention_mode_name(res.model->cross_attention_mode()));
+    w.Key("kv_cache");
+    w.String(dtype_name(res.model->kv_cache_dtype()));
     w.Key("max_position_embeddings");
     w.Int(mc.decoder.max_position_embeddings);
     // Where passage states come from, and what one request holds with them.
@@ -67,7 +69,8 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
       w.Key("request_memory");
       w.StartObject();
       w.Key("self_attention_bytes_per_token");
-      w.Uint64(uint64_t(2) * d.num_hidden_layers * d.num_key_value_heads * d.head_dim * 4);
+      w.Uint64(uint64_t(2) * d.num_hidden_layers * d.num_key_value_heads * d.head_dim *
+               dtype_size(res.model->kv_cache_dtype()));
       w.Key("encoder_state_bytes_per_passage_token");
       const bool absorbed = res.model->cross_attention_mode() == CrossAttentionMode::Absorbed;
       const uint64_t per_passage_token = absorbed ? uint64_t(mc.encoder_hidden_size) * 4

@@ -44,6 +44,8 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   out.model = CepeModel::load(dir, *out.backend);
   out.model->set_cross_attention_mode(parse_cross_attention_mode(
       config.cross_attention, out.backend->device(), "config: 'cross_attention'"));
+  out.model->set_kv_cache_dtype(parse_kv_cache_type(config.kv_cache, out.backend->device(),
+                                                    bo.weights, "config: 'kv_cache'"));
   out.tokenizer = std::make_unique<Tokenizer>(tok);
   CEPE_CHECK(out.tokenizer->vocab_size() <= out.model->config().decoder.vocab_size,
              tok.string() << " has " << out.tokenizer->vocab_size()

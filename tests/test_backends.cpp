@@ -629,6 +629,83 @@ TEST_P(BackendOps, Attention) {
 // attention over the same rows joined, on every CPU path: decode rows (<= 4 per segment), wide
 // absorbed rows split by key blocks, GQA, several segments, beside a causal segment in the same
 // call. Key-block results are merged in a fixed order, so 1 and 2 threads agree bit for bit.
+// The F16 KV cache: keys and values stored as fp16 are widened as they are read, so attention
+// over them is attention over F32 tensors holding the same rounded numbers: bit for bit on the
+// prefill path (row tiles: head slices widened per key block), to the last few bits on the decode
+// path (a few rows: cache rows widened one at a time), causal as the cache is; and copy_rows
+// rounds F32 rows into an F16 cache exactly as f32_to_f16 does.
+TEST(CpuAttention, F16KeysEqualRoundedF32Keys) {
+  struct Shape {
+    std::string name;
+    int heads, kv_heads, head_dim;
+    int64_t q_len, k_len, offset;
+  };
+  const std::vector<Shape> shapes = {
+      {"decode_one", 4, 2, 16, 1, 700, 699},
+      {"decode_three", 4, 4, 32, 3, 129, 126},
+      {"gqa_prefill", 8, 2, 32, 40, 73, 33},
+      {"prefill_from_zero", 2, 1, 64, 90, 90, 0},
+  };
+  for (const Shape& sh : shapes) {
+    AttentionCase c = make_case(sh.name, sh.heads, sh.kv_heads, sh.head_dim, sh.q_len, 51);
+    std::mt19937 rng(52);
+    add_segment(c, rng, 0, sh.q_len, sh.k_len, true, sh.offset);
+    std::vector<AttentionSegment> half = c.segments;
+    for (Tensor* t : {&c.keys.back(), &c.values.back()}) {
+      Tensor h = Tensor::empty(t->shape(), DType::F16);
+      auto cpu = make_backend(Device::CPU);
+      cpu->copy_rows(*t, 0, h, 0, t->dim(0));  // the cache write under test
+      const uint16_t* hv = static_cast<const uint16_t*>(h.raw());
+      float* f = t->data<float>();
+      for (int64_t i = 0; i < t->numel(); ++i) {
+        ASSERT_EQ(hv[i], f32_to_f16(f[i])) << sh.name << ": copy_rows rounded element " << i;
+        f[i] = f16_to_f32(hv[i]);  // the F32 case now holds the rounded numbers
+      }
+      (t == &c.keys.back() ? half[0].k : half[0].v) = h;
+    }
+    for (int threads : {1, 2}) {
+      BackendOptions options;
+      options.threads = threads;
+      auto cpu = make_backend(Device::CPU, options);
+      Tensor from_f32 = clone(c.out_init), from_f16 = clone(c.out_init);
+      cpu->attention(c.q, c.segments, c.shape, from_f32);
+      cpu->attention(c.q, half, c.shape, from_f16);
+      const std::vector<float> a = values(from_f32), b = values(from_f16);
+      if (sh.q_len > 4) {  // row tiles: the same BLAS calls on the same numbers
+        EXPECT_EQ(a, b) << sh.name << " (" << threads
+                        << " threads): F16 keys differ from rounded F32 keys";
+      } else {
+        // The decode loops are vectorised by the compiler, whose lane split may follow the
+        // rows' alignment (cache rows vs the widening buffer): the same terms summed in another
+        // order, head_dim-term dot products and a softmax over values of |v| <= 1, so within a
+        // few dozen units in the last place of 1.
+        float vmax = 0.0f;
+        for (const Tensor* t : {&c.values.back()})
+          for (int64_t i = 0; i < t->numel(); ++i)
+            vmax = std::max(vmax, std::fabs(t->data<float>()[i]));
+        const float tol = 4.0f * sh.head_dim * std::ldexp(1.0f, -24) * std::max(1.0f, vmax);
+        for (size_t i = 0; i < a.size(); ++i)
+          ASSERT_NEAR(a[i], b[i], tol) << sh.name << " (" << threads << " threads) element " << i;
+      }
+      check_attention_result(c, values(from_f16), "cpu (F16 keys and values)");
+    }
+  }
+  // Keys and values must share a dtype; nothing else is widened.
+  auto cpu = make_backend(Device::CPU);
+  std::mt19937 rng(53);
+  AttentionCase c = make_case("mixed", 2, 2, 8, 2, 54);
+  add_segment(c, rng, 0, 2, 4, true, 2);
+  AttentionSegment seg = c.segments[0];
+  seg.k = Tensor::empty(seg.k.shape(), DType::F16);
+  Tensor out = clone(c.out_init);
+  try {
+    cpu->attention(c.q, {seg}, c.shape, out);
+    FAIL() << "F16 keys with F32 values were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("both F32 or both F16"), std::string::npos) << e.what();
+  }
+}
+
 TEST(CpuAttention, KeysInPartsEqualJoinedKeys) {
   struct Shape {
     std::string name;

@@ -169,6 +169,26 @@ TEST_P(KernelLevels, MatchScalar) {
     s.widen_bf16(wb.data(), a.data(), n);
     k.widen_bf16(wb.data(), b.data(), n);
     ASSERT_EQ(a, b) << k.name << " widen_bf16";
+    // Narrowing to fp16 (the F16 KV cache): round to nearest even on every level, the halfway
+    // cases, the overflow edge and half subnormals included.
+    std::vector<float> edge(w.begin(), w.begin() + n);
+    const float specials[] = {65504.0f,
+                              65519.0f,
+                              65520.0f,
+                              -1e6f,
+                              1.0f + 1.0f / 2048,
+                              1.0f + 3.0f / 2048,
+                              6.0e-8f,
+                              3.0e-8f,
+                              -2.9e-8f,
+                              1e-5f,
+                              0.0f,
+                              -0.0f};
+    for (size_t i = 0; i < std::size(specials) && i < edge.size(); ++i) edge[i] = specials[i];
+    std::vector<uint16_t> ha(n), hb(n);
+    s.narrow_f16(edge.data(), ha.data(), n);
+    k.narrow_f16(edge.data(), hb.data(), n);
+    ASSERT_EQ(ha, hb) << k.name << " narrow_f16";
     // Dot products: the same exact terms summed in another order. Each sum's error is at most
     // (terms + 8) u sum |terms| (recursive summation plus the lane reduction), so two sums differ
     // by at most twice that.
@@ -396,12 +416,14 @@ NllResult mean_nll(CepeModel& model, const std::vector<int32_t>& ids,
 }
 
 NllResult nll_with(const fs::path& dir, WeightKind kind, const std::vector<int32_t>& ids,
-                   const std::vector<std::vector<int32_t>>& chunks, int threads = 2) {
+                   const std::vector<std::vector<int32_t>>& chunks, int threads = 2,
+                   DType kv_cache = DType::F32) {
   BackendOptions o;
   o.threads = threads;
   o.weights = kind;
   auto backend = make_backend(Device::CPU, o);
   auto model = CepeModel::load(dir, *backend);
+  model->set_kv_cache_dtype(kv_cache);
   return mean_nll(*model, ids, chunks);
 }
 
@@ -413,8 +435,9 @@ NllResult nll_with(const fs::path& dir, WeightKind kind, const std::vector<int32
 // rounding's propagation through the layers), f16 2^-11 (likewise), q8_0 2^-7 (half a step, 1/254
 // of the block maximum, on the weights and on the activations), q4_0 2^-3 (one step of 1/8 of the
 // block maximum at worst: the side opposite the largest weight ends at 7/8). F32 (stored) must
-// be identical. Random fixture models have large logits (NLL ~8 nats), so their bounds are
-// wide; stories260K is a trained model with the same formula.
+// be identical. An F16 KV cache rounds keys and values once (2^-11, doubled likewise: 2^-10),
+// which adds to the weights' e. Random fixture models have large logits (NLL ~8 nats), so their
+// bounds are wide; stories260K is a trained model with the same formula.
 double relative_error(WeightKind kind) {
   switch (kind) {
     case WeightKind::BF16:
@@ -436,14 +459,19 @@ const WeightKind kKinds[] = {WeightKind::F32, WeightKind::BF16, WeightKind::F16,
 void check_nll(const std::string& what, const fs::path& dir, const std::vector<int32_t>& ids,
                const std::vector<std::vector<int32_t>>& chunks, int threads) {
   const NllResult base = nll_with(dir, WeightKind::Stored, ids, chunks, threads);
-  for (WeightKind kind : kKinds) {
-    const double got = nll_with(dir, kind, ids, chunks, threads).nll;
-    const double bound = 2 * relative_error(kind) * base.max_logit + 1e-9;
-    std::printf("%s NLL %s threads %d: %.5f (f32 %.5f, delta %+.5f, bound 2 e L = %.4f, L %.2f)\n",
-                what.c_str(), weight_kind_name(kind), threads, got, base.nll, got - base.nll, bound,
-                base.max_logit);
-    EXPECT_LE(std::fabs(got - base.nll), bound) << what << " " << weight_kind_name(kind);
-  }
+  for (WeightKind kind : kKinds)
+    for (DType kv : {DType::F32, DType::F16}) {
+      const double got = nll_with(dir, kind, ids, chunks, threads, kv).nll;
+      const double e = relative_error(kind) + (kv == DType::F16 ? std::ldexp(1.0, -10) : 0.0);
+      const double bound = 2 * e * base.max_logit + 1e-9;
+      std::printf(
+          "%s NLL %s, %s KV cache, threads %d: %.5f (f32 %.5f, delta %+.5f, bound 2 e L = %.4f, "
+          "L %.2f)\n",
+          what.c_str(), weight_kind_name(kind), dtype_name(kv), threads, got, base.nll,
+          got - base.nll, bound, base.max_logit);
+      EXPECT_LE(std::fabs(got - base.nll), bound)
+          << what << " " << weight_kind_name(kind) << " " << dtype_name(kv) << " KV cache";
+    }
 }
 
 TEST(QuantNll, Stories260K) {
@@ -528,6 +556,13 @@ TEST(QuantLoad, ConvertWeightsCli) {
                 &log),
             1);
   EXPECT_NE(log.find("--weights: unknown weights kind 'q5'"), std::string::npos) << log;
+  EXPECT_EQ(test::run_command(bin.string() + " generate --model " + f->dir.string() +
+                                  " --kv-cache f8 --prompt hi",
+                              &log),
+            1);
+  EXPECT_NE(log.find("--kv-cache: 'f8' is not a KV cache type (auto, f32 or f16)"),
+            std::string::npos)
+      << log;
 }
 
 // Quantizing straight into the packed layout (what the CPU backend loads) gives the bytes of

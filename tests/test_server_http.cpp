@@ -364,6 +364,7 @@ TEST_F(ServerHttp, HealthReadyAndInfo) {
   EXPECT_STREQ(d["model"]["name"].GetString(), "tiny-test");
   EXPECT_TRUE(d["model"]["cepe"].GetBool());
   EXPECT_STREQ(d["model"]["cross_attention"].GetString(), "absorbed");  // auto on the CPU
+  EXPECT_STREQ(d["model"]["kv_cache"].GetString(), "F32");  // auto with stored F32 weights
   EXPECT_EQ(d["index"]["passages"].GetInt(), 48);
   EXPECT_STREQ(d["index"]["retriever"].GetString(), "bm25");
   EXPECT_TRUE(d["index"]["embedder"].IsNull());  // no dense side

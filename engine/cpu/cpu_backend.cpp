@@ -213,6 +213,11 @@ class CpuBackend final : public Backend {
     check_cpu(dst, "copy destination");
     op_checks::copy_rows(src, src_row, dst, dst_row, count);
     const int64_t width = src.dim(-1);
+    if (src.dtype() != dst.dtype()) {  // F32 into F16 (op_checks allows nothing else)
+      kernels_.narrow_f16(src.data<float>() + src_row * width,
+                          static_cast<uint16_t*>(dst.raw()) + dst_row * width, count * width);
+      return;
+    }
     const size_t row_bytes = dtype_row_bytes(src.dtype(), width);
     std::memcpy(static_cast<char*>(dst.raw()) + dst_row * row_bytes,
                 static_cast<const char*>(src.raw()) + src_row * row_bytes, count * row_bytes);
@@ -338,7 +343,7 @@ class CpuBackend final : public Backend {
         if (!by_keys[item.seg]) causal_items.push_back(item);
       items.swap(causal_items);
     }
-    auto run_item = [&](size_t it, std::vector<float>& scores) {
+    auto run_item = [&](size_t it, std::vector<float>& scores, std::vector<float>& widened) {
       const Item& item = items[it];
       const AttentionSegment& sg = segments[item.seg];
       const int kvh = item.head / group;
@@ -359,8 +364,10 @@ class CpuBackend final : public Backend {
       for (const KeyBlock& kb : blocks[item.seg]) {
         const int64_t n = std::min(kb.keys, k_used - off);
         if (n <= 0) break;
+        int64_t ld = 0;
+        const float* kh = head_rows_f32(kb, kb.k, n, kvh, hd, kv_stride, widened, &ld);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, item.rows, n, hd, shape.scale, qp,
-                    q_stride, kb.k + kvh * hd, kv_stride, 0.0f, scores.data() + off, k_used);
+                    q_stride, kh, ld, 0.0f, scores.data() + off, k_used);
         off += n;
       }
       for (int64_t r = 0; r < item.rows; ++r) {
@@ -387,45 +394,69 @@ class CpuBackend final : public Backend {
       for (const KeyBlock& kb : blocks[item.seg]) {
         const int64_t n = std::min(kb.keys, k_used - off);
         if (n <= 0) break;
+        int64_t ld = 0;
+        const float* vh = head_rows_f32(kb, kb.v, n, kvh, hd, kv_stride, widened, &ld);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, item.rows, hd, n, 1.0f,
-                    scores.data() + off, k_used, kb.v + kvh * hd, kv_stride, off == 0 ? 0.0f : 1.0f,
-                    o, q_stride);
+                    scores.data() + off, k_used, vh, ld, off == 0 ? 0.0f : 1.0f, o, q_stride);
         off += n;
       }
     };
 #pragma omp parallel num_threads(threads_)
     {
-      std::vector<float> scores;
+      std::vector<float> scores, widened;
 #pragma omp for schedule(dynamic)
-      for (size_t it = 0; it < items.size(); ++it) run_item(it, scores);
+      for (size_t it = 0; it < items.size(); ++it) run_item(it, scores, widened);
     }
   }
 
  private:
-  // A run of keys and their values: a segment's k/v, or one of its parts.
+  // A run of keys and their values: a segment's k/v, or one of its parts. Rows are F32, or F16
+  // (the F16 KV cache), widened to F32 as they are read, so the arithmetic is that of F32 keys
+  // and values holding the rounded numbers.
   struct KeyBlock {
-    const float* k;
-    const float* v;
+    const char* k;
+    const char* v;
     int64_t keys;
+    bool f16;
+    size_t element_bytes() const { return f16 ? 2 : 4; }
   };
   std::vector<std::vector<KeyBlock>> key_blocks(const std::vector<AttentionSegment>& segments) {
+    auto block_of = [](const Tensor& k, const Tensor& v) {
+      check_cpu(k, "attention keys");
+      check_cpu(v, "attention values");
+      CEPE_CHECK((k.dtype() == DType::F32 || k.dtype() == DType::F16) && v.dtype() == k.dtype(),
+                 "attention keys and values must be both F32 or both F16 on the CPU backend, got "
+                     << dtype_name(k.dtype()) << " and " << dtype_name(v.dtype()));
+      return KeyBlock{static_cast<const char*>(k.raw()), static_cast<const char*>(v.raw()),
+                      k.dim(0), k.dtype() == DType::F16};
+    };
     std::vector<std::vector<KeyBlock>> blocks(segments.size());
     for (size_t s = 0; s < segments.size(); ++s) {
       const AttentionSegment& sg = segments[s];
       if (sg.k_parts.empty()) {
-        check_f32(sg.k, "attention keys");
-        check_f32(sg.v, "attention values");
-        blocks[s].push_back({sg.k.data<float>(), sg.v.data<float>(), sg.k.dim(0)});
+        blocks[s].push_back(block_of(sg.k, sg.v));
         continue;
       }
-      for (size_t i = 0; i < sg.k_parts.size(); ++i) {
-        check_f32(sg.k_parts[i], "attention keys");
-        check_f32(sg.v_parts[i], "attention values");
-        blocks[s].push_back(
-            {sg.k_parts[i].data<float>(), sg.v_parts[i].data<float>(), sg.k_parts[i].dim(0)});
-      }
+      for (size_t i = 0; i < sg.k_parts.size(); ++i)
+        blocks[s].push_back(block_of(sg.k_parts[i], sg.v_parts[i]));
     }
     return blocks;
+  }
+
+  // Head `kvh`'s slice [n, hd] of n cache rows `kv_stride` apart, as F32: the rows themselves
+  // when they are F32 (`ld` = kv_stride), else widened into `buffer` (`ld` = hd).
+  const float* head_rows_f32(const KeyBlock& kb, const char* rows, int64_t n, int kvh, int64_t hd,
+                             int64_t kv_stride, std::vector<float>& buffer, int64_t* ld) const {
+    if (!kb.f16) {
+      *ld = kv_stride;
+      return reinterpret_cast<const float*>(rows) + kvh * hd;
+    }
+    buffer.resize(static_cast<size_t>(n * hd));
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(rows) + kvh * hd;
+    for (int64_t j = 0; j < n; ++j)
+      kernels_.widen_f16(h + j * kv_stride, buffer.data() + j * hd, hd);
+    *ld = hd;
+    return buffer.data();
   }
 
   // One query row and head: joins `blocks` partial softmaxes, block b's (max, sum of
@@ -485,7 +516,10 @@ class CpuBackend final : public Backend {
     size_t floats = 0;
     for (size_t s = 0; s < segments.size(); ++s) {
       const AttentionSegment& sg = segments[s];
-      if (sg.causal || sg.q_len == 0) continue;
+      // F16 keys (the self-attention cache, causal anyway) go the tile path, which widens them.
+      const bool any_f16 =
+          std::any_of(runs[s].begin(), runs[s].end(), [](const KeyBlock& b) { return b.f16; });
+      if (sg.causal || sg.q_len == 0 || any_f16) continue;
       size_t seg_blocks = 0;
       for (const KeyBlock& run : runs[s]) seg_blocks += (run.keys + kKeyBlock - 1) / kKeyBlock;
       const size_t seg_floats =
@@ -498,7 +532,9 @@ class CpuBackend final : public Backend {
           Tile tile{static_cast<int>(s), h, r, std::min(kRowTile, sg.q_len - r), units.size(), 0};
           for (const KeyBlock& run : runs[s])
             for (int64_t key0 = 0; key0 < run.keys; key0 += kKeyBlock) {
-              units.push_back({tiles.size(), run.k + key0 * kv_stride, run.v + key0 * kv_stride,
+              units.push_back({tiles.size(),
+                               reinterpret_cast<const float*>(run.k) + key0 * kv_stride,
+                               reinterpret_cast<const float*>(run.v) + key0 * kv_stride,
                                std::min(kKeyBlock, run.keys - key0), 0});
               ++tile.blocks;
             }
@@ -596,9 +632,10 @@ class CpuBackend final : public Backend {
     while (kBlock > 64 && (total_keys + kBlock - 1) / kBlock < 2 * threads_) kBlock /= 2;
     struct Unit {
       int seg;
-      int64_t row;           // query row in the segment
-      const float *kp, *vp;  // this block's first key and value row
+      int64_t row;          // query row in the segment
+      const char *kp, *vp;  // this block's first key and value row
       int64_t keys;
+      bool f16;
       size_t block;  // index into `partials`
     };
     std::vector<Unit> units;
@@ -619,9 +656,9 @@ class CpuBackend final : public Backend {
         for (const KeyBlock& run : key_runs[s]) {
           const int64_t in_run = std::min(run.keys, visible - seen);
           for (int64_t key0 = 0; key0 < in_run; key0 += kBlock)
-            units.push_back({static_cast<int>(s), r, run.k + key0 * kv_stride,
-                             run.v + key0 * kv_stride, std::min(kBlock, in_run - key0),
-                             n_blocks++});
+            units.push_back({static_cast<int>(s), r, run.k + key0 * kv_stride * run.element_bytes(),
+                             run.v + key0 * kv_stride * run.element_bytes(),
+                             std::min(kBlock, in_run - key0), run.f16, n_blocks++});
           seen += std::max<int64_t>(in_run, 0);
           if (seen >= visible) break;
         }
@@ -633,18 +670,23 @@ class CpuBackend final : public Backend {
     std::vector<float> partials(n_blocks * heads * partial_width);
 #pragma omp parallel num_threads(threads_)
     {
-      std::vector<float> scores;
+      std::vector<float> scores, widened(static_cast<size_t>(kv_stride));
+      // Cache row j of a unit as F32: in place, or an F16 row widened into `widened`.
+      auto row_f32 = [&](const Unit& unit, const char* base, int64_t j) -> const float* {
+        if (!unit.f16) return reinterpret_cast<const float*>(base) + j * kv_stride;
+        kernels_.widen_f16(reinterpret_cast<const uint16_t*>(base) + j * kv_stride, widened.data(),
+                           kv_stride);
+        return widened.data();
+      };
 #pragma omp for schedule(dynamic)
       for (size_t u = 0; u < units.size(); ++u) {
         const Unit& unit = units[u];
         const AttentionSegment& sg = segments[unit.seg];
         const float* qr = q.data<float>() + (sg.q_begin + unit.row) * q_stride;
-        const float* kp = unit.kp;
-        const float* vp = unit.vp;
         const int64_t n = unit.keys;
         scores.resize(static_cast<size_t>(heads * n));
         for (int64_t j = 0; j < n; ++j) {
-          const float* kr = kp + j * kv_stride;
+          const float* kr = row_f32(unit, unit.kp, j);
           for (int h = 0; h < heads; ++h) {
             const float* qh = qr + h * hd;
             const float* kh = kr + (h / group) * hd;
@@ -666,7 +708,7 @@ class CpuBackend final : public Backend {
           std::fill(part + h * partial_width + 2, part + (h + 1) * partial_width, 0.0f);
         }
         for (int64_t j = 0; j < n; ++j) {
-          const float* vr = vp + j * kv_stride;
+          const float* vr = row_f32(unit, unit.vp, j);
           for (int h = 0; h < heads; ++h) {
             const float p = scores[h * n + j];
             const float* vh = vr + (h / group) * hd;

@@ -73,6 +73,10 @@ void widen_bf16_scalar(const uint16_t* in, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(in[i]);
 }
 
+void narrow_f16_scalar(const float* in, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = f32_to_f16(in[i]);
+}
+
 // ---- AVX2 ----
 
 CEPE_AVX2 inline float hsum_avx2(__m256 v) {
@@ -149,6 +153,14 @@ CEPE_AVX2 void widen_f16_avx2(const uint16_t* in, float* out, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load_f16_avx2(in + i));
   for (; i < n; ++i) out[i] = f16_to_f32(in[i]);
+}
+
+CEPE_AVX2 void narrow_f16_avx2(const float* in, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) out[i] = f32_to_f16(in[i]);
 }
 
 CEPE_AVX2 void widen_bf16_avx2(const uint16_t* in, float* out, int64_t n) {
@@ -526,31 +538,31 @@ const Kernels kScalar{KernelPath::Scalar,      "scalar",
                       quantize_row_q8_0_ref,   widen_f16_scalar,
                       widen_bf16_scalar,       dequantize_row_q8_0_ref,
                       dequantize_row_q4_0_ref, gemm_x16_scalar<true>,
-                      gemm_x16_scalar<false>};
+                      gemm_x16_scalar<false>,  narrow_f16_scalar};
 const Kernels kAvx2{KernelPath::Avx2,     "avx2",
                     dot_q8_0_avx2,        dot_q4_0_avx2,
                     dot_f16_avx2,         dot_bf16_avx2,
                     quantize_q8_0_avx2,   widen_f16_avx2,
                     widen_bf16_avx2,      dequantize_q8_0_avx2,
                     dequantize_q4_0_avx2, gemm_x16_avx2<true>,
-                    gemm_x16_avx2<false>};
+                    gemm_x16_avx2<false>, narrow_f16_avx2};
 const Kernels kAvx512{KernelPath::Avx512,   "avx512",
                       dot_q8_0_avx512,      dot_q4_0_avx512,
                       dot_f16_avx512,       dot_bf16_avx512,
                       quantize_q8_0_avx2,   widen_f16_avx2,
                       widen_bf16_avx2,      dequantize_q8_0_avx2,
                       dequantize_q4_0_avx2, gemm_x16_avx2<true>,
-                      gemm_x16_avx2<false>};
+                      gemm_x16_avx2<false>, narrow_f16_avx2};
 const Kernels kAvx512Vnni{KernelPath::Avx512Vnni, "avx512vnni",         dot_q8_0_vnni,
                           dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512,
                           quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
                           dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>};
+                          gemm_x16_vnni<false>,   narrow_f16_avx2};
 const Kernels kAvx512Bf16{KernelPath::Avx512Bf16, "avx512bf16",         dot_q8_0_vnni,
                           dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512bf16,
                           quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
                           dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>};
+                          gemm_x16_vnni<false>,   narrow_f16_avx2};
 
 const Kernels& table(KernelPath path) {
   switch (path) {

@@ -47,6 +47,9 @@ struct Kernels {
   /// The same for one Q8_0x16 group: Σ_b d_w d_x Σ q_w q_x.
   void (*gemm_q8_0x16)(const uint8_t* group, const BlockQ8_0* x, const float* xd, const int32_t* xs,
                        int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate);
+  /// Rounds n F32 values to fp16, to nearest even (bit-identical on every level but for NaN
+  /// payloads).
+  void (*narrow_f16)(const float* in, uint16_t* out, int64_t n);
 };
 
 /// True when this CPU can run the level.

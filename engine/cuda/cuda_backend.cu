@@ -431,6 +431,8 @@ class CudaBackend final : public Backend {
     check_cuda(src, "copy source");
     check_cuda(dst, "copy destination");
     op_checks::copy_rows(src, src_row, dst, dst_row, count);
+    CEPE_CHECK(src.dtype() == dst.dtype(), "copy_rows: rounding F32 rows into F16 (the F16 KV "
+                                           "cache) is CPU-only; use an F32 cache on CUDA");
     const size_t row_bytes = src.dim(0) ? src.nbytes() / src.dim(0) : 0;
     if (count == 0 || row_bytes == 0) return;
     CEPE_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.raw()) + dst_row * row_bytes,

@@ -152,6 +152,30 @@ const char* cross_attention_mode_name(CrossAttentionMode mode) {
   return mode == CrossAttentionMode::Absorbed ? "absorbed" : "cached";
 }
 
+DType parse_kv_cache_type(const std::string& name, Device device, WeightKind weights,
+                          const std::string& what) {
+  if (name == "f32") return DType::F32;
+  if (name == "f16") {
+    CEPE_CHECK(device == Device::CPU,
+               what << ": an f16 KV cache needs device cpu (CUDA keeps f32; use f32 or auto)");
+    return DType::F16;
+  }
+  if (name == "auto") {
+    const bool approximate = weights == WeightKind::BF16 || weights == WeightKind::F16 ||
+                             weights == WeightKind::Q8_0 || weights == WeightKind::Q4_0;
+    return device == Device::CPU && approximate ? DType::F16 : DType::F32;
+  }
+  CEPE_THROW(what << ": '" << name << "' is not a KV cache type (auto, f32 or f16)");
+}
+
+void CepeModel::set_kv_cache_dtype(DType dtype) {
+  CEPE_CHECK(dtype == DType::F32 || (dtype == DType::F16 && backend_.device() == Device::CPU),
+             "KV cache dtype " << dtype_name(dtype) << " is not supported on "
+                               << device_name(backend_.device())
+                               << " (cpu: F32 or F16; cuda: F32)");
+  kv_dtype_ = dtype;
+}
+
 int64_t EncodedContext::tokens() const {
   int64_t n = states.defined() && states.rank() == 2 ? states.dim(0) : 0;
   for (const Tensor& part : parts) n += part.dim(0);
@@ -326,9 +350,11 @@ void CepeModel::ensure_capacity(DecoderState& state, int64_t needed) const {
   const int64_t capacity = std::max(needed, state.capacity_ * 2);
   state.k_cache_.resize(c.num_hidden_layers);
   state.v_cache_.resize(c.num_hidden_layers);
+  // A sequence keeps the element type it started with.
+  const DType dtype = state.capacity_ > 0 ? state.k_cache_[0].dtype() : kv_dtype_;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     for (Tensor* cache : {&state.k_cache_[l], &state.v_cache_[l]}) {
-      Tensor grown = backend_.empty({capacity, kvd}, DType::F32);
+      Tensor grown = backend_.empty({capacity, kvd}, dtype);
       if (state.length_ > 0) backend_.copy_rows(*cache, 0, grown, 0, state.length_);
       *cache = grown;
     }

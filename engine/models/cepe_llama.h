@@ -69,6 +69,14 @@ CrossAttentionMode parse_cross_attention_mode(const std::string& name, Device de
 /// "cached" / "absorbed".
 const char* cross_attention_mode_name(CrossAttentionMode mode);
 
+/// Element type of the self-attention KV cache from "f32", "f16" or "auto": F16 on the CPU when
+/// the weights are converted to bf16, f16, q8_0 or q4_0 (runs that already trade exactness for
+/// memory, as llama.cpp's default F16 cache does), F32 otherwise. F16 halves the cache and the
+/// bytes a decode step reads from it; keys and values are rounded once, when written. CUDA keeps
+/// F32 (an explicit f16 there is an error). The error names `what`, e.g. the flag.
+DType parse_kv_cache_type(const std::string& name, Device device, WeightKind weights,
+                          const std::string& what);
+
 /// Everything one sequence carries between decoder calls: its self-attention KV cache and what
 /// cross-attention reads (projected keys/values, or the encoder states themselves).
 class DecoderState {
@@ -131,6 +139,10 @@ class CepeModel {
   }
   /// The mode set_context uses.
   CrossAttentionMode cross_attention_mode() const { return cross_mode_; }
+  /// Element type (F32 or F16) of the KV caches of sequences made from now on (default F32).
+  void set_kv_cache_dtype(DType dtype);
+  /// The KV cache element type of new sequences.
+  DType kv_cache_dtype() const { return kv_dtype_; }
   /// Attaches encoder states to a sequence that has not started yet. Cached: projects every
   /// cross-attention layer's keys and values once, so decode steps never re-project them;
   /// Absorbed: keeps a reference to the states alone.
@@ -173,6 +185,7 @@ class CepeModel {
   Tensor lm_head_;
   CrossAttentionMode cross_mode_ = CrossAttentionMode::Cached;
   int64_t absorbed_max_rows_ = -1;
+  DType kv_dtype_ = DType::F32;
   size_t weight_bytes_ = 0;
   size_t decode_weight_bytes_ = 0;
   std::shared_ptr<WeightStore> store_;  // keeps the memory-mapped weights alive
