@@ -192,7 +192,7 @@ TEST_P(KernelLevels, MatchScalar) {
     // Dot products: the same exact terms summed in another order. Each sum's error is at most
     // (terms + 8) u sum |terms| (recursive summation plus the lane reduction), so two sums differ
     // by at most twice that.
-    double t8 = 0, t4 = 0, th = 0, tb = 0;
+    double t8 = 0, t4 = 0, th = 0, tb = 0, tf = 0;
     for (int64_t bl = 0; bl < blocks; ++bl) {
       double s8 = 0, s4 = 0;
       for (int i = 0; i < 32; ++i) {
@@ -207,6 +207,7 @@ TEST_P(KernelLevels, MatchScalar) {
     for (int64_t i = 0; i < n; ++i) {
       th += std::fabs(double(f16_to_f32(wh[i])) * x[i]);
       tb += std::fabs(double(bf16_to_f32(wb[i])) * x[i]);
+      tf += std::fabs(double(w[i]) * x[i]);
     }
     const double gb = 2 * (blocks + 8) * kU, ge = 2 * (n + 8) * kU;
     EXPECT_NEAR(k.dot_q8_0(w8.data(), xr.data(), blocks), s.dot_q8_0(w8.data(), xr.data(), blocks),
@@ -217,6 +218,8 @@ TEST_P(KernelLevels, MatchScalar) {
         << k.name << " dot_q4_0, n " << n;
     EXPECT_NEAR(k.dot_f16(wh.data(), x.data(), n), s.dot_f16(wh.data(), x.data(), n), ge * th)
         << k.name << " dot_f16, n " << n;
+    EXPECT_NEAR(k.dot_f32(w.data(), x.data(), n), s.dot_f32(w.data(), x.data(), n), ge * tf)
+        << k.name << " dot_f32, n " << n;
     // The BF16 level rounds x to bf16 (relative error <= 2^-9 per product) before VDPBF16PS.
     const double bf = path == cpu::KernelPath::Avx512Bf16 ? std::ldexp(1.0, -9) * tb : 0.0;
     EXPECT_NEAR(k.dot_bf16(wb.data(), x.data(), n), s.dot_bf16(wb.data(), x.data(), n),

@@ -59,6 +59,12 @@ float dot_f16_scalar(const uint16_t* w, const float* x, int64_t n) {
   return sum;
 }
 
+float dot_f32_scalar(const float* w, const float* x, int64_t n) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += w[i] * x[i];
+  return sum;
+}
+
 float dot_bf16_scalar(const uint16_t* w, const float* x, int64_t n) {
   float sum = 0.0f;
   for (int64_t i = 0; i < n; ++i) sum += bf16_to_f32(w[i]) * x[i];
@@ -148,6 +154,24 @@ CEPE_AVX2 inline __m256 load_f16_avx2(const uint16_t* p) {
   }
 CEPE_DOT16_AVX2(dot_f16_avx2, load_f16_avx2, f16_to_f32)
 CEPE_DOT16_AVX2(dot_bf16_avx2, load_bf16_avx2, bf16_to_f32)
+
+// F32 rows (decode steps on F32 weights): four independent accumulators keep the FMA pipes busy
+// while the row streams from memory.
+CEPE_AVX2 float dot_f32_avx2(const float* w, const float* x, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+  }
+  for (; i + 8 <= n; i += 8)
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+  float s = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  for (; i < n; ++i) s += w[i] * x[i];
+  return s;
+}
 
 CEPE_AVX2 void widen_f16_avx2(const uint16_t* in, float* out, int64_t n) {
   int64_t i = 0;
@@ -321,6 +345,22 @@ CEPE_AVX512 inline __m512 load_bf16_avx512(const uint16_t* p) {
   }
 CEPE_DOT16_AVX512(dot_f16_avx512, load_f16_avx512, f16_to_f32)
 CEPE_DOT16_AVX512(dot_bf16_avx512, load_bf16_avx512, bf16_to_f32)
+
+CEPE_AVX512 float dot_f32_avx512(const float* w, const float* x, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+  }
+  for (; i + 16 <= n; i += 16)
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+  float s = hsum_avx512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  for (; i < n; ++i) s += w[i] * x[i];
+  return s;
+}
 
 // AVX-512 BF16: x is rounded to bf16 on the fly (VDPBF16PS multiplies bf16 pairs exactly and
 // accumulates in F32), so each product carries x's rounding, at most 2^-9 relative.
@@ -538,31 +578,34 @@ const Kernels kScalar{KernelPath::Scalar,      "scalar",
                       quantize_row_q8_0_ref,   widen_f16_scalar,
                       widen_bf16_scalar,       dequantize_row_q8_0_ref,
                       dequantize_row_q4_0_ref, gemm_x16_scalar<true>,
-                      gemm_x16_scalar<false>,  narrow_f16_scalar};
+                      gemm_x16_scalar<false>,  narrow_f16_scalar,
+                      dot_f32_scalar};
 const Kernels kAvx2{KernelPath::Avx2,     "avx2",
                     dot_q8_0_avx2,        dot_q4_0_avx2,
                     dot_f16_avx2,         dot_bf16_avx2,
                     quantize_q8_0_avx2,   widen_f16_avx2,
                     widen_bf16_avx2,      dequantize_q8_0_avx2,
                     dequantize_q4_0_avx2, gemm_x16_avx2<true>,
-                    gemm_x16_avx2<false>, narrow_f16_avx2};
+                    gemm_x16_avx2<false>, narrow_f16_avx2,
+                    dot_f32_avx2};
 const Kernels kAvx512{KernelPath::Avx512,   "avx512",
                       dot_q8_0_avx512,      dot_q4_0_avx512,
                       dot_f16_avx512,       dot_bf16_avx512,
                       quantize_q8_0_avx2,   widen_f16_avx2,
                       widen_bf16_avx2,      dequantize_q8_0_avx2,
                       dequantize_q4_0_avx2, gemm_x16_avx2<true>,
-                      gemm_x16_avx2<false>, narrow_f16_avx2};
+                      gemm_x16_avx2<false>, narrow_f16_avx2,
+                      dot_f32_avx512};
 const Kernels kAvx512Vnni{KernelPath::Avx512Vnni, "avx512vnni",         dot_q8_0_vnni,
                           dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512,
                           quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
                           dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>,   narrow_f16_avx2};
+                          gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512};
 const Kernels kAvx512Bf16{KernelPath::Avx512Bf16, "avx512bf16",         dot_q8_0_vnni,
                           dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512bf16,
                           quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
                           dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>,   narrow_f16_avx2};
+                          gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512};
 
 const Kernels& table(KernelPath path) {
   switch (path) {

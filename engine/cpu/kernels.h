@@ -50,6 +50,8 @@ struct Kernels {
   /// Rounds n F32 values to fp16, to nearest even (bit-identical on every level but for NaN
   /// payloads).
   void (*narrow_f16)(const float* in, uint16_t* out, int64_t n);
+  /// Σ w_i x_i for an F32 weight row and an F32 activation row of n elements.
+  float (*dot_f32)(const float* w, const float* x, int64_t n);
 };
 
 /// True when this CPU can run the level.
