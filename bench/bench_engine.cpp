@@ -5,6 +5,7 @@
 // the encode phase.
 // Phases and warm-up mirror bench/torch_bench.py so the two can be compared side by side
 // (bench/run_engine_bench.sh does that and prints the ratios).
+#include <immintrin.h>
 #include <sys/resource.h>
 
 #include <thread>
@@ -35,6 +36,57 @@ std::vector<int32_t> random_ids(std::mt19937& rng, int n, int vocab) {
   std::vector<int32_t> ids(n);
   for (auto& x : ids) x = d(rng);
   return ids;
+}
+
+// F32 FLOP/s this machine's cores reach with nothing but independent fused multiply-adds (twelve
+// accumulator chains per thread, AVX-512 where the CPU has it, else AVX2): the ceiling of any F32
+// GEMM here, so prefill can be read as a share of it on the machine that ran it.
+__attribute__((target("avx512f"))) double fma_loop_avx512(int64_t iters) {
+  __m512 a[12];
+  for (int j = 0; j < 12; ++j) a[j] = _mm512_set1_ps(1.0f + j * 1e-3f);
+  const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < 12; ++j) a[j] = _mm512_fmadd_ps(a[j], m, c);
+  float out[16], sink = 0.0f;
+  for (int j = 0; j < 12; ++j) {
+    _mm512_storeu_ps(out, a[j]);
+    for (float v : out) sink += v;
+  }
+  return sink;
+}
+
+__attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
+  __m256 a[12];
+  for (int j = 0; j < 12; ++j) a[j] = _mm256_set1_ps(1.0f + j * 1e-3f);
+  const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < 12; ++j) a[j] = _mm256_fmadd_ps(a[j], m, c);
+  float out[8], sink = 0.0f;
+  for (int j = 0; j < 12; ++j) {
+    _mm256_storeu_ps(out, a[j]);
+    for (float v : out) sink += v;
+  }
+  return sink;
+}
+
+double fma_peak_flops(int threads) {
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  const int lanes = avx512 ? 16 : 8;
+  const int64_t iters = int64_t(20) << 20;  // ~0.1-0.3 s per thread
+  double best = 0.0;
+  for (int rep = 0; rep < 2; ++rep) {
+    std::vector<double> sinks(threads, 0.0);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back(
+          [&, t] { sinks[t] = avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters); });
+    for (auto& th : pool) th.join();
+    const double secs = seconds_since(t0);
+    if (sinks[0] == 12345.0) std::fputs("", stderr);  // keeps the loops' results alive
+    best = std::max(best, 2.0 * 12 * lanes * double(iters) * threads / secs);
+  }
+  return best;
 }
 
 // Bytes per second this machine streams from memory with `threads` threads (best of 3 reads of
@@ -210,6 +262,18 @@ int main(int argc, char** argv) try {
     getrusage(RUSAGE_SELF, &ru);
     const double peak_rss_mb = ru.ru_maxrss / 1024.0;
     const double weights_mb = model->weight_bytes() / 1048576.0;
+    // FLOPs of the prefill in the decoder's own linears and causal self-attention (what every
+    // engine must do; cross-attention, the encoder and the head are left out).
+    const LlamaConfig& dc = model->config().decoder;
+    const double q_width = double(dc.num_attention_heads) * dc.head_dim;
+    const double kv_width = double(dc.num_key_value_heads) * dc.head_dim;
+    const double linear_params =
+        dc.hidden_size * (2 * q_width + 2 * kv_width) + 3.0 * dc.hidden_size * dc.intermediate_size;
+    const double prefill_flops =
+        dc.num_hidden_layers *
+        (2.0 * linear_params * prefill + 4.0 * q_width * (double(prefill) * (prefill + 1) / 2));
+    const double fma_flops =
+        fma_peak_flops(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
     const double read_bytes_per_s =
         read_bandwidth(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
     const int64_t enc_tokens = int64_t(chunks) * chunk_len;
@@ -225,7 +289,8 @@ int main(int argc, char** argv) try {
         "\"decode_step_bytes\": %.0f, \"decode_bytes_per_s\": %.4g, "
         "\"batch_decode\": {\"batch\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.2f, "
         "\"cache_mb_per_request\": %.1f}, \"machine_read_gb_s\": %.2f, "
-        "\"decode_roofline_tokens_per_s\": %.1f}\n",
+        "\"decode_roofline_tokens_per_s\": %.1f, \"prefill_gflop_s\": %.1f, "
+        "\"machine_fma_gflop_s\": %.1f}\n",
         backend->describe().c_str(), threads, weights.c_str(), load_s,
         static_cast<long long>(enc_tokens), encode_s, enc_tokens ? enc_tokens / encode_s : 0.0,
         prefill, prefill_s, prefill / prefill_s, decode, decode_short_s, decode / decode_short_s,
@@ -235,7 +300,8 @@ int main(int argc, char** argv) try {
         dtype_name(model->kv_cache_dtype()), step_bytes, step_bytes * decode / decode_s, batch,
         1e3 * batch_step_s, batch / batch_step_s, batch_cache_bytes / 1048576.0 / batch,
         read_bytes_per_s / 1e9,
-        read_bytes_per_s / static_cast<double>(model->decode_weight_bytes()));
+        read_bytes_per_s / static_cast<double>(model->decode_weight_bytes()),
+        prefill_flops / prefill_s / 1e9, fma_flops / 1e9);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
     return 1;

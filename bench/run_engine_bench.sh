@@ -75,4 +75,10 @@ print("| decode roofline tokens/s (read GB/s / weight bytes per step) | " +
 print("| short decode as a share of that roofline | " +
       " | ".join(f'{o["decode_short"]["tokens_per_s"] / o["decode_roofline_tokens_per_s"]:.0%}'
                  for o in ours) + (" | - | |" if theirs else " |"))
+# The compute side of prefill: FLOP/s in the decoder's linears and self-attention against what
+# this machine's cores reach with independent F32 FMAs (int8 and bf16 kernels can pass it).
+print("| prefill GFLOP/s (share of this box's F32 FMA peak) | " +
+      " | ".join(f'{o["prefill_gflop_s"]:.1f} ({o["prefill_gflop_s"] / o["machine_fma_gflop_s"]:.0%}'
+                 f' of {o["machine_fma_gflop_s"]:.0f})' for o in ours) +
+      (" | - | |" if theirs else " |"))
 PY
