@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -69,24 +70,30 @@ __attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
   return sink;
 }
 
+// Shortest wall time, over `reps` runs, of work(t) on threads t = 0 .. threads-1 all at once.
+template <class Work>
+double best_parallel_seconds(int threads, int reps, Work work) {
+  double best = INFINITY;
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back([&work, t] { work(t); });
+    for (auto& th : pool) th.join();
+    best = std::min(best, seconds_since(t0));
+  }
+  return best;
+}
+
 double fma_peak_flops(int threads) {
   const bool avx512 = __builtin_cpu_supports("avx512f");
   const int lanes = avx512 ? 16 : 8;
   const int64_t iters = int64_t(20) << 20;  // ~0.1-0.3 s per thread
-  double best = 0.0;
-  for (int rep = 0; rep < 2; ++rep) {
-    std::vector<double> sinks(threads, 0.0);
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back(
-          [&, t] { sinks[t] = avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters); });
-    for (auto& th : pool) th.join();
-    const double secs = seconds_since(t0);
-    if (sinks[0] == 12345.0) std::fputs("", stderr);  // keeps the loops' results alive
-    best = std::max(best, 2.0 * 12 * lanes * double(iters) * threads / secs);
-  }
-  return best;
+  std::vector<double> sinks(threads, 0.0);
+  const double secs = best_parallel_seconds(threads, 2, [&](int t) {
+    sinks[t] = avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters);
+  });
+  if (sinks[0] == 12345.0) std::fputs("", stderr);  // keeps the loops' results alive
+  return 2.0 * 12 * lanes * double(iters) * threads / secs;
 }
 
 // Bytes per second this machine streams from memory with `threads` threads (best of 3 reads of
@@ -95,25 +102,13 @@ double fma_peak_flops(int threads) {
 double read_bandwidth(int threads) {
   const size_t words = (size_t(256) << 20) / sizeof(uint64_t);
   std::vector<uint64_t> buf(words, 1);
-  double best = 0.0;
-  for (int rep = 0; rep < 3; ++rep) {
-    std::vector<uint64_t> sums(threads, 0);
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        uint64_t s = 0;
-        for (size_t i = words * t / threads; i < words * (t + 1) / threads; ++i) s += buf[i];
-        sums[t] = s;
-      });
-    for (auto& th : pool) th.join();
-    const double secs = seconds_since(t0);
-    uint64_t total = 0;
-    for (uint64_t v : sums) total += v;
-    if (total != words) std::fprintf(stderr, "bench_engine: bandwidth check summed wrong\n");
-    best = std::max(best, words * sizeof(uint64_t) / secs);
-  }
-  return best;
+  const double secs = best_parallel_seconds(threads, 3, [&](int t) {
+    const size_t begin = words * t / threads, end = words * (t + 1) / threads;
+    uint64_t s = 0;
+    for (size_t i = begin; i < end; ++i) s += buf[i];
+    if (s != end - begin) std::fprintf(stderr, "bench_engine: bandwidth check summed wrong\n");
+  });
+  return words * sizeof(uint64_t) / secs;
 }
 
 int argmax(const float* x, int n) {

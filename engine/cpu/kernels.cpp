@@ -136,9 +136,17 @@ CEPE_AVX2 inline __m256 load_f16_avx2(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// Four accumulators hide the FMA latency; the row tail is added in scalar.
-#define CEPE_DOT16_AVX2(NAME, LOAD, WIDEN)                                                    \
-  CEPE_AVX2 float NAME(const uint16_t* w, const float* x, int64_t n) {                        \
+CEPE_AVX2 inline __m256 load_f32_avx2(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+inline float as_f32(float v) {
+  return v;
+}
+
+// Weights of type T (fp16, bf16 or F32 rows) against F32 activations. Four accumulators hide the
+// FMA latency while the row streams from memory; the row tail is added in scalar.
+#define CEPE_DOT_AVX2(NAME, T, LOAD, WIDEN)                                                   \
+  CEPE_AVX2 float NAME(const T* w, const float* x, int64_t n) {                               \
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                               \
     int64_t i = 0;                                                                            \
     for (; i + 32 <= n; i += 32) {                                                            \
@@ -152,26 +160,9 @@ CEPE_AVX2 inline __m256 load_f16_avx2(const uint16_t* p) {
     for (; i < n; ++i) s += WIDEN(w[i]) * x[i];                                               \
     return s;                                                                                 \
   }
-CEPE_DOT16_AVX2(dot_f16_avx2, load_f16_avx2, f16_to_f32)
-CEPE_DOT16_AVX2(dot_bf16_avx2, load_bf16_avx2, bf16_to_f32)
-
-// F32 rows (decode steps on F32 weights): four independent accumulators keep the FMA pipes busy
-// while the row streams from memory.
-CEPE_AVX2 float dot_f32_avx2(const float* w, const float* x, int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-  }
-  for (; i + 8 <= n; i += 8)
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-  float s = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < n; ++i) s += w[i] * x[i];
-  return s;
-}
+CEPE_DOT_AVX2(dot_f16_avx2, uint16_t, load_f16_avx2, f16_to_f32)
+CEPE_DOT_AVX2(dot_bf16_avx2, uint16_t, load_bf16_avx2, bf16_to_f32)
+CEPE_DOT_AVX2(dot_f32_avx2, float, load_f32_avx2, as_f32)  // decode steps on F32 weights
 
 CEPE_AVX2 void widen_f16_avx2(const uint16_t* in, float* out, int64_t n) {
   int64_t i = 0;
