@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <sstream>
 
@@ -409,12 +410,17 @@ int run_encode(const std::vector<std::string>& argv) {
   add_model_flags(a);
   a.option("index", "index directory (from cepe index build)")
       .option("dtype", "stored element type: f32 (exact), bf16, f16 or q8_0", "f32")
+      .option("layout",
+              "states: the encoder states (what absorbed cross-attention reads); kv: every "
+              "cross layer's projected keys and values (no projection per request, 2 x layers x "
+              "kv width values per token; read on the CPU)",
+              "states")
       .option("chunk-tokens", "tokens per passage chunk (as cepe qa --chunk-tokens)", "256")
       .option("batch-tokens", "encoder tokens per packed encoder pass (and per commit)", "8192")
       .flag("overwrite", "rebuild a store that is already complete");
   const std::string line =
-      "cepe index encode --index DIR --model DIR [--dtype f32|bf16|f16|q8_0] [--threads N] "
-      "[--chunk-tokens 256]";
+      "cepe index encode --index DIR --model DIR [--dtype f32|bf16|f16|q8_0] "
+      "[--layout states|kv] [--threads N] [--chunk-tokens 256]";
   a.parse(argv);
   if (a.help_requested()) {
     std::cout << a.usage(line);
@@ -426,6 +432,7 @@ int run_encode(const std::vector<std::string>& argv) {
   if (!a.has("model")) return usage_error(a, line, "missing required flag --model");
   const fs::path dir = a.get("index");
   const index::StateDType dtype = index::parse_state_dtype(a.get("dtype"), "--dtype");
+  const index::StoreLayout layout = index::parse_store_layout(a.get("layout"), "--layout");
   const int chunk_tokens = static_cast<int>(a.get_int("chunk-tokens", 1, 1 << 16));
   const int64_t batch_tokens = a.get_int("batch-tokens", 1, 1LL << 30);
   index::read_manifest(dir);  // refuses a directory that is not a finished index
@@ -435,7 +442,9 @@ int run_encode(const std::vector<std::string>& argv) {
              "--model " << a.get("model") << ": the model has no CEPE encoder");
   const auto t0 = Clock::now();
   const index::EncoderFingerprint fp =
-      index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype);
+      layout == index::StoreLayout::CrossKV
+          ? index::cross_kv_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype)
+          : index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype);
   const fs::path path = index::encoder_store_path(dir, fp);
   if (fs::exists(path) && !a.is_set("overwrite")) {
     const index::EncoderStore done(path);
@@ -490,8 +499,19 @@ int run_encode(const std::vector<std::string>& argv) {
     const Tensor host = lm.backend->to_host_f32(ctx.states);
     int64_t at = 0;
     for (uint64_t r = row; r < end; ++r) {
-      writer.append(host.data<float>() + at * width, infos[r].tokens);
-      at += infos[r].tokens;
+      const int64_t n = infos[r].tokens;
+      if (layout == index::StoreLayout::States) {
+        writer.append(host.data<float>() + at * width, n);
+      } else {
+        // The keys and values set_context would project for this chunk, layer-major.
+        const std::vector<float> kv =
+            qa::stored_kv_values(*lm.backend, lm.model->project_chunk(ctx.states.rows(at, n)));
+        CEPE_CHECK(kv.size() == static_cast<size_t>(n * fp.token_values()),
+                   "index encode: projected " << kv.size() << " values of passage row " << r
+                                              << ", the layout holds " << n * fp.token_values());
+        writer.append(kv.data(), n);
+      }
+      at += n;
     }
     writer.commit();
     encoded_tokens += static_cast<uint64_t>(tokens);
@@ -504,7 +524,8 @@ int run_encode(const std::vector<std::string>& argv) {
   char buf[256];
   std::snprintf(buf, sizeof buf, "%.1f s, %.0f tokens/s", s, s > 0 ? encoded_tokens / s : 0.0);
   std::cout << "encoded " << passages.size() << " passages (" << total_tokens << " tokens, "
-            << index::state_dtype_name(dtype) << ") into " << path.string() << ": "
+            << index::state_dtype_name(dtype) << ", " << index::store_layout_name(layout)
+            << ") into " << path.string() << ": "
             << human_bytes(static_cast<double>(writer.file_bytes())) << ", " << buf << "\n";
   return 0;
 }

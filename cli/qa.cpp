@@ -86,9 +86,9 @@ void attach_encoder_store(const Args& args, const LoadedModel& lm, qa::Pipeline&
                           int chunk_tokens) {
   const std::string mode = args.get("encoder-store");
   const std::filesystem::path index_dir = args.has("index") ? args.get("index") : "";
-  auto store =
-      qa::open_encoder_store(mode, index_dir, args.get("model"), lm.model->config(), chunk_tokens,
-                             [](const std::string& line) { std::cerr << line << "\n"; });
+  auto store = qa::open_encoder_store(mode, index_dir, args.get("model"), lm.model->config(),
+                                      chunk_tokens, lm.backend->device(),
+                                      [](const std::string& line) { std::cerr << line << "\n"; });
   if (!store) return;
   std::cerr << "encoder store: " << store->path().string() << " ("
             << index::state_dtype_name(store->fingerprint().dtype) << ", " << store->size()

@@ -23,7 +23,10 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kMagic[8] = {'C', 'E', 'P', 'E', 'E', 'N', 'C', '\0'};
+// Version 1: States stores (their bytes are unchanged since); version 2: any layout, the header
+// extended after header_checksum.
 constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersionKV = 2;
 constexpr uint64_t kHeaderBytes = 4096;
 constexpr uint64_t kTableEntry = 24;  // u64 offset, u32 tokens, u32 reserved, u64 token hash
 constexpr uint64_t kIdEntry = 16;     // u64 id hash, u64 row
@@ -50,12 +53,26 @@ struct Header {
   uint64_t total_tokens;
   uint64_t data_checksum;
   uint64_t header_checksum;
+  // Version 2 (zero in version 1 files):
+  uint32_t layout;
+  uint32_t reserved;
+  uint64_t cross_weights;
+  uint64_t cross_layers;
+  uint64_t kv_width;
+  uint64_t extension_checksum;
 };
 
 uint64_t header_checksum(const Header& h) {
   return hash64(
       std::string_view(reinterpret_cast<const char*>(&h), offsetof(Header, header_checksum)),
       0x454e4348);
+}
+
+uint64_t extension_checksum(const Header& h) {
+  const size_t begin = offsetof(Header, layout);
+  return hash64(std::string_view(reinterpret_cast<const char*>(&h) + begin,
+                                 offsetof(Header, extension_checksum) - begin),
+                0x45585432);
 }
 
 uint64_t align_up(uint64_t v, uint64_t a) {
@@ -109,6 +126,20 @@ void pwrite_all(int fd, const void* data, size_t n, uint64_t offset, const fs::p
 }
 
 }  // namespace
+
+const char* store_layout_name(StoreLayout l) {
+  return l == StoreLayout::CrossKV ? "kv" : "states";
+}
+
+StoreLayout parse_store_layout(const std::string& name, const std::string& what) {
+  if (name == "states") return StoreLayout::States;
+  if (name == "kv") return StoreLayout::CrossKV;
+  CEPE_THROW(what << ": '" << name << "' is not a store layout (states or kv)");
+}
+
+size_t EncoderFingerprint::token_bytes() const {
+  return state_row_bytes(dtype, row_width()) * static_cast<size_t>(rows_per_token());
+}
 
 const char* state_dtype_name(StateDType t) {
   switch (t) {
@@ -209,6 +240,12 @@ uint64_t EncoderFingerprint::digest() const {
   h.update_u64(static_cast<uint64_t>(chunk_tokens));
   h.update_u64(static_cast<uint64_t>(width));
   h.update_u64(static_cast<uint64_t>(dtype));
+  if (layout != StoreLayout::States) {  // States digests (and file names) predate the layouts
+    h.update_u64(static_cast<uint64_t>(layout));
+    h.update_u64(cross_weights);
+    h.update_u64(static_cast<uint64_t>(cross_layers));
+    h.update_u64(static_cast<uint64_t>(kv_width));
+  }
   return h.digest();
 }
 
@@ -218,6 +255,9 @@ std::string EncoderFingerprint::hex() const {
 
 std::string EncoderFingerprint::model_mismatch(const EncoderFingerprint& other) const {
   std::vector<std::string> why;
+  if (layout != other.layout)
+    why.push_back(std::string("the ") + store_layout_name(layout) + " layout (this run looks for " +
+                  store_layout_name(other.layout) + ")");
   if (encoder_weights != other.encoder_weights)
     why.push_back("other encoder weights (hash " + hex64(encoder_weights) + ", the model's " +
                   hex64(other.encoder_weights) + ")");
@@ -230,6 +270,11 @@ std::string EncoderFingerprint::model_mismatch(const EncoderFingerprint& other) 
   if (chunk_tokens != other.chunk_tokens)
     why.push_back("chunk length " + std::to_string(chunk_tokens) + " tokens (this run uses " +
                   std::to_string(other.chunk_tokens) + ")");
+  if (layout == other.layout && layout == StoreLayout::CrossKV &&
+      (cross_weights != other.cross_weights || cross_layers != other.cross_layers ||
+       kv_width != other.kv_width))
+    why.push_back("other cross-attention K/V weights (hash " + hex64(cross_weights) +
+                  ", the model's " + hex64(other.cross_weights) + ")");
   std::string out;
   for (size_t i = 0; i < why.size(); ++i) out += (i ? "; " : "") + why[i];
   return out;
@@ -281,6 +326,36 @@ EncoderFingerprint encoder_fingerprint(const fs::path& model_dir, const ModelCon
   return fp;
 }
 
+EncoderFingerprint cross_kv_fingerprint(const fs::path& model_dir, const ModelConfig& config,
+                                        int64_t chunk_tokens, StateDType dtype) {
+  EncoderFingerprint fp = encoder_fingerprint(model_dir, config, chunk_tokens, dtype);
+  const LlamaConfig& d = config.decoder;
+  CEPE_CHECK(config.num_cross_attn_layers > 0,
+             model_dir.string() << ": the model has no cross-attention layer, so no K/V to store");
+  fp.layout = StoreLayout::CrossKV;
+  fp.cross_layers = config.num_cross_attn_layers;
+  fp.kv_width = int64_t(d.num_key_value_heads) * d.head_dim;
+  const WeightStore weights = WeightStore::open(model_dir);
+  Hasher w(0x434b5657);
+  size_t tensors = 0;
+  for (const std::string& name : weights.names()) {
+    const bool kv = name.find(".cross_attn.k_proj.") != std::string::npos ||
+                    name.find(".cross_attn.v_proj.") != std::string::npos;
+    if (name.rfind("model.", 0) != 0 || !kv) continue;
+    const Tensor t = weights.get(name);
+    w.update_string(name);
+    w.update_u64(static_cast<uint64_t>(t.dtype()));
+    for (int64_t dim : t.shape()) w.update_u64(static_cast<uint64_t>(dim));
+    w.update_u64(mix64(hash64(std::string_view(static_cast<const char*>(t.raw()), t.nbytes()))));
+    ++tensors;
+  }
+  CEPE_CHECK(tensors == static_cast<size_t>(2 * fp.cross_layers),
+             model_dir.string() << ": " << tensors << " cross_attn.{k,v}_proj tensors for "
+                                << fp.cross_layers << " cross-attention layers");
+  fp.cross_weights = w.digest();
+  return fp;
+}
+
 uint64_t chunk_token_hash(const std::vector<int32_t>& tokens) {
   Hasher h(0x544b4e53);
   h.update_u64(tokens.size());
@@ -310,9 +385,10 @@ EncoderStoreWriter::EncoderStoreWriter(const fs::path& path, const EncoderFinger
       ckpt_(path.string() + ".partial.ckpt"),
       fp_(fp),
       passages_(std::move(passages)) {
-  CEPE_CHECK(fp_.width > 0, "encoder store: width must be > 0");
+  CEPE_CHECK(fp_.width > 0 && fp_.row_width() > 0 && fp_.rows_per_token() > 0,
+             "encoder store: width must be > 0");
   const uint64_t n = passages_.size();
-  const size_t row_bytes = state_row_bytes(fp_.dtype, fp_.width);
+  const size_t row_bytes = fp_.token_bytes();
   offsets_.resize(n + 1);
   uint64_t at = 0;
   Hasher list(0x4c495354);
@@ -362,18 +438,18 @@ EncoderStoreWriter::~EncoderStoreWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void EncoderStoreWriter::append(const float* states, int64_t tokens) {
+void EncoderStoreWriter::append(const float* values, int64_t tokens) {
   CEPE_CHECK(rows_ < passages_.size(),
              "encoder store: more rows than the " << passages_.size() << " passages");
   CEPE_CHECK(tokens == passages_[rows_].tokens, "encoder store: row "
                                                     << rows_ << " has " << tokens << " states for "
                                                     << passages_[rows_].tokens << " tokens");
-  const size_t row_bytes = state_row_bytes(fp_.dtype, fp_.width);
+  const int64_t width = fp_.row_width();
+  const size_t row_bytes = state_row_bytes(fp_.dtype, width);
   const uint64_t bytes = offsets_[rows_ + 1] - offsets_[rows_];
   row_buffer_.assign(static_cast<size_t>(bytes), 0);
-  for (int64_t t = 0; t < tokens; ++t)
-    encode_state_row(states + t * fp_.width, fp_.width, fp_.dtype,
-                     row_buffer_.data() + t * row_bytes);
+  for (int64_t r = 0; r < tokens * fp_.rows_per_token(); ++r)
+    encode_state_row(values + r * width, width, fp_.dtype, row_buffer_.data() + r * row_bytes);
   write_all(fd_, row_buffer_.data(), row_buffer_.size(), partial_);
   ++rows_;
 }
@@ -416,7 +492,7 @@ void EncoderStoreWriter::finish() {
   }
   Header h{};
   std::memcpy(h.magic, kMagic, 8);
-  h.version = kVersion;
+  h.version = fp_.layout == StoreLayout::States ? kVersion : kVersionKV;
   h.dtype = static_cast<uint32_t>(fp_.dtype);
   h.width = static_cast<uint64_t>(fp_.width);
   h.count = n;
@@ -431,6 +507,13 @@ void EncoderStoreWriter::finish() {
   h.total_tokens = total_tokens;
   h.data_checksum = checksum;
   h.header_checksum = header_checksum(h);
+  if (h.version == kVersionKV) {
+    h.layout = static_cast<uint32_t>(fp_.layout);
+    h.cross_weights = fp_.cross_weights;
+    h.cross_layers = static_cast<uint64_t>(fp_.cross_layers);
+    h.kv_width = static_cast<uint64_t>(fp_.kv_width);
+    h.extension_checksum = extension_checksum(h);
+  }
   if (!table.empty()) pwrite_all(fd_, table.data(), table.size(), h.table_pos, partial_);
   if (!id_bytes.empty()) pwrite_all(fd_, id_bytes.data(), id_bytes.size(), h.ids_pos, partial_);
   pwrite_all(fd_, &h, sizeof h, 0, partial_);
@@ -454,9 +537,23 @@ EncoderStore::EncoderStore(const fs::path& path) : file_(std::make_shared<Mapped
              name << ": not an encoder-state store (" << file_->size() << " bytes)");
   const Header h = load<Header>(file_->data());
   CEPE_CHECK(std::memcmp(h.magic, kMagic, 8) == 0, name << ": not an encoder-state store");
-  CEPE_CHECK(h.version == kVersion, name << ": encoder-state store version " << h.version
-                                         << ", this build reads " << kVersion);
+  CEPE_CHECK(h.version == kVersion || h.version == kVersionKV,
+             name << ": encoder-state store version " << h.version << ", this build reads "
+                  << kVersion << " and " << kVersionKV);
   CEPE_CHECK(h.header_checksum == header_checksum(h), name << ": corrupt header (checksum)");
+  if (h.version == kVersionKV) {
+    CEPE_CHECK(h.extension_checksum == extension_checksum(h),
+               name << ": corrupt header extension (checksum)");
+    CEPE_CHECK(h.layout <= static_cast<uint32_t>(StoreLayout::CrossKV),
+               name << ": unknown store layout " << h.layout);
+    fp_.layout = static_cast<StoreLayout>(h.layout);
+    fp_.cross_weights = h.cross_weights;
+    CEPE_CHECK(
+        h.cross_layers > 0 && h.cross_layers < 4096 && h.kv_width > 0 && h.kv_width < (1u << 20),
+        name << ": implausible K/V shape (" << h.cross_layers << " layers x " << h.kv_width << ")");
+    fp_.cross_layers = static_cast<int64_t>(h.cross_layers);
+    fp_.kv_width = static_cast<int64_t>(h.kv_width);
+  }
   CEPE_CHECK(h.dtype <= static_cast<uint32_t>(StateDType::Q8_0),
              name << ": unknown state dtype " << h.dtype);
   fp_.dtype = static_cast<StateDType>(h.dtype);
@@ -481,7 +578,7 @@ EncoderStore::EncoderStore(const fs::path& path) : file_(std::make_shared<Mapped
   ids_ = file_->data() + h.ids_pos;
   data_ = file_->data() + h.data_pos;
   // Every row must lie inside the data region: checked once here, so reads need no checks.
-  const size_t row_bytes = state_row_bytes(fp_.dtype, fp_.width);
+  const size_t row_bytes = fp_.token_bytes();
   for (uint64_t r = 0; r < count_; ++r) {
     const char* e = table_ + r * kTableEntry;
     const uint64_t off = load<uint64_t>(e);
@@ -524,10 +621,10 @@ const char* EncoderStore::row_ptr(uint64_t row) const {
 
 void EncoderStore::read(uint64_t row, float* dst) const {
   const char* p = row_ptr(row);
-  const uint32_t n = tokens(row);
-  const size_t row_bytes = state_row_bytes(fp_.dtype, fp_.width);
-  for (uint32_t t = 0; t < n; ++t)
-    decode_state_row(p + t * row_bytes, fp_.width, fp_.dtype, dst + int64_t(t) * fp_.width);
+  const int64_t rows = int64_t(tokens(row)) * fp_.rows_per_token(), width = fp_.row_width();
+  const size_t row_bytes = state_row_bytes(fp_.dtype, width);
+  for (int64_t r = 0; r < rows; ++r)
+    decode_state_row(p + r * row_bytes, width, fp_.dtype, dst + r * width);
 }
 
 const float* EncoderStore::f32_data(uint64_t row) const {
@@ -540,7 +637,8 @@ void EncoderStore::verify() const {
              path().string() << ": data checksum mismatch (the file is corrupt)");
 }
 
-StoreLookup find_encoder_store(const fs::path& index_dir, const EncoderFingerprint& want) {
+StoreLookup find_encoder_store(const fs::path& index_dir, const EncoderFingerprint& want,
+                               const EncoderFingerprint* want_kv) {
   StoreLookup out;
   const fs::path dir = encoder_store_dir(index_dir);
   std::error_code ec;
@@ -558,15 +656,26 @@ StoreLookup find_encoder_store(const fs::path& index_dir, const EncoderFingerpri
       out.rejected.push_back(e.message());
       continue;
     }
-    const std::string why = s->fingerprint().model_mismatch(want);
+    const bool kv = s->fingerprint().layout == StoreLayout::CrossKV;
+    if (kv && !want_kv) {
+      out.rejected.push_back(f.string() +
+                             ": a cross K/V store, which this run does not read "
+                             "(CPU only)");
+      continue;
+    }
+    const std::string why = s->fingerprint().model_mismatch(kv ? *want_kv : want);
     if (why.empty())
       matching.push_back(std::move(s));
     else
       out.rejected.push_back(f.string() + ": made with " + why);
   }
-  // The most exact dtype wins (StateDType's order).
+  // A K/V store wins (no projection per request), then the most exact dtype (StateDType's order).
+  auto rank = [](const EncoderStore& s) {
+    return std::make_pair(s.fingerprint().layout == StoreLayout::CrossKV ? 0 : 1,
+                          static_cast<uint32_t>(s.fingerprint().dtype));
+  };
   for (const auto& s : matching)
-    if (!out.store || s->fingerprint().dtype < out.store->fingerprint().dtype) out.store = s;
+    if (!out.store || rank(*s) < rank(*out.store)) out.store = s;
   return out;
 }
 

@@ -3,12 +3,14 @@
 // question (each passage is its own chunk with positions from 0), so decoding needs only these.
 //
 // Files: DIR/encoder_states/<fingerprint hex>.ces, one per (model, tokenizer, chunk length,
-// dtype), so several models' stores sit in one index. Layout (little-endian):
+// dtype, layout), so several models' stores sit in one index. Layout (little-endian):
 //   header (4096 bytes): magic "CEPEENC\0", version, dtype, width, passages, fingerprint
-//                        components, table/ids/data positions, data bytes, checksums
+//                        components, table/ids/data positions, data bytes, checksums; version 2
+//                        (CrossKV stores) adds the layout, cross weights hash and kv shape
 //   table:  per passage row  u64 data offset | u32 tokens | u32 reserved | u64 token hash
 //   ids:    passages x (u64 id hash, u64 row), sorted, for lookups by passage id
-//   data:   per passage tokens x row bytes, each passage 64-byte aligned (data starts page aligned)
+//   data:   per passage tokens x token bytes (CrossKV: layer-major, see StoreLayout), each passage
+//   64-byte aligned (data starts page aligned)
 // A build in progress writes <name>.partial and <name>.partial.ckpt; only finish() renames the
 // file into place, so a half-written store is never found.
 #pragma once
@@ -25,6 +27,20 @@
 #include "engine/config.h"
 
 namespace cepe::index {
+
+/// What a store row holds per passage token.
+enum class StoreLayout : uint32_t {
+  /// The encoder states E [tokens, encoder width]: what absorbed cross-attention reads.
+  States = 0,
+  /// Every cross-attention layer's projected keys and values (W_k·E, W_v·E), per passage laid out
+  /// [cross layer][k, v][tokens][kv width]: a request then does no projection and attends over
+  /// head-width keys (TurboRAG-style), at 2 x cross layers x kv width values per token.
+  CrossKV = 1,
+};
+/// "states" / "kv".
+const char* store_layout_name(StoreLayout l);
+/// Parses "states" or "kv"; the error names `what` (e.g. the flag).
+StoreLayout parse_store_layout(const std::string& name, const std::string& what);
 
 /// Element type of stored states.
 enum class StateDType : uint32_t {
@@ -53,7 +69,20 @@ struct EncoderFingerprint {
   uint64_t tokenizer = 0;        ///< hash of tokenizer.model's bytes
   int64_t chunk_tokens = 0;      ///< passages truncated to this many tokens
   int64_t width = 0;             ///< encoder_hidden_size (values per state row)
-  StateDType dtype = StateDType::F32;  ///< stored element type
+  StateDType dtype = StateDType::F32;        ///< stored element type
+  StoreLayout layout = StoreLayout::States;  ///< what the rows hold
+  uint64_t cross_weights = 0;  ///< CrossKV: hash of the decoder's cross_attn.{k,v}_proj tensors
+  int64_t cross_layers = 0;    ///< CrossKV: decoder layers with cross-attention
+  int64_t kv_width = 0;        ///< CrossKV: values per key (kv heads x head dim)
+
+  /// Values per encoded row: the encoder width, or (CrossKV) the kv width.
+  int64_t row_width() const { return layout == StoreLayout::CrossKV ? kv_width : width; }
+  /// Encoded rows per passage token: 1, or (CrossKV) 2 x cross layers.
+  int64_t rows_per_token() const { return layout == StoreLayout::CrossKV ? 2 * cross_layers : 1; }
+  /// Values per passage token (row_width() x rows_per_token()).
+  int64_t token_values() const { return row_width() * rows_per_token(); }
+  /// Stored bytes per passage token.
+  size_t token_bytes() const;
 
   /// One hash of all components.
   uint64_t digest() const;
@@ -69,6 +98,13 @@ struct EncoderFingerprint {
 EncoderFingerprint encoder_fingerprint(const std::filesystem::path& model_dir,
                                        const ModelConfig& config, int64_t chunk_tokens,
                                        StateDType dtype);
+
+/// The fingerprint of a CrossKV store for the model in `model_dir`: encoder_fingerprint's
+/// components plus a hash of every decoder cross_attn.{k,v}_proj tensor; throws when the model
+/// has no cross-attention layer.
+EncoderFingerprint cross_kv_fingerprint(const std::filesystem::path& model_dir,
+                                        const ModelConfig& config, int64_t chunk_tokens,
+                                        StateDType dtype);
 
 /// Hash of a chunk's token ids (a stored passage is used only when its tokens hash the same).
 uint64_t chunk_token_hash(const std::vector<int32_t>& tokens);
@@ -106,8 +142,9 @@ class EncoderStoreWriter {
   uint64_t resumed_rows() const { return resumed_rows_; }
   /// Rows written so far.
   uint64_t rows() const { return rows_; }
-  /// Appends the next row's states [tokens, width] (F32, host); checks the token count.
-  void append(const float* states, int64_t tokens);
+  /// Appends the next passage's values (F32, host): States [tokens, width]; CrossKV
+  /// [cross layer][k, v][tokens][kv width]. Checks the token count.
+  void append(const float* values, int64_t tokens);
   /// Makes the rows written so far survive a crash (fsync + checkpoint).
   void commit();
   /// Writes the table, ids and header, verifies the size, renames into place; removes the
@@ -143,9 +180,10 @@ class EncoderStore {
   std::optional<uint64_t> find(std::string_view id, uint32_t tokens, uint64_t token_hash) const;
   /// Tokens stored for `row`.
   uint32_t tokens(uint64_t row) const;
-  /// Decodes row `row`'s states into dst [tokens(row), width] F32.
+  /// Decodes row `row`'s values into dst (tokens(row) x token_values() F32, in the layout's
+  /// order).
   void read(uint64_t row, float* dst) const;
-  /// Row `row`'s states in place when the store is F32 (null otherwise): no copy.
+  /// Row `row`'s values in place when the store is F32 (null otherwise): no copy.
   const float* f32_data(uint64_t row) const;
   /// Recomputes the data checksum; throws naming the file when it differs.
   void verify() const;
@@ -155,6 +193,8 @@ class EncoderStore {
   uint64_t total_tokens() const { return total_tokens_; }
   /// The file.
   const std::filesystem::path& path() const { return file_->path(); }
+  /// The mapping's owner, for views that must keep it alive.
+  std::shared_ptr<const void> owner() const { return file_; }
 
  private:
   const char* row_ptr(uint64_t row) const;
@@ -173,8 +213,11 @@ struct StoreLookup {
 };
 
 /// Opens the store in `index_dir` whose fingerprint matches `want` in everything but the dtype
-/// (preferring f32, then bf16, f16, q8_0); stores that do not match are listed with the reason.
+/// (preferring f32, then bf16, f16, q8_0); with `want_kv` (a CrossKV fingerprint) a matching
+/// CrossKV store is preferred to a States one. Stores that match neither are listed with the
+/// reason.
 StoreLookup find_encoder_store(const std::filesystem::path& index_dir,
-                               const EncoderFingerprint& want);
+                               const EncoderFingerprint& want,
+                               const EncoderFingerprint* want_kv = nullptr);
 
 }  // namespace cepe::index

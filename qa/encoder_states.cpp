@@ -1,6 +1,7 @@
 #include "qa/encoder_states.h"
 
 #include <cstring>
+#include <optional>
 
 #include "common/error.h"
 #include "qa/prompt.h"
@@ -69,24 +70,45 @@ size_t EncodedPassageCache::entries() const {
   return map_.size();
 }
 
+std::vector<float> stored_kv_values(Backend& backend, const ProjectedKV& kv) {
+  std::vector<float> out;
+  for (size_t l = 0; l < kv.k.size(); ++l) {
+    if (!kv.k[l].defined()) continue;
+    for (const Tensor* t : {&kv.k[l], &kv.v[l]}) {
+      const Tensor host = backend.to_host_f32(*t);
+      out.insert(out.end(), host.data<float>(), host.data<float>() + host.numel());
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 std::shared_ptr<const index::EncoderStore> open_encoder_store(
     const std::string& mode, const std::filesystem::path& index_dir,
     const std::filesystem::path& model_dir, const ModelConfig& config, int chunk_tokens,
-    const std::function<void(const std::string&)>& report) {
+    Device device, const std::function<void(const std::string&)>& report) {
   if (mode == "off" || !config.is_cepe()) return nullptr;
   const index::EncoderFingerprint want =
       index::encoder_fingerprint(model_dir, config, chunk_tokens, index::StateDType::F32);
+  // Projected keys and values are read in place as row blocks, a CPU form.
+  std::optional<index::EncoderFingerprint> want_kv;
+  if (device == Device::CPU && config.num_cross_attn_layers > 0)
+    want_kv = index::cross_kv_fingerprint(model_dir, config, chunk_tokens, index::StateDType::F32);
   if (mode == "auto") {
     if (index_dir.empty()) return nullptr;
-    index::StoreLookup found = index::find_encoder_store(index_dir, want);
+    index::StoreLookup found =
+        index::find_encoder_store(index_dir, want, want_kv ? &*want_kv : nullptr);
     for (const std::string& why : found.rejected)
       if (report) report("encoder store ignored: " + why);
     return found.store;
   }
   auto store = std::make_shared<const index::EncoderStore>(mode);
-  const std::string why = store->fingerprint().model_mismatch(want);
+  const bool kv = store->fingerprint().layout == index::StoreLayout::CrossKV;
+  CEPE_CHECK(!kv || want_kv, "encoder store " << mode
+                                              << " holds projected keys and values, which are "
+                                                 "read on the CPU only");
+  const std::string why = store->fingerprint().model_mismatch(kv ? *want_kv : want);
   CEPE_CHECK(why.empty(),
              "encoder store " << mode << " does not fit this model: it was made with " << why);
   return store;
@@ -98,26 +120,41 @@ std::string EncoderStates::cache_key(const std::string& id, const std::vector<in
                     : EncodedPassageCache::key(fingerprint_, id, token_hash);
 }
 
-Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& chunk) {
-  if (chunk.empty() || (!store_ && !cache_)) return Tensor();
+FoundStates EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& chunk) {
+  FoundStates out;
+  if (chunk.empty() || (!store_ && !cache_)) return out;
   const uint64_t token_hash = index::chunk_token_hash(chunk);
-  const auto tokens = static_cast<uint32_t>(chunk.size());
+  const auto tokens = static_cast<int64_t>(chunk.size());
   if (store_ && !id.empty()) {
-    if (auto row = store_->find(id, tokens, token_hash)) {
-      const int64_t width = model_.config().encoder_hidden_size;
+    if (auto row = store_->find(id, static_cast<uint32_t>(tokens), token_hash)) {
+      const index::EncoderFingerprint& fp = store_->fingerprint();
       counters_.store_hits.fetch_add(1);
+      // An f32 store's rows are the values themselves: read-only views of the mapping, which
+      // the store (held by the views) keeps alive. Other dtypes are decoded into a host tensor.
+      Tensor all;
+      const int64_t rows = tokens * fp.rows_per_token();
       if (const float* mapped = store_->f32_data(*row)) {
-        // An f32 store's rows are the states themselves: a read-only view of the mapping,
-        // which the store (held by the view) keeps alive.
-        Tensor view = Tensor::wrap(
-            const_cast<float*>(mapped), {int64_t(tokens), width}, DType::F32, Device::CPU,
-            std::const_pointer_cast<void>(std::static_pointer_cast<const void>(store_)));
-        view.set_file_backed(true);
-        return view;
+        all = Tensor::wrap(const_cast<float*>(mapped), {rows, fp.row_width()}, DType::F32,
+                           Device::CPU, std::const_pointer_cast<void>(store_->owner()));
+        all.set_file_backed(true);
+      } else {
+        all = Tensor::empty({rows, fp.row_width()}, DType::F32);
+        store_->read(*row, all.data<float>());
       }
-      Tensor host = Tensor::empty({static_cast<int64_t>(tokens), width}, DType::F32);
-      store_->read(*row, host.data<float>());
-      return host;
+      if (fp.layout == index::StoreLayout::States) {
+        out.states = all;
+        return out;
+      }
+      // [cross layer][k, v][tokens][kv width]; cross layers are the decoder's last ones.
+      const int layers = model_.config().decoder.num_hidden_layers;
+      const int first = layers - static_cast<int>(fp.cross_layers);
+      out.kv.k.resize(layers);
+      out.kv.v.resize(layers);
+      for (int c = 0; c < fp.cross_layers; ++c) {
+        out.kv.k[first + c] = all.rows((2 * c) * tokens, tokens);
+        out.kv.v[first + c] = all.rows((2 * c + 1) * tokens, tokens);
+      }
+      return out;
     }
   }
   if (cache_) {
@@ -125,10 +162,10 @@ Tensor EncoderStates::lookup(const std::string& id, const std::vector<int32_t>& 
     Tensor cached = cache_->get(cache_key(id, chunk, token_hash));
     if (cached.defined() && cached.numel() > 0) {
       counters_.cache_hits.fetch_add(1);
-      return cached;
+      out.states = cached;
     }
   }
-  return Tensor();
+  return out;
 }
 
 void EncoderStates::remember(const std::string& id, const std::vector<int32_t>& chunk,
@@ -153,12 +190,12 @@ EncodedContext EncoderStates::encode(const std::vector<std::string>& ids,
   if (chunks.empty()) return EncodedContext();
   for (size_t i = 0; i < chunks.size(); ++i)
     CEPE_CHECK(!chunks[i].empty(), "context chunk " << i << " is empty");
-  std::vector<Tensor> found(chunks.size());
+  std::vector<FoundStates> found(chunks.size());
   std::vector<std::vector<int32_t>> live_chunks;
   std::vector<size_t> live_of;
   for (size_t i = 0; i < chunks.size(); ++i) {
     found[i] = lookup(ids[i], chunks[i]);
-    if (found[i].raw() != nullptr) continue;
+    if (found[i].found()) continue;
     live_of.push_back(i);
     live_chunks.push_back(chunks[i]);
   }
@@ -183,12 +220,15 @@ EncodedContext EncoderStates::encode(const std::vector<std::string>& ids,
   if (model_.backend().device() == Device::CPU) {
     // Each passage's rows where they lie: the store's mapping, a cache entry, the live pass.
     EncodedContext ctx;
+    bool projected = false;
     for (size_t i = 0; i < chunks.size(); ++i) {
       const int64_t n = static_cast<int64_t>(chunks[i].size());
-      ctx.parts.push_back(found[i].raw() != nullptr ? found[i]
-                                                    : live.states.rows(live_begin[i], n));
+      ctx.parts.push_back(found[i].found() ? found[i].states : live.states.rows(live_begin[i], n));
+      ctx.projected.push_back(found[i].kv);
+      projected = projected || found[i].kv.defined();
       ctx.chunk_lengths.push_back(n);
     }
+    if (!projected) ctx.projected.clear();
     return ctx;
   }
   // One host tensor in passage order, uploaded once.
@@ -199,8 +239,9 @@ EncodedContext EncoderStates::encode(const std::vector<std::string>& ids,
   int64_t row = 0;
   for (size_t i = 0; i < chunks.size(); ++i) {
     const int64_t n = static_cast<int64_t>(chunks[i].size());
-    const float* src = found[i].raw() != nullptr ? found[i].data<float>()
-                                                 : live_host.data<float>() + live_begin[i] * width;
+    CEPE_CHECK(!found[i].kv.defined(), "projected keys and values are read on the CPU only");
+    const float* src = found[i].found() ? found[i].states.data<float>()
+                                        : live_host.data<float>() + live_begin[i] * width;
     std::memcpy(host.data<float>() + row * width, src,
                 static_cast<size_t>(n * width) * sizeof(float));
     ctx.chunk_lengths.push_back(n);

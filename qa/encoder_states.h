@@ -76,6 +76,18 @@ class EncodedPassageCache {
   std::atomic<size_t> bytes_{0};
 };
 
+/// A passage's states as found in a store or the cache.
+struct FoundStates {
+  Tensor states;   ///< host F32 [tokens, encoder width], or undefined
+  ProjectedKV kv;  ///< from a K/V store: every cross layer's keys and values (states undefined)
+  /// True when either is set.
+  bool found() const { return states.raw() != nullptr || kv.defined(); }
+};
+
+/// One chunk's projected keys and values in a K/V store's order: [cross layer][k, v][tokens][kv
+/// width], host F32 (what EncoderStoreWriter::append takes for StoreLayout::CrossKV).
+std::vector<float> stored_kv_values(Backend& backend, const ProjectedKV& kv);
+
 /// Where `--encoder-store` / `encoder_store` points: "auto" (the index's matching store, if any),
 /// "off", or a store file.
 struct EncoderStoreChoice {
@@ -83,12 +95,13 @@ struct EncoderStoreChoice {
 };
 
 /// Opens the store `mode` asks for, for `model_dir`'s encoder with `chunk_tokens`: auto returns
-/// the matching store of `index_dir` (null when there is none; each store present that does not
-/// match is reported once through `report`), a path must match (throws naming the difference).
+/// the matching store of `index_dir` (a K/V store before a States one, K/V only when `device` is
+/// the CPU; null when there is none; each store present that does not match is reported once
+/// through `report`), a path must match (throws naming the difference).
 std::shared_ptr<const index::EncoderStore> open_encoder_store(
     const std::string& mode, const std::filesystem::path& index_dir,
     const std::filesystem::path& model_dir, const ModelConfig& config, int chunk_tokens,
-    const std::function<void(const std::string&)>& report);
+    Device device, const std::function<void(const std::string&)>& report);
 
 /// Turns a request's passages into encoder states: from the store (when given), the cache (when
 /// given), or encoded live in one packed pass, then joined in passage order. Uses the model from
@@ -113,11 +126,11 @@ class EncoderStates {
   bool enabled() const { return store_ || cache_; }
   /// True when live-encoded passages are kept in a cache (remember() stores them).
   bool caching() const { return cache_ != nullptr; }
-  /// Host F32 [tokens, width] states of passage `id` whose chunk is `chunk`, from the store (a
-  /// read-only view of an f32 store's mapping) or the cache (counted as a hit), or an undefined
-  /// tensor ("" ids, a caller's passages, are
-  /// looked up in the cache by their tokens only).
-  Tensor lookup(const std::string& id, const std::vector<int32_t>& chunk);
+  /// Passage `id`'s states for `chunk` from the store (read-only views of an f32 store's mapping;
+  /// a K/V store gives projected keys and values) or the cache (counted as a hit); nothing found
+  /// when neither has it ("" ids, a caller's passages, are looked up in the cache by their tokens
+  /// only).
+  FoundStates lookup(const std::string& id, const std::vector<int32_t>& chunk);
   /// Keeps the live-encoded states `rows` (host F32, chunk.size() x width) of passage `id` in
   /// the cache, when there is one.
   void remember(const std::string& id, const std::vector<int32_t>& chunk, const float* rows);

@@ -38,10 +38,13 @@ struct Scheduler::Active {
 // A job that left the queue and whose chunks are being encoded, slice by slice.
 struct Scheduler::Joining {
   // One chunk's states: rows [begin, begin + rows) of a slice's encoder output, or the whole of
-  // a tensor read from the encoder-state store or cache.
+  // a tensor read from the encoder-state store or cache; or its projected keys and values (a
+  // K/V store), with rows its tokens.
   struct Piece {
     Tensor states;
     int64_t begin = 0, rows = 0;
+    ProjectedKV kv;
+    bool ready() const { return states.raw() != nullptr || kv.defined(); }
   };
   std::shared_ptr<Job> job;
   double queue_ms = 0, encode_ms = 0;
@@ -296,9 +299,12 @@ void Scheduler::admit() {
       const auto t0 = Clock::now();
       try {
         for (size_t c = 0; c < job->chunks.size() && c < job->chunk_ids.size(); ++c) {
-          Tensor found = encoder_states_.lookup(job->chunk_ids[c], job->chunks[c]);
-          if (!found.raw()) continue;
-          j.pieces[c] = {model_.backend().to_device(found), 0, found.dim(0)};
+          FoundStates found = encoder_states_.lookup(job->chunk_ids[c], job->chunks[c]);
+          const auto rows = static_cast<int64_t>(job->chunks[c].size());
+          if (found.kv.defined())
+            j.pieces[c] = {Tensor(), 0, rows, std::move(found.kv)};
+          else if (found.found())
+            j.pieces[c] = {model_.backend().to_device(found.states), 0, rows, {}};
         }
       } catch (...) {
         j.error = std::current_exception();
@@ -332,7 +338,7 @@ void Scheduler::encode_slice() {
     Take take{i, {}};
     while (j.next_chunk < j.job->chunks.size()) {
       const size_t c = j.next_chunk;
-      if (j.pieces[c].states.raw() != nullptr) {  // found in the store or cache
+      if (j.pieces[c].ready()) {  // found in the store or cache
         ++j.next_chunk;
         continue;
       }
@@ -376,7 +382,7 @@ void Scheduler::encode_slice() {
       int64_t job_rows = 0;
       for (size_t c : take.chunks) {
         const int64_t rows = ctx.chunk_lengths[chunk_index++];
-        j.pieces[c] = {ctx.states, row, rows};
+        j.pieces[c] = {ctx.states, row, rows, {}};
         if (host.raw() && c < j.job->chunk_ids.size())
           encoder_states_.remember(j.job->chunk_ids[c], j.job->chunks[c],
                                    host.data<float>() + row * width);
@@ -411,16 +417,20 @@ void Scheduler::start_sequence(Joining& j) {
       // One pass covering exactly this job's chunks, in order, is the context as it stands.
       const Tensor& first = j.pieces[0].states;
       int64_t total = 0;
-      bool whole = true;
+      bool whole = first.raw() != nullptr, projected = false;
       for (const auto& p : j.pieces) {
         whole = whole && p.states.raw() == first.raw() && p.begin == total;
+        projected = projected || p.kv.defined();
         total += p.rows;
       }
       if (whole && total == first.dim(0)) {
         ctx.states = first;
       } else if (model_.backend().device() == Device::CPU) {
         // Read where they lie: store pages, cache entries and encoder passes, no copy.
-        for (const auto& p : j.pieces) ctx.parts.push_back(p.states.rows(p.begin, p.rows));
+        for (const auto& p : j.pieces) {
+          ctx.parts.push_back(p.kv.defined() ? Tensor() : p.states.rows(p.begin, p.rows));
+          if (projected) ctx.projected.push_back(p.kv);
+        }
       } else {
         Backend& backend = model_.backend();
         ctx.states = backend.empty({total, first.dim(1)}, DType::F32);

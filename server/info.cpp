@@ -54,6 +54,8 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
       write_json_text(w, res.encoder_store->path().string());
       w.Key("dtype");
       w.String(index::state_dtype_name(res.encoder_store->fingerprint().dtype));
+      w.Key("layout");
+      w.String(index::store_layout_name(res.encoder_store->fingerprint().layout));
       w.Key("passages");
       w.Uint64(res.encoder_store->size());
       w.Key("bytes");
@@ -73,17 +75,21 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
                dtype_size(res.model->kv_cache_dtype()));
       w.Key("encoder_state_bytes_per_passage_token");
       const bool absorbed = res.model->cross_attention_mode() == CrossAttentionMode::Absorbed;
-      const uint64_t per_passage_token = absorbed ? uint64_t(mc.encoder_hidden_size) * 4
-                                                  : uint64_t(2) * mc.num_cross_attn_layers *
-                                                        d.num_key_value_heads * d.head_dim * 4;
+      const uint64_t projected_kv_bytes =
+          uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads * d.head_dim * 4;
+      const uint64_t per_passage_token =
+          absorbed ? uint64_t(mc.encoder_hidden_size) * 4 : projected_kv_bytes;
       w.Uint64(per_passage_token);
-      // Passages of an f32 store are read in place from its mapping by the CPU's absorbed
-      // cross-attention: they cost a request nothing.
+      // Passages of an f32 store are read in place from its mapping on the CPU (states by the
+      // absorbed cross-attention, a K/V store's keys and values by any mode): they cost a request
+      // nothing. A K/V store's other dtypes are decoded to F32 keys and values per request.
       w.Key("encoder_state_bytes_per_stored_passage_token");
-      const bool in_place = absorbed && res.encoder_store &&
+      const bool kv_store = res.encoder_store &&
+                            res.encoder_store->fingerprint().layout == index::StoreLayout::CrossKV;
+      const bool in_place = (absorbed || kv_store) && res.encoder_store &&
                             res.encoder_store->fingerprint().dtype == index::StateDType::F32 &&
                             res.model->backend().device() == Device::CPU;
-      w.Uint64(in_place ? 0 : per_passage_token);
+      w.Uint64(in_place ? 0 : kv_store ? projected_kv_bytes : per_passage_token);
       w.EndObject();
     }
   }

@@ -56,6 +56,7 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   if (out.model->config().is_cepe()) {
     out.encoder_store = qa::open_encoder_store(
         config.encoder_store, config.index, dir, out.model->config(), config.chunk_tokens,
+        out.backend->device(),
         [](const std::string& line) { std::cerr << "cepe serve: " << line << "\n"; });
     if (!out.encoder_store && config.encoder_cache_mb > 0) {
       out.encoder_cache =

@@ -1,8 +1,9 @@
 // The encoder-state store (index/encoder_store) and the component that reads it
 // (qa/encoder_states): an f32 store gives exactly the live states, logits and greedy tokens on
-// the reference fixtures; bf16/f16/q8_0 stay within their derived element bounds, a stated logit
-// bound and the same greedy tokens; stores of another model, tokenizer or chunk length are
-// refused with the reason; an interrupted build resumes to the same bytes; the LRU cache.
+// the reference fixtures (a K/V store: exactly the live cached-form logits); bf16/f16/q8_0 stay
+// within their derived element bounds, a stated logit bound and the same greedy tokens; stores of
+// another model, tokenizer or chunk length are refused with the reason; an interrupted build
+// resumes to the same bytes; the LRU cache.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -242,6 +243,146 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, StoreOnFixture, ::testing::ValuesIn(fixture_c
                                   index::state_dtype_name(info.param.dtype);
                          });
 
+// ---------------------------------------------------------------------------------------------
+// K/V stores: every cross layer's projected keys and values, read in place on the CPU.
+
+// Builds a K/V store of `chunks` as `cepe index encode --layout kv` does: one packed encoder
+// pass, then each chunk's keys and values projected as set_context projects them.
+fs::path build_kv_store(CepeModel& model, const index::EncoderFingerprint& fp,
+                        const std::vector<std::vector<int32_t>>& chunks,
+                        const fs::path& index_dir) {
+  std::vector<index::StoredPassageInfo> infos;
+  const auto ids = ids_for(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i)
+    infos.push_back({index::passage_id_hash(ids[i]), static_cast<uint32_t>(chunks[i].size()),
+                     index::chunk_token_hash(chunks[i])});
+  const fs::path path = index::encoder_store_path(index_dir, fp);
+  index::EncoderStoreWriter w(path, fp, infos);
+  const EncodedContext ctx = model.encode(chunks);
+  int64_t at = 0;
+  for (const auto& c : chunks) {
+    const auto n = static_cast<int64_t>(c.size());
+    const std::vector<float> kv =
+        qa::stored_kv_values(model.backend(), model.project_chunk(ctx.states.rows(at, n)));
+    EXPECT_EQ(kv.size(), static_cast<size_t>(n * fp.token_values()));
+    w.append(kv.data(), n);
+    at += n;
+  }
+  w.commit();
+  w.finish();
+  return path;
+}
+
+class KvStoreOnFixture : public ::testing::TestWithParam<FixtureCase> {};
+
+// With an f32 K/V store, logits are bit-identical to live encoding in the cached form (the
+// keys and values are the same numbers, attended as the same per-passage blocks) and the greedy
+// tokens are the reference's; other dtypes round keys and values once: the logit error is first
+// order in that rounding, bounded as for the states store (8 u max|logit|), same greedy tokens.
+TEST_P(KvStoreOnFixture, LogitsAndGreedyAgainstLive) {
+  const FixtureCase& c = GetParam();
+  auto f = test::load_fixture(c.fixture);
+  const auto& g = f->expected["greedy"];
+  const auto chunks = test::chunks_of(g["context_ids"]);
+  if (chunks.empty()) GTEST_SKIP() << c.fixture << " has no context chunks";
+  const fs::path model_dir = model_with_tokenizer(c.fixture, "tokenizer A");
+  auto backend = make_backend(Device::CPU);
+  auto model = CepeModel::load(model_dir, *backend);
+  // The stored form is read as cached keys and values whatever the mode; absorbed here shows it.
+  model->set_cross_attention_mode(CrossAttentionMode::Absorbed);
+  const auto fp = index::cross_kv_fingerprint(model_dir, model->config(), 256, c.dtype);
+  const auto fp_states = index::encoder_fingerprint(model_dir, model->config(), 256, c.dtype);
+  const fs::path index_dir = test::temp_dir("kvstore_index_" + c.fixture);
+  const fs::path path = build_kv_store(*model, fp, chunks, index_dir);
+  {  // A run that cannot read K/V stores (a GPU) reports it and does not use it.
+    const index::StoreLookup none = index::find_encoder_store(index_dir, fp_states);
+    EXPECT_FALSE(none.store);
+    ASSERT_EQ(none.rejected.size(), 1u);
+    EXPECT_NE(none.rejected[0].find("cross K/V store"), std::string::npos) << none.rejected[0];
+  }
+  index::StoreLookup found = index::find_encoder_store(index_dir, fp_states, &fp);
+  ASSERT_TRUE(found.store) << path;
+  ASSERT_EQ(found.store->fingerprint().layout, index::StoreLayout::CrossKV);
+  qa::EncoderStates states(*model);
+  states.use_store(found.store);
+  const EncodedContext stored = states.encode(ids_for(chunks.size()), chunks);
+  EXPECT_EQ(states.counters().store_hits.load(), chunks.size());
+  EXPECT_EQ(states.counters().live_passages.load(), 0u);
+  ASSERT_TRUE(stored.has_projected());
+  ASSERT_EQ(stored.projected.size(), chunks.size());
+  const auto* file_begin = reinterpret_cast<const char*>(found.store->f32_data(0));
+  for (size_t i = 0; i < chunks.size(); ++i)
+    for (const Tensor& k : stored.projected[i].k) {
+      if (!k.defined()) continue;
+      ASSERT_EQ(k.dim(0), static_cast<int64_t>(chunks[i].size()));
+      const auto* at = static_cast<const char*>(k.raw());
+      if (c.dtype == StateDType::F32)
+        EXPECT_TRUE(k.file_backed() && at >= file_begin &&
+                    at + k.nbytes() <= file_begin + found.store->file_bytes())
+            << "passage " << i << " was copied out of the store";
+      else
+        EXPECT_FALSE(k.file_backed());
+    }
+
+  const EncodedContext live = model->encode(chunks);
+  auto cached_model = CepeModel::load(model_dir, *backend);
+  cached_model->set_cross_attention_mode(CrossAttentionMode::Cached);
+  {  // What a request holds for cross-attention: nothing of its own with an f32 store.
+    auto with_store = model->new_state(1), with_live = cached_model->new_state(1),
+         bare = model->new_state(1);
+    model->set_context(*with_store, stored);
+    cached_model->set_context(*with_live, live);
+    const size_t cross = with_live->cache_bytes() - bare->cache_bytes();
+    EXPECT_GT(cross, 0u);
+    EXPECT_EQ(with_store->cache_bytes() - bare->cache_bytes(),
+              c.dtype == StateDType::F32 ? 0u : cross);
+  }
+  const auto prompt = test::ids_of(f->expected["input_ids"]);
+  const Tensor lg_store = logits_with(*model, prompt, stored);
+  const Tensor lg_live = logits_with(*cached_model, prompt, live);
+  ASSERT_EQ(lg_store.numel(), lg_live.numel());
+  double max_abs = 0.0, max_diff = 0.0;
+  for (int64_t i = 0; i < lg_live.numel(); ++i) {
+    max_abs = std::max(max_abs, std::fabs(double(lg_live.data<float>()[i])));
+    max_diff =
+        std::max(max_diff, std::fabs(double(lg_store.data<float>()[i]) - lg_live.data<float>()[i]));
+  }
+  if (c.dtype == StateDType::F32)
+    EXPECT_EQ(std::memcmp(lg_store.raw(), lg_live.raw(), lg_live.nbytes()), 0)
+        << "f32 K/V store logits differ from live encoding (max " << max_diff << ")";
+  else
+    EXPECT_LE(max_diff, 8.0 * unit_roundoff(c.dtype) * max_abs) << c.fixture;
+  std::printf("[%s kv %s] max |dlogit| %.3g (max |logit| %.3g)\n", c.fixture.c_str(),
+              index::state_dtype_name(c.dtype), max_diff, max_abs);
+
+  auto expected = test::ids_of(g["tokens"]);
+  const auto& eos = model->config().decoder.eos_token_ids;
+  if (!expected.empty() && std::find(eos.begin(), eos.end(), expected.back()) != eos.end())
+    expected.pop_back();
+  const auto greedy_prompt = test::ids_of(g["input_ids"]);
+  const int max_new = g["max_new_tokens"].GetInt();
+  EXPECT_EQ(greedy_with(*model, greedy_prompt, stored, max_new), expected) << c.fixture;
+
+  // Passages missing from the store are encoded live and projected per request beside the
+  // stored ones: one more chunk (a repeat of the first under another id).
+  std::vector<std::vector<int32_t>> more = chunks;
+  more.push_back(chunks[0]);
+  auto more_ids = ids_for(chunks.size());
+  more_ids.push_back("not-in-store");
+  const EncodedContext mixed = states.encode(more_ids, more);
+  ASSERT_EQ(mixed.projected.size(), more.size());
+  EXPECT_FALSE(mixed.projected.back().defined());
+  EXPECT_EQ(mixed.tokens(), live.tokens() + static_cast<int64_t>(chunks[0].size()));
+  const Tensor lg_mixed = logits_with(*model, prompt, mixed);
+  EXPECT_EQ(lg_mixed.numel(), lg_live.numel());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, KvStoreOnFixture, ::testing::ValuesIn(fixture_cases()),
+                         [](const auto& info) {
+                           return info.param.fixture + "_" +
+                                  index::state_dtype_name(info.param.dtype);
+                         });
+
 // `cepe index encode` packs passages by a token budget, not as a request does. A chunk's states
 // do not depend on the other chunks mathematically, but BLAS may block a GEMM differently for
 // another row count, so the last bits may differ: states within 1e-5, logits within 5e-5 (the
@@ -310,8 +451,9 @@ void expect_refused(const Built& b, const fs::path& model_dir, int chunk_tokens,
   auto backend = make_backend(Device::CPU);
   auto model = CepeModel::load(model_dir, *backend);
   std::vector<std::string> reports;
-  auto store = qa::open_encoder_store("auto", b.index_dir, model_dir, model->config(), chunk_tokens,
-                                      [&](const std::string& l) { reports.push_back(l); });
+  auto store =
+      qa::open_encoder_store("auto", b.index_dir, model_dir, model->config(), chunk_tokens,
+                             Device::CPU, [&](const std::string& l) { reports.push_back(l); });
   EXPECT_FALSE(store) << "a mismatching store was used";
   ASSERT_EQ(reports.size(), 1u);
   EXPECT_NE(reports[0].find(reason), std::string::npos) << reports[0];
@@ -321,7 +463,7 @@ void expect_refused(const Built& b, const fs::path& model_dir, int chunk_tokens,
     file = e.path();
   try {
     qa::open_encoder_store(file.string(), b.index_dir, model_dir, model->config(), chunk_tokens,
-                           {});
+                           Device::CPU, {});
     ADD_FAILURE() << "explicit mismatching store accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(reason), std::string::npos) << e.what();
@@ -345,10 +487,44 @@ TEST(EncoderStoreRefusal, AnotherChunkLength) {
   expect_refused(b, b.model_dir, 128, "chunk length 256 tokens (this run uses 128)");
 }
 
+// A K/V store holds the decoder's cross-attention projections too: a model whose encoder and
+// tokenizer are the same but whose cross_attn.k_proj differs must not read it.
+TEST(EncoderStoreRefusal, AnotherDecoderForAKvStore) {
+  Built b;
+  b.model_dir = model_with_tokenizer("gqa_cross_last2", "tokenizer A");
+  b.backend = make_backend(Device::CPU);
+  b.model = CepeModel::load(b.model_dir, *b.backend);
+  auto f = test::load_fixture("gqa_cross_last2");
+  const auto chunks = test::chunks_of(f->expected["greedy"]["context_ids"]);
+  b.index_dir = test::temp_dir("kvstore_refuse");
+  build_kv_store(*b.model,
+                 index::cross_kv_fingerprint(b.model_dir, b.model->config(), 256, StateDType::F32),
+                 chunks, b.index_dir);
+  // The same checkpoint with one byte of a cross_attn.k_proj tensor changed.
+  const fs::path other = test::temp_dir("kvstore_refuse_other");
+  for (const auto& e : fs::directory_iterator(b.model_dir))
+    fs::copy_file(e.path(), other / e.path().filename(), fs::copy_options::overwrite_existing);
+  fs::path st;
+  for (const auto& e : fs::directory_iterator(other))
+    if (e.path().extension() == ".safetensors") st = e.path();
+  std::string bytes = test::read_file(st);
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, bytes.data(), 8);
+  const size_t name = bytes.find("cross_attn.k_proj.weight");
+  ASSERT_NE(name, std::string::npos);
+  const size_t offsets = bytes.find("\"data_offsets\":[", name);
+  ASSERT_LT(offsets, 8 + header_len);
+  const uint64_t begin = std::stoull(bytes.substr(offsets + 16, 20));
+  bytes[8 + header_len + begin] ^= 0x40;
+  std::ofstream(st, std::ios::binary | std::ios::trunc) << bytes;
+  expect_refused(b, other, 256, "other cross-attention K/V weights");
+}
+
 TEST(EncoderStoreRefusal, ChangedPassageIsEncodedLive) {
   // Same id, other tokens (the passage text changed after the store was built): not used.
   Built b = built_store("gqa_cross_last2");
-  auto store = qa::open_encoder_store("auto", b.index_dir, b.model_dir, b.model->config(), 256, {});
+  auto store = qa::open_encoder_store("auto", b.index_dir, b.model_dir, b.model->config(), 256,
+                                      Device::CPU, {});
   ASSERT_TRUE(store);
   qa::EncoderStates states(*b.model);
   states.use_store(store);

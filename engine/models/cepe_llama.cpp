@@ -178,8 +178,15 @@ void CepeModel::set_kv_cache_dtype(DType dtype) {
 
 int64_t EncodedContext::tokens() const {
   int64_t n = states.defined() && states.rank() == 2 ? states.dim(0) : 0;
-  for (const Tensor& part : parts) n += part.dim(0);
+  for (size_t i = 0; i < parts.size(); ++i)
+    n += parts[i].defined() ? parts[i].dim(0) : (i < chunk_lengths.size() ? chunk_lengths[i] : 0);
   return n;
+}
+
+bool EncodedContext::has_projected() const {
+  for (const ProjectedKV& p : projected)
+    if (p.defined()) return true;
+  return false;
 }
 
 std::vector<Tensor> EncodedContext::blocks() const {
@@ -208,9 +215,14 @@ size_t DecoderState::encoder_state_bytes() const {
 
 size_t DecoderState::cache_bytes() const {
   size_t n = encoder_state_bytes();
-  for (const auto* v : {&k_cache_, &v_cache_, &cross_k_, &cross_v_})
+  for (const auto* v : {&k_cache_, &v_cache_})
     for (const Tensor& t : *v)
-      if (t.defined()) n += t.nbytes();  // layers without cross-attention hold none
+      if (t.defined()) n += t.nbytes();
+  // Layers without cross-attention hold none; mapped store pages belong to no request.
+  for (const auto* v : {&cross_k_, &cross_v_})
+    for (const std::vector<Tensor>& blocks : *v)
+      for (const Tensor& t : blocks)
+        if (t.defined() && !t.file_backed()) n += t.nbytes();
   return n;
 }
 
@@ -367,9 +379,13 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
   if (context.tokens() == 0) return;
   CEPE_CHECK(config_.is_cepe(), "this model has no cross-attention, so it cannot take context");
   state.encoder_tokens_ = context.tokens();
-  if (cross_mode_ == CrossAttentionMode::Absorbed) {
+  const bool cpu = backend_.device() == Device::CPU;
+  const bool projected = context.has_projected();
+  CEPE_CHECK(!projected || (cpu && context.projected.size() == context.parts.size()),
+             "projected keys and values come one per part, on the CPU");
+  if (cross_mode_ == CrossAttentionMode::Absorbed && !projected) {
     // Keys in parts are a CPU form; a device reads the request's one tensor.
-    if (backend_.device() == Device::CPU) {
+    if (cpu) {
       state.context_ = context.blocks();
     } else {
       CEPE_CHECK(context.parts.empty(), "encoder states in parts are a CPU-only form");
@@ -379,16 +395,57 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
   }
   const LlamaConfig& c = config_.decoder;
   const int64_t kvd = int64_t(c.num_key_value_heads) * c.head_dim;
-  state.cross_k_.assign(c.num_hidden_layers, Tensor());
-  state.cross_v_.assign(c.num_hidden_layers, Tensor());
+  state.cross_k_.assign(c.num_hidden_layers, {});
+  state.cross_v_.assign(c.num_hidden_layers, {});
+  if (!cpu) {
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const BlockWeights& b = decoder_.blocks[l];
+      if (!b.has_cross) continue;
+      state.cross_k_[l] = {backend_.empty({context.tokens(), kvd}, DType::F32)};
+      state.cross_v_[l] = {backend_.empty({context.tokens(), kvd}, DType::F32)};
+      project_blocks(context.blocks(), b.cross_k, state.cross_k_[l][0]);
+      project_blocks(context.blocks(), b.cross_v, state.cross_v_[l][0]);
+    }
+    return;
+  }
+  // One block per chunk: projected ahead (read in place) or projected now.
+  const std::vector<Tensor> blocks = context.blocks();
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const ProjectedKV kv = i < context.projected.size() && context.projected[i].defined()
+                               ? context.projected[i]
+                               : project_chunk(blocks[i]);
+    CEPE_CHECK(kv.k.size() == size_t(c.num_hidden_layers) && kv.v.size() == kv.k.size(),
+               "projected keys and values of chunk " << i << " cover " << kv.k.size()
+                                                     << " layers, the decoder has "
+                                                     << c.num_hidden_layers);
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      if (!decoder_.blocks[l].has_cross) continue;
+      CEPE_CHECK(kv.k[l].defined() && kv.k[l].rank() == 2 && kv.k[l].dim(1) == kvd &&
+                     kv.v[l].defined() && kv.v[l].shape() == kv.k[l].shape(),
+                 "projected keys and values of chunk " << i << ", layer " << l
+                                                       << ": expected [tokens, " << kvd << "]");
+      state.cross_k_[l].push_back(kv.k[l]);
+      state.cross_v_[l].push_back(kv.v[l]);
+    }
+  }
+}
+
+ProjectedKV CepeModel::project_chunk(const Tensor& states) const {
+  const LlamaConfig& c = config_.decoder;
+  const int64_t kvd = int64_t(c.num_key_value_heads) * c.head_dim;
+  ProjectedKV kv;
+  kv.k.resize(c.num_hidden_layers);
+  kv.v.resize(c.num_hidden_layers);
+  const Tensor input = backend_.to_device(states);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const BlockWeights& b = decoder_.blocks[l];
     if (!b.has_cross) continue;
-    state.cross_k_[l] = backend_.empty({context.tokens(), kvd}, DType::F32);
-    state.cross_v_[l] = backend_.empty({context.tokens(), kvd}, DType::F32);
-    project_blocks(context.blocks(), b.cross_k, state.cross_k_[l]);
-    project_blocks(context.blocks(), b.cross_v, state.cross_v_[l]);
+    kv.k[l] = backend_.empty({input.dim(0), kvd}, DType::F32);
+    kv.v[l] = backend_.empty({input.dim(0), kvd}, DType::F32);
+    backend_.linear(input, b.cross_k, kv.k[l]);
+    backend_.linear(input, b.cross_v, kv.v[l]);
   }
+  return kv;
 }
 
 void CepeModel::project_blocks(const std::vector<Tensor>& blocks, const Tensor& weight,
@@ -506,8 +563,13 @@ void CepeModel::cross_attention(const BlockWeights& b, int layer,
     seg.q_begin = row_begin[s];
     seg.q_len = row_count[s];
     if (st.context_.empty()) {  // cached
-      seg.k = st.cross_k_[layer];
-      seg.v = st.cross_v_[layer];
+      if (st.cross_k_[layer].size() == 1) {
+        seg.k = st.cross_k_[layer][0];
+        seg.v = st.cross_v_[layer][0];
+      } else {
+        seg.k_parts = st.cross_k_[layer];
+        seg.v_parts = st.cross_v_[layer];
+      }
     } else {
       const bool use_absorbed =
           absorbed_max_rows_ >= 0

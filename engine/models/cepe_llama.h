@@ -36,15 +36,29 @@ struct StackWeights {
   Tensor norm;                       ///< final norm.weight [hidden]
 };
 
+/// One chunk's cross-attention keys and values projected ahead of time (W_k·E and W_v·E, e.g.
+/// from a K/V store): per decoder layer [tokens, kv width] host F32, undefined in layers without
+/// cross-attention.
+struct ProjectedKV {
+  std::vector<Tensor> k, v;  ///< per decoder layer
+  /// True when set.
+  bool defined() const { return !k.empty(); }
+};
+
 /// Encoder output for one request: the final, normed states of all its chunks, in order.
 struct EncodedContext {
   Tensor states;  ///< [total_tokens, encoder_hidden] on the backend's device (unless in parts)
   /// Or the same rows as several [rows, encoder_hidden] host blocks, in order (CPU backend):
   /// views of a memory-mapped store, cache entries or encoder passes, read where they lie.
   std::vector<Tensor> parts;
+  /// Empty, or one per part (CPU backend): where defined, that chunk's keys and values are
+  /// these and its part is unused (undefined); chunk_lengths then gives its tokens.
+  std::vector<ProjectedKV> projected;
   std::vector<int64_t> chunk_lengths;  ///< tokens per chunk, in order
   /// Number of encoder tokens.
   int64_t tokens() const;
+  /// True when some chunk comes with projected keys and values.
+  bool has_projected() const;
   /// The states as row blocks: `parts`, or views of `states` one per chunk (all of it when the
   /// chunk lengths do not cover it); empty when there are none.
   std::vector<Tensor> blocks() const;
@@ -93,7 +107,8 @@ class DecoderState {
  private:
   friend class CepeModel;
   std::vector<Tensor> k_cache_, v_cache_;  // per layer [capacity, kv_heads * head_dim]
-  std::vector<Tensor> cross_k_, cross_v_;  // Cached: per cross layer [encoder_tokens, kv * hd]
+  // Cached: per cross layer, [encoder_tokens, kv * hd] in row blocks (one per chunk on the CPU)
+  std::vector<std::vector<Tensor>> cross_k_, cross_v_;
   // Absorbed (non-empty iff so): encoder states [encoder_tokens, enc_hidden] in row blocks
   std::vector<Tensor> context_;
   int64_t length_ = 0;
@@ -145,8 +160,13 @@ class CepeModel {
   DType kv_cache_dtype() const { return kv_dtype_; }
   /// Attaches encoder states to a sequence that has not started yet. Cached: projects every
   /// cross-attention layer's keys and values once, so decode steps never re-project them;
-  /// Absorbed: keeps a reference to the states alone.
+  /// Absorbed: keeps a reference to the states alone. A context with projected chunks is read
+  /// in the cached form whatever the mode (those chunks have no states); on the CPU each chunk's
+  /// keys and values stay a block of their own, so stored and live projections attend alike.
   void set_context(DecoderState& state, const EncodedContext& context);
+  /// Every cross-attention layer's keys and values for one chunk's states [tokens, encoder
+  /// width] (host or device): exactly what set_context computes for that chunk.
+  ProjectedKV project_chunk(const Tensor& states) const;
 
   /// Runs `tokens` through the decoder for one sequence, appending them to its cache; returns host
   /// F32 logits for every new token (`all_logits`) or only the last one: [rows, vocab].
