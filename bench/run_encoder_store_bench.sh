@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Encoder-state store vs server-style cache vs live encoding, `cepe qa` on the bench100m shapes
-# (random weights: answers are noise, the work per token is real), k = 10 and k = 20:
-# time to first token, questions/s, peak RSS; store size and build time. Questions run one at a
+# Encoder-state store (states layout, and the cross K/V layout) vs server-style cache vs live
+# encoding, `cepe qa` on the bench100m shapes (random weights: answers are noise, the work per
+# token is real), k = 10 and k = 20: time to first token, questions/s, peak RSS; store sizes and
+# build times. Live encoding runs the CPU default (absorbed cross-attention); a live run in the
+# cached form at k = 20 is the K/V store's exactness check (identical answers). Questions run one at a
 # time by default, so a question's time to first token is its own work (retrieval, states,
 # prefill), not a share of other sequences' decode steps.
 #   [CONCURRENCY=1] bench/run_encoder_store_bench.sh [questions=200] [passages=400] [threads=0]
@@ -32,13 +34,21 @@ PY
   "$cepe" random-model --preset bench100m --tokenizer "$work/spm.model" --out "$work/model" >/dev/null
   "$cepe" index build --input "$work/passages.jsonl" --out "$work/index" >/dev/null 2>&1
 fi
-# KEEP_STORE=1 re-uses the store (and the build figures) of an earlier run.
-if [[ -z ${KEEP_STORE:-} || ! -f "$work/encode.txt" ]]; then
+# KEEP_STORE=1 re-uses the stores (and the build figures) of an earlier run.
+if [[ -z ${KEEP_STORE:-} || ! -f "$work/encode-kv.txt" ]]; then
   rm -rf "$work/index/encoder_states"
-  { /usr/bin/time -f "%e" "$cepe" index encode --index "$work/index" --model "$work/model" \
-    --threads "$threads" 2>&1 >"$work/encode.txt"; } | tail -n 1 >"$work/encode.wall"
+  for layout in states kv; do
+    { /usr/bin/time -f "%e" "$cepe" index encode --index "$work/index" --model "$work/model" \
+      --threads "$threads" --layout "$layout" 2>&1 >"$work/encode-$layout.txt"; } |
+      tail -n 1 >"$work/encode-$layout.wall"
+  done
 fi
-echo "store build: $(cat "$work/encode.txt") (wall $(cat "$work/encode.wall") s)"
+for layout in states kv; do
+  echo "store build ($layout): $(cat "$work/encode-$layout.txt") (wall $(cat "$work/encode-$layout.wall") s)"
+done
+store_file() { sed -n 's/.* into \(.*\.ces\): .*/\1/p' "$work/encode-$1.txt"; }
+states_store=$(store_file states)
+kv_store=$(store_file kv)
 run() {  # k label extra-flags...
   local k=$1 label=$2
   shift 2
@@ -62,16 +72,28 @@ PY
 }
 for k in 10 20; do
   run "$k" live --encoder-store off
-  run "$k" store
+  run "$k" store --encoder-store "$states_store"
+  run "$k" kv-store --encoder-store "$kv_store"
   run "$k" cache-pass2 --encoder-store off --encoder-cache-mb 1024 --passes 2
   python3 - "$k" <<'PY'
 import sys
 k = sys.argv[1]
-t = {l: float(open(f"/tmp/cepe-store-bench-{l}-{k}.ttft").read()) for l in ("live", "store", "cache-pass2")}
+t = {l: float(open(f"/tmp/cepe-store-bench-{l}-{k}.ttft").read())
+     for l in ("live", "store", "kv-store", "cache-pass2")}
 print(f"k={k}: time to first token live / store = {t['live'] / t['store']:.1f}x, "
+      f"live / K/V store = {t['live'] / t['kv-store']:.1f}x, "
       f"live / cache (2nd pass) = {t['live'] / t['cache-pass2']:.1f}x")
 PY
 done
-cmp <(sort "$work/answers-live-20.jsonl" | python3 -c "import json,sys; [print(json.loads(l)['id'], json.loads(l)['answer']) for l in sys.stdin]") \
-    <(sort "$work/answers-store-20.jsonl" | python3 -c "import json,sys; [print(json.loads(l)['id'], json.loads(l)['answer']) for l in sys.stdin]") \
-  && echo "k=20 answers identical with the f32 store and live"
+run 20 live-cached --encoder-store off --cross-attention cached
+answers() { sort "$1" | python3 -c "import json,sys; [print(json.loads(l)['id'], json.loads(l)['answer']) for l in sys.stdin]"; }
+cmp <(answers "$work/answers-live-20.jsonl") <(answers "$work/answers-store-20.jsonl") \
+  && echo "k=20 answers identical with the f32 states store and live"
+cmp <(answers "$work/answers-live-cached-20.jsonl") <(answers "$work/answers-kv-store-20.jsonl") \
+  && echo "k=20 answers identical with the f32 K/V store and live (cached form)"
+python3 - "$work/answers-live-20.jsonl" "$work/answers-kv-store-20.jsonl" <<'PY'
+import json, sys
+a, b = ({json.loads(l)["id"]: json.loads(l)["answer"] for l in open(f)} for f in sys.argv[1:3])
+same = sum(a[i] == b.get(i) for i in a)
+print(f"k=20 K/V store vs live (absorbed form): {same} of {len(a)} answers identical")
+PY

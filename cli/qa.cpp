@@ -91,7 +91,8 @@ void attach_encoder_store(const Args& args, const LoadedModel& lm, qa::Pipeline&
                                       [](const std::string& line) { std::cerr << line << "\n"; });
   if (!store) return;
   std::cerr << "encoder store: " << store->path().string() << " ("
-            << index::state_dtype_name(store->fingerprint().dtype) << ", " << store->size()
+            << index::state_dtype_name(store->fingerprint().dtype) << ", "
+            << index::store_layout_name(store->fingerprint().layout) << ", " << store->size()
             << " passages)\n";
   pipeline.scheduler().encoder_states().use_store(std::move(store));
 }

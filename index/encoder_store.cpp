@@ -632,6 +632,11 @@ const float* EncoderStore::f32_data(uint64_t row) const {
   return reinterpret_cast<const float*>(row_ptr(row));
 }
 
+const uint16_t* EncoderStore::f16_data(uint64_t row) const {
+  if (fp_.dtype != StateDType::F16) return nullptr;
+  return reinterpret_cast<const uint16_t*>(row_ptr(row));
+}
+
 void EncoderStore::verify() const {
   CEPE_CHECK(data_checksum(data_, data_bytes_) == checksum_,
              path().string() << ": data checksum mismatch (the file is corrupt)");

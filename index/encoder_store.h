@@ -185,6 +185,8 @@ class EncoderStore {
   void read(uint64_t row, float* dst) const;
   /// Row `row`'s values in place when the store is F32 (null otherwise): no copy.
   const float* f32_data(uint64_t row) const;
+  /// Row `row`'s values in place when the store is F16 (null otherwise): no copy.
+  const uint16_t* f16_data(uint64_t row) const;
   /// Recomputes the data checksum; throws naming the file when it differs.
   void verify() const;
   /// Size of the file in bytes.

@@ -130,11 +130,16 @@ FoundStates EncoderStates::lookup(const std::string& id, const std::vector<int32
       const index::EncoderFingerprint& fp = store_->fingerprint();
       counters_.store_hits.fetch_add(1);
       // An f32 store's rows are the values themselves: read-only views of the mapping, which
-      // the store (held by the views) keeps alive. Other dtypes are decoded into a host tensor.
+      // the store (held by the views) keeps alive. So are an f16 K/V store's: the CPU attention
+      // widens F16 key and value rows as it reads them. Other dtypes are decoded to F32.
       Tensor all;
       const int64_t rows = tokens * fp.rows_per_token();
-      if (const float* mapped = store_->f32_data(*row)) {
-        all = Tensor::wrap(const_cast<float*>(mapped), {rows, fp.row_width()}, DType::F32,
+      const bool kv = fp.layout == index::StoreLayout::CrossKV;
+      const void* mapped = store_->f32_data(*row);
+      if (!mapped && kv) mapped = store_->f16_data(*row);
+      if (mapped) {
+        all = Tensor::wrap(const_cast<void*>(mapped), {rows, fp.row_width()},
+                           fp.dtype == index::StateDType::F16 ? DType::F16 : DType::F32,
                            Device::CPU, std::const_pointer_cast<void>(store_->owner()));
         all.set_file_backed(true);
       } else {

@@ -81,14 +81,17 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
           absorbed ? uint64_t(mc.encoder_hidden_size) * 4 : projected_kv_bytes;
       w.Uint64(per_passage_token);
       // Passages of an f32 store are read in place from its mapping on the CPU (states by the
-      // absorbed cross-attention, a K/V store's keys and values by any mode): they cost a request
-      // nothing. A K/V store's other dtypes are decoded to F32 keys and values per request.
+      // absorbed cross-attention; a K/V store's keys and values, f32 or f16, by any mode): they
+      // cost a request nothing. Other K/V dtypes are decoded to F32 keys and values per request.
       w.Key("encoder_state_bytes_per_stored_passage_token");
-      const bool kv_store = res.encoder_store &&
-                            res.encoder_store->fingerprint().layout == index::StoreLayout::CrossKV;
-      const bool in_place = (absorbed || kv_store) && res.encoder_store &&
-                            res.encoder_store->fingerprint().dtype == index::StateDType::F32 &&
-                            res.model->backend().device() == Device::CPU;
+      const index::EncoderStore* store = res.encoder_store.get();
+      const bool cpu = res.model->backend().device() == Device::CPU;
+      const bool kv_store = store && store->fingerprint().layout == index::StoreLayout::CrossKV;
+      const index::StateDType dtype = store ? store->fingerprint().dtype : index::StateDType::F32;
+      const bool in_place =
+          cpu && store &&
+          (kv_store ? dtype == index::StateDType::F32 || dtype == index::StateDType::F16
+                    : absorbed && dtype == index::StateDType::F32);
       w.Uint64(in_place ? 0 : kv_store ? projected_kv_bytes : per_passage_token);
       w.EndObject();
     }

@@ -4,7 +4,9 @@
 #   store is byte-equal to an uninterrupted build's; an interrupted build is never picked up;
 # - `cepe qa` answers identically with the f32 store and with live encoding (--encoder-store off);
 # - a store made with another chunk length is reported once and ignored (answers stay the same),
-#   and named explicitly it is an error (exit 1) naming the difference.
+#   and named explicitly it is an error (exit 1) naming the difference;
+# - a cross K/V store (--layout kv) is preferred to the states store and answers identically to
+#   live encoding in the cached form, with no passage encoded live.
 set -euo pipefail
 cepe=${CEPE_BINARY:?}
 data=${CEPE_SHARED_DIR:-${CEPE_SOURCE_DIR:?}/../shared}/data/squad-train
@@ -78,7 +80,7 @@ ls "$tmp"/index/encoder_states/ | grep -q partial && { echo "FAIL: partial files
 qa=(--questions "$tmp/questions.jsonl" --index "$tmp/index" --model "$tmp/model" --k 5
   --max-new-tokens 6 --threads 2 --concurrency 4)
 "$cepe" qa "${qa[@]}" --out "$tmp/store.jsonl" >"$tmp/store.out" 2>"$tmp/store.err"
-grep -q "^encoder store: .*(f32, 600 passages)" "$tmp/store.err" || {
+grep -q "^encoder store: .*(f32, states, 600 passages)" "$tmp/store.err" || {
   echo "FAIL: the store was not used"; cat "$tmp/store.err"; exit 1; }
 # Every retrieved passage is in the store: the scheduler reads them all and encodes none live.
 grep -Eq "encoder states: [1-9][0-9]* passages from the store, 0 from the cache, 0 encoded live" \
@@ -110,4 +112,25 @@ echo "ok: a store with another chunk length is reported once and ignored; named,
 # Rerunning on a complete store does nothing.
 "$cepe" index encode --index "$tmp/index" "${enc[@]}" | grep -q "is complete" || {
   echo "FAIL: a complete store was rebuilt"; exit 1; }
+# The cross K/V layout: built beside the states store, preferred to it, same answers as live
+# encoding read in the cached form (the same keys and values, attended alike).
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" --layout kv >"$tmp/kv.txt" 2>/dev/null
+grep -q "encoded 600 passages (.* tokens, f32, kv) into" "$tmp/kv.txt" || { echo "FAIL: kv build"; cat "$tmp/kv.txt"; exit 1; }
+[[ $(ls "$tmp"/index/encoder_states/*.ces | wc -l) == 2 ]] || { echo "FAIL: expected two stores"; exit 1; }
+"$cepe" qa "${qa[@]}" --out "$tmp/kv.jsonl" >"$tmp/kv.out" 2>"$tmp/kv.err"
+grep -q "^encoder store: .*(f32, kv, 600 passages)" "$tmp/kv.err" || {
+  echo "FAIL: the K/V store was not preferred"; cat "$tmp/kv.err"; exit 1; }
+grep -Eq "encoder states: [1-9][0-9]* passages from the store, 0 from the cache, 0 encoded live" \
+  "$tmp/kv.out" || { echo "FAIL: the scheduler did not read the K/V store"; cat "$tmp/kv.out"; exit 1; }
+"$cepe" qa "${qa[@]}" --encoder-store off --cross-attention cached --out "$tmp/live-cached.jsonl" \
+  >/dev/null 2>&1
+python3 - "$tmp" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+load = lambda n: {r["id"]: r["answer"] for r in map(json.loads, open(f"{tmp}/{n}"))}
+s, l = load("kv.jsonl"), load("live-cached.jsonl")
+assert len(s) == len(l) > 0 and s == l, "answers differ between the f32 K/V store and live encoding"
+print(f"ok: {len(s)} answers identical with the f32 K/V store and with live encoding (cached form)")
+PY
+
 echo "all encoder-store CLI checks passed"
