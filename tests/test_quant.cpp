@@ -301,6 +301,47 @@ TEST_P(KernelLevels, PackedGroupsMatchDoubleSums) {
   }
 }
 
+// gemm_f32_rows of every level against double sums: each output is an F32 sum of k exact-input
+// products, within (k + 8) u Σ|terms| of the double sum (recursive summation plus the lane
+// reduction). Rows 1..9 and weight rows 1..9 cover every tile shape and its tails; k = 37 and
+// 100 leave a scalar tail after the vector steps. A row's result must not depend on the rows
+// beside it (bit for bit, row alone vs in the batch), and accumulate adds to what is there.
+TEST_P(KernelLevels, F32RowsMatchDoubleSums) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& kr = cpu::kernels_for(path);
+  for (int64_t k : {5, 37, 100, 256})
+    for (int64_t m = 1; m <= 9; ++m)
+      for (int64_t n = 1; n <= 9; ++n) {
+        const auto x = random_floats(size_t(m * k), uint32_t(m * 131 + k));
+        const auto w = random_floats(size_t(n * k), uint32_t(n * 71 + k + 7));
+        const int64_t ldo = n + 3;
+        std::vector<float> out(size_t(m * ldo), -7.0f), acc(size_t(m * ldo), 0.5f);
+        kr.gemm_f32_rows(x.data(), m, w.data(), n, k, out.data(), ldo, false);
+        kr.gemm_f32_rows(x.data(), m, w.data(), n, k, acc.data(), ldo, true);
+        for (int64_t i = 0; i < m; ++i) {
+          std::vector<float> alone(static_cast<size_t>(n));
+          kr.gemm_f32_rows(x.data() + i * k, 1, w.data(), n, k, alone.data(), n, false);
+          for (int64_t j = 0; j < n; ++j) {
+            double exact = 0, terms = 0;
+            for (int64_t t = 0; t < k; ++t) {
+              exact += double(x[i * k + t]) * w[j * k + t];
+              terms += std::fabs(double(x[i * k + t]) * w[j * k + t]);
+            }
+            const float got = out[i * ldo + j];
+            ASSERT_NEAR(got, exact, (k + 8) * kU * terms)
+                << kr.name << " m " << m << " n " << n << " k " << k << " [" << i << "," << j
+                << "]";
+            ASSERT_EQ(got, alone[j]) << kr.name << ": row " << i << " depends on its neighbours (m "
+                                     << m << " n " << n << " k " << k << ")";
+            ASSERT_EQ(acc[i * ldo + j], 0.5f + got) << kr.name << " accumulate";
+          }
+          for (int64_t j = n; j < ldo; ++j) ASSERT_EQ(out[i * ldo + j], -7.0f) << "wrote past n";
+        }
+      }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, KernelLevels, ::testing::ValuesIn(cpu::all_kernel_paths()),
                          [](const auto& info) {
                            return std::string(cpu::kernel_path_name(info.param));

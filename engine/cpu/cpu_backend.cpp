@@ -735,8 +735,13 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // F32 weights: the rows of the weight are split into one slice per thread and each slice is a
-  // single-threaded BLAS call on the weight in place (GEMV for one row, GEMM otherwise).
+  // Up to this many rows an F32 linear reads its weights in place (gemm_f32_rows) instead of
+  // calling SGEMM, which packs them first.
+  static constexpr int64_t kFewRowsF32 = 32;
+
+  // F32 weights: the rows of the weight are split into one slice per thread and each slice is
+  // a single-threaded call on the weight in place (dot kernel for one row, the row kernel for a
+  // few, BLAS GEMM otherwise).
   void linear_f32(const float* x, const float* w, float* out, int64_t m, int64_t n, int64_t k,
                   bool accumulate) {
     const float beta = accumulate ? 1.0f : 0.0f;
@@ -753,6 +758,10 @@ class CpuBackend final : public Backend {
           const float s = kernels_.dot_f32(w + j * k, x, k);
           out[j] = accumulate ? out[j] + s : s;
         }
+      } else if (m <= kFewRowsF32) {
+        // A short prompt: OpenBLAS would pack the whole weight slice for a few rows (the copy
+        // took more time than the multiply at 20 rows); the row kernel reads it in place.
+        kernels_.gemm_f32_rows(x, m, w + j0 * k, nj, k, out + j0, n, accumulate);
       } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nj, k, 1.0f, x, k, w + j0 * k, k,
                     beta, out + j0, n);

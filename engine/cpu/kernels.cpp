@@ -65,6 +65,16 @@ float dot_f32_scalar(const float* w, const float* x, int64_t n) {
   return sum;
 }
 
+void gemm_f32_rows_scalar(const float* x, int64_t m, const float* w, int64_t n, int64_t k,
+                          float* out, int64_t ldo, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      const float s = dot_f32_scalar(w + j * k, x + i * k, k);
+      float& o = out[i * ldo + j];
+      o = accumulate ? o + s : s;
+    }
+}
+
 float dot_bf16_scalar(const uint16_t* w, const float* x, int64_t n) {
   float sum = 0.0f;
   for (int64_t i = 0; i < n; ++i) sum += bf16_to_f32(w[i]) * x[i];
@@ -163,6 +173,73 @@ inline float as_f32(float v) {
 CEPE_DOT_AVX2(dot_f16_avx2, uint16_t, load_f16_avx2, f16_to_f32)
 CEPE_DOT_AVX2(dot_bf16_avx2, uint16_t, load_bf16_avx2, bf16_to_f32)
 CEPE_DOT_AVX2(dot_f32_avx2, float, load_f32_avx2, as_f32)  // decode steps on F32 weights
+
+// An MR x NR tile of gemm_f32_rows: one accumulator per output, the weight rows' vectors loaded
+// once per step and used by every activation row (the tile's weights stay in L1 across the
+// activation rows, which stay in L2). Every output sums its vector lanes, then its tail, in the
+// same order in every tile shape.
+template <int MR, int NR>
+CEPE_AVX2 inline void f32_rows_tile_avx2(const float* x, const float* w, int64_t k, float* out,
+                                         int64_t ldo, bool accumulate) {
+  __m256 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  int64_t t = 0;
+  for (; t + 8 <= k; t += 8) {
+    __m256 wv[NR];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+      wv[j] = _mm256_loadu_ps(w + j * k + t);
+      asm("" : "+v"(wv[j]));  // see f32_rows_tile_avx512
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      __m256 xv = _mm256_loadu_ps(x + i * k + t);
+      asm("" : "+v"(xv));
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      float s = hsum_avx2(acc[i][j]);
+      // An explicit fused multiply-add: contraction of a * b + s is up to the compiler, which
+      // may decide differently in different tile shapes.
+      for (int64_t r = t; r < k; ++r) s = __builtin_fmaf(w[j * k + r], x[i * k + r], s);
+      float& o = out[i * ldo + j];
+      o = accumulate ? o + s : s;
+    }
+}
+
+// One tile of NR weight rows against all m activation rows, 4 rows at a time, then the rest.
+template <int NR>
+CEPE_AVX2 inline void f32_rows_column_avx2(const float* x, int64_t m, const float* w, int64_t k,
+                                           float* out, int64_t ldo, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    f32_rows_tile_avx2<4, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+  switch (m - i) {
+    case 3:
+      f32_rows_tile_avx2<3, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+      break;
+    case 2:
+      f32_rows_tile_avx2<2, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+      break;
+    case 1:
+      f32_rows_tile_avx2<1, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+      break;
+  }
+}
+
+// AVX2 has 16 vector registers: 4 x 3 accumulators and 3 weight vectors leave one for x.
+CEPE_AVX2 void gemm_f32_rows_avx2(const float* x, int64_t m, const float* w, int64_t n, int64_t k,
+                                  float* out, int64_t ldo, bool accumulate) {
+  int64_t j = 0;
+  for (; j + 3 <= n; j += 3) f32_rows_column_avx2<3>(x, m, w + j * k, k, out + j, ldo, accumulate);
+  for (; j < n; ++j) f32_rows_column_avx2<1>(x, m, w + j * k, k, out + j, ldo, accumulate);
+}
 
 CEPE_AVX2 void widen_f16_avx2(const uint16_t* in, float* out, int64_t n) {
   int64_t i = 0;
@@ -351,6 +428,71 @@ CEPE_AVX512 float dot_f32_avx512(const float* w, const float* x, int64_t n) {
   float s = hsum_avx512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
   for (; i < n; ++i) s += w[i] * x[i];
   return s;
+}
+
+// The AVX-512 form of f32_rows_tile_avx2 (32 registers: 4 x 4 accumulators).
+template <int MR, int NR>
+CEPE_AVX512 inline void f32_rows_tile_avx512(const float* x, const float* w, int64_t k, float* out,
+                                             int64_t ldo, bool accumulate) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t t = 0;
+  for (; t + 16 <= k; t += 16) {
+    __m512 wv[NR];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+      wv[j] = _mm512_loadu_ps(w + j * k + t);
+      // Keeps the vectors in registers (here and for x below): GCC would otherwise reload
+      // them as memory operands of every multiply-add, which makes the tile load-bound.
+      asm("" : "+v"(wv[j]));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      __m512 xv = _mm512_loadu_ps(x + i * k + t);
+      asm("" : "+v"(xv));
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      float s = hsum_avx512(acc[i][j]);
+      // An explicit fused multiply-add: contraction of a * b + s is up to the compiler, which
+      // may decide differently in different tile shapes.
+      for (int64_t r = t; r < k; ++r) s = __builtin_fmaf(w[j * k + r], x[i * k + r], s);
+      float& o = out[i * ldo + j];
+      o = accumulate ? o + s : s;
+    }
+}
+
+template <int NR>
+CEPE_AVX512 inline void f32_rows_column_avx512(const float* x, int64_t m, const float* w, int64_t k,
+                                               float* out, int64_t ldo, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    f32_rows_tile_avx512<4, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+  switch (m - i) {
+    case 3:
+      f32_rows_tile_avx512<3, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+      break;
+    case 2:
+      f32_rows_tile_avx512<2, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+      break;
+    case 1:
+      f32_rows_tile_avx512<1, NR>(x + i * k, w, k, out + i * ldo, ldo, accumulate);
+      break;
+  }
+}
+
+CEPE_AVX512 void gemm_f32_rows_avx512(const float* x, int64_t m, const float* w, int64_t n,
+                                      int64_t k, float* out, int64_t ldo, bool accumulate) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4)
+    f32_rows_column_avx512<4>(x, m, w + j * k, k, out + j, ldo, accumulate);
+  for (; j < n; ++j) f32_rows_column_avx512<1>(x, m, w + j * k, k, out + j, ldo, accumulate);
 }
 
 // AVX-512 BF16: x is rounded to bf16 on the fly (VDPBF16PS multiplies bf16 pairs exactly and
@@ -570,7 +712,7 @@ const Kernels kScalar{KernelPath::Scalar,      "scalar",
                       widen_bf16_scalar,       dequantize_row_q8_0_ref,
                       dequantize_row_q4_0_ref, gemm_x16_scalar<true>,
                       gemm_x16_scalar<false>,  narrow_f16_scalar,
-                      dot_f32_scalar};
+                      dot_f32_scalar,          gemm_f32_rows_scalar};
 const Kernels kAvx2{KernelPath::Avx2,     "avx2",
                     dot_q8_0_avx2,        dot_q4_0_avx2,
                     dot_f16_avx2,         dot_bf16_avx2,
@@ -578,7 +720,7 @@ const Kernels kAvx2{KernelPath::Avx2,     "avx2",
                     widen_bf16_avx2,      dequantize_q8_0_avx2,
                     dequantize_q4_0_avx2, gemm_x16_avx2<true>,
                     gemm_x16_avx2<false>, narrow_f16_avx2,
-                    dot_f32_avx2};
+                    dot_f32_avx2,         gemm_f32_rows_avx2};
 const Kernels kAvx512{KernelPath::Avx512,   "avx512",
                       dot_q8_0_avx512,      dot_q4_0_avx512,
                       dot_f16_avx512,       dot_bf16_avx512,
@@ -586,17 +728,17 @@ const Kernels kAvx512{KernelPath::Avx512,   "avx512",
                       widen_bf16_avx2,      dequantize_q8_0_avx2,
                       dequantize_q4_0_avx2, gemm_x16_avx2<true>,
                       gemm_x16_avx2<false>, narrow_f16_avx2,
-                      dot_f32_avx512};
-const Kernels kAvx512Vnni{KernelPath::Avx512Vnni, "avx512vnni",         dot_q8_0_vnni,
-                          dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512,
-                          quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
-                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512};
-const Kernels kAvx512Bf16{KernelPath::Avx512Bf16, "avx512bf16",         dot_q8_0_vnni,
-                          dot_q4_0_vnni,          dot_f16_avx512,       dot_bf16_avx512bf16,
-                          quantize_q8_0_avx2,     widen_f16_avx2,       widen_bf16_avx2,
-                          dequantize_q8_0_avx2,   dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512};
+                      dot_f32_avx512,       gemm_f32_rows_avx512};
+const Kernels kAvx512Vnni{
+    KernelPath::Avx512Vnni, "avx512vnni",         dot_q8_0_vnni,        dot_q4_0_vnni,
+    dot_f16_avx512,         dot_bf16_avx512,      quantize_q8_0_avx2,   widen_f16_avx2,
+    widen_bf16_avx2,        dequantize_q8_0_avx2, dequantize_q4_0_avx2, gemm_x16_vnni<true>,
+    gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512,       gemm_f32_rows_avx512};
+const Kernels kAvx512Bf16{
+    KernelPath::Avx512Bf16, "avx512bf16",         dot_q8_0_vnni,        dot_q4_0_vnni,
+    dot_f16_avx512,         dot_bf16_avx512bf16,  quantize_q8_0_avx2,   widen_f16_avx2,
+    widen_bf16_avx2,        dequantize_q8_0_avx2, dequantize_q4_0_avx2, gemm_x16_vnni<true>,
+    gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512,       gemm_f32_rows_avx512};
 
 const Kernels& table(KernelPath path) {
   switch (path) {

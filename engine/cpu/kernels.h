@@ -52,6 +52,12 @@ struct Kernels {
   void (*narrow_f16)(const float* in, uint16_t* out, int64_t n);
   /// Σ w_i x_i for an F32 weight row and an F32 activation row of n elements.
   float (*dot_f32)(const float* w, const float* x, int64_t n);
+  /// A few activation rows against F32 weight rows read in place (no packing): for i < m and
+  /// j < n, out[i * ldo + j] (or += with accumulate) = Σ_t x[i * k + t] w[j * k + t]. Each
+  /// output's terms are summed in the same order whatever m and n, so a row's result does not
+  /// depend on the rows beside it.
+  void (*gemm_f32_rows)(const float* x, int64_t m, const float* w, int64_t n, int64_t k, float* out,
+                        int64_t ldo, bool accumulate);
 };
 
 /// True when this CPU can run the level.
