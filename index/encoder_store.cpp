@@ -96,6 +96,14 @@ T load(const char* p) {
   return v;
 }
 
+// Feeds one checkpoint tensor into a weights fingerprint: name, dtype, shape, bytes.
+void hash_tensor(Hasher& h, const std::string& name, const Tensor& t) {
+  h.update_string(name);
+  h.update_u64(static_cast<uint64_t>(t.dtype()));
+  for (int64_t d : t.shape()) h.update_u64(static_cast<uint64_t>(d));
+  h.update_u64(mix64(hash64(std::string_view(static_cast<const char*>(t.raw()), t.nbytes()))));
+}
+
 uint64_t data_checksum(const char* data, uint64_t n) {
   Hasher h(0x44415441);
   h.update(data, n);
@@ -309,11 +317,7 @@ EncoderFingerprint encoder_fingerprint(const fs::path& model_dir, const ModelCon
   size_t tensors = 0;
   for (const std::string& name : weights.names()) {
     if (name.rfind("encoder.", 0) != 0) continue;
-    const Tensor t = weights.get(name);
-    w.update_string(name);
-    w.update_u64(static_cast<uint64_t>(t.dtype()));
-    for (int64_t d : t.shape()) w.update_u64(static_cast<uint64_t>(d));
-    w.update_u64(mix64(hash64(std::string_view(static_cast<const char*>(t.raw()), t.nbytes()))));
+    hash_tensor(w, name, weights.get(name));
     ++tensors;
   }
   CEPE_CHECK(tensors > 0, model_dir.string() << ": no encoder.* tensors in the checkpoint");
@@ -342,11 +346,7 @@ EncoderFingerprint cross_kv_fingerprint(const fs::path& model_dir, const ModelCo
     const bool kv = name.find(".cross_attn.k_proj.") != std::string::npos ||
                     name.find(".cross_attn.v_proj.") != std::string::npos;
     if (name.rfind("model.", 0) != 0 || !kv) continue;
-    const Tensor t = weights.get(name);
-    w.update_string(name);
-    w.update_u64(static_cast<uint64_t>(t.dtype()));
-    for (int64_t dim : t.shape()) w.update_u64(static_cast<uint64_t>(dim));
-    w.update_u64(mix64(hash64(std::string_view(static_cast<const char*>(t.raw()), t.nbytes()))));
+    hash_tensor(w, name, weights.get(name));
     ++tensors;
   }
   CEPE_CHECK(tensors == static_cast<size_t>(2 * fp.cross_layers),
