@@ -114,13 +114,14 @@ void BM_Gelu(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
-// Decode (1 row) and prefill (64 rows) shapes of a 134M LLaMA's attention projection (768 x 768)
-// and MLP (768 -> 2048).
+// Decode (1 row) and prefill (64 and 512 rows) shapes of a 134M LLaMA's attention projection
+// (768 x 768) and MLP (768 -> 2048, 2048 -> 768). GFLOP/s = items/s x 2 K / 1e9.
 void linear_shapes(benchmark::internal::Benchmark* b) {
-  for (int64_t rows : {1, 64}) {
+  for (int64_t rows : {1, 64, 512}) {
     b->Args({rows, 768, 768});
     b->Args({rows, 768, 2048});
   }
+  b->Args({512, 2048, 768});
 }
 
 BENCHMARK_CAPTURE(BM_Linear, f32, WeightKind::F32)->Apply(linear_shapes);

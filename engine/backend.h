@@ -46,6 +46,11 @@ struct BackendOptions {
   /// What load_weight makes of every matrix (linears and embedding tables; norms stay F32).
   /// Anything but Stored is CPU-only for now.
   WeightKind weights = WeightKind::Stored;
+  /// Whether a GEMM over bf16 weights may round its activations to bf16 (CPU with AVX-512 BF16:
+  /// VDPBF16PS, twice the multiply-adds of F32 FMAs, 2^-9 relative per product, as llama.cpp and
+  /// the CUDA backend's bf16 GEMMs). False keeps F32 activations: exact F32 arithmetic on the
+  /// bf16 weights. Decode steps (a few rows) never round.
+  bool bf16_activations = true;
 };
 
 /// Device memory held by a backend, in bytes (all zero for the CPU backend).

@@ -9,8 +9,8 @@
 //  - F32 GEMMs, and 16-bit weights with F32 activations: kF32Dot * sum_i |x_i w_i| + 1e-6,
 //    i.e. relative to the size of the terms, which is what bounds a dot product's rounding;
 //  - 16-bit GEMMs whose activations are rounded to the weight type (CUDA, more than
-//    kGemvMaxRows rows): the unit roundoff of that type (bf16 2^-8, f16 2^-11) times
-//    sum_i |x_i w_i|, plus the F32 bound;
+//    kGemvMaxRows rows; the CPU's bf16 GEMM, more than 16 rows): the unit roundoff of that type
+//    (bf16 2^-8, f16 2^-11) times sum_i |x_i w_i|, plus the F32 bound;
 //  - attention: 2e-5 * max |v| (outputs are convex combinations of values);
 //  - model logits on the fixtures: test::float32_logit_bound (derived from the float32 arithmetic,
 //    ~4e-4 here) for F32 checkpoints; k16BitLogitTolerance for 16-bit
@@ -29,6 +29,7 @@
 
 #include "common/error.h"
 #include "engine/backend.h"
+#include "engine/cpu/kernels.h"
 #include "engine/cuda/kernels.cuh"  // compiled here by the host compiler: the SIMT emulator
 #include "engine/generation.h"
 #include "engine/models/cepe_llama.h"
@@ -436,7 +437,12 @@ TEST_P(BackendOps, RmsNorm) {
 }
 
 double linear_unit_roundoff(Device d, DType weight, int64_t rows) {
-  if (d != Device::CUDA || weight == DType::F32 || rows <= kern::kGemvMaxRows) return 0.0;
+  // The CPU's bf16 GEMM (more than 16 rows, AVX-512 BF16) rounds activations to bf16 too.
+  if (d == Device::CPU)
+    return weight == DType::BF16 && rows > 16 && cpu::active_kernels().gemm_bf16_pairs
+               ? std::ldexp(1.0, -8)
+               : 0.0;
+  if (weight == DType::F32 || rows <= kern::kGemvMaxRows) return 0.0;
   return weight == DType::BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
 }
 

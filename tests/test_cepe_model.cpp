@@ -1,6 +1,9 @@
 // The C++ CEPE model against the PyTorch reference (tests/reference/, written from CEPE's official
 // modeling code): logits within the float32 bound of test::float32_logit_bound (derived from the
 // arithmetic: ~4e-4 on these fixtures) and identical greedy tokens on every committed fixture.
+// The reference computes in F32 on the stored weights, so these runs keep F32 activations against
+// bf16 weights (BackendOptions::bf16_activations = false); the bf16 GEMM, which rounds them, has
+// its own test against the same reference below.
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
@@ -10,8 +13,8 @@
 
 #include "common/error.h"
 #include "engine/backend.h"
-#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/safetensors.h"
 #include "test_util.h"
 
@@ -64,9 +67,16 @@ class ReferenceFixture : public ::testing::TestWithParam<std::tuple<std::string,
   }
 };
 
+// F32 activations whatever the weights (the reference's arithmetic).
+std::unique_ptr<Backend> f32_arithmetic_backend() {
+  BackendOptions o;
+  o.bf16_activations = false;
+  return make_backend(Device::CPU, o);
+}
+
 TEST_P(ReferenceFixture, LogitsMatchReference) {
   auto f = fixture();
-  auto backend = make_backend(Device::CPU);
+  auto backend = f32_arithmetic_backend();
   auto model = load(*f, *backend);
   const auto& e = f->expected;
   const auto ids = ids_of(e["input_ids"]);
@@ -128,7 +138,7 @@ void check_greedy_case(CepeModel& model, const rapidjson::Value& g, const std::s
 
 TEST_P(ReferenceFixture, GreedyTokensMatchReference) {
   auto f = fixture();
-  auto backend = make_backend(Device::CPU);
+  auto backend = f32_arithmetic_backend();
   auto model = load(*f, *backend);
   check_greedy_case(*model, f->expected["greedy"], f->name + " greedy");
   if (f->expected.HasMember("greedy_extra"))
@@ -141,6 +151,49 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::ValuesIn(test::fixture_names(/*greedy_only=*/true)),
                        ::testing::ValuesIn(kModes)),
     [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param).name; });
+
+// The bf16 fixture with the default options: on CPUs with AVX-512 BF16, GEMMs of more than 16
+// rows round the activations to bf16 (2^-9 relative per product) and multiply pairs with
+// VDPBF16PS. The logits stay within the tolerance the CUDA backend's bf16-rounded GEMMs are held
+// to on the same fixture (test_backends' k16BitLogitTolerance: rounded operands move these logits
+// by ~0.08, a wrong kernel by far more than 0.1), the greedy tokens are the reference's, and the
+// prompt's logits move (unless this CPU has no bf16 GEMM): the path is really taken.
+TEST(CepeModel, Bf16ActivationsStayWithinRounding) {
+  constexpr double kBf16LogitTolerance = 0.1;
+  auto f = load_fixture("bf16");
+  const auto& e = f->expected;
+  const auto ids = ids_of(e["input_ids"]);
+  const auto chunks = chunks_of(e["context_ids"]);
+  auto logits_with = [&](Backend& backend) {
+    auto model = CepeModel::load(f->dir, backend);
+    auto state = model->new_state();
+    model->set_context(*state, model->encode(chunks));
+    return model->forward(*state, ids, /*all_logits=*/true);
+  };
+  auto rounding = make_backend(Device::CPU);
+  auto exact = f32_arithmetic_backend();
+  const Tensor got = logits_with(*rounding), f32 = logits_with(*exact);
+  const double d = max_abs_diff(got.data<float>(), e["logits"], got.dim(1));
+  EXPECT_LE(d, kBf16LogitTolerance) << "bf16 fixture, bf16 activations";
+  double moved = 0;
+  for (int64_t i = 0; i < got.numel(); ++i)
+    moved = std::max(moved, double(std::fabs(got.data<float>()[i] - f32.data<float>()[i])));
+  const bool has_gemm = rounding->describe().find("bf16 GEMM") != std::string::npos;
+  if (has_gemm) {
+    EXPECT_GT(moved, 0.0) << "the bf16 GEMM did not run";
+  }
+  std::printf(
+      "[bf16, %s] max |dlogit| vs reference %.3g (tolerance %.2g), vs F32 activations %.3g\n",
+      has_gemm ? "bf16 GEMM activations" : "no bf16 GEMM on this CPU", d, kBf16LogitTolerance,
+      moved);
+  const auto& g = e["greedy"];
+  auto tokens_with = [&](Backend& backend) {
+    auto model = CepeModel::load(f->dir, backend);
+    return greedy(*model, ids_of(g["input_ids"]), chunks_of(g["context_ids"]),
+                  g["max_new_tokens"].GetInt());
+  };
+  EXPECT_EQ(tokens_with(*rounding), tokens_with(*exact)) << "bf16 greedy, bf16 activations";
+}
 
 using test::check_batched_steps;
 

@@ -220,10 +220,7 @@ TEST_P(KernelLevels, MatchScalar) {
         << k.name << " dot_f16, n " << n;
     EXPECT_NEAR(k.dot_f32(w.data(), x.data(), n), s.dot_f32(w.data(), x.data(), n), ge * tf)
         << k.name << " dot_f32, n " << n;
-    // The BF16 level rounds x to bf16 (relative error <= 2^-9 per product) before VDPBF16PS.
-    const double bf = path == cpu::KernelPath::Avx512Bf16 ? std::ldexp(1.0, -9) * tb : 0.0;
-    EXPECT_NEAR(k.dot_bf16(wb.data(), x.data(), n), s.dot_bf16(wb.data(), x.data(), n),
-                ge * tb + bf)
+    EXPECT_NEAR(k.dot_bf16(wb.data(), x.data(), n), s.dot_bf16(wb.data(), x.data(), n), ge * tb)
         << k.name << " dot_bf16, n " << n;
   }
 }
@@ -342,6 +339,55 @@ TEST_P(KernelLevels, F32RowsMatchDoubleSums) {
       }
 }
 
+// The bf16 GEMM (levels with AVX-512 BF16): the activations are rounded to bf16 (nearest even,
+// as f32_to_bf16), every product of two bf16 numbers is exact in F32, and each output sums its
+// k products in F32: within (k + 2) u Σ|terms| of the double sum of the rounded products. Shapes
+// cover partial panels (m not a multiple of 14), partial blocks (n not a multiple of 32), odd k
+// and row strides past n; outputs past n must stay untouched.
+TEST_P(KernelLevels, Bf16PairsMatchDoubleSums) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& kr = cpu::kernels_for(path);
+  if (!kr.gemm_bf16_pairs) {
+    EXPECT_FALSE(kr.pack_bf16_pairs) << kr.name << ": pack without GEMM";
+    GTEST_SKIP() << kr.name << " has no bf16 GEMM (needs AVX-512 BF16)";
+  }
+  for (int64_t k : {1, 31, 64, 100, 333})
+    for (int64_t m : {1, 13, 14, 15, 29})
+      for (int64_t n : {1, 17, 32, 45, 70}) {
+        const auto x = random_floats(size_t(m * k), uint32_t(m * 131 + k));
+        const auto wf = random_floats(size_t(n * k), uint32_t(n * 71 + k + 7));
+        std::vector<uint16_t> w(wf.size());
+        for (size_t i = 0; i < wf.size(); ++i) w[i] = f32_to_bf16(wf[i]);
+        std::vector<uint32_t> panels(size_t(cpu::bf16_panel_words(m, k)), 0xdeadbeefu);
+        std::vector<uint32_t> scratch(size_t(cpu::bf16_block_words(k)), 0xdeadbeefu);
+        kr.pack_bf16_pairs(x.data(), m, k, panels.data());
+        const int64_t ldo = n + 3;
+        std::vector<float> out(size_t(m * ldo), -7.0f), acc(size_t(m * ldo), 0.5f);
+        kr.gemm_bf16_pairs(panels.data(), m, k, w.data(), n, out.data(), ldo, false,
+                           scratch.data());
+        kr.gemm_bf16_pairs(panels.data(), m, k, w.data(), n, acc.data(), ldo, true, scratch.data());
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double exact = 0, terms = 0;
+            for (int64_t t = 0; t < k; ++t) {
+              const double p =
+                  double(bf16_to_f32(f32_to_bf16(x[i * k + t]))) * bf16_to_f32(w[j * k + t]);
+              exact += p;
+              terms += std::fabs(p);
+            }
+            const float got = out[i * ldo + j];
+            ASSERT_NEAR(got, exact, (k + 2) * kU * terms)
+                << kr.name << " m " << m << " n " << n << " k " << k << " [" << i << "," << j
+                << "]";
+            ASSERT_EQ(acc[i * ldo + j], 0.5f + got) << kr.name << " accumulate";
+          }
+          for (int64_t j = n; j < ldo; ++j) ASSERT_EQ(out[i * ldo + j], -7.0f) << "wrote past n";
+        }
+      }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, KernelLevels, ::testing::ValuesIn(cpu::all_kernel_paths()),
                          [](const auto& info) {
                            return std::string(cpu::kernel_path_name(info.param));
@@ -394,15 +440,18 @@ TEST_P(QuantLinear, MatchesDoubleReference) {
     unpack_row16(wl, j, row.data());
     dequantize_row_ref(row.data(), plain, wd.data() + j * k, k);
   }
-  // Packed block weights quantize the activations for any number of rows.
+  // Packed block weights quantize the activations for any number of rows; bf16 GEMMs (more
+  // than 16 rows, CPUs with AVX-512 BF16) round them to bf16.
   const bool x_quantized = dtype_is_block(plain);
+  const bool x_bf16 = plain == DType::BF16 && m > 16 && cpu::active_kernels().gemm_bf16_pairs;
   for (int64_t i = 0; i < m; ++i) {
     if (x_quantized) {
       std::vector<BlockQ8_0> b((k + 31) / 32);
       quantize_row_q8_0_ref(xv.data() + i * k, b.data(), k);
       dequantize_row_q8_0_ref(b.data(), xd.data() + i * k, k);
     } else {
-      std::copy(xv.begin() + i * k, xv.begin() + (i + 1) * k, xd.begin() + i * k);
+      for (int64_t t = 0; t < k; ++t)
+        xd[i * k + t] = x_bf16 ? bf16_to_f32(f32_to_bf16(xv[i * k + t])) : xv[i * k + t];
     }
   }
   for (int64_t i = 0; i < m; ++i)

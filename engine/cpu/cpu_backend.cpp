@@ -47,14 +47,16 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(const BackendOptions& options)
       : threads_(options.threads > 0 ? options.threads : omp_get_num_procs()),
         weights_(options.weights),
-        kernels_(cpu::active_kernels()) {
+        kernels_(cpu::active_kernels()),
+        bf16_pairs_(options.bf16_activations && kernels_.gemm_bf16_pairs != nullptr) {
     blas_single_threaded_once();
   }
 
   Device device() const override { return Device::CPU; }
   std::string describe() const override {
     return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS, " + kernels_.name +
-           " kernels, weights " + weight_kind_name(weights_) + ")";
+           " kernels, weights " + weight_kind_name(weights_) +
+           (bf16_pairs_ ? ", bf16 GEMM activations" : "") + ")";
   }
 
   Tensor empty(std::vector<int64_t> shape, DType dtype) override {
@@ -137,6 +139,11 @@ class CpuBackend final : public Backend {
         linear_packed(xp, weight, op, m, n, k, accumulate);
         return;
       case DType::BF16:
+        if (m > kDotRows && bf16_pairs_) {
+          linear_bf16_pairs(xp, weight.data<uint16_t>(), op, m, n, k, accumulate);
+          return;
+        }
+        [[fallthrough]];
       case DType::F16:
       case DType::Q8_0:
       case DType::Q4_0:
@@ -887,10 +894,46 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // bf16 weights, many rows, on CPUs with AVX-512 BF16: the activations are rounded into bf16
+  // row panels once (threads split the panels), then each thread multiplies its share of the
+  // 32-row weight blocks by every panel (gemm_bf16_pairs: VDPBF16PS register tiles).
+  void linear_bf16_pairs(const float* x, const uint16_t* w, float* out, int64_t m, int64_t n,
+                         int64_t k, bool accumulate) {
+    thread_local std::vector<uint32_t> scratch_panels;
+    scratch_panels.resize(static_cast<size_t>(cpu::bf16_panel_words(m, k)));
+    uint32_t* panels = scratch_panels.data();
+    const int64_t panel_count = (m + cpu::kBf16PanelRows - 1) / cpu::kBf16PanelRows;
+    const int64_t panel_words = cpu::bf16_panel_words(cpu::kBf16PanelRows, k);
+    const int64_t blocks = (n + cpu::kBf16BlockCols - 1) / cpu::kBf16BlockCols;
+    const cpu::Kernels& kr = kernels_;
+    const int team = n * k * m < 65536 ? 1 : threads_;
+#pragma omp parallel num_threads(team)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t p0 = panel_count * t / nt, p1 = panel_count * (t + 1) / nt;
+      if (p1 > p0) {
+        const int64_t r0 = p0 * cpu::kBf16PanelRows;
+        const int64_t r1 = std::min(m, p1 * cpu::kBf16PanelRows);
+        kr.pack_bf16_pairs(x + r0 * k, r1 - r0, k, panels + p0 * panel_words);
+      }
+      thread_local std::vector<uint32_t> block;
+      block.resize(static_cast<size_t>(cpu::bf16_block_words(k)));
+#pragma omp barrier
+      const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+      if (b1 > b0) {
+        const int64_t j0 = b0 * cpu::kBf16BlockCols;
+        const int64_t j1 = std::min(n, b1 * cpu::kBf16BlockCols);
+        kr.gemm_bf16_pairs(panels, m, k, w + j0 * k, j1 - j0, out + j0, n, accumulate,
+                           block.data());
+      }
+    }
+  }
+
   int threads_ = 1;
   WeightKind weights_ = WeightKind::Stored;
 
   const cpu::Kernels& kernels_;
+  bool bf16_pairs_ = false;  // bf16 GEMMs round activations (BackendOptions::bf16_activations)
 };
 
 }  // namespace

@@ -495,19 +495,112 @@ CEPE_AVX512 void gemm_f32_rows_avx512(const float* x, int64_t m, const float* w,
   for (; j < n; ++j) f32_rows_column_avx512<1>(x, m, w + j * k, k, out + j, ldo, accumulate);
 }
 
-// AVX-512 BF16: x is rounded to bf16 on the fly (VDPBF16PS multiplies bf16 pairs exactly and
-// accumulates in F32), so each product carries x's rounding, at most 2^-9 relative.
-CEPE_AVX512BF16 float dot_bf16_avx512bf16(const uint16_t* w, const float* x, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512bh xb = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
-    const __m512bh wb = (__m512bh)_mm512_loadu_si512(w + i);
-    acc = _mm512_dpbf16_ps(acc, wb, xb);
+// ---- bf16 GEMM (AVX-512 BF16): many activation rows against bf16 weight rows ----
+//
+// VDPBF16PS multiplies bf16 pairs exactly and adds both products to an F32 lane, twice the
+// multiply-adds of an F32 FMA per instruction. The activations are rounded to bf16 once per op
+// into row panels (kBf16PanelRows rows, each k-pair one 32-bit word per row, so a row's word is
+// one embedded broadcast); a block of 32 weight rows is transposed into pair columns (32 words
+// per k-pair, two vectors) once per block and then meets every panel: a 14 x 32 register tile,
+// 28 accumulators, the whole k in registers, each output written once.
+
+CEPE_AVX512BF16 void pack_bf16_pairs_avx512bf16(const float* x, int64_t m, int64_t k,
+                                                uint32_t* panels) {
+  const int64_t kp = (k + 1) / 2;
+  const int64_t panel_count = (m + kBf16PanelRows - 1) / kBf16PanelRows;
+  std::vector<uint32_t> row(static_cast<size_t>(kp + 16));
+  for (int64_t pn = 0; pn < panel_count; ++pn) {
+    uint32_t* panel = panels + pn * kp * kBf16PanelRows;
+    for (int64_t r = 0; r < kBf16PanelRows; ++r) {
+      const int64_t i = pn * kBf16PanelRows + r;
+      if (i >= m) {
+        for (int64_t p = 0; p < kp; ++p) panel[p * kBf16PanelRows + r] = 0;
+        continue;
+      }
+      const float* xi = x + i * k;
+      // 32 values (16 pairs) per conversion; the tail is loaded under a mask (zeros past k).
+      for (int64_t t = 0; t < k; t += 32) {
+        const int64_t left = k - t;
+        const __mmask16 lo = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+        const __mmask16 hi = left >= 32   ? 0xffff
+                             : left <= 16 ? 0
+                                          : static_cast<__mmask16>((1u << (left - 16)) - 1);
+        const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, xi + t + 16),
+                                               _mm512_maskz_loadu_ps(lo, xi + t));
+        _mm512_storeu_si512(row.data() + t / 2, (__m512i)b);
+      }
+      for (int64_t p = 0; p < kp; ++p) panel[p * kBf16PanelRows + r] = row[p];
+    }
   }
-  float s = hsum_avx512(acc);
-  for (; i < n; ++i) s += bf16_to_f32(w[i]) * x[i];
-  return s;
+}
+
+// Weight rows [0, rows) of a block (rows <= 32) as pair columns: word p * 32 + j holds
+// w[j][2p] (low half) and w[j][2p + 1]; rows past `rows` and the pair past an odd k are zero.
+void pack_bf16_block(const uint16_t* w, int64_t rows, int64_t k, uint32_t* block) {
+  const int64_t kp = (k + 1) / 2, whole = k / 2;
+  if (rows < kBf16BlockCols || whole < kp)
+    std::memset(block, 0, static_cast<size_t>(kp * kBf16BlockCols) * sizeof(uint32_t));
+  for (int64_t j = 0; j < rows; ++j) {
+    const uint16_t* src = w + j * k;
+    for (int64_t p = 0; p < whole; ++p) {
+      uint32_t word;
+      std::memcpy(&word, src + 2 * p, sizeof(word));
+      block[p * kBf16BlockCols + j] = word;
+    }
+    if (whole < kp) block[whole * kBf16BlockCols + j] = src[k - 1];
+  }
+}
+
+template <int MR>
+CEPE_AVX512BF16 void bf16_tile_avx512bf16(const uint32_t* panel, const uint32_t* block, int64_t kp,
+                                          float* out, int64_t ldo, int64_t rows, __mmask16 m0,
+                                          __mmask16 m1, bool accumulate) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(block + p * kBf16BlockCols);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(block + p * kBf16BlockCols + 16);
+    const uint32_t* a = panel + p * kBf16PanelRows;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r]));
+      c0[r] = _mm512_dpbf16_ps(c0[r], ar, b0);
+      c1[r] = _mm512_dpbf16_ps(c1[r], ar, b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    if (r >= rows) break;
+    float* o = out + r * ldo;
+    if (accumulate) {
+      c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, o));
+      c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, o + 16));
+    }
+    _mm512_mask_storeu_ps(o, m0, c0[r]);
+    _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
+  }
+}
+
+CEPE_AVX512BF16 void gemm_bf16_pairs_avx512bf16(const uint32_t* panels, int64_t m, int64_t k,
+                                                const uint16_t* w, int64_t n, float* out,
+                                                int64_t ldo, bool accumulate, uint32_t* scratch) {
+  const int64_t kp = (k + 1) / 2;
+  const int64_t panel_count = (m + kBf16PanelRows - 1) / kBf16PanelRows;
+  for (int64_t j0 = 0; j0 < n; j0 += kBf16BlockCols) {
+    const int64_t cols = std::min(kBf16BlockCols, n - j0);
+    pack_bf16_block(w + j0 * k, cols, k, scratch);
+    const __mmask16 m0 = cols >= 16 ? 0xffff : static_cast<__mmask16>((1u << cols) - 1);
+    const __mmask16 m1 = cols >= 32   ? 0xffff
+                         : cols <= 16 ? 0
+                                      : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+    for (int64_t pn = 0; pn < panel_count; ++pn) {
+      const int64_t r0 = pn * kBf16PanelRows;
+      bf16_tile_avx512bf16<kBf16PanelRows>(panels + pn * kp * kBf16PanelRows, scratch, kp,
+                                           out + r0 * ldo + j0, ldo,
+                                           std::min(kBf16PanelRows, m - r0), m0, m1, accumulate);
+    }
+  }
 }
 
 // ---- packed groups (Q4_0x16, Q8_0x16): 16 weight rows per call, see pack_rows16 ----
@@ -705,40 +798,96 @@ CEPE_AVX512VNNI void gemm_x16_vnni(const uint8_t* g, const BlockQ8_0* x, const f
 
 // ---- the tables ----
 
-const Kernels kScalar{KernelPath::Scalar,      "scalar",
-                      dot_q8_0_scalar,         dot_q4_0_scalar,
-                      dot_f16_scalar,          dot_bf16_scalar,
-                      quantize_row_q8_0_ref,   widen_f16_scalar,
-                      widen_bf16_scalar,       dequantize_row_q8_0_ref,
-                      dequantize_row_q4_0_ref, gemm_x16_scalar<true>,
-                      gemm_x16_scalar<false>,  narrow_f16_scalar,
-                      dot_f32_scalar,          gemm_f32_rows_scalar};
-const Kernels kAvx2{KernelPath::Avx2,     "avx2",
-                    dot_q8_0_avx2,        dot_q4_0_avx2,
-                    dot_f16_avx2,         dot_bf16_avx2,
-                    quantize_q8_0_avx2,   widen_f16_avx2,
-                    widen_bf16_avx2,      dequantize_q8_0_avx2,
-                    dequantize_q4_0_avx2, gemm_x16_avx2<true>,
-                    gemm_x16_avx2<false>, narrow_f16_avx2,
-                    dot_f32_avx2,         gemm_f32_rows_avx2};
-const Kernels kAvx512{KernelPath::Avx512,   "avx512",
-                      dot_q8_0_avx512,      dot_q4_0_avx512,
-                      dot_f16_avx512,       dot_bf16_avx512,
-                      quantize_q8_0_avx2,   widen_f16_avx2,
-                      widen_bf16_avx2,      dequantize_q8_0_avx2,
-                      dequantize_q4_0_avx2, gemm_x16_avx2<true>,
-                      gemm_x16_avx2<false>, narrow_f16_avx2,
-                      dot_f32_avx512,       gemm_f32_rows_avx512};
-const Kernels kAvx512Vnni{
-    KernelPath::Avx512Vnni, "avx512vnni",         dot_q8_0_vnni,        dot_q4_0_vnni,
-    dot_f16_avx512,         dot_bf16_avx512,      quantize_q8_0_avx2,   widen_f16_avx2,
-    widen_bf16_avx2,        dequantize_q8_0_avx2, dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-    gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512,       gemm_f32_rows_avx512};
-const Kernels kAvx512Bf16{
-    KernelPath::Avx512Bf16, "avx512bf16",         dot_q8_0_vnni,        dot_q4_0_vnni,
-    dot_f16_avx512,         dot_bf16_avx512bf16,  quantize_q8_0_avx2,   widen_f16_avx2,
-    widen_bf16_avx2,        dequantize_q8_0_avx2, dequantize_q4_0_avx2, gemm_x16_vnni<true>,
-    gemm_x16_vnni<false>,   narrow_f16_avx2,      dot_f32_avx512,       gemm_f32_rows_avx512};
+const Kernels kScalar{KernelPath::Scalar,
+                      "scalar",
+                      dot_q8_0_scalar,
+                      dot_q4_0_scalar,
+                      dot_f16_scalar,
+                      dot_bf16_scalar,
+                      quantize_row_q8_0_ref,
+                      widen_f16_scalar,
+                      widen_bf16_scalar,
+                      dequantize_row_q8_0_ref,
+                      dequantize_row_q4_0_ref,
+                      gemm_x16_scalar<true>,
+                      gemm_x16_scalar<false>,
+                      narrow_f16_scalar,
+                      dot_f32_scalar,
+                      gemm_f32_rows_scalar,
+                      nullptr,
+                      nullptr};
+const Kernels kAvx2{KernelPath::Avx2,
+                    "avx2",
+                    dot_q8_0_avx2,
+                    dot_q4_0_avx2,
+                    dot_f16_avx2,
+                    dot_bf16_avx2,
+                    quantize_q8_0_avx2,
+                    widen_f16_avx2,
+                    widen_bf16_avx2,
+                    dequantize_q8_0_avx2,
+                    dequantize_q4_0_avx2,
+                    gemm_x16_avx2<true>,
+                    gemm_x16_avx2<false>,
+                    narrow_f16_avx2,
+                    dot_f32_avx2,
+                    gemm_f32_rows_avx2,
+                    nullptr,
+                    nullptr};
+const Kernels kAvx512{KernelPath::Avx512,
+                      "avx512",
+                      dot_q8_0_avx512,
+                      dot_q4_0_avx512,
+                      dot_f16_avx512,
+                      dot_bf16_avx512,
+                      quantize_q8_0_avx2,
+                      widen_f16_avx2,
+                      widen_bf16_avx2,
+                      dequantize_q8_0_avx2,
+                      dequantize_q4_0_avx2,
+                      gemm_x16_avx2<true>,
+                      gemm_x16_avx2<false>,
+                      narrow_f16_avx2,
+                      dot_f32_avx512,
+                      gemm_f32_rows_avx512,
+                      nullptr,
+                      nullptr};
+const Kernels kAvx512Vnni{KernelPath::Avx512Vnni,
+                          "avx512vnni",
+                          dot_q8_0_vnni,
+                          dot_q4_0_vnni,
+                          dot_f16_avx512,
+                          dot_bf16_avx512,
+                          quantize_q8_0_avx2,
+                          widen_f16_avx2,
+                          widen_bf16_avx2,
+                          dequantize_q8_0_avx2,
+                          dequantize_q4_0_avx2,
+                          gemm_x16_vnni<true>,
+                          gemm_x16_vnni<false>,
+                          narrow_f16_avx2,
+                          dot_f32_avx512,
+                          gemm_f32_rows_avx512,
+                          nullptr,
+                          nullptr};
+const Kernels kAvx512Bf16{KernelPath::Avx512Bf16,
+                          "avx512bf16",
+                          dot_q8_0_vnni,
+                          dot_q4_0_vnni,
+                          dot_f16_avx512,
+                          dot_bf16_avx512,
+                          quantize_q8_0_avx2,
+                          widen_f16_avx2,
+                          widen_bf16_avx2,
+                          dequantize_q8_0_avx2,
+                          dequantize_q4_0_avx2,
+                          gemm_x16_vnni<true>,
+                          gemm_x16_vnni<false>,
+                          narrow_f16_avx2,
+                          dot_f32_avx512,
+                          gemm_f32_rows_avx512,
+                          pack_bf16_pairs_avx512bf16,
+                          gemm_bf16_pairs_avx512bf16};
 
 const Kernels& table(KernelPath path) {
   switch (path) {
@@ -812,16 +961,9 @@ const Kernels& active_kernels() {
                                  << ": unknown (expected scalar, avx2, avx512, avx512vnni or "
                                     "avx512bf16)");
     }
-    // VDPBF16PS multiplies bf16 by bf16, so that path rounds every activation to bf16 (2^-9
-    // relative per product; up to 4e-2 on the bf16 fixture's logits against 3e-4 with F32
-    // activations). It buys little: decode is bound by reading the weights (bench_ops on Zen 4,
-    // 1 thread: the one-row bf16 GEMV within noise of the widening path) and prefill widens
-    // weight tiles to F32 on every path. So the default keeps F32 activations and
-    // CEPE_KERNELS=avx512bf16 opts in to the rounding path.
-    const std::vector<KernelPath> paths = supported_kernel_paths();
-    for (auto it = paths.rbegin(); it != paths.rend(); ++it)
-      if (*it != KernelPath::Avx512Bf16) return &table(*it);
-    return &kScalar;
+    // The highest level. avx512bf16 adds the bf16 GEMM (activations rounded to bf16, used
+    // where BackendOptions::bf16_activations allows); CEPE_KERNELS=avx512vnni leaves it out.
+    return &table(supported_kernel_paths().back());
   }();
   return *chosen;
 }

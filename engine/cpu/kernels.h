@@ -1,6 +1,6 @@
 // CPU inner loops with one implementation per instruction set, picked at run time by cpuid so a
 // single binary runs on any x86-64: scalar (reference, portable), AVX2 (+FMA, F16C), AVX-512
-// (F, BW, VL), AVX-512 VNNI (int8 dot products) and AVX-512 BF16 (bf16 dot products). Each level
+// (F, BW, VL), AVX-512 VNNI (int8 dot products) and AVX-512 BF16 (a bf16 GEMM). Each level
 // reuses the best lower level's function where it has none of its own.
 #pragma once
 
@@ -26,7 +26,7 @@ struct Kernels {
   float (*dot_q4_0)(const BlockQ4_0* w, const BlockQ8_0* x, int64_t blocks);
   /// Σ w_i x_i for an fp16 weight row and an F32 activation row of n elements.
   float (*dot_f16)(const uint16_t* w, const float* x, int64_t n);
-  /// Σ w_i x_i for a bf16 weight row and an F32 activation row (the BF16 level rounds x to bf16).
+  /// Σ w_i x_i for a bf16 weight row and an F32 activation row of n elements.
   float (*dot_bf16)(const uint16_t* w, const float* x, int64_t n);
   /// Quantizes n activations into ceil(n / 32) Q8_0 blocks (bit-identical on every level).
   void (*quantize_q8_0)(const float* x, BlockQ8_0* out, int64_t n);
@@ -58,7 +58,28 @@ struct Kernels {
   /// depend on the rows beside it.
   void (*gemm_f32_rows)(const float* x, int64_t m, const float* w, int64_t n, int64_t k, float* out,
                         int64_t ldo, bool accumulate);
+  /// Rounds m rows of k activations to bf16 (nearest even) into the row panels gemm_bf16_pairs
+  /// reads (bf16_panel_words(m, k) words). Null on levels without AVX-512 BF16.
+  void (*pack_bf16_pairs)(const float* x, int64_t m, int64_t k, uint32_t* panels);
+  /// Panels of m bf16-rounded activation rows against n bf16 weight rows (row-major, k each):
+  /// out[i * ldo + j] (or += with accumulate) = Σ_t bf16(x_it) w_jt, every product exact, summed
+  /// in F32 in k order. `scratch` holds bf16_block_words(k) words. Null without AVX-512 BF16.
+  void (*gemm_bf16_pairs)(const uint32_t* panels, int64_t m, int64_t k, const uint16_t* w,
+                          int64_t n, float* out, int64_t ldo, bool accumulate, uint32_t* scratch);
 };
+
+/// Activation rows per bf16 panel (the register tile's height).
+constexpr int64_t kBf16PanelRows = 14;
+/// Weight rows per bf16 block (the register tile's width).
+constexpr int64_t kBf16BlockCols = 32;
+/// 32-bit words of the bf16 row panels of m rows of k activations (pack_bf16_pairs' output).
+inline int64_t bf16_panel_words(int64_t m, int64_t k) {
+  return (m + kBf16PanelRows - 1) / kBf16PanelRows * kBf16PanelRows * ((k + 1) / 2);
+}
+/// 32-bit words of gemm_bf16_pairs' scratch for rows of k weights.
+inline int64_t bf16_block_words(int64_t k) {
+  return kBf16BlockCols * ((k + 1) / 2);
+}
 
 /// True when this CPU can run the level.
 bool kernel_path_supported(KernelPath path);
@@ -70,10 +91,9 @@ std::vector<KernelPath> supported_kernel_paths();
 std::vector<KernelPath> all_kernel_paths();
 /// The level's name ("avx2").
 const char* kernel_path_name(KernelPath path);
-/// The kernels the CPU backend uses: the highest supported level that keeps activations in F32
-/// (so not avx512bf16, which rounds them to bf16), or the one named by the environment variable
-/// CEPE_KERNELS (scalar|avx2|avx512|avx512vnni|avx512bf16; an unsupported or unknown name
-/// throws), read once.
+/// The kernels the CPU backend uses: the highest supported level, or the one named by the
+/// environment variable CEPE_KERNELS (scalar|avx2|avx512|avx512vnni|avx512bf16; an unsupported or
+/// unknown name throws), read once.
 const Kernels& active_kernels();
 
 /// Quantizes m rows of k activations for the packed kernels: Q8_0 blocks (`blocks` per row),
