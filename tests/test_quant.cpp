@@ -8,6 +8,7 @@
 // - `cepe convert weights` and the --weights flag's errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -337,6 +338,47 @@ TEST_P(KernelLevels, F32RowsMatchDoubleSums) {
           for (int64_t j = n; j < ldo; ++j) ASSERT_EQ(out[i * ldo + j], -7.0f) << "wrote past n";
         }
       }
+}
+
+// softmax_exp and silu_mul on every level against double: each e^x within 4 ulp (2^-21
+// relative; the vector levels' polynomial is within ~2), the sum within that plus n u of the
+// terms, the max exact; SiLU within 8 ulp (e^x, one add, one divide, one multiply). Inputs span
+// softmax's range (scores up to 60 below the max: e^-60 ~ 1e-26) and SiLU's saturation (|g| to
+// 100: e^100 overflows, and silu must still give g, or -0). Lengths cover the vector tails.
+TEST_P(KernelLevels, ExpKernelsMatchDouble) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& kr = cpu::kernels_for(path);
+  const double rel = std::ldexp(1.0, -21);
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 100, 513}) {
+    auto s = random_floats(size_t(n), uint32_t(n + 5), 12.0f);
+    s[0] = -48.0f;  // 60 below a max of ~12 at most
+    const auto before = s;
+    float mx = 0;
+    const float sum = kr.softmax_exp(s.data(), n, &mx);
+    ASSERT_EQ(mx, *std::max_element(before.begin(), before.end())) << kr.name << " max, n " << n;
+    double want_sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double want = std::exp(double(before[j] - mx));  // the F32 difference, as in F32
+      want_sum += want;
+      ASSERT_NEAR(s[j], want, rel * want + 1e-37) << kr.name << " e^x, n " << n << " j " << j;
+    }
+    ASSERT_NEAR(sum, want_sum, (rel + (n + 1) * kU) * want_sum) << kr.name << " sum, n " << n;
+
+    auto g = random_floats(size_t(n), uint32_t(n + 9), 6.0f);
+    const auto u = random_floats(size_t(n), uint32_t(n + 11));
+    g[0] = 100.0f;
+    if (n > 1) g[1] = -100.0f;
+    const auto g0 = g;
+    kr.silu_mul(g.data(), u.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double want = double(g0[i]) / (1.0 + std::exp(-double(g0[i]))) * u[i];
+      // Below g = -88.7 the vector levels clamp e^-g at ~3.3e38: |silu| <= |g| 3.1e-39 there.
+      ASSERT_NEAR(g[i], want, 8 * kU * std::fabs(want) + std::fabs(g0[i] * u[i]) * 3.1e-39)
+          << kr.name << " silu_mul, g " << g0[i] << " n " << n;
+    }
+  }
 }
 
 // The bf16 GEMM (levels with AVX-512 BF16): the activations are rounded to bf16 (nearest even,

@@ -132,7 +132,10 @@ class CpuBackend final : public Backend {
     float* op = out.data<float>();
     switch (weight.dtype()) {
       case DType::F32:
-        linear_f32(xp, weight.data<float>(), op, m, n, k, accumulate);
+        if (m > kFewRowsF32 && kernels_.gemm_f32_panels)
+          linear_f32_panels(xp, weight.raw(), DType::F32, op, m, n, k, accumulate);
+        else
+          linear_f32(xp, weight.data<float>(), op, m, n, k, accumulate);
         return;
       case DType::Q8_0x16:
       case DType::Q4_0x16:
@@ -145,6 +148,11 @@ class CpuBackend final : public Backend {
         }
         [[fallthrough]];
       case DType::F16:
+        if (m > kDotRows && kernels_.gemm_f32_panels) {
+          linear_f32_panels(xp, weight.raw(), weight.dtype(), op, m, n, k, accumulate);
+          return;
+        }
+        [[fallthrough]];
       case DType::Q8_0:
       case DType::Q4_0:
         if (m <= kDotRows)
@@ -237,8 +245,13 @@ class CpuBackend final : public Backend {
     float* g = gate.data<float>();
     const float* u = up.data<float>();
     const int64_t n = gate.numel();
-#pragma omp parallel for num_threads(threads_) schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    const int64_t parts = n > 65536 ? threads_ : 1;
+    const cpu::Kernels& kr = kernels_;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (parts > 1)
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t i0 = n * p / parts, i1 = n * (p + 1) / parts;
+      kr.silu_mul(g + i0, u + i0, i1 - i0);
+    }
   }
 
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
@@ -386,13 +399,8 @@ class CpuBackend final : public Backend {
           std::fill(srow, srow + k_used, 0.0f);
           continue;
         }
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, srow[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < visible; ++j) {
-          srow[j] = std::exp(srow[j] - mx);
-          sum += srow[j];
-        }
+        float mx;
+        const float sum = kernels_.softmax_exp(srow, visible, &mx);
         const float inv = 1.0f / sum;
         for (int64_t j = 0; j < visible; ++j) srow[j] *= inv;
         for (int64_t j = visible; j < k_used; ++j) srow[j] = 0.0f;
@@ -571,10 +579,8 @@ class CpuBackend final : public Backend {
         float* part = partials.data() + u.partial;
         for (int64_t r = 0; r < t.rows; ++r) {
           float* srow = scores.data() + r * u.keys;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < u.keys; ++j) mx = std::max(mx, srow[j]);
-          float sum = 0.0f;
-          for (int64_t j = 0; j < u.keys; ++j) sum += srow[j] = std::exp(srow[j] - mx);
+          float mx;
+          const float sum = kernels_.softmax_exp(srow, u.keys, &mx);
           part[r * partial_width] = mx;
           part[r * partial_width + 1] = sum;
         }
@@ -706,10 +712,8 @@ class CpuBackend final : public Backend {
         float* part = partials.data() + unit.block * heads * partial_width;
         for (int h = 0; h < heads; ++h) {
           float* sh = scores.data() + h * n;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sh[j]);
-          float sum = 0.0f;
-          for (int64_t j = 0; j < n; ++j) sum += sh[j] = std::exp(sh[j] - mx);
+          float mx;
+          const float sum = kernels_.softmax_exp(sh, n, &mx);
           part[h * partial_width] = mx;
           part[h * partial_width + 1] = sum;
           std::fill(part + h * partial_width + 2, part + (h + 1) * partial_width, 0.0f);
@@ -894,39 +898,67 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // bf16 weights, many rows, on CPUs with AVX-512 BF16: the activations are rounded into bf16
-  // row panels once (threads split the panels), then each thread multiplies its share of the
-  // 32-row weight blocks by every panel (gemm_bf16_pairs: VDPBF16PS register tiles).
-  void linear_bf16_pairs(const float* x, const uint16_t* w, float* out, int64_t m, int64_t n,
-                         int64_t k, bool accumulate) {
-    thread_local std::vector<uint32_t> scratch_panels;
-    scratch_panels.resize(static_cast<size_t>(cpu::bf16_panel_words(m, k)));
-    uint32_t* panels = scratch_panels.data();
-    const int64_t panel_count = (m + cpu::kBf16PanelRows - 1) / cpu::kBf16PanelRows;
-    const int64_t panel_words = cpu::bf16_panel_words(cpu::kBf16PanelRows, k);
-    const int64_t blocks = (n + cpu::kBf16BlockCols - 1) / cpu::kBf16BlockCols;
-    const cpu::Kernels& kr = kernels_;
+  // The panel GEMMs' shared plan: the activations are packed into row panels once (threads
+  // split the panels), then each thread multiplies its share of the weight blocks by every
+  // panel. `pack(r0, r1, dst)` packs rows [r0, r1); `multiply(panels, j0, j1, scratch)` runs
+  // weight rows [j0, j1) against all of them.
+  template <typename Word, typename Pack, typename Multiply>
+  void run_panels(int64_t m, int64_t n, int64_t k, int64_t panel_rows, int64_t all_panel_words,
+                  int64_t block_cols, int64_t scratch_words, Pack pack, Multiply multiply) {
+    thread_local std::vector<Word> scratch_panels;
+    scratch_panels.resize(static_cast<size_t>(all_panel_words));
+    Word* panels = scratch_panels.data();
+    const int64_t panel_count = (m + panel_rows - 1) / panel_rows;
+    const int64_t panel_words = all_panel_words / panel_count;
+    const int64_t blocks = (n + block_cols - 1) / block_cols;
     const int team = n * k * m < 65536 ? 1 : threads_;
 #pragma omp parallel num_threads(team)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int64_t p0 = panel_count * t / nt, p1 = panel_count * (t + 1) / nt;
-      if (p1 > p0) {
-        const int64_t r0 = p0 * cpu::kBf16PanelRows;
-        const int64_t r1 = std::min(m, p1 * cpu::kBf16PanelRows);
-        kr.pack_bf16_pairs(x + r0 * k, r1 - r0, k, panels + p0 * panel_words);
-      }
-      thread_local std::vector<uint32_t> block;
-      block.resize(static_cast<size_t>(cpu::bf16_block_words(k)));
+      if (p1 > p0) pack(p0 * panel_rows, std::min(m, p1 * panel_rows), panels + p0 * panel_words);
+      thread_local std::vector<Word> scratch;
+      scratch.resize(static_cast<size_t>(scratch_words));
 #pragma omp barrier
       const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-      if (b1 > b0) {
-        const int64_t j0 = b0 * cpu::kBf16BlockCols;
-        const int64_t j1 = std::min(n, b1 * cpu::kBf16BlockCols);
-        kr.gemm_bf16_pairs(panels, m, k, w + j0 * k, j1 - j0, out + j0, n, accumulate,
-                           block.data());
-      }
+      if (b1 > b0)
+        multiply(const_cast<const Word*>(panels), b0 * block_cols, std::min(n, b1 * block_cols),
+                 scratch.data());
     }
+  }
+
+  // bf16 weights, many rows, on CPUs with AVX-512 BF16: activations rounded to bf16 pairs,
+  // VDPBF16PS register tiles (gemm_bf16_pairs).
+  void linear_bf16_pairs(const float* x, const uint16_t* w, float* out, int64_t m, int64_t n,
+                         int64_t k, bool accumulate) {
+    const cpu::Kernels& kr = kernels_;
+    run_panels<uint32_t>(
+        m, n, k, cpu::kBf16PanelRows, cpu::bf16_panel_words(m, k), cpu::kBf16BlockCols,
+        cpu::bf16_block_words(k),
+        [&](int64_t r0, int64_t r1, uint32_t* dst) {
+          kr.pack_bf16_pairs(x + r0 * k, r1 - r0, k, dst);
+        },
+        [&](const uint32_t* panels, int64_t j0, int64_t j1, uint32_t* scratch) {
+          kr.gemm_bf16_pairs(panels, m, k, w + j0 * k, j1 - j0, out + j0, n, accumulate, scratch);
+        });
+  }
+
+  // F32, F16 or bf16 weights (F32 activations), many rows, on AVX-512 CPUs: F32 FMA register
+  // tiles over weight blocks widened as they are packed (gemm_f32_panels).
+  void linear_f32_panels(const float* x, const void* w, DType type, float* out, int64_t m,
+                         int64_t n, int64_t k, bool accumulate) {
+    const cpu::Kernels& kr = kernels_;
+    const size_t row_bytes = dtype_row_bytes(type, k);
+    run_panels<float>(
+        m, n, k, cpu::kF32PanelRows, cpu::f32_panel_floats(m, k), cpu::kF32BlockCols,
+        cpu::f32_gemm_scratch_floats(k),
+        [&](int64_t r0, int64_t r1, float* dst) {
+          kr.pack_f32_panels(x + r0 * k, r1 - r0, k, dst);
+        },
+        [&](const float* panels, int64_t j0, int64_t j1, float* scratch) {
+          kr.gemm_f32_panels(panels, m, k, static_cast<const char*>(w) + j0 * row_bytes, type,
+                             j1 - j0, out + j0, n, accumulate, scratch);
+        });
   }
 
   int threads_ = 1;

@@ -495,6 +495,137 @@ CEPE_AVX512 void gemm_f32_rows_avx512(const float* x, int64_t m, const float* w,
   for (; j < n; ++j) f32_rows_column_avx512<1>(x, m, w + j * k, k, out + j, ldo, accumulate);
 }
 
+// The first `count` lanes of a 16-lane vector (none for count <= 0).
+inline __mmask16 low_lanes(int64_t count) {
+  return count >= 16 ? 0xffff : count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1);
+}
+
+// ---- exp for softmax and SiLU ----
+//
+// The vector levels share one expf: e^x = 2^n e^r with n = round(x log2 e), r = x - n ln 2 in two
+// parts (Cody-Waite), e^r by Cephes' degree-7 polynomial (within ~2 ulp of exp on |r| <= ln2/2).
+// x is clamped to [-87.3, 88.7]: e^x under 2^-126 (denormals) comes out as a normal number near
+// 2^-126 and over 2^127.9 as ~3.4e38, never inf; softmax and SiLU only meet such values where
+// they round away (e^(s - max) <= 1; SiLU's 1 + e^-g with g < -88 gives g / 3.4e38 ~ 0).
+
+constexpr float kExpHi = 88.7f, kExpLo = -87.3f;
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP0 = 1.9875691500e-4f, kExpP1 = 1.3981999507e-3f, kExpP2 = 8.3334519073e-3f,
+                kExpP3 = 4.1665795894e-2f, kExpP4 = 1.6666665459e-1f, kExpP5 = 5.0000001201e-1f;
+
+float softmax_exp_scalar(float* s, int64_t n, float* max_out) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum += s[j] = std::exp(s[j] - mx);
+  *max_out = mx;
+  return sum;
+}
+
+void silu_mul_scalar(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+CEPE_AVX2 inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpLo)), _mm256_set1_ps(kExpHi));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpP0);
+  for (float c : {kExpP1, kExpP2, kExpP3, kExpP4, kExpP5})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // p * 2^n: n (in [-126, 128], p in [0.7, 1.42]) added to the exponent field.
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+CEPE_AVX512 inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpP0);
+  for (float c : {kExpP1, kExpP2, kExpP3, kExpP4, kExpP5})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+CEPE_AVX2 float softmax_exp_avx2(float* s, int64_t n, float* max_out) {
+  __m256 vmx = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(s + j));
+  float buf[8];
+  _mm256_storeu_ps(buf, vmx);
+  float mx = -INFINITY;
+  for (float v : buf) mx = std::max(mx, v);
+  for (int64_t t = j; t < n; ++t) mx = std::max(mx, s[t]);
+  const __m256 shift = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), shift));
+    _mm256_storeu_ps(s + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum_avx2(acc);
+  for (; j < n; ++j) {
+    const __m256 e = exp_avx2(_mm256_set1_ps(s[j] - mx));
+    sum += s[j] = _mm256_cvtss_f32(e);
+  }
+  *max_out = mx;
+  return sum;
+}
+
+CEPE_AVX2 void silu_mul_avx2(float* g, const float* u, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    _mm256_storeu_ps(
+        g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) {
+    const float e = _mm256_cvtss_f32(exp_avx2(_mm256_set1_ps(-g[i])));
+    g[i] = g[i] / (1.0f + e) * u[i];
+  }
+}
+
+CEPE_AVX512 float softmax_exp_avx512(float* s, int64_t n, float* max_out) {
+  __m512 vmx = _mm512_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) vmx = _mm512_max_ps(vmx, _mm512_loadu_ps(s + j));
+  if (j < n)
+    vmx = _mm512_mask_max_ps(vmx, low_lanes(n - j), vmx,
+                             _mm512_maskz_loadu_ps(low_lanes(n - j), s + j));
+  const float mx = _mm512_reduce_max_ps(vmx);
+  const __m512 shift = _mm512_set1_ps(mx);
+  __m512 acc = _mm512_setzero_ps();
+  for (j = 0; j < n; j += 16) {
+    const __mmask16 live = low_lanes(n - j);
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, s + j), shift));
+    _mm512_mask_storeu_ps(s + j, live, e);
+    acc = _mm512_mask_add_ps(acc, live, acc, e);
+  }
+  *max_out = mx;
+  return _mm512_reduce_add_ps(acc);
+}
+
+CEPE_AVX512 void silu_mul_avx512(float* g, const float* u, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 live = low_lanes(n - i);
+    const __m512 x = _mm512_maskz_loadu_ps(live, g + i);
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    _mm512_mask_storeu_ps(
+        g + i, live,
+        _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(live, u + i)));
+  }
+}
+
 // ---- bf16 GEMM (AVX-512 BF16): many activation rows against bf16 weight rows ----
 //
 // VDPBF16PS multiplies bf16 pairs exactly and adds both products to an F32 lane, twice the
@@ -520,13 +651,9 @@ CEPE_AVX512BF16 void pack_bf16_pairs_avx512bf16(const float* x, int64_t m, int64
       const float* xi = x + i * k;
       // 32 values (16 pairs) per conversion; the tail is loaded under a mask (zeros past k).
       for (int64_t t = 0; t < k; t += 32) {
-        const int64_t left = k - t;
-        const __mmask16 lo = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
-        const __mmask16 hi = left >= 32   ? 0xffff
-                             : left <= 16 ? 0
-                                          : static_cast<__mmask16>((1u << (left - 16)) - 1);
-        const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, xi + t + 16),
-                                               _mm512_maskz_loadu_ps(lo, xi + t));
+        const __m512bh b =
+            _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(low_lanes(k - t - 16), xi + t + 16),
+                                _mm512_maskz_loadu_ps(low_lanes(k - t), xi + t));
         _mm512_storeu_si512(row.data() + t / 2, (__m512i)b);
       }
       for (int64_t p = 0; p < kp; ++p) panel[p * kBf16PanelRows + r] = row[p];
@@ -590,15 +717,105 @@ CEPE_AVX512BF16 void gemm_bf16_pairs_avx512bf16(const uint32_t* panels, int64_t 
   for (int64_t j0 = 0; j0 < n; j0 += kBf16BlockCols) {
     const int64_t cols = std::min(kBf16BlockCols, n - j0);
     pack_bf16_block(w + j0 * k, cols, k, scratch);
-    const __mmask16 m0 = cols >= 16 ? 0xffff : static_cast<__mmask16>((1u << cols) - 1);
-    const __mmask16 m1 = cols >= 32   ? 0xffff
-                         : cols <= 16 ? 0
-                                      : static_cast<__mmask16>((1u << (cols - 16)) - 1);
     for (int64_t pn = 0; pn < panel_count; ++pn) {
       const int64_t r0 = pn * kBf16PanelRows;
-      bf16_tile_avx512bf16<kBf16PanelRows>(panels + pn * kp * kBf16PanelRows, scratch, kp,
-                                           out + r0 * ldo + j0, ldo,
-                                           std::min(kBf16PanelRows, m - r0), m0, m1, accumulate);
+      bf16_tile_avx512bf16<kBf16PanelRows>(
+          panels + pn * kp * kBf16PanelRows, scratch, kp, out + r0 * ldo + j0, ldo,
+          std::min(kBf16PanelRows, m - r0), low_lanes(cols), low_lanes(cols - 16), accumulate);
+    }
+  }
+}
+
+// ---- F32 GEMM (AVX-512): many activation rows against F32, F16 or bf16 weight rows ----
+//
+// The same blocking as the bf16 GEMM with F32 operands: activations copied once per op into
+// 14-row panels (word t * 14 + r is x[r][t]), each block of 32 weight rows widened and
+// transposed once (word t * 32 + j is w[j][t]), a 14 x 32 register tile of FMAs over the whole
+// k. Every output is one FMA chain in k order, so a row's result does not depend on the rows
+// beside it, and widened 16-bit weights give the F32 path's arithmetic exactly.
+
+void pack_f32_panels(const float* x, int64_t m, int64_t k, float* panels) {
+  const int64_t panel_count = (m + kF32PanelRows - 1) / kF32PanelRows;
+  for (int64_t pn = 0; pn < panel_count; ++pn) {
+    float* panel = panels + pn * k * kF32PanelRows;
+    for (int64_t r = 0; r < kF32PanelRows; ++r) {
+      const int64_t i = pn * kF32PanelRows + r;
+      if (i >= m) {
+        for (int64_t t = 0; t < k; ++t) panel[t * kF32PanelRows + r] = 0.0f;
+        continue;
+      }
+      const float* xi = x + i * k;
+      for (int64_t t = 0; t < k; ++t) panel[t * kF32PanelRows + r] = xi[t];
+    }
+  }
+}
+
+// Rows [0, rows) of a weight block widened to F32 and transposed (rows past `rows` are zero);
+// `row` is k floats of scratch for 16-bit rows.
+void pack_f32_block(const void* w, DType type, int64_t rows, int64_t k, float* row, float* block) {
+  if (rows < kF32BlockCols)
+    std::memset(block, 0, static_cast<size_t>(k * kF32BlockCols) * sizeof(float));
+  const size_t row_bytes = dtype_row_bytes(type, k);
+  for (int64_t j = 0; j < rows; ++j) {
+    const void* src = static_cast<const char*>(w) + j * row_bytes;
+    const float* wide = static_cast<const float*>(src);
+    if (type == DType::F16) {
+      widen_f16_avx2(static_cast<const uint16_t*>(src), row, k);
+      wide = row;
+    } else if (type == DType::BF16) {
+      widen_bf16_avx2(static_cast<const uint16_t*>(src), row, k);
+      wide = row;
+    }
+    for (int64_t t = 0; t < k; ++t) block[t * kF32BlockCols + j] = wide[t];
+  }
+}
+
+template <int MR>
+CEPE_AVX512 void f32_tile_avx512(const float* panel, const float* block, int64_t k, float* out,
+                                 int64_t ldo, int64_t rows, __mmask16 m0, __mmask16 m1,
+                                 bool accumulate) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < k; ++t) {
+    const __m512 b0 = _mm512_loadu_ps(block + t * kF32BlockCols);
+    const __m512 b1 = _mm512_loadu_ps(block + t * kF32BlockCols + 16);
+    const float* a = panel + t * kF32PanelRows;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+      c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    if (r >= rows) break;
+    float* o = out + r * ldo;
+    if (accumulate) {
+      c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, o));
+      c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, o + 16));
+    }
+    _mm512_mask_storeu_ps(o, m0, c0[r]);
+    _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
+  }
+}
+
+CEPE_AVX512 void gemm_f32_panels_avx512(const float* panels, int64_t m, int64_t k, const void* w,
+                                        DType type, int64_t n, float* out, int64_t ldo,
+                                        bool accumulate, float* scratch) {
+  const int64_t panel_count = (m + kF32PanelRows - 1) / kF32PanelRows;
+  const size_t row_bytes = dtype_row_bytes(type, k);
+  float* block = scratch;
+  float* row = scratch + k * kF32BlockCols;
+  for (int64_t j0 = 0; j0 < n; j0 += kF32BlockCols) {
+    const int64_t cols = std::min(kF32BlockCols, n - j0);
+    pack_f32_block(static_cast<const char*>(w) + j0 * row_bytes, type, cols, k, row, block);
+    for (int64_t pn = 0; pn < panel_count; ++pn) {
+      const int64_t r0 = pn * kF32PanelRows;
+      f32_tile_avx512<kF32PanelRows>(panels + pn * k * kF32PanelRows, block, k, out + r0 * ldo + j0,
+                                     ldo, std::min(kF32PanelRows, m - r0), low_lanes(cols),
+                                     low_lanes(cols - 16), accumulate);
     }
   }
 }
@@ -815,7 +1032,11 @@ const Kernels kScalar{KernelPath::Scalar,
                       dot_f32_scalar,
                       gemm_f32_rows_scalar,
                       nullptr,
-                      nullptr};
+                      nullptr,
+                      nullptr,
+                      nullptr,
+                      softmax_exp_scalar,
+                      silu_mul_scalar};
 const Kernels kAvx2{KernelPath::Avx2,
                     "avx2",
                     dot_q8_0_avx2,
@@ -833,7 +1054,11 @@ const Kernels kAvx2{KernelPath::Avx2,
                     dot_f32_avx2,
                     gemm_f32_rows_avx2,
                     nullptr,
-                    nullptr};
+                    nullptr,
+                    nullptr,
+                    nullptr,
+                    softmax_exp_avx2,
+                    silu_mul_avx2};
 const Kernels kAvx512{KernelPath::Avx512,
                       "avx512",
                       dot_q8_0_avx512,
@@ -851,7 +1076,11 @@ const Kernels kAvx512{KernelPath::Avx512,
                       dot_f32_avx512,
                       gemm_f32_rows_avx512,
                       nullptr,
-                      nullptr};
+                      nullptr,
+                      pack_f32_panels,
+                      gemm_f32_panels_avx512,
+                      softmax_exp_avx512,
+                      silu_mul_avx512};
 const Kernels kAvx512Vnni{KernelPath::Avx512Vnni,
                           "avx512vnni",
                           dot_q8_0_vnni,
@@ -869,7 +1098,11 @@ const Kernels kAvx512Vnni{KernelPath::Avx512Vnni,
                           dot_f32_avx512,
                           gemm_f32_rows_avx512,
                           nullptr,
-                          nullptr};
+                          nullptr,
+                          pack_f32_panels,
+                          gemm_f32_panels_avx512,
+                          softmax_exp_avx512,
+                          silu_mul_avx512};
 const Kernels kAvx512Bf16{KernelPath::Avx512Bf16,
                           "avx512bf16",
                           dot_q8_0_vnni,
@@ -887,7 +1120,11 @@ const Kernels kAvx512Bf16{KernelPath::Avx512Bf16,
                           dot_f32_avx512,
                           gemm_f32_rows_avx512,
                           pack_bf16_pairs_avx512bf16,
-                          gemm_bf16_pairs_avx512bf16};
+                          gemm_bf16_pairs_avx512bf16,
+                          pack_f32_panels,
+                          gemm_f32_panels_avx512,
+                          softmax_exp_avx512,
+                          silu_mul_avx512};
 
 const Kernels& table(KernelPath path) {
   switch (path) {

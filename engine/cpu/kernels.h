@@ -66,6 +66,20 @@ struct Kernels {
   /// in F32 in k order. `scratch` holds bf16_block_words(k) words. Null without AVX-512 BF16.
   void (*gemm_bf16_pairs)(const uint32_t* panels, int64_t m, int64_t k, const uint16_t* w,
                           int64_t n, float* out, int64_t ldo, bool accumulate, uint32_t* scratch);
+  /// Copies m rows of k activations into the row panels gemm_f32_panels reads
+  /// (f32_panel_floats(m, k) floats). Null below AVX-512.
+  void (*pack_f32_panels)(const float* x, int64_t m, int64_t k, float* panels);
+  /// Panels of m activation rows against n weight rows of `type` (F32, F16 or BF16, row-major,
+  /// k each, widened exactly): out[i * ldo + j] (or += with accumulate) = Σ_t x_it w_jt, one F32
+  /// FMA chain per output in t order, so a row's result does not depend on its neighbours.
+  /// `scratch` holds f32_gemm_scratch_floats(k) floats. Null below AVX-512.
+  void (*gemm_f32_panels)(const float* panels, int64_t m, int64_t k, const void* w, DType type,
+                          int64_t n, float* out, int64_t ldo, bool accumulate, float* scratch);
+  /// A softmax's numerators: *max_out = max_j s_j, then s_j = e^(s_j - max); returns Σ_j s_j.
+  /// The vector levels' e^x is within ~2 ulp of exp (never below ~1.2e-38, never inf).
+  float (*softmax_exp)(float* s, int64_t n, float* max_out);
+  /// g_i = silu(g_i) u_i = g_i / (1 + e^-g_i) u_i (the gated MLP's activation).
+  void (*silu_mul)(float* g, const float* u, int64_t n);
 };
 
 /// Activation rows per bf16 panel (the register tile's height).
@@ -79,6 +93,18 @@ inline int64_t bf16_panel_words(int64_t m, int64_t k) {
 /// 32-bit words of gemm_bf16_pairs' scratch for rows of k weights.
 inline int64_t bf16_block_words(int64_t k) {
   return kBf16BlockCols * ((k + 1) / 2);
+}
+/// Activation rows per F32 panel (the register tile's height).
+constexpr int64_t kF32PanelRows = 14;
+/// Weight rows per F32 block (the register tile's width).
+constexpr int64_t kF32BlockCols = 32;
+/// Floats of the F32 row panels of m rows of k activations (pack_f32_panels' output).
+inline int64_t f32_panel_floats(int64_t m, int64_t k) {
+  return (m + kF32PanelRows - 1) / kF32PanelRows * kF32PanelRows * k;
+}
+/// Floats of gemm_f32_panels' scratch for rows of k weights (a block and one widened row).
+inline int64_t f32_gemm_scratch_floats(int64_t k) {
+  return (kF32BlockCols + 1) * k;
 }
 
 /// True when this CPU can run the level.
