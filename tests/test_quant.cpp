@@ -340,6 +340,60 @@ TEST_P(KernelLevels, F32RowsMatchDoubleSums) {
       }
 }
 
+// The F32 panel GEMM (AVX-512 levels) for F32, F16 and bf16 weight rows: the weights widened
+// exactly, each output one F32 FMA chain: within (k + 2) u Σ|terms| of the double sum, and a row's
+// result the same whatever rows come with it (bit for bit: m = 1 against the whole batch).
+TEST_P(KernelLevels, F32PanelsMatchDoubleSums) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& kr = cpu::kernels_for(path);
+  if (!kr.gemm_f32_panels) {
+    EXPECT_FALSE(kr.pack_f32_panels) << kr.name << ": pack without GEMM";
+    GTEST_SKIP() << kr.name << " has no F32 panel GEMM (needs AVX-512)";
+  }
+  for (DType type : {DType::F32, DType::F16, DType::BF16})
+    for (int64_t k : {1, 31, 100})
+      for (int64_t m : {1, 13, 14, 29})
+        for (int64_t n : {1, 33, 70}) {
+          const auto x = random_floats(size_t(m * k), uint32_t(m * 131 + k));
+          const auto wf = random_floats(size_t(n * k), uint32_t(n * 71 + k + 7));
+          std::vector<char> w(dtype_row_bytes(type, k) * size_t(n));
+          convert_from_f32(wf.data(), w.data(), type, wf.size());
+          std::vector<float> wide(wf.size());
+          convert_to_f32(w.data(), type, wide.data(), wide.size());
+          std::vector<float> panels(size_t(cpu::f32_panel_floats(m, k)), -1.0f);
+          std::vector<float> scratch(size_t(cpu::f32_gemm_scratch_floats(k)), -1.0f);
+          kr.pack_f32_panels(x.data(), m, k, panels.data());
+          const int64_t ldo = n + 3;
+          std::vector<float> out(size_t(m * ldo), -7.0f), acc(size_t(m * ldo), 0.5f);
+          kr.gemm_f32_panels(panels.data(), m, k, w.data(), type, n, out.data(), ldo, false,
+                             scratch.data());
+          kr.gemm_f32_panels(panels.data(), m, k, w.data(), type, n, acc.data(), ldo, true,
+                             scratch.data());
+          for (int64_t i = 0; i < m; ++i) {
+            std::vector<float> one(static_cast<size_t>(cpu::f32_panel_floats(1, k)));
+            std::vector<float> alone(static_cast<size_t>(n));
+            kr.pack_f32_panels(x.data() + i * k, 1, k, one.data());
+            kr.gemm_f32_panels(one.data(), 1, k, w.data(), type, n, alone.data(), n, false,
+                               scratch.data());
+            for (int64_t j = 0; j < n; ++j) {
+              double exact = 0, terms = 0;
+              for (int64_t t = 0; t < k; ++t) {
+                exact += double(x[i * k + t]) * wide[j * k + t];
+                terms += std::fabs(double(x[i * k + t]) * wide[j * k + t]);
+              }
+              const float got = out[i * ldo + j];
+              ASSERT_NEAR(got, exact, (k + 2) * kU * terms)
+                  << kr.name << " " << dtype_name(type) << " m " << m << " n " << n << " k " << k;
+              ASSERT_EQ(got, alone[j]) << kr.name << ": row " << i << " depends on its neighbours";
+              ASSERT_EQ(acc[i * ldo + j], 0.5f + got) << kr.name << " accumulate";
+            }
+            for (int64_t j = n; j < ldo; ++j) ASSERT_EQ(out[i * ldo + j], -7.0f) << "wrote past n";
+          }
+        }
+}
+
 // softmax_exp and silu_mul on every level against double: each e^x within 4 ulp (2^-21
 // relative; the vector levels' polynomial is within ~2), the sum within that plus n u of the
 // terms, the max exact; SiLU within 8 ulp (e^x, one add, one divide, one multiply). Inputs span
