@@ -626,6 +626,41 @@ CEPE_AVX512 void silu_mul_avx512(float* g, const float* u, int64_t n) {
   }
 }
 
+// ---- blocked GEMMs (the bf16 and F32 panel GEMMs below) ----
+
+// 16 rows of 16 32-bit words (row r at src + r * src_stride bytes) written transposed: word c of
+// row r to dst[c * dst_stride + r]. Unpacks within 128-bit lanes, then 128-bit lane shuffles.
+CEPE_AVX512 void transpose_words16(const uint8_t* src, int64_t src_stride, uint32_t* dst,
+                                   int64_t dst_stride) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * src_stride);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // r[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c.
+  for (int g = 0; g < 16; g += 4) {
+    r[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    r[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    r[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    r[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);
+    t[4 + c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
+    t[8 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+    t[12 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+  }
+  // Column 4L + c: lanes L = 0 and 2 from t[c], t[8 + c]; L = 1 and 3 from t[4 + c], t[12 + c].
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xdd);
+    r[4 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0xdd);
+  }
+  for (int c = 0; c < 16; ++c) _mm512_storeu_si512(dst + c * dst_stride, r[c]);
+}
+
 // ---- bf16 GEMM (AVX-512 BF16): many activation rows against bf16 weight rows ----
 //
 // VDPBF16PS multiplies bf16 pairs exactly and adds both products to an F32 lane, twice the
@@ -667,9 +702,15 @@ void pack_bf16_block(const uint16_t* w, int64_t rows, int64_t k, uint32_t* block
   const int64_t kp = (k + 1) / 2, whole = k / 2;
   if (rows < kBf16BlockCols || whole < kp)
     std::memset(block, 0, static_cast<size_t>(kp * kBf16BlockCols) * sizeof(uint32_t));
+  // 16 pairs of 16 rows at a time through a register transpose, the rest word by word.
+  const int64_t vector_pairs = rows == kBf16BlockCols ? whole / 16 * 16 : 0;
+  for (int64_t p0 = 0; p0 < vector_pairs; p0 += 16)
+    for (int64_t j0 = 0; j0 < kBf16BlockCols; j0 += 16)
+      transpose_words16(reinterpret_cast<const uint8_t*>(w + j0 * k + 2 * p0), k * 2,
+                        block + p0 * kBf16BlockCols + j0, kBf16BlockCols);
   for (int64_t j = 0; j < rows; ++j) {
     const uint16_t* src = w + j * k;
-    for (int64_t p = 0; p < whole; ++p) {
+    for (int64_t p = vector_pairs; p < whole; ++p) {
       uint32_t word;
       std::memcpy(&word, src + 2 * p, sizeof(word));
       block[p * kBf16BlockCols + j] = word;
@@ -756,8 +797,19 @@ void pack_f32_block(const void* w, DType type, int64_t rows, int64_t k, float* r
   if (rows < kF32BlockCols)
     std::memset(block, 0, static_cast<size_t>(k * kF32BlockCols) * sizeof(float));
   const size_t row_bytes = dtype_row_bytes(type, k);
+  const char* base = static_cast<const char*>(w);
+  // F32 rows of a whole block: 16 x 16 register transposes, then the columns past them.
+  int64_t t0 = 0;
+  if (type == DType::F32 && rows == kF32BlockCols) {
+    for (; t0 + 16 <= k; t0 += 16)
+      for (int64_t j0 = 0; j0 < kF32BlockCols; j0 += 16)
+        transpose_words16(reinterpret_cast<const uint8_t*>(base + j0 * row_bytes) + t0 * 4,
+                          static_cast<int64_t>(row_bytes),
+                          reinterpret_cast<uint32_t*>(block) + t0 * kF32BlockCols + j0,
+                          kF32BlockCols);
+  }
   for (int64_t j = 0; j < rows; ++j) {
-    const void* src = static_cast<const char*>(w) + j * row_bytes;
+    const void* src = base + j * row_bytes;
     const float* wide = static_cast<const float*>(src);
     if (type == DType::F16) {
       widen_f16_avx2(static_cast<const uint16_t*>(src), row, k);
@@ -766,7 +818,7 @@ void pack_f32_block(const void* w, DType type, int64_t rows, int64_t k, float* r
       widen_bf16_avx2(static_cast<const uint16_t*>(src), row, k);
       wide = row;
     }
-    for (int64_t t = 0; t < k; ++t) block[t * kF32BlockCols + j] = wide[t];
+    for (int64_t t = t0; t < k; ++t) block[t * kF32BlockCols + j] = wide[t];
   }
 }
 
