@@ -78,6 +78,31 @@ void BM_AttentionDecode(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * keys * heads);
 }
 
+// A prefill's causal self-attention: `rows` queries over their own keys (12 heads of 64).
+// GFLOP/s = items/s x 2 x 2 x 64 / 1e9 (items: the query-key pairs a causal mask keeps).
+void BM_AttentionPrefill(benchmark::State& state) {
+  const int64_t rows = state.range(0), heads = 12, head_dim = 64;
+  auto b = cpu();
+  const Tensor q = random_f32({rows, heads * head_dim}, 3);
+  const Tensor k = random_f32({rows, heads * head_dim}, 4);
+  const Tensor v = random_f32({rows, heads * head_dim}, 5);
+  Tensor out = b->empty({rows, heads * head_dim}, DType::F32);
+  std::vector<cepe::AttentionSegment> segments(1);
+  segments[0].q_len = rows;
+  segments[0].k = k;
+  segments[0].v = v;
+  segments[0].causal = true;
+  cepe::AttentionShape shape;
+  shape.heads = shape.kv_heads = static_cast<int>(heads);
+  shape.head_dim = static_cast<int>(head_dim);
+  shape.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (auto _ : state) {
+    b->attention(q, segments, shape, out);
+    benchmark::DoNotOptimize(out.raw());
+  }
+  state.SetItemsProcessed(state.iterations() * heads * rows * (rows + 1) / 2);
+}
+
 void BM_RmsNorm(benchmark::State& state) {
   const int64_t rows = state.range(0), width = 768;
   auto b = cpu();
@@ -130,6 +155,7 @@ BENCHMARK_CAPTURE(BM_Linear, f16, WeightKind::F16)->Apply(linear_shapes);
 BENCHMARK_CAPTURE(BM_Linear, q8_0, WeightKind::Q8_0)->Apply(linear_shapes);
 BENCHMARK_CAPTURE(BM_Linear, q4_0, WeightKind::Q4_0)->Apply(linear_shapes);
 BENCHMARK(BM_AttentionDecode)->Arg(128)->Arg(512)->Arg(2048);
+BENCHMARK(BM_AttentionPrefill)->Arg(512)->Arg(2048);
 BENCHMARK(BM_RmsNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_LayerNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_Gelu)->Arg(2048)->Arg(64 * 2048);
