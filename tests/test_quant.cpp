@@ -568,7 +568,7 @@ INSTANTIATE_TEST_SUITE_P(All, QuantLinear,
                          ::testing::Combine(::testing::Values(WeightKind::F32, WeightKind::BF16,
                                                               WeightKind::F16, WeightKind::Q8_0,
                                                               WeightKind::Q4_0),
-                                            ::testing::Values<int64_t>(1, 3, 16, 17, 40),
+                                            ::testing::Values<int64_t>(1, 3, 16, 17, 40, 1100),
                                             ::testing::Values(1, 2)),
                          [](const auto& info) {
                            return std::string(weight_kind_name(std::get<0>(info.param))) + "_m" +

@@ -56,7 +56,7 @@ class CpuBackend final : public Backend {
   std::string describe() const override {
     return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS, " + kernels_.name +
            " kernels, weights " + weight_kind_name(weights_) +
-           (bf16_pairs_ ? ", bf16 GEMM activations" : "") + ")";
+           (bf16_pairs_ ? ", bf16 weights: VDPBF16PS GEMM" : "") + ")";
   }
 
   Tensor empty(std::vector<int64_t> shape, DType dtype) override {
@@ -898,32 +898,46 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // The panel GEMMs' shared plan: the activations are packed into row panels once (threads
-  // split the panels), then each thread multiplies its share of the weight blocks by every
-  // panel. `pack(r0, r1, dst)` packs rows [r0, r1); `multiply(panels, j0, j1, scratch)` runs
-  // weight rows [j0, j1) against all of them.
+  // Activation rows packed at a time by the panel GEMMs (73 panels of 14): bounds the panels'
+  // scratch (an encoder pass has 8192 rows of up to 2048 values: 64 MB of F32 panels at once)
+  // while each packed weight block still meets ~1000 rows.
+  static constexpr int64_t kPanelChunkRows = 1022;
+
+  // The panel GEMMs' shared plan, for each chunk of rows: the activations are packed into row
+  // panels (threads split the panels), then each thread multiplies its share of the weight
+  // blocks by every panel. `pack(r0, r1, dst)` packs rows [r0, r1);
+  // `multiply(panels, r0, rows, j0, j1, scratch)` runs weight rows [j0, j1) against rows
+  // [r0, r0 + rows).
   template <typename Word, typename Pack, typename Multiply>
-  void run_panels(int64_t m, int64_t n, int64_t k, int64_t panel_rows, int64_t all_panel_words,
+  void run_panels(int64_t m, int64_t n, int64_t k, int64_t panel_rows, int64_t panel_words,
                   int64_t block_cols, int64_t scratch_words, Pack pack, Multiply multiply) {
+    const int64_t chunk_rows = std::min(m, kPanelChunkRows / panel_rows * panel_rows);
     thread_local std::vector<Word> scratch_panels;
-    scratch_panels.resize(static_cast<size_t>(all_panel_words));
+    scratch_panels.resize(
+        static_cast<size_t>((chunk_rows + panel_rows - 1) / panel_rows * panel_words));
     Word* panels = scratch_panels.data();
-    const int64_t panel_count = (m + panel_rows - 1) / panel_rows;
-    const int64_t panel_words = all_panel_words / panel_count;
     const int64_t blocks = (n + block_cols - 1) / block_cols;
     const int team = n * k * m < 65536 ? 1 : threads_;
 #pragma omp parallel num_threads(team)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t p0 = panel_count * t / nt, p1 = panel_count * (t + 1) / nt;
-      if (p1 > p0) pack(p0 * panel_rows, std::min(m, p1 * panel_rows), panels + p0 * panel_words);
       thread_local std::vector<Word> scratch;
       scratch.resize(static_cast<size_t>(scratch_words));
-#pragma omp barrier
       const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-      if (b1 > b0)
-        multiply(const_cast<const Word*>(panels), b0 * block_cols, std::min(n, b1 * block_cols),
-                 scratch.data());
+      for (int64_t c0 = 0; c0 < m; c0 += chunk_rows) {
+        const int64_t rows = std::min(chunk_rows, m - c0);
+        const int64_t panel_count = (rows + panel_rows - 1) / panel_rows;
+        const int64_t p0 = panel_count * t / nt, p1 = panel_count * (t + 1) / nt;
+        if (p1 > p0)
+          pack(c0 + p0 * panel_rows, c0 + std::min(rows, p1 * panel_rows),
+               panels + p0 * panel_words);
+#pragma omp barrier
+        if (b1 > b0)
+          multiply(const_cast<const Word*>(panels), c0, rows, b0 * block_cols,
+                   std::min(n, b1 * block_cols), scratch.data());
+          // The next chunk's packing overwrites these panels.
+#pragma omp barrier
+      }
     }
   }
 
@@ -933,13 +947,15 @@ class CpuBackend final : public Backend {
                          int64_t k, bool accumulate) {
     const cpu::Kernels& kr = kernels_;
     run_panels<uint32_t>(
-        m, n, k, cpu::kBf16PanelRows, cpu::bf16_panel_words(m, k), cpu::kBf16BlockCols,
-        cpu::bf16_block_words(k),
+        m, n, k, cpu::kBf16PanelRows, cpu::bf16_panel_words(cpu::kBf16PanelRows, k),
+        cpu::kBf16BlockCols, cpu::bf16_block_words(k),
         [&](int64_t r0, int64_t r1, uint32_t* dst) {
           kr.pack_bf16_pairs(x + r0 * k, r1 - r0, k, dst);
         },
-        [&](const uint32_t* panels, int64_t j0, int64_t j1, uint32_t* scratch) {
-          kr.gemm_bf16_pairs(panels, m, k, w + j0 * k, j1 - j0, out + j0, n, accumulate, scratch);
+        [&](const uint32_t* panels, int64_t r0, int64_t rows, int64_t j0, int64_t j1,
+            uint32_t* scratch) {
+          kr.gemm_bf16_pairs(panels, rows, k, w + j0 * k, j1 - j0, out + r0 * n + j0, n, accumulate,
+                             scratch);
         });
   }
 
@@ -950,14 +966,14 @@ class CpuBackend final : public Backend {
     const cpu::Kernels& kr = kernels_;
     const size_t row_bytes = dtype_row_bytes(type, k);
     run_panels<float>(
-        m, n, k, cpu::kF32PanelRows, cpu::f32_panel_floats(m, k), cpu::kF32BlockCols,
-        cpu::f32_gemm_scratch_floats(k),
+        m, n, k, cpu::kF32PanelRows, cpu::f32_panel_floats(cpu::kF32PanelRows, k),
+        cpu::kF32BlockCols, cpu::f32_gemm_scratch_floats(k),
         [&](int64_t r0, int64_t r1, float* dst) {
           kr.pack_f32_panels(x + r0 * k, r1 - r0, k, dst);
         },
-        [&](const float* panels, int64_t j0, int64_t j1, float* scratch) {
-          kr.gemm_f32_panels(panels, m, k, static_cast<const char*>(w) + j0 * row_bytes, type,
-                             j1 - j0, out + j0, n, accumulate, scratch);
+        [&](const float* panels, int64_t r0, int64_t rows, int64_t j0, int64_t j1, float* scratch) {
+          kr.gemm_f32_panels(panels, rows, k, static_cast<const char*>(w) + j0 * row_bytes, type,
+                             j1 - j0, out + r0 * n + j0, n, accumulate, scratch);
         });
   }
 
