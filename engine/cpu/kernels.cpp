@@ -629,11 +629,24 @@ CEPE_AVX512 void silu_mul_avx512(float* g, const float* u, int64_t n) {
 // ---- blocked GEMMs (the bf16 and F32 panel GEMMs below) ----
 
 // 16 rows of 16 32-bit words (row r at src + r * src_stride bytes) written transposed: word c of
-// row r to dst[c * dst_stride + r]. Unpacks within 128-bit lanes, then 128-bit lane shuffles.
+// row r to dst[c * dst_stride + r]. The rows may instead hold 16 fp16 or bf16 values each
+// (`halves`), widened to F32 (exactly) as they are loaded. Unpacks within 128-bit lanes, then
+// 128-bit lane shuffles.
 CEPE_AVX512 void transpose_words16(const uint8_t* src, int64_t src_stride, uint32_t* dst,
-                                   int64_t dst_stride) {
+                                   int64_t dst_stride, DType halves = DType::F32) {
   __m512i r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * src_stride);
+  for (int i = 0; i < 16; ++i) {
+    const uint8_t* row = src + i * src_stride;
+    if (halves == DType::F16) {
+      r[i] = _mm512_castps_si512(
+          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row))));
+    } else if (halves == DType::BF16) {
+      r[i] = _mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row))), 16);
+    } else {
+      r[i] = _mm512_loadu_si512(row);
+    }
+  }
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
@@ -793,32 +806,34 @@ void pack_f32_panels(const float* x, int64_t m, int64_t k, float* panels) {
 
 // Rows [0, rows) of a weight block widened to F32 and transposed (rows past `rows` are zero);
 // `row` is k floats of scratch for 16-bit rows.
-void pack_f32_block(const void* w, DType type, int64_t rows, int64_t k, float* row, float* block) {
+CEPE_AVX512 void pack_f32_block(const void* w, DType type, int64_t rows, int64_t k, float* row,
+                                float* block) {
   if (rows < kF32BlockCols)
     std::memset(block, 0, static_cast<size_t>(k * kF32BlockCols) * sizeof(float));
   const size_t row_bytes = dtype_row_bytes(type, k);
   const char* base = static_cast<const char*>(w);
-  // F32 rows of a whole block: 16 x 16 register transposes, then the columns past them.
+  // A whole block: 16 x 16 register transposes (16-bit rows widened on the way), then the
+  // columns past them.
   int64_t t0 = 0;
-  if (type == DType::F32 && rows == kF32BlockCols) {
+  if (rows == kF32BlockCols) {
+    const int64_t value_bytes = type == DType::F32 ? 4 : 2;
     for (; t0 + 16 <= k; t0 += 16)
       for (int64_t j0 = 0; j0 < kF32BlockCols; j0 += 16)
-        transpose_words16(reinterpret_cast<const uint8_t*>(base + j0 * row_bytes) + t0 * 4,
-                          static_cast<int64_t>(row_bytes),
-                          reinterpret_cast<uint32_t*>(block) + t0 * kF32BlockCols + j0,
-                          kF32BlockCols);
+        transpose_words16(
+            reinterpret_cast<const uint8_t*>(base + j0 * row_bytes) + t0 * value_bytes,
+            static_cast<int64_t>(row_bytes),
+            reinterpret_cast<uint32_t*>(block) + t0 * kF32BlockCols + j0, kF32BlockCols, type);
   }
-  for (int64_t j = 0; j < rows; ++j) {
+  for (int64_t j = 0; t0 < k && j < rows; ++j) {
     const void* src = base + j * row_bytes;
-    const float* wide = static_cast<const float*>(src);
-    if (type == DType::F16) {
-      widen_f16_avx2(static_cast<const uint16_t*>(src), row, k);
-      wide = row;
-    } else if (type == DType::BF16) {
-      widen_bf16_avx2(static_cast<const uint16_t*>(src), row, k);
-      wide = row;
-    }
-    for (int64_t t = t0; t < k; ++t) block[t * kF32BlockCols + j] = wide[t];
+    const float* wide = row;
+    if (type == DType::F16)
+      widen_f16_avx2(static_cast<const uint16_t*>(src) + t0, row, k - t0);
+    else if (type == DType::BF16)
+      widen_bf16_avx2(static_cast<const uint16_t*>(src) + t0, row, k - t0);
+    else
+      wide = static_cast<const float*>(src) + t0;
+    for (int64_t t = t0; t < k; ++t) block[t * kF32BlockCols + j] = wide[t - t0];
   }
 }
 
