@@ -53,45 +53,19 @@ void BM_Linear(benchmark::State& state, WeightKind kind) {
   state.SetLabel(cepe::weight_kind_name(kind));
 }
 
-// One decode step's self-attention: one query row per head over `keys` cached rows.
-void BM_AttentionDecode(benchmark::State& state) {
-  const int64_t keys = state.range(0), heads = 12, head_dim = 64;
-  auto b = cpu();
-  const Tensor q = random_f32({1, heads * head_dim}, 3);
-  const Tensor k = random_f32({keys, heads * head_dim}, 4);
-  const Tensor v = random_f32({keys, heads * head_dim}, 5);
-  Tensor out = b->empty({1, heads * head_dim}, DType::F32);
-  std::vector<cepe::AttentionSegment> segments(1);
-  segments[0].q_begin = 0;
-  segments[0].q_len = 1;
-  segments[0].k = k;
-  segments[0].v = v;
-  segments[0].causal = false;
-  cepe::AttentionShape shape;
-  shape.heads = shape.kv_heads = static_cast<int>(heads);
-  shape.head_dim = static_cast<int>(head_dim);
-  shape.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  for (auto _ : state) {
-    b->attention(q, segments, shape, out);
-    benchmark::DoNotOptimize(out.raw());
-  }
-  state.SetItemsProcessed(state.iterations() * keys * heads);
-}
-
-// A prefill's causal self-attention: `rows` queries over their own keys (12 heads of 64).
-// GFLOP/s = items/s x 2 x 2 x 64 / 1e9 (items: the query-key pairs a causal mask keeps).
-void BM_AttentionPrefill(benchmark::State& state) {
-  const int64_t rows = state.range(0), heads = 12, head_dim = 64;
+// Self-attention of `rows` queries over `keys` keys (12 heads of 64), timed.
+void run_attention(benchmark::State& state, int64_t rows, int64_t keys, bool causal) {
+  constexpr int64_t heads = 12, head_dim = 64;
   auto b = cpu();
   const Tensor q = random_f32({rows, heads * head_dim}, 3);
-  const Tensor k = random_f32({rows, heads * head_dim}, 4);
-  const Tensor v = random_f32({rows, heads * head_dim}, 5);
+  const Tensor k = random_f32({keys, heads * head_dim}, 4);
+  const Tensor v = random_f32({keys, heads * head_dim}, 5);
   Tensor out = b->empty({rows, heads * head_dim}, DType::F32);
   std::vector<cepe::AttentionSegment> segments(1);
   segments[0].q_len = rows;
   segments[0].k = k;
   segments[0].v = v;
-  segments[0].causal = true;
+  segments[0].causal = causal;
   cepe::AttentionShape shape;
   shape.heads = shape.kv_heads = static_cast<int>(heads);
   shape.head_dim = static_cast<int>(head_dim);
@@ -100,7 +74,19 @@ void BM_AttentionPrefill(benchmark::State& state) {
     b->attention(q, segments, shape, out);
     benchmark::DoNotOptimize(out.raw());
   }
-  state.SetItemsProcessed(state.iterations() * heads * rows * (rows + 1) / 2);
+  // Items: the query-key pairs the mask keeps (GFLOP/s = items/s x 2 x 2 x 64 / 1e9).
+  const int64_t pairs = causal ? rows * (rows + 1) / 2 : rows * keys;
+  state.SetItemsProcessed(state.iterations() * pairs * heads);
+}
+
+// One decode step's self-attention: one query row per head over `keys` cached rows.
+void BM_AttentionDecode(benchmark::State& state) {
+  run_attention(state, 1, state.range(0), false);
+}
+
+// A prefill's causal self-attention: `rows` queries over their own keys.
+void BM_AttentionPrefill(benchmark::State& state) {
+  run_attention(state, state.range(0), state.range(0), true);
 }
 
 void BM_RmsNorm(benchmark::State& state) {

@@ -1126,85 +1126,60 @@ const Kernels kAvx2{KernelPath::Avx2,
                     nullptr,
                     softmax_exp_avx2,
                     silu_mul_avx2};
-const Kernels kAvx512{KernelPath::Avx512,
-                      "avx512",
-                      dot_q8_0_avx512,
-                      dot_q4_0_avx512,
-                      dot_f16_avx512,
-                      dot_bf16_avx512,
-                      quantize_q8_0_avx2,
-                      widen_f16_avx2,
-                      widen_bf16_avx2,
-                      dequantize_q8_0_avx2,
-                      dequantize_q4_0_avx2,
-                      gemm_x16_avx2<true>,
-                      gemm_x16_avx2<false>,
-                      narrow_f16_avx2,
-                      dot_f32_avx512,
-                      gemm_f32_rows_avx512,
-                      nullptr,
-                      nullptr,
-                      pack_f32_panels,
-                      gemm_f32_panels_avx512,
-                      softmax_exp_avx512,
-                      silu_mul_avx512};
-const Kernels kAvx512Vnni{KernelPath::Avx512Vnni,
-                          "avx512vnni",
-                          dot_q8_0_vnni,
-                          dot_q4_0_vnni,
-                          dot_f16_avx512,
-                          dot_bf16_avx512,
-                          quantize_q8_0_avx2,
-                          widen_f16_avx2,
-                          widen_bf16_avx2,
-                          dequantize_q8_0_avx2,
-                          dequantize_q4_0_avx2,
-                          gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>,
-                          narrow_f16_avx2,
-                          dot_f32_avx512,
-                          gemm_f32_rows_avx512,
-                          nullptr,
-                          nullptr,
-                          pack_f32_panels,
-                          gemm_f32_panels_avx512,
-                          softmax_exp_avx512,
-                          silu_mul_avx512};
-const Kernels kAvx512Bf16{KernelPath::Avx512Bf16,
-                          "avx512bf16",
-                          dot_q8_0_vnni,
-                          dot_q4_0_vnni,
-                          dot_f16_avx512,
-                          dot_bf16_avx512,
-                          quantize_q8_0_avx2,
-                          widen_f16_avx2,
-                          widen_bf16_avx2,
-                          dequantize_q8_0_avx2,
-                          dequantize_q4_0_avx2,
-                          gemm_x16_vnni<true>,
-                          gemm_x16_vnni<false>,
-                          narrow_f16_avx2,
-                          dot_f32_avx512,
-                          gemm_f32_rows_avx512,
-                          pack_bf16_pairs_avx512bf16,
-                          gemm_bf16_pairs_avx512bf16,
-                          pack_f32_panels,
-                          gemm_f32_panels_avx512,
-                          softmax_exp_avx512,
-                          silu_mul_avx512};
+// Each level above AVX2 is the level below it plus what it does better.
+Kernels avx512_kernels() {
+  Kernels k = kAvx2;
+  k.path = KernelPath::Avx512;
+  k.name = "avx512";
+  k.dot_q8_0 = dot_q8_0_avx512;
+  k.dot_q4_0 = dot_q4_0_avx512;
+  k.dot_f16 = dot_f16_avx512;
+  k.dot_bf16 = dot_bf16_avx512;
+  k.dot_f32 = dot_f32_avx512;
+  k.gemm_f32_rows = gemm_f32_rows_avx512;
+  k.pack_f32_panels = pack_f32_panels;
+  k.gemm_f32_panels = gemm_f32_panels_avx512;
+  k.softmax_exp = softmax_exp_avx512;
+  k.silu_mul = silu_mul_avx512;
+  return k;
+}
 
+Kernels avx512vnni_kernels() {
+  Kernels k = avx512_kernels();
+  k.path = KernelPath::Avx512Vnni;
+  k.name = "avx512vnni";
+  k.dot_q8_0 = dot_q8_0_vnni;
+  k.dot_q4_0 = dot_q4_0_vnni;
+  k.gemm_q4_0x16 = gemm_x16_vnni<true>;
+  k.gemm_q8_0x16 = gemm_x16_vnni<false>;
+  return k;
+}
+
+Kernels avx512bf16_kernels() {
+  Kernels k = avx512vnni_kernels();
+  k.path = KernelPath::Avx512Bf16;
+  k.name = "avx512bf16";
+  k.pack_bf16_pairs = pack_bf16_pairs_avx512bf16;
+  k.gemm_bf16_pairs = gemm_bf16_pairs_avx512bf16;
+  return k;
+}
+
+// Built on first use (function-local statics), so a table is whole whenever it is asked for.
 const Kernels& table(KernelPath path) {
+  static const Kernels avx512 = avx512_kernels();
+  static const Kernels avx512vnni = avx512vnni_kernels();
+  static const Kernels avx512bf16 = avx512bf16_kernels();
   switch (path) {
     case KernelPath::Scalar:
       return kScalar;
     case KernelPath::Avx2:
       return kAvx2;
     case KernelPath::Avx512:
-      return kAvx512;
+      return avx512;
     case KernelPath::Avx512Vnni:
-      return kAvx512Vnni;
+      return avx512vnni;
     case KernelPath::Avx512Bf16:
-      return kAvx512Bf16;
+      return avx512bf16;
   }
   return kScalar;
 }
