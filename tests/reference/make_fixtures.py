@@ -86,6 +86,14 @@ CASES = [
          input_len=16, context_lens=[40, 1, 9],
          greedy=dict(prompt_len=10, context_lens=[40], max_new=10),
          extra=[dict(prompt_len=10, context_lens=[1], max_new=8)]),
+    # Prompts and chunks longer than the CPU's few-row kernels take (32 F32 rows): the decoder's
+    # prefill and the encoder run the blocked GEMMs, with partial 14-row panels (72 = 5 x 14 + 2)
+    # and partial 32-row weight blocks (hidden 48, kv width 24; FFN 96 = 3 x 32).
+    dict(name="long_prompt", seed=707, dtype="F32", tie=False, shards=1,
+         dec=stack(48, 4, 2, 2, 96, 96, 128, 10000.0), enc=stack(32, 4, 4, 1, 64, 96, 64,
+                                                                 10000.0, eps=1e-6),
+         cross_layers=2, input_len=72, context_lens=[40, 30],
+         greedy=dict(prompt_len=50, context_lens=[40, 30], max_new=8), extra=[]),
 ]
 
 

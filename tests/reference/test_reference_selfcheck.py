@@ -159,7 +159,8 @@ def naive_logits(model, ids, chunks):
     return x @ head.T
 
 
-ALL = ["gqa_cross_last2", "linear_tied", "dynamic", "bf16", "plain_llama_sharded", "mha_encoder_gqa"]
+ALL = ["gqa_cross_last2", "linear_tied", "dynamic", "bf16", "plain_llama_sharded", "mha_encoder_gqa",
+       "long_prompt"]
 CEPE = [n for n in ALL if n != "plain_llama_sharded"]
 
 
@@ -186,7 +187,8 @@ class Fixtures(unittest.TestCase):
     def test_fixture_sizes(self):
         total = sum(os.path.getsize(os.path.join(dp, f)) for name in ALL
                     for dp, _, fs in os.walk(os.path.join(FIXTURES, name)) for f in fs)
-        self.assertLess(total, 3.2e6)
+        # Raised from 3.2 MB for long_prompt (0.4 MB), the one case past the CPU's few-row paths.
+        self.assertLess(total, 3.6e6)
 
     def test_greedy_not_constant_and_eos_case_present(self):
         saw_eos = False
