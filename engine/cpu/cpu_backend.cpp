@@ -16,9 +16,10 @@
 namespace cepe {
 namespace {
 
-// Rows of activations up to which a linear runs as dot products of each weight row with each
-// activation row (decode steps, small batches); beyond it a tile of weight rows is widened to F32
-// once and multiplied by all rows with a GEMM, which amortises the widening over the rows.
+// Rows of activations up to which a 16-bit or block linear runs as dot products of each weight row
+// with each activation row (decode steps, small batches); beyond it the weights are widened a
+// block at a time and multiplied by all rows with a GEMM (the panel GEMMs on AVX-512, widened
+// tiles and OpenBLAS below), which amortises the widening over the rows.
 constexpr int64_t kDotRows = 16;
 
 void check_cpu(const Tensor& t, const char* what) {
@@ -877,9 +878,10 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // Many rows (prefill, encoder): a tile of weight rows at a time is widened into per-thread F32
-  // scratch (tile x K floats, never the whole matrix) and multiplied by every activation row with
-  // a single-threaded GEMM; the activations stay F32, so this is as exact as the F32 path on the
+  // Many rows (prefill, encoder) where no panel GEMM applies (CPUs without AVX-512, row-major
+  // block weights): a tile of weight rows at a time is widened into per-thread F32 scratch (tile x
+  // K floats, never the whole matrix) and multiplied by every activation row with a
+  // single-threaded GEMM; the activations stay F32, so this is as exact as the F32 path on the
   // widened weights.
   void linear_tiles(const float* x, const Tensor& weight, float* out, int64_t m, int64_t n,
                     int64_t k, bool accumulate) {
