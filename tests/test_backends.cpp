@@ -1179,14 +1179,9 @@ void compare_with_cpu(CepeModel& model, const std::string& name, double toleranc
   if (e.HasMember("greedy_extra"))
     for (const auto& g : e["greedy_extra"].GetArray()) runs.push_back(&g);
   for (const rapidjson::Value* g : runs) {
-    auto expected_tokens = ids_of((*g)["tokens"]);
-    const auto& eos = model.config().decoder.eos_token_ids;
-    if (!expected_tokens.empty() &&
-        std::find(eos.begin(), eos.end(), expected_tokens.back()) != eos.end())
-      expected_tokens.pop_back();
     EXPECT_EQ(greedy(model, ids_of((*g)["input_ids"]), chunks_of((*g)["context_ids"]),
                      (*g)["max_new_tokens"].GetInt()),
-              expected_tokens)
+              test::reference_greedy_tokens(*g, model.config()))
         << name << " greedy tokens";
   }
 }

@@ -113,6 +113,30 @@ double unit_roundoff(StateDType t) {
   return 1.0;
 }
 
+// Logits read through a store against live encoding's: bit-identical for f32; otherwise the
+// logit error is first order in the stored values' rounding, |Δlogit| <~ u · S with S = max|logit|
+// times the network's amplification, and we state |Δlogit| <= 8 u max|logit| (u: unit_roundoff).
+// Returns max |Δlogit| and max |logit| for the report.
+std::pair<double, double> expect_store_logits(const Tensor& stored, const Tensor& live,
+                                              StateDType t, const std::string& what) {
+  if (stored.numel() != live.numel()) {
+    ADD_FAILURE() << what << ": " << stored.numel() << " logits against " << live.numel();
+    return {INFINITY, 0.0};
+  }
+  double max_abs = 0.0, max_diff = 0.0;
+  for (int64_t i = 0; i < live.numel(); ++i) {
+    max_abs = std::max(max_abs, std::fabs(double(live.data<float>()[i])));
+    max_diff =
+        std::max(max_diff, std::fabs(double(stored.data<float>()[i]) - live.data<float>()[i]));
+  }
+  if (t == StateDType::F32)
+    EXPECT_EQ(std::memcmp(stored.raw(), live.raw(), live.nbytes()), 0)
+        << what << ": f32 logits differ from live encoding (max " << max_diff << ")";
+  else
+    EXPECT_LE(max_diff, 8.0 * unit_roundoff(t) * max_abs) << what;
+  return {max_diff, max_abs};
+}
+
 struct FixtureCase {
   std::string fixture;
   StateDType dtype;
@@ -192,33 +216,17 @@ TEST_P(StoreOnFixture, StatesLogitsAndGreedyAgainstLive) {
     }
   }
 
-  // Logits: bit-identical for f32. Otherwise the logit error is first order in the state error,
-  // |Δlogit| <~ u · S with S = max|logit| times the network's amplification; we state
-  // |Δlogit| <= 8 u max|logit| (u: the dtype's relative bound above) and check it.
+  // Logits: bit-identical for f32, else within 8 u max|logit| (expect_store_logits).
   const auto prompt = test::ids_of(f->expected["input_ids"]);
   const Tensor lg_store = logits_with(*model, prompt, stored);
   const Tensor lg_live = logits_with(*model, prompt, live);
-  ASSERT_EQ(lg_store.numel(), lg_live.numel());
-  double max_abs = 0.0, max_diff = 0.0;
-  for (int64_t i = 0; i < lg_live.numel(); ++i) {
-    max_abs = std::max(max_abs, std::fabs(double(lg_live.data<float>()[i])));
-    max_diff =
-        std::max(max_diff, std::fabs(double(lg_store.data<float>()[i]) - lg_live.data<float>()[i]));
-  }
-  if (c.dtype == StateDType::F32) {
-    EXPECT_EQ(std::memcmp(lg_store.raw(), lg_live.raw(), lg_live.nbytes()), 0)
-        << "f32 store logits differ from live encoding (max " << max_diff << ")";
-  } else {
-    EXPECT_LE(max_diff, 8.0 * unit_roundoff(c.dtype) * max_abs) << c.fixture;
-  }
+  const auto [max_diff, max_abs] =
+      expect_store_logits(lg_store, lg_live, c.dtype, c.fixture + " states store");
   std::printf("[%s %s] max |dstate|/blockmax %.3g, max |dlogit| %.3g (max |logit| %.3g)\n",
               c.fixture.c_str(), index::state_dtype_name(c.dtype), worst_rel, max_diff, max_abs);
 
-  // Greedy: the reference's tokens (EOS kept out of ours).
-  auto expected = test::ids_of(g["tokens"]);
-  const auto& eos = model->config().decoder.eos_token_ids;
-  if (!expected.empty() && std::find(eos.begin(), eos.end(), expected.back()) != eos.end())
-    expected.pop_back();
+  // Greedy: the reference's tokens.
+  const auto expected = test::reference_greedy_tokens(g, model->config());
   const auto greedy_prompt = test::ids_of(g["input_ids"]);
   const int max_new = g["max_new_tokens"].GetInt();
   EXPECT_EQ(greedy_with(*model, greedy_prompt, stored, max_new), expected) << c.fixture;
@@ -344,25 +352,12 @@ TEST_P(KvStoreOnFixture, LogitsAndGreedyAgainstLive) {
   const auto prompt = test::ids_of(f->expected["input_ids"]);
   const Tensor lg_store = logits_with(*model, prompt, stored);
   const Tensor lg_live = logits_with(*cached_model, prompt, live);
-  ASSERT_EQ(lg_store.numel(), lg_live.numel());
-  double max_abs = 0.0, max_diff = 0.0;
-  for (int64_t i = 0; i < lg_live.numel(); ++i) {
-    max_abs = std::max(max_abs, std::fabs(double(lg_live.data<float>()[i])));
-    max_diff =
-        std::max(max_diff, std::fabs(double(lg_store.data<float>()[i]) - lg_live.data<float>()[i]));
-  }
-  if (c.dtype == StateDType::F32)
-    EXPECT_EQ(std::memcmp(lg_store.raw(), lg_live.raw(), lg_live.nbytes()), 0)
-        << "f32 K/V store logits differ from live encoding (max " << max_diff << ")";
-  else
-    EXPECT_LE(max_diff, 8.0 * unit_roundoff(c.dtype) * max_abs) << c.fixture;
+  const auto [max_diff, max_abs] =
+      expect_store_logits(lg_store, lg_live, c.dtype, c.fixture + " K/V store");
   std::printf("[%s kv %s] max |dlogit| %.3g (max |logit| %.3g)\n", c.fixture.c_str(),
               index::state_dtype_name(c.dtype), max_diff, max_abs);
 
-  auto expected = test::ids_of(g["tokens"]);
-  const auto& eos = model->config().decoder.eos_token_ids;
-  if (!expected.empty() && std::find(eos.begin(), eos.end(), expected.back()) != eos.end())
-    expected.pop_back();
+  const auto expected = test::reference_greedy_tokens(g, model->config());
   const auto greedy_prompt = test::ids_of(g["input_ids"]);
   const int max_new = g["max_new_tokens"].GetInt();
   EXPECT_EQ(greedy_with(*model, greedy_prompt, stored, max_new), expected) << c.fixture;

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
+#include "engine/models/cepe_llama.h"
 
 namespace cepe::test {
 
@@ -114,6 +114,15 @@ std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v) {
   std::vector<std::vector<int32_t>> out;
   for (const auto& c : v.GetArray()) out.push_back(ids_of(c));
   return out;
+}
+
+std::vector<int32_t> reference_greedy_tokens(const rapidjson::Value& greedy_case,
+                                             const ModelConfig& config) {
+  std::vector<int32_t> tokens = ids_of(greedy_case["tokens"]);
+  const auto& eos = config.decoder.eos_token_ids;
+  if (!tokens.empty() && std::find(eos.begin(), eos.end(), tokens.back()) != eos.end())
+    tokens.pop_back();
+  return tokens;
 }
 
 std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,

@@ -41,6 +41,10 @@ std::unique_ptr<Fixture> load_fixture(const std::string& name);
 std::vector<int32_t> ids_of(const rapidjson::Value& v);
 /// A JSON array of arrays of token ids (context chunks).
 std::vector<std::vector<int32_t>> chunks_of(const rapidjson::Value& v);
+/// A fixture greedy case's reference tokens as our generation emits them: the reference keeps a
+/// final EOS in its list, our generation ends on it without emitting it.
+std::vector<int32_t> reference_greedy_tokens(const rapidjson::Value& greedy_case,
+                                             const ModelConfig& config);
 /// Greedy ids through the generation loop, as the reference's incremental loop produces them
 /// (EOS ends it and is kept out).
 std::vector<int32_t> greedy(CepeModel& model, const std::vector<int32_t>& prompt,
