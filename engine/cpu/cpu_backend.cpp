@@ -941,10 +941,8 @@ class CpuBackend final : public Backend {
                panels + p0 * panel_words);
 #pragma omp barrier
         if (b1 > b0)
-          multiply(const_cast<const Word*>(panels), c0, rows, b0 * block_cols,
-                   std::min(n, b1 * block_cols), scratch.data());
-          // The next chunk's packing overwrites these panels.
-#pragma omp barrier
+          multiply(panels, c0, rows, b0 * block_cols, std::min(n, b1 * block_cols), scratch.data());
+#pragma omp barrier  // the next chunk's packing overwrites these panels
       }
     }
   }
