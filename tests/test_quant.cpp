@@ -354,7 +354,7 @@ TEST_P(KernelLevels, F32PanelsMatchDoubleSums) {
   }
   for (DType type : {DType::F32, DType::F16, DType::BF16})
     for (int64_t k : {1, 31, 100})
-      for (int64_t m : {1, 13, 14, 29})
+      for (int64_t m : {1, 13, 14, 29, 30})
         for (int64_t n : {1, 33, 70}) {
           const auto x = random_floats(size_t(m * k), uint32_t(m * 131 + k));
           const auto wf = random_floats(size_t(n * k), uint32_t(n * 71 + k + 7));

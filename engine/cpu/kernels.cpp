@@ -629,11 +629,13 @@ CEPE_AVX512 void silu_mul_avx512(float* g, const float* u, int64_t n) {
 // ---- blocked GEMMs (the bf16 and F32 panel GEMMs below) ----
 
 // 16 rows of 16 32-bit words (row r at src + r * src_stride bytes) written transposed: word c of
-// row r to dst[c * dst_stride + r]. The rows may instead hold 16 fp16 or bf16 values each
-// (`halves`), widened to F32 (exactly) as they are loaded. Unpacks within 128-bit lanes, then
-// 128-bit lane shuffles.
+// row r to dst[c * dst_stride + r], for the columns c < `columns` and the rows r < `rows_kept`
+// (the activation panels keep 14 of the 16, dst_stride 14). The rows may instead hold 16 fp16 or
+// bf16 values each (`halves`), widened to F32 (exactly) as they are loaded. Unpacks within
+// 128-bit lanes, then 128-bit lane shuffles.
 CEPE_AVX512 void transpose_words16(const uint8_t* src, int64_t src_stride, uint32_t* dst,
-                                   int64_t dst_stride, DType halves = DType::F32) {
+                                   int64_t dst_stride, DType halves = DType::F32, int columns = 16,
+                                   int rows_kept = 16) {
   __m512i r[16], t[16];
   for (int i = 0; i < 16; ++i) {
     const uint8_t* row = src + i * src_stride;
@@ -671,7 +673,18 @@ CEPE_AVX512 void transpose_words16(const uint8_t* src, int64_t src_stride, uint3
     r[4 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0x88);
     r[12 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0xdd);
   }
-  for (int c = 0; c < 16; ++c) _mm512_storeu_si512(dst + c * dst_stride, r[c]);
+  // Fewer rows kept: every column but the last is stored whole, its surplus words landing on the
+  // next column's first words, which that column's store then overwrites; the last is stored
+  // under a mask. (Masked stores cost several times a plain one on Zen 4: masking all 16
+  // columns made the activation packing twice as slow as scalar stores.)
+  for (int c = 0; c + 1 < columns; ++c) _mm512_storeu_si512(dst + c * dst_stride, r[c]);
+  if (columns > 0) {
+    const int c = columns - 1;
+    if (rows_kept == 16)
+      _mm512_storeu_si512(dst + c * dst_stride, r[c]);
+    else
+      _mm512_mask_storeu_epi32(dst + c * dst_stride, low_lanes(rows_kept), r[c]);
+  }
 }
 
 // ---- bf16 GEMM (AVX-512 BF16): many activation rows against bf16 weight rows ----
@@ -685,26 +698,29 @@ CEPE_AVX512 void transpose_words16(const uint8_t* src, int64_t src_stride, uint3
 
 CEPE_AVX512BF16 void pack_bf16_pairs_avx512bf16(const float* x, int64_t m, int64_t k,
                                                 uint32_t* panels) {
+  static_assert(kBf16PanelRows <= 16, "a panel is one 16-row register transpose");
   const int64_t kp = (k + 1) / 2;
   const int64_t panel_count = (m + kBf16PanelRows - 1) / kBf16PanelRows;
-  std::vector<uint32_t> row(static_cast<size_t>(kp + 16));
+  // 16 pairs of each panel row rounded into one row of `square` (rows past the panel, or past
+  // m, stay zero), then transposed into the panel: 16 pair columns of 14 words.
+  alignas(64) uint32_t square[16 * 16] = {};
   for (int64_t pn = 0; pn < panel_count; ++pn) {
     uint32_t* panel = panels + pn * kp * kBf16PanelRows;
-    for (int64_t r = 0; r < kBf16PanelRows; ++r) {
-      const int64_t i = pn * kBf16PanelRows + r;
-      if (i >= m) {
-        for (int64_t p = 0; p < kp; ++p) panel[p * kBf16PanelRows + r] = 0;
-        continue;
-      }
-      const float* xi = x + i * k;
-      // 32 values (16 pairs) per conversion; the tail is loaded under a mask (zeros past k).
-      for (int64_t t = 0; t < k; t += 32) {
+    const int64_t live_rows = std::min(kBf16PanelRows, m - pn * kBf16PanelRows);
+    if (live_rows < kBf16PanelRows) std::memset(square, 0, sizeof(square));
+    for (int64_t p0 = 0; p0 < kp; p0 += 16) {
+      const int64_t t = 2 * p0;
+      for (int64_t r = 0; r < live_rows; ++r) {
+        const float* xi = x + (pn * kBf16PanelRows + r) * k + t;
+        // 32 values (16 pairs) per conversion; the tail is loaded under a mask (zeros past k).
         const __m512bh b =
-            _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(low_lanes(k - t - 16), xi + t + 16),
-                                _mm512_maskz_loadu_ps(low_lanes(k - t), xi + t));
-        _mm512_storeu_si512(row.data() + t / 2, (__m512i)b);
+            _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(low_lanes(k - t - 16), xi + 16),
+                                _mm512_maskz_loadu_ps(low_lanes(k - t), xi));
+        _mm512_store_si512(square + r * 16, (__m512i)b);
       }
-      for (int64_t p = 0; p < kp; ++p) panel[p * kBf16PanelRows + r] = row[p];
+      transpose_words16(reinterpret_cast<const uint8_t*>(square), 64, panel + p0 * kBf16PanelRows,
+                        kBf16PanelRows, DType::F32,
+                        static_cast<int>(std::min<int64_t>(16, kp - p0)), kBf16PanelRows);
     }
   }
 }
@@ -788,18 +804,32 @@ CEPE_AVX512BF16 void gemm_bf16_pairs_avx512bf16(const uint32_t* panels, int64_t 
 // k. Every output is one FMA chain in k order, so a row's result does not depend on the rows
 // beside it, and widened 16-bit weights give the F32 path's arithmetic exactly.
 
-void pack_f32_panels(const float* x, int64_t m, int64_t k, float* panels) {
+CEPE_AVX512 void pack_f32_panels_avx512(const float* x, int64_t m, int64_t k, float* panels) {
+  static_assert(kF32PanelRows <= 16, "a panel is one 16-row register transpose");
   const int64_t panel_count = (m + kF32PanelRows - 1) / kF32PanelRows;
+  // 16 columns of 16 rows at a time through a register transpose, reading x in place where 16
+  // rows exist (the 2 past the panel are read and dropped); the last panels, and the columns
+  // past a multiple of 16, go through `square` with zeros past m and k.
+  alignas(64) float square[16 * 16];
   for (int64_t pn = 0; pn < panel_count; ++pn) {
     float* panel = panels + pn * k * kF32PanelRows;
-    for (int64_t r = 0; r < kF32PanelRows; ++r) {
-      const int64_t i = pn * kF32PanelRows + r;
-      if (i >= m) {
-        for (int64_t t = 0; t < k; ++t) panel[t * kF32PanelRows + r] = 0.0f;
-        continue;
+    const int64_t i0 = pn * kF32PanelRows, live_rows = std::min(kF32PanelRows, m - i0);
+    const bool in_place = i0 + 16 <= m;
+    for (int64_t t0 = 0; t0 < k; t0 += 16) {
+      const int columns = static_cast<int>(std::min<int64_t>(16, k - t0));
+      const float* src = x + i0 * k + t0;
+      int64_t stride = k;
+      if (!in_place || columns < 16) {
+        for (int64_t r = 0; r < 16; ++r)
+          _mm512_store_ps(square + r * 16,
+                          r < live_rows ? _mm512_maskz_loadu_ps(low_lanes(columns), src + r * k)
+                                        : _mm512_setzero_ps());
+        src = square;
+        stride = 16;
       }
-      const float* xi = x + i * k;
-      for (int64_t t = 0; t < k; ++t) panel[t * kF32PanelRows + r] = xi[t];
+      transpose_words16(reinterpret_cast<const uint8_t*>(src), stride * 4,
+                        reinterpret_cast<uint32_t*>(panel + t0 * kF32PanelRows), kF32PanelRows,
+                        DType::F32, columns, kF32PanelRows);
     }
   }
 }
@@ -1137,7 +1167,7 @@ Kernels avx512_kernels() {
   k.dot_bf16 = dot_bf16_avx512;
   k.dot_f32 = dot_f32_avx512;
   k.gemm_f32_rows = gemm_f32_rows_avx512;
-  k.pack_f32_panels = pack_f32_panels;
+  k.pack_f32_panels = pack_f32_panels_avx512;
   k.gemm_f32_panels = gemm_f32_panels_avx512;
   k.softmax_exp = softmax_exp_avx512;
   k.silu_mul = silu_mul_avx512;
