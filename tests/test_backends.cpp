@@ -637,7 +637,8 @@ TEST_P(BackendOps, Attention) {
 // call. Key-block results are merged in a fixed order, so 1 and 2 threads agree bit for bit.
 // The F16 KV cache: keys and values stored as fp16 are widened as they are read, so attention
 // over them is attention over F32 tensors holding the same rounded numbers: bit for bit on the
-// prefill path (row tiles: head slices widened per key block), to the last few bits on the decode
+// prefill path (panel kernels or row tiles: head slices widened as they are laid out), to the
+// last few bits on the decode
 // path (a few rows: cache rows widened one at a time), causal as the cache is; and copy_rows
 // rounds F32 rows into an F16 cache exactly as f32_to_f16 does.
 TEST(CpuAttention, F16KeysEqualRoundedF32Keys) {
@@ -677,7 +678,7 @@ TEST(CpuAttention, F16KeysEqualRoundedF32Keys) {
       cpu->attention(c.q, c.segments, c.shape, from_f32);
       cpu->attention(c.q, half, c.shape, from_f16);
       const std::vector<float> a = values(from_f32), b = values(from_f16);
-      if (sh.q_len > 4) {  // row tiles: the same BLAS calls on the same numbers
+      if (sh.q_len > 4) {  // prefill paths: the same arithmetic on the same numbers
         EXPECT_EQ(a, b) << sh.name << " (" << threads
                         << " threads): F16 keys differ from rounded F32 keys";
       } else {

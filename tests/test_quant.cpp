@@ -394,6 +394,90 @@ TEST_P(KernelLevels, F32PanelsMatchDoubleSums) {
         }
 }
 
+// The attention panel kernels (AVX-512 levels) against double: keys and values of one head laid
+// out from rows `ld` apart (F32, and F16 widened exactly), query rows ldq apart, each row seeing
+// its own number of keys (none: zeros; more than there are: all). Bound, per row: a score is an
+// hd-term F32 FMA chain times the scale, within (hd + 2) u of Σ|q k| scale; a softmax weight then
+// moves by at most twice the worst score error (relative), plus e^x's 2^-21 and the sums' n u, so
+// the output is within (2 δs + 2^-20 + (n + 4) u) max|v| of the exact attention. Head widths cover
+// the scalar key layout (8, 12, 80), the transposes (64) and a second block of value columns (80);
+// key counts the block edges (31, 32, 33) and several blocks.
+TEST_P(KernelLevels, AttentionRowsMatchDouble) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& kr = cpu::kernels_for(path);
+  if (!kr.attention_rows) {
+    EXPECT_FALSE(kr.pack_attention_kv) << kr.name << ": layout without attention";
+    GTEST_SKIP() << kr.name << " has no attention panel kernels (needs AVX-512)";
+  }
+  for (DType type : {DType::F32, DType::F16})
+    for (int64_t hd : {8, 12, 64, 80})
+      for (int64_t n : {1, 31, 32, 33, 100}) {
+        const int64_t ld = 2 * hd + 5, ldq = 3 * hd, ldo = hd + 7;
+        const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        auto kf = random_floats(size_t(n * ld), uint32_t(hd * 7 + n), 2.0f);
+        auto vf = random_floats(size_t(n * ld), uint32_t(hd * 11 + n), 3.0f);
+        std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+        if (type == DType::F16)
+          for (size_t i = 0; i < kf.size(); ++i) {
+            kh[i] = f32_to_f16(kf[i]);
+            kf[i] = f16_to_f32(kh[i]);
+            vh[i] = f32_to_f16(vf[i]);
+            vf[i] = f16_to_f32(vh[i]);
+          }
+        const int64_t head = 1;  // the second head of the rows: offsets hd into them
+        const void* kp = type == DType::F16 ? static_cast<const void*>(kh.data() + head * hd)
+                                            : static_cast<const void*>(kf.data() + head * hd);
+        const void* vp = type == DType::F16 ? static_cast<const void*>(vh.data() + head * hd)
+                                            : static_cast<const void*>(vf.data() + head * hd);
+        std::vector<float> keys_t(size_t(cpu::attention_keys_floats(n, hd)), NAN);
+        std::vector<float> values(size_t(cpu::attention_values_floats(n, hd)), NAN);
+        std::vector<float> scratch(size_t(cpu::attention_scratch_floats(n, hd)), NAN);
+        kr.pack_attention_kv(kp, vp, type, n, ld, hd, keys_t.data(), values.data());
+        for (int64_t rows : {1, 5, 14}) {
+          const auto q = random_floats(size_t(rows * ldq), uint32_t(rows + hd + n), 2.0f);
+          std::vector<int64_t> visible(static_cast<size_t>(rows));
+          for (int64_t r = 0; r < rows; ++r)
+            visible[r] = r == 2 ? 0 : r == 3 ? n + 9 : 1 + r * n / 7;
+          std::vector<float> out(size_t(rows * ldo), -7.0f);
+          kr.attention_rows(q.data() + head * hd, ldq, rows, hd, keys_t.data(), values.data(), n,
+                            visible.data(), scale, out.data(), ldo, scratch.data());
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t seen = std::min(visible[r], n);
+            const float* qr = q.data() + r * ldq + head * hd;
+            std::vector<double> sc(static_cast<size_t>(seen));
+            double mx = -INFINITY, worst = 0, vmax = 0;
+            for (int64_t j = 0; j < seen; ++j) {
+              double dot = 0, mag = 0;
+              for (int64_t t = 0; t < hd; ++t) {
+                const double prod = double(qr[t]) * kf[j * ld + head * hd + t];
+                dot += prod;
+                mag += std::fabs(prod);
+              }
+              sc[j] = dot * scale;
+              mx = std::max(mx, sc[j]);
+              worst = std::max(worst, (hd + 2) * kU * mag * scale);
+              for (int64_t d = 0; d < hd; ++d)
+                vmax = std::max(vmax, std::fabs(double(vf[j * ld + head * hd + d])));
+            }
+            double sum = 0;
+            for (double& e : sc) sum += (e = std::exp(e - mx));
+            const double tol = (2 * worst + std::ldexp(1.0, -20) + (n + 4) * kU) * vmax;
+            for (int64_t d = 0; d < hd; ++d) {
+              double want = 0;
+              for (int64_t j = 0; j < seen; ++j) want += sc[j] / sum * vf[j * ld + head * hd + d];
+              ASSERT_NEAR(out[r * ldo + d], want, tol)
+                  << kr.name << " " << dtype_name(type) << " hd " << hd << " n " << n << " rows "
+                  << rows << " row " << r << " sees " << seen << " column " << d;
+            }
+            for (int64_t d = hd; d < ldo; ++d)
+              ASSERT_EQ(out[r * ldo + d], -7.0f) << kr.name << ": wrote past hd";
+          }
+        }
+      }
+}
+
 // softmax_exp and silu_mul on every level against double: each e^x within 4 ulp (2^-21
 // relative; the vector levels' polynomial is within ~2), the sum within that plus n u of the
 // terms, the max exact; SiLU within 8 ulp (e^x, one add, one divide, one multiply). Inputs span

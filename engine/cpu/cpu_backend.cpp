@@ -358,6 +358,15 @@ class CpuBackend final : public Backend {
     // Non-causal segments (cross-attention) are split by keys instead, when their partial
     // results fit a bound; the items below then cover the causal ones only.
     std::vector<bool> by_keys = attention_by_keys(q, segments, blocks, shape, out);
+    // The rest go through the panel kernels where this CPU has them (keys in one block), else
+    // through the BLAS tiles below.
+    if (kernels_.attention_rows) {
+      std::vector<bool> panel_segments(segments.size(), false);
+      for (size_t s = 0; s < segments.size(); ++s)
+        panel_segments[s] = !by_keys[s] && blocks[s].size() == 1;
+      attention_panels(q, segments, blocks, shape, panel_segments, out);
+      for (size_t s = 0; s < segments.size(); ++s) by_keys[s] = by_keys[s] || panel_segments[s];
+    }
     {
       std::vector<Item> causal_items;
       for (const Item& item : items)
@@ -457,6 +466,78 @@ class CpuBackend final : public Backend {
         blocks[s].push_back(block_of(sg.k_parts[i], sg.v_parts[i]));
     }
     return blocks;
+  }
+
+  // Attention of the segments marked in `chosen` (keys in one block, F32 or F16) with the panel
+  // kernels: work items are (segment, key/value head, range of query rows); each lays out the
+  // keys and values its rows can see once (widening F16 cache rows) and then runs every query
+  // head of the group over them, kF32PanelRows rows at a time. Ranges split a segment's rows
+  // only as far as needed to give every thread a few items, so keys are laid out once per head
+  // in a prefill.
+  void attention_panels(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                        const std::vector<std::vector<KeyBlock>>& blocks,
+                        const AttentionShape& shape, const std::vector<bool>& chosen, Tensor& out) {
+    const int group = shape.heads / shape.kv_heads;
+    const int64_t hd = shape.head_dim;
+    const int64_t q_stride = static_cast<int64_t>(shape.heads) * hd;
+    const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * hd;
+    int64_t base_items = 0;
+    for (size_t s = 0; s < segments.size(); ++s)
+      if (chosen[s] && segments[s].q_len > 0) base_items += shape.kv_heads;
+    if (base_items == 0) return;
+    const int64_t splits = std::max<int64_t>(1, (4 * threads_ + base_items - 1) / base_items);
+    struct Item {
+      int seg, kv_head;
+      int64_t row0, rows;
+    };
+    std::vector<Item> items;
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const int64_t q_len = segments[s].q_len;
+      if (!chosen[s] || q_len == 0) continue;
+      const int64_t panels = (q_len + cpu::kF32PanelRows - 1) / cpu::kF32PanelRows;
+      const int64_t parts = std::min(splits, panels);
+      for (int kvh = 0; kvh < shape.kv_heads; ++kvh)
+        for (int64_t p = 0; p < parts; ++p) {
+          const int64_t r0 = panels * p / parts * cpu::kF32PanelRows;
+          const int64_t r1 = std::min(q_len, panels * (p + 1) / parts * cpu::kF32PanelRows);
+          if (r1 > r0) items.push_back({static_cast<int>(s), kvh, r0, r1 - r0});
+        }
+    }
+    // Causal ranges later in a segment see more keys: the costliest go out first.
+    std::stable_sort(items.begin(), items.end(),
+                     [](const Item& a, const Item& b) { return a.row0 > b.row0; });
+    const cpu::Kernels& kr = kernels_;
+#pragma omp parallel num_threads(threads_)
+    {
+      thread_local std::vector<float> keys_t, values, scratch;
+#pragma omp for schedule(dynamic)
+      for (size_t i = 0; i < items.size(); ++i) {
+        const Item& item = items[i];
+        const AttentionSegment& sg = segments[item.seg];
+        const KeyBlock& kb = blocks[item.seg][0];
+        const int64_t row1 = item.row0 + item.rows;
+        const int64_t keys =
+            sg.causal ? std::clamp<int64_t>(sg.causal_offset + row1, 0, kb.keys) : kb.keys;
+        keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(keys, hd)));
+        values.resize(static_cast<size_t>(cpu::attention_values_floats(keys, hd)));
+        scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(keys, hd)));
+        const size_t head_offset = static_cast<size_t>(item.kv_head * hd) * kb.element_bytes();
+        kr.pack_attention_kv(kb.k + head_offset, kb.v + head_offset,
+                             kb.f16 ? DType::F16 : DType::F32, keys, kv_stride, hd, keys_t.data(),
+                             values.data());
+        for (int h = item.kv_head * group; h < (item.kv_head + 1) * group; ++h)
+          for (int64_t r0 = item.row0; r0 < row1; r0 += cpu::kF32PanelRows) {
+            const int64_t rows = std::min(cpu::kF32PanelRows, row1 - r0);
+            int64_t visible[cpu::kF32PanelRows];
+            for (int64_t r = 0; r < rows; ++r)
+              visible[r] = sg.causal ? sg.causal_offset + r0 + r + 1 : keys;
+            const int64_t at = (sg.q_begin + r0) * q_stride + h * hd;
+            kr.attention_rows(q.data<float>() + at, q_stride, rows, hd, keys_t.data(),
+                              values.data(), keys, visible, shape.scale, out.data<float>() + at,
+                              q_stride, scratch.data());
+          }
+      }
+    }
   }
 
   // Head `kvh`'s slice [n, hd] of n cache rows `kv_stride` apart, as F32: the rows themselves

@@ -687,6 +687,28 @@ CEPE_AVX512 void transpose_words16(const uint8_t* src, int64_t src_stride, uint3
   }
 }
 
+// One row of a 32-column register tile to out[0, 32) under the column masks (or added to what
+// is there). Whole rows take plain stores: a masked store costs several times a plain one on
+// Zen 4, which the attention's short score tiles (k = head_dim) felt.
+CEPE_AVX512 inline void store_tile_row(float* o, __mmask16 m0, __mmask16 m1, __m512 v0, __m512 v1,
+                                       bool accumulate) {
+  if (m0 == 0xffff && m1 == 0xffff) {
+    if (accumulate) {
+      v0 = _mm512_add_ps(v0, _mm512_loadu_ps(o));
+      v1 = _mm512_add_ps(v1, _mm512_loadu_ps(o + 16));
+    }
+    _mm512_storeu_ps(o, v0);
+    _mm512_storeu_ps(o + 16, v1);
+    return;
+  }
+  if (accumulate) {
+    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, o));
+    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, o + 16));
+  }
+  _mm512_mask_storeu_ps(o, m0, v0);
+  _mm512_mask_storeu_ps(o + 16, m1, v1);
+}
+
 // ---- bf16 GEMM (AVX-512 BF16): many activation rows against bf16 weight rows ----
 //
 // VDPBF16PS multiplies bf16 pairs exactly and adds both products to an F32 lane, twice the
@@ -769,13 +791,7 @@ CEPE_AVX512BF16 void bf16_tile_avx512bf16(const uint32_t* panel, const uint32_t*
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
     if (r >= rows) break;
-    float* o = out + r * ldo;
-    if (accumulate) {
-      c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, o));
-      c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, o + 16));
-    }
-    _mm512_mask_storeu_ps(o, m0, c0[r]);
-    _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
+    store_tile_row(out + r * ldo, m0, m1, c0[r], c1[r], accumulate);
   }
 }
 
@@ -804,7 +820,9 @@ CEPE_AVX512BF16 void gemm_bf16_pairs_avx512bf16(const uint32_t* panels, int64_t 
 // k. Every output is one FMA chain in k order, so a row's result does not depend on the rows
 // beside it, and widened 16-bit weights give the F32 path's arithmetic exactly.
 
-CEPE_AVX512 void pack_f32_panels_avx512(const float* x, int64_t m, int64_t k, float* panels) {
+// m rows of k values, rows ldx floats apart, into F32 panels.
+CEPE_AVX512 void pack_f32_rows_avx512(const float* x, int64_t ldx, int64_t m, int64_t k,
+                                      float* panels) {
   static_assert(kF32PanelRows <= 16, "a panel is one 16-row register transpose");
   const int64_t panel_count = (m + kF32PanelRows - 1) / kF32PanelRows;
   // 16 columns of 16 rows at a time through a register transpose, reading x in place where 16
@@ -817,12 +835,12 @@ CEPE_AVX512 void pack_f32_panels_avx512(const float* x, int64_t m, int64_t k, fl
     const bool in_place = i0 + 16 <= m;
     for (int64_t t0 = 0; t0 < k; t0 += 16) {
       const int columns = static_cast<int>(std::min<int64_t>(16, k - t0));
-      const float* src = x + i0 * k + t0;
-      int64_t stride = k;
+      const float* src = x + i0 * ldx + t0;
+      int64_t stride = ldx;
       if (!in_place || columns < 16) {
         for (int64_t r = 0; r < 16; ++r)
           _mm512_store_ps(square + r * 16,
-                          r < live_rows ? _mm512_maskz_loadu_ps(low_lanes(columns), src + r * k)
+                          r < live_rows ? _mm512_maskz_loadu_ps(low_lanes(columns), src + r * ldx)
                                         : _mm512_setzero_ps());
         src = square;
         stride = 16;
@@ -832,6 +850,10 @@ CEPE_AVX512 void pack_f32_panels_avx512(const float* x, int64_t m, int64_t k, fl
                         DType::F32, columns, kF32PanelRows);
     }
   }
+}
+
+CEPE_AVX512 void pack_f32_panels_avx512(const float* x, int64_t m, int64_t k, float* panels) {
+  pack_f32_rows_avx512(x, k, m, k, panels);
 }
 
 // Rows [0, rows) of a weight block widened to F32 and transposed (rows past `rows` are zero);
@@ -888,13 +910,7 @@ CEPE_AVX512 void f32_tile_avx512(const float* panel, const float* block, int64_t
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
     if (r >= rows) break;
-    float* o = out + r * ldo;
-    if (accumulate) {
-      c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, o));
-      c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, o + 16));
-    }
-    _mm512_mask_storeu_ps(o, m0, c0[r]);
-    _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
+    store_tile_row(out + r * ldo, m0, m1, c0[r], c1[r], accumulate);
   }
 }
 
@@ -914,6 +930,108 @@ CEPE_AVX512 void gemm_f32_panels_avx512(const float* panels, int64_t m, int64_t 
                                      ldo, std::min(kF32PanelRows, m - r0), low_lanes(cols),
                                      low_lanes(cols - 16), accumulate);
     }
+  }
+}
+
+// ---- attention rows over prepared keys (AVX-512): prefill and encoder ----
+//
+// The F32 panel GEMM's register tile does both products of one head's attention: the scores
+// (a panel of query rows against blocks of 32 keys laid like weight blocks, k = head_dim) and the
+// weighted values (the softmaxed scores packed as a panel against the values, k = keys). The keys
+// and values of a head are laid out once per call and then serve every query row; F16 cache rows
+// are widened as they are laid, so the arithmetic is that of F32 keys holding the rounded values.
+
+CEPE_AVX512 void pack_attention_kv_avx512(const void* k, const void* v, DType type, int64_t n,
+                                          int64_t ld, int64_t hd, float* keys_t, float* values) {
+  const int64_t kp = attention_padded_keys(n);
+  const int64_t value_bytes = type == DType::F16 ? 2 : 4;
+  const char* kb = static_cast<const char*>(k);
+  const char* vb = static_cast<const char*>(v);
+  const int64_t row_bytes = ld * value_bytes;
+  auto value_at = [&](const char* base, int64_t j, int64_t t) {
+    const char* p = base + j * row_bytes + t * value_bytes;
+    return type == DType::F16 ? f16_to_f32(*reinterpret_cast<const uint16_t*>(p))
+                              : *reinterpret_cast<const float*>(p);
+  };
+  // Keys: block b holds word t * 32 + j = key 32b + j's value t; keys past n are zero.
+  if (kp > n)
+    std::memset(keys_t + (kp / kF32BlockCols - 1) * hd * kF32BlockCols, 0,
+                static_cast<size_t>(hd * kF32BlockCols) * sizeof(float));
+  const int64_t vector_keys = hd % 16 == 0 ? n / 16 * 16 : 0;
+  for (int64_t j0 = 0; j0 < vector_keys; j0 += 16) {
+    float* block = keys_t + (j0 / kF32BlockCols) * hd * kF32BlockCols + j0 % kF32BlockCols;
+    for (int64_t t0 = 0; t0 < hd; t0 += 16)
+      transpose_words16(reinterpret_cast<const uint8_t*>(kb + j0 * row_bytes + t0 * value_bytes),
+                        row_bytes, reinterpret_cast<uint32_t*>(block + t0 * kF32BlockCols),
+                        kF32BlockCols, type);
+  }
+  for (int64_t j = vector_keys; j < n; ++j) {
+    float* block = keys_t + (j / kF32BlockCols) * hd * kF32BlockCols + j % kF32BlockCols;
+    for (int64_t t = 0; t < hd; ++t) block[t * kF32BlockCols] = value_at(kb, j, t);
+  }
+  // Values: 32 columns at a time, word j * 32 + d of part h = value 32h + d of key j; columns
+  // past hd and keys past n are zero.
+  const int64_t parts = (hd + kF32BlockCols - 1) / kF32BlockCols;
+  for (int64_t j = 0; j < kp; ++j)
+    for (int64_t h = 0; h < parts; ++h) {
+      float* dst = values + (h * kp + j) * kF32BlockCols;
+      const int64_t d0 = h * kF32BlockCols, cols = std::min(kF32BlockCols, hd - d0);
+      for (int64_t half = 0; half < kF32BlockCols; half += 16) {
+        const __mmask16 live = j < n ? low_lanes(cols - half) : 0;
+        const char* src = vb + j * row_bytes + (d0 + half) * value_bytes;
+        const __m512 x = type == DType::F16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, src))
+                                            : _mm512_maskz_loadu_ps(live, src);
+        _mm512_storeu_ps(dst + half, x);
+      }
+    }
+}
+
+CEPE_AVX512 void attention_rows_avx512(const float* q, int64_t ldq, int64_t rows, int64_t hd,
+                                       const float* keys_t, const float* values, int64_t n,
+                                       const int64_t* visible, float scale, float* out, int64_t ldo,
+                                       float* scratch) {
+  const int64_t kp = attention_padded_keys(n);
+  int64_t used = 0;  // keys any row sees, rounded up to whole blocks
+  for (int64_t r = 0; r < rows; ++r) used = std::max(used, std::min(visible[r], n));
+  const int64_t width = attention_padded_keys(used);
+  float* q_panel = scratch;
+  float* scores = q_panel + hd * kF32PanelRows;
+  float* p_panel = scores + kF32PanelRows * kp;
+  if (width == 0) {
+    for (int64_t r = 0; r < rows; ++r) std::fill(out + r * ldo, out + r * ldo + hd, 0.0f);
+    return;
+  }
+  pack_f32_rows_avx512(q, ldq, rows, hd, q_panel);
+  for (int64_t j0 = 0; j0 < width; j0 += kF32BlockCols)
+    f32_tile_avx512<kF32PanelRows>(q_panel, keys_t + j0 * hd, hd, scores + j0, width, kF32PanelRows,
+                                   0xffff, 0xffff, false);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* srow = scores + r * width;
+    const int64_t seen = std::max<int64_t>(0, std::min(visible[r], n));
+    if (seen > 0) {
+      for (int64_t j = 0; j < seen; j += 16) {
+        const __mmask16 live = low_lanes(seen - j);
+        _mm512_mask_storeu_ps(srow + j, live,
+                              _mm512_mul_ps(_mm512_maskz_loadu_ps(live, srow + j), vscale));
+      }
+      float mx;
+      const __m512 inv = _mm512_set1_ps(1.0f / softmax_exp_avx512(srow, seen, &mx));
+      for (int64_t j = 0; j < seen; j += 16) {
+        const __mmask16 live = low_lanes(seen - j);
+        _mm512_mask_storeu_ps(srow + j, live,
+                              _mm512_mul_ps(_mm512_maskz_loadu_ps(live, srow + j), inv));
+      }
+    }
+    // Keys a row does not see weigh nothing (no key at all: the output row is zero).
+    std::fill(srow + seen, srow + width, 0.0f);
+  }
+  pack_f32_rows_avx512(scores, width, rows, width, p_panel);
+  for (int64_t d0 = 0; d0 < hd; d0 += kF32BlockCols) {
+    const int64_t cols = std::min(kF32BlockCols, hd - d0);
+    f32_tile_avx512<kF32PanelRows>(p_panel, values + d0 / kF32BlockCols * kp * kF32BlockCols, width,
+                                   out + d0, ldo, rows, low_lanes(cols), low_lanes(cols - 16),
+                                   false);
   }
 }
 
@@ -1132,6 +1250,8 @@ const Kernels kScalar{KernelPath::Scalar,
                       nullptr,
                       nullptr,
                       nullptr,
+                      nullptr,
+                      nullptr,
                       softmax_exp_scalar,
                       silu_mul_scalar};
 const Kernels kAvx2{KernelPath::Avx2,
@@ -1154,6 +1274,8 @@ const Kernels kAvx2{KernelPath::Avx2,
                     nullptr,
                     nullptr,
                     nullptr,
+                    nullptr,
+                    nullptr,
                     softmax_exp_avx2,
                     silu_mul_avx2};
 // Each level above AVX2 is the level below it plus what it does better.
@@ -1168,6 +1290,8 @@ Kernels avx512_kernels() {
   k.dot_f32 = dot_f32_avx512;
   k.gemm_f32_rows = gemm_f32_rows_avx512;
   k.pack_f32_panels = pack_f32_panels_avx512;
+  k.pack_attention_kv = pack_attention_kv_avx512;
+  k.attention_rows = attention_rows_avx512;
   k.gemm_f32_panels = gemm_f32_panels_avx512;
   k.softmax_exp = softmax_exp_avx512;
   k.silu_mul = silu_mul_avx512;

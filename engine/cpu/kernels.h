@@ -75,6 +75,18 @@ struct Kernels {
   /// `scratch` holds f32_gemm_scratch_floats(k) floats. Null below AVX-512.
   void (*gemm_f32_panels)(const float* panels, int64_t m, int64_t k, const void* w, DType type,
                           int64_t n, float* out, int64_t ldo, bool accumulate, float* scratch);
+  /// Lays out n keys and values of one head for attention_rows: rows `ld` elements apart, F32
+  /// or F16 (widened exactly), hd values each; keys_t gets attention_keys_floats(n, hd) floats
+  /// and values attention_values_floats(n, hd). Null below AVX-512.
+  void (*pack_attention_kv)(const void* k, const void* v, DType type, int64_t n, int64_t ld,
+                            int64_t hd, float* keys_t, float* values);
+  /// Softmax attention of `rows` (at most kF32PanelRows) query rows of one head, rows ldq apart,
+  /// against n keys laid out by pack_attention_kv: row r sees keys [0, visible[r]) (none: a zero
+  /// row), scores scale · q·k, one F32 FMA chain per score and per output; output rows ldo
+  /// apart. `scratch` holds attention_scratch_floats(n, hd) floats. Null below AVX-512.
+  void (*attention_rows)(const float* q, int64_t ldq, int64_t rows, int64_t hd, const float* keys_t,
+                         const float* values, int64_t n, const int64_t* visible, float scale,
+                         float* out, int64_t ldo, float* scratch);
   /// A softmax's numerators: *max_out = max_j s_j, then s_j = e^(s_j - max); returns Σ_j s_j.
   /// The vector levels' e^x is within ~2 ulp of exp (never below ~1.2e-38, never inf).
   float (*softmax_exp)(float* s, int64_t n, float* max_out);
@@ -105,6 +117,23 @@ inline int64_t f32_panel_floats(int64_t m, int64_t k) {
 /// Floats of gemm_f32_panels' scratch for rows of k weights (a block and one widened row).
 inline int64_t f32_gemm_scratch_floats(int64_t k) {
   return (kF32BlockCols + 1) * k;
+}
+
+/// Keys rounded up to whole blocks of kF32BlockCols (pack_attention_kv's layout).
+inline int64_t attention_padded_keys(int64_t n) {
+  return (n + kF32BlockCols - 1) / kF32BlockCols * kF32BlockCols;
+}
+/// Floats of pack_attention_kv's keys for n keys of hd values.
+inline int64_t attention_keys_floats(int64_t n, int64_t hd) {
+  return attention_padded_keys(n) * hd;
+}
+/// Floats of pack_attention_kv's values for n keys of hd values.
+inline int64_t attention_values_floats(int64_t n, int64_t hd) {
+  return attention_padded_keys(n) * ((hd + kF32BlockCols - 1) / kF32BlockCols * kF32BlockCols);
+}
+/// Floats of attention_rows' scratch for n keys of hd values.
+inline int64_t attention_scratch_floats(int64_t n, int64_t hd) {
+  return kF32PanelRows * (hd + 2 * attention_padded_keys(n));
 }
 
 /// True when this CPU can run the level.
