@@ -442,7 +442,14 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
             visible[r] = r == 2 ? 0 : r == 3 ? n + 9 : 1 + r * n / 7;
           std::vector<float> out(size_t(rows * ldo), -7.0f);
           kr.attention_rows(q.data() + head * hd, ldq, rows, hd, keys_t.data(), values.data(), n,
-                            visible.data(), scale, out.data(), ldo, scratch.data());
+                            visible.data(), scale, out.data(), ldo, nullptr, scratch.data());
+          // The partial form, as attention split by key blocks lays it: per row its max and sum,
+          // then the unnormalised output row.
+          const int64_t pw = hd + 2;
+          std::vector<float> part(size_t(rows * pw), -7.0f);
+          kr.attention_rows(q.data() + head * hd, ldq, rows, hd, keys_t.data(), values.data(), n,
+                            visible.data(), scale, part.data() + 2, pw, part.data(),
+                            scratch.data());
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t seen = std::min(visible[r], n);
             const float* qr = q.data() + r * ldq + head * hd;
@@ -473,6 +480,20 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
             }
             for (int64_t d = hd; d < ldo; ++d)
               ASSERT_EQ(out[r * ldo + d], -7.0f) << kr.name << ": wrote past hd";
+            const float* pr = part.data() + r * pw;
+            if (seen == 0) {
+              ASSERT_TRUE(pr[0] == -INFINITY && pr[1] == 0.0f) << kr.name << ": stats, no keys";
+              for (int64_t d = 0; d < hd; ++d) ASSERT_EQ(pr[2 + d], 0.0f) << kr.name;
+              continue;
+            }
+            ASSERT_NEAR(pr[0], mx, worst + 1e-30) << kr.name << " partial max, row " << r;
+            ASSERT_GE(pr[1], 1.0f) << kr.name << ": the max key's term is e^0";
+            for (int64_t d = 0; d < hd; ++d) {
+              double want = 0;
+              for (int64_t j = 0; j < seen; ++j) want += sc[j] / sum * vf[j * ld + head * hd + d];
+              ASSERT_NEAR(pr[2 + d] / pr[1], want, tol)
+                  << kr.name << " partial, hd " << hd << " n " << n << " row " << r;
+            }
           }
         }
       }

@@ -534,7 +534,7 @@ class CpuBackend final : public Backend {
             const int64_t at = (sg.q_begin + r0) * q_stride + h * hd;
             kr.attention_rows(q.data<float>() + at, q_stride, rows, hd, keys_t.data(),
                               values.data(), keys, visible, shape.scale, out.data<float>() + at,
-                              q_stride, scratch.data());
+                              q_stride, nullptr, scratch.data());
           }
       }
     }
@@ -651,9 +651,10 @@ class CpuBackend final : public Backend {
     thread_local std::vector<float> scratch_partials;
     if (scratch_partials.size() < at) scratch_partials.resize(at);
     float* const partials = scratch_partials.data();
+    const cpu::Kernels& kr = kernels_;
 #pragma omp parallel num_threads(threads_)
     {
-      thread_local std::vector<float> scores;
+      thread_local std::vector<float> scores, keys_t, values, scratch;
 #pragma omp for schedule(dynamic)
       for (size_t i = 0; i < units.size(); ++i) {
         const Unit& u = units[i];
@@ -661,10 +662,28 @@ class CpuBackend final : public Backend {
         const AttentionSegment& sg = segments[t.seg];
         const int64_t kv_off = static_cast<int64_t>(t.head / group) * hd;
         const float* qp = q.data<float>() + (sg.q_begin + t.row0) * q_stride + t.head * hd;
+        float* part = partials + u.partial;
+        if (kr.attention_rows) {
+          // The panel kernels (AVX-512): this head's slice of the block laid out once, then
+          // partial softmaxes of kF32PanelRows rows at a time.
+          keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(u.keys, hd)));
+          values.resize(static_cast<size_t>(cpu::attention_values_floats(u.keys, hd)));
+          scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(u.keys, hd)));
+          kr.pack_attention_kv(u.k + kv_off, u.v + kv_off, DType::F32, u.keys, kv_stride, hd,
+                               keys_t.data(), values.data());
+          int64_t visible[cpu::kF32PanelRows];
+          std::fill(visible, visible + cpu::kF32PanelRows, u.keys);
+          for (int64_t r0 = 0; r0 < t.rows; r0 += cpu::kF32PanelRows)
+            kr.attention_rows(qp + r0 * q_stride, q_stride,
+                              std::min(cpu::kF32PanelRows, t.rows - r0), hd, keys_t.data(),
+                              values.data(), u.keys, visible, shape.scale,
+                              part + r0 * partial_width + 2, partial_width,
+                              part + r0 * partial_width, scratch.data());
+          continue;
+        }
         scores.resize(static_cast<size_t>(t.rows * u.keys));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t.rows, u.keys, hd, shape.scale, qp,
                     q_stride, u.k + kv_off, kv_stride, 0.0f, scores.data(), u.keys);
-        float* part = partials + u.partial;
         for (int64_t r = 0; r < t.rows; ++r) {
           float* srow = scores.data() + r * u.keys;
           float mx;

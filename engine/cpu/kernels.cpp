@@ -989,7 +989,7 @@ CEPE_AVX512 void pack_attention_kv_avx512(const void* k, const void* v, DType ty
 CEPE_AVX512 void attention_rows_avx512(const float* q, int64_t ldq, int64_t rows, int64_t hd,
                                        const float* keys_t, const float* values, int64_t n,
                                        const int64_t* visible, float scale, float* out, int64_t ldo,
-                                       float* scratch) {
+                                       float* partial_stats, float* scratch) {
   const int64_t kp = attention_padded_keys(n);
   int64_t used = 0;  // keys any row sees, rounded up to whole blocks
   for (int64_t r = 0; r < rows; ++r) used = std::max(used, std::min(visible[r], n));
@@ -998,7 +998,13 @@ CEPE_AVX512 void attention_rows_avx512(const float* q, int64_t ldq, int64_t rows
   float* scores = q_panel + hd * kF32PanelRows;
   float* p_panel = scores + kF32PanelRows * kp;
   if (width == 0) {
-    for (int64_t r = 0; r < rows; ++r) std::fill(out + r * ldo, out + r * ldo + hd, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::fill(out + r * ldo, out + r * ldo + hd, 0.0f);
+      if (partial_stats) {
+        partial_stats[r * ldo] = -INFINITY;
+        partial_stats[r * ldo + 1] = 0.0f;
+      }
+    }
     return;
   }
   pack_f32_rows_avx512(q, ldq, rows, hd, q_panel);
@@ -1016,12 +1022,21 @@ CEPE_AVX512 void attention_rows_avx512(const float* q, int64_t ldq, int64_t rows
                               _mm512_mul_ps(_mm512_maskz_loadu_ps(live, srow + j), vscale));
       }
       float mx;
-      const __m512 inv = _mm512_set1_ps(1.0f / softmax_exp_avx512(srow, seen, &mx));
-      for (int64_t j = 0; j < seen; j += 16) {
-        const __mmask16 live = low_lanes(seen - j);
-        _mm512_mask_storeu_ps(srow + j, live,
-                              _mm512_mul_ps(_mm512_maskz_loadu_ps(live, srow + j), inv));
+      const float sum = softmax_exp_avx512(srow, seen, &mx);
+      if (partial_stats) {
+        partial_stats[r * ldo] = mx;
+        partial_stats[r * ldo + 1] = sum;
+      } else {
+        const __m512 inv = _mm512_set1_ps(1.0f / sum);
+        for (int64_t j = 0; j < seen; j += 16) {
+          const __mmask16 live = low_lanes(seen - j);
+          _mm512_mask_storeu_ps(srow + j, live,
+                                _mm512_mul_ps(_mm512_maskz_loadu_ps(live, srow + j), inv));
+        }
       }
+    } else if (partial_stats) {
+      partial_stats[r * ldo] = -INFINITY;
+      partial_stats[r * ldo + 1] = 0.0f;
     }
     // Keys a row does not see weigh nothing (no key at all: the output row is zero).
     std::fill(srow + seen, srow + width, 0.0f);

@@ -83,10 +83,13 @@ struct Kernels {
   /// Softmax attention of `rows` (at most kF32PanelRows) query rows of one head, rows ldq apart,
   /// against n keys laid out by pack_attention_kv: row r sees keys [0, visible[r]) (none: a zero
   /// row), scores scale · q·k, one F32 FMA chain per score and per output; output rows ldo
-  /// apart. `scratch` holds attention_scratch_floats(n, hd) floats. Null below AVX-512.
+  /// apart. With `partial_stats`, a partial softmax instead: the output rows are Σ e^(s - max) v
+  /// (unnormalised), partial_stats[r * ldo] gets row r's max score (-inf without keys) and
+  /// partial_stats[r * ldo + 1] its Σ e^(s - max). `scratch` holds attention_scratch_floats(n,
+  /// hd) floats. Null below AVX-512.
   void (*attention_rows)(const float* q, int64_t ldq, int64_t rows, int64_t hd, const float* keys_t,
                          const float* values, int64_t n, const int64_t* visible, float scale,
-                         float* out, int64_t ldo, float* scratch);
+                         float* out, int64_t ldo, float* partial_stats, float* scratch);
   /// A softmax's numerators: *max_out = max_j s_j, then s_j = e^(s_j - max); returns Σ_j s_j.
   /// The vector levels' e^x is within ~2 ulp of exp (never below ~1.2e-38, never inf).
   float (*softmax_exp)(float* s, int64_t n, float* max_out);
