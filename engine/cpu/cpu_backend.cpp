@@ -229,14 +229,23 @@ class CpuBackend final : public Backend {
     check_cpu(dst, "copy destination");
     op_checks::copy_rows(src, src_row, dst, dst_row, count);
     const int64_t width = src.dim(-1);
-    if (src.dtype() != dst.dtype()) {  // F32 into F16 (op_checks allows nothing else)
-      kernels_.narrow_f16(src.data<float>() + src_row * width,
-                          static_cast<uint16_t*>(dst.raw()) + dst_row * width, count * width);
-      return;
-    }
+    const bool narrow = src.dtype() != dst.dtype();  // F32 into F16 (op_checks allows no other)
     const size_t row_bytes = dtype_row_bytes(src.dtype(), width);
-    std::memcpy(static_cast<char*>(dst.raw()) + dst_row * row_bytes,
-                static_cast<const char*>(src.raw()) + src_row * row_bytes, count * row_bytes);
+    // A prefill's K/V rows (512 x 768 per layer) are split between the threads: run by one, the
+    // other waited for it in the next op's barrier.
+    const int64_t parts = count * width > 65536 ? threads_ : 1;
+    const cpu::Kernels& kr = kernels_;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (parts > 1)
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t r0 = count * p / parts, rows = count * (p + 1) / parts - r0;
+      if (narrow)
+        kr.narrow_f16(src.data<float>() + (src_row + r0) * width,
+                      static_cast<uint16_t*>(dst.raw()) + (dst_row + r0) * width, rows * width);
+      else
+        std::memcpy(static_cast<char*>(dst.raw()) + (dst_row + r0) * row_bytes,
+                    static_cast<const char*>(src.raw()) + (src_row + r0) * row_bytes,
+                    rows * row_bytes);
+    }
   }
 
   void silu_mul(Tensor& gate, const Tensor& up) override {
