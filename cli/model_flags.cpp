@@ -21,8 +21,9 @@ void add_model_flags(Args& args) {
               "absorbed (only the states kept), auto (absorbed on cpu, cached on cuda)",
               "auto")
       .option("kv-cache",
-              "self-attention KV cache element type: f32, f16 (cpu; halves the cache) or auto "
-              "(f16 on cpu with --weights bf16, f16, q8_0 or q4_0, else f32)",
+              "KV cache element type (self-attention, and cached cross-attention K/V): f32, f16 "
+              "(cpu; halves the caches) or auto (f16 on cpu with --weights bf16, f16, q8_0 or "
+              "q4_0, else f32)",
               "auto");
 }
 

@@ -612,7 +612,8 @@ class CpuBackend final : public Backend {
     };
     struct Unit {
       size_t tile;
-      const float *k, *v;
+      const char *k, *v;  // the block's first key and value rows
+      bool f16;
       int64_t keys;
       size_t partial;  // first float of its partials
     };
@@ -622,10 +623,11 @@ class CpuBackend final : public Backend {
     size_t floats = 0;
     for (size_t s = 0; s < segments.size(); ++s) {
       const AttentionSegment& sg = segments[s];
-      // F16 keys (the self-attention cache, causal anyway) go the tile path, which widens them.
+      // F16 keys (an F16 cache) need the panel kernels, which widen them as they lay them out;
+      // without those they go the tile path.
       const bool any_f16 =
           std::any_of(runs[s].begin(), runs[s].end(), [](const KeyBlock& b) { return b.f16; });
-      if (sg.causal || sg.q_len == 0 || any_f16) continue;
+      if (sg.causal || sg.q_len == 0 || (any_f16 && !kernels_.attention_rows)) continue;
       size_t seg_blocks = 0;
       for (const KeyBlock& run : runs[s]) seg_blocks += (run.keys + kKeyBlock - 1) / kKeyBlock;
       const size_t seg_floats =
@@ -638,9 +640,8 @@ class CpuBackend final : public Backend {
           Tile tile{static_cast<int>(s), h, r, std::min(kRowTile, sg.q_len - r), units.size(), 0};
           for (const KeyBlock& run : runs[s])
             for (int64_t key0 = 0; key0 < run.keys; key0 += kKeyBlock) {
-              units.push_back({tiles.size(),
-                               reinterpret_cast<const float*>(run.k) + key0 * kv_stride,
-                               reinterpret_cast<const float*>(run.v) + key0 * kv_stride,
+              units.push_back({tiles.size(), run.k + key0 * kv_stride * run.element_bytes(),
+                               run.v + key0 * kv_stride * run.element_bytes(), run.f16,
                                std::min(kKeyBlock, run.keys - key0), 0});
               ++tile.blocks;
             }
@@ -678,8 +679,9 @@ class CpuBackend final : public Backend {
           keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(u.keys, hd)));
           values.resize(static_cast<size_t>(cpu::attention_values_floats(u.keys, hd)));
           scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(u.keys, hd)));
-          kr.pack_attention_kv(u.k + kv_off, u.v + kv_off, DType::F32, u.keys, kv_stride, hd,
-                               keys_t.data(), values.data());
+          const int64_t head_bytes = kv_off * (u.f16 ? 2 : 4);
+          kr.pack_attention_kv(u.k + head_bytes, u.v + head_bytes, u.f16 ? DType::F16 : DType::F32,
+                               u.keys, kv_stride, hd, keys_t.data(), values.data());
           int64_t visible[cpu::kF32PanelRows];
           std::fill(visible, visible + cpu::kF32PanelRows, u.keys);
           for (int64_t r0 = 0; r0 < t.rows; r0 += cpu::kF32PanelRows)
@@ -692,7 +694,8 @@ class CpuBackend final : public Backend {
         }
         scores.resize(static_cast<size_t>(t.rows * u.keys));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t.rows, u.keys, hd, shape.scale, qp,
-                    q_stride, u.k + kv_off, kv_stride, 0.0f, scores.data(), u.keys);
+                    q_stride, reinterpret_cast<const float*>(u.k) + kv_off, kv_stride, 0.0f,
+                    scores.data(), u.keys);
         for (int64_t r = 0; r < t.rows; ++r) {
           float* srow = scores.data() + r * u.keys;
           float mx;
@@ -701,7 +704,8 @@ class CpuBackend final : public Backend {
           part[r * partial_width + 1] = sum;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t.rows, hd, u.keys, 1.0f,
-                    scores.data(), u.keys, u.v + kv_off, kv_stride, 0.0f, part + 2, partial_width);
+                    scores.data(), u.keys, reinterpret_cast<const float*>(u.v) + kv_off, kv_stride,
+                    0.0f, part + 2, partial_width);
       }
       // Merge each row's blocks, rescaled to the row's overall max.
 #pragma omp for schedule(static)

@@ -424,10 +424,20 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
                      kv.v[l].defined() && kv.v[l].shape() == kv.k[l].shape(),
                  "projected keys and values of chunk " << i << ", layer " << l
                                                        << ": expected [tokens, " << kvd << "]");
-      state.cross_k_[l].push_back(kv.k[l]);
-      state.cross_v_[l].push_back(kv.v[l]);
+      state.cross_k_[l].push_back(cross_cache_form(kv.k[l]));
+      state.cross_v_[l].push_back(cross_cache_form(kv.v[l]));
     }
   }
+}
+
+Tensor CepeModel::cross_cache_form(const Tensor& projected) const {
+  // Rows read in place from a K/V store stay as stored (F32, mapped pages shared by every
+  // request); rows projected for this request take the KV cache's type.
+  if (kv_dtype_ != DType::F16 || projected.dtype() != DType::F32 || projected.file_backed())
+    return projected;
+  Tensor rounded = backend_.empty(projected.shape(), DType::F16);
+  backend_.copy_rows(projected, 0, rounded, 0, projected.dim(0));
+  return rounded;
 }
 
 ProjectedKV CepeModel::project_chunk(const Tensor& states) const {

@@ -83,11 +83,13 @@ CrossAttentionMode parse_cross_attention_mode(const std::string& name, Device de
 /// "cached" / "absorbed".
 const char* cross_attention_mode_name(CrossAttentionMode mode);
 
-/// Element type of the self-attention KV cache from "f32", "f16" or "auto": F16 on the CPU when
-/// the weights are converted to bf16, f16, q8_0 or q4_0 (runs that already trade exactness for
-/// memory, as llama.cpp's default F16 cache does), F32 otherwise. F16 halves the cache and the
-/// bytes a decode step reads from it; keys and values are rounded once, when written. CUDA keeps
-/// F32 (an explicit f16 there is an error). The error names `what`, e.g. the flag.
+/// Element type of the KV caches from "f32", "f16" or "auto": F16 on the CPU when the weights
+/// are converted to bf16, f16, q8_0 or q4_0 (runs that already trade exactness for memory, as
+/// llama.cpp's default F16 cache does), F32 otherwise. F16 halves the cache and the bytes a decode
+/// step reads from it; keys and values are rounded once, when written. It covers the
+/// self-attention cache and the cached cross-attention keys and values projected for a request
+/// (not those read in place from a K/V store). CUDA keeps F32 (an explicit f16 there is an
+/// error). The error names `what`, e.g. the flag.
 DType parse_kv_cache_type(const std::string& name, Device device, WeightKind weights,
                           const std::string& what);
 
@@ -181,6 +183,9 @@ class CepeModel {
   CepeModel(ModelConfig config, Backend& backend);
   void load_weights(const WeightStore& store);
   void ensure_capacity(DecoderState& state, int64_t needed) const;
+  // A chunk's projected cross-attention keys or values as the request keeps them: rounded to
+  // F16 with an F16 KV cache (unless mapped from a store), else as they are.
+  Tensor cross_cache_form(const Tensor& projected) const;
   // One cross-attention layer for a packed batch: adds o_proj(attention over each sequence's
   // context) to x for the rows of sequences that have one. hbuf, q and attn are scratch rows.
   void cross_attention(const BlockWeights& b, int layer, const std::vector<DecoderState*>& states,
