@@ -75,14 +75,17 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
                dtype_size(res.model->kv_cache_dtype()));
       w.Key("encoder_state_bytes_per_passage_token");
       const bool absorbed = res.model->cross_attention_mode() == CrossAttentionMode::Absorbed;
-      const uint64_t projected_kv_bytes =
-          uint64_t(2) * mc.num_cross_attn_layers * d.num_key_value_heads * d.head_dim * 4;
+      // Keys and values projected for a request take the KV cache's type (CepeModel).
+      const uint64_t projected_kv_bytes = uint64_t(2) * mc.num_cross_attn_layers *
+                                          d.num_key_value_heads * d.head_dim *
+                                          dtype_size(res.model->kv_cache_dtype());
       const uint64_t per_passage_token =
           absorbed ? uint64_t(mc.encoder_hidden_size) * 4 : projected_kv_bytes;
       w.Uint64(per_passage_token);
       // Passages of an f32 store are read in place from its mapping on the CPU (states by the
       // absorbed cross-attention; a K/V store's keys and values, f32 or f16, by any mode): they
-      // cost a request nothing. Other K/V dtypes are decoded to F32 keys and values per request.
+      // cost a request nothing. Other K/V dtypes are decoded per request, into the KV cache's
+      // type.
       w.Key("encoder_state_bytes_per_stored_passage_token");
       const index::EncoderStore* store = res.encoder_store.get();
       const bool cpu = res.model->backend().device() == Device::CPU;

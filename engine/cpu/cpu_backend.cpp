@@ -673,9 +673,13 @@ class CpuBackend final : public Backend {
         const int64_t kv_off = static_cast<int64_t>(t.head / group) * hd;
         const float* qp = q.data<float>() + (sg.q_begin + t.row0) * q_stride + t.head * hd;
         float* part = partials + u.partial;
-        if (kr.attention_rows) {
-          // The panel kernels (AVX-512): this head's slice of the block laid out once, then
-          // partial softmaxes of kF32PanelRows rows at a time.
+        if (u.f16) {
+          // F16 blocks (an F16 cross-attention cache) through the panel kernels (AVX-512): this
+          // head's slice of the block widened and laid out once, then partial softmaxes of
+          // kF32PanelRows rows at a time. F32 blocks stay with BLAS, which reads them in place:
+          // absorbed decode scores a dozen rows against 512 keys of encoder width, where laying
+          // the keys out would cost as much as the products, and a 512-token prompt against
+          // 8192 encoder states measured no faster with the panel kernels.
           keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(u.keys, hd)));
           values.resize(static_cast<size_t>(cpu::attention_values_floats(u.keys, hd)));
           scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(u.keys, hd)));
