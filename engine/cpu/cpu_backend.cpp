@@ -677,9 +677,8 @@ class CpuBackend final : public Backend {
           // F16 blocks (an F16 cross-attention cache) through the panel kernels (AVX-512): this
           // head's slice of the block widened and laid out once, then partial softmaxes of
           // kF32PanelRows rows at a time. F32 blocks stay with BLAS, which reads them in place:
-          // absorbed decode scores a dozen rows against 512 keys of encoder width, where laying
-          // the keys out would cost as much as the products, and a 512-token prompt against
-          // 8192 encoder states measured no faster with the panel kernels.
+          // the panel kernels measured no faster there (absorbed decode, a dozen rows against
+          // keys of encoder width; a 512-token prompt against 8192 encoder states).
           keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(u.keys, hd)));
           values.resize(static_cast<size_t>(cpu::attention_values_floats(u.keys, hd)));
           scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(u.keys, hd)));
