@@ -431,8 +431,8 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
 }
 
 Tensor CepeModel::cross_cache_form(const Tensor& projected) const {
-  // Rows read in place from a K/V store stay as stored (F32, mapped pages shared by every
-  // request); rows projected for this request take the KV cache's type.
+  // Rows read in place from a K/V store stay as stored (F32 or F16 mapped pages, shared by
+  // every request); rows projected or decoded for this request take the KV cache's type.
   if (kv_dtype_ != DType::F16 || projected.dtype() != DType::F32 || projected.file_backed())
     return projected;
   Tensor rounded = backend_.empty(projected.shape(), DType::F16);
