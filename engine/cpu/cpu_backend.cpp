@@ -344,17 +344,6 @@ class CpuBackend final : public Backend {
     };
     while (tile > 8 && item_count(tile) < 2 * threads_) tile /= 2;
     const int64_t kTile = tile;
-    struct Item {
-      int seg, head;
-      int64_t row0, rows;
-    };
-    std::vector<Item> items;
-    for (size_t s = 0; s < segments.size(); ++s) {
-      const AttentionSegment& sg = segments[s];
-      for (int h = 0; h < shape.heads; ++h)
-        for (int64_t r = 0; r < sg.q_len; r += kTile)
-          items.push_back({static_cast<int>(s), h, r, std::min(kTile, sg.q_len - r)});
-    }
     const int group = shape.heads / shape.kv_heads;
     const int hd = shape.head_dim;
     const std::vector<std::vector<KeyBlock>> blocks = key_blocks(segments);
@@ -365,23 +354,30 @@ class CpuBackend final : public Backend {
       return;
     }
     // Non-causal segments (cross-attention) are split by keys instead, when their partial
-    // results fit a bound; the items below then cover the causal ones only.
-    std::vector<bool> by_keys = attention_by_keys(q, segments, blocks, shape, out);
+    // results fit a bound.
+    std::vector<bool> handled = attention_by_keys(q, segments, blocks, shape, out);
     // The rest go through the panel kernels where this CPU has them (keys in one block), else
     // through the BLAS tiles below.
     if (kernels_.attention_rows) {
       std::vector<bool> panel_segments(segments.size(), false);
       for (size_t s = 0; s < segments.size(); ++s)
-        panel_segments[s] = !by_keys[s] && blocks[s].size() == 1;
+        panel_segments[s] = !handled[s] && blocks[s].size() == 1;
       attention_panels(q, segments, blocks, shape, panel_segments, out);
-      for (size_t s = 0; s < segments.size(); ++s) by_keys[s] = by_keys[s] || panel_segments[s];
+      for (size_t s = 0; s < segments.size(); ++s) handled[s] = handled[s] || panel_segments[s];
     }
-    {
-      std::vector<Item> causal_items;
-      for (const Item& item : items)
-        if (!by_keys[item.seg]) causal_items.push_back(item);
-      items.swap(causal_items);
+    struct Item {
+      int seg, head;
+      int64_t row0, rows;
+    };
+    std::vector<Item> items;
+    for (size_t s = 0; s < segments.size(); ++s) {
+      if (handled[s]) continue;
+      const AttentionSegment& sg = segments[s];
+      for (int h = 0; h < shape.heads; ++h)
+        for (int64_t r = 0; r < sg.q_len; r += kTile)
+          items.push_back({static_cast<int>(s), h, r, std::min(kTile, sg.q_len - r)});
     }
+    if (items.empty()) return;
     auto run_item = [&](size_t it, std::vector<float>& scores, std::vector<float>& widened) {
       const Item& item = items[it];
       const AttentionSegment& sg = segments[item.seg];
@@ -477,6 +473,22 @@ class CpuBackend final : public Backend {
     return blocks;
   }
 
+  // One thread's buffers for the attention panel kernels: a key/value head laid out by
+  // pack_attention_kv and attention_rows' scratch, sized for `keys` keys (kept between calls).
+  struct PanelHead {
+    std::vector<float> keys_t, values, scratch;
+    // Lays out head `kv_head` of `keys` rows of k and v (rows kv_stride elements apart).
+    void lay_out(const cpu::Kernels& kr, const char* k, const char* v, bool f16, int64_t keys,
+                 int64_t kv_head, int64_t hd, int64_t kv_stride) {
+      keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(keys, hd)));
+      values.resize(static_cast<size_t>(cpu::attention_values_floats(keys, hd)));
+      scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(keys, hd)));
+      const int64_t head_bytes = kv_head * hd * (f16 ? 2 : 4);
+      kr.pack_attention_kv(k + head_bytes, v + head_bytes, f16 ? DType::F16 : DType::F32, keys,
+                           kv_stride, hd, keys_t.data(), values.data());
+    }
+  };
+
   // Attention of the segments marked in `chosen` (keys in one block, F32 or F16) with the panel
   // kernels: work items are (segment, key/value head, range of query rows); each lays out the
   // keys and values its rows can see once (widening F16 cache rows) and then runs every query
@@ -518,7 +530,7 @@ class CpuBackend final : public Backend {
     const cpu::Kernels& kr = kernels_;
 #pragma omp parallel num_threads(threads_)
     {
-      thread_local std::vector<float> keys_t, values, scratch;
+      thread_local PanelHead head;
 #pragma omp for schedule(dynamic)
       for (size_t i = 0; i < items.size(); ++i) {
         const Item& item = items[i];
@@ -527,13 +539,7 @@ class CpuBackend final : public Backend {
         const int64_t row1 = item.row0 + item.rows;
         const int64_t keys =
             sg.causal ? std::clamp<int64_t>(sg.causal_offset + row1, 0, kb.keys) : kb.keys;
-        keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(keys, hd)));
-        values.resize(static_cast<size_t>(cpu::attention_values_floats(keys, hd)));
-        scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(keys, hd)));
-        const size_t head_offset = static_cast<size_t>(item.kv_head * hd) * kb.element_bytes();
-        kr.pack_attention_kv(kb.k + head_offset, kb.v + head_offset,
-                             kb.f16 ? DType::F16 : DType::F32, keys, kv_stride, hd, keys_t.data(),
-                             values.data());
+        head.lay_out(kr, kb.k, kb.v, kb.f16, keys, item.kv_head, hd, kv_stride);
         for (int h = item.kv_head * group; h < (item.kv_head + 1) * group; ++h)
           for (int64_t r0 = item.row0; r0 < row1; r0 += cpu::kF32PanelRows) {
             const int64_t rows = std::min(cpu::kF32PanelRows, row1 - r0);
@@ -541,9 +547,9 @@ class CpuBackend final : public Backend {
             for (int64_t r = 0; r < rows; ++r)
               visible[r] = sg.causal ? sg.causal_offset + r0 + r + 1 : keys;
             const int64_t at = (sg.q_begin + r0) * q_stride + h * hd;
-            kr.attention_rows(q.data<float>() + at, q_stride, rows, hd, keys_t.data(),
-                              values.data(), keys, visible, shape.scale, out.data<float>() + at,
-                              q_stride, nullptr, scratch.data());
+            kr.attention_rows(q.data<float>() + at, q_stride, rows, hd, head.keys_t.data(),
+                              head.values.data(), keys, visible, shape.scale,
+                              out.data<float>() + at, q_stride, nullptr, head.scratch.data());
           }
       }
     }
@@ -664,7 +670,8 @@ class CpuBackend final : public Backend {
     const cpu::Kernels& kr = kernels_;
 #pragma omp parallel num_threads(threads_)
     {
-      thread_local std::vector<float> scores, keys_t, values, scratch;
+      thread_local std::vector<float> scores;
+      thread_local PanelHead head;
 #pragma omp for schedule(dynamic)
       for (size_t i = 0; i < units.size(); ++i) {
         const Unit& u = units[i];
@@ -679,20 +686,15 @@ class CpuBackend final : public Backend {
           // kF32PanelRows rows at a time. F32 blocks stay with BLAS, which reads them in place:
           // the panel kernels measured no faster there (absorbed decode, a dozen rows against
           // keys of encoder width; a 512-token prompt against 8192 encoder states).
-          keys_t.resize(static_cast<size_t>(cpu::attention_keys_floats(u.keys, hd)));
-          values.resize(static_cast<size_t>(cpu::attention_values_floats(u.keys, hd)));
-          scratch.resize(static_cast<size_t>(cpu::attention_scratch_floats(u.keys, hd)));
-          const int64_t head_bytes = kv_off * (u.f16 ? 2 : 4);
-          kr.pack_attention_kv(u.k + head_bytes, u.v + head_bytes, u.f16 ? DType::F16 : DType::F32,
-                               u.keys, kv_stride, hd, keys_t.data(), values.data());
+          head.lay_out(kr, u.k, u.v, /*f16=*/true, u.keys, t.head / group, hd, kv_stride);
           int64_t visible[cpu::kF32PanelRows];
           std::fill(visible, visible + cpu::kF32PanelRows, u.keys);
           for (int64_t r0 = 0; r0 < t.rows; r0 += cpu::kF32PanelRows)
             kr.attention_rows(qp + r0 * q_stride, q_stride,
-                              std::min(cpu::kF32PanelRows, t.rows - r0), hd, keys_t.data(),
-                              values.data(), u.keys, visible, shape.scale,
+                              std::min(cpu::kF32PanelRows, t.rows - r0), hd, head.keys_t.data(),
+                              head.values.data(), u.keys, visible, shape.scale,
                               part + r0 * partial_width + 2, partial_width,
-                              part + r0 * partial_width, scratch.data());
+                              part + r0 * partial_width, head.scratch.data());
           continue;
         }
         scores.resize(static_cast<size_t>(t.rows * u.keys));
