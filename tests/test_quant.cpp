@@ -299,6 +299,49 @@ TEST_P(KernelLevels, PackedGroupsMatchDoubleSums) {
   }
 }
 
+// The tiled form of the packed-group kernels (levels that have it) against the row-major form:
+// the same operations per output, so equal bit for bit, for 1..17 rows (whole tiles, a partial
+// last tile, and a lone partial tile), alone and accumulating; rows past m stay untouched.
+TEST_P(KernelLevels, PackedGroupTilesEqualRowMajor) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& k = cpu::kernels_for(path);
+  if (k.gemm_q4_0x16_tiles == nullptr || k.gemm_q8_0x16_tiles == nullptr)
+    GTEST_SKIP() << "the " << k.name << " level has no tiled group kernels";
+  const int64_t n = 100, rows = 16, blocks = (n + 31) / 32, ldo = 19;
+  const auto wv = random_floats(rows * n, 47);
+  for (DType plain : {DType::Q4_0, DType::Q8_0}) {
+    Tensor w = Tensor::empty({rows, n}, DType::F32);
+    std::copy(wv.begin(), wv.end(), w.data<float>());
+    Tensor packed = pack_rows16(convert_weight(w, plain));
+    const auto* g = static_cast<const uint8_t*>(packed.raw());
+    const bool q4 = plain == DType::Q4_0;
+    for (int64_t m = 1; m <= 17; ++m) {
+      const auto xv = random_floats(m * n, uint32_t(53 + m), 3.0f);
+      std::vector<BlockQ8_0> xq(m * blocks);
+      std::vector<float> xd(m * blocks);
+      std::vector<int32_t> xs(m * blocks);
+      cpu::quantize_rows_q8_0(k, xv.data(), m, n, xq.data(), xd.data(), xs.data());
+      const int64_t tiles = (m + cpu::kQ8TileRows - 1) / cpu::kQ8TileRows;
+      std::vector<uint8_t> xt(cpu::q8_tile_bytes(m, blocks), 0xAB);
+      cpu::pack_q8_tiles(xq.data(), xd.data(), xs.data(), m, blocks, q4 ? 8 : 128, 0, tiles,
+                         xt.data());
+      for (bool accumulate : {false, true}) {
+        std::vector<float> want((m + 1) * ldo, 0.25f), got = want;
+        (q4 ? k.gemm_q4_0x16 : k.gemm_q8_0x16)(g, xq.data(), xd.data(), xs.data(), m, blocks,
+                                               want.data(), ldo, accumulate);
+        (q4 ? k.gemm_q4_0x16_tiles : k.gemm_q8_0x16_tiles)(g, xt.data(), m, blocks, got.data(), ldo,
+                                                           accumulate);
+        for (size_t e = 0; e < want.size(); ++e)
+          ASSERT_EQ(std::memcmp(&got[e], &want[e], 4), 0)
+              << k.name << " " << dtype_name(plain) << " m " << m << " element " << e
+              << (accumulate ? " (accumulate)" : "") << ": " << got[e] << " vs " << want[e];
+      }
+    }
+  }
+}
+
 // gemm_f32_rows of every level against double sums: each output is an F32 sum of k exact-input
 // products, within (k + 8) u Σ|terms| of the double sum (recursive summation plus the lane
 // reduction). Rows 1..9 and weight rows 1..9 cover every tile shape and its tails; k = 37 and

@@ -971,18 +971,34 @@ class CpuBackend final : public Backend {
     int32_t* xs = scratch_s.data();
     const cpu::Kernels& kr = kernels_;
     const auto gemm = q4 ? kr.gemm_q4_0x16 : kr.gemm_q8_0x16;
+    // A tile of rows or more goes through the tiled layout where the level has it (the same
+    // results bit for bit; decode steps keep the row-major form, which needs no copy).
+    const auto gemm_tiles = q4 ? kr.gemm_q4_0x16_tiles : kr.gemm_q8_0x16_tiles;
+    const bool tiled = gemm_tiles != nullptr && m >= cpu::kQ8TileRows;
+    const int64_t tiles = (m + cpu::kQ8TileRows - 1) / cpu::kQ8TileRows;
+    thread_local std::vector<uint8_t> scratch_tiles;
+    if (tiled) scratch_tiles.resize(static_cast<size_t>(cpu::q8_tile_bytes(m, blocks)));
+    uint8_t* xt = scratch_tiles.data();
     const int team = n * k * m < 65536 ? 1 : threads_;
 #pragma omp parallel num_threads(team)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      // Rows quantized in contiguous slices, then a barrier: every group reads every row.
-      const int64_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
+      // Rows quantized in contiguous slices (whole tiles), then a barrier: every group reads
+      // every row.
+      const int64_t tile0 = tiles * t / nt, tile1 = tiles * (t + 1) / nt;
+      const int64_t r0 = std::min(m, tile0 * cpu::kQ8TileRows);
+      const int64_t r1 = std::min(m, tile1 * cpu::kQ8TileRows);
       cpu::quantize_rows_q8_0(kr, x + r0 * k, r1 - r0, k, xq + r0 * blocks, xd + r0 * blocks,
                               xs + r0 * blocks);
+      if (tiled) cpu::pack_q8_tiles(xq, xd, xs, m, blocks, q4 ? 8 : 128, tile0, tile1, xt);
 #pragma omp barrier
       const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
-      for (int64_t g = g0; g < g1; ++g)
-        gemm(w + g * group_bytes, xq, xd, xs, m, blocks, out + g * kPackRows, n, accumulate);
+      for (int64_t g = g0; g < g1; ++g) {
+        if (tiled)
+          gemm_tiles(w + g * group_bytes, xt, m, blocks, out + g * kPackRows, n, accumulate);
+        else
+          gemm(w + g * group_bytes, xq, xd, xs, m, blocks, out + g * kPackRows, n, accumulate);
+      }
       if (t == nt - 1)
         for (int64_t j = groups * kPackRows; j < n; ++j) {
           const uint8_t* row = w + j * row_bytes;

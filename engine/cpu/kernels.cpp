@@ -1205,40 +1205,48 @@ CEPE_AVX512VNNI inline void gemm_x16_vnni_tile(const uint8_t* g, const BlockQ8_0
   constexpr int32_t offset = Q4 ? 8 : 128;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[R];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* blk = g + b * stride;
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
     __m512i w[8];
     if (Q4) {
+#pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         const __m512i v = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
         w[c] = _mm512_and_si512(v, low4);
         w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
       }
     } else {
+#pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
     }
-    for (int r = 0; r < R; ++r) {
-      const int8_t* xq = x[r * blocks + b].qs;
-      // Chunk t of either layout meets activation bytes 4t..4t+3 (Q4: w[4 + c] = high nibbles,
-      // bytes 16 + 4c, i.e. t = 4 + c). A lone row splits its chain in two; tiles of several
-      // rows have independent chains already.
-      __m512i s0 = _mm512_set1_epi32(-offset * xs[r * blocks + b]);
-      if (R == 1) {
-        __m512i s1 = _mm512_setzero_si512();
-        for (int t = 0; t < 8; t += 2) {
-          s0 = _mm512_dpbusd_epi32(s0, w[t], bcast4_512(xq + 4 * t));
-          s1 = _mm512_dpbusd_epi32(s1, w[t + 1], bcast4_512(xq + 4 * t + 4));
-        }
-        s0 = _mm512_add_epi32(s0, s1);
-      } else {
-        for (int t = 0; t < 8; ++t) s0 = _mm512_dpbusd_epi32(s0, w[t], bcast4_512(xq + 4 * t));
+    // Chunk t of either layout meets activation bytes 4t..4t+3 (Q4: w[4 + c] = high nibbles,
+    // bytes 16 + 4c, i.e. t = 4 + c). The rows' chains are interleaved (chunk-major), so R
+    // independent VPDPBUSD chains hide its latency; a lone row splits its chain in two.
+    constexpr int kChains = R == 1 ? 2 : R;
+    __m512i s[kChains];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) s[r] = _mm512_set1_epi32(-offset * xs[r * blocks + b]);
+    if (R == 1) s[1] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; ++t) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int8_t* xq = x[r * blocks + b].qs;
+        s[R == 1 ? (t & 1) : r] =
+            _mm512_dpbusd_epi32(s[R == 1 ? (t & 1) : r], w[t], bcast4_512(xq + 4 * t));
       }
+    }
+    if (R == 1) s[0] = _mm512_add_epi32(s[0], s[1]);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
       const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * blocks + b]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), d, acc[r]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), d, acc[r]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     float* o = out + r * ldo;
     _mm512_storeu_ps(o, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o), acc[r]) : acc[r]);
@@ -1261,6 +1269,79 @@ CEPE_AVX512VNNI void gemm_x16_vnni(const uint8_t* g, const BlockQ8_0* x, const f
                               out + i * ldo, ldo, accumulate);
 }
 
+inline int32_t load_i32(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline float load_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// The tiled form: one pointer walks a tile's blocks, so every activation operand is a fixed
+// displacement from it (the quants fold into VPDPBUSD as embedded broadcasts) and no row
+// pointers compete for general registers. Each output gets the row-major tile's operations in
+// the same order: the integer sums are exact, then one multiply and one FMA per block.
+template <bool Q4>
+CEPE_AVX512VNNI void gemm_x16_tiles_vnni(const uint8_t* g, const uint8_t* tiles, int64_t m,
+                                         int64_t blocks, float* out, int64_t ldo, bool accumulate) {
+  constexpr int R = static_cast<int>(kQ8TileRows);
+  constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
+  constexpr int64_t offsets_at = R * 32, scales_at = R * 36;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  for (int64_t i = 0; i < m; i += R) {
+    const uint8_t* tile = tiles + i / R * blocks * kQ8TileBlockBytes;
+    __m512 acc[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = g + b * stride;
+      const uint8_t* xt = tile + b * kQ8TileBlockBytes;
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+      __m512i w[8];
+      if (Q4) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m512i v = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
+          w[c] = _mm512_and_si512(v, low4);
+          w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        }
+      } else {
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
+      }
+      __m512i s[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) s[r] = _mm512_set1_epi32(load_i32(xt + offsets_at + 4 * r));
+#pragma GCC unroll 8
+      for (int t = 0; t < 8; ++t)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+          s[r] = _mm512_dpbusd_epi32(s[r], w[t], _mm512_set1_epi32(load_i32(xt + 32 * r + 4 * t)));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(load_f32(xt + scales_at + 4 * r)));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), d, acc[r]);
+      }
+    }
+    const int64_t rows = std::min<int64_t>(R, m - i);
+    if (rows == R) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        float* o = out + (i + r) * ldo;
+        _mm512_storeu_ps(o, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o), acc[r]) : acc[r]);
+      }
+    } else {
+      alignas(64) float last[R][kRows];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) _mm512_store_ps(last[r], acc[r]);
+      for (int64_t r = 0; r < rows; ++r) store_group_row(out + (i + r) * ldo, last[r], accumulate);
+    }
+  }
+}
+
 // ---- the tables ----
 
 const Kernels kScalar{KernelPath::Scalar,
@@ -1276,6 +1357,8 @@ const Kernels kScalar{KernelPath::Scalar,
                       dequantize_row_q4_0_ref,
                       gemm_x16_scalar<true>,
                       gemm_x16_scalar<false>,
+                      nullptr,
+                      nullptr,
                       narrow_f16_scalar,
                       dot_f32_scalar,
                       gemm_f32_rows_scalar,
@@ -1300,6 +1383,8 @@ const Kernels kAvx2{KernelPath::Avx2,
                     dequantize_q4_0_avx2,
                     gemm_x16_avx2<true>,
                     gemm_x16_avx2<false>,
+                    nullptr,
+                    nullptr,
                     narrow_f16_avx2,
                     dot_f32_avx2,
                     gemm_f32_rows_avx2,
@@ -1339,6 +1424,8 @@ Kernels avx512vnni_kernels() {
   k.dot_q4_0 = dot_q4_0_vnni;
   k.gemm_q4_0x16 = gemm_x16_vnni<true>;
   k.gemm_q8_0x16 = gemm_x16_vnni<false>;
+  k.gemm_q4_0x16_tiles = gemm_x16_tiles_vnni<true>;
+  k.gemm_q8_0x16_tiles = gemm_x16_tiles_vnni<false>;
   return k;
 }
 
@@ -1447,6 +1534,24 @@ void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t 
       xs[i * blocks + b] = s;
     }
   }
+}
+
+void pack_q8_tiles(const BlockQ8_0* xq, const float* xd, const int32_t* xs, int64_t m,
+                   int64_t blocks, int32_t offset, int64_t tile0, int64_t tile1, uint8_t* tiles) {
+  for (int64_t tile = tile0; tile < tile1; ++tile)
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint8_t* xt = tiles + (tile * blocks + b) * kQ8TileBlockBytes;
+      std::memset(xt, 0, kQ8TileBlockBytes);
+      for (int64_t r = 0; r < kQ8TileRows; ++r) {
+        const int64_t i = tile * kQ8TileRows + r;
+        if (i >= m) break;
+        const int64_t at = i * blocks + b;
+        const int32_t term = -offset * xs[at];
+        std::memcpy(xt + 32 * r, xq[at].qs, 32);
+        std::memcpy(xt + kQ8TileRows * 32 + 4 * r, &term, 4);
+        std::memcpy(xt + kQ8TileRows * 36 + 4 * r, &xd[at], 4);
+      }
+    }
 }
 
 void dequantize_row(const Kernels& k, const void* row, DType dtype, float* out, int64_t width) {

@@ -47,6 +47,14 @@ struct Kernels {
   /// The same for one Q8_0x16 group: Σ_b d_w d_x Σ q_w q_x.
   void (*gemm_q8_0x16)(const uint8_t* group, const BlockQ8_0* x, const float* xd, const int32_t* xs,
                        int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate);
+  /// gemm_q4_0x16 over activations laid out by pack_q8_tiles (offset 8): the same arithmetic,
+  /// so the same results bit for bit; rows past m in the last tile are not written. Null below
+  /// AVX-512 VNNI.
+  void (*gemm_q4_0x16_tiles)(const uint8_t* group, const uint8_t* tiles, int64_t m, int64_t blocks,
+                             float* out, int64_t ldo, bool accumulate);
+  /// The same for one Q8_0x16 group (activations packed with offset 128).
+  void (*gemm_q8_0x16_tiles)(const uint8_t* group, const uint8_t* tiles, int64_t m, int64_t blocks,
+                             float* out, int64_t ldo, bool accumulate);
   /// Rounds n F32 values to fp16, to nearest even (bit-identical on every level but for NaN
   /// payloads).
   void (*narrow_f16)(const float* in, uint16_t* out, int64_t n);
@@ -96,6 +104,16 @@ struct Kernels {
   /// g_i = silu(g_i) u_i = g_i / (1 + e^-g_i) u_i (the gated MLP's activation).
   void (*silu_mul)(float* g, const float* u, int64_t n);
 };
+
+/// Activation rows per tile of pack_q8_tiles' layout (the packed groups' register tile height).
+constexpr int64_t kQ8TileRows = 8;
+/// Bytes of one block of one tile: the rows' 32 quants each, then their offset terms (int32),
+/// then their scales (F32).
+constexpr int64_t kQ8TileBlockBytes = kQ8TileRows * (32 + 4 + 4);
+/// Bytes of pack_q8_tiles' output for m rows of `blocks` blocks.
+inline int64_t q8_tile_bytes(int64_t m, int64_t blocks) {
+  return (m + kQ8TileRows - 1) / kQ8TileRows * blocks * kQ8TileBlockBytes;
+}
 
 /// Activation rows per bf16 panel (the register tile's height).
 constexpr int64_t kBf16PanelRows = 14;
@@ -158,6 +176,14 @@ const Kernels& active_kernels();
 /// each block's scale as F32 and the sum of its quants.
 void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t k, BlockQ8_0* xq,
                         float* xd, int32_t* xs);
+
+/// Lays out m rows quantized by quantize_rows_q8_0 for the *_tiles group kernels: tiles of
+/// kQ8TileRows rows, block-major within a tile (one tile block holds the rows' quants, their
+/// −offset · Σ quants and their scales side by side, so one pointer reaches all of them); rows
+/// past m in the last tile are zero. `offset` is the weights' quant offset: 8 for Q4_0x16, 128
+/// for Q8_0x16. Writes tiles [tile0, tile1) only (threads split the tiles).
+void pack_q8_tiles(const BlockQ8_0* xq, const float* xd, const int32_t* xs, int64_t m,
+                   int64_t blocks, int32_t offset, int64_t tile0, int64_t tile1, uint8_t* tiles);
 
 /// Widens one row of any row-major weight dtype (F32, F16, BF16, Q8_0, Q4_0) to F32 with `k`.
 void dequantize_row(const Kernels& k, const void* row, DType dtype, float* out, int64_t width);
