@@ -325,8 +325,7 @@ TEST_P(KernelLevels, PackedGroupTilesEqualRowMajor) {
       cpu::quantize_rows_q8_0(k, xv.data(), m, n, xq.data(), xd.data(), xs.data());
       const int64_t tiles = (m + cpu::kQ8TileRows - 1) / cpu::kQ8TileRows;
       std::vector<uint8_t> xt(cpu::q8_tile_bytes(m, blocks), 0xAB);
-      cpu::pack_q8_tiles(xq.data(), xd.data(), xs.data(), m, blocks, q4 ? 8 : 128, 0, tiles,
-                         xt.data());
+      cpu::quantize_q8_tiles(k, xv.data(), m, n, q4 ? 8 : 128, 0, tiles, xt.data());
       for (bool accumulate : {false, true}) {
         std::vector<float> want((m + 1) * ldo, 0.25f), got = want;
         (q4 ? k.gemm_q4_0x16 : k.gemm_q8_0x16)(g, xq.data(), xd.data(), xs.data(), m, blocks,

@@ -958,26 +958,30 @@ class CpuBackend final : public Backend {
         static_cast<size_t>(blocks * kPackRows) * dtype_block_bytes(weight.dtype());
     const size_t row_bytes = dtype_row_bytes(weight.dtype(), k);
     const uint8_t* w = static_cast<const uint8_t*>(weight.raw());
+    const cpu::Kernels& kr = kernels_;
+    const auto gemm = q4 ? kr.gemm_q4_0x16 : kr.gemm_q8_0x16;
+    // A tile of rows or more goes through the tiled layout where the level has it (the same
+    // results bit for bit; decode steps keep the row-major form, which needs no copy). The row
+    // dot kernels of a partial last group read the row-major blocks.
+    const auto gemm_tiles = q4 ? kr.gemm_q4_0x16_tiles : kr.gemm_q8_0x16_tiles;
+    const bool tiled = gemm_tiles != nullptr && m >= cpu::kQ8TileRows;
+    const bool row_major = !tiled || n % kPackRows != 0;
+    const int64_t tiles = (m + cpu::kQ8TileRows - 1) / cpu::kQ8TileRows;
     // Kept per calling thread between calls (no allocation per decode step; a backend may be
     // shared by threads that each run their own ops).
     thread_local std::vector<BlockQ8_0> scratch_q;
     thread_local std::vector<float> scratch_d;
     thread_local std::vector<int32_t> scratch_s;
-    scratch_q.resize(static_cast<size_t>(m * blocks));
-    scratch_d.resize(static_cast<size_t>(m * blocks));
-    scratch_s.resize(static_cast<size_t>(m * blocks));
+    thread_local std::vector<uint8_t> scratch_tiles;
+    if (row_major) {
+      scratch_q.resize(static_cast<size_t>(m * blocks));
+      scratch_d.resize(static_cast<size_t>(m * blocks));
+      scratch_s.resize(static_cast<size_t>(m * blocks));
+    }
+    if (tiled) scratch_tiles.resize(static_cast<size_t>(cpu::q8_tile_bytes(m, blocks)));
     BlockQ8_0* xq = scratch_q.data();
     float* xd = scratch_d.data();
     int32_t* xs = scratch_s.data();
-    const cpu::Kernels& kr = kernels_;
-    const auto gemm = q4 ? kr.gemm_q4_0x16 : kr.gemm_q8_0x16;
-    // A tile of rows or more goes through the tiled layout where the level has it (the same
-    // results bit for bit; decode steps keep the row-major form, which needs no copy).
-    const auto gemm_tiles = q4 ? kr.gemm_q4_0x16_tiles : kr.gemm_q8_0x16_tiles;
-    const bool tiled = gemm_tiles != nullptr && m >= cpu::kQ8TileRows;
-    const int64_t tiles = (m + cpu::kQ8TileRows - 1) / cpu::kQ8TileRows;
-    thread_local std::vector<uint8_t> scratch_tiles;
-    if (tiled) scratch_tiles.resize(static_cast<size_t>(cpu::q8_tile_bytes(m, blocks)));
     uint8_t* xt = scratch_tiles.data();
     const int team = n * k * m < 65536 ? 1 : threads_;
 #pragma omp parallel num_threads(team)
@@ -988,9 +992,10 @@ class CpuBackend final : public Backend {
       const int64_t tile0 = tiles * t / nt, tile1 = tiles * (t + 1) / nt;
       const int64_t r0 = std::min(m, tile0 * cpu::kQ8TileRows);
       const int64_t r1 = std::min(m, tile1 * cpu::kQ8TileRows);
-      cpu::quantize_rows_q8_0(kr, x + r0 * k, r1 - r0, k, xq + r0 * blocks, xd + r0 * blocks,
-                              xs + r0 * blocks);
-      if (tiled) cpu::pack_q8_tiles(xq, xd, xs, m, blocks, q4 ? 8 : 128, tile0, tile1, xt);
+      if (tiled) cpu::quantize_q8_tiles(kr, x, m, k, q4 ? 8 : 128, tile0, tile1, xt);
+      if (row_major)
+        cpu::quantize_rows_q8_0(kr, x + r0 * k, r1 - r0, k, xq + r0 * blocks, xd + r0 * blocks,
+                                xs + r0 * blocks);
 #pragma omp barrier
       const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
       for (int64_t g = g0; g < g1; ++g) {

@@ -1536,20 +1536,31 @@ void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t 
   }
 }
 
-void pack_q8_tiles(const BlockQ8_0* xq, const float* xd, const int32_t* xs, int64_t m,
-                   int64_t blocks, int32_t offset, int64_t tile0, int64_t tile1, uint8_t* tiles) {
+void quantize_q8_tiles(const Kernels& kern, const float* x, int64_t m, int64_t k, int32_t offset,
+                       int64_t tile0, int64_t tile1, uint8_t* tiles) {
+  const int64_t blocks = (k + 31) / 32;
+  thread_local std::vector<BlockQ8_0> row;
+  row.resize(static_cast<size_t>(blocks));
   for (int64_t tile = tile0; tile < tile1; ++tile)
-    for (int64_t b = 0; b < blocks; ++b) {
-      uint8_t* xt = tiles + (tile * blocks + b) * kQ8TileBlockBytes;
-      std::memset(xt, 0, kQ8TileBlockBytes);
-      for (int64_t r = 0; r < kQ8TileRows; ++r) {
-        const int64_t i = tile * kQ8TileRows + r;
-        if (i >= m) break;
-        const int64_t at = i * blocks + b;
-        const int32_t term = -offset * xs[at];
-        std::memcpy(xt + 32 * r, xq[at].qs, 32);
+    for (int64_t r = 0; r < kQ8TileRows; ++r) {
+      const int64_t i = tile * kQ8TileRows + r;
+      if (i < m) kern.quantize_q8_0(x + i * k, row.data(), k);
+      for (int64_t b = 0; b < blocks; ++b) {
+        uint8_t* xt = tiles + (tile * blocks + b) * kQ8TileBlockBytes;
+        int32_t term = 0;
+        float d = 0.0f;
+        if (i < m) {
+          const BlockQ8_0& blk = row[static_cast<size_t>(b)];
+          int32_t sum = 0;
+          for (int j = 0; j < 32; ++j) sum += blk.qs[j];
+          term = -offset * sum;
+          d = f16_to_f32(blk.d);
+          std::memcpy(xt + 32 * r, blk.qs, 32);
+        } else {
+          std::memset(xt + 32 * r, 0, 32);
+        }
         std::memcpy(xt + kQ8TileRows * 32 + 4 * r, &term, 4);
-        std::memcpy(xt + kQ8TileRows * 36 + 4 * r, &xd[at], 4);
+        std::memcpy(xt + kQ8TileRows * 36 + 4 * r, &d, 4);
       }
     }
 }

@@ -177,13 +177,14 @@ const Kernels& active_kernels();
 void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t k, BlockQ8_0* xq,
                         float* xd, int32_t* xs);
 
-/// Lays out m rows quantized by quantize_rows_q8_0 for the *_tiles group kernels: tiles of
-/// kQ8TileRows rows, block-major within a tile (one tile block holds the rows' quants, their
-/// −offset · Σ quants and their scales side by side, so one pointer reaches all of them); rows
-/// past m in the last tile are zero. `offset` is the weights' quant offset: 8 for Q4_0x16, 128
-/// for Q8_0x16. Writes tiles [tile0, tile1) only (threads split the tiles).
-void pack_q8_tiles(const BlockQ8_0* xq, const float* xd, const int32_t* xs, int64_t m,
-                   int64_t blocks, int32_t offset, int64_t tile0, int64_t tile1, uint8_t* tiles);
+/// Quantizes m rows of k activations as quantize_rows_q8_0 does (the same blocks), laid out for
+/// the *_tiles group kernels: tiles of kQ8TileRows rows, block-major within a tile (one tile
+/// block holds the rows' quants, their −offset · Σ quants and their scales side by side, so one
+/// pointer reaches all of them); rows past m in the last tile are zero. `offset` is the weights'
+/// quant offset: 8 for Q4_0x16, 128 for Q8_0x16. Writes tiles [tile0, tile1) only (threads
+/// split the tiles).
+void quantize_q8_tiles(const Kernels& kern, const float* x, int64_t m, int64_t k, int32_t offset,
+                       int64_t tile0, int64_t tile1, uint8_t* tiles);
 
 /// Widens one row of any row-major weight dtype (F32, F16, BF16, Q8_0, Q4_0) to F32 with `k`.
 void dequantize_row(const Kernels& k, const void* row, DType dtype, float* out, int64_t width);
