@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,12 @@ struct BackendOptions {
   bool bf16_activations = true;
 };
 
+/// One weight of Backend::linears() and the output it writes (out = x · weightᵀ).
+struct LinearTarget {
+  const Tensor* weight;  ///< [N, K], as load_weight made it
+  Tensor* out;           ///< [M, N] F32
+};
+
 /// Device memory held by a backend, in bytes (all zero for the CPU backend).
 struct BackendMemory {
   size_t in_use = 0;        ///< held by live tensors and scratch
@@ -90,6 +97,10 @@ class Backend {
   /// out = x · weightᵀ (+ out when accumulate) for x [M, K] and weight [N, K] (torch layout).
   virtual void linear(const Tensor& x, const Tensor& weight, Tensor& out,
                       bool accumulate = false) = 0;
+  /// out_i = x · weight_iᵀ for several weights over one input (the attention's q, k and v, the
+  /// MLP's gate and up): the results of one linear() each, with the input prepared (packed,
+  /// quantized) once and one parallel pass where the weights share a dtype.
+  virtual void linears(const Tensor& x, std::span<const LinearTarget> targets) = 0;
   /// Rotates pairs (i, i + head_dim/2) of every head of x [T, heads * head_dim] in place, by the
   /// per-row angles whose cos/sin are given as [T, head_dim / 2] (HuggingFace's rotate_half).
   virtual void rope(Tensor& x, int heads, int head_dim, const Tensor& cos, const Tensor& sin) = 0;

@@ -1253,6 +1253,9 @@ class CudaNumericsOnCpu final : public Backend {
     convert_to_f32(rounded.raw(), rounded.dtype(), back.data<float>(), x.numel());
     cpu_->linear(back, weight, out, accumulate);
   }
+  void linears(const Tensor& x, std::span<const LinearTarget> targets) override {
+    for (const LinearTarget& target : targets) linear(x, *target.weight, *target.out, false);
+  }
   void rope(Tensor& x, int heads, int hd, const Tensor& cos, const Tensor& sin) override {
     cpu_->rope(x, heads, hd, cos, sin);
   }

@@ -723,6 +723,41 @@ INSTANTIATE_TEST_SUITE_P(All, QuantLinear,
                                   std::to_string(std::get<2>(info.param));
                          });
 
+// linears() over several weights of one kind equals one linear() per weight, bit for bit: every
+// path splits the weights' columns (or groups, or blocks) between threads as one weight but
+// computes each output as linear() does. Widths 70, 48 and 33 leave partial groups and blocks;
+// 1 to 40 rows cover the decode dots, the row kernels, the tiled groups and the panel GEMMs.
+TEST_P(QuantLinear, FusedLinearsEqualSeparateOnes) {
+  const auto [kind, m, threads] = GetParam();
+  if (m > 40) GTEST_SKIP() << "covered by the smaller row counts";
+  const int64_t k = 100;
+  BackendOptions o;
+  o.threads = threads;
+  o.weights = kind;
+  auto backend = make_backend(Device::CPU, o);
+  std::vector<Tensor> weights, fused, separate;
+  std::vector<LinearTarget> targets;
+  for (int64_t n : {70, 48, 33}) {
+    const auto wv = random_floats(n * k, uint32_t(61 + n));
+    Tensor w = Tensor::empty({n, k}, DType::F32);
+    std::copy(wv.begin(), wv.end(), w.data<float>());
+    weights.push_back(backend->load_weight(w, false));
+    fused.push_back(Tensor::empty({m, n}, DType::F32));
+    separate.push_back(Tensor::empty({m, n}, DType::F32));
+  }
+  for (size_t i = 0; i < weights.size(); ++i) targets.push_back({&weights[i], &fused[i]});
+  const auto xv = random_floats(m * k, 67);
+  Tensor x = Tensor::empty({m, k}, DType::F32);
+  std::copy(xv.begin(), xv.end(), x.data<float>());
+  backend->linears(x, targets);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    backend->linear(x, weights[i], separate[i], false);
+    ASSERT_EQ(std::memcmp(fused[i].raw(), separate[i].raw(), fused[i].nbytes()), 0)
+        << weight_kind_name(kind) << " m " << m << " weight " << i
+        << ": fused and separate results differ";
+  }
+}
+
 // ---- NLL of real and fixture models under each format ----
 
 struct NllResult {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "common/error.h"
@@ -31,6 +32,34 @@ void check_f32(const Tensor& t, const char* what) {
   check_cpu(t, what);
   CEPE_CHECK(t.dtype() == DType::F32,
              what << " must be F32 on the CPU backend, got " << dtype_name(t.dtype()));
+}
+
+// One weight of a linear op (several for linears()) and the output its columns go to.
+struct Part {
+  const Tensor* weight;  // [n, k]
+  float* out;            // [m, n]
+  int64_t n;
+};
+
+// Calls fn(part, u0, u1) for each part's share of the units [begin, end) of the parts laid end
+// to end, part p spanning units(p) units: how a fused op's columns, groups or blocks are split
+// between threads as if they were one weight.
+template <typename Units, typename Fn>
+void for_each_piece(std::span<const Part> parts, Units units, int64_t begin, int64_t end, Fn fn) {
+  int64_t base = 0;
+  for (const Part& part : parts) {
+    const int64_t count = units(part);
+    const int64_t lo = std::max(begin, base), hi = std::min(end, base + count);
+    if (lo < hi) fn(part, lo - base, hi - base);
+    base += count;
+  }
+}
+
+template <typename Units>
+int64_t total_units(std::span<const Part> parts, Units units) {
+  int64_t total = 0;
+  for (const Part& part : parts) total += units(part);
+  return total;
 }
 
 // One thread pool owns the cores: every parallel region below names its team size, so the
@@ -126,43 +155,32 @@ class CpuBackend final : public Backend {
     check_f32(out, "linear output");
     check_cpu(weight, "linear weight");
     op_checks::linear(x, weight, out);
-    const int64_t k = weight.dim(1), n = weight.dim(0);
-    const int64_t m = x.numel() / k;
-    if (m == 0) return;
-    const float* xp = x.data<float>();
-    float* op = out.data<float>();
-    switch (weight.dtype()) {
-      case DType::F32:
-        if (m > kFewRowsF32 && kernels_.gemm_f32_panels)
-          linear_f32_panels(xp, weight.raw(), DType::F32, op, m, n, k, accumulate);
-        else
-          linear_f32(xp, weight.data<float>(), op, m, n, k, accumulate);
-        return;
-      case DType::Q8_0x16:
-      case DType::Q4_0x16:
-        linear_packed(xp, weight, op, m, n, k, accumulate);
-        return;
-      case DType::BF16:
-        if (m > kDotRows && bf16_pairs_) {
-          linear_bf16_pairs(xp, weight.data<uint16_t>(), op, m, n, k, accumulate);
-          return;
-        }
-        [[fallthrough]];
-      case DType::F16:
-        if (m > kDotRows && kernels_.gemm_f32_panels) {
-          linear_f32_panels(xp, weight.raw(), weight.dtype(), op, m, n, k, accumulate);
-          return;
-        }
-        [[fallthrough]];
-      case DType::Q8_0:
-      case DType::Q4_0:
-        if (m <= kDotRows)
-          linear_dots(xp, weight, op, m, n, k, accumulate);
-        else
-          linear_tiles(xp, weight, op, m, n, k, accumulate);
-        return;
-      default:
-        CEPE_THROW("linear: unsupported weight dtype " << dtype_name(weight.dtype()));
+    const Part part{&weight, out.data<float>(), weight.dim(0)};
+    run_linear(x.data<float>(), std::span<const Part>(&part, 1), x.numel() / weight.dim(1),
+               weight.dim(1), accumulate);
+  }
+
+  void linears(const Tensor& x, std::span<const LinearTarget> targets) override {
+    check_f32(x, "linears input");
+    std::vector<Part> parts;
+    for (const LinearTarget& target : targets) {
+      check_f32(*target.out, "linears output");
+      check_cpu(*target.weight, "linears weight");
+      op_checks::linear(x, *target.weight, *target.out);
+      parts.push_back({target.weight, target.out->data<float>(), target.weight->dim(0)});
+    }
+    if (parts.empty()) return;
+    // One pass over the input serves every weight when they share a dtype (and so a path);
+    // otherwise each is its own op.
+    const DType type = parts[0].weight->dtype();
+    const bool shared = std::all_of(parts.begin(), parts.end(),
+                                    [&](const Part& p) { return p.weight->dtype() == type; });
+    const int64_t k = parts[0].weight->dim(1);
+    if (shared) {
+      run_linear(x.data<float>(), parts, x.numel() / k, k, false);
+    } else {
+      for (const Part& part : parts)
+        run_linear(x.data<float>(), std::span<const Part>(&part, 1), x.numel() / k, k, false);
     }
   }
 
@@ -871,6 +889,51 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // The linear op's paths, chosen by the weights' dtype (the parts share one) and the rows.
+  void run_linear(const float* x, std::span<const Part> parts, int64_t m, int64_t k,
+                  bool accumulate) {
+    if (m == 0) return;
+    const DType type = parts[0].weight->dtype();
+    switch (type) {
+      case DType::F32:
+        if (m > kFewRowsF32 && kernels_.gemm_f32_panels)
+          linear_f32_panels(x, parts, m, k, accumulate);
+        else
+          linear_f32(x, parts, m, k, accumulate);
+        return;
+      case DType::Q8_0x16:
+      case DType::Q4_0x16:
+        linear_packed(x, parts, m, k, accumulate);
+        return;
+      case DType::BF16:
+        if (m > kDotRows && bf16_pairs_) {
+          linear_bf16_pairs(x, parts, m, k, accumulate);
+          return;
+        }
+        [[fallthrough]];
+      case DType::F16:
+        if (m > kDotRows && kernels_.gemm_f32_panels) {
+          linear_f32_panels(x, parts, m, k, accumulate);
+          return;
+        }
+        [[fallthrough]];
+      case DType::Q8_0:
+      case DType::Q4_0:
+        if (m <= kDotRows) {
+          linear_dots(x, parts, m, k, accumulate);
+        } else {
+          for (const Part& part : parts) linear_tiles(x, part, m, k, accumulate);
+        }
+        return;
+      default:
+        CEPE_THROW("linear: unsupported weight dtype " << dtype_name(type));
+    }
+  }
+
+  static int64_t columns(const Part& part) {
+    return part.n;
+  }
+
   // Up to this many rows an F32 linear reads its weights in place (gemm_f32_rows) instead of
   // calling SGEMM, which packs them first.
   static constexpr int64_t kFewRowsF32 = 32;
@@ -878,30 +941,38 @@ class CpuBackend final : public Backend {
   // F32 weights: the rows of the weight are split into one slice per thread and each slice is
   // a single-threaded call on the weight in place (dot kernel for one row, the row kernel for a
   // few, BLAS GEMM otherwise).
-  void linear_f32(const float* x, const float* w, float* out, int64_t m, int64_t n, int64_t k,
+  void linear_f32(const float* x, std::span<const Part> parts, int64_t m, int64_t k,
                   bool accumulate) {
     const float beta = accumulate ? 1.0f : 0.0f;
-    const int64_t parts = n * k * m < 32768 ? 1 : std::min<int64_t>(threads_, (n + 15) / 16);
-    const int64_t slice = ((n + parts - 1) / parts + 15) / 16 * 16;
-#pragma omp parallel for num_threads(threads_) schedule(static) if (parts > 1)
-    for (int64_t p = 0; p < parts; ++p) {
-      const int64_t j0 = p * slice, nj = std::min(slice, n - j0);
-      if (nj <= 0) continue;
-      if (m == 1) {
-        // Decode steps: the dispatched dot kernel streams each row once (OpenBLAS's SGEMV
-        // reached ~75 % of this box's read bandwidth, the dot kernel ~90 %).
-        for (int64_t j = j0; j < j0 + nj; ++j) {
-          const float s = kernels_.dot_f32(w + j * k, x, k);
-          out[j] = accumulate ? out[j] + s : s;
-        }
-      } else if (m <= kFewRowsF32) {
-        // A short prompt: OpenBLAS would pack the whole weight slice for a few rows (the copy
-        // took more time than the multiply at 20 rows); the row kernel reads it in place.
-        kernels_.gemm_f32_rows(x, m, w + j0 * k, nj, k, out + j0, n, accumulate);
-      } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nj, k, 1.0f, x, k, w + j0 * k, k,
-                    beta, out + j0, n);
-      }
+    const int64_t n_all = total_units(parts, columns);
+    const int64_t slices =
+        n_all * k * m < 32768 ? 1 : std::min<int64_t>(threads_, (n_all + 15) / 16);
+    const int64_t slice = ((n_all + slices - 1) / slices + 15) / 16 * 16;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (slices > 1)
+    for (int64_t s = 0; s < slices; ++s) {
+      for_each_piece(parts, columns, s * slice, std::min(n_all, (s + 1) * slice),
+                     [&](const Part& part, int64_t j0, int64_t j1) {
+                       const float* w = part.weight->data<float>();
+                       float* out = part.out;
+                       const int64_t n = part.n, nj = j1 - j0;
+                       if (m == 1) {
+                         // Decode steps: the dispatched dot kernel streams each row once
+                         // (OpenBLAS's SGEMV reached ~75 % of this box's read bandwidth, the dot
+                         // kernel ~90 %).
+                         for (int64_t j = j0; j < j1; ++j) {
+                           const float v = kernels_.dot_f32(w + j * k, x, k);
+                           out[j] = accumulate ? out[j] + v : v;
+                         }
+                       } else if (m <= kFewRowsF32) {
+                         // A short prompt: OpenBLAS would pack the whole weight slice for a few
+                         // rows (the copy took more time than the multiply at 20 rows); the row
+                         // kernel reads it in place.
+                         kernels_.gemm_f32_rows(x, m, w + j0 * k, nj, k, out + j0, n, accumulate);
+                       } else {
+                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nj, k, 1.0f, x, k,
+                                     w + j0 * k, k, beta, out + j0, n);
+                       }
+                     });
     }
   }
 
@@ -909,38 +980,48 @@ class CpuBackend final : public Backend {
   // once and dotted with each activation row by the dispatched kernels, no copy of the weight is
   // made. Block weights are dotted with the activations quantized to Q8_0 (as GGUF does): exact
   // integer products per block, one F32 multiply-add per block.
-  void linear_dots(const float* x, const Tensor& weight, float* out, int64_t m, int64_t n,
-                   int64_t k, bool accumulate) {
-    const DType type = weight.dtype();
+  void linear_dots(const float* x, std::span<const Part> parts, int64_t m, int64_t k,
+                   bool accumulate) {
+    const DType type = parts[0].weight->dtype();
     const size_t row_bytes = dtype_row_bytes(type, k);
-    const char* w = static_cast<const char*>(weight.raw());
-    const int64_t blocks = (k + 31) / 32;
+    const int64_t blocks = (k + 31) / 32, n_all = total_units(parts, columns);
     std::vector<BlockQ8_0> xq;
     if (dtype_is_block(type)) {
       xq.resize(static_cast<size_t>(m * blocks));
       for (int64_t i = 0; i < m; ++i) kernels_.quantize_q8_0(x + i * k, xq.data() + i * blocks, k);
     }
     const cpu::Kernels& kr = kernels_;
-#pragma omp parallel for num_threads(threads_) schedule(static) if (n * k > 16384)
-    for (int64_t j = 0; j < n; ++j) {
-      const void* row = w + j * row_bytes;
-      for (int64_t i = 0; i < m; ++i) {
-        float s;
-        switch (type) {
-          case DType::F16:
-            s = kr.dot_f16(static_cast<const uint16_t*>(row), x + i * k, k);
-            break;
-          case DType::BF16:
-            s = kr.dot_bf16(static_cast<const uint16_t*>(row), x + i * k, k);
-            break;
-          case DType::Q8_0:
-            s = kr.dot_q8_0(static_cast<const BlockQ8_0*>(row), xq.data() + i * blocks, blocks);
-            break;
-          default:
-            s = kr.dot_q4_0(static_cast<const BlockQ4_0*>(row), xq.data() + i * blocks, blocks);
-        }
-        out[i * n + j] = accumulate ? out[i * n + j] + s : s;
-      }
+#pragma omp parallel num_threads(threads_) if (n_all * k > 16384)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      for_each_piece(parts, columns, n_all * t / nt, n_all * (t + 1) / nt,
+                     [&](const Part& part, int64_t j0, int64_t j1) {
+                       const char* w = static_cast<const char*>(part.weight->raw());
+                       float* out = part.out;
+                       const int64_t n = part.n;
+                       for (int64_t j = j0; j < j1; ++j) {
+                         const void* row = w + j * row_bytes;
+                         for (int64_t i = 0; i < m; ++i) {
+                           float v;
+                           switch (type) {
+                             case DType::F16:
+                               v = kr.dot_f16(static_cast<const uint16_t*>(row), x + i * k, k);
+                               break;
+                             case DType::BF16:
+                               v = kr.dot_bf16(static_cast<const uint16_t*>(row), x + i * k, k);
+                               break;
+                             case DType::Q8_0:
+                               v = kr.dot_q8_0(static_cast<const BlockQ8_0*>(row),
+                                               xq.data() + i * blocks, blocks);
+                               break;
+                             default:
+                               v = kr.dot_q4_0(static_cast<const BlockQ4_0*>(row),
+                                               xq.data() + i * blocks, blocks);
+                           }
+                           out[i * n + j] = accumulate ? out[i * n + j] + v : v;
+                         }
+                       }
+                     });
     }
   }
 
@@ -950,14 +1031,17 @@ class CpuBackend final : public Backend {
   // the whole op. Decode steps and prefill share the arithmetic, so a row's result does not
   // depend on how many rows came with it. Rows past the last whole group are row-major and go
   // through the row dot kernels.
-  void linear_packed(const float* x, const Tensor& weight, float* out, int64_t m, int64_t n,
-                     int64_t k, bool accumulate) {
-    const bool q4 = weight.dtype() == DType::Q4_0x16;
-    const int64_t blocks = (k + 31) / 32, groups = n / kPackRows;
-    const size_t group_bytes =
-        static_cast<size_t>(blocks * kPackRows) * dtype_block_bytes(weight.dtype());
-    const size_t row_bytes = dtype_row_bytes(weight.dtype(), k);
-    const uint8_t* w = static_cast<const uint8_t*>(weight.raw());
+  void linear_packed(const float* x, std::span<const Part> parts, int64_t m, int64_t k,
+                     bool accumulate) {
+    const DType type = parts[0].weight->dtype();
+    const bool q4 = type == DType::Q4_0x16;
+    const int64_t blocks = (k + 31) / 32;
+    const size_t group_bytes = static_cast<size_t>(blocks * kPackRows) * dtype_block_bytes(type);
+    const size_t row_bytes = dtype_row_bytes(type, k);
+    const auto whole_groups = [](const Part& part) { return part.n / kPackRows; };
+    const int64_t groups = total_units(parts, whole_groups), n_all = total_units(parts, columns);
+    const bool partial_group =
+        std::any_of(parts.begin(), parts.end(), [](const Part& p) { return p.n % kPackRows != 0; });
     const cpu::Kernels& kr = kernels_;
     const auto gemm = q4 ? kr.gemm_q4_0x16 : kr.gemm_q8_0x16;
     // A tile of rows or more goes through the tiled layout where the level has it (the same
@@ -965,7 +1049,7 @@ class CpuBackend final : public Backend {
     // dot kernels of a partial last group read the row-major blocks.
     const auto gemm_tiles = q4 ? kr.gemm_q4_0x16_tiles : kr.gemm_q8_0x16_tiles;
     const bool tiled = gemm_tiles != nullptr && m >= cpu::kQ8TileRows;
-    const bool row_major = !tiled || n % kPackRows != 0;
+    const bool row_major = !tiled || partial_group;
     const int64_t tiles = (m + cpu::kQ8TileRows - 1) / cpu::kQ8TileRows;
     // Kept per calling thread between calls (no allocation per decode step; a backend may be
     // shared by threads that each run their own ops).
@@ -983,7 +1067,7 @@ class CpuBackend final : public Backend {
     float* xd = scratch_d.data();
     int32_t* xs = scratch_s.data();
     uint8_t* xt = scratch_tiles.data();
-    const int team = n * k * m < 65536 ? 1 : threads_;
+    const int team = n_all * k * m < 65536 ? 1 : threads_;
 #pragma omp parallel num_threads(team)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -997,21 +1081,31 @@ class CpuBackend final : public Backend {
         cpu::quantize_rows_q8_0(kr, x + r0 * k, r1 - r0, k, xq + r0 * blocks, xd + r0 * blocks,
                                 xs + r0 * blocks);
 #pragma omp barrier
-      const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
-      for (int64_t g = g0; g < g1; ++g) {
-        if (tiled)
-          gemm_tiles(w + g * group_bytes, xt, m, blocks, out + g * kPackRows, n, accumulate);
-        else
-          gemm(w + g * group_bytes, xq, xd, xs, m, blocks, out + g * kPackRows, n, accumulate);
-      }
+      for_each_piece(parts, whole_groups, groups * t / nt, groups * (t + 1) / nt,
+                     [&](const Part& part, int64_t g0, int64_t g1) {
+                       const uint8_t* w = static_cast<const uint8_t*>(part.weight->raw());
+                       for (int64_t g = g0; g < g1; ++g) {
+                         float* out = part.out + g * kPackRows;
+                         if (tiled)
+                           gemm_tiles(w + g * group_bytes, xt, m, blocks, out, part.n, accumulate);
+                         else
+                           gemm(w + g * group_bytes, xq, xd, xs, m, blocks, out, part.n,
+                                accumulate);
+                       }
+                     });
       if (t == nt - 1)
-        for (int64_t j = groups * kPackRows; j < n; ++j) {
-          const uint8_t* row = w + j * row_bytes;
-          for (int64_t i = 0; i < m; ++i) {
-            const float s =
-                q4 ? kr.dot_q4_0(reinterpret_cast<const BlockQ4_0*>(row), xq + i * blocks, blocks)
-                   : kr.dot_q8_0(reinterpret_cast<const BlockQ8_0*>(row), xq + i * blocks, blocks);
-            out[i * n + j] = accumulate ? out[i * n + j] + s : s;
+        for (const Part& part : parts) {
+          const uint8_t* w = static_cast<const uint8_t*>(part.weight->raw());
+          for (int64_t j = part.n / kPackRows * kPackRows; j < part.n; ++j) {
+            const uint8_t* row = w + j * row_bytes;
+            for (int64_t i = 0; i < m; ++i) {
+              const float v =
+                  q4 ? kr.dot_q4_0(reinterpret_cast<const BlockQ4_0*>(row), xq + i * blocks, blocks)
+                     : kr.dot_q8_0(reinterpret_cast<const BlockQ8_0*>(row), xq + i * blocks,
+                                   blocks);
+              float& o = part.out[i * part.n + j];
+              o = accumulate ? o + v : v;
+            }
           }
         }
     }
@@ -1022,8 +1116,10 @@ class CpuBackend final : public Backend {
   // K floats, never the whole matrix) and multiplied by every activation row with a
   // single-threaded GEMM; the activations stay F32, so this is as exact as the F32 path on the
   // widened weights.
-  void linear_tiles(const float* x, const Tensor& weight, float* out, int64_t m, int64_t n,
-                    int64_t k, bool accumulate) {
+  void linear_tiles(const float* x, const Part& part, int64_t m, int64_t k, bool accumulate) {
+    const Tensor& weight = *part.weight;
+    float* out = part.out;
+    const int64_t n = part.n;
     int64_t tile = 128;
     while (tile > 32 && (n + tile - 1) / tile < 2 * threads_) tile /= 2;
     const int64_t tiles = (n + tile - 1) / tile;
@@ -1056,15 +1152,17 @@ class CpuBackend final : public Backend {
   // `multiply(panels, r0, rows, j0, j1, scratch)` runs weight rows [j0, j1) against rows
   // [r0, r0 + rows).
   template <typename Word, typename Pack, typename Multiply>
-  void run_panels(int64_t m, int64_t n, int64_t k, int64_t panel_rows, int64_t panel_words,
-                  int64_t block_cols, int64_t scratch_words, Pack pack, Multiply multiply) {
+  void run_panels(std::span<const Part> parts, int64_t m, int64_t k, int64_t panel_rows,
+                  int64_t panel_words, int64_t block_cols, int64_t scratch_words, Pack pack,
+                  Multiply multiply) {
     const int64_t chunk_rows = std::min(m, kPanelChunkRows / panel_rows * panel_rows);
     thread_local std::vector<Word> scratch_panels;
     scratch_panels.resize(
         static_cast<size_t>((chunk_rows + panel_rows - 1) / panel_rows * panel_words));
     Word* panels = scratch_panels.data();
-    const int64_t blocks = (n + block_cols - 1) / block_cols;
-    const int team = n * k * m < 65536 ? 1 : threads_;
+    const auto weight_blocks = [&](const Part& p) { return (p.n + block_cols - 1) / block_cols; };
+    const int64_t blocks = total_units(parts, weight_blocks);
+    const int team = total_units(parts, columns) * k * m < 65536 ? 1 : threads_;
 #pragma omp parallel num_threads(team)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -1079,8 +1177,11 @@ class CpuBackend final : public Backend {
           pack(c0 + p0 * panel_rows, c0 + std::min(rows, p1 * panel_rows),
                panels + p0 * panel_words);
 #pragma omp barrier
-        if (b1 > b0)
-          multiply(panels, c0, rows, b0 * block_cols, std::min(n, b1 * block_cols), scratch.data());
+        for_each_piece(parts, weight_blocks, b0, b1,
+                       [&](const Part& part, int64_t first, int64_t last) {
+                         multiply(part, panels, c0, rows, first * block_cols,
+                                  std::min(part.n, last * block_cols), scratch.data());
+                       });
 #pragma omp barrier  // the next chunk's packing overwrites these panels
       }
     }
@@ -1088,37 +1189,40 @@ class CpuBackend final : public Backend {
 
   // bf16 weights, many rows, on CPUs with AVX-512 BF16: activations rounded to bf16 pairs,
   // VDPBF16PS register tiles (gemm_bf16_pairs).
-  void linear_bf16_pairs(const float* x, const uint16_t* w, float* out, int64_t m, int64_t n,
-                         int64_t k, bool accumulate) {
+  void linear_bf16_pairs(const float* x, std::span<const Part> parts, int64_t m, int64_t k,
+                         bool accumulate) {
     const cpu::Kernels& kr = kernels_;
     run_panels<uint32_t>(
-        m, n, k, cpu::kBf16PanelRows, cpu::bf16_panel_words(cpu::kBf16PanelRows, k),
+        parts, m, k, cpu::kBf16PanelRows, cpu::bf16_panel_words(cpu::kBf16PanelRows, k),
         cpu::kBf16BlockCols, cpu::bf16_block_words(k),
         [&](int64_t r0, int64_t r1, uint32_t* dst) {
           kr.pack_bf16_pairs(x + r0 * k, r1 - r0, k, dst);
         },
-        [&](const uint32_t* panels, int64_t r0, int64_t rows, int64_t j0, int64_t j1,
-            uint32_t* scratch) {
-          kr.gemm_bf16_pairs(panels, rows, k, w + j0 * k, j1 - j0, out + r0 * n + j0, n, accumulate,
-                             scratch);
+        [&](const Part& part, const uint32_t* panels, int64_t r0, int64_t rows, int64_t j0,
+            int64_t j1, uint32_t* scratch) {
+          kr.gemm_bf16_pairs(panels, rows, k, part.weight->data<uint16_t>() + j0 * k, j1 - j0,
+                             part.out + r0 * part.n + j0, part.n, accumulate, scratch);
         });
   }
 
   // F32, F16 or bf16 weights (F32 activations), many rows, on AVX-512 CPUs: F32 FMA register
   // tiles over weight blocks widened as they are packed (gemm_f32_panels).
-  void linear_f32_panels(const float* x, const void* w, DType type, float* out, int64_t m,
-                         int64_t n, int64_t k, bool accumulate) {
+  void linear_f32_panels(const float* x, std::span<const Part> parts, int64_t m, int64_t k,
+                         bool accumulate) {
     const cpu::Kernels& kr = kernels_;
+    const DType type = parts[0].weight->dtype();
     const size_t row_bytes = dtype_row_bytes(type, k);
     run_panels<float>(
-        m, n, k, cpu::kF32PanelRows, cpu::f32_panel_floats(cpu::kF32PanelRows, k),
+        parts, m, k, cpu::kF32PanelRows, cpu::f32_panel_floats(cpu::kF32PanelRows, k),
         cpu::kF32BlockCols, cpu::f32_gemm_scratch_floats(k),
         [&](int64_t r0, int64_t r1, float* dst) {
           kr.pack_f32_panels(x + r0 * k, r1 - r0, k, dst);
         },
-        [&](const float* panels, int64_t r0, int64_t rows, int64_t j0, int64_t j1, float* scratch) {
-          kr.gemm_f32_panels(panels, rows, k, static_cast<const char*>(w) + j0 * row_bytes, type,
-                             j1 - j0, out + r0 * n + j0, n, accumulate, scratch);
+        [&](const Part& part, const float* panels, int64_t r0, int64_t rows, int64_t j0, int64_t j1,
+            float* scratch) {
+          kr.gemm_f32_panels(panels, rows, k,
+                             static_cast<const char*>(part.weight->raw()) + j0 * row_bytes, type,
+                             j1 - j0, part.out + r0 * part.n + j0, part.n, accumulate, scratch);
         });
   }
 

@@ -365,6 +365,11 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // cuBLAS takes one weight per call; the input needs no preparation to share.
+  void linears(const Tensor& x, std::span<const LinearTarget> targets) override {
+    for (const LinearTarget& target : targets) linear(x, *target.weight, *target.out, false);
+  }
+
   void head_linear(const Tensor& x, const Tensor& weight, int heads, int groups, bool transposed,
                    Tensor& out) override {
     check_f32(x, "head_linear input");
@@ -431,8 +436,9 @@ class CudaBackend final : public Backend {
     check_cuda(src, "copy source");
     check_cuda(dst, "copy destination");
     op_checks::copy_rows(src, src_row, dst, dst_row, count);
-    CEPE_CHECK(src.dtype() == dst.dtype(), "copy_rows: rounding F32 rows into F16 (the F16 KV "
-                                           "cache) is CPU-only; use an F32 cache on CUDA");
+    CEPE_CHECK(src.dtype() == dst.dtype(),
+               "copy_rows: rounding F32 rows into F16 (the F16 KV "
+               "cache) is CPU-only; use an F32 cache on CUDA");
     const size_t row_bytes = src.dim(0) ? src.nbytes() / src.dim(0) : 0;
     if (count == 0 || row_bytes == 0) return;
     CEPE_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.raw()) + dst_row * row_bytes,

@@ -162,7 +162,6 @@ BertModel::BertModel(const fs::path& dir, Backend& backend, Hasher* weights_hash
   }
   backend_.synchronize();
   for (const auto& d : dtypes) weight_dtypes_ += (weight_dtypes_.empty() ? "" : "/") + d;
-
 }
 
 Tensor BertModel::forward(const std::vector<std::vector<int32_t>>& ids,
@@ -207,11 +206,10 @@ Tensor BertModel::forward(const std::vector<std::vector<int32_t>>& ids,
   shape.scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
 
   for (const Layer& l : layers_) {
-    b.linear(x, l.q_w, q);
+    const LinearTarget qkv[] = {{&l.q_w, &q}, {&l.k_w, &k}, {&l.v_w, &v}};
+    b.linears(x, qkv);
     b.add_bias(q, l.q_b);
-    b.linear(x, l.k_w, k);
     b.add_bias(k, l.k_b);
-    b.linear(x, l.v_w, v);
     b.add_bias(v, l.v_b);
     b.attention(q, segments, shape, ctx);
     // Post-LN residuals: x = LN(x + W ctx + b).

@@ -99,9 +99,8 @@ Activations make_activations(Backend& be, const LlamaConfig& c, int64_t rows) {
 void self_attention_inputs(Backend& be, const BlockWeights& b, const LlamaConfig& c,
                            const Tensor& cos, const Tensor& sin, Activations& a) {
   be.rms_norm(a.x, b.input_norm, c.rms_norm_eps, a.hbuf);
-  be.linear(a.hbuf, b.q, a.q);
-  be.linear(a.hbuf, b.k, a.k);
-  be.linear(a.hbuf, b.v, a.v);
+  const LinearTarget qkv[] = {{&b.q, &a.q}, {&b.k, &a.k}, {&b.v, &a.v}};
+  be.linears(a.hbuf, qkv);
   be.rope(a.q, c.num_attention_heads, c.head_dim, cos, sin);
   be.rope(a.k, c.num_key_value_heads, c.head_dim, cos, sin);
 }
@@ -109,8 +108,8 @@ void self_attention_inputs(Backend& be, const BlockWeights& b, const LlamaConfig
 // x += MLP(post_attention_layernorm(x)).
 void add_mlp(Backend& be, const BlockWeights& b, const LlamaConfig& c, Activations& a) {
   be.rms_norm(a.x, b.post_norm, c.rms_norm_eps, a.hbuf);
-  be.linear(a.hbuf, b.gate, a.gate);
-  be.linear(a.hbuf, b.up, a.up);
+  const LinearTarget gate_up[] = {{&b.gate, &a.gate}, {&b.up, &a.up}};
+  be.linears(a.hbuf, gate_up);
   be.silu_mul(a.gate, a.up);
   be.linear(a.gate, b.down, a.x, /*accumulate=*/true);
 }
@@ -452,8 +451,8 @@ ProjectedKV CepeModel::project_chunk(const Tensor& states) const {
     if (!b.has_cross) continue;
     kv.k[l] = backend_.empty({input.dim(0), kvd}, DType::F32);
     kv.v[l] = backend_.empty({input.dim(0), kvd}, DType::F32);
-    backend_.linear(input, b.cross_k, kv.k[l]);
-    backend_.linear(input, b.cross_v, kv.v[l]);
+    const LinearTarget cross_kv[] = {{&b.cross_k, &kv.k[l]}, {&b.cross_v, &kv.v[l]}};
+    backend_.linears(input, cross_kv);
   }
   return kv;
 }
