@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Engine benchmark side by side with real llama.cpp on the very same weights, for every load-time
+# weights kind: our bench_engine, then llama.cpp's prebuilt libllama (from the npm package
+# node-llama-cpp 3.22.1) driven from C (bench/llama_cpp/llama_bench.c), then the same libllama
+# through node (bench/llama_cpp/bench.mjs), in alternation per kind so that drifts in machine load
+# hit all three alike. The C driver is the fair llama.cpp figure (a persistent threadpool, as
+# llama.cpp's own tools run); node adds a JS round trip per decoded token.
+#   bench/run_llama_cpp_bench.sh [threads] [kinds]
+#     threads  default 2
+#     kinds    default "stored bf16 f16 q8_0 q4_0" (stored = F32 for the F32 bench model)
+# Model: the 134M plain LLaMA of issue 14 (as bench/run_engine_bench.sh plain), made if absent,
+# converted to one GGUF per kind with bench/llama_cpp/make_gguf.py (needs the LLaMA-2 tokenizer
+# in ${CEPE_SHARED_DIR:-../shared}/models/llama2-tokenizer; without it this skips).
+# Needs a build (bench_engine), gcc, git, node and npm (the first run installs node-llama-cpp).
+# Environment:
+#   PROMPT_TOKENS, DECODE_TOKENS  default 512 and 128 (smaller for a smoke test)
+#   LLAMA_CPP_NPM_DIR   where node-llama-cpp is (or goes), default ~/.cache/cepe/node-llama-cpp
+#   LLAMA_CPP_CACHE_DIR llama.cpp headers, the compiled driver and the GGUF files,
+#                       default ~/.cache/cepe/llama-cpp-bench
+#   BUILD_DIR, BENCH_MODEL_DIR, CEPE_SHARED_DIR as elsewhere in bench/
+# Prints one JSON line per run and a table per figure; figures on a shared machine are noisy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-2}
+kinds=${2:-"stored bf16 f16 q8_0 q4_0"}
+build=${BUILD_DIR:-build}
+prompt_tokens=${PROMPT_TOKENS:-512}
+decode_tokens=${DECODE_TOKENS:-128}
+nlc_version=3.22.1
+npm_dir=${LLAMA_CPP_NPM_DIR:-$HOME/.cache/cepe/node-llama-cpp}
+cache=${LLAMA_CPP_CACHE_DIR:-$HOME/.cache/cepe/llama-cpp-bench}
+model=${BENCH_MODEL_DIR:-/tmp/cepe-bench134m-plain}
+tokenizer=${CEPE_SHARED_DIR:-../shared}/models/llama2-tokenizer/tokenizer.model
+
+die() { echo "run_llama_cpp_bench: $*" >&2; exit 1; }
+
+for tool in gcc git node npm; do
+  command -v "$tool" >/dev/null || die "$tool not found (node and npm: apt-get install nodejs npm)"
+done
+[[ -x $build/bench/bench_engine ]] ||
+  die "no $build/bench/bench_engine: build the bench targets first"
+case $(uname -m) in
+  x86_64) platform=linux-x64 ;;
+  aarch64) platform=linux-arm64 ;;
+  *) die "node-llama-cpp ships no prebuilt CPU libllama for $(uname -m) that this script knows" ;;
+esac
+for kind in $kinds; do
+  case $kind in stored | f32 | bf16 | f16 | q8_0 | q4_0) ;; *) die "unknown kind '$kind'" ;; esac
+done
+
+# (a) node-llama-cpp. --ignore-scripts: its install script would fetch or build llama.cpp, and the
+# prebuilt CPU binaries we want come as a package of their own. --omit=optional, with that package
+# named: the other optional packages are ~600 MB of CUDA, Vulkan and other platforms' binaries.
+nlc=$npm_dir/node_modules/node-llama-cpp
+libs=$npm_dir/node_modules/@node-llama-cpp/$platform/bins/$platform
+installed=$(node -p "require('$nlc/package.json').version" 2>/dev/null || true)
+if [[ $installed != "$nlc_version" || ! -d $libs ]]; then
+  echo "installing node-llama-cpp@$nlc_version into $npm_dir" >&2
+  mkdir -p "$npm_dir"
+  npm install --prefix "$npm_dir" --ignore-scripts --omit=optional --no-audit --no-fund \
+    --loglevel=error "node-llama-cpp@$nlc_version" "@node-llama-cpp/$platform@$nlc_version" >&2 ||
+    die "npm install of node-llama-cpp@$nlc_version failed"
+  [[ -d $libs ]] || die "no prebuilt libraries at $libs after npm install"
+fi
+
+# (b) llama.cpp's headers, from the source node-llama-cpp bundles: the release its libraries were
+# built from, so the by-value parameter structs match.
+src=$cache/llama.cpp-$nlc_version
+if [[ ! -f $src/include/llama.h || ! -f $src/ggml/include/ggml.h ]]; then
+  [[ -f $nlc/llama/gitRelease.bundle ]] ||
+    die "no $nlc/llama/gitRelease.bundle to take headers from"
+  mkdir -p "$cache"
+  rm -rf "$src.tmp"
+  git -c advice.detachedHead=false clone -q "$nlc/llama/gitRelease.bundle" "$src.tmp" ||
+    die "git clone of $nlc/llama/gitRelease.bundle failed"
+  rm -rf "$src"
+  mv "$src.tmp" "$src"
+fi
+
+# (c) the C driver, linked against the prebuilt libraries by their file names (libllama and
+# libggml carry the release in theirs: libllama.v0.5.0.so), found again at run time by rpath.
+lib_file() {  # lib_file NAME: libNAME.so or libNAME.v<release>.so in $libs
+  local f
+  for f in "$libs/lib$1.so" "$libs/lib$1".v*.so; do
+    [[ -f $f ]] && { basename "$f"; return; }
+  done
+  die "no lib$1 in $libs"
+}
+link=()
+for name in llama ggml ggml-base; do
+  file=$(lib_file "$name")
+  link+=(-l:"$file")
+done
+mkdir -p "$cache/bin"
+driver=$cache/bin/llama_bench
+gcc -O2 -std=c11 -Wall -Wextra -I"$src/include" -I"$src/ggml/include" \
+  bench/llama_cpp/llama_bench.c -o "$driver" -L"$libs" "${link[@]}" -Wl,-rpath,"$libs" ||
+  die "compiling bench/llama_cpp/llama_bench.c failed"
+
+# (d) the bench model (as bench/run_engine_bench.sh makes it) and one GGUF per kind.
+if [[ ! -f "$model/config.json" ]]; then
+  /usr/bin/python3 bench/make_bench_model.py --out "$model" --plain --dec-layers 12 >&2
+fi
+gguf_type() { [[ $1 == stored ]] && echo f32 || echo "$1"; }  # the bench model is stored in F32
+gguf_file() { echo "$cache/gguf/$(basename "$model")-$(gguf_type "$1").gguf"; }
+mkdir -p "$cache/gguf"
+for kind in $kinds; do
+  gguf=$(gguf_file "$kind")
+  [[ -f $gguf ]] && continue
+  if [[ ! -f $tokenizer ]]; then
+    echo "skip: no tokenizer at $tokenizer (set CEPE_SHARED_DIR) to make $gguf;" \
+         "no llama.cpp comparison"
+    exit 0
+  fi
+  /usr/bin/python3 bench/llama_cpp/make_gguf.py --model "$model" --type "$(gguf_type "$kind")" \
+    --tokenizer "$tokenizer" --out "$gguf" >&2 || die "make_gguf.py failed for $kind"
+done
+
+# (e) the runs, the three engines in turn for each kind.
+sizes=(--prompt-tokens "$prompt_tokens" --decode-tokens "$decode_tokens")
+results=()
+for kind in $kinds; do
+  gguf=$(gguf_file "$kind")
+  ours=$("$build/bench/bench_engine" --model "$model" --threads "$threads" --weights "$kind" \
+         "${sizes[@]}" --json) || die "bench_engine failed for $kind"
+  echo "cepe $kind: $ours"
+  c=$("$driver" --model "$gguf" --libs "$libs" --threads "$threads" "${sizes[@]}" --json) ||
+    die "llama_bench (C driver) failed for $kind"
+  echo "llama.cpp C $kind: $c"
+  # One libuv thread, as bench.mjs sets it when unset (see there); setting it here spares
+  # bench.mjs its re-exec, and a value from the caller is kept as bench.mjs keeps it.
+  node=$(UV_THREADPOOL_SIZE=${UV_THREADPOOL_SIZE:-1} NODE_PATH=$npm_dir/node_modules \
+         node bench/llama_cpp/bench.mjs --model "$gguf" --threads "$threads" "${sizes[@]}" --json) ||
+    die "bench.mjs (node-llama-cpp) failed for $kind"
+  echo "llama.cpp node $kind: $node"
+  results+=("$kind" "$ours" "$c" "$node")
+done
+
+# (f) a table per figure, a row per kind.
+/usr/bin/python3 - "$prompt_tokens" "${results[@]}" <<'PY'
+import json, sys
+prompt = int(sys.argv[1])
+a = sys.argv[2:]
+runs = [(a[i], *(json.loads(s) for s in a[i + 1:i + 4])) for i in range(0, len(a), 4)]
+figures = [
+    ("prefill tokens/s", lambda r: r["prefill"]["tokens_per_s"]),
+    ("decode tokens/s after BOS", lambda r: r["decode_short"]["tokens_per_s"]),
+    (f"decode tokens/s after a {prompt}-token prompt", lambda r: r["decode"]["tokens_per_s"]),
+    ("peak RSS MB", lambda r: r["peak_rss_mb"]),
+]
+for name, get in figures:
+    print(f"\n{name}\n\n| kind | ours | llama.cpp C | llama.cpp node | ours / llama.cpp C |")
+    print("|---|---|---|---|---|")
+    for kind, ours, c, node in runs:
+        print(f"| {kind} | {get(ours):.1f} | {get(c):.1f} | {get(node):.1f} "
+              f"| {get(ours) / get(c):.2f}x |")
+# Both llama.cpp runs use the same library and GGUF, so their greedy tokens must agree.
+for kind, _, c, node in runs:
+    if c["first_tokens"] != node["first_tokens"]:
+        print(f"\nnote: {kind}: llama.cpp C and node disagree on the first greedy tokens: "
+              f"{c['first_tokens']} vs {node['first_tokens']}")
+print(f"\nllama.cpp {runs[0][2]['llama_cpp_release']}, CPU backend {runs[0][2]['cpu_variant']}, "
+      f"{runs[0][2]['threads']} threads")
+PY
