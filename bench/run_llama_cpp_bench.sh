@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Engine benchmark side by side with real llama.cpp on the very same weights, for every load-time
 # weights kind: our bench_engine, then llama.cpp's prebuilt libllama (from the npm package
-# node-llama-cpp 3.22.1) driven from C (bench/llama_cpp/llama_bench.c), then the same libllama
-# through node (bench/llama_cpp/bench.mjs), in alternation per kind so that drifts in machine load
-# hit all three alike. The C driver is the fair llama.cpp figure (a persistent threadpool, as
+# node-llama-cpp 3.22.1) driven from C (bench/llama_cpp/llama_bench.c), optionally the same
+# libllama through node (bench/llama_cpp/bench.mjs), in alternation per kind so that drifts in
+# machine load hit all of them alike. The C driver is the fair llama.cpp figure (a persistent threadpool, as
 # llama.cpp's own tools run); node adds a JS round trip per decoded token.
 #   bench/run_llama_cpp_bench.sh [threads] [kinds]
 #     threads  default 2
@@ -14,6 +14,9 @@
 # Needs a build (bench_engine), gcc, git, node and npm (the first run installs node-llama-cpp).
 # Environment:
 #   PROMPT_TOKENS, DECODE_TOKENS  default 512 and 128 (smaller for a smoke test)
+#   REPEATS             runs of each engine per kind, alternating (default 3; the tables show
+#                       medians)
+#   WITH_NODE=1         also time llama.cpp through node (bench.mjs)
 #   LLAMA_CPP_NPM_DIR   where node-llama-cpp is (or goes), default ~/.cache/cepe/node-llama-cpp
 #   LLAMA_CPP_CACHE_DIR llama.cpp headers, the compiled driver and the GGUF files,
 #                       default ~/.cache/cepe/llama-cpp-bench
@@ -26,6 +29,8 @@ kinds=${2:-"stored bf16 f16 q8_0 q4_0"}
 build=${BUILD_DIR:-build}
 prompt_tokens=${PROMPT_TOKENS:-512}
 decode_tokens=${DECODE_TOKENS:-128}
+repeats=${REPEATS:-3}
+with_node=${WITH_NODE:-0}
 nlc_version=3.22.1
 npm_dir=${LLAMA_CPP_NPM_DIR:-$HOME/.cache/cepe/node-llama-cpp}
 cache=${LLAMA_CPP_CACHE_DIR:-$HOME/.cache/cepe/llama-cpp-bench}
@@ -116,49 +121,65 @@ for kind in $kinds; do
     --tokenizer "$tokenizer" --out "$gguf" >&2 || die "make_gguf.py failed for $kind"
 done
 
-# (e) the runs, the three engines in turn for each kind.
+# (e) the runs: for each kind, the engines in turn, REPEATS times (medians in the tables).
 sizes=(--prompt-tokens "$prompt_tokens" --decode-tokens "$decode_tokens")
 results=()
 for kind in $kinds; do
   gguf=$(gguf_file "$kind")
-  ours=$("$build/bench/bench_engine" --model "$model" --threads "$threads" --weights "$kind" \
-         "${sizes[@]}" --json) || die "bench_engine failed for $kind"
-  echo "cepe $kind: $ours"
-  c=$("$driver" --model "$gguf" --libs "$libs" --threads "$threads" "${sizes[@]}" --json) ||
-    die "llama_bench (C driver) failed for $kind"
-  echo "llama.cpp C $kind: $c"
-  # One libuv thread, as bench.mjs sets it when unset (see there); setting it here spares
-  # bench.mjs its re-exec, and a value from the caller is kept as bench.mjs keeps it.
-  node=$(UV_THREADPOOL_SIZE=${UV_THREADPOOL_SIZE:-1} NODE_PATH=$npm_dir/node_modules \
-         node bench/llama_cpp/bench.mjs --model "$gguf" --threads "$threads" "${sizes[@]}" --json) ||
-    die "bench.mjs (node-llama-cpp) failed for $kind"
-  echo "llama.cpp node $kind: $node"
-  results+=("$kind" "$ours" "$c" "$node")
+  for ((rep = 1; rep <= repeats; ++rep)); do
+    ours=$("$build/bench/bench_engine" --model "$model" --threads "$threads" --weights "$kind" \
+           "${sizes[@]}" --json) || die "bench_engine failed for $kind"
+    echo "cepe $kind: $ours"
+    c=$("$driver" --model "$gguf" --libs "$libs" --threads "$threads" "${sizes[@]}" --json) ||
+      die "llama_bench (C driver) failed for $kind"
+    echo "llama.cpp C $kind: $c"
+    node=null
+    if [[ $with_node == 1 ]]; then
+      # One libuv thread, as bench.mjs sets it when unset (see there); setting it here spares
+      # bench.mjs its re-exec, and a value from the caller is kept as bench.mjs keeps it.
+      node=$(UV_THREADPOOL_SIZE=${UV_THREADPOOL_SIZE:-1} NODE_PATH=$npm_dir/node_modules \
+             node bench/llama_cpp/bench.mjs --model "$gguf" --threads "$threads" "${sizes[@]}" \
+             --json) || die "bench.mjs (node-llama-cpp) failed for $kind"
+      echo "llama.cpp node $kind: $node"
+    fi
+    results+=("$kind" "$ours" "$c" "$node")
+  done
 done
 
-# (f) a table per figure, a row per kind.
+# (f) a table per figure, a row per kind: medians of the repeats (min-max beside them).
 /usr/bin/python3 - "$prompt_tokens" "${results[@]}" <<'PY'
-import json, sys
+import json, statistics, sys
 prompt = int(sys.argv[1])
 a = sys.argv[2:]
-runs = [(a[i], *(json.loads(s) for s in a[i + 1:i + 4])) for i in range(0, len(a), 4)]
+runs = {}
+for i in range(0, len(a), 4):
+    runs.setdefault(a[i], []).append([json.loads(s) for s in a[i + 1:i + 4]])
+with_node = any(r[2] is not None for rs in runs.values() for r in rs)
 figures = [
     ("prefill tokens/s", lambda r: r["prefill"]["tokens_per_s"]),
     ("decode tokens/s after BOS", lambda r: r["decode_short"]["tokens_per_s"]),
     (f"decode tokens/s after a {prompt}-token prompt", lambda r: r["decode"]["tokens_per_s"]),
     ("peak RSS MB", lambda r: r["peak_rss_mb"]),
 ]
+engines = ["ours", "llama.cpp C"] + (["llama.cpp node"] if with_node else [])
+repeats = len(next(iter(runs.values())))
 for name, get in figures:
-    print(f"\n{name}\n\n| kind | ours | llama.cpp C | llama.cpp node | ours / llama.cpp C |")
-    print("|---|---|---|---|---|")
-    for kind, ours, c, node in runs:
-        print(f"| {kind} | {get(ours):.1f} | {get(c):.1f} | {get(node):.1f} "
-              f"| {get(ours) / get(c):.2f}x |")
-# Both llama.cpp runs use the same library and GGUF, so their greedy tokens must agree.
-for kind, _, c, node in runs:
-    if c["first_tokens"] != node["first_tokens"]:
-        print(f"\nnote: {kind}: llama.cpp C and node disagree on the first greedy tokens: "
-              f"{c['first_tokens']} vs {node['first_tokens']}")
-print(f"\nllama.cpp {runs[0][2]['llama_cpp_release']}, CPU backend {runs[0][2]['cpu_variant']}, "
-      f"{runs[0][2]['threads']} threads")
+    print(f"\n{name} (median of {repeats}, min-max)\n")
+    print("| kind | " + " | ".join(engines) + " | ours / llama.cpp C |")
+    print("|---" * (len(engines) + 2) + "|")
+    for kind, rs in runs.items():
+        cells, medians = [], []
+        for e in range(len(engines)):
+            vals = [get(r[e]) for r in rs]
+            medians.append(statistics.median(vals))
+            cells.append(f"{medians[-1]:.1f} ({min(vals):.1f}-{max(vals):.1f})")
+        print(f"| {kind} | " + " | ".join(cells) + f" | {medians[0] / medians[1]:.2f}x |")
+# The C and node runs use the same library and GGUF, so their greedy tokens must agree.
+for kind, rs in runs.items():
+    for r in rs:
+        if r[2] is not None and r[1]["first_tokens"] != r[2]["first_tokens"]:
+            print(f"\nnote: {kind}: llama.cpp C and node disagree on the first greedy tokens: "
+                  f"{r[1]['first_tokens']} vs {r[2]['first_tokens']}")
+c = next(iter(runs.values()))[0][1]
+print(f"\nllama.cpp {c['llama_cpp_release']}, CPU backend {c['cpu_variant']}, {c['threads']} threads")
 PY
