@@ -1197,31 +1197,37 @@ CEPE_AVX512VNNI inline __m512i bcast4_512(const int8_t* p) {
   return _mm512_castps_si512(_mm512_broadcastss_ps(_mm_load_ss(reinterpret_cast<const float*>(p))));
 }
 
+// One block of a packed group as the VNNI kernels use it: the 16 rows' scales widened, and the
+// 8 chunks of unsigned quants (Q4: the low nibbles of the 4 stored chunks, then their high ones).
+template <bool Q4>
+CEPE_AVX512VNNI inline __m512 load_group_block_vnni(const uint8_t* blk, __m512i w[8]) {
+  if (Q4) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m512i v = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
+      w[c] = _mm512_and_si512(v, low4);
+      w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
+  }
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+}
+
 template <bool Q4, int R>
 CEPE_AVX512VNNI inline void gemm_x16_vnni_tile(const uint8_t* g, const BlockQ8_0* x,
                                                const float* xd, const int32_t* xs, int64_t blocks,
                                                float* out, int64_t ldo, bool accumulate) {
   constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
   constexpr int32_t offset = Q4 ? 8 : 128;
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* blk = g + b * stride;
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
     __m512i w[8];
-    if (Q4) {
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        const __m512i v = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
-        w[c] = _mm512_and_si512(v, low4);
-        w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-      }
-    } else {
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
-    }
+    const __m512 dw = load_group_block_vnni<Q4>(g + b * stride, w);
     // Chunk t of either layout meets activation bytes 4t..4t+3 (Q4: w[4 + c] = high nibbles,
     // bytes 16 + 4c, i.e. t = 4 + c). The rows' chains are interleaved (chunk-major), so R
     // independent VPDPBUSD chains hide its latency; a lone row splits its chain in two.
@@ -1290,28 +1296,15 @@ CEPE_AVX512VNNI void gemm_x16_tiles_vnni(const uint8_t* g, const uint8_t* tiles,
   constexpr int R = static_cast<int>(kQ8TileRows);
   constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
   constexpr int64_t offsets_at = R * 32, scales_at = R * 36;
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
   for (int64_t i = 0; i < m; i += R) {
     const uint8_t* tile = tiles + i / R * blocks * kQ8TileBlockBytes;
     __m512 acc[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t* blk = g + b * stride;
       const uint8_t* xt = tile + b * kQ8TileBlockBytes;
-      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
       __m512i w[8];
-      if (Q4) {
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const __m512i v = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
-          w[c] = _mm512_and_si512(v, low4);
-          w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-        }
-      } else {
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + packed_quant_index(c, 0, 0));
-      }
+      const __m512 dw = load_group_block_vnni<Q4>(g + b * stride, w);
       __m512i s[R];
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) s[r] = _mm512_set1_epi32(load_i32(xt + offsets_at + 4 * r));
