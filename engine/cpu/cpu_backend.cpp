@@ -896,10 +896,16 @@ class CpuBackend final : public Backend {
     const DType type = parts[0].weight->dtype();
     switch (type) {
       case DType::F32:
-        if (m > kFewRowsF32 && kernels_.gemm_f32_panels)
-          linear_f32_panels(x, parts, m, k, accumulate);
-        else
+        if (m <= kFewRowsF32) {
           linear_f32(x, parts, m, k, accumulate);
+        } else if (kernels_.gemm_f32_panels) {
+          linear_f32_panels(x, parts, m, k, accumulate);
+        } else {
+          // OpenBLAS's results depend on how the columns are sliced between its calls, so each
+          // weight keeps the slicing it gets alone.
+          for (const Part& part : parts)
+            linear_f32(x, std::span<const Part>(&part, 1), m, k, accumulate);
+        }
         return;
       case DType::Q8_0x16:
       case DType::Q4_0x16:
