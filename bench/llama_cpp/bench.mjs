@@ -6,8 +6,9 @@
 //       --decode-tokens 128 [--short-prompt-tokens 1] [--json]
 //
 // node-llama-cpp is an ES module found the CommonJS way, so either run from a directory whose
-// node_modules has it (cd /tmp/nlc && node /work/main/bench/llama_cpp/bench.mjs ...) or point
-// NODE_PATH at such a node_modules (NODE_PATH=/tmp/nlc/node_modules node bench/llama_cpp/bench.mjs).
+// node_modules has it (cd DIR && node PATH/TO/bench/llama_cpp/bench.mjs ...) or point NODE_PATH
+// at such a node_modules (NODE_PATH=DIR/node_modules node bench/llama_cpp/bench.mjs); the runner,
+// bench/run_llama_cpp_bench.sh, installs node-llama-cpp into ~/.cache/cepe/node-llama-cpp.
 //
 // CPU only, exactly --threads threads for prompt and decode batches, batch size 512, node-llama-cpp's
 // defaults otherwise (F16 KV cache, flash attention "auto", which the CPU backend does take,
