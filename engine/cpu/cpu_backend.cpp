@@ -1154,9 +1154,9 @@ class CpuBackend final : public Backend {
 
   // The panel GEMMs' shared plan, for each chunk of rows: the activations are packed into row
   // panels (threads split the panels), then each thread multiplies its share of the weight
-  // blocks by every panel. `pack(r0, r1, dst)` packs rows [r0, r1);
-  // `multiply(panels, r0, rows, j0, j1, scratch)` runs weight rows [j0, j1) against rows
-  // [r0, r0 + rows).
+  // blocks (the parts' blocks laid end to end) by every panel. `pack(r0, r1, dst)` packs rows
+  // [r0, r1); `multiply(part, panels, r0, rows, j0, j1, scratch)` runs the part's weight rows
+  // [j0, j1) against rows [r0, r0 + rows).
   template <typename Word, typename Pack, typename Multiply>
   void run_panels(std::span<const Part> parts, int64_t m, int64_t k, int64_t panel_rows,
                   int64_t panel_words, int64_t block_cols, int64_t scratch_words, Pack pack,

@@ -1287,8 +1287,8 @@ inline float load_f32(const uint8_t* p) {
 }
 
 // The tiled form: one pointer walks a tile's blocks, so every activation operand is a fixed
-// displacement from it (the quants fold into VPDPBUSD as embedded broadcasts) and no row
-// pointers compete for general registers. Each output gets the row-major tile's operations in
+// displacement from it (a broadcast load each) and no row pointers compete for general
+// registers. Each output gets the row-major tile's operations in
 // the same order: the integer sums are exact, then one multiply and one FMA per block.
 template <bool Q4>
 CEPE_AVX512VNNI void gemm_x16_tiles_vnni(const uint8_t* g, const uint8_t* tiles, int64_t m,
@@ -1514,6 +1514,15 @@ const Kernels& active_kernels() {
   return *chosen;
 }
 
+namespace {
+// Σ quants of a Q8_0 activation block (the packed kernels' offset term is −offset times it).
+int32_t quant_sum(const BlockQ8_0& blk) {
+  int32_t s = 0;
+  for (int j = 0; j < 32; ++j) s += blk.qs[j];
+  return s;
+}
+}  // namespace
+
 void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t k, BlockQ8_0* xq,
                         float* xd, int32_t* xs) {
   const int64_t blocks = (k + 31) / 32;
@@ -1521,10 +1530,8 @@ void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t 
     kern.quantize_q8_0(x + i * k, xq + i * blocks, k);
     for (int64_t b = 0; b < blocks; ++b) {
       const BlockQ8_0& blk = xq[i * blocks + b];
-      int32_t s = 0;
-      for (int j = 0; j < 32; ++j) s += blk.qs[j];
       xd[i * blocks + b] = f16_to_f32(blk.d);
-      xs[i * blocks + b] = s;
+      xs[i * blocks + b] = quant_sum(blk);
     }
   }
 }
@@ -1544,9 +1551,7 @@ void quantize_q8_tiles(const Kernels& kern, const float* x, int64_t m, int64_t k
         float d = 0.0f;
         if (i < m) {
           const BlockQ8_0& blk = row[static_cast<size_t>(b)];
-          int32_t sum = 0;
-          for (int j = 0; j < 32; ++j) sum += blk.qs[j];
-          term = -offset * sum;
+          term = -offset * quant_sum(blk);
           d = f16_to_f32(blk.d);
           std::memcpy(xt + 32 * r, blk.qs, 32);
         } else {

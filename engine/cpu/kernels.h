@@ -47,7 +47,7 @@ struct Kernels {
   /// The same for one Q8_0x16 group: Σ_b d_w d_x Σ q_w q_x.
   void (*gemm_q8_0x16)(const uint8_t* group, const BlockQ8_0* x, const float* xd, const int32_t* xs,
                        int64_t m, int64_t blocks, float* out, int64_t ldo, bool accumulate);
-  /// gemm_q4_0x16 over activations laid out by pack_q8_tiles (offset 8): the same arithmetic,
+  /// gemm_q4_0x16 over activations laid out by quantize_q8_tiles (offset 8): the same arithmetic,
   /// so the same results bit for bit; rows past m in the last tile are not written. Null below
   /// AVX-512 VNNI.
   void (*gemm_q4_0x16_tiles)(const uint8_t* group, const uint8_t* tiles, int64_t m, int64_t blocks,
@@ -105,12 +105,12 @@ struct Kernels {
   void (*silu_mul)(float* g, const float* u, int64_t n);
 };
 
-/// Activation rows per tile of pack_q8_tiles' layout (the packed groups' register tile height).
+/// Activation rows per tile of quantize_q8_tiles' layout (the packed groups' register tile height).
 constexpr int64_t kQ8TileRows = 8;
 /// Bytes of one block of one tile: the rows' 32 quants each, then their offset terms (int32),
 /// then their scales (F32).
 constexpr int64_t kQ8TileBlockBytes = kQ8TileRows * (32 + 4 + 4);
-/// Bytes of pack_q8_tiles' output for m rows of `blocks` blocks.
+/// Bytes of quantize_q8_tiles' output for m rows of `blocks` blocks.
 inline int64_t q8_tile_bytes(int64_t m, int64_t blocks) {
   return (m + kQ8TileRows - 1) / kQ8TileRows * blocks * kQ8TileBlockBytes;
 }
