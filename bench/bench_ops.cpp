@@ -140,7 +140,7 @@ BENCHMARK_CAPTURE(BM_Linear, bf16, WeightKind::BF16)->Apply(linear_shapes);
 BENCHMARK_CAPTURE(BM_Linear, f16, WeightKind::F16)->Apply(linear_shapes);
 BENCHMARK_CAPTURE(BM_Linear, q8_0, WeightKind::Q8_0)->Apply(linear_shapes);
 BENCHMARK_CAPTURE(BM_Linear, q4_0, WeightKind::Q4_0)->Apply(linear_shapes);
-BENCHMARK(BM_AttentionDecode)->Arg(128)->Arg(512)->Arg(2048);
+BENCHMARK(BM_AttentionDecode)->Arg(128)->Arg(512)->Arg(2048)->Arg(16384);
 BENCHMARK(BM_AttentionPrefill)->Arg(512)->Arg(2048);
 BENCHMARK(BM_RmsNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_LayerNorm)->Arg(1)->Arg(64);

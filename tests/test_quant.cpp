@@ -541,6 +541,83 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
       }
 }
 
+// The decode-step attention kernel (one query row of all heads against a block of cache rows,
+// AVX-512 levels) against double, with the bound of AttentionRowsMatchDouble: each score is an
+// hd-term F32 sum (any order: within (hd + 2) u of Σ|q k| scale), so the normalised output is
+// within (2 δs + 2^-20 + (n + 4) u) max|v|. Heads share kv heads (group 3) or not; rows carry
+// padding past the kv heads; key counts cover the sixteen-key batches' edges; head widths its
+// one to eight vectors.
+TEST_P(KernelLevels, AttendRowBlockMatchesDouble) {
+  const cpu::KernelPath path = GetParam();
+  if (!cpu::kernel_path_supported(path))
+    GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
+  const auto& kr = cpu::kernels_for(path);
+  if (!kr.attend_row_block) {
+    EXPECT_LT(path, cpu::KernelPath::Avx512) << kr.name << " should have attend_row_block";
+    GTEST_SKIP() << kr.name << " has no decode attention kernel (needs AVX-512)";
+  }
+  for (DType type : {DType::F32, DType::F16})
+    for (int64_t hd : {16, 64, 128})
+      for (int group : {1, 3})
+        for (int64_t n : {1, 15, 16, 17, 33, 100}) {
+          const int heads = 6, kv_heads = heads / group;
+          const int64_t ld = kv_heads * hd + 3, pw = hd + 3;
+          const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+          auto kf = random_floats(size_t(n * ld), uint32_t(hd * 5 + n + group), 2.0f);
+          auto vf = random_floats(size_t(n * ld), uint32_t(hd * 13 + n + group), 3.0f);
+          std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+          if (type == DType::F16)
+            for (size_t i = 0; i < kf.size(); ++i) {
+              kh[i] = f32_to_f16(kf[i]);
+              kf[i] = f16_to_f32(kh[i]);
+              vh[i] = f32_to_f16(vf[i]);
+              vf[i] = f16_to_f32(vh[i]);
+            }
+          const bool f16 = type == DType::F16;
+          const void* kp = f16 ? static_cast<const void*>(kh.data()) : kf.data();
+          const void* vp = f16 ? static_cast<const void*>(vh.data()) : vf.data();
+          const auto q = random_floats(size_t(heads * hd), uint32_t(hd + n + 3 * group), 2.0f);
+          std::vector<float> scores(size_t(heads * n), NAN), part(size_t(heads * pw), -7.0f);
+          kr.attend_row_block(q.data(), kp, vp, f16, n, ld, heads, group, hd, scale, scores.data(),
+                              part.data(), pw);
+          for (int h = 0; h < heads; ++h) {
+            const int64_t off = (h / group) * hd;
+            std::vector<double> sc(static_cast<size_t>(n));
+            double mx = -INFINITY, worst = 0, vmax = 0;
+            for (int64_t j = 0; j < n; ++j) {
+              double dot = 0, mag = 0;
+              for (int64_t t = 0; t < hd; ++t) {
+                const double prod = double(q[h * hd + t]) * kf[j * ld + off + t];
+                dot += prod;
+                mag += std::fabs(prod);
+              }
+              sc[j] = dot * scale;
+              mx = std::max(mx, sc[j]);
+              worst = std::max(worst, (hd + 2) * kU * mag * scale);
+              for (int64_t d = 0; d < hd; ++d)
+                vmax = std::max(vmax, std::fabs(double(vf[j * ld + off + d])));
+            }
+            double sum = 0;
+            for (double& e : sc) sum += (e = std::exp(e - mx));
+            const double tol = (2 * worst + std::ldexp(1.0, -20) + (n + 4) * kU) * vmax;
+            const float* pr = part.data() + h * pw;
+            ASSERT_NEAR(pr[0], mx, worst + 1e-30)
+                << kr.name << " " << dtype_name(type) << " hd " << hd << " group " << group << " n "
+                << n << " head " << h << ": max";
+            ASSERT_GE(pr[1], 1.0f) << kr.name << ": the max key's term is e^0";
+            ASSERT_LE(pr[1], n * (1 + 1e-5)) << kr.name << ": n terms of at most 1";
+            for (int64_t d = 0; d < hd; ++d) {
+              double want = 0;
+              for (int64_t j = 0; j < n; ++j) want += sc[j] / sum * vf[j * ld + off + d];
+              ASSERT_NEAR(pr[2 + d] / pr[1], want, tol)
+                  << kr.name << " " << dtype_name(type) << " hd " << hd << " group " << group
+                  << " n " << n << " head " << h << " column " << d;
+            }
+            ASSERT_EQ(pr[hd + 2], -7.0f) << kr.name << ": wrote past the head's values";
+          }
+        }
+}
+
 // softmax_exp and silu_mul on every level against double: each e^x within 4 ulp (2^-21
 // relative; the vector levels' polynomial is within ~2), the sum within that plus n u of the
 // terms, the max exact; SiLU within 8 ulp (e^x, one add, one divide, one multiply). Inputs span

@@ -778,14 +778,18 @@ class CpuBackend final : public Backend {
     const int64_t hd = shape.head_dim;
     const int64_t q_stride = static_cast<int64_t>(heads) * hd;
     const int64_t kv_stride = static_cast<int64_t>(shape.kv_heads) * hd;
-    // Key blocks of 512, halved (down to 64) until every thread has a couple of blocks: one
-    // short sequence would otherwise be one block for one thread. Every block streams whole
-    // cache rows (all heads), which the prefetcher follows; splitting by heads instead reads a
-    // strided slice of each row and measured slower. Blocks never straddle two key runs.
+    // Key blocks of at most 512 keys, made smaller (in steps of 16, the kernel's batch) when
+    // there are fewer than two per thread: one short sequence would otherwise be one block for
+    // one thread, and blocks sized by halving left threads uneven shares (560 keys in blocks of
+    // 128: 384 keys for one thread, 176 for the other). Every block streams whole cache rows (all
+    // heads), which the prefetcher follows; splitting by heads instead reads a strided slice of
+    // each row and measured slower. Blocks never straddle two key runs.
     int64_t total_keys = 0;
     for (const auto& sg : segments) total_keys += sg.q_len * sg.key_count();
+    const int64_t want_blocks = 2 * threads_;
     int64_t kBlock = 512;
-    while (kBlock > 64 && (total_keys + kBlock - 1) / kBlock < 2 * threads_) kBlock /= 2;
+    if ((total_keys + kBlock - 1) / kBlock < want_blocks)
+      kBlock = std::max<int64_t>(16, ((total_keys + want_blocks - 1) / want_blocks + 15) / 16 * 16);
     struct Unit {
       int seg;
       int64_t row;          // query row in the segment
@@ -824,6 +828,9 @@ class CpuBackend final : public Backend {
     // Per block and head: running max, sum of exponentials, and the unnormalised output.
     const int64_t partial_width = 2 + hd;
     std::vector<float> partials(n_blocks * heads * partial_width);
+    // Decode steps' kernel where the head width suits it; otherwise the loops below.
+    const auto attend_block =
+        hd % 16 == 0 && hd <= cpu::kAttendMaxHeadDim ? kernels_.attend_row_block : nullptr;
 #pragma omp parallel num_threads(threads_)
     {
       std::vector<float> scores, widened(static_cast<size_t>(kv_stride));
@@ -841,6 +848,12 @@ class CpuBackend final : public Backend {
         const float* qr = q.data<float>() + (sg.q_begin + unit.row) * q_stride;
         const int64_t n = unit.keys;
         scores.resize(static_cast<size_t>(heads * n));
+        float* part = partials.data() + unit.block * heads * partial_width;
+        if (attend_block) {
+          attend_block(qr, unit.kp, unit.vp, unit.f16, n, kv_stride, heads, group, hd, shape.scale,
+                       scores.data(), part, partial_width);
+          continue;
+        }
         for (int64_t j = 0; j < n; ++j) {
           const float* kr = row_f32(unit, unit.kp, j);
           for (int h = 0; h < heads; ++h) {
@@ -852,7 +865,6 @@ class CpuBackend final : public Backend {
             scores[h * n + j] = d * shape.scale;
           }
         }
-        float* part = partials.data() + unit.block * heads * partial_width;
         for (int h = 0; h < heads; ++h) {
           float* sh = scores.data() + h * n;
           float mx;

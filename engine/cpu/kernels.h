@@ -98,12 +98,23 @@ struct Kernels {
   void (*attention_rows)(const float* q, int64_t ldq, int64_t rows, int64_t hd, const float* keys_t,
                          const float* values, int64_t n, const int64_t* visible, float scale,
                          float* out, int64_t ldo, float* partial_stats, float* scratch);
+  /// One query row of all heads against n cache rows (decode steps; hd a multiple of 16, at
+  /// most kAttendMaxHeadDim): rows kv_stride elements apart, F32 or F16 (widened exactly), head
+  /// h reading kv head h / group. Per head, at part + h * part_stride: the max score (scale ·
+  /// q·k), Σ e^(s - max), then hd values of Σ e^(s - max) v (unnormalised). `scores` holds
+  /// heads · n floats. Null below AVX-512.
+  void (*attend_row_block)(const float* q, const void* k, const void* v, bool f16, int64_t n,
+                           int64_t kv_stride, int heads, int group, int64_t hd, float scale,
+                           float* scores, float* part, int64_t part_stride);
   /// A softmax's numerators: *max_out = max_j s_j, then s_j = e^(s_j - max); returns Σ_j s_j.
   /// The vector levels' e^x is within ~2 ulp of exp (never below ~1.2e-38, never inf).
   float (*softmax_exp)(float* s, int64_t n, float* max_out);
   /// g_i = silu(g_i) u_i = g_i / (1 + e^-g_i) u_i (the gated MLP's activation).
   void (*silu_mul)(float* g, const float* u, int64_t n);
 };
+
+/// The largest head dimension attend_row_block takes (its register blocking).
+constexpr int64_t kAttendMaxHeadDim = 128;
 
 /// Activation rows per tile of quantize_q8_tiles' layout (the packed groups' register tile height).
 constexpr int64_t kQ8TileRows = 8;
