@@ -112,6 +112,12 @@ double read_bandwidth(int threads) {
   return words * sizeof(uint64_t) / secs;
 }
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 int argmax(const float* x, int n) {
   int best = 0;
   for (int i = 1; i < n; ++i)
@@ -191,15 +197,21 @@ int main(int argc, char** argv) try {
     const double encode_s = seconds_since(t0);
 
     // Decode from a one-token prompt (BOS): the short-context decode figure.
+    // Per-step times too: their median shrugs off the stalls a shared machine adds to some steps
+    // (the llama.cpp driver reports the same figure).
     double decode_short_s = 0.0;
+    std::vector<double> decode_short_steps, decode_steps;
     {
       auto st = model->new_state(decode + 2);
       if (!context.empty()) model->set_context(*st, ctx);
       Tensor l = model->forward(*st, {1}, false);
       t0 = std::chrono::steady_clock::now();
-      for (int s = 0; s < decode; ++s)
+      for (int s = 0; s < decode; ++s) {
+        const auto step0 = std::chrono::steady_clock::now();
         l = model->forward(*st, {argmax(l.data<float>(), vocab)}, false);
-      backend->synchronize();
+        backend->synchronize();
+        decode_short_steps.push_back(seconds_since(step0));
+      }
       decode_short_s = seconds_since(t0);
     }
 
@@ -223,10 +235,12 @@ int main(int argc, char** argv) try {
 
     t0 = std::chrono::steady_clock::now();
     for (int s = 0; s < decode; ++s) {
+      const auto step0 = std::chrono::steady_clock::now();
       const int next = argmax(logits.data<float>(), vocab);
       logits = model->forward(*state, {next}, false);
+      backend->synchronize();
+      decode_steps.push_back(seconds_since(step0));
     }
-    backend->synchronize();
     const double decode_s = seconds_since(t0);
 
     // Bytes a batch-1 decode step must read at least: the decoder's weights once, plus this
@@ -290,8 +304,10 @@ int main(int argc, char** argv) try {
         "\"load_s\": %.3f, "
         "\"encode\": {\"tokens\": %lld, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
         "\"prefill\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f, \"runs\": %d}, "
-        "\"decode_short\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
-        "\"decode\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f}, "
+        "\"decode_short\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f, "
+        "\"median_step_ms\": %.3f}, "
+        "\"decode\": {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.2f, "
+        "\"median_step_ms\": %.3f}, "
         "\"weights_mb\": %.1f, \"kv_and_cross_cache_mb\": %.1f, \"peak_rss_mb\": %.1f, "
         "\"peak_device_mb\": %.1f, \"cross_attention\": \"%s\", \"kv_cache\": \"%s\", "
         "\"decode_step_bytes\": %.0f, \"decode_bytes_per_s\": %.4g, "
@@ -302,9 +318,9 @@ int main(int argc, char** argv) try {
         backend->describe().c_str(), threads, weights.c_str(), load_s,
         static_cast<long long>(enc_tokens), encode_s, enc_tokens ? enc_tokens / encode_s : 0.0,
         prefill, prefill_s, prefill / prefill_s, prefill_runs, decode, decode_short_s,
-        decode / decode_short_s, decode, decode_s, decode / decode_s, weights_mb,
-        state->cache_bytes() / 1048576.0, peak_rss_mb,
-        backend_memory(*backend).peak_in_use / 1048576.0,
+        decode / decode_short_s, 1e3 * median(decode_short_steps), decode, decode_s,
+        decode / decode_s, 1e3 * median(decode_steps), weights_mb, state->cache_bytes() / 1048576.0,
+        peak_rss_mb, backend_memory(*backend).peak_in_use / 1048576.0,
         cross_attention_mode_name(model->cross_attention_mode()),
         dtype_name(model->kv_cache_dtype()), step_bytes, step_bytes * decode / decode_s, batch,
         1e3 * batch_step_s, batch / batch_step_s, batch_cache_bytes / 1048576.0 / batch,

@@ -17,6 +17,10 @@
 #   REPEATS             runs of each engine per kind, alternating (default 3; the tables show
 #                       medians)
 #   WITH_NODE=1         also time llama.cpp through node (bench.mjs)
+#   LLAMA_CPP_BUILD     prebuilt (default: node-llama-cpp's binaries, built for every x86-64) or
+#                       native: the same release's source built here with cmake, GGML_NATIVE=ON
+#                       (-march=native, as a user building llama.cpp gets by default), once
+#                       (~8 minutes on 2 cores) into the cache; needs cmake and g++
 #   LLAMA_CPP_NPM_DIR   where node-llama-cpp is (or goes), default ~/.cache/cepe/node-llama-cpp
 #   LLAMA_CPP_CACHE_DIR llama.cpp headers, the compiled driver and the GGUF files,
 #                       default ~/.cache/cepe/llama-cpp-bench
@@ -31,6 +35,7 @@ prompt_tokens=${PROMPT_TOKENS:-512}
 decode_tokens=${DECODE_TOKENS:-128}
 repeats=${REPEATS:-3}
 with_node=${WITH_NODE:-0}
+llama_build=${LLAMA_CPP_BUILD:-prebuilt}
 nlc_version=3.22.1
 npm_dir=${LLAMA_CPP_NPM_DIR:-$HOME/.cache/cepe/node-llama-cpp}
 cache=${LLAMA_CPP_CACHE_DIR:-$HOME/.cache/cepe/llama-cpp-bench}
@@ -49,6 +54,13 @@ case $(uname -m) in
   aarch64) platform=linux-arm64 ;;
   *) die "node-llama-cpp ships no prebuilt CPU libllama for $(uname -m) that this script knows" ;;
 esac
+case $llama_build in
+  prebuilt) ;;
+  native) command -v cmake >/dev/null || die "cmake not found (LLAMA_CPP_BUILD=native builds llama.cpp)" ;;
+  *) die "LLAMA_CPP_BUILD must be prebuilt or native, not '$llama_build'" ;;
+esac
+[[ $with_node == 1 && $llama_build == native ]] &&
+  die "WITH_NODE=1 times node-llama-cpp's own prebuilt binaries; use it with LLAMA_CPP_BUILD=prebuilt"
 for kind in $kinds; do
   case $kind in stored | f32 | bf16 | f16 | q8_0 | q4_0) ;; *) die "unknown kind '$kind'" ;; esac
 done
@@ -80,6 +92,21 @@ if [[ ! -f $src/include/llama.h || ! -f $src/ggml/include/ggml.h ]]; then
     die "git clone of $nlc/llama/gitRelease.bundle failed"
   rm -rf "$src"
   mv "$src.tmp" "$src"
+fi
+
+# (b') LLAMA_CPP_BUILD=native: that same source built for this CPU, shared libraries (libllama,
+# libggml with its one CPU backend linked in, libggml-base), nothing else of llama.cpp.
+if [[ $llama_build == native ]]; then
+  native=$cache/native-build
+  if [[ ! -f $native/bin/libllama.so ]]; then
+    echo "building llama.cpp $nlc_version's release for this CPU into $native" >&2
+    cmake -S "$src" -B "$native" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+      -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF \
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >&2 &&
+      cmake --build "$native" -j"$(nproc)" --target llama >&2 ||
+      die "building llama.cpp from $src failed"
+  fi
+  libs=$native/bin
 fi
 
 # (c) the C driver, linked against the prebuilt libraries by their file names (libllama and

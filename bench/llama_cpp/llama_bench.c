@@ -1,6 +1,7 @@
-// Real llama.cpp timed from C: the prebuilt libllama that node-llama-cpp 3.22.1 ships, driven
-// directly, on a GGUF from make_gguf.py. It reports the figures of bench.mjs under the same JSON
-// names, so bench/run_llama_cpp_bench.sh can set both beside bench_engine.
+// Real llama.cpp timed from C: the prebuilt libllama that node-llama-cpp 3.22.1 ships, or the same
+// release built from source for this CPU, driven directly, on a GGUF from make_gguf.py. It reports
+// the figures of bench.mjs under the same JSON names, so bench/run_llama_cpp_bench.sh can set both
+// beside bench_engine.
 //
 //   llama_bench --model FILE.gguf --libs DIR [--threads 2] [--prompt-tokens 512]
 //               [--decode-tokens 128] [--no-pool] [--json]
@@ -14,7 +15,9 @@
 // node-llama-cpp bundles (llama/gitRelease.bundle: include/ and ggml/include/), libraries from
 // @node-llama-cpp/linux-x64/bins/linux-x64 (libllama, libggml, libggml-base), rpath to that folder.
 // --libs must be that same folder: the CPU backend (one libggml-cpu-<arch>.so per x86 level) is not
-// linked but picked and loaded at run time from there, and it must come from the same build.
+// linked but picked and loaded at run time from there, and it must come from the same build. A
+// native build (LLAMA_CPP_BUILD=native in the runner: GGML_NATIVE, shared libraries) links its one
+// libggml-cpu into libggml instead, and --libs then only loads nothing more.
 //
 // Settings match what bench.mjs gets from node-llama-cpp: CPU only, context of prompt + decode
 // + 16 tokens (llama.cpp rounds it up), batch and ubatch 512, one sequence, F16 KV cache, flash
@@ -40,7 +43,7 @@
 #include "ggml-cpu.h"
 #include "llama.h"
 
-#define ENGINE "llama.cpp (prebuilt libllama from node-llama-cpp 3.22.1, C driver)"
+#define ENGINE "llama.cpp (libllama of node-llama-cpp 3.22.1's release, C driver)"
 #define BATCH 512        // node-llama-cpp's batchSize in bench.mjs
 #define WARMUP_TOKENS 8  // bench.mjs warms up on the first 8 prompt tokens
 #define FIRST_TOKENS 16  // greedy ids reported, to check that the engines agree
@@ -182,17 +185,23 @@ static void mapped_libs(const char* prefix, char* out, size_t size) {
 }
 
 // bench.mjs reports node-llama-cpp's llama.cpp release tag; its libraries carry the same tag in
-// their file name (libllama.v0.5.0.so), which is the only place the C side can read it.
+// their file name (libllama.v0.5.0.so), which is the only place the C side can read it. A build
+// from source carries it as the shared library's version (libllama.so.0.5.0).
 static void release_from_libname(char* out, size_t size) {
   char names[1024];
   mapped_libs("libllama.", names, sizeof names);
   const char* v = strstr(names, ".v");
   const char* end = v ? strstr(v, ".so") : NULL;
-  if (!v || !end || (size_t)(end - v - 1) >= size) {
-    snprintf(out, size, "unknown");
+  if (v && end && (size_t)(end - v - 1) < size) {
+    snprintf(out, size, "%.*s", (int)(end - v - 1), v + 1);
     return;
   }
-  snprintf(out, size, "%.*s", (int)(end - v - 1), v + 1);
+  const char* so = strstr(names, ".so.");
+  if (so && strlen(so + 4) + 2 <= size && !strchr(so + 4, ',')) {
+    snprintf(out, size, "v%s", so + 4);
+    return;
+  }
+  snprintf(out, size, "unknown");
 }
 
 // Keep llama.cpp's log quiet (bench.mjs uses logLevel "error"), but let errors through: they
@@ -421,7 +430,7 @@ int main(int argc, char** argv) {
   const double peak_rss = proc_status_mb("VmHWM");
   char type[32], cpu_variant[512], release[64];
   file_type_name(b.model, type, sizeof type);
-  mapped_libs("libggml-cpu-", cpu_variant, sizeof cpu_variant);
+  mapped_libs("libggml-cpu", cpu_variant, sizeof cpu_variant);
   release_from_libname(release, sizeof release);
   const int threads = llama_n_threads(b.ctx);
   const unsigned context_size = llama_n_ctx(b.ctx);
