@@ -170,7 +170,7 @@ Tensor pack_rows16(const Tensor& source) {
   const DType to = from == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16;
   const int64_t rows = source.dim(0), width = source.dim(1), blocks = (width + 31) / 32;
   const size_t row_bytes = dtype_row_bytes(from, width);
-  Tensor out = Tensor::empty(source.shape(), to);
+  Tensor out = Tensor::empty_long_lived(source.shape(), to);
   const char* src = static_cast<const char*>(source.raw());
   char* dst = static_cast<char*>(out.raw());
   const int64_t groups = rows / kPackRows;
@@ -219,6 +219,20 @@ void release_file_pages(const Tensor& t, size_t begin, size_t end) {
     ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);  // advisory only
 }
 
+Tensor copy_weight(const Tensor& source) {
+  CEPE_CHECK(source.device() == Device::CPU, "copy_weight: the source must be a CPU tensor");
+  Tensor out = Tensor::empty_long_lived(source.shape(), source.dtype());
+  const char* src = static_cast<const char*>(source.raw());
+  char* dst = static_cast<char*>(out.raw());
+  constexpr size_t kPiece = size_t{4} << 20;
+  for (size_t at = 0; at < source.nbytes(); at += kPiece) {
+    const size_t n = std::min(kPiece, source.nbytes() - at);
+    std::memcpy(dst + at, src + at, n);
+    release_file_pages(source, at, at + n);
+  }
+  return out;
+}
+
 Tensor convert_weight(const Tensor& source, DType target) {
   CEPE_CHECK(source.device() == Device::CPU, "convert_weight: the source must be a CPU tensor");
   CEPE_CHECK(target != DType::I32 && source.dtype() != DType::I32,
@@ -235,7 +249,7 @@ Tensor convert_weight(const Tensor& source, DType target) {
   CEPE_CHECK(!packed || source.rank() == 2,
              "convert_weight: only a matrix can be packed, got " << source.shape_string());
   const int64_t packed_rows = packed ? rows / kPackRows * kPackRows : 0;
-  Tensor out = Tensor::empty(source.shape(), target);
+  Tensor out = Tensor::empty_long_lived(source.shape(), target);
   const size_t in_row = dtype_row_bytes(source.dtype(), width);
   const size_t out_row = dtype_row_bytes(row_type, width);
   const char* src = static_cast<const char*>(source.raw());

@@ -80,6 +80,10 @@ constexpr int64_t packed_quant_index(int64_t chunk, int64_t row, int64_t byte) {
 /// dtype_row_bytes(dtype_unpacked(t.dtype()), width) bytes.
 void unpack_row16(const Tensor& t, int64_t r, void* out);
 
+/// A copy of a weight in memory of its own (Tensor::empty_long_lived), made a few MB at a time
+/// with a file-backed source's pages dropped behind, so the two are never both resident.
+Tensor copy_weight(const Tensor& source);
+
 /// Drops the resident pages of a file-backed (read-only mmap) tensor from this process, those
 /// wholly inside its bytes [begin, end); they are read back from the file if touched again. A
 /// no-op for other tensors.

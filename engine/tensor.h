@@ -25,6 +25,9 @@ class Tensor {
   static Tensor empty(std::vector<int64_t> shape, DType dtype);
   /// Allocates a zero-filled CPU tensor.
   static Tensor zeros(std::vector<int64_t> shape, DType dtype);
+  /// Allocates an uninitialised CPU tensor for data kept as long as a model (weights): every
+  /// whole 2 MB of it may be backed by a transparent huge page.
+  static Tensor empty_long_lived(std::vector<int64_t> shape, DType dtype);
   /// Wraps existing memory; `owner` keeps it alive (may be null for borrowed memory).
   static Tensor wrap(void* data, std::vector<int64_t> shape, DType dtype, Device device,
                      std::shared_ptr<void> owner);

@@ -1052,4 +1052,33 @@ TEST(QuantLoad, FilePagesAreReleasedAfterConversion) {
   }
 }
 
+// Stored weights are copied out of the file mapping (onto huge pages where whole 2 MB blocks
+// allow): the same bytes, no longer a view of the file, and the view still reads them afterwards.
+// A tensor of 2 MB or more starts on a 2 MB boundary, so its whole blocks can be huge pages.
+TEST(QuantLoad, StoredWeightsAreCopiedOutOfTheFile) {
+  auto f = test::load_fixture("gqa_cross_last2");
+  WeightStore store = WeightStore::open(f->dir);
+  const Tensor t = store.get("lm_head.weight");
+  ASSERT_TRUE(t.file_backed());
+  const Tensor c = copy_weight(t);
+  EXPECT_FALSE(c.file_backed());
+  EXPECT_EQ(c.dtype(), t.dtype());
+  EXPECT_EQ(c.shape(), t.shape());
+  const Tensor again = store.get("lm_head.weight");
+  ASSERT_EQ(c.nbytes(), again.nbytes());
+  EXPECT_EQ(std::memcmp(c.raw(), again.raw(), c.nbytes()), 0);
+
+  const int64_t rows = 1031, width = 768;  // 3.02 MB of F32: one whole 2 MB block and a tail
+  Tensor big = Tensor::empty({rows, width}, DType::F32);
+  const auto v = random_floats(size_t(rows * width), 17);
+  std::copy(v.begin(), v.end(), big.data<float>());
+  const Tensor bc = copy_weight(big);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(bc.raw()) % (uintptr_t{2} << 20), 0u);
+  EXPECT_EQ(std::memcmp(bc.raw(), big.raw(), big.nbytes()), 0);
+  auto backend = make_backend(Device::CPU);
+  const Tensor loaded = backend->load_weight(store.get("lm_head.weight"), false);
+  EXPECT_FALSE(loaded.file_backed()) << "a stored CPU weight stays a view of the file";
+  EXPECT_EQ(std::memcmp(loaded.raw(), again.raw(), again.nbytes()), 0);
+}
+
 }  // namespace
