@@ -41,7 +41,7 @@ std::unique_ptr<Backend> cpu(WeightKind weights = WeightKind::Stored) {
 void BM_Linear(benchmark::State& state, WeightKind kind) {
   const int64_t rows = state.range(0), k = state.range(1), n = state.range(2);
   auto b = cpu(kind);
-  const Tensor w = b->load_weight(random_f32({n, k}, 1), false);
+  const Tensor w = b->load_weight(random_f32({n, k}, 1), cepe::WeightUse::Matrix);
   const Tensor x = random_f32({rows, k}, 2);
   Tensor out = b->empty({rows, n}, DType::F32);
   for (auto _ : state) {

@@ -40,6 +40,13 @@ struct AttentionShape {
   float scale = 1.0f;  ///< multiplies q·k before the softmax (1/sqrt(head_dim))
 };
 
+/// How the ops read a checkpoint tensor, which decides what load_weight makes of it.
+enum class WeightUse {
+  Matrix,  ///< read whole by every step (linears, a tied output head)
+  Table,   ///< a few rows per step (embedding tables)
+  Vector,  ///< small vectors (norm weights), always widened to F32
+};
+
 /// Construction options common to all backends.
 struct BackendOptions {
   int threads = 0;                 ///< worker threads (0: all cores)
@@ -81,10 +88,11 @@ class Backend {
 
   /// Uninitialised tensor on the device.
   virtual Tensor empty(std::vector<int64_t> shape, DType dtype) = 0;
-  /// Makes a checkpoint tensor usable by the ops. Matrices keep their dtype (on the CPU the
-  /// memory-mapped view itself is returned) unless BackendOptions::weights asks for another one,
-  /// to which they are converted one at a time; `as_f32` converts small vectors (norm weights).
-  virtual Tensor load_weight(const Tensor& host, bool as_f32) = 0;
+  /// Makes a checkpoint tensor usable by the ops. Matrices and tables keep their dtype unless
+  /// BackendOptions::weights asks for another one, to which they are converted one at a time;
+  /// on the CPU a stored matrix is copied out of the file mapping (copy_weight) and a stored
+  /// table stays a view of it; vectors are widened to F32.
+  virtual Tensor load_weight(const Tensor& host, WeightUse use) = 0;
   /// Copies a host F32 tensor to the device (the CPU returns it unchanged).
   virtual Tensor to_device(const Tensor& host) = 0;
   /// Copies a device tensor to host memory as F32.

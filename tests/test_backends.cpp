@@ -409,13 +409,13 @@ TEST_P(BackendOps, Embedding) {
   for (DType t : {DType::F32, DType::F16, DType::BF16}) {
     const Tensor stored = as_dtype(table, t);
     Tensor out = b().empty({int64_t(ids.size()), 24}, DType::F32);
-    b().embedding(b().load_weight(stored, false), ids, out);
+    b().embedding(b().load_weight(stored, WeightUse::Table), ids, out);
     const std::vector<double> want = ref_embedding(stored, ids);
     expect_within(values(b().to_host_f32(out)), want, std::vector<double>(want.size(), 0.0),
                   std::string("embedding ") + dtype_name(t));
   }
   Tensor out = b().empty({1, 24}, DType::F32);
-  EXPECT_THROW(b().embedding(b().load_weight(table, false), {50}, out), Error);
+  EXPECT_THROW(b().embedding(b().load_weight(table, WeightUse::Table), {50}, out), Error);
 }
 
 TEST_P(BackendOps, RmsNorm) {
@@ -427,7 +427,7 @@ TEST_P(BackendOps, RmsNorm) {
       // Norm weights are loaded as F32 whatever their stored type.
       const Tensor stored = as_dtype(w, t);
       Tensor out = b().empty({5, width}, DType::F32);
-      b().rms_norm(dev(x), b().load_weight(stored, true), 1e-5f, out);
+      b().rms_norm(dev(x), b().load_weight(stored, WeightUse::Vector), 1e-5f, out);
       const Tensor wide = Tensor::empty({width}, DType::F32);
       convert_to_f32(stored.raw(), t, wide.data<float>(), width);
       expect_elementwise(values(b().to_host_f32(out)), ref_rms_norm(x, wide, 1e-5),
@@ -459,7 +459,7 @@ TEST_P(BackendOps, Linear) {
     const Tensor init = random_tensor({s.m, s.n}, rng);
     for (DType t : {DType::F32, DType::F16, DType::BF16}) {
       const Tensor stored = as_dtype(w, t);
-      const Tensor wd = b().load_weight(stored, false);
+      const Tensor wd = b().load_weight(stored, WeightUse::Matrix);
       EXPECT_EQ(wd.dtype(), t) << "weights keep their stored type";
       for (bool acc : {false, true}) {
         Tensor out = acc ? dev(init) : b().empty({s.m, s.n}, DType::F32);
@@ -477,7 +477,7 @@ TEST_P(BackendOps, Linear) {
   }
   Tensor out = b().empty({2, 3}, DType::F32);
   EXPECT_THROW(b().linear(dev(random_tensor({2, 5}, rng)),
-                          b().load_weight(random_tensor({3, 4}, rng), false), out),
+                          b().load_weight(random_tensor({3, 4}, rng), WeightUse::Matrix), out),
                Error);
 }
 
@@ -500,7 +500,8 @@ TEST_P(BackendOps, HeadLinear) {
         const Tensor stored = as_dtype(w, t);
         const std::vector<float> wf = widened(stored);
         Tensor out = b().empty({c.rows, c.heads * out_w}, DType::F32);
-        b().head_linear(dev(x), b().load_weight(stored, false), c.heads, c.groups, transposed, out);
+        b().head_linear(dev(x), b().load_weight(stored, WeightUse::Matrix), c.heads, c.groups,
+                        transposed, out);
         std::vector<double> want, bound;
         for (int64_t r = 0; r < c.rows; ++r)
           for (int h = 0; h < c.heads; ++h) {
@@ -527,7 +528,7 @@ TEST_P(BackendOps, HeadLinear) {
     }
   }
   Tensor out = b().empty({2, 3 * 7}, DType::F32);
-  const Tensor w = b().load_weight(random_tensor({4, 7}, rng), false);
+  const Tensor w = b().load_weight(random_tensor({4, 7}, rng), WeightUse::Matrix);
   for (auto [heads, groups] : {std::pair{3, 2}, std::pair{4, 0}, std::pair{4, 3}}) {
     try {
       b().head_linear(dev(random_tensor({2, heads * 2}, rng)), w, heads, groups, false, out);
@@ -581,11 +582,13 @@ TEST_P(BackendOps, LayerNormBiasAddGelu) {
       convert_to_f32(bs.raw(), t, wide_b.data<float>(), width);
       const std::vector<double> want = ref_layer_norm(x, wide_w, wide_b, 1e-12);
       Tensor out = b().empty({5, width}, DType::F32);
-      b().layer_norm(dev(x), b().load_weight(ws, true), b().load_weight(bs, true), 1e-12f, out);
+      b().layer_norm(dev(x), b().load_weight(ws, WeightUse::Vector),
+                     b().load_weight(bs, WeightUse::Vector), 1e-12f, out);
       expect_elementwise(values(b().to_host_f32(out)), want,
                          "layer_norm width " + std::to_string(width));
       Tensor xd = dev(x);  // in place, as the BERT encoder calls it
-      b().layer_norm(xd, b().load_weight(ws, true), b().load_weight(bs, true), 1e-12f, xd);
+      b().layer_norm(xd, b().load_weight(ws, WeightUse::Vector),
+                     b().load_weight(bs, WeightUse::Vector), 1e-12f, xd);
       expect_elementwise(values(b().to_host_f32(xd)), want,
                          "layer_norm in place, width " + std::to_string(width));
     }
@@ -817,7 +820,7 @@ TEST_P(BackendOps, BadShapesThrowNamingTheOp) {
   // divided by zero; a 1-D table and a negative count went unchecked.
   expect_throw(
       [&] {
-        b().linear(q, b().load_weight(Tensor::zeros({4, 0}, DType::F32), false), out);
+        b().linear(q, b().load_weight(Tensor::zeros({4, 0}, DType::F32), WeightUse::Matrix), out);
       },
       "linear");
   expect_throw([&] { b().rope(x, 0, 16, w, w); }, "rope");
@@ -836,7 +839,7 @@ TEST_P(BackendOps, IdentityWeightShowsActivationRounding) {
     const Tensor x = random_tensor({m, k}, rng);
     for (DType t : {DType::F16, DType::BF16}) {
       Tensor out = b().empty({m, k}, DType::F32);
-      b().linear(dev(x), b().load_weight(as_dtype(eye, t), false), out);
+      b().linear(dev(x), b().load_weight(as_dtype(eye, t), WeightUse::Matrix), out);
       const bool rounds = GetParam() == Device::CUDA && m > kern::kGemvMaxRows;
       const std::vector<float> want = rounds ? widened(as_dtype(x, t)) : values(x);
       EXPECT_EQ(values(b().to_host_f32(out)), want)
@@ -1233,8 +1236,8 @@ class CudaNumericsOnCpu final : public Backend {
   Tensor empty(std::vector<int64_t> shape, DType dtype) override {
     return cpu_->empty(std::move(shape), dtype);
   }
-  Tensor load_weight(const Tensor& host, bool as_f32) override {
-    return cpu_->load_weight(host, as_f32);
+  Tensor load_weight(const Tensor& host, WeightUse use) override {
+    return cpu_->load_weight(host, use);
   }
   Tensor to_device(const Tensor& host) override { return cpu_->to_device(host); }
   Tensor to_host_f32(const Tensor& t) override { return cpu_->to_host_f32(t); }

@@ -743,7 +743,7 @@ TEST_P(QuantLinear, MatchesDoubleReference) {
   auto wv = random_floats(n * k, 31), xv = random_floats(m * k, 37);
   Tensor w = Tensor::empty({n, k}, DType::F32);
   std::copy(wv.begin(), wv.end(), w.data<float>());
-  Tensor wl = backend->load_weight(w, false);
+  Tensor wl = backend->load_weight(w, WeightUse::Matrix);
   // Block kinds are packed in groups of 16 rows (70 = 4 groups + 6 row-major rows).
   const DType plain = weight_kind_dtype(kind, DType::F32);
   ASSERT_EQ(dtype_unpacked(wl.dtype()), plain);
@@ -818,7 +818,7 @@ TEST_P(QuantLinear, FusedLinearsEqualSeparateOnes) {
     const auto wv = random_floats(n * k, uint32_t(61 + n));
     Tensor w = Tensor::empty({n, k}, DType::F32);
     std::copy(wv.begin(), wv.end(), w.data<float>());
-    weights.push_back(backend->load_weight(w, false));
+    weights.push_back(backend->load_weight(w, WeightUse::Matrix));
     fused.push_back(Tensor::empty({m, n}, DType::F32));
     separate.push_back(Tensor::empty({m, n}, DType::F32));
   }
@@ -963,13 +963,16 @@ TEST(QuantLoad, ConvertedWeightsAreNarrowAndNormsStayF32) {
   }
   Tensor w = Tensor::empty({4, 48}, DType::F32);
   for (int i = 0; i < 4 * 48; ++i) w.data<float>()[i] = static_cast<float>(i % 7) - 3.0f;
-  EXPECT_EQ(backend->load_weight(w, false).dtype(), DType::Q4_0);   // < 16 rows: row-major
-  EXPECT_EQ(backend->load_weight(w, false).nbytes(), 4u * 2 * 18);  // 48 -> 2 blocks per row
+  EXPECT_EQ(backend->load_weight(w, WeightUse::Matrix).dtype(),
+            DType::Q4_0);  // < 16 rows: row-major
+  EXPECT_EQ(backend->load_weight(w, WeightUse::Matrix).nbytes(),
+            4u * 2 * 18);  // 48 -> 2 blocks per row
   Tensor tall = Tensor::empty({40, 48}, DType::F32);
   for (int i = 0; i < 40 * 48; ++i) tall.data<float>()[i] = static_cast<float>(i % 11) - 5.0f;
-  EXPECT_EQ(backend->load_weight(tall, false).dtype(), DType::Q4_0x16);  // 2 groups + 8 rows
-  EXPECT_EQ(backend->load_weight(tall, false).nbytes(), 40u * 2 * 18);   // same bytes
-  EXPECT_EQ(backend->load_weight(w, true).dtype(), DType::F32);
+  EXPECT_EQ(backend->load_weight(tall, WeightUse::Matrix).dtype(),
+            DType::Q4_0x16);  // 2 groups + 8 rows
+  EXPECT_EQ(backend->load_weight(tall, WeightUse::Matrix).nbytes(), 40u * 2 * 18);  // same bytes
+  EXPECT_EQ(backend->load_weight(w, WeightUse::Vector).dtype(), DType::F32);
 }
 
 TEST(QuantLoad, ConvertWeightsCli) {
@@ -1076,7 +1079,7 @@ TEST(QuantLoad, StoredWeightsAreCopiedOutOfTheFile) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(bc.raw()) % (uintptr_t{2} << 20), 0u);
   EXPECT_EQ(std::memcmp(bc.raw(), big.raw(), big.nbytes()), 0);
   auto backend = make_backend(Device::CPU);
-  const Tensor loaded = backend->load_weight(store.get("lm_head.weight"), false);
+  const Tensor loaded = backend->load_weight(store.get("lm_head.weight"), WeightUse::Matrix);
   EXPECT_FALSE(loaded.file_backed()) << "a stored CPU weight stays a view of the file";
   EXPECT_EQ(std::memcmp(loaded.raw(), again.raw(), again.nbytes()), 0);
 }

@@ -93,13 +93,15 @@ class CpuBackend final : public Backend {
     return Tensor::empty(std::move(shape), dtype);
   }
 
-  Tensor load_weight(const Tensor& host, bool as_f32) override {
+  Tensor load_weight(const Tensor& host, WeightUse use) override {
     check_cpu(host, "weight");
-    if (as_f32) return to_host_f32(host);
+    if (use == WeightUse::Vector) return to_host_f32(host);
     // Stored weights leave the file mapping for memory of their own: read from the page cache's
     // 4 KB pages, F32 decode steps ran 8-22 % slower than from a copy on huge pages (median step
     // times, alternating runs). Loading reads the file once either way; the copy costs a memcpy.
-    if (weights_ == WeightKind::Stored) return host.file_backed() ? copy_weight(host) : host;
+    // A table is read a few rows a step and stays a view: a copy would make all of it resident.
+    if (weights_ == WeightKind::Stored)
+      return host.file_backed() && use == WeightUse::Matrix ? copy_weight(host) : host;
     // One matrix at a time, row by row: the mapped source pages are dropped as they are used.
     // Block matrices are laid in groups of 16 rows for the packed kernels (decode and prefill
     // alike), straight from the source rows.

@@ -260,11 +260,11 @@ class CudaBackend final : public Backend {
     return Tensor::wrap(p, std::move(shape), dtype, Device::CUDA, std::move(mem));
   }
 
-  Tensor load_weight(const Tensor& host, bool as_f32) override {
+  Tensor load_weight(const Tensor& host, WeightUse use) override {
     CEPE_CHECK(host.device() == Device::CPU,
                "load_weight expects a host (checkpoint) tensor, got one on "
                    << device_name(host.device()));
-    if (as_f32 && host.dtype() != DType::F32) {
+    if (use == WeightUse::Vector && host.dtype() != DType::F32) {
       // Norm weights: small vectors, widened on the host.
       Tensor wide = Tensor::empty(host.shape(), DType::F32);
       convert_to_f32(host.raw(), host.dtype(), wide.data<float>(), host.numel());

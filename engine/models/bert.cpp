@@ -105,10 +105,10 @@ BertModel::BertModel(const fs::path& dir, Backend& backend, Hasher* weights_hash
     return t;
   };
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
-    return backend_.load_weight(get(name, {rows, cols}), false);
+    return backend_.load_weight(get(name, {rows, cols}), WeightUse::Matrix);
   };
   auto vec = [&](const std::string& name, int64_t n) {
-    return backend_.load_weight(get(name, {n}), true);
+    return backend_.load_weight(get(name, {n}), WeightUse::Vector);
   };
 
   const Tensor word = get("embeddings.word_embeddings.weight", {});
@@ -123,7 +123,7 @@ BertModel::BertModel(const fs::path& dir, Backend& backend, Hasher* weights_hash
                         << " has " << word.dim(0) << " rows, config.json says vocab_size "
                         << config_.vocab_size);
   vocab_rows_ = word.dim(0);
-  word_embeddings_ = backend_.load_weight(word, false);
+  word_embeddings_ = backend_.load_weight(word, WeightUse::Table);
 
   // Position + token-type-0 embeddings summed once, in F32, on the host.
   const Tensor pos =

@@ -18,16 +18,21 @@ class StackLoader {
   StackLoader(const WeightStore& store, Backend& backend, size_t* bytes)
       : store_(store), backend_(backend), bytes_(bytes) {}
 
-  Tensor matrix(const std::string& name, Shape shape) { return get(name, std::move(shape), false); }
-  Tensor vector(const std::string& name, int64_t n) { return get(name, {n}, true); }
+  Tensor matrix(const std::string& name, Shape shape) {
+    return get(name, std::move(shape), WeightUse::Matrix);
+  }
+  Tensor table(const std::string& name, Shape shape) {
+    return get(name, std::move(shape), WeightUse::Table);
+  }
+  Tensor vector(const std::string& name, int64_t n) { return get(name, {n}, WeightUse::Vector); }
 
  private:
-  Tensor get(const std::string& name, Shape shape, bool as_f32) {
+  Tensor get(const std::string& name, Shape shape, WeightUse use) {
     Tensor t = store_.get(name, shape);
     CEPE_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16,
                "tensor '" << name << "' in " << store_.file_of(name).string() << " has dtype "
                           << dtype_name(t.dtype()) << "; weights must be F32, F16 or BF16");
-    Tensor loaded = backend_.load_weight(t, as_f32);
+    Tensor loaded = backend_.load_weight(t, use);
     *bytes_ += loaded.nbytes();  // what the model holds (after --weights conversion)
     return loaded;
   }
@@ -38,11 +43,13 @@ class StackLoader {
 };
 
 StackWeights load_stack(StackLoader& loader, const LlamaConfig& c, const std::string& prefix,
-                        const ModelConfig* cepe) {
+                        const ModelConfig* cepe, bool embed_is_head) {
   StackWeights s;
   const int64_t h = c.hidden_size, qd = int64_t(c.num_attention_heads) * c.head_dim,
                 kvd = int64_t(c.num_key_value_heads) * c.head_dim, ff = c.intermediate_size;
-  s.embed = loader.matrix(prefix + "embed_tokens.weight", {c.vocab_size, h});
+  const std::string embed = prefix + "embed_tokens.weight";
+  s.embed = embed_is_head ? loader.matrix(embed, {c.vocab_size, h})
+                          : loader.table(embed, {c.vocab_size, h});
   s.blocks.resize(c.num_hidden_layers);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = prefix + "layers." + std::to_string(i) + ".";
@@ -243,11 +250,14 @@ std::unique_ptr<CepeModel> CepeModel::load(const std::filesystem::path& model_di
 void CepeModel::load_weights(const WeightStore& store) {
   StackLoader loader(store, backend_, &weight_bytes_);
   const LlamaConfig& d = config_.decoder;
-  decoder_ = load_stack(loader, d, "model.", config_.is_cepe() ? &config_ : nullptr);
+  // A tied table is also the output head, which every step reads whole.
+  const bool tied = d.tie_word_embeddings && !store.contains("lm_head.weight");
+  decoder_ = load_stack(loader, d, "model.", config_.is_cepe() ? &config_ : nullptr, tied);
   // A decode step reads every decoder weight but the embedding table (one row per token).
   decode_weight_bytes_ = weight_bytes_ - decoder_.embed.nbytes();
-  if (config_.is_cepe()) encoder_ = load_stack(loader, *config_.encoder, "encoder.", nullptr);
-  if (d.tie_word_embeddings && !store.contains("lm_head.weight")) {
+  if (config_.is_cepe())
+    encoder_ = load_stack(loader, *config_.encoder, "encoder.", nullptr, false);
+  if (tied) {
     lm_head_ = decoder_.embed;
   } else {
     lm_head_ = loader.matrix("lm_head.weight", {d.vocab_size, d.hidden_size});
