@@ -16,6 +16,8 @@
 #   PROMPT_TOKENS, DECODE_TOKENS  default 512 and 128 (smaller for a smoke test)
 #   REPEATS             runs of each engine per kind, alternating (default 3; the tables show
 #                       medians)
+#   KV_CACHE            our --kv-cache (default auto: F32 with F32 weights, F16 otherwise);
+#                       llama.cpp's is F16, so f16 is the like-for-like setting for F32 weights
 #   WITH_NODE=1         also time llama.cpp through node (bench.mjs)
 #   LLAMA_CPP_BUILD     prebuilt (default: node-llama-cpp's binaries, built for every x86-64) or
 #                       native: the same release's source built here with cmake, GGML_NATIVE=ON
@@ -34,6 +36,7 @@ build=${BUILD_DIR:-build}
 prompt_tokens=${PROMPT_TOKENS:-512}
 decode_tokens=${DECODE_TOKENS:-128}
 repeats=${REPEATS:-3}
+kv_cache=${KV_CACHE:-auto}
 with_node=${WITH_NODE:-0}
 llama_build=${LLAMA_CPP_BUILD:-prebuilt}
 nlc_version=3.22.1
@@ -155,7 +158,7 @@ for kind in $kinds; do
   gguf=$(gguf_file "$kind")
   for ((rep = 1; rep <= repeats; ++rep)); do
     ours=$("$build/bench/bench_engine" --model "$model" --threads "$threads" --weights "$kind" \
-           "${sizes[@]}" --json) || die "bench_engine failed for $kind"
+           --kv-cache "$kv_cache" "${sizes[@]}" --json) || die "bench_engine failed for $kind"
     echo "cepe $kind: $ours"
     c=$("$driver" --model "$gguf" --libs "$libs" --threads "$threads" "${sizes[@]}" --json) ||
       die "llama_bench (C driver) failed for $kind"
