@@ -436,6 +436,78 @@ TEST_P(KernelLevels, F32PanelsMatchDoubleSums) {
         }
 }
 
+// Keys and values for the attention kernel tests: n cache rows `ld` floats apart, random, as F32
+// or as F16 (k and v then hold the F16 values widened, which the reference reads).
+struct CacheRows {
+  std::vector<float> k, v;
+  std::vector<uint16_t> kh, vh;
+  bool f16;
+  /// The rows as the kernels take them, starting `offset` elements in.
+  const void* keys(int64_t offset) const {
+    return f16 ? static_cast<const void*>(kh.data() + offset) : k.data() + offset;
+  }
+  const void* values(int64_t offset) const {
+    return f16 ? static_cast<const void*>(vh.data() + offset) : v.data() + offset;
+  }
+};
+
+CacheRows random_cache_rows(DType type, int64_t n, int64_t ld, uint32_t seed_k, uint32_t seed_v) {
+  CacheRows c{random_floats(size_t(n * ld), seed_k, 2.0f),
+              random_floats(size_t(n * ld), seed_v, 3.0f),
+              {},
+              {},
+              type == DType::F16};
+  if (c.f16) {
+    c.kh.resize(c.k.size());
+    c.vh.resize(c.v.size());
+    for (size_t i = 0; i < c.k.size(); ++i) {
+      c.kh[i] = f32_to_f16(c.k[i]);
+      c.k[i] = f16_to_f32(c.kh[i]);
+      c.vh[i] = f32_to_f16(c.v[i]);
+      c.v[i] = f16_to_f32(c.vh[i]);
+    }
+  }
+  return c;
+}
+
+// One query row's softmax attention over the first `seen` cache rows (head slice at `offset`),
+// in double, with the bound of the tests below: `worst` is the largest score error an hd-term
+// F32 sum allows ((hd + 2) u of Σ|q k| scale), `tol` the output's, for n keys in all.
+struct ExactAttention {
+  std::vector<double> weight;  ///< the softmax weights
+  double max = -INFINITY, worst = 0, vmax = 0, tol = 0;
+  /// Output column d: Σ_j weight_j v_j[d].
+  double out(const CacheRows& c, int64_t ld, int64_t offset, int64_t d) const {
+    double o = 0;
+    for (size_t j = 0; j < weight.size(); ++j) o += weight[j] * c.v[j * ld + offset + d];
+    return o;
+  }
+};
+
+ExactAttention exact_attention(const float* q, const CacheRows& c, int64_t ld, int64_t offset,
+                               int64_t seen, int64_t n, int64_t hd, float scale) {
+  ExactAttention e;
+  e.weight.resize(static_cast<size_t>(seen));
+  for (int64_t j = 0; j < seen; ++j) {
+    double dot = 0, mag = 0;
+    for (int64_t t = 0; t < hd; ++t) {
+      const double prod = double(q[t]) * c.k[j * ld + offset + t];
+      dot += prod;
+      mag += std::fabs(prod);
+    }
+    e.weight[j] = dot * scale;
+    e.max = std::max(e.max, e.weight[j]);
+    e.worst = std::max(e.worst, (hd + 2) * kU * mag * scale);
+    for (int64_t d = 0; d < hd; ++d)
+      e.vmax = std::max(e.vmax, std::fabs(double(c.v[j * ld + offset + d])));
+  }
+  double sum = 0;
+  for (double& w : e.weight) sum += (w = std::exp(w - e.max));
+  for (double& w : e.weight) w /= sum;
+  e.tol = (2 * e.worst + std::ldexp(1.0, -20) + (n + 4) * kU) * e.vmax;
+  return e;
+}
+
 // The attention panel kernels (AVX-512 levels) against double: keys and values of one head laid
 // out from rows `ld` apart (F32, and F16 widened exactly), query rows ldq apart, each row seeing
 // its own number of keys (none: zeros; more than there are: all). Bound, per row: a score is an
@@ -458,21 +530,11 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
       for (int64_t n : {1, 31, 32, 33, 100}) {
         const int64_t ld = 2 * hd + 5, ldq = 3 * hd, ldo = hd + 7;
         const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-        auto kf = random_floats(size_t(n * ld), uint32_t(hd * 7 + n), 2.0f);
-        auto vf = random_floats(size_t(n * ld), uint32_t(hd * 11 + n), 3.0f);
-        std::vector<uint16_t> kh(kf.size()), vh(vf.size());
-        if (type == DType::F16)
-          for (size_t i = 0; i < kf.size(); ++i) {
-            kh[i] = f32_to_f16(kf[i]);
-            kf[i] = f16_to_f32(kh[i]);
-            vh[i] = f32_to_f16(vf[i]);
-            vf[i] = f16_to_f32(vh[i]);
-          }
+        const CacheRows c =
+            random_cache_rows(type, n, ld, uint32_t(hd * 7 + n), uint32_t(hd * 11 + n));
         const int64_t head = 1;  // the second head of the rows: offsets hd into them
-        const void* kp = type == DType::F16 ? static_cast<const void*>(kh.data() + head * hd)
-                                            : static_cast<const void*>(kf.data() + head * hd);
-        const void* vp = type == DType::F16 ? static_cast<const void*>(vh.data() + head * hd)
-                                            : static_cast<const void*>(vf.data() + head * hd);
+        const void* kp = c.keys(head * hd);
+        const void* vp = c.values(head * hd);
         std::vector<float> keys_t(size_t(cpu::attention_keys_floats(n, hd)), NAN);
         std::vector<float> values(size_t(cpu::attention_values_floats(n, hd)), NAN);
         std::vector<float> scratch(size_t(cpu::attention_scratch_floats(n, hd)), NAN);
@@ -494,32 +556,12 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
                             scratch.data());
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t seen = std::min(visible[r], n);
-            const float* qr = q.data() + r * ldq + head * hd;
-            std::vector<double> sc(static_cast<size_t>(seen));
-            double mx = -INFINITY, worst = 0, vmax = 0;
-            for (int64_t j = 0; j < seen; ++j) {
-              double dot = 0, mag = 0;
-              for (int64_t t = 0; t < hd; ++t) {
-                const double prod = double(qr[t]) * kf[j * ld + head * hd + t];
-                dot += prod;
-                mag += std::fabs(prod);
-              }
-              sc[j] = dot * scale;
-              mx = std::max(mx, sc[j]);
-              worst = std::max(worst, (hd + 2) * kU * mag * scale);
-              for (int64_t d = 0; d < hd; ++d)
-                vmax = std::max(vmax, std::fabs(double(vf[j * ld + head * hd + d])));
-            }
-            double sum = 0;
-            for (double& e : sc) sum += (e = std::exp(e - mx));
-            const double tol = (2 * worst + std::ldexp(1.0, -20) + (n + 4) * kU) * vmax;
-            for (int64_t d = 0; d < hd; ++d) {
-              double want = 0;
-              for (int64_t j = 0; j < seen; ++j) want += sc[j] / sum * vf[j * ld + head * hd + d];
-              ASSERT_NEAR(out[r * ldo + d], want, tol)
+            const ExactAttention e = exact_attention(q.data() + r * ldq + head * hd, c, ld,
+                                                     head * hd, seen, n, hd, scale);
+            for (int64_t d = 0; d < hd; ++d)
+              ASSERT_NEAR(out[r * ldo + d], e.out(c, ld, head * hd, d), e.tol)
                   << kr.name << " " << dtype_name(type) << " hd " << hd << " n " << n << " rows "
                   << rows << " row " << r << " sees " << seen << " column " << d;
-            }
             for (int64_t d = hd; d < ldo; ++d)
               ASSERT_EQ(out[r * ldo + d], -7.0f) << kr.name << ": wrote past hd";
             const float* pr = part.data() + r * pw;
@@ -528,14 +570,11 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
               for (int64_t d = 0; d < hd; ++d) ASSERT_EQ(pr[2 + d], 0.0f) << kr.name;
               continue;
             }
-            ASSERT_NEAR(pr[0], mx, worst + 1e-30) << kr.name << " partial max, row " << r;
+            ASSERT_NEAR(pr[0], e.max, e.worst + 1e-30) << kr.name << " partial max, row " << r;
             ASSERT_GE(pr[1], 1.0f) << kr.name << ": the max key's term is e^0";
-            for (int64_t d = 0; d < hd; ++d) {
-              double want = 0;
-              for (int64_t j = 0; j < seen; ++j) want += sc[j] / sum * vf[j * ld + head * hd + d];
-              ASSERT_NEAR(pr[2 + d] / pr[1], want, tol)
+            for (int64_t d = 0; d < hd; ++d)
+              ASSERT_NEAR(pr[2 + d] / pr[1], e.out(c, ld, head * hd, d), e.tol)
                   << kr.name << " partial, hd " << hd << " n " << n << " row " << r;
-            }
           }
         }
       }
@@ -563,56 +602,26 @@ TEST_P(KernelLevels, AttendRowBlockMatchesDouble) {
           const int heads = 6, kv_heads = heads / group;
           const int64_t ld = kv_heads * hd + 3, pw = hd + 3;
           const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-          auto kf = random_floats(size_t(n * ld), uint32_t(hd * 5 + n + group), 2.0f);
-          auto vf = random_floats(size_t(n * ld), uint32_t(hd * 13 + n + group), 3.0f);
-          std::vector<uint16_t> kh(kf.size()), vh(vf.size());
-          if (type == DType::F16)
-            for (size_t i = 0; i < kf.size(); ++i) {
-              kh[i] = f32_to_f16(kf[i]);
-              kf[i] = f16_to_f32(kh[i]);
-              vh[i] = f32_to_f16(vf[i]);
-              vf[i] = f16_to_f32(vh[i]);
-            }
-          const bool f16 = type == DType::F16;
-          const void* kp = f16 ? static_cast<const void*>(kh.data()) : kf.data();
-          const void* vp = f16 ? static_cast<const void*>(vh.data()) : vf.data();
+          const CacheRows c = random_cache_rows(type, n, ld, uint32_t(hd * 5 + n + group),
+                                                uint32_t(hd * 13 + n + group));
           const auto q = random_floats(size_t(heads * hd), uint32_t(hd + n + 3 * group), 2.0f);
           std::vector<float> scores(size_t(heads * n), NAN), part(size_t(heads * pw), -7.0f);
-          kr.attend_row_block(q.data(), kp, vp, f16, n, ld, heads, group, hd, scale, scores.data(),
-                              part.data(), pw);
+          kr.attend_row_block(q.data(), c.keys(0), c.values(0), c.f16, n, ld, heads, group, hd,
+                              scale, scores.data(), part.data(), pw);
           for (int h = 0; h < heads; ++h) {
             const int64_t off = (h / group) * hd;
-            std::vector<double> sc(static_cast<size_t>(n));
-            double mx = -INFINITY, worst = 0, vmax = 0;
-            for (int64_t j = 0; j < n; ++j) {
-              double dot = 0, mag = 0;
-              for (int64_t t = 0; t < hd; ++t) {
-                const double prod = double(q[h * hd + t]) * kf[j * ld + off + t];
-                dot += prod;
-                mag += std::fabs(prod);
-              }
-              sc[j] = dot * scale;
-              mx = std::max(mx, sc[j]);
-              worst = std::max(worst, (hd + 2) * kU * mag * scale);
-              for (int64_t d = 0; d < hd; ++d)
-                vmax = std::max(vmax, std::fabs(double(vf[j * ld + off + d])));
-            }
-            double sum = 0;
-            for (double& e : sc) sum += (e = std::exp(e - mx));
-            const double tol = (2 * worst + std::ldexp(1.0, -20) + (n + 4) * kU) * vmax;
+            const ExactAttention e =
+                exact_attention(q.data() + h * hd, c, ld, off, n, n, hd, scale);
             const float* pr = part.data() + h * pw;
-            ASSERT_NEAR(pr[0], mx, worst + 1e-30)
+            ASSERT_NEAR(pr[0], e.max, e.worst + 1e-30)
                 << kr.name << " " << dtype_name(type) << " hd " << hd << " group " << group << " n "
                 << n << " head " << h << ": max";
             ASSERT_GE(pr[1], 1.0f) << kr.name << ": the max key's term is e^0";
             ASSERT_LE(pr[1], n * (1 + 1e-5)) << kr.name << ": n terms of at most 1";
-            for (int64_t d = 0; d < hd; ++d) {
-              double want = 0;
-              for (int64_t j = 0; j < n; ++j) want += sc[j] / sum * vf[j * ld + off + d];
-              ASSERT_NEAR(pr[2 + d] / pr[1], want, tol)
+            for (int64_t d = 0; d < hd; ++d)
+              ASSERT_NEAR(pr[2 + d] / pr[1], e.out(c, ld, off, d), e.tol)
                   << kr.name << " " << dtype_name(type) << " hd " << hd << " group " << group
                   << " n " << n << " head " << h << " column " << d;
-            }
             ASSERT_EQ(pr[hd + 2], -7.0f) << kr.name << ": wrote past the head's values";
           }
         }
