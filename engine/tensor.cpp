@@ -57,7 +57,7 @@ Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype) {
 
 Tensor Tensor::empty_long_lived(std::vector<int64_t> shape, DType dtype) {
   // A decode step streams every weight once, and with 4 KB pages each 4 KB read is a TLB miss and
-  // a page walk; on 2 MB pages the same F32 decode ran 8-22 % faster (with the copy out of the
+  // a page walk; on 2 MB pages F32 decode steps took 11-22 % less time (with the copy out of the
   // file mapping, see copy_weight). Only whole 2 MB blocks are advised, so a tensor's tail never
   // grows resident memory by most of a huge page. Small tensors stay on the ordinary heap.
   constexpr size_t kHugePage = size_t{2} << 20;
