@@ -219,14 +219,17 @@ void release_file_pages(const Tensor& t, size_t begin, size_t end) {
     ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);  // advisory only
 }
 
+// How much of a file-backed source copy_weight and convert_weight read before dropping its pages:
+// a large matrix (a 32000 x 4096 head is 500 MB in F32) is never resident whole beside its copy.
+constexpr size_t kReleaseBytes = size_t{4} << 20;
+
 Tensor copy_weight(const Tensor& source) {
   CEPE_CHECK(source.device() == Device::CPU, "copy_weight: the source must be a CPU tensor");
   Tensor out = Tensor::empty_long_lived(source.shape(), source.dtype());
   const char* src = static_cast<const char*>(source.raw());
   char* dst = static_cast<char*>(out.raw());
-  constexpr size_t kPiece = size_t{4} << 20;
-  for (size_t at = 0; at < source.nbytes(); at += kPiece) {
-    const size_t n = std::min(kPiece, source.nbytes() - at);
+  for (size_t at = 0; at < source.nbytes(); at += kReleaseBytes) {
+    const size_t n = std::min(kReleaseBytes, source.nbytes() - at);
     std::memcpy(dst + at, src + at, n);
     release_file_pages(source, at, at + n);
   }
@@ -256,9 +259,7 @@ Tensor convert_weight(const Tensor& source, DType target) {
   char* dst = static_cast<char*>(out.raw());
   std::vector<char> group(packed ? kPackRows * out_row : 0);
   std::vector<float> row(static_cast<size_t>(width));
-  // The source's pages are dropped every few MB as rows are consumed, so converting a large
-  // matrix (a 32000 x 4096 head is 500 MB in F32) never holds it all resident.
-  constexpr size_t kReleaseBytes = size_t{4} << 20;
+  // The source's pages are dropped every kReleaseBytes as rows are consumed.
   size_t released = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const size_t consumed = static_cast<size_t>(r) * in_row;

@@ -41,39 +41,38 @@ std::string Tensor::shape_string() const {
   return shape_to_string(shape_);
 }
 
-Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype) {
-  Tensor t;
-  t.shape_ = std::move(shape);
-  t.dtype_ = dtype;
-  for (int64_t d : t.shape_) CEPE_CHECK(d >= 0, "negative dimension in shape " << t.shape_string());
-  const size_t bytes = t.nbytes();
-  // 64-byte alignment keeps BLAS and vector loops on whole cache lines.
-  void* p = bytes ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr;
-  if (bytes && !p) throw std::bad_alloc();
-  t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
-  t.data_ = p;
-  return t;
-}
-
-Tensor Tensor::empty_long_lived(std::vector<int64_t> shape, DType dtype) {
-  // A decode step streams every weight once, and with 4 KB pages each 4 KB read is a TLB miss and
-  // a page walk; on 2 MB pages F32 decode steps took 11-22 % less time (with the copy out of the
-  // file mapping, see copy_weight). Only whole 2 MB blocks are advised, so a tensor's tail never
-  // grows resident memory by most of a huge page. Small tensors stay on the ordinary heap.
+Tensor Tensor::allocate(std::vector<int64_t> shape, DType dtype, bool huge_pages) {
   constexpr size_t kHugePage = size_t{2} << 20;
   Tensor t;
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
   for (int64_t d : t.shape_) CEPE_CHECK(d >= 0, "negative dimension in shape " << t.shape_string());
   const size_t bytes = t.nbytes();
-  if (bytes < kHugePage) return empty(std::move(t.shape_), dtype);
-  void* p = std::aligned_alloc(kHugePage, (bytes + kHugePage - 1) / kHugePage * kHugePage);
-  if (!p) throw std::bad_alloc();
-  // Advisory: without transparent huge pages (or with them off) this is ordinary memory.
-  ::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
+  // 64-byte alignment keeps BLAS and vector loops on whole cache lines; 2 MB alignment lets
+  // whole huge pages cover the tensor.
+  const bool huge = huge_pages && bytes >= kHugePage;
+  const size_t alignment = huge ? kHugePage : 64;
+  void* p = bytes ? std::aligned_alloc(alignment, (bytes + alignment - 1) / alignment * alignment)
+                  : nullptr;
+  if (bytes && !p) throw std::bad_alloc();
+  // Advisory: without transparent huge pages (or with them off) this is ordinary memory. Only
+  // whole 2 MB blocks are advised, so a tensor's tail never grows resident memory by most of a
+  // huge page.
+  if (huge) ::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
   t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   t.data_ = p;
   return t;
+}
+
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype) {
+  return allocate(std::move(shape), dtype, false);
+}
+
+Tensor Tensor::empty_long_lived(std::vector<int64_t> shape, DType dtype) {
+  // A decode step streams every weight once, and with 4 KB pages each 4 KB read is a TLB miss and
+  // a page walk; on 2 MB pages F32 decode steps took 11-22 % less time (with the copy out of the
+  // file mapping, see copy_weight). Tensors under 2 MB stay on the ordinary heap.
+  return allocate(std::move(shape), dtype, true);
 }
 
 Tensor Tensor::zeros(std::vector<int64_t> shape, DType dtype) {

@@ -71,6 +71,9 @@ class Tensor {
   const std::shared_ptr<void>& owner() const { return owner_; }
 
  private:
+  // empty() and empty_long_lived(): a fresh CPU tensor, on huge pages where asked and big enough.
+  static Tensor allocate(std::vector<int64_t> shape, DType dtype, bool huge_pages);
+
   std::shared_ptr<void> owner_;
   void* data_ = nullptr;
   std::vector<int64_t> shape_;

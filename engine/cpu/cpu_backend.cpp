@@ -838,7 +838,8 @@ class CpuBackend final : public Backend {
         hd % 16 == 0 && hd <= cpu::kAttendMaxHeadDim ? kernels_.attend_row_block : nullptr;
 #pragma omp parallel num_threads(threads_)
     {
-      std::vector<float> scores, widened(static_cast<size_t>(kv_stride));
+      // `widened` serves the loops' F16 rows; the kernel widens as it loads.
+      std::vector<float> scores, widened(attend_block ? 0 : static_cast<size_t>(kv_stride));
       // Cache row j of a unit as F32: in place, or an F16 row widened into `widened`.
       auto row_f32 = [&](const Unit& unit, const char* base, int64_t j) -> const float* {
         if (!unit.f16) return reinterpret_cast<const float*>(base) + j * kv_stride;
