@@ -23,6 +23,9 @@
 #                       native: the same release's source built here with cmake, GGML_NATIVE=ON
 #                       (-march=native, as a user building llama.cpp gets by default), once
 #                       (~8 minutes on 2 cores) into the cache; needs cmake and g++
+#                       or avx2: built the same way for an AVX2 machine (GGML_NATIVE=OFF: AVX2,
+#                       FMA, F16C, BMI2, no AVX-512), and ours run with CEPE_KERNELS=avx2, so
+#                       that an AVX-512 box also shows how both fare on an AVX2-only CPU
 #   LLAMA_CPP_NPM_DIR   where node-llama-cpp is (or goes), default ~/.cache/cepe/node-llama-cpp
 #   LLAMA_CPP_CACHE_DIR llama.cpp headers, the compiled driver and the GGUF files,
 #                       default ~/.cache/cepe/llama-cpp-bench
@@ -59,10 +62,12 @@ case $(uname -m) in
 esac
 case $llama_build in
   prebuilt) ;;
-  native) command -v cmake >/dev/null || die "cmake not found (LLAMA_CPP_BUILD=native builds llama.cpp)" ;;
-  *) die "LLAMA_CPP_BUILD must be prebuilt or native, not '$llama_build'" ;;
+  native | avx2)
+    command -v cmake >/dev/null || die "cmake not found (LLAMA_CPP_BUILD=$llama_build builds llama.cpp)" ;;
+  *) die "LLAMA_CPP_BUILD must be prebuilt, native or avx2, not '$llama_build'" ;;
 esac
-[[ $with_node == 1 && $llama_build == native ]] &&
+[[ $llama_build == avx2 ]] && export CEPE_KERNELS=avx2
+[[ $with_node == 1 && $llama_build != prebuilt ]] &&
   die "WITH_NODE=1 times node-llama-cpp's own prebuilt binaries; use it with LLAMA_CPP_BUILD=prebuilt"
 for kind in $kinds; do
   case $kind in stored | f32 | bf16 | f16 | q8_0 | q4_0) ;; *) die "unknown kind '$kind'" ;; esac
@@ -97,13 +102,14 @@ if [[ ! -f $src/include/llama.h || ! -f $src/ggml/include/ggml.h ]]; then
   mv "$src.tmp" "$src"
 fi
 
-# (b') LLAMA_CPP_BUILD=native: that same source built for this CPU, shared libraries (libllama,
-# libggml with its one CPU backend linked in, libggml-base), nothing else of llama.cpp.
-if [[ $llama_build == native ]]; then
-  native=$cache/native-build
+# (b') LLAMA_CPP_BUILD=native or avx2: that same source built for this CPU (or for AVX2), shared
+# libraries (libllama, libggml with its one CPU backend linked in, libggml-base), nothing else.
+if [[ $llama_build != prebuilt ]]; then
+  native=$cache/$llama_build-build
+  [[ $llama_build == native ]] && isa=(-DGGML_NATIVE=ON) || isa=(-DGGML_NATIVE=OFF -DGGML_AVX512=OFF)
   if [[ ! -f $native/bin/libllama.so ]]; then
-    echo "building llama.cpp $nlc_version's release for this CPU into $native" >&2
-    cmake -S "$src" -B "$native" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    echo "building llama.cpp $nlc_version's release ($llama_build) into $native" >&2
+    cmake -S "$src" -B "$native" -DCMAKE_BUILD_TYPE=Release "${isa[@]}" \
       -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF \
       -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >&2 &&
       cmake --build "$native" -j"$(nproc)" --target llama >&2 ||
@@ -127,7 +133,7 @@ for name in llama ggml ggml-base; do
   link+=(-l:"$file")
 done
 mkdir -p "$cache/bin"
-driver=$cache/bin/llama_bench
+driver=$cache/bin/llama_bench-$llama_build
 gcc -O2 -std=c11 -Wall -Wextra -I"$src/include" -I"$src/ggml/include" \
   bench/llama_cpp/llama_bench.c -o "$driver" -L"$libs" "${link[@]}" -Wl,-rpath,"$libs" ||
   die "compiling bench/llama_cpp/llama_bench.c failed"

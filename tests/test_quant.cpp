@@ -581,24 +581,25 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
 }
 
 // The decode-step attention kernel (one query row of all heads against a block of cache rows,
-// AVX-512 levels) against double, with the bound of AttentionRowsMatchDouble: each score is an
+// AVX2 and above) against double, with the bound of AttentionRowsMatchDouble: each score is an
 // hd-term F32 sum (any order: within (hd + 2) u of Σ|q k| scale), so the normalised output is
 // within (2 δs + 2^-20 + (n + 4) u) max|v|. Heads share kv heads (group 3) or not; rows carry
-// padding past the kv heads; key counts cover the sixteen-key batches' edges; head widths its
-// one to eight vectors.
+// padding past the kv heads; key counts cover the eight- and sixteen-key batches' edges; head
+// widths one to eight AVX-512 vectors, and multiples of 8 that are not of 16 (the 8-wide kernel,
+// which the AVX-512 levels hand those to), with the AVX2 value pass's 64-column slices and tail.
 TEST_P(KernelLevels, AttendRowBlockMatchesDouble) {
   const cpu::KernelPath path = GetParam();
   if (!cpu::kernel_path_supported(path))
     GTEST_SKIP() << "this CPU cannot run the " << cpu::kernel_path_name(path) << " kernels";
   const auto& kr = cpu::kernels_for(path);
   if (!kr.attend_row_block) {
-    EXPECT_LT(path, cpu::KernelPath::Avx512) << kr.name << " should have attend_row_block";
-    GTEST_SKIP() << kr.name << " has no decode attention kernel (needs AVX-512)";
+    EXPECT_LT(path, cpu::KernelPath::Avx2) << kr.name << " should have attend_row_block";
+    GTEST_SKIP() << kr.name << " has no decode attention kernel (needs AVX2)";
   }
   for (DType type : {DType::F32, DType::F16})
-    for (int64_t hd : {16, 64, 128})
+    for (int64_t hd : {8, 16, 24, 64, 72, 128})
       for (int group : {1, 3})
-        for (int64_t n : {1, 15, 16, 17, 33, 100}) {
+        for (int64_t n : {1, 7, 8, 9, 15, 16, 17, 33, 100}) {
           const int heads = 6, kv_heads = heads / group;
           const int64_t ld = kv_heads * hd + 3, pw = hd + 3;
           const float scale = 1.0f / std::sqrt(static_cast<float>(hd));

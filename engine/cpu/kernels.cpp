@@ -1070,6 +1070,100 @@ CEPE_AVX512 void attention_rows_avx512(const float* q, int64_t ldq, int64_t rows
 
 // ---- one query row against a block of cache rows (decode steps) ----
 
+// Eight vectors' horizontal sums as one vector: lane j of the result is Σ v[j] (the AVX2 form of
+// sum16_avx512 below).
+CEPE_AVX2 inline __m256 sum8_avx2(const __m256* v) {
+  __m256 a[4], b[2];
+  for (int i = 0; i < 4; ++i)
+    a[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 2; ++i) {
+    const __m256d x = _mm256_castps_pd(a[2 * i]), y = _mm256_castps_pd(a[2 * i + 1]);
+    b[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)),
+                         _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+  }
+  // Each 128-bit lane of b[i] holds that lane's sums of v4i .. v4i+3.
+  return _mm256_add_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20),
+                       _mm256_permute2f128_ps(b[0], b[1], 0x31));
+}
+
+// Element t of a cache row, widened to F32: 8 of them at once.
+CEPE_AVX2 inline __m256 load_cache_avx2(const void* row, bool f16, int64_t t) {
+  return f16 ? load_f16_avx2(static_cast<const uint16_t*>(row) + t)
+             : _mm256_loadu_ps(static_cast<const float*>(row) + t);
+}
+
+// out[0, 8 VECS) += Σ_j p_j row_j[t0, t0 + 8 VECS): the value pass's sums in registers over
+// the keys of one block (VECS at most 8, so that the sums and a row's vectors fit the 16 ymm).
+template <int VECS>
+CEPE_AVX2 inline void accumulate_rows_avx2(const float* p, int64_t keys, const char* rows,
+                                           size_t row_bytes, bool f16, int64_t t0, float* out) {
+  __m256 acc[VECS];
+  for (int c = 0; c < VECS; ++c) acc[c] = _mm256_loadu_ps(out + c * 8);
+  for (int64_t j = 0; j < keys; ++j) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    const char* row = rows + j * row_bytes;
+    for (int c = 0; c < VECS; ++c)
+      acc[c] = _mm256_fmadd_ps(pj, load_cache_avx2(row, f16, t0 + c * 8), acc[c]);
+  }
+  for (int c = 0; c < VECS; ++c) _mm256_storeu_ps(out + c * 8, acc[c]);
+}
+
+// attend_row_block at AVX2 (hd a multiple of 8): as the AVX-512 kernel below, eight keys at a
+// time, their scores out of one sum8_avx2; q is read from L1 rather than held in registers
+// (16 ymm hold eight sums and little else), and the value pass runs over the head's width in
+// slices of at most 64 columns.
+CEPE_AVX2 void attend_row_block_avx2(const float* q, const void* k, const void* v, bool f16,
+                                     int64_t n, int64_t kv_stride, int heads, int group, int64_t hd,
+                                     float scale, float* scores, float* part, int64_t part_stride) {
+  const size_t row_bytes = static_cast<size_t>(kv_stride) * (f16 ? 2 : 4);
+  const size_t head_bytes = static_cast<size_t>(hd) * (f16 ? 2 : 4);
+  const auto row = [&](const void* base, int64_t j, int h) {
+    return static_cast<const char*>(base) + j * row_bytes + (h / group) * head_bytes;
+  };
+  const int64_t whole = n / 8 * 8;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (int64_t j0 = 0; j0 < whole; j0 += 8)
+    for (int h = 0; h < heads; ++h) {
+      const float* qh = q + h * hd;
+      const char* kr = row(k, j0, h);
+      __m256 acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+      for (int64_t t = 0; t < hd; t += 8) {
+        const __m256 qv = _mm256_loadu_ps(qh + t);
+        for (int j = 0; j < 8; ++j)
+          acc[j] = _mm256_fmadd_ps(qv, load_cache_avx2(kr + j * row_bytes, f16, t), acc[j]);
+      }
+      _mm256_storeu_ps(scores + h * n + j0, _mm256_mul_ps(sum8_avx2(acc), vscale));
+    }
+  for (int64_t j = whole; j < n; ++j)
+    for (int h = 0; h < heads; ++h) {
+      const void* kr = row(k, j, h);
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t t = 0; t < hd; t += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * hd + t), load_cache_avx2(kr, f16, t), acc);
+      scores[h * n + j] = hsum_avx2(acc) * scale;
+    }
+  for (int h = 0; h < heads; ++h) {
+    float mx;
+    const float sum = softmax_exp_avx2(scores + h * n, n, &mx);
+    part[h * part_stride] = mx;
+    part[h * part_stride + 1] = sum;
+    std::fill(part + h * part_stride + 2, part + h * part_stride + 2 + hd, 0.0f);
+  }
+  using Slice = void (*)(const float*, int64_t, const char*, size_t, bool, int64_t, float*);
+  static constexpr Slice by_vecs[] = {accumulate_rows_avx2<1>, accumulate_rows_avx2<2>,
+                                      accumulate_rows_avx2<3>, accumulate_rows_avx2<4>,
+                                      accumulate_rows_avx2<5>, accumulate_rows_avx2<6>,
+                                      accumulate_rows_avx2<7>, accumulate_rows_avx2<8>};
+  for (int64_t j0 = 0; j0 < n; j0 += 16)
+    for (int h = 0; h < heads; ++h)
+      for (int64_t t0 = 0; t0 < hd; t0 += 64)
+        by_vecs[std::min<int64_t>(8, (hd - t0) / 8) - 1](
+            scores + h * n + j0, std::min<int64_t>(16, n - j0), row(v, j0, h), row_bytes, f16, t0,
+            part + h * part_stride + 2 + t0);
+}
+
 // Sixteen vectors' horizontal sums as one vector: lane j of the result is Σ v[j]. A tree of
 // in-lane unpacks, then 128-bit lane shuffles: 45 instructions where sixteen separate
 // reductions take ~130, which at decode, one query row against few keys, were most of the work.
@@ -1163,6 +1257,9 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
                                          int64_t n, int64_t kv_stride, int heads, int group,
                                          int64_t hd, float scale, float* scores, float* part,
                                          int64_t part_stride) {
+  if (hd % 16 != 0)  // a multiple of 8 only: the 8-wide kernel
+    return attend_row_block_avx2(q, k, v, f16, n, kv_stride, heads, group, hd, scale, scores, part,
+                                 part_stride);
   static_assert(kAttendMaxHeadDim == 8 * 16, "one instance per head width below");
   using Fn = void (*)(const float*, const void*, const void*, bool, int64_t, int64_t, int, int,
                       float, float*, float*, int64_t);
@@ -1493,7 +1590,7 @@ const Kernels kAvx2{KernelPath::Avx2,
                     nullptr,
                     nullptr,
                     nullptr,
-                    nullptr,
+                    attend_row_block_avx2,
                     softmax_exp_avx2,
                     silu_mul_avx2};
 // Each level above AVX2 is the level below it plus what it does better.
