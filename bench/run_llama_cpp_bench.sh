@@ -29,7 +29,11 @@
 #   LLAMA_CPP_NPM_DIR   where node-llama-cpp is (or goes), default ~/.cache/cepe/node-llama-cpp
 #   LLAMA_CPP_CACHE_DIR llama.cpp headers, the compiled driver and the GGUF files,
 #                       default ~/.cache/cepe/llama-cpp-bench
-#   BUILD_DIR, BENCH_MODEL_DIR, CEPE_SHARED_DIR as elsewhere in bench/
+#   BUILD_DIR, BENCH_MODEL_DIR, CEPE_SHARED_DIR as elsewhere in bench/; BENCH_MODEL_DIR may be
+#                       any plain LLaMA directory, e.g. stories260K from `cepe convert llama2c`
+#                       (its own tokenizer.model goes into the GGUF; PROMPT_TOKENS=256, as its
+#                       context is 512; kinds "stored bf16 f16", as 172 columns do not fill
+#                       32-value blocks)
 # Prints one JSON line per run and a table per figure; figures on a shared machine are noisy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +50,9 @@ nlc_version=3.22.1
 npm_dir=${LLAMA_CPP_NPM_DIR:-$HOME/.cache/cepe/node-llama-cpp}
 cache=${LLAMA_CPP_CACHE_DIR:-$HOME/.cache/cepe/llama-cpp-bench}
 model=${BENCH_MODEL_DIR:-/tmp/cepe-bench134m-plain}
-tokenizer=${CEPE_SHARED_DIR:-../shared}/models/llama2-tokenizer/tokenizer.model
+# The model's own tokenizer where it has one (stories260K's 512 pieces), else LLaMA-2's.
+tokenizer=$model/tokenizer.model
+[[ -f $tokenizer ]] || tokenizer=${CEPE_SHARED_DIR:-../shared}/models/llama2-tokenizer/tokenizer.model
 
 die() { echo "run_llama_cpp_bench: $*" >&2; exit 1; }
 
