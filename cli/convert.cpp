@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <thread>
 
 #include "cli/command.h"
 #include "common/error.h"
@@ -41,6 +42,9 @@ int convert_weights(const Args& args) {
   CEPE_CHECK(fs::absolute(in).lexically_normal() != fs::absolute(out).lexically_normal(),
              "--out " << out.string() << " is the input directory; write to a new one");
   const DType target = weight_kind_dtype(kind, DType::F32);
+  const int threads_flag = static_cast<int>(args.get_int("threads", 0, 1024));
+  const int threads =
+      threads_flag > 0 ? threads_flag : static_cast<int>(std::thread::hardware_concurrency());
   const WeightStore store = WeightStore::open(in);
   for (const auto& f : store.files())
     CEPE_CHECK(f->unsupported().empty(), f->path().string()
@@ -55,7 +59,7 @@ int convert_weights(const Args& args) {
       tensors.emplace_back(name, t);
       continue;
     }
-    tensors.emplace_back(name, convert_weight(t, target));
+    tensors.emplace_back(name, convert_weight(t, target, threads));
     ++converted;
   }
   // config.json: the same keys with the new torch_dtype.
@@ -100,6 +104,7 @@ int run_convert(const std::vector<std::string>& argv) {
       .option("tokenizer", "llama2c: llama2.c tokenizer (.bin, e.g. tokenizer.bin or tok512.bin)")
       .option("model", "weights: the model directory to re-type")
       .option("weights", "weights: the new dtype of every floating tensor: f32, bf16 or f16")
+      .option("threads", "weights: CPU threads converting each tensor (0 = all cores)", "0")
       .option("out",
               "output model directory (created; config.json, model.safetensors, "
               "tokenizer.model are replaced)");

@@ -1,11 +1,13 @@
 #include "engine/quant.h"
 
+#include <omp.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <vector>
 
 #include "common/error.h"
@@ -223,20 +225,44 @@ void release_file_pages(const Tensor& t, size_t begin, size_t end) {
 // a large matrix (a 32000 x 4096 head is 500 MB in F32) is never resident whole beside its copy.
 constexpr size_t kReleaseBytes = size_t{4} << 20;
 
-Tensor copy_weight(const Tensor& source) {
+// Runs body(t, nt) on `threads` OpenMP threads (one: inline) and rethrows the first exception
+// of any of them on the caller's thread, as none may leave a parallel region.
+template <typename Body>
+void run_on_threads(int threads, Body body) {
+  if (threads <= 1) return body(0, 1);
+  std::exception_ptr error;
+#pragma omp parallel num_threads(threads)
+  {
+    try {
+      body(omp_get_thread_num(), omp_get_num_threads());
+    } catch (...) {
+#pragma omp critical(cepe_run_on_threads)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+Tensor copy_weight(const Tensor& source, int threads) {
   CEPE_CHECK(source.device() == Device::CPU, "copy_weight: the source must be a CPU tensor");
   Tensor out = Tensor::empty_long_lived(source.shape(), source.dtype());
   const char* src = static_cast<const char*>(source.raw());
   char* dst = static_cast<char*>(out.raw());
-  for (size_t at = 0; at < source.nbytes(); at += kReleaseBytes) {
-    const size_t n = std::min(kReleaseBytes, source.nbytes() - at);
-    std::memcpy(dst + at, src + at, n);
-    release_file_pages(source, at, at + n);
-  }
+  const size_t chunks = (source.nbytes() + kReleaseBytes - 1) / kReleaseBytes;
+  // Each thread takes a contiguous run of chunks: the fresh pages it writes are faulted in, and
+  // cleared by the kernel, on its own core.
+  run_on_threads(static_cast<int>(std::min<size_t>(threads, chunks)), [&](int t, int nt) {
+    for (size_t c = chunks * t / nt; c < chunks * (t + 1) / nt; ++c) {
+      const size_t at = c * kReleaseBytes, n = std::min(kReleaseBytes, source.nbytes() - at);
+      std::memcpy(dst + at, src + at, n);
+      release_file_pages(source, at, at + n);
+    }
+  });
+  release_file_pages(source);  // the pages astride two threads' shares
   return out;
 }
 
-Tensor convert_weight(const Tensor& source, DType target) {
+Tensor convert_weight(const Tensor& source, DType target, int threads) {
   CEPE_CHECK(source.device() == Device::CPU, "convert_weight: the source must be a CPU tensor");
   CEPE_CHECK(target != DType::I32 && source.dtype() != DType::I32,
              "convert_weight: I32 tensors are not weights");
@@ -257,32 +283,40 @@ Tensor convert_weight(const Tensor& source, DType target) {
   const size_t out_row = dtype_row_bytes(row_type, width);
   const char* src = static_cast<const char*>(source.raw());
   char* dst = static_cast<char*>(out.raw());
-  std::vector<char> group(packed ? kPackRows * out_row : 0);
-  std::vector<float> row(static_cast<size_t>(width));
-  // The source's pages are dropped every kReleaseBytes as rows are consumed.
-  size_t released = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const size_t consumed = static_cast<size_t>(r) * in_row;
-    if (consumed - released >= kReleaseBytes) {
-      release_file_pages(source, released, consumed);
-      released = consumed;
+  // Threads take contiguous runs of whole 16-row groups (the last one the tail), so each packs
+  // its own groups; every row converts the same way on any thread.
+  const int64_t groups = (rows + kPackRows - 1) / kPackRows;
+  run_on_threads(static_cast<int>(std::min<int64_t>(threads, groups)), [&](int t, int nt) {
+    const int64_t r0 = std::min(rows, groups * t / nt * kPackRows);
+    const int64_t r1 = std::min(rows, groups * (t + 1) / nt * kPackRows);
+    std::vector<char> group(packed ? kPackRows * out_row : 0);
+    std::vector<float> row(static_cast<size_t>(width));
+    // The source's pages are dropped every kReleaseBytes as rows are consumed.
+    size_t released = static_cast<size_t>(r0) * in_row;
+    for (int64_t r = r0; r < r1; ++r) {
+      const size_t consumed = static_cast<size_t>(r) * in_row;
+      if (consumed - released >= kReleaseBytes) {
+        release_file_pages(source, released, consumed);
+        released = consumed;
+      }
+      dequantize_row_ref(src + r * in_row, source.dtype(), row.data(), width);
+      void* o = r < packed_rows ? group.data() + (r % kPackRows) * out_row : dst + r * out_row;
+      switch (row_type) {
+        case DType::Q8_0:
+          quantize_row_q8_0_ref(row.data(), static_cast<BlockQ8_0*>(o), width);
+          break;
+        case DType::Q4_0:
+          quantize_row_q4_0_ref(row.data(), static_cast<BlockQ4_0*>(o), width);
+          break;
+        default:
+          convert_from_f32(row.data(), o, target, static_cast<size_t>(width));
+      }
+      if (r < packed_rows && r % kPackRows == kPackRows - 1)
+        pack_group(group.data(), row_type, (width + 31) / 32, r / kPackRows, dst);
     }
-    dequantize_row_ref(src + r * in_row, source.dtype(), row.data(), width);
-    void* o = r < packed_rows ? group.data() + (r % kPackRows) * out_row : dst + r * out_row;
-    switch (row_type) {
-      case DType::Q8_0:
-        quantize_row_q8_0_ref(row.data(), static_cast<BlockQ8_0*>(o), width);
-        break;
-      case DType::Q4_0:
-        quantize_row_q4_0_ref(row.data(), static_cast<BlockQ4_0*>(o), width);
-        break;
-      default:
-        convert_from_f32(row.data(), o, target, static_cast<size_t>(width));
-    }
-    if (r < packed_rows && r % kPackRows == kPackRows - 1)
-      pack_group(group.data(), row_type, (width + 31) / 32, r / kPackRows, dst);
-  }
-  release_file_pages(source);
+    release_file_pages(source, released, static_cast<size_t>(r1) * in_row);
+  });
+  release_file_pages(source);  // the pages astride two threads' shares
   return out;
 }
 

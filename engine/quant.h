@@ -55,8 +55,8 @@ void dequantize_row_ref(const void* row, DType dtype, float* out, int64_t width)
 /// of source pages at most. A packed target (Q8_0x16, Q4_0x16; a matrix) is quantized 16 rows
 /// at a time and packed as it goes: the same bytes as pack_rows16(convert_weight(source, Q8_0 or
 /// Q4_0)) without that row-major copy. Returns the source itself when it already has the target
-/// dtype.
-Tensor convert_weight(const Tensor& source, DType target);
+/// dtype. `threads` split the rows in runs of whole 16-row groups: the same bytes for any count.
+Tensor convert_weight(const Tensor& source, DType target, int threads = 1);
 
 /// Rows per interleaved group of the packed block types (Q8_0x16, Q4_0x16).
 constexpr int64_t kPackRows = 16;
@@ -81,8 +81,9 @@ constexpr int64_t packed_quant_index(int64_t chunk, int64_t row, int64_t byte) {
 void unpack_row16(const Tensor& t, int64_t r, void* out);
 
 /// A copy of a weight in memory of its own (Tensor::empty_long_lived), made a few MB at a time
-/// with a file-backed source's pages dropped behind, so the two are never both resident.
-Tensor copy_weight(const Tensor& source);
+/// with a file-backed source's pages dropped behind, so the two are never both resident;
+/// `threads` copy a contiguous share each (fresh pages are cleared by the faulting core).
+Tensor copy_weight(const Tensor& source, int threads = 1);
 
 /// Drops the resident pages of a file-backed (read-only mmap) tensor from this process, those
 /// wholly inside its bytes [begin, end); they are read back from the file if touched again. A

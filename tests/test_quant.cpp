@@ -1037,14 +1037,23 @@ TEST(QuantPack, ConvertToPackedEqualsPackAfterConvert) {
     std::copy(v.begin(), v.end(), w.data<float>());
     for (DType source : {DType::F32, DType::BF16, DType::F16}) {
       const Tensor src = convert_weight(w, source);
+      const Tensor src_threaded = convert_weight(w, source, 3);
+      ASSERT_EQ(src_threaded.nbytes(), src.nbytes());
+      EXPECT_EQ(std::memcmp(src_threaded.raw(), src.raw(), src.nbytes()), 0)
+          << rows << " rows to " << dtype_name(source) << " on 3 threads";
       for (DType plain : {DType::Q4_0, DType::Q8_0}) {
         const DType packed_type = plain == DType::Q4_0 ? DType::Q4_0x16 : DType::Q8_0x16;
         const Tensor expected = pack_rows16(convert_weight(src, plain));
-        const Tensor packed = convert_weight(src, packed_type);
-        ASSERT_EQ(packed.dtype(), packed_type);
-        ASSERT_EQ(packed.nbytes(), expected.nbytes());
-        EXPECT_EQ(std::memcmp(packed.raw(), expected.raw(), packed.nbytes()), 0)
-            << rows << " rows of " << dtype_name(source) << " to " << dtype_name(packed_type);
+        // Three threads: one group each for 37 and 64 rows (the tail with the last), fewer
+        // groups than threads for 16.
+        for (int threads : {1, 3}) {
+          const Tensor packed = convert_weight(src, packed_type, threads);
+          ASSERT_EQ(packed.dtype(), packed_type);
+          ASSERT_EQ(packed.nbytes(), expected.nbytes());
+          EXPECT_EQ(std::memcmp(packed.raw(), expected.raw(), packed.nbytes()), 0)
+              << rows << " rows of " << dtype_name(source) << " to " << dtype_name(packed_type)
+              << " on " << threads << " threads";
+        }
       }
     }
   }
@@ -1088,6 +1097,13 @@ TEST(QuantLoad, StoredWeightsAreCopiedOutOfTheFile) {
   const Tensor bc = copy_weight(big);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(bc.raw()) % (uintptr_t{2} << 20), 0u);
   EXPECT_EQ(std::memcmp(bc.raw(), big.raw(), big.nbytes()), 0);
+  const Tensor threaded = copy_weight(big, 2);  // one 4 MB chunk: one thread takes it all
+  EXPECT_EQ(std::memcmp(threaded.raw(), big.raw(), big.nbytes()), 0);
+  Tensor bigger = Tensor::empty({3 * rows, width}, DType::F32);  // 9 MB: three chunks
+  for (int i = 0; i < 3; ++i)
+    std::copy(v.begin(), v.end(), bigger.data<float>() + i * rows * width);
+  const Tensor shared = copy_weight(bigger, 2);
+  EXPECT_EQ(std::memcmp(shared.raw(), bigger.raw(), bigger.nbytes()), 0);
   auto backend = make_backend(Device::CPU);
   const Tensor loaded = backend->load_weight(store.get("lm_head.weight"), WeightUse::Matrix);
   EXPECT_FALSE(loaded.file_backed()) << "a stored CPU weight stays a view of the file";

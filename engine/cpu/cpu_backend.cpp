@@ -101,14 +101,15 @@ class CpuBackend final : public Backend {
     // times, alternating runs). Loading reads the file once either way; the copy costs a memcpy.
     // A table is read a few rows a step and stays a view: a copy would make all of it resident.
     if (weights_ == WeightKind::Stored)
-      return host.file_backed() && use == WeightUse::Matrix ? copy_weight(host) : host;
+      return host.file_backed() && use == WeightUse::Matrix ? copy_weight(host, threads_) : host;
     // One matrix at a time, row by row: the mapped source pages are dropped as they are used.
     // Block matrices are laid in groups of 16 rows for the packed kernels (decode and prefill
     // alike), straight from the source rows.
     const DType target = weight_kind_dtype(weights_, host.dtype());
     if (dtype_is_block(target) && host.rank() == 2 && host.dim(0) >= kPackRows)
-      return convert_weight(host, target == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16);
-    return convert_weight(host, target);
+      return convert_weight(host, target == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16,
+                            threads_);
+    return convert_weight(host, target, threads_);
   }
 
   Tensor to_device(const Tensor& host) override {
