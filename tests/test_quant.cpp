@@ -1059,6 +1059,45 @@ TEST(QuantPack, ConvertToPackedEqualsPackAfterConvert) {
   }
 }
 
+// The bulk F16 conversions (F16C where the CPU has it) give the scalar reference's bits for
+// every half (widening all 65536, NaNs with payloads included) and every kind of float
+// (narrowing: each half exactly, the halfway points between neighbours, which round to even,
+// the overflow edge, subnormals, signed zeros, infinities and NaNs with payloads that F16C
+// itself would round otherwise), at every offset of a group of eight and in the tails.
+TEST(DTypeConvert, BulkF16EqualsScalar) {
+  std::vector<uint16_t> halves(65536 + 5);
+  for (size_t i = 0; i < halves.size(); ++i) halves[i] = static_cast<uint16_t>(i * 40503u);
+  std::vector<float> wide(halves.size());
+  convert_to_f32(halves.data(), DType::F16, wide.data(), wide.size());
+  for (size_t i = 0; i < halves.size(); ++i) {
+    const float want = f16_to_f32(halves[i]);
+    ASSERT_EQ(std::memcmp(&wide[i], &want, 4), 0) << "half 0x" << std::hex << halves[i];
+  }
+  std::vector<float> floats;
+  const auto from_bits = [](uint32_t b) {
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+  };
+  for (uint32_t h = 0; h < 0x7c00; ++h) {
+    const float a = f16_to_f32(static_cast<uint16_t>(h));
+    const float b = f16_to_f32(static_cast<uint16_t>(h + 1));
+    floats.push_back(a);
+    floats.push_back(-0.5f * (a + b));  // exact halfway, or the nearest float to it
+  }
+  for (uint32_t b : {0x7f800000u, 0xff800000u, 0x7fa00000u, 0xffc00123u, 0x7fc00000u, 0x7f800001u,
+                     0x477ff000u, 0x477fefffu, 0x33000000u, 0x33000001u, 0x80000000u})
+    for (int at = 0; at < 9; ++at) floats.insert(floats.begin() + at * 4099 + 3, from_bits(b));
+  floats.resize(floats.size() / 8 * 8 + 3);
+  std::vector<uint16_t> narrow(floats.size());
+  convert_from_f32(floats.data(), narrow.data(), DType::F16, floats.size());
+  for (size_t i = 0; i < floats.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &floats[i], 4);
+    ASSERT_EQ(narrow[i], f32_to_f16(floats[i])) << "float bits 0x" << std::hex << bits;
+  }
+}
+
 TEST(QuantLoad, FilePagesAreReleasedAfterConversion) {
   auto f = test::load_fixture("gqa_cross_last2");
   WeightStore store = WeightStore::open(f->dir);
