@@ -12,10 +12,11 @@
 
 #include "cli/command.h"
 #include "common/error.h"
+#include "common/fileio.h"
+#include "common/progress.h"
 #include "engine/llama2c.h"
 #include "engine/quant.h"
 #include "engine/safetensors.h"
-#include "common/fileio.h"
 
 namespace cepe::cli {
 namespace {
@@ -51,16 +52,18 @@ int convert_weights(const Args& args) {
                                              << ": tensor '" << f->unsupported().begin()->first
                                              << "' has dtype " << f->unsupported().begin()->second
                                              << ", which cannot be re-typed");
-  std::vector<std::pair<std::string, Tensor>> tensors;
+  // Streamed: each tensor is converted when the file reaches it and dropped once written (its
+  // mapped source pages released as it goes), so a 7B checkpoint re-typed to F32 never needs
+  // its 27 GB in memory.
+  std::vector<SafeTensorsEntry> entries;
   size_t converted = 0;
   for (const std::string& name : store.names()) {
     const Tensor t = store.get(name);
-    if (t.dtype() == DType::I32) {
-      tensors.emplace_back(name, t);
-      continue;
-    }
-    tensors.emplace_back(name, convert_weight(t, target, threads));
-    ++converted;
+    const DType to = t.dtype() == DType::I32 ? DType::I32 : target;
+    converted += to != DType::I32;
+    entries.push_back({name, to, t.shape(), [&store, name, to, threads] {
+                         return convert_weight(store.get(name), to, threads);
+                       }});
   }
   // config.json: the same keys with the new torch_dtype.
   const fs::path config_path = in / "config.json";
@@ -83,11 +86,14 @@ int convert_weights(const Args& args) {
   doc.Accept(writer);
 
   fs::create_directories(out);
-  write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}});
+  ProgressBar progress("re-typing " + in.filename().string(), "tensors",
+                       static_cast<int64_t>(entries.size()));
+  write_safetensors_streamed(out / "model.safetensors", entries, {{"format", "pt"}},
+                             [&](size_t i) { progress.update(static_cast<int64_t>(i) + 1); });
+  progress.finish();
   write_file_atomic(out / "config.json", std::string(buffer.GetString()) + "\n");
   if (fs::exists(in / "tokenizer.model"))
-    write_file_atomic(out / "tokenizer.model",
-                             read_whole_file(in / "tokenizer.model"));
+    write_file_atomic(out / "tokenizer.model", read_whole_file(in / "tokenizer.model"));
   std::cout << "re-typed " << converted << " tensors of " << in.string() << " to "
             << dtype_name(target) << "\nwrote " << out.string()
             << "/{config.json, model.safetensors"

@@ -461,11 +461,21 @@ void write_all(int fd, const char* p, size_t n, const fs::path& tmp) {
 void write_safetensors(const fs::path& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  const std::string where = path_text(path);
+  std::vector<SafeTensorsEntry> entries;
+  entries.reserve(tensors.size());
   for (const auto& [name, t] : tensors)
-    CEPE_CHECK(!dtype_is_block(t.dtype()), where << ": tensor '" << name << "' is "
-                                                 << dtype_name(t.dtype())
-                                                 << ", which safetensors cannot hold");
+    entries.push_back({name, t.dtype(), t.shape(), [&t = t] { return t; }});
+  write_safetensors_streamed(path, entries, metadata);
+}
+
+void write_safetensors_streamed(const fs::path& path, const std::vector<SafeTensorsEntry>& entries,
+                                const std::map<std::string, std::string>& metadata,
+                                const std::function<void(size_t)>& written) {
+  const std::string where = path_text(path);
+  for (const SafeTensorsEntry& e : entries)
+    CEPE_CHECK(!dtype_is_block(e.dtype), where << ": tensor '" << e.name << "' is "
+                                               << dtype_name(e.dtype)
+                                               << ", which safetensors cannot hold");
   std::set<std::string> seen;
   rapidjson::StringBuffer sb;
   rapidjson::Writer<rapidjson::StringBuffer> w(sb);
@@ -480,27 +490,29 @@ void write_safetensors(const fs::path& path,
     w.EndObject();
   }
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    CEPE_CHECK(!name.empty() && name != "__metadata__",
-               "cannot write " << where << ": invalid tensor name '" << name << "'");
-    CEPE_CHECK(seen.insert(name).second,
-               "cannot write " << where << ": tensor '" << name << "' given twice");
-    CEPE_CHECK(t.device() == Device::CPU, "cannot write " << where << ": tensor '" << name
-                                                          << "' is on " << device_name(t.device()));
-    CEPE_CHECK(t.raw() != nullptr || t.numel() == 0,
-               "cannot write " << where << ": tensor '" << name << "' is undefined");
-    w.Key(name.data(), static_cast<rapidjson::SizeType>(name.size()));
+  for (const SafeTensorsEntry& e : entries) {
+    CEPE_CHECK(!e.name.empty() && e.name != "__metadata__",
+               "cannot write " << where << ": invalid tensor name '" << e.name << "'");
+    CEPE_CHECK(seen.insert(e.name).second,
+               "cannot write " << where << ": tensor '" << e.name << "' given twice");
+    int64_t numel = 1;
+    for (int64_t d : e.shape) {
+      CEPE_CHECK(d >= 0, "cannot write " << where << ": tensor '" << e.name
+                                         << "' has a negative dimension");
+      numel *= d;
+    }
+    w.Key(e.name.data(), static_cast<rapidjson::SizeType>(e.name.size()));
     w.StartObject();
     w.Key("dtype");
-    w.String(dtype_name(t.dtype()));
+    w.String(dtype_name(e.dtype));
     w.Key("shape");
     w.StartArray();
-    for (int64_t d : t.shape()) w.Int64(d);
+    for (int64_t d : e.shape) w.Int64(d);
     w.EndArray();
     w.Key("data_offsets");
     w.StartArray();
     w.Uint64(offset);
-    offset += t.nbytes();
+    offset += static_cast<uint64_t>(numel) * dtype_size(e.dtype);
     w.Uint64(offset);
     w.EndArray();
     w.EndObject();
@@ -523,8 +535,21 @@ void write_safetensors(const fs::path& path,
   try {
     write_all(f.fd, reinterpret_cast<const char*>(len), 8, tmp);
     write_all(f.fd, header.data(), header.size(), tmp);
-    for (const auto& [name, t] : tensors)
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const SafeTensorsEntry& e = entries[i];
+      const Tensor t = e.produce();
+      CEPE_CHECK(t.device() == Device::CPU, "cannot write " << where << ": tensor '" << e.name
+                                                            << "' is on "
+                                                            << device_name(t.device()));
+      CEPE_CHECK(t.dtype() == e.dtype && t.shape() == e.shape,
+                 "cannot write " << where << ": tensor '" << e.name << "' came out "
+                                 << dtype_name(t.dtype()) << " " << t.shape_string()
+                                 << ", its header entry says " << dtype_name(e.dtype));
+      CEPE_CHECK(t.raw() != nullptr || t.numel() == 0,
+                 "cannot write " << where << ": tensor '" << e.name << "' is undefined");
       if (t.nbytes()) write_all(f.fd, static_cast<const char*>(t.raw()), t.nbytes(), tmp);
+      if (written) written(i);
+    }
     CEPE_CHECK(::fsync(f.fd) == 0, "cannot fsync " << path_text(tmp) << ": " << errno_text());
     const int fd = f.fd;
     f.fd = -1;

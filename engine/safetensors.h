@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -94,5 +95,23 @@ class WeightStore {
 void write_safetensors(const std::filesystem::path& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+/// One tensor of a streamed write: its name, dtype and shape for the header, its bytes made
+/// only when the file reaches it.
+struct SafeTensorsEntry {
+  std::string name;            ///< tensor name
+  DType dtype;                 ///< dtype the produced tensor must have
+  std::vector<int64_t> shape;  ///< shape the produced tensor must have
+  /// Makes the tensor (CPU); called once, in order, and dropped once its bytes are written.
+  std::function<Tensor()> produce;
+};
+
+/// Writes the entries as write_safetensors does, producing one tensor at a time, so a whole
+/// re-typed checkpoint is never in memory at once. `written(i)` runs after entry i's bytes.
+/// A produced tensor whose dtype or shape differs from its entry's throws, naming it.
+void write_safetensors_streamed(const std::filesystem::path& path,
+                                const std::vector<SafeTensorsEntry>& entries,
+                                const std::map<std::string, std::string>& metadata = {},
+                                const std::function<void(size_t)>& written = {});
 
 }  // namespace cepe

@@ -997,7 +997,15 @@ TEST(QuantLoad, ConvertWeightsCli) {
             0)
       << log;
   WeightStore store = WeightStore::open(out);
-  for (const auto& name : store.names()) EXPECT_EQ(store.get(name).dtype(), DType::BF16) << name;
+  const WeightStore source = WeightStore::open(f->dir);
+  ASSERT_EQ(store.names(), source.names());
+  for (const auto& name : store.names()) {
+    // Each tensor written as it is converted (a streamed write): the bytes of convert_weight.
+    const Tensor got = store.get(name), want = convert_weight(source.get(name), DType::BF16);
+    ASSERT_EQ(got.dtype(), DType::BF16) << name;
+    ASSERT_EQ(got.shape(), want.shape()) << name;
+    EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << name;
+  }
   // The re-typed checkpoint gives the same NLL as loading the F32 one with --weights bf16 (norms
   // are widened back to F32 from bf16 in the first case, kept F32 in the second: bf16 bound).
   const auto ids = test::ids_of(f->expected["input_ids"]);

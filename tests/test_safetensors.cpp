@@ -240,6 +240,39 @@ TEST(Safetensors, WriteErrorsNameThePath) {
   EXPECT_TRUE(fs::is_empty(dir));
 }
 
+// A streamed write makes each tensor only when the file reaches it, in order, and gives the
+// same bytes as writing the tensors at once; a produced tensor that does not match its header
+// entry stops the write, naming the tensor, and leaves neither the file nor a temporary one.
+TEST(Safetensors, StreamedWriteProducesTensorsInTurn) {
+  const fs::path dir = temp_dir("st-streamed");
+  const Tensor a = iota_f32({3, 5}), b = iota_f32({7});
+  write_safetensors(dir / "whole.safetensors", {{"a", a}, {"b", b}}, {{"format", "pt"}});
+  std::vector<std::string> events;
+  const auto make = [&](const char* name, const Tensor& t) {
+    return [&events, name, &t] {
+      events.push_back(std::string("make ") + name);
+      return t;
+    };
+  };
+  cepe::write_safetensors_streamed(
+      dir / "streamed.safetensors",
+      {{"a", DType::F32, {3, 5}, make("a", a)}, {"b", DType::F32, {7}, make("b", b)}},
+      {{"format", "pt"}}, [&](size_t i) { events.push_back("wrote " + std::to_string(i)); });
+  EXPECT_EQ(events, (std::vector<std::string>{"make a", "wrote 0", "make b", "wrote 1"}));
+  EXPECT_EQ(cepe::test::read_file(dir / "streamed.safetensors"),
+            cepe::test::read_file(dir / "whole.safetensors"));
+
+  const fs::path bad_dir = temp_dir("st-streamed-bad");
+  const std::string msg = error_of([&] {
+    cepe::write_safetensors_streamed(
+        bad_dir / "m.safetensors",
+        {{"a", DType::F32, {3, 5}, [&] { return a; }}, {"b", DType::BF16, {7}, [&] { return b; }}});
+  });
+  EXPECT_NE(msg.find("tensor 'b' came out F32 [7], its header entry says BF16"), std::string::npos)
+      << msg;
+  EXPECT_TRUE(fs::is_empty(bad_dir));
+}
+
 TEST(Safetensors, ShardedCheckpoint) {
   const fs::path dir = temp_dir("st-sharded");
   write_safetensors(
