@@ -1,9 +1,11 @@
 #include "cli/model_flags.h"
 
+#include <chrono>
 #include <filesystem>
 #include <limits>
 
 #include "common/error.h"
+#include "common/progress.h"
 
 namespace cepe::cli {
 
@@ -35,7 +37,11 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   options.threads = static_cast<int>(args.get_int("threads", 0, 1024));
   options.weights = parse_weight_kind(args.get("weights"), "--weights");
   lm.backend = make_backend(parse_device(args.get("device")), options);
-  lm.model = CepeModel::load(dir, *lm.backend);
+  // A bar only for a load that takes a while (a 7B checkpoint's copy or conversion).
+  ProgressBar bar("loading " + dir.string(), "MB", 0);
+  bar.quiet_for(std::chrono::seconds(2));
+  lm.model = CepeModel::load(dir, *lm.backend, bar.byte_counter());
+  bar.finish();
   lm.model->set_cross_attention_mode(parse_cross_attention_mode(
       args.get("cross-attention"), lm.backend->device(), "--cross-attention"));
   lm.model->set_kv_cache_dtype(parse_kv_cache_type(args.get("kv-cache"), lm.backend->device(),

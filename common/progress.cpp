@@ -7,7 +7,7 @@ namespace cepe {
 ProgressBar::ProgressBar(std::string label, std::string unit, int64_t total)
     : label_(std::move(label)), unit_(std::move(unit)), total_(total) {
   tty_ = isatty(STDERR_FILENO) != 0;
-  start_ = last_draw_ = std::chrono::steady_clock::now();
+  start_ = last_draw_ = quiet_until_ = std::chrono::steady_clock::now();
 }
 
 double ProgressBar::rate() const {
@@ -19,7 +19,7 @@ void ProgressBar::update(int64_t done) {
   done_ = done;
   const auto now = std::chrono::steady_clock::now();
   const auto every = tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(10000);
-  if (now - last_draw_ >= every) {
+  if (now >= quiet_until_ && now - last_draw_ >= every) {
     last_draw_ = now;
     draw(false);
   }
@@ -28,7 +28,7 @@ void ProgressBar::update(int64_t done) {
 void ProgressBar::finish() {
   if (finished_) return;
   finished_ = true;
-  draw(true);
+  if (std::chrono::steady_clock::now() >= quiet_until_) draw(true);
 }
 
 void ProgressBar::draw(bool final_line) {

@@ -1,9 +1,11 @@
 #include "server/resources.h"
 
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 
 #include "common/error.h"
+#include "common/progress.h"
 
 namespace cepe::server {
 
@@ -41,7 +43,11 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   bo.threads = config.threads;  // honoured on the engine thread: every CPU region names its team
   bo.weights = parse_weight_kind(config.weights, "config: 'weights'");
   out.backend = make_backend(parse_device(config.device), bo);
-  out.model = CepeModel::load(dir, *out.backend);
+  // A bar (log lines every 10 s off a terminal) only for a load that takes a while.
+  ProgressBar bar("cepe serve: loading " + dir.string(), "MB", 0);
+  bar.quiet_for(std::chrono::seconds(2));
+  out.model = CepeModel::load(dir, *out.backend, bar.byte_counter());
+  bar.finish();
   out.model->set_cross_attention_mode(parse_cross_attention_mode(
       config.cross_attention, out.backend->device(), "config: 'cross_attention'"));
   out.model->set_kv_cache_dtype(parse_kv_cache_type(config.kv_cache, out.backend->device(),

@@ -7,11 +7,13 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "common/error.h"
+#include "common/progress.h"
 #include "engine/backend.h"
 #include "engine/generation.h"
 #include "engine/models/cepe_llama.h"
@@ -154,6 +156,43 @@ INSTANTIATE_TEST_SUITE_P(
 // to on the same fixture (test_backends' k16BitLogitTolerance: rounded operands move these logits
 // by ~0.08, a wrong kernel by far more than 0.1), the greedy tokens are the reference's, and the
 // prompt's logits move (unless this CPU has no bf16 GEMM): the path is really taken.
+// A load reports its progress after every tensor, in bytes of the checkpoint that never go
+// back, and ends at the store's total (which a model that reads every tensor also reaches by
+// itself); a bar fed by it stays silent for a quick load and draws its last line after a slow one.
+TEST(CepeModel, LoadReportsProgress) {
+  auto f = load_fixture("gqa_cross_last2");
+  const uint64_t total = WeightStore::open(f->dir).total_bytes();
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  auto backend = make_backend(Device::CPU);
+  auto model = CepeModel::load(f->dir, *backend,
+                               [&](uint64_t done, uint64_t all) { calls.emplace_back(done, all); });
+  ASSERT_GE(calls.size(), 3u);
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i].second, total) << "call " << i;
+    if (i) {
+      EXPECT_GE(calls[i].first, calls[i - 1].first) << "call " << i;
+    }
+  }
+  EXPECT_EQ(calls.back().first, total);
+  EXPECT_EQ(calls[calls.size() - 2].first, total) << "every tensor of the fixture is read";
+
+  testing::internal::CaptureStderr();
+  {
+    ProgressBar quick("loading quick", "MB", 0);
+    quick.quiet_for(std::chrono::seconds(60));
+    quick.byte_counter()(5 << 20, 10 << 20);
+    quick.finish();
+    ProgressBar slow("loading slow", "MB", 0);
+    slow.quiet_for(std::chrono::milliseconds(0));
+    slow.byte_counter()(uint64_t{3} << 20, uint64_t{8} << 20);
+    slow.finish();
+  }
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err.find("loading quick"), std::string::npos) << err;
+  EXPECT_NE(err.find("loading slow"), std::string::npos) << err;
+  EXPECT_NE(err.find("3/8 MB"), std::string::npos) << err;
+}
+
 TEST(CepeModel, Bf16ActivationsStayWithinRounding) {
   constexpr double kBf16LogitTolerance = 0.1;
   auto f = load_fixture("bf16");

@@ -15,8 +15,19 @@ using Shape = std::vector<int64_t>;
 // Loads one stack's tensors by name, each checked for presence, dtype and shape.
 class StackLoader {
  public:
-  StackLoader(const WeightStore& store, Backend& backend, size_t* bytes)
-      : store_(store), backend_(backend), bytes_(bytes) {}
+  StackLoader(const WeightStore& store, Backend& backend, size_t* bytes,
+              const CepeModel::LoadProgress& progress)
+      : store_(store),
+        backend_(backend),
+        bytes_(bytes),
+        progress_(progress),
+        total_(store.total_bytes()) {}
+
+  /// Tells the progress callback the whole checkpoint is done (tensors the model does not use
+  /// included).
+  void finish() const {
+    if (progress_) progress_(total_, total_);
+  }
 
   Tensor matrix(const std::string& name, Shape shape) {
     return get(name, std::move(shape), WeightUse::Matrix);
@@ -34,12 +45,16 @@ class StackLoader {
                           << dtype_name(t.dtype()) << "; weights must be F32, F16 or BF16");
     Tensor loaded = backend_.load_weight(t, use);
     *bytes_ += loaded.nbytes();  // what the model holds (after --weights conversion)
+    read_ += t.nbytes();
+    if (progress_) progress_(std::min(read_, total_), total_);
     return loaded;
   }
 
   const WeightStore& store_;
   Backend& backend_;
   size_t* bytes_;
+  const CepeModel::LoadProgress& progress_;
+  uint64_t total_, read_ = 0;
 };
 
 StackWeights load_stack(StackLoader& loader, const LlamaConfig& c, const std::string& prefix,
@@ -237,18 +252,18 @@ CepeModel::CepeModel(ModelConfig config, Backend& backend)
 
 CepeModel::~CepeModel() = default;
 
-std::unique_ptr<CepeModel> CepeModel::load(const std::filesystem::path& model_dir,
-                                           Backend& backend) {
+std::unique_ptr<CepeModel> CepeModel::load(const std::filesystem::path& model_dir, Backend& backend,
+                                           const LoadProgress& progress) {
   ModelConfig config = load_model_config(model_dir);
   auto store = std::make_shared<WeightStore>(WeightStore::open(model_dir));
   std::unique_ptr<CepeModel> model(new CepeModel(std::move(config), backend));
   model->store_ = store;
-  model->load_weights(*store);
+  model->load_weights(*store, progress);
   return model;
 }
 
-void CepeModel::load_weights(const WeightStore& store) {
-  StackLoader loader(store, backend_, &weight_bytes_);
+void CepeModel::load_weights(const WeightStore& store, const LoadProgress& progress) {
+  StackLoader loader(store, backend_, &weight_bytes_, progress);
   const LlamaConfig& d = config_.decoder;
   // A tied table is also the output head, which every step reads whole.
   const bool tied = d.tie_word_embeddings && !store.contains("lm_head.weight");
@@ -263,6 +278,7 @@ void CepeModel::load_weights(const WeightStore& store) {
     lm_head_ = loader.matrix("lm_head.weight", {d.vocab_size, d.hidden_size});
   }
   decode_weight_bytes_ += lm_head_.nbytes();
+  loader.finish();
 }
 
 void CepeModel::rope_tables(const LlamaConfig& cfg, const std::vector<int64_t>& positions,

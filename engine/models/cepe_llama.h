@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -122,8 +123,12 @@ class DecoderState {
 /// A loaded CEPE (or plain LLaMA) model bound to one backend.
 class CepeModel {
  public:
-  /// Loads config.json and the safetensors weights of `model_dir`, checking every tensor.
-  static std::unique_ptr<CepeModel> load(const std::filesystem::path& model_dir, Backend& backend);
+  /// Reports a load's progress: bytes of the checkpoint's tensors read so far, of `total`.
+  using LoadProgress = std::function<void(uint64_t done, uint64_t total)>;
+  /// Loads config.json and the safetensors weights of `model_dir`, checking every tensor;
+  /// `progress` (optional) hears after every tensor and once more at the end.
+  static std::unique_ptr<CepeModel> load(const std::filesystem::path& model_dir, Backend& backend,
+                                         const LoadProgress& progress = {});
   ~CepeModel();
 
   /// The checkpoint's configuration.
@@ -181,7 +186,7 @@ class CepeModel {
 
  private:
   CepeModel(ModelConfig config, Backend& backend);
-  void load_weights(const WeightStore& store);
+  void load_weights(const WeightStore& store, const LoadProgress& progress);
   void ensure_capacity(DecoderState& state, int64_t needed) const;
   // A chunk's projected cross-attention keys or values as the request keeps them: rounded to
   // F16 with an F16 KV cache (unless mapped from a store), else as they are.
