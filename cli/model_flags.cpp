@@ -37,26 +37,31 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   options.threads = static_cast<int>(args.get_int("threads", 0, 1024));
   options.weights = parse_weight_kind(args.get("weights"), "--weights");
   lm.backend = make_backend(parse_device(args.get("device")), options);
+  // Every flag and the tokenizer are checked before the weights load: a typo or a missing file
+  // should not wait for a multi-gigabyte checkpoint.
+  const auto cross_attention = parse_cross_attention_mode(
+      args.get("cross-attention"), lm.backend->device(), "--cross-attention");
+  const auto kv_cache = parse_kv_cache_type(args.get("kv-cache"), lm.backend->device(),
+                                            options.weights, "--kv-cache");
+  const std::filesystem::path tok = dir / "tokenizer.model";
+  if (std::filesystem::exists(tok)) {
+    lm.tokenizer = std::make_unique<Tokenizer>(tok);
+  } else if (need_tokenizer) {
+    CEPE_THROW(tok.string() << ": not found (the model directory needs its sentencepiece "
+                               "tokenizer.model)");
+  }
   // A bar only for a load that takes a while (a 7B checkpoint's copy or conversion).
   ProgressBar bar("loading " + dir.string(), "MB", 0);
   bar.quiet_for(std::chrono::seconds(2));
   lm.model = CepeModel::load(dir, *lm.backend, bar.byte_counter());
   bar.finish();
-  lm.model->set_cross_attention_mode(parse_cross_attention_mode(
-      args.get("cross-attention"), lm.backend->device(), "--cross-attention"));
-  lm.model->set_kv_cache_dtype(parse_kv_cache_type(args.get("kv-cache"), lm.backend->device(),
-                                                   options.weights, "--kv-cache"));
-  const std::filesystem::path tok = dir / "tokenizer.model";
-  if (std::filesystem::exists(tok)) {
-    lm.tokenizer = std::make_unique<Tokenizer>(tok);
+  lm.model->set_cross_attention_mode(cross_attention);
+  lm.model->set_kv_cache_dtype(kv_cache);
+  if (lm.tokenizer)
     CEPE_CHECK(lm.tokenizer->vocab_size() <= lm.model->config().decoder.vocab_size,
                tok.string() << " has " << lm.tokenizer->vocab_size()
                             << " pieces but the model's vocab_size is "
                             << lm.model->config().decoder.vocab_size);
-  } else if (need_tokenizer) {
-    CEPE_THROW(tok.string() << ": not found (the model directory needs its sentencepiece "
-                               "tokenizer.model)");
-  }
   return lm;
 }
 

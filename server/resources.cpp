@@ -43,16 +43,20 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   bo.threads = config.threads;  // honoured on the engine thread: every CPU region names its team
   bo.weights = parse_weight_kind(config.weights, "config: 'weights'");
   out.backend = make_backend(parse_device(config.device), bo);
+  // The settings and the tokenizer before the weights, as the index: a bad value should not wait
+  // for the load.
+  const auto cross_attention = parse_cross_attention_mode(
+      config.cross_attention, out.backend->device(), "config: 'cross_attention'");
+  const auto kv_cache =
+      parse_kv_cache_type(config.kv_cache, out.backend->device(), bo.weights, "config: 'kv_cache'");
+  out.tokenizer = std::make_unique<Tokenizer>(tok);
   // A bar (log lines every 10 s off a terminal) only for a load that takes a while.
   ProgressBar bar("cepe serve: loading " + dir.string(), "MB", 0);
   bar.quiet_for(std::chrono::seconds(2));
   out.model = CepeModel::load(dir, *out.backend, bar.byte_counter());
   bar.finish();
-  out.model->set_cross_attention_mode(parse_cross_attention_mode(
-      config.cross_attention, out.backend->device(), "config: 'cross_attention'"));
-  out.model->set_kv_cache_dtype(parse_kv_cache_type(config.kv_cache, out.backend->device(),
-                                                    bo.weights, "config: 'kv_cache'"));
-  out.tokenizer = std::make_unique<Tokenizer>(tok);
+  out.model->set_cross_attention_mode(cross_attention);
+  out.model->set_kv_cache_dtype(kv_cache);
   CEPE_CHECK(out.tokenizer->vocab_size() <= out.model->config().decoder.vocab_size,
              tok.string() << " has " << out.tokenizer->vocab_size()
                           << " pieces but the model's vocab_size is "
