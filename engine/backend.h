@@ -59,6 +59,11 @@ struct BackendOptions {
   /// the CUDA backend's bf16 GEMMs). False keeps F32 activations: exact F32 arithmetic on the
   /// bf16 weights. Decode steps (a few rows) never round.
   bool bf16_activations = true;
+  /// CPU, weights Stored: a matrix is copied out of the file mapping (see load_weight) only
+  /// while at least this many bytes of memory would stay available after the copy; past that
+  /// it stays mapped (read through the page cache: slower, but the load never runs the machine
+  /// out of memory). 0: 1 GiB or a tenth of the machine's memory, whichever is more.
+  uint64_t stored_copy_reserve_bytes = 0;
 };
 
 /// One weight of Backend::linears() and the output it writes (out = x · weightᵀ).

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <random>
 
+#include "common/system.h"
 #include "engine/backend.h"
 #include "engine/cpu/kernels.h"
 #include "engine/llama2c.h"
@@ -1155,6 +1156,25 @@ TEST(QuantLoad, StoredWeightsAreCopiedOutOfTheFile) {
   const Tensor loaded = backend->load_weight(store.get("lm_head.weight"), WeightUse::Matrix);
   EXPECT_FALSE(loaded.file_backed()) << "a stored CPU weight stays a view of the file";
   EXPECT_EQ(std::memcmp(loaded.raw(), again.raw(), again.nbytes()), 0);
+  EXPECT_EQ(backend->describe().find("left in the file mapping"), std::string::npos)
+      << backend->describe();
+
+  // Without room for a copy (a reserve no machine has) the weight stays a view of the file, and
+  // the backend says how much it left there.
+  BackendOptions tight;
+  tight.stored_copy_reserve_bytes = uint64_t{1} << 62;
+  auto cramped = make_backend(Device::CPU, tight);
+  const Tensor mapped = cramped->load_weight(store.get("lm_head.weight"), WeightUse::Matrix);
+  EXPECT_TRUE(mapped.file_backed());
+  EXPECT_EQ(std::memcmp(mapped.raw(), again.raw(), again.nbytes()), 0);
+  EXPECT_NE(cramped->describe().find(" MB of stored weights left in the file mapping"),
+            std::string::npos)
+      << cramped->describe();
+  // What the machine reports: some memory, and no more available than in all.
+  const auto room = available_memory_bytes(), total = total_memory_bytes();
+  ASSERT_TRUE(room && total) << "/proc/meminfo unreadable";
+  EXPECT_GT(*total, 0u);
+  EXPECT_LE(*room, *total);
 }
 
 }  // namespace

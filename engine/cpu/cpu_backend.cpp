@@ -7,10 +7,12 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "common/error.h"
+#include "common/system.h"
 #include "engine/cpu/kernels.h"
 #include "engine/quant.h"
 
@@ -78,7 +80,11 @@ class CpuBackend final : public Backend {
       : threads_(options.threads > 0 ? options.threads : omp_get_num_procs()),
         weights_(options.weights),
         kernels_(cpu::active_kernels()),
-        bf16_pairs_(options.bf16_activations && kernels_.gemm_bf16_pairs != nullptr) {
+        bf16_pairs_(options.bf16_activations && kernels_.gemm_bf16_pairs != nullptr),
+        copy_reserve_(
+            options.stored_copy_reserve_bytes
+                ? options.stored_copy_reserve_bytes
+                : std::max<uint64_t>(uint64_t{1} << 30, total_memory_bytes().value_or(0) / 10)) {
     blas_single_threaded_once();
   }
 
@@ -86,7 +92,11 @@ class CpuBackend final : public Backend {
   std::string describe() const override {
     return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS, " + kernels_.name +
            " kernels, weights " + weight_kind_name(weights_) +
-           (bf16_pairs_ ? ", bf16 weights: VDPBF16PS GEMM" : "") + ")";
+           (bf16_pairs_ ? ", bf16 weights: VDPBF16PS GEMM" : "") +
+           (mapped_bytes_ ? ", " + std::to_string(mapped_bytes_ >> 20) +
+                                " MB of stored weights left in the file mapping for want of memory"
+                          : "") +
+           ")";
   }
 
   Tensor empty(std::vector<int64_t> shape, DType dtype) override {
@@ -100,8 +110,17 @@ class CpuBackend final : public Backend {
     // F32 decode steps took 11-22 % less time than from the page cache's 4 KB pages (median step
     // times, alternating runs). Loading reads the file once either way; the copy costs a memcpy.
     // A table is read a few rows a step and stays a view: a copy would make all of it resident.
-    if (weights_ == WeightKind::Stored)
-      return host.file_backed() && use == WeightUse::Matrix ? copy_weight(host, threads_) : host;
+    if (weights_ == WeightKind::Stored) {
+      if (!host.file_backed() || use != WeightUse::Matrix) return host;
+      // Only while the copy leaves room to spare: a checkpoint larger than the memory is read
+      // through the page cache (slowly) rather than killed for memory midway through its load.
+      const std::optional<uint64_t> room = available_memory_bytes();
+      if (room && *room < host.nbytes() + copy_reserve_) {
+        mapped_bytes_ += host.nbytes();
+        return host;
+      }
+      return copy_weight(host, threads_);
+    }
     // One matrix at a time, row by row: the mapped source pages are dropped as they are used.
     // Block matrices are laid in groups of 16 rows for the packed kernels (decode and prefill
     // alike), straight from the source rows.
@@ -1255,7 +1274,9 @@ class CpuBackend final : public Backend {
   WeightKind weights_ = WeightKind::Stored;
 
   const cpu::Kernels& kernels_;
-  bool bf16_pairs_ = false;  // bf16 GEMMs round activations (BackendOptions::bf16_activations)
+  bool bf16_pairs_ = false;    // bf16 GEMMs round activations (BackendOptions::bf16_activations)
+  uint64_t copy_reserve_ = 0;  // BackendOptions::stored_copy_reserve_bytes, resolved
+  uint64_t mapped_bytes_ = 0;  // stored matrices left in the file mapping for want of memory
 };
 
 }  // namespace
