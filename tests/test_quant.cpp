@@ -1170,6 +1170,22 @@ TEST(QuantLoad, StoredWeightsAreCopiedOutOfTheFile) {
   EXPECT_NE(cramped->describe().find(" MB of stored weights left in the file mapping"),
             std::string::npos)
       << cramped->describe();
+  // A conversion that cannot fit says so before allocating or reading anything: a 4 TB F32
+  // matrix (a view over a few bytes: only its shape is ever looked at) to bf16.
+  BackendOptions to_bf16;
+  to_bf16.weights = WeightKind::BF16;
+  float few[4] = {};
+  const Tensor huge =
+      Tensor::wrap(few, {int64_t{1} << 20, int64_t{1} << 20}, DType::F32, Device::CPU, nullptr);
+  try {
+    make_backend(Device::CPU, to_bf16)->load_weight(huge, WeightUse::Matrix);
+    ADD_FAILURE() << "a 2 TB conversion was not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--weights bf16: out of memory converting a [1048576, "
+                                         "1048576] F32 matrix (2097152 MB as BF16, "),
+              std::string::npos)
+        << e.what();
+  }
   // What the machine reports: some memory, and no more available than in all.
   const auto room = available_memory_bytes(), total = total_memory_bytes();
   ASSERT_TRUE(room && total) << "/proc/meminfo unreadable";

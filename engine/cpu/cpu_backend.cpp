@@ -125,6 +125,20 @@ class CpuBackend final : public Backend {
     // Block matrices are laid in groups of 16 rows for the packed kernels (decode and prefill
     // alike), straight from the source rows.
     const DType target = weight_kind_dtype(weights_, host.dtype());
+    // A converted matrix has no file behind it: when it cannot fit, say so rather than be killed
+    // for memory midway through the load.
+    const uint64_t need = host.rank() >= 1 && host.dim(-1) > 0
+                              ? dtype_row_bytes(target, host.dim(-1)) *
+                                    static_cast<uint64_t>(host.numel() / host.dim(-1))
+                              : 0;
+    const std::optional<uint64_t> room = available_memory_bytes();
+    CEPE_CHECK(!room || target == host.dtype() || need + kConvertReserve <= *room,
+               "--weights " << weight_kind_name(weights_) << ": out of memory converting a "
+                            << host.shape_string() << " " << dtype_name(host.dtype()) << " matrix ("
+                            << (need >> 20) << " MB as " << dtype_name(target) << ", "
+                            << (*room >> 20)
+                            << " MB available): use a smaller kind (q8_0, q4_0) or "
+                               "--weights stored, which reads through the file mapping");
     if (dtype_is_block(target) && host.rank() == 2 && host.dim(0) >= kPackRows)
       return convert_weight(host, target == DType::Q8_0 ? DType::Q8_0x16 : DType::Q4_0x16,
                             threads_);
@@ -1276,6 +1290,9 @@ class CpuBackend final : public Backend {
   const cpu::Kernels& kernels_;
   bool bf16_pairs_ = false;    // bf16 GEMMs round activations (BackendOptions::bf16_activations)
   uint64_t copy_reserve_ = 0;  // BackendOptions::stored_copy_reserve_bytes, resolved
+  // Memory a conversion leaves free at the least: the loader's own buffers and the process's
+  // other allocations must still fit.
+  static constexpr uint64_t kConvertReserve = uint64_t{64} << 20;
   uint64_t mapped_bytes_ = 0;  // stored matrices left in the file mapping for want of memory
 };
 

@@ -43,7 +43,13 @@ class StackLoader {
     CEPE_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16,
                "tensor '" << name << "' in " << store_.file_of(name).string() << " has dtype "
                           << dtype_name(t.dtype()) << "; weights must be F32, F16 or BF16");
-    Tensor loaded = backend_.load_weight(t, use);
+    Tensor loaded;
+    try {
+      loaded = backend_.load_weight(t, use);
+    } catch (const Error& e) {  // which tensor, and from which file
+      CEPE_THROW("tensor '" << name << "' in " << store_.file_of(name).string() << ": "
+                            << e.message());
+    }
     *bytes_ += loaded.nbytes();  // what the model holds (after --weights conversion)
     read_ += t.nbytes();
     if (progress_) progress_(std::min(read_, total_), total_);
