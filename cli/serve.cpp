@@ -110,9 +110,21 @@ int run_serve(const std::vector<std::string>& argv) {
   // so the process then exits without joining it.
   std::exception_ptr load_error;
   std::atomic<bool> loaded{false};
+  // The load's progress: on /readyz as it goes, and a log line every 10 s of a long load.
+  auto last_line = t0;
+  const auto progress = [&](uint64_t done, uint64_t total) {
+    srv.set_load_progress(done, total);
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_line < std::chrono::seconds(10) || done >= total) return;
+    last_line = now;
+    server::LogLine("info", "loading")
+        .num("weights_mb_read", static_cast<int64_t>(done >> 20))
+        .num("weights_mb", static_cast<int64_t>(total >> 20))
+        .write(&logger);
+  };
   std::thread loader([&] {
     try {
-      resources = server::load_resources(cfg);
+      resources = server::load_resources(cfg, progress);
     } catch (...) {
       load_error = std::current_exception();
     }

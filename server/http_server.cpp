@@ -115,6 +115,7 @@ class Server::Impl {
   std::vector<std::thread> io_threads;
   std::unique_ptr<net::thread_pool> pool;
   std::atomic<bool> draining{false};
+  std::atomic<uint64_t> load_done{0}, load_total{0};  // Server::set_load_progress, in bytes
   std::atomic<bool> stopped{false};
   bool started = false;
   uint16_t bound_port = 0;
@@ -900,6 +901,9 @@ bool Server::Impl::ready(std::string* why) const {
   }
   if (!e || !e->alive()) {
     *why = "the model is not loaded yet";
+    if (const uint64_t total = load_total.load(); !e && total)
+      *why += " (" + std::to_string(load_done.load() >> 20) + " of " + std::to_string(total >> 20) +
+              " MB of weights read)";
     return false;
   }
   const auto since = Clock::now() - e->last_tick();
@@ -995,6 +999,11 @@ void Server::attach(const Resources& resources) {
 
 bool Server::shutdown(std::chrono::milliseconds grace) {
   return impl_->shutdown(grace);
+}
+
+void Server::set_load_progress(uint64_t done, uint64_t total) {
+  impl_->load_done.store(done);
+  impl_->load_total.store(total);
 }
 
 bool Server::ready() const {

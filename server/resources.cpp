@@ -1,11 +1,9 @@
 #include "server/resources.h"
 
-#include <chrono>
 #include <filesystem>
 #include <iostream>
 
 #include "common/error.h"
-#include "common/progress.h"
 
 namespace cepe::server {
 
@@ -21,7 +19,8 @@ Resources LoadedResources::view() const {
   return r;
 }
 
-LoadedResources load_resources(const config::ServerConfig& config) {
+LoadedResources load_resources(const config::ServerConfig& config,
+                               const CepeModel::LoadProgress& progress) {
   namespace fs = std::filesystem;
   LoadedResources out;
   const fs::path dir = config.model;
@@ -50,11 +49,7 @@ LoadedResources load_resources(const config::ServerConfig& config) {
   const auto kv_cache =
       parse_kv_cache_type(config.kv_cache, out.backend->device(), bo.weights, "config: 'kv_cache'");
   out.tokenizer = std::make_unique<Tokenizer>(tok);
-  // A bar (log lines every 10 s off a terminal) only for a load that takes a while.
-  ProgressBar bar("cepe serve: loading " + dir.string(), "MB", 0);
-  bar.quiet_for(std::chrono::seconds(2));
-  out.model = CepeModel::load(dir, *out.backend, bar.byte_counter());
-  bar.finish();
+  out.model = CepeModel::load(dir, *out.backend, progress);
   out.model->set_cross_attention_mode(cross_attention);
   out.model->set_kv_cache_dtype(kv_cache);
   CEPE_CHECK(out.tokenizer->vocab_size() <= out.model->config().decoder.vocab_size,

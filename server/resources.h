@@ -5,8 +5,8 @@
 #include <memory>
 
 #include "config/server_config.h"
-#include "index/open_index.h"
 #include "engine/backend.h"
+#include "index/open_index.h"
 #include "server/server.h"
 
 namespace cepe::server {
@@ -25,7 +25,9 @@ struct LoadedResources {
   Resources view() const;
 };
 
-/// Loads `config.model` (which must hold tokenizer.model) and, when set, `config.index`.
-LoadedResources load_resources(const config::ServerConfig& config);
+/// Loads `config.model` (which must hold tokenizer.model) and, when set, `config.index`;
+/// `progress` (optional) hears the model weights' load, as CepeModel::load reports it.
+LoadedResources load_resources(const config::ServerConfig& config,
+                               const CepeModel::LoadProgress& progress = {});
 
 }  // namespace cepe::server

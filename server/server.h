@@ -29,10 +29,10 @@ using JobResult = qa::JobResult;
 
 /// What the server answers with, loaded by the caller; everything must outlive the server.
 struct Resources {
-  CepeModel* model = nullptr;                       ///< the model (used by the engine thread only)
-  const Tokenizer* tokenizer = nullptr;             ///< its tokenizer
+  CepeModel* model = nullptr;                        ///< the model (used by the engine thread only)
+  const Tokenizer* tokenizer = nullptr;              ///< its tokenizer
   const index::IndexRetriever* retriever = nullptr;  ///< null: requests must bring passages
-  std::string model_name;                           ///< reported as "model"
+  std::string model_name;                            ///< reported as "model"
   std::shared_ptr<const index::EncoderStore> encoder_store;  ///< passage states (may be null)
   std::shared_ptr<qa::EncodedPassageCache> encoder_cache;    ///< LRU of encoded passages (or null)
   uint64_t encoder_fingerprint = 0;                          ///< the model's, for cache keys
@@ -53,6 +53,9 @@ class Server {
   uint16_t port() const;
   /// Starts the engine over loaded resources; /ask is answered 503 before this.
   void attach(const Resources& resources);
+  /// How far the model's load has come (bytes of weights read, of `total`): /readyz says it
+  /// until attach().
+  void set_load_progress(uint64_t done, uint64_t total);
   /// Graceful stop: refuse new connections and requests, let in-flight requests finish for up to
   /// `grace`, then cancel what is left and stop every thread. True when nothing was cut off.
   bool shutdown(std::chrono::milliseconds grace);

@@ -1204,7 +1204,15 @@ TEST(ServerInProcess, ReadyzIs503UntilTheModelIsAttached) {
   EXPECT_EQ(metric(c.request("GET", "/metrics").body, "cepe_ready"), 0);
   EXPECT_FALSE(srv.ready());
 
-  LoadedResources res = load_resources(cfg);
+  // While the weights load, /readyz says how far it has come.
+  uint64_t reported = 0;
+  LoadedResources res = load_resources(cfg, [&](uint64_t done, uint64_t total) {
+    srv.set_load_progress(done, total);
+    reported = total;
+  });
+  ASSERT_GT(reported, 0u);
+  srv.set_load_progress(3 << 20, 8 << 20);
+  expect_error(c.request("GET", "/readyz"), 503, "not_ready", "(3 of 8 MB of weights read)");
   srv.attach(res.view());
   EXPECT_TRUE(srv.ready());
   EXPECT_EQ(c.request("GET", "/readyz").status, 200);
