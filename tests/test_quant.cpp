@@ -587,7 +587,8 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
 // within (2 δs + 2^-20 + (n + 4) u) max|v|. Heads share kv heads (group 3) or not; rows carry
 // padding past the kv heads; key counts cover the eight- and sixteen-key batches' edges; head
 // widths one to eight AVX-512 vectors, and multiples of 8 that are not of 16 (the 8-wide kernel,
-// which the AVX-512 levels hand those to), with the AVX2 value pass's 64-column slices and tail.
+// which the AVX-512 levels hand those to), with the AVX2 value pass's 64-column slices and tail;
+// with group 3, heads pair up over a shared kv head in that value pass and heads 2 and 5 do not.
 TEST_P(KernelLevels, AttendRowBlockMatchesDouble) {
   const cpu::KernelPath path = GetParam();
   if (!cpu::kernel_path_supported(path))

@@ -868,8 +868,7 @@ class CpuBackend final : public Backend {
     const int64_t partial_width = 2 + hd;
     std::vector<float> partials(n_blocks * heads * partial_width);
     // Decode steps' kernel where the head width suits it; otherwise the loops below.
-    const auto attend_block =
-        hd % 8 == 0 && hd <= cpu::kAttendMaxHeadDim ? kernels_.attend_row_block : nullptr;
+    const auto attend_block = hd % 8 == 0 ? kernels_.attend_row_block : nullptr;
 #pragma omp parallel num_threads(threads_)
     {
       // `widened` serves the loops' F16 rows; the kernel widens as it loads.

@@ -1109,6 +1109,32 @@ CEPE_AVX2 inline void accumulate_rows_avx2(const float* p, int64_t keys, const c
   for (int c = 0; c < VECS; ++c) _mm256_storeu_ps(out + c * 8, acc[c]);
 }
 
+// The same for two heads that read the same rows (grouped queries; absorbed cross-attention,
+// where every head reads E): each row vector is loaded once for both heads' sums.
+template <int VECS>
+CEPE_AVX2 inline void accumulate_rows_pair_avx2(const float* p0, const float* p1, int64_t keys,
+                                                const char* rows, size_t row_bytes, bool f16,
+                                                int64_t t0, float* out0, float* out1) {
+  __m256 acc0[VECS], acc1[VECS];
+  for (int c = 0; c < VECS; ++c) {
+    acc0[c] = _mm256_loadu_ps(out0 + c * 8);
+    acc1[c] = _mm256_loadu_ps(out1 + c * 8);
+  }
+  for (int64_t j = 0; j < keys; ++j) {
+    const __m256 a = _mm256_set1_ps(p0[j]), b = _mm256_set1_ps(p1[j]);
+    const char* row = rows + j * row_bytes;
+    for (int c = 0; c < VECS; ++c) {
+      const __m256 v = load_cache_avx2(row, f16, t0 + c * 8);
+      acc0[c] = _mm256_fmadd_ps(a, v, acc0[c]);
+      acc1[c] = _mm256_fmadd_ps(b, v, acc1[c]);
+    }
+  }
+  for (int c = 0; c < VECS; ++c) {
+    _mm256_storeu_ps(out0 + c * 8, acc0[c]);
+    _mm256_storeu_ps(out1 + c * 8, acc1[c]);
+  }
+}
+
 // attend_row_block at AVX2 (hd a multiple of 8): as the AVX-512 kernel below, eight keys at a
 // time, their scores out of one sum8_avx2; q is read from L1 rather than held in registers
 // (16 ymm hold eight sums and little else), and the value pass runs over the head's width in
@@ -1156,12 +1182,29 @@ CEPE_AVX2 void attend_row_block_avx2(const float* q, const void* k, const void* 
                                       accumulate_rows_avx2<3>, accumulate_rows_avx2<4>,
                                       accumulate_rows_avx2<5>, accumulate_rows_avx2<6>,
                                       accumulate_rows_avx2<7>, accumulate_rows_avx2<8>};
-  for (int64_t j0 = 0; j0 < n; j0 += 16)
-    for (int h = 0; h < heads; ++h)
+  using PairSlice = void (*)(const float*, const float*, int64_t, const char*, size_t, bool,
+                             int64_t, float*, float*);
+  static constexpr PairSlice pair_by_vecs[] = {
+      accumulate_rows_pair_avx2<1>, accumulate_rows_pair_avx2<2>, accumulate_rows_pair_avx2<3>,
+      accumulate_rows_pair_avx2<4>};
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t keys = std::min<int64_t>(16, n - j0);
+    for (int h = 0; h < heads;) {
+      if (h + 1 < heads && h / group == (h + 1) / group) {  // two heads, one kv head
+        for (int64_t t0 = 0; t0 < hd; t0 += 32)
+          pair_by_vecs[std::min<int64_t>(4, (hd - t0) / 8) - 1](
+              scores + h * n + j0, scores + (h + 1) * n + j0, keys, row(v, j0, h), row_bytes, f16,
+              t0, part + h * part_stride + 2 + t0, part + (h + 1) * part_stride + 2 + t0);
+        h += 2;
+        continue;
+      }
       for (int64_t t0 = 0; t0 < hd; t0 += 64)
-        by_vecs[std::min<int64_t>(8, (hd - t0) / 8) - 1](
-            scores + h * n + j0, std::min<int64_t>(16, n - j0), row(v, j0, h), row_bytes, f16, t0,
-            part + h * part_stride + 2 + t0);
+        by_vecs[std::min<int64_t>(8, (hd - t0) / 8) - 1](scores + h * n + j0, keys, row(v, j0, h),
+                                                         row_bytes, f16, t0,
+                                                         part + h * part_stride + 2 + t0);
+      ++h;
+    }
+  }
 }
 
 // Sixteen vectors' horizontal sums as one vector: lane j of the result is Σ v[j]. A tree of
@@ -1257,7 +1300,7 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
                                          int64_t n, int64_t kv_stride, int heads, int group,
                                          int64_t hd, float scale, float* scores, float* part,
                                          int64_t part_stride) {
-  if (hd % 16 != 0)  // a multiple of 8 only: the 8-wide kernel
+  if (hd % 16 != 0 || hd > kAttendMaxHeadDim)  // too narrow a multiple, or too wide: 8-wide
     return attend_row_block_avx2(q, k, v, f16, n, kv_stride, heads, group, hd, scale, scores, part,
                                  part_stride);
   static_assert(kAttendMaxHeadDim == 8 * 16, "one instance per head width below");

@@ -98,11 +98,11 @@ struct Kernels {
   void (*attention_rows)(const float* q, int64_t ldq, int64_t rows, int64_t hd, const float* keys_t,
                          const float* values, int64_t n, const int64_t* visible, float scale,
                          float* out, int64_t ldo, float* partial_stats, float* scratch);
-  /// One query row of all heads against n cache rows (decode steps; hd a multiple of 8, at
-  /// most kAttendMaxHeadDim): rows kv_stride elements apart, F32 or F16 (widened exactly), head
-  /// h reading kv head h / group. Per head, at part + h * part_stride: the max score (scale ·
-  /// q·k), Σ e^(s - max), then hd values of Σ e^(s - max) v (unnormalised). `scores` holds
-  /// heads · n floats. Null below AVX2.
+  /// One query row of all heads against n cache rows (decode steps, and absorbed
+  /// cross-attention's encoder-width heads; hd a multiple of 8): rows kv_stride elements apart, F32
+  /// or F16 (widened exactly), head h reading kv head h / group. Per head, at part + h *
+  /// part_stride: the max score (scale · q·k), Σ e^(s - max), then hd values of Σ e^(s - max) v
+  /// (unnormalised). `scores` holds heads · n floats. Null below AVX2.
   void (*attend_row_block)(const float* q, const void* k, const void* v, bool f16, int64_t n,
                            int64_t kv_stride, int heads, int group, int64_t hd, float scale,
                            float* scores, float* part, int64_t part_stride);
@@ -113,7 +113,8 @@ struct Kernels {
   void (*silu_mul)(float* g, const float* u, int64_t n);
 };
 
-/// The largest head dimension attend_row_block takes (its register blocking).
+/// The widest head the AVX-512 attend_row_block holds in registers; wider heads (and widths
+/// that are not multiples of 16) take its 8-wide form, which reads q from L1.
 constexpr int64_t kAttendMaxHeadDim = 128;
 
 /// Activation rows per tile of quantize_q8_tiles' layout (the packed groups' register tile height).

@@ -660,32 +660,41 @@ void CepeModel::absorbed_cross_attention(const BlockWeights& b,
     out_rows = backend_.empty({rows, qd}, DType::F32);
   }
   // Cross-attention is not causal and, after absorption, every head reads the same keys and
-  // values (E itself), so each (row, head) pair is an independent query row of width eh: a
-  // segment becomes one [q_len * heads, eh] x [eh, n] product instead of `heads` narrow ones.
-  std::vector<AttentionSegment> segments;
+  // values (E itself). A sequence with a few rows (decode steps) is one query row of `heads`
+  // heads sharing one kv head of width eh: the decode kernel then reads each block of E once
+  // for all heads. Longer ones make each (row, head) pair a query row of width eh, one
+  // [q_len * heads, eh] x [eh, n] product instead of `heads` narrow ones. q_abs and `mixed`
+  // are laid out alike for both ([rows, heads * eh] is [rows * heads, eh]).
+  std::vector<AttentionSegment> shared, per_head;
   int64_t at = 0;
   for (size_t s : which) {
     if (!whole) backend_.copy_rows(q, row_begin[s], q_rows, at, row_count[s]);
+    const int64_t first = whole ? row_begin[s] : at;
     AttentionSegment seg;
-    seg.q_begin = (whole ? row_begin[s] : at) * heads;
-    seg.q_len = row_count[s] * heads;
+    const bool few = row_count[s] <= kSharedHeadRows;
+    seg.q_begin = few ? first : first * heads;
+    seg.q_len = few ? row_count[s] : row_count[s] * heads;
     const std::vector<Tensor>& context = states[s]->context_;
     if (context.size() == 1) {
       seg.k = seg.v = context[0];
     } else {
       seg.k_parts = seg.v_parts = context;
     }
-    segments.push_back(std::move(seg));
+    (few ? shared : per_head).push_back(std::move(seg));
     at += row_count[s];
   }
   // q'_h = W_k,gᵀ q_h, scored against E; the softmax scale stays the decoder head's.
   Tensor q_abs = backend_.empty({rows, heads * eh}, DType::F32);
   backend_.head_linear(q_rows, b.cross_k, heads, groups, /*transposed=*/false, q_abs);
   Tensor mixed = backend_.empty({rows, heads * eh}, DType::F32);
-  const AttentionShape shape{1, 1, static_cast<int>(eh),
-                             1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-  Tensor mixed_rows = mixed.reshape({rows * heads, eh});
-  backend_.attention(q_abs.reshape({rows * heads, eh}), segments, shape, mixed_rows);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  if (!shared.empty())
+    backend_.attention(q_abs, shared, AttentionShape{heads, 1, static_cast<int>(eh), scale}, mixed);
+  if (!per_head.empty()) {
+    Tensor mixed_rows = mixed.reshape({rows * heads, eh});
+    backend_.attention(q_abs.reshape({rows * heads, eh}), per_head,
+                       AttentionShape{1, 1, static_cast<int>(eh), scale}, mixed_rows);
+  }
   // out_h = W_v,g · (softmax · E): the value projection applied after the weighted sum.
   backend_.head_linear(mixed, b.cross_v, heads, groups, /*transposed=*/true, out_rows);
   if (whole) return;
