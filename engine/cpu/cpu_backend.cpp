@@ -69,9 +69,19 @@ int64_t total_units(std::span<const Part> parts, Units units) {
 // where omp_set_num_threads on the constructing thread would not apply), and OpenBLAS, whose
 // pthreads build keeps its own pool, is set to one thread once for the process and only ever
 // called from inside our regions on slices of the work. Nothing is flipped per call.
+// The pthreads build starts its pool when the library loads, and its workers spin on
+// sched_yield for ~0.1 s before they sleep: on a 2-core machine that took a core from our own
+// first parallel region (a 2-token prefill of stories260K: 80-110 ms in 7 runs of 10, 0.4 ms
+// otherwise). With one thread set the pool is never used, so it is shut down; builds without
+// that entry point (serial, or OpenMP whose pool is ours) have nothing to stop.
+extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
+
 void blas_single_threaded_once() {
   static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
+  std::call_once(once, [] {
+    openblas_set_num_threads(1);
+    if (blas_thread_shutdown_) blas_thread_shutdown_();
+  });
 }
 
 class CpuBackend final : public Backend {
