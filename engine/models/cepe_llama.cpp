@@ -663,15 +663,16 @@ void CepeModel::absorbed_cross_attention(const BlockWeights& b,
   // values (E itself). A sequence with a few rows (decode steps) is one query row of `heads`
   // heads sharing one kv head of width eh: the decode kernel then reads each block of E once
   // for all heads. Longer ones make each (row, head) pair a query row of width eh, one
-  // [q_len * heads, eh] x [eh, n] product instead of `heads` narrow ones. q_abs and `mixed`
-  // are laid out alike for both ([rows, heads * eh] is [rows * heads, eh]).
+  // [q_len * heads, eh] x [eh, n] product instead of `heads` narrow ones; CUDA takes that form
+  // for decode steps too (its wide heads are cuBLAS GEMMs, one per head of the shared form).
+  // q_abs and `mixed` are laid out alike for both ([rows, heads * eh] is [rows * heads, eh]).
   std::vector<AttentionSegment> shared, per_head;
   int64_t at = 0;
   for (size_t s : which) {
     if (!whole) backend_.copy_rows(q, row_begin[s], q_rows, at, row_count[s]);
     const int64_t first = whole ? row_begin[s] : at;
     AttentionSegment seg;
-    const bool few = row_count[s] <= kSharedHeadRows;
+    const bool few = row_count[s] <= kSharedHeadRows && backend_.device() == Device::CPU;
     seg.q_begin = few ? first : first * heads;
     seg.q_len = few ? row_count[s] : row_count[s] * heads;
     const std::vector<Tensor>& context = states[s]->context_;
