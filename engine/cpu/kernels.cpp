@@ -1070,6 +1070,33 @@ CEPE_AVX512 void attention_rows_avx512(const float* q, int64_t ldq, int64_t rows
 
 // ---- one query row against a block of cache rows (decode steps) ----
 
+// Where attend_row_block finds head h's slice of cache row j: rows kv_stride elements apart,
+// F32 or F16, head h reading kv head h / group.
+struct CacheRows {
+  CacheRows(int64_t kv_stride, int64_t hd, int group, bool f16)
+      : row_bytes(static_cast<size_t>(kv_stride) * (f16 ? 2 : 4)),
+        head_bytes(static_cast<size_t>(hd) * (f16 ? 2 : 4)),
+        group(group) {}
+  const char* operator()(const void* base, int64_t j, int h) const {
+    return static_cast<const char*>(base) + j * row_bytes + (h / group) * head_bytes;
+  }
+  size_t row_bytes, head_bytes;
+  int group;
+};
+
+// attend_row_block's partial results before its value pass, from each head's n scores: the max
+// score, Σ e^(s - max) (the scores becoming those numerators), and the head's hd output sums
+// zeroed. SoftmaxExp is the level's softmax_exp.
+template <float (*SoftmaxExp)(float*, int64_t, float*)>
+void start_partials(float* scores, int64_t n, int heads, int64_t hd, float* part,
+                    int64_t part_stride) {
+  for (int h = 0; h < heads; ++h) {
+    float* ph = part + h * part_stride;
+    ph[1] = SoftmaxExp(scores + h * n, n, &ph[0]);
+    std::fill(ph + 2, ph + 2 + hd, 0.0f);
+  }
+}
+
 // Eight vectors' horizontal sums as one vector: lane j of the result is Σ v[j] (the AVX2 form of
 // sum16_avx512 below).
 CEPE_AVX2 inline __m256 sum8_avx2(const __m256* v) {
@@ -1142,11 +1169,8 @@ CEPE_AVX2 inline void accumulate_rows_pair_avx2(const float* p0, const float* p1
 CEPE_AVX2 void attend_row_block_avx2(const float* q, const void* k, const void* v, bool f16,
                                      int64_t n, int64_t kv_stride, int heads, int group, int64_t hd,
                                      float scale, float* scores, float* part, int64_t part_stride) {
-  const size_t row_bytes = static_cast<size_t>(kv_stride) * (f16 ? 2 : 4);
-  const size_t head_bytes = static_cast<size_t>(hd) * (f16 ? 2 : 4);
-  const auto row = [&](const void* base, int64_t j, int h) {
-    return static_cast<const char*>(base) + j * row_bytes + (h / group) * head_bytes;
-  };
+  const CacheRows row{kv_stride, hd, group, f16};
+  const size_t row_bytes = row.row_bytes;
   const int64_t whole = n / 8 * 8;
   const __m256 vscale = _mm256_set1_ps(scale);
   for (int64_t j0 = 0; j0 < whole; j0 += 8)
@@ -1170,13 +1194,7 @@ CEPE_AVX2 void attend_row_block_avx2(const float* q, const void* k, const void* 
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * hd + t), load_cache_avx2(kr, f16, t), acc);
       scores[h * n + j] = hsum_avx2(acc) * scale;
     }
-  for (int h = 0; h < heads; ++h) {
-    float mx;
-    const float sum = softmax_exp_avx2(scores + h * n, n, &mx);
-    part[h * part_stride] = mx;
-    part[h * part_stride + 1] = sum;
-    std::fill(part + h * part_stride + 2, part + h * part_stride + 2 + hd, 0.0f);
-  }
+  start_partials<softmax_exp_avx2>(scores, n, heads, hd, part, part_stride);
   using Slice = void (*)(const float*, int64_t, const char*, size_t, bool, int64_t, float*);
   static constexpr Slice by_vecs[] = {accumulate_rows_avx2<1>, accumulate_rows_avx2<2>,
                                       accumulate_rows_avx2<3>, accumulate_rows_avx2<4>,
@@ -1245,11 +1263,7 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
                                          float scale, float* scores, float* part,
                                          int64_t part_stride) {
   constexpr int64_t hd = VECS * 16;
-  const size_t row_bytes = static_cast<size_t>(kv_stride) * (f16 ? 2 : 4);
-  const size_t head_bytes = static_cast<size_t>(hd) * (f16 ? 2 : 4);
-  const auto row = [&](const void* base, int64_t j, int h) {
-    return static_cast<const char*>(base) + j * row_bytes + (h / group) * head_bytes;
-  };
+  const CacheRows row{kv_stride, hd, group, f16};
   const int64_t whole = n / 16 * 16;
   const __m512 vscale = _mm512_set1_ps(scale);
   for (int64_t j0 = 0; j0 < whole; j0 += 16)
@@ -1273,13 +1287,7 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
                               load_cache_avx512(kr, f16, c * 16), acc);
       scores[h * n + j] = hsum_avx512(acc) * scale;
     }
-  for (int h = 0; h < heads; ++h) {
-    float mx;
-    const float sum = softmax_exp_avx512(scores + h * n, n, &mx);
-    part[h * part_stride] = mx;
-    part[h * part_stride + 1] = sum;
-    std::fill(part + h * part_stride + 2, part + h * part_stride + 2 + hd, 0.0f);
-  }
+  start_partials<softmax_exp_avx512>(scores, n, heads, hd, part, part_stride);
   // Σ_j p_j v_j: per batch and head, the head's sums in registers over the sixteen keys.
   for (int64_t j0 = 0; j0 < n; j0 += 16)
     for (int h = 0; h < heads; ++h) {
