@@ -45,7 +45,7 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
                                             options.weights, "--kv-cache");
   const std::filesystem::path tok = dir / "tokenizer.model";
   if (std::filesystem::exists(tok)) {
-    lm.tokenizer = std::make_unique<Tokenizer>(tok);
+    lm.tokenizer = load_model_tokenizer(dir, load_model_config(dir));
   } else if (need_tokenizer) {
     CEPE_THROW(tok.string() << ": not found (the model directory needs its sentencepiece "
                                "tokenizer.model)");
@@ -57,11 +57,6 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   bar.finish();
   lm.model->set_cross_attention_mode(cross_attention);
   lm.model->set_kv_cache_dtype(kv_cache);
-  if (lm.tokenizer)
-    CEPE_CHECK(lm.tokenizer->vocab_size() <= lm.model->config().decoder.vocab_size,
-               tok.string() << " has " << lm.tokenizer->vocab_size()
-                            << " pieces but the model's vocab_size is "
-                            << lm.model->config().decoder.vocab_size);
   return lm;
 }
 

@@ -108,6 +108,16 @@ int Tokenizer::byte_value(int32_t id) const {
 
 // ---- StreamDecoder ----
 
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir,
+                                                const ModelConfig& config) {
+  auto tokenizer = std::make_unique<Tokenizer>(model_dir / "tokenizer.model");
+  CEPE_CHECK(tokenizer->vocab_size() <= config.decoder.vocab_size,
+             tokenizer->path().string()
+                 << " has " << tokenizer->vocab_size() << " pieces but the model's vocab_size ("
+                 << (model_dir / "config.json").string() << ") is " << config.decoder.vocab_size);
+  return tokenizer;
+}
+
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, std::vector<int32_t> prompt_ids)
     : tokenizer_(tokenizer) {
   // Sentencepiece's decoding is local except for two rules: a run of byte pieces is decoded

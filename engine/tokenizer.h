@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/config.h"
+
 namespace sentencepiece {
 class SentencePieceProcessor;
 }
@@ -56,6 +58,12 @@ class Tokenizer {
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::vector<int16_t> byte_of_;  // byte value per id, -1 for pieces that are not bytes
 };
+
+/// Loads `model_dir`/tokenizer.model and checks it against the model's config (config.json)
+/// before any weight is read: a tokenizer with more pieces than the model has embedding rows
+/// would feed it ids past them, and a wrong pairing should not wait for a multi-gigabyte load.
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir,
+                                                const ModelConfig& config);
 
 /// Turns a stream of token ids into text pieces, never splitting a UTF-8 character.
 /// Decodes the whole sequence each step (as HuggingFace's TextStreamer does) so that

@@ -48,14 +48,10 @@ LoadedResources load_resources(const config::ServerConfig& config,
       config.cross_attention, out.backend->device(), "config: 'cross_attention'");
   const auto kv_cache =
       parse_kv_cache_type(config.kv_cache, out.backend->device(), bo.weights, "config: 'kv_cache'");
-  out.tokenizer = std::make_unique<Tokenizer>(tok);
+  out.tokenizer = load_model_tokenizer(dir, load_model_config(dir));
   out.model = CepeModel::load(dir, *out.backend, progress);
   out.model->set_cross_attention_mode(cross_attention);
   out.model->set_kv_cache_dtype(kv_cache);
-  CEPE_CHECK(out.tokenizer->vocab_size() <= out.model->config().decoder.vocab_size,
-             tok.string() << " has " << out.tokenizer->vocab_size()
-                          << " pieces but the model's vocab_size is "
-                          << out.model->config().decoder.vocab_size);
   // Passage states: the store when one matches; otherwise (with an index or caller passages) the
   // LRU cache. A store that does not match is reported once here and never used.
   if (out.model->config().is_cepe()) {

@@ -96,6 +96,24 @@ expect_error "generate: bad top-p" "--top-p" generate --model "$tmp/rnd" --promp
 expect_error "generate: no tokenizer" "tokenizer.model" generate --model "$good" --prompt "the"
 cp -r "$tmp/rnd" "$tmp/badtok" && head -c 100 "$tmp/spm.model" >"$tmp/badtok/tokenizer.model"
 expect_error "generate: corrupt tokenizer" "tokenizer.model" generate --model "$tmp/badtok" --prompt "the"
+# A tokenizer with more pieces than the model's vocab_size is refused before the weights are read
+# (reading them first would stop at embed_tokens' shape, which says nothing of the tokenizer).
+cp -r "$tmp/rnd" "$tmp/smallvocab" &&
+  sed -i 's/"vocab_size": [0-9]*/"vocab_size": 100/' "$tmp/smallvocab/config.json"
+expect_error "generate: tokenizer over vocab_size" "pieces but the model's vocab_size" \
+  generate --model "$tmp/smallvocab" --prompt "the"
+# The server logs (JSON lines on stderr) while it loads: its last line is the error.
+printf '{"model": "%s", "port": 0}\n' "$tmp/smallvocab" >"$tmp/smallvocab.json"
+out=$(timeout 60 "$cepe" serve --config "$tmp/smallvocab.json" 2>&1 >/dev/null)
+rc=$?
+if [[ $rc -ne 1 ]] || [[ "$(printf '%s\n' "$out" | tail -n 1)" != *"pieces but the model's vocab_size"* ]] ||
+  [[ "$out" == *Sanitizer* ]] || [[ "$out" == *"runtime error"* ]]; then
+  echo "FAIL: serve: tokenizer over vocab_size (exit $rc):"
+  printf '%s\n' "$out" | tail -5
+  fail=1
+else
+  echo "ok:   serve: tokenizer over vocab_size -> $(printf '%s\n' "$out" | tail -n 1)"
+fi
 "$cepe" generate --model "$tmp/rnd" --prompt "the fox" --context "the lazy dog" --max-new-tokens 4 \
   >/dev/null || { echo "FAIL: a good generate under sanitizers"; fail=1; }
 
