@@ -1,6 +1,7 @@
 #include "common/system.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -11,8 +12,8 @@ namespace cepe {
 namespace {
 
 // A /proc/meminfo field ("MemAvailable:   123456 kB") in bytes.
-std::optional<uint64_t> meminfo_bytes(const std::string& field) {
-  std::ifstream in("/proc/meminfo");
+std::optional<uint64_t> meminfo_bytes(const SystemRoots& roots, const std::string& field) {
+  std::ifstream in(roots.proc + "/meminfo");
   std::string line;
   while (std::getline(in, line)) {
     if (line.compare(0, field.size() + 1, field + ":") != 0) continue;
@@ -32,15 +33,40 @@ std::optional<uint64_t> number_in(const std::string& path) {
   return std::nullopt;
 }
 
+// A "key value" line's value in a file such as cgroup v1's memory.stat.
+std::optional<uint64_t> keyed_number_in(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string name;
+  uint64_t value = 0;
+  while (in >> name >> value)
+    if (name == key) return value;
+  return std::nullopt;
+}
+
+std::optional<uint64_t> smaller(std::optional<uint64_t> a, std::optional<uint64_t> b) {
+  if (a && b) return std::min(*a, *b);
+  return a ? a : b;
+}
+
 // This process's cgroup memory limit and usage: cgroup v2 (memory.max, memory.current) or v1
 // (memory.limit_in_bytes, memory.usage_in_bytes; a limit near 2^63 means none).
 struct CgroupMemory {
   std::optional<uint64_t> limit, usage;
 };
 
-CgroupMemory cgroup_memory() {
-  std::ifstream self("/proc/self/cgroup");
-  std::string line, v1, v2;
+// The directory of the cgroup at `path` (from /proc/self/cgroup) below the mount `base`. A
+// container without its own cgroup namespace sees the host's path there while its mount shows
+// only its own cgroup, at the mount's root: that root is then the directory.
+std::string cgroup_dir(const std::string& base, const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(base + path, ec)) return base + path;
+  return base;
+}
+
+CgroupMemory cgroup_memory(const SystemRoots& roots) {
+  std::ifstream self(roots.proc + "/self/cgroup");
+  std::string line;
+  std::optional<std::string> v1, v2;
   while (std::getline(self, line)) {
     // "hierarchy-id:controller,controller:path"; cgroup v2's line has no controllers.
     const std::string_view l(line);
@@ -55,35 +81,41 @@ CgroupMemory cgroup_memory() {
     }
   }
   CgroupMemory m;
-  if (!v1.empty()) {
-    const std::string dir = "/sys/fs/cgroup/memory" + v1 + "/";
-    m.limit = number_in(dir + "memory.limit_in_bytes");
-    if (m.limit && *m.limit >= (uint64_t{1} << 62)) m.limit.reset();
+  const auto real_limit = [](std::optional<uint64_t> v) {
+    return v && *v < (uint64_t{1} << 62) ? v : std::nullopt;
+  };
+  if (v1) {
+    // memory.stat's hierarchical_memory_limit is the least limit of the cgroup and its ancestors.
+    const std::string dir = cgroup_dir(roots.cgroup + "/memory", *v1 == "/" ? "" : *v1) + "/";
+    m.limit =
+        smaller(real_limit(number_in(dir + "memory.limit_in_bytes")),
+                real_limit(keyed_number_in(dir + "memory.stat", "hierarchical_memory_limit")));
     m.usage = number_in(dir + "memory.usage_in_bytes");
-  } else if (!v2.empty()) {
-    const std::string dir = "/sys/fs/cgroup" + v2 + "/";
-    m.limit = number_in(dir + "memory.max");
-    m.usage = number_in(dir + "memory.current");
+  } else if (v2) {
+    // v2 has no such figure: the ancestors' memory.max, up to the mount, are read in turn.
+    const std::string leaf = cgroup_dir(roots.cgroup, *v2 == "/" ? "" : *v2);
+    m.usage = number_in(leaf + "/memory.current");
+    for (std::string dir = leaf; dir.size() >= roots.cgroup.size();) {
+      m.limit = smaller(m.limit, number_in(dir + "/memory.max"));
+      const size_t slash = dir.rfind('/');
+      if (dir.size() == roots.cgroup.size() || slash == std::string::npos) break;
+      dir.resize(slash);
+    }
   }
   return m;
 }
 
-std::optional<uint64_t> smaller(std::optional<uint64_t> a, std::optional<uint64_t> b) {
-  if (a && b) return std::min(*a, *b);
-  return a ? a : b;
-}
-
 }  // namespace
 
-std::optional<uint64_t> available_memory_bytes() {
+std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots) {
   std::optional<uint64_t> cgroup_room;
-  const CgroupMemory cg = cgroup_memory();
+  const CgroupMemory cg = cgroup_memory(roots);
   if (cg.limit && cg.usage) cgroup_room = *cg.limit > *cg.usage ? *cg.limit - *cg.usage : 0;
-  return smaller(meminfo_bytes("MemAvailable"), cgroup_room);
+  return smaller(meminfo_bytes(roots, "MemAvailable"), cgroup_room);
 }
 
-std::optional<uint64_t> total_memory_bytes() {
-  return smaller(meminfo_bytes("MemTotal"), cgroup_memory().limit);
+std::optional<uint64_t> total_memory_bytes(const SystemRoots& roots) {
+  return smaller(meminfo_bytes(roots, "MemTotal"), cgroup_memory(roots).limit);
 }
 
 }  // namespace cepe

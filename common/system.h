@@ -3,16 +3,25 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 namespace cepe {
 
+/// Where the memory figures are read: procfs and the cgroup mount (tests point them at a tree
+/// of their own).
+struct SystemRoots {
+  std::string proc = "/proc";             ///< procfs: meminfo, self/cgroup
+  std::string cgroup = "/sys/fs/cgroup";  ///< the cgroup mount: v1 controllers below it, or v2
+};
+
 /// Bytes this process could still allocate without the kernel reclaiming memory in use: the
-/// smaller of /proc/meminfo's MemAvailable and, under a cgroup memory limit (v1 or v2), the
-/// limit minus the cgroup's usage. Empty when neither can be read.
-std::optional<uint64_t> available_memory_bytes();
+/// smaller of /proc/meminfo's MemAvailable and, under a cgroup memory limit (v1 or v2, the
+/// process's own cgroup's or an ancestor's), the limit minus the cgroup's usage. Empty when
+/// neither can be read.
+std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots = {});
 
 /// The machine's memory (/proc/meminfo's MemTotal), or the cgroup limit when lower. Empty when
 /// neither can be read.
-std::optional<uint64_t> total_memory_bytes();
+std::optional<uint64_t> total_memory_bytes(const SystemRoots& roots = {});
 
 }  // namespace cepe

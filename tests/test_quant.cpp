@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "common/system.h"
@@ -1192,6 +1193,92 @@ TEST(QuantLoad, StoredWeightsAreCopiedOutOfTheFile) {
   ASSERT_TRUE(room && total) << "/proc/meminfo unreadable";
   EXPECT_GT(*total, 0u);
   EXPECT_LE(*room, *total);
+}
+
+// The memory figures under the cgroup layouts a server meets, each as a fake procfs and cgroup
+// mount: MemAvailable 8 GiB and MemTotal 16 GiB throughout, so a cgroup figure shows as the
+// smaller one.
+struct FakeSystem {
+  SystemRoots roots;
+  explicit FakeSystem(const std::string& tag, const std::string& self_cgroup) {
+    const fs::path dir = test::temp_dir("system_" + tag);
+    roots.proc = (dir / "proc").string();
+    roots.cgroup = (dir / "cgroup").string();
+    write("proc/meminfo",
+          "MemTotal:       16777216 kB\nMemFree:  1 kB\nMemAvailable:    8388608 kB\n");
+    write("proc/self/cgroup", self_cgroup);
+    fs::create_directories(roots.cgroup);
+  }
+  void write(const std::string& rel, const std::string& text) const {
+    const fs::path path = fs::path(roots.proc).parent_path() / rel;
+    fs::create_directories(path.parent_path());
+    std::ofstream(path) << text;
+  }
+};
+
+constexpr uint64_t kMiB = uint64_t{1} << 20, kGiB = uint64_t{1} << 30;
+
+TEST(SystemMemory, MeminfoAloneWithoutACgroupLimit) {
+  const FakeSystem v1("v1none", "4:memory:/\n1:cpu:/\n");
+  v1.write("cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");
+  v1.write("cgroup/memory/memory.usage_in_bytes", "1000\n");
+  EXPECT_EQ(available_memory_bytes(v1.roots), 8 * kGiB);
+  EXPECT_EQ(total_memory_bytes(v1.roots), 16 * kGiB);
+  const FakeSystem v2("v2max", "0::/user.slice\n");
+  v2.write("cgroup/user.slice/memory.max", "max\n");
+  v2.write("cgroup/user.slice/memory.current", "1000\n");
+  EXPECT_EQ(available_memory_bytes(v2.roots), 8 * kGiB);
+  EXPECT_EQ(total_memory_bytes(v2.roots), 16 * kGiB);
+  FakeSystem none("nothing", "");
+  none.roots.proc += "-missing";
+  EXPECT_FALSE(available_memory_bytes(none.roots));
+  EXPECT_FALSE(total_memory_bytes(none.roots));
+}
+
+TEST(SystemMemory, CgroupV1LimitAtThePathAndForAContainer) {
+  // The host's view: the process's cgroup below the mount.
+  const FakeSystem host("v1host", "5:cpu:/\n4:memory,hugetlb:/batch/job7\n");
+  host.write("cgroup/memory/batch/job7/memory.limit_in_bytes", std::to_string(kGiB) + "\n");
+  host.write("cgroup/memory/batch/job7/memory.usage_in_bytes", std::to_string(256 * kMiB));
+  EXPECT_EQ(available_memory_bytes(host.roots), 768 * kMiB);
+  EXPECT_EQ(total_memory_bytes(host.roots), kGiB);
+  // A container without a cgroup namespace: /proc/self/cgroup names the host's path, the mount
+  // shows the container's own cgroup at its root.
+  const FakeSystem container("v1docker", "4:memory:/docker/0123abcd\n");
+  container.write("cgroup/memory/memory.limit_in_bytes", std::to_string(2 * kGiB));
+  container.write("cgroup/memory/memory.usage_in_bytes", std::to_string(2 * kGiB + 5));
+  EXPECT_EQ(available_memory_bytes(container.roots), 0u) << "usage past the limit: no room";
+  EXPECT_EQ(total_memory_bytes(container.roots), 2 * kGiB);
+  // The limit set on an ancestor: memory.stat's hierarchical figure.
+  const FakeSystem nested("v1nested", "4:memory:/batch/job7\n");
+  nested.write("cgroup/memory/batch/job7/memory.limit_in_bytes", "9223372036854771712\n");
+  nested.write("cgroup/memory/batch/job7/memory.stat",
+               "cache 4096\nhierarchical_memory_limit " + std::to_string(3 * kGiB) +
+                   "\nhierarchical_memsw_limit 9223372036854771712\n");
+  nested.write("cgroup/memory/batch/job7/memory.usage_in_bytes", std::to_string(kGiB));
+  EXPECT_EQ(available_memory_bytes(nested.roots), 2 * kGiB);
+  EXPECT_EQ(total_memory_bytes(nested.roots), 3 * kGiB);
+}
+
+TEST(SystemMemory, CgroupV2LimitOnTheCgroupOrAnAncestor) {
+  const FakeSystem v2("v2", "0::/system.slice/cepe.service\n");
+  v2.write("cgroup/system.slice/cepe.service/memory.max", "max\n");
+  v2.write("cgroup/system.slice/cepe.service/memory.current", std::to_string(512 * kMiB));
+  v2.write("cgroup/system.slice/memory.max", std::to_string(4 * kGiB));
+  EXPECT_EQ(available_memory_bytes(v2.roots), 4 * kGiB - 512 * kMiB);
+  EXPECT_EQ(total_memory_bytes(v2.roots), 4 * kGiB);
+  // The service's own, lower limit wins.
+  v2.write("cgroup/system.slice/cepe.service/memory.max", std::to_string(kGiB));
+  EXPECT_EQ(available_memory_bytes(v2.roots), 512 * kMiB);
+  // A container with its own cgroup namespace ("0::/"), or without one (the host's path, absent
+  // below the mount): the mount's root is its cgroup.
+  for (const char* self : {"0::/\n", "0::/kubepods/pod42/ctr\n"}) {
+    const FakeSystem ctr("v2ctr", self);
+    ctr.write("cgroup/memory.max", std::to_string(6 * kGiB));
+    ctr.write("cgroup/memory.current", std::to_string(kGiB));
+    EXPECT_EQ(available_memory_bytes(ctr.roots), 5 * kGiB) << self;
+    EXPECT_EQ(total_memory_bytes(ctr.roots), 6 * kGiB) << self;
+  }
 }
 
 }  // namespace
