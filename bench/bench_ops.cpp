@@ -53,13 +53,14 @@ void BM_Linear(benchmark::State& state, WeightKind kind) {
   state.SetLabel(cepe::weight_kind_name(kind));
 }
 
-// Self-attention of `rows` queries over `keys` keys (12 heads of 64), timed.
-void run_attention(benchmark::State& state, int64_t rows, int64_t keys, bool causal) {
+// Self-attention of `rows` queries over `keys` keys (12 heads of 64 over kv_heads), timed.
+void run_attention(benchmark::State& state, int64_t rows, int64_t keys, bool causal,
+                   int64_t kv_heads = 12) {
   constexpr int64_t heads = 12, head_dim = 64;
   auto b = cpu();
   const Tensor q = random_f32({rows, heads * head_dim}, 3);
-  const Tensor k = random_f32({keys, heads * head_dim}, 4);
-  const Tensor v = random_f32({keys, heads * head_dim}, 5);
+  const Tensor k = random_f32({keys, kv_heads * head_dim}, 4);
+  const Tensor v = random_f32({keys, kv_heads * head_dim}, 5);
   Tensor out = b->empty({rows, heads * head_dim}, DType::F32);
   std::vector<cepe::AttentionSegment> segments(1);
   segments[0].q_len = rows;
@@ -67,7 +68,8 @@ void run_attention(benchmark::State& state, int64_t rows, int64_t keys, bool cau
   segments[0].v = v;
   segments[0].causal = causal;
   cepe::AttentionShape shape;
-  shape.heads = shape.kv_heads = static_cast<int>(heads);
+  shape.heads = static_cast<int>(heads);
+  shape.kv_heads = static_cast<int>(kv_heads);
   shape.head_dim = static_cast<int>(head_dim);
   shape.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (auto _ : state) {
@@ -84,9 +86,39 @@ void BM_AttentionDecode(benchmark::State& state) {
   run_attention(state, 1, state.range(0), false);
 }
 
+// The same with grouped queries: 12 heads over 3 kv heads (four heads read each cache row).
+void BM_AttentionDecodeGqa(benchmark::State& state) {
+  run_attention(state, 1, state.range(0), false, 3);
+}
+
 // A prefill's causal self-attention: `rows` queries over their own keys.
 void BM_AttentionPrefill(benchmark::State& state) {
   run_attention(state, state.range(0), state.range(0), true);
+}
+
+// Absorbed cross-attention's decode step: one query row of 12 heads that all read one kv head
+// of encoder width 512 (E itself), over `keys` encoder states (GFLOP/s = items/s x 2 x 2 x 512 /
+// 1e9).
+void BM_AttentionAbsorbed(benchmark::State& state) {
+  constexpr int64_t heads = 12, width = 512;
+  const int64_t keys = state.range(0);
+  auto b = cpu();
+  const Tensor q = random_f32({1, heads * width}, 12);
+  const Tensor e = random_f32({keys, width}, 13);
+  Tensor out = b->empty({1, heads * width}, DType::F32);
+  std::vector<cepe::AttentionSegment> segments(1);
+  segments[0].q_len = 1;
+  segments[0].k = segments[0].v = e;
+  cepe::AttentionShape shape;
+  shape.heads = static_cast<int>(heads);
+  shape.kv_heads = 1;
+  shape.head_dim = static_cast<int>(width);
+  shape.scale = 0.125f;
+  for (auto _ : state) {
+    b->attention(q, segments, shape, out);
+    benchmark::DoNotOptimize(out.raw());
+  }
+  state.SetItemsProcessed(state.iterations() * keys * heads);
 }
 
 void BM_RmsNorm(benchmark::State& state) {
@@ -141,7 +173,9 @@ BENCHMARK_CAPTURE(BM_Linear, f16, WeightKind::F16)->Apply(linear_shapes);
 BENCHMARK_CAPTURE(BM_Linear, q8_0, WeightKind::Q8_0)->Apply(linear_shapes);
 BENCHMARK_CAPTURE(BM_Linear, q4_0, WeightKind::Q4_0)->Apply(linear_shapes);
 BENCHMARK(BM_AttentionDecode)->Arg(128)->Arg(512)->Arg(2048)->Arg(16384);
+BENCHMARK(BM_AttentionDecodeGqa)->Arg(512)->Arg(4096);
 BENCHMARK(BM_AttentionPrefill)->Arg(512)->Arg(2048);
+BENCHMARK(BM_AttentionAbsorbed)->Arg(1024)->Arg(8192);
 BENCHMARK(BM_RmsNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_LayerNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_Gelu)->Arg(2048)->Arg(64 * 2048);

@@ -589,7 +589,10 @@ TEST_P(KernelLevels, AttentionRowsMatchDouble) {
 // padding past the kv heads; key counts cover the eight- and sixteen-key batches' edges; head
 // widths one to eight AVX-512 vectors, and multiples of 8 that are not of 16 (the 8-wide kernel,
 // which the AVX-512 levels hand those to), with the AVX2 value pass's 64-column slices and tail;
-// with group 3, heads pair up over a shared kv head in that value pass and heads 2 and 5 do not.
+// with group 3, heads pair up over a shared kv head in that value pass and heads 2 and 5 do not;
+// with group 6 all heads read one kv head (absorbed cross-attention's form), and at encoder
+// widths (256, 512) the AVX-512 levels run it as tiles of 4 + 2 heads, with the 4-key tiles'
+// tails (n % 4).
 TEST_P(KernelLevels, AttendRowBlockMatchesDouble) {
   const cpu::KernelPath path = GetParam();
   if (!cpu::kernel_path_supported(path))
@@ -600,8 +603,8 @@ TEST_P(KernelLevels, AttendRowBlockMatchesDouble) {
     GTEST_SKIP() << kr.name << " has no decode attention kernel (needs AVX2)";
   }
   for (DType type : {DType::F32, DType::F16})
-    for (int64_t hd : {8, 16, 24, 64, 72, 128})
-      for (int group : {1, 3})
+    for (int64_t hd : {8, 16, 24, 64, 72, 128, 256, 512})
+      for (int group : {1, 3, 6})
         for (int64_t n : {1, 7, 8, 9, 15, 16, 17, 33, 100}) {
           const int heads = 6, kv_heads = heads / group;
           const int64_t ld = kv_heads * hd + 3, pw = hd + 3;

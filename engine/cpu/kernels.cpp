@@ -1304,10 +1304,137 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
     }
 }
 
+// ---- query heads sharing one kv head (absorbed cross-attention, wide GQA groups): AVX-512 ----
+//
+// When `group` query heads read one kv head they read the same cache rows: the scores are a
+// small GEMM (the group's q rows against the block's key rows) and the value pass another (their
+// softmax rows against the value rows). Register tiles of 4 heads x 4 keys (the scores: 8 loads
+// per 16 FMAs, where a head at a time makes one load per FMA) and 4 heads x 64 columns (the
+// values: 4 row vectors and 4 broadcasts per 16 FMAs) read each row once for four heads. Keys go
+// in sub-blocks of 16, whose rows stay in L1 while every head of the group meets them.
+
+constexpr int kSharedTileHeads = 4;  // heads per register tile, both passes
+
+// Scores of HB heads (q rows hd apart) against the 4 rows kr: out[h * n + j] = scale · q_h·k_j.
+template <int HB>
+CEPE_AVX512 inline void shared_scores_tile(const float* q, int64_t hd, const void* const* kr,
+                                           bool f16, float scale, float* out, int64_t n) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < hd; t += 16) {
+    __m512 kv[4];
+    for (int j = 0; j < 4; ++j) kv[j] = load_cache_avx512(kr[j], f16, t);
+    for (int h = 0; h < HB; ++h) {
+      __m512 qv = _mm512_loadu_ps(q + h * hd + t);
+      // In a register (here and for the rows below): GCC would otherwise fold the load into each
+      // of the four multiply-adds, four loads where one is meant.
+      asm("" : "+v"(qv));
+      for (int j = 0; j < 4; ++j) acc[h * 4 + j] = _mm512_fmadd_ps(qv, kv[j], acc[h * 4 + j]);
+    }
+  }
+  alignas(64) float sums[16];
+  _mm512_store_ps(sums, _mm512_mul_ps(sum16_avx512(acc), _mm512_set1_ps(scale)));
+  for (int h = 0; h < HB; ++h)
+    for (int j = 0; j < 4; ++j) out[h * n + j] = sums[h * 4 + j];
+}
+
+// out_h[0, 16 VECS) += Σ_j p_h[j] row_j[t0, t0 + 16 VECS) for HB heads (p rows n apart, out rows
+// out_stride apart) over `keys` rows.
+template <int HB, int VECS>
+CEPE_AVX512 inline void shared_values_tile(const float* p, int64_t n, int64_t keys,
+                                           const char* rows, size_t row_bytes, bool f16, int64_t t0,
+                                           float* out, int64_t out_stride) {
+  __m512 acc[HB][VECS];
+  for (int h = 0; h < HB; ++h)
+    for (int c = 0; c < VECS; ++c) acc[h][c] = _mm512_loadu_ps(out + h * out_stride + c * 16);
+  for (int64_t j = 0; j < keys; ++j) {
+    __m512 vv[VECS];
+    for (int c = 0; c < VECS; ++c) {
+      vv[c] = load_cache_avx512(rows + j * row_bytes, f16, t0 + c * 16);
+      asm("" : "+v"(vv[c]));
+    }
+    for (int h = 0; h < HB; ++h) {
+      const __m512 ph = _mm512_set1_ps(p[h * n + j]);
+      for (int c = 0; c < VECS; ++c) acc[h][c] = _mm512_fmadd_ps(ph, vv[c], acc[h][c]);
+    }
+  }
+  for (int h = 0; h < HB; ++h)
+    for (int c = 0; c < VECS; ++c) _mm512_storeu_ps(out + h * out_stride + c * 16, acc[h][c]);
+}
+
+// attend_row_block for groups of at least kSharedTileHeads heads (hd a multiple of 16).
+CEPE_AVX512 void attend_shared_avx512(const float* q, const void* k, const void* v, bool f16,
+                                      int64_t n, int64_t kv_stride, int heads, int group,
+                                      int64_t hd, float scale, float* scores, float* part,
+                                      int64_t part_stride) {
+  const CacheRows row{kv_stride, hd, group, f16};
+  using ScoreTile =
+      void (*)(const float*, int64_t, const void* const*, bool, float, float*, int64_t);
+  static constexpr ScoreTile score_tiles[] = {shared_scores_tile<1>, shared_scores_tile<2>,
+                                              shared_scores_tile<3>, shared_scores_tile<4>};
+  constexpr int64_t kSubKeys = 16;
+  for (int g0 = 0; g0 < heads; g0 += group) {
+    const int g1 = std::min(heads, g0 + group);
+    for (int64_t j0 = 0; j0 < n; j0 += kSubKeys) {
+      const int64_t j1 = std::min(n, j0 + kSubKeys), whole = j0 + (j1 - j0) / 4 * 4;
+      for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
+        const int hb = std::min(kSharedTileHeads, g1 - h0);
+        for (int64_t j = j0; j < whole; j += 4) {
+          const void* kr[4] = {row(k, j, h0), row(k, j + 1, h0), row(k, j + 2, h0),
+                               row(k, j + 3, h0)};
+          score_tiles[hb - 1](q + h0 * hd, hd, kr, f16, scale, scores + h0 * n + j, n);
+        }
+        for (int64_t j = whole; j < j1; ++j)
+          for (int h = h0; h < h0 + hb; ++h) {
+            const void* kr = row(k, j, h);
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t t = 0; t < hd; t += 16)
+              acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * hd + t), load_cache_avx512(kr, f16, t),
+                                    acc);
+            scores[h * n + j] = hsum_avx512(acc) * scale;
+          }
+      }
+    }
+  }
+  start_partials<softmax_exp_avx512>(scores, n, heads, hd, part, part_stride);
+  using ValueTile =
+      void (*)(const float*, int64_t, int64_t, const char*, size_t, bool, int64_t, float*, int64_t);
+  static constexpr ValueTile value_tiles[4][4] = {
+      {shared_values_tile<1, 1>, shared_values_tile<1, 2>, shared_values_tile<1, 3>,
+       shared_values_tile<1, 4>},
+      {shared_values_tile<2, 1>, shared_values_tile<2, 2>, shared_values_tile<2, 3>,
+       shared_values_tile<2, 4>},
+      {shared_values_tile<3, 1>, shared_values_tile<3, 2>, shared_values_tile<3, 3>,
+       shared_values_tile<3, 4>},
+      {shared_values_tile<4, 1>, shared_values_tile<4, 2>, shared_values_tile<4, 3>,
+       shared_values_tile<4, 4>}};
+  for (int g0 = 0; g0 < heads; g0 += group) {
+    const int g1 = std::min(heads, g0 + group);
+    for (int64_t j0 = 0; j0 < n; j0 += kSubKeys) {
+      const int64_t keys = std::min(kSubKeys, n - j0);
+      for (int64_t t0 = 0; t0 < hd; t0 += 64) {
+        const int vecs = static_cast<int>(std::min<int64_t>(4, (hd - t0) / 16));
+        for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
+          const int hb = std::min(kSharedTileHeads, g1 - h0);
+          value_tiles[hb - 1][vecs - 1](scores + h0 * n + j0, n, keys, row(v, j0, h0),
+                                        row.row_bytes, f16, t0, part + h0 * part_stride + 2 + t0,
+                                        part_stride);
+        }
+      }
+    }
+  }
+}
+
 CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const void* v, bool f16,
                                          int64_t n, int64_t kv_stride, int heads, int group,
                                          int64_t hd, float scale, float* scores, float* part,
                                          int64_t part_stride) {
+  // Wide heads shared by a group (absorbed cross-attention): the tiles. Narrower shared heads
+  // stay below, which holds q in registers: that form measured faster for them (12 heads of 64
+  // over 3 kv heads: BM_AttentionDecodeGqa).
+  if (group >= kSharedTileHeads && hd % 16 == 0 && hd > kAttendMaxHeadDim)
+    return attend_shared_avx512(q, k, v, f16, n, kv_stride, heads, group, hd, scale, scores, part,
+                                part_stride);
   if (hd % 16 != 0 || hd > kAttendMaxHeadDim)  // too narrow a multiple, or too wide: 8-wide
     return attend_row_block_avx2(q, k, v, f16, n, kv_stride, heads, group, hd, scale, scores, part,
                                  part_stride);
