@@ -175,7 +175,7 @@ BENCHMARK_CAPTURE(BM_Linear, q4_0, WeightKind::Q4_0)->Apply(linear_shapes);
 BENCHMARK(BM_AttentionDecode)->Arg(128)->Arg(512)->Arg(2048)->Arg(16384);
 BENCHMARK(BM_AttentionDecodeGqa)->Arg(512)->Arg(4096);
 BENCHMARK(BM_AttentionPrefill)->Arg(512)->Arg(2048);
-BENCHMARK(BM_AttentionAbsorbed)->Arg(1024)->Arg(8192);
+BENCHMARK(BM_AttentionAbsorbed)->Arg(1024)->Arg(8192)->Arg(16384);
 BENCHMARK(BM_RmsNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_LayerNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_Gelu)->Arg(2048)->Arg(64 * 2048);
