@@ -3,24 +3,15 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "common/error.h"
+#include "common/fileio.h"
 
 namespace cepe::cli {
 namespace {
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  CEPE_CHECK(in, "--context-file " << path << ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 int run_generate(const std::vector<std::string>& argv) {
   Args args;
@@ -84,7 +75,8 @@ int run_generate(const std::vector<std::string>& argv) {
                                                   << cfg.decoder.max_position_embeddings << ")");
 
   std::vector<std::string> contexts = args.get_all("context");
-  for (const auto& f : args.get_all("context-file")) contexts.push_back(read_text_file(f));
+  for (const auto& f : args.get_all("context-file"))
+    contexts.push_back(read_whole_file(f, "--context-file"));
   std::vector<std::vector<int32_t>> chunks;
   long long context_tokens = 0;
   for (size_t i = 0; i < contexts.size(); ++i) {

@@ -9,16 +9,15 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli/command.h"
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
 #include "engine/rope_scaling.h"
 
@@ -42,11 +41,7 @@ RopeConfig read_rope_config(const fs::path& model) {
   // A directory (the usual case) or the config file itself.
   const fs::path path =
       model.extension() == ".json" && !fs::is_directory(model) ? model : model / "config.json";
-  std::ifstream in(path, std::ios::binary);
-  CEPE_CHECK(in, "--model: cannot read " << path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  const std::string text = read_whole_file(path, "--model");
   rapidjson::Document doc;
   parse_json_or_throw(text, &doc, path.string());
   CEPE_CHECK(doc.IsObject(), path.string() << ": must be a JSON object");

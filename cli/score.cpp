@@ -9,11 +9,11 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
 
 namespace cepe::cli {
@@ -45,11 +45,7 @@ int run_score(const std::vector<std::string>& argv) {
     return 0;
   }
   const std::string input_path = args.get("input");
-  std::ifstream in(input_path, std::ios::binary);
-  CEPE_CHECK(in, "--input " << input_path << ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  const std::string text = read_whole_file(input_path, "--input");
   rapidjson::Document doc;
   parse_json_or_throw(text, &doc, input_path);
   CEPE_CHECK(doc.IsObject(), input_path << ": expected a JSON object");

@@ -93,12 +93,16 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
   w.commit();
 }
 
-std::string read_whole_file(const std::filesystem::path& path) {
+std::string read_whole_file(const std::filesystem::path& path, std::string_view what) {
+  const std::string named = what.empty() ? path.string() : std::string(what) + " " + path.string();
+  std::error_code ec;
+  CEPE_CHECK(!std::filesystem::is_directory(path, ec),
+             "cannot read " << named << ": it is a directory");
   std::ifstream in(path, std::ios::binary);
-  CEPE_CHECK(in, "cannot open " << path.string() << ": " << errno_text());
+  CEPE_CHECK(in, "cannot open " << named << ": " << errno_text());
   std::ostringstream ss;
   ss << in.rdbuf();
-  CEPE_CHECK(!in.bad(), "cannot read " << path.string());
+  CEPE_CHECK(!in.bad(), "cannot read " << named << ": " << errno_text());
   return ss.str();
 }
 

@@ -45,8 +45,9 @@ class AtomicFileWriter {
 /// Writes a whole file atomically.
 void write_file_atomic(const std::filesystem::path& path, std::string_view content);
 
-/// Reads a whole file; throws naming the path when it cannot be read.
-std::string read_whole_file(const std::filesystem::path& path);
+/// Reads a whole file; throws "cannot open WHAT PATH: reason" when it cannot, `what` naming
+/// the file's role for the reader ("question file", "--input"; empty: the path alone).
+std::string read_whole_file(const std::filesystem::path& path, std::string_view what = {});
 
 /// fsyncs a directory so that renames inside it survive a crash.
 void fsync_directory(const std::filesystem::path& dir);

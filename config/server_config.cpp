@@ -8,9 +8,9 @@
 #include <fstream>
 #include <limits>
 #include <set>
-#include <sstream>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
 #include "engine/models/cepe_llama.h"
 #include "engine/quant.h"
@@ -231,12 +231,8 @@ void apply_config_json(ServerConfig& config, const std::string& json, const std:
 }
 
 ServerConfig load_server_config(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  CEPE_CHECK(in, file.string() << ": cannot open the config file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
   ServerConfig config;
-  apply_config_json(config, ss.str(), file.string());
+  apply_config_json(config, read_whole_file(file, "config file"), file.string());
   return config;
 }
 

@@ -3,10 +3,8 @@
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
 
 namespace cepe {
@@ -177,14 +175,12 @@ ModelConfig parse_model_config(const std::string& json, const std::string& origi
 }
 
 ModelConfig load_model_config(const std::filesystem::path& model_dir) {
-  std::filesystem::path path = model_dir / "config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    CEPE_THROW(path.string() << ": cannot open (is " << model_dir.string()
-                             << " a HuggingFace model directory?)");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_model_config(ss.str(), path.string());
+  const std::filesystem::path path = model_dir / "config.json";
+  std::error_code ec;
+  CEPE_CHECK(std::filesystem::exists(path, ec), path.string()
+                                                    << ": cannot open (is " << model_dir.string()
+                                                    << " a HuggingFace model directory?)");
+  return parse_model_config(read_whole_file(path, "model config"), path.string());
 }
 
 }  // namespace cepe

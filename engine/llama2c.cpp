@@ -14,6 +14,8 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/fileio.h"
+#include "common/utf8.h"
 #include "engine/safetensors.h"
 #include "engine/tensor.h"
 
@@ -52,57 +54,6 @@ float load_f32(const char* p) {
   float v;
   std::memcpy(&v, p, 4);
   return v;
-}
-
-std::string read_whole_file(const fs::path& p, const char* what) {
-  std::ifstream in(p, std::ios::binary);
-  CEPE_CHECK(in, "cannot open " << what << " " << p.string() << ": " << errno_text());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  CEPE_CHECK(!in.bad(), "cannot read " << what << " " << p.string() << ": " << errno_text());
-  return ss.str();
-}
-
-// Writes `bytes` beside `path` and renames it into place, so a reader never sees half a file.
-void write_file_atomic(const fs::path& path, const std::string& bytes) {
-  fs::path tmp = path;
-  tmp += ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CEPE_CHECK(out, "cannot create " << tmp.string() << ": " << errno_text());
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      CEPE_THROW("cannot write " << tmp.string() << ": " << errno_text());
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    fs::remove(tmp, ignored);
-    CEPE_THROW("cannot rename " << tmp.string() << " to " << path.string() << ": " << ec.message());
-  }
-}
-
-// Structural UTF-8 check: sentencepiece pieces must be whole characters.
-bool is_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto b = static_cast<unsigned char>(s[i]);
-    size_t n = b < 0x80                 ? 1
-               : b >= 0xC2 && b <= 0xDF ? 2
-               : b >= 0xE0 && b <= 0xEF ? 3
-               : b >= 0xF0 && b <= 0xF4 ? 4
-                                        : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    i += n;
-  }
-  return true;
 }
 
 // ---- protobuf wire format, just what a sentencepiece ModelProto needs ----
@@ -402,7 +353,7 @@ std::string llama2c_tokenizer_to_sentencepiece(const fs::path& tokenizer_bin, in
       type = kByte;
       ++bytes_seen;
     } else {
-      CEPE_CHECK(is_utf8(text),
+      CEPE_CHECK(utf8_valid(text),
                  file << ": piece " << id << " " << printable(text) << " is not valid UTF-8");
       text = replace_all(text, " ", kSpaceSymbol);
     }

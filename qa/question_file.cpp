@@ -4,14 +4,13 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
-#include "common/utf8.h"
 #include "common/strings.h"
+#include "common/utf8.h"
 
 namespace cepe::qa {
 
@@ -432,20 +431,6 @@ size_t line_of_offset(std::string_view text, size_t offset) {
   return 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + offset, '\n'));
 }
 
-std::string read_all(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    CEPE_THROW("cannot read question file " << path.string() << ": it is a directory");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    CEPE_THROW("cannot open question file " << path.string() << ": " << std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) CEPE_THROW("cannot read question file " << path.string());
-  return ss.str();
-}
-
 // Collects questions and errors, enforcing id uniqueness (--resume relies on ids).
 class Collector {
  public:
@@ -523,7 +508,7 @@ QuestionFormat format_for_extension(const std::filesystem::path& path) {
 QuestionSet load_questions(const std::filesystem::path& path, const QuestionFileOptions& options) {
   QuestionFormat format =
       options.format == QuestionFormat::kAuto ? format_for_extension(path) : options.format;
-  std::string content = read_all(path);
+  std::string content = read_whole_file(path, "question file");
   if (content.compare(0, 3, "\xEF\xBB\xBF") == 0) content.erase(0, 3);  // UTF-8 byte-order mark
   const std::string_view text(content);
   Collector out(path, options);
@@ -541,8 +526,8 @@ QuestionSet load_questions(const std::filesystem::path& path, const QuestionFile
         const size_t at = std::min(doc.GetErrorOffset(), text.size());
         const size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;
         CEPE_THROW(path.string() << ":" << line_of_offset(text, at) << ": "
-                                 << json_error_message(doc) << " (at column "
-                                 << at - line_start + 1 << ")");
+                                 << json_error_message(doc) << " (at column " << at - line_start + 1
+                                 << ")");
       }
       const std::vector<size_t> offsets = array_element_offsets(text);
       for (rapidjson::SizeType i = 0; i < doc.Size(); ++i) {

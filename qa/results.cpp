@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <iomanip>
 #include <sstream>
 #include <unordered_map>
@@ -14,9 +13,10 @@
 #include <rapidjson/prettywriter.h>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
-#include "common/utf8.h"
 #include "common/strings.h"
+#include "common/utf8.h"
 
 namespace cepe::qa {
 
@@ -279,11 +279,7 @@ ResumeState load_for_resume(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return state;
   state.existed = true;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) CEPE_THROW("cannot open " << path.string() << " to resume: " << std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const std::string content = ss.str();
+  const std::string content = read_whole_file(path, "the answers file (--resume)");
 
   const size_t last_newline = content.rfind('\n');
   const size_t complete = last_newline == std::string::npos ? 0 : last_newline + 1;
@@ -438,26 +434,7 @@ std::filesystem::path summary_path_for(const std::filesystem::path& output) {
 }
 
 void write_summary(const std::filesystem::path& path, const QaSummary& summary) {
-  const std::string text = summary_to_json(summary);
-  const std::filesystem::path tmp(path.string() + ".tmp." + std::to_string(::getpid()));
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) CEPE_THROW("cannot create " << tmp.string() << ": " << std::strerror(errno));
-  try {
-    write_all(fd, text, tmp.string());
-    if (::fsync(fd) != 0)
-      CEPE_THROW("cannot sync " << tmp.string() << ": " << std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    std::remove(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp.c_str());
-    CEPE_THROW("cannot rename " << tmp.string() << " to " << path.string() << ": "
-                                << std::strerror(err));
-  }
+  write_file_atomic(path, summary_to_json(summary));
 }
 
 std::string format_summary(const QaSummary& s) {

@@ -6,10 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/hash.h"
 #include "common/json.h"
 #include "engine/safetensors.h"
@@ -19,14 +18,6 @@ namespace cepe::retriever {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string slurp(const fs::path& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  CEPE_CHECK(in, "cannot read " << what << " " << path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 bool parse_bool(const std::string& key, const std::string& v) {
   if (v == "1" || v == "true") return true;
@@ -114,8 +105,8 @@ BertEmbedder::BertEmbedder(const std::string& spec)
                  << " has " << tokenizer_.size() << " tokens but the word-embedding table only "
                  << model_->vocab_rows() << " rows");
   // Everything else that decides text -> vector.
-  hash.update_string(slurp(spec_.dir / "config.json", "BERT config"));
-  hash.update_string(slurp(spec_.dir / "vocab.txt", "WordPiece vocabulary"));
+  hash.update_string(read_whole_file(spec_.dir / "config.json", "BERT config"));
+  hash.update_string(read_whole_file(spec_.dir / "vocab.txt", "WordPiece vocabulary"));
   const WordPieceOptions& o = tokenizer_.options();
   hash.update_u64(o.lower_case);
   hash.update_u64(o.strip_accents.has_value() ? 2 + *o.strip_accents : 0);

@@ -4,10 +4,9 @@
 #include <rapidjson/error/en.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
 #include "common/unicode.h"
 #include "common/utf8.h"
@@ -52,14 +51,6 @@ std::string to_utf8(const std::u32string& s) {
   return out;
 }
 
-std::string read_file(const fs::path& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  CEPE_CHECK(in, "cannot read " << what << " " << path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // A special token as tokenizer_config.json spells it: a string or an AddedToken object.
 bool json_token(const rapidjson::Value& v, std::string* out) {
   if (v.IsString()) {
@@ -79,7 +70,7 @@ WordPiece WordPiece::load(const fs::path& dir) {
   const fs::path vocab_path = dir / "vocab.txt";
   CEPE_CHECK(fs::is_regular_file(vocab_path),
              "WordPiece vocabulary " << vocab_path.string() << " not found");
-  const std::string text = read_file(vocab_path, "WordPiece vocabulary");
+  const std::string text = read_whole_file(vocab_path, "WordPiece vocabulary");
   std::vector<std::string> vocab;
   size_t pos = 0;
   while (pos < text.size()) {  // one token per line, as HuggingFace's load_vocab reads it
@@ -93,7 +84,7 @@ WordPiece WordPiece::load(const fs::path& dir) {
   WordPieceOptions o;
   const fs::path cfg_path = dir / "tokenizer_config.json";
   if (fs::exists(cfg_path)) {
-    const std::string json = read_file(cfg_path, "tokenizer config");
+    const std::string json = read_whole_file(cfg_path, "tokenizer config");
     rapidjson::Document doc;
     parse_json_or_throw(json, &doc, cfg_path.string());
     CEPE_CHECK(doc.IsObject(), cfg_path.string() << ": not a JSON object");

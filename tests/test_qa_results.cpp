@@ -310,7 +310,7 @@ TEST(QaSummary, JsonWrittenAtomicallyBesideTheOutput) {
   { std::ofstream(path) << "old contents"; }
   cepe::qa::write_summary(path, cepe::qa::summarize(hand_made(), run));
   for (const auto& entry : std::filesystem::directory_iterator(path.parent_path())) {
-    EXPECT_EQ(entry.path().string().find(".tmp."), std::string::npos) << entry.path();
+    EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << entry.path();
   }
   rapidjson::Document doc;
   const std::string text = cepe::test::read_file(path);

@@ -9,10 +9,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
+#include "common/fileio.h"
 #include "engine/backend.h"
 #include "engine/generation.h"
 #include "engine/models/cepe_llama.h"
@@ -74,10 +73,8 @@ int run_command(const std::string& command, std::string* output) {
 }
 
 std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  std::error_code ec;
+  return std::filesystem::exists(path, ec) ? read_whole_file(path) : std::string();
 }
 
 std::vector<std::string> fixture_names(bool greedy_only) {

@@ -24,7 +24,7 @@ std::filesystem::path cepe_binary();
 std::filesystem::path temp_dir(const std::string& tag);
 /// Runs a shell command; returns its exit status and fills `output` with stdout+stderr.
 int run_command(const std::string& command, std::string* output);
-/// Reads a whole file.
+/// Reads a whole file; empty when it does not exist (yet: a server log not written to).
 std::string read_file(const std::filesystem::path& path);
 
 /// A PyTorch reference fixture (tests/fixtures/NAME: a model and its expected.json).

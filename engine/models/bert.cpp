@@ -4,10 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/json.h"
 #include "engine/safetensors.h"
 
@@ -15,22 +14,10 @@ namespace cepe {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-std::string slurp(const fs::path& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  CEPE_CHECK(in, "cannot read " << what << " " << path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
-
 BertConfig read_bert_config(const fs::path& dir) {
   const fs::path path = dir / "config.json";
   CEPE_CHECK(fs::is_regular_file(path), "BERT config " << path.string() << " not found");
-  const std::string json = slurp(path, "BERT config");
+  const std::string json = read_whole_file(path, "BERT config");
   rapidjson::Document doc;
   parse_json_or_throw(json, &doc, path.string());
   CEPE_CHECK(doc.IsObject(), path.string() << ": not a JSON object");
