@@ -1311,7 +1311,8 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
 // softmax rows against the value rows). Register tiles of 4 heads x 4 keys (the scores: 8 loads
 // per 16 FMAs, where a head at a time makes one load per FMA) and 4 heads x 64 columns (the
 // values: 4 row vectors and 4 broadcasts per 16 FMAs) read each row once for four heads. Keys go
-// in sub-blocks of 16, whose rows stay in L1 while every head of the group meets them.
+// in sub-blocks (16 for the scores, 64 for the values, whose tiles' sums then load and store
+// once per 64 keys), whose rows stay in L1 while every head of the group meets them.
 
 constexpr int kSharedTileHeads = 4;  // heads per register tile, both passes
 
@@ -1372,7 +1373,7 @@ CEPE_AVX512 void attend_shared_avx512(const float* q, const void* k, const void*
       void (*)(const float*, int64_t, const void* const*, bool, float, float*, int64_t);
   static constexpr ScoreTile score_tiles[] = {shared_scores_tile<1>, shared_scores_tile<2>,
                                               shared_scores_tile<3>, shared_scores_tile<4>};
-  constexpr int64_t kSubKeys = 16;
+  constexpr int64_t kSubKeys = 16, kValueKeys = 64;
   for (int g0 = 0; g0 < heads; g0 += group) {
     const int g1 = std::min(heads, g0 + group);
     for (int64_t j0 = 0; j0 < n; j0 += kSubKeys) {
@@ -1410,8 +1411,8 @@ CEPE_AVX512 void attend_shared_avx512(const float* q, const void* k, const void*
        shared_values_tile<4, 4>}};
   for (int g0 = 0; g0 < heads; g0 += group) {
     const int g1 = std::min(heads, g0 + group);
-    for (int64_t j0 = 0; j0 < n; j0 += kSubKeys) {
-      const int64_t keys = std::min(kSubKeys, n - j0);
+    for (int64_t j0 = 0; j0 < n; j0 += kValueKeys) {
+      const int64_t keys = std::min(kValueKeys, n - j0);
       for (int64_t t0 = 0; t0 < hd; t0 += 64) {
         const int vecs = static_cast<int>(std::min<int64_t>(4, (hd - t0) / 16));
         for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
