@@ -1310,9 +1310,7 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
 // small GEMM (the group's q rows against the block's key rows) and the value pass another (their
 // softmax rows against the value rows). Register tiles of 4 heads x 4 keys (the scores: 8 loads
 // per 16 FMAs, where a head at a time makes one load per FMA) and 4 heads x 64 columns (the
-// values: 4 row vectors and 4 broadcasts per 16 FMAs) read each row once for four heads. Keys go
-// in sub-blocks (16 for the scores, 64 for the values, whose tiles' sums then load and store
-// once per 64 keys), whose rows stay in L1 while every head of the group meets them.
+// values: 4 row vectors and 4 broadcasts per 16 FMAs) read each row once for four heads.
 
 constexpr int kSharedTileHeads = 4;  // heads per register tile, both passes
 
@@ -1363,7 +1361,18 @@ CEPE_AVX512 inline void shared_values_tile(const float* p, int64_t n, int64_t ke
     for (int c = 0; c < VECS; ++c) _mm512_storeu_ps(out + h * out_stride + c * 16, acc[h][c]);
 }
 
-// attend_row_block for groups of at least kSharedTileHeads heads (hd a multiple of 16).
+// x[0, n) *= c (n a multiple of 16).
+CEPE_AVX512 inline void scale_floats_avx512(float* x, int64_t n, float c) {
+  const __m512 vc = _mm512_set1_ps(c);
+  for (int64_t i = 0; i < n; i += 16)
+    _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vc));
+}
+
+// attend_row_block for groups of at least kSharedTileHeads heads (hd a multiple of 16). One pass
+// over the rows, in chunks of 64 keys: a chunk's scores, then its softmax numerators against the
+// running max (the sums so far rescaled when a chunk raises it, as FlashAttention does), then its
+// values, so each chunk's rows (128 KB at a width of 512) are read from memory once and met again
+// in L2, where scoring every key first read them twice from memory once E outgrows the caches.
 CEPE_AVX512 void attend_shared_avx512(const float* q, const void* k, const void* v, bool f16,
                                       int64_t n, int64_t kv_stride, int heads, int group,
                                       int64_t hd, float scale, float* scores, float* part,
@@ -1373,31 +1382,6 @@ CEPE_AVX512 void attend_shared_avx512(const float* q, const void* k, const void*
       void (*)(const float*, int64_t, const void* const*, bool, float, float*, int64_t);
   static constexpr ScoreTile score_tiles[] = {shared_scores_tile<1>, shared_scores_tile<2>,
                                               shared_scores_tile<3>, shared_scores_tile<4>};
-  constexpr int64_t kSubKeys = 16, kValueKeys = 64;
-  for (int g0 = 0; g0 < heads; g0 += group) {
-    const int g1 = std::min(heads, g0 + group);
-    for (int64_t j0 = 0; j0 < n; j0 += kSubKeys) {
-      const int64_t j1 = std::min(n, j0 + kSubKeys), whole = j0 + (j1 - j0) / 4 * 4;
-      for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
-        const int hb = std::min(kSharedTileHeads, g1 - h0);
-        for (int64_t j = j0; j < whole; j += 4) {
-          const void* kr[4] = {row(k, j, h0), row(k, j + 1, h0), row(k, j + 2, h0),
-                               row(k, j + 3, h0)};
-          score_tiles[hb - 1](q + h0 * hd, hd, kr, f16, scale, scores + h0 * n + j, n);
-        }
-        for (int64_t j = whole; j < j1; ++j)
-          for (int h = h0; h < h0 + hb; ++h) {
-            const void* kr = row(k, j, h);
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t t = 0; t < hd; t += 16)
-              acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * hd + t), load_cache_avx512(kr, f16, t),
-                                    acc);
-            scores[h * n + j] = hsum_avx512(acc) * scale;
-          }
-      }
-    }
-  }
-  start_partials<softmax_exp_avx512>(scores, n, heads, hd, part, part_stride);
   using ValueTile =
       void (*)(const float*, int64_t, int64_t, const char*, size_t, bool, int64_t, float*, int64_t);
   static constexpr ValueTile value_tiles[4][4] = {
@@ -1409,15 +1393,61 @@ CEPE_AVX512 void attend_shared_avx512(const float* q, const void* k, const void*
        shared_values_tile<3, 4>},
       {shared_values_tile<4, 1>, shared_values_tile<4, 2>, shared_values_tile<4, 3>,
        shared_values_tile<4, 4>}};
+  constexpr int64_t kSubKeys = 16, kChunkKeys = 64;
+  for (int h = 0; h < heads; ++h) {  // no keys yet: max -inf, sum 0, zero output sums
+    float* ph = part + h * part_stride;
+    ph[0] = -INFINITY;
+    ph[1] = 0.0f;
+    std::fill(ph + 2, ph + 2 + hd, 0.0f);
+  }
   for (int g0 = 0; g0 < heads; g0 += group) {
     const int g1 = std::min(heads, g0 + group);
-    for (int64_t j0 = 0; j0 < n; j0 += kValueKeys) {
-      const int64_t keys = std::min(kValueKeys, n - j0);
+    for (int64_t c0 = 0; c0 < n; c0 += kChunkKeys) {
+      const int64_t c1 = std::min(n, c0 + kChunkKeys);
+      for (int64_t j0 = c0; j0 < c1; j0 += kSubKeys) {
+        const int64_t j1 = std::min(c1, j0 + kSubKeys), whole = j0 + (j1 - j0) / 4 * 4;
+        for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
+          const int hb = std::min(kSharedTileHeads, g1 - h0);
+          for (int64_t j = j0; j < whole; j += 4) {
+            const void* kr[4] = {row(k, j, h0), row(k, j + 1, h0), row(k, j + 2, h0),
+                                 row(k, j + 3, h0)};
+            score_tiles[hb - 1](q + h0 * hd, hd, kr, f16, scale, scores + h0 * n + j, n);
+          }
+          for (int64_t j = whole; j < j1; ++j)
+            for (int h = h0; h < h0 + hb; ++h) {
+              const void* kr = row(k, j, h);
+              __m512 acc = _mm512_setzero_ps();
+              for (int64_t t = 0; t < hd; t += 16)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * hd + t),
+                                      load_cache_avx512(kr, f16, t), acc);
+              scores[h * n + j] = hsum_avx512(acc) * scale;
+            }
+        }
+      }
+      for (int h = g0; h < g1; ++h) {
+        float* ph = part + h * part_stride;
+        float* s = scores + h * n + c0;
+        float chunk_max;
+        float chunk_sum = softmax_exp_avx512(s, c1 - c0, &chunk_max);  // e^(s - chunk_max)
+        if (chunk_max > ph[0]) {
+          if (ph[1] > 0.0f) {  // the sums so far, to the new max
+            const float r = std::exp(ph[0] - chunk_max);
+            ph[1] *= r;
+            scale_floats_avx512(ph + 2, hd, r);
+          }
+          ph[0] = chunk_max;
+        } else if (chunk_max < ph[0]) {  // this chunk's numerators, to the running max
+          const float r = std::exp(chunk_max - ph[0]);
+          for (int64_t j = 0; j < c1 - c0; ++j) s[j] *= r;
+          chunk_sum *= r;
+        }
+        ph[1] += chunk_sum;
+      }
       for (int64_t t0 = 0; t0 < hd; t0 += 64) {
         const int vecs = static_cast<int>(std::min<int64_t>(4, (hd - t0) / 16));
         for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
           const int hb = std::min(kSharedTileHeads, g1 - h0);
-          value_tiles[hb - 1][vecs - 1](scores + h0 * n + j0, n, keys, row(v, j0, h0),
+          value_tiles[hb - 1][vecs - 1](scores + h0 * n + c0, n, c1 - c0, row(v, c0, h0),
                                         row.row_bytes, f16, t0, part + h0 * part_stride + 2 + t0,
                                         part_stride);
         }
