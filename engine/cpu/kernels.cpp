@@ -1162,6 +1162,166 @@ CEPE_AVX2 inline void accumulate_rows_pair_avx2(const float* p0, const float* p1
   }
 }
 
+// ---- query heads sharing one kv head (absorbed cross-attention's decode steps) ----
+//
+// When `group` query heads read one kv head they read the same cache rows: the scores are a
+// small GEMM (the group's q rows against the block's key rows) and the value pass another (their
+// softmax rows against the value rows). Register tiles of several heads x 4 keys (the scores) and
+// several heads x a slice of columns (the values) read each row once for all the tile's heads,
+// where a head at a time makes about one load per FMA. The rows go by in one pass, in chunks of
+// 64 keys: a chunk's scores, its softmax numerators against the running max (the sums so far
+// rescaled when a chunk raises it, as FlashAttention does), then its values, so a chunk's rows
+// come from memory once and are met again in L2 (scoring every key first read E from memory
+// twice once it outgrew the caches). The tiles are the level's; the driver is shared.
+
+// Groups of at least this many heads over a kv head wider than kAttendMaxHeadDim take the tiles
+// (absorbed cross-attention: every head reads E). Narrower shared heads keep the per-head
+// kernels, which hold q in registers and measured faster for them (BM_AttentionDecodeGqa: 12
+// heads of 64 over 3 kv heads).
+constexpr int kSharedMinGroup = 4;
+
+/// A level's tiles for attend_shared.
+struct SharedHeadTiles {
+  int heads;           // heads per tile (the tables' first index is heads - 1)
+  int64_t value_cols;  // columns per value tile at its widest (the second index: vectors - 1)
+  // Scores of HB heads (q rows hd apart) against the 4 rows kr: out[h * n + j] = scale q_h·k_j.
+  void (*scores[4])(const float* q, int64_t hd, const void* const* kr, bool f16, float scale,
+                    float* out, int64_t n);
+  // out_h[t0, t0 + cols) += Σ_j p_h[j] row_j[t0, ...) for HB heads over `keys` rows (p rows n
+  // apart, out rows out_stride apart).
+  void (*values[4][4])(const float* p, int64_t n, int64_t keys, const char* rows, size_t row_bytes,
+                       bool f16, int64_t t0, float* out, int64_t out_stride);
+  float (*score_one)(const float* q, const void* row, bool f16, int64_t hd);  // unscaled q·k
+  float (*softmax_exp)(float* s, int64_t n, float* max_out);
+};
+
+// attend_row_block for groups of at least tiles.heads heads (hd a multiple of the level's vector).
+void attend_shared(const SharedHeadTiles& tiles, const float* q, const void* k, const void* v,
+                   bool f16, int64_t n, int64_t kv_stride, int heads, int group, int64_t hd,
+                   float scale, float* scores, float* part, int64_t part_stride) {
+  const CacheRows row{kv_stride, hd, group, f16};
+  const int64_t vec = tiles.value_cols / 4;
+  constexpr int64_t kSubKeys = 16, kChunkKeys = 64;
+  for (int h = 0; h < heads; ++h) {  // no keys yet: max -inf, sum 0, zero output sums
+    float* ph = part + h * part_stride;
+    ph[0] = -INFINITY;
+    ph[1] = 0.0f;
+    std::fill(ph + 2, ph + 2 + hd, 0.0f);
+  }
+  for (int g0 = 0; g0 < heads; g0 += group) {
+    const int g1 = std::min(heads, g0 + group);
+    for (int64_t c0 = 0; c0 < n; c0 += kChunkKeys) {
+      const int64_t c1 = std::min(n, c0 + kChunkKeys);
+      for (int64_t j0 = c0; j0 < c1; j0 += kSubKeys) {  // 16 keys' rows stay in L1 for the heads
+        const int64_t j1 = std::min(c1, j0 + kSubKeys), whole = j0 + (j1 - j0) / 4 * 4;
+        for (int h0 = g0; h0 < g1; h0 += tiles.heads) {
+          const int hb = std::min(tiles.heads, g1 - h0);
+          for (int64_t j = j0; j < whole; j += 4) {
+            const void* kr[4] = {row(k, j, h0), row(k, j + 1, h0), row(k, j + 2, h0),
+                                 row(k, j + 3, h0)};
+            tiles.scores[hb - 1](q + h0 * hd, hd, kr, f16, scale, scores + h0 * n + j, n);
+          }
+          for (int64_t j = whole; j < j1; ++j)
+            for (int h = h0; h < h0 + hb; ++h)
+              scores[h * n + j] = tiles.score_one(q + h * hd, row(k, j, h), f16, hd) * scale;
+        }
+      }
+      for (int h = g0; h < g1; ++h) {
+        float* ph = part + h * part_stride;
+        float* s = scores + h * n + c0;
+        float chunk_max;
+        float chunk_sum = tiles.softmax_exp(s, c1 - c0, &chunk_max);  // e^(s - chunk_max)
+        if (chunk_max > ph[0]) {
+          if (ph[1] > 0.0f) {  // the sums so far, to the new max
+            const float r = std::exp(ph[0] - chunk_max);
+            ph[1] *= r;
+            for (int64_t t = 0; t < hd; ++t) ph[2 + t] *= r;
+          }
+          ph[0] = chunk_max;
+        } else if (chunk_max < ph[0]) {  // this chunk's numerators, to the running max
+          const float r = std::exp(chunk_max - ph[0]);
+          for (int64_t j = 0; j < c1 - c0; ++j) s[j] *= r;
+          chunk_sum *= r;
+        }
+        ph[1] += chunk_sum;
+      }
+      for (int64_t t0 = 0; t0 < hd; t0 += tiles.value_cols) {
+        const int64_t vecs = std::min<int64_t>(4, (hd - t0) / vec);
+        for (int h0 = g0; h0 < g1; h0 += tiles.heads) {
+          const int hb = std::min(tiles.heads, g1 - h0);
+          tiles.values[hb - 1][vecs - 1](scores + h0 * n + c0, n, c1 - c0, row(v, c0, h0),
+                                         row.row_bytes, f16, t0, part + h0 * part_stride + 2 + t0,
+                                         part_stride);
+        }
+      }
+    }
+  }
+}
+
+// The AVX2 tiles: 2 heads x 4 keys (8 sums, one sum8_avx2) and 2 heads x 32 columns (8 sums, 4
+// row vectors, a broadcast): 13 of the 16 vector registers.
+template <int HB>
+CEPE_AVX2 void shared_scores_tile_avx2(const float* q, int64_t hd, const void* const* kr, bool f16,
+                                       float scale, float* out, int64_t n) {
+  __m256 acc[8];
+  for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < hd; t += 8) {
+    __m256 kv[4];
+    for (int j = 0; j < 4; ++j) kv[j] = load_cache_avx2(kr[j], f16, t);
+    for (int h = 0; h < HB; ++h) {
+      __m256 qv = _mm256_loadu_ps(q + h * hd + t);
+      asm("" : "+v"(qv));  // see shared_scores_tile_avx512
+      for (int j = 0; j < 4; ++j) acc[h * 4 + j] = _mm256_fmadd_ps(qv, kv[j], acc[h * 4 + j]);
+    }
+  }
+  alignas(32) float sums[8];
+  _mm256_store_ps(sums, _mm256_mul_ps(sum8_avx2(acc), _mm256_set1_ps(scale)));
+  for (int h = 0; h < HB; ++h)
+    for (int j = 0; j < 4; ++j) out[h * n + j] = sums[h * 4 + j];
+}
+
+template <int HB, int VECS>
+CEPE_AVX2 void shared_values_tile_avx2(const float* p, int64_t n, int64_t keys, const char* rows,
+                                       size_t row_bytes, bool f16, int64_t t0, float* out,
+                                       int64_t out_stride) {
+  __m256 acc[HB][VECS];
+  for (int h = 0; h < HB; ++h)
+    for (int c = 0; c < VECS; ++c) acc[h][c] = _mm256_loadu_ps(out + h * out_stride + c * 8);
+  for (int64_t j = 0; j < keys; ++j) {
+    __m256 vv[VECS];
+    for (int c = 0; c < VECS; ++c) {
+      vv[c] = load_cache_avx2(rows + j * row_bytes, f16, t0 + c * 8);
+      asm("" : "+v"(vv[c]));
+    }
+    for (int h = 0; h < HB; ++h) {
+      const __m256 ph = _mm256_set1_ps(p[h * n + j]);
+      for (int c = 0; c < VECS; ++c) acc[h][c] = _mm256_fmadd_ps(ph, vv[c], acc[h][c]);
+    }
+  }
+  for (int h = 0; h < HB; ++h)
+    for (int c = 0; c < VECS; ++c) _mm256_storeu_ps(out + h * out_stride + c * 8, acc[h][c]);
+}
+
+CEPE_AVX2 float shared_score_one_avx2(const float* q, const void* row, bool f16, int64_t hd) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t t = 0; t < hd; t += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + t), load_cache_avx2(row, f16, t), acc);
+  return hsum_avx2(acc);
+}
+
+const SharedHeadTiles kSharedTilesAvx2{
+    2,
+    32,
+    {shared_scores_tile_avx2<1>, shared_scores_tile_avx2<2>, nullptr, nullptr},
+    {{shared_values_tile_avx2<1, 1>, shared_values_tile_avx2<1, 2>, shared_values_tile_avx2<1, 3>,
+      shared_values_tile_avx2<1, 4>},
+     {shared_values_tile_avx2<2, 1>, shared_values_tile_avx2<2, 2>, shared_values_tile_avx2<2, 3>,
+      shared_values_tile_avx2<2, 4>},
+     {},
+     {}},
+    shared_score_one_avx2,
+    softmax_exp_avx2};
+
 // attend_row_block at AVX2 (hd a multiple of 8): as the AVX-512 kernel below, eight keys at a
 // time, their scores out of one sum8_avx2; q is read from L1 rather than held in registers
 // (16 ymm hold eight sums and little else), and the value pass runs over the head's width in
@@ -1169,6 +1329,9 @@ CEPE_AVX2 inline void accumulate_rows_pair_avx2(const float* p0, const float* p1
 CEPE_AVX2 void attend_row_block_avx2(const float* q, const void* k, const void* v, bool f16,
                                      int64_t n, int64_t kv_stride, int heads, int group, int64_t hd,
                                      float scale, float* scores, float* part, int64_t part_stride) {
+  if (group >= kSharedMinGroup && hd > kAttendMaxHeadDim)  // wide heads shared: the tiles
+    return attend_shared(kSharedTilesAvx2, q, k, v, f16, n, kv_stride, heads, group, hd, scale,
+                         scores, part, part_stride);
   const CacheRows row{kv_stride, hd, group, f16};
   const size_t row_bytes = row.row_bytes;
   const int64_t whole = n / 8 * 8;
@@ -1304,19 +1467,11 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
     }
 }
 
-// ---- query heads sharing one kv head (absorbed cross-attention, wide GQA groups): AVX-512 ----
-//
-// When `group` query heads read one kv head they read the same cache rows: the scores are a
-// small GEMM (the group's q rows against the block's key rows) and the value pass another (their
-// softmax rows against the value rows). Register tiles of 4 heads x 4 keys (the scores: 8 loads
-// per 16 FMAs, where a head at a time makes one load per FMA) and 4 heads x 64 columns (the
-// values: 4 row vectors and 4 broadcasts per 16 FMAs) read each row once for four heads.
-
-constexpr int kSharedTileHeads = 4;  // heads per register tile, both passes
+// ---- query heads sharing one kv head: the AVX-512 tiles (see attend_shared) ----
 
 // Scores of HB heads (q rows hd apart) against the 4 rows kr: out[h * n + j] = scale · q_h·k_j.
 template <int HB>
-CEPE_AVX512 inline void shared_scores_tile(const float* q, int64_t hd, const void* const* kr,
+CEPE_AVX512 void shared_scores_tile_avx512(const float* q, int64_t hd, const void* const* kr,
                                            bool f16, float scale, float* out, int64_t n) {
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
@@ -1340,7 +1495,7 @@ CEPE_AVX512 inline void shared_scores_tile(const float* q, int64_t hd, const voi
 // out_h[0, 16 VECS) += Σ_j p_h[j] row_j[t0, t0 + 16 VECS) for HB heads (p rows n apart, out rows
 // out_stride apart) over `keys` rows.
 template <int HB, int VECS>
-CEPE_AVX512 inline void shared_values_tile(const float* p, int64_t n, int64_t keys,
+CEPE_AVX512 void shared_values_tile_avx512(const float* p, int64_t n, int64_t keys,
                                            const char* rows, size_t row_bytes, bool f16, int64_t t0,
                                            float* out, int64_t out_stride) {
   __m512 acc[HB][VECS];
@@ -1361,111 +1516,37 @@ CEPE_AVX512 inline void shared_values_tile(const float* p, int64_t n, int64_t ke
     for (int c = 0; c < VECS; ++c) _mm512_storeu_ps(out + h * out_stride + c * 16, acc[h][c]);
 }
 
-// x[0, n) *= c (n a multiple of 16).
-CEPE_AVX512 inline void scale_floats_avx512(float* x, int64_t n, float c) {
-  const __m512 vc = _mm512_set1_ps(c);
-  for (int64_t i = 0; i < n; i += 16)
-    _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vc));
+// One head's score against one row (the 4-key tiles' tail).
+CEPE_AVX512 float shared_score_one_avx512(const float* q, const void* row, bool f16, int64_t hd) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t t = 0; t < hd; t += 16)
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + t), load_cache_avx512(row, f16, t), acc);
+  return hsum_avx512(acc);
 }
 
-// attend_row_block for groups of at least kSharedTileHeads heads (hd a multiple of 16). One pass
-// over the rows, in chunks of 64 keys: a chunk's scores, then its softmax numerators against the
-// running max (the sums so far rescaled when a chunk raises it, as FlashAttention does), then its
-// values, so each chunk's rows (128 KB at a width of 512) are read from memory once and met again
-// in L2, where scoring every key first read them twice from memory once E outgrows the caches.
-CEPE_AVX512 void attend_shared_avx512(const float* q, const void* k, const void* v, bool f16,
-                                      int64_t n, int64_t kv_stride, int heads, int group,
-                                      int64_t hd, float scale, float* scores, float* part,
-                                      int64_t part_stride) {
-  const CacheRows row{kv_stride, hd, group, f16};
-  using ScoreTile =
-      void (*)(const float*, int64_t, const void* const*, bool, float, float*, int64_t);
-  static constexpr ScoreTile score_tiles[] = {shared_scores_tile<1>, shared_scores_tile<2>,
-                                              shared_scores_tile<3>, shared_scores_tile<4>};
-  using ValueTile =
-      void (*)(const float*, int64_t, int64_t, const char*, size_t, bool, int64_t, float*, int64_t);
-  static constexpr ValueTile value_tiles[4][4] = {
-      {shared_values_tile<1, 1>, shared_values_tile<1, 2>, shared_values_tile<1, 3>,
-       shared_values_tile<1, 4>},
-      {shared_values_tile<2, 1>, shared_values_tile<2, 2>, shared_values_tile<2, 3>,
-       shared_values_tile<2, 4>},
-      {shared_values_tile<3, 1>, shared_values_tile<3, 2>, shared_values_tile<3, 3>,
-       shared_values_tile<3, 4>},
-      {shared_values_tile<4, 1>, shared_values_tile<4, 2>, shared_values_tile<4, 3>,
-       shared_values_tile<4, 4>}};
-  constexpr int64_t kSubKeys = 16, kChunkKeys = 64;
-  for (int h = 0; h < heads; ++h) {  // no keys yet: max -inf, sum 0, zero output sums
-    float* ph = part + h * part_stride;
-    ph[0] = -INFINITY;
-    ph[1] = 0.0f;
-    std::fill(ph + 2, ph + 2 + hd, 0.0f);
-  }
-  for (int g0 = 0; g0 < heads; g0 += group) {
-    const int g1 = std::min(heads, g0 + group);
-    for (int64_t c0 = 0; c0 < n; c0 += kChunkKeys) {
-      const int64_t c1 = std::min(n, c0 + kChunkKeys);
-      for (int64_t j0 = c0; j0 < c1; j0 += kSubKeys) {
-        const int64_t j1 = std::min(c1, j0 + kSubKeys), whole = j0 + (j1 - j0) / 4 * 4;
-        for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
-          const int hb = std::min(kSharedTileHeads, g1 - h0);
-          for (int64_t j = j0; j < whole; j += 4) {
-            const void* kr[4] = {row(k, j, h0), row(k, j + 1, h0), row(k, j + 2, h0),
-                                 row(k, j + 3, h0)};
-            score_tiles[hb - 1](q + h0 * hd, hd, kr, f16, scale, scores + h0 * n + j, n);
-          }
-          for (int64_t j = whole; j < j1; ++j)
-            for (int h = h0; h < h0 + hb; ++h) {
-              const void* kr = row(k, j, h);
-              __m512 acc = _mm512_setzero_ps();
-              for (int64_t t = 0; t < hd; t += 16)
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * hd + t),
-                                      load_cache_avx512(kr, f16, t), acc);
-              scores[h * n + j] = hsum_avx512(acc) * scale;
-            }
-        }
-      }
-      for (int h = g0; h < g1; ++h) {
-        float* ph = part + h * part_stride;
-        float* s = scores + h * n + c0;
-        float chunk_max;
-        float chunk_sum = softmax_exp_avx512(s, c1 - c0, &chunk_max);  // e^(s - chunk_max)
-        if (chunk_max > ph[0]) {
-          if (ph[1] > 0.0f) {  // the sums so far, to the new max
-            const float r = std::exp(ph[0] - chunk_max);
-            ph[1] *= r;
-            scale_floats_avx512(ph + 2, hd, r);
-          }
-          ph[0] = chunk_max;
-        } else if (chunk_max < ph[0]) {  // this chunk's numerators, to the running max
-          const float r = std::exp(chunk_max - ph[0]);
-          for (int64_t j = 0; j < c1 - c0; ++j) s[j] *= r;
-          chunk_sum *= r;
-        }
-        ph[1] += chunk_sum;
-      }
-      for (int64_t t0 = 0; t0 < hd; t0 += 64) {
-        const int vecs = static_cast<int>(std::min<int64_t>(4, (hd - t0) / 16));
-        for (int h0 = g0; h0 < g1; h0 += kSharedTileHeads) {
-          const int hb = std::min(kSharedTileHeads, g1 - h0);
-          value_tiles[hb - 1][vecs - 1](scores + h0 * n + c0, n, c1 - c0, row(v, c0, h0),
-                                        row.row_bytes, f16, t0, part + h0 * part_stride + 2 + t0,
-                                        part_stride);
-        }
-      }
-    }
-  }
-}
+const SharedHeadTiles kSharedTilesAvx512{
+    4,
+    64,
+    {shared_scores_tile_avx512<1>, shared_scores_tile_avx512<2>, shared_scores_tile_avx512<3>,
+     shared_scores_tile_avx512<4>},
+    {{shared_values_tile_avx512<1, 1>, shared_values_tile_avx512<1, 2>,
+      shared_values_tile_avx512<1, 3>, shared_values_tile_avx512<1, 4>},
+     {shared_values_tile_avx512<2, 1>, shared_values_tile_avx512<2, 2>,
+      shared_values_tile_avx512<2, 3>, shared_values_tile_avx512<2, 4>},
+     {shared_values_tile_avx512<3, 1>, shared_values_tile_avx512<3, 2>,
+      shared_values_tile_avx512<3, 3>, shared_values_tile_avx512<3, 4>},
+     {shared_values_tile_avx512<4, 1>, shared_values_tile_avx512<4, 2>,
+      shared_values_tile_avx512<4, 3>, shared_values_tile_avx512<4, 4>}},
+    shared_score_one_avx512,
+    softmax_exp_avx512};
 
 CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const void* v, bool f16,
                                          int64_t n, int64_t kv_stride, int heads, int group,
                                          int64_t hd, float scale, float* scores, float* part,
                                          int64_t part_stride) {
-  // Wide heads shared by a group (absorbed cross-attention): the tiles. Narrower shared heads
-  // stay below, which holds q in registers: that form measured faster for them (12 heads of 64
-  // over 3 kv heads: BM_AttentionDecodeGqa).
-  if (group >= kSharedTileHeads && hd % 16 == 0 && hd > kAttendMaxHeadDim)
-    return attend_shared_avx512(q, k, v, f16, n, kv_stride, heads, group, hd, scale, scores, part,
-                                part_stride);
+  if (group >= kSharedMinGroup && hd % 16 == 0 && hd > kAttendMaxHeadDim)
+    return attend_shared(kSharedTilesAvx512, q, k, v, f16, n, kv_stride, heads, group, hd, scale,
+                         scores, part, part_stride);
   if (hd % 16 != 0 || hd > kAttendMaxHeadDim)  // too narrow a multiple, or too wide: 8-wide
     return attend_row_block_avx2(q, k, v, f16, n, kv_stride, heads, group, hd, scale, scores, part,
                                  part_stride);
