@@ -1136,8 +1136,8 @@ CEPE_AVX2 inline void accumulate_rows_avx2(const float* p, int64_t keys, const c
   for (int c = 0; c < VECS; ++c) _mm256_storeu_ps(out + c * 8, acc[c]);
 }
 
-// The same for two heads that read the same rows (grouped queries; absorbed cross-attention,
-// where every head reads E): each row vector is loaded once for both heads' sums.
+// The same for two heads that read the same rows (grouped queries whose groups are too small or
+// too narrow for attend_shared): each row vector is loaded once for both heads' sums.
 template <int VECS>
 CEPE_AVX2 inline void accumulate_rows_pair_avx2(const float* p0, const float* p1, int64_t keys,
                                                 const char* rows, size_t row_bytes, bool f16,
