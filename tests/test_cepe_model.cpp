@@ -265,10 +265,12 @@ TEST(CepeModel, AbsorbedStateHoldsOnlyEncoderStates) {
 }
 
 // With an F16 KV cache, cached cross-attention keeps the keys and values projected for a request
-// as F16 too: the state holds half the bytes of an F32 one (self and cross caches alike), and the
-// logits move within the rounding's bound. Keys and values rounded once (2^-11 relative, doubled
-// for its propagation as in QuantNll: 2^-10) move a logit by at most 2^-10 max|logit| to first
-// order.
+// as F16 too, and absorbed cross-attention its encoder states: the state holds half the bytes of
+// an F32 one (self and cross caches alike), and the logits move within the rounding's bound.
+// Keys and values (or E) rounded once (2^-11 relative, doubled for its propagation as in
+// QuantNll: 2^-10) move a logit by at most 2^-10 max|logit| to first order. Absorbed runs with
+// its default crossover, for every row (the shared-head decode form) and for none (E widened for
+// the per-call projection).
 TEST(CepeModel, F16CacheRoundsCrossKeysAndValues) {
   auto f = load_fixture("gqa_cross_last2");
   auto backend = make_backend(Device::CPU);
@@ -276,24 +278,38 @@ TEST(CepeModel, F16CacheRoundsCrossKeysAndValues) {
   ASSERT_EQ(model->cross_attention_mode(), CrossAttentionMode::Cached);
   const auto ids = ids_of(f->expected["input_ids"]);
   const EncodedContext ctx = model->encode(chunks_of(f->expected["context_ids"]));
-  auto run = [&](DType kv, size_t* bytes) {
-    model->set_kv_cache_dtype(kv);
-    auto state = model->new_state(static_cast<int64_t>(ids.size()));
-    model->set_context(*state, ctx);
-    Tensor logits = model->forward(*state, ids, /*all_logits=*/true);
-    *bytes = state->cache_bytes();
-    return logits;
-  };
-  size_t bytes32 = 0, bytes16 = 0;
-  const Tensor l32 = run(DType::F32, &bytes32), l16 = run(DType::F16, &bytes16);
-  EXPECT_EQ(2 * bytes16, bytes32) << "an F16 state holds half the bytes, cross K/V included";
-  double max_logit = 0, moved = 0;
-  for (int64_t i = 0; i < l32.numel(); ++i) {
-    max_logit = std::max(max_logit, double(std::fabs(l32.data<float>()[i])));
-    moved = std::max(moved, double(std::fabs(l16.data<float>()[i] - l32.data<float>()[i])));
+  const struct {
+    CrossAttentionMode mode;
+    int64_t absorbed_max_rows;
+  } modes[] = {{CrossAttentionMode::Cached, -1},
+               {CrossAttentionMode::Absorbed, -1},
+               {CrossAttentionMode::Absorbed, 1 << 20},
+               {CrossAttentionMode::Absorbed, 0}};
+  for (const auto& m : modes) {
+    model->set_cross_attention_mode(m.mode, m.absorbed_max_rows);
+    auto run = [&](DType kv, size_t* bytes) {
+      model->set_kv_cache_dtype(kv);
+      auto state = model->new_state(static_cast<int64_t>(ids.size()));
+      model->set_context(*state, ctx);
+      Tensor logits = model->forward(*state, ids, /*all_logits=*/true);
+      *bytes = state->cache_bytes();
+      return logits;
+    };
+    const std::string what = std::string(cross_attention_mode_name(m.mode)) + ", absorbed rows " +
+                             std::to_string(m.absorbed_max_rows);
+    size_t bytes32 = 0, bytes16 = 0;
+    const Tensor l32 = run(DType::F32, &bytes32), l16 = run(DType::F16, &bytes16);
+    EXPECT_EQ(2 * bytes16, bytes32) << what << ": an F16 state holds half the bytes";
+    double max_logit = 0, moved = 0;
+    for (int64_t i = 0; i < l32.numel(); ++i) {
+      max_logit = std::max(max_logit, double(std::fabs(l32.data<float>()[i])));
+      moved = std::max(moved, double(std::fabs(l16.data<float>()[i] - l32.data<float>()[i])));
+    }
+    EXPECT_LE(moved, std::ldexp(1.0, -10) * max_logit) << what;
+    EXPECT_GT(moved, 0.0) << what << ": nothing was rounded";
   }
-  EXPECT_LE(moved, std::ldexp(1.0, -10) * max_logit);
-  EXPECT_GT(moved, 0.0) << "nothing was rounded";
+  model->set_cross_attention_mode(CrossAttentionMode::Cached);
+  model->set_kv_cache_dtype(DType::F32);
 }
 
 fs::path copy_fixture(const std::string& name, const std::string& tag) {

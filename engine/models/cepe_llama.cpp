@@ -415,9 +415,11 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
   CEPE_CHECK(!projected || (cpu && context.projected.size() == context.parts.size()),
              "projected keys and values come one per part, on the CPU");
   if (cross_mode_ == CrossAttentionMode::Absorbed && !projected) {
-    // Keys in parts are a CPU form; a device reads the request's one tensor.
+    // Keys in parts are a CPU form; a device reads the request's one tensor. With an F16 KV cache
+    // E is kept in F16 too, as cached mode keeps its K/V: half the bytes a decode step reads.
     if (cpu) {
-      state.context_ = context.blocks();
+      for (const Tensor& block : context.blocks())
+        state.context_.push_back(cross_cache_form(block));
     } else {
       CEPE_CHECK(context.parts.empty(), "encoder states in parts are a CPU-only form");
       state.context_ = {context.states};
@@ -461,13 +463,12 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
   }
 }
 
-Tensor CepeModel::cross_cache_form(const Tensor& projected) const {
-  // Rows read in place from a K/V store stay as stored (F32 or F16 mapped pages, shared by
-  // every request); rows projected or decoded for this request take the KV cache's type.
-  if (kv_dtype_ != DType::F16 || projected.dtype() != DType::F32 || projected.file_backed())
-    return projected;
-  Tensor rounded = backend_.empty(projected.shape(), DType::F16);
-  backend_.copy_rows(projected, 0, rounded, 0, projected.dim(0));
+Tensor CepeModel::cross_cache_form(const Tensor& rows) const {
+  // Rows read in place from a store stay as stored (F32 or F16 mapped pages, shared by every
+  // request); rows projected, encoded or decoded for this request take the KV cache's type.
+  if (kv_dtype_ != DType::F16 || rows.dtype() != DType::F32 || rows.file_backed()) return rows;
+  Tensor rounded = backend_.empty(rows.shape(), DType::F16);
+  backend_.copy_rows(rows, 0, rounded, 0, rows.dim(0));
   return rounded;
 }
 
@@ -494,7 +495,9 @@ void CepeModel::project_blocks(const std::vector<Tensor>& blocks, const Tensor& 
   int64_t row = 0;
   for (const Tensor& block : blocks) {
     Tensor rows = out.rows(row, block.dim(0));
-    backend_.linear(block, weight, rows);
+    // Encoder states kept in F16 (absorbed, F16 KV cache) widen for the projection (exactly).
+    backend_.linear(block.dtype() == DType::F32 ? block : backend_.to_host_f32(block), weight,
+                    rows);
     row += block.dim(0);
   }
 }

@@ -188,9 +188,10 @@ class CepeModel {
   CepeModel(ModelConfig config, Backend& backend);
   void load_weights(const WeightStore& store, const LoadProgress& progress);
   void ensure_capacity(DecoderState& state, int64_t needed) const;
-  // A chunk's projected cross-attention keys or values as the request keeps them: rounded to
-  // F16 with an F16 KV cache (unless mapped from a store), else as they are.
-  Tensor cross_cache_form(const Tensor& projected) const;
+  // A chunk's projected cross-attention keys or values, or (absorbed) its encoder states, as the
+  // request keeps them: rounded to F16 with an F16 KV cache (unless mapped from a store), else as
+  // they are.
+  Tensor cross_cache_form(const Tensor& rows) const;
   // One cross-attention layer for a packed batch: adds o_proj(attention over each sequence's
   // context) to x for the rows of sequences that have one. hbuf, q and attn are scratch rows.
   void cross_attention(const BlockWeights& b, int layer, const std::vector<DecoderState*>& states,
