@@ -418,8 +418,9 @@ void CepeModel::set_context(DecoderState& state, const EncodedContext& context) 
     // Keys in parts are a CPU form; a device reads the request's one tensor. With an F16 KV cache
     // E is kept in F16 too, as cached mode keeps its K/V: half the bytes a decode step reads.
     if (cpu) {
-      for (const Tensor& block : context.blocks())
-        state.context_.push_back(cross_cache_form(block));
+      std::vector<Tensor> kept;
+      for (const Tensor& block : context.blocks()) kept.push_back(cross_cache_form(block));
+      state.context_ = std::move(kept);
     } else {
       CEPE_CHECK(context.parts.empty(), "encoder states in parts are a CPU-only form");
       state.context_ = {context.states};
