@@ -1302,7 +1302,8 @@ CEPE_AVX2 void shared_values_tile_avx2(const float* p, int64_t n, int64_t keys, 
     for (int c = 0; c < VECS; ++c) _mm256_storeu_ps(out + h * out_stride + c * 8, acc[h][c]);
 }
 
-CEPE_AVX2 float shared_score_one_avx2(const float* q, const void* row, bool f16, int64_t hd) {
+// q·k for one head's q and one cache row (unscaled): the tiles' tail, and the per-head kernel's.
+CEPE_AVX2 float dot_cache_row_avx2(const float* q, const void* row, bool f16, int64_t hd) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t t = 0; t < hd; t += 8)
     acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + t), load_cache_avx2(row, f16, t), acc);
@@ -1319,7 +1320,7 @@ const SharedHeadTiles kSharedTilesAvx2{
       shared_values_tile_avx2<2, 4>},
      {},
      {}},
-    shared_score_one_avx2,
+    dot_cache_row_avx2,
     softmax_exp_avx2};
 
 // attend_row_block at AVX2 (hd a multiple of 8): as the AVX-512 kernel below, eight keys at a
@@ -1350,13 +1351,8 @@ CEPE_AVX2 void attend_row_block_avx2(const float* q, const void* k, const void* 
       _mm256_storeu_ps(scores + h * n + j0, _mm256_mul_ps(sum8_avx2(acc), vscale));
     }
   for (int64_t j = whole; j < n; ++j)
-    for (int h = 0; h < heads; ++h) {
-      const void* kr = row(k, j, h);
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t t = 0; t < hd; t += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * hd + t), load_cache_avx2(kr, f16, t), acc);
-      scores[h * n + j] = hsum_avx2(acc) * scale;
-    }
+    for (int h = 0; h < heads; ++h)
+      scores[h * n + j] = dot_cache_row_avx2(q + h * hd, row(k, j, h), f16, hd) * scale;
   start_partials<softmax_exp_avx2>(scores, n, heads, hd, part, part_stride);
   using Slice = void (*)(const float*, int64_t, const char*, size_t, bool, int64_t, float*);
   static constexpr Slice by_vecs[] = {accumulate_rows_avx2<1>, accumulate_rows_avx2<2>,
@@ -1516,8 +1512,8 @@ CEPE_AVX512 void shared_values_tile_avx512(const float* p, int64_t n, int64_t ke
     for (int c = 0; c < VECS; ++c) _mm512_storeu_ps(out + h * out_stride + c * 16, acc[h][c]);
 }
 
-// One head's score against one row (the 4-key tiles' tail).
-CEPE_AVX512 float shared_score_one_avx512(const float* q, const void* row, bool f16, int64_t hd) {
+// The AVX-512 form of dot_cache_row_avx2 (the 4-key tiles' tail).
+CEPE_AVX512 float dot_cache_row_avx512(const float* q, const void* row, bool f16, int64_t hd) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t t = 0; t < hd; t += 16)
     acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + t), load_cache_avx512(row, f16, t), acc);
@@ -1537,7 +1533,7 @@ const SharedHeadTiles kSharedTilesAvx512{
       shared_values_tile_avx512<3, 3>, shared_values_tile_avx512<3, 4>},
      {shared_values_tile_avx512<4, 1>, shared_values_tile_avx512<4, 2>,
       shared_values_tile_avx512<4, 3>, shared_values_tile_avx512<4, 4>}},
-    shared_score_one_avx512,
+    dot_cache_row_avx512,
     softmax_exp_avx512};
 
 CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const void* v, bool f16,

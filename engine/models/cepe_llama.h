@@ -197,9 +197,9 @@ class CepeModel {
   void cross_attention(const BlockWeights& b, int layer, const std::vector<DecoderState*>& states,
                        const std::vector<int64_t>& row_begin, const std::vector<int64_t>& row_count,
                        Tensor& x, Tensor& hbuf, Tensor& q, Tensor& attn);
-  // Absorbed cross-attention for the given sequences: q's rows of them in, out's rows written.
   // Absorbed cross-attention's rows per sequence up to which all heads read E as one kv head.
   static constexpr int64_t kSharedHeadRows = 4;
+  // Absorbed cross-attention for the given sequences: q's rows of them in, out's rows written.
   void absorbed_cross_attention(const BlockWeights& b, const std::vector<DecoderState*>& states,
                                 const std::vector<size_t>& which,
                                 const std::vector<int64_t>& row_begin,
