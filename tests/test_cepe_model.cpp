@@ -150,12 +150,6 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::ValuesIn(kModes)),
     [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param).name; });
 
-// The bf16 fixture with the default options: on CPUs with AVX-512 BF16, GEMMs of more than 16
-// rows round the activations to bf16 (2^-9 relative per product) and multiply pairs with
-// VDPBF16PS. The logits stay within the tolerance the CUDA backend's bf16-rounded GEMMs are held
-// to on the same fixture (test_backends' k16BitLogitTolerance: rounded operands move these logits
-// by ~0.08, a wrong kernel by far more than 0.1), the greedy tokens are the reference's, and the
-// prompt's logits move (unless this CPU has no bf16 GEMM): the path is really taken.
 // A load reports its progress after every tensor, in bytes of the checkpoint that never go
 // back, and ends at the store's total (which a model that reads every tensor also reaches by
 // itself); a bar fed by it stays silent for a quick load and draws its last line after a slow one.
@@ -193,6 +187,12 @@ TEST(CepeModel, LoadReportsProgress) {
   EXPECT_NE(err.find("3/8 MB"), std::string::npos) << err;
 }
 
+// The bf16 fixture with the default options: on CPUs with AVX-512 BF16, GEMMs of more than 16
+// rows round the activations to bf16 (2^-9 relative per product) and multiply pairs with
+// VDPBF16PS. The logits stay within the tolerance the CUDA backend's bf16-rounded GEMMs are held
+// to on the same fixture (test_backends' k16BitLogitTolerance: rounded operands move these logits
+// by ~0.08, a wrong kernel by far more than 0.1), the greedy tokens are the reference's, and the
+// prompt's logits move (unless this CPU has no bf16 GEMM): the path is really taken.
 TEST(CepeModel, Bf16ActivationsStayWithinRounding) {
   constexpr double kBf16LogitTolerance = 0.1;
   auto f = load_fixture("bf16");
@@ -278,14 +278,9 @@ TEST(CepeModel, F16CacheRoundsCrossKeysAndValues) {
   ASSERT_EQ(model->cross_attention_mode(), CrossAttentionMode::Cached);
   const auto ids = ids_of(f->expected["input_ids"]);
   const EncodedContext ctx = model->encode(chunks_of(f->expected["context_ids"]));
-  const struct {
-    CrossAttentionMode mode;
-    int64_t absorbed_max_rows;
-  } modes[] = {{CrossAttentionMode::Cached, -1},
-               {CrossAttentionMode::Absorbed, -1},
-               {CrossAttentionMode::Absorbed, 1 << 20},
-               {CrossAttentionMode::Absorbed, 0}};
-  for (const auto& m : modes) {
+  std::vector<ModeCase> modes(std::begin(kModes), std::end(kModes));
+  modes.push_back({"absorbed_no_rows", CrossAttentionMode::Absorbed, 0});
+  for (const ModeCase& m : modes) {
     model->set_cross_attention_mode(m.mode, m.absorbed_max_rows);
     auto run = [&](DType kv, size_t* bytes) {
       model->set_kv_cache_dtype(kv);
@@ -295,18 +290,16 @@ TEST(CepeModel, F16CacheRoundsCrossKeysAndValues) {
       *bytes = state->cache_bytes();
       return logits;
     };
-    const std::string what = std::string(cross_attention_mode_name(m.mode)) + ", absorbed rows " +
-                             std::to_string(m.absorbed_max_rows);
     size_t bytes32 = 0, bytes16 = 0;
     const Tensor l32 = run(DType::F32, &bytes32), l16 = run(DType::F16, &bytes16);
-    EXPECT_EQ(2 * bytes16, bytes32) << what << ": an F16 state holds half the bytes";
+    EXPECT_EQ(2 * bytes16, bytes32) << m.name << ": an F16 state holds half the bytes";
     double max_logit = 0, moved = 0;
     for (int64_t i = 0; i < l32.numel(); ++i) {
       max_logit = std::max(max_logit, double(std::fabs(l32.data<float>()[i])));
       moved = std::max(moved, double(std::fabs(l16.data<float>()[i] - l32.data<float>()[i])));
     }
-    EXPECT_LE(moved, std::ldexp(1.0, -10) * max_logit) << what;
-    EXPECT_GT(moved, 0.0) << what << ": nothing was rounded";
+    EXPECT_LE(moved, std::ldexp(1.0, -10) * max_logit) << m.name;
+    EXPECT_GT(moved, 0.0) << m.name << ": nothing was rounded";
   }
   model->set_cross_attention_mode(CrossAttentionMode::Cached);
   model->set_kv_cache_dtype(DType::F32);
