@@ -24,8 +24,12 @@
 #                       (-march=native, as a user building llama.cpp gets by default), once
 #                       (~8 minutes on 2 cores) into the cache; needs cmake and g++
 #                       or avx2: built the same way for an AVX2 machine (GGML_NATIVE=OFF: AVX2,
-#                       FMA, F16C, BMI2, no AVX-512), and ours run with CEPE_KERNELS=avx2, so
-#                       that an AVX-512 box also shows how both fare on an AVX2-only CPU
+#                       FMA, F16C, BMI2, no AVX-512), and ours run with CEPE_KERNELS=avx2 from a
+#                       generic build (CEPE_NATIVE=OFF, so that the compiler, too, has AVX2's 16
+#                       vector registers; BUILD_DIR defaults to build-avx2, configured and built
+#                       here when absent) with OpenBLAS held to its Haswell kernels
+#                       (OPENBLAS_CORETYPE=Haswell), so that an AVX-512 box also shows how both
+#                       fare on an AVX2-only CPU
 #   LLAMA_CPP_NPM_DIR   where node-llama-cpp is (or goes), default ~/.cache/cepe/node-llama-cpp
 #   LLAMA_CPP_CACHE_DIR llama.cpp headers, the compiled driver and the GGUF files,
 #                       default ~/.cache/cepe/llama-cpp-bench
@@ -39,13 +43,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
 kinds=${2:-"stored bf16 f16 q8_0 q4_0"}
-build=${BUILD_DIR:-build}
+llama_build=${LLAMA_CPP_BUILD:-prebuilt}
+if [[ $llama_build == avx2 ]]; then build=${BUILD_DIR:-build-avx2}; else build=${BUILD_DIR:-build}; fi
 prompt_tokens=${PROMPT_TOKENS:-512}
 decode_tokens=${DECODE_TOKENS:-128}
 repeats=${REPEATS:-3}
 kv_cache=${KV_CACHE:-auto}
 with_node=${WITH_NODE:-0}
-llama_build=${LLAMA_CPP_BUILD:-prebuilt}
 nlc_version=3.22.1
 npm_dir=${LLAMA_CPP_NPM_DIR:-$HOME/.cache/cepe/node-llama-cpp}
 cache=${LLAMA_CPP_CACHE_DIR:-$HOME/.cache/cepe/llama-cpp-bench}
@@ -59,6 +63,12 @@ die() { echo "run_llama_cpp_bench: $*" >&2; exit 1; }
 for tool in gcc git node npm; do
   command -v "$tool" >/dev/null || die "$tool not found (node and npm: apt-get install nodejs npm)"
 done
+if [[ $llama_build == avx2 && ! -x $build/bench/bench_engine && -z ${BUILD_DIR:-} ]]; then
+  echo "building ours for a generic x86-64 (CEPE_NATIVE=OFF) into $build" >&2
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCEPE_NATIVE=OFF -DCEPE_WITH_CUDA=OFF \
+    -DCEPE_BUILD_TESTS=OFF >&2 && cmake --build "$build" -j"$(nproc)" --target bench_engine >&2 ||
+    die "building bench_engine into $build failed"
+fi
 [[ -x $build/bench/bench_engine ]] ||
   die "no $build/bench/bench_engine: build the bench targets first"
 case $(uname -m) in
@@ -72,7 +82,12 @@ case $llama_build in
     command -v cmake >/dev/null || die "cmake not found (LLAMA_CPP_BUILD=$llama_build builds llama.cpp)" ;;
   *) die "LLAMA_CPP_BUILD must be prebuilt, native or avx2, not '$llama_build'" ;;
 esac
-[[ $llama_build == avx2 ]] && export CEPE_KERNELS=avx2
+if [[ $llama_build == avx2 ]]; then
+  # A -march=native build would give our AVX2 code AVX-512's 32 registers on this box.
+  grep -q '^CEPE_NATIVE:BOOL=OFF$' "$build/CMakeCache.txt" 2>/dev/null ||
+    die "LLAMA_CPP_BUILD=avx2 needs ours built with -DCEPE_NATIVE=OFF; $build is not"
+  export CEPE_KERNELS=avx2 OPENBLAS_CORETYPE=Haswell
+fi
 [[ $with_node == 1 && $llama_build != prebuilt ]] &&
   die "WITH_NODE=1 times node-llama-cpp's own prebuilt binaries; use it with LLAMA_CPP_BUILD=prebuilt"
 for kind in $kinds; do

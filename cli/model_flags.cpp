@@ -1,7 +1,7 @@
 #include "cli/model_flags.h"
 
+#include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <limits>
 
 #include "common/error.h"
@@ -30,33 +30,24 @@ void add_model_flags(Args& args) {
 }
 
 LoadedModel load_model(const Args& args, bool need_tokenizer) {
-  LoadedModel lm;
-  const std::filesystem::path dir = args.get("model");
-  CEPE_CHECK(std::filesystem::is_directory(dir), "--model " << dir.string() << ": not a directory");
-  BackendOptions options;
-  options.threads = static_cast<int>(args.get_int("threads", 0, 1024));
-  options.weights = parse_weight_kind(args.get("weights"), "--weights");
-  lm.backend = make_backend(parse_device(args.get("device")), options);
-  // Every flag and the tokenizer are checked before the weights load: a typo or a missing file
-  // should not wait for a multi-gigabyte checkpoint.
-  const auto cross_attention = parse_cross_attention_mode(
-      args.get("cross-attention"), lm.backend->device(), "--cross-attention");
-  const auto kv_cache = parse_kv_cache_type(args.get("kv-cache"), lm.backend->device(),
-                                            options.weights, "--kv-cache");
-  const std::filesystem::path tok = dir / "tokenizer.model";
-  if (std::filesystem::exists(tok)) {
-    lm.tokenizer = load_model_tokenizer(dir, load_model_config(dir));
-  } else if (need_tokenizer) {
-    CEPE_THROW(tok.string() << ": not found (the model directory needs its sentencepiece "
-                               "tokenizer.model)");
-  }
+  ModelLoadSettings settings;
+  settings.dir = args.get("model");
+  settings.device = args.get("device");
+  settings.threads = static_cast<int>(args.get_int("threads", 0, 1024));
+  settings.weights = args.get("weights");
+  settings.cross_attention = args.get("cross-attention");
+  settings.kv_cache = args.get("kv-cache");
+  settings.need_tokenizer = need_tokenizer;
+  settings.setting_name = [](std::string_view key) {
+    std::string flag = "--" + std::string(key);
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    return flag;
+  };
   // A bar only for a load that takes a while (a 7B checkpoint's copy or conversion).
-  ProgressBar bar("loading " + dir.string(), "MB", 0);
+  ProgressBar bar("loading " + settings.dir.string(), "MB", 0);
   bar.quiet_for(std::chrono::seconds(2));
-  lm.model = CepeModel::load(dir, *lm.backend, bar.byte_counter());
+  LoadedModel lm = cepe::load_model(settings, bar.byte_counter());
   bar.finish();
-  lm.model->set_cross_attention_mode(cross_attention);
-  lm.model->set_kv_cache_dtype(kv_cache);
   return lm;
 }
 

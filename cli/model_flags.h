@@ -6,23 +6,15 @@
 #include <vector>
 
 #include "cli/command.h"
-#include "engine/backend.h"
-#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
-#include "engine/tokenizer.h"
+#include "engine/models/model_loader.h"
 
 namespace cepe::cli {
 
-/// A model, its backend and its tokenizer, loaded from one directory.
-struct LoadedModel {
-  std::unique_ptr<Backend> backend;      ///< the device the model runs on
-  std::unique_ptr<CepeModel> model;      ///< weights and config
-  std::unique_ptr<Tokenizer> tokenizer;  ///< null when the directory has no tokenizer.model
-};
-
 /// Declares --model, --device, --threads, --weights, --cross-attention and --kv-cache.
 void add_model_flags(Args& args);
-/// Loads what add_model_flags describes; `need_tokenizer` makes a missing tokenizer an error.
+/// Loads what add_model_flags describes (cepe::load_model, errors naming the flags);
+/// `need_tokenizer` makes a missing tokenizer an error.
 LoadedModel load_model(const Args& args, bool need_tokenizer);
 
 /// Declares --max-new-tokens, --temperature, --top-k, --top-p, --seed and --stop.

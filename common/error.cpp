@@ -5,12 +5,17 @@
 namespace cepe {
 
 namespace {
-// Source paths are reported relative to the project root, not the build machine.
+// Source paths are reported relative to the project root, not the build machine: from the last
+// top-level folder of ours in the path (the last, as the checkout itself may sit under a folder
+// called server/, and headers are reached through build/layers/<layer>/).
 const char* project_relative(const char* file) {
-  for (const char* root : {"/engine/", "/retriever/", "/index/", "/server/", "/config/", "/cli/"}) {
-    if (const char* p = std::strstr(file, root)) return p + 1;
+  const char* best = nullptr;
+  for (const char* root : {"/common/", "/engine/", "/retriever/", "/index/", "/qa/", "/config/",
+                           "/server/", "/cli/", "/bench/", "/tests/"}) {
+    for (const char* p = std::strstr(file, root); p; p = std::strstr(p + 1, root))
+      if (!best || p > best) best = p;
   }
-  return file;
+  return best ? best + 1 : file;
 }
 }  // namespace
 

@@ -24,11 +24,6 @@ LoadedResources load_resources(const config::ServerConfig& config,
   namespace fs = std::filesystem;
   LoadedResources out;
   const fs::path dir = config.model;
-  CEPE_CHECK(fs::is_directory(dir), "config: 'model' " << dir.string() << ": not a directory");
-  const fs::path tok = dir / "tokenizer.model";
-  CEPE_CHECK(fs::exists(tok), "config: 'model': " << tok.string()
-                                                  << " not found (the server needs the model's "
-                                                     "sentencepiece tokenizer)");
   // The index is opened first: it is cheap to check and a wrong path should not wait for a
   // multi-gigabyte model to load.
   if (!config.index.empty()) {
@@ -38,20 +33,19 @@ LoadedResources load_resources(const config::ServerConfig& config,
     oo.bm25_shards = config.bm25_shards;
     out.retriever = index::open_index(config.index, oo);
   }
-  BackendOptions bo;
-  bo.threads = config.threads;  // honoured on the engine thread: every CPU region names its team
-  bo.weights = parse_weight_kind(config.weights, "config: 'weights'");
-  out.backend = make_backend(parse_device(config.device), bo);
-  // The settings and the tokenizer before the weights, as the index: a bad value should not wait
-  // for the load.
-  const auto cross_attention = parse_cross_attention_mode(
-      config.cross_attention, out.backend->device(), "config: 'cross_attention'");
-  const auto kv_cache =
-      parse_kv_cache_type(config.kv_cache, out.backend->device(), bo.weights, "config: 'kv_cache'");
-  out.tokenizer = load_model_tokenizer(dir, load_model_config(dir));
-  out.model = CepeModel::load(dir, *out.backend, progress);
-  out.model->set_cross_attention_mode(cross_attention);
-  out.model->set_kv_cache_dtype(kv_cache);
+  ModelLoadSettings settings;
+  settings.dir = dir;
+  settings.device = config.device;
+  settings.threads =
+      config.threads;  // honoured on the engine thread: every CPU region names its team
+  settings.weights = config.weights;
+  settings.cross_attention = config.cross_attention;
+  settings.kv_cache = config.kv_cache;
+  settings.setting_name = [](std::string_view key) { return "config: '" + std::string(key) + "'"; };
+  LoadedModel loaded = load_model(settings, progress);
+  out.backend = std::move(loaded.backend);
+  out.model = std::move(loaded.model);
+  out.tokenizer = std::move(loaded.tokenizer);
   // Passage states: the store when one matches; otherwise (with an index or caller passages) the
   // LRU cache. A store that does not match is reported once here and never used.
   if (out.model->config().is_cepe()) {

@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "config/server_config.h"
-#include "engine/backend.h"
+#include "engine/models/model_loader.h"
 #include "index/open_index.h"
 #include "server/server.h"
 

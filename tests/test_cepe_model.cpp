@@ -11,12 +11,14 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "common/error.h"
 #include "common/progress.h"
 #include "engine/backend.h"
 #include "engine/generation.h"
 #include "engine/models/cepe_llama.h"
+#include "engine/models/model_loader.h"
 #include "engine/safetensors.h"
 #include "test_util.h"
 
@@ -362,6 +364,73 @@ TEST(CepeModelErrors, UnsupportedConfigIsNamed) {
   std::ofstream(dir / "config.json") << cfg;
   const std::string msg = load_error(dir);
   EXPECT_NE(msg.find("num_cross_attn_hidden_states"), std::string::npos) << msg;
+}
+
+// load_model (the CLI's and the server's one load sequence) checks every setting and the
+// tokenizer before it reads a weight, and names each setting as its caller wrote it. The model
+// directory here has config.json and no weights: a settings error that came after the load
+// would read "no *.safetensors" instead.
+std::string settings_error(ModelLoadSettings s) {
+  s.setting_name = [](std::string_view key) { return "config: '" + std::string(key) + "'"; };
+  try {
+    load_model(s);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CepeModelErrors, LoaderChecksSettingsBeforeWeights) {
+  const fs::path dir = test::temp_dir("settings");
+  fs::copy_file(test::source_dir() / "tests/fixtures/gqa_cross_last2/config.json",
+                dir / "config.json");
+  const ModelLoadSettings base = [&] {
+    ModelLoadSettings s;
+    s.dir = dir;
+    s.need_tokenizer = false;
+    return s;
+  }();
+  const struct {
+    const char* field;
+    std::function<void(ModelLoadSettings&)> set;
+    const char* expected;
+  } cases[] = {
+      {"model", [&](auto& s) { s.dir = dir / "nope"; }, "config: 'model'"},
+      {"weights", [](auto& s) { s.weights = "f33"; }, "config: 'weights'"},
+      {"cross_attention", [](auto& s) { s.cross_attention = "both"; }, "config: 'cross_attention'"},
+      {"kv_cache", [](auto& s) { s.kv_cache = "f8"; }, "config: 'kv_cache'"},
+      {"tokenizer", [](auto& s) { s.need_tokenizer = true; }, "tokenizer.model not found"},
+  };
+  for (const auto& c : cases) {
+    ModelLoadSettings s = base;
+    c.set(s);
+    const std::string msg = settings_error(s);
+    EXPECT_NE(msg.find(c.expected), std::string::npos) << c.field << ": " << msg;
+  }
+  // Valid settings reach the weights, which this directory lacks.
+  const std::string msg = settings_error(base);
+  EXPECT_NE(msg.find("safetensors"), std::string::npos) << msg;
+}
+
+// With a model to load, the settings are applied and a missing tokenizer that is not needed
+// leaves it null.
+TEST(CepeModel, LoaderAppliesSettings) {
+  auto f = load_fixture("gqa_cross_last2");
+  ModelLoadSettings s;
+  s.dir = f->dir;
+  s.need_tokenizer = false;
+  s.cross_attention = "cached";
+  s.kv_cache = "f16";
+  LoadedModel loaded = load_model(s);
+  ASSERT_TRUE(loaded.model && loaded.backend);
+  EXPECT_EQ(loaded.tokenizer, nullptr);
+  EXPECT_EQ(loaded.model->cross_attention_mode(), CrossAttentionMode::Cached);
+  EXPECT_EQ(loaded.model->kv_cache_dtype(), DType::F16);
+  s.cross_attention = "absorbed";
+  s.kv_cache = "f32";
+  loaded = load_model(s);
+  EXPECT_EQ(loaded.model->cross_attention_mode(), CrossAttentionMode::Absorbed);
+  EXPECT_EQ(loaded.model->kv_cache_dtype(), DType::F32);
 }
 
 TEST(CepeModelErrors, BadTokensAndChunks) {

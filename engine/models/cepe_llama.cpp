@@ -260,7 +260,12 @@ CepeModel::~CepeModel() = default;
 
 std::unique_ptr<CepeModel> CepeModel::load(const std::filesystem::path& model_dir, Backend& backend,
                                            const LoadProgress& progress) {
-  ModelConfig config = load_model_config(model_dir);
+  return load(model_dir, load_model_config(model_dir), backend, progress);
+}
+
+std::unique_ptr<CepeModel> CepeModel::load(const std::filesystem::path& model_dir,
+                                           ModelConfig config, Backend& backend,
+                                           const LoadProgress& progress) {
   auto store = std::make_shared<WeightStore>(WeightStore::open(model_dir));
   std::unique_ptr<CepeModel> model(new CepeModel(std::move(config), backend));
   model->store_ = store;

@@ -129,6 +129,9 @@ class CepeModel {
   /// `progress` (optional) hears after every tensor and once more at the end.
   static std::unique_ptr<CepeModel> load(const std::filesystem::path& model_dir, Backend& backend,
                                          const LoadProgress& progress = {});
+  /// As above, with `config` already read from `model_dir`'s config.json.
+  static std::unique_ptr<CepeModel> load(const std::filesystem::path& model_dir, ModelConfig config,
+                                         Backend& backend, const LoadProgress& progress = {});
   ~CepeModel();
 
   /// The checkpoint's configuration.

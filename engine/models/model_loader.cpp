@@ -1,0 +1,40 @@
+#include "engine/models/model_loader.h"
+
+#include "common/error.h"
+#include "engine/config.h"
+#include "engine/quant.h"
+
+namespace cepe {
+
+LoadedModel load_model(const ModelLoadSettings& s, const CepeModel::LoadProgress& progress) {
+  const auto name = [&](std::string_view key) {
+    return s.setting_name ? s.setting_name(key) : std::string(key);
+  };
+  LoadedModel out;
+  CEPE_CHECK(std::filesystem::is_directory(s.dir),
+             name("model") << " " << s.dir.string() << ": not a directory");
+  BackendOptions options;
+  options.threads = s.threads;
+  options.weights = parse_weight_kind(s.weights, name("weights"));
+  out.backend = make_backend(parse_device(s.device), options);
+  const auto cross_attention =
+      parse_cross_attention_mode(s.cross_attention, out.backend->device(), name("cross_attention"));
+  const auto kv_cache =
+      parse_kv_cache_type(s.kv_cache, out.backend->device(), options.weights, name("kv_cache"));
+  // config.json once: the tokenizer is checked against it, then the weights are loaded by it.
+  ModelConfig config = load_model_config(s.dir);
+  const std::filesystem::path tokenizer = s.dir / "tokenizer.model";
+  if (std::filesystem::exists(tokenizer)) {
+    out.tokenizer = load_model_tokenizer(s.dir, config);
+  } else {
+    CEPE_CHECK(!s.need_tokenizer, name("model") << ": " << tokenizer.string()
+                                                << " not found (the model directory needs its "
+                                                   "sentencepiece tokenizer.model)");
+  }
+  out.model = CepeModel::load(s.dir, std::move(config), *out.backend, progress);
+  out.model->set_cross_attention_mode(cross_attention);
+  out.model->set_kv_cache_dtype(kv_cache);
+  return out;
+}
+
+}  // namespace cepe
