@@ -24,6 +24,7 @@
 #include "common/error.h"
 #include "engine/backend.h"
 #include "engine/models/cepe_llama.h"
+#include "engine/models/model_loader.h"
 
 using namespace cepe;
 
@@ -142,6 +143,10 @@ int main(int argc, char** argv) try {
       .option("cross-attention", "cached or absorbed", "cached")
       .option("kv-cache", "KV cache type: f32, f16 or auto (f16 on cpu with converted weights)",
               "auto")
+      .option("stored-weights",
+              "with --weights stored: auto (copied while memory allows) or "
+              "mapped (read in place)",
+              "auto")
       .option("batch", "requests decoded together", "1")
       .option("prefill-runs", "prefills timed, each on a fresh state; the median is reported", "1")
       .flag("json", "accepted for clarity: the output is always one JSON object");
@@ -163,16 +168,20 @@ int main(int argc, char** argv) try {
   const int batch = static_cast<int>(args.get_int("batch", 1, 4096));
   const int prefill_runs = static_cast<int>(args.get_int("prefill-runs", 1, 1000));
   try {
-    BackendOptions options;
-    options.threads = threads;
-    options.weights = parse_weight_kind(weights, "--weights");
-    auto backend = make_backend(parse_device(device), options);
+    ModelLoadSettings settings;
+    settings.dir = model_dir;
+    settings.device = device;
+    settings.threads = threads;
+    settings.weights = weights;
+    settings.cross_attention = cross_attention;
+    settings.kv_cache = args.get("kv-cache");
+    settings.stored_weights = args.get("stored-weights");
+    settings.need_tokenizer = false;
+    settings.setting_name = flag_setting_name;
     const auto t_load = std::chrono::steady_clock::now();
-    auto model = CepeModel::load(model_dir, *backend);
-    model->set_cross_attention_mode(
-        parse_cross_attention_mode(cross_attention, backend->device(), "--cross-attention"));
-    model->set_kv_cache_dtype(parse_kv_cache_type(args.get("kv-cache"), backend->device(),
-                                                  options.weights, "--kv-cache"));
+    LoadedModel loaded = load_model(settings);
+    const std::unique_ptr<Backend>& backend = loaded.backend;
+    const std::unique_ptr<CepeModel>& model = loaded.model;
     const double load_s = seconds_since(t_load);
     const int vocab = model->config().decoder.vocab_size;
     const bool has_encoder = model->config().is_cepe();

@@ -1,6 +1,5 @@
 #include "cli/model_flags.h"
 
-#include <algorithm>
 #include <chrono>
 #include <limits>
 
@@ -26,6 +25,11 @@ void add_model_flags(Args& args) {
               "KV cache element type (self-attention, and cached cross-attention K/V): f32, f16 "
               "(cpu; halves the caches) or auto (f16 on cpu with --weights bf16, f16, q8_0 or "
               "q4_0, else f32)",
+              "auto")
+      .option("stored-weights",
+              "with --weights stored on cpu: auto (matrices copied out of the file mapping while "
+              "memory allows: faster steps) or mapped (all read in place through the page cache: "
+              "least memory, shared by every process on the checkpoint)",
               "auto");
 }
 
@@ -38,11 +42,8 @@ LoadedModel load_model(const Args& args, bool need_tokenizer) {
   settings.cross_attention = args.get("cross-attention");
   settings.kv_cache = args.get("kv-cache");
   settings.need_tokenizer = need_tokenizer;
-  settings.setting_name = [](std::string_view key) {
-    std::string flag = "--" + std::string(key);
-    std::replace(flag.begin(), flag.end(), '_', '-');
-    return flag;
-  };
+  settings.stored_weights = args.get("stored-weights");
+  settings.setting_name = flag_setting_name;
   // A bar only for a load that takes a while (a 7B checkpoint's copy or conversion).
   ProgressBar bar("loading " + settings.dir.string(), "MB", 0);
   bar.quiet_for(std::chrono::seconds(2));

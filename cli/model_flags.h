@@ -11,7 +11,8 @@
 
 namespace cepe::cli {
 
-/// Declares --model, --device, --threads, --weights, --cross-attention and --kv-cache.
+/// Declares --model, --device, --threads, --weights, --cross-attention, --kv-cache and
+/// --stored-weights.
 void add_model_flags(Args& args);
 /// Loads what add_model_flags describes (cepe::load_model, errors naming the flags);
 /// `need_tokenizer` makes a missing tokenizer an error.

@@ -74,6 +74,9 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_STR(kv_cache,
                "KV cache type: f32, f16 (cpu) or auto (f16 on cpu with 16/8/4-bit "
                "weights, else f32)"),
+      CEPE_STR(stored_weights,
+               "stored matrices on cpu: auto (copied while memory allows) or mapped (read in "
+               "place, shared by every process on the checkpoint)"),
       CEPE_STR(index, "index directory (empty: requests must carry passages)"),
       CEPE_INT(nprobe, 0, 1 << 20, "FAISS IVF lists to visit (0: index default)"),
       CEPE_INT(ef_search, 0, 1 << 20, "FAISS HNSW search depth (0: index default)"),
@@ -288,6 +291,9 @@ void validate_server_config(const ServerConfig& c) {
                              "config: 'cross_attention'");
   parse_kv_cache_type(c.kv_cache, parse_device(c.device),
                       parse_weight_kind(c.weights, "config: 'weights'"), "config: 'kv_cache'");
+  parse_stored_weights(c.stored_weights, parse_device(c.device),
+                       parse_weight_kind(c.weights, "config: 'weights'"),
+                       "config: 'stored_weights'");
   CEPE_CHECK(
       parse_weight_kind(c.weights, "config: 'weights'") == WeightKind::Stored || c.device == "cpu",
       "config: 'weights' '" << c.weights << "' needs device cpu (got '" << c.device

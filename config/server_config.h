@@ -29,6 +29,8 @@ struct ServerConfig {
   std::string weights = "stored";        ///< load-time weight format: stored|f32|bf16|f16|q8_0|q4_0
   std::string cross_attention = "auto";  ///< "cached", "absorbed" or "auto" (see CepeModel)
   std::string kv_cache = "auto";         ///< KV cache type: "f32", "f16" or "auto" (see CepeModel)
+  std::string stored_weights =
+      "auto";         ///< "auto" or "mapped" (cpu, weights stored; see --stored-weights)
   std::string index;  ///< index directory ("": callers must send their own passages)
   int nprobe = 0;     ///< FAISS IVF lists to visit (0: the index's default)
   int ef_search = 0;  ///< FAISS HNSW search depth (0: the index's default)

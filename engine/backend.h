@@ -64,6 +64,8 @@ struct BackendOptions {
   /// it stays mapped (read through the page cache: slower, but the load never runs the machine
   /// out of memory). 0: 1 GiB or a tenth of the machine's memory, whichever is more.
   uint64_t stored_copy_reserve_bytes = 0;
+  /// CPU, weights Stored: Mapped reads every matrix in place whatever the memory (see above).
+  StoredWeights stored_weights = StoredWeights::Auto;
 };
 
 /// One weight of Backend::linears() and the output it writes (out = x · weightᵀ).

@@ -25,6 +25,20 @@ WeightKind parse_weight_kind(const std::string& name, const std::string& where) 
                    << "' (expected stored, f32, bf16, f16, q8_0 or q4_0)");
 }
 
+StoredWeights parse_stored_weights(const std::string& name, Device device, WeightKind weights,
+                                   const std::string& where) {
+  if (name == "auto") return StoredWeights::Auto;
+  CEPE_CHECK(name == "mapped",
+             where << ": unknown stored-weights mode '" << name << "' (expected auto or mapped)");
+  CEPE_CHECK(device == Device::CPU, where << ": mapped reads the checkpoint in place on the cpu; a "
+                                          << device_name(device) << " backend uploads its weights");
+  CEPE_CHECK(weights == WeightKind::Stored,
+             where << ": mapped reads the checkpoint's own matrices in place, so it needs weights "
+                      "'stored' (got '"
+                   << weight_kind_name(weights) << "', which converts them into memory)");
+  return StoredWeights::Mapped;
+}
+
 const char* weight_kind_name(WeightKind kind) {
   switch (kind) {
     case WeightKind::Stored:

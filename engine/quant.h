@@ -35,6 +35,19 @@ const char* weight_kind_name(WeightKind kind);
 /// The dtype a kind converts a matrix stored as `stored` to.
 DType weight_kind_dtype(WeightKind kind, DType stored);
 
+/// Where the CPU keeps the matrices of a WeightKind::Stored load.
+enum class StoredWeights {
+  /// Copied out of the file mapping while memory allows (faster decode steps), else read in place.
+  Auto,
+  /// All read in place through the page cache: the least memory of the process's own, and one
+  /// copy that every process serving the checkpoint shares.
+  Mapped,
+};
+/// Parses "auto|mapped"; "mapped" needs the cpu and WeightKind::Stored (a conversion or a
+/// device upload makes memory of its own). The error names `where` (a flag or config field).
+StoredWeights parse_stored_weights(const std::string& name, Device device, WeightKind weights,
+                                   const std::string& where);
+
 /// Scalar reference: quantizes n floats into ceil(n / 32) Q8_0 blocks, the last one padded with
 /// zeros. q = nearbyint(x / d) (round half to even, as the vector paths do).
 void quantize_row_q8_0_ref(const float* x, BlockQ8_0* out, int64_t n);

@@ -41,6 +41,7 @@ LoadedResources load_resources(const config::ServerConfig& config,
   settings.weights = config.weights;
   settings.cross_attention = config.cross_attention;
   settings.kv_cache = config.kv_cache;
+  settings.stored_weights = config.stored_weights;
   settings.setting_name = [](std::string_view key) { return "config: '" + std::string(key) + "'"; };
   LoadedModel loaded = load_model(settings, progress);
   out.backend = std::move(loaded.backend);

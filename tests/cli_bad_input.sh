@@ -80,6 +80,10 @@ expect_error "score: missing input file" "cannot open" score --model "$good" --i
 expect_error "bad --threads" "--threads" score --model "$good" --input "$tmp/in.json" --threads abc
 expect_error "bad --cross-attention" "--cross-attention" score --model "$good" --input "$tmp/in.json" \
   --cross-attention fast
+expect_error "bad --stored-weights" "--stored-weights: unknown stored-weights mode 'mmap'" score \
+  --model "$good" --input "$tmp/in.json" --stored-weights mmap
+expect_error "--stored-weights mapped with a conversion" "--stored-weights: mapped reads" score \
+  --model "$good" --input "$tmp/in.json" --stored-weights mapped --weights q8_0
 expect_error "unknown flag" "--bogus" score --model "$good" --input "$tmp/in.json" --bogus 1
 
 # generate needs a tokenizer: train a tiny one offline and attach it to a random model.

@@ -399,6 +399,13 @@ TEST(CepeModelErrors, LoaderChecksSettingsBeforeWeights) {
       {"weights", [](auto& s) { s.weights = "f33"; }, "config: 'weights'"},
       {"cross_attention", [](auto& s) { s.cross_attention = "both"; }, "config: 'cross_attention'"},
       {"kv_cache", [](auto& s) { s.kv_cache = "f8"; }, "config: 'kv_cache'"},
+      {"stored_weights", [](auto& s) { s.stored_weights = "mmap"; }, "config: 'stored_weights'"},
+      {"stored_weights mapped, converted",
+       [](auto& s) {
+         s.stored_weights = "mapped";
+         s.weights = "q4_0";
+       },
+       "needs weights 'stored' (got 'q4_0'"},
       {"tokenizer", [](auto& s) { s.need_tokenizer = true; }, "tokenizer.model not found"},
   };
   for (const auto& c : cases) {
@@ -431,6 +438,20 @@ TEST(CepeModel, LoaderAppliesSettings) {
   loaded = load_model(s);
   EXPECT_EQ(loaded.model->cross_attention_mode(), CrossAttentionMode::Absorbed);
   EXPECT_EQ(loaded.model->kv_cache_dtype(), DType::F32);
+  // Matrices read in place give the tokens of copied ones (the same bytes, elsewhere).
+  const auto& g = f->expected["greedy"];
+  const auto prompt = ids_of(g["input_ids"]);
+  const auto chunks = chunks_of(g["context_ids"]);
+  const auto tokens = greedy(*loaded.model, prompt, chunks, g["max_new_tokens"].GetInt());
+  EXPECT_EQ(tokens, test::reference_greedy_tokens(g, loaded.model->config()));
+  EXPECT_EQ(loaded.backend->describe().find("read in place"), std::string::npos)
+      << loaded.backend->describe();
+  s.stored_weights = "mapped";
+  LoadedModel mapped = load_model(s);
+  EXPECT_NE(mapped.backend->describe().find(" MB of stored weights read in place"),
+            std::string::npos)
+      << mapped.backend->describe();
+  EXPECT_EQ(greedy(*mapped.model, prompt, chunks, g["max_new_tokens"].GetInt()), tokens);
 }
 
 TEST(CepeModelErrors, BadTokensAndChunks) {

@@ -1177,6 +1177,15 @@ TEST(QuantLoad, StoredWeightsAreCopiedOutOfTheFile) {
   EXPECT_NE(cramped->describe().find(" MB of stored weights left in the file mapping"),
             std::string::npos)
       << cramped->describe();
+  // Asked to read stored matrices in place, it does so whatever the memory.
+  BackendOptions in_place;
+  in_place.stored_weights = StoredWeights::Mapped;
+  auto mapper = make_backend(Device::CPU, in_place);
+  const Tensor kept = mapper->load_weight(store.get("lm_head.weight"), WeightUse::Matrix);
+  EXPECT_TRUE(kept.file_backed());
+  EXPECT_EQ(kept.raw(), again.raw()) << "the very pages of the mapping";
+  EXPECT_NE(mapper->describe().find(" MB of stored weights read in place"), std::string::npos)
+      << mapper->describe();
   // A conversion that cannot fit says so before allocating or reading anything: a 4 TB F32
   // matrix (a view over a few bytes: only its shape is ever looked at) to bf16.
   BackendOptions to_bf16;

@@ -94,7 +94,8 @@ class CpuBackend final : public Backend {
         copy_reserve_(
             options.stored_copy_reserve_bytes
                 ? options.stored_copy_reserve_bytes
-                : std::max<uint64_t>(uint64_t{1} << 30, total_memory_bytes().value_or(0) / 10)) {
+                : std::max<uint64_t>(uint64_t{1} << 30, total_memory_bytes().value_or(0) / 10)),
+        stored_weights_(options.stored_weights) {
     blas_single_threaded_once();
   }
 
@@ -103,9 +104,11 @@ class CpuBackend final : public Backend {
     return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS, " + kernels_.name +
            " kernels, weights " + weight_kind_name(weights_) +
            (bf16_pairs_ ? ", bf16 weights: VDPBF16PS GEMM" : "") +
-           (mapped_bytes_ ? ", " + std::to_string(mapped_bytes_ >> 20) +
-                                " MB of stored weights left in the file mapping for want of memory"
-                          : "") +
+           (!mapped_bytes_ ? ""
+            : stored_weights_ == StoredWeights::Mapped
+                ? ", " + mapped_mb() + " MB of stored weights read in place from the file mapping"
+                : ", " + mapped_mb() +
+                      " MB of stored weights left in the file mapping for want of memory") +
            ")";
   }
 
@@ -124,7 +127,9 @@ class CpuBackend final : public Backend {
       if (!host.file_backed() || use != WeightUse::Matrix) return host;
       // Only while the copy leaves room to spare: a checkpoint larger than the memory is read
       // through the page cache (slowly) rather than killed for memory midway through its load.
-      const std::optional<uint64_t> room = available_memory_bytes();
+      const std::optional<uint64_t> room = stored_weights_ == StoredWeights::Mapped
+                                               ? std::optional<uint64_t>(0)
+                                               : available_memory_bytes();
       if (room && *room < host.nbytes() + copy_reserve_) {
         mapped_bytes_ += host.nbytes();
         return host;
@@ -1299,10 +1304,15 @@ class CpuBackend final : public Backend {
   const cpu::Kernels& kernels_;
   bool bf16_pairs_ = false;    // bf16 GEMMs round activations (BackendOptions::bf16_activations)
   uint64_t copy_reserve_ = 0;  // BackendOptions::stored_copy_reserve_bytes, resolved
+  StoredWeights stored_weights_ = StoredWeights::Auto;
   // Memory a conversion leaves free at the least: the loader's own buffers and the process's
   // other allocations must still fit.
   static constexpr uint64_t kConvertReserve = uint64_t{64} << 20;
-  uint64_t mapped_bytes_ = 0;  // stored matrices left in the file mapping for want of memory
+  uint64_t mapped_bytes_ = 0;  // stored matrices left in the file mapping
+  // Rounded up: a small model's few hundred KB should not read as 0 MB.
+  std::string mapped_mb() const {
+    return std::to_string((mapped_bytes_ + (1 << 20) - 1) >> 20);
+  }
 };
 
 }  // namespace

@@ -1,10 +1,18 @@
 #include "engine/models/model_loader.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "engine/config.h"
 #include "engine/quant.h"
 
 namespace cepe {
+
+std::string flag_setting_name(std::string_view key) {
+  std::string flag = "--" + std::string(key);
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
 
 LoadedModel load_model(const ModelLoadSettings& s, const CepeModel::LoadProgress& progress) {
   const auto name = [&](std::string_view key) {
@@ -13,10 +21,13 @@ LoadedModel load_model(const ModelLoadSettings& s, const CepeModel::LoadProgress
   LoadedModel out;
   CEPE_CHECK(std::filesystem::is_directory(s.dir),
              name("model") << " " << s.dir.string() << ": not a directory");
+  const Device device = parse_device(s.device);
   BackendOptions options;
   options.threads = s.threads;
   options.weights = parse_weight_kind(s.weights, name("weights"));
-  out.backend = make_backend(parse_device(s.device), options);
+  options.stored_weights =
+      parse_stored_weights(s.stored_weights, device, options.weights, name("stored_weights"));
+  out.backend = make_backend(device, options);
   const auto cross_attention =
       parse_cross_attention_mode(s.cross_attention, out.backend->device(), name("cross_attention"));
   const auto kv_cache =

@@ -23,11 +23,16 @@ struct ModelLoadSettings {
   std::string weights = "stored";        ///< load-time weights kind (parse_weight_kind)
   std::string cross_attention = "auto";  ///< parse_cross_attention_mode
   std::string kv_cache = "auto";         ///< parse_kv_cache_type
+  std::string stored_weights = "auto";   ///< parse_stored_weights
   bool need_tokenizer = true;            ///< a missing tokenizer.model is an error, not null
   /// Names a setting in errors, given its key ("model", "weights", "cross_attention",
-  /// "kv_cache"): "--kv-cache" for a flag, "config: 'kv_cache'" for a config file.
+  /// "kv_cache", "stored_weights"): "--kv-cache" for a flag, "config: 'kv_cache'" for a config
+  /// file. Unset: the key itself.
   std::function<std::string(std::string_view key)> setting_name;
 };
+
+/// A setting's key as a command-line flag: "kv_cache" -> "--kv-cache".
+std::string flag_setting_name(std::string_view key);
 
 /// A model, its backend and its tokenizer, loaded from one directory.
 struct LoadedModel {
