@@ -49,10 +49,21 @@ std::optional<uint64_t> smaller(std::optional<uint64_t> a, std::optional<uint64_
 }
 
 // This process's cgroup memory limit and usage: cgroup v2 (memory.max, memory.current) or v1
-// (memory.limit_in_bytes, memory.usage_in_bytes; a limit near 2^63 means none).
+// (memory.limit_in_bytes, memory.usage_in_bytes; a limit near 2^63 means none). The usage
+// counts the file pages the cgroup has read, which the kernel reclaims before it fails an
+// allocation: `file_cache` is their share (memory.stat's active and inactive file pages).
 struct CgroupMemory {
   std::optional<uint64_t> limit, usage;
+  uint64_t file_cache = 0;
 };
+
+// Active plus inactive file pages from a memory.stat, under `prefix` ("total_" for v1's
+// figures of the cgroup and its children, as its usage counts them; "" for v2, whose figures
+// are its subtree's).
+uint64_t file_pages_in(const std::string& stat, const std::string& prefix) {
+  return keyed_number_in(stat, prefix + "active_file").value_or(0) +
+         keyed_number_in(stat, prefix + "inactive_file").value_or(0);
+}
 
 // The directory of the cgroup at `path` (from /proc/self/cgroup) below the mount `base`. A
 // container without its own cgroup namespace sees the host's path there while its mount shows
@@ -91,10 +102,12 @@ CgroupMemory cgroup_memory(const SystemRoots& roots) {
         smaller(real_limit(number_in(dir + "memory.limit_in_bytes")),
                 real_limit(keyed_number_in(dir + "memory.stat", "hierarchical_memory_limit")));
     m.usage = number_in(dir + "memory.usage_in_bytes");
+    m.file_cache = file_pages_in(dir + "memory.stat", "total_");
   } else if (v2) {
     // v2 has no such figure: the ancestors' memory.max, up to the mount, are read in turn.
     const std::string leaf = cgroup_dir(roots.cgroup, *v2 == "/" ? "" : *v2);
     m.usage = number_in(leaf + "/memory.current");
+    m.file_cache = file_pages_in(leaf + "/memory.stat", "");
     for (std::string dir = leaf; dir.size() >= roots.cgroup.size();) {
       m.limit = smaller(m.limit, number_in(dir + "/memory.max"));
       const size_t slash = dir.rfind('/');
@@ -110,7 +123,13 @@ CgroupMemory cgroup_memory(const SystemRoots& roots) {
 std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots) {
   std::optional<uint64_t> cgroup_room;
   const CgroupMemory cg = cgroup_memory(roots);
-  if (cg.limit && cg.usage) cgroup_room = *cg.limit > *cg.usage ? *cg.limit - *cg.usage : 0;
+  if (cg.limit && cg.usage) {
+    // As MemAvailable counts the page cache as available, so does the room under a limit: a
+    // model file read once (by this load, or by the process before) must not read as memory
+    // taken.
+    const uint64_t in_use = *cg.usage - std::min(*cg.usage, cg.file_cache);
+    cgroup_room = *cg.limit > in_use ? *cg.limit - in_use : 0;
+  }
   return smaller(meminfo_bytes(roots, "MemAvailable"), cgroup_room);
 }
 

@@ -16,8 +16,9 @@ struct SystemRoots {
 
 /// Bytes this process could still allocate without the kernel reclaiming memory in use: the
 /// smaller of /proc/meminfo's MemAvailable and, under a cgroup memory limit (v1 or v2, the
-/// process's own cgroup's or an ancestor's), the limit minus the cgroup's usage. Empty when
-/// neither can be read.
+/// process's own cgroup's or an ancestor's), the limit minus the cgroup's usage other than
+/// file pages (which the kernel reclaims first, as MemAvailable counts them). Empty when neither
+/// can be read.
 std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots = {});
 
 /// The machine's memory (/proc/meminfo's MemTotal), or the cgroup limit when lower. Empty when

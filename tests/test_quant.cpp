@@ -1272,6 +1272,16 @@ TEST(SystemMemory, CgroupV1LimitAtThePathAndForAContainer) {
   nested.write("cgroup/memory/batch/job7/memory.usage_in_bytes", std::to_string(kGiB));
   EXPECT_EQ(available_memory_bytes(nested.roots), 2 * kGiB);
   EXPECT_EQ(total_memory_bytes(nested.roots), 3 * kGiB);
+  // File pages the cgroup has read (a model file) count as room, as MemAvailable counts them:
+  // the usage is 1.5 GiB of which 1 GiB is file cache (the cgroup's and its children's:
+  // the total_ figures).
+  const FakeSystem cached("v1cache", "4:memory:/job\n");
+  cached.write("cgroup/memory/job/memory.limit_in_bytes", std::to_string(2 * kGiB));
+  cached.write("cgroup/memory/job/memory.usage_in_bytes", std::to_string(kGiB + 512 * kMiB));
+  cached.write("cgroup/memory/job/memory.stat",
+               "active_file 1\ninactive_file 2\ntotal_active_file " + std::to_string(768 * kMiB) +
+                   "\ntotal_inactive_file " + std::to_string(256 * kMiB) + "\n");
+  EXPECT_EQ(available_memory_bytes(cached.roots), 2 * kGiB - 512 * kMiB);
 }
 
 TEST(SystemMemory, CgroupV2LimitOnTheCgroupOrAnAncestor) {
@@ -1284,6 +1294,11 @@ TEST(SystemMemory, CgroupV2LimitOnTheCgroupOrAnAncestor) {
   // The service's own, lower limit wins.
   v2.write("cgroup/system.slice/cepe.service/memory.max", std::to_string(kGiB));
   EXPECT_EQ(available_memory_bytes(v2.roots), 512 * kMiB);
+  // File pages in memory.current count as room (v2's memory.stat figures are the subtree's).
+  v2.write("cgroup/system.slice/cepe.service/memory.stat",
+           "anon 1\nfile 3\nactive_file " + std::to_string(128 * kMiB) + "\ninactive_file " +
+               std::to_string(256 * kMiB) + "\n");
+  EXPECT_EQ(available_memory_bytes(v2.roots), 512 * kMiB + 384 * kMiB);
   // A container with its own cgroup namespace ("0::/"), or without one (the host's path, absent
   // below the mount): the mount's root is its cgroup.
   for (const char* self : {"0::/\n", "0::/kubepods/pod42/ctr\n"}) {
