@@ -44,6 +44,14 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
     w.String(cross_attention_mode_name(res.model->cross_attention_mode()));
     w.Key("kv_cache");
     w.String(dtype_name(res.model->kv_cache_dtype()));
+    // What the weights became at load and where they live (threads, kernels, and how many MB of
+    // stored matrices are read in place from the file mapping).
+    w.Key("weights");
+    write_json_text(w, cfg.weights);
+    w.Key("weight_bytes");
+    w.Uint64(res.model->weight_bytes());
+    w.Key("backend");
+    write_json_text(w, res.model->backend().describe());
     w.Key("max_position_embeddings");
     w.Int(mc.decoder.max_position_embeddings);
     // Where passage states come from, and what one request holds with them.

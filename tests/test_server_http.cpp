@@ -365,6 +365,10 @@ TEST_F(ServerHttp, HealthReadyAndInfo) {
   EXPECT_TRUE(d["model"]["cepe"].GetBool());
   EXPECT_STREQ(d["model"]["cross_attention"].GetString(), "absorbed");  // auto on the CPU
   EXPECT_STREQ(d["model"]["kv_cache"].GetString(), "F32");  // auto with stored F32 weights
+  EXPECT_STREQ(d["model"]["weights"].GetString(), "stored");
+  EXPECT_GT(d["model"]["weight_bytes"].GetUint64(), 0u);
+  EXPECT_EQ(std::string(d["model"]["backend"].GetString()).rfind("cpu (", 0), 0u)
+      << d["model"]["backend"].GetString();
   EXPECT_EQ(d["index"]["passages"].GetInt(), 48);
   EXPECT_STREQ(d["index"]["retriever"].GetString(), "bm25");
   EXPECT_TRUE(d["index"]["embedder"].IsNull());  // no dense side
