@@ -178,11 +178,10 @@ int main(int argc, char** argv) try {
     settings.stored_weights = args.get("stored-weights");
     settings.need_tokenizer = false;
     settings.setting_name = flag_setting_name;
-    const auto t_load = std::chrono::steady_clock::now();
     LoadedModel loaded = load_model(settings);
     const std::unique_ptr<Backend>& backend = loaded.backend;
     const std::unique_ptr<CepeModel>& model = loaded.model;
-    const double load_s = seconds_since(t_load);
+    const double load_s = loaded.weights_load_seconds;  // as before: the weights, not the device
     const int vocab = model->config().decoder.vocab_size;
     const bool has_encoder = model->config().is_cepe();
     if (!has_encoder) chunks = 0;

@@ -431,6 +431,7 @@ TEST(CepeModel, LoaderAppliesSettings) {
   LoadedModel loaded = load_model(s);
   ASSERT_TRUE(loaded.model && loaded.backend);
   EXPECT_EQ(loaded.tokenizer, nullptr);
+  EXPECT_GT(loaded.weights_load_seconds, 0.0);
   EXPECT_EQ(loaded.model->cross_attention_mode(), CrossAttentionMode::Cached);
   EXPECT_EQ(loaded.model->kv_cache_dtype(), DType::F16);
   s.cross_attention = "absorbed";

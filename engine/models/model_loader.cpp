@@ -1,6 +1,7 @@
 #include "engine/models/model_loader.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "common/error.h"
 #include "engine/config.h"
@@ -42,7 +43,10 @@ LoadedModel load_model(const ModelLoadSettings& s, const CepeModel::LoadProgress
                                                 << " not found (the model directory needs its "
                                                    "sentencepiece tokenizer.model)");
   }
+  const auto start = std::chrono::steady_clock::now();
   out.model = CepeModel::load(s.dir, std::move(config), *out.backend, progress);
+  out.weights_load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   out.model->set_cross_attention_mode(cross_attention);
   out.model->set_kv_cache_dtype(kv_cache);
   return out;

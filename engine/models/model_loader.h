@@ -39,6 +39,7 @@ struct LoadedModel {
   std::unique_ptr<Backend> backend;      ///< the device the model runs on
   std::unique_ptr<CepeModel> model;      ///< weights and config
   std::unique_ptr<Tokenizer> tokenizer;  ///< null when absent and not needed
+  double weights_load_seconds = 0;       ///< wall time of reading the weights (no device setup)
 };
 
 /// Checks every setting and the tokenizer (against config.json), then loads the weights, with
