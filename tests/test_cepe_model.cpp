@@ -399,6 +399,13 @@ TEST(CepeModelErrors, LoaderChecksSettingsBeforeWeights) {
       {"weights", [](auto& s) { s.weights = "f33"; }, "config: 'weights'"},
       {"cross_attention", [](auto& s) { s.cross_attention = "both"; }, "config: 'cross_attention'"},
       {"kv_cache", [](auto& s) { s.kv_cache = "f8"; }, "config: 'kv_cache'"},
+      // Before the device is set up (here, without a GPU, that would fail first).
+      {"kv_cache on cuda",
+       [](auto& s) {
+         s.device = "cuda";
+         s.kv_cache = "f8";
+       },
+       "config: 'kv_cache'"},
       {"stored_weights", [](auto& s) { s.stored_weights = "mmap"; }, "config: 'stored_weights'"},
       {"stored_weights mapped, converted",
        [](auto& s) {

@@ -28,11 +28,9 @@ LoadedModel load_model(const ModelLoadSettings& s, const CepeModel::LoadProgress
   options.weights = parse_weight_kind(s.weights, name("weights"));
   options.stored_weights =
       parse_stored_weights(s.stored_weights, device, options.weights, name("stored_weights"));
-  out.backend = make_backend(device, options);
   const auto cross_attention =
-      parse_cross_attention_mode(s.cross_attention, out.backend->device(), name("cross_attention"));
-  const auto kv_cache =
-      parse_kv_cache_type(s.kv_cache, out.backend->device(), options.weights, name("kv_cache"));
+      parse_cross_attention_mode(s.cross_attention, device, name("cross_attention"));
+  const auto kv_cache = parse_kv_cache_type(s.kv_cache, device, options.weights, name("kv_cache"));
   // config.json once: the tokenizer is checked against it, then the weights are loaded by it.
   ModelConfig config = load_model_config(s.dir);
   const std::filesystem::path tokenizer = s.dir / "tokenizer.model";
@@ -43,6 +41,8 @@ LoadedModel load_model(const ModelLoadSettings& s, const CepeModel::LoadProgress
                                                 << " not found (the model directory needs its "
                                                    "sentencepiece tokenizer.model)");
   }
+  // The device last among the checks: setting up a GPU takes a while, and may fail.
+  out.backend = make_backend(device, options);
   const auto start = std::chrono::steady_clock::now();
   out.model = CepeModel::load(s.dir, std::move(config), *out.backend, progress);
   out.weights_load_seconds =
