@@ -148,10 +148,47 @@ struct Sample {
   std::string error;  // set when the request failed other than with a clean 429
 };
 
-// One client: a keep-alive connection, reconnected when the server closes it.
-class Client {
+// A keep-alive connection to the server, opened again when the server has closed it.
+class Connection {
  public:
-  explicit Client(const Options& o) : o_(o), socket_(ioc_) {}
+  explicit Connection(const Options& o) : o_(o), socket_(ioc_) {}
+
+ protected:
+  // Connects when the socket is closed (first use, or the server closed it).
+  void ensure_open() {
+    if (socket_.is_open()) return;
+    tcp::resolver resolver(ioc_);
+    net::connect(socket_, resolver.resolve(o_.host, std::to_string(o_.port)));
+    socket_.set_option(tcp::no_delay(true));
+    buffer_.clear();
+  }
+
+  // Sends a JSON POST to `target` on the open connection.
+  void post_json(const char* target, const std::string& body) {
+    http::request<http::string_body> req{http::verb::post, target, 11};
+    req.set(http::field::host, o_.host);
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
+    http::write(socket_, req);
+  }
+
+  void close() {
+    beast::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+  }
+
+  const Options& o_;
+  net::io_context ioc_;
+  tcp::socket socket_;
+  beast::flat_buffer buffer_;
+};
+
+// One /ask client.
+class Client : Connection {
+ public:
+  explicit Client(const Options& o) : Connection(o) {}
 
   Sample ask(int n) {
     Sample s;
@@ -164,18 +201,8 @@ class Client {
     for (int attempt = 0; attempt < 2; ++attempt) {
       s.error.clear();
       try {
-        if (!socket_.is_open()) {
-          tcp::resolver resolver(ioc_);
-          net::connect(socket_, resolver.resolve(o_.host, std::to_string(o_.port)));
-          socket_.set_option(tcp::no_delay(true));
-          buffer_.clear();
-        }
-        http::request<http::string_body> req{http::verb::post, "/ask", 11};
-        req.set(http::field::host, o_.host);
-        req.set(http::field::content_type, "application/json");
-        req.body() = body;
-        req.prepare_payload();
-        http::write(socket_, req);
+        ensure_open();
+        post_json("/ask", body);
         http::response<http::string_body> res;
         http::read(socket_, buffer_, res);
         s.ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -216,17 +243,6 @@ class Client {
     }
     s.error = "status " + std::to_string(s.status) + ": " + res.body().substr(0, 200);
   }
-
-  void close() {
-    beast::error_code ec;
-    socket_.shutdown(tcp::socket::shutdown_both, ec);
-    socket_.close(ec);
-  }
-
-  const Options& o_;
-  net::io_context ioc_;
-  tcp::socket socket_;
-  beast::flat_buffer buffer_;
 };
 
 double percentile(std::vector<double> v, double p) {
@@ -261,9 +277,9 @@ std::string passages_for(const Options& o, int n) {
   return out + "]";
 }
 
-class StreamClient {
+class StreamClient : Connection {
  public:
-  explicit StreamClient(const Options& o) : o_(o), socket_(ioc_) {}
+  explicit StreamClient(const Options& o) : Connection(o) {}
 
   StreamSample chat(int n) {
     StreamSample s;
@@ -275,19 +291,9 @@ class StreamClient {
         kQuestions[n % 8] + "\"}],\"max_tokens\":" + std::to_string(o_.max_new_tokens) +
         ",\"stop\":[],\"decoder_passages\":1,\"passages\":" + passages_for(o_, n) + "}";
     try {
-      if (!socket_.is_open()) {
-        tcp::resolver resolver(ioc_);
-        net::connect(socket_, resolver.resolve(o_.host, std::to_string(o_.port)));
-        socket_.set_option(tcp::no_delay(true));
-        buffer_.clear();
-      }
-      http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
-      req.set(http::field::host, o_.host);
-      req.set(http::field::content_type, "application/json");
-      req.body() = body;
-      req.prepare_payload();
+      ensure_open();
       const auto t0 = Clock::now();
-      http::write(socket_, req);
+      post_json("/v1/chat/completions", body);
       http::response_parser<http::buffer_body> parser;
       parser.body_limit(64u << 20);
       http::read_header(socket_, buffer_, parser);
@@ -354,18 +360,6 @@ class StreamClient {
     }
     return s;
   }
-
- private:
-  void close() {
-    beast::error_code ec;
-    socket_.shutdown(tcp::socket::shutdown_both, ec);
-    socket_.close(ec);
-  }
-
-  const Options& o_;
-  net::io_context ioc_;
-  tcp::socket socket_;
-  beast::flat_buffer buffer_;
 };
 
 int run_openai(const Options& o) {
