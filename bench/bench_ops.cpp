@@ -165,6 +165,12 @@ void linear_shapes(benchmark::internal::Benchmark* b) {
     b->Args({rows, 768, 2048});
   }
   b->Args({512, 2048, 768});
+  // LLaMA-2-7B's shapes: attention projections, MLP up/gate and down.
+  for (int64_t rows : {1, 512}) {
+    b->Args({rows, 4096, 4096});
+    b->Args({rows, 4096, 11008});
+    b->Args({rows, 11008, 4096});
+  }
 }
 
 BENCHMARK_CAPTURE(BM_Linear, f32, WeightKind::F32)->Apply(linear_shapes);
