@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/system.h"
 #include "engine/quant.h"
 #include "engine/tensor.h"
 
@@ -66,6 +67,9 @@ struct BackendOptions {
   uint64_t stored_copy_reserve_bytes = 0;
   /// CPU, weights Stored: Mapped reads every matrix in place whatever the memory (see above).
   StoredWeights stored_weights = StoredWeights::Auto;
+  /// CPU: where the memory figures behind the two guards above are read (tests point it at a
+  /// fake procfs and cgroup tree).
+  SystemRoots system;
 };
 
 /// One weight of Backend::linears() and the output it writes (out = x · weightᵀ).

@@ -19,7 +19,10 @@ else
 fi
 
 "$cepe" random-model --out "$tmp/model" --preset tiny > /dev/null || { echo "FAIL: random-model"; exit 1; }
-run_cuda() { "$cepe" generate --model "$tmp/model" --prompt "hello" --max-new-tokens 4 --device cuda; }
+# `score` (ids in, no tokenizer): the random model has none, and a model command checks the
+# tokenizer before it sets up the device.
+echo '{"input_ids": [1, 5, 7]}' > "$tmp/in.json"
+run_cuda() { "$cepe" score --model "$tmp/model" --input "$tmp/in.json" --device cuda; }
 
 CEPE_CUDA_PLUGIN="$tmp/missing.so" run_cuda > "$tmp/out" 2>&1
 rc=$?

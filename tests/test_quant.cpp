@@ -1232,6 +1232,39 @@ struct FakeSystem {
 
 constexpr uint64_t kMiB = uint64_t{1} << 20, kGiB = uint64_t{1} << 30;
 
+// The stored-weight copy reads the memory figures where BackendOptions::system points. Under a
+// cgroup limit whose usage is nearly all file pages a copy is made (those pages count as room);
+// a matrix that does not fit stays mapped, and so does a later, smaller one that would fit the
+// room alone, as the pages of the mapped matrix, which every step reads, count against it.
+TEST(SystemMemory, StoredWeightCopiesFollowTheRoomUnderACgroupLimit) {
+  auto f = test::load_fixture("gqa_cross_last2");
+  WeightStore store = WeightStore::open(f->dir);
+  const Tensor big = store.get("model.layers.0.mlp.up_proj.weight");
+  const Tensor small = store.get("model.layers.0.self_attn.q_proj.weight");
+  ASSERT_LT(small.nbytes(), big.nbytes());
+  const uint64_t reserve = kMiB, anon = 1000, file = 4 * kGiB;
+  const auto backend_with_room = [&](const std::string& tag, uint64_t room) {
+    const FakeSystem sys(tag, "0::/job\n");
+    sys.write("cgroup/job/memory.max", std::to_string(room + anon));
+    sys.write("cgroup/job/memory.current", std::to_string(file + anon));
+    sys.write("cgroup/job/memory.stat", "anon " + std::to_string(anon) + "\nactive_file " +
+                                            std::to_string(file) + "\ninactive_file 0\n");
+    BackendOptions o;
+    o.stored_copy_reserve_bytes = reserve;
+    o.system = sys.roots;
+    return make_backend(Device::CPU, o);
+  };
+  auto roomy = backend_with_room("roomy", reserve + big.nbytes() + small.nbytes());
+  EXPECT_FALSE(roomy->load_weight(big, WeightUse::Matrix).file_backed());
+  EXPECT_FALSE(roomy->load_weight(small, WeightUse::Matrix).file_backed());
+  auto tight = backend_with_room("tight", reserve + big.nbytes() - 1);
+  EXPECT_TRUE(tight->load_weight(big, WeightUse::Matrix).file_backed());
+  EXPECT_TRUE(tight->load_weight(small, WeightUse::Matrix).file_backed());
+  EXPECT_NE(tight->describe().find("left in the file mapping for want of memory"),
+            std::string::npos)
+      << tight->describe();
+}
+
 TEST(SystemMemory, MeminfoAloneWithoutACgroupLimit) {
   const FakeSystem v1("v1none", "4:memory:/\n1:cpu:/\n");
   v1.write("cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");

@@ -94,8 +94,10 @@ class CpuBackend final : public Backend {
         copy_reserve_(
             options.stored_copy_reserve_bytes
                 ? options.stored_copy_reserve_bytes
-                : std::max<uint64_t>(uint64_t{1} << 30, total_memory_bytes().value_or(0) / 10)),
-        stored_weights_(options.stored_weights) {
+                : std::max<uint64_t>(uint64_t{1} << 30,
+                                     total_memory_bytes(options.system).value_or(0) / 10)),
+        stored_weights_(options.stored_weights),
+        system_(options.system) {
     blas_single_threaded_once();
   }
 
@@ -127,10 +129,12 @@ class CpuBackend final : public Backend {
       if (!host.file_backed() || use != WeightUse::Matrix) return host;
       // Only while the copy leaves room to spare: a checkpoint larger than the memory is read
       // through the page cache (slowly) rather than killed for memory midway through its load.
+      // The matrices already left mapped count as taken: their pages are page cache, which the
+      // room counts as free, but every step reads them.
       const std::optional<uint64_t> room = stored_weights_ == StoredWeights::Mapped
                                                ? std::optional<uint64_t>(0)
-                                               : available_memory_bytes();
-      if (room && *room < host.nbytes() + copy_reserve_) {
+                                               : available_memory_bytes(system_);
+      if (room && *room < host.nbytes() + copy_reserve_ + mapped_bytes_) {
         mapped_bytes_ += host.nbytes();
         return host;
       }
@@ -146,7 +150,7 @@ class CpuBackend final : public Backend {
                               ? dtype_row_bytes(target, host.dim(-1)) *
                                     static_cast<uint64_t>(host.numel() / host.dim(-1))
                               : 0;
-    const std::optional<uint64_t> room = available_memory_bytes();
+    const std::optional<uint64_t> room = available_memory_bytes(system_);
     CEPE_CHECK(!room || target == host.dtype() || need + kConvertReserve <= *room,
                "--weights " << weight_kind_name(weights_) << ": out of memory converting a "
                             << host.shape_string() << " " << dtype_name(host.dtype()) << " matrix ("
@@ -1305,6 +1309,7 @@ class CpuBackend final : public Backend {
   bool bf16_pairs_ = false;    // bf16 GEMMs round activations (BackendOptions::bf16_activations)
   uint64_t copy_reserve_ = 0;  // BackendOptions::stored_copy_reserve_bytes, resolved
   StoredWeights stored_weights_ = StoredWeights::Auto;
+  SystemRoots system_;  // BackendOptions::system
   // Memory a conversion leaves free at the least: the loader's own buffers and the process's
   // other allocations must still fit.
   static constexpr uint64_t kConvertReserve = uint64_t{64} << 20;
