@@ -33,16 +33,6 @@ std::optional<uint64_t> number_in(const std::string& path) {
   return std::nullopt;
 }
 
-// A "key value" line's value in a file such as cgroup v1's memory.stat.
-std::optional<uint64_t> keyed_number_in(const std::string& path, const std::string& key) {
-  std::ifstream in(path);
-  std::string name;
-  uint64_t value = 0;
-  while (in >> name >> value)
-    if (name == key) return value;
-  return std::nullopt;
-}
-
 std::optional<uint64_t> smaller(std::optional<uint64_t> a, std::optional<uint64_t> b) {
   if (a && b) return std::min(*a, *b);
   return a ? a : b;
@@ -57,12 +47,26 @@ struct CgroupMemory {
   uint64_t file_cache = 0;
 };
 
-// Active plus inactive file pages from a memory.stat, under `prefix` ("total_" for v1's
-// figures of the cgroup and its children, as its usage counts them; "" for v2, whose figures
-// are its subtree's).
-uint64_t file_pages_in(const std::string& stat, const std::string& prefix) {
-  return keyed_number_in(stat, prefix + "active_file").value_or(0) +
-         keyed_number_in(stat, prefix + "inactive_file").value_or(0);
+// What this reader takes from a memory.stat ("key value" lines), read in one pass.
+struct MemoryStat {
+  std::optional<uint64_t> hierarchical_limit;  // v1: the least limit of the cgroup and ancestors
+  uint64_t file_pages = 0;                     // active plus inactive file pages
+};
+
+// `file_prefix` is "total_" for v1's figures of the cgroup and its children (as its usage counts
+// them), "" for v2, whose figures are its subtree's.
+MemoryStat memory_stat_in(const std::string& path, const std::string& file_prefix) {
+  std::ifstream in(path);
+  std::string name;
+  uint64_t value = 0;
+  MemoryStat stat;
+  while (in >> name >> value) {
+    if (name == "hierarchical_memory_limit")
+      stat.hierarchical_limit = value;
+    else if (name == file_prefix + "active_file" || name == file_prefix + "inactive_file")
+      stat.file_pages += value;
+  }
+  return stat;
 }
 
 // The directory of the cgroup at `path` (from /proc/self/cgroup) below the mount `base`. A
@@ -98,16 +102,16 @@ CgroupMemory cgroup_memory(const SystemRoots& roots) {
   if (v1) {
     // memory.stat's hierarchical_memory_limit is the least limit of the cgroup and its ancestors.
     const std::string dir = cgroup_dir(roots.cgroup + "/memory", *v1 == "/" ? "" : *v1) + "/";
-    m.limit =
-        smaller(real_limit(number_in(dir + "memory.limit_in_bytes")),
-                real_limit(keyed_number_in(dir + "memory.stat", "hierarchical_memory_limit")));
+    const MemoryStat stat = memory_stat_in(dir + "memory.stat", "total_");
+    m.limit = smaller(real_limit(number_in(dir + "memory.limit_in_bytes")),
+                      real_limit(stat.hierarchical_limit));
     m.usage = number_in(dir + "memory.usage_in_bytes");
-    m.file_cache = file_pages_in(dir + "memory.stat", "total_");
+    m.file_cache = stat.file_pages;
   } else if (v2) {
     // v2 has no such figure: the ancestors' memory.max, up to the mount, are read in turn.
     const std::string leaf = cgroup_dir(roots.cgroup, *v2 == "/" ? "" : *v2);
     m.usage = number_in(leaf + "/memory.current");
-    m.file_cache = file_pages_in(leaf + "/memory.stat", "");
+    m.file_cache = memory_stat_in(leaf + "/memory.stat", "").file_pages;
     for (std::string dir = leaf; dir.size() >= roots.cgroup.size();) {
       m.limit = smaller(m.limit, number_in(dir + "/memory.max"));
       const size_t slash = dir.rfind('/');

@@ -106,11 +106,11 @@ class CpuBackend final : public Backend {
     return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS, " + kernels_.name +
            " kernels, weights " + weight_kind_name(weights_) +
            (bf16_pairs_ ? ", bf16 weights: VDPBF16PS GEMM" : "") +
-           (!mapped_bytes_ ? ""
-            : stored_weights_ == StoredWeights::Mapped
-                ? ", " + mapped_mb() + " MB of stored weights read in place from the file mapping"
-                : ", " + mapped_mb() +
-                      " MB of stored weights left in the file mapping for want of memory") +
+           (mapped_bytes_ ? ", " + mapped_mb() + " MB of stored weights " +
+                                (stored_weights_ == StoredWeights::Mapped
+                                     ? "read in place from the file mapping"
+                                     : "left in the file mapping for want of memory")
+                          : "") +
            ")";
   }
 
@@ -131,10 +131,12 @@ class CpuBackend final : public Backend {
       // through the page cache (slowly) rather than killed for memory midway through its load.
       // The matrices already left mapped count as taken: their pages are page cache, which the
       // room counts as free, but every step reads them.
-      const std::optional<uint64_t> room = stored_weights_ == StoredWeights::Mapped
-                                               ? std::optional<uint64_t>(0)
-                                               : available_memory_bytes(system_);
-      if (room && *room < host.nbytes() + copy_reserve_ + mapped_bytes_) {
+      bool keep_mapped = stored_weights_ == StoredWeights::Mapped;
+      if (!keep_mapped) {
+        const std::optional<uint64_t> room = available_memory_bytes(system_);
+        keep_mapped = room && *room < host.nbytes() + copy_reserve_ + mapped_bytes_;
+      }
+      if (keep_mapped) {
         mapped_bytes_ += host.nbytes();
         return host;
       }
