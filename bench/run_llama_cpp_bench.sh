@@ -26,10 +26,10 @@
 #                       or avx2: built the same way for an AVX2 machine (GGML_NATIVE=OFF: AVX2,
 #                       FMA, F16C, BMI2, no AVX-512), and ours run with CEPE_KERNELS=avx2 from a
 #                       generic build (CEPE_NATIVE=OFF, so that the compiler, too, has AVX2's 16
-#                       vector registers; BUILD_DIR defaults to build-avx2, configured and built
-#                       here when absent) with OpenBLAS held to its Haswell kernels
-#                       (OPENBLAS_CORETYPE=Haswell), so that an AVX-512 box also shows how both
-#                       fare on an AVX2-only CPU
+#                       vector registers; BUILD_DIR defaults to build-avx2, configured here
+#                       when absent and rebuilt on every run) with OpenBLAS held to its Haswell
+#                       kernels (OPENBLAS_CORETYPE=Haswell), so that an AVX-512 box also shows
+#                       how both fare on an AVX2-only CPU
 #   LLAMA_CPP_NPM_DIR   where node-llama-cpp is (or goes), default ~/.cache/cepe/node-llama-cpp
 #   LLAMA_CPP_CACHE_DIR llama.cpp headers, the compiled driver and the GGUF files,
 #                       default ~/.cache/cepe/llama-cpp-bench
@@ -63,10 +63,15 @@ die() { echo "run_llama_cpp_bench: $*" >&2; exit 1; }
 for tool in gcc git node npm; do
   command -v "$tool" >/dev/null || die "$tool not found (node and npm: apt-get install nodejs npm)"
 done
-if [[ $llama_build == avx2 && ! -x $build/bench/bench_engine && -z ${BUILD_DIR:-} ]]; then
-  echo "building ours for a generic x86-64 (CEPE_NATIVE=OFF) into $build" >&2
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCEPE_NATIVE=OFF -DCEPE_WITH_CUDA=OFF \
-    -DCEPE_BUILD_TESTS=OFF >&2 && cmake --build "$build" -j"$(nproc)" --target bench_engine >&2 ||
+# The generic build is this script's own: configured when absent and brought up to date on
+# every run (incremental), so that it never times older sources than the checkout's.
+if [[ $llama_build == avx2 && -z ${BUILD_DIR:-} ]]; then
+  if [[ ! -f $build/CMakeCache.txt ]]; then
+    echo "configuring ours for a generic x86-64 (CEPE_NATIVE=OFF) in $build" >&2
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCEPE_NATIVE=OFF -DCEPE_WITH_CUDA=OFF \
+      -DCEPE_BUILD_TESTS=OFF >&2 || die "configuring $build failed"
+  fi
+  cmake --build "$build" -j"$(nproc)" --target bench_engine >&2 ||
     die "building bench_engine into $build failed"
 fi
 [[ -x $build/bench/bench_engine ]] ||
