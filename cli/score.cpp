@@ -52,7 +52,8 @@ int run_score(const std::vector<std::string>& argv) {
   for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
     const std::string key = it->name.GetString();
     CEPE_CHECK(key == "input_ids" || key == "context_ids",
-               input_path << ": unknown field '" << key << "' (expected input_ids, context_ids)");
+               input_path << ": unknown field " << quoted_input(key)
+                          << " (expected input_ids, context_ids)");
   }
   CEPE_CHECK(doc.HasMember("input_ids"), input_path << ": field 'input_ids' is required");
 

@@ -1,5 +1,7 @@
 #include "common/system.h"
 
+#include <cpuid.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -139,6 +141,14 @@ std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots) {
 
 std::optional<uint64_t> total_memory_bytes(const SystemRoots& roots) {
   return smaller(meminfo_bytes(roots, "MemTotal"), cgroup_memory(roots).limit);
+}
+
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  __builtin_cpu_init();  // may run before the constructors that would have set it up
+  // The builtin's "avx" also checks that the OS saves the YMM state (XGETBV).
+  return (ecx & bit_F16C) != 0 && __builtin_cpu_supports("avx");
 }
 
 }  // namespace cepe

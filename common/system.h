@@ -1,4 +1,5 @@
-// What the machine has to give: memory the kernel and this process's cgroup would still grant.
+// What the machine has to give: memory the kernel and this process's cgroup would still grant,
+// and CPU features the compilers' builtins do not all name.
 #pragma once
 
 #include <cstdint>
@@ -24,5 +25,9 @@ std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots = {});
 /// The machine's memory (/proc/meminfo's MemTotal), or the cgroup limit when lower. Empty when
 /// neither can be read.
 std::optional<uint64_t> total_memory_bytes(const SystemRoots& roots = {});
+
+/// Whether the CPU and OS run AVX with F16C (half <-> single conversions). Clang's
+/// __builtin_cpu_supports has no "f16c", so the cpuid bit is read directly.
+bool cpu_has_f16c();
 
 }  // namespace cepe

@@ -1,5 +1,7 @@
 #include "common/utf8.h"
 
+#include <cstdio>
+
 namespace cepe {
 
 namespace {
@@ -105,6 +107,46 @@ std::string sanitize_utf8(std::string_view s) {
     }
   }
   return out;
+}
+
+std::string quoted_input(std::string_view s, size_t max_chars) {
+  std::string out = "'";
+  size_t chars = 0;
+  for (size_t i = 0; i < s.size(); ++chars) {
+    if (chars == max_chars) {
+      out += "...";
+      break;
+    }
+    char32_t cp;
+    const size_t len = decode(s, i, &cp);
+    if (len == 0) cp = 0xFFFD;
+    i += len == 0 ? 1 : len;
+    switch (cp) {
+      case '\0':
+        out += "\\0";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        // C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+        if (cp < 0x20 || (cp >= 0x7F && cp < 0xA0) || cp == 0x2028 || cp == 0x2029) {
+          char escape[8];
+          std::snprintf(escape, sizeof escape, cp > 0xFF ? "\\u%04X" : "\\x%02X",
+                        static_cast<unsigned>(cp));
+          out += escape;
+        } else {
+          utf8_append(&out, cp);
+        }
+    }
+  }
+  return out + "'";
 }
 
 size_t utf8_complete_prefix(std::string_view s) {

@@ -19,7 +19,6 @@ namespace cepe::config {
 namespace {
 
 constexpr long long kIntMax = std::numeric_limits<int>::max();
-constexpr long long kI64Max = std::numeric_limits<long long>::max();
 
 // Where a field lives in the struct: one accessor per kind keeps the table declarative.
 struct FieldRef {
@@ -214,21 +213,22 @@ void apply_config_json(ServerConfig& config, const std::string& json, const std:
   std::set<std::string> seen;
   for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
     const std::string name(it->name.GetString(), it->name.GetStringLength());
-    CEPE_CHECK(seen.insert(name).second, origin << ": field '" << name << "' appears twice");
+    CEPE_CHECK(seen.insert(name).second,
+               origin << ": field " << quoted_input(name) << " appears twice");
     if (name == "prompt") {
       CEPE_CHECK(it->value.IsObject(), origin << ": field 'prompt': expected an object");
       for (auto p = it->value.MemberBegin(); p != it->value.MemberEnd(); ++p) {
         const std::string sub =
             "prompt." + std::string(p->name.GetString(), p->name.GetStringLength());
         const FieldRef* f = find_field(sub);
-        CEPE_CHECK(f, origin << ": unknown field '" << sub << "'");
+        CEPE_CHECK(f, origin << ": unknown field " << quoted_input(sub));
         set_from_json(*f, config, p->value, origin + ": field '" + sub + "'");
       }
       continue;
     }
     const FieldRef* f = find_field(name);
     CEPE_CHECK(f && std::string(f->info.name).find('.') == std::string::npos,
-               origin << ": unknown field '" << name << "'");
+               origin << ": unknown field " << quoted_input(name));
     set_from_json(*f, config, it->value, origin + ": field '" + name + "'");
   }
 }

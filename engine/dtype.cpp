@@ -5,6 +5,7 @@
 #endif
 
 #include "common/error.h"
+#include "common/system.h"
 
 namespace cepe {
 
@@ -135,7 +136,7 @@ CEPE_F16C size_t widen_f16_f16c(const uint16_t* src, float* dst, size_t n) {
 }
 
 bool have_f16c() {
-  static const bool yes = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  static const bool yes = cpu_has_f16c();
   return yes;
 }
 #else

@@ -256,19 +256,22 @@ Llama2cHeader read_llama2c_header(const fs::path& checkpoint) {
   h.seq_len = f[6];
   h.shared_classifier = f[5] > 0;
   // Bounds far above any llama2.c model: they reject garbage before it drives the arithmetic.
+  // A negative vocab_size marks an untied classifier; its magnitude is the size (in 64 bits, as
+  // -INT32_MIN does not fit in 32).
+  const int64_t vocab_size = f[5] < 0 ? -int64_t{f[5]} : int64_t{f[5]};
   const struct {
     const char* name;
-    int32_t value;
-    int32_t max;
+    int64_t value;
+    int64_t max;
   } fields[] = {{"dim", f[0], 1 << 16},        {"hidden_dim", f[1], 1 << 20},
                 {"n_layers", f[2], 1 << 10},   {"n_heads", f[3], 1 << 12},
-                {"n_kv_heads", f[4], 1 << 12}, {"vocab_size", f[5] < 0 ? -f[5] : f[5], 1 << 22},
+                {"n_kv_heads", f[4], 1 << 12}, {"vocab_size", vocab_size, 1 << 22},
                 {"seq_len", f[6], 1 << 24}};
   for (const auto& fl : fields)
     CEPE_CHECK(fl.value > 0 && fl.value <= fl.max, file << ": header field " << fl.name << " = "
                                                         << fl.value << " is outside [1, " << fl.max
                                                         << "] (not a llama2.c checkpoint?)");
-  h.vocab_size = f[5] < 0 ? -f[5] : f[5];
+  h.vocab_size = static_cast<int>(vocab_size);
   CEPE_CHECK(h.dim % h.n_heads == 0,
              file << ": n_heads (" << h.n_heads << ") does not divide dim (" << h.dim << ")");
   CEPE_CHECK(h.head_size() % 2 == 0,

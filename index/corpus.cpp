@@ -89,13 +89,6 @@ class LineReader {
   bool pending_ = false;
 };
 
-std::string quote(std::string_view s, size_t max = 60) {
-  std::string out = "'";
-  out.append(s.substr(0, max));
-  if (s.size() > max) out += "...";
-  return out + "'";
-}
-
 // A TSV field written by Python's csv module: "..." with "" for a quote.
 std::string unquote_tsv(std::string_view f) {
   if (f.size() >= 2 && f.front() == '"' && f.back() == '"') {
@@ -244,7 +237,7 @@ void CorpusReader::reject(size_t file_index, uint64_t line, const std::string& r
 
 bool CorpusReader::accept(size_t file_index, uint64_t line, Passage&& p) {
   if (trim(p.text).empty()) {
-    reject(file_index, line, kEmpty, "passage " + quote(p.id) + " has no text");
+    reject(file_index, line, kEmpty, "passage " + quoted_input(p.id) + " has no text");
     return false;
   }
   const uint64_t key = hash64(p.id, 0x1d);
@@ -253,7 +246,7 @@ bool CorpusReader::accept(size_t file_index, uint64_t line, Passage&& p) {
       seen_ids_.try_emplace(key, Location{static_cast<uint32_t>(file_index), check, line});
   if (!inserted && it->second.check == check) {
     reject(file_index, line, kDuplicate,
-           quote(p.id) + " (first seen at " + files_[it->second.file].path.string() + ":" +
+           quoted_input(p.id) + " (first seen at " + files_[it->second.file].path.string() + ":" +
                std::to_string(it->second.line) + ")");
     return false;
   }
@@ -347,7 +340,7 @@ void CorpusReader::read_tsv(size_t fi) {
   CEPE_CHECK(col_id >= 0 && col_text >= 0 && col_title >= 0,
              name << ":1: malformed line: expected a header line naming the columns id, text and "
                      "title (got "
-                  << quote(line) << ")");
+                  << quoted_input(line) << ")");
   while (in.next(&line)) {
     const uint64_t ln = in.line_no();
     if ((ln & 1023) == 0 && progress_) progress_(bytes_before_ + in.bytes());

@@ -75,7 +75,7 @@ std::string last_user_message(const Value& v, const AskLimits& limits) {
       } else if (name == "name") {
         get_string(it->value, sub);
       } else {
-        throw ApiError(400, "unknown_field", "unknown field '" + sub + "'", sub);
+        throw ApiError(400, "unknown_field", "unknown field " + quoted_input(sub), sub);
       }
     }
     if (!has_role)
@@ -179,7 +179,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
       for (auto o = v.MemberBegin(); o != v.MemberEnd(); ++o) {
         const std::string sub = name + "." + str(o->name);
         if (str(o->name) != "include_usage")
-          throw ApiError(400, "unknown_field", "unknown field '" + sub + "'", sub);
+          throw ApiError(400, "unknown_field", "unknown field " + quoted_input(sub), sub);
         if (!o->value.IsBool()) bad(sub, "must be true or false");
         out.include_usage = o->value.GetBool();
       }
@@ -213,7 +213,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
       r.passages = get_passages(v, name, limits);
     } else if (get_retrieval_field(name, v, r)) {
     } else {
-      throw ApiError(400, "unknown_field", "unknown field '" + name + "'", name);
+      throw ApiError(400, "unknown_field", "unknown field " + quoted_input(name), name);
     }
   }
   if (!has_question) {

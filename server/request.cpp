@@ -21,7 +21,7 @@ namespace fields {
 using rapidjson::Value;
 
 [[noreturn]] void bad(const std::string& field, const std::string& what) {
-  throw ApiError(400, "invalid_field", "'" + field + "' " + what, field);
+  throw ApiError(400, "invalid_field", quoted_input(field) + " " + what, field);
 }
 
 std::string str(const Value& v) {
@@ -82,7 +82,7 @@ qa::Passage get_passage(const Value& v, const std::string& field) {
     } else if (name == "id") {
       p.id = get_string(it->value, sub);
     } else {
-      throw ApiError(400, "unknown_field", "unknown field '" + sub + "'", sub);
+      throw ApiError(400, "unknown_field", "unknown field " + quoted_input(sub), sub);
     }
   }
   if (!has_text)
@@ -241,7 +241,7 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
     } else if (name == "passages") {
       r.passages = get_passages(v, name, limits);
     } else if (!get_retrieval_field(name, v, r)) {
-      throw ApiError(400, "unknown_field", "unknown field '" + name + "'", name);
+      throw ApiError(400, "unknown_field", "unknown field " + quoted_input(name), name);
     }
   }
   if (!has_question) throw ApiError(400, "missing_field", "'question' is required", "question");

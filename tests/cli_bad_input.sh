@@ -10,10 +10,11 @@ else
 echo "building cepe with ASan+UBSan in $build (this takes a few minutes)"
 cmake -S "$src" -B "$build" -DCEPE_SANITIZE=ON -DCEPE_WITH_CUDA=OFF -DCEPE_BUILD_TESTS=OFF \
   -DCEPE_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build.log" 2>&1 &&
-  cmake --build "$build" -j"$(nproc)" --target cepe >>"$build.log" 2>&1 ||
+  cmake --build "$build" -j"$(nproc)" --target cepe fuzz_targets >>"$build.log" 2>&1 ||
   { tail -40 "$build.log"; echo "FAIL: sanitizer build"; exit 1; }
 cepe="$build/cepe"
 fi
+fuzz_dir=$(dirname "$cepe")/tests/fuzz
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:exitcode=99
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=98
 tmp=$(mktemp -d)
@@ -169,5 +170,23 @@ PY
   done
 done
 echo "index damage: $flips byte flips and $cuts truncations over 3 indexes, each refused with one line"
+
+# The fuzz corpus (tests/fuzz/corpus: seeds and every input fuzzing once failed on) replayed
+# under the sanitizers; each target checks its own promises (tests/fuzz/fuzz_util.h).
+if [[ -d "$fuzz_dir" ]]; then
+  for corpus in "$src"/tests/fuzz/corpus/*/; do
+    target=$(basename "$corpus")
+    if out=$("$fuzz_dir/$target" "$corpus" 2>&1); then
+      echo "ok:   $target: $(printf '%s\n' "$out" | tail -1)"
+    else
+      echo "FAIL: $target on its corpus:"
+      printf '%s\n' "$out" | tail -30
+      fail=1
+    fi
+  done
+else
+  echo "FAIL: no fuzz targets beside $cepe (build them: --target fuzz_targets)"
+  fail=1
+fi
 
 exit $fail

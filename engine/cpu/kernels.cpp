@@ -5,7 +5,9 @@
 // is silenced for the header's lines only.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
@@ -15,6 +17,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/system.h"
 
 // Every vector function carries its own target attribute (no -m flags on the file), so the
 // binary builds for baseline x86-64 and each path runs only where cpuid says it can.
@@ -1946,8 +1949,8 @@ const Kernels& table(KernelPath path) {
 
 bool kernel_path_supported(KernelPath path) {
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
+  const bool avx2 =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   const bool vnni = avx512 && __builtin_cpu_supports("avx512vnni");
