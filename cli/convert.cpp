@@ -2,7 +2,6 @@
 // model directory that every other subcommand can load. `cepe convert weights`: re-types the
 // floating-point tensors of a model directory (f32, bf16 or f16).
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 
@@ -13,6 +12,7 @@
 #include "cli/command.h"
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/json.h"
 #include "common/progress.h"
 #include "engine/llama2c.h"
 #include "engine/quant.h"
@@ -69,11 +69,8 @@ int convert_weights(const Args& args) {
   const fs::path config_path = in / "config.json";
   const std::string config_text = read_whole_file(config_path);
   rapidjson::Document doc;
-  doc.Parse(config_text.c_str(), config_text.size());
-  CEPE_CHECK(!doc.HasParseError() && doc.IsObject(),
-             config_path.string() << ": not a JSON object ("
-                                  << rapidjson::GetParseError_En(doc.GetParseError())
-                                  << " at offset " << doc.GetErrorOffset() << ")");
+  parse_json_or_throw(config_text, &doc, config_path.string());
+  CEPE_CHECK(doc.IsObject(), config_path.string() << ": not a JSON object");
   const char* torch_dtype = kind == WeightKind::F32    ? "float32"
                             : kind == WeightKind::BF16 ? "bfloat16"
                                                        : "float16";

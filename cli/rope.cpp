@@ -1,7 +1,6 @@
 // `cepe rope`: what the RoPE scaling law (Liu et al. 2023) says about a model's context length —
 // its critical dimension, how far a base extrapolates, and which base a target length needs.
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 #include <rapidjson/ostreamwrapper.h>
 #include <rapidjson/prettywriter.h>
 

@@ -2,7 +2,6 @@
 // the logits of every position and the mean negative log-likelihood. Other checks call it, so its
 // input and output formats stay stable.
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 #include <rapidjson/ostreamwrapper.h>
 #include <rapidjson/writer.h>
 

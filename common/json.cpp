@@ -8,10 +8,16 @@
 
 namespace cepe {
 
-int json_nesting_depth(std::string_view json, int limit) {
+namespace {
+
+// Deepest array/object nesting in `json` (strings skipped), stopping at the bracket that opens
+// level `limit + 1`, whose offset goes to `*exceeded_at` (npos when the nesting stays within).
+int scan_nesting(std::string_view json, int limit, size_t* exceeded_at) {
+  *exceeded_at = std::string_view::npos;
   int depth = 0, deepest = 0;
   bool in_string = false, escaped = false;
-  for (char c : json) {
+  for (size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
     if (in_string) {
       if (escaped)
         escaped = false;
@@ -25,7 +31,10 @@ int json_nesting_depth(std::string_view json, int limit) {
       in_string = true;
     } else if (c == '[' || c == '{') {
       deepest = std::max(deepest, ++depth);
-      if (deepest > limit) return deepest;
+      if (deepest > limit) {
+        *exceeded_at = i;
+        break;
+      }
     } else if ((c == ']' || c == '}') && depth > 0) {
       --depth;
     }
@@ -33,10 +42,71 @@ int json_nesting_depth(std::string_view json, int limit) {
   return deepest;
 }
 
-bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error, int max_depth,
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Offset of the first \uDC00-\uDFFF escape that does not follow a \uD800-\uDBFF one, or npos.
+// RapidJSON 1.1.0 rejects a lone high surrogate but turns a lone low one into the three bytes of
+// its code point, which are not UTF-8: strings from clients and files would then hold invalid
+// UTF-8 that kParseValidateEncodingFlag (which checks the raw bytes only) let through. Only
+// called on text that parsed, so every escape and comment is well formed.
+size_t lone_low_surrogate(std::string_view json) {
+  bool in_string = false, after_high = false;
+  for (size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (!in_string) {
+      // Comments (where allowed) may hold quotes; they parsed, so each one ends.
+      if (c == '/' && i + 1 < json.size() && json[i + 1] == '/') {
+        i = std::min(json.find('\n', i), json.size());
+      } else if (c == '/' && i + 1 < json.size() && json[i + 1] == '*') {
+        i = std::min(json.find("*/", i + 2), json.size()) + 1;
+      } else {
+        in_string = c == '"';
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = after_high = false;
+    } else if (c == '\\' && i + 1 < json.size()) {
+      if (json[i + 1] != 'u' || i + 5 >= json.size()) {
+        after_high = false;
+        ++i;
+        continue;
+      }
+      unsigned unit = 0;
+      for (size_t k = i + 2; k < i + 6; ++k)
+        unit = unit * 16 + static_cast<unsigned>(hex_digit(json[k]));
+      if (unit >= 0xDC00 && unit <= 0xDFFF && !after_high) return i;
+      after_high = unit >= 0xD800 && unit <= 0xDBFF;
+      i += 5;
+    } else {
+      after_high = false;
+    }
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace
+
+int json_nesting_depth(std::string_view json, int limit) {
+  size_t exceeded_at;
+  return scan_nesting(json, limit, &exceeded_at);
+}
+
+bool parse_json(std::string_view text, rapidjson::Document* doc, JsonError* error, int max_depth,
                 JsonComments comments) {
-  if (json_nesting_depth(text, max_depth) > max_depth) {
-    *error = "invalid JSON: nested deeper than " + std::to_string(max_depth) + " levels";
+  // RapidJSON reads a NUL byte as the end of the text, so `{"a": 1}<NUL>anything` would parse;
+  // no JSON text holds one (in a string it must be escaped as \u0000).
+  if (const size_t at = text.find('\0'); at != std::string_view::npos) {
+    *error = {"a NUL byte", at};
+    return false;
+  }
+  if (size_t at; scan_nesting(text, max_depth, &at) > max_depth) {
+    *error = {"nests deeper than " + std::to_string(max_depth) + " levels", at};
     return false;
   }
   constexpr unsigned kFlags =
@@ -45,9 +115,25 @@ bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* er
     doc->Parse<kFlags | rapidjson::kParseCommentsFlag>(text.data(), text.size());
   else
     doc->Parse<kFlags>(text.data(), text.size());
-  if (!doc->HasParseError()) return true;
-  *error =
-      json_error_message(*doc) + " (at column " + std::to_string(doc->GetErrorOffset() + 1) + ")";
+  if (doc->HasParseError()) {
+    *error = {rapidjson::GetParseError_En(doc->GetParseError()),
+              std::min(doc->GetErrorOffset(), text.size())};
+    return false;
+  }
+  if (const size_t at = lone_low_surrogate(text); at != std::string_view::npos) {
+    *error = {"the escape " + std::string(text.substr(at, 6)) +
+                  " is the second half of a UTF-16 surrogate pair without its first",
+              at};
+    return false;
+  }
+  return true;
+}
+
+bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error, int max_depth,
+                JsonComments comments) {
+  JsonError e;
+  if (parse_json(text, doc, &e, max_depth, comments)) return true;
+  *error = "invalid JSON: " + e.reason + " (at column " + std::to_string(e.offset + 1) + ")";
   return false;
 }
 
@@ -55,10 +141,6 @@ void parse_json_or_throw(std::string_view text, rapidjson::Document* doc, const 
                          int max_depth, JsonComments comments) {
   std::string error;
   if (!parse_json(text, doc, &error, max_depth, comments)) CEPE_THROW(origin << ": " << error);
-}
-
-std::string json_error_message(const rapidjson::Document& doc) {
-  return std::string("invalid JSON: ") + rapidjson::GetParseError_En(doc.GetParseError());
 }
 
 }  // namespace cepe

@@ -22,9 +22,18 @@ constexpr int kJsonMaxDepth = 64;
 int json_nesting_depth(std::string_view json, int limit);
 /// Whether `//` and `/* */` comments are accepted (config files document their fields that way).
 enum class JsonComments { Rejected, Allowed };
-/// Parses `text` as one JSON value, validating string encodings, with at most `max_depth` nested
-/// arrays/objects (parsed iteratively, so the depth costs no stack); on failure returns false and
-/// sets `error` to a one-line description with the 1-based column.
+/// Why and where a parse failed.
+struct JsonError {
+  std::string reason;  ///< what was wrong ("Invalid value."), one line, without the position
+  size_t offset = 0;   ///< byte offset in the text where the input went wrong
+};
+/// Parses `text` as one JSON value with at most `max_depth` nested arrays/objects (checked
+/// before parsing, and parsed iteratively, so the depth costs no stack); every string, escapes
+/// included, must be valid UTF-8. On failure returns false and fills `error`.
+bool parse_json(std::string_view text, rapidjson::Document* doc, JsonError* error,
+                int max_depth = kJsonMaxDepth, JsonComments comments = JsonComments::Rejected);
+/// parse_json with the error as one line: "invalid JSON: <reason> (at column N)", N the 1-based
+/// byte offset.
 bool parse_json(std::string_view text, rapidjson::Document* doc, std::string* error,
                 int max_depth = kJsonMaxDepth, JsonComments comments = JsonComments::Rejected);
 /// Parses `text` or throws cepe::Error "`origin`: <what> (at column N)".
@@ -44,7 +53,5 @@ inline void write_json_string(rapidjson::Writer<rapidjson::StringBuffer>& w, std
 inline void write_json_text(rapidjson::Writer<rapidjson::StringBuffer>& w, std::string_view s) {
   write_json_string(w, sanitize_utf8(s));
 }
-/// "invalid JSON: <RapidJSON's description>" for a failed parse, without a position.
-std::string json_error_message(const rapidjson::Document& doc);
 
 }  // namespace cepe

@@ -1,7 +1,6 @@
 #include "config/server_config.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 
@@ -254,7 +253,7 @@ void set_config_field(ServerConfig& config, const std::string& name, const std::
         used = 0;
       }
       CEPE_CHECK(used == value.size() && !value.empty(),
-                 origin << ": expected an integer, got '" << value << "'");
+                 origin << ": expected an integer, got " << quoted_input(value));
       set_integer(*f, config, v, origin);
       break;
     }
@@ -264,7 +263,7 @@ void set_config_field(ServerConfig& config, const std::string& name, const std::
       } else if (value == "false" || value == "off" || value == "0" || value == "no") {
         *f->bool_ptr(config) = false;
       } else {
-        CEPE_THROW(origin << ": expected on or off, got '" << value << "'");
+        CEPE_THROW(origin << ": expected on or off, got " << quoted_input(value));
       }
       break;
     case FieldKind::String:
@@ -286,7 +285,7 @@ void validate_server_config(const ServerConfig& c) {
                                                                << ") is above 'max_new_tokens' ("
                                                                << c.max_new_tokens << ")");
   CEPE_CHECK(c.device == "cpu" || c.device == "cuda",
-             "config: 'device' must be cpu or cuda, got '" << c.device << "'");
+             "config: 'device' must be cpu or cuda, got " << quoted_input(c.device));
   parse_cross_attention_mode(c.cross_attention, parse_device(c.device),
                              "config: 'cross_attention'");
   parse_kv_cache_type(c.kv_cache, parse_device(c.device),

@@ -1,7 +1,6 @@
 #include "engine/config.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include "common/error.h"
 #include "common/fileio.h"

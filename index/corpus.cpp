@@ -1,7 +1,6 @@
 #include "index/corpus.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include <algorithm>
 #include <cctype>

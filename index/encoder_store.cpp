@@ -557,6 +557,7 @@ EncoderStore::EncoderStore(const fs::path& path) : file_(std::make_shared<Mapped
   CEPE_CHECK(h.dtype <= static_cast<uint32_t>(StateDType::Q8_0),
              name << ": unknown state dtype " << h.dtype);
   fp_.dtype = static_cast<StateDType>(h.dtype);
+  CEPE_CHECK(h.width > 0 && h.width < (1u << 20), name << ": implausible width " << h.width);
   fp_.width = static_cast<int64_t>(h.width);
   fp_.chunk_tokens = static_cast<int64_t>(h.chunk_tokens);
   fp_.encoder_weights = h.weights_hash;
@@ -570,21 +571,25 @@ EncoderStore::EncoderStore(const fs::path& path) : file_(std::make_shared<Mapped
   checksum_ = h.data_checksum;
   CEPE_CHECK(fp_.width > 0 && h.table_pos == kHeaderBytes &&
                  h.ids_pos == kHeaderBytes + count_ * kTableEntry &&
-                 h.data_pos >= h.ids_pos + count_ * kIdEntry &&
+                 h.data_pos >= h.ids_pos + count_ * kIdEntry && h.data_pos % kRowAlign == 0 &&
                  h.data_pos + h.data_bytes == file_->size(),
              name << ": truncated or inconsistent (" << file_->size() << " bytes for " << count_
                   << " passages)");
   table_ = file_->data() + h.table_pos;
   ids_ = file_->data() + h.ids_pos;
   data_ = file_->data() + h.data_pos;
-  // Every row must lie inside the data region: checked once here, so reads need no checks.
+  // Every row must lie inside the data region, where the writer put it (on a kRowAlign boundary,
+  // so rows read in place as F32 or F16 are aligned): checked once here, so reads need no checks.
   const size_t row_bytes = fp_.token_bytes();
   for (uint64_t r = 0; r < count_; ++r) {
     const char* e = table_ + r * kTableEntry;
     const uint64_t off = load<uint64_t>(e);
     const uint32_t tokens = load<uint32_t>(e + 8);
-    CEPE_CHECK(off <= data_bytes_ && tokens * row_bytes <= data_bytes_ - off,
+    CEPE_CHECK(off <= data_bytes_ && tokens <= (data_bytes_ - off) / row_bytes,
                name << ": passage row " << r << " lies outside the data");
+    CEPE_CHECK(off % kRowAlign == 0, name << ": passage row " << r << " starts at offset " << off
+                                          << ", not on a " << kRowAlign
+                                          << "-byte boundary (corrupt table)");
   }
 }
 

@@ -1,7 +1,6 @@
 #include "index/manifest.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 
@@ -197,8 +196,8 @@ IndexManifest manifest_from_json(const std::string& json, const std::string& ori
                     << "); rebuild the index");
   m.retriever = get_string(d, "retriever", origin, "");
   CEPE_CHECK(m.retriever == "bm25" || m.retriever == "dense" || m.retriever == "hybrid",
-             origin << ": field \"retriever\" must be bm25, dense or hybrid (got \"" << m.retriever
-                    << "\")");
+             origin << ": field \"retriever\" must be bm25, dense or hybrid (got "
+                    << quoted_input(m.retriever) << ")");
   if (has_bm25(m)) {
     const auto& b = get_object(d, "bm25", origin);
     CEPE_CHECK(get_string(b, "file", origin, "bm25.") == kBm25File,

@@ -520,14 +520,13 @@ QuestionSet load_questions(const std::filesystem::path& path, const QuestionFile
         CEPE_THROW(path.string() << ":" << line_of_offset(text, *at) << ": invalid UTF-8");
       }
       rapidjson::Document doc;
-      std::string error;
+      JsonError error;
       if (!parse_json(text, &doc, &error)) {
-        // RapidJSON counts from the start of the file; report the line and the column within it.
-        const size_t at = std::min(doc.GetErrorOffset(), text.size());
+        // The offset counts from the start of the file; report the line and the column within it.
+        const size_t at = std::min(error.offset, text.size());
         const size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;
-        CEPE_THROW(path.string() << ":" << line_of_offset(text, at) << ": "
-                                 << json_error_message(doc) << " (at column " << at - line_start + 1
-                                 << ")");
+        CEPE_THROW(path.string() << ":" << line_of_offset(text, at) << ": invalid JSON: "
+                                 << error.reason << " (at column " << at - line_start + 1 << ")");
       }
       const std::vector<size_t> offsets = array_element_offsets(text);
       for (rapidjson::SizeType i = 0; i < doc.Size(); ++i) {

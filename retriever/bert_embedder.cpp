@@ -1,7 +1,6 @@
 #include "retriever/bert_embedder.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,6 @@
 #include "retriever/wordpiece.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include <algorithm>
 

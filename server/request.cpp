@@ -3,7 +3,6 @@
 #include "common/json.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -90,23 +89,14 @@ qa::Passage get_passage(const Value& v, const std::string& field) {
   return p;
 }
 
-void check_depth(std::string_view body, int max_depth) {
-  // The depth is checked before parsing so no nesting, however deep, reaches the parser or the
-  // (recursive) value destructors.
-  if (json_nesting_depth(body, max_depth) > max_depth) {
-    throw ApiError(400, "invalid_json",
-                   "the JSON nests deeper than " + std::to_string(max_depth) + " levels");
-  }
-}
-
 void parse_object(std::string_view body, int max_depth, rapidjson::Document& doc) {
-  check_depth(body, max_depth);
-  doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(body.data(),
-                                                                                    body.size());
-  if (doc.HasParseError()) {
+  // The one JSON reader (common/json.h): the depth is checked before parsing, so no nesting,
+  // however deep, reaches the parser or the (recursive) value destructors, and every string it
+  // returns is valid UTF-8.
+  JsonError error;
+  if (!parse_json(body, &doc, &error, max_depth)) {
     throw ApiError(400, "invalid_json",
-                   "invalid JSON at byte " + std::to_string(doc.GetErrorOffset()) + ": " +
-                       rapidjson::GetParseError_En(doc.GetParseError()));
+                   "invalid JSON at byte " + std::to_string(error.offset) + ": " + error.reason);
   }
   if (!doc.IsObject()) throw ApiError(400, "invalid_json", "the body must be a JSON object");
 }

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/json.h"
 #include "common/utf8.h"
 #include "engine/quant.h"
 #include "test_util.h"
@@ -53,6 +54,37 @@ TEST(Quoted, KeepsAMessageOnOneShortLine) {
   EXPECT_EQ(quoted_input("abcdef", 3), "'abc...'");
   EXPECT_EQ(quoted_input("abc", 3), "'abc'");
   EXPECT_EQ(quoted_input(""), "''");
+}
+
+TEST(Json, StringsFromEscapesAreValidUtf8) {
+  rapidjson::Document doc;
+  std::string error;
+  // A lone low surrogate escape would decode to bytes that are not UTF-8 (RapidJSON 1.1.0 lets
+  // it through); the error names the escape and its column.
+  EXPECT_FALSE(cepe::parse_json(R"({"q": "ab\uDE0E"})", &doc, &error));
+  EXPECT_NE(error.find("\\uDE0E"), std::string::npos) << error;
+  EXPECT_NE(error.find("column 10"), std::string::npos) << error;
+  EXPECT_FALSE(cepe::parse_json(R"(["\uDC00\uD83D\uDE00"])", &doc, &error));  // low before high
+  // What stays valid: a whole pair, an escaped backslash before "uDC00", and quotes and
+  // escape-like text inside comments.
+  ASSERT_TRUE(cepe::parse_json(R"(["\uD83D\uDE00", "\\uDC00"])", &doc, &error)) << error;
+  EXPECT_EQ(cepe::json_string(doc[0]), "\U0001F600");
+  EXPECT_EQ(cepe::json_string(doc[1]), "\\uDC00");
+  EXPECT_TRUE(cepe::parse_json("{ // say \"hi\n \"a\": /* \" \\uDC00 */ \"\\u00e9\"}", &doc, &error,
+                               cepe::kJsonMaxDepth, cepe::JsonComments::Allowed))
+      << error;
+  EXPECT_EQ(cepe::json_string(doc["a"]), "é");
+}
+
+TEST(Json, ANulByteEndsNothing) {
+  // RapidJSON takes a NUL for the end of the text; what follows it must not be ignored.
+  rapidjson::Document doc;
+  std::string error;
+  EXPECT_FALSE(cepe::parse_json(std::string("{\"a\": 1}\0{", 9), &doc, &error));
+  EXPECT_EQ(error, "invalid JSON: a NUL byte (at column 9)");
+  EXPECT_FALSE(cepe::parse_json(std::string("[\"a\0b\"]", 7), &doc, &error));
+  ASSERT_TRUE(cepe::parse_json(R"(["a\u0000b"])", &doc, &error)) << error;
+  EXPECT_EQ(cepe::json_string(doc[0]), std::string("a\0b", 3));
 }
 
 }  // namespace

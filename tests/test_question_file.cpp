@@ -64,6 +64,9 @@ const std::vector<BadLineCase> kBadLines = {
     {"{\"question\": \"caf\xE9\", \"answers\": [\"a\"]}", "invalid UTF-8 at column 18"},
     {R"({"question": "\ud800", "answers": ["a"]})",
      "invalid JSON: The surrogate pair in string is invalid. (at column 15)"},
+    {R"({"question": "a\udc00", "answers": ["a"]})",
+     "invalid JSON: the escape \\udc00 is the second half of a UTF-16 surrogate pair without its "
+     "first (at column 16)"},
     {R"({"question": "x", "answers": ["a"], "ctxs": {"text": "t"}})",
      "\"ctxs\" must be a list of passages"},
     {R"({"question": "x", "answers": ["a"], "ctxs": ["t"]})", "\"ctxs\"[0] must be an object"},
@@ -221,6 +224,12 @@ TEST(QuestionFile, JsonArrayNamesTheElementLine) {
             broken.string() +
                 ":3: invalid JSON: Missing a colon after a name of object member. "
                 "(at column 12)");
+
+  // Too deep: the line and column of the bracket past the limit (this had read "No error." at
+  // line 1, as the depth check failed before the parser ran).
+  const auto deep = write("deep-array.json", "[\n  " + std::string(64, '[') + std::string(65, ']'));
+  EXPECT_EQ(load_error(deep),
+            deep.string() + ":2: invalid JSON: nests deeper than 64 levels (at column 66)");
 
   // A .json file holding JSON lines is read as JSON lines.
   const auto lines = write("lines.json", std::string(kGood) + "\n" + kGood + "\n");

@@ -10,12 +10,12 @@
 #include <string>
 #include <vector>
 
-#include "config/server_config.h"
 #include "common/error.h"
+#include "common/json.h"
+#include "config/server_config.h"
+#include "server/access.h"
 #include "server/log.h"
 #include "server/metrics.h"
-#include "common/json.h"
-#include "server/access.h"
 #include "server/request.h"
 #include "server/routes.h"
 #include "server/sse.h"
@@ -139,6 +139,8 @@ TEST(ServerRequest, ErrorsNameTheField) {
       {"", "invalid_json", "byte"},
       {R"({"question":"q","max_new_tokens":1e400})", "invalid_json", "byte"},
       {R"({"question":"\ud800"})", "invalid_json", "byte"},
+      {R"({"question":"a\udc00"})", "invalid_json", "byte 14: the escape \\udc00"},
+      {"[[[[[[[[[[[[[[[[[", "invalid_json", "byte 8: nests deeper than 8 levels"},
       {"{\"question\":\"\xff\"}", "invalid_json", "byte"},
       {R"({"question":NaN})", "invalid_json", "byte"},
   };
