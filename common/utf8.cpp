@@ -111,6 +111,13 @@ std::string sanitize_utf8(std::string_view s) {
 
 std::string quoted_input(std::string_view s, size_t max_chars) {
   std::string out = "'";
+  out += escaped_input(s, max_chars);
+  out += '\'';
+  return out;
+}
+
+std::string escaped_input(std::string_view s, size_t max_chars) {
+  std::string out;
   size_t chars = 0;
   for (size_t i = 0; i < s.size(); ++chars) {
     if (chars == max_chars) {
@@ -146,7 +153,7 @@ std::string quoted_input(std::string_view s, size_t max_chars) {
         }
     }
   }
-  return out + "'";
+  return out;
 }
 
 size_t utf8_complete_prefix(std::string_view s) {

@@ -29,10 +29,12 @@ void utf8_append(std::string* out, char32_t cp);
 std::optional<size_t> find_invalid_utf8(std::string_view s);
 /// `s` with every malformed sequence replaced by U+FFFD (valid input is returned unchanged).
 std::string sanitize_utf8(std::string_view s);
-/// `s` in single quotes as an error message shows a name or value it did not choose (a JSON
-/// field, a header, a file's key): control characters escaped (\n, \t, \x01), invalid UTF-8
-/// replaced by U+FFFD, and at most `max_chars` code points ("..." marks the cut), so the message
-/// stays one short line whatever the input held.
+/// `s` as an error message shows a name or value it did not choose (a JSON field, a header, a
+/// file's key): control characters escaped (\n, \t, \x01), invalid UTF-8 replaced by U+FFFD,
+/// and at most `max_chars` code points ("..." marks the cut), so the message stays one short
+/// line whatever the input held.
+std::string escaped_input(std::string_view s, size_t max_chars = 64);
+/// escaped_input(s, max_chars) in single quotes.
 std::string quoted_input(std::string_view s, size_t max_chars = 64);
 /// Length of the longest prefix of `s` that does not end inside an unfinished UTF-8 character
 /// (a lead byte followed by fewer continuation bytes than it announces). Invalid bytes are not

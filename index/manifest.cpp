@@ -4,6 +4,7 @@
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -83,9 +84,13 @@ void check_manifest_checksum(const std::string& json, const rapidjson::Value& d,
 }
 
 // A file name recorded in a manifest must name a file directly inside the index directory.
+// A name our builder could have written: one path component of printable UTF-8 (so the messages
+// that name it stay one line).
 bool plain_file_name(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
-         name.find('\0') == std::string::npos;
+         utf8_valid(name) && std::none_of(name.begin(), name.end(), [](char c) {
+           return static_cast<unsigned char>(c) < 0x20 || c == 0x7F;
+         });
 }
 
 const rapidjson::Value& get_object(const rapidjson::Value& obj, const char* key,
@@ -211,8 +216,8 @@ IndexManifest manifest_from_json(const std::string& json, const std::string& ori
   for (const auto& kv : files.GetObject()) {
     const std::string name(kv.name.GetString(), kv.name.GetStringLength());
     CEPE_CHECK(plain_file_name(name) && name != kManifestFile,
-               origin << ": field \"files\" names \"" << name
-                      << "\", which is not a file of the index directory");
+               origin << ": field \"files\" names " << quoted_input(name)
+                      << ", which is not a file of the index directory");
     CEPE_CHECK(kv.value.IsObject(), origin << ": field \"files." << name << "\" must be an object");
     FileDigest fd;
     fd.bytes = get_u64(kv.value, "bytes", origin, "files." + name + ".");

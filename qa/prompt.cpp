@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "common/utf8.h"
 
 namespace cepe::qa {
 
@@ -70,7 +71,8 @@ std::vector<Piece> parse_template(std::string_view tmpl, const std::vector<std::
   flush();
   if (!unknown.empty()) {
     std::string list;
-    for (const std::string& n : unknown) list += (list.empty() ? "{" : ", {") + n + "}";
+    for (const std::string& n : unknown)
+      list += (list.empty() ? "{" : ", {") + escaped_input(n) + "}";
     CEPE_THROW("unknown placeholder" << (unknown.size() > 1 ? "s " : " ") << list << " in the "
                                      << what << " (known: " << known_list(names) << ")");
   }
