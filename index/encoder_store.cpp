@@ -569,8 +569,7 @@ EncoderStore::EncoderStore(const fs::path& path) : file_(std::make_shared<Mapped
   total_tokens_ = h.total_tokens;
   data_bytes_ = h.data_bytes;
   checksum_ = h.data_checksum;
-  CEPE_CHECK(fp_.width > 0 && h.table_pos == kHeaderBytes &&
-                 h.ids_pos == kHeaderBytes + count_ * kTableEntry &&
+  CEPE_CHECK(h.table_pos == kHeaderBytes && h.ids_pos == kHeaderBytes + count_ * kTableEntry &&
                  h.data_pos >= h.ids_pos + count_ * kIdEntry && h.data_pos % kRowAlign == 0 &&
                  h.data_pos + h.data_bytes == file_->size(),
              name << ": truncated or inconsistent (" << file_->size() << " bytes for " << count_

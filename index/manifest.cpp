@@ -83,9 +83,9 @@ void check_manifest_checksum(const std::string& json, const rapidjson::Value& d,
       origin << ": checksum mismatch (the file is corrupt or was edited); rebuild the index");
 }
 
-// A file name recorded in a manifest must name a file directly inside the index directory.
-// A name our builder could have written: one path component of printable UTF-8 (so the messages
-// that name it stay one line).
+// A file name recorded in a manifest must name a file directly inside the index directory, as
+// our builder writes them: one path component of UTF-8 without control characters (so the
+// messages that name it stay one line).
 bool plain_file_name(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
          utf8_valid(name) && std::none_of(name.begin(), name.end(), [](char c) {

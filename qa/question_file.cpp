@@ -523,7 +523,7 @@ QuestionSet load_questions(const std::filesystem::path& path, const QuestionFile
       JsonError error;
       if (!parse_json(text, &doc, &error)) {
         // The offset counts from the start of the file; report the line and the column within it.
-        const size_t at = std::min(error.offset, text.size());
+        const size_t at = error.offset;
         const size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;
         CEPE_THROW(path.string() << ":" << line_of_offset(text, at) << ": invalid JSON: "
                                  << error.reason << " (at column " << at - line_start + 1 << ")");

@@ -75,7 +75,7 @@ std::string last_user_message(const Value& v, const AskLimits& limits) {
       } else if (name == "name") {
         get_string(it->value, sub);
       } else {
-        throw ApiError(400, "unknown_field", "unknown field " + quoted_input(sub), sub);
+        unknown(sub);
       }
     }
     if (!has_role)
@@ -178,8 +178,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
       has_stream_options = true;
       for (auto o = v.MemberBegin(); o != v.MemberEnd(); ++o) {
         const std::string sub = name + "." + str(o->name);
-        if (str(o->name) != "include_usage")
-          throw ApiError(400, "unknown_field", "unknown field " + quoted_input(sub), sub);
+        if (str(o->name) != "include_usage") unknown(sub);
         if (!o->value.IsBool()) bad(sub, "must be true or false");
         out.include_usage = o->value.GetBool();
       }
@@ -213,7 +212,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
       r.passages = get_passages(v, name, limits);
     } else if (get_retrieval_field(name, v, r)) {
     } else {
-      throw ApiError(400, "unknown_field", "unknown field " + quoted_input(name), name);
+      unknown(name);
     }
   }
   if (!has_question) {

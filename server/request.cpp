@@ -23,6 +23,10 @@ using rapidjson::Value;
   throw ApiError(400, "invalid_field", quoted_input(field) + " " + what, field);
 }
 
+[[noreturn]] void unknown(const std::string& field) {
+  throw ApiError(400, "unknown_field", "unknown field " + quoted_input(field), field);
+}
+
 std::string str(const Value& v) {
   return std::string(v.GetString(), v.GetStringLength());
 }
@@ -81,7 +85,7 @@ qa::Passage get_passage(const Value& v, const std::string& field) {
     } else if (name == "id") {
       p.id = get_string(it->value, sub);
     } else {
-      throw ApiError(400, "unknown_field", "unknown field " + quoted_input(sub), sub);
+      unknown(sub);
     }
   }
   if (!has_text)
@@ -231,7 +235,7 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
     } else if (name == "passages") {
       r.passages = get_passages(v, name, limits);
     } else if (!get_retrieval_field(name, v, r)) {
-      throw ApiError(400, "unknown_field", "unknown field " + quoted_input(name), name);
+      unknown(name);
     }
   }
   if (!has_question) throw ApiError(400, "missing_field", "'question' is required", "question");

@@ -13,8 +13,10 @@
 
 namespace cepe::server::fields {
 
-/// Throws a 400 invalid_field: "'field' what".
+/// Throws a 400 invalid_field: "'field' what" (the field quoted by quoted_input).
 [[noreturn]] void bad(const std::string& field, const std::string& what);
+/// Throws a 400 unknown_field: "unknown field 'field'" (quoted the same way).
+[[noreturn]] void unknown(const std::string& field);
 /// The string value of `v` (which must be a string).
 std::string str(const rapidjson::Value& v);
 /// An integer in [lo, hi]; below lo is invalid_field, above hi limit_exceeded.
