@@ -12,12 +12,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text = fuzz::as_text(data + 1, size - 1);
   rapidjson::Document doc;
   std::string error;
-  if (parse_json(text, &doc, &error, max_depth, comments)) {
+  const bool parsed = parse_json(text, &doc, &error, max_depth, comments);
+  if (parsed) {
     if (comments == JsonComments::Rejected && json_nesting_depth(text, max_depth + 1) > max_depth)
       fuzz::fail("a document deeper than the limit parsed");
   } else if (error.empty() || error.find('\n') != std::string::npos) {
     fuzz::fail("parse error message empty or not one line: '" + error + "'");
   }
-  fuzz::expect_clean([&] { parse_json_or_throw(text, &doc, "fuzz", max_depth, comments); });
+  if (fuzz::expect_clean([&] { parse_json_or_throw(text, &doc, "fuzz", max_depth, comments); }) !=
+      parsed)
+    fuzz::fail("parse_json and parse_json_or_throw disagree");
   return 0;
 }
