@@ -184,18 +184,23 @@ class Session : public std::enable_shared_from_this<Session> {
   static constexpr size_t kReadAheadBytes = 4096;
 
   // ---- reading ----
-  void read_header() {
+  // `again`: the same request's header after empty lines were dropped (same deadline).
+  void read_header(bool again = false) {
     if (srv_.draining.load() && requests_ > 0) return close();
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(srv_.cfg.max_header_bytes));
     parser_->body_limit(static_cast<uint64_t>(srv_.cfg.max_body_bytes));
-    stream_.expires_after(std::chrono::milliseconds(srv_.cfg.header_timeout_ms));
+    if (!again) {
+      empty_line_bytes_ = 0;
+      stream_.expires_after(std::chrono::milliseconds(srv_.cfg.header_timeout_ms));
+    }
     http::async_read_header(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
   }
 
   void on_header(beast::error_code ec) {
+    if (ec == http::error::bad_method && drop_empty_lines()) return read_header(true);
     if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
         ec == http::error::partial_message || ec == net::error::operation_aborted ||
         ec == net::error::connection_reset || ec == net::error::eof) {
@@ -261,6 +266,20 @@ class Session : public std::enable_shared_from_this<Session> {
     dispatch_request();
   }
 
+  // Empty lines before a request line are ignored (RFC 9112 2.2: some clients send a CRLF after a
+  // POST body). Drops the CR and LF bytes at the front of the buffer; false when there were none,
+  // or when more than a header's worth came before one request.
+  bool drop_empty_lines() {
+    const auto data = buffer_.data();
+    const char* p = static_cast<const char*>(data.data());
+    size_t n = 0;
+    while (n < data.size() && (p[n] == '\r' || p[n] == '\n')) ++n;
+    empty_line_bytes_ += n;
+    if (n == 0 || empty_line_bytes_ > static_cast<size_t>(srv_.cfg.max_header_bytes)) return false;
+    buffer_.consume(n);
+    return true;
+  }
+
   void too_large() {
     reply_error(
         http::status::payload_too_large, "body_too_large",
@@ -278,6 +297,7 @@ class Session : public std::enable_shared_from_this<Session> {
     path_ = "?";
     route_ = "other";
     keep_alive_ = false;
+    head_ = false;
     version_ = 11;
     origin_.clear();
     stream_mode_ = false;
@@ -293,6 +313,7 @@ class Session : public std::enable_shared_from_this<Session> {
     path_ = std::string(target.substr(0, target.find('?')));
     route_ = route_of(path_);
     keep_alive_ = req.keep_alive();
+    head_ = req.method() == http::verb::head;
     version_ = req.version();
     origin_ = std::string(req[http::field::origin]);
     const std::string_view id(req["X-Request-Id"].data(), req["X-Request-Id"].size());
@@ -380,6 +401,9 @@ class Session : public std::enable_shared_from_this<Session> {
     const bool keep = keep_alive_ && !close_after && !srv_.draining.load();
     res_->keep_alive(keep);
     res_->prepare_payload();
+    // A response to HEAD has the header GET would get and no content (RFC 9110 9.3.2): the
+    // client reads no body after it, so content sent here would pass for the next response.
+    if (head_) res_->body().clear();
     const int code = static_cast<int>(status);
     stream_.expires_after(std::chrono::milliseconds(srv_.cfg.write_timeout_ms));
     http::async_write(
@@ -424,12 +448,13 @@ class Session : public std::enable_shared_from_this<Session> {
       return reply_error(http::status::not_found, "not_found", "no route for " + path_);
     }
     const bool post_route = generate_api(route_).has_value();
-    const http::verb want = post_route ? http::verb::post : http::verb::get;
-    if (m != want) {
+    const bool allowed =
+        post_route ? m == http::verb::post : m == http::verb::get || m == http::verb::head;
+    if (!allowed) {
       return reply_error(http::status::method_not_allowed, "method_not_allowed",
                          std::string(req.method_string()) + " is not allowed on " + route_ +
                              " (use " + (post_route ? "POST" : "GET") + ")",
-                         false, {{"Allow", post_route ? "POST, OPTIONS" : "GET, OPTIONS"}});
+                         false, {{"Allow", allowed_methods()}});
     }
     if (!probe_route(route_) && !authorized(req)) {
       return reply_error(http::status::unauthorized, "unauthorized",
@@ -460,6 +485,11 @@ class Session : public std::enable_shared_from_this<Session> {
     handle_generate(*generate_api(route_), req.body());
   }
 
+  // The Allow header of the current route: GET routes answer HEAD too.
+  const char* allowed_methods() const {
+    return generate_api(route_) ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
+  }
+
   bool authorized(const http::request<http::string_body>& req) const {
     const auto auth = req[http::field::authorization];
     const auto x = req["X-API-Key"];
@@ -472,7 +502,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (origin_.empty()) {
       // A plain OPTIONS (not CORS): say what the route allows.
       return reply(http::status::no_content, "", "text/plain", false,
-                   {{"Allow", generate_api(route_) ? "POST, OPTIONS" : "GET, OPTIONS"}});
+                   {{"Allow", allowed_methods()}});
     }
     if (!cors_allowed()) {
       return reply_error(http::status::forbidden, "origin_not_allowed",
@@ -795,7 +825,8 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   Server::Impl& srv_;
   beast::flat_buffer buffer_;
-  std::string client_;  // peer IP address, for max_connections_per_client
+  size_t empty_line_bytes_ = 0;  // dropped before the current request line (drop_empty_lines)
+  std::string client_;           // peer IP address, for max_connections_per_client
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<Response> res_;
   std::string remote_;
@@ -807,6 +838,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string request_id_, method_, path_, route_, origin_, log_error_, finish_reason_;
   int64_t completion_tokens_ = -1;
   bool keep_alive_ = false;
+  bool head_ = false;  // a HEAD request: its response carries no content
   unsigned version_ = 11;
   std::shared_ptr<AskState> ask_;
   std::shared_ptr<Job> job_;

@@ -384,7 +384,7 @@ TEST_F(ServerHttp, HealthReadyAndInfo) {
   expect_error(c.request("GET", "/nope"), 404, "not_found", "/nope");
   r = c.request("POST", "/healthz", "{}");
   expect_error(r, 405, "method_not_allowed", "/healthz");
-  EXPECT_EQ(r.header("allow"), "GET, OPTIONS");
+  EXPECT_EQ(r.header("allow"), "GET, HEAD, OPTIONS");
   r = c.request("GET", "/ask");
   expect_error(r, 405, "method_not_allowed", "POST");
   EXPECT_EQ(r.header("allow"), "POST, OPTIONS");
@@ -570,11 +570,47 @@ TEST_F(ServerHttp, KeepAliveAndPipelining) {
   for (size_t p = 0; (p = out.find("HTTP/1.1 200 OK", p)) != std::string::npos; ++p) ++n;
   EXPECT_EQ(n, 3u) << out;
   EXPECT_NE(out.find("{\"status\":\"ready\"}"), std::string::npos);
+  // Empty lines before a request line are skipped (RFC 9112 2.2), up to a header's worth.
+  const std::string lines = c.raw("\r\n" + req + "\r\n\n\r\n" + req, 1500ms);
+  n = 0;
+  for (size_t p = 0; (p = lines.find("HTTP/1.1 200 OK", p)) != std::string::npos; ++p) ++n;
+  EXPECT_EQ(n, 2u) << lines;
+  const std::string flood = c.raw(std::string(20000, '\n') + req, 3s);
+  EXPECT_EQ(flood.rfind("HTTP/1.1 400", 0), 0u) << flood;
   // HTTP/1.0 without keep-alive: one answer, then the server closes.
   const auto t0 = SteadyClock::now();
   const std::string one = c.raw("GET /healthz HTTP/1.0\r\n\r\n", 5s);
   EXPECT_NE(one.find("HTTP/1.0 200 OK"), std::string::npos) << one;
   EXPECT_LT(SteadyClock::now() - t0, 2s);
+}
+
+// A response to HEAD has GET's header and no content, whatever its status: a client reads no
+// body after it, so content would be taken for the start of the next response.
+TEST_F(ServerHttp, HeadAnswersHaveNoContent) {
+  HttpClient c = server_->client();
+  const auto get = c.request("GET", "/healthz");
+  auto r = c.request("HEAD", "/healthz");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("content-length"), get.header("content-length"));
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  EXPECT_EQ(r.body, "");
+  r = c.request("HEAD", "/ask");
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.header("allow"), "POST, OPTIONS");
+  EXPECT_EQ(c.request("GET", "/readyz").status, 200);  // the connection is still in step
+  // On the wire: each answer ends where its header does, so the pipelined GET's answer follows.
+  const std::string req =
+      "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+      "HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string out =
+      c.raw(req + "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 5s);
+  const size_t end1 = out.find("\r\n\r\n");
+  ASSERT_NE(end1, std::string::npos) << out;
+  EXPECT_EQ(out.compare(end1 + 4, 12, "HTTP/1.1 404"), 0) << out;
+  const size_t end2 = out.find("\r\n\r\n", end1 + 4);
+  ASSERT_NE(end2, std::string::npos) << out;
+  EXPECT_EQ(out.compare(end2 + 4, 15, "HTTP/1.1 200 OK"), 0) << out;
+  EXPECT_EQ(out.substr(out.size() - 15), "{\"status\":\"ok\"}") << out;
 }
 
 TEST_F(ServerHttp, RequestErrorsAreJsonWithTheRightStatus) {

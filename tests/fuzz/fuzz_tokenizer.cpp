@@ -4,7 +4,6 @@
 // could sample; and any text encodes to ids in range. The tokenizer is ../shared's LLaMA-2
 // tokenizer.model (or the file CEPE_FUZZ_TOKENIZER names); without it the target does nothing and
 // says so once.
-#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -18,20 +17,8 @@ namespace {
 
 const Tokenizer* tokenizer() {
   static const std::unique_ptr<Tokenizer> tok = []() -> std::unique_ptr<Tokenizer> {
-    std::filesystem::path file;
-    if (const char* named = std::getenv("CEPE_FUZZ_TOKENIZER"); named && *named) {
-      file = named;
-    } else {
-      const char* shared = std::getenv("CEPE_SHARED_DIR");
-      file = std::filesystem::path(shared && *shared ? shared : "../shared") /
-             "models/llama2-tokenizer/tokenizer.model";
-    }
-    if (!std::filesystem::exists(file)) {
-      std::fprintf(stderr, "fuzz_tokenizer: SKIP: no tokenizer at %s (set CEPE_FUZZ_TOKENIZER)\n",
-                   file.c_str());
-      return nullptr;
-    }
-    return std::make_unique<Tokenizer>(file);
+    const std::filesystem::path file = fuzz::shared_tokenizer("fuzz_tokenizer");
+    return file.empty() ? nullptr : std::make_unique<Tokenizer>(file);
   }();
   return tok.get();
 }

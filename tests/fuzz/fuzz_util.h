@@ -29,16 +29,46 @@ inline std::string_view as_text(const uint8_t* data, size_t size) {
   return {reinterpret_cast<const char*>(data), size};
 }
 
-/// A file named `name` holding `bytes`, in a directory of this process's own (rewritten each call).
-inline std::filesystem::path write_input(std::string_view bytes, const std::string& name) {
-  static const std::filesystem::path dir = [] {
-    const char* tmp = std::getenv("TMPDIR");
-    auto d = std::filesystem::path(tmp && *tmp ? tmp : "/tmp") /
+/// A directory of this process's own, removed when the process exits normally (an abort leaves
+/// it, beside the input that failed).
+inline const std::filesystem::path& scratch_dir() {
+  struct Dir {
+    std::filesystem::path path;
+    Dir() {
+      const char* tmp = std::getenv("TMPDIR");
+      path = std::filesystem::path(tmp && *tmp ? tmp : "/tmp") /
              ("cepe-fuzz-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(d);
-    return d;
-  }();
-  const auto path = dir / name;
+      std::filesystem::create_directories(path);
+    }
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static const Dir dir;
+  return dir.path;
+}
+
+/// ../shared's LLaMA-2 tokenizer.model (CEPE_SHARED_DIR names ../shared; CEPE_FUZZ_TOKENIZER a
+/// tokenizer of its own); empty, having said once that `target` skips, when it is absent.
+inline std::filesystem::path shared_tokenizer(const char* target) {
+  std::filesystem::path file;
+  if (const char* named = std::getenv("CEPE_FUZZ_TOKENIZER"); named && *named) {
+    file = named;
+  } else {
+    const char* shared = std::getenv("CEPE_SHARED_DIR");
+    file = std::filesystem::path(shared && *shared ? shared : "../shared") /
+           "models/llama2-tokenizer/tokenizer.model";
+  }
+  if (std::filesystem::exists(file)) return file;
+  std::fprintf(stderr, "%s: SKIP: no tokenizer at %s (set CEPE_FUZZ_TOKENIZER)\n", target,
+               file.c_str());
+  return {};
+}
+
+/// A file named `name` holding `bytes`, in scratch_dir() (rewritten each call).
+inline std::filesystem::path write_input(std::string_view bytes, const std::string& name) {
+  const auto path = scratch_dir() / name;
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out.flush()) {
