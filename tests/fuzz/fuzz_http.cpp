@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <boost/beast/http.hpp>
 #include <chrono>
-#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -250,8 +249,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // (An input may end the connection unanswered: a body that never comes ends at the deadline.)
   if (size == 0 && got.rfind("HTTP/1.1 200 OK", 0) != 0)
     fuzz::fail("the closing request alone was not answered 200: " + got);
-  if (std::getenv("CEPE_FUZZ_SHOW"))
-    std::fprintf(stderr, "%s\n", got.c_str());  // to read a seed's answers
+  if (fuzz::showing()) std::fprintf(stderr, "%s\n", got.c_str());
   check_responses(got, input);
   // The server counts a connection's end when its session goes, just after the close.
   auto& m = r->srv->metrics();

@@ -1,9 +1,14 @@
 // The files an index directory holds beside the FAISS index: the passage store (passages.bin)
 // and the encoder store (encoder_states/*.bin). Either may be truncated, stale or damaged on disk;
 // opening one checks its header and offsets, so every row it then hands out lies inside the
-// mapping. The first byte picks the format.
+// mapping. The first byte picks the format (bit 0) and whether the header's checksums are
+// recomputed over the mutated bytes (bit 1): both headers are checksummed, so without that most
+// mutations of a header field stop at the checksum and never reach the check of the field itself.
+#include <cstring>
+#include <string>
 #include <vector>
 
+#include "common/hash.h"
 #include "index/encoder_store.h"
 #include "index/passage_store.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -46,15 +51,29 @@ void read_encoder_states(const std::filesystem::path& path) {
   store.verify();
 }
 
+// Writes hash64(bytes [begin, end), seed) at `end`, as the store writers sign their headers; the
+// offsets and seeds are the on-disk formats' (index/passage_store.cpp, index/encoder_store.cpp).
+void sign(std::string& bytes, size_t begin, size_t end, uint64_t seed) {
+  if (bytes.size() < end + 8) return;
+  const uint64_t sum = hash64(std::string_view(bytes).substr(begin, end - begin), seed);
+  std::memcpy(bytes.data() + end, &sum, sizeof sum);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const std::string_view bytes = fuzz::as_text(data + 1, size - 1);
+  std::string bytes(fuzz::as_text(data + 1, size - 1));
+  const bool resign = data[0] & 2;
   if (data[0] % 2 == 0) {
+    if (resign) sign(bytes, 0, 56, 0x48445221);  // passage store: header_checksum
     const auto path = fuzz::write_input(bytes, "passages.bin");
     fuzz::expect_clean([&] { read_passages(path); });
   } else {
+    if (resign) {
+      sign(bytes, 0, 112, 0x454e4348);    // encoder store: header_checksum
+      sign(bytes, 120, 152, 0x45585432);  // and the version 2 extension's
+    }
     const auto path = fuzz::write_input(bytes, "encoder_states.bin");
     fuzz::expect_clean([&] { read_encoder_states(path); });
   }

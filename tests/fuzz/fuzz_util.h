@@ -78,6 +78,13 @@ inline std::filesystem::path write_input(std::string_view bytes, const std::stri
   return path;
 }
 
+/// True when CEPE_FUZZ_SHOW is set: targets then print what their reader said (to read what a
+/// seed or a found input reaches).
+inline bool showing() {
+  static const bool show = std::getenv("CEPE_FUZZ_SHOW") != nullptr;
+  return show;
+}
+
 /// Stops the run, naming the target's broken promise.
 [[noreturn]] inline void fail(const std::string& what) {
   std::fprintf(stderr, "fuzz target failed: %s\n", what.c_str());
@@ -90,6 +97,7 @@ template <class... Allowed, class Read>
 bool expect_clean(Read&& read) {
   auto check_message = [](const std::exception& e) {
     const std::string_view m = e.what();
+    if (showing()) std::fprintf(stderr, "  error: %s\n", e.what());
     if (m.empty() || m.find('\n') != std::string_view::npos)
       fail("error message is empty or not one line: '" + std::string(m) + "'");
   };
