@@ -10,7 +10,9 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "cli/command.h"
 #include "common/error.h"
@@ -76,6 +78,7 @@ int run_serve(const std::vector<std::string>& argv) {
     if (std::string(f.name).rfind("prompt.", 0) == 0) value = qa::unescape_template(value);
     config::set_config_field(cfg, f.name, value, origin);
   }
+  const std::vector<std::string> listed_keys = cfg.api_keys;  // api_keys / --api-key
   config::load_api_key_file(cfg);
   config::validate_server_config(cfg);
   if (args.is_set("print-config")) {
@@ -88,6 +91,7 @@ int run_serve(const std::vector<std::string>& argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
@@ -103,6 +107,26 @@ int run_serve(const std::vector<std::string>& argv) {
       .num("max_batch", cfg.max_batch)
       .num("max_queue", cfg.max_queue)
       .write(&logger);
+
+  // SIGHUP re-reads api_key_file: keys are added and revoked without a restart (and without
+  // reloading the model). A file that cannot be read or holds no key keeps the keys in use.
+  const auto reload_keys = [&] {
+    if (cfg.api_key_file.empty()) {
+      server::LogLine("warn", "keys_reload_failed")
+          .str("what", "SIGHUP: no api_key_file to reload")
+          .write(&logger);
+      return;
+    }
+    try {
+      std::vector<std::string> keys = listed_keys;
+      for (auto& key : config::read_api_key_file(cfg.api_key_file)) keys.push_back(std::move(key));
+      const auto count = static_cast<int64_t>(keys.size());
+      srv.set_api_keys(std::move(keys));
+      server::LogLine("info", "keys_reloaded").num("keys", count).write(&logger);
+    } catch (const std::exception& e) {
+      server::LogLine("error", "keys_reload_failed").str("what", e.what()).write(&logger);
+    }
+  };
 
   const auto t0 = std::chrono::steady_clock::now();
   // The model loads on its own thread while this one keeps taking signals: a SIGTERM during a
@@ -134,6 +158,10 @@ int run_serve(const std::vector<std::string>& argv) {
   while (!loaded.load()) {
     const int got = sigtimedwait(&signals, nullptr, &load_tick);
     if (got <= 0) continue;
+    if (got == SIGHUP) {
+      reload_keys();
+      continue;
+    }
     server::LogLine("info", "stopping")
         .str("signal", got == SIGTERM ? "SIGTERM" : "SIGINT")
         .str("while", "loading")
@@ -162,7 +190,11 @@ int run_serve(const std::vector<std::string>& argv) {
       .write(&logger);
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  for (;;) {
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig != SIGHUP) break;
+    reload_keys();
+  }
   server::LogLine("info", "stopping")
       .str("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT")
       .num("grace_ms", cfg.shutdown_grace_ms)
@@ -177,7 +209,10 @@ int run_serve(const std::vector<std::string>& argv) {
   // A second signal during the grace period means "now".
   const timespec tick{0, 100 * 1000 * 1000};
   while (!done.load()) {
-    if (sigtimedwait(&signals, nullptr, &tick) > 0) {
+    const int got = sigtimedwait(&signals, nullptr, &tick);
+    if (got == SIGHUP) {
+      reload_keys();
+    } else if (got > 0) {
       server::LogLine("warn", "forced_exit").num("in_flight", srv.in_flight()).write(&logger);
       std::fflush(stderr);
       std::_Exit(1);

@@ -120,7 +120,7 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_INT(shutdown_grace_ms, 0, kIntMax, "time in-flight requests get on SIGTERM"),
       CEPE_INT(ready_stall_ms, 1, kIntMax, "/readyz fails after the engine stalls this long"),
       CEPE_LIST(api_keys, "accepted API keys (none: no authentication)"),
-      CEPE_STR(api_key_file, "file of API keys, one a line"),
+      CEPE_STR(api_key_file, "file of API keys, one a line (re-read on SIGHUP)"),
       CEPE_LIST(cors_origins, "allowed CORS origins (\"*\": any)"),
       CEPE_BOOL(log_requests, "one JSON log line per request"),
   };
@@ -312,25 +312,31 @@ void validate_server_config(const ServerConfig& c) {
   }
 }
 
-void load_api_key_file(ServerConfig& config) {
-  if (config.api_key_file.empty()) return;
-  std::ifstream in(config.api_key_file);
-  CEPE_CHECK(in, "config: 'api_key_file': cannot open " << config.api_key_file);
+std::vector<std::string> read_api_key_file(const std::string& path) {
+  std::ifstream in(path);
+  CEPE_CHECK(in, "config: 'api_key_file': cannot open " << path);
+  std::vector<std::string> keys;
   std::string line;
-  size_t keys = 0;
   while (std::getline(in, line)) {
     const size_t b = line.find_first_not_of(" \t\r");
     if (b == std::string::npos || line[b] == '#') continue;
     const size_t e = line.find_last_not_of(" \t\r");
-    config.api_keys.push_back(line.substr(b, e - b + 1));
-    ++keys;
+    keys.push_back(line.substr(b, e - b + 1));
   }
-  CEPE_CHECK(!in.bad(), "config: 'api_key_file': cannot read " << config.api_key_file);
+  CEPE_CHECK(!in.bad(), "config: 'api_key_file': cannot read " << path);
   // A key file with every key revoked (or only comments) must not silently turn authentication
-  // off: the operator asked for keys, so starting open would fail open.
-  CEPE_CHECK(keys > 0, "config: 'api_key_file': " << config.api_key_file
-                                                  << " holds no keys (only blank or '#' lines); "
-                                                     "refusing to start without authentication");
+  // off: the operator asked for keys, so serving open would fail open.
+  CEPE_CHECK(!keys.empty(), "config: 'api_key_file': "
+                                << path
+                                << " holds no keys (only blank or '#' lines); refusing to serve "
+                                   "without authentication");
+  return keys;
+}
+
+void load_api_key_file(ServerConfig& config) {
+  if (config.api_key_file.empty()) return;
+  for (auto& key : read_api_key_file(config.api_key_file))
+    config.api_keys.push_back(std::move(key));
 }
 
 std::string server_config_to_json(const ServerConfig& config) {

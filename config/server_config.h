@@ -114,7 +114,10 @@ void set_config_field(ServerConfig& config, const std::string& name, const std::
 /// Checks relations between fields (defaults within maxima, a model given, ...).
 void validate_server_config(const ServerConfig& config);
 
-/// Adds the keys of `config.api_key_file` to `config.api_keys` (blank lines and '#' lines skipped).
+/// The keys of an API key file, one a line (blank lines and '#' lines skipped); throws
+/// cepe::Error naming 'api_key_file' when it cannot be read or holds no key.
+std::vector<std::string> read_api_key_file(const std::string& path);
+/// Adds the keys of `config.api_key_file` to `config.api_keys` (read_api_key_file).
 void load_api_key_file(ServerConfig& config);
 
 /// The configuration as pretty JSON, API keys redacted (`cepe serve --print-config`, /v1/info).

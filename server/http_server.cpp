@@ -122,6 +122,14 @@ class Server::Impl {
   std::string id_prefix;
   std::atomic<uint64_t> id_counter{0};
   int64_t started_unix = static_cast<int64_t>(std::time(nullptr));  // "created" of /v1/models
+  // The accepted API keys: cfg.api_keys at start, replaced whole by Server::set_api_keys().
+  mutable std::mutex keys_mu;
+  std::shared_ptr<const std::vector<std::string>> keys =
+      std::make_shared<const std::vector<std::string>>(cfg.api_keys);
+  std::shared_ptr<const std::vector<std::string>> api_keys() const {
+    std::lock_guard<std::mutex> lock(keys_mu);
+    return keys;
+  }
   // Open connections per client IP address (max_connections_per_client).
   std::mutex clients_mu;
   std::unordered_map<std::string, int> clients;
@@ -495,7 +503,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto x = req["X-API-Key"];
     return key_allowed(request_key(std::string_view(auth.data(), auth.size()),
                                    std::string_view(x.data(), x.size())),
-                       srv_.cfg.api_keys);
+                       *srv_.api_keys());
   }
 
   void preflight() {
@@ -1031,6 +1039,16 @@ void Server::attach(const Resources& resources) {
 
 bool Server::shutdown(std::chrono::milliseconds grace) {
   return impl_->shutdown(grace);
+}
+
+void Server::set_api_keys(std::vector<std::string> keys) {
+  CEPE_CHECK(!impl_->cfg.api_keys.empty(),
+             "API keys can be replaced only on a server that started with some");
+  CEPE_CHECK(!keys.empty(), "refusing to replace the API keys with none (that would serve open)");
+  for (const auto& k : keys) CEPE_CHECK(!k.empty(), "an API key is empty");
+  auto next = std::make_shared<const std::vector<std::string>>(std::move(keys));
+  std::lock_guard<std::mutex> lock(impl_->keys_mu);
+  impl_->keys = std::move(next);
 }
 
 void Server::set_load_progress(uint64_t done, uint64_t total) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "config/server_config.h"
 #include "engine/models/cepe_llama.h"
@@ -56,6 +57,10 @@ class Server {
   /// How far the model's load has come (bytes of weights read, of `total`): /readyz says it
   /// until attach().
   void set_load_progress(uint64_t done, uint64_t total);
+  /// Replaces the accepted API keys (requests after this call see the new ones); throws when
+  /// `keys` is empty or the server started without keys (a reload never turns authentication
+  /// on or off).
+  void set_api_keys(std::vector<std::string> keys);
   /// Graceful stop: refuse new connections and requests, let in-flight requests finish for up to
   /// `grace`, then cancel what is left and stop every thread. True when nothing was cut off.
   bool shutdown(std::chrono::milliseconds grace);

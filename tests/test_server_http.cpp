@@ -918,6 +918,54 @@ TEST(ServerLimits, ApiKeys) {
   EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
 }
 
+// SIGHUP re-reads api_key_file: a key added there works and a key removed stops working, without
+// a restart; the keys given as flags stay; a file left without keys keeps the keys in use.
+TEST(ServerLimits, SighupReloadsTheApiKeyFile) {
+  REQUIRE_TEST_DATA();
+  const fs::path dir = test::temp_dir("server-keys");
+  const fs::path file = dir / "keys.txt";
+  const auto write_keys = [&](const std::string& text) {  // replaced whole, as an operator would
+    std::ofstream(dir / "keys.tmp") << text;
+    fs::rename(dir / "keys.tmp", file);
+  };
+  write_keys("# team A\nkey-a\n");
+  ServerProcess s({"--api-key", "flag-key", "--api-key-file", file.string()});
+  HttpClient c = s.client();
+  const auto status = [&](const std::string& key) {
+    return c.request("GET", "/v1/info", "", {{"X-API-Key", key}}).status;
+  };
+  // Waits for the n-th line of `event` in the server's log.
+  const auto wait_for = [&](const std::string& event, size_t n) {
+    const std::string needle = "\"event\":\"" + event + "\"";
+    for (int i = 0; i < 500; ++i) {
+      const std::string log = s.log();
+      size_t count = 0;
+      for (size_t p = 0; (p = log.find(needle, p)) != std::string::npos; ++p) ++count;
+      if (count >= n) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  };
+  EXPECT_EQ(status("key-a"), 200);
+  EXPECT_EQ(status("key-b"), 401);
+
+  write_keys("key-b\n# key-a revoked\n");
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("keys_reloaded", 1)) << s.log();
+  EXPECT_NE(s.log().find("\"keys\":2"), std::string::npos) << s.log();  // flag-key and key-b
+  EXPECT_EQ(status("key-a"), 401);
+  EXPECT_EQ(status("key-b"), 200);
+  EXPECT_EQ(status("flag-key"), 200);
+
+  write_keys("# every key revoked\n");
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("keys_reload_failed", 1)) << s.log();
+  EXPECT_NE(s.log().find("holds no keys"), std::string::npos) << s.log();
+  EXPECT_EQ(status("key-b"), 200);  // still the last good file's keys
+  EXPECT_EQ(status("key-a"), 401);
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
 TEST(ServerLimits, QueueFullIs429WithRetryAfter) {
   REQUIRE_TEST_DATA();
   ServerProcess s(
