@@ -10,8 +10,22 @@ namespace cepe {
 
 namespace {
 
-// Deepest array/object nesting in `json` (strings skipped), stopping at the bracket that opens
-// level `limit + 1`, whose offset goes to `*exceeded_at` (npos when the nesting stays within).
+// When a comment starts at json[i] (outside strings), the offset of its last byte (the end of the
+// text for one left open); otherwise i. Comments may hold quotes and brackets that are neither
+// strings nor nesting.
+size_t comment_end(std::string_view json, size_t i) {
+  if (json[i] != '/' || i + 1 >= json.size()) return i;
+  if (json[i + 1] == '/') return std::min(json.find('\n', i), json.size() - 1);
+  if (json[i + 1] == '*') {
+    const size_t close = json.find("*/", i + 2);
+    return close == std::string_view::npos ? json.size() - 1 : close + 1;
+  }
+  return i;
+}
+
+// Deepest array/object nesting in `json` (strings and comments skipped), stopping at the bracket
+// that opens level `limit + 1`, whose offset goes to `*exceeded_at` (npos when the nesting stays
+// within).
 int scan_nesting(std::string_view json, int limit, size_t* exceeded_at) {
   *exceeded_at = std::string_view::npos;
   int depth = 0, deepest = 0;
@@ -29,6 +43,8 @@ int scan_nesting(std::string_view json, int limit, size_t* exceeded_at) {
     }
     if (c == '"') {
       in_string = true;
+    } else if (const size_t end = comment_end(json, i); end != i) {
+      i = end;
     } else if (c == '[' || c == '{') {
       deepest = std::max(deepest, ++depth);
       if (deepest > limit) {
@@ -59,14 +75,10 @@ size_t lone_low_surrogate(std::string_view json) {
   for (size_t i = 0; i < json.size(); ++i) {
     const char c = json[i];
     if (!in_string) {
-      // Comments (where allowed) may hold quotes; they parsed, so each one ends.
-      if (c == '/' && i + 1 < json.size() && json[i + 1] == '/') {
-        i = std::min(json.find('\n', i), json.size());
-      } else if (c == '/' && i + 1 < json.size() && json[i + 1] == '*') {
-        i = std::min(json.find("*/", i + 2), json.size()) + 1;
-      } else {
+      if (const size_t end = comment_end(json, i); end != i)
+        i = end;
+      else
         in_string = c == '"';
-      }
       continue;
     }
     if (c == '"') {

@@ -18,7 +18,8 @@ namespace cepe {
 /// Deepest nesting of arrays and objects parse_json accepts by default.
 constexpr int kJsonMaxDepth = 64;
 
-/// Deepest array/object nesting in `json` (strings skipped), stopping early past `limit`.
+/// Deepest array/object nesting in `json` (strings and comments skipped), stopping early past
+/// `limit`.
 int json_nesting_depth(std::string_view json, int limit);
 /// Whether `//` and `/* */` comments are accepted (config files document their fields that way).
 enum class JsonComments { Rejected, Allowed };

@@ -230,6 +230,13 @@ TEST(ServerRequest, NestingDepthAndUtf8Helpers) {
   EXPECT_EQ(json_nesting_depth("{}", 10), 1);
   EXPECT_EQ(json_nesting_depth(R"({"a":[{"b":"[[[\"]]"}]})", 10), 3);
   EXPECT_EQ(json_nesting_depth(std::string(1000000, '['), 16), 17);  // stops early
+  // Brackets in comments are not nesting (config files allow comments).
+  EXPECT_EQ(json_nesting_depth("{\"a\": 1 /* [[[[ */, // {{{{\n \"b\": [2]}", 10), 2);
+  EXPECT_EQ(json_nesting_depth("[1] /* [[[ unterminated", 10), 1);
+  rapidjson::Document doc;
+  std::string error;
+  EXPECT_TRUE(parse_json("{\"a\": [1] // [[[[[[\n}", &doc, &error, 2, JsonComments::Allowed))
+      << error;
   EXPECT_EQ(utf8_length("h\xc3\xa9llo \xe2\x82\xac\xf0\x9f\x98\x80"), 8u);
   EXPECT_TRUE(valid_json(error_json("c", "bad \"quote\" \\ \n")));
   EXPECT_TRUE(valid_json(json_quote(sanitize_utf8("a\xff\xc0\x80\xed\xa0\x80z"))));
