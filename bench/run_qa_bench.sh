@@ -5,28 +5,15 @@
 #   bench/run_qa_bench.sh [questions=64] [concurrency=16] [threads=all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/squad_slice.sh
 n=${1:-64}
 conc=${2:-16}
 threads=${3:-0}
 cepe=${CEPE:-build/cepe}
-data=../shared/data/squad-train
 work=${QA_BENCH_DIR:-/tmp/cepe-qa-bench}
 mkdir -p "$work"
 if [[ ! -f "$work/index/manifest.json" ]]; then
-  head -n 2000 "$data/passages.jsonl" >"$work/passages.jsonl"
-  python3 - "$work" "$data/questions.jsonl" <<'PY'
-import json, sys
-work, questions = sys.argv[1], sys.argv[2]
-ids = {json.loads(l)["id"] for l in open(f"{work}/passages.jsonl")}
-open(f"{work}/questions.jsonl", "w").writelines(
-    [l for l in open(questions) if json.loads(l)["passage_id"] in ids][::5])
-with open(f"{work}/corpus.txt", "w") as f:
-    for l in open(f"{work}/passages.jsonl"):
-        p = json.loads(l)
-        f.write(p["title"] + "\n" + p["text"] + "\n")
-PY
-  spm_train --input="$work/corpus.txt" --model_prefix="$work/spm" --vocab_size=4000 \
-    --hard_vocab_limit=false --model_type=bpe --byte_fallback=true --minloglevel=2 >/dev/null 2>&1
+  squad_slice "$work" 2000 5
   "$cepe" random-model --preset small --tokenizer "$work/spm.model" --out "$work/model"
   "$cepe" index build --input "$work/passages.jsonl" --out "$work/index" >/dev/null 2>&1
 fi
