@@ -1,8 +1,10 @@
 #include "common/system.h"
 
 #include <cpuid.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -124,7 +126,67 @@ CgroupMemory cgroup_memory(const SystemRoots& roots) {
   return m;
 }
 
+// A "Name:   123 kB" line of /proc/PID/status, in bytes.
+uint64_t status_kb_field(const std::string& status, const std::string& name) {
+  const size_t at = status.find("\n" + name + ":");
+  if (at == std::string::npos) return 0;
+  std::istringstream fields(status.substr(at + name.size() + 2, 64));
+  uint64_t kb = 0;
+  fields >> kb;
+  return kb * 1024;
+}
+
+// The file's text after a '\n', so that its first line is found as "\nName" too ("\n" when it
+// cannot be read).
+std::string lines_of(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << '\n' << in.rdbuf();
+  return text.str();
+}
+
 }  // namespace
+
+ProcessStats process_stats(int pid, const SystemRoots& roots) {
+  ProcessStats st;
+  const std::string dir = roots.proc + "/" + (pid == 0 ? std::string("self") : std::to_string(pid));
+  const std::string status = lines_of(dir + "/status");
+  st.resident_bytes = status_kb_field(status, "VmRSS");
+  st.peak_resident_bytes = status_kb_field(status, "VmHWM");
+  st.virtual_bytes = status_kb_field(status, "VmSize");
+
+  // /proc/PID/stat: "pid (comm) state ..." where comm may hold spaces and parentheses, so the
+  // fields are counted from the last ')': utime and stime are fields 14 and 15, starttime 22
+  // (clock ticks since boot, as is /proc/stat's btime in seconds).
+  const std::string stat = lines_of(dir + "/stat");
+  const long ticks = sysconf(_SC_CLK_TCK);
+  if (const size_t close = stat.rfind(')'); close != std::string::npos && ticks > 0) {
+    std::istringstream fields(stat.substr(close + 1));
+    std::string field;
+    uint64_t utime = 0, stime = 0, start = 0;
+    for (int n = 3; fields >> field && n <= 22; ++n) {
+      if (n == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+      if (n == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+      if (n == 22) start = std::strtoull(field.c_str(), nullptr, 10);
+    }
+    st.cpu_seconds = static_cast<double>(utime + stime) / static_cast<double>(ticks);
+    const std::string boot = lines_of(roots.proc + "/stat");
+    if (const size_t at = boot.find("\nbtime "); at != std::string::npos && start > 0) {
+      const double btime = std::strtod(boot.c_str() + at + 7, nullptr);
+      st.start_time_unix = btime + static_cast<double>(start) / static_cast<double>(ticks);
+    }
+  }
+
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir + "/fd", ec), end; !ec && it != end;
+       it.increment(ec))
+    ++st.open_fds;
+  // /proc/PID/limits: "Max open files            1024                 4096                 files"
+  const std::string limits = lines_of(dir + "/limits");
+  if (const size_t at = limits.find("Max open files"); at != std::string::npos)
+    st.max_fds = std::strtoll(limits.c_str() + at + 14, nullptr, 10);
+  return st;
+}
 
 std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots) {
   std::optional<uint64_t> cgroup_room;

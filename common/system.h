@@ -1,5 +1,5 @@
 // What the machine has to give: memory the kernel and this process's cgroup would still grant,
-// and CPU features the compilers' builtins do not all name.
+// CPU features the compilers' builtins do not all name, and what a process uses (procfs).
 #pragma once
 
 #include <cstdint>
@@ -25,6 +25,20 @@ std::optional<uint64_t> available_memory_bytes(const SystemRoots& roots = {});
 /// The machine's memory (/proc/meminfo's MemTotal), or the cgroup limit when lower. Empty when
 /// neither can be read.
 std::optional<uint64_t> total_memory_bytes(const SystemRoots& roots = {});
+
+/// What a process uses, from procfs; a figure whose file cannot be read stays 0.
+struct ProcessStats {
+  uint64_t resident_bytes = 0;       ///< resident memory now (VmRSS)
+  uint64_t peak_resident_bytes = 0;  ///< the most it has been resident (VmHWM)
+  uint64_t virtual_bytes = 0;        ///< address space mapped (VmSize)
+  double cpu_seconds = 0;            ///< user + system CPU time
+  double start_time_unix = 0;        ///< when it started, in seconds since the epoch
+  int64_t open_fds = 0;              ///< open file descriptors
+  int64_t max_fds = 0;               ///< the soft limit on them (RLIMIT_NOFILE)
+};
+
+/// The figures of process `pid` (0: this process) under `roots.proc`.
+ProcessStats process_stats(int pid = 0, const SystemRoots& roots = {});
 
 /// Whether the CPU and OS run AVX with F16C (half <-> single conversions). Clang's
 /// __builtin_cpu_supports has no "f16c", so the cpuid bit is read directly.

@@ -1,14 +1,18 @@
 #include "server/metrics.h"
 
-#include <cstdio>
+#include <charconv>
+
+#include "common/system.h"
 
 namespace cepe::server {
 namespace {
 
+// The shortest text that reads back as `v` exactly: counters past 1e9 and epoch times keep every
+// digit (printf's %.9g rounded them to 10 s), bucket bounds stay short ("0.0025").
 std::string num(double v) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
 }
 
 const std::vector<double>& latency_bounds() {
@@ -171,6 +175,23 @@ std::string Metrics::render() const {
          static_cast<double>(connections_refused.load()));
   scalar(out, "cepe_ready", "gauge", "1 while the server is ready.",
          static_cast<double>(ready.load()));
+  // The process, under the names Prometheus client libraries give these figures.
+  const ProcessStats p = process_stats();
+  scalar(out, "process_cpu_seconds_total", "counter", "User and system CPU time, in seconds.",
+         p.cpu_seconds);
+  scalar(out, "process_resident_memory_bytes", "gauge", "Resident memory (VmRSS).",
+         static_cast<double>(p.resident_bytes));
+  scalar(out, "process_virtual_memory_bytes", "gauge", "Mapped address space (VmSize).",
+         static_cast<double>(p.virtual_bytes));
+  scalar(out, "process_start_time_seconds", "gauge", "Start time, in seconds since the epoch.",
+         p.start_time_unix);
+  scalar(out, "process_open_fds", "gauge", "Open file descriptors.",
+         static_cast<double>(p.open_fds));
+  scalar(out, "process_max_fds", "gauge", "Limit on open file descriptors.",
+         static_cast<double>(p.max_fds));
+  scalar(out, "cepe_peak_resident_memory_bytes", "gauge",
+         "The most the process has been resident (VmHWM).",
+         static_cast<double>(p.peak_resident_bytes));
   return out;
 }
 

@@ -18,6 +18,7 @@
 #include <regex>
 #include <thread>
 
+#include "common/system.h"
 #include "server/http_client.h"
 #include "server/request.h"
 #include "server/resources.h"
@@ -894,6 +895,18 @@ TEST_F(ServerHttp, MetricsExposeRequestsLatencyQueueAndTokens) {
   EXPECT_GT(metric(m, "cepe_engine_step_duration_seconds_count"), 0);
   EXPECT_EQ(metric(m, "cepe_ready"), 1);
   EXPECT_NE(m.find("# TYPE cepe_http_request_duration_seconds histogram"), std::string::npos);
+  // The process figures are the server's own: what procfs says of its pid, read just after.
+  const ProcessStats p = process_stats(server_->pid());
+  EXPECT_EQ(metric(m, "process_start_time_seconds"), p.start_time_unix);
+  EXPECT_NEAR(metric(m, "process_resident_memory_bytes"), static_cast<double>(p.resident_bytes),
+              16 << 20);
+  EXPECT_GE(metric(m, "cepe_peak_resident_memory_bytes"),
+            metric(m, "process_resident_memory_bytes"));
+  EXPECT_GT(metric(m, "process_cpu_seconds_total"), 0);
+  EXPECT_LE(metric(m, "process_cpu_seconds_total"), p.cpu_seconds);
+  EXPECT_GE(metric(m, "process_open_fds"), 4);  // stdio and the listening socket at least
+  EXPECT_EQ(metric(m, "process_max_fds"), static_cast<double>(p.max_fds));
+  EXPECT_GT(metric(m, "process_virtual_memory_bytes"), metric(m, "process_resident_memory_bytes"));
 }
 
 // ---- servers with other settings ----
