@@ -30,6 +30,7 @@
 #include "common/error.h"
 #include "server/access.h"
 #include "server/ask.h"
+#include "server/http_date.h"
 #include "server/info.h"
 #include "server/openai.h"
 #include "server/request.h"
@@ -386,6 +387,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // ---- responses ----
   void add_common_headers(http::fields& f) {
+    f.set(http::field::date, http_date_now());
     f.set(http::field::server, kServerName);
     f.set("X-Request-Id", request_id_);
     if (cors_allowed()) {

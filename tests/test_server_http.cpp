@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <fstream>
 #include <random>
 #include <regex>
@@ -20,6 +21,7 @@
 
 #include "common/system.h"
 #include "server/http_client.h"
+#include "server/http_date.h"
 #include "server/request.h"
 #include "server/resources.h"
 #include "server/server.h"
@@ -353,9 +355,16 @@ ServerProcess* ServerHttp::server_ = nullptr;
 
 TEST_F(ServerHttp, HealthReadyAndInfo) {
   HttpClient c = server_->client();
+  const int64_t before = static_cast<int64_t>(std::time(nullptr));
   auto r = c.request("GET", "/healthz");
+  const int64_t after = static_cast<int64_t>(std::time(nullptr));
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "{\"status\":\"ok\"}");
+  // Every answer is dated (RFC 9110 6.6.1), in the second it was sent.
+  const std::string date = r.header("date");
+  bool dated = false;
+  for (int64_t t = before; t <= after; ++t) dated = dated || date == http_date(t);
+  EXPECT_TRUE(dated) << date;
   r = c.request("GET", "/readyz");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "{\"status\":\"ready\"}");

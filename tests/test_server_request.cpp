@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
+#include <ctime>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "common/json.h"
 #include "config/server_config.h"
 #include "server/access.h"
+#include "server/http_date.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/request.h"
@@ -224,6 +226,16 @@ TEST(ServerRequest, LimitsAreInclusive) {
   deep += "}";
   EXPECT_EQ(outcome(deep).second, "invalid_field");  // depth 8: parsed, then a type error
   EXPECT_EQ(outcome(R"({"a":[[[[[[[[1]]]]]]]]})").second, "invalid_json");  // depth 9
+}
+
+TEST(ServerRequest, HttpDateIsImfFixdate) {
+  EXPECT_EQ(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");  // RFC 9110's example
+  EXPECT_EQ(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+  EXPECT_EQ(http_date(951782400), "Tue, 29 Feb 2000 00:00:00 GMT");
+  EXPECT_EQ(http_date(4102444799), "Thu, 31 Dec 2099 23:59:59 GMT");
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  const std::string& text = http_date_now();
+  EXPECT_TRUE(text == http_date(now) || text == http_date(now + 1)) << text;
 }
 
 TEST(ServerRequest, NestingDepthAndUtf8Helpers) {

@@ -8,8 +8,8 @@
 // (`kLast`), and everything the server sends is read until it closes. The promises checked:
 // - the server closes the connection within a bound set by its own deadlines (no hang);
 // - what it sent is a sequence of whole HTTP/1.x responses, each with a status it may send
-//   (status_allowed), an X-Request-Id, framing (Content-Length or chunked) that matches the
-//   bytes, and, for JSON and SSE bodies, JSON that parses, errors as {"error": {...}} with a
+//   (status_allowed), a Date and an X-Request-Id, framing (Content-Length or chunked) that matches
+//   the bytes, and, for JSON and SSE bodies, JSON that parses, errors as {"error": {...}} with a
 //   one-line message;
 // - a response without its content is one to a HEAD request;
 // - once the connection is closed, no request stays in flight and no connection stays counted
@@ -213,6 +213,7 @@ void check_responses(const std::string& got, std::string_view input) {
     const int status = res.result_int();
     if (!status_allowed(status)) fuzz::fail(where + ": status " + std::to_string(status));
     if (status != 100 && res["X-Request-Id"].empty()) fuzz::fail(where + ": no X-Request-Id");
+    if (status != 100 && res[http::field::date].empty()) fuzz::fail(where + ": no Date");
     const auto length = parser.content_length();
     // An answer to HEAD: the header says what GET would send, and the next response (or the end)
     // follows at once.
