@@ -232,6 +232,11 @@ class Session : public std::enable_shared_from_this<Session> {
                          "malformed HTTP request: " + ec.message(), true);
     auto& req = parser_->get();
     fill_request_info(req);
+    // RFC 9112 3.2: an HTTP/1.1 request names its host exactly once.
+    if (req.version() == 11 && req.count(http::field::host) != 1) {
+      return reply_error(http::status::bad_request, "bad_request",
+                         "an HTTP/1.1 request needs exactly one Host header", true);
+    }
     const auto length = parser_->content_length();
     if (length && *length > static_cast<uint64_t>(srv_.cfg.max_body_bytes)) return too_large();
     if (beast::iequals(req[http::field::expect], "100-continue")) {

@@ -665,6 +665,13 @@ TEST_F(ServerHttp, RequestErrorsAreJsonWithTheRightStatus) {
 
   expect_error(c.request("GET", "/healthz", "", {{"X-Big", std::string(20000, 'b')}}), 431,
                "header_too_large");
+  // An HTTP/1.1 request names its host exactly once (RFC 9112 3.2); HTTP/1.0 needs none.
+  for (const std::string& hosts : {std::string(), std::string("Host: a\r\nHost: b\r\n")}) {
+    const std::string out = c.raw("GET /healthz HTTP/1.1\r\n" + hosts + "\r\n", 3s);
+    EXPECT_EQ(out.rfind("HTTP/1.1 400", 0), 0u) << out;
+    EXPECT_NE(out.find("exactly one Host header"), std::string::npos) << out;
+  }
+  EXPECT_EQ(c.raw("GET /healthz HTTP/1.0\r\n\r\n", 3s).rfind("HTTP/1.0 200", 0), 0u);
   const std::string garbage = c.raw("BLAH\r\n\r\n", 2s);
   EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
   EXPECT_NE(garbage.find("\"bad_request\""), std::string::npos) << garbage;

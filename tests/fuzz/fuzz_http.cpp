@@ -47,7 +47,8 @@ namespace {
 
 // Ends every input: whatever the input left unfinished, this closes it (or fails it) and then asks
 // the server to close the connection, so an input costs one request's time, not a keep-alive wait.
-constexpr std::string_view kLast = "\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n";
+constexpr std::string_view kLast =
+    "\r\n\r\nGET /healthz HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n";
 
 // The server's deadlines, short so that inputs that wait on them stay cheap.
 constexpr int kHeaderTimeoutMs = 300, kBodyTimeoutMs = 300, kWriteTimeoutMs = 2000,
