@@ -324,7 +324,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void fill_request_info(const http::request<http::string_body>& req) {
     method_ = std::string(req.method_string());
     const std::string_view target(req.target().data(), req.target().size());
-    path_ = std::string(target.substr(0, target.find('?')));
+    path_ = std::string(request_path(target));
     route_ = route_of(path_);
     keep_alive_ = req.keep_alive();
     head_ = req.method() == http::verb::head;

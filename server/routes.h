@@ -17,6 +17,9 @@ inline constexpr const char* kCompletionsRoute = "/v1/completions";
 /// GET: OpenAI model list.
 inline constexpr const char* kModelsRoute = "/v1/models";
 
+/// The path of a request target: the query dropped, and for the absolute form
+/// ("http://host:port/path", which servers must accept: RFC 9112 3.2.2) the scheme and authority.
+std::string_view request_path(std::string_view target);
 /// The route a request path names, or "other" (so metrics never label by client-chosen paths).
 std::string route_of(std::string_view path);
 /// The API a generating (POST) route speaks; nullopt for the GET routes.

@@ -672,6 +672,9 @@ TEST_F(ServerHttp, RequestErrorsAreJsonWithTheRightStatus) {
     EXPECT_NE(out.find("exactly one Host header"), std::string::npos) << out;
   }
   EXPECT_EQ(c.raw("GET /healthz HTTP/1.0\r\n\r\n", 3s).rfind("HTTP/1.0 200", 0), 0u);
+  const std::string absolute =
+      c.raw("GET http://x:1/healthz?a=b HTTP/1.1\r\nHost: x:1\r\n\r\n", 1s);
+  EXPECT_EQ(absolute.rfind("HTTP/1.1 200", 0), 0u) << absolute;
   const std::string garbage = c.raw("BLAH\r\n\r\n", 2s);
   EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
   EXPECT_NE(garbage.find("\"bad_request\""), std::string::npos) << garbage;

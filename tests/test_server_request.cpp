@@ -201,6 +201,15 @@ TEST(ServerRoutes, KnownPathsOnly) {
   EXPECT_FALSE(openai_route("/ask"));
   EXPECT_TRUE(probe_route("/metrics"));
   EXPECT_FALSE(probe_route("/v1/info"));
+  // Request targets: origin form, and the absolute form servers must accept (RFC 9112 3.2.2).
+  EXPECT_EQ(request_path("/ask?x=1&y=/z"), "/ask");
+  EXPECT_EQ(request_path("/v1/info"), "/v1/info");
+  EXPECT_EQ(request_path("http://h:8080/v1/info?q=1"), "/v1/info");
+  EXPECT_EQ(request_path("HTTPS://h/ask"), "/ask");
+  EXPECT_EQ(request_path("http://h"), "/");
+  EXPECT_EQ(request_path("http://h?q=/ask"), "/");
+  EXPECT_EQ(request_path("*"), "*");
+  EXPECT_EQ(request_path("httpx://h/ask"), "httpx://h/ask");
 }
 
 TEST(ServerSse, EventFraming) {
