@@ -99,10 +99,10 @@ double fma_peak_flops(int threads) {
 }
 
 // Bytes per second this machine streams from memory with `threads` threads (best of 3 reads of
-// a 256 MiB buffer, far past any L3): a decode step that reads every weight once cannot beat
-// this divided by its bytes, on any engine.
-double read_bandwidth(int threads) {
-  const size_t words = (size_t(256) << 20) / sizeof(uint64_t);
+// a buffer of `mib` MiB, by default 256, far past any L3): a decode step that reads every weight
+// once cannot beat this divided by its bytes, on any engine.
+double read_bandwidth(int threads, int64_t mib) {
+  const size_t words = (size_t(mib) << 20) / sizeof(uint64_t);
   std::vector<uint64_t> buf(words, 1);
   const double secs = best_parallel_seconds(threads, 3, [&](int t) {
     const size_t begin = words * t / threads, end = words * (t + 1) / threads;
@@ -149,6 +149,10 @@ int main(int argc, char** argv) try {
               "auto")
       .option("batch", "requests decoded together", "1")
       .option("prefill-runs", "prefills timed, each on a fresh state; the median is reported", "1")
+      .option("bandwidth-mb",
+              "buffer of the memory-bandwidth probe, allocated after the model's peak RSS is "
+              "taken (0: no probe, its figures 0; for runs under a tight memory limit)",
+              "256")
       .flag("json", "accepted for clarity: the output is always one JSON object");
   args.parse(std::vector<std::string>(argv + 1, argv + argc));
   if (args.help_requested()) {
@@ -167,6 +171,7 @@ int main(int argc, char** argv) try {
       static_cast<int>(args.get_int(args.has("decode") ? "decode" : "decode-tokens", 0, 1 << 24));
   const int batch = static_cast<int>(args.get_int("batch", 1, 4096));
   const int prefill_runs = static_cast<int>(args.get_int("prefill-runs", 1, 1000));
+  const int64_t bandwidth_mb = args.get_int("bandwidth-mb", 0, 1 << 20);
   try {
     ModelLoadSettings settings;
     settings.dir = model_dir;
@@ -305,7 +310,11 @@ int main(int argc, char** argv) try {
     const double fma_flops =
         fma_peak_flops(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
     const double read_bytes_per_s =
-        read_bandwidth(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
+        bandwidth_mb == 0
+            ? 0.0
+            : read_bandwidth(
+                  threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()),
+                  bandwidth_mb);
     const int64_t enc_tokens = int64_t(chunks) * chunk_len;
     std::printf(
         "{\"engine\": \"cepe-cpp\", \"backend\": \"%s\", \"threads\": %d, \"weights\": \"%s\", "
