@@ -29,6 +29,7 @@
 
 #include "common/args.h"
 #include "common/error.h"
+#include "common/system.h"
 #include "index/builder.h"
 #include "index/open_index.h"
 #include "retriever/retriever.h"
@@ -40,11 +41,7 @@ namespace fs = std::filesystem;
 
 // Resident memory of this process in MiB (VmRSS).
 double rss_mib() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024;
-  return 0;
+  return static_cast<double>(cepe::process_stats().resident_bytes) / (1 << 20);
 }
 
 struct Question {

@@ -25,7 +25,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -35,6 +34,7 @@
 
 #include "common/args.h"
 #include "common/error.h"
+#include "common/system.h"
 
 namespace {
 
@@ -123,12 +123,8 @@ Options parse_args(int argc, char** argv) {
 
 long rss_kb(long pid) {
   if (pid <= 0) return -1;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
-  }
-  return -1;
+  const uint64_t bytes = cepe::process_stats(static_cast<int>(pid)).resident_bytes;
+  return bytes == 0 ? -1 : static_cast<long>(bytes / 1024);
 }
 
 // Questions that hit different passages of the benchmark corpus (any corpus works).
