@@ -9,7 +9,7 @@
 #   [CONCURRENCY=1] bench/run_encoder_store_bench.sh [questions=200] [passages=400] [threads=0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source bench/squad_slice.sh
+source scripts/squad_slice.sh
 n=${1:-200}
 np=${2:-400}
 threads=${3:-0}
@@ -17,7 +17,7 @@ cepe=${CEPE:-build/cepe}
 work=${STORE_BENCH_DIR:-/tmp/cepe-store-bench}
 mkdir -p "$work"
 if [[ ! -f "$work/index/manifest.json" ]]; then
-  squad_slice "$work" "$np" 3
+  squad_slice ../shared/data/squad-train "$work" "$np" 3 0 4000
   "$cepe" random-model --preset bench100m --tokenizer "$work/spm.model" --out "$work/model" >/dev/null
   "$cepe" index build --input "$work/passages.jsonl" --out "$work/index" >/dev/null 2>&1
 fi

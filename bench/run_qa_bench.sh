@@ -5,7 +5,7 @@
 #   bench/run_qa_bench.sh [questions=64] [concurrency=16] [threads=all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source bench/squad_slice.sh
+source scripts/squad_slice.sh
 n=${1:-64}
 conc=${2:-16}
 threads=${3:-0}
@@ -13,7 +13,7 @@ cepe=${CEPE:-build/cepe}
 work=${QA_BENCH_DIR:-/tmp/cepe-qa-bench}
 mkdir -p "$work"
 if [[ ! -f "$work/index/manifest.json" ]]; then
-  squad_slice "$work" 2000 5
+  squad_slice ../shared/data/squad-train "$work" 2000 5 0 4000
   "$cepe" random-model --preset small --tokenizer "$work/spm.model" --out "$work/model"
   "$cepe" index build --input "$work/passages.jsonl" --out "$work/index" >/dev/null 2>&1
 fi

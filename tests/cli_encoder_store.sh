@@ -9,6 +9,7 @@
 #   live encoding in the cached form, with no passage encoded live.
 set -euo pipefail
 cepe=${CEPE_BINARY:?}
+source "${CEPE_SOURCE_DIR:?}/scripts/squad_slice.sh"
 data=${CEPE_SHARED_DIR:-${CEPE_SOURCE_DIR:?}/../shared}/data/squad-train
 if [[ ! -f "$data/passages.jsonl" ]]; then
   echo "skip: $data not found (the shared test data is only present in CI)"
@@ -18,20 +19,7 @@ command -v spm_train >/dev/null || { echo "skip: spm_train (sentencepiece) not i
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-head -n 600 "$data/passages.jsonl" >"$tmp/passages.jsonl"
-python3 - "$tmp" "$data/questions.jsonl" <<'PY'
-import json, sys
-tmp, questions = sys.argv[1], sys.argv[2]
-ids = {json.loads(l)["id"] for l in open(f"{tmp}/passages.jsonl")}
-picked = [l for l in open(questions) if json.loads(l)["passage_id"] in ids][::37][:24]
-open(f"{tmp}/questions.jsonl", "w").writelines(picked)
-with open(f"{tmp}/corpus.txt", "w") as f:
-    for l in open(f"{tmp}/passages.jsonl"):
-        p = json.loads(l)
-        f.write(p["title"] + "\n" + p["text"] + "\n")
-PY
-spm_train --input="$tmp/corpus.txt" --model_prefix="$tmp/spm" --vocab_size=2000 \
-  --hard_vocab_limit=false --model_type=bpe --byte_fallback=true --minloglevel=2 >/dev/null 2>&1
+squad_slice "$data" "$tmp" 600 37 24 2000
 "$cepe" random-model --preset tiny --tokenizer "$tmp/spm.model" --out "$tmp/model" >/dev/null
 "$cepe" index build --input "$tmp/passages.jsonl" --out "$tmp/index" >/dev/null 2>&1
 cp -r "$tmp/index" "$tmp/index2"
