@@ -5,7 +5,8 @@
 // both sides of each check are reachable).
 //
 // Each input is sent on a fresh connection followed by a request that asks the server to close
-// (`kLast`), and everything the server sends is read until it closes. The promises checked:
+// (`kLast`), or cut in two writes, or without kLast and followed by the client hanging up
+// (Delivery), and everything the server sends is read until it closes. The promises checked:
 // - the server closes the connection within a bound set by its own deadlines (no hang);
 // - what it sent is a sequence of whole HTTP/1.x responses, each with a status it may send
 //   (status_allowed), a Date and an X-Request-Id, framing (Content-Length or chunked) that matches
@@ -122,8 +123,16 @@ Running* running() {
   return r.get();
 }
 
-// Sends `bytes` then kLast on a fresh connection; returns everything read until the server closed.
-std::string exchange(uint16_t port, std::string_view bytes) {
+// How an input reaches the server. The first byte picks (no request starts with 0x01 or 0x02):
+enum class Delivery {
+  Plain,   // the bytes, then kLast
+  HangUp,  // 0x01: the bytes, then the client stops sending (the server sees it leave, before,
+           // during or after a request: mid-header, mid-body or mid-generation)
+  Split,   // 0x02 N: the bytes and kLast in two writes 5 ms apart, cut at N/256 of the way
+};
+
+// Sends an input on a fresh connection; returns everything read until the server closed.
+std::string exchange(uint16_t port, std::string_view bytes, Delivery how, uint8_t cut) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) fuzz::fail("socket() failed");
   sockaddr_in addr{};
@@ -136,12 +145,16 @@ std::string exchange(uint16_t port, std::string_view bytes) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   // The server may answer and close before reading all of it (413, 431): a failed send is fine.
   std::string out(bytes);
-  out += kLast;
+  if (how != Delivery::HangUp) out += kLast;
+  const size_t first = how == Delivery::Split ? out.size() * cut / 256 : out.size();
   for (size_t sent = 0; sent < out.size();) {
-    const ssize_t n = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (how == Delivery::Split && sent == first) std::this_thread::sleep_for(5ms);
+    const size_t end = sent < first ? first : out.size();
+    const ssize_t n = ::send(fd, out.data() + sent, end - sent, MSG_NOSIGNAL);
     if (n <= 0) break;
     sent += static_cast<size_t>(n);
   }
+  if (how == Delivery::HangUp) ::shutdown(fd, SHUT_WR);
   std::string got;
   const auto deadline = std::chrono::steady_clock::now() + kCloseBound;
   char buf[16384];
@@ -246,8 +259,18 @@ void check_responses(const std::string& got, std::string_view input) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Running* r = running();
   if (!r) return 0;
-  const std::string_view input = fuzz::as_text(data, size);
-  const std::string got = exchange(r->srv->port(), input);
+  std::string_view input = fuzz::as_text(data, size);
+  Delivery how = Delivery::Plain;
+  uint8_t cut = 0;
+  if (size >= 1 && data[0] == 1) {
+    how = Delivery::HangUp;
+    input.remove_prefix(1);
+  } else if (size >= 2 && data[0] == 2) {
+    how = Delivery::Split;
+    cut = data[1];
+    input.remove_prefix(2);
+  }
+  const std::string got = exchange(r->srv->port(), input, how, cut);
   // (An input may end the connection unanswered: a body that never comes ends at the deadline.)
   if (size == 0 && got.rfind("HTTP/1.1 200 OK", 0) != 0)
     fuzz::fail("the closing request alone was not answered 200: " + got);
