@@ -211,8 +211,9 @@ bool status_allowed(int status) {
   return std::find(std::begin(kSent), std::end(kSent), status) != std::end(kSent);
 }
 
-// Every response in `got`, in order.
-void check_responses(const std::string& got, std::string_view input) {
+// Every response in `got`, in order. `cut_ok`: the client hung up, and the server stops what it
+// is sending when it sees that (a stream cancelled mid-way), so the last response may end early.
+void check_responses(const std::string& got, std::string_view input, bool cut_ok) {
   size_t at = 0;
   for (int index = 0; at < got.size(); ++index) {
     const std::string where = "response " + std::to_string(index);
@@ -221,7 +222,10 @@ void check_responses(const std::string& got, std::string_view input) {
     boost::beast::error_code ec;
     // Not eager yet: put() stops after the header, so what follows it can be looked at.
     at += parser.put(boost::asio::buffer(got.data() + at, got.size() - at), ec);
-    if (ec == http::error::need_more) fuzz::fail(where + ": the connection closed inside a header");
+    if (ec == http::error::need_more) {
+      if (cut_ok) return;
+      fuzz::fail(where + ": the connection closed inside a header");
+    }
     if (ec) fuzz::fail(where + ": not an HTTP response header: " + ec.message());
     const auto& res = parser.get();
     const int status = res.result_int();
@@ -245,6 +249,7 @@ void check_responses(const std::string& got, std::string_view input) {
     }
     if (!parser.is_done()) {
       parser.put_eof(ec);
+      if (ec && cut_ok) return;
       if (ec) fuzz::fail(where + ": the connection closed inside a body: " + ec.message());
     }
     const std::string& body = parser.get().body();
@@ -275,11 +280,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0 && got.rfind("HTTP/1.1 200 OK", 0) != 0)
     fuzz::fail("the closing request alone was not answered 200: " + got);
   if (fuzz::showing()) std::fprintf(stderr, "%s\n", got.c_str());
-  check_responses(got, input);
+  check_responses(got, input, how == Delivery::HangUp);
   // The server counts a connection's end when its session goes, just after the close.
   auto& m = r->srv->metrics();
   for (int i = 0; m.in_flight.load() != 0 || m.connections.load() != 0; ++i) {
-    if (i == 2000)
+    if (i == 10000)  // 10 s: a session ends within milliseconds; a leaked count never does
       fuzz::fail("after the close, " + std::to_string(m.in_flight.load()) +
                  " requests still in flight, " + std::to_string(m.connections.load()) +
                  " connections counted");
