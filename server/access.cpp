@@ -1,6 +1,6 @@
 #include "server/access.h"
 
-#include <cctype>
+#include "common/strings.h"
 
 namespace cepe::server {
 
@@ -13,12 +13,8 @@ bool same_key(std::string_view given, std::string_view expected) {
 
 std::string_view request_key(std::string_view authorization, std::string_view x_api_key) {
   constexpr std::string_view kBearer = "bearer ";
-  if (authorization.size() > kBearer.size()) {
-    bool bearer = true;
-    for (size_t i = 0; i < kBearer.size(); ++i)
-      bearer = bearer && std::tolower(static_cast<unsigned char>(authorization[i])) == kBearer[i];
-    if (bearer) return authorization.substr(kBearer.size());
-  }
+  if (authorization.size() > kBearer.size() && starts_with_ascii_nocase(authorization, kBearer))
+    return authorization.substr(kBearer.size());
   return x_api_key;
 }
 

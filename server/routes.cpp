@@ -1,18 +1,12 @@
 #include "server/routes.h"
 
-#include <cctype>
+#include "common/strings.h"
 
 namespace cepe::server {
 
 std::string_view request_path(std::string_view target) {
-  const auto starts_with_ci = [&](std::string_view prefix) {
-    if (target.size() < prefix.size()) return false;
-    for (size_t i = 0; i < prefix.size(); ++i)
-      if (std::tolower(static_cast<unsigned char>(target[i])) != prefix[i]) return false;
-    return true;
-  };
   for (std::string_view scheme : {"http://", "https://"}) {
-    if (!starts_with_ci(scheme)) continue;
+    if (!starts_with_ascii_nocase(target, scheme)) continue;
     const size_t slash = target.find_first_of("/?", scheme.size());
     target = slash == std::string_view::npos || target[slash] == '?' ? std::string_view("/")
                                                                      : target.substr(slash);
