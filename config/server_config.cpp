@@ -101,6 +101,7 @@ const std::vector<FieldRef>& field_refs() {
       CEPE_INT(max_stop, 0, 64, "most stop strings per request"),
       CEPE_INT(max_stop_chars, 1, 4096, "longest stop string in bytes"),
       CEPE_INT(max_json_depth, 2, 256, "deepest JSON nesting in a request"),
+      CEPE_INT(max_logprobs, 0, 1000, "most likely tokens listed per generated token"),
       CEPE_INT(chunk_tokens, 1, 1 << 16, "tokens per encoder chunk"),
       CEPE_INT(max_prompt_tokens, 1, 1 << 20, "decoder prompt cap in tokens"),
       CEPE_LIST(default_stop, "stop strings when the request has none"),

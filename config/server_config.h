@@ -62,6 +62,7 @@ struct ServerConfig {
   int max_stop = 4;                  ///< most stop strings per request
   int max_stop_chars = 64;           ///< longest stop string, in bytes
   int max_json_depth = 16;           ///< deepest nesting of arrays/objects in a request body
+  int max_logprobs = 20;             ///< most likely tokens listed per generated token (logprobs)
   int chunk_tokens = 256;            ///< one passage per encoder chunk, cut to this many tokens
   int max_prompt_tokens = 4096;      ///< decoder prompt cap; decoder passages are dropped to fit
   std::vector<std::string> default_stop = {"\n"};  ///< `stop` when the request gives none

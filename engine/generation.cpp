@@ -22,6 +22,35 @@ void validate(const SamplingOptions& o) {
   CEPE_CHECK(std::isfinite(o.top_p) && o.top_p > 0.0f && o.top_p <= 1.0f,
              "top_p must be in (0, 1], got " << o.top_p);
   CEPE_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got " << o.max_new_tokens);
+  CEPE_CHECK(o.logprobs >= -1, "logprobs must be >= -1 (-1: none), got " << o.logprobs);
+}
+
+TokenLogprob token_logprob(const float* logits, int vocab, int32_t id, int top) {
+  CEPE_CHECK(vocab > 0 && id >= 0 && id < vocab,
+             "token " << id << " is outside the vocabulary of " << vocab);
+  const float mx = *std::max_element(logits, logits + vocab);
+  double sum = 0.0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
+  const double log_z = static_cast<double>(mx) + std::log(sum);
+  TokenLogprob out;
+  out.id = id;
+  out.logprob = static_cast<float>(logits[id] - log_z);
+  const int n = std::min(std::max(top, 0), vocab);
+  if (n == 0) return out;
+  // A bounded selection: keep the n best seen so far, sorted, most likely first.
+  auto better = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  std::vector<int32_t> best;
+  best.reserve(n + 1);
+  for (int32_t i = 0; i < vocab; ++i) {
+    if (static_cast<int>(best.size()) == n && !better(i, best.back())) continue;
+    best.insert(std::upper_bound(best.begin(), best.end(), i, better), i);
+    if (static_cast<int>(best.size()) > n) best.pop_back();
+  }
+  out.top.reserve(n);
+  for (int32_t i : best) out.top.emplace_back(i, static_cast<float>(logits[i] - log_z));
+  return out;
 }
 
 const char* finish_reason_name(FinishReason r) {
@@ -148,6 +177,13 @@ void Sequence::cancel() {
   state_.reset(new DecoderState());  // frees the caches now, not when the request object dies
 }
 
+std::vector<TokenLogprob> Sequence::take_logprobs() {
+  std::vector<TokenLogprob> out(logprobs_.begin() + static_cast<std::ptrdiff_t>(logprobs_taken_),
+                                logprobs_.end());
+  logprobs_taken_ = logprobs_.size();
+  return out;
+}
+
 std::string Sequence::take_text() {
   std::string out;
   out.swap(unread_);
@@ -164,6 +200,8 @@ void Sequence::accept(const float* logits, int vocab) {
     finish_ = FinishReason::Eos;
   } else {
     generated_.push_back(id);
+    if (options_.logprobs >= 0)
+      logprobs_.push_back(token_logprob(logits, vocab, id, options_.logprobs));
     if (decoder_) piece = stop_.push(decoder_->push(id));
     if (stop_.stopped()) {
       finish_ = FinishReason::Stop;
@@ -219,6 +257,7 @@ GenerationResult generate(CepeModel& model, const Tokenizer& tokenizer,
   }
   result.text = seq.text();
   result.tokens = seq.tokens();
+  result.logprobs = seq.logprobs();
   result.finish = seq.finish_reason();
   result.prompt_tokens = seq.prompt_tokens();
   result.encoder_tokens = context.tokens();

@@ -25,7 +25,23 @@ struct SamplingOptions {
   std::vector<std::string> stop;  ///< generation ends before the first occurrence of any of these
   bool stop_at_eos = true;        ///< end at the model's EOS token(s)
   std::vector<int32_t> stop_token_ids;  ///< further ids that end generation (not emitted)
+  /// -1: no log-probabilities; n >= 0: record each generated token's log-probability and the n
+  /// most likely tokens at its step (OpenAI's logprobs / top_logprobs).
+  int logprobs = -1;
 };
+
+/// Log-probability of one generated token and of the most likely tokens at its step, under the
+/// model's distribution (log-softmax of the raw logits: before temperature, top-k and top-p, so
+/// the figures do not depend on how the token was sampled).
+struct TokenLogprob {
+  int32_t id = 0;                              ///< the generated token
+  float logprob = 0.0f;                        ///< its log-probability
+  std::vector<std::pair<int32_t, float>> top;  ///< most likely first (ties: lower id first)
+};
+
+/// The log-probability of `id` and the `top` most likely tokens of `vocab` logits; the
+/// normaliser is summed in double, so each figure is within a few float ulps of log_softmax.
+TokenLogprob token_logprob(const float* logits, int vocab, int32_t id, int top);
 
 /// Checks sampling options; the error names the offending field.
 void validate(const SamplingOptions& options);
@@ -90,6 +106,11 @@ class Sequence {
   const std::string& text() const { return text_; }
   /// Generated token ids (EOS excluded).
   const std::vector<int32_t>& tokens() const { return generated_; }
+  /// Log-probabilities of the generated tokens, one per entry of tokens() (empty unless
+  /// SamplingOptions::logprobs >= 0).
+  const std::vector<TokenLogprob>& logprobs() const { return logprobs_; }
+  /// Log-probabilities added since the last call, as take_text() is for text.
+  std::vector<TokenLogprob> take_logprobs();
   /// Prompt length in tokens.
   int64_t prompt_tokens() const { return static_cast<int64_t>(prompt_.size()); }
   /// Encoder tokens cross-attended to.
@@ -116,6 +137,8 @@ class Sequence {
   StopMatcher stop_;
   std::optional<StreamDecoder> decoder_;
   std::vector<int32_t> generated_;
+  std::vector<TokenLogprob> logprobs_;
+  size_t logprobs_taken_ = 0;
   std::string text_, unread_;
   FinishReason finish_ = FinishReason::None;
 };
@@ -128,6 +151,7 @@ void step_sequences(CepeModel& model, const std::vector<Sequence*>& sequences);
 struct GenerationResult {
   std::string text;                                     ///< generated text
   std::vector<int32_t> tokens;                          ///< generated ids
+  std::vector<TokenLogprob> logprobs;                   ///< per generated id, when asked for
   FinishReason finish = FinishReason::None;             ///< why it stopped
   int64_t prompt_tokens = 0;                            ///< decoder prompt length
   int64_t encoder_tokens = 0;                           ///< encoder tokens

@@ -77,6 +77,25 @@ std::string Tokenizer::piece(int32_t id) const {
   return sp_->IdToPiece(id);
 }
 
+std::string Tokenizer::token_bytes(int32_t id) const {
+  if (const int byte = byte_value(id); byte >= 0) return std::string(1, static_cast<char>(byte));
+  if (is_unknown(id)) return " \xE2\x81\x87 ";  // U+2047, sentencepiece's unk surface
+  std::string piece = sp_->IdToPiece(id);
+  if (sp_->IsControl(id)) return piece;
+  static const std::string kSpace = "\xE2\x96\x81";  // U+2581, sentencepiece's word marker
+  std::string out;
+  out.reserve(piece.size());
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.compare(i, kSpace.size(), kSpace) == 0) {
+      out += ' ';
+      i += kSpace.size();
+    } else {
+      out += piece[i++];
+    }
+  }
+  return out;
+}
+
 int32_t Tokenizer::vocab_size() const {
   return sp_->GetPieceSize();
 }

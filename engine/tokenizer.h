@@ -34,6 +34,10 @@ class Tokenizer {
   std::string decode(const std::vector<int32_t>& ids) const;
   /// Surface string of one piece ("▁the", "<0x0A>").
   std::string piece(int32_t id) const;
+  /// The bytes one piece stands for, as listed with log-probabilities: "▁" as a space, a byte
+  /// piece as its one byte (possibly part of a UTF-8 character), the unknown piece as decode()
+  /// renders it (" ⁇ "), control pieces as their name ("</s>"), since they decode to nothing.
+  std::string token_bytes(int32_t id) const;
   /// Number of pieces.
   int32_t vocab_size() const;
   /// Id of the beginning-of-sequence token.

@@ -200,6 +200,7 @@ void Scheduler::finish(Active& a, JobOutcome outcome, std::exception_ptr error) 
     r.text = s->text();
     r.prompt_tokens = s->prompt_tokens();
     r.completion_tokens = static_cast<int64_t>(s->tokens().size());
+    r.logprobs = s->logprobs();
     r.prefill_ms = s->prefill_ms;
     r.decode_ms = s->decode_ms;
     r.finish_reason = finish_reason_name(s->finish_reason());
@@ -511,7 +512,9 @@ void Scheduler::iterate() {
       a.first_token_ms = ms_between(a.joined, stepped);
     if (a.job->on_text) {
       std::string piece = a.seq->take_text();
-      if (!piece.empty()) a.job->on_text(std::move(piece));
+      std::vector<TokenLogprob> logprobs = a.seq->take_logprobs();
+      if (!piece.empty() || !logprobs.empty())
+        a.job->on_text(std::move(piece), std::move(logprobs));
     }
     if (a.seq->finished()) finish(a, JobOutcome::Finished);
   }

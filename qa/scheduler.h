@@ -23,8 +23,8 @@
 #include <utility>
 #include <vector>
 
-#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
 #include "qa/encoder_states.h"
 
@@ -51,6 +51,7 @@ struct JobResult {
   int64_t prompt_tokens = 0;                  ///< decoder prompt tokens
   int64_t encoder_tokens = 0;                 ///< encoder tokens cross-attended to
   int64_t completion_tokens = 0;              ///< tokens generated
+  std::vector<TokenLogprob> logprobs;         ///< per generated token, when sampling.logprobs >= 0
   double queue_ms = 0;                        ///< waiting for a batch slot
   double encode_ms = 0;                       ///< encoding the passages (the slices' share)
   double prefill_ms = 0;                      ///< steps that ran the prompt
@@ -62,16 +63,19 @@ struct JobResult {
 /// One generation request handed to the scheduler. The callbacks run on the scheduler's thread
 /// (the engine thread, or the caller of drain()) and must not block.
 struct Job {
-  std::vector<int32_t> prompt_ids;                        ///< decoder prompt
-  std::vector<std::vector<int32_t>> chunks;               ///< encoder chunks (may be empty)
+  std::vector<int32_t> prompt_ids;           ///< decoder prompt
+  std::vector<std::vector<int32_t>> chunks;  ///< encoder chunks (may be empty)
   /// Passage id of each chunk, for the encoder-state store and cache ("" or absent: encoded live).
   std::vector<std::string> chunk_ids;
   SamplingOptions sampling;                               ///< decoding settings
   Clock::time_point deadline = Clock::time_point::max();  ///< past it the job ends as Deadline
-  std::function<void(std::string)> on_text;               ///< streamed text (empty: not streaming)
-  std::function<void(JobResult)> on_done;                 ///< called exactly once
-  std::atomic<bool> cancelled{false};  ///< set by the client side when the answer is unwanted
-  Clock::time_point submitted;         ///< set by submit()
+  /// Streamed output (empty: not streaming): the text completed since the last call and the
+  /// log-probabilities of the tokens generated since then (empty unless sampling.logprobs >= 0;
+  /// text and tokens need not line up, as text waits for whole characters and stop strings).
+  std::function<void(std::string, std::vector<TokenLogprob>)> on_text;
+  std::function<void(JobResult)> on_done;  ///< called exactly once
+  std::atomic<bool> cancelled{false};      ///< set by the client side when the answer is unwanted
+  Clock::time_point submitted;             ///< set by submit()
 };
 
 /// What the scheduler reports as it runs; the server's Prometheus metrics implement it (qa/

@@ -70,6 +70,7 @@ void prepare_ask(AskState& st, const Resources& res, const config::ServerConfig&
   s.seed = st.req.seed;
   s.max_new_tokens = st.req.max_new_tokens;
   s.stop = st.req.stop;
+  s.logprobs = st.req.logprobs;
   qa::Plan plan;
   try {
     // The planner reads only the model's config; the model itself stays on the scheduler.
@@ -100,7 +101,7 @@ OpenAiUsage usage_of(const JobResult& r) {
 }
 
 std::string ask_answer_json(const AskState& st, const JobResult& r, const std::string& model_name,
-                            bool with_passages) {
+                            bool with_passages, const Tokenizer* logprob_tokenizer) {
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();
@@ -135,6 +136,11 @@ std::string ask_answer_json(const AskState& st, const JobResult& r, const std::s
   w.Key("request_id");
   write_json_text(w, st.request_id);
   if (with_passages) put_passages(w, st);
+  if (logprob_tokenizer && st.req.logprobs >= 0) {
+    w.Key("logprobs");
+    const std::string content = logprob_content_json(r.logprobs, *logprob_tokenizer);
+    w.RawValue(content.data(), content.size(), rapidjson::kArrayType);
+  }
   w.EndObject();
   return std::string(sb.GetString(), sb.GetSize());
 }

@@ -51,9 +51,11 @@ std::string answer_text(const JobResult& r);
 /// OpenAI usage of a finished job.
 OpenAiUsage usage_of(const JobResult& r);
 /// The /ask answer object: answer, finish_reason, usage, timings, model, request_id, and the
-/// passages when `with_passages` (the stream's done event leaves them out: they came first).
+/// passages when `with_passages` (the stream's done event leaves them out: they came first), and
+/// the tokens' log-probabilities when the request asked for them and `logprob_tokenizer` is set
+/// (the stream's done event leaves them out too: they came with the token events).
 std::string ask_answer_json(const AskState& st, const JobResult& r, const std::string& model_name,
-                            bool with_passages);
+                            bool with_passages, const Tokenizer* logprob_tokenizer = nullptr);
 /// The /ask stream's first event: {"passages": [...]}.
 std::string ask_passages_json(const AskState& st);
 

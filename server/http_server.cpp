@@ -77,6 +77,7 @@ class Server::Impl {
     limits.max_stop = cfg.max_stop;
     limits.max_stop_chars = cfg.max_stop_chars;
     limits.max_json_depth = cfg.max_json_depth;
+    limits.max_logprobs = cfg.max_logprobs;
     limits.default_stop = cfg.default_stop;
     std::random_device rd;
     char buf[32];
@@ -608,9 +609,12 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     job_ = st->job;
     if (st->req.stream) {
-      job_->on_text = [self = shared_from_this()](std::string piece) {
+      job_->on_text = [self = shared_from_this()](std::string piece,
+                                                  std::vector<TokenLogprob> logprobs) {
         net::post(self->stream_.get_executor(),
-                  [self, p = std::move(piece)]() mutable { self->on_token(std::move(p)); });
+                  [self, p = std::move(piece), l = std::move(logprobs)]() mutable {
+                    self->on_token(std::move(p), std::move(l));
+                  });
       };
     }
     job_->on_done = [self = shared_from_this()](JobResult r) {
@@ -638,10 +642,16 @@ class Session : public std::enable_shared_from_this<Session> {
       case JobOutcome::Finished: {
         std::string body;
         if (st->api == Api::Ask) {
-          body = ask_answer_json(*st, r, srv_.res.model_name, /*with_passages=*/true);
+          body = ask_answer_json(*st, r, srv_.res.model_name, /*with_passages=*/true,
+                                 srv_.res.tokenizer);
         } else {
+          std::string logprobs;
+          if (st->req.logprobs >= 0) {
+            int64_t text_offset = 0;
+            logprobs = openai_logprobs_json(st->api, r.logprobs, *srv_.res.tokenizer, text_offset);
+          }
           body = openai_response_json(st->ids, answer_text(r), r.finish_reason, usage_of(r),
-                                      passages_json(st->hits));
+                                      passages_json(st->hits), logprobs);
         }
         return stop_watch_then([self = shared_from_this(), body = std::move(body)]() mutable {
           self->reply_json(http::status::ok, std::move(body));
@@ -680,6 +690,8 @@ class Session : public std::enable_shared_from_this<Session> {
     header_sent_ = false;
     last_chunk_pending_ = false;
     stream_api_ = st.api;
+    stream_logprobs_ = st.req.logprobs >= 0;
+    stream_text_offset_ = 0;
     if (st.api != Api::Ask) {
       stream_ids_ = st.ids;
       // The role (chat) and the passages come first, before any text, as /ask's passages event.
@@ -735,11 +747,20 @@ class Session : public std::enable_shared_from_this<Session> {
       net::async_write(stream_, net::buffer(*event), std::move(done));
   }
 
-  void on_token(std::string piece) {
+  void on_token(std::string piece, const std::vector<TokenLogprob>& logprobs) {
     if (dead_ || stream_ended_) return;
-    if (stream_api_ != Api::Ask)
-      return send_event(nullptr, openai_chunk_json(stream_ids_, piece, false, std::nullopt));
-    send_event("token", "{\"text\":" + json_quote(sanitize_utf8(piece)) + "}");
+    const Tokenizer& tokenizer = *srv_.res.tokenizer;
+    if (stream_api_ != Api::Ask) {
+      std::string lp;
+      if (stream_logprobs_)
+        lp = openai_logprobs_json(stream_api_, logprobs, tokenizer, stream_text_offset_);
+      return send_event(nullptr,
+                        openai_chunk_json(stream_ids_, piece, false, std::nullopt, "", lp));
+    }
+    std::string event = "{\"text\":" + json_quote(sanitize_utf8(piece));
+    if (stream_logprobs_)
+      event.append(",\"logprobs\":").append(logprob_content_json(logprobs, tokenizer));
+    send_event("token", event + "}");
   }
 
   void end_stream(const AskState& st, const JobResult& r) {
@@ -866,6 +887,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::response<http::empty_body>> sse_res_;
   std::optional<http::response_serializer<http::empty_body>> sse_sr_;
   Api stream_api_ = Api::Ask;
+  bool stream_logprobs_ = false;    // the stream's request asked for log-probabilities
+  int64_t stream_text_offset_ = 0;  // completions' text_offset of the next streamed token
   OpenAiIds stream_ids_;
 
   // Lingering close.

@@ -4,11 +4,14 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <set>
 
 #include "common/json.h"
+#include "common/utf8.h"
 #include "server/log.h"
 #include "server/request_fields.h"
 
@@ -130,6 +133,39 @@ std::string done(rapidjson::StringBuffer& sb) {
   return std::string(sb.GetString(), sb.GetSize());
 }
 
+void put_logprobs(Writer& w, const std::string& json) {
+  w.Key("logprobs");
+  if (json.empty())
+    w.Null();
+  else
+    w.RawValue(json.data(), json.size(), rapidjson::kObjectType);
+}
+
+// A log-probability as the shortest decimal that reads back as the same float (the widened
+// double would print nine spurious digits). -inf (a token the model rules out) is written as
+// OpenAI writes it, -9999.0; NaN, which a sane model never yields, as null.
+void put_logprob(Writer& w, float x) {
+  if (std::isnan(x)) {
+    w.Null();
+    return;
+  }
+  if (!std::isfinite(x)) x = -9999.0f;
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  w.RawValue(buf, static_cast<size_t>(r.ptr - buf), rapidjson::kNumberType);
+}
+
+void put_token(Writer& w, const std::string& bytes, float logprob) {
+  w.Key("token");
+  write_json_text(w, bytes);
+  w.Key("logprob");
+  put_logprob(w, logprob);
+  w.Key("bytes");
+  w.StartArray();
+  for (unsigned char c : bytes) w.Uint(c);
+  w.EndArray();
+}
+
 }  // namespace
 
 OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimits& limits) {
@@ -141,7 +177,8 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
   r.k = limits.default_k;
   r.max_new_tokens = limits.default_max_new_tokens;
   r.stop = limits.default_stop;
-  bool has_question = false, has_k = false, has_stream_options = false;
+  bool has_question = false, has_k = false, has_stream_options = false, chat_logprobs = false;
+  int top_logprobs = -1;
   std::set<std::string> seen;
   const char* question_field = chat ? "messages" : "prompt";
   for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
@@ -192,9 +229,15 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
     } else if (name == "presence_penalty" || name == "frequency_penalty") {
       if (!v.IsNull() && !(v.IsNumber() && v.GetDouble() == 0.0))
         unsupported(name, "must be 0 (penalties are not implemented)");
+    } else if (chat && name == "logprobs") {
+      if (!v.IsNull() && !v.IsBool()) bad(name, "must be true or false");
+      chat_logprobs = v.IsBool() && v.GetBool();
+    } else if (chat && name == "top_logprobs") {
+      if (!v.IsNull()) top_logprobs = get_int(v, name, 0, limits.max_logprobs);
     } else if (name == "logprobs") {
-      if (!v.IsNull() && !(v.IsBool() && !v.GetBool()) && !(v.IsInt64() && v.GetInt64() == 0))
-        unsupported(name, "is not available");
+      // Completions: the number of most likely tokens to list (false, as null: none).
+      if (!v.IsNull() && !(v.IsBool() && !v.GetBool()))
+        r.logprobs = get_int(v, name, 0, limits.max_logprobs);
     } else if (!chat && name == "echo") {
       if (!v.IsNull() && !(v.IsBool() && !v.GetBool())) unsupported(name, "must be false");
     } else if (!chat && name == "suffix") {
@@ -220,6 +263,8 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
                    question_field);
   }
   if (has_stream_options && !r.stream) bad("stream_options", "is only allowed with stream: true");
+  if (top_logprobs >= 0 && !chat_logprobs) bad("top_logprobs", "requires 'logprobs': true");
+  if (chat_logprobs) r.logprobs = std::max(top_logprobs, 0);
   check_question(r, has_k, question_field, limits);
   return out;
 }
@@ -281,9 +326,80 @@ std::string passages_json(const std::vector<retriever::Hit>& hits) {
   return done(sb);
 }
 
+std::string logprob_content_json(const std::vector<TokenLogprob>& logprobs,
+                                 const Tokenizer& tokenizer) {
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartArray();
+  for (const auto& lp : logprobs) {
+    w.StartObject();
+    put_token(w, tokenizer.token_bytes(lp.id), lp.logprob);
+    w.Key("top_logprobs");
+    w.StartArray();
+    for (const auto& [id, logprob] : lp.top) {
+      w.StartObject();
+      put_token(w, tokenizer.token_bytes(id), logprob);
+      w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+  }
+  w.EndArray();
+  return done(sb);
+}
+
+std::string openai_logprobs_json(Api api, const std::vector<TokenLogprob>& logprobs,
+                                 const Tokenizer& tokenizer, int64_t& text_offset) {
+  if (api != Api::Completion) {
+    const std::string content = logprob_content_json(logprobs, tokenizer);
+    return "{\"content\":" + content + ",\"refusal\":null}";
+  }
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  w.Key("tokens");
+  w.StartArray();
+  for (const auto& lp : logprobs) write_json_text(w, tokenizer.token_bytes(lp.id));
+  w.EndArray();
+  w.Key("token_logprobs");
+  w.StartArray();
+  for (const auto& lp : logprobs) put_logprob(w, lp.logprob);
+  w.EndArray();
+  w.Key("top_logprobs");
+  w.StartArray();
+  for (const auto& lp : logprobs) {
+    // The most likely tokens, then the chosen one if it is not among them (as OpenAI lists up
+    // to logprobs + 1). Tokens that render alike (lone bytes as U+FFFD) keep the first, so the
+    // object has no duplicate keys.
+    std::vector<std::pair<int32_t, float>> entries = lp.top;
+    if (std::none_of(entries.begin(), entries.end(),
+                     [&](const auto& e) { return e.first == lp.id; }))
+      entries.emplace_back(lp.id, lp.logprob);
+    std::set<std::string> keys;
+    w.StartObject();
+    for (const auto& [id, logprob] : entries) {
+      const std::string key = sanitize_utf8(tokenizer.token_bytes(id));
+      if (!keys.insert(key).second) continue;
+      write_json_string(w, key);
+      put_logprob(w, logprob);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("text_offset");
+  w.StartArray();
+  for (const auto& lp : logprobs) {
+    w.Int64(text_offset);
+    text_offset += static_cast<int64_t>(tokenizer.token_bytes(lp.id).size());
+  }
+  w.EndArray();
+  w.EndObject();
+  return done(sb);
+}
+
 std::string openai_response_json(const OpenAiIds& ids, const std::string& text,
                                  const std::string& finish_reason, const OpenAiUsage& usage,
-                                 const std::string& passages) {
+                                 const std::string& passages, const std::string& logprobs) {
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();
@@ -305,8 +421,7 @@ std::string openai_response_json(const OpenAiIds& ids, const std::string& text,
     w.Key("text");
     write_json_text(w, text);
   }
-  w.Key("logprobs");
-  w.Null();
+  put_logprobs(w, logprobs);
   w.Key("finish_reason");
   write_json_text(w, openai_finish_reason(finish_reason));
   w.EndObject();
@@ -319,7 +434,7 @@ std::string openai_response_json(const OpenAiIds& ids, const std::string& text,
 
 std::string openai_chunk_json(const OpenAiIds& ids, const std::string& text, bool first,
                               const std::optional<std::string>& finish_reason,
-                              const std::string& passages) {
+                              const std::string& passages, const std::string& logprobs) {
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();
@@ -345,8 +460,7 @@ std::string openai_chunk_json(const OpenAiIds& ids, const std::string& text, boo
     w.Key("text");
     write_json_text(w, text);
   }
-  w.Key("logprobs");
-  w.Null();
+  put_logprobs(w, logprobs);
   w.Key("finish_reason");
   if (finish_reason)
     write_json_text(w, openai_finish_reason(*finish_reason));

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/generation.h"
+#include "engine/tokenizer.h"
 #include "retriever/retriever.h"
 #include "server/request.h"
 
@@ -62,16 +64,32 @@ struct OpenAiUsage {
 /// The passages as the JSON array reported in `passages` (and by /ask).
 std::string passages_json(const std::vector<retriever::Hit>& hits);
 
-/// The whole (non-streamed) response.
+/// Log-probabilities as chat completions and /ask list them: `[{"token", "logprob", "bytes",
+/// "top_logprobs": [{"token", "logprob", "bytes"}, ...]}, ...]`, one entry per generated token;
+/// `token` is valid UTF-8 (a lone byte of a character shows as U+FFFD), `bytes` exact.
+std::string logprob_content_json(const std::vector<TokenLogprob>& logprobs,
+                                 const Tokenizer& tokenizer);
+
+/// The `logprobs` value of an OpenAI choice: chat's `{"content": [...], "refusal": null}`, or
+/// completions' `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, whose
+/// top_logprobs maps the most likely tokens (and the chosen one) to their log-probabilities.
+/// `text_offset` is the byte offset of the first token in the generated text; it is advanced
+/// past the listed tokens, so a stream's chunks continue where the last one ended.
+std::string openai_logprobs_json(Api api, const std::vector<TokenLogprob>& logprobs,
+                                 const Tokenizer& tokenizer, int64_t& text_offset);
+
+/// The whole (non-streamed) response; `logprobs` is the choice's logprobs value as JSON (""
+/// for null).
 std::string openai_response_json(const OpenAiIds& ids, const std::string& text,
                                  const std::string& finish_reason, const OpenAiUsage& usage,
-                                 const std::string& passages);
+                                 const std::string& passages, const std::string& logprobs = "");
 
 /// One stream chunk: `text` as the delta; `first` adds the assistant role and `passages` (chat)
-/// or `passages` alone (completion); a set `finish_reason` ends the choice.
+/// or `passages` alone (completion); a set `finish_reason` ends the choice; `logprobs` is the
+/// chunk's logprobs value as JSON ("" for null).
 std::string openai_chunk_json(const OpenAiIds& ids, const std::string& text, bool first,
                               const std::optional<std::string>& finish_reason,
-                              const std::string& passages = "");
+                              const std::string& passages = "", const std::string& logprobs = "");
 
 /// The usage chunk sent after the last choice chunk when stream_options.include_usage is set.
 std::string openai_usage_chunk_json(const OpenAiIds& ids, const OpenAiUsage& usage);

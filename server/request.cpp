@@ -234,6 +234,8 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
       r.stream = v.GetBool();
     } else if (name == "passages") {
       r.passages = get_passages(v, name, limits);
+    } else if (name == "logprobs") {
+      if (!v.IsNull()) r.logprobs = get_int(v, name, 0, limits.max_logprobs);
     } else if (!get_retrieval_field(name, v, r)) {
       unknown(name);
     }

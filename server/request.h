@@ -48,6 +48,7 @@ struct AskLimits {
   int max_stop = 4;                                ///< most stop strings
   int max_stop_chars = 64;                         ///< longest stop string (bytes)
   int max_json_depth = 16;                         ///< deepest nesting
+  int max_logprobs = 20;                           ///< most alternatives listed per token
   std::vector<std::string> default_stop = {"\n"};  ///< stop strings when absent
 };
 
@@ -63,9 +64,11 @@ struct AskRequest {
   uint64_t seed = 0;              ///< sampling seed
   std::vector<std::string> stop;  ///< stop strings
   bool stream = false;            ///< answer with Server-Sent Events
+  /// -1: no log-probabilities; n >= 0: each generated token's, with the n most likely tokens
+  int logprobs = -1;
   std::optional<std::vector<qa::Passage>> passages;  ///< caller passages replacing retrieval
-  int nprobe = -1;     ///< FAISS IVF lists to visit (-1: the server's setting)
-  int ef_search = -1;  ///< FAISS HNSW search depth (-1: the server's setting)
+  int nprobe = -1;            ///< FAISS IVF lists to visit (-1: the server's setting)
+  int ef_search = -1;         ///< FAISS HNSW search depth (-1: the server's setting)
   double bm25_weight = 1.0;   ///< hybrid indexes: weight of the BM25 ranking in rank fusion
   double dense_weight = 1.0;  ///< hybrid indexes: weight of the dense ranking in rank fusion
   int rrf_k = 60;             ///< hybrid indexes: the reciprocal rank fusion constant

@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <thread>
 
@@ -312,6 +314,102 @@ TEST(QaScheduler, PipelineRethrowsTheModelsError) {
     EXPECT_NE(std::string(e.what()).find("context chunk 1 is empty"), std::string::npos)
         << e.what();
   }
+}
+
+// Log-probabilities (SamplingOptions::logprobs) are the model's log-softmax at each step: checked
+// against logits from the model stepped by hand on the same tokens, with the normaliser and the
+// ranking computed here independently (a full sort in double). The bound: both sides run the same
+// float32 forward, one batched and one not, so logits agree within float32_logit_bound, and a
+// log-softmax moves by at most twice its logits' largest change. With temperature and top-k
+// sampling the figures stay those of the raw distribution (not renormalised over the survivors).
+TEST(QaScheduler, LogprobsAreTheModelsLogSoftmax) {
+  CEPE_REQUIRE_SHARED("models/llama2-tokenizer/tokenizer.model", tok_path);
+  Loaded l = load_tiny(tok_path);
+  const Request q = make_requests(1, 3)[0];
+  const int max_new = 10, top = 5;
+  for (const float temperature : {0.0f, 1.0f}) {
+    SCOPED_TRACE("temperature " + std::to_string(temperature));
+    SamplingOptions s = greedy(max_new);
+    s.temperature = temperature;
+    s.top_k = temperature > 0 ? 3 : 0;
+    s.seed = 11;
+    s.logprobs = top;
+    qa::Scheduler scheduler(*l.model, *l.tokenizer, batch_options(0));
+    auto job = std::make_shared<qa::Job>();
+    job->prompt_ids = q.prompt;
+    job->chunks = q.chunks;
+    job->sampling = s;
+    std::vector<TokenLogprob> streamed;
+    job->on_text = [&](std::string, std::vector<TokenLogprob> lps) {
+      streamed.insert(streamed.end(), lps.begin(), lps.end());
+    };
+    qa::JobResult result;
+    job->on_done = [&](qa::JobResult r) { result = std::move(r); };
+    ASSERT_TRUE(scheduler.try_reserve());
+    scheduler.submit(job);
+    scheduler.drain();
+    ASSERT_EQ(result.outcome, qa::JobOutcome::Finished) << result.error;
+    ASSERT_EQ(result.completion_tokens, max_new);
+    ASSERT_EQ(result.logprobs.size(), static_cast<size_t>(max_new));
+    ASSERT_EQ(streamed.size(), result.logprobs.size()) << "the stream carries every token's";
+
+    // The reference: the model stepped by hand over the generated ids.
+    auto state = l.model->new_state(static_cast<int64_t>(q.prompt.size()) + max_new);
+    l.model->set_context(*state, l.model->encode(q.chunks));
+    Tensor logits = l.model->forward(*state, q.prompt, /*all_logits=*/false);
+    const int vocab = static_cast<int>(logits.dim(1));
+    for (int i = 0; i < max_new; ++i) {
+      SCOPED_TRACE("token " + std::to_string(i));
+      const TokenLogprob& got = result.logprobs[i];
+      const float* row = logits.data<float>();
+      double mx = row[0], magnitude = 0;
+      for (int v = 0; v < vocab; ++v) {
+        mx = std::max(mx, double(row[v]));
+        magnitude = std::max(magnitude, std::fabs(double(row[v])));
+      }
+      double sum = 0;
+      for (int v = 0; v < vocab; ++v) sum += std::exp(row[v] - mx);
+      const double log_z = mx + std::log(sum);
+      std::vector<int32_t> order(vocab);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      const double bound = 2 * test::float32_logit_bound(
+                                   l.model->config(), static_cast<int64_t>(q.prompt.size()) + i + 1,
+                                   q.chunks, magnitude);
+      EXPECT_EQ(got.id, result.logprobs[i].id);
+      EXPECT_EQ(got.id, streamed[i].id);
+      EXPECT_EQ(got.logprob, streamed[i].logprob);
+      EXPECT_NEAR(got.logprob, row[got.id] - log_z, bound);
+      ASSERT_EQ(got.top.size(), static_cast<size_t>(top));
+      for (int r = 0; r < top; ++r) {
+        // Ranks are compared only where the reference's neighbours are further apart than the
+        // bound (a near tie may fall either way between the two evaluations).
+        const bool separated = (r == 0 || row[order[r - 1]] - row[order[r]] > bound) &&
+                               row[order[r]] - row[order[r + 1]] > bound;
+        if (separated) {
+          EXPECT_EQ(got.top[r].first, order[r]) << "rank " << r;
+        }
+        EXPECT_NEAR(got.top[r].second, row[got.top[r].first] - log_z, bound) << "rank " << r;
+        if (r > 0) {
+          EXPECT_GE(got.top[r - 1].second, got.top[r].second);
+        }
+      }
+      if (temperature == 0) {
+        EXPECT_EQ(got.id, got.top[0].first) << "greedy picks the most likely token";
+      } else {
+        // top_k = 3: the token is one of the three most likely (its figure, checked above, is
+        // the raw one, not the larger one renormalised over the three).
+        EXPECT_TRUE(got.id == got.top[0].first || got.id == got.top[1].first ||
+                    got.id == got.top[2].first);
+      }
+      logits = l.model->forward(*state, {got.id}, /*all_logits=*/false);
+    }
+  }
+  // Off by default: nothing recorded.
+  const GenerationResult plain =
+      generate(*l.model, *l.tokenizer, q.prompt, q.chunks, greedy(max_new));
+  EXPECT_TRUE(plain.logprobs.empty());
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <fstream>
 #include <random>
@@ -531,6 +532,76 @@ TEST_F(ServerHttp, StreamingSendsPassagesTokensAndDone) {
   // The connection stays usable after a stream (chunked encoding ends it cleanly).
   const auto after = c.request("GET", "/healthz");
   EXPECT_EQ(after.status, 200);
+}
+
+// "logprobs": n lists each generated token with its log-probability and the n most likely tokens,
+// in the plain answer and, the same figures, spread over the stream's token events. The tokens'
+// bytes, joined, are the generated text (which the answer is, trimmed).
+TEST_F(ServerHttp, AskLogprobsListEveryGeneratedToken) {
+  const std::string body = ask_body("Which river flows through Madrid?",
+                                    R"("max_new_tokens":10,"stop":[],"k":2,"logprobs":3)");
+  HttpClient c = server_->client();
+  const auto plain = c.request("POST", "/ask", body);
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  const auto d = parse_json(plain.body);
+  ASSERT_TRUE(d.HasMember("logprobs") && d["logprobs"].IsArray()) << plain.body;
+  const auto& lps = d["logprobs"];
+  ASSERT_EQ(static_cast<int>(lps.Size()), d["usage"]["completion_tokens"].GetInt());
+  std::string joined;
+  bool control = false;
+  for (const auto& e : lps.GetArray()) {
+    const double logprob = e["logprob"].GetDouble();
+    EXPECT_LE(logprob, 0.0);
+    ASSERT_EQ(e["top_logprobs"].Size(), 3u);
+    // Greedy: the token is the most likely one.
+    EXPECT_STREQ(e["token"].GetString(), e["top_logprobs"][0]["token"].GetString());
+    EXPECT_EQ(logprob, e["top_logprobs"][0]["logprob"].GetDouble());
+    double mass = 0;
+    for (rapidjson::SizeType r = 0; r < 3; ++r) {
+      mass += std::exp(e["top_logprobs"][r]["logprob"].GetDouble());
+      if (r > 0) {
+        EXPECT_GE(e["top_logprobs"][r - 1]["logprob"].GetDouble(),
+                  e["top_logprobs"][r]["logprob"].GetDouble());
+      }
+    }
+    EXPECT_LE(mass, 1.0 + 1e-5);
+    std::string bytes;
+    for (const auto& b : e["bytes"].GetArray()) bytes += static_cast<char>(b.GetInt());
+    EXPECT_EQ(sanitize_utf8(bytes), e["token"].GetString());
+    control |= bytes.size() > 2 && bytes.front() == '<' && bytes.back() == '>';
+    joined += bytes;
+  }
+  // Control pieces are listed by name but decode to nothing. A byte that is no part of a valid
+  // character decodes to U+FFFD, as sanitize_utf8 replaces it.
+  if (!control) {
+    EXPECT_EQ(trim(sanitize_utf8(joined)), d["answer"].GetString());
+  }
+
+  HttpClient s = server_->client();
+  const auto head = s.start_stream("/ask", body.substr(0, body.size() - 1) + ",\"stream\":true}");
+  ASSERT_EQ(head.status, 200);
+  std::vector<std::string> streamed;
+  while (auto ev = s.next_event()) {
+    if (ev->event != "token") continue;
+    const auto t = parse_json(ev->data);
+    ASSERT_TRUE(t.HasMember("logprobs")) << ev->data;
+    for (const auto& e : t["logprobs"].GetArray())
+      streamed.push_back(std::string(e["token"].GetString()) + " " +
+                         std::to_string(e["logprob"].GetDouble()));
+  }
+  ASSERT_EQ(streamed.size(), lps.Size());
+  for (rapidjson::SizeType i = 0; i < lps.Size(); ++i) {
+    EXPECT_EQ(streamed[i], std::string(lps[i]["token"].GetString()) + " " +
+                               std::to_string(lps[i]["logprob"].GetDouble()));
+  }
+
+  // Without the field there are none; out of range is a 400 naming it.
+  const auto none = c.request("POST", "/ask", ask_body("Where is Rome?", R"("max_new_tokens":2)"));
+  EXPECT_FALSE(parse_json(none.body).HasMember("logprobs"));
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"logprobs\":21")), 400, "limit_exceeded",
+               "'logprobs'");
+  expect_error(c.request("POST", "/ask", ask_body("x", "\"logprobs\":-1")), 400, "invalid_field",
+               "'logprobs'");
 }
 
 TEST_F(ServerHttp, StopStringsAndSeededSampling) {

@@ -7,6 +7,7 @@
 #include <rapidjson/document.h>
 
 #include <ctime>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "server/http_date.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/openai.h"
 #include "server/request.h"
 #include "server/routes.h"
 #include "server/sse.h"
@@ -169,6 +171,54 @@ TEST(ServerRequest, RetrievalFieldsReachTheRequest) {
   EXPECT_DOUBLE_EQ(d.bm25_weight, 1.0);
   EXPECT_DOUBLE_EQ(d.dense_weight, 1.0);
   EXPECT_EQ(d.rrf_k, 60);
+}
+
+// Log-probabilities: /ask's and completions' "logprobs" is the number of alternatives; chat's is
+// a flag with "top_logprobs" beside it (which alone is an error, as OpenAI has it).
+TEST(ServerRequest, LogprobsFieldsOfEachApi) {
+  const AskLimits limits = test_limits();
+  const auto chat = [&](const std::string& extra) {
+    return parse_openai_request(
+               Api::Chat, R"({"messages":[{"role":"user","content":"q"}])" + extra + "}", limits)
+        .ask.logprobs;
+  };
+  const auto completion = [&](const std::string& extra) {
+    return parse_openai_request(Api::Completion, R"({"prompt":"q")" + extra + "}", limits)
+        .ask.logprobs;
+  };
+  EXPECT_EQ(parse_ask_request(R"({"question":"q"})", limits).logprobs, -1);
+  EXPECT_EQ(parse_ask_request(R"({"question":"q","logprobs":0})", limits).logprobs, 0);
+  EXPECT_EQ(parse_ask_request(R"({"question":"q","logprobs":20})", limits).logprobs, 20);
+  EXPECT_EQ(chat(""), -1);
+  EXPECT_EQ(chat(R"(,"logprobs":false)"), -1);
+  EXPECT_EQ(chat(R"(,"logprobs":true)"), 0);
+  EXPECT_EQ(chat(R"(,"logprobs":true,"top_logprobs":4)"), 4);
+  EXPECT_EQ(chat(R"(,"top_logprobs":4,"logprobs":true)"), 4);
+  EXPECT_EQ(chat(R"(,"logprobs":null,"top_logprobs":null)"), -1);
+  EXPECT_EQ(completion(""), -1);
+  EXPECT_EQ(completion(R"(,"logprobs":null)"), -1);
+  EXPECT_EQ(completion(R"(,"logprobs":false)"), -1);
+  EXPECT_EQ(completion(R"(,"logprobs":0)"), 0);
+  EXPECT_EQ(completion(R"(,"logprobs":5)"), 5);
+  const auto param_of = [](const std::function<void()>& parse) {
+    try {
+      parse();
+    } catch (const ApiError& e) {
+      return e.code() + " " + e.param();
+    }
+    return std::string("parsed");
+  };
+  EXPECT_EQ(param_of([&] { chat(R"(,"top_logprobs":2)"); }), "invalid_field top_logprobs");
+  EXPECT_EQ(param_of([&] { chat(R"(,"logprobs":false,"top_logprobs":2)"); }),
+            "invalid_field top_logprobs");
+  EXPECT_EQ(param_of([&] { chat(R"(,"logprobs":true,"top_logprobs":21)"); }),
+            "limit_exceeded top_logprobs");
+  EXPECT_EQ(param_of([&] { chat(R"(,"logprobs":3)"); }), "invalid_field logprobs");
+  EXPECT_EQ(param_of([&] { completion(R"(,"logprobs":true)"); }), "invalid_field logprobs");
+  EXPECT_EQ(param_of([&] { completion(R"(,"logprobs":-1)"); }), "invalid_field logprobs");
+  EXPECT_EQ(param_of([&] { completion(R"(,"top_logprobs":1)"); }), "unknown_field top_logprobs");
+  EXPECT_EQ(param_of([&] { parse_ask_request(R"({"question":"q","logprobs":true})", limits); }),
+            "invalid_field logprobs");
 }
 
 TEST(ServerAccess, KeysAndOrigins) {

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "common/error.h"
-#include "engine/tokenizer.h"
 #include "common/utf8.h"
+#include "engine/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -250,6 +250,38 @@ TEST(StreamDecoder, RandomSequencesMatchTheOneShotDecode) {
     const std::string prompt_part = tok.decode(prompt);
     ASSERT_EQ(whole.compare(0, prompt_part.size(), prompt_part), 0);
     EXPECT_EQ(stream_all(tok, prompt, gen), whole.substr(prompt_part.size()));
+  }
+}
+
+// token_bytes (what log-probabilities list per token): "▁" is a space, byte pieces their byte,
+// control pieces their name. Joined over generated ids without control pieces and with each byte
+// that makes no character read as U+FFFD, they are the text the stream decoder emits.
+TEST(Tokenizer, TokenBytesJoinToTheGeneratedText) {
+  CEPE_REQUIRE_SHARED(kLlamaTokenizer, model);
+  const Tokenizer tok(model);
+  const auto the = tok.encode("the", false);  // "▁the" (sentencepiece adds the word marker)
+  ASSERT_EQ(the.size(), 1u);
+  EXPECT_EQ(tok.token_bytes(the[0]), " the");
+  EXPECT_EQ(tok.token_bytes(3 + 0x0A), "\n");
+  EXPECT_EQ(tok.token_bytes(3 + 0xE9), "\xE9");
+  EXPECT_EQ(tok.token_bytes(tok.eos_id()), "</s>");
+  EXPECT_EQ(tok.token_bytes(0), " \xE2\x81\x87 ");  // <unk> decodes as " ⁇ "
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 300; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    const std::vector<int32_t> prompt = tok.encode("Question: where?");
+    std::vector<int32_t> gen;
+    std::string joined;
+    for (int i = 0; i < 16; ++i) {
+      // Ordinary pieces, byte pieces (which may or may not form characters) and <unk>.
+      const int kind = static_cast<int>(rng() % 4);
+      const int32_t id = kind == 0   ? static_cast<int32_t>(3 + rng() % 256)
+                         : kind == 1 ? 0
+                                     : static_cast<int32_t>(259 + rng() % (tok.vocab_size() - 259));
+      gen.push_back(id);
+      joined += tok.token_bytes(id);
+    }
+    EXPECT_EQ(cepe::sanitize_utf8(joined), stream_all(tok, prompt, gen));
   }
 }
 

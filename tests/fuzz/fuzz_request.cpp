@@ -23,6 +23,8 @@ void check_limits(const server::AskRequest& r, const server::AskLimits& limits) 
     fuzz::fail("more caller passages than max_k");
   if (r.decoder_passages < 0 || (r.decoder_passages > r.k && !r.passages))
     fuzz::fail("decoder_passages outside [0, k]");
+  if (r.logprobs < -1 || r.logprobs > limits.max_logprobs)
+    fuzz::fail("logprobs outside [-1, max_logprobs]");
 }
 
 }  // namespace
