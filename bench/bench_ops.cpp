@@ -7,12 +7,14 @@
 //   CEPE_KERNELS=avx2 build/bench/bench_ops   (force one kernel level)
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/generation.h"
 #include "engine/quant.h"
 
 namespace {
@@ -157,6 +159,63 @@ void BM_Gelu(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
+// Per generated token, after the LM head: choosing the token (greedy argmax, the baseline) and,
+// when a request asks for log-probabilities, the log-softmax normaliser plus the n most likely
+// tokens (engine/generation.h token_logprob) over a LLaMA vocabulary of 32000 logits.
+std::vector<float> vocab_logits(int vocab) {
+  std::vector<float> logits(vocab);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  for (auto& x : logits) x = d(rng);
+  return logits;
+}
+
+void BM_SampleGreedy(benchmark::State& state) {
+  const auto logits = vocab_logits(static_cast<int>(state.range(0)));
+  cepe::SamplingOptions o;
+  cepe::Sampler sampler(o);
+  for (auto _ : state)
+    benchmark::DoNotOptimize(sampler.sample(logits.data(), static_cast<int>(logits.size())));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+// The baselines, in the same binary: the straightforward forms (std::max_element; a scalar
+// double-precision exp loop and std::partial_sort), which the engine's first versions were.
+void BM_SampleGreedyPlain(benchmark::State& state) {
+  const auto logits = vocab_logits(static_cast<int>(state.range(0)));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_TokenLogprobPlain(benchmark::State& state) {
+  const auto logits = vocab_logits(static_cast<int>(state.range(0)));
+  const int top = static_cast<int>(state.range(1));
+  std::vector<int32_t> ids(logits.size());
+  for (auto _ : state) {
+    const float mx = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (float x : logits) sum += std::exp(static_cast<double>(x - mx));
+    const double log_z = mx + std::log(sum);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+    std::partial_sort(ids.begin(), ids.begin() + top, ids.end(),
+                      [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+    benchmark::DoNotOptimize(logits[7] - log_z);
+    benchmark::DoNotOptimize(ids.data());
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_TokenLogprob(benchmark::State& state) {
+  const auto logits = vocab_logits(static_cast<int>(state.range(0)));
+  const int top = static_cast<int>(state.range(1));
+  for (auto _ : state) {
+    auto lp = cepe::token_logprob(logits.data(), static_cast<int>(logits.size()), 7, top);
+    benchmark::DoNotOptimize(lp.logprob);
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
 // Decode (1 row) and prefill (64 and 512 rows) shapes of a 134M LLaMA's attention projection
 // (768 x 768) and MLP (768 -> 2048, 2048 -> 768). GFLOP/s = items/s x 2 K / 1e9.
 void linear_shapes(benchmark::internal::Benchmark* b) {
@@ -185,6 +244,10 @@ BENCHMARK(BM_AttentionAbsorbed)->Arg(1024)->Arg(8192)->Arg(16384);
 BENCHMARK(BM_RmsNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_LayerNorm)->Arg(1)->Arg(64);
 BENCHMARK(BM_Gelu)->Arg(2048)->Arg(64 * 2048);
+BENCHMARK(BM_SampleGreedyPlain)->Arg(32000);
+BENCHMARK(BM_SampleGreedy)->Arg(32000);
+BENCHMARK(BM_TokenLogprobPlain)->Args({32000, 0})->Args({32000, 5})->Args({32000, 20});
+BENCHMARK(BM_TokenLogprob)->Args({32000, 0})->Args({32000, 5})->Args({32000, 20});
 
 }  // namespace
 

@@ -9,9 +9,29 @@
 #include "cli/model_flags.h"
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/utf8.h"
 
 namespace cepe::cli {
 namespace {
+
+// One line per generated token: its log-probability, the token (quoted, control characters
+// escaped), then the most likely tokens at its step; first the sum, the answer's log-probability.
+void print_logprobs(const std::vector<TokenLogprob>& logprobs, const Tokenizer& tok) {
+  double sum = 0;
+  for (const auto& lp : logprobs) sum += lp.logprob;
+  std::fprintf(stderr, "[logprobs] %zu tokens, sum %.4f (mean %.4f per token)\n", logprobs.size(),
+               sum, logprobs.empty() ? 0.0 : sum / static_cast<double>(logprobs.size()));
+  for (const auto& lp : logprobs) {
+    std::string line = quoted_input(tok.token_bytes(lp.id), 32);
+    if (!lp.top.empty()) line += "  |";
+    for (const auto& [id, logprob] : lp.top) {
+      char figure[32];
+      std::snprintf(figure, sizeof figure, " %.4f", logprob);
+      line.append(" ").append(quoted_input(tok.token_bytes(id), 32)).append(figure);
+    }
+    std::fprintf(stderr, "%10.4f %s\n", lp.logprob, line.c_str());
+  }
+}
 
 int run_generate(const std::vector<std::string>& argv) {
   Args args;
@@ -29,6 +49,10 @@ int run_generate(const std::vector<std::string>& argv) {
       .multi("stop-id", "token id that ends generation (repeatable), besides EOS")
       .flag("unconditional", "generate from BOS alone (no prompt text)")
       .flag("echo", "print the prompt before the generated text")
+      .option("logprobs",
+              "print each generated token's log-probability and this many most likely "
+              "alternatives to stderr after the text (-1: none)",
+              "-1")
       .flag("stats", "print token counts and timings to stderr");
   args.parse(argv);
   if (args.help_requested()) {
@@ -43,6 +67,7 @@ int run_generate(const std::vector<std::string>& argv) {
       CEPE_THROW("--stop-id '" << id << "' is not an integer");
     }
   }
+  sampling.logprobs = static_cast<int>(args.get_int("logprobs", -1, 1000));
   const bool unconditional = args.is_set("unconditional");
   std::string prompt;
   if (!unconditional) {
@@ -101,6 +126,7 @@ int run_generate(const std::vector<std::string>& argv) {
         return true;
       });
   std::cout << "\n" << std::flush;
+  if (sampling.logprobs >= 0) print_logprobs(result.logprobs, tok);
   if (args.is_set("stats")) {
     const double tps = result.decode_ms > 0 && result.tokens.size() > 1
                            ? (result.tokens.size() - 1) * 1000.0 / result.decode_ms

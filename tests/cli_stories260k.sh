@@ -68,3 +68,22 @@ if ! cmp -s "$tmp/out_stripped.txt" "$src/expected_greedy_200.txt"; then
   fail "greedy output of stories260K differs from llama2.c's"
 fi
 echo "ok: stories260K greedy output matches llama2.c byte for byte"
+
+# Log-probabilities leave the text as it is and list every generated token on stderr: the sum
+# line, then one line per token whose greedy choice is the first of its alternatives.
+"$cepe" generate --model "$tmp/model" --unconditional --max-new-tokens 200 --temperature 0 \
+  --logprobs 3 >"$tmp/out_lp.txt" 2>"$tmp/lp.log" || {
+  cat "$tmp/lp.log" >&2
+  fail "cepe generate --logprobs exited with an error"
+}
+cmp -s "$tmp/out_lp.txt" "$tmp/out.txt" || fail "--logprobs changed the generated text"
+grep -q '^\[logprobs\] 200 tokens, sum -' "$tmp/lp.log" || fail "no logprobs summary: $(head -3 "$tmp/lp.log")"
+lines=$(grep -cE '^ +-?[0-9]+\.[0-9]{4} ' "$tmp/lp.log")
+[[ $lines -eq 200 ]] || fail "expected 200 logprob lines, got $lines"
+# Greedy: each token's figure is the first alternative's.
+bad=$(grep -E '^ +-?[0-9]+\.[0-9]{4} ' "$tmp/lp.log" |
+  awk -F'  [|] ' '{ sub(/^ +/, "", $1); fig = substr($1, 1, index($1, " ") - 1);
+                   tok = substr($1, index($1, " ") + 1); if (index($2, tok " " fig) != 1) print }' |
+  head -3)
+[[ -z "$bad" ]] || fail "a greedy token is not its step's most likely: $bad"
+echo "ok: --logprobs lists 200 tokens, each its step's most likely"

@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <numeric>
+#include <random>
 
 #include "common/error.h"
 #include "common/progress.h"
@@ -469,6 +471,43 @@ TEST(CepeModelErrors, BadTokensAndChunks) {
   EXPECT_THROW(model->forward(*state, {1, 100000}, false), Error);
   EXPECT_THROW(model->encode({{1, 2}, {}}), Error);
   EXPECT_THROW(model->forward(*state, {}, false), Error);
+}
+
+// Greedy choice is the first largest logit (torch.argmax), and token_logprob's ranking is a full
+// sort's (ties: lower id first), on sizes around the selection's 16-lane and 64-wide blocks, with
+// planted ties. The log-probabilities are within the float sum's bound of a double log-softmax:
+// n values summed in 16 or 8 lanes (or one) err by at most n/lanes·2^-24 relative, plus ~2 ulp
+// per e^x; 32000 in one lane gives 2e-3 at worst, so 4e-3 covers every kernel level.
+TEST(Sampler, GreedyAndLogprobRankingMatchAFullSort) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (int vocab : {1, 2, 15, 16, 17, 63, 64, 65, 100, 1000, 32000}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      SCOPED_TRACE("vocab " + std::to_string(vocab) + ", trial " + std::to_string(trial));
+      std::vector<float> logits(vocab);
+      for (auto& x : logits) x = std::round(normal(rng) * 4) / 4;  // coarse: many ties
+      if (trial % 3 == 0) logits[rng() % vocab] = logits[rng() % vocab] = 9.0f;  // tied maxima
+      std::vector<int32_t> order(vocab);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      Sampler greedy_sampler{SamplingOptions{}};
+      ASSERT_EQ(greedy_sampler.sample(logits.data(), vocab), order[0]);
+      double mx = logits[order[0]], sum = 0;
+      for (float x : logits) sum += std::exp(x - mx);
+      const double log_z = mx + std::log(sum);
+      const int top = static_cast<int>(rng() % 25);
+      const int32_t id = static_cast<int32_t>(rng() % vocab);
+      const TokenLogprob lp = token_logprob(logits.data(), vocab, id, top);
+      EXPECT_EQ(lp.id, id);
+      EXPECT_NEAR(lp.logprob, logits[id] - log_z, 4e-3);
+      ASSERT_EQ(lp.top.size(), static_cast<size_t>(std::min(top, vocab)));
+      for (size_t r = 0; r < lp.top.size(); ++r) {
+        EXPECT_EQ(lp.top[r].first, order[r]) << "rank " << r;
+        EXPECT_NEAR(lp.top[r].second, logits[order[r]] - log_z, 4e-3) << "rank " << r;
+      }
+    }
+  }
 }
 
 TEST(Rope, InverseFrequenciesAndDynamicBase) {
