@@ -145,7 +145,8 @@ void Pipeline::answer(std::vector<Plan> plans,
                                              << scheduler_.options().max_queue
                                              << " jobs; cannot queue " << plans.size());
     auto job = make_job(std::move(plans[i]), sampling_);
-    job->on_done = [i, &on_done, &failure](JobResult r) {
+    const bool logprobs = sampling_.logprobs >= 0;
+    job->on_done = [i, logprobs, &on_done, &failure](JobResult r) {
       if (r.outcome == JobOutcome::Failed) {
         if (!failure) failure = r.exception;
         return;
@@ -158,6 +159,11 @@ void Pipeline::answer(std::vector<Plan> plans,
       a.encoder_tokens = r.encoder_tokens;
       a.generated_tokens = r.completion_tokens;
       a.first_token_ms = r.first_token_ms;
+      if (logprobs) {
+        double sum = 0;
+        for (const auto& lp : r.logprobs) sum += lp.logprob;
+        a.logprob = sum;
+      }
       on_done(i, a);
     };
     scheduler_.submit(std::move(job));

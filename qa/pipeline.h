@@ -8,12 +8,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "engine/models/cepe_llama.h"
 #include "engine/generation.h"
+#include "engine/models/cepe_llama.h"
 #include "engine/tokenizer.h"
 #include "qa/passage.h"
 #include "qa/prompt.h"
@@ -78,6 +79,9 @@ struct Answer {
   int64_t encoder_tokens = 0;    ///< encoder tokens
   int64_t generated_tokens = 0;  ///< tokens generated
   double first_token_ms = -1;    ///< from leaving the queue (before encoding) to the first token
+  /// Log-probability of the generated tokens under the model (their sum: the answer's, a
+  /// confidence score); nullopt unless the sampling options record log-probabilities.
+  std::optional<double> logprob;
 };
 
 /// Retrieval, planning and scheduling over one model, driven on the calling thread.

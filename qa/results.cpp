@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -99,6 +100,9 @@ void check_record(const QaRecord& r) {
              "result record \"" << r.id << "\": hit rank past the passages used");
   CEPE_CHECK(r.prompt_tokens >= 0 && r.generated_tokens >= 0,
              "result record \"" << r.id << "\": negative token count");
+  CEPE_CHECK(!r.answer_logprob || *r.answer_logprob <= 0.0,
+             "result record \"" << r.id << "\": answer_logprob " << *r.answer_logprob
+                                << " is not a log-probability");
 }
 
 }  // namespace
@@ -183,6 +187,10 @@ std::string record_to_json(const QaRecord& r) {
   w.Int64(r.prompt_tokens);
   w.Key("generated_tokens");
   w.Int64(r.generated_tokens);
+  if (r.answer_logprob) {
+    w.Key("answer_logprob");
+    w.Double(*r.answer_logprob);
+  }
   w.EndObject();
   return std::string(buf.GetString(), buf.GetSize());
 }
@@ -240,6 +248,12 @@ QaRecord record_from_json(std::string_view line, const std::string& where) {
   }
   r.prompt_tokens = require_count(doc, "prompt_tokens", where);
   r.generated_tokens = require_count(doc, "generated_tokens", where);
+  if (auto it = doc.FindMember("answer_logprob"); it != doc.MemberEnd() && !it->value.IsNull()) {
+    if (!it->value.IsNumber() || !(it->value.GetDouble() <= 0.0)) {
+      CEPE_THROW(where << ": \"answer_logprob\" must be a number <= 0 (a log-probability) or null");
+    }
+    r.answer_logprob = it->value.GetDouble();
+  }
   return r;
 }
 
@@ -366,6 +380,33 @@ QaSummary summarize(const std::vector<QaRecord>& records, const RunStats& run) {
       s.recall.push_back({k, static_cast<double>(hits) / static_cast<double>(ranks.size())});
     }
   }
+  // Selective QA: the scored answers from the most confident down (ties keep file order).
+  std::vector<const QaRecord*> ranked;
+  for (const QaRecord& r : records)
+    if (r.scores) ranked.push_back(&r);
+  const bool confident = !ranked.empty() && std::all_of(ranked.begin(), ranked.end(), [](auto* r) {
+    return r->answer_logprob.has_value();
+  });
+  if (confident) {
+    std::stable_sort(ranked.begin(), ranked.end(), [](const QaRecord* a, const QaRecord* b) {
+      return *a->answer_logprob > *b->answer_logprob;
+    });
+    std::vector<double> em_prefix(ranked.size() + 1, 0.0), f1_prefix(ranked.size() + 1, 0.0);
+    for (size_t i = 0; i < ranked.size(); ++i) {
+      em_prefix[i + 1] = em_prefix[i] + (ranked[i]->scores->exact_match ? 1.0 : 0.0);
+      f1_prefix[i + 1] = f1_prefix[i] + ranked[i]->scores->f1;
+    }
+    const double n = static_cast<double>(ranked.size());
+    for (double coverage : {0.1, 0.25, 0.5, 0.75, 1.0}) {
+      // The smallest count that reaches the coverage (at least one answer).
+      const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(coverage * n - 1e-9)));
+      s.selective.push_back({coverage, k, em_prefix[k] / static_cast<double>(k),
+                             f1_prefix[k] / static_cast<double>(k)});
+    }
+    double auc = 0;
+    for (size_t k = 1; k <= ranked.size(); ++k) auc += em_prefix[k] / static_cast<double>(k);
+    s.selective_em_auc = auc / n;
+  }
   if (run.elapsed_s > 0) {
     s.questions_per_s = static_cast<double>(run.questions) / run.elapsed_s;
     s.tokens_per_s = static_cast<double>(run.generated_tokens) / run.elapsed_s;
@@ -412,6 +453,32 @@ std::string summary_to_json(const QaSummary& s) {
   } else {
     w.Null();
   }
+  w.Key("selective");
+  if (!s.selective.empty()) {
+    w.StartObject();
+    w.Key("confidence");
+    w.String("answer_logprob");
+    w.Key("coverage");
+    w.StartArray();
+    for (const CoverageAt& c : s.selective) {
+      w.StartObject();
+      w.Key("coverage");
+      w.Double(c.coverage);
+      w.Key("questions");
+      w.Uint64(c.questions);
+      w.Key("exact_match");
+      w.Double(c.exact_match);
+      w.Key("f1");
+      w.Double(c.f1);
+      w.EndObject();
+    }
+    w.EndArray();
+    w.Key("exact_match_auc");
+    w.Double(s.selective_em_auc);
+    w.EndObject();
+  } else {
+    w.Null();
+  }
   w.Key("run");
   w.StartObject();
   w.Key("questions");
@@ -450,6 +517,14 @@ std::string format_summary(const QaSummary& s) {
   }
   for (const RecallAt& r : s.recall) {
     row("Recall@" + std::to_string(r.k), fixed(100.0 * r.recall, 2));
+  }
+  if (!s.selective.empty()) {
+    std::string line;
+    for (const CoverageAt& c : s.selective) {
+      if (!line.empty()) line += ", ";
+      line += fixed(100.0 * c.exact_match, 2) + " @ " + fixed(100.0 * c.coverage, 0) + "%";
+    }
+    row("EM by confidence", line + " (AUC " + fixed(100.0 * s.selective_em_auc, 2) + ")");
   }
   row("Questions/s", fixed(s.questions_per_s, 2) + " (" + std::to_string(s.run.questions) +
                          " this run in " + fixed(s.run.elapsed_s, 1) + " s)");

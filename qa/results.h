@@ -41,6 +41,9 @@ struct QaRecord {
   std::optional<size_t> first_hit_rank;
   int64_t prompt_tokens = 0;     ///< tokens fed to the model (decoder and encoder)
   int64_t generated_tokens = 0;  ///< tokens generated for the answer
+  /// Log-probability of the generated tokens under the model (their sum), the answer's
+  /// confidence; nullopt when not recorded (written only when set).
+  std::optional<double> answer_logprob;
 };
 
 /// A record for `q` with its id, question and gold answers filled in.
@@ -114,6 +117,15 @@ struct RecallAt {
   double recall = 0.0;  ///< fraction of evaluated questions with a gold answer in them
 };
 
+/// Accuracy over the most confident answers (selective QA): the `questions` scored records
+/// with the highest answer_logprob.
+struct CoverageAt {
+  double coverage = 0.0;     ///< fraction of the scored records answered
+  size_t questions = 0;      ///< how many that is (rounded up, at least one)
+  double exact_match = 0.0;  ///< mean EM over them
+  double f1 = 0.0;           ///< mean F1 over them
+};
+
 /// Aggregate metrics over all records (resumed ones included) plus this run's throughput.
 struct QaSummary {
   size_t questions = 0;            ///< records
@@ -124,8 +136,14 @@ struct QaSummary {
   size_t retrieval_evaluated = 0;  ///< records with gold answers and passages
   size_t max_k = 0;                ///< largest number of passages any record used
   std::vector<RecallAt>
-      recall;    ///< recall@k for k in 1, 5, 10, 20, 50, 100... below max_k, and max_k
-  RunStats run;  ///< this run's counts
+      recall;  ///< recall@k for k in 1, 5, 10, 20, 50, 100... below max_k, and max_k
+  /// EM and F1 at 10, 25, 50, 75 and 100 % coverage, most confident first; empty unless every
+  /// scored record has an answer_logprob.
+  std::vector<CoverageAt> selective;
+  /// Area under the EM-coverage curve: the mean, over k = 1..scored, of the EM of the k most
+  /// confident answers (1 when confidence ranks every right answer first; EM when it is blind).
+  double selective_em_auc = 0.0;
+  RunStats run;                  ///< this run's counts
   double questions_per_s = 0.0;  ///< run.questions / run.elapsed_s
   double tokens_per_s = 0.0;     ///< run.generated_tokens / run.elapsed_s
 };

@@ -35,7 +35,7 @@ sed -n 21p "$tmp/batched.jsonl" | head -c 40 >>"$tmp/resumed.jsonl"
 "$cepe" qa "${common[@]}" --out "$tmp/resumed.jsonl" --concurrency 8 --resume >/dev/null 2>&1
 
 $py - "$tmp" "$src/tests/reference" <<'PY'
-import json, sys
+import json, math, sys
 tmp, ref = sys.argv[1], sys.argv[2]
 sys.path.insert(0, ref)
 import squad_eval as se
@@ -75,6 +75,22 @@ for k, v in summary["retrieval"]["recall"].items():
 for name, got, want in checks:
     assert abs(got - want) < 1e-9, f"{name}: summary {got} != recomputed {want}"
     print(f"ok: {name} = {got:.4f} (recomputed {want:.4f})")
+# Selective QA, recomputed: answers ranked by answer_logprob (ties in file order), EM of the most
+# confident ceil(coverage * n); batched and single runs give the same log-probabilities to
+# float rounding (a batch step's arithmetic may differ from a lone step's in the last bits).
+for x in batched:
+    assert x["answer_logprob"] <= 0, x
+    assert abs(x["answer_logprob"] - s[x["id"]]["answer_logprob"]) < 1e-3 * max(1, x["generated_tokens"])
+ranked = sorted(batched, key=lambda x: -x["answer_logprob"])
+ems = [se.best(se.exact, x["answer"], x["gold"]) for x in ranked]
+for c in summary["selective"]["coverage"]:
+    k = max(1, math.ceil(c["coverage"] * n - 1e-9))
+    assert c["questions"] == k, (c, k)
+    near_tie = k < n and abs(ranked[k - 1]["answer_logprob"] - ranked[k]["answer_logprob"]) < 1e-9
+    if not near_tie:
+        assert abs(c["exact_match"] - sum(ems[:k]) / k) < 1e-9, (c, sum(ems[:k]) / k)
+print(f"ok: EM by confidence {[round(c['exact_match'], 3) for c in summary['selective']['coverage']]}"
+      f" (AUC {summary['selective']['exact_match_auc']:.3f})")
 qps_b = json.load(open(f"{tmp}/batched.jsonl.summary.json"))["run"]["questions_per_s"]
 qps_s = json.load(open(f"{tmp}/single.jsonl.summary.json"))["run"]["questions_per_s"]
 print(f"throughput: {qps_b:.2f} questions/s batched (8) vs {qps_s:.2f} one at a time "

@@ -89,6 +89,13 @@ TEST(QaResults, RecordJsonRoundTrip) {
   const std::string ml = cepe::qa::record_to_json(miss);
   EXPECT_NE(ml.find("\"retrieval_hit\":false,\"hit_rank\":null"), std::string::npos) << ml;
   EXPECT_EQ(cepe::qa::record_from_json(ml, "here").first_hit_rank, 0u);
+
+  // The answer's log-probability is written only when recorded, and read back exactly.
+  miss.answer_logprob = -1.375;
+  const std::string ll = cepe::qa::record_to_json(miss);
+  EXPECT_NE(ll.find(",\"generated_tokens\":4,\"answer_logprob\":-1.375}"), std::string::npos) << ll;
+  EXPECT_EQ(cepe::qa::record_from_json(ll, "here").answer_logprob, -1.375);
+  EXPECT_FALSE(cepe::qa::record_from_json(ml, "here").answer_logprob.has_value());
 }
 
 TEST(QaResults, MalformedLinesAreRejected) {
@@ -117,6 +124,10 @@ TEST(QaResults, MalformedLinesAreRejected) {
       {with("\"generated_tokens\":4", "\"generated_tokens\":-4"),
        "W: \"generated_tokens\" must be a non-negative integer"},
       {with("\"answer\":\"x\"", "\"answer\":\"\xC3\""), "W: invalid UTF-8 at column 46"},
+      {with("\"generated_tokens\":4", "\"generated_tokens\":4,\"answer_logprob\":0.5"),
+       "W: \"answer_logprob\" must be a number <= 0 (a log-probability) or null"},
+      {with("\"generated_tokens\":4", "\"generated_tokens\":4,\"answer_logprob\":\"-1\""),
+       "W: \"answer_logprob\" must be a number <= 0 (a log-probability) or null"},
   };
   for (const auto& [line, message] : cases) {
     EXPECT_EQ(error_of([&] { cepe::qa::record_from_json(line, "W"); }), message) << line;
@@ -271,6 +282,45 @@ TEST(QaSummary, HandMadeSet) {
   EXPECT_NE(table.find("Questions/s       2.00 (4 this run in 2.0 s)\n"), std::string::npos)
       << table;
   EXPECT_NE(table.find("Tokens/s          15.0\n"), std::string::npos) << table;
+}
+
+// Selective QA: with every scored answer's log-probability, EM and F1 over the most confident
+// fraction. Confidence order here: r5 (wrong), r1 (EM), r3 (wrong), r2 (wrong), r4 unscored.
+TEST(QaSummary, ExactMatchByConfidence) {
+  std::vector<QaRecord> v = hand_made();
+  const double logprob[] = {-0.5, -3.0, -1.0, -0.1, -0.2};
+  EXPECT_TRUE(cepe::qa::summarize(v, {}).selective.empty()) << "no confidence recorded";
+  for (size_t i = 0; i < v.size(); ++i) v[i].answer_logprob = logprob[i];
+  const QaSummary s = cepe::qa::summarize(v, {});
+  ASSERT_EQ(s.selective.size(), 5u);
+  // 4 scored: 10 % and 25 % are the one most confident (r5), 50 % two, 75 % three, 100 % four.
+  const size_t count[] = {1, 1, 2, 3, 4};
+  const double em[] = {0.0, 0.0, 0.5, 1.0 / 3, 0.25};
+  const double f1[] = {0.25, 0.25, 1.25 / 2, 1.25 / 3, 1.75 / 4};
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(s.selective[i].questions, count[i]) << i;
+    EXPECT_DOUBLE_EQ(s.selective[i].exact_match, em[i]) << i;
+    EXPECT_DOUBLE_EQ(s.selective[i].f1, f1[i]) << i;
+  }
+  EXPECT_DOUBLE_EQ(s.selective[4].exact_match, s.exact_match);
+  EXPECT_DOUBLE_EQ(s.selective_em_auc, (0.0 + 0.5 + 1.0 / 3 + 0.25) / 4);
+  EXPECT_NE(cepe::qa::format_summary(s).find(
+                "EM by confidence  0.00 @ 10%, 0.00 @ 25%, 50.00 @ 50%, 33.33 @ 75%, 25.00 @ "
+                "100% (AUC 27.08)\n"),
+            std::string::npos)
+      << cepe::qa::format_summary(s);
+  rapidjson::Document doc;
+  doc.Parse(cepe::qa::summary_to_json(s).c_str());
+  ASSERT_FALSE(doc.HasParseError());
+  EXPECT_STREQ(doc["selective"]["confidence"].GetString(), "answer_logprob");
+  EXPECT_EQ(doc["selective"]["coverage"][2]["questions"].GetInt(), 2);
+  // One scored record without it: no selective figures (the unscored r4 does not count).
+  v[3].answer_logprob.reset();
+  EXPECT_EQ(cepe::qa::summarize(v, {}).selective.size(), 5u);
+  v[1].answer_logprob.reset();
+  EXPECT_TRUE(cepe::qa::summarize(v, {}).selective.empty());
+  EXPECT_TRUE(cepe::qa::summary_to_json(cepe::qa::summarize(v, {})).find("\"selective\": null") !=
+              std::string::npos);
 }
 
 TEST(QaSummary, RecallCutoffsAndEmptySets) {
