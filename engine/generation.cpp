@@ -14,34 +14,32 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Index of the first largest of n floats (as torch.argmax; NaN is never the largest). The
-// maximum is found in 16 independent lanes, which the compiler keeps in vector registers (a
-// running index would serialise every comparison), then the first element equal to it: half the
-// time of std::max_element over a vocabulary of 32000 (bench_ops BM_SampleGreedy).
-int32_t first_argmax(const float* x, int n) {
+// The largest of x[0, n), n a positive multiple of 16, kept in 16 independent lanes that the
+// compiler holds in vector registers (a running index, as std::max_element keeps, would serialise
+// every comparison). NaN is never the largest.
+float lanes_max(const float* x, int n) {
   constexpr int kLanes = 16;
-  const int full = n / kLanes * kLanes;
-  if (full == 0) return static_cast<int32_t>(std::max_element(x, x + n) - x);
   float lane[kLanes];
   for (int j = 0; j < kLanes; ++j) lane[j] = x[j];
-  for (int i = kLanes; i < full; i += kLanes)
+  for (int i = kLanes; i < n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
-  float mx = *std::max_element(lane, lane + kLanes);
+  return *std::max_element(lane, lane + kLanes);
+}
+
+// Index of the first largest of n floats (as torch.argmax): the maximum in lanes, then the first
+// element equal to it; half the time of std::max_element over a vocabulary of 32000 (bench_ops
+// BM_SampleGreedy).
+int32_t first_argmax(const float* x, int n) {
+  const int full = n / 16 * 16;
+  if (full == 0) return static_cast<int32_t>(std::max_element(x, x + n) - x);
+  float mx = lanes_max(x, full);
   for (int i = full; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
   const float* at = std::find(x, x + n, mx);
   return at == x + n ? 0 : static_cast<int32_t>(at - x);  // all NaN: the first
 }
 
-// The largest of a block of kBlock floats, in lanes as above: token_logprob passes over whole
-// blocks below its threshold with one test.
+// token_logprob passes over whole blocks of this many logits below its threshold with one test.
 constexpr int kBlock = 64;
-float block_max(const float* x) {
-  float lane[16];
-  for (int j = 0; j < 16; ++j) lane[j] = x[j];
-  for (int i = 16; i < kBlock; i += 16)
-    for (int j = 0; j < 16; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
-  return *std::max_element(lane, lane + 16);
-}
 
 }  // namespace
 
@@ -82,7 +80,7 @@ TokenLogprob token_logprob(const float* logits, int vocab, int32_t id, int top) 
   for (int32_t i = 0; i < vocab; ++i) {
     if (static_cast<int>(best.size()) == n) {
       // Whole blocks below the threshold are passed over in one test.
-      if (i % kBlock == 0 && i + kBlock <= vocab && !(block_max(logits + i) > threshold)) {
+      if (i % kBlock == 0 && i + kBlock <= vocab && !(lanes_max(logits + i, kBlock) > threshold)) {
         i += kBlock - 1;
         continue;
       }
