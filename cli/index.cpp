@@ -70,14 +70,16 @@ std::string clock_time(double s) {
 // A progress bar on a terminal; periodic plain lines in logs (where \r would make a mess).
 class CliProgress : public index::BuildProgress {
  public:
-  CliProgress() : tty_(::isatty(STDERR_FILENO) == 1) {}
+  /// `label` prefixes the log lines ("index build", "index add").
+  explicit CliProgress(std::string label = "index build")
+      : label_(std::move(label) + ": "), tty_(::isatty(STDERR_FILENO) == 1) {}
   void start(const std::string& phase, uint64_t total, const std::string& unit) override {
     phase_ = phase;
     total_ = total;
     unit_ = unit;
     done_ = 0;
     t0_ = last_ = Clock::now();
-    if (!tty_) std::cerr << "index build: " << phase_ << ": started (" << amount(total_) << ")\n";
+    if (!tty_) std::cerr << label_ << phase_ << ": started (" << amount(total_) << ")\n";
   }
   void update(uint64_t done) override {
     done_ = done;
@@ -88,15 +90,15 @@ class CliProgress : public index::BuildProgress {
     if (tty_)
       std::cerr << "\r" << line() << "\033[K" << std::flush;
     else
-      std::cerr << "index build: " << line() << "\n";
+      std::cerr << label_ << line() << "\n";
   }
   void finish() override {
     const double s = elapsed();
     if (tty_) std::cerr << "\r" << line() << "\033[K\n";
-    std::cerr << "index build: " << phase_ << ": done, " << amount(done_) << " in " << clock_time(s)
-              << " (" << rate(done_, s) << ")\n";
+    std::cerr << label_ << phase_ << ": done, " << amount(done_) << " in " << clock_time(s) << " ("
+              << rate(done_, s) << ")\n";
   }
-  void note(const std::string& l) override { std::cerr << "index build: " << l << "\n"; }
+  void note(const std::string& l) override { std::cerr << label_ << l << "\n"; }
 
  private:
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
@@ -125,6 +127,7 @@ class CliProgress : public index::BuildProgress {
        << rate(done_, s) << "  ETA " << clock_time(eta);
     return os.str();
   }
+  std::string label_;
   bool tty_;
   std::string phase_, unit_;
   uint64_t total_ = 0, done_ = 0;
@@ -223,6 +226,54 @@ int run_build(const std::vector<std::string>& argv) {
                 "passages/s), %s on disk\n",
                 r.total_seconds, r.ingest_seconds, r.bm25_seconds, r.train_seconds, r.embed_seconds,
                 m.embed_passages_per_second,
+                human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
+  std::cout << buf;
+  if (!r.skip_summary.empty()) {
+    std::cout << r.skip_summary << "\n";
+    for (const auto& e : r.corpus.examples) std::cout << "  " << e << "\n";
+  }
+  return 0;
+}
+
+// `cepe index add`: more passages into an existing index, which is swapped in atomically.
+int run_add(const std::vector<std::string>& argv) {
+  Args a;
+  a.option("index", "index directory (from cepe index build)")
+      .multi("input", "JSONL/TSV file or directory of .txt/.md files to add (repeatable)")
+      .flag("skip-invalid",
+            "skip (and count) bad records, and ids the index already holds, instead of stopping")
+      .option("passage-words", "passage length for .txt/.md inputs, in words", "100")
+      .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages",
+              "0")
+      .option("batch", "passages per embedding batch (default: the embedder's choice)");
+  const std::string line = "cepe index add --index DIR --input PATH... [--skip-invalid]";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (!a.positionals().empty())
+    return usage_error(
+        a, line, "unexpected argument '" + a.positionals()[0] + "' (inputs go after --input)");
+  index::AddOptions o;
+  if (!a.has("index")) return usage_error(a, line, "missing required flag --index");
+  o.index = a.get("index");
+  for (const auto& in : a.get_all("input")) o.inputs.emplace_back(in);
+  if (o.inputs.empty()) return usage_error(a, line, "missing required flag --input");
+  o.corpus.skip_invalid = a.is_set("skip-invalid");
+  o.corpus.passage_words = static_cast<int>(a.get_int("passage-words", 8, 100000));
+  o.corpus.overlap_words = static_cast<int>(a.get_int("overlap", 0, 100000));
+  if (a.has("batch")) o.batch = static_cast<int>(a.get_int("batch", 1, 1 << 20));
+  CliProgress progress("index add");
+  const index::BuildResult r = index::add_to_index(o, &progress);
+  const uint64_t added = r.corpus.passages;
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "added %llu passages to %s (%llu in all); time %.1f s (copy + read %.1f s, bm25 "
+                "%.1f s, embed+add %.1f s), %s on disk\n",
+                static_cast<unsigned long long>(added), o.index.string().c_str(),
+                static_cast<unsigned long long>(r.passages), r.total_seconds, r.ingest_seconds,
+                r.bm25_seconds, r.embed_seconds,
                 human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
   std::cout << buf;
   if (!r.skip_summary.empty()) {
@@ -532,9 +583,10 @@ int run_encode(const std::vector<std::string>& argv) {
 
 int run_index(const std::vector<std::string>& argv) {
   const std::string help =
-      "usage: cepe index <build|search|info|shard|encode> [flags]   (cepe index <sub> --help for "
-      "its flags)\n"
+      "usage: cepe index <build|add|search|info|shard|encode> [flags]   (cepe index <sub> --help "
+      "for its flags)\n"
       "  build   build an index over a corpus\n"
+      "  add     add passages to an index (only the new ones are embedded)\n"
       "  search  retrieve the top-k passages for questions\n"
       "  info    describe an index\n"
       "  shard   split an index's BM25 database into shards (for xapian-tcpsrv)\n"
@@ -545,6 +597,7 @@ int run_index(const std::vector<std::string>& argv) {
   }
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (argv[0] == "build") return run_build(rest);
+  if (argv[0] == "add") return run_add(rest);
   if (argv[0] == "search") return run_search(rest);
   if (argv[0] == "info") return run_info(rest);
   if (argv[0] == "shard") return run_shard(rest);

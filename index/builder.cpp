@@ -109,6 +109,28 @@ struct TempDirGuard {
   }
 };
 
+// Embeds the store's passages from row `first` on and adds them to `vindex` in batches of
+// `batch`; returns the seconds it took.
+double embed_and_add(const PassageStore& store, int64_t first, retriever::Embedder& embedder,
+                     VectorIndex& vindex, int batch, BuildProgress& pr) {
+  const auto t = Clock::now();
+  const int64_t n = static_cast<int64_t>(store.size());
+  std::vector<float> buf(static_cast<size_t>(batch) * embedder.dim());
+  std::vector<index::PassageView> views;
+  pr.start("embed", static_cast<uint64_t>(n - first), "passages");
+  for (int64_t b = first; b < n; b += batch) {
+    const int64_t cnt = std::min<int64_t>(batch, n - b);
+    views.clear();
+    for (int64_t r = b; r < b + cnt; ++r) views.push_back(store.get(static_cast<uint64_t>(r)));
+    embedder.embed_passages(views, buf.data());
+    vindex.add(cnt, buf.data());
+    pr.update(static_cast<uint64_t>(b - first + cnt));
+    if (b == first) crash_point("add");
+  }
+  pr.finish();
+  return seconds_since(t);
+}
+
 // Steps 2 and 3 of a dense build: train FAISS on a sample, then embed and add every passage.
 void build_dense(const BuildOptions& opt, const fs::path& tmp, retriever::Embedder& embedder_ref,
                  VectorIndex& vindex_ref, BuildProgress& pr, BuildResult* result_ptr) {
@@ -119,7 +141,6 @@ void build_dense(const BuildOptions& opt, const fs::path& tmp, retriever::Embedd
   PassageStore store(tmp / kPassagesFile);
   const int64_t n = static_cast<int64_t>(store.size());
   const int batch = opt.batch > 0 ? opt.batch : embedder->preferred_batch();
-  std::vector<float> buf(static_cast<size_t>(batch) * dim);
   std::vector<index::PassageView> views;
   auto embed_rows = [&](const std::vector<int64_t>& rows, size_t begin, size_t count, float* dst) {
     views.clear();
@@ -168,20 +189,7 @@ void build_dense(const BuildOptions& opt, const fs::path& tmp, retriever::Embedd
   }
 
   // 3. Embed and add every passage, in batches.
-  {
-    const auto t = Clock::now();
-    pr.start("embed", static_cast<uint64_t>(n), "passages");
-    const std::vector<int64_t> all;  // empty: rows are positions
-    for (int64_t b = 0; b < n; b += batch) {
-      const size_t cnt = static_cast<size_t>(std::min<int64_t>(batch, n - b));
-      embed_rows(all, static_cast<size_t>(b), cnt, buf.data());
-      vindex->add(static_cast<int64_t>(cnt), buf.data());
-      pr.update(static_cast<uint64_t>(b) + cnt);
-      if (b == 0) crash_point("add");
-    }
-    pr.finish();
-    result.embed_seconds = seconds_since(t);
-  }
+  result.embed_seconds = embed_and_add(store, 0, *embedder, *vindex, batch, pr);
   CEPE_CHECK(vindex->size() == n,
              "internal: FAISS holds " << vindex->size() << " vectors for " << n << " passages");
   pr.note("writing the FAISS index");
@@ -320,6 +328,136 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   install(tmp, out, replace);
   guard.keep = true;
   fsync_directory(parent);
+  result.total_seconds = seconds_since(t0);
+  result.bytes_on_disk = directory_bytes(out);
+  return result;
+}
+
+BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
+  BuildProgress silent;
+  BuildProgress& pr = progress ? *progress : silent;
+  const auto t0 = Clock::now();
+  CEPE_CHECK(!opt.index.empty(), "no index directory given (--index)");
+  CEPE_CHECK(!opt.inputs.empty(), "no corpus to add (--input)");
+  fs::path out = opt.index;
+  if (out.filename().empty()) out = out.parent_path();
+  // What is there must be whole before anything is built on it.
+  IndexManifest m = read_manifest(out);
+  verify_files(out, m);
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  remove_stale_partials(out, &pr);
+
+  const bool dense = has_dense(m), with_bm25 = has_bm25(m);
+  std::unique_ptr<retriever::Embedder> embedder;
+  std::unique_ptr<VectorIndex> vindex;
+  if (dense) {
+    embedder = retriever::create_embedder(m.embedder_spec);
+    CEPE_CHECK(embedder->fingerprint() == m.embedder_fingerprint,
+               "the index was built with embedder "
+                   << m.embedder_spec << " of fingerprint " << m.embedder_fingerprint
+                   << ", which is now " << embedder->fingerprint()
+                   << " (its model changed?): the new passages "
+                      "would not be comparable; rebuild the index");
+    // Read into memory: mapped inverted lists cannot grow.
+    vindex = VectorIndex::load(out / kFaissFile, /*mmap=*/false);
+    CEPE_CHECK(vindex->size() == static_cast<int64_t>(m.passages),
+               (out / kFaissFile).string() << " holds " << vindex->size() << " vectors for "
+                                           << m.passages << " passages; rebuild the index");
+  }
+  const PassageStore old_store(out / kPassagesFile);
+  CEPE_CHECK(old_store.size() == m.passages, (out / kPassagesFile).string()
+                                                 << " holds " << old_store.size()
+                                                 << " passages, the manifest " << m.passages
+                                                 << "; rebuild the index");
+  CorpusReader reader(opt.inputs, opt.corpus);
+  for (uint64_t row = 0; row < old_store.size(); ++row)
+    reader.add_existing_id(old_store.get(row).id, row);
+
+  TempDirGuard guard;
+  guard.dir = parent / (partial_prefix(out) + std::to_string(::getpid()));
+  fs::remove_all(guard.dir);
+  fs::create_directory(guard.dir);
+  const fs::path& tmp = guard.dir;
+
+  BuildResult result;
+  const uint64_t old_rows = old_store.size();
+  // 1. The store and the BM25 database: the old passages as they are, then the new ones.
+  {
+    const auto t = Clock::now();
+    PassageStoreWriter store(tmp / kPassagesFile);
+    std::unique_ptr<retriever::Bm25Writer> bm25;
+    if (with_bm25) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, m.bm25);
+    auto keep = [&](std::string_view id, std::string_view title, std::string_view text) {
+      const uint64_t row = store.add(id, title, text);
+      if (bm25) bm25->add(row, title, text);
+    };
+    pr.start("copy", old_rows, "passages");
+    for (uint64_t row = 0; row < old_rows; ++row) {
+      const PassageView p = old_store.get(row);
+      keep(p.id, p.title, p.text);
+      if ((row & 4095) == 4095) pr.update(row + 1);
+    }
+    pr.finish();
+    pr.start("read", reader.total_bytes(), "bytes");
+    reader.read([&](const Passage& p) { keep(p.id, p.title, p.text); },
+                [&](uint64_t bytes) { pr.update(bytes); });
+    pr.finish();
+    CEPE_CHECK(store.count() > old_rows, "the input has no new valid passages");
+    result.passages = store.count();
+    store.finish();
+    result.corpus = reader.stats();
+    result.skip_summary = reader.skip_summary();
+    if (!result.skip_summary.empty()) pr.note(result.skip_summary);
+    result.ingest_seconds = seconds_since(t);
+    if (bm25) {
+      const auto tb = Clock::now();
+      pr.note("writing the BM25 database");
+      bm25->finish();
+      result.bm25_seconds = seconds_since(tb);
+    }
+  }
+  // 2. Only the new passages are embedded.
+  if (dense) {
+    const PassageStore store(tmp / kPassagesFile);
+    const int batch = opt.batch > 0 ? opt.batch : embedder->preferred_batch();
+    result.embed_seconds =
+        embed_and_add(store, static_cast<int64_t>(old_rows), *embedder, *vindex, batch, pr);
+    CEPE_CHECK(vindex->size() == static_cast<int64_t>(store.size()),
+               "internal: FAISS holds " << vindex->size() << " vectors for " << store.size()
+                                        << " passages");
+    pr.note("writing the FAISS index");
+    vindex->save(tmp / kFaissFile);
+    m.faiss_description = vindex->describe();
+  }
+  crash_point("save");
+
+  // 3. The manifest: the build's record, with the passages and inputs added.
+  m.passages = result.passages;
+  for (const auto& in : opt.inputs) m.inputs.push_back(in.string());
+  m.skipped += result.corpus.skipped;
+  m.cepe_version = "0.1.0";
+  m.files = digest_directory(tmp);
+  write_manifest(tmp, m);
+  // The encoder-state stores (outside the manifest: `cepe index encode` adds them later) come
+  // along as hard links, or copies across file systems.
+  const fs::path states = out / "encoder_states";
+  if (fs::is_directory(states)) {
+    fs::create_directory(tmp / "encoder_states");
+    for (const auto& e : fs::directory_iterator(states)) {
+      if (!e.is_regular_file()) continue;
+      const fs::path to = tmp / "encoder_states" / e.path().filename();
+      std::error_code ec;
+      fs::create_hard_link(e.path(), to, ec);
+      if (ec) fs::copy_file(e.path(), to);
+    }
+    fsync_directory(tmp / "encoder_states");
+  }
+  fsync_directory(tmp);
+  crash_point("manifest");
+  install(tmp, out, /*replace=*/true);
+  guard.keep = true;
+  fsync_directory(parent);
+  result.manifest = m;
   result.total_seconds = seconds_since(t0);
   result.bytes_on_disk = directory_bytes(out);
   return result;

@@ -63,6 +63,25 @@ struct BuildResult {
 /// Builds the index; throws cepe::Error (leaving no index at `out`) on any failure.
 BuildResult build_index(const BuildOptions& options, BuildProgress* progress = nullptr);
 
+/// What to add to an existing index.
+struct AddOptions {
+  std::filesystem::path index;                ///< the index directory, replaced when done
+  std::vector<std::filesystem::path> inputs;  ///< corpus files and directories to add
+  CorpusOptions corpus;                       ///< ingestion settings
+  int batch = 0;  ///< passages per embedding batch (0: embedder's choice)
+};
+
+/// Appends the passages of `inputs` to an index: the old passages keep their rows and the new ones
+/// follow, in input order, as a build of everything would number them. Only the new passages are
+/// embedded and added to FAISS (an IVF or PQ index keeps the centroids and codebooks it was
+/// trained on); the BM25 database is rewritten over every passage, since a compacted Xapian
+/// database cannot grow. An id the index already holds is a duplicate (an error, or skipped with
+/// skip_invalid). The updated index is assembled beside the old one and swapped in atomically, its
+/// `encoder_states/` stores hard-linked along: they serve the old passages by id, and the new ones
+/// are encoded live until `cepe index encode` runs again. Throws cepe::Error, leaving the index as
+/// it was, on any failure.
+BuildResult add_to_index(const AddOptions& options, BuildProgress* progress = nullptr);
+
 /// True for the temporary directories builds write into (never loadable as an index).
 bool is_partial_build_dir(const std::filesystem::path& dir);
 

@@ -234,6 +234,11 @@ void CorpusReader::reject(size_t file_index, uint64_t line, const std::string& r
   }
 }
 
+void CorpusReader::add_existing_id(std::string_view id, uint64_t row) {
+  seen_ids_.try_emplace(hash64(id, 0x1d),
+                        Location{kExistingIndex, static_cast<uint32_t>(hash64(id, 0x2e)), row});
+}
+
 bool CorpusReader::accept(size_t file_index, uint64_t line, Passage&& p) {
   if (trim(p.text).empty()) {
     reject(file_index, line, kEmpty, "passage " + quoted_input(p.id) + " has no text");
@@ -244,9 +249,11 @@ bool CorpusReader::accept(size_t file_index, uint64_t line, Passage&& p) {
   auto [it, inserted] =
       seen_ids_.try_emplace(key, Location{static_cast<uint32_t>(file_index), check, line});
   if (!inserted && it->second.check == check) {
-    reject(file_index, line, kDuplicate,
-           quoted_input(p.id) + " (first seen at " + files_[it->second.file].path.string() + ":" +
-               std::to_string(it->second.line) + ")");
+    const std::string first = it->second.file == kExistingIndex
+                                  ? "already in the index, row " + std::to_string(it->second.line)
+                                  : "first seen at " + files_[it->second.file].path.string() + ":" +
+                                        std::to_string(it->second.line);
+    reject(file_index, line, kDuplicate, quoted_input(p.id) + " (" + first + ")");
     return false;
   }
   ++stats_.passages;

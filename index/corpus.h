@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -68,6 +69,10 @@ class CorpusReader {
   void read(const std::function<void(const Passage&)>& sink,
             const std::function<void(uint64_t)>& progress = {});
 
+  /// Treats `id` as taken by row `row` of the index being added to (cepe index add): a record
+  /// with that id is a duplicate, reported as already in the index. Call before read().
+  void add_existing_id(std::string_view id, uint64_t row);
+
   /// Total bytes of all input files.
   uint64_t total_bytes() const;
   /// Statistics so far.
@@ -76,6 +81,8 @@ class CorpusReader {
   std::string skip_summary() const;
 
  private:
+  // Location::file of an id taken by the index being added to (line: its row).
+  static constexpr uint32_t kExistingIndex = 0xFFFFFFFF;
   struct Location {
     uint32_t file;
     uint32_t check;  // a second hash: together with the key, 96 bits against false duplicates

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <fstream>
 #include <functional>
+#include <iterator>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -20,6 +22,7 @@
 #include "index/builder.h"
 #include "index/corpus.h"
 #include "index/manifest.h"
+#include "index/open_index.h"
 #include "index/passage_store.h"
 #include "retriever/vector_index.h"
 #include "tests/test_util.h"
@@ -802,4 +805,174 @@ TEST(Build, RefusesToClobber) {
   EXPECT_THROW(build_index(o), cepe::Error);
   for (const auto& e : fs::directory_iterator(dir)) EXPECT_FALSE(is_partial_build_dir(e.path()));
   EXPECT_FALSE(fs::exists(dir / "idx2"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// cepe index add
+
+namespace {
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Every file of an index directory, by name (recursively), with its bytes.
+std::map<std::string, std::string> index_files(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) out[fs::relative(e.path(), dir).string()] = file_bytes(e.path());
+  return out;
+}
+
+// Top hits of each query as "id score" lines.
+std::string hits_of(const fs::path& dir, const std::vector<std::string>& queries) {
+  auto r = open_index(dir);
+  cepe::retriever::SearchOptions so;
+  so.k = 8;
+  std::ostringstream os;
+  for (const auto& hits : r->search_batch(queries, so)) {
+    for (const auto& h : hits) os << h.id << " " << h.score << "\n";
+    os << "--\n";
+  }
+  return os.str();
+}
+
+const std::string kTinyBert =
+    "bert:" + (cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny").string();
+}  // namespace
+
+// Adding B to an index of A gives the index of A + B built in one go: the same passage store
+// byte for byte and the same hits, scores included, on BM25, dense Flat and hybrid; old rows keep
+// their numbers. An IVF index grows without retraining: its new passages are found.
+TEST(Add, EqualsABuildOfEverything) {
+  const fs::path dir = cepe::test::temp_dir("add");
+  const fs::path a = write_corpus(dir, 120, "old"), b = write_corpus(dir, 50, "new");
+  const std::vector<std::string> queries = {"river king", "new castle poet", "old ocean",
+                                            "desert engine science"};
+  for (const std::string kind : {"bm25", "dense", "hybrid"}) {
+    SCOPED_TRACE(kind);
+    BuildOptions o;
+    o.retriever = kind;
+    if (kind != "bm25") o.embedder = kTinyBert;
+    o.inputs = {a};
+    o.out = dir / (kind + "-added");
+    build_index(o);
+    o.inputs = {a, b};
+    o.out = dir / (kind + "-whole");
+    build_index(o);
+    AddOptions add;
+    add.index = dir / (kind + "-added");
+    add.inputs = {b};
+    const BuildResult r = add_to_index(add);
+    EXPECT_EQ(r.passages, 170u);
+    EXPECT_EQ(r.corpus.passages, 50u);
+    EXPECT_EQ(r.manifest.passages, 170u);
+    EXPECT_EQ(r.manifest.inputs, (std::vector<std::string>{a.string(), b.string()}));
+    EXPECT_EQ(file_bytes(add.index / kPassagesFile), file_bytes(o.out / kPassagesFile));
+    EXPECT_EQ(hits_of(add.index, queries), hits_of(o.out, queries));
+    EXPECT_NE(hits_of(add.index, queries).find("new-"), std::string::npos);
+    // The added index opens with its checksums verified, like a built one.
+    cepe::index::OpenOptions verify;
+    verify.verify = true;
+    EXPECT_NO_THROW(open_index(add.index, verify));
+  }
+  // IVF: the centroids trained on A stay, B's vectors join their lists; probing every list is
+  // exact search, so the hits are those of the Flat index of A + B.
+  BuildOptions o;
+  o.retriever = "dense";
+  o.embedder = kTinyBert;
+  o.faiss = "IVF4,Flat";
+  o.inputs = {a};
+  o.out = dir / "ivf";
+  build_index(o);
+  AddOptions add;
+  add.index = o.out;
+  add.inputs = {b};
+  add_to_index(add);
+  EXPECT_EQ(read_manifest(o.out).trained_on, 120u);
+  cepe::retriever::SearchOptions so;
+  so.k = 8;
+  const auto flat = open_index(dir / "dense-whole")->search_batch(queries, so);
+  so.nprobe = 4;
+  const auto ivf = open_index(o.out)->search_batch(queries, so);
+  ASSERT_EQ(ivf.size(), flat.size());
+  for (size_t q = 0; q < ivf.size(); ++q) {
+    ASSERT_EQ(ivf[q].size(), flat[q].size());
+    for (size_t i = 0; i < ivf[q].size(); ++i) {
+      EXPECT_EQ(ivf[q][i].row, flat[q][i].row) << queries[q] << " rank " << i;
+      EXPECT_NEAR(ivf[q][i].score, flat[q][i].score, 1e-4) << queries[q] << " rank " << i;
+    }
+  }
+}
+
+// Ids the index holds are duplicates (named with their row), a bad record stops the add, and a
+// failed add leaves every file as it was; --skip-invalid skips them. Encoder-state stores come
+// along. A kill at any stage leaves the old index.
+TEST(Add, DuplicatesErrorsAndCrashesLeaveTheIndex) {
+  const fs::path dir = cepe::test::temp_dir("add-errors");
+  const fs::path a = write_corpus(dir, 60, "old");
+  BuildOptions o;
+  o.retriever = "hybrid";
+  o.embedder = kTinyBert;
+  o.inputs = {a};
+  o.out = dir / "idx";
+  build_index(o);
+  write(o.out / "encoder_states" / "0123.ces", "stored states");
+  const auto before = index_files(o.out);
+
+  const fs::path dup = dir / "dup.jsonl";
+  write(dup, json_line("fresh-1", "T", "a new passage") + json_line("old-7", "T", "again"));
+  AddOptions add;
+  add.index = o.out;
+  add.inputs = {dup};
+  try {
+    add_to_index(add);
+    ADD_FAILURE() << "a duplicate id was added";
+  } catch (const cepe::Error& e) {
+    EXPECT_NE(
+        e.message().find(where(dup, 2) + "duplicate id: 'old-7' (already in the index, row 7)"),
+        std::string::npos)
+        << e.message();
+  }
+  EXPECT_EQ(index_files(o.out), before);
+  const fs::path bad = dir / "bad.jsonl";
+  write(bad, json_line("fresh-2", "T", "fine") + "{oops\n");
+  add.inputs = {bad};
+  EXPECT_THROW(add_to_index(add), cepe::Error);
+  EXPECT_EQ(index_files(o.out), before);
+  const fs::path nothing_new = dir / "nothing.jsonl";
+  write(nothing_new, json_line("old-1", "T", "x"));
+  add.inputs = {nothing_new};
+  add.corpus.skip_invalid = true;
+  try {
+    add_to_index(add);
+    ADD_FAILURE();
+  } catch (const cepe::Error& e) {
+    EXPECT_NE(e.message().find("no new valid passages"), std::string::npos) << e.message();
+  }
+  EXPECT_EQ(index_files(o.out), before);
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
+
+  // Killed at every stage (the CLI, as a user's kill -9): the old index stays, whole.
+  int rc = 0;
+  for (const std::string point : {"add", "save", "manifest"}) {
+    const std::string log = run_cepe(
+        "index add --index " + o.out.string() + " --input " + dup.string() + " --skip-invalid", &rc,
+        "CEPE_INDEX_BUILD_CRASH_AT=" + point);
+    EXPECT_EQ(rc, 128 + 9) << point << ": " << log;
+    EXPECT_EQ(index_files(o.out), before) << point;
+  }
+  // With --skip-invalid the duplicate is skipped and counted; the leftovers of the killed runs
+  // are removed; the states store is carried over.
+  const std::string log = run_cepe(
+      "index add --index " + o.out.string() + " --input " + dup.string() + " --skip-invalid", &rc);
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_NE(log.find("added 1 passages"), std::string::npos) << log;
+  EXPECT_NE(log.find("left by an interrupted build"), std::string::npos) << log;
+  EXPECT_EQ(read_manifest(o.out).passages, 61u);
+  EXPECT_EQ(read_manifest(o.out).skipped, 1u);
+  EXPECT_EQ(file_bytes(o.out / "encoder_states" / "0123.ces"), "stored states");
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
 }
