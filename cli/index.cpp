@@ -486,7 +486,8 @@ int run_encode(const std::vector<std::string>& argv) {
   const index::StoreLayout layout = index::parse_store_layout(a.get("layout"), "--layout");
   const int chunk_tokens = static_cast<int>(a.get_int("chunk-tokens", 1, 1 << 16));
   const int64_t batch_tokens = a.get_int("batch-tokens", 1, 1LL << 30);
-  index::read_manifest(dir);  // refuses a directory that is not a finished index
+  index::read_manifest(dir);              // refuses a directory that is not a finished index
+  const index::IndexWriteLock lock(dir);  // no add or rebuild while the states are written
   const index::PassageStore passages(dir / index::kPassagesFile);
   LoadedModel lm = load_model(a, /*need_tokenizer=*/true);
   CEPE_CHECK(lm.model->config().is_cepe(),

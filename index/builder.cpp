@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -199,6 +200,29 @@ void build_dense(const BuildOptions& opt, const fs::path& tmp, retriever::Embedd
 
 }  // namespace
 
+IndexWriteLock::IndexWriteLock(const fs::path& index_dir) {
+  fs::path dir = index_dir;
+  if (dir.filename().empty()) dir = dir.parent_path();
+  const fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
+  const fs::path file = parent / ("." + dir.filename().string() + ".lock");
+  fd_ = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  CEPE_CHECK(fd_ >= 0,
+             "cannot open the lock file " << file.string() << ": " << std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    CEPE_CHECK(err != EWOULDBLOCK, "another cepe process is writing the index "
+                                       << dir.string() << " (build, add or encode; it holds "
+                                       << file.string() << "): wait for it to finish");
+    CEPE_THROW("cannot lock " << file.string() << ": " << std::strerror(err));
+  }
+}
+
+IndexWriteLock::~IndexWriteLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the flock
+}
+
 bool is_partial_build_dir(const fs::path& dir) {
   static const std::regex re(R"(^\..+\.partial-[0-9]+$)");
   fs::path p = dir;
@@ -234,6 +258,7 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   }
   const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
   CEPE_CHECK(fs::is_directory(parent), "parent directory " << parent.string() << " does not exist");
+  const IndexWriteLock lock(out);
   remove_stale_partials(out, &pr);
 
   // Everything before this point is cheap validation; create the embedder and FAISS structure
@@ -343,6 +368,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   if (out.filename().empty()) out = out.parent_path();
   // What is there must be whole before anything is built on it.
   IndexManifest m = read_manifest(out);
+  const IndexWriteLock lock(out);
   verify_files(out, m);
   const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
   remove_stale_partials(out, &pr);

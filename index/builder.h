@@ -82,6 +82,24 @@ struct AddOptions {
 /// it was, on any failure.
 BuildResult add_to_index(const AddOptions& options, BuildProgress* progress = nullptr);
 
+/// An exclusive claim on writing one index directory (build, add, encode), held until
+/// destroyed: a lock file `.NAME.lock` beside the directory, flock(2)ed, so that it is released
+/// when the process dies however it dies.
+class IndexWriteLock {
+ public:
+  /// Takes the lock for `index_dir`; throws naming the directory when another process holds it.
+  explicit IndexWriteLock(const std::filesystem::path& index_dir);
+  /// Releases the lock (the empty lock file stays: removing it would race with a new taker).
+  ~IndexWriteLock();
+  /// Not copyable.
+  IndexWriteLock(const IndexWriteLock&) = delete;
+  /// Not assignable.
+  IndexWriteLock& operator=(const IndexWriteLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 /// True for the temporary directories builds write into (never loadable as an index).
 bool is_partial_build_dir(const std::filesystem::path& dir);
 

@@ -954,6 +954,29 @@ TEST(Add, DuplicatesErrorsAndCrashesLeaveTheIndex) {
   for (const auto& e : fs::directory_iterator(dir))
     EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
 
+  // One writer at a time: while a build, add or encode holds the index, another add refuses.
+  {
+    const IndexWriteLock held(o.out);
+    add.inputs = {dup};
+    try {
+      add_to_index(add);
+      ADD_FAILURE() << "added under another writer's lock";
+    } catch (const cepe::Error& e) {
+      EXPECT_NE(e.message().find("another cepe process is writing the index"), std::string::npos)
+          << e.message();
+    }
+    BuildOptions rebuild = o;
+    rebuild.overwrite = true;
+    try {
+      build_index(rebuild);
+      ADD_FAILURE() << "rebuilt under another writer's lock";
+    } catch (const cepe::Error& e) {
+      EXPECT_NE(e.message().find("another cepe process is writing the index"), std::string::npos)
+          << e.message();
+    }
+  }
+  EXPECT_EQ(index_files(o.out), before);
+
   // Killed at every stage (the CLI, as a user's kill -9): the old index stays, whole.
   int rc = 0;
   for (const std::string point : {"add", "save", "manifest"}) {

@@ -25,7 +25,9 @@
 
 #include <algorithm>
 #include <boost/beast/http.hpp>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -139,8 +141,10 @@ std::string exchange(uint16_t port, std::string_view bytes, Delivery how, uint8_
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
-    fuzz::fail("cannot connect to the server (did it stop listening?)");
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    fuzz::fail(std::string("cannot connect to the server (did it stop listening?): ") +
+               std::strerror(errno));
+  }
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   // The server may answer and close before reading all of it (413, 431): a failed send is fine.
