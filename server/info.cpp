@@ -167,6 +167,8 @@ std::string server_info_json(const Resources& res, const config::ServerConfig& c
   w.Int64(cfg.max_body_bytes);
   w.Key("max_stop");
   w.Int(cfg.max_stop);
+  w.Key("max_logprobs");
+  w.Int(cfg.max_logprobs);
   w.Key("request_timeout_ms");
   w.Int(cfg.request_timeout_ms);
   w.EndObject();

@@ -388,6 +388,7 @@ TEST_F(ServerHttp, HealthReadyAndInfo) {
   EXPECT_EQ(d["limits"]["max_k"].GetInt(), 8);
   EXPECT_EQ(d["limits"]["max_new_tokens"].GetInt(), 2000);
   EXPECT_EQ(d["limits"]["max_body_bytes"].GetInt(), 4096);
+  EXPECT_EQ(d["limits"]["max_logprobs"].GetInt(), 20);
   EXPECT_EQ(d["engine"]["max_batch"].GetInt(), 8);
   EXPECT_TRUE(d["engine"]["batching"].GetBool());
   EXPECT_FALSE(d["auth"].GetBool());
