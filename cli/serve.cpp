@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -16,6 +17,7 @@
 
 #include "cli/command.h"
 #include "common/error.h"
+#include "common/fileio.h"
 #include "config/server_config.h"
 #include "qa/prompt.h"
 #include "server/resources.h"
@@ -111,12 +113,7 @@ int run_serve(const std::vector<std::string>& argv) {
   // SIGHUP re-reads api_key_file: keys are added and revoked without a restart (and without
   // reloading the model). A file that cannot be read or holds no key keeps the keys in use.
   const auto reload_keys = [&] {
-    if (cfg.api_key_file.empty()) {
-      server::LogLine("warn", "keys_reload_failed")
-          .str("what", "SIGHUP: no api_key_file to reload")
-          .write(&logger);
-      return;
-    }
+    if (cfg.api_key_file.empty()) return;
     try {
       std::vector<std::string> keys = listed_keys;
       for (auto& key : config::read_api_key_file(cfg.api_key_file)) keys.push_back(std::move(key));
@@ -182,6 +179,51 @@ int run_serve(const std::vector<std::string>& argv) {
     }
   }
   srv.attach(resources.view());
+  // The server shares the index from here on: after a reload the old one must go when its last
+  // request does, not live on here.
+  resources.retriever.reset();
+  // SIGHUP also reopens the index when its manifest changed (cepe index add, or a rebuild with
+  // --overwrite, swaps in a new directory): new requests search the new index, those retrieving
+  // finish on the old one. An index that fails to open (checksums, embedder) keeps the old one.
+  const std::filesystem::path manifest_file = std::filesystem::path(cfg.index) / "manifest.json";
+  std::string served_manifest;
+  if (!cfg.index.empty()) served_manifest = read_whole_file(manifest_file, "the index manifest");
+  const auto reload_index = [&] {
+    if (cfg.index.empty()) return;
+    try {
+      const std::string manifest = read_whole_file(manifest_file, "the index manifest");
+      if (manifest == served_manifest) {
+        server::LogLine("info", "index_unchanged").str("index", cfg.index).write(&logger);
+        return;
+      }
+      const auto t = std::chrono::steady_clock::now();
+      index::OpenOptions oo;
+      oo.bm25_shards = cfg.bm25_shards;
+      std::shared_ptr<const index::IndexRetriever> next = index::open_index(cfg.index, oo);
+      const auto passages = static_cast<int64_t>(next->manifest().passages);
+      srv.set_retriever(std::move(next));
+      served_manifest = manifest;
+      server::LogLine("info", "index_reloaded")
+          .str("index", cfg.index)
+          .num("passages", passages)
+          .ms("open_ms",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t)
+                  .count())
+          .write(&logger);
+    } catch (const std::exception& e) {
+      server::LogLine("error", "index_reload_failed").str("what", e.what()).write(&logger);
+    }
+  };
+  const auto reload = [&] {
+    if (cfg.api_key_file.empty() && cfg.index.empty()) {
+      server::LogLine("warn", "reload_skipped")
+          .str("what", "SIGHUP: no api_key_file and no index to reload")
+          .write(&logger);
+      return;
+    }
+    reload_keys();
+    reload_index();
+  };
   server::LogLine("info", "ready")
       .str("model", resources.model_name)
       .str("index", cfg.index)
@@ -193,7 +235,7 @@ int run_serve(const std::vector<std::string>& argv) {
   for (;;) {
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig != SIGHUP) break;
-    reload_keys();
+    reload();
   }
   server::LogLine("info", "stopping")
       .str("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT")
@@ -211,7 +253,7 @@ int run_serve(const std::vector<std::string>& argv) {
   while (!done.load()) {
     const int got = sigtimedwait(&signals, nullptr, &tick);
     if (got == SIGHUP) {
-      reload_keys();
+      reload();
     } else if (got > 0) {
       server::LogLine("warn", "forced_exit").num("in_flight", srv.in_flight()).write(&logger);
       std::fflush(stderr);

@@ -30,8 +30,8 @@ void put_passages(Writer& w, const AskState& st) {
 
 }  // namespace
 
-void prepare_ask(AskState& st, const Resources& res, const config::ServerConfig& cfg,
-                 Metrics& metrics) {
+void prepare_ask(AskState& st, const Resources& res, const index::IndexRetriever* retriever,
+                 const config::ServerConfig& cfg, Metrics& metrics) {
   std::vector<qa::Passage> passages;
   if (st.req.passages) {
     passages = *st.req.passages;
@@ -44,7 +44,7 @@ void prepare_ask(AskState& st, const Resources& res, const config::ServerConfig&
       h.score = std::numeric_limits<float>::quiet_NaN();
       st.hits.push_back(std::move(h));
     }
-  } else if (st.req.k > 0) {
+  } else if (st.req.k > 0 && retriever) {
     const auto t0 = Clock::now();
     retriever::SearchOptions so;
     so.k = st.req.k;
@@ -53,7 +53,7 @@ void prepare_ask(AskState& st, const Resources& res, const config::ServerConfig&
     so.bm25_weight = st.req.bm25_weight;
     so.dense_weight = st.req.dense_weight;
     so.rrf_k = st.req.rrf_k;
-    st.hits = res.retriever->search(st.req.question, so);
+    st.hits = retriever->search(st.req.question, so);
     st.retrieve_ms = ms_since(t0);
     metrics.retrieval(st.retrieve_ms / 1000.0);
     for (const auto& h : st.hits) passages.push_back({h.id, h.title, h.text, h.score});

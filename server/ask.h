@@ -40,11 +40,12 @@ inline double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-/// Retrieves (or takes the caller's passages), plans the prompt and chunks, and sets st.hits to
-/// the passages the answer is conditioned on and st.job to the scheduler job. Runs on the
-/// retrieval pool. Throws ApiError (400) for requests the planner refuses.
-void prepare_ask(AskState& st, const Resources& res, const config::ServerConfig& cfg,
-                 Metrics& metrics);
+/// Retrieves from `retriever` (the index now served; null without one) or takes the caller's
+/// passages, plans the prompt and chunks, and sets st.hits to the passages the answer is
+/// conditioned on and st.job to the scheduler job. Runs on the retrieval pool. Throws ApiError
+/// (400) for requests the planner refuses.
+void prepare_ask(AskState& st, const Resources& res, const index::IndexRetriever* retriever,
+                 const config::ServerConfig& cfg, Metrics& metrics);
 
 /// A job's answer text without surrounding whitespace.
 std::string answer_text(const JobResult& r);

@@ -132,6 +132,13 @@ class Server::Impl {
     std::lock_guard<std::mutex> lock(keys_mu);
     return keys;
   }
+  // The index: res.retriever at attach(), replaced by Server::set_retriever(); read through
+  // retriever() (a snapshot that keeps the one a request started on alive).
+  mutable std::mutex retriever_mu;
+  std::shared_ptr<const index::IndexRetriever> retriever() const {
+    std::lock_guard<std::mutex> lock(retriever_mu);
+    return res.retriever;
+  }
   // Open connections per client IP address (max_connections_per_client).
   std::mutex clients_mu;
   std::unordered_map<std::string, int> clients;
@@ -559,7 +566,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return reply_api_error(e);
     }
     stream_mode_ = st->req.stream;
-    if (!st->req.passages && !srv_.res.retriever) {
+    if (!st->req.passages && !srv_.retriever()) {
       return reply_error(http::status::bad_request, "missing_field",
                          "this server has no index: send 'passages'");
     }
@@ -582,7 +589,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void prepare(const std::shared_ptr<AskState>& st) {
     try {
       if (st->gone.load()) throw ApiError(499, "client_closed", "the client closed the connection");
-      prepare_ask(*st, srv_.res, srv_.cfg, srv_.metrics);
+      prepare_ask(*st, srv_.res, srv_.retriever().get(), srv_.cfg, srv_.metrics);
     } catch (const ApiError& e) {
       st->error = e;
     } catch (const std::exception& e) {
@@ -990,7 +997,10 @@ std::string Server::Impl::info_json() const {
   // `res` is written by attach() before it publishes the engine; reading it is safe only after
   // the acquire that sees the engine (as /ask does). Before that nothing is loaded.
   static const Resources kNothing;
-  return server_info_json(engine() != nullptr ? res : kNothing, cfg, kServerName);
+  if (engine() == nullptr) return server_info_json(kNothing, cfg, kServerName);
+  Resources now = res;
+  now.retriever = retriever();
+  return server_info_json(now, cfg, kServerName);
 }
 
 bool Server::Impl::shutdown(std::chrono::milliseconds grace) {
@@ -1079,6 +1089,14 @@ void Server::set_api_keys(std::vector<std::string> keys) {
   auto next = std::make_shared<const std::vector<std::string>>(std::move(keys));
   std::lock_guard<std::mutex> lock(impl_->keys_mu);
   impl_->keys = std::move(next);
+}
+
+void Server::set_retriever(std::shared_ptr<const index::IndexRetriever> retriever) {
+  CEPE_CHECK(impl_->engine(), "the server has no model attached yet");
+  CEPE_CHECK(impl_->retriever() && retriever,
+             "the index can be replaced only on a server that started with one");
+  std::lock_guard<std::mutex> lock(impl_->retriever_mu);
+  impl_->res.retriever = std::move(retriever);
 }
 
 void Server::set_load_progress(uint64_t done, uint64_t total) {

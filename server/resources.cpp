@@ -11,7 +11,7 @@ Resources LoadedResources::view() const {
   Resources r;
   r.model = model.get();
   r.tokenizer = tokenizer.get();
-  r.retriever = retriever.get();
+  r.retriever = retriever;
   r.model_name = model_name;
   r.encoder_store = encoder_store;
   r.encoder_cache = encoder_cache;

@@ -16,7 +16,7 @@ struct LoadedResources {
   std::unique_ptr<Backend> backend;                          ///< the device
   std::unique_ptr<CepeModel> model;                          ///< weights and config
   std::unique_ptr<Tokenizer> tokenizer;                      ///< the model's tokenizer.model
-  std::unique_ptr<index::IndexRetriever> retriever;          ///< null when no index is configured
+  std::shared_ptr<const index::IndexRetriever> retriever;    ///< null when no index is configured
   std::string model_name;                                    ///< name reported in responses
   std::shared_ptr<const index::EncoderStore> encoder_store;  ///< config encoder_store (or null)
   std::shared_ptr<qa::EncodedPassageCache> encoder_cache;    ///< config encoder_cache_mb (or null)

@@ -30,10 +30,11 @@ using JobResult = qa::JobResult;
 
 /// What the server answers with, loaded by the caller; everything must outlive the server.
 struct Resources {
-  CepeModel* model = nullptr;                        ///< the model (used by the engine thread only)
-  const Tokenizer* tokenizer = nullptr;              ///< its tokenizer
-  const index::IndexRetriever* retriever = nullptr;  ///< null: requests must bring passages
-  std::string model_name;                            ///< reported as "model"
+  CepeModel* model = nullptr;            ///< the model (used by the engine thread only)
+  const Tokenizer* tokenizer = nullptr;  ///< its tokenizer
+  /// The index (null: requests must bring passages); Server::set_retriever() replaces it.
+  std::shared_ptr<const index::IndexRetriever> retriever;
+  std::string model_name;                                    ///< reported as "model"
   std::shared_ptr<const index::EncoderStore> encoder_store;  ///< passage states (may be null)
   std::shared_ptr<qa::EncodedPassageCache> encoder_cache;    ///< LRU of encoded passages (or null)
   uint64_t encoder_fingerprint = 0;                          ///< the model's, for cache keys
@@ -61,6 +62,11 @@ class Server {
   /// `keys` is empty or the server started without keys (a reload never turns authentication
   /// on or off).
   void set_api_keys(std::vector<std::string> keys);
+  /// Replaces the index the server retrieves from (a grown or rebuilt one, after SIGHUP):
+  /// requests prepared after this call search it, those already retrieving finish on the old
+  /// one, which lives until the last of them lets it go. Throws when the server started without
+  /// an index or has no model attached yet.
+  void set_retriever(std::shared_ptr<const index::IndexRetriever> retriever);
   /// Graceful stop: refuse new connections and requests, let in-flight requests finish for up to
   /// `grace`, then cancel what is left and stop every thread. True when nothing was cut off.
   bool shutdown(std::chrono::milliseconds grace);

@@ -1070,6 +1070,73 @@ TEST(ServerLimits, SighupReloadsTheApiKeyFile) {
   EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
 }
 
+// SIGHUP reopens the index when its manifest changed: after `cepe index add`, new requests find
+// the new passages and /v1/info counts them; an unchanged manifest is left alone; an index that
+// no longer opens keeps the one being served.
+TEST(ServerLimits, SighupReopensAGrownIndex) {
+  REQUIRE_TEST_DATA();
+  const fs::path dir = test::temp_dir("server-index-reload");
+  const fs::path index = dir / "index";
+  fs::copy(test_data().index, index, fs::copy_options::recursive);
+  ServerProcess s({"--index", index.string()}, /*with_index=*/false);
+  HttpClient c = s.client();
+  const auto wait_for = [&](const std::string& event, size_t n) {
+    const std::string needle = "\"event\":\"" + event + "\"";
+    for (int i = 0; i < 1000; ++i) {
+      const std::string log = s.log();
+      size_t count = 0;
+      for (size_t p = 0; (p = log.find(needle, p)) != std::string::npos; ++p) ++count;
+      if (count >= n) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  };
+  const auto passages = [&] {
+    return parse_json(c.request("GET", "/v1/info").body)["index"]["passages"].GetInt();
+  };
+  const auto top_id = [&] {
+    const auto r =
+        c.request("POST", "/ask",
+                  ask_body("Which river flows through Reykjavik?", R"("k":1,"max_new_tokens":1)"));
+    EXPECT_EQ(r.status, 200) << r.body;
+    return std::string(parse_json(r.body)["passages"][0]["id"].GetString());
+  };
+  EXPECT_EQ(passages(), 48);
+  EXPECT_NE(top_id(), "is-0");
+
+  std::ofstream(dir / "more.jsonl")
+      << "{\"id\":\"is-0\",\"title\":\"Iceland\",\"text\":\"Reykjavik is the capital of "
+         "Iceland. The river Ellidaar flows through Reykjavik.\"}\n"
+      << "{\"id\":\"is-1\",\"title\":\"Iceland\",\"text\":\"Iceland has glaciers.\"}\n";
+  std::string out;
+  ASSERT_EQ(test::run_command(test::cepe_binary().string() + " index add --index " +
+                                  index.string() + " --input " + (dir / "more.jsonl").string(),
+                              &out),
+            0)
+      << out;
+  EXPECT_EQ(passages(), 48) << "served until told";
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("index_reloaded", 1)) << s.log();
+  EXPECT_NE(s.log().find("\"passages\":50"), std::string::npos) << s.log();
+  EXPECT_EQ(passages(), 50);
+  EXPECT_EQ(top_id(), "is-0");
+
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("index_unchanged", 1)) << s.log();
+
+  // A manifest that fails its checksum: the reload is refused and the index in use stays.
+  std::string manifest = test::read_file(index / "manifest.json");
+  const size_t at = manifest.find("\"bm25\"");
+  ASSERT_NE(at, std::string::npos);
+  manifest.replace(at, 6, "\"BM25\"");
+  std::ofstream(index / "manifest.json", std::ios::trunc) << manifest;
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("index_reload_failed", 1)) << s.log();
+  EXPECT_EQ(passages(), 50);
+  EXPECT_EQ(top_id(), "is-0");
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
 TEST(ServerLimits, QueueFullIs429WithRetryAfter) {
   REQUIRE_TEST_DATA();
   ServerProcess s(
