@@ -1062,6 +1062,8 @@ void Server::attach(const Resources& resources) {
   CEPE_CHECK(resources.model && resources.tokenizer, "the server needs a model and a tokenizer");
   CEPE_CHECK(!impl_->engine(), "the server already has a model");
   impl_->res = resources;
+  impl_->metrics.index_passages.store(
+      resources.retriever ? static_cast<int64_t>(resources.retriever->manifest().passages) : 0);
   EngineOptions eo;
   eo.max_batch = impl_->cfg.max_batch;
   eo.max_queue = impl_->cfg.max_queue;
@@ -1095,8 +1097,13 @@ void Server::set_retriever(std::shared_ptr<const index::IndexRetriever> retrieve
   CEPE_CHECK(impl_->engine(), "the server has no model attached yet");
   CEPE_CHECK(impl_->retriever() && retriever,
              "the index can be replaced only on a server that started with one");
-  std::lock_guard<std::mutex> lock(impl_->retriever_mu);
-  impl_->res.retriever = std::move(retriever);
+  const auto passages = static_cast<int64_t>(retriever->manifest().passages);
+  {
+    std::lock_guard<std::mutex> lock(impl_->retriever_mu);
+    impl_->res.retriever = std::move(retriever);
+  }
+  impl_->metrics.index_passages.store(passages);
+  impl_->metrics.index_reloads.fetch_add(1);
 }
 
 void Server::set_load_progress(uint64_t done, uint64_t total) {

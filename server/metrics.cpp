@@ -175,6 +175,11 @@ std::string Metrics::render() const {
          static_cast<double>(connections_refused.load()));
   scalar(out, "cepe_ready", "gauge", "1 while the server is ready.",
          static_cast<double>(ready.load()));
+  scalar(out, "cepe_index_passages", "gauge", "Passages of the index being served (0: none).",
+         static_cast<double>(index_passages.load()));
+  scalar(out, "cepe_index_reloads_total", "counter",
+         "Indexes reopened and swapped in on SIGHUP (a grown or rebuilt index).",
+         static_cast<double>(index_reloads.load()));
   // The process, under the names Prometheus client libraries give these figures.
   const ProcessStats p = process_stats();
   scalar(out, "process_cpu_seconds_total", "counter", "User and system CPU time, in seconds.",

@@ -84,26 +84,29 @@ class Metrics : public qa::SchedulerMetrics {
     }
   }
 
-  std::atomic<int64_t> queue_depth{0};        ///< admitted requests not yet in the batch
-  std::atomic<int64_t> batch_size{0};         ///< sequences in the running batch
-  std::atomic<int64_t> cache_bytes{0};        ///< caches held by the running sequences
-  std::atomic<int64_t> sequence_encoder_state_bytes{0};  ///< of cache_bytes: encoder states (absorbed)
-  std::atomic<uint64_t> encoder_store_hits{0};           ///< passages read from the state store
-  std::atomic<uint64_t> encoder_cache_hits{0};           ///< passages read from the state cache
-  std::atomic<uint64_t> encoder_cache_misses{0};         ///< cache lookups that missed
-  std::atomic<uint64_t> encoder_cache_evictions{0};      ///< cache entries evicted
-  std::atomic<int64_t> encoder_cache_bytes{0};           ///< bytes the state cache holds
-  std::atomic<uint64_t> encoder_live_passages{0};        ///< passages encoded per request
-  std::atomic<int64_t> in_flight{0};          ///< requests being handled
-  std::atomic<int64_t> connections{0};        ///< open connections
-  std::atomic<uint64_t> generated_tokens{0};  ///< tokens generated, all requests
-  std::atomic<uint64_t> prompt_tokens{0};     ///< decoder prompt tokens prefilled
-  std::atomic<uint64_t> encoder_tokens{0};    ///< encoder tokens encoded
-  std::atomic<uint64_t> cancelled{0};         ///< generations cancelled (client gone)
-  std::atomic<uint64_t> deadlines{0};         ///< generations stopped by the deadline
-  std::atomic<uint64_t> rejected{0};          ///< requests refused with 429
-  std::atomic<uint64_t> connections_refused{0};  ///< connections closed at accept (limits)
-  std::atomic<int> ready{0};                  ///< 1 while /readyz answers 200
+  std::atomic<int64_t> queue_depth{0};  ///< admitted requests not yet in the batch
+  std::atomic<int64_t> batch_size{0};   ///< sequences in the running batch
+  std::atomic<int64_t> cache_bytes{0};  ///< caches held by the running sequences
+  std::atomic<int64_t> sequence_encoder_state_bytes{
+      0};                                            ///< of cache_bytes: encoder states (absorbed)
+  std::atomic<uint64_t> encoder_store_hits{0};       ///< passages read from the state store
+  std::atomic<uint64_t> encoder_cache_hits{0};       ///< passages read from the state cache
+  std::atomic<uint64_t> encoder_cache_misses{0};     ///< cache lookups that missed
+  std::atomic<uint64_t> encoder_cache_evictions{0};  ///< cache entries evicted
+  std::atomic<int64_t> encoder_cache_bytes{0};       ///< bytes the state cache holds
+  std::atomic<uint64_t> encoder_live_passages{0};    ///< passages encoded per request
+  std::atomic<int64_t> in_flight{0};                 ///< requests being handled
+  std::atomic<int64_t> connections{0};               ///< open connections
+  std::atomic<uint64_t> generated_tokens{0};         ///< tokens generated, all requests
+  std::atomic<uint64_t> prompt_tokens{0};            ///< decoder prompt tokens prefilled
+  std::atomic<uint64_t> encoder_tokens{0};           ///< encoder tokens encoded
+  std::atomic<uint64_t> cancelled{0};                ///< generations cancelled (client gone)
+  std::atomic<uint64_t> deadlines{0};                ///< generations stopped by the deadline
+  std::atomic<uint64_t> rejected{0};                 ///< requests refused with 429
+  std::atomic<uint64_t> connections_refused{0};      ///< connections closed at accept (limits)
+  std::atomic<int> ready{0};                         ///< 1 while /readyz answers 200
+  std::atomic<int64_t> index_passages{0};            ///< passages of the index served (0: none)
+  std::atomic<uint64_t> index_reloads{0};  ///< indexes swapped in by Server::set_retriever()
 
   /// The whole exposition text.
   std::string render() const;

@@ -1120,9 +1120,12 @@ TEST(ServerLimits, SighupReopensAGrownIndex) {
   EXPECT_NE(s.log().find("\"passages\":50"), std::string::npos) << s.log();
   EXPECT_EQ(passages(), 50);
   EXPECT_EQ(top_id(), "is-0");
+  EXPECT_EQ(metric_of(s, "cepe_index_passages"), 50);
+  EXPECT_EQ(metric_of(s, "cepe_index_reloads_total"), 1);
 
   ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
   ASSERT_TRUE(wait_for("index_unchanged", 1)) << s.log();
+  EXPECT_EQ(metric_of(s, "cepe_index_reloads_total"), 1);
 
   // A manifest that fails its checksum: the reload is refused and the index in use stays.
   std::string manifest = test::read_file(index / "manifest.json");

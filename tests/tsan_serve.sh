@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `cepe serve` under ThreadSanitizer, driven hard: 12 clients asking (plain, streamed, and
 # hanging up mid-stream, which cancels generation), chat completions, /metrics scrapes, HEAD and
-# /v1/info, while the API key file is rotated and SIGHUP sent every 0.3 s; then SIGTERM with
+# /v1/info, while the API key file is rotated and SIGHUP sent every 0.3 s and the index grows
+# (cepe index add every 2 s, reopened on the next SIGHUP); then SIGTERM with
 # requests in flight. Fails when TSan reports anything (a data race, a lock-order inversion, a
 # signal-unsafe call) or the server does not stop cleanly. Not part of ctest (it builds a TSan
 # tree of its own, ~15 minutes on 2 cores the first time):
@@ -43,13 +44,26 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 port=$(grep -o '"event":"listening"[^}]*"port":[0-9]*' "$work/serve.log" | grep -o '[0-9]*$')
+# Meanwhile the index grows (cepe index add), so the SIGHUPs also reopen it under load.
+(
+  for round in $(seq 1 1000); do
+    sleep 2
+    printf '{"id":"grown-%d","title":"Grown","text":"Passage %d added while the server runs."}\n' \
+      "$round" "$round" >"$work/more.jsonl"
+    "$cepe" index add --index "$work/index" --input "$work/more.jsonl" >/dev/null 2>&1 || true
+  done
+) &
+grower=$!
 /usr/bin/python3 tests/tsan_load.py "$port" "$pid" "$work/keys.txt" "$secs"
+kill $grower 2>/dev/null || true
+wait $grower 2>/dev/null || true
 kill -TERM $pid
 status=0
 wait $pid || status=$?
 pid=
 reloads=$(grep -c '"event":"keys_reloaded"' "$work/serve.log" || true)
-echo "server exit status $status; $reloads key reloads"
+index_reloads=$(grep -c '"event":"index_reloaded"' "$work/serve.log" || true)
+echo "server exit status $status; $reloads key reloads, $index_reloads index reloads"
 if ls "$work"/report.* >/dev/null 2>&1; then
   grep -h "SUMMARY" "$work"/report.* | sort | uniq -c | sort -rn
   head -60 "$(ls "$work"/report.* | head -1)"
@@ -57,4 +71,5 @@ if ls "$work"/report.* >/dev/null 2>&1; then
   exit 1
 fi
 [[ $status == 0 ]] || { echo "FAIL: the server did not stop cleanly"; exit 1; }
+[[ $index_reloads -gt 0 ]] || { echo "FAIL: the index was never reopened"; exit 1; }
 echo "ok: no ThreadSanitizer report"
