@@ -998,8 +998,12 @@ std::string Server::Impl::info_json() const {
   // the acquire that sees the engine (as /ask does). Before that nothing is loaded.
   static const Resources kNothing;
   if (engine() == nullptr) return server_info_json(kNothing, cfg, kServerName);
-  Resources now = res;
-  now.retriever = retriever();
+  Resources now;
+  {
+    // res.retriever changes under this lock (set_retriever); the rest is fixed since attach().
+    std::lock_guard<std::mutex> lock(retriever_mu);
+    now = res;
+  }
   return server_info_json(now, cfg, kServerName);
 }
 
