@@ -500,10 +500,16 @@ int run_encode(const std::vector<std::string>& argv) {
   const fs::path path = index::encoder_store_path(dir, fp);
   if (fs::exists(path) && !a.is_set("overwrite")) {
     const index::EncoderStore done(path);
-    std::cout << "encoder store " << path.string() << " is complete (" << done.size()
-              << " passages, " << human_bytes(static_cast<double>(done.file_bytes()))
-              << "); --overwrite rebuilds it\n";
-    return 0;
+    if (done.size() == passages.size()) {
+      std::cout << "encoder store " << path.string() << " is complete (" << done.size()
+                << " passages, " << human_bytes(static_cast<double>(done.file_bytes()))
+                << "); --overwrite rebuilds it\n";
+      return 0;
+    }
+    // The index grew (cepe index add) since the store was written: a store is laid out for one
+    // passage list, so it is written again for the whole of it.
+    std::cerr << "index encode: " << path.string() << " holds " << done.size() << " of the index's "
+              << passages.size() << " passages (the index grew): writing it again\n";
   }
   if (fs::exists(path)) fs::remove(path);
   // Chunk lengths and hashes first (the table is laid out before any state is written).

@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "common/fileio.h"
 #include "config/server_config.h"
+#include "qa/encoder_states.h"
 #include "qa/prompt.h"
 #include "server/resources.h"
 #include "server/server.h"
@@ -214,6 +215,34 @@ int run_serve(const std::vector<std::string>& argv) {
       server::LogLine("error", "index_reload_failed").str("what", e.what()).write(&logger);
     }
   };
+  // With encoder_store auto, SIGHUP also looks for the index's store again: one that
+  // `cepe index encode` wrote since (a first one, or a fuller one after cepe index add) replaces
+  // the store in use; passages it lacks are encoded live as before.
+  std::shared_ptr<const index::EncoderStore> served_store = std::move(resources.encoder_store);
+  const auto reload_store = [&] {
+    if (cfg.index.empty() || cfg.encoder_store != "auto" || !resources.model->config().is_cepe())
+      return;
+    try {
+      auto found = qa::open_encoder_store(
+          "auto", cfg.index, cfg.model, resources.model->config(), cfg.chunk_tokens,
+          resources.backend->device(), [&](const std::string& line) {
+            server::LogLine("warn", "encoder_store_ignored").str("what", line).write(&logger);
+          });
+      if (!found || (served_store && found->path() == served_store->path() &&
+                     found->file_bytes() == served_store->file_bytes()))
+        return;
+      const auto passages = static_cast<int64_t>(found->size());
+      const std::string path = found->path().string();
+      served_store = found;
+      srv.set_encoder_store(std::move(found));
+      server::LogLine("info", "encoder_store_reloaded")
+          .str("path", path)
+          .num("passages", passages)
+          .write(&logger);
+    } catch (const std::exception& e) {
+      server::LogLine("error", "encoder_store_reload_failed").str("what", e.what()).write(&logger);
+    }
+  };
   const auto reload = [&] {
     if (cfg.api_key_file.empty() && cfg.index.empty()) {
       server::LogLine("warn", "reload_skipped")
@@ -223,6 +252,7 @@ int run_serve(const std::vector<std::string>& argv) {
     }
     reload_keys();
     reload_index();
+    reload_store();
   };
   server::LogLine("info", "ready")
       .str("model", resources.model_name)

@@ -460,8 +460,25 @@ void Scheduler::start_sequence(Joining& j) {
   }
 }
 
+void Scheduler::replace_store(std::shared_ptr<const index::EncoderStore> store) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    next_store_ = std::move(store);
+    store_pending_ = true;
+  }
+  cv_.notify_all();
+}
+
 void Scheduler::iterate() {
   last_tick_ns_.store(Clock::now().time_since_epoch().count());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (store_pending_) {
+      encoder_states_.use_store(std::move(next_store_));
+      next_store_.reset();
+      store_pending_ = false;
+    }
+  }
   admit();
   // Leave before encoding or stepping: cancelled and expired jobs must not cost more work.
   auto now = Clock::now();

@@ -141,6 +141,10 @@ class Scheduler {
   void submit(std::shared_ptr<Job> job);
   /// Wakes the thread so it notices a cancelled job now rather than at the next step.
   void wake();
+  /// Replaces the encoder-state store from any thread (a server reopening a grown index's
+  /// store): the scheduler's thread takes it before its next round; sequences already running
+  /// keep the rows they read (the old mapping lives as long as they do).
+  void replace_store(std::shared_ptr<const index::EncoderStore> store);
 
   /// Sequences in the running batch.
   int running() const { return running_.load(); }
@@ -189,6 +193,8 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
+  bool store_pending_ = false;                             // replace_store() was called
+  std::shared_ptr<const index::EncoderStore> next_store_;  // what it passed
   std::thread thread_;
   std::atomic<bool> alive_{false};
   std::atomic<int> reserved_{0};

@@ -132,8 +132,9 @@ class Server::Impl {
     std::lock_guard<std::mutex> lock(keys_mu);
     return keys;
   }
-  // The index: res.retriever at attach(), replaced by Server::set_retriever(); read through
-  // retriever() (a snapshot that keeps the one a request started on alive).
+  // The index and the encoder store: res.retriever and res.encoder_store at attach(), replaced
+  // by Server::set_retriever() / set_encoder_store() under this lock; the retriever is read
+  // through retriever() (a snapshot that keeps the one a request started on alive).
   mutable std::mutex retriever_mu;
   std::shared_ptr<const index::IndexRetriever> retriever() const {
     std::lock_guard<std::mutex> lock(retriever_mu);
@@ -1000,7 +1001,8 @@ std::string Server::Impl::info_json() const {
   if (engine() == nullptr) return server_info_json(kNothing, cfg, kServerName);
   Resources now;
   {
-    // res.retriever changes under this lock (set_retriever); the rest is fixed since attach().
+    // res.retriever and res.encoder_store change under this lock; the rest is fixed since
+    // attach().
     std::lock_guard<std::mutex> lock(retriever_mu);
     now = res;
   }
@@ -1108,6 +1110,13 @@ void Server::set_retriever(std::shared_ptr<const index::IndexRetriever> retrieve
   }
   impl_->metrics.index_passages.store(passages);
   impl_->metrics.index_reloads.fetch_add(1);
+}
+
+void Server::set_encoder_store(std::shared_ptr<const index::EncoderStore> store) {
+  CEPE_CHECK(impl_->engine_owner, "the server has no model attached yet");
+  impl_->engine_owner->replace_store(store);
+  std::lock_guard<std::mutex> lock(impl_->retriever_mu);
+  impl_->res.encoder_store = std::move(store);
 }
 
 void Server::set_load_progress(uint64_t done, uint64_t total) {

@@ -67,6 +67,9 @@ class Server {
   /// one, which lives until the last of them lets it go. Throws when the server started without
   /// an index or has no model attached yet.
   void set_retriever(std::shared_ptr<const index::IndexRetriever> retriever);
+  /// Replaces the encoder-state store (one `cepe index encode` wrote for a grown index): the
+  /// scheduler takes it before its next round; /v1/info reports it.
+  void set_encoder_store(std::shared_ptr<const index::EncoderStore> store);
   /// Graceful stop: refuse new connections and requests, let in-flight requests finish for up to
   /// `grace`, then cancel what is left and stop every thread. True when nothing was cut off.
   bool shutdown(std::chrono::milliseconds grace);

@@ -1127,6 +1127,43 @@ TEST(ServerLimits, SighupReopensAGrownIndex) {
   ASSERT_TRUE(wait_for("index_unchanged", 1)) << s.log();
   EXPECT_EQ(metric_of(s, "cepe_index_reloads_total"), 1);
 
+  // The grown index's encoder states, written while it is served, are taken up on the next
+  // SIGHUP: the passages are then read from the store instead of being encoded.
+  ASSERT_EQ(test::run_command(test::cepe_binary().string() + " index encode --index " +
+                                  index.string() + " --model " + test_data().model.string(),
+                              &out),
+            0)
+      << out;
+  EXPECT_EQ(metric_of(s, "cepe_encoder_store_hits_total"), 0);
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("encoder_store_reloaded", 1)) << s.log();
+  const std::string log = s.log();
+  const std::string line = log.substr(log.find("\"event\":\"encoder_store_reloaded\""));
+  EXPECT_NE(line.substr(0, line.find('\n')).find("\"passages\":50"), std::string::npos) << log;
+  EXPECT_EQ(top_id(), "is-0");
+  EXPECT_GE(metric_of(s, "cepe_encoder_store_hits_total"), 1);
+  EXPECT_TRUE(parse_json(c.request("GET", "/v1/info").body)["model"]["encoder_store"].IsObject())
+      << c.request("GET", "/v1/info").body;
+  // Grown again: the store no longer covers the index, so encode writes it again (it would say
+  // "is complete" otherwise), and one SIGHUP brings both in.
+  std::ofstream(dir / "more2.jsonl")
+      << "{\"id\":\"is-2\",\"title\":\"Iceland\",\"text\":\"Iceland has volcanoes.\"}\n";
+  ASSERT_EQ(test::run_command(test::cepe_binary().string() + " index add --index " +
+                                  index.string() + " --input " + (dir / "more2.jsonl").string() +
+                                  " && " + test::cepe_binary().string() + " index encode --index " +
+                                  index.string() + " --model " + test_data().model.string(),
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("holds 50 of the index's 51 passages (the index grew)"), std::string::npos)
+      << out;
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("encoder_store_reloaded", 2)) << s.log();
+  EXPECT_EQ(passages(), 51);
+  EXPECT_EQ(
+      parse_json(c.request("GET", "/v1/info").body)["model"]["encoder_store"]["passages"].GetInt(),
+      51);
+
   // A manifest that fails its checksum: the reload is refused and the index in use stays.
   std::string manifest = test::read_file(index / "manifest.json");
   const size_t at = manifest.find("\"bm25\"");
@@ -1135,7 +1172,7 @@ TEST(ServerLimits, SighupReopensAGrownIndex) {
   std::ofstream(index / "manifest.json", std::ios::trunc) << manifest;
   ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
   ASSERT_TRUE(wait_for("index_reload_failed", 1)) << s.log();
-  EXPECT_EQ(passages(), 50);
+  EXPECT_EQ(passages(), 51);
   EXPECT_EQ(top_id(), "is-0");
   EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
 }
