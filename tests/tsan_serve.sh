@@ -2,9 +2,9 @@
 # `cepe serve` under ThreadSanitizer, driven hard: 12 clients asking (plain, streamed, and
 # hanging up mid-stream, which cancels generation), chat completions, /metrics scrapes, HEAD and
 # /v1/info, while the API key file is rotated and SIGHUP sent every 0.3 s and the index grows
-# (cepe index add every 2 s, reopened on the next SIGHUP); then SIGTERM with
-# requests in flight. Fails when TSan reports anything (a data race, a lock-order inversion, a
-# signal-unsafe call) or the server does not stop cleanly. Not part of ctest (it builds a TSan
+# (cepe index add every 2 s, cepe index encode now and then; both taken up on the next SIGHUP);
+# then SIGTERM with requests in flight. Fails when TSan reports anything (a data race, a
+# lock-order inversion, a signal-unsafe call) or the server does not stop cleanly. Not part of ctest (it builds a TSan
 # tree of its own, ~15 minutes on 2 cores the first time):
 #   tests/tsan_serve.sh [seconds=60] [tsan build dir=build-tsan]
 # The model and index are a random tiny model and a BM25 index over docs/, made with the TSan
@@ -51,6 +51,11 @@ port=$(grep -o '"event":"listening"[^}]*"port":[0-9]*' "$work/serve.log" | grep 
     printf '{"id":"grown-%d","title":"Grown","text":"Passage %d added while the server runs."}\n' \
       "$round" "$round" >"$work/more.jsonl"
     "$cepe" index add --index "$work/index" --input "$work/more.jsonl" >/dev/null 2>&1 || true
+    # Now and then the grown index's encoder states too (taken up on a SIGHUP).
+    if ((round % 4 == 1)); then
+      "$cepe" index encode --index "$work/index" --model "$work/model" --threads 1 \
+        >/dev/null 2>&1 || true
+    fi
   done
 ) &
 grower=$!
@@ -63,7 +68,9 @@ wait $pid || status=$?
 pid=
 reloads=$(grep -c '"event":"keys_reloaded"' "$work/serve.log" || true)
 index_reloads=$(grep -c '"event":"index_reloaded"' "$work/serve.log" || true)
-echo "server exit status $status; $reloads key reloads, $index_reloads index reloads"
+store_reloads=$(grep -c '"event":"encoder_store_reloaded"' "$work/serve.log" || true)
+echo "server exit status $status; $reloads key reloads, $index_reloads index reloads," \
+  "$store_reloads encoder store reloads"
 if ls "$work"/report.* >/dev/null 2>&1; then
   grep -h "SUMMARY" "$work"/report.* | sort | uniq -c | sort -rn
   head -60 "$(ls "$work"/report.* | head -1)"
@@ -72,4 +79,5 @@ if ls "$work"/report.* >/dev/null 2>&1; then
 fi
 [[ $status == 0 ]] || { echo "FAIL: the server did not stop cleanly"; exit 1; }
 [[ $index_reloads -gt 0 ]] || { echo "FAIL: the index was never reopened"; exit 1; }
+[[ $store_reloads -gt 0 ]] || { echo "FAIL: no encoder store was taken up"; exit 1; }
 echo "ok: no ThreadSanitizer report"
