@@ -139,6 +139,22 @@ int usage_error(const Args& args, const std::string& line, const std::string& ms
   return 2;
 }
 
+// The flags that split .txt/.md inputs into passages (build and add).
+void add_passage_flags(Args& a) {
+  a.option("passage-words", "passage length for .txt/.md inputs, in words", "100")
+      .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages",
+              "0");
+}
+
+// Corpus reading settings from --skip-invalid and the passage flags.
+index::CorpusOptions corpus_options(const Args& a) {
+  index::CorpusOptions o;
+  o.skip_invalid = a.is_set("skip-invalid");
+  o.passage_words = static_cast<int>(a.get_int("passage-words", 8, 100000));
+  o.overlap_words = static_cast<int>(a.get_int("overlap", 0, 100000));
+  return o;
+}
+
 int run_build(const std::vector<std::string>& argv) {
   Args a;
   a.multi("input",
@@ -160,9 +176,6 @@ int run_build(const std::vector<std::string>& argv) {
           "FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ64, OPQ64,IVF256,PQ64, ...",
           "Flat")
       .flag("skip-invalid", "skip (and count) bad records instead of stopping at the first")
-      .option("passage-words", "passage length for .txt/.md inputs, in words", "100")
-      .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages",
-              "0")
       .option("train-size",
               "vectors sampled to train IVF/PQ/OPQ (default: 64 per centroid, at least 10000)")
       .option("batch", "passages per embedding batch (default: the embedder's choice)")
@@ -170,6 +183,7 @@ int run_build(const std::vector<std::string>& argv) {
               "IVF lists visited by default at query time (default: nlist/16, at least 8)")
       .option("ef-search", "HNSW efSearch used by default at query time", "64")
       .flag("overwrite", "replace an existing index at --out");
+  add_passage_flags(a);
   const std::string line =
       "cepe index build --input PATH... --out DIR [--retriever bm25|dense|hybrid] "
       "[--embedder bert:DIR] [--faiss STRING] [--skip-invalid]";
@@ -200,9 +214,7 @@ int run_build(const std::vector<std::string>& argv) {
              "--retriever " << o.retriever << " needs --embedder bert:DIR (a BERT-family model "
                             << "directory: config.json, vocab.txt, model.safetensors)");
   o.faiss = a.get("faiss");
-  o.corpus.skip_invalid = a.is_set("skip-invalid");
-  o.corpus.passage_words = static_cast<int>(a.get_int("passage-words", 8, 100000));
-  o.corpus.overlap_words = static_cast<int>(a.get_int("overlap", 0, 100000));
+  o.corpus = corpus_options(a);
   if (a.has("train-size")) o.train_size = a.get_int("train-size", 1, 1LL << 40);
   if (a.has("batch")) o.batch = static_cast<int>(a.get_int("batch", 1, 1 << 20));
   if (a.has("nprobe")) o.defaults.nprobe = static_cast<int>(a.get_int("nprobe", 1, 1 << 20));
@@ -242,10 +254,8 @@ int run_add(const std::vector<std::string>& argv) {
       .multi("input", "JSONL/TSV file or directory of .txt/.md files to add (repeatable)")
       .flag("skip-invalid",
             "skip (and count) bad records, and ids the index already holds, instead of stopping")
-      .option("passage-words", "passage length for .txt/.md inputs, in words", "100")
-      .option("overlap", "words of whole sentences repeated between consecutive .txt/.md passages",
-              "0")
       .option("batch", "passages per embedding batch (default: the embedder's choice)");
+  add_passage_flags(a);
   const std::string line = "cepe index add --index DIR --input PATH... [--skip-invalid]";
   a.parse(argv);
   if (a.help_requested()) {
@@ -260,9 +270,7 @@ int run_add(const std::vector<std::string>& argv) {
   o.index = a.get("index");
   for (const auto& in : a.get_all("input")) o.inputs.emplace_back(in);
   if (o.inputs.empty()) return usage_error(a, line, "missing required flag --input");
-  o.corpus.skip_invalid = a.is_set("skip-invalid");
-  o.corpus.passage_words = static_cast<int>(a.get_int("passage-words", 8, 100000));
-  o.corpus.overlap_words = static_cast<int>(a.get_int("overlap", 0, 100000));
+  o.corpus = corpus_options(a);
   if (a.has("batch")) o.batch = static_cast<int>(a.get_int("batch", 1, 1 << 20));
   CliProgress progress("index add");
   const index::BuildResult r = index::add_to_index(o, &progress);

@@ -110,6 +110,25 @@ struct TempDirGuard {
   }
 };
 
+// The end of ingestion, for a build and an add alike: the passage store and the BM25 database
+// written, the corpus statistics and timings recorded.
+void finish_ingest(PassageStoreWriter& store, const CorpusReader& reader,
+                   retriever::Bm25Writer* bm25, Clock::time_point t0, BuildProgress& pr,
+                   BuildResult* result) {
+  result->passages = store.count();
+  store.finish();
+  result->corpus = reader.stats();
+  result->skip_summary = reader.skip_summary();
+  if (!result->skip_summary.empty()) pr.note(result->skip_summary);
+  result->ingest_seconds = seconds_since(t0);
+  if (bm25) {
+    const auto t = Clock::now();
+    pr.note("writing the BM25 database");
+    bm25->finish();
+    result->bm25_seconds = seconds_since(t);
+  }
+}
+
 // Embeds the store's passages from row `first` on and adds them to `vindex` in batches of
 // `batch`; returns the seconds it took.
 double embed_and_add(const PassageStore& store, int64_t first, retriever::Embedder& embedder,
@@ -305,18 +324,7 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
         [&](uint64_t bytes) { pr.update(bytes); });
     pr.finish();
     CEPE_CHECK(store.count() > 0, "the corpus has no valid passages");
-    result.passages = store.count();
-    store.finish();
-    result.corpus = reader.stats();
-    result.skip_summary = reader.skip_summary();
-    if (!result.skip_summary.empty()) pr.note(result.skip_summary);
-    result.ingest_seconds = seconds_since(t);
-    if (bm25) {
-      const auto tb = Clock::now();
-      pr.note("writing the BM25 database");
-      bm25->finish();
-      result.bm25_seconds = seconds_since(tb);
-    }
+    finish_ingest(store, reader, bm25.get(), t, pr, &result);
   }
   if (dense) build_dense(opt, tmp, *embedder, *vindex, pr, &result);
   if (!dense) crash_point("save");
@@ -429,18 +437,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
                 [&](uint64_t bytes) { pr.update(bytes); });
     pr.finish();
     CEPE_CHECK(store.count() > old_rows, "the input has no new valid passages");
-    result.passages = store.count();
-    store.finish();
-    result.corpus = reader.stats();
-    result.skip_summary = reader.skip_summary();
-    if (!result.skip_summary.empty()) pr.note(result.skip_summary);
-    result.ingest_seconds = seconds_since(t);
-    if (bm25) {
-      const auto tb = Clock::now();
-      pr.note("writing the BM25 database");
-      bm25->finish();
-      result.bm25_seconds = seconds_since(tb);
-    }
+    finish_ingest(store, reader, bm25.get(), t, pr, &result);
   }
   // 2. Only the new passages are embedded.
   if (dense) {
