@@ -98,12 +98,20 @@ void install(const fs::path& tmp, const fs::path& out, bool replace) {
   fs::remove_all(old, ec);
 }
 
-// Deletes the temporary directory unless the build completed.
+// The temporary directory a build or an add writes into (`.NAME.partial-PID` beside the index),
+// created empty; deleted unless the work completed (keep = true once it is installed).
 struct TempDirGuard {
   fs::path dir;
   bool keep = false;
+  TempDirGuard(const fs::path& parent, const fs::path& out)
+      : dir(parent / (partial_prefix(out) + std::to_string(::getpid()))) {
+    fs::remove_all(dir);
+    fs::create_directory(dir);
+  }
+  TempDirGuard(const TempDirGuard&) = delete;
+  TempDirGuard& operator=(const TempDirGuard&) = delete;
   ~TempDirGuard() {
-    if (!keep && !dir.empty()) {
+    if (!keep) {
       std::error_code ec;
       fs::remove_all(dir, ec);
     }
@@ -297,10 +305,7 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   }
   CorpusReader reader(opt.inputs, opt.corpus);
 
-  TempDirGuard guard;
-  guard.dir = parent / (partial_prefix(out) + std::to_string(::getpid()));
-  fs::remove_all(guard.dir);
-  fs::create_directory(guard.dir);
+  TempDirGuard guard(parent, out);
   const fs::path& tmp = guard.dir;
 
   BuildResult result;
@@ -407,10 +412,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   for (uint64_t row = 0; row < old_store.size(); ++row)
     reader.add_existing_id(old_store.get(row).id, row);
 
-  TempDirGuard guard;
-  guard.dir = parent / (partial_prefix(out) + std::to_string(::getpid()));
-  fs::remove_all(guard.dir);
-  fs::create_directory(guard.dir);
+  TempDirGuard guard(parent, out);
   const fs::path& tmp = guard.dir;
 
   BuildResult result;

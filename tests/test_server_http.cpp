@@ -251,6 +251,19 @@ double metric_of(const ServerProcess& s, const std::string& name) {
   return metric(c.request("GET", "/metrics").body, name);
 }
 
+// Waits up to 10 s for the n-th log line of `event` (a JSON log's "event" field) of `s`.
+bool wait_for_event(const ServerProcess& s, const std::string& event, size_t n) {
+  const std::string needle = "\"event\":\"" + event + "\"";
+  for (int i = 0; i < 1000; ++i) {
+    const std::string log = s.log();
+    size_t count = 0;
+    for (size_t p = 0; (p = log.find(needle, p)) != std::string::npos; ++p) ++count;
+    if (count >= n) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
 // Polls until metric `name` satisfies `ok` (or `limit` passes); returns the last value.
 template <class Pred>
 double wait_metric(const ServerProcess& s, const std::string& name, Pred ok,
@@ -1038,17 +1051,8 @@ TEST(ServerLimits, SighupReloadsTheApiKeyFile) {
   const auto status = [&](const std::string& key) {
     return c.request("GET", "/v1/info", "", {{"X-API-Key", key}}).status;
   };
-  // Waits for the n-th line of `event` in the server's log.
   const auto wait_for = [&](const std::string& event, size_t n) {
-    const std::string needle = "\"event\":\"" + event + "\"";
-    for (int i = 0; i < 500; ++i) {
-      const std::string log = s.log();
-      size_t count = 0;
-      for (size_t p = 0; (p = log.find(needle, p)) != std::string::npos; ++p) ++count;
-      if (count >= n) return true;
-      std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return wait_for_event(s, event, n);
   };
   EXPECT_EQ(status("key-a"), 200);
   EXPECT_EQ(status("key-b"), 401);
@@ -1081,15 +1085,7 @@ TEST(ServerLimits, SighupReopensAGrownIndex) {
   ServerProcess s({"--index", index.string()}, /*with_index=*/false);
   HttpClient c = s.client();
   const auto wait_for = [&](const std::string& event, size_t n) {
-    const std::string needle = "\"event\":\"" + event + "\"";
-    for (int i = 0; i < 1000; ++i) {
-      const std::string log = s.log();
-      size_t count = 0;
-      for (size_t p = 0; (p = log.find(needle, p)) != std::string::npos; ++p) ++count;
-      if (count >= n) return true;
-      std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return wait_for_event(s, event, n);
   };
   const auto passages = [&] {
     return parse_json(c.request("GET", "/v1/info").body)["index"]["passages"].GetInt();
