@@ -379,9 +379,12 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   CEPE_CHECK(!opt.inputs.empty(), "no corpus to add (--input)");
   fs::path out = opt.index;
   if (out.filename().empty()) out = out.parent_path();
+  CEPE_CHECK(fs::is_directory(out), "index directory " << out.string() << " does not exist");
+  // The lock first: the manifest and files read below must be the ones this add replaces, not
+  // those of a writer that finished in between.
+  const IndexWriteLock lock(out);
   // What is there must be whole before anything is built on it.
   IndexManifest m = read_manifest(out);
-  const IndexWriteLock lock(out);
   verify_files(out, m);
   const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
   remove_stale_partials(out, &pr);
