@@ -354,12 +354,15 @@ std::string openai_logprobs_json(Api api, const std::vector<TokenLogprob>& logpr
     const std::string content = logprob_content_json(logprobs, tokenizer);
     return "{\"content\":" + content + ",\"refusal\":null}";
   }
+  std::vector<std::string> chosen;  // each chosen token's bytes, looked up once
+  chosen.reserve(logprobs.size());
+  for (const auto& lp : logprobs) chosen.push_back(tokenizer.token_bytes(lp.id));
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();
   w.Key("tokens");
   w.StartArray();
-  for (const auto& lp : logprobs) write_json_text(w, tokenizer.token_bytes(lp.id));
+  for (const std::string& bytes : chosen) write_json_text(w, bytes);
   w.EndArray();
   w.Key("token_logprobs");
   w.StartArray();
@@ -388,9 +391,9 @@ std::string openai_logprobs_json(Api api, const std::vector<TokenLogprob>& logpr
   w.EndArray();
   w.Key("text_offset");
   w.StartArray();
-  for (const auto& lp : logprobs) {
+  for (const std::string& bytes : chosen) {
     w.Int64(text_offset);
-    text_offset += static_cast<int64_t>(tokenizer.token_bytes(lp.id).size());
+    text_offset += static_cast<int64_t>(bytes.size());
   }
   w.EndArray();
   w.EndObject();
