@@ -31,6 +31,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The version stamped into the manifests this code writes (the CMake project's version).
+constexpr const char* kCepeVersion = "0.1.0";
+
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -356,7 +359,7 @@ BuildResult build_index(const BuildOptions& opt, BuildProgress* progress) {
   m.embed_passages_per_second =
       result.embed_seconds > 0 ? static_cast<double>(m.passages) / result.embed_seconds : 0;
   m.created = utc_now();
-  m.cepe_version = "0.1.0";
+  m.cepe_version = kCepeVersion;
   m.build_seconds = seconds_since(t0);
   // Checksums of everything else, so that opening verifies each file before any parser reads it.
   m.files = digest_directory(tmp);
@@ -463,7 +466,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   m.passages = result.passages;
   for (const auto& in : opt.inputs) m.inputs.push_back(in.string());
   m.skipped += result.corpus.skipped;
-  m.cepe_version = "0.1.0";
+  m.cepe_version = kCepeVersion;
   m.files = digest_directory(tmp);
   write_manifest(tmp, m);
   // The encoder-state stores (outside the manifest: `cepe index encode` adds them later) come
