@@ -506,20 +506,18 @@ int run_encode(const std::vector<std::string>& argv) {
           ? index::cross_kv_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype)
           : index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype);
   const fs::path path = index::encoder_store_path(dir, fp);
+  // A finished store for this fingerprint (an earlier encode, before `cepe index add` grew the
+  // index or a rebuild changed it): the states of every passage whose chunk it still holds are
+  // copied from it instead of encoded again. It stays in place (and keeps serving) until the new
+  // store is renamed over it.
+  std::shared_ptr<const index::EncoderStore> previous;
   if (fs::exists(path) && !a.is_set("overwrite")) {
-    const index::EncoderStore done(path);
-    if (done.size() == passages.size()) {
-      std::cout << "encoder store " << path.string() << " is complete (" << done.size()
-                << " passages, " << human_bytes(static_cast<double>(done.file_bytes()))
-                << "); --overwrite rebuilds it\n";
-      return 0;
+    try {
+      previous = std::make_shared<index::EncoderStore>(path);
+    } catch (const Error& e) {
+      std::cerr << "index encode: writing " << path.string() << " again: " << e.what() << "\n";
     }
-    // The index grew (cepe index add) since the store was written: a store is laid out for one
-    // passage list, so it is written again for the whole of it.
-    std::cerr << "index encode: " << path.string() << " holds " << done.size() << " of the index's "
-              << passages.size() << " passages (the index grew): writing it again\n";
   }
-  if (fs::exists(path)) fs::remove(path);
   // Chunk lengths and hashes first (the table is laid out before any state is written).
   auto chunk_of = [&](uint64_t row) {
     const index::PassageView v = passages.get(row);
@@ -527,7 +525,11 @@ int run_encode(const std::vector<std::string>& argv) {
     return std::make_pair(p.id, qa::encoder_chunk_ids(*lm.tokenizer, p, chunk_tokens));
   };
   std::vector<index::StoredPassageInfo> infos(passages.size());
-  uint64_t total_tokens = 0;
+  constexpr uint64_t kNotStored = ~uint64_t{0};
+  std::vector<uint64_t> previous_row(previous ? passages.size() : 0, kNotStored);
+  uint64_t total_tokens = 0, reusable = 0;
+  // The previous store's passages are the index's first rows, in order (the index grew).
+  bool prefix_kept = previous && previous->size() <= passages.size();
   for (uint64_t r = 0; r < passages.size(); ++r) {
     const auto [id, ids] = chunk_of(r);
     CEPE_CHECK(!ids.empty(),
@@ -535,6 +537,34 @@ int run_encode(const std::vector<std::string>& argv) {
     infos[r] = {index::passage_id_hash(id), static_cast<uint32_t>(ids.size()),
                 index::chunk_token_hash(ids)};
     total_tokens += ids.size();
+    if (previous) {
+      previous_row[r] =
+          previous->find(id, infos[r].tokens, infos[r].token_hash).value_or(kNotStored);
+      reusable += previous_row[r] != kNotStored;
+      if (r < previous->size()) prefix_kept = prefix_kept && previous_row[r] == r;
+    }
+  }
+  if (previous) {
+    if (prefix_kept && previous->size() == passages.size()) {
+      std::cout << "encoder store " << path.string() << " is complete (" << previous->size()
+                << " passages, " << human_bytes(static_cast<double>(previous->file_bytes()))
+                << "); --overwrite rebuilds it\n";
+      return 0;
+    }
+    // A store is laid out for one passage list, so it is written again for the whole of it.
+    std::cerr << "index encode: " << path.string() << " holds " << previous->size();
+    if (prefix_kept)
+      std::cerr << " of the index's " << passages.size() << " passages (the index grew)";
+    else
+      std::cerr << " passages, " << reusable << " of them still in the index (the index changed)";
+    std::cerr << ": writing it again for all " << passages.size() << ", copying the states of "
+              << reusable << "\n";
+    try {
+      previous->verify();  // rows copied from it must be the rows it was written with
+    } catch (const Error& e) {
+      std::cerr << "index encode: not copying from it: " << e.what() << "\n";
+      previous.reset();
+    }
   }
   index::EncoderStoreWriter writer(path, fp, infos);
   if (writer.resumed_rows() > 0)
@@ -545,7 +575,7 @@ int run_encode(const std::vector<std::string>& argv) {
                   static_cast<int64_t>(passages.size() - writer.resumed_rows()));
   // Batches are cut at fixed rows (from row 0, by token budget), so a resumed build encodes the
   // same batches as an uninterrupted one.
-  uint64_t row = 0, encoded_tokens = 0;
+  uint64_t row = 0, encoded_tokens = 0, copied = 0;
   while (row < passages.size()) {
     uint64_t end = row;
     int64_t tokens = 0;
@@ -559,6 +589,19 @@ int run_encode(const std::vector<std::string>& argv) {
                "index encode: the checkpoint is not at a batch boundary (was --batch-tokens "
                "changed?); delete "
                    << path.string() << ".partial.ckpt to restart");
+    // A batch whose passages the previous store holds, each, is copied; so after an add every
+    // batch before the first new passage is, and (with the same --batch-tokens) the store is
+    // byte-equal to one encoded from scratch: the copied rows came from these very batches.
+    bool copy = previous != nullptr;
+    for (uint64_t r = row; copy && r < end; ++r) copy = previous_row[r] != kNotStored;
+    if (copy) {
+      for (uint64_t r = row; r < end; ++r) writer.append_stored(*previous, previous_row[r]);
+      writer.commit();
+      copied += end - row;
+      row = end;
+      bar.update(static_cast<int64_t>(row - writer.resumed_rows()));
+      continue;
+    }
     std::vector<std::vector<int32_t>> chunks;
     for (uint64_t r = row; r < end; ++r) chunks.push_back(chunk_of(r).second);
     const EncodedContext ctx = lm.model->encode(chunks);
@@ -589,9 +632,10 @@ int run_encode(const std::vector<std::string>& argv) {
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   char buf[256];
   std::snprintf(buf, sizeof buf, "%.1f s, %.0f tokens/s", s, s > 0 ? encoded_tokens / s : 0.0);
-  std::cout << "encoded " << passages.size() << " passages (" << total_tokens << " tokens, "
-            << index::state_dtype_name(dtype) << ", " << index::store_layout_name(layout)
-            << ") into " << path.string() << ": "
+  std::cout << "encoded " << passages.size() << " passages ("
+            << (copied > 0 ? std::to_string(copied) + " copied from the previous store; " : "")
+            << total_tokens << " tokens, " << index::state_dtype_name(dtype) << ", "
+            << index::store_layout_name(layout) << ") into " << path.string() << ": "
             << human_bytes(static_cast<double>(writer.file_bytes())) << ", " << buf << "\n";
   return 0;
 }

@@ -454,6 +454,24 @@ void EncoderStoreWriter::append(const float* values, int64_t tokens) {
   ++rows_;
 }
 
+void EncoderStoreWriter::append_stored(const EncoderStore& from, uint64_t row) {
+  CEPE_CHECK(rows_ < passages_.size(),
+             "encoder store: more rows than the " << passages_.size() << " passages");
+  CEPE_CHECK(from.fingerprint().digest() == fp_.digest(),
+             "encoder store: cannot copy rows of " << from.path().string()
+                                                   << ": it was built with another fingerprint");
+  const StoredPassageInfo& want = passages_[rows_];
+  CEPE_CHECK(from.tokens(row) == want.tokens && from.token_hash(row) == want.token_hash,
+             "encoder store: row " << row << " of " << from.path().string()
+                                   << " holds another chunk than passage row " << rows_);
+  const std::string_view bytes = from.raw_row(row);
+  const uint64_t span = offsets_[rows_ + 1] - offsets_[rows_];
+  row_buffer_.assign(static_cast<size_t>(span), 0);  // the padding to the next row stays zero
+  std::memcpy(row_buffer_.data(), bytes.data(), bytes.size());
+  write_all(fd_, row_buffer_.data(), row_buffer_.size(), partial_);
+  ++rows_;
+}
+
 void EncoderStoreWriter::commit() {
   CEPE_CHECK(::fsync(fd_) == 0, "cannot fsync " << partial_.string() << ": " << errno_text());
   write_file_atomic(ckpt_, "fp " + fp_.hex() + " list " + hex64(list_hash_) + " rows " +
@@ -616,6 +634,15 @@ std::optional<uint64_t> EncoderStore::find(std::string_view id, uint32_t tokens,
 uint32_t EncoderStore::tokens(uint64_t row) const {
   CEPE_CHECK(row < count_, path().string() << ": row " << row << " out of range");
   return load<uint32_t>(table_ + row * kTableEntry + 8);
+}
+
+uint64_t EncoderStore::token_hash(uint64_t row) const {
+  CEPE_CHECK(row < count_, path().string() << ": row " << row << " out of range");
+  return load<uint64_t>(table_ + row * kTableEntry + 16);
+}
+
+std::string_view EncoderStore::raw_row(uint64_t row) const {
+  return {row_ptr(row), tokens(row) * fp_.token_bytes()};
 }
 
 const char* EncoderStore::row_ptr(uint64_t row) const {

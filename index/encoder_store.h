@@ -124,6 +124,8 @@ struct StoredPassageInfo {
   uint64_t token_hash = 0;  ///< chunk_token_hash(chunk)
 };
 
+class EncoderStore;
+
 /// Builds a store passage by passage, resumably: rows are appended to <path>.partial and
 /// committed (fsync, then an atomic checkpoint) at commit(); a writer opened on the same path,
 /// fingerprint and passages after a crash continues from the last commit, and the finished file
@@ -145,6 +147,10 @@ class EncoderStoreWriter {
   /// Appends the next passage's values (F32, host): States [tokens, width]; CrossKV
   /// [cross layer][k, v][tokens][kv width]. Checks the token count.
   void append(const float* values, int64_t tokens);
+  /// Appends the next passage by copying row `row` of a finished store built with the same
+  /// fingerprint, byte for byte (no decode and re-encode, so q8_0 rows stay exact). The row must
+  /// hold this passage's chunk: its token count and token hash are checked.
+  void append_stored(const EncoderStore& from, uint64_t row);
   /// Makes the rows written so far survive a crash (fsync + checkpoint).
   void commit();
   /// Writes the table, ids and header, verifies the size, renames into place; removes the
@@ -180,6 +186,10 @@ class EncoderStore {
   std::optional<uint64_t> find(std::string_view id, uint32_t tokens, uint64_t token_hash) const;
   /// Tokens stored for `row`.
   uint32_t tokens(uint64_t row) const;
+  /// chunk_token_hash of the chunk stored at `row`.
+  uint64_t token_hash(uint64_t row) const;
+  /// Row `row`'s stored bytes (tokens(row) x fingerprint().token_bytes(), in the store's dtype).
+  std::string_view raw_row(uint64_t row) const;
   /// Decodes row `row`'s values into dst (tokens(row) x token_values() F32, in the layout's
   /// order).
   void read(uint64_t row, float* dst) const;

@@ -6,7 +6,11 @@
 # - a store made with another chunk length is reported once and ignored (answers stay the same),
 #   and named explicitly it is an error (exit 1) naming the difference;
 # - a cross K/V store (--layout kv) is preferred to the states store and answers identically to
-#   live encoding in the cached form, with no passage encoded live.
+#   live encoding in the cached form, with no passage encoded live;
+# - after `cepe index add`, encode copies the stored passages' states and encodes only the new
+#   ones (and the batch they join), and the store is byte-equal to one encoded from scratch, for
+#   the states and kv layouts and for q8_0 (rows are copied as bytes); an index rebuilt in another
+#   order reuses every passage's states.
 set -euo pipefail
 cepe=${CEPE_BINARY:?}
 source "${CEPE_SOURCE_DIR:?}/scripts/squad_slice.sh"
@@ -120,5 +124,45 @@ s, l = load("kv.jsonl"), load("live-cached.jsonl")
 assert len(s) == len(l) > 0 and s == l, "answers differ between the f32 K/V store and live encoding"
 print(f"ok: {len(s)} answers identical with the f32 K/V store and with live encoding (cached form)")
 PY
+
+# The index grows: the stored passages' states are copied, only the new ones encoded, and the
+# store equals one encoded from scratch for the grown index, byte for byte.
+sed -n 601,640p "$data/passages.jsonl" >"$tmp/more.jsonl"
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" --dtype q8_0 >/dev/null 2>&1
+"$cepe" index add --index "$tmp/index" --input "$tmp/more.jsonl" >/dev/null 2>&1
+cp -r "$tmp/index" "$tmp/index3"
+rm -rf "$tmp/index3/encoder_states"
+for layout in states kv; do
+  for dtype in f32 q8_0; do
+    [[ $layout == kv && $dtype == q8_0 ]] && continue
+    "$cepe" index encode --index "$tmp/index" "${enc[@]}" --layout $layout --dtype $dtype \
+      >"$tmp/grow.txt" 2>"$tmp/grow.err"
+    grep -q "holds 600 of the index's 640 passages (the index grew): writing it again for all 640, copying the states of 600" \
+      "$tmp/grow.err" || { echo "FAIL: $layout $dtype: no reuse"; cat "$tmp/grow.err"; exit 1; }
+    # All but the batch row 600 falls in are copied (300-token batches hold one or two passages).
+    copied=$(sed -En 's/^encoded 640 passages \(([0-9]+) copied from the previous store; .*/\1/p' "$tmp/grow.txt")
+    [[ -n "$copied" && $copied -ge 590 && $copied -le 600 ]] || {
+      echo "FAIL: $layout $dtype: copied '$copied' of 600"; cat "$tmp/grow.txt"; exit 1; }
+    "$cepe" index encode --index "$tmp/index3" "${enc[@]}" --layout $layout --dtype $dtype >/dev/null 2>&1
+  done
+done
+for f in "$tmp"/index3/encoder_states/*.ces; do
+  cmp "$f" "$tmp/index/encoder_states/$(basename "$f")" || {
+    echo "FAIL: the grown store $(basename "$f") differs from one encoded from scratch"; exit 1; }
+done
+echo "ok: after index add, $copied passages' states copied, the rest encoded; 3 stores byte-equal to fresh builds"
+# The same passages indexed in another order: every passage's states are found and copied.
+tac "$tmp/passages.jsonl" >"$tmp/reversed.jsonl"
+cat "$tmp/more.jsonl" >>"$tmp/reversed.jsonl"
+"$cepe" index build --input "$tmp/reversed.jsonl" --out "$tmp/index4" >/dev/null 2>&1
+mkdir -p "$tmp/index4/encoder_states"
+cp "$tmp"/index/encoder_states/*.ces "$tmp/index4/encoder_states/"
+"$cepe" index encode --index "$tmp/index4" "${enc[@]}" >"$tmp/rev.txt" 2>"$tmp/rev.err"
+grep -q "holds 640 passages, 640 of them still in the index (the index changed)" "$tmp/rev.err" &&
+  grep -q "^encoded 640 passages (640 copied from the previous store; " "$tmp/rev.txt" || {
+  echo "FAIL: reordered index"; cat "$tmp/rev.err" "$tmp/rev.txt"; exit 1; }
+"$cepe" index encode --index "$tmp/index4" "${enc[@]}" | grep -q "is complete" || {
+  echo "FAIL: the rewritten store is not complete"; exit 1; }
+echo "ok: an index rebuilt in another order reuses all 640 passages' states"
 
 echo "all encoder-store CLI checks passed"

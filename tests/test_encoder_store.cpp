@@ -612,6 +612,67 @@ TEST(EncoderStoreWriter, ResumeIsByteEqual) {
   for (size_t j = 0; j < back.size(); ++j) EXPECT_NEAR(back[j], rows[3][j], 1.0 / 254 + 1e-3);
 }
 
+// Rows copied from a finished store (what `cepe index encode` does for passages an earlier store
+// holds) are the bytes append() would write for the same values, at any position; a row of another
+// chunk or of a store with another fingerprint is refused.
+TEST(EncoderStoreWriter, CopiedRowsEqualAppendedOnes) {
+  index::EncoderFingerprint fp;
+  fp.encoder_weights = 1, fp.encoder_config = 2, fp.tokenizer = 3, fp.chunk_tokens = 16;
+  fp.width = 40;  // q8_0: a 32-value block and a short one, so row bytes are not 64-aligned
+  fp.dtype = StateDType::Q8_0;
+  std::vector<index::StoredPassageInfo> infos;
+  std::vector<std::vector<float>> rows;
+  for (int i = 0; i < 6; ++i) {
+    const uint32_t n = 1 + (i * 5) % 7;
+    infos.push_back({index::passage_id_hash("p" + std::to_string(i)), n, uint64_t(i) * 977});
+    std::vector<float> v(n * fp.width);
+    for (size_t j = 0; j < v.size(); ++j) v[j] = std::cos(0.11 * double(j + 313 * i));
+    rows.push_back(v);
+  }
+  const fs::path dir = test::temp_dir("encstore_copy");
+  const auto write = [&](const fs::path& path, const std::vector<int>& order) {
+    std::vector<index::StoredPassageInfo> list;
+    for (int i : order) list.push_back(infos[i]);
+    index::EncoderStoreWriter w(path, fp, list);
+    for (int i : order) w.append(rows[i].data(), infos[i].tokens);
+    w.finish();
+  };
+  write(dir / "old.ces", {0, 1, 2, 3});
+  write(dir / "fresh.ces", {3, 5, 1, 0, 4, 2});
+  const index::EncoderStore old(dir / "old.ces");
+  {
+    const std::vector<int> order = {3, 5, 1, 0, 4, 2};
+    std::vector<index::StoredPassageInfo> list;
+    for (int i : order) list.push_back(infos[i]);
+    index::EncoderStoreWriter w(dir / "copied.ces", fp, list);
+    for (int i : order) {
+      if (i < 4)
+        w.append_stored(old, static_cast<uint64_t>(i));
+      else
+        w.append(rows[i].data(), infos[i].tokens);
+    }
+    w.finish();
+  }
+  EXPECT_EQ(test::read_file(dir / "fresh.ces"), test::read_file(dir / "copied.ces"));
+  index::EncoderStore(dir / "copied.ces").verify();
+  {
+    index::EncoderStoreWriter w(dir / "wrong_row.ces", fp, {infos[0], infos[1]});
+    EXPECT_THROW(w.append_stored(old, 1), Error) << "row 1 holds another chunk than passage 0";
+    w.append_stored(old, 0);
+    w.append_stored(old, 1);
+    EXPECT_THROW(w.append_stored(old, 2), Error) << "more rows than passages";
+  }
+  index::EncoderFingerprint f16 = fp;
+  f16.dtype = StateDType::F16;
+  index::EncoderStoreWriter w(dir / "other_dtype.ces", f16, {infos[0]});
+  try {
+    w.append_stored(old, 0);
+    ADD_FAILURE() << "copied a q8_0 row into an f16 store";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("another fingerprint"), std::string::npos) << e.what();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The LRU cache and the component with a cache.
 
