@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -291,6 +292,58 @@ int run_add(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// `cepe index remove`: passages out by id, nothing embedded.
+int run_remove(const std::vector<std::string>& argv) {
+  Args a;
+  a.option("index", "index directory (from cepe index build)")
+      .option("ids", "file of passage ids to remove, one per line ('-': standard input)")
+      .flag("ignore-missing", "skip ids the index does not hold instead of stopping");
+  const std::string line = "cepe index remove --index DIR [--ids FILE] [ID...] [--ignore-missing]";
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::cout << a.usage(line);
+    return 0;
+  }
+  if (!a.has("index")) return usage_error(a, line, "missing required flag --index");
+  index::RemoveOptions o;
+  o.index = a.get("index");
+  o.ignore_missing = a.is_set("ignore-missing");
+  for (const auto& id : a.positionals()) {
+    o.ids.push_back(id);
+    o.id_origins.push_back("");
+  }
+  if (a.has("ids")) {
+    const std::string file = a.get("ids");
+    std::ifstream in_file;
+    if (file != "-") {
+      in_file.open(file);
+      CEPE_CHECK(in_file, "--ids " << file << ": cannot open: " << std::strerror(errno));
+    }
+    std::istream& in = file == "-" ? std::cin : in_file;
+    const std::string name = file == "-" ? "<stdin>" : file;
+    std::string id;
+    for (uint64_t n = 1; std::getline(in, id); ++n) {
+      if (!id.empty() && id.back() == '\r') id.pop_back();
+      if (id.empty()) continue;
+      o.ids.push_back(id);
+      o.id_origins.push_back(name + ":" + std::to_string(n));
+    }
+    CEPE_CHECK(!in.bad(), "--ids " << name << ": read error");
+  }
+  if (o.ids.empty()) return usage_error(a, line, "no ids to remove (give them, or --ids FILE)");
+  CliProgress progress("index remove");
+  const index::RemoveResult r = index::remove_from_index(o, &progress);
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "removed %llu passages from %s (%llu left); time %.1f s, %s on disk\n",
+                static_cast<unsigned long long>(r.removed), o.index.string().c_str(),
+                static_cast<unsigned long long>(r.manifest.passages), r.total_seconds,
+                human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
+  std::cout << buf;
+  if (r.missing > 0) std::cout << r.missing << " ids were not in the index (ignored)\n";
+  return 0;
+}
+
 std::string clip(const std::string& s, size_t max) {
   if (s.size() <= max) return s;
   size_t cut = max;
@@ -435,6 +488,7 @@ int run_info(const std::vector<std::string>& argv) {
               << m.cepe_version << "\n";
     for (const auto& in : m.inputs) std::cout << "input      " << in << "\n";
     if (m.skipped) std::cout << "skipped    " << m.skipped << " invalid records\n";
+    if (m.removed) std::cout << "removed    " << m.removed << " passages since the build\n";
   }
   if (a.is_set("verify")) std::cout << "verify     ok\n";
   return 0;
@@ -642,10 +696,12 @@ int run_encode(const std::vector<std::string>& argv) {
 
 int run_index(const std::vector<std::string>& argv) {
   const std::string help =
-      "usage: cepe index <build|add|search|info|shard|encode> [flags]   (cepe index <sub> --help "
+      "usage: cepe index <build|add|remove|search|info|shard|encode> [flags]   (cepe index <sub> "
+      "--help "
       "for its flags)\n"
       "  build   build an index over a corpus\n"
       "  add     add passages to an index (only the new ones are embedded)\n"
+      "  remove  remove passages by id (nothing is embedded)\n"
       "  search  retrieve the top-k passages for questions\n"
       "  info    describe an index\n"
       "  shard   split an index's BM25 database into shards (for xapian-tcpsrv)\n"
@@ -661,6 +717,7 @@ int run_index(const std::vector<std::string>& argv) {
   if (argv[0] == "info") return run_info(rest);
   if (argv[0] == "shard") return run_shard(rest);
   if (argv[0] == "encode") return run_encode(rest);
+  if (argv[0] == "remove") return run_remove(rest);
   std::cerr << "cepe index: error: unknown subcommand '" << argv[0] << "'\n" << help;
   return 2;
 }

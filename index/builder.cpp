@@ -14,6 +14,8 @@
 #include <ctime>
 #include <random>
 #include <regex>
+#include <string_view>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "common/fileio.h"
@@ -138,6 +140,32 @@ void finish_ingest(PassageStoreWriter& store, const CorpusReader& reader,
     bm25->finish();
     result->bm25_seconds = seconds_since(t);
   }
+}
+
+// The encoder-state stores of `out` (outside the manifest: `cepe index encode` adds them later)
+// into the updated index being assembled in `tmp`, as hard links, or copies across file systems.
+void link_encoder_stores(const fs::path& out, const fs::path& tmp) {
+  const fs::path states = out / "encoder_states";
+  if (!fs::is_directory(states)) return;
+  fs::create_directory(tmp / "encoder_states");
+  for (const auto& e : fs::directory_iterator(states)) {
+    if (!e.is_regular_file()) continue;
+    const fs::path to = tmp / "encoder_states" / e.path().filename();
+    std::error_code ec;
+    fs::create_hard_link(e.path(), to, ec);
+    if (ec) fs::copy_file(e.path(), to);
+  }
+  fsync_directory(tmp / "encoder_states");
+}
+
+// The FAISS index of an index being updated, read into memory (mapped inverted lists cannot
+// change) and checked against the manifest.
+std::unique_ptr<VectorIndex> load_vectors_for_update(const fs::path& out, const IndexManifest& m) {
+  std::unique_ptr<VectorIndex> vindex = VectorIndex::load(out / kFaissFile, /*mmap=*/false);
+  CEPE_CHECK(vindex->size() == static_cast<int64_t>(m.passages),
+             (out / kFaissFile).string() << " holds " << vindex->size() << " vectors for "
+                                         << m.passages << " passages; rebuild the index");
+  return vindex;
 }
 
 // Embeds the store's passages from row `first` on and adds them to `vindex` in batches of
@@ -403,11 +431,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
                    << ", which is now " << embedder->fingerprint()
                    << " (its model changed?): the new passages "
                       "would not be comparable; rebuild the index");
-    // Read into memory: mapped inverted lists cannot grow.
-    vindex = VectorIndex::load(out / kFaissFile, /*mmap=*/false);
-    CEPE_CHECK(vindex->size() == static_cast<int64_t>(m.passages),
-               (out / kFaissFile).string() << " holds " << vindex->size() << " vectors for "
-                                           << m.passages << " passages; rebuild the index");
+    vindex = load_vectors_for_update(out, m);
   }
   const PassageStore old_store(out / kPassagesFile);
   CEPE_CHECK(old_store.size() == m.passages, (out / kPassagesFile).string()
@@ -439,6 +463,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
       keep(p.id, p.title, p.text);
       if ((row & 4095) == 4095) pr.update(row + 1);
     }
+    pr.update(old_rows);
     pr.finish();
     pr.start("read", reader.total_bytes(), "bytes");
     reader.read([&](const Passage& p) { keep(p.id, p.title, p.text); },
@@ -469,20 +494,103 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   m.cepe_version = kCepeVersion;
   m.files = digest_directory(tmp);
   write_manifest(tmp, m);
-  // The encoder-state stores (outside the manifest: `cepe index encode` adds them later) come
-  // along as hard links, or copies across file systems.
-  const fs::path states = out / "encoder_states";
-  if (fs::is_directory(states)) {
-    fs::create_directory(tmp / "encoder_states");
-    for (const auto& e : fs::directory_iterator(states)) {
-      if (!e.is_regular_file()) continue;
-      const fs::path to = tmp / "encoder_states" / e.path().filename();
-      std::error_code ec;
-      fs::create_hard_link(e.path(), to, ec);
-      if (ec) fs::copy_file(e.path(), to);
+  link_encoder_stores(out, tmp);
+  fsync_directory(tmp);
+  crash_point("manifest");
+  install(tmp, out, /*replace=*/true);
+  guard.keep = true;
+  fsync_directory(parent);
+  result.manifest = m;
+  result.total_seconds = seconds_since(t0);
+  result.bytes_on_disk = directory_bytes(out);
+  return result;
+}
+
+RemoveResult remove_from_index(const RemoveOptions& opt, BuildProgress* progress) {
+  BuildProgress silent;
+  BuildProgress& pr = progress ? *progress : silent;
+  const auto t0 = Clock::now();
+  CEPE_CHECK(!opt.index.empty(), "no index directory given (--index)");
+  CEPE_CHECK(!opt.ids.empty(), "no passage ids to remove");
+  fs::path out = opt.index;
+  if (out.filename().empty()) out = out.parent_path();
+  CEPE_CHECK(fs::is_directory(out), "index directory " << out.string() << " does not exist");
+  const IndexWriteLock lock(out);
+  IndexManifest m = read_manifest(out);
+  verify_files(out, m);
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  remove_stale_partials(out, &pr);
+  const PassageStore old_store(out / kPassagesFile);
+  CEPE_CHECK(old_store.size() == m.passages, (out / kPassagesFile).string()
+                                                 << " holds " << old_store.size()
+                                                 << " passages, the manifest " << m.passages
+                                                 << "; rebuild the index");
+  std::unordered_map<std::string_view, uint64_t> row_of;
+  row_of.reserve(static_cast<size_t>(old_store.size()));
+  for (uint64_t row = 0; row < old_store.size(); ++row) row_of.emplace(old_store.get(row).id, row);
+  std::vector<bool> keep(static_cast<size_t>(old_store.size()), true);
+  RemoveResult result;
+  for (size_t i = 0; i < opt.ids.size(); ++i) {
+    const auto it = row_of.find(opt.ids[i]);
+    if (it == row_of.end()) {
+      CEPE_CHECK(
+          opt.ignore_missing,
+          (i < opt.id_origins.size() && !opt.id_origins[i].empty() ? opt.id_origins[i] + ": " : "")
+              << "unknown id '" << opt.ids[i] << "' (not in the index " << out.string() << ")");
+      ++result.missing;
+      continue;
     }
-    fsync_directory(tmp / "encoder_states");
+    if (keep[it->second]) ++result.removed;
+    keep[it->second] = false;
   }
+  CEPE_CHECK(result.removed > 0, "none of the " << opt.ids.size() << " ids is in the index "
+                                                << out.string() << ": nothing to remove");
+  CEPE_CHECK(result.removed < old_store.size(),
+             "removing all " << old_store.size() << " passages would leave " << out.string()
+                             << " empty; delete the directory instead");
+
+  TempDirGuard guard(parent, out);
+  const fs::path& tmp = guard.dir;
+  // 1. The store and the BM25 database without the removed passages.
+  {
+    PassageStoreWriter store(tmp / kPassagesFile);
+    std::unique_ptr<retriever::Bm25Writer> bm25;
+    if (has_bm25(m)) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, m.bm25);
+    pr.start("copy", old_store.size(), "passages");
+    for (uint64_t row = 0; row < old_store.size(); ++row) {
+      if (keep[row]) {
+        const PassageView p = old_store.get(row);
+        const uint64_t at = store.add(p.id, p.title, p.text);
+        if (bm25) bm25->add(at, p.title, p.text);
+      }
+      if ((row & 4095) == 4095) pr.update(row + 1);
+    }
+    pr.update(old_store.size());
+    pr.finish();
+    store.finish();
+    crash_point("copy");
+    if (bm25) {
+      pr.note("writing the BM25 database");
+      bm25->finish();
+    }
+  }
+  // 2. The removed vectors leave the FAISS index; nothing is embedded.
+  if (has_dense(m)) {
+    std::unique_ptr<VectorIndex> vindex = load_vectors_for_update(out, m);
+    pr.note("removing " + std::to_string(result.removed) + " vectors from the FAISS index");
+    vindex->remove_rows(keep, m.faiss_factory);
+    pr.note("writing the FAISS index");
+    vindex->save(tmp / kFaissFile);
+    m.faiss_description = vindex->describe();
+  }
+  crash_point("save");
+  // 3. The manifest and the encoder-state stores.
+  m.passages = old_store.size() - result.removed;
+  m.removed += result.removed;
+  m.cepe_version = kCepeVersion;
+  m.files = digest_directory(tmp);
+  write_manifest(tmp, m);
+  link_encoder_stores(out, tmp);
   fsync_directory(tmp);
   crash_point("manifest");
   install(tmp, out, /*replace=*/true);

@@ -82,6 +82,34 @@ struct AddOptions {
 /// it was, on any failure.
 BuildResult add_to_index(const AddOptions& options, BuildProgress* progress = nullptr);
 
+/// What to remove from an existing index.
+struct RemoveOptions {
+  std::filesystem::path index;          ///< the index directory, replaced when done
+  std::vector<std::string> ids;         ///< passage ids to remove
+  std::vector<std::string> id_origins;  ///< where each id came from ("FILE:LINE" or ""), for errors
+  bool ignore_missing = false;          ///< skip ids the index does not hold instead of failing
+};
+
+/// Outcome of a removal.
+struct RemoveResult {
+  IndexManifest manifest;      ///< what was written
+  uint64_t removed = 0;        ///< passages removed
+  uint64_t missing = 0;        ///< ids not in the index (ignore_missing)
+  double total_seconds = 0;    ///< wall time
+  uint64_t bytes_on_disk = 0;  ///< size of the finished directory
+};
+
+/// Removes passages by id: the others keep their order and are renumbered 0, 1, ... as a build of
+/// the remaining passages would number them. Nothing is embedded: the FAISS index drops the
+/// removed vectors (keeping its trained centroids and codebooks; an HNSW graph is rebuilt from
+/// its exact vectors), the passage store and the BM25 database are rewritten without them. An id
+/// the index does not hold is an error naming its origin (or skipped with ignore_missing);
+/// removing every passage is an error. Assembled beside the index and swapped in atomically,
+/// encoder-state stores hard-linked along (they serve the remaining passages by id; `cepe index
+/// encode` rewrites them for the new passage list, copying their rows). Throws cepe::Error,
+/// leaving the index as it was, on any failure.
+RemoveResult remove_from_index(const RemoveOptions& options, BuildProgress* progress = nullptr);
+
 /// An exclusive claim on writing one index directory (build, add, encode), held until
 /// destroyed: a lock file `.NAME.lock` beside the directory, flock(2)ed, so that it is released
 /// when the process dies however it dies.

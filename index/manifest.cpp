@@ -173,6 +173,10 @@ std::string manifest_to_json(const IndexManifest& m) {
   w.EndArray();
   w.Key("skipped");
   w.Uint64(m.skipped);
+  if (m.removed > 0) {  // absent until a removal, so the manifests of built indexes are unchanged
+    w.Key("removed");
+    w.Uint64(m.removed);
+  }
   w.Key("seconds");
   w.Double(m.build_seconds);
   w.Key("embed_passages_per_second");
@@ -260,6 +264,7 @@ IndexManifest manifest_from_json(const std::string& json, const std::string& ori
       if (v.IsString()) m.inputs.emplace_back(v.GetString());
   }
   m.skipped = get_u64(b, "skipped", origin, "build.");
+  if (b.HasMember("removed")) m.removed = get_u64(b, "removed", origin, "build.");
   if (auto s = b.FindMember("seconds"); s != b.MemberEnd() && s->value.IsNumber())
     m.build_seconds = s->value.GetDouble();
   if (auto s = b.FindMember("embed_passages_per_second"); s != b.MemberEnd() && s->value.IsNumber())

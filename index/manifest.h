@@ -40,10 +40,11 @@ struct IndexManifest {
   uint64_t trained_on = 0;                             ///< training sample size (0: no training)
   std::vector<std::string> inputs;                     ///< corpus inputs as given
   uint64_t skipped = 0;                                ///< invalid records skipped
-  double build_seconds = 0;                            ///< wall time of the build
-  double embed_passages_per_second = 0;                ///< embedding + adding throughput
-  std::string created;                                 ///< UTC time, ISO 8601
-  std::string cepe_version;                            ///< version of the build that wrote it
+  uint64_t removed = 0;                  ///< passages removed since the build (cepe index remove)
+  double build_seconds = 0;              ///< wall time of the build
+  double embed_passages_per_second = 0;  ///< embedding + adding throughput
+  std::string created;                   ///< UTC time, ISO 8601
+  std::string cepe_version;              ///< version of the build that wrote it
 };
 
 /// File names inside an index directory.

@@ -10,6 +10,7 @@
 #include <faiss/IndexRefine.h>
 #include <faiss/VectorTransform.h>
 #include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 #include <faiss/invlists/OnDiskInvertedLists.h>
@@ -279,6 +280,58 @@ bool mapped_ids_aligned(const faiss::Index* idx) {
 
 }  // namespace
 
+namespace {
+
+// The rows remove_rows drops: new_row[id] < 0.
+struct DroppedRows : faiss::IDSelector {
+  explicit DroppedRows(const std::vector<int64_t>& new_row) : new_row(new_row) {}
+  bool is_member(faiss::Index::idx_t id) const override {
+    return id >= 0 && static_cast<size_t>(id) < new_row.size() && new_row[id] < 0;
+  }
+  const std::vector<int64_t>& new_row;
+};
+
+// Removes the dropped rows from `idx` in place. Structures with implicit ids (the codes in row
+// order) compact, which renumbers the kept rows as wanted; IVF lists store ids, which are
+// rewritten through new_row.
+void remove_in_place(faiss::Index* idx, const std::vector<int64_t>& new_row) {
+  const DroppedRows dropped(new_row);
+  if (auto* pt = dynamic_cast<faiss::IndexPreTransform*>(idx)) {
+    remove_in_place(pt->index, new_row);
+    pt->ntotal = pt->index->ntotal;
+  } else if (auto* rf = dynamic_cast<faiss::IndexRefine*>(idx)) {
+    remove_in_place(rf->base_index, new_row);
+    remove_in_place(rf->refine_index, new_row);
+    rf->ntotal = rf->base_index->ntotal;
+  } else if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx)) {
+    CEPE_CHECK(ivf->direct_map.type == faiss::DirectMap::NoMap,
+               "internal: the IVF index has a direct map");
+    ivf->remove_ids(dropped);
+    faiss::InvertedLists* lists = ivf->invlists;
+    std::vector<faiss::Index::idx_t> ids;
+    std::vector<uint8_t> codes;
+    for (size_t l = 0; l < lists->nlist; ++l) {
+      const size_t n = lists->list_size(l);
+      if (n == 0) continue;
+      ids.resize(n);
+      {
+        faiss::InvertedLists::ScopedIds old(lists, l);
+        for (size_t i = 0; i < n; ++i) ids[i] = new_row.at(static_cast<size_t>(old[i]));
+        faiss::InvertedLists::ScopedCodes c(lists, l);
+        codes.assign(c.get(), c.get() + n * lists->code_size);
+      }
+      lists->update_entries(l, 0, n, ids.data(), codes.data());
+    }
+  } else if (dynamic_cast<faiss::IndexHNSW*>(idx) == nullptr &&
+             dynamic_cast<faiss::IndexFlatCodes*>(idx) != nullptr) {
+    idx->remove_ids(dropped);
+  } else {
+    CEPE_THROW("FAISS cannot remove vectors from a " << typeid(*idx).name());
+  }
+}
+
+}  // namespace
+
 VectorIndex::VectorIndex(faiss::Index* index) : index_(index) {}
 VectorIndex::~VectorIndex() = default;
 
@@ -370,6 +423,52 @@ void VectorIndex::add(int64_t n, const float* x) {
   } catch (const std::exception& e) {
     CEPE_THROW("adding " << n << " vectors to the FAISS index failed: " << faiss_message(e));
   }
+}
+
+void VectorIndex::remove_rows(const std::vector<bool>& keep, const std::string& factory) {
+  CEPE_CHECK(keep.size() == static_cast<size_t>(index_->ntotal),
+             "internal: " << keep.size() << " rows to keep or drop, the FAISS index holds "
+                          << index_->ntotal);
+  std::vector<int64_t> new_row(keep.size(), -1);
+  int64_t kept = 0;
+  for (size_t r = 0; r < keep.size(); ++r)
+    if (keep[r]) new_row[r] = kept++;
+  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
+    // FAISS's HNSW graph has no deletion: the kept vectors, exact in Flat storage, go into a new
+    // graph with the same settings.
+    CEPE_CHECK(dynamic_cast<const faiss::IndexFlat*>(h->storage) != nullptr,
+               "cannot remove vectors from " << describe()
+                                             << ": an HNSW graph over compressed storage cannot "
+                                                "be rebuilt exactly; rebuild the index");
+    const int d = dim();
+    std::vector<float> vectors(static_cast<size_t>(kept) * d);
+    for (size_t r = 0; r < keep.size(); ++r)
+      if (keep[r])
+        h->storage->reconstruct(static_cast<faiss::Index::idx_t>(r), vectors.data() + new_row[r] * d);
+    std::unique_ptr<VectorIndex> fresh = create(factory, d);
+    auto* fh = dynamic_cast<faiss::IndexHNSW*>(fresh->index_.get());
+    CEPE_CHECK(fh != nullptr, "FAISS factory string '" << factory
+                                                       << "' (the manifest's) is not "
+                                                          "the HNSW index the file holds");
+    fh->hnsw.efConstruction = h->hnsw.efConstruction;
+    fh->hnsw.efSearch = h->hnsw.efSearch;
+    fresh->add(kept, vectors.data());
+    index_ = std::move(fresh->index_);
+    defaults_.ef_search = fh->hnsw.efSearch;
+    return;
+  }
+  try {
+    remove_in_place(index_.get(), new_row);
+  } catch (const Error& e) {
+    CEPE_THROW("cannot remove vectors from " << describe() << ": " << e.message()
+                                             << "; rebuild the index");
+  } catch (const std::exception& e) {
+    CEPE_THROW("cannot remove vectors from " << describe() << ": " << faiss_message(e)
+                                             << "; rebuild the index");
+  }
+  CEPE_CHECK(index_->ntotal == kept, "internal: FAISS holds " << index_->ntotal
+                                                              << " vectors after removing, " << kept
+                                                              << " rows were kept");
 }
 
 void VectorIndex::save(const std::filesystem::path& file) const {

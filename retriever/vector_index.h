@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace faiss {
 struct Index;
@@ -44,6 +45,12 @@ class VectorIndex {
   void train(int64_t n, const float* x);
   /// Adds n vectors; their ids are their rows (ntotal before the call + i).
   void add(int64_t n, const float* x);
+  /// Removes the vectors of the rows whose keep[row] is false; the kept rows are renumbered 0, 1,
+  /// ... in order, as the passage store compacts them. Flat, PQ, SQ and IVF structures (with
+  /// OPQ/PCA transforms and RFlat re-ranking) remove in place, their trained centroids and
+  /// codebooks unchanged; an HNSW graph, which FAISS cannot remove from, is built again from its
+  /// exact vectors (HNSW over Flat storage) with `factory`. Throws naming the structure otherwise.
+  void remove_rows(const std::vector<bool>& keep, const std::string& factory);
   /// Writes the index to `file` atomically.
   void save(const std::filesystem::path& file) const;
   /// Sets the defaults used when SearchParams leave a knob at 0.

@@ -16,6 +16,7 @@
 #include <iterator>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "common/error.h"
@@ -995,6 +996,167 @@ TEST(Add, DuplicatesErrorsAndCrashesLeaveTheIndex) {
   EXPECT_NE(log.find("left by an interrupted build"), std::string::npos) << log;
   EXPECT_EQ(read_manifest(o.out).passages, 61u);
   EXPECT_EQ(read_manifest(o.out).skipped, 1u);
+  EXPECT_EQ(file_bytes(o.out / "encoder_states" / "0123.ces"), "stored states");
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
+}
+
+// ---------------------------------------------------------------------------------------------
+// cepe index remove
+
+namespace {
+// The corpus `file` without the records whose ids are in `drop`.
+fs::path corpus_without(const fs::path& file, const std::set<std::string>& drop,
+                        const fs::path& out) {
+  std::ifstream in(file);
+  std::ofstream o(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t at = line.find("\"id\": \"") + 7;
+    if (!drop.count(line.substr(at, line.find('"', at) - at))) o << line << "\n";
+  }
+  return out;
+}
+}  // namespace
+
+// Removing ids from an index gives the index of the other passages built in one go: the same
+// passage store byte for byte (the rest renumbered in order) and the same hits, scores included,
+// on BM25, dense Flat and hybrid. IVF (trained centroids kept, ids renumbered in the lists), an
+// RFlat re-ranked PQ and an HNSW graph (rebuilt) find exactly the Flat index's hits when they
+// look at every vector.
+TEST(Remove, EqualsABuildOfTheRest) {
+  const fs::path dir = cepe::test::temp_dir("remove");
+  const fs::path a = write_corpus(dir, 120, "old");
+  std::set<std::string> drop;
+  for (int i = 0; i < 120; i += 7) drop.insert("old-" + std::to_string(i));
+  drop.insert("old-119");
+  const fs::path rest = corpus_without(a, drop, dir / "rest.jsonl");
+  const std::vector<std::string> ids(drop.begin(), drop.end());
+  const std::vector<std::string> queries = {"river king", "castle poet", "old ocean",
+                                            "desert engine science"};
+  for (const std::string kind : {"bm25", "dense", "hybrid"}) {
+    SCOPED_TRACE(kind);
+    BuildOptions o;
+    o.retriever = kind;
+    if (kind != "bm25") o.embedder = kTinyBert;
+    o.inputs = {a};
+    o.out = dir / (kind + "-removed");
+    build_index(o);
+    const std::string before = hits_of(o.out, queries);
+    o.inputs = {rest};
+    o.out = dir / (kind + "-rest");
+    build_index(o);
+    RemoveOptions rm;
+    rm.index = dir / (kind + "-removed");
+    rm.ids = ids;
+    const RemoveResult r = remove_from_index(rm);
+    EXPECT_EQ(r.removed, drop.size());
+    EXPECT_EQ(r.manifest.passages, 120u - drop.size());
+    EXPECT_EQ(read_manifest(rm.index).removed, drop.size());
+    EXPECT_EQ(file_bytes(rm.index / kPassagesFile), file_bytes(o.out / kPassagesFile));
+    const std::string after = hits_of(rm.index, queries);
+    EXPECT_EQ(after, hits_of(o.out, queries));
+    EXPECT_NE(before, after) << "the queries never met a removed passage";
+    for (const auto& id : drop) EXPECT_EQ(after.find(id + " "), std::string::npos) << id;
+    cepe::index::OpenOptions verify;
+    verify.verify = true;
+    EXPECT_NO_THROW(open_index(rm.index, verify));
+  }
+  // Every remaining passage's exact score per query, from the Flat index of the rest.
+  cepe::retriever::SearchOptions so;
+  so.k = 120;
+  std::vector<std::map<std::string, float>> exact(queries.size());
+  const auto all = open_index(dir / "dense-rest")->search_batch(queries, so);
+  for (size_t q = 0; q < queries.size(); ++q)
+    for (const auto& h : all[q]) exact[q][h.id] = h.score;
+  so.k = 8;
+  const auto flat = open_index(dir / "dense-rest")->search_batch(queries, so);
+  for (const std::string factory : {"IVF4,Flat", "IVF4,PQ8x4,RFlat", "HNSW16"}) {
+    SCOPED_TRACE(factory);
+    BuildOptions o;
+    o.retriever = "dense";
+    o.embedder = kTinyBert;
+    o.faiss = factory;
+    o.inputs = {a};
+    o.out = dir / ("ann-" + std::to_string(factory.size()));
+    build_index(o);
+    RemoveOptions rm;
+    rm.index = o.out;
+    rm.ids = ids;
+    remove_from_index(rm);
+    const bool ivf = factory[0] == 'I';
+    EXPECT_EQ(read_manifest(o.out).trained_on, ivf ? 120u : 0u);
+    so.nprobe = ivf ? 4 : 0;
+    so.ef_search = ivf ? 0 : 256;
+    const auto ann = open_index(o.out)->search_batch(queries, so);
+    ASSERT_EQ(ann.size(), flat.size());
+    for (size_t q = 0; q < ann.size(); ++q) {
+      ASSERT_EQ(ann[q].size(), flat[q].size());
+      for (size_t i = 0; i < ann[q].size(); ++i) {
+        // Each hit is a remaining passage with its own vector (the rows renumbered right): its
+        // score is its exact score. Inner products over the tiny BERT's 32 dims, summed in
+        // another order than Flat's: |error| <= 32 u |x||y|, under 1e-4 at these norms (~14).
+        ASSERT_EQ(exact[q].count(ann[q][i].id), 1u) << ann[q][i].id << " is not a kept passage";
+        EXPECT_NEAR(ann[q][i].score, exact[q][ann[q][i].id], 1e-4) << queries[q] << " rank " << i;
+        // Probing every list (and re-ranking every candidate exactly) is exact search; an HNSW
+        // graph over inner products is approximate even when ef_search exceeds its size.
+        if (ivf) {
+          EXPECT_EQ(ann[q][i].id, flat[q][i].id) << queries[q] << " rank " << i;
+        }
+      }
+    }
+  }
+}
+
+// Unknown ids are named with where they came from (or skipped with --ignore-missing); removing
+// everything is refused; a failed or killed removal leaves every file as it was; encoder-state
+// stores come along.
+TEST(Remove, ErrorsAndCrashesLeaveTheIndex) {
+  const fs::path dir = cepe::test::temp_dir("remove-errors");
+  const fs::path a = write_corpus(dir, 30, "old");
+  BuildOptions o;
+  o.retriever = "hybrid";
+  o.embedder = kTinyBert;
+  o.inputs = {a};
+  o.out = dir / "idx";
+  build_index(o);
+  write(o.out / "encoder_states" / "0123.ces", "stored states");
+  const auto before = index_files(o.out);
+  const fs::path ids = dir / "ids.txt";
+  write(ids, "old-3\n\nold-77\r\n");
+  int rc = 0;
+  std::string log =
+      run_cepe("index remove --index " + o.out.string() + " --ids " + ids.string(), &rc);
+  EXPECT_EQ(rc, 1) << log;
+  EXPECT_NE(log.find(ids.string() + ":3: unknown id 'old-77' (not in the index"), std::string::npos)
+      << log;
+  EXPECT_EQ(index_files(o.out), before);
+  RemoveOptions rm;
+  rm.index = o.out;
+  for (int i = 0; i < 30; ++i) rm.ids.push_back("old-" + std::to_string(i));
+  try {
+    remove_from_index(rm);
+    ADD_FAILURE() << "removed every passage";
+  } catch (const cepe::Error& e) {
+    EXPECT_NE(e.message().find("would leave"), std::string::npos) << e.message();
+  }
+  rm.ids = {"nope"};
+  rm.ignore_missing = true;
+  EXPECT_THROW(remove_from_index(rm), cepe::Error) << "nothing to remove";
+  EXPECT_EQ(index_files(o.out), before);
+  for (const std::string point : {"copy", "save", "manifest"}) {
+    log = run_cepe("index remove --index " + o.out.string() + " old-3", &rc,
+                   "CEPE_INDEX_BUILD_CRASH_AT=" + point);
+    EXPECT_EQ(rc, 128 + 9) << point << ": " << log;
+    EXPECT_EQ(index_files(o.out), before) << point;
+  }
+  log = run_cepe(
+      "index remove --ignore-missing --index " + o.out.string() + " --ids " + ids.string(), &rc);
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_NE(log.find("removed 1 passages"), std::string::npos) << log;
+  EXPECT_NE(log.find("1 ids were not in the index (ignored)"), std::string::npos) << log;
+  EXPECT_NE(log.find("left by an interrupted build"), std::string::npos) << log;
+  EXPECT_EQ(read_manifest(o.out).passages, 29u);
   EXPECT_EQ(file_bytes(o.out / "encoder_states" / "0123.ces"), "stored states");
   for (const auto& e : fs::directory_iterator(dir))
     EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
