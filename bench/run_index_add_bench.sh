@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `cepe index add` beside a rebuild, in the same run: an index of the first N - M SQuAD passages
 # (../shared) grown by the last M (only those are embedded), against `cepe index build` of all N;
+# then `cepe index remove` of those M from a copy of the whole index (nothing embedded) against
+# the build of the first N - M;
 # both hybrid (BM25 + dense FAISS) with a random BERT of MiniLM-L6's shape (hidden 384, 6 layers,
 # 12 heads, FFN 1536; 128 tokens) so that embedding costs what a small real embedder costs. The
-# two indexes must answer every query with the same hits (Flat: exact search).
+# indexes compared must answer every query with the same hits (Flat: exact search).
 #   bench/run_index_add_bench.sh [N] [M] [faiss]     defaults: 18896 1890 Flat
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,26 +63,40 @@ head -n "$n" "$data/passages.jsonl" >"$work/all.jsonl"
 head -n $((n - m)) "$work/all.jsonl" >"$work/first.jsonl"
 tail -n "$m" "$work/all.jsonl" >"$work/last.jsonl"
 flags=(--retriever hybrid --embedder "bert:$bert" --faiss "$faiss")
-rm -rf "$work/whole" "$work/grown"
+rm -rf "$work/whole" "$work/grown" "$work/first" "$work/shrunk"
 now() { date +%s.%N; }
 t0=$(now)
 "$cepe" index build --input "$work/all.jsonl" --out "$work/whole" "${flags[@]}" >"$work/whole.log" 2>&1
 t1=$(now)
 "$cepe" index build --input "$work/first.jsonl" --out "$work/grown" "${flags[@]}" >"$work/first.log" 2>&1
 t2=$(now)
+cp -r "$work/grown" "$work/first"  # the build of the first N - M, which the removal must equal
+t2c=$(now)
 "$cepe" index add --index "$work/grown" --input "$work/last.jsonl" >"$work/add.log" 2>&1
 t3=$(now)
 tail -1 "$work/add.log"
+cp -r "$work/whole" "$work/shrunk"
+/usr/bin/python3 -c 'import json, sys
+for l in open(sys.argv[1]): print(json.loads(l)["id"])' "$work/last.jsonl" >"$work/last.ids"
+t4=$(now)
+"$cepe" index remove --index "$work/shrunk" --ids "$work/last.ids" >"$work/remove.log" 2>&1
+t5=$(now)
+tail -1 "$work/remove.log"
 cmp -s "$work/whole/passages.bin" "$work/grown/passages.bin" || { echo "FAIL: passage stores differ"; exit 1; }
+cmp -s "$work/first/passages.bin" "$work/shrunk/passages.bin" || { echo "FAIL: passage stores differ after the removal"; exit 1; }
 queries=("who founded the university" "when did the earthquake happen" "capital of the province"
   "largest river in the country" "the treaty was signed in" "what is the population")
 search() { "$cepe" index search --index "$1" -k 10 --json "${queries[@]}"; }
 if [[ $faiss == Flat ]]; then
   cmp -s <(search "$work/whole") <(search "$work/grown") || { echo "FAIL: hits differ"; exit 1; }
+  cmp -s <(search "$work/first") <(search "$work/shrunk") || { echo "FAIL: hits differ after the removal"; exit 1; }
   echo "same hits for ${#queries[@]} queries (top 10, scores included)"
 fi
-awk -v b="$(echo "$t1 - $t0" | bc)" -v f="$(echo "$t2 - $t1" | bc)" -v a="$(echo "$t3 - $t2" | bc)" \
+awk -v b="$(echo "$t1 - $t0" | bc)" -v f="$(echo "$t2 - $t1" | bc)" -v a="$(echo "$t3 - $t2c" | bc)" \
+  -v r="$(echo "$t5 - $t4" | bc)" \
   -v n="$n" -v m="$m" 'BEGIN {
     printf "rebuild of all %d passages: %.1f s\n", n, b
     printf "build of the first %d: %.1f s; add of the last %d: %.1f s (%.1fx faster than the rebuild)\n",
-      n - m, f, m, a, b / a }'
+      n - m, f, m, a, b / a
+    printf "remove of the last %d from all %d: %.1f s (%.1fx faster than the build of the first %d)\n",
+      m, n, r, f / r, n - m }'

@@ -10,7 +10,7 @@
 # - after `cepe index add`, encode copies the stored passages' states and encodes only the new
 #   ones (and the batch they join), and the store is byte-equal to one encoded from scratch, for
 #   the states and kv layouts and for q8_0 (rows are copied as bytes); an index rebuilt in another
-#   order reuses every passage's states.
+#   order, or with passages removed, reuses every remaining passage's states.
 set -euo pipefail
 cepe=${CEPE_BINARY:?}
 source "${CEPE_SOURCE_DIR:?}/scripts/squad_slice.sh"
@@ -164,5 +164,16 @@ grep -q "holds 640 passages, 640 of them still in the index (the index changed)"
 "$cepe" index encode --index "$tmp/index4" "${enc[@]}" | grep -q "is complete" || {
   echo "FAIL: the rewritten store is not complete"; exit 1; }
 echo "ok: an index rebuilt in another order reuses all 640 passages' states"
+# Passages removed (cepe index remove): the store still serves the others; rewritten, it copies
+# every remaining passage's states and encodes none.
+python3 -c 'import json, sys
+for l in list(open(sys.argv[1]))[100:110]: print(json.loads(l)["id"])' "$tmp/passages.jsonl" >"$tmp/gone.ids"
+"$cepe" index remove --index "$tmp/index" --ids "$tmp/gone.ids" | grep -q "removed 10 passages" || {
+  echo "FAIL: index remove"; exit 1; }
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" >"$tmp/rm.txt" 2>"$tmp/rm.err"
+grep -q "holds 640 passages, 630 of them still in the index (the index changed)" "$tmp/rm.err" &&
+  grep -q "^encoded 630 passages (630 copied from the previous store; " "$tmp/rm.txt" || {
+  echo "FAIL: encode after remove"; cat "$tmp/rm.err" "$tmp/rm.txt"; exit 1; }
+echo "ok: after index remove, the store is rewritten from its own rows (630 copied, none encoded)"
 
 echo "all encoder-store CLI checks passed"

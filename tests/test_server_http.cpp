@@ -1075,8 +1075,8 @@ TEST(ServerLimits, SighupReloadsTheApiKeyFile) {
 }
 
 // SIGHUP reopens the index when its manifest changed: after `cepe index add`, new requests find
-// the new passages and /v1/info counts them; an unchanged manifest is left alone; an index that
-// no longer opens keeps the one being served.
+// the new passages and /v1/info counts them (after `cepe index remove`, no longer the removed); an
+// unchanged manifest is left alone; an index that no longer opens keeps the one being served.
 TEST(ServerLimits, SighupReopensAGrownIndex) {
   REQUIRE_TEST_DATA();
   const fs::path dir = test::temp_dir("server-index-reload");
@@ -1160,6 +1160,19 @@ TEST(ServerLimits, SighupReopensAGrownIndex) {
       parse_json(c.request("GET", "/v1/info").body)["model"]["encoder_store"]["passages"].GetInt(),
       51);
 
+  // A passage removed (cepe index remove) is no longer retrieved after the next SIGHUP; the
+  // store keeps serving the others.
+  ASSERT_EQ(
+      test::run_command(
+          test::cepe_binary().string() + " index remove --index " + index.string() + " is-0", &out),
+      0)
+      << out;
+  EXPECT_EQ(top_id(), "is-0") << "served until told";
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("index_reloaded", 3)) << s.log();
+  EXPECT_EQ(passages(), 50);
+  EXPECT_NE(top_id(), "is-0");
+
   // A manifest that fails its checksum: the reload is refused and the index in use stays.
   std::string manifest = test::read_file(index / "manifest.json");
   const size_t at = manifest.find("\"bm25\"");
@@ -1168,8 +1181,8 @@ TEST(ServerLimits, SighupReopensAGrownIndex) {
   std::ofstream(index / "manifest.json", std::ios::trunc) << manifest;
   ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
   ASSERT_TRUE(wait_for("index_reload_failed", 1)) << s.log();
-  EXPECT_EQ(passages(), 51);
-  EXPECT_EQ(top_id(), "is-0");
+  EXPECT_EQ(passages(), 50);
+  EXPECT_NE(top_id(), "is-0");
   EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
 }
 
