@@ -278,10 +278,6 @@ bool mapped_ids_aligned(const faiss::Index* idx) {
   return true;
 }
 
-}  // namespace
-
-namespace {
-
 // The rows remove_rows drops: new_row[id] < 0.
 struct DroppedRows : faiss::IDSelector {
   explicit DroppedRows(const std::vector<int64_t>& new_row) : new_row(new_row) {}
@@ -322,11 +318,11 @@ void remove_in_place(faiss::Index* idx, const std::vector<int64_t>& new_row) {
       }
       lists->update_entries(l, 0, n, ids.data(), codes.data());
     }
-  } else if (dynamic_cast<faiss::IndexHNSW*>(idx) == nullptr &&
-             dynamic_cast<faiss::IndexFlatCodes*>(idx) != nullptr) {
+  } else if (dynamic_cast<faiss::IndexFlatCodes*>(idx) != nullptr) {
     idx->remove_ids(dropped);
   } else {
-    CEPE_THROW("FAISS cannot remove vectors from a " << typeid(*idx).name());
+    // HNSW graphs (below a transform; a top-level one is rebuilt instead) and other structures.
+    CEPE_THROW("FAISS has no removal for this structure");
   }
 }
 
@@ -444,7 +440,8 @@ void VectorIndex::remove_rows(const std::vector<bool>& keep, const std::string& 
     std::vector<float> vectors(static_cast<size_t>(kept) * d);
     for (size_t r = 0; r < keep.size(); ++r)
       if (keep[r])
-        h->storage->reconstruct(static_cast<faiss::Index::idx_t>(r), vectors.data() + new_row[r] * d);
+        h->storage->reconstruct(static_cast<faiss::Index::idx_t>(r),
+                                vectors.data() + new_row[r] * d);
     std::unique_ptr<VectorIndex> fresh = create(factory, d);
     auto* fh = dynamic_cast<faiss::IndexHNSW*>(fresh->index_.get());
     CEPE_CHECK(fh != nullptr, "FAISS factory string '" << factory

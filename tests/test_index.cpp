@@ -1109,8 +1109,8 @@ TEST(Remove, EqualsABuildOfTheRest) {
 }
 
 // Unknown ids are named with where they came from (or skipped with --ignore-missing); removing
-// everything is refused; a failed or killed removal leaves every file as it was; encoder-state
-// stores come along.
+// everything, or from a structure FAISS cannot remove from, is refused; a failed or killed removal
+// leaves every file as it was; encoder-state stores come along.
 TEST(Remove, ErrorsAndCrashesLeaveTheIndex) {
   const fs::path dir = cepe::test::temp_dir("remove-errors");
   const fs::path a = write_corpus(dir, 30, "old");
@@ -1158,6 +1158,24 @@ TEST(Remove, ErrorsAndCrashesLeaveTheIndex) {
   EXPECT_NE(log.find("left by an interrupted build"), std::string::npos) << log;
   EXPECT_EQ(read_manifest(o.out).passages, 29u);
   EXPECT_EQ(file_bytes(o.out / "encoder_states" / "0123.ces"), "stored states");
+  // An HNSW graph below a transform cannot be rebuilt from exact vectors: refused, untouched.
+  BuildOptions pca = o;
+  pca.faiss = "PCA16,HNSW16";
+  pca.out = dir / "pca-hnsw";
+  build_index(pca);
+  const auto pca_before = index_files(pca.out);
+  RemoveOptions one;
+  one.index = pca.out;
+  one.ids = {"old-3"};
+  try {
+    remove_from_index(one);
+    ADD_FAILURE() << "removed from a PCA + HNSW index";
+  } catch (const cepe::Error& e) {
+    EXPECT_NE(e.message().find("FAISS has no removal for this structure; rebuild the index"),
+              std::string::npos)
+        << e.message();
+  }
+  EXPECT_EQ(index_files(pca.out), pca_before);
   for (const auto& e : fs::directory_iterator(dir))
     EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
 }
