@@ -241,6 +241,7 @@ int run_build(const std::vector<std::string>& argv) {
                 m.embed_passages_per_second,
                 human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
   std::cout << buf;
+  if (r.replaced > 0) std::cout << r.replaced << " of them replaced an older version\n";
   if (!r.skip_summary.empty()) {
     std::cout << r.skip_summary << "\n";
     for (const auto& e : r.corpus.examples) std::cout << "  " << e << "\n";
@@ -255,9 +256,13 @@ int run_add(const std::vector<std::string>& argv) {
       .multi("input", "JSONL/TSV file or directory of .txt/.md files to add (repeatable)")
       .flag("skip-invalid",
             "skip (and count) bad records, and ids the index already holds, instead of stopping")
-      .option("batch", "passages per embedding batch (default: the embedder's choice)");
+      .option("batch", "passages per embedding batch (default: the embedder's choice)")
+      .flag("replace",
+            "a record whose id the index holds replaces that passage (the old version leaves, "
+            "the new one joins at the end) instead of being a duplicate");
   add_passage_flags(a);
-  const std::string line = "cepe index add --index DIR --input PATH... [--skip-invalid]";
+  const std::string line =
+      "cepe index add --index DIR --input PATH... [--skip-invalid] [--replace]";
   a.parse(argv);
   if (a.help_requested()) {
     std::cout << a.usage(line);
@@ -273,6 +278,7 @@ int run_add(const std::vector<std::string>& argv) {
   if (o.inputs.empty()) return usage_error(a, line, "missing required flag --input");
   o.corpus = corpus_options(a);
   if (a.has("batch")) o.batch = static_cast<int>(a.get_int("batch", 1, 1 << 20));
+  o.replace = a.is_set("replace");
   CliProgress progress("index add");
   const index::BuildResult r = index::add_to_index(o, &progress);
   const uint64_t added = r.corpus.passages;
@@ -285,6 +291,7 @@ int run_add(const std::vector<std::string>& argv) {
                 r.bm25_seconds, r.embed_seconds,
                 human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
   std::cout << buf;
+  if (r.replaced > 0) std::cout << r.replaced << " of them replaced an older version\n";
   if (!r.skip_summary.empty()) {
     std::cout << r.skip_summary << "\n";
     for (const auto& e : r.corpus.examples) std::cout << "  " << e << "\n";

@@ -158,6 +158,14 @@ void link_encoder_stores(const fs::path& out, const fs::path& tmp) {
   fsync_directory(tmp / "encoder_states");
 }
 
+// Every passage's row by id (views into the store, which must outlive the map).
+std::unordered_map<std::string_view, uint64_t> rows_by_id(const PassageStore& store) {
+  std::unordered_map<std::string_view, uint64_t> row_of;
+  row_of.reserve(static_cast<size_t>(store.size()));
+  for (uint64_t row = 0; row < store.size(); ++row) row_of.emplace(store.get(row).id, row);
+  return row_of;
+}
+
 // The FAISS index of an index being updated, read into memory (mapped inverted lists cannot
 // change) and checked against the manifest.
 std::unique_ptr<VectorIndex> load_vectors_for_update(const fs::path& out, const IndexManifest& m) {
@@ -438,42 +446,63 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
                                                  << " holds " << old_store.size()
                                                  << " passages, the manifest " << m.passages
                                                  << "; rebuild the index");
+  BuildResult result;
+  // With replace, a first pass over the input finds the old passages it replaces: they leave
+  // (as cepe index remove takes them out) and their new versions join at the end.
+  std::vector<bool> keep(static_cast<size_t>(old_store.size()), true);
+  if (opt.replace) {
+    std::unordered_map<std::string_view, uint64_t> row_of = rows_by_id(old_store);
+    CorpusReader scan(opt.inputs, opt.corpus);
+    pr.start("scan", scan.total_bytes(), "bytes");
+    scan.read(
+        [&](const Passage& p) {
+          const auto it = row_of.find(p.id);
+          if (it != row_of.end() && keep[it->second]) {
+            keep[it->second] = false;
+            ++result.replaced;
+          }
+        },
+        [&](uint64_t bytes) { pr.update(bytes); });
+    pr.finish();
+  }
   CorpusReader reader(opt.inputs, opt.corpus);
+  uint64_t old_rows = 0;  // old passages kept, the rows before the new ones
   for (uint64_t row = 0; row < old_store.size(); ++row)
-    reader.add_existing_id(old_store.get(row).id, row);
+    if (keep[row]) reader.add_existing_id(old_store.get(row).id, old_rows++);
 
   TempDirGuard guard(parent, out);
   const fs::path& tmp = guard.dir;
 
-  BuildResult result;
-  const uint64_t old_rows = old_store.size();
   // 1. The store and the BM25 database: the old passages as they are, then the new ones.
   {
     const auto t = Clock::now();
     PassageStoreWriter store(tmp / kPassagesFile);
     std::unique_ptr<retriever::Bm25Writer> bm25;
     if (with_bm25) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, m.bm25);
-    auto keep = [&](std::string_view id, std::string_view title, std::string_view text) {
+    auto store_passage = [&](std::string_view id, std::string_view title, std::string_view text) {
       const uint64_t row = store.add(id, title, text);
       if (bm25) bm25->add(row, title, text);
     };
-    pr.start("copy", old_rows, "passages");
-    for (uint64_t row = 0; row < old_rows; ++row) {
-      const PassageView p = old_store.get(row);
-      keep(p.id, p.title, p.text);
+    pr.start("copy", old_store.size(), "passages");
+    for (uint64_t row = 0; row < old_store.size(); ++row) {
+      if (keep[row]) {
+        const PassageView p = old_store.get(row);
+        store_passage(p.id, p.title, p.text);
+      }
       if ((row & 4095) == 4095) pr.update(row + 1);
     }
-    pr.update(old_rows);
+    pr.update(old_store.size());
     pr.finish();
     pr.start("read", reader.total_bytes(), "bytes");
-    reader.read([&](const Passage& p) { keep(p.id, p.title, p.text); },
+    reader.read([&](const Passage& p) { store_passage(p.id, p.title, p.text); },
                 [&](uint64_t bytes) { pr.update(bytes); });
     pr.finish();
     CEPE_CHECK(store.count() > old_rows, "the input has no new valid passages");
     finish_ingest(store, reader, bm25.get(), t, pr, &result);
   }
-  // 2. Only the new passages are embedded.
+  // 2. Only the new passages are embedded (after the replaced ones' vectors leave).
   if (dense) {
+    if (result.replaced > 0) vindex->remove_rows(keep, m.faiss_factory);
     const PassageStore store(tmp / kPassagesFile);
     const int batch = opt.batch > 0 ? opt.batch : embedder->preferred_batch();
     result.embed_seconds =
@@ -525,9 +554,7 @@ RemoveResult remove_from_index(const RemoveOptions& opt, BuildProgress* progress
                                                  << " holds " << old_store.size()
                                                  << " passages, the manifest " << m.passages
                                                  << "; rebuild the index");
-  std::unordered_map<std::string_view, uint64_t> row_of;
-  row_of.reserve(static_cast<size_t>(old_store.size()));
-  for (uint64_t row = 0; row < old_store.size(); ++row) row_of.emplace(old_store.get(row).id, row);
+  const std::unordered_map<std::string_view, uint64_t> row_of = rows_by_id(old_store);
   std::vector<bool> keep(static_cast<size_t>(old_store.size()), true);
   RemoveResult result;
   for (size_t i = 0; i < opt.ids.size(); ++i) {

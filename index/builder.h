@@ -55,6 +55,7 @@ struct BuildResult {
   double embed_seconds = 0;    ///< embedding and adding every passage
   double bm25_seconds = 0;     ///< committing and compacting the BM25 database
   uint64_t passages = 0;       ///< passages stored
+  uint64_t replaced = 0;       ///< old passages replaced by new versions (add with replace)
   uint64_t trained_on = 0;     ///< FAISS training sample size (0: none)
   double total_seconds = 0;    ///< wall time
   uint64_t bytes_on_disk = 0;  ///< size of the finished directory
@@ -69,6 +70,9 @@ struct AddOptions {
   std::vector<std::filesystem::path> inputs;  ///< corpus files and directories to add
   CorpusOptions corpus;                       ///< ingestion settings
   int batch = 0;  ///< passages per embedding batch (0: embedder's choice)
+  /// Replace passages whose id the index holds: their old versions leave (as remove_from_index
+  /// would take them out) and the new records join at the end, instead of being duplicates.
+  bool replace = false;
 };
 
 /// Appends the passages of `inputs` to an index: the old passages keep their rows and the new ones
@@ -78,8 +82,9 @@ struct AddOptions {
 /// database cannot grow. An id the index already holds is a duplicate (an error, or skipped with
 /// skip_invalid). The updated index is assembled beside the old one and swapped in atomically, its
 /// `encoder_states/` stores hard-linked along: they serve the old passages by id, and the new ones
-/// are encoded live until `cepe index encode` runs again. Throws cepe::Error, leaving the index as
-/// it was, on any failure.
+/// are encoded live until `cepe index encode` runs again. With `replace`, the result is the index
+/// of the old passages less the replaced ones, then the input. Throws cepe::Error, leaving the
+/// index as it was, on any failure.
 BuildResult add_to_index(const AddOptions& options, BuildProgress* progress = nullptr);
 
 /// What to remove from an existing index.

@@ -1001,9 +1001,6 @@ TEST(Add, DuplicatesErrorsAndCrashesLeaveTheIndex) {
     EXPECT_FALSE(is_partial_build_dir(e.path())) << e.path();
 }
 
-// ---------------------------------------------------------------------------------------------
-// cepe index remove
-
 namespace {
 // The corpus `file` without the records whose ids are in `drop`.
 fs::path corpus_without(const fs::path& file, const std::set<std::string>& drop,
@@ -1018,6 +1015,54 @@ fs::path corpus_without(const fs::path& file, const std::set<std::string>& drop,
   return out;
 }
 }  // namespace
+
+// With replace, records whose ids the index holds replace those passages: the result is the
+// build of the old passages less the replaced, then the input (store byte for byte, same hits),
+// and the replaced versions' old text is no longer found. Without it they stay duplicates.
+TEST(Add, ReplaceEqualsABuildOfTheRestThenTheInput) {
+  const fs::path dir = cepe::test::temp_dir("add-replace");
+  const fs::path a = write_corpus(dir, 80, "old");
+  const fs::path b = dir / "b.jsonl";
+  std::set<std::string> replaced;
+  {
+    std::ofstream out(b);
+    for (int i : {3, 40, 79}) {
+      const std::string id = "old-" + std::to_string(i);
+      replaced.insert(id);
+      out << json_line(id, "Zebra", "zebra zebra savanna stripes grazing");
+    }
+    out << json_line("new-1", "T", "a brand new river poet passage");
+  }
+  const fs::path rest = corpus_without(a, replaced, dir / "rest.jsonl");
+  const std::vector<std::string> queries = {"zebra savanna", "river king", "castle poet"};
+  for (const std::string kind : {"bm25", "hybrid"}) {
+    SCOPED_TRACE(kind);
+    BuildOptions o;
+    o.retriever = kind;
+    if (kind != "bm25") o.embedder = kTinyBert;
+    o.inputs = {a};
+    o.out = dir / (kind + "-replaced");
+    build_index(o);
+    o.inputs = {rest, b};
+    o.out = dir / (kind + "-whole");
+    build_index(o);
+    AddOptions add;
+    add.index = dir / (kind + "-replaced");
+    add.inputs = {b};
+    EXPECT_THROW(add_to_index(add), cepe::Error) << "a held id is a duplicate without replace";
+    add.replace = true;
+    const BuildResult r = add_to_index(add);
+    EXPECT_EQ(r.replaced, 3u);
+    EXPECT_EQ(r.passages, 81u);
+    EXPECT_EQ(file_bytes(add.index / kPassagesFile), file_bytes(o.out / kPassagesFile));
+    const std::string hits = hits_of(add.index, queries);
+    EXPECT_EQ(hits, hits_of(o.out, queries));
+    EXPECT_NE(hits.find("old-40"), std::string::npos) << "the new version of old-40 is found";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cepe index remove
 
 // Removing ids from an index gives the index of the other passages built in one go: the same
 // passage store byte for byte (the rest renumbered in order) and the same hits, scores included,
