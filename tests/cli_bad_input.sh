@@ -171,6 +171,19 @@ PY
 done
 echo "index damage: $flips byte flips and $cuts truncations over 3 indexes, each refused with one line"
 
+# cepe index remove: bad ids and a damaged index are refused with one line, the index untouched.
+expect_error "remove: unknown id" "unknown id 'nope' (not in the index" index remove --index "$tmp/fidx" p1 nope
+printf 'p1\nbad id\n' >"$tmp/ids.txt"
+expect_error "remove: unknown id in a file" "$tmp/ids.txt:2: unknown id 'bad id'" index remove --index "$tmp/fidx" --ids "$tmp/ids.txt"
+expect_error "remove: missing id file" "cannot open" index remove --index "$tmp/fidx" --ids "$tmp/none.txt"
+seq -f 'p%g' 1 200 >"$tmp/all.txt"
+expect_error "remove: every passage" "would leave" index remove --index "$tmp/fidx" --ids "$tmp/all.txt"
+rm -rf "$tmp/flip" && cp -r "$tmp/fidx" "$tmp/flip"
+printf 'X' | dd of="$tmp/flip/faiss.index" bs=1 seek=200 conv=notrunc status=none
+expect_error "remove: damaged index" "faiss.index" index remove --index "$tmp/flip" p1
+"$cepe" index search --index "$tmp/fidx" -k 200 "castle" >"$tmp/all_hits.txt"
+grep -q "\] p1 |" "$tmp/all_hits.txt" || { echo "FAIL: a refused removal changed the index"; fail=1; }
+
 # The fuzz corpus (tests/fuzz/corpus: seeds and every input fuzzing once failed on) replayed
 # under the sanitizers; each target checks its own promises (tests/fuzz/fuzz_util.h).
 if [[ -d "$fuzz_dir" ]]; then
