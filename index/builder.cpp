@@ -176,6 +176,54 @@ std::unique_ptr<VectorIndex> load_vectors_for_update(const fs::path& out, const 
   return vindex;
 }
 
+// An index directory opened to be changed in place (cepe index add, remove): locked first, so
+// that the manifest and files read are the ones the change replaces, not those of a writer that
+// finished in between; every file checked against the manifest before anything is built on it;
+// the leftovers of interrupted changes removed. finish() swaps the changed copy in.
+struct IndexUpdate {
+  fs::path out;     ///< the index directory
+  fs::path parent;  ///< where the changed copy is assembled
+  IndexWriteLock lock;
+  IndexManifest manifest;
+  std::unique_ptr<PassageStore> old_store;
+
+  IndexUpdate(const fs::path& index, BuildProgress& pr)
+      : out(existing_index_dir(index)),
+        parent(out.parent_path().empty() ? fs::path(".") : out.parent_path()),
+        lock(out),
+        manifest(read_manifest(out)) {
+    verify_files(out, manifest);
+    remove_stale_partials(out, &pr);
+    old_store = std::make_unique<PassageStore>(out / kPassagesFile);
+    CEPE_CHECK(old_store->size() == manifest.passages,
+               (out / kPassagesFile).string()
+                   << " holds " << old_store->size() << " passages, the manifest "
+                   << manifest.passages << "; rebuild the index");
+  }
+
+  // Records `m` as the manifest of the copy in `tmp`, brings the encoder-state stores along and
+  // swaps the copy in for the index.
+  void finish(TempDirGuard& tmp, IndexManifest& m) {
+    m.cepe_version = kCepeVersion;
+    m.files = digest_directory(tmp.dir);
+    write_manifest(tmp.dir, m);
+    link_encoder_stores(out, tmp.dir);
+    fsync_directory(tmp.dir);
+    crash_point("manifest");
+    install(tmp.dir, out, /*replace=*/true);
+    tmp.keep = true;
+    fsync_directory(parent);
+  }
+
+ private:
+  static fs::path existing_index_dir(fs::path index) {
+    CEPE_CHECK(!index.empty(), "no index directory given (--index)");
+    if (index.filename().empty()) index = index.parent_path();
+    CEPE_CHECK(fs::is_directory(index), "index directory " << index.string() << " does not exist");
+    return index;
+  }
+};
+
 // Embeds the store's passages from row `first` on and adds them to `vindex` in batches of
 // `batch`; returns the seconds it took.
 double embed_and_add(const PassageStore& store, int64_t first, retriever::Embedder& embedder,
@@ -414,19 +462,11 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   BuildProgress silent;
   BuildProgress& pr = progress ? *progress : silent;
   const auto t0 = Clock::now();
-  CEPE_CHECK(!opt.index.empty(), "no index directory given (--index)");
   CEPE_CHECK(!opt.inputs.empty(), "no corpus to add (--input)");
-  fs::path out = opt.index;
-  if (out.filename().empty()) out = out.parent_path();
-  CEPE_CHECK(fs::is_directory(out), "index directory " << out.string() << " does not exist");
-  // The lock first: the manifest and files read below must be the ones this add replaces, not
-  // those of a writer that finished in between.
-  const IndexWriteLock lock(out);
-  // What is there must be whole before anything is built on it.
-  IndexManifest m = read_manifest(out);
-  verify_files(out, m);
-  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
-  remove_stale_partials(out, &pr);
+  IndexUpdate update(opt.index, pr);
+  const fs::path& out = update.out;
+  IndexManifest m = update.manifest;
+  const PassageStore& old_store = *update.old_store;
 
   const bool dense = has_dense(m), with_bm25 = has_bm25(m);
   std::unique_ptr<retriever::Embedder> embedder;
@@ -441,11 +481,6 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
                       "would not be comparable; rebuild the index");
     vindex = load_vectors_for_update(out, m);
   }
-  const PassageStore old_store(out / kPassagesFile);
-  CEPE_CHECK(old_store.size() == m.passages, (out / kPassagesFile).string()
-                                                 << " holds " << old_store.size()
-                                                 << " passages, the manifest " << m.passages
-                                                 << "; rebuild the index");
   BuildResult result;
   // With replace, a first pass over the input finds the old passages it replaces: they leave
   // (as cepe index remove takes them out) and their new versions join at the end.
@@ -470,7 +505,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   for (uint64_t row = 0; row < old_store.size(); ++row)
     if (keep[row]) reader.add_existing_id(old_store.get(row).id, old_rows++);
 
-  TempDirGuard guard(parent, out);
+  TempDirGuard guard(update.parent, out);
   const fs::path& tmp = guard.dir;
 
   // 1. The store and the BM25 database: the old passages as they are, then the new ones.
@@ -520,15 +555,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   m.passages = result.passages;
   for (const auto& in : opt.inputs) m.inputs.push_back(in.string());
   m.skipped += result.corpus.skipped;
-  m.cepe_version = kCepeVersion;
-  m.files = digest_directory(tmp);
-  write_manifest(tmp, m);
-  link_encoder_stores(out, tmp);
-  fsync_directory(tmp);
-  crash_point("manifest");
-  install(tmp, out, /*replace=*/true);
-  guard.keep = true;
-  fsync_directory(parent);
+  update.finish(guard, m);
   result.manifest = m;
   result.total_seconds = seconds_since(t0);
   result.bytes_on_disk = directory_bytes(out);
@@ -539,21 +566,11 @@ RemoveResult remove_from_index(const RemoveOptions& opt, BuildProgress* progress
   BuildProgress silent;
   BuildProgress& pr = progress ? *progress : silent;
   const auto t0 = Clock::now();
-  CEPE_CHECK(!opt.index.empty(), "no index directory given (--index)");
   CEPE_CHECK(!opt.ids.empty(), "no passage ids to remove");
-  fs::path out = opt.index;
-  if (out.filename().empty()) out = out.parent_path();
-  CEPE_CHECK(fs::is_directory(out), "index directory " << out.string() << " does not exist");
-  const IndexWriteLock lock(out);
-  IndexManifest m = read_manifest(out);
-  verify_files(out, m);
-  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
-  remove_stale_partials(out, &pr);
-  const PassageStore old_store(out / kPassagesFile);
-  CEPE_CHECK(old_store.size() == m.passages, (out / kPassagesFile).string()
-                                                 << " holds " << old_store.size()
-                                                 << " passages, the manifest " << m.passages
-                                                 << "; rebuild the index");
+  IndexUpdate update(opt.index, pr);
+  const fs::path& out = update.out;
+  IndexManifest m = update.manifest;
+  const PassageStore& old_store = *update.old_store;
   const std::unordered_map<std::string_view, uint64_t> row_of = rows_by_id(old_store);
   std::vector<bool> keep(static_cast<size_t>(old_store.size()), true);
   RemoveResult result;
@@ -576,7 +593,7 @@ RemoveResult remove_from_index(const RemoveOptions& opt, BuildProgress* progress
              "removing all " << old_store.size() << " passages would leave " << out.string()
                              << " empty; delete the directory instead");
 
-  TempDirGuard guard(parent, out);
+  TempDirGuard guard(update.parent, out);
   const fs::path& tmp = guard.dir;
   // 1. The store and the BM25 database without the removed passages.
   {
@@ -614,15 +631,7 @@ RemoveResult remove_from_index(const RemoveOptions& opt, BuildProgress* progress
   // 3. The manifest and the encoder-state stores.
   m.passages = old_store.size() - result.removed;
   m.removed += result.removed;
-  m.cepe_version = kCepeVersion;
-  m.files = digest_directory(tmp);
-  write_manifest(tmp, m);
-  link_encoder_stores(out, tmp);
-  fsync_directory(tmp);
-  crash_point("manifest");
-  install(tmp, out, /*replace=*/true);
-  guard.keep = true;
-  fsync_directory(parent);
+  update.finish(guard, m);
   result.manifest = m;
   result.total_seconds = seconds_since(t0);
   result.bytes_on_disk = directory_bytes(out);
