@@ -840,6 +840,24 @@ std::string hits_of(const fs::path& dir, const std::vector<std::string>& queries
 
 const std::string kTinyBert =
     "bert:" + (cepe::test::source_dir() / "tests" / "fixtures" / "bert_tiny").string();
+
+// Indexes of retriever `kind` (dense sides with the tiny BERT, Flat): `start` built into
+// DIR/KIND-changed, the index a test then changes, and `expected` into DIR/KIND-expected, what
+// the change must give. Returns the two directories.
+std::pair<fs::path, fs::path> changed_and_expected(const fs::path& dir, const std::string& kind,
+                                                   const std::vector<fs::path>& start,
+                                                   const std::vector<fs::path>& expected) {
+  BuildOptions o;
+  o.retriever = kind;
+  if (kind != "bm25") o.embedder = kTinyBert;
+  o.inputs = start;
+  o.out = dir / (kind + "-changed");
+  build_index(o);
+  o.inputs = expected;
+  o.out = dir / (kind + "-expected");
+  build_index(o);
+  return {dir / (kind + "-changed"), o.out};
+}
 }  // namespace
 
 // Adding B to an index of A gives the index of A + B built in one go: the same passage store
@@ -852,25 +870,17 @@ TEST(Add, EqualsABuildOfEverything) {
                                             "desert engine science"};
   for (const std::string kind : {"bm25", "dense", "hybrid"}) {
     SCOPED_TRACE(kind);
-    BuildOptions o;
-    o.retriever = kind;
-    if (kind != "bm25") o.embedder = kTinyBert;
-    o.inputs = {a};
-    o.out = dir / (kind + "-added");
-    build_index(o);
-    o.inputs = {a, b};
-    o.out = dir / (kind + "-whole");
-    build_index(o);
+    const auto [added, whole] = changed_and_expected(dir, kind, {a}, {a, b});
     AddOptions add;
-    add.index = dir / (kind + "-added");
+    add.index = added;
     add.inputs = {b};
     const BuildResult r = add_to_index(add);
     EXPECT_EQ(r.passages, 170u);
     EXPECT_EQ(r.corpus.passages, 50u);
     EXPECT_EQ(r.manifest.passages, 170u);
     EXPECT_EQ(r.manifest.inputs, (std::vector<std::string>{a.string(), b.string()}));
-    EXPECT_EQ(file_bytes(add.index / kPassagesFile), file_bytes(o.out / kPassagesFile));
-    EXPECT_EQ(hits_of(add.index, queries), hits_of(o.out, queries));
+    EXPECT_EQ(file_bytes(add.index / kPassagesFile), file_bytes(whole / kPassagesFile));
+    EXPECT_EQ(hits_of(add.index, queries), hits_of(whole, queries));
     EXPECT_NE(hits_of(add.index, queries).find("new-"), std::string::npos);
     // The added index opens with its checksums verified, like a built one.
     cepe::index::OpenOptions verify;
@@ -893,7 +903,7 @@ TEST(Add, EqualsABuildOfEverything) {
   EXPECT_EQ(read_manifest(o.out).trained_on, 120u);
   cepe::retriever::SearchOptions so;
   so.k = 8;
-  const auto flat = open_index(dir / "dense-whole")->search_batch(queries, so);
+  const auto flat = open_index(dir / "dense-expected")->search_batch(queries, so);
   so.nprobe = 4;
   const auto ivf = open_index(o.out)->search_batch(queries, so);
   ASSERT_EQ(ivf.size(), flat.size());
@@ -1037,26 +1047,18 @@ TEST(Add, ReplaceEqualsABuildOfTheRestThenTheInput) {
   const std::vector<std::string> queries = {"zebra savanna", "river king", "castle poet"};
   for (const std::string kind : {"bm25", "hybrid"}) {
     SCOPED_TRACE(kind);
-    BuildOptions o;
-    o.retriever = kind;
-    if (kind != "bm25") o.embedder = kTinyBert;
-    o.inputs = {a};
-    o.out = dir / (kind + "-replaced");
-    build_index(o);
-    o.inputs = {rest, b};
-    o.out = dir / (kind + "-whole");
-    build_index(o);
+    const auto [replaced_in, expected] = changed_and_expected(dir, kind, {a}, {rest, b});
     AddOptions add;
-    add.index = dir / (kind + "-replaced");
+    add.index = replaced_in;
     add.inputs = {b};
     EXPECT_THROW(add_to_index(add), cepe::Error) << "a held id is a duplicate without replace";
     add.replace = true;
     const BuildResult r = add_to_index(add);
     EXPECT_EQ(r.replaced, 3u);
     EXPECT_EQ(r.passages, 81u);
-    EXPECT_EQ(file_bytes(add.index / kPassagesFile), file_bytes(o.out / kPassagesFile));
+    EXPECT_EQ(file_bytes(add.index / kPassagesFile), file_bytes(expected / kPassagesFile));
     const std::string hits = hits_of(add.index, queries);
-    EXPECT_EQ(hits, hits_of(o.out, queries));
+    EXPECT_EQ(hits, hits_of(expected, queries));
     EXPECT_NE(hits.find("old-40"), std::string::npos) << "the new version of old-40 is found";
   }
 }
@@ -1081,26 +1083,18 @@ TEST(Remove, EqualsABuildOfTheRest) {
                                             "desert engine science"};
   for (const std::string kind : {"bm25", "dense", "hybrid"}) {
     SCOPED_TRACE(kind);
-    BuildOptions o;
-    o.retriever = kind;
-    if (kind != "bm25") o.embedder = kTinyBert;
-    o.inputs = {a};
-    o.out = dir / (kind + "-removed");
-    build_index(o);
-    const std::string before = hits_of(o.out, queries);
-    o.inputs = {rest};
-    o.out = dir / (kind + "-rest");
-    build_index(o);
+    const auto [removed_from, expected] = changed_and_expected(dir, kind, {a}, {rest});
+    const std::string before = hits_of(removed_from, queries);
     RemoveOptions rm;
-    rm.index = dir / (kind + "-removed");
+    rm.index = removed_from;
     rm.ids = ids;
     const RemoveResult r = remove_from_index(rm);
     EXPECT_EQ(r.removed, drop.size());
     EXPECT_EQ(r.manifest.passages, 120u - drop.size());
     EXPECT_EQ(read_manifest(rm.index).removed, drop.size());
-    EXPECT_EQ(file_bytes(rm.index / kPassagesFile), file_bytes(o.out / kPassagesFile));
+    EXPECT_EQ(file_bytes(rm.index / kPassagesFile), file_bytes(expected / kPassagesFile));
     const std::string after = hits_of(rm.index, queries);
-    EXPECT_EQ(after, hits_of(o.out, queries));
+    EXPECT_EQ(after, hits_of(expected, queries));
     EXPECT_NE(before, after) << "the queries never met a removed passage";
     for (const auto& id : drop) EXPECT_EQ(after.find(id + " "), std::string::npos) << id;
     cepe::index::OpenOptions verify;
@@ -1111,11 +1105,11 @@ TEST(Remove, EqualsABuildOfTheRest) {
   cepe::retriever::SearchOptions so;
   so.k = 120;
   std::vector<std::map<std::string, float>> exact(queries.size());
-  const auto all = open_index(dir / "dense-rest")->search_batch(queries, so);
+  const auto all = open_index(dir / "dense-expected")->search_batch(queries, so);
   for (size_t q = 0; q < queries.size(); ++q)
     for (const auto& h : all[q]) exact[q][h.id] = h.score;
   so.k = 8;
-  const auto flat = open_index(dir / "dense-rest")->search_batch(queries, so);
+  const auto flat = open_index(dir / "dense-expected")->search_batch(queries, so);
   for (const std::string factory : {"IVF4,Flat", "IVF4,PQ8x4,RFlat", "HNSW16"}) {
     SCOPED_TRACE(factory);
     BuildOptions o;
