@@ -216,8 +216,8 @@ int run_serve(const std::vector<std::string>& argv) {
     }
   };
   // With encoder_store auto, SIGHUP also looks for the index's store again: one that
-  // `cepe index encode` wrote since (a first one, or a fuller one after cepe index add) replaces
-  // the store in use; passages it lacks are encoded live as before.
+  // `cepe index encode` wrote since (a first one, or one rewritten after cepe index add or remove)
+  // replaces the store in use; passages it lacks are encoded live as before.
   std::shared_ptr<const index::EncoderStore> served_store = std::move(resources.encoder_store);
   const auto reload_store = [&] {
     if (cfg.index.empty() || cfg.encoder_store != "auto" || !resources.model->config().is_cepe())
@@ -228,8 +228,9 @@ int run_serve(const std::vector<std::string>& argv) {
           resources.backend->device(), [&](const std::string& line) {
             server::LogLine("warn", "encoder_store_ignored").str("what", line).write(&logger);
           });
-      if (!found || (served_store && found->path() == served_store->path() &&
-                     found->file_bytes() == served_store->file_bytes()))
+      // The same file (a store is only ever replaced by a rename, so a rewrite has a new inode,
+      // even at the same size: e.g. after `index add --replace` of same-length passages).
+      if (!found || (served_store && found->file_identity() == served_store->file_identity()))
         return;
       const auto passages = static_cast<int64_t>(found->size());
       const std::string path = found->path().string();

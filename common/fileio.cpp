@@ -122,6 +122,7 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
     CEPE_THROW("cannot stat " << path.string() << ": " << errno_text());
   }
   size_ = static_cast<size_t>(st.st_size);
+  identity_ = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace cepe {
 
@@ -71,11 +72,15 @@ class MappedFile {
   size_t size() const { return size_; }
   /// The mapped path.
   const std::filesystem::path& path() const { return path_; }
+  /// Device and inode of the file mapped: which file this is, whatever its name holds now (a file
+  /// replaced by rename has another; the mapping keeps this one's inode from being reused).
+  std::pair<uint64_t, uint64_t> identity() const { return identity_; }
 
  private:
   std::filesystem::path path_;
   const char* data_ = nullptr;
   size_t size_ = 0;
+  std::pair<uint64_t, uint64_t> identity_;
 };
 
 }  // namespace cepe

@@ -205,6 +205,8 @@ class EncoderStore {
   uint64_t total_tokens() const { return total_tokens_; }
   /// The file.
   const std::filesystem::path& path() const { return file_->path(); }
+  /// Device and inode of the file (a store written again under the same name has another).
+  std::pair<uint64_t, uint64_t> file_identity() const { return file_->identity(); }
   /// The mapping's owner, for views that must keep it alive.
   std::shared_ptr<const void> owner() const { return file_; }
 

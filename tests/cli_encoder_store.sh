@@ -10,7 +10,8 @@
 # - after `cepe index add`, encode copies the stored passages' states and encodes only the new
 #   ones (and the batch they join), and the store is byte-equal to one encoded from scratch, for
 #   the states and kv layouts and for q8_0 (rows are copied as bytes); an index rebuilt in another
-#   order, or with passages removed, reuses every remaining passage's states.
+#   order, or with passages removed, reuses every remaining passage's states; a damaged store is
+#   not copied from.
 set -euo pipefail
 cepe=${CEPE_BINARY:?}
 source "${CEPE_SOURCE_DIR:?}/scripts/squad_slice.sh"
@@ -175,5 +176,17 @@ grep -q "holds 640 passages, 630 of them still in the index (the index changed)"
   grep -q "^encoded 630 passages (630 copied from the previous store; " "$tmp/rm.txt" || {
   echo "FAIL: encode after remove"; cat "$tmp/rm.err" "$tmp/rm.txt"; exit 1; }
 echo "ok: after index remove, the store is rewritten from its own rows (630 copied, none encoded)"
+# A damaged store is not copied from: its checksum fails, it is said so, and every passage is
+# encoded (the result equals a build from scratch).
+store=$(sed -En 's/^encoded 630 passages \(.* into (.*\.ces): .*/\1/p' "$tmp/rm.txt")
+[[ -f $store ]] || { echo "FAIL: no store path in $tmp/rm.txt"; exit 1; }
+printf '\x5a' | dd of="$store" bs=1 seek=$(($(stat -c %s "$store") - 7)) conv=notrunc status=none
+sed -n 641,641p "$data/passages.jsonl" >"$tmp/one.jsonl"
+"$cepe" index add --index "$tmp/index" --input "$tmp/one.jsonl" >/dev/null 2>&1
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" >"$tmp/bad.txt" 2>"$tmp/bad.err"
+grep -q "not copying from it: .*data checksum mismatch" "$tmp/bad.err" &&
+  grep -q "^encoded 631 passages ([0-9]* tokens, f32, states)" "$tmp/bad.txt" || {
+  echo "FAIL: a damaged store was copied from"; cat "$tmp/bad.err" "$tmp/bad.txt"; exit 1; }
+echo "ok: a damaged store is reported and not copied from; all 631 passages encoded"
 
 echo "all encoder-store CLI checks passed"

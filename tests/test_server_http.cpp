@@ -1159,6 +1159,15 @@ TEST(ServerLimits, SighupReopensAGrownIndex) {
   EXPECT_EQ(
       parse_json(c.request("GET", "/v1/info").body)["model"]["encoder_store"]["passages"].GetInt(),
       51);
+  // A store written again under the same name, at the same size (here: --overwrite, the same
+  // bytes), is another file: taken up on the next SIGHUP.
+  ASSERT_EQ(test::run_command(test::cepe_binary().string() + " index encode --overwrite --index " +
+                                  index.string() + " --model " + test_data().model.string(),
+                              &out),
+            0)
+      << out;
+  ASSERT_EQ(kill(s.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_for("encoder_store_reloaded", 3)) << s.log();
 
   // A passage removed (cepe index remove) is no longer retrieved after the next SIGHUP; the
   // store keeps serving the others.
