@@ -28,6 +28,18 @@ void put_passages(Writer& w, const AskState& st) {
   w.RawValue(array.data(), array.size(), rapidjson::kArrayType);
 }
 
+// The request's retrieval settings, the server's where it leaves them unset.
+retriever::SearchOptions search_options(const AskRequest& req, const config::ServerConfig& cfg) {
+  retriever::SearchOptions so;
+  so.k = req.k;
+  so.nprobe = req.nprobe >= 0 ? req.nprobe : cfg.nprobe;
+  so.ef_search = req.ef_search >= 0 ? req.ef_search : cfg.ef_search;
+  so.bm25_weight = req.bm25_weight;
+  so.dense_weight = req.dense_weight;
+  so.rrf_k = req.rrf_k;
+  return so;
+}
+
 }  // namespace
 
 void prepare_ask(AskState& st, const Resources& res, const index::IndexRetriever* retriever,
@@ -46,14 +58,7 @@ void prepare_ask(AskState& st, const Resources& res, const index::IndexRetriever
     }
   } else if (st.req.k > 0 && retriever) {
     const auto t0 = Clock::now();
-    retriever::SearchOptions so;
-    so.k = st.req.k;
-    so.nprobe = st.req.nprobe >= 0 ? st.req.nprobe : cfg.nprobe;
-    so.ef_search = st.req.ef_search >= 0 ? st.req.ef_search : cfg.ef_search;
-    so.bm25_weight = st.req.bm25_weight;
-    so.dense_weight = st.req.dense_weight;
-    so.rrf_k = st.req.rrf_k;
-    st.hits = retriever->search(st.req.question, so);
+    st.hits = retriever->search(st.req.question, search_options(st.req, cfg));
     st.retrieve_ms = ms_since(t0);
     metrics.retrieval(st.retrieve_ms / 1000.0);
     for (const auto& h : st.hits) passages.push_back({h.id, h.title, h.text, h.score});
@@ -86,6 +91,30 @@ void prepare_ask(AskState& st, const Resources& res, const index::IndexRetriever
     if (i < st.hits.size()) used.push_back(std::move(st.hits[i]));
   st.hits = std::move(used);
   st.job = qa::make_job(std::move(plan), s, st.deadline);
+}
+
+std::string search_json(const AskRequest& req, const index::IndexRetriever& retriever,
+                        const config::ServerConfig& cfg, Metrics& metrics,
+                        const std::string& request_id) {
+  const auto t0 = Clock::now();
+  const std::vector<retriever::Hit> hits = retriever.search(req.question, search_options(req, cfg));
+  const double retrieve_ms = ms_since(t0);
+  metrics.retrieval(retrieve_ms / 1000.0);
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  w.Key("passages");
+  const std::string array = passages_json(hits);
+  w.RawValue(array.data(), array.size(), rapidjson::kArrayType);
+  w.Key("timings");
+  w.StartObject();
+  w.Key("retrieve_ms");
+  w.Double(std::round(retrieve_ms * 1000.0) / 1000.0);
+  w.EndObject();
+  w.Key("request_id");
+  write_json_text(w, request_id);
+  w.EndObject();
+  return std::string(sb.GetString(), sb.GetSize());
 }
 
 std::string answer_text(const JobResult& r) {

@@ -47,6 +47,12 @@ inline double ms_since(Clock::time_point t0) {
 void prepare_ask(AskState& st, const Resources& res, const index::IndexRetriever* retriever,
                  const config::ServerConfig& cfg, Metrics& metrics);
 
+/// The body of a /search answer: {"passages": [...] (the top k for the request's question, listed
+/// as /ask lists them), "timings": {"retrieve_ms"}, "request_id"}. Runs on the retrieval pool.
+std::string search_json(const AskRequest& req, const index::IndexRetriever& retriever,
+                        const config::ServerConfig& cfg, Metrics& metrics,
+                        const std::string& request_id);
+
 /// A job's answer text without surrounding whitespace.
 std::string answer_text(const JobResult& r);
 /// OpenAI usage of a finished job.

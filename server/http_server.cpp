@@ -117,6 +117,7 @@ class Server::Impl {
   std::vector<std::thread> io_threads;
   std::unique_ptr<net::thread_pool> pool;
   std::atomic<bool> draining{false};
+  std::atomic<int> searches{0};  // /search requests posted to the retrieval pool, not yet done
   std::atomic<uint64_t> load_done{0}, load_total{0};  // Server::set_load_progress, in bytes
   std::atomic<bool> stopped{false};
   bool started = false;
@@ -471,13 +472,13 @@ class Session : public std::enable_shared_from_this<Session> {
     if (route_ == "other") {
       return reply_error(http::status::not_found, "not_found", "no route for " + path_);
     }
-    const bool post_route = generate_api(route_).has_value();
+    const bool post = post_route(route_);
     const bool allowed =
-        post_route ? m == http::verb::post : m == http::verb::get || m == http::verb::head;
+        post ? m == http::verb::post : m == http::verb::get || m == http::verb::head;
     if (!allowed) {
       return reply_error(http::status::method_not_allowed, "method_not_allowed",
                          std::string(req.method_string()) + " is not allowed on " + route_ +
-                             " (use " + (post_route ? "POST" : "GET") + ")",
+                             " (use " + (post ? "POST" : "GET") + ")",
                          false, {{"Allow", allowed_methods()}});
     }
     if (!probe_route(route_) && !authorized(req)) {
@@ -506,12 +507,68 @@ class Session : public std::enable_shared_from_this<Session> {
       return reply_json(http::status::ok,
                         openai_models_json(srv_.res.model_name, srv_.started_unix));
     }
+    if (route_ == kSearchRoute) return handle_search(req.body());
     handle_generate(*generate_api(route_), req.body());
   }
 
   // The Allow header of the current route: GET routes answer HEAD too.
   const char* allowed_methods() const {
-    return generate_api(route_) ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
+    return post_route(route_) ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
+  }
+
+  // ---- /search: retrieval alone, on the retrieval pool ----
+  void handle_search(const std::string& body) {
+    if (srv_.draining.load()) {
+      return reply_error(http::status::service_unavailable, "shutting_down",
+                         "the server is shutting down", true);
+    }
+    if (!srv_.engine()) {  // the index is attached with the model
+      return reply_error(http::status::service_unavailable, "not_ready",
+                         "the server is still loading", false, {{"Retry-After", "5"}});
+    }
+    auto req = std::make_shared<AskRequest>();
+    try {
+      *req = parse_search_request(body, srv_.limits);
+    } catch (const ApiError& e) {
+      return reply_api_error(e);
+    }
+    std::shared_ptr<const index::IndexRetriever> retriever = srv_.retriever();
+    if (!retriever) {
+      return reply_error(http::status::bad_request, "no_index", "this server has no index");
+    }
+    // Searches waiting for the retrieval pool are bounded like generating requests.
+    if (srv_.searches.fetch_add(1) >= srv_.cfg.max_queue) {
+      srv_.searches.fetch_sub(1);
+      srv_.metrics.rejected.fetch_add(1);
+      return reply_error(
+          http::status::too_many_requests, "queue_full",
+          "too many searches in progress (" + std::to_string(srv_.cfg.max_queue) + "); retry later",
+          false, {{"Retry-After", std::to_string(srv_.cfg.retry_after_s)}});
+    }
+    const auto deadline = t0_ + std::chrono::milliseconds(srv_.cfg.request_timeout_ms);
+    net::post(*srv_.pool, [self = shared_from_this(), req, retriever, deadline,
+                           request_id = request_id_] {
+      std::string json;
+      std::optional<ApiError> error;
+      try {
+        if (Clock::now() >= deadline) {
+          throw ApiError(504, "deadline_exceeded",
+                         "the search waited longer than " +
+                             std::to_string(self->srv_.cfg.request_timeout_ms) + " ms");
+        }
+        json = search_json(*req, *retriever, self->srv_.cfg, self->srv_.metrics, request_id);
+      } catch (const ApiError& e) {
+        error = e;
+      } catch (const std::exception& e) {
+        error = ApiError(500, "internal", std::string("the search failed: ") + e.what());
+      }
+      self->srv_.searches.fetch_sub(1);
+      net::post(self->stream_.get_executor(), [self, json = std::move(json), error] {
+        if (self->dead_) return;
+        if (error) return self->reply_api_error(*error);
+        self->reply_json(http::status::ok, json);
+      });
+    });
   }
 
   bool authorized(const http::request<http::string_body>& req) const {

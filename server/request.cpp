@@ -245,6 +245,32 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
   return r;
 }
 
+AskRequest parse_search_request(std::string_view body, const AskLimits& limits) {
+  rapidjson::Document doc;
+  parse_object(body, limits.max_json_depth, doc);
+  AskRequest r;
+  r.k = limits.default_k;
+  r.decoder_passages = 0;
+  bool has_question = false;
+  std::set<std::string> seen;
+  for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
+    const std::string name = str(it->name);
+    const Value& v = it->value;
+    if (!seen.insert(name).second) bad(name, "appears twice");
+    if (name == "question") {
+      r.question = get_string(v, name);
+      has_question = true;
+    } else if (name == "k") {
+      r.k = get_int(v, name, 1, limits.max_k);
+    } else if (!get_retrieval_field(name, v, r)) {
+      unknown(name);
+    }
+  }
+  if (!has_question) throw ApiError(400, "missing_field", "'question' is required", "question");
+  check_question(r, /*has_k=*/true, "question", limits);
+  return r;
+}
+
 std::string json_quote(std::string_view text) {
   rapidjson::StringBuffer sb;
   rapidjson::Writer<rapidjson::StringBuffer> w(sb);

@@ -77,6 +77,11 @@ struct AskRequest {
 /// Parses a request body; throws ApiError (400) naming the offending field.
 AskRequest parse_ask_request(std::string_view body, const AskLimits& limits);
 
+/// Parses a POST /search body: `question`, `k` (1 ... max_k) and the retrieval settings of /ask,
+/// nothing else (generation fields are unknown fields here); throws ApiError (400) naming the
+/// offending field.
+AskRequest parse_search_request(std::string_view body, const AskLimits& limits);
+
 /// `{"error": {"code": ..., "message": ...}}`.
 std::string error_json(const std::string& code, const std::string& message);
 

@@ -17,7 +17,7 @@ std::string_view request_path(std::string_view target) {
 
 std::string route_of(std::string_view path) {
   for (const char* r : {"/ask", "/healthz", "/readyz", "/metrics", "/v1/info", kChatRoute,
-                        kCompletionsRoute, kModelsRoute})
+                        kCompletionsRoute, kModelsRoute, kSearchRoute})
     if (path == r) return r;
   return "other";
 }
@@ -27,6 +27,10 @@ std::optional<Api> generate_api(const std::string& route) {
   if (route == kChatRoute) return Api::Chat;
   if (route == kCompletionsRoute) return Api::Completion;
   return std::nullopt;
+}
+
+bool post_route(const std::string& route) {
+  return generate_api(route).has_value() || route == kSearchRoute;
 }
 
 bool openai_route(const std::string& route) {

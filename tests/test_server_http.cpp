@@ -465,6 +465,49 @@ TEST_F(ServerHttp, AskAnswersWithPassagesUsageAndTimings) {
   EXPECT_STREQ(parse_json(r2.body)["request_id"].GetString(), r2.header("x-request-id").c_str());
 }
 
+// /search answers with the passages /ask retrieves for the same question and settings (ids and
+// scores), without generating; its body takes only the retrieval fields, each checked.
+TEST_F(ServerHttp, SearchReturnsThePassagesAskRetrieves) {
+  HttpClient c = server_->client();
+  const std::string question = "Which river flows through Rome?";
+  const auto ask = c.request("POST", "/ask", ask_body(question, "\"k\":3,\"max_new_tokens\":1"));
+  ASSERT_EQ(ask.status, 200) << ask.body;
+  const auto r =
+      c.request("POST", "/search", ask_body(question, "\"k\":3"), {{"X-Request-Id", "search-1"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  const auto a = parse_json(ask.body), d = parse_json(r.body);
+  ASSERT_TRUE(d["passages"].IsArray()) << r.body;
+  ASSERT_EQ(d["passages"].Size(), 3u) << r.body;
+  for (rapidjson::SizeType i = 0; i < 3; ++i) {
+    const auto &p = d["passages"][i], &q = a["passages"][i];
+    EXPECT_STREQ(p["id"].GetString(), q["id"].GetString()) << i;
+    EXPECT_STREQ(p["text"].GetString(), q["text"].GetString()) << i;
+    EXPECT_EQ(p["score"].GetDouble(), q["score"].GetDouble()) << i;
+    EXPECT_EQ(p["rank"].GetInt(), static_cast<int>(i) + 1);
+  }
+  EXPECT_FALSE(d.HasMember("answer"));
+  EXPECT_GE(d["timings"]["retrieve_ms"].GetDouble(), 0.0);
+  EXPECT_STREQ(d["request_id"].GetString(), "search-1");
+  // k up to max_k, and more passages than /ask's default.
+  const auto wide = c.request("POST", "/search", ask_body(question, "\"k\":8"));
+  ASSERT_EQ(wide.status, 200) << wide.body;
+  EXPECT_EQ(parse_json(wide.body)["passages"].Size(), 8u);
+  expect_error(c.request("POST", "/search", "{\"k\":3}"), 400, "missing_field", "question");
+  expect_error(c.request("POST", "/search", ask_body(question, "\"k\":0")), 400, "invalid_field",
+               "k");
+  expect_error(c.request("POST", "/search", ask_body(question, "\"k\":9")), 400,
+               "limit_exceeded", "k");
+  expect_error(c.request("POST", "/search", ask_body(question, "\"max_new_tokens\":3")), 400,
+               "unknown_field", "max_new_tokens");
+  expect_error(c.request("POST", "/search", ask_body("   ")), 400, "invalid_field", "question");
+  expect_error(c.request("GET", "/search"), 405, "method_not_allowed", "POST");
+  const std::string line = log_line_of(*server_, "search-1");
+  EXPECT_NE(line.find("\"path\":\"/search\""), std::string::npos) << line;
+  EXPECT_NE(server_->client().request("GET", "/metrics").body.find("route=\"/search\""),
+            std::string::npos);
+}
+
 TEST_F(ServerHttp, DecoderPassagesMoveFromEncoderToPrompt) {
   HttpClient c = server_->client();
   auto usage = [&](int decoder_passages) {
@@ -1267,6 +1310,8 @@ TEST(ServerLimits, WithoutIndexRequestsMustBringPassages) {
   HttpClient c = s.client();
   expect_error(c.request("POST", "/ask", ask_body("Where is Rome?")), 400, "missing_field",
                "passages");
+  expect_error(c.request("POST", "/search", ask_body("Where is Rome?")), 400, "no_index",
+               "no index");
   const auto r = c.request(
       "POST", "/ask",
       ask_body("Where is Rome?", R"("passages":[{"title":"Italy","text":"Rome is in Italy."}])"));

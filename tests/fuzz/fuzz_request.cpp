@@ -1,5 +1,6 @@
-// Request bodies of POST /ask, /v1/chat/completions and /v1/completions: the first byte picks the
-// API, the rest is the body. A body either parses into a request inside the limits or is a 400
+// Request bodies of POST /ask, /v1/chat/completions, /v1/completions and /search: the first byte
+// picks the API (3: /search; otherwise its value mod 3, as before /search, so the corpus keeps its
+// meaning), the rest is the body. A body either parses into a request inside the limits or is a 400
 // (server::ApiError) naming the field.
 #include "server/openai.h"
 #include "server/request.h"
@@ -34,7 +35,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const server::AskLimits limits;
   const std::string_view body = fuzz::as_text(data + 1, size - 1);
   fuzz::expect_clean<server::ApiError>([&] {
-    switch (data[0] % 3) {
+    switch (data[0] == 3 ? 3 : data[0] % 3) {
+      case 3: {
+        const server::AskRequest r = server::parse_search_request(body, limits);
+        check_limits(r, limits);
+        if (r.k < 1) fuzz::fail("search k below 1");
+        break;
+      }
       case 0:
         check_limits(server::parse_ask_request(body, limits), limits);
         break;
