@@ -1,5 +1,5 @@
 # The load of tests/tsan_serve.sh: 12 clients asking (plain, streamed, hanging up mid-stream),
-# chat completions, /metrics, HEAD and GET /v1/info, with keys "k1" (always valid) and "k2" (valid
+# chat completions, searches (/search), /metrics, HEAD and GET /v1/info, with keys "k1" (always valid) and "k2" (valid
 # every other reload), while the main thread rewrites the key file and sends SIGHUP every 0.3 s.
 #   tsan_load.py PORT SERVER_PID KEY_FILE SECONDS
 # Prints what came back per kind and status; exits 1 unless every kind got some 200s.
@@ -15,7 +15,8 @@ def worker(i):
     while time.time() < stop:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            kind = rnd.choice(["ask", "ask", "stream", "cancel", "chat", "metrics", "head", "info"])
+            kind = rnd.choice(["ask", "ask", "stream", "cancel", "chat", "search", "metrics", "head",
+                               "info"])
             key = rnd.choice(["k1", "k1", "k2"])
             h = {"X-API-Key": key, "Content-Type": "application/json"}
             q = rnd.choice(["What is the server?", "How are answers scored?", "Which kernels run?"])
@@ -31,6 +32,10 @@ def worker(i):
                 body = {"messages": [{"role": "user", "content": q}], "max_tokens": 4, "stream": rnd.random() < 0.5}
                 c.request("POST", "/v1/chat/completions", json.dumps(body), h)
                 r = c.getresponse(); r.read(); note(f"chat:{r.status}")
+            elif kind == "search":
+                body = {"question": q, "k": rnd.randint(1, 8)}
+                c.request("POST", "/search", json.dumps(body), h)
+                r = c.getresponse(); r.read(); note(f"search:{r.status}")
             elif kind == "metrics":
                 c.request("GET", "/metrics"); r = c.getresponse(); r.read(); note(f"metrics:{r.status}")
             elif kind == "head":
@@ -52,7 +57,8 @@ while time.time() < stop:
     os.kill(pid, signal.SIGHUP)
 for t in threads: t.join()
 print(json.dumps(dict(sorted(counts.items()))), "reloads:", n)
-missing = [k for k in ("ask", "stream", "chat", "metrics", "head", "info") if not counts.get(k + ":200")]
+missing = [k for k in ("ask", "stream", "chat", "search", "metrics", "head", "info")
+           if not counts.get(k + ":200")]
 if missing or not counts.get("cancel"):
     print("FAIL: nothing answered 200 for", missing or "cancel")
     sys.exit(1)

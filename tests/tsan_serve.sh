@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `cepe serve` under ThreadSanitizer, driven hard: 12 clients asking (plain, streamed, and
-# hanging up mid-stream, which cancels generation), chat completions, /metrics scrapes, HEAD and
-# /v1/info, while the API key file is rotated and SIGHUP sent every 0.3 s and the index grows
-# (cepe index add every 2 s, cepe index encode now and then; both taken up on the next SIGHUP);
+# hanging up mid-stream, which cancels generation), chat completions, searches, /metrics scrapes,
+# HEAD and /v1/info, while the API key file is rotated and SIGHUP sent every 0.3 s and the index
+# changes (cepe index add every 2 s, remove every 6 s, encode now and then; all taken up on the
+# next SIGHUP);
 # then SIGTERM with requests in flight. Fails when TSan reports anything (a data race, a
 # lock-order inversion, a signal-unsafe call) or the server does not stop cleanly. Not part of ctest (it builds a TSan
 # tree of its own, ~15 minutes on 2 cores the first time):
@@ -44,13 +45,18 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 port=$(grep -o '"event":"listening"[^}]*"port":[0-9]*' "$work/serve.log" | grep -o '[0-9]*$')
-# Meanwhile the index grows (cepe index add), so the SIGHUPs also reopen it under load.
+# Meanwhile the index grows (cepe index add) and shrinks (cepe index remove), so the SIGHUPs also
+# reopen it under load.
 (
   for round in $(seq 1 1000); do
     sleep 2
     printf '{"id":"grown-%d","title":"Grown","text":"Passage %d added while the server runs."}\n' \
       "$round" "$round" >"$work/more.jsonl"
     "$cepe" index add --index "$work/index" --input "$work/more.jsonl" >/dev/null 2>&1 || true
+    # Every third round the passage added two rounds before leaves again (cepe index remove).
+    if ((round % 3 == 0)); then
+      "$cepe" index remove --index "$work/index" "grown-$((round - 2))" >/dev/null 2>&1 || true
+    fi
     # Now and then the grown index's encoder states too (taken up on a SIGHUP).
     if ((round % 4 == 1)); then
       "$cepe" index encode --index "$work/index" --model "$work/model" --threads 1 \
