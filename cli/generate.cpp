@@ -38,15 +38,15 @@ int run_generate(const std::vector<std::string>& argv) {
   add_model_flags(args);
   add_sampling_flags(args, 128);
   args.option("prompt", "decoder prompt text (BOS is prepended)")
-      .multi("context", "encoder context text (repeatable); split into --chunk-tokens chunks")
-      .multi("context-file", "file whose text is encoder context (repeatable)")
+      .multi("context", "encoder context text; split into --chunk-tokens chunks")
+      .multi("context-file", "file whose text is encoder context")
       .option("chunk-tokens", "tokens per encoder chunk", "256")
       .option("max-context-tokens", "refuse more encoder tokens than this", "131072")
       .option("max-tokens",
               "refuse prompt + max-new-tokens above this (default: the model's "
               "max_position_embeddings, times the rope_scaling factor)",
               "0")
-      .multi("stop-id", "token id that ends generation (repeatable), besides EOS")
+      .multi("stop-id", "token id that ends generation, besides EOS")
       .flag("unconditional", "generate from BOS alone (no prompt text)")
       .flag("echo", "print the prompt before the generated text")
       .option("logprobs",

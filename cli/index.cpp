@@ -253,7 +253,7 @@ int run_build(const std::vector<std::string>& argv) {
 int run_add(const std::vector<std::string>& argv) {
   Args a;
   a.option("index", "index directory (from cepe index build)")
-      .multi("input", "JSONL/TSV file or directory of .txt/.md files to add (repeatable)")
+      .multi("input", "JSONL/TSV file or directory of .txt/.md files to add")
       .flag("skip-invalid",
             "skip (and count) bad records, and ids the index already holds, instead of stopping")
       .option("batch", "passages per embedding batch (default: the embedder's choice)")

@@ -59,7 +59,7 @@ void add_sampling_flags(Args& args, int default_max_new_tokens) {
       .option("top-k", "sample among the k most likely tokens (0 = all)", "0")
       .option("top-p", "sample from the smallest set with this much probability", "1")
       .option("seed", "random seed for sampling", "0")
-      .multi("stop", "stop before this string (repeatable)");
+      .multi("stop", "stop before this string");
 }
 
 SamplingOptions sampling_options(const Args& args) {
