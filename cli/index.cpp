@@ -4,6 +4,7 @@
 #include <rapidjson/writer.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,7 +16,9 @@
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/progress.h"
+#include "common/strings.h"
 #include "index/builder.h"
 #include "index/encoder_store.h"
 #include "index/manifest.h"
@@ -448,6 +451,44 @@ int run_search(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// The encoder-state stores beside an index (cepe index encode) and the builds of one in progress,
+// for cepe index info: what each holds and whether it still covers the index. With `verify`, each
+// store's data checksum is recomputed (a mismatch is an error, as for the index's own files).
+void print_encoder_stores(const fs::path& dir, uint64_t passages, bool verify) {
+  std::error_code ec;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(index::encoder_store_dir(dir), ec))
+    files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  const std::string ckpt_suffix = ".partial.ckpt";
+  for (const fs::path& f : files) {
+    const std::string name = f.filename().string();
+    if (f.extension() == ".ces") {
+      const index::EncoderStore store(f);
+      if (verify) store.verify();
+      const index::EncoderFingerprint& fp = store.fingerprint();
+      std::cout << "encoder    " << name << " (" << index::store_layout_name(fp.layout) << ", "
+                << index::state_dtype_name(fp.dtype) << ", chunks of " << fp.chunk_tokens
+                << " tokens, " << store.size() << " passages, "
+                << human_bytes(static_cast<double>(store.file_bytes())) << ")";
+      if (store.size() != passages)
+        std::cout << ": the index has " << passages << " (cepe index encode rewrites it)";
+      std::cout << "\n";
+    } else if (name.size() > ckpt_suffix.size() &&
+               name.compare(name.size() - ckpt_suffix.size(), ckpt_suffix.size(), ckpt_suffix) ==
+                   0) {
+      // "fp HEX list HEX rows N": the rows committed so far.
+      const std::string text = read_whole_file(f);
+      const size_t at = text.rfind(' ');
+      std::cout << "encoder    " << name.substr(0, name.size() - ckpt_suffix.size())
+                << ": a build in progress or interrupted, "
+                << (at == std::string::npos ? std::string("?")
+                                            : std::string(trim_ascii(text.substr(at + 1))))
+                << " passages committed (cepe index encode resumes it)\n";
+    }
+  }
+}
+
 int run_info(const std::vector<std::string>& argv) {
   Args a;
   a.flag("verify", "check every file's checksum, walk the passage store, load every component")
@@ -496,6 +537,7 @@ int run_info(const std::vector<std::string>& argv) {
     for (const auto& in : m.inputs) std::cout << "input      " << in << "\n";
     if (m.skipped) std::cout << "skipped    " << m.skipped << " invalid records\n";
     if (m.removed) std::cout << "removed    " << m.removed << " passages since the build\n";
+    print_encoder_stores(dir, m.passages, a.is_set("verify"));
   }
   if (a.is_set("verify")) std::cout << "verify     ok\n";
   return 0;

@@ -52,6 +52,8 @@ echo "killed after $rows committed passages"
 if ls "$tmp"/index/encoder_states/*.ces >/dev/null 2>&1; then
   echo "FAIL: an unfinished store is visible"; exit 1
 fi
+"$cepe" index info "$tmp/index" | grep -q "^encoder    .*\.ces: a build in progress or interrupted, $rows passages committed" || {
+  echo "FAIL: index info does not show the interrupted build"; "$cepe" index info "$tmp/index"; exit 1; }
 # The interrupted build is not used: qa runs live (no store line) and works.
 "$cepe" qa --questions "$tmp/questions.jsonl" --index "$tmp/index" --model "$tmp/model" \
   --k 3 --max-new-tokens 4 --threads 1 --limit 2 --out "$tmp/partial.jsonl" >/dev/null 2>"$tmp/partial.err"
@@ -133,6 +135,9 @@ sed -n 601,640p "$data/passages.jsonl" >"$tmp/more.jsonl"
 "$cepe" index add --index "$tmp/index" --input "$tmp/more.jsonl" >/dev/null 2>&1
 cp -r "$tmp/index" "$tmp/index3"
 rm -rf "$tmp/index3/encoder_states"
+# index info lists the three stores, each short of the grown index (and checks them with --verify).
+[[ $("$cepe" index info "$tmp/index" --verify | grep -c "^encoder    .*, 600 passages, .*: the index has 640 (cepe index encode rewrites it)") == 3 ]] || {
+  echo "FAIL: index info does not show the stores behind the index"; "$cepe" index info "$tmp/index"; exit 1; }
 for layout in states kv; do
   for dtype in f32 q8_0; do
     [[ $layout == kv && $dtype == q8_0 ]] && continue
