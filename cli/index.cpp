@@ -566,6 +566,30 @@ int run_shard(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// A finished encoder-state store whose rows `cepe index encode` takes instead of encoding, with
+// each passage's row in it.
+struct StoredRows {
+  static constexpr uint64_t kNotStored = ~uint64_t{0};
+  std::shared_ptr<const index::EncoderStore> store;  ///< null: none
+  bool convert = false;       ///< rows are decoded and re-encoded (another dtype), not copied
+  std::vector<uint64_t> row;  ///< per passage of the index: its row in `store`, or kNotStored
+  uint64_t found = 0;         ///< passages of the index the store holds
+
+  /// Finds passage `r` (`id`, its chunk `info`) in the store.
+  void look_up(uint64_t r, const std::string& id, const index::StoredPassageInfo& info) {
+    if (!store) return;
+    row[r] = store->find(id, info.tokens, info.token_hash).value_or(kNotStored);
+    found += row[r] != kNotStored;
+  }
+  /// True when the store holds every passage of rows [begin, end).
+  bool holds(uint64_t begin, uint64_t end) const {
+    if (!store) return false;
+    for (uint64_t r = begin; r < end; ++r)
+      if (row[r] == kNotStored) return false;
+    return true;
+  }
+};
+
 // `cepe index encode`: every passage's encoder states, written resumably beside the index.
 int run_encode(const std::vector<std::string>& argv) {
   Args a;
@@ -609,16 +633,35 @@ int run_encode(const std::vector<std::string>& argv) {
           ? index::cross_kv_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype)
           : index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens, dtype);
   const fs::path path = index::encoder_store_path(dir, fp);
-  // A finished store for this fingerprint (an earlier encode, before `cepe index add` grew the
-  // index or a rebuild changed it): the states of every passage whose chunk it still holds are
-  // copied from it instead of encoded again. It stays in place (and keeps serving) until the new
-  // store is renamed over it.
-  std::shared_ptr<const index::EncoderStore> previous;
+  // Finished stores whose rows stand in for encoding: the previous store of this fingerprint
+  // (an earlier encode, before `cepe index add` grew the index or a rebuild changed it), its rows
+  // copied byte for byte; and, for a narrower dtype, the f32 store of the same model and layout,
+  // its rows converted as encoding converts the same f32 values. The previous store stays in
+  // place (and keeps serving) until the new one is renamed over it.
+  StoredRows previous, widest;
   if (fs::exists(path) && !a.is_set("overwrite")) {
     try {
-      previous = std::make_shared<index::EncoderStore>(path);
+      previous.store = std::make_shared<index::EncoderStore>(path);
     } catch (const Error& e) {
       std::cerr << "index encode: writing " << path.string() << " again: " << e.what() << "\n";
+    }
+  }
+  if (dtype != index::StateDType::F32) {
+    index::EncoderFingerprint f32 = fp;
+    f32.dtype = index::StateDType::F32;
+    const fs::path f32_path = index::encoder_store_path(dir, f32);
+    std::error_code ec;
+    if (fs::exists(f32_path, ec)) {
+      try {
+        widest.store = std::make_shared<index::EncoderStore>(f32_path);
+        CEPE_CHECK(widest.store->fingerprint().digest() == f32.digest(),
+                   f32_path.string() << " is not this model's f32 store");
+        widest.convert = true;
+      } catch (const Error& e) {
+        std::cerr << "index encode: not converting from " << f32_path.string() << ": " << e.what()
+                  << "\n";
+        widest.store.reset();
+      }
     }
   }
   // Chunk lengths and hashes first (the table is laid out before any state is written).
@@ -628,11 +671,11 @@ int run_encode(const std::vector<std::string>& argv) {
     return std::make_pair(p.id, qa::encoder_chunk_ids(*lm.tokenizer, p, chunk_tokens));
   };
   std::vector<index::StoredPassageInfo> infos(passages.size());
-  constexpr uint64_t kNotStored = ~uint64_t{0};
-  std::vector<uint64_t> previous_row(previous ? passages.size() : 0, kNotStored);
-  uint64_t total_tokens = 0, reusable = 0;
+  uint64_t total_tokens = 0;
+  for (StoredRows* s : {&previous, &widest})
+    if (s->store) s->row.assign(passages.size(), StoredRows::kNotStored);
   // The previous store's passages are the index's first rows, in order (the index grew).
-  bool prefix_kept = previous && previous->size() <= passages.size();
+  bool prefix_kept = previous.store && previous.store->size() <= passages.size();
   for (uint64_t r = 0; r < passages.size(); ++r) {
     const auto [id, ids] = chunk_of(r);
     CEPE_CHECK(!ids.empty(),
@@ -640,33 +683,37 @@ int run_encode(const std::vector<std::string>& argv) {
     infos[r] = {index::passage_id_hash(id), static_cast<uint32_t>(ids.size()),
                 index::chunk_token_hash(ids)};
     total_tokens += ids.size();
-    if (previous) {
-      previous_row[r] =
-          previous->find(id, infos[r].tokens, infos[r].token_hash).value_or(kNotStored);
-      reusable += previous_row[r] != kNotStored;
-      if (r < previous->size()) prefix_kept = prefix_kept && previous_row[r] == r;
-    }
+    for (StoredRows* s : {&previous, &widest}) s->look_up(r, id, infos[r]);
+    if (previous.store && r < previous.store->size())
+      prefix_kept = prefix_kept && previous.row[r] == r;
   }
-  if (previous) {
-    if (prefix_kept && previous->size() == passages.size()) {
-      std::cout << "encoder store " << path.string() << " is complete (" << previous->size()
-                << " passages, " << human_bytes(static_cast<double>(previous->file_bytes()))
+  if (previous.store) {
+    if (prefix_kept && previous.store->size() == passages.size()) {
+      std::cout << "encoder store " << path.string() << " is complete (" << previous.store->size()
+                << " passages, " << human_bytes(static_cast<double>(previous.store->file_bytes()))
                 << "); --overwrite rebuilds it\n";
       return 0;
     }
     // A store is laid out for one passage list, so it is written again for the whole of it.
-    std::cerr << "index encode: " << path.string() << " holds " << previous->size();
+    std::cerr << "index encode: " << path.string() << " holds " << previous.store->size();
     if (prefix_kept)
       std::cerr << " of the index's " << passages.size() << " passages (the index grew)";
     else
-      std::cerr << " passages, " << reusable << " of them still in the index (the index changed)";
+      std::cerr << " passages, " << previous.found << " of them still in the index (the index "
+                << "changed)";
     std::cerr << ": writing it again for all " << passages.size() << ", copying the states of "
-              << reusable << "\n";
+              << previous.found << "\n";
+  }
+  if (widest.store)
+    std::cerr << "index encode: converting the states of " << widest.found << " passages from "
+              << widest.store->path().string() << " (f32) instead of encoding them\n";
+  for (StoredRows* s : {&previous, &widest}) {
+    if (!s->store) continue;
     try {
-      previous->verify();  // rows copied from it must be the rows it was written with
+      s->store->verify();  // rows taken from it must be the rows it was written with
     } catch (const Error& e) {
-      std::cerr << "index encode: not copying from it: " << e.what() << "\n";
-      previous.reset();
+      std::cerr << "index encode: not using it: " << e.what() << "\n";
+      s->store.reset();
     }
   }
   index::EncoderStoreWriter writer(path, fp, infos);
@@ -678,7 +725,8 @@ int run_encode(const std::vector<std::string>& argv) {
                   static_cast<int64_t>(passages.size() - writer.resumed_rows()));
   // Batches are cut at fixed rows (from row 0, by token budget), so a resumed build encodes the
   // same batches as an uninterrupted one.
-  uint64_t row = 0, encoded_tokens = 0, copied = 0, copies_since_commit = 0;
+  uint64_t row = 0, encoded_tokens = 0, copied = 0, converted = 0, taken_since_commit = 0;
+  std::vector<float> values;
   while (row < passages.size()) {
     uint64_t end = row;
     int64_t tokens = 0;
@@ -692,19 +740,28 @@ int run_encode(const std::vector<std::string>& argv) {
                "index encode: the checkpoint is not at a batch boundary (was --batch-tokens "
                "changed?); delete "
                    << path.string() << ".partial.ckpt to restart");
-    // A batch whose passages the previous store holds, each, is copied; so after an add every
-    // batch before the first new passage is, and (with the same --batch-tokens) the store is
-    // byte-equal to one encoded from scratch: the copied rows came from these very batches.
-    bool copy = previous != nullptr;
-    for (uint64_t r = row; copy && r < end; ++r) copy = previous_row[r] != kNotStored;
-    if (copy) {
-      for (uint64_t r = row; r < end; ++r) writer.append_stored(*previous, previous_row[r]);
-      // Copies are cheap to redo: committed (an fsync) every 64 batches, not after each.
-      if (++copies_since_commit == 64) {
-        writer.commit();
-        copies_since_commit = 0;
+    // A batch whose passages a stored source holds, each, is taken from it; so after an add every
+    // batch before the first new passage is copied, and (with the same --batch-tokens) the store
+    // is byte-equal to one encoded from scratch: the stored rows came from these very batches.
+    const StoredRows* from = nullptr;
+    for (const StoredRows* s : {&previous, &widest})
+      if (!from && s->holds(row, end)) from = s;
+    if (from) {
+      for (uint64_t r = row; r < end; ++r) {
+        if (!from->convert) {
+          writer.append_stored(*from->store, from->row[r]);
+          continue;
+        }
+        values.resize(static_cast<size_t>(infos[r].tokens * fp.token_values()));
+        from->store->read(from->row[r], values.data());
+        writer.append(values.data(), infos[r].tokens);
       }
-      copied += end - row;
+      (from->convert ? converted : copied) += end - row;
+      // Stored rows are cheap to take again: committed (an fsync) every 64 batches, not each.
+      if (++taken_since_commit == 64) {
+        writer.commit();
+        taken_since_commit = 0;
+      }
       row = end;
       bar.update(static_cast<int64_t>(row - writer.resumed_rows()));
       continue;
@@ -730,7 +787,7 @@ int run_encode(const std::vector<std::string>& argv) {
       at += n;
     }
     writer.commit();
-    copies_since_commit = 0;
+    taken_since_commit = 0;
     encoded_tokens += static_cast<uint64_t>(tokens);
     row = end;
     bar.update(static_cast<int64_t>(row - writer.resumed_rows()));
@@ -742,6 +799,7 @@ int run_encode(const std::vector<std::string>& argv) {
   std::snprintf(buf, sizeof buf, "%.1f s, %.0f tokens/s", s, s > 0 ? encoded_tokens / s : 0.0);
   std::cout << "encoded " << passages.size() << " passages ("
             << (copied > 0 ? std::to_string(copied) + " copied from the previous store; " : "")
+            << (converted > 0 ? std::to_string(converted) + " converted from the f32 store; " : "")
             << total_tokens << " tokens, " << index::state_dtype_name(dtype) << ", "
             << index::store_layout_name(layout) << ") into " << path.string() << ": "
             << human_bytes(static_cast<double>(writer.file_bytes())) << ", " << buf << "\n";

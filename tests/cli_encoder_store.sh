@@ -9,7 +9,8 @@
 #   live encoding in the cached form, with no passage encoded live;
 # - after `cepe index add`, encode copies the stored passages' states and encodes only the new
 #   ones (and the batch they join), and the store is byte-equal to one encoded from scratch, for
-#   the states and kv layouts and for q8_0 (rows are copied as bytes); an index rebuilt in another
+#   the states and kv layouts and for q8_0 (rows are copied as bytes); a narrower dtype is converted
+#   from the f32 store, byte-equal to encoding it; an index rebuilt in another
 #   order, or with passages removed, reuses every remaining passage's states; a damaged store is
 #   not copied from.
 set -euo pipefail
@@ -131,7 +132,19 @@ PY
 # The index grows: the stored passages' states are copied, only the new ones encoded, and the
 # store equals one encoded from scratch for the grown index, byte for byte.
 sed -n 601,640p "$data/passages.jsonl" >"$tmp/more.jsonl"
-"$cepe" index encode --index "$tmp/index" "${enc[@]}" --dtype q8_0 >/dev/null 2>&1
+# A narrower dtype beside an f32 store is converted from it, not encoded: byte-equal to encoding.
+"$cepe" index encode --index "$tmp/index" "${enc[@]}" --dtype q8_0 >"$tmp/q8.txt" 2>/dev/null
+grep -q "^encoded 600 passages (600 converted from the f32 store; " "$tmp/q8.txt" || {
+  echo "FAIL: q8_0 not converted from the f32 store"; cat "$tmp/q8.txt"; exit 1; }
+cp -r "$tmp/index" "$tmp/index5"
+rm -rf "$tmp/index5/encoder_states"
+"$cepe" index encode --index "$tmp/index5" "${enc[@]}" --dtype q8_0 >"$tmp/q8live.txt" 2>/dev/null
+grep -q "^encoded 600 passages ([0-9]* tokens, q8_0, states)" "$tmp/q8live.txt" || {
+  echo "FAIL: q8_0 encoded"; cat "$tmp/q8live.txt"; exit 1; }
+q8=$(basename "$(ls "$tmp"/index5/encoder_states/*.ces)")
+cmp "$tmp/index/encoder_states/$q8" "$tmp/index5/encoder_states/$q8" || {
+  echo "FAIL: the q8_0 store converted from f32 differs from the one encoded"; exit 1; }
+echo "ok: a q8_0 store converted from the f32 store is byte-equal to one encoded"
 "$cepe" index add --index "$tmp/index" --input "$tmp/more.jsonl" >/dev/null 2>&1
 cp -r "$tmp/index" "$tmp/index3"
 rm -rf "$tmp/index3/encoder_states"
@@ -189,7 +202,7 @@ printf '\x5a' | dd of="$store" bs=1 seek=$(($(stat -c %s "$store") - 7)) conv=no
 sed -n 641,641p "$data/passages.jsonl" >"$tmp/one.jsonl"
 "$cepe" index add --index "$tmp/index" --input "$tmp/one.jsonl" >/dev/null 2>&1
 "$cepe" index encode --index "$tmp/index" "${enc[@]}" >"$tmp/bad.txt" 2>"$tmp/bad.err"
-grep -q "not copying from it: .*data checksum mismatch" "$tmp/bad.err" &&
+grep -q "not using it: .*data checksum mismatch" "$tmp/bad.err" &&
   grep -q "^encoded 631 passages ([0-9]* tokens, f32, states)" "$tmp/bad.txt" || {
   echo "FAIL: a damaged store was copied from"; cat "$tmp/bad.err" "$tmp/bad.txt"; exit 1; }
 echo "ok: a damaged store is reported and not copied from; all 631 passages encoded"
