@@ -570,8 +570,14 @@ int run_shard(const std::vector<std::string>& argv) {
 // each passage's row in it.
 struct StoredRows {
   static constexpr uint64_t kNotStored = ~uint64_t{0};
+  /// How a stored row becomes a row of the store being written.
+  enum class Use {
+    Copy,     ///< the same fingerprint: its bytes
+    Convert,  ///< the f32 store of the same layout: decoded, encoded in the narrower dtype
+    Project,  ///< the f32 states store, for a kv store: each cross layer's keys and values of E
+  };
   std::shared_ptr<const index::EncoderStore> store;  ///< null: none
-  bool convert = false;       ///< rows are decoded and re-encoded (another dtype), not copied
+  Use use = Use::Copy;                               ///< what is done with its rows
   std::vector<uint64_t> row;  ///< per passage of the index: its row in `store`, or kNotStored
   uint64_t found = 0;         ///< passages of the index the store holds
 
@@ -638,7 +644,7 @@ int run_encode(const std::vector<std::string>& argv) {
   // copied byte for byte; and, for a narrower dtype, the f32 store of the same model and layout,
   // its rows converted as encoding converts the same f32 values. The previous store stays in
   // place (and keeps serving) until the new one is renamed over it.
-  StoredRows previous, widest;
+  StoredRows previous, widest, states;
   if (fs::exists(path) && !a.is_set("overwrite")) {
     try {
       previous.store = std::make_shared<index::EncoderStore>(path);
@@ -646,23 +652,32 @@ int run_encode(const std::vector<std::string>& argv) {
       std::cerr << "index encode: writing " << path.string() << " again: " << e.what() << "\n";
     }
   }
+  // The model's f32 store of fingerprint `want` beside this one, if there is one.
+  const auto open_sibling = [&](StoredRows& into, const index::EncoderFingerprint& want,
+                                StoredRows::Use use) {
+    const fs::path file = index::encoder_store_path(dir, want);
+    std::error_code ec;
+    if (!fs::exists(file, ec)) return;
+    try {
+      into.store = std::make_shared<index::EncoderStore>(file);
+      CEPE_CHECK(into.store->fingerprint().digest() == want.digest(),
+                 file.string() << " is not this model's f32 store");
+      into.use = use;
+    } catch (const Error& e) {
+      std::cerr << "index encode: not using " << file.string() << ": " << e.what() << "\n";
+      into.store.reset();
+    }
+  };
   if (dtype != index::StateDType::F32) {
     index::EncoderFingerprint f32 = fp;
     f32.dtype = index::StateDType::F32;
-    const fs::path f32_path = index::encoder_store_path(dir, f32);
-    std::error_code ec;
-    if (fs::exists(f32_path, ec)) {
-      try {
-        widest.store = std::make_shared<index::EncoderStore>(f32_path);
-        CEPE_CHECK(widest.store->fingerprint().digest() == f32.digest(),
-                   f32_path.string() << " is not this model's f32 store");
-        widest.convert = true;
-      } catch (const Error& e) {
-        std::cerr << "index encode: not converting from " << f32_path.string() << ": " << e.what()
-                  << "\n";
-        widest.store.reset();
-      }
-    }
+    open_sibling(widest, f32, StoredRows::Use::Convert);
+  }
+  if (layout == index::StoreLayout::CrossKV) {
+    open_sibling(states,
+                 index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens,
+                                            index::StateDType::F32),
+                 StoredRows::Use::Project);
   }
   // Chunk lengths and hashes first (the table is laid out before any state is written).
   auto chunk_of = [&](uint64_t row) {
@@ -672,7 +687,7 @@ int run_encode(const std::vector<std::string>& argv) {
   };
   std::vector<index::StoredPassageInfo> infos(passages.size());
   uint64_t total_tokens = 0;
-  for (StoredRows* s : {&previous, &widest})
+  for (StoredRows* s : {&previous, &widest, &states})
     if (s->store) s->row.assign(passages.size(), StoredRows::kNotStored);
   // The previous store's passages are the index's first rows, in order (the index grew).
   bool prefix_kept = previous.store && previous.store->size() <= passages.size();
@@ -683,7 +698,7 @@ int run_encode(const std::vector<std::string>& argv) {
     infos[r] = {index::passage_id_hash(id), static_cast<uint32_t>(ids.size()),
                 index::chunk_token_hash(ids)};
     total_tokens += ids.size();
-    for (StoredRows* s : {&previous, &widest}) s->look_up(r, id, infos[r]);
+    for (StoredRows* s : {&previous, &widest, &states}) s->look_up(r, id, infos[r]);
     if (previous.store && r < previous.store->size())
       prefix_kept = prefix_kept && previous.row[r] == r;
   }
@@ -705,9 +720,12 @@ int run_encode(const std::vector<std::string>& argv) {
               << previous.found << "\n";
   }
   if (widest.store)
-    std::cerr << "index encode: converting the states of " << widest.found << " passages from "
+    std::cerr << "index encode: converting " << widest.found << " passages from "
               << widest.store->path().string() << " (f32) instead of encoding them\n";
-  for (StoredRows* s : {&previous, &widest}) {
+  if (states.store)
+    std::cerr << "index encode: projecting " << states.found << " passages' keys and values from "
+              << states.store->path().string() << " (f32 states) instead of encoding them\n";
+  for (StoredRows* s : {&previous, &widest, &states}) {
     if (!s->store) continue;
     try {
       s->store->verify();  // rows taken from it must be the rows it was written with
@@ -725,7 +743,16 @@ int run_encode(const std::vector<std::string>& argv) {
                   static_cast<int64_t>(passages.size() - writer.resumed_rows()));
   // Batches are cut at fixed rows (from row 0, by token budget), so a resumed build encodes the
   // same batches as an uninterrupted one.
-  uint64_t row = 0, encoded_tokens = 0, copied = 0, converted = 0, taken_since_commit = 0;
+  // The keys and values set_context would project for passage row r's states e, layer-major.
+  const auto append_kv = [&](const Tensor& e, uint64_t r, int64_t n) {
+    const std::vector<float> kv = qa::stored_kv_values(*lm.backend, lm.model->project_chunk(e));
+    CEPE_CHECK(kv.size() == static_cast<size_t>(n * fp.token_values()),
+               "index encode: projected " << kv.size() << " values of passage row " << r
+                                          << ", the layout holds " << n * fp.token_values());
+    writer.append(kv.data(), n);
+  };
+  uint64_t row = 0, encoded_tokens = 0, copied = 0, converted = 0, projected = 0,
+           taken_since_commit = 0;
   std::vector<float> values;
   while (row < passages.size()) {
     uint64_t end = row;
@@ -744,19 +771,29 @@ int run_encode(const std::vector<std::string>& argv) {
     // batch before the first new passage is copied, and (with the same --batch-tokens) the store
     // is byte-equal to one encoded from scratch: the stored rows came from these very batches.
     const StoredRows* from = nullptr;
-    for (const StoredRows* s : {&previous, &widest})
+    for (const StoredRows* s : {&previous, &widest, &states})
       if (!from && s->holds(row, end)) from = s;
     if (from) {
       for (uint64_t r = row; r < end; ++r) {
-        if (!from->convert) {
+        const int64_t n = infos[r].tokens;
+        if (from->use == StoredRows::Use::Copy) {
           writer.append_stored(*from->store, from->row[r]);
           continue;
         }
-        values.resize(static_cast<size_t>(infos[r].tokens * fp.token_values()));
+        values.resize(static_cast<size_t>(n * from->store->fingerprint().token_values()));
         from->store->read(from->row[r], values.data());
-        writer.append(values.data(), infos[r].tokens);
+        if (from->use == StoredRows::Use::Convert) {
+          writer.append(values.data(), n);
+        } else {
+          // The passage's stored E, as the live path's view of its encoder pass.
+          Tensor e = Tensor::wrap(values.data(), {n, width}, DType::F32, Device::CPU, nullptr);
+          if (lm.backend->device() != Device::CPU) e = lm.backend->to_device(e);
+          append_kv(e, r, n);
+        }
       }
-      (from->convert ? converted : copied) += end - row;
+      (from->use == StoredRows::Use::Copy      ? copied
+       : from->use == StoredRows::Use::Convert ? converted
+                                               : projected) += end - row;
       // Stored rows are cheap to take again: committed (an fsync) every 64 batches, not each.
       if (++taken_since_commit == 64) {
         writer.commit();
@@ -776,13 +813,7 @@ int run_encode(const std::vector<std::string>& argv) {
       if (layout == index::StoreLayout::States) {
         writer.append(host.data<float>() + at * width, n);
       } else {
-        // The keys and values set_context would project for this chunk, layer-major.
-        const std::vector<float> kv =
-            qa::stored_kv_values(*lm.backend, lm.model->project_chunk(ctx.states.rows(at, n)));
-        CEPE_CHECK(kv.size() == static_cast<size_t>(n * fp.token_values()),
-                   "index encode: projected " << kv.size() << " values of passage row " << r
-                                              << ", the layout holds " << n * fp.token_values());
-        writer.append(kv.data(), n);
+        append_kv(ctx.states.rows(at, n), r, n);
       }
       at += n;
     }
@@ -800,6 +831,8 @@ int run_encode(const std::vector<std::string>& argv) {
   std::cout << "encoded " << passages.size() << " passages ("
             << (copied > 0 ? std::to_string(copied) + " copied from the previous store; " : "")
             << (converted > 0 ? std::to_string(converted) + " converted from the f32 store; " : "")
+            << (projected > 0 ? std::to_string(projected) + " projected from the states store; "
+                              : "")
             << total_tokens << " tokens, " << index::state_dtype_name(dtype) << ", "
             << index::store_layout_name(layout) << ") into " << path.string() << ": "
             << human_bytes(static_cast<double>(writer.file_bytes())) << ", " << buf << "\n";

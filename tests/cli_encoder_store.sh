@@ -10,7 +10,8 @@
 # - after `cepe index add`, encode copies the stored passages' states and encodes only the new
 #   ones (and the batch they join), and the store is byte-equal to one encoded from scratch, for
 #   the states and kv layouts and for q8_0 (rows are copied as bytes); a narrower dtype is converted
-#   from the f32 store, byte-equal to encoding it; an index rebuilt in another
+#   from the f32 store and a kv store projected from the f32 states store, each byte-equal to
+#   encoding it; an index rebuilt in another
 #   order, or with passages removed, reuses every remaining passage's states; a damaged store is
 #   not copied from.
 set -euo pipefail
@@ -145,6 +146,17 @@ q8=$(basename "$(ls "$tmp"/index5/encoder_states/*.ces)")
 cmp "$tmp/index/encoder_states/$q8" "$tmp/index5/encoder_states/$q8" || {
   echo "FAIL: the q8_0 store converted from f32 differs from the one encoded"; exit 1; }
 echo "ok: a q8_0 store converted from the f32 store is byte-equal to one encoded"
+# The kv store above was projected from the f32 states store: byte-equal to encoding it.
+grep -q "^encoded 600 passages (600 projected from the states store; .* tokens, f32, kv)" "$tmp/kv.txt" || {
+  echo "FAIL: the kv store was not projected from the states store"; cat "$tmp/kv.txt"; exit 1; }
+"$cepe" index encode --index "$tmp/index5" "${enc[@]}" --layout kv >"$tmp/kvlive.txt" 2>/dev/null
+grep -q "^encoded 600 passages ([0-9]* tokens, f32, kv)" "$tmp/kvlive.txt" || {
+  echo "FAIL: kv encoded"; cat "$tmp/kvlive.txt"; exit 1; }
+for f in "$tmp"/index5/encoder_states/*.ces; do
+  cmp "$f" "$tmp/index/encoder_states/$(basename "$f")" || {
+    echo "FAIL: $(basename "$f"): the store made from stored rows differs from the one encoded"; exit 1; }
+done
+echo "ok: a kv store projected from the states store is byte-equal to one encoded"
 "$cepe" index add --index "$tmp/index" --input "$tmp/more.jsonl" >/dev/null 2>&1
 cp -r "$tmp/index" "$tmp/index3"
 rm -rf "$tmp/index3/encoder_states"
