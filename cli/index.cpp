@@ -641,9 +641,10 @@ int run_encode(const std::vector<std::string>& argv) {
   const fs::path path = index::encoder_store_path(dir, fp);
   // Finished stores whose rows stand in for encoding: the previous store of this fingerprint
   // (an earlier encode, before `cepe index add` grew the index or a rebuild changed it), its rows
-  // copied byte for byte; and, for a narrower dtype, the f32 store of the same model and layout,
-  // its rows converted as encoding converts the same f32 values. The previous store stays in
-  // place (and keeps serving) until the new one is renamed over it.
+  // copied byte for byte; for a narrower dtype, the f32 store of the same model and layout, its
+  // rows converted as encoding converts the same f32 values; for a kv store, the f32 states
+  // store, its E projected as set_context projects it. Preferred in that order. The previous
+  // store stays in place (and keeps serving) until the new one is renamed over it.
   StoredRows previous, widest, states;
   if (fs::exists(path) && !a.is_set("overwrite")) {
     try {
