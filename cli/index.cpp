@@ -159,6 +159,13 @@ index::CorpusOptions corpus_options(const Args& a) {
   return o;
 }
 
+// The skipped records of a build or an add: the summary line and its examples.
+void print_skipped(const index::BuildResult& r) {
+  if (r.skip_summary.empty()) return;
+  std::cout << r.skip_summary << "\n";
+  for (const auto& e : r.corpus.examples) std::cout << "  " << e << "\n";
+}
+
 int run_build(const std::vector<std::string>& argv) {
   Args a;
   a.multi("input",
@@ -244,11 +251,7 @@ int run_build(const std::vector<std::string>& argv) {
                 m.embed_passages_per_second,
                 human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
   std::cout << buf;
-  if (r.replaced > 0) std::cout << r.replaced << " of them replaced an older version\n";
-  if (!r.skip_summary.empty()) {
-    std::cout << r.skip_summary << "\n";
-    for (const auto& e : r.corpus.examples) std::cout << "  " << e << "\n";
-  }
+  print_skipped(r);
   return 0;
 }
 
@@ -295,10 +298,7 @@ int run_add(const std::vector<std::string>& argv) {
                 human_bytes(static_cast<double>(r.bytes_on_disk)).c_str());
   std::cout << buf;
   if (r.replaced > 0) std::cout << r.replaced << " of them replaced an older version\n";
-  if (!r.skip_summary.empty()) {
-    std::cout << r.skip_summary << "\n";
-    for (const auto& e : r.corpus.examples) std::cout << "  " << e << "\n";
-  }
+  print_skipped(r);
   return 0;
 }
 
@@ -460,30 +460,21 @@ void print_encoder_stores(const fs::path& dir, uint64_t passages, bool verify) {
   for (const auto& e : fs::directory_iterator(index::encoder_store_dir(dir), ec))
     files.push_back(e.path());
   std::sort(files.begin(), files.end());
-  const std::string ckpt_suffix = ".partial.ckpt";
   for (const fs::path& f : files) {
-    const std::string name = f.filename().string();
     if (f.extension() == ".ces") {
       const index::EncoderStore store(f);
       if (verify) store.verify();
       const index::EncoderFingerprint& fp = store.fingerprint();
-      std::cout << "encoder    " << name << " (" << index::store_layout_name(fp.layout) << ", "
-                << index::state_dtype_name(fp.dtype) << ", chunks of " << fp.chunk_tokens
-                << " tokens, " << store.size() << " passages, "
+      std::cout << "encoder    " << f.filename().string() << " ("
+                << index::store_layout_name(fp.layout) << ", " << index::state_dtype_name(fp.dtype)
+                << ", chunks of " << fp.chunk_tokens << " tokens, " << store.size() << " passages, "
                 << human_bytes(static_cast<double>(store.file_bytes())) << ")";
       if (store.size() != passages)
         std::cout << ": the index has " << passages << " (cepe index encode rewrites it)";
       std::cout << "\n";
-    } else if (name.size() > ckpt_suffix.size() &&
-               name.compare(name.size() - ckpt_suffix.size(), ckpt_suffix.size(), ckpt_suffix) ==
-                   0) {
-      // "fp HEX list HEX rows N": the rows committed so far.
-      const std::string text = read_whole_file(f);
-      const size_t at = text.rfind(' ');
-      std::cout << "encoder    " << name.substr(0, name.size() - ckpt_suffix.size())
-                << ": a build in progress or interrupted, "
-                << (at == std::string::npos ? std::string("?")
-                                            : std::string(trim_ascii(text.substr(at + 1))))
+    } else if (const auto build = index::read_store_checkpoint(f)) {
+      std::cout << "encoder    " << build->store.filename().string()
+                << ": a build in progress or interrupted, " << build->rows
                 << " passages committed (cepe index encode resumes it)\n";
     }
   }
@@ -578,6 +569,7 @@ struct StoredRows {
   };
   std::shared_ptr<const index::EncoderStore> store;  ///< null: none
   Use use = Use::Copy;                               ///< what is done with its rows
+  bool verified = false;      ///< its data checksum was recomputed (before its first row is taken)
   std::vector<uint64_t> row;  ///< per passage of the index: its row in `store`, or kNotStored
   uint64_t found = 0;         ///< passages of the index the store holds
 
@@ -587,11 +579,23 @@ struct StoredRows {
     row[r] = store->find(id, info.tokens, info.token_hash).value_or(kNotStored);
     found += row[r] != kNotStored;
   }
-  /// True when the store holds every passage of rows [begin, end).
-  bool holds(uint64_t begin, uint64_t end) const {
+  /// True when the store holds every passage of rows [begin, end). A store is checksummed the
+  /// first time it would be used (its rows must be the rows it was written with); a damaged one
+  /// is reported and dropped.
+  bool supplies(uint64_t begin, uint64_t end) {
     if (!store) return false;
     for (uint64_t r = begin; r < end; ++r)
       if (row[r] == kNotStored) return false;
+    if (!verified) {
+      try {
+        store->verify();
+        verified = true;
+      } catch (const Error& e) {
+        std::cerr << "index encode: not using it: " << e.what() << "\n";
+        store.reset();
+        return false;
+      }
+    }
     return true;
   }
 };
@@ -646,39 +650,33 @@ int run_encode(const std::vector<std::string>& argv) {
   // store, its E projected as set_context projects it. Preferred in that order. The previous
   // store stays in place (and keeps serving) until the new one is renamed over it.
   StoredRows previous, widest, states;
-  if (fs::exists(path) && !a.is_set("overwrite")) {
-    try {
-      previous.store = std::make_shared<index::EncoderStore>(path);
-    } catch (const Error& e) {
-      std::cerr << "index encode: writing " << path.string() << " again: " << e.what() << "\n";
-    }
-  }
-  // The model's f32 store of fingerprint `want` beside this one, if there is one.
-  const auto open_sibling = [&](StoredRows& into, const index::EncoderFingerprint& want,
-                                StoredRows::Use use) {
+  // The store of fingerprint `want` beside the index, if there is one and it opens.
+  const auto open_source = [&](StoredRows& into, const index::EncoderFingerprint& want,
+                               StoredRows::Use use) {
     const fs::path file = index::encoder_store_path(dir, want);
     std::error_code ec;
     if (!fs::exists(file, ec)) return;
     try {
       into.store = std::make_shared<index::EncoderStore>(file);
       CEPE_CHECK(into.store->fingerprint().digest() == want.digest(),
-                 file.string() << " is not this model's f32 store");
+                 file.string() << " was made with another fingerprint than its name says");
       into.use = use;
     } catch (const Error& e) {
       std::cerr << "index encode: not using " << file.string() << ": " << e.what() << "\n";
       into.store.reset();
     }
   };
+  if (!a.is_set("overwrite")) open_source(previous, fp, StoredRows::Use::Copy);
   if (dtype != index::StateDType::F32) {
     index::EncoderFingerprint f32 = fp;
     f32.dtype = index::StateDType::F32;
-    open_sibling(widest, f32, StoredRows::Use::Convert);
+    open_source(widest, f32, StoredRows::Use::Convert);
   }
   if (layout == index::StoreLayout::CrossKV) {
-    open_sibling(states,
-                 index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens,
-                                            index::StateDType::F32),
-                 StoredRows::Use::Project);
+    open_source(states,
+                index::encoder_fingerprint(a.get("model"), lm.model->config(), chunk_tokens,
+                                           index::StateDType::F32),
+                StoredRows::Use::Project);
   }
   // Chunk lengths and hashes first (the table is laid out before any state is written).
   auto chunk_of = [&](uint64_t row) {
@@ -720,21 +718,6 @@ int run_encode(const std::vector<std::string>& argv) {
     std::cerr << ": writing it again for all " << passages.size() << ", copying the states of "
               << previous.found << "\n";
   }
-  if (widest.store)
-    std::cerr << "index encode: converting " << widest.found << " passages from "
-              << widest.store->path().string() << " (f32) instead of encoding them\n";
-  if (states.store)
-    std::cerr << "index encode: projecting " << states.found << " passages' keys and values from "
-              << states.store->path().string() << " (f32 states) instead of encoding them\n";
-  for (StoredRows* s : {&previous, &widest, &states}) {
-    if (!s->store) continue;
-    try {
-      s->store->verify();  // rows taken from it must be the rows it was written with
-    } catch (const Error& e) {
-      std::cerr << "index encode: not using it: " << e.what() << "\n";
-      s->store.reset();
-    }
-  }
   index::EncoderStoreWriter writer(path, fp, infos);
   if (writer.resumed_rows() > 0)
     std::cerr << "index encode: resuming at passage " << writer.resumed_rows() << " of "
@@ -772,8 +755,8 @@ int run_encode(const std::vector<std::string>& argv) {
     // batch before the first new passage is copied, and (with the same --batch-tokens) the store
     // is byte-equal to one encoded from scratch: the stored rows came from these very batches.
     const StoredRows* from = nullptr;
-    for (const StoredRows* s : {&previous, &widest, &states})
-      if (!from && s->holds(row, end)) from = s;
+    for (StoredRows* s : {&previous, &widest, &states})
+      if (!from && s->supplies(row, end)) from = s;
     if (from) {
       for (uint64_t r = row; r < end; ++r) {
         const int64_t n = infos[r].tokens;
@@ -842,9 +825,8 @@ int run_encode(const std::vector<std::string>& argv) {
 
 int run_index(const std::vector<std::string>& argv) {
   const std::string help =
-      "usage: cepe index <build|add|remove|search|info|shard|encode> [flags]   (cepe index <sub> "
-      "--help "
-      "for its flags)\n"
+      "usage: cepe index <build|add|remove|search|info|shard|encode> [flags]   "
+      "(cepe index <sub> --help for its flags)\n"
       "  build   build an index over a corpus\n"
       "  add     add passages to an index (only the new ones are embedded)\n"
       "  remove  remove passages by id (nothing is embedded)\n"

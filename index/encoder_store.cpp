@@ -378,11 +378,40 @@ fs::path encoder_store_path(const fs::path& index_dir, const EncoderFingerprint&
 // ---------------------------------------------------------------------------------------------
 // Writer
 
+namespace {
+
+constexpr std::string_view kCheckpointSuffix = ".partial.ckpt";
+
+// A checkpoint's text up to the row count: "fp HEX list HEX rows " (then the count and a newline).
+std::string checkpoint_prefix(const EncoderFingerprint& fp, uint64_t list_hash) {
+  return "fp " + fp.hex() + " list " + hex64(list_hash) + " rows ";
+}
+
+}  // namespace
+
+std::optional<StoreBuildCheckpoint> read_store_checkpoint(const fs::path& file) {
+  const std::string name = file.filename().string();
+  if (name.size() <= kCheckpointSuffix.size() || !name.ends_with(kCheckpointSuffix))
+    return std::nullopt;
+  std::string text;
+  try {
+    text = read_whole_file(file);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  const size_t at = text.find(" rows ");
+  if (text.rfind("fp ", 0) != 0 || at == std::string::npos) return std::nullopt;
+  StoreBuildCheckpoint c;
+  c.store = file.parent_path() / name.substr(0, name.size() - kCheckpointSuffix.size());
+  c.rows = std::strtoull(text.c_str() + at + 6, nullptr, 10);
+  return c;
+}
+
 EncoderStoreWriter::EncoderStoreWriter(const fs::path& path, const EncoderFingerprint& fp,
                                        std::vector<StoredPassageInfo> passages)
     : path_(path),
       partial_(path.string() + ".partial"),
-      ckpt_(path.string() + ".partial.ckpt"),
+      ckpt_(path.string() + std::string(kCheckpointSuffix)),
       fp_(fp),
       passages_(std::move(passages)) {
   CEPE_CHECK(fp_.width > 0 && fp_.row_width() > 0 && fp_.rows_per_token() > 0,
@@ -409,7 +438,7 @@ EncoderStoreWriter::EncoderStoreWriter(const fs::path& path, const EncoderFinger
   // A build killed while writing its checkpoint leaves the checkpoint's temporary file behind.
   remove_stale_temps(ckpt_);
   // Resume when a checkpoint of this very build exists and the partial file holds its bytes.
-  const std::string expect = "fp " + fp_.hex() + " list " + hex64(list_hash_) + " rows ";
+  const std::string expect = checkpoint_prefix(fp_, list_hash_);
   uint64_t committed = 0;
   if (fs::exists(ckpt_) && fs::exists(partial_)) {
     const std::string text = read_whole_file(ckpt_);
@@ -474,8 +503,7 @@ void EncoderStoreWriter::append_stored(const EncoderStore& from, uint64_t row) {
 
 void EncoderStoreWriter::commit() {
   CEPE_CHECK(::fsync(fd_) == 0, "cannot fsync " << partial_.string() << ": " << errno_text());
-  write_file_atomic(ckpt_, "fp " + fp_.hex() + " list " + hex64(list_hash_) + " rows " +
-                               std::to_string(rows_) + "\n");
+  write_file_atomic(ckpt_, checkpoint_prefix(fp_, list_hash_) + std::to_string(rows_) + "\n");
 }
 
 void EncoderStoreWriter::finish() {

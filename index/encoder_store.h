@@ -171,6 +171,16 @@ class EncoderStoreWriter {
   std::vector<char> row_buffer_;
 };
 
+/// A store build in progress or interrupted, as its checkpoint records it.
+struct StoreBuildCheckpoint {
+  std::filesystem::path store;  ///< the store it builds (the checkpoint's name less its suffix)
+  uint64_t rows = 0;            ///< passage rows committed so far
+};
+
+/// Reads `file` when it is a store build's checkpoint (<store>.partial.ckpt, written by
+/// EncoderStoreWriter::commit()); nullopt for any other file or an unreadable checkpoint.
+std::optional<StoreBuildCheckpoint> read_store_checkpoint(const std::filesystem::path& file);
+
 /// A finished store, memory-mapped read-only. Thread-safe (immutable).
 class EncoderStore {
  public:
