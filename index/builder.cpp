@@ -224,6 +224,23 @@ struct IndexUpdate {
   }
 };
 
+// Copies the passages of `old_store` whose keep[row] is set, in order, into `store` and `bm25`
+// (when there is one): the rows an add or a removal keeps, renumbered from 0.
+void copy_kept_passages(const PassageStore& old_store, const std::vector<bool>& keep,
+                        PassageStoreWriter& store, retriever::Bm25Writer* bm25, BuildProgress& pr) {
+  pr.start("copy", old_store.size(), "passages");
+  for (uint64_t row = 0; row < old_store.size(); ++row) {
+    if (keep[row]) {
+      const PassageView p = old_store.get(row);
+      const uint64_t at = store.add(p.id, p.title, p.text);
+      if (bm25) bm25->add(at, p.title, p.text);
+    }
+    if ((row & 4095) == 4095) pr.update(row + 1);
+  }
+  pr.update(old_store.size());
+  pr.finish();
+}
+
 // Embeds the store's passages from row `first` on and adds them to `vindex` in batches of
 // `batch`; returns the seconds it took.
 double embed_and_add(const PassageStore& store, int64_t first, retriever::Embedder& embedder,
@@ -486,7 +503,7 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
   // (as cepe index remove takes them out) and their new versions join at the end.
   std::vector<bool> keep(static_cast<size_t>(old_store.size()), true);
   if (opt.replace) {
-    std::unordered_map<std::string_view, uint64_t> row_of = rows_by_id(old_store);
+    const std::unordered_map<std::string_view, uint64_t> row_of = rows_by_id(old_store);
     CorpusReader scan(opt.inputs, opt.corpus);
     pr.start("scan", scan.total_bytes(), "bytes");
     scan.read(
@@ -514,23 +531,14 @@ BuildResult add_to_index(const AddOptions& opt, BuildProgress* progress) {
     PassageStoreWriter store(tmp / kPassagesFile);
     std::unique_ptr<retriever::Bm25Writer> bm25;
     if (with_bm25) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, m.bm25);
-    auto store_passage = [&](std::string_view id, std::string_view title, std::string_view text) {
-      const uint64_t row = store.add(id, title, text);
-      if (bm25) bm25->add(row, title, text);
-    };
-    pr.start("copy", old_store.size(), "passages");
-    for (uint64_t row = 0; row < old_store.size(); ++row) {
-      if (keep[row]) {
-        const PassageView p = old_store.get(row);
-        store_passage(p.id, p.title, p.text);
-      }
-      if ((row & 4095) == 4095) pr.update(row + 1);
-    }
-    pr.update(old_store.size());
-    pr.finish();
+    copy_kept_passages(old_store, keep, store, bm25.get(), pr);
     pr.start("read", reader.total_bytes(), "bytes");
-    reader.read([&](const Passage& p) { store_passage(p.id, p.title, p.text); },
-                [&](uint64_t bytes) { pr.update(bytes); });
+    reader.read(
+        [&](const Passage& p) {
+          const uint64_t row = store.add(p.id, p.title, p.text);
+          if (bm25) bm25->add(row, p.title, p.text);
+        },
+        [&](uint64_t bytes) { pr.update(bytes); });
     pr.finish();
     CEPE_CHECK(store.count() > old_rows, "the input has no new valid passages");
     finish_ingest(store, reader, bm25.get(), t, pr, &result);
@@ -593,24 +601,22 @@ RemoveResult remove_from_index(const RemoveOptions& opt, BuildProgress* progress
              "removing all " << old_store.size() << " passages would leave " << out.string()
                              << " empty; delete the directory instead");
 
+  // 1. The removed vectors leave the FAISS index (first: a structure FAISS cannot remove from is
+  // refused before anything is copied); nothing is embedded.
+  std::unique_ptr<VectorIndex> vindex;
+  if (has_dense(m)) {
+    vindex = load_vectors_for_update(out, m);
+    pr.note("removing " + std::to_string(result.removed) + " vectors from the FAISS index");
+    vindex->remove_rows(keep, m.faiss_factory);
+  }
   TempDirGuard guard(update.parent, out);
   const fs::path& tmp = guard.dir;
-  // 1. The store and the BM25 database without the removed passages.
+  // 2. The store and the BM25 database without the removed passages.
   {
     PassageStoreWriter store(tmp / kPassagesFile);
     std::unique_ptr<retriever::Bm25Writer> bm25;
     if (has_bm25(m)) bm25 = std::make_unique<retriever::Bm25Writer>(tmp / kBm25File, m.bm25);
-    pr.start("copy", old_store.size(), "passages");
-    for (uint64_t row = 0; row < old_store.size(); ++row) {
-      if (keep[row]) {
-        const PassageView p = old_store.get(row);
-        const uint64_t at = store.add(p.id, p.title, p.text);
-        if (bm25) bm25->add(at, p.title, p.text);
-      }
-      if ((row & 4095) == 4095) pr.update(row + 1);
-    }
-    pr.update(old_store.size());
-    pr.finish();
+    copy_kept_passages(old_store, keep, store, bm25.get(), pr);
     store.finish();
     crash_point("copy");
     if (bm25) {
@@ -618,11 +624,7 @@ RemoveResult remove_from_index(const RemoveOptions& opt, BuildProgress* progress
       bm25->finish();
     }
   }
-  // 2. The removed vectors leave the FAISS index; nothing is embedded.
-  if (has_dense(m)) {
-    std::unique_ptr<VectorIndex> vindex = load_vectors_for_update(out, m);
-    pr.note("removing " + std::to_string(result.removed) + " vectors from the FAISS index");
-    vindex->remove_rows(keep, m.faiss_factory);
+  if (vindex) {
     pr.note("writing the FAISS index");
     vindex->save(tmp / kFaissFile);
     m.faiss_description = vindex->describe();
