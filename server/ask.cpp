@@ -22,10 +22,16 @@ std::string_view trim(std::string_view s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-void put_passages(Writer& w, const AskState& st) {
+void put_passages(Writer& w, const std::vector<retriever::Hit>& hits) {
   w.Key("passages");
-  const std::string array = passages_json(st.hits);
+  const std::string array = passages_json(hits);
   w.RawValue(array.data(), array.size(), rapidjson::kArrayType);
+}
+
+// A timing in milliseconds, to the microsecond.
+void put_ms(Writer& w, const char* key, double ms) {
+  w.Key(key);
+  w.Double(std::round(ms * 1000.0) / 1000.0);
 }
 
 // The request's retrieval settings, the server's where it leaves them unset.
@@ -103,13 +109,10 @@ std::string search_json(const AskRequest& req, const index::IndexRetriever& retr
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();
-  w.Key("passages");
-  const std::string array = passages_json(hits);
-  w.RawValue(array.data(), array.size(), rapidjson::kArrayType);
+  put_passages(w, hits);
   w.Key("timings");
   w.StartObject();
-  w.Key("retrieve_ms");
-  w.Double(std::round(retrieve_ms * 1000.0) / 1000.0);
+  put_ms(w, "retrieve_ms", retrieve_ms);
   w.EndObject();
   w.Key("request_id");
   write_json_text(w, request_id);
@@ -149,22 +152,18 @@ std::string ask_answer_json(const AskState& st, const JobResult& r, const std::s
   w.EndObject();
   w.Key("timings");
   w.StartObject();
-  auto put_ms = [&](const char* k, double v) {
-    w.Key(k);
-    w.Double(std::round(v * 1000.0) / 1000.0);
-  };
-  put_ms("retrieve_ms", st.retrieve_ms);
-  put_ms("queue_ms", r.queue_ms);
-  put_ms("encode_ms", r.encode_ms);
-  put_ms("prefill_ms", r.prefill_ms);
-  put_ms("decode_ms", r.decode_ms);
-  put_ms("total_ms", ms_since(st.t0));
+  put_ms(w, "retrieve_ms", st.retrieve_ms);
+  put_ms(w, "queue_ms", r.queue_ms);
+  put_ms(w, "encode_ms", r.encode_ms);
+  put_ms(w, "prefill_ms", r.prefill_ms);
+  put_ms(w, "decode_ms", r.decode_ms);
+  put_ms(w, "total_ms", ms_since(st.t0));
   w.EndObject();
   w.Key("model");
   write_json_text(w, model_name);
   w.Key("request_id");
   write_json_text(w, st.request_id);
-  if (with_passages) put_passages(w, st);
+  if (with_passages) put_passages(w, st.hits);
   if (logprob_tokenizer && st.req.logprobs >= 0) {
     w.Key("logprobs");
     const std::string content = logprob_content_json(r.logprobs, *logprob_tokenizer);
@@ -178,7 +177,7 @@ std::string ask_passages_json(const AskState& st) {
   rapidjson::StringBuffer sb;
   Writer w(sb);
   w.StartObject();
-  put_passages(w, st);
+  put_passages(w, st.hits);
   w.EndObject();
   return std::string(sb.GetString(), sb.GetSize());
 }

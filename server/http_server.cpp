@@ -500,10 +500,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (route_ == "/v1/info") return reply_json(http::status::ok, srv_.info_json());
     if (route_ == kModelsRoute) {
       // The name is known once the model is attached (acquire, as for /v1/info).
-      if (!srv_.engine()) {
-        return reply_error(http::status::service_unavailable, "not_ready",
-                           "the model is still loading", false, {{"Retry-After", "5"}});
-      }
+      if (!srv_.engine()) return reply_not_ready();
       return reply_json(http::status::ok,
                         openai_models_json(srv_.res.model_name, srv_.started_unix));
     }
@@ -516,16 +513,35 @@ class Session : public std::enable_shared_from_this<Session> {
     return post_route(route_) ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
   }
 
+  // 503 while the model (and with it the index) is not attached yet.
+  void reply_not_ready() {
+    reply_error(http::status::service_unavailable, "not_ready", "the model is still loading", false,
+                {{"Retry-After", "5"}});
+  }
+
+  // The engine, when the server takes new work; otherwise replies 503 (shutting down, or not
+  // ready yet) and returns null.
+  EngineLoop* serving_engine() {
+    if (srv_.draining.load()) {
+      reply_error(http::status::service_unavailable, "shutting_down", "the server is shutting down",
+                  true);
+      return nullptr;
+    }
+    EngineLoop* engine = srv_.engine();
+    if (!engine) reply_not_ready();
+    return engine;
+  }
+
+  // 429 with Retry-After: `what` is full.
+  void reply_queue_full(const std::string& what) {
+    srv_.metrics.rejected.fetch_add(1);
+    reply_error(http::status::too_many_requests, "queue_full", what + "; retry later", false,
+                {{"Retry-After", std::to_string(srv_.cfg.retry_after_s)}});
+  }
+
   // ---- /search: retrieval alone, on the retrieval pool ----
   void handle_search(const std::string& body) {
-    if (srv_.draining.load()) {
-      return reply_error(http::status::service_unavailable, "shutting_down",
-                         "the server is shutting down", true);
-    }
-    if (!srv_.engine()) {  // the index is attached with the model
-      return reply_error(http::status::service_unavailable, "not_ready",
-                         "the server is still loading", false, {{"Retry-After", "5"}});
-    }
+    if (!serving_engine()) return;  // the index is attached with the model
     auto req = std::make_shared<AskRequest>();
     try {
       *req = parse_search_request(body, srv_.limits);
@@ -539,11 +555,8 @@ class Session : public std::enable_shared_from_this<Session> {
     // Searches waiting for the retrieval pool are bounded like generating requests.
     if (srv_.searches.fetch_add(1) >= srv_.cfg.max_queue) {
       srv_.searches.fetch_sub(1);
-      srv_.metrics.rejected.fetch_add(1);
-      return reply_error(
-          http::status::too_many_requests, "queue_full",
-          "too many searches in progress (" + std::to_string(srv_.cfg.max_queue) + "); retry later",
-          false, {{"Retry-After", std::to_string(srv_.cfg.retry_after_s)}});
+      return reply_queue_full("too many searches in progress (" +
+                              std::to_string(srv_.cfg.max_queue) + ")");
     }
     const auto deadline = t0_ + std::chrono::milliseconds(srv_.cfg.request_timeout_ms);
     net::post(*srv_.pool, [self = shared_from_this(), req, retriever, deadline,
@@ -597,15 +610,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // ---- /ask ----
   void handle_generate(Api api, const std::string& body) {
-    if (srv_.draining.load()) {
-      return reply_error(http::status::service_unavailable, "shutting_down",
-                         "the server is shutting down", true);
-    }
-    EngineLoop* engine = srv_.engine();
-    if (!engine) {
-      return reply_error(http::status::service_unavailable, "not_ready",
-                         "the model is still loading", false, {{"Retry-After", "5"}});
-    }
+    EngineLoop* engine = serving_engine();
+    if (!engine) return;
     auto st = std::make_shared<AskState>();
     st->api = api;
     try {
@@ -629,11 +635,8 @@ class Session : public std::enable_shared_from_this<Session> {
                          "this server has no index: send 'passages'");
     }
     if (!engine->try_reserve()) {
-      srv_.metrics.rejected.fetch_add(1);
-      return reply_error(http::status::too_many_requests, "queue_full",
-                         "the request queue is full (" + std::to_string(srv_.cfg.max_queue) +
-                             " waiting); retry later",
-                         false, {{"Retry-After", std::to_string(srv_.cfg.retry_after_s)}});
+      return reply_queue_full("the request queue is full (" + std::to_string(srv_.cfg.max_queue) +
+                              " waiting)");
     }
     st->request_id = request_id_;
     st->t0 = t0_;

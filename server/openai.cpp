@@ -179,12 +179,8 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
   r.stop = limits.default_stop;
   bool has_question = false, has_k = false, has_stream_options = false, chat_logprobs = false;
   int top_logprobs = -1;
-  std::set<std::string> seen;
   const char* question_field = chat ? "messages" : "prompt";
-  for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
-    const std::string name = str(it->name);
-    const Value& v = it->value;
-    if (!seen.insert(name).second) bad(name, "appears twice");
+  for_each_field(doc, [&](const std::string& name, const Value& v) {
     if (chat && name == "messages") {
       r.question = last_user_message(v, limits);
       has_question = true;
@@ -210,7 +206,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
       if (!v.IsNull() && !v.IsBool()) bad(name, "must be true or false");
       r.stream = v.IsBool() && v.GetBool();
     } else if (name == "stream_options") {
-      if (v.IsNull()) continue;
+      if (v.IsNull()) return;
       if (!v.IsObject()) bad(name, "must be an object");
       has_stream_options = true;
       for (auto o = v.MemberBegin(); o != v.MemberEnd(); ++o) {
@@ -220,7 +216,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
         out.include_usage = o->value.GetBool();
       }
     } else if (name == "seed") {
-      if (v.IsNull()) continue;
+      if (v.IsNull()) return;
       if (!v.IsUint64()) bad(name, "must be an integer in [0, 2^64)");
       r.seed = v.GetUint64();
     } else if (name == "n" || (!chat && name == "best_of")) {
@@ -257,7 +253,7 @@ OpenAiRequest parse_openai_request(Api api, std::string_view body, const AskLimi
     } else {
       unknown(name);
     }
-  }
+  });
   if (!has_question) {
     throw ApiError(400, "missing_field", std::string("'") + question_field + "' is required",
                    question_field);

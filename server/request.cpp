@@ -105,6 +105,16 @@ void parse_object(std::string_view body, int max_depth, rapidjson::Document& doc
   if (!doc.IsObject()) throw ApiError(400, "invalid_json", "the body must be a JSON object");
 }
 
+void for_each_field(const rapidjson::Document& doc,
+                    const std::function<void(const std::string&, const Value&)>& field) {
+  std::set<std::string> seen;
+  for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
+    const std::string name = str(it->name);
+    if (!seen.insert(name).second) bad(name, "appears twice");
+    field(name, it->value);
+  }
+}
+
 std::vector<std::string> get_stop(const Value& v, const std::string& name,
                                   const AskLimits& limits) {
   std::vector<std::string> stop;
@@ -203,11 +213,7 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
   r.max_new_tokens = limits.default_max_new_tokens;
   r.stop = limits.default_stop;
   bool has_question = false, has_k = false;
-  std::set<std::string> seen;
-  for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
-    const std::string name = str(it->name);
-    const Value& v = it->value;
-    if (!seen.insert(name).second) bad(name, "appears twice");
+  for_each_field(doc, [&](const std::string& name, const Value& v) {
     if (name == "question") {
       r.question = get_string(v, name);
       has_question = true;
@@ -239,7 +245,7 @@ AskRequest parse_ask_request(std::string_view body, const AskLimits& limits) {
     } else if (!get_retrieval_field(name, v, r)) {
       unknown(name);
     }
-  }
+  });
   if (!has_question) throw ApiError(400, "missing_field", "'question' is required", "question");
   check_question(r, has_k, "question", limits);
   return r;
@@ -252,11 +258,7 @@ AskRequest parse_search_request(std::string_view body, const AskLimits& limits) 
   r.k = limits.default_k;
   r.decoder_passages = 0;
   bool has_question = false;
-  std::set<std::string> seen;
-  for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
-    const std::string name = str(it->name);
-    const Value& v = it->value;
-    if (!seen.insert(name).second) bad(name, "appears twice");
+  for_each_field(doc, [&](const std::string& name, const Value& v) {
     if (name == "question") {
       r.question = get_string(v, name);
       has_question = true;
@@ -265,7 +267,7 @@ AskRequest parse_search_request(std::string_view body, const AskLimits& limits) 
     } else if (!get_retrieval_field(name, v, r)) {
       unknown(name);
     }
-  }
+  });
   if (!has_question) throw ApiError(400, "missing_field", "'question' is required", "question");
   check_question(r, /*has_k=*/true, "question", limits);
   return r;

@@ -4,6 +4,7 @@
 
 #include <rapidjson/document.h>
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,10 @@ float get_float(const rapidjson::Value& v, const std::string& field, double lo, 
 std::string get_string(const rapidjson::Value& v, const std::string& field);
 /// Parses `body` into `doc` under the depth limit; it must be an object (400 invalid_json).
 void parse_object(std::string_view body, int max_depth, rapidjson::Document& doc);
+/// Calls `field(name, value)` for each member of the object `doc`, in order; a name that appears
+/// twice is a 400 invalid_field ("appears twice") before its second value is seen.
+void for_each_field(const rapidjson::Document& doc,
+                    const std::function<void(const std::string&, const rapidjson::Value&)>& field);
 /// A stop string or array of them, within the limits.
 std::vector<std::string> get_stop(const rapidjson::Value& v, const std::string& name,
                                   const AskLimits& limits);
