@@ -858,6 +858,19 @@ std::pair<fs::path, fs::path> changed_and_expected(const fs::path& dir, const st
   build_index(o);
   return {dir / (kind + "-changed"), o.out};
 }
+
+// A hybrid index of `n` passages ("old-0" ...) at DIR/idx with a stand-in encoder-state store in
+// encoder_states/ (which a change must carry along); returns how it was built.
+BuildOptions hybrid_index_with_a_store(const fs::path& dir, int n) {
+  BuildOptions o;
+  o.retriever = "hybrid";
+  o.embedder = kTinyBert;
+  o.inputs = {write_corpus(dir, n, "old")};
+  o.out = dir / "idx";
+  build_index(o);
+  write(o.out / "encoder_states" / "0123.ces", "stored states");
+  return o;
+}
 }  // namespace
 
 // Adding B to an index of A gives the index of A + B built in one go: the same passage store
@@ -921,14 +934,7 @@ TEST(Add, EqualsABuildOfEverything) {
 // along. A kill at any stage leaves the old index.
 TEST(Add, DuplicatesErrorsAndCrashesLeaveTheIndex) {
   const fs::path dir = cepe::test::temp_dir("add-errors");
-  const fs::path a = write_corpus(dir, 60, "old");
-  BuildOptions o;
-  o.retriever = "hybrid";
-  o.embedder = kTinyBert;
-  o.inputs = {a};
-  o.out = dir / "idx";
-  build_index(o);
-  write(o.out / "encoder_states" / "0123.ces", "stored states");
+  const BuildOptions o = hybrid_index_with_a_store(dir, 60);
   const auto before = index_files(o.out);
 
   const fs::path dup = dir / "dup.jsonl";
@@ -1152,14 +1158,7 @@ TEST(Remove, EqualsABuildOfTheRest) {
 // leaves every file as it was; encoder-state stores come along.
 TEST(Remove, ErrorsAndCrashesLeaveTheIndex) {
   const fs::path dir = cepe::test::temp_dir("remove-errors");
-  const fs::path a = write_corpus(dir, 30, "old");
-  BuildOptions o;
-  o.retriever = "hybrid";
-  o.embedder = kTinyBert;
-  o.inputs = {a};
-  o.out = dir / "idx";
-  build_index(o);
-  write(o.out / "encoder_states" / "0123.ces", "stored states");
+  const BuildOptions o = hybrid_index_with_a_store(dir, 30);
   const auto before = index_files(o.out);
   const fs::path ids = dir / "ids.txt";
   write(ids, "old-3\n\nold-77\r\n");
