@@ -1,6 +1,7 @@
 // The OpenAI-compatible API (POST /v1/chat/completions, POST /v1/completions, GET /v1/models):
 // request parsing onto the /ask request and the JSON bodies and stream chunks of the answers. No
-// Beast here: the connection code (server/http_server.cpp) calls these and writes the bytes.
+// Beast here: the generating routes' handler (server/generate.cpp) calls these and the connection
+// writes the bytes.
 //
 // The question is the last user message (chat) or the prompt (completions); retrieval, limits and
 // sampling are those of /ask. Extension fields: k, decoder_passages, passages, top_k, nprobe,

@@ -22,22 +22,22 @@ std::string route_of(std::string_view path) {
   return "other";
 }
 
-std::optional<Api> generate_api(const std::string& route) {
+std::optional<Api> generate_api(std::string_view route) {
   if (route == "/ask") return Api::Ask;
   if (route == kChatRoute) return Api::Chat;
   if (route == kCompletionsRoute) return Api::Completion;
   return std::nullopt;
 }
 
-bool post_route(const std::string& route) {
+bool post_route(std::string_view route) {
   return generate_api(route).has_value() || route == kSearchRoute;
 }
 
-bool openai_route(const std::string& route) {
+bool openai_route(std::string_view route) {
   return route == kChatRoute || route == kCompletionsRoute || route == kModelsRoute;
 }
 
-bool probe_route(const std::string& route) {
+bool probe_route(std::string_view route) {
   return route == "/healthz" || route == "/readyz" || route == "/metrics";
 }
 

@@ -25,12 +25,12 @@ std::string_view request_path(std::string_view target);
 /// The route a request path names, or "other" (so metrics never label by client-chosen paths).
 std::string route_of(std::string_view path);
 /// The API a generating (POST) route speaks; nullopt for the other routes.
-std::optional<Api> generate_api(const std::string& route);
+std::optional<Api> generate_api(std::string_view route);
 /// True for the routes that take a POST body (the generating routes and /search).
-bool post_route(const std::string& route);
+bool post_route(std::string_view route);
 /// True for routes whose errors take OpenAI's shape, so OpenAI clients can read them.
-bool openai_route(const std::string& route);
+bool openai_route(std::string_view route);
 /// True for the probes (/healthz, /readyz, /metrics), which need no API key.
-bool probe_route(const std::string& route);
+bool probe_route(std::string_view route);
 
 }  // namespace cepe::server

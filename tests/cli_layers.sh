@@ -49,5 +49,22 @@ for ((i = 0; i < ${#layers[@]}; ++i)); do
     [[ $top == cli ]] && { echo "FAIL: $file includes $inc from cli/"; fail=1; }
   done < <(grep -rHE '#include "[a-z]+/' "$src/$layer" --include='*.h' --include='*.cpp' --include='*.cu' --include='*.cuh' --include='*.inc')
 done
+# Inside server/, only the connection speaks Beast: the route handlers see requests and answers
+# through server/exchange.h, so they compile with no Beast header in their include closure.
+beast_free=(exchange.h router.cpp generate.cpp ask.cpp openai.cpp request.cpp info.cpp)
+for f in "${beast_free[@]}"; do
+  if ! "$cxx" -std=c++20 -M -I "$views/server" -I /usr/include/rapidjson "$src/server/$f" \
+      > "$tmp/deps" 2> "$tmp/out"; then
+    echo "FAIL: cannot list the includes of server/$f:"; head -3 "$tmp/out"; fail=1
+  elif grep -q "boost/beast" "$tmp/deps"; then
+    echo "FAIL: server/$f includes Beast (only server/connection.* may)"; fail=1
+  fi
+done
+# The check above can fail: the connection does include Beast.
+"$cxx" -std=c++20 -M -I "$views/server" -I /usr/include/rapidjson "$src/server/connection.cpp" \
+  > "$tmp/deps" 2> /dev/null
+if ! grep -q "boost/beast" "$tmp/deps"; then
+  echo "FAIL: the Beast probe finds no Beast in server/connection.cpp"; fail=1
+fi
 ((fail)) && exit 1
-echo "layers ok: ${layers[*]} (each view refuses every folder above it)"
+echo "layers ok: ${layers[*]} (each view refuses every folder above it; server handlers Beast-free)"
