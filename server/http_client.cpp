@@ -5,6 +5,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cctype>
+#include <thread>
 
 #include "common/error.h"
 
@@ -224,13 +225,23 @@ std::optional<SseEvent> HttpClient::next_event() {
 
 std::string HttpClient::raw(const std::string& bytes, std::chrono::milliseconds wait,
                             bool half_close) {
+  return raw({bytes}, std::chrono::milliseconds(0), wait, half_close);
+}
+
+std::string HttpClient::raw(const std::vector<std::string>& parts, std::chrono::milliseconds pause,
+                            std::chrono::milliseconds wait, bool half_close) {
   auto& im = *impl_;
   im.close();
   im.connect();
   const auto until = std::chrono::steady_clock::now() + wait;
   std::string out;
-  if (!im.run([&](auto handler) { net::async_write(im.stream, net::buffer(bytes), handler); },
-              until)) {
+  bool failed = false;
+  for (size_t i = 0; i < parts.size() && !failed; ++i) {
+    if (i > 0) std::this_thread::sleep_for(pause);
+    failed = static_cast<bool>(im.run(
+        [&](auto handler) { net::async_write(im.stream, net::buffer(parts[i]), handler); }, until));
+  }
+  if (!failed) {
     beast::error_code ec;
     if (half_close) im.stream.socket().shutdown(tcp::socket::shutdown_send, ec);
     char buf[4096];

@@ -53,6 +53,9 @@ class HttpClient {
   /// or `wait` passes (for malformed requests). `half_close` shuts the sending side after writing.
   std::string raw(const std::string& bytes, std::chrono::milliseconds wait,
                   bool half_close = false);
+  /// raw() with the bytes written in `parts`, `pause` apart (a client that sends slowly).
+  std::string raw(const std::vector<std::string>& parts, std::chrono::milliseconds pause,
+                  std::chrono::milliseconds wait, bool half_close = false);
   /// Closes the connection abruptly.
   void close();
   /// True while a connection is open.

@@ -496,8 +496,8 @@ TEST_F(ServerHttp, SearchReturnsThePassagesAskRetrieves) {
   expect_error(c.request("POST", "/search", "{\"k\":3}"), 400, "missing_field", "question");
   expect_error(c.request("POST", "/search", ask_body(question, "\"k\":0")), 400, "invalid_field",
                "k");
-  expect_error(c.request("POST", "/search", ask_body(question, "\"k\":9")), 400,
-               "limit_exceeded", "k");
+  expect_error(c.request("POST", "/search", ask_body(question, "\"k\":9")), 400, "limit_exceeded",
+               "k");
   expect_error(c.request("POST", "/search", ask_body(question, "\"max_new_tokens\":3")), 400,
                "unknown_field", "max_new_tokens");
   expect_error(c.request("POST", "/search", ask_body("   ")), 400, "invalid_field", "question");
@@ -1272,6 +1272,35 @@ TEST(ServerLimits, QueueFullIs429WithRetryAfter) {
   EXPECT_EQ(ok + rejected, kClients);
   EXPECT_EQ(metric_of(s, "cepe_rejected_total"), rejected);
   EXPECT_EQ(metric_of(s, "cepe_http_requests_total{route=\"/ask\",status=\"429\"}"), rejected);
+  EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
+}
+
+TEST(ServerLimits, BodiesThatArrivePastTheDeadlineAre504) {
+  REQUIRE_TEST_DATA();
+  // One queue place: a late /ask that kept the place it reserved would turn the next away (429).
+  ServerProcess s({"--request-timeout-ms", "1500", "--max-queue", "1", "--max-batch", "1"});
+  HttpClient c = s.client();
+  const std::string body = ask_body("Where is Rome?", "\"k\":2");
+  // The deadline counts from the header: a body sent 2 s after it arrives past the deadline.
+  for (const std::string route : {"/search", "/ask"}) {
+    const std::string head = "POST " + route +
+                             " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                             "Content-Type: application/json\r\nContent-Length: " +
+                             std::to_string(body.size()) + "\r\n\r\n";
+    const std::string out = c.raw({head, body}, 2000ms, 10s);
+    EXPECT_EQ(out.rfind("HTTP/1.1 504", 0), 0u) << route << ": " << out;
+    EXPECT_NE(out.find("\"deadline_exceeded\""), std::string::npos) << out;
+    EXPECT_NE(out.find(route == "/search" ? "the search waited longer than 1500 ms"
+                                          : "the request took longer than 1500 ms"),
+              std::string::npos)
+        << out;
+  }
+  EXPECT_EQ(metric_of(s, "cepe_http_requests_total{route=\"/search\",status=\"504\"}"), 1);
+  EXPECT_EQ(metric_of(s, "cepe_deadline_exceeded_total"), 1);
+  // Sent at once, both are answered, and the queue place the late /ask reserved is free again.
+  EXPECT_EQ(c.request("POST", "/search", body).status, 200);
+  const auto r = c.request("POST", "/ask", ask_body("Where is Rome?", "\"max_new_tokens\":2"));
+  EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(s.stop(SIGTERM, 10s), 0);
 }
 
