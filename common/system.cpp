@@ -1,6 +1,7 @@
 #include "common/system.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -211,6 +212,29 @@ bool cpu_has_f16c() {
   __builtin_cpu_init();  // may run before the constructors that would have set it up
   // The builtin's "avx" also checks that the OS saves the YMM state (XGETBV).
   return (ecx & bit_F16C) != 0 && __builtin_cpu_supports("avx");
+}
+
+bool cpu_has_amx_int8() {
+  static const bool usable = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE)) return false;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    constexpr unsigned kAmxTile = 1u << 24, kAmxInt8 = 1u << 25;
+    if ((edx & kAmxTile) == 0 || (edx & kAmxInt8) == 0) return false;
+    // XCR0 bits 17 (tile configuration) and 18 (tile data): the OS saves the tile state.
+    unsigned lo = 0, hi = 0;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    constexpr unsigned kTileState = (1u << 17) | (1u << 18);
+    if ((lo & kTileState) != kTileState) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    // Linux hands the tile data to a process only when asked (ARCH_REQ_XCOMP_PERM, feature 18).
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+#else
+    return false;
+#endif
+  }();
+  return usable;
 }
 
 }  // namespace cepe

@@ -302,8 +302,10 @@ TEST_P(KernelLevels, PackedGroupsMatchDoubleSums) {
 }
 
 // The tiled form of the packed-group kernels (levels that have it) against the row-major form:
-// the same operations per output, so equal bit for bit, for 1..17 rows (whole tiles, a partial
-// last tile, and a lone partial tile), alone and accumulating; rows past m stay untouched.
+// the same operations per output, so equal bit for bit, for 1..33 rows (whole tiles of 8 or 16
+// rows, a partial last tile, and a lone partial tile), alone and accumulating; rows past m stay
+// untouched. The AMX level alternates even and odd blocks: 4 and 3 blocks (k = 100, 70) end on
+// either.
 TEST_P(KernelLevels, PackedGroupTilesEqualRowMajor) {
   const cpu::KernelPath path = GetParam();
   if (!cpu::kernel_path_supported(path))
@@ -311,33 +313,35 @@ TEST_P(KernelLevels, PackedGroupTilesEqualRowMajor) {
   const auto& k = cpu::kernels_for(path);
   if (k.gemm_q4_0x16_tiles == nullptr || k.gemm_q8_0x16_tiles == nullptr)
     GTEST_SKIP() << "the " << k.name << " level has no tiled group kernels";
-  const int64_t n = 100, rows = 16, blocks = (n + 31) / 32, ldo = 19;
-  const auto wv = random_floats(rows * n, 47);
-  for (DType plain : {DType::Q4_0, DType::Q8_0}) {
-    Tensor w = Tensor::empty({rows, n}, DType::F32);
-    std::copy(wv.begin(), wv.end(), w.data<float>());
-    Tensor packed = pack_rows16(convert_weight(w, plain));
-    const auto* g = static_cast<const uint8_t*>(packed.raw());
-    const bool q4 = plain == DType::Q4_0;
-    for (int64_t m = 1; m <= 17; ++m) {
-      const auto xv = random_floats(m * n, uint32_t(53 + m), 3.0f);
-      std::vector<BlockQ8_0> xq(m * blocks);
-      std::vector<float> xd(m * blocks);
-      std::vector<int32_t> xs(m * blocks);
-      cpu::quantize_rows_q8_0(k, xv.data(), m, n, xq.data(), xd.data(), xs.data());
-      const int64_t tiles = (m + cpu::kQ8TileRows - 1) / cpu::kQ8TileRows;
-      std::vector<uint8_t> xt(cpu::q8_tile_bytes(m, blocks), 0xAB);
-      cpu::quantize_q8_tiles(k, xv.data(), m, n, q4 ? 8 : 128, 0, tiles, xt.data());
-      for (bool accumulate : {false, true}) {
-        std::vector<float> want((m + 1) * ldo, 0.25f), got = want;
-        (q4 ? k.gemm_q4_0x16 : k.gemm_q8_0x16)(g, xq.data(), xd.data(), xs.data(), m, blocks,
-                                               want.data(), ldo, accumulate);
-        (q4 ? k.gemm_q4_0x16_tiles : k.gemm_q8_0x16_tiles)(g, xt.data(), m, blocks, got.data(), ldo,
-                                                           accumulate);
-        for (size_t e = 0; e < want.size(); ++e)
-          ASSERT_EQ(std::memcmp(&got[e], &want[e], 4), 0)
-              << k.name << " " << dtype_name(plain) << " m " << m << " element " << e
-              << (accumulate ? " (accumulate)" : "") << ": " << got[e] << " vs " << want[e];
+  for (const int64_t n : {int64_t{100}, int64_t{70}}) {
+    const int64_t rows = 16, blocks = (n + 31) / 32, ldo = 19;
+    const auto wv = random_floats(rows * n, 47);
+    for (DType plain : {DType::Q4_0, DType::Q8_0}) {
+      Tensor w = Tensor::empty({rows, n}, DType::F32);
+      std::copy(wv.begin(), wv.end(), w.data<float>());
+      Tensor packed = pack_rows16(convert_weight(w, plain));
+      const auto* g = static_cast<const uint8_t*>(packed.raw());
+      const bool q4 = plain == DType::Q4_0;
+      for (int64_t m = 1; m <= 33; ++m) {
+        const auto xv = random_floats(m * n, uint32_t(53 + m), 3.0f);
+        std::vector<BlockQ8_0> xq(m * blocks);
+        std::vector<float> xd(m * blocks);
+        std::vector<int32_t> xs(m * blocks);
+        cpu::quantize_rows_q8_0(k, xv.data(), m, n, xq.data(), xd.data(), xs.data());
+        const int64_t tiles = (m + k.q8_tile_rows - 1) / k.q8_tile_rows;
+        std::vector<uint8_t> xt(cpu::q8_tile_bytes(m, blocks, k.q8_tile_rows), 0xAB);
+        cpu::quantize_q8_tiles(k, xv.data(), m, n, q4 ? 8 : 128, 0, tiles, xt.data());
+        for (bool accumulate : {false, true}) {
+          std::vector<float> want((m + 1) * ldo, 0.25f), got = want;
+          (q4 ? k.gemm_q4_0x16 : k.gemm_q8_0x16)(g, xq.data(), xd.data(), xs.data(), m, blocks,
+                                                 want.data(), ldo, accumulate);
+          (q4 ? k.gemm_q4_0x16_tiles : k.gemm_q8_0x16_tiles)(g, xt.data(), m, blocks, got.data(),
+                                                             ldo, accumulate);
+          for (size_t e = 0; e < want.size(); ++e)
+            ASSERT_EQ(std::memcmp(&got[e], &want[e], 4), 0)
+                << k.name << " " << dtype_name(plain) << " k " << n << " m " << m << " element "
+                << e << (accumulate ? " (accumulate)" : "") << ": " << got[e] << " vs " << want[e];
+        }
       }
     }
   }
@@ -850,6 +854,36 @@ TEST_P(QuantLinear, FusedLinearsEqualSeparateOnes) {
     ASSERT_EQ(std::memcmp(fused[i].raw(), separate[i].raw(), fused[i].nbytes()), 0)
         << weight_kind_name(kind) << " m " << m << " weight " << i
         << ": fused and separate results differ";
+  }
+}
+
+// Packed block weights over many rows and a long k: the backend hands the tiled kernels the
+// activation tiles in chunks that fit L2 (one tile a chunk at this k, on every level), and each
+// row's result is still the one it gets alone (a decode step's row-major kernels), bit for bit.
+TEST(QuantLinear, ChunkedTilesEqualRowsAlone) {
+  const int64_t n = 32, k = 32 * 1800, m = 40;
+  for (WeightKind kind : {WeightKind::Q8_0, WeightKind::Q4_0}) {
+    BackendOptions o;
+    o.threads = 2;
+    o.weights = kind;
+    auto backend = make_backend(Device::CPU, o);
+    const auto wv = random_floats(n * k, 71), xv = random_floats(m * k, 73);
+    Tensor w = Tensor::empty({n, k}, DType::F32);
+    std::copy(wv.begin(), wv.end(), w.data<float>());
+    const Tensor wl = backend->load_weight(w, WeightUse::Matrix);
+    Tensor x = Tensor::empty({m, k}, DType::F32);
+    std::copy(xv.begin(), xv.end(), x.data<float>());
+    Tensor out = Tensor::empty({m, n}, DType::F32);
+    backend->linear(x, wl, out, false);
+    for (int64_t i = 0; i < m; ++i) {
+      Tensor xi = Tensor::empty({1, k}, DType::F32);
+      std::copy(xv.begin() + i * k, xv.begin() + (i + 1) * k, xi.data<float>());
+      Tensor alone = Tensor::empty({1, n}, DType::F32);
+      backend->linear(xi, wl, alone, false);
+      ASSERT_EQ(std::memcmp(alone.raw(), out.data<float>() + i * n, n * sizeof(float)), 0)
+          << weight_kind_name(kind) << " (" << cpu::active_kernels().name << "): row " << i
+          << " differs from the row alone";
+    }
   }
 }
 

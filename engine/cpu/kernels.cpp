@@ -27,6 +27,10 @@
   __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define CEPE_AVX512BF16 \
   __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
+#define CEPE_AMX                                                                       \
+  __attribute__((                                                                      \
+      target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,amx-tile," \
+             "amx-int8")))
 
 namespace cepe::cpu {
 namespace {
@@ -1562,6 +1566,9 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
 // ---- packed groups (Q4_0x16, Q8_0x16): 16 weight rows per call, see pack_rows16 ----
 
 constexpr int kRows = 16;  // rows of a packed group (kPackRows)
+// Activation rows per tile of the tiled layouts (Kernels::q8_tile_rows): the VNNI kernel's
+// register tile, the AMX kernel's tile load.
+constexpr int64_t kVnniTileRows = 8, kAmxTileRows = 16;
 
 inline void store_group_row(float* o, const float* v, bool accumulate) {
   for (int r = 0; r < kRows; ++r) o[r] = accumulate ? o[r] + v[r] : v[r];
@@ -1784,16 +1791,16 @@ inline float load_f32(const uint8_t* p) {
 template <bool Q4>
 CEPE_AVX512VNNI void gemm_x16_tiles_vnni(const uint8_t* g, const uint8_t* tiles, int64_t m,
                                          int64_t blocks, float* out, int64_t ldo, bool accumulate) {
-  constexpr int R = static_cast<int>(kQ8TileRows);
+  constexpr int R = static_cast<int>(kVnniTileRows);
   constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
-  constexpr int64_t offsets_at = R * 32, scales_at = R * 36;
+  constexpr int64_t offsets_at = R * 32, scales_at = R * 36, block_bytes = q8_tile_block_bytes(R);
   for (int64_t i = 0; i < m; i += R) {
-    const uint8_t* tile = tiles + i / R * blocks * kQ8TileBlockBytes;
+    const uint8_t* tile = tiles + i / R * blocks * block_bytes;
     __m512 acc[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t* xt = tile + b * kQ8TileBlockBytes;
+      const uint8_t* xt = tile + b * block_bytes;
       __m512i w[8];
       const __m512 dw = load_group_block_vnni<Q4>(g + b * stride, w);
       __m512i s[R];
@@ -1824,6 +1831,138 @@ CEPE_AVX512VNNI void gemm_x16_tiles_vnni(const uint8_t* g, const uint8_t* tiles,
       for (int64_t r = 0; r < rows; ++r) store_group_row(out + (i + r) * ldo, last[r], accumulate);
     }
   }
+}
+
+// ---- packed groups on AMX tiles (AMX-INT8) ----
+//
+// The tiled kernels' arithmetic, with the integer block sums made by the tile unit: for each
+// block, TDPBSUD multiplies an activation tile (16 rows x 32 signed quants, as quantize_q8_tiles
+// lays them) by the group's block (8 rows of 64 bytes: row t holds the 16 weight rows' unsigned
+// quants meeting activation bytes 4t..4t+3, which is the packed layout's chunk t) into 16 x 16
+// int32 sums. Each sum is exact, so adding the offset term gives the VNNI kernel's int32 value,
+// and the per-block scaling is the same multiply and FMA: the same results bit for bit. The
+// scaling stays on the vector units (one block's scales differ from the next's). Even and odd
+// blocks have their own activation, block and sum tiles, and the sums of block b are scaled
+// while the tile unit works on block b + 1, so neither waits on the other's latency.
+
+// Tile registers (macros: the intrinsics paste the number into the instruction): activation,
+// block and sum tiles of even blocks, then of odd blocks.
+#define CEPE_TMM_A0 0
+#define CEPE_TMM_B0 1
+#define CEPE_TMM_C0 2
+#define CEPE_TMM_A1 3
+#define CEPE_TMM_B1 4
+#define CEPE_TMM_C1 5
+
+// LDTILECFG's 64 bytes: palette 1, then each tile's bytes per row and rows.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+constexpr uint8_t kAmxRows = static_cast<uint8_t>(kAmxTileRows);
+// A: 16 rows x 32 quants; B: 8 rows of 64 bytes (32 k values of 16 weight rows); C: 16 x 16 int32.
+const AmxTileConfig kAmxTiles = {
+    1, 0, {}, {32, 64, 64, 32, 64, 64}, {kAmxRows, 8, kAmxRows, kAmxRows, 8, kAmxRows}};
+static_assert(sizeof(AmxTileConfig) == 64, "LDTILECFG reads 64 bytes");
+
+// The tile intrinsics are asm statements that do not all tell the compiler which memory they
+// read: this one makes every store before it happen before them.
+#define CEPE_MEMORY_BARRIER() asm volatile("" ::: "memory")
+
+// Adds one block's sums (a tile stored to `c`: 16 rows of 16 int32) to the rows' accumulators.
+CEPE_AMX inline void scale_amx_sums(const int32_t* c, const uint8_t* xt, __m512 dw, __m512* acc) {
+  constexpr int R = static_cast<int>(kAmxTileRows);
+  constexpr int64_t scales_at = R * 36;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512i s = _mm512_load_si512(c + 16 * r);
+    const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(load_f32(xt + scales_at + 4 * r)));
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[r]);
+  }
+}
+
+template <bool Q4>
+CEPE_AMX void gemm_x16_tiles_amx(const uint8_t* g, const uint8_t* tiles, int64_t m, int64_t blocks,
+                                 float* out, int64_t ldo, bool accumulate) {
+  constexpr int R = static_cast<int>(kAmxTileRows);
+  constexpr int64_t quants = Q4 ? 256 : 512, stride = 32 + quants;
+  constexpr int64_t block_bytes = q8_tile_block_bytes(R);
+  // The block tiles, laid once per call as signed quants (so TDPBSSD's sums need no offset
+  // term) in aligned 512-byte blocks: Q8_0x16's chunks with the +128 taken off, Q4_0x16's low
+  // nibbles of the 4 chunks and then the high ones, each less 8.
+  thread_local std::vector<uint8_t> signed_blocks;
+  signed_blocks.resize(static_cast<size_t>(blocks) * 512 + 64);
+  uint8_t* const sb =
+      signed_blocks.data() + (64 - reinterpret_cast<uintptr_t>(signed_blocks.data()) % 64) % 64;
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* dst = sb + b * 512;
+    if (Q4) {
+      const __m512i low4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v = _mm512_loadu_si512(g + b * stride + packed_quant_index(c, 0, 0));
+        _mm512_store_si512(dst + 64 * c, _mm512_sub_epi8(_mm512_and_si512(v, low4), eight));
+        _mm512_store_si512(dst + 64 * (4 + c),
+                           _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), low4), eight));
+      }
+    } else {
+      const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+      for (int c = 0; c < 8; ++c)
+        _mm512_store_si512(
+            dst + 64 * c,
+            _mm512_xor_si512(_mm512_loadu_si512(g + b * stride + packed_quant_index(c, 0, 0)),
+                             flip));
+    }
+  }
+  const auto block_scales = [&](int64_t b) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + b * stride)));
+  };
+  alignas(64) int32_t sums[2][R * 16];  // by block parity
+  CEPE_MEMORY_BARRIER();
+  _tile_loadconfig(&kAmxTiles);
+  for (int64_t i = 0; i < m; i += R) {
+    const uint8_t* tile = tiles + i / R * blocks * block_bytes;
+    __m512 acc[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* xt = tile + b * block_bytes;
+      const uint8_t* wb = sb + b * 512;
+      if ((b & 1) == 0) {
+        _tile_loadd(CEPE_TMM_B0, wb, 64);
+        _tile_loadd(CEPE_TMM_A0, xt, 32);
+        _tile_zero(CEPE_TMM_C0);
+        _tile_dpbssd(CEPE_TMM_C0, CEPE_TMM_A0, CEPE_TMM_B0);
+      } else {
+        _tile_loadd(CEPE_TMM_B1, wb, 64);
+        _tile_loadd(CEPE_TMM_A1, xt, 32);
+        _tile_zero(CEPE_TMM_C1);
+        _tile_dpbssd(CEPE_TMM_C1, CEPE_TMM_A1, CEPE_TMM_B1);
+      }
+      if (b > 0) scale_amx_sums(sums[(b - 1) & 1], xt - block_bytes, block_scales(b - 1), acc);
+      if ((b & 1) == 0)
+        _tile_stored(CEPE_TMM_C0, sums[0], 64);
+      else
+        _tile_stored(CEPE_TMM_C1, sums[1], 64);
+    }
+    const int64_t last = blocks - 1;
+    scale_amx_sums(sums[last & 1], tile + last * block_bytes, block_scales(last), acc);
+    const int64_t rows = std::min<int64_t>(R, m - i);
+    if (rows == R) {
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        float* o = out + (i + r) * ldo;
+        _mm512_storeu_ps(o, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o), acc[r]) : acc[r]);
+      }
+    } else {
+      alignas(64) float rest[R][kRows];
+      for (int r = 0; r < R; ++r) _mm512_store_ps(rest[r], acc[r]);
+      for (int64_t r = 0; r < rows; ++r) store_group_row(out + (i + r) * ldo, rest[r], accumulate);
+    }
+  }
+  _tile_release();
 }
 
 // ---- the tables ----
@@ -1925,11 +2064,25 @@ Kernels avx512bf16_kernels() {
   return k;
 }
 
+Kernels amx_kernels() {
+  Kernels k = avx512bf16_kernels();
+  k.path = KernelPath::Amx;
+  k.name = "amx";
+  k.gemm_q4_0x16_tiles = gemm_x16_tiles_amx<true>;
+  k.gemm_q8_0x16_tiles = gemm_x16_tiles_amx<false>;
+  k.q8_tile_rows = kAmxTileRows;
+  // Each call copies the group's blocks as signed quants: larger chunks spread that copy over
+  // more rows.
+  k.q8_chunk_bytes = int64_t{1} << 20;
+  return k;
+}
+
 // Built on first use (function-local statics), so a table is whole whenever it is asked for.
 const Kernels& table(KernelPath path) {
   static const Kernels avx512 = avx512_kernels();
   static const Kernels avx512vnni = avx512vnni_kernels();
   static const Kernels avx512bf16 = avx512bf16_kernels();
+  static const Kernels amx = amx_kernels();
   switch (path) {
     case KernelPath::Scalar:
       return kScalar;
@@ -1941,6 +2094,8 @@ const Kernels& table(KernelPath path) {
       return avx512vnni;
     case KernelPath::Avx512Bf16:
       return avx512bf16;
+    case KernelPath::Amx:
+      return amx;
   }
   return kScalar;
 }
@@ -1965,13 +2120,15 @@ bool kernel_path_supported(KernelPath path) {
       return vnni;
     case KernelPath::Avx512Bf16:
       return vnni && __builtin_cpu_supports("avx512bf16");
+    case KernelPath::Amx:
+      return vnni && __builtin_cpu_supports("avx512bf16") && cpu_has_amx_int8();
   }
   return false;
 }
 
 std::vector<KernelPath> all_kernel_paths() {
-  return {KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Avx512Vnni,
-          KernelPath::Avx512Bf16};
+  return {KernelPath::Scalar,     KernelPath::Avx2,       KernelPath::Avx512,
+          KernelPath::Avx512Vnni, KernelPath::Avx512Bf16, KernelPath::Amx};
 }
 
 std::vector<KernelPath> supported_kernel_paths() {
@@ -1998,8 +2155,8 @@ const Kernels& active_kernels() {
       for (KernelPath p : all_kernel_paths())
         if (std::string(env) == kernel_path_name(p)) return &kernels_for(p);
       CEPE_THROW("CEPE_KERNELS=" << env
-                                 << ": unknown (expected scalar, avx2, avx512, avx512vnni or "
-                                    "avx512bf16)");
+                                 << ": unknown (expected scalar, avx2, avx512, avx512vnni, "
+                                    "avx512bf16 or amx)");
     }
     // The highest level. avx512bf16 adds the bf16 GEMM (activations rounded to bf16, used
     // where BackendOptions::bf16_activations allows); CEPE_KERNELS=avx512vnni leaves it out.
@@ -2032,15 +2189,16 @@ void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t 
 
 void quantize_q8_tiles(const Kernels& kern, const float* x, int64_t m, int64_t k, int32_t offset,
                        int64_t tile0, int64_t tile1, uint8_t* tiles) {
-  const int64_t blocks = (k + 31) / 32;
+  const int64_t blocks = (k + 31) / 32, rows = kern.q8_tile_rows;
+  const int64_t block_bytes = q8_tile_block_bytes(rows);
   thread_local std::vector<BlockQ8_0> row;
   row.resize(static_cast<size_t>(blocks));
   for (int64_t tile = tile0; tile < tile1; ++tile)
-    for (int64_t r = 0; r < kQ8TileRows; ++r) {
-      const int64_t i = tile * kQ8TileRows + r;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = tile * rows + r;
       if (i < m) kern.quantize_q8_0(x + i * k, row.data(), k);
       for (int64_t b = 0; b < blocks; ++b) {
-        uint8_t* xt = tiles + (tile * blocks + b) * kQ8TileBlockBytes;
+        uint8_t* xt = tiles + (tile * blocks + b) * block_bytes;
         int32_t term = 0;
         float d = 0.0f;
         if (i < m) {
@@ -2051,8 +2209,8 @@ void quantize_q8_tiles(const Kernels& kern, const float* x, int64_t m, int64_t k
         } else {
           std::memset(xt + 32 * r, 0, 32);
         }
-        std::memcpy(xt + kQ8TileRows * 32 + 4 * r, &term, 4);
-        std::memcpy(xt + kQ8TileRows * 36 + 4 * r, &d, 4);
+        std::memcpy(xt + rows * 32 + 4 * r, &term, 4);
+        std::memcpy(xt + rows * 36 + 4 * r, &d, 4);
       }
     }
 }

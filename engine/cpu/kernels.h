@@ -14,12 +14,12 @@
 namespace cepe::cpu {
 
 /// An instruction-set level of the kernels, lowest first.
-enum class KernelPath { Scalar, Avx2, Avx512, Avx512Vnni, Avx512Bf16 };
+enum class KernelPath { Scalar, Avx2, Avx512, Avx512Vnni, Avx512Bf16, Amx };
 
 /// The kernel table of one level.
 struct Kernels {
   KernelPath path;   ///< the level
-  const char* name;  ///< "scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"
+  const char* name;  ///< "scalar", "avx2", "avx512", "avx512vnni", "avx512bf16", "amx"
   /// Σ dequant(w) · dequant(x) over `blocks` Q8_0 blocks of a weight row and an activation row.
   float (*dot_q8_0)(const BlockQ8_0* w, const BlockQ8_0* x, int64_t blocks);
   /// Σ dequant(w) · dequant(x) over `blocks` Q4_0 weight blocks and Q8_0 activation blocks.
@@ -111,20 +111,26 @@ struct Kernels {
   float (*softmax_exp)(float* s, int64_t n, float* max_out);
   /// g_i = silu(g_i) u_i = g_i / (1 + e^-g_i) u_i (the gated MLP's activation).
   void (*silu_mul)(float* g, const float* u, int64_t n);
+  /// Activation rows per tile of the layout the *_tiles group kernels read (quantize_q8_tiles):
+  /// the VNNI kernels' register tile height (8), the AMX kernels' tile height (16).
+  int64_t q8_tile_rows = 8;
+  /// Bytes of activation tiles the backend hands the *_tiles kernels per call at most (a chunk
+  /// of rows that stays in L2 while groups of weights meet it).
+  int64_t q8_chunk_bytes = int64_t{512} << 10;
 };
 
 /// The widest head the AVX-512 attend_row_block holds in registers; wider heads (and widths
 /// that are not multiples of 16) take its 8-wide form, which reads q from L1.
 constexpr int64_t kAttendMaxHeadDim = 128;
 
-/// Activation rows per tile of quantize_q8_tiles' layout (the packed groups' register tile height).
-constexpr int64_t kQ8TileRows = 8;
-/// Bytes of one block of one tile: the rows' 32 quants each, then their offset terms (int32),
-/// then their scales (F32).
-constexpr int64_t kQ8TileBlockBytes = kQ8TileRows * (32 + 4 + 4);
-/// Bytes of quantize_q8_tiles' output for m rows of `blocks` blocks.
-inline int64_t q8_tile_bytes(int64_t m, int64_t blocks) {
-  return (m + kQ8TileRows - 1) / kQ8TileRows * blocks * kQ8TileBlockBytes;
+/// Bytes of one block of one activation tile of `tile_rows` rows: the rows' 32 quants each, then
+/// their offset terms (int32), then their scales (F32).
+constexpr int64_t q8_tile_block_bytes(int64_t tile_rows) {
+  return tile_rows * (32 + 4 + 4);
+}
+/// Bytes of quantize_q8_tiles' output for m rows of `blocks` blocks in tiles of `tile_rows`.
+inline int64_t q8_tile_bytes(int64_t m, int64_t blocks, int64_t tile_rows) {
+  return (m + tile_rows - 1) / tile_rows * blocks * q8_tile_block_bytes(tile_rows);
 }
 
 /// Activation rows per bf16 panel (the register tile's height).
@@ -180,8 +186,8 @@ std::vector<KernelPath> all_kernel_paths();
 /// The level's name ("avx2").
 const char* kernel_path_name(KernelPath path);
 /// The kernels the CPU backend uses: the highest supported level, or the one named by the
-/// environment variable CEPE_KERNELS (scalar|avx2|avx512|avx512vnni|avx512bf16; an unsupported or
-/// unknown name throws), read once.
+/// environment variable CEPE_KERNELS (scalar|avx2|avx512|avx512vnni|avx512bf16|amx; an unsupported
+/// or unknown name throws), read once.
 const Kernels& active_kernels();
 
 /// Quantizes m rows of k activations for the packed kernels: Q8_0 blocks (`blocks` per row),
@@ -190,7 +196,7 @@ void quantize_rows_q8_0(const Kernels& kern, const float* x, int64_t m, int64_t 
                         float* xd, int32_t* xs);
 
 /// Quantizes m rows of k activations as quantize_rows_q8_0 does (the same blocks), laid out for
-/// the *_tiles group kernels: tiles of kQ8TileRows rows, block-major within a tile (one tile
+/// the *_tiles group kernels: tiles of kern.q8_tile_rows rows, block-major within a tile (one tile
 /// block holds the rows' quants, their −offset · Σ quants and their scales side by side, so one
 /// pointer reaches all of them); rows past m in the last tile are zero. `offset` is the weights'
 /// quant offset: 8 for Q4_0x16, 128 for Q8_0x16. Writes tiles [tile0, tile1) only (threads
