@@ -1566,6 +1566,19 @@ CEPE_AVX512 void attend_row_block_avx512(const float* q, const void* k, const vo
 // ---- packed groups (Q4_0x16, Q8_0x16): 16 weight rows per call, see pack_rows16 ----
 
 constexpr int kRows = 16;  // rows of a packed group (kPackRows)
+
+// A decode step (one activation row) reads each group block once and does little with it, so it
+// streams the weights as fast as memory answers: asking for the bytes 8 KB ahead of the block in
+// hand keeps more lines in flight than the hardware prefetchers do (134M model, 2 threads, Xeon
+// with AMX: q8_0 243 -> 336 tokens/s, q4_0 517 -> 605, medians of 3; 4 KB ahead gave 306 and
+// 606). A thread's groups lie back to back, so the lines past a group are the next group's.
+constexpr int64_t kDecodePrefetchBytes = 8192;
+template <int64_t Bytes>
+inline void prefetch_group_block(const uint8_t* block) {
+  const char* ahead = reinterpret_cast<const char*>(block) + kDecodePrefetchBytes;
+#pragma GCC unroll 9
+  for (int64_t line = 0; line < Bytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+}
 // Activation rows per tile of the tiled layouts (Kernels::q8_tile_rows): the VNNI kernel's
 // register tile, the AMX kernel's tile load.
 constexpr int64_t kVnniTileRows = 8, kAmxTileRows = 16;
@@ -1629,6 +1642,7 @@ CEPE_AVX2 inline void gemm_x16_avx2_tile(const uint8_t* g, const BlockQ8_0* x, c
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* blk = g + b * stride;
+      if (R == 1 && half == 0) prefetch_group_block<stride>(blk);
       const __m256 dw =
           _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16 * half)));
       __m256i w[8];
@@ -1725,6 +1739,7 @@ CEPE_AVX512VNNI inline void gemm_x16_vnni_tile(const uint8_t* g, const BlockQ8_0
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     __m512i w[8];
+    if (R == 1) prefetch_group_block<stride>(g + b * stride);
     const __m512 dw = load_group_block_vnni<Q4>(g + b * stride, w);
     // Chunk t of either layout meets activation bytes 4t..4t+3 (Q4: w[4 + c] = high nibbles,
     // bytes 16 + 4c, i.e. t = 4 + c). The rows' chains are interleaved (chunk-major), so R
