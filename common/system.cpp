@@ -214,13 +214,13 @@ bool cpu_has_f16c() {
   return (ecx & bit_F16C) != 0 && __builtin_cpu_supports("avx");
 }
 
-bool cpu_has_amx_int8() {
+bool cpu_has_amx() {
   static const bool usable = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE)) return false;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    constexpr unsigned kAmxTile = 1u << 24, kAmxInt8 = 1u << 25;
-    if ((edx & kAmxTile) == 0 || (edx & kAmxInt8) == 0) return false;
+    constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24, kAmxInt8 = 1u << 25;
+    if ((edx & kAmxTile) == 0 || (edx & kAmxInt8) == 0 || (edx & kAmxBf16) == 0) return false;
     // XCR0 bits 17 (tile configuration) and 18 (tile data): the OS saves the tile state.
     unsigned lo = 0, hi = 0;
     asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));

@@ -44,9 +44,9 @@ ProcessStats process_stats(int pid = 0, const SystemRoots& roots = {});
 /// __builtin_cpu_supports has no "f16c", so the cpuid bit is read directly.
 bool cpu_has_f16c();
 
-/// Whether the CPU has AMX with 8-bit integer tiles and this process may use them: the OS saves
-/// the tile state (XCR0) and, on Linux, granted the tile data to the process (arch_prctl, asked
-/// once, on the first call).
-bool cpu_has_amx_int8();
+/// Whether the CPU has AMX with 8-bit integer and bf16 tiles and this process may use them: the OS
+/// saves the tile state (XCR0) and, on Linux, granted the tile data to the process (arch_prctl,
+/// asked once, on the first call).
+bool cpu_has_amx();
 
 }  // namespace cepe

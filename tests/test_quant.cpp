@@ -696,14 +696,14 @@ TEST_P(KernelLevels, Bf16PairsMatchDoubleSums) {
     GTEST_SKIP() << kr.name << " has no bf16 GEMM (needs AVX-512 BF16)";
   }
   for (int64_t k : {1, 31, 64, 100, 333})
-    for (int64_t m : {1, 13, 14, 15, 29})
+    for (int64_t m : {1, 13, 14, 15, 29, 40})
       for (int64_t n : {1, 17, 32, 45, 70}) {
         const auto x = random_floats(size_t(m * k), uint32_t(m * 131 + k));
         const auto wf = random_floats(size_t(n * k), uint32_t(n * 71 + k + 7));
         std::vector<uint16_t> w(wf.size());
         for (size_t i = 0; i < wf.size(); ++i) w[i] = f32_to_bf16(wf[i]);
-        std::vector<uint32_t> panels(size_t(cpu::bf16_panel_words(m, k)), 0xdeadbeefu);
-        std::vector<uint32_t> scratch(size_t(cpu::bf16_block_words(k)), 0xdeadbeefu);
+        std::vector<uint32_t> panels(size_t(cpu::bf16_panel_words(kr, m, k)), 0xdeadbeefu);
+        std::vector<uint32_t> scratch(size_t(cpu::bf16_block_words(kr, k)), 0xdeadbeefu);
         kr.pack_bf16_pairs(x.data(), m, k, panels.data());
         const int64_t ldo = n + 3;
         std::vector<float> out(size_t(m * ldo), -7.0f), acc(size_t(m * ldo), 0.5f);

@@ -1292,8 +1292,8 @@ class CpuBackend final : public Backend {
                          bool accumulate) {
     const cpu::Kernels& kr = kernels_;
     run_panels<uint32_t>(
-        parts, m, k, cpu::kBf16PanelRows, cpu::bf16_panel_words(cpu::kBf16PanelRows, k),
-        cpu::kBf16BlockCols, cpu::bf16_block_words(k),
+        parts, m, k, kr.bf16_panel_rows, cpu::bf16_panel_words(kr, kr.bf16_panel_rows, k),
+        cpu::kBf16BlockCols, cpu::bf16_block_words(kr, k),
         [&](int64_t r0, int64_t r1, uint32_t* dst) {
           kr.pack_bf16_pairs(x + r0 * k, r1 - r0, k, dst);
         },

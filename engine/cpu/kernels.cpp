@@ -30,7 +30,7 @@
 #define CEPE_AMX                                                                       \
   __attribute__((                                                                      \
       target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,amx-tile," \
-             "amx-int8")))
+             "amx-int8,amx-bf16")))
 
 namespace cepe::cpu {
 namespace {
@@ -1980,6 +1980,103 @@ CEPE_AMX void gemm_x16_tiles_amx(const uint8_t* g, const uint8_t* tiles, int64_t
   _tile_release();
 }
 
+// ---- bf16 GEMM on AMX tiles (AMX-BF16) ----
+//
+// The VDPBF16PS GEMM's operands (activations rounded to bf16 once per op, weight blocks of 32
+// rows transposed into pair columns once per block), multiplied by TDPBF16PS: a 32 x 32 output
+// block is four 16 x 16 F32 tiles that stay in tile registers over the whole k, each step adding
+// 32 exact bf16 products per output. Panels are 32 rows, row-major in k-pairs (a tile load reads
+// 16 rows of 16 pairs); k-pairs are padded with zeros to a multiple of 16.
+
+#define CEPE_TMM_X0 0
+#define CEPE_TMM_X1 1
+#define CEPE_TMM_W0 2
+#define CEPE_TMM_W1 3
+#define CEPE_TMM_S00 4
+#define CEPE_TMM_S01 5
+#define CEPE_TMM_S10 6
+#define CEPE_TMM_S11 7
+
+constexpr int64_t kAmxBf16PanelRows = 32, kAmxPairAlign = 16;
+// Every tile 16 rows of 64 bytes: activations 16 rows x 16 pairs, weights 16 pairs x 16 columns,
+// sums 16 x 16 F32.
+const AmxTileConfig kAmxBf16Tiles = {
+    1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+inline int64_t amx_pairs(int64_t k) {
+  return ((k + 1) / 2 + kAmxPairAlign - 1) / kAmxPairAlign * kAmxPairAlign;
+}
+
+CEPE_AMX void pack_bf16_rows_amx(const float* x, int64_t m, int64_t k, uint32_t* panels) {
+  const int64_t kp = amx_pairs(k);
+  const int64_t panel_count = (m + kAmxBf16PanelRows - 1) / kAmxBf16PanelRows;
+  for (int64_t r = 0; r < panel_count * kAmxBf16PanelRows; ++r) {
+    uint32_t* row = panels + r * kp;
+    if (r >= m) {
+      std::memset(row, 0, static_cast<size_t>(kp) * sizeof(uint32_t));
+      continue;
+    }
+    const float* xi = x + r * k;
+    // 32 values (16 pairs) per conversion, as the VDPBF16PS packing rounds them; zeros past k.
+    for (int64_t p0 = 0; p0 < kp; p0 += 16) {
+      const int64_t t = 2 * p0;
+      const __m512bh b =
+          _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(low_lanes(k - t - 16), xi + t + 16),
+                              _mm512_maskz_loadu_ps(low_lanes(k - t), xi + t));
+      _mm512_storeu_si512(row + p0, (__m512i)b);
+    }
+  }
+}
+
+CEPE_AMX void gemm_bf16_amx(const uint32_t* panels, int64_t m, int64_t k, const uint16_t* w,
+                            int64_t n, float* out, int64_t ldo, bool accumulate,
+                            uint32_t* scratch) {
+  const int64_t kp = amx_pairs(k), kp_real = (k + 1) / 2;
+  const int64_t panel_count = (m + kAmxBf16PanelRows - 1) / kAmxBf16PanelRows;
+  const int64_t row_stride = kp * 4, block_stride = kBf16BlockCols * 4;
+  alignas(64) float sums[kAmxBf16PanelRows][kBf16BlockCols];
+  CEPE_MEMORY_BARRIER();
+  _tile_loadconfig(&kAmxBf16Tiles);
+  for (int64_t j0 = 0; j0 < n; j0 += kBf16BlockCols) {
+    const int64_t cols = std::min(kBf16BlockCols, n - j0);
+    pack_bf16_block(w + j0 * k, cols, k, scratch);
+    if (kp > kp_real)  // the pairs past k meet zeros
+      std::memset(scratch + kp_real * kBf16BlockCols, 0,
+                  static_cast<size_t>((kp - kp_real) * kBf16BlockCols) * sizeof(uint32_t));
+    const int64_t next_rows = std::max<int64_t>(0, std::min(kBf16BlockCols, n - j0 - cols));
+    CEPE_MEMORY_BARRIER();
+    for (int64_t pn = 0; pn < panel_count; ++pn) {
+      const uint32_t* panel = panels + pn * kAmxBf16PanelRows * kp;
+      prefetch_next_block(reinterpret_cast<const char*>(w + (j0 + cols) * k), next_rows,
+                          static_cast<size_t>(k) * 2, pn, panel_count);
+      _tile_zero(CEPE_TMM_S00);
+      _tile_zero(CEPE_TMM_S01);
+      _tile_zero(CEPE_TMM_S10);
+      _tile_zero(CEPE_TMM_S11);
+      for (int64_t p0 = 0; p0 < kp; p0 += 16) {
+        _tile_loadd(CEPE_TMM_X0, panel + p0, row_stride);
+        _tile_loadd(CEPE_TMM_X1, panel + 16 * kp + p0, row_stride);
+        _tile_loadd(CEPE_TMM_W0, scratch + p0 * kBf16BlockCols, block_stride);
+        _tile_loadd(CEPE_TMM_W1, scratch + p0 * kBf16BlockCols + 16, block_stride);
+        _tile_dpbf16ps(CEPE_TMM_S00, CEPE_TMM_X0, CEPE_TMM_W0);
+        _tile_dpbf16ps(CEPE_TMM_S01, CEPE_TMM_X0, CEPE_TMM_W1);
+        _tile_dpbf16ps(CEPE_TMM_S10, CEPE_TMM_X1, CEPE_TMM_W0);
+        _tile_dpbf16ps(CEPE_TMM_S11, CEPE_TMM_X1, CEPE_TMM_W1);
+      }
+      _tile_stored(CEPE_TMM_S00, &sums[0][0], block_stride);
+      _tile_stored(CEPE_TMM_S01, &sums[0][16], block_stride);
+      _tile_stored(CEPE_TMM_S10, &sums[16][0], block_stride);
+      _tile_stored(CEPE_TMM_S11, &sums[16][16], block_stride);
+      const int64_t r0 = pn * kAmxBf16PanelRows;
+      const int64_t rows = std::min(kAmxBf16PanelRows, m - r0);
+      for (int64_t r = 0; r < rows; ++r)
+        store_tile_row(out + (r0 + r) * ldo + j0, low_lanes(cols), low_lanes(cols - 16),
+                       _mm512_load_ps(sums[r]), _mm512_load_ps(sums[r] + 16), accumulate);
+    }
+  }
+  _tile_release();
+}
+
 // ---- the tables ----
 
 const Kernels kScalar{KernelPath::Scalar,
@@ -2086,6 +2183,10 @@ Kernels amx_kernels() {
   k.gemm_q4_0x16_tiles = gemm_x16_tiles_amx<true>;
   k.gemm_q8_0x16_tiles = gemm_x16_tiles_amx<false>;
   k.q8_tile_rows = kAmxTileRows;
+  k.pack_bf16_pairs = pack_bf16_rows_amx;
+  k.gemm_bf16_pairs = gemm_bf16_amx;
+  k.bf16_panel_rows = kAmxBf16PanelRows;
+  k.bf16_pair_align = kAmxPairAlign;
   // Each call copies the group's blocks as signed quants: larger chunks spread that copy over
   // more rows.
   k.q8_chunk_bytes = int64_t{1} << 20;
@@ -2136,7 +2237,7 @@ bool kernel_path_supported(KernelPath path) {
     case KernelPath::Avx512Bf16:
       return vnni && __builtin_cpu_supports("avx512bf16");
     case KernelPath::Amx:
-      return vnni && __builtin_cpu_supports("avx512bf16") && cpu_has_amx_int8();
+      return vnni && __builtin_cpu_supports("avx512bf16") && cpu_has_amx();
   }
   return false;
 }

@@ -67,11 +67,13 @@ struct Kernels {
   void (*gemm_f32_rows)(const float* x, int64_t m, const float* w, int64_t n, int64_t k, float* out,
                         int64_t ldo, bool accumulate);
   /// Rounds m rows of k activations to bf16 (nearest even) into the row panels gemm_bf16_pairs
-  /// reads (bf16_panel_words(m, k) words). Null on levels without AVX-512 BF16.
+  /// reads (bf16_panel_words(*this, m, k) words; panels of bf16_panel_rows rows). Null on levels
+  /// without AVX-512 BF16.
   void (*pack_bf16_pairs)(const float* x, int64_t m, int64_t k, uint32_t* panels);
   /// Panels of m bf16-rounded activation rows against n bf16 weight rows (row-major, k each):
   /// out[i * ldo + j] (or += with accumulate) = Σ_t bf16(x_it) w_jt, every product exact, summed
-  /// in F32 in k order. `scratch` holds bf16_block_words(k) words. Null without AVX-512 BF16.
+  /// in F32 (in k order with VDPBF16PS; AMX adds 32 products at a time, in its own order).
+  /// `scratch` holds bf16_block_words(*this, k) words. Null without AVX-512 BF16.
   void (*gemm_bf16_pairs)(const uint32_t* panels, int64_t m, int64_t k, const uint16_t* w,
                           int64_t n, float* out, int64_t ldo, bool accumulate, uint32_t* scratch);
   /// Copies m rows of k activations into the row panels gemm_f32_panels reads
@@ -117,6 +119,10 @@ struct Kernels {
   /// Bytes of activation tiles the backend hands the *_tiles kernels per call at most (a chunk
   /// of rows that stays in L2 while groups of weights meet it).
   int64_t q8_chunk_bytes = int64_t{512} << 10;
+  /// Activation rows per panel of pack_bf16_pairs' layout (14 for VDPBF16PS, 32 on AMX).
+  int64_t bf16_panel_rows = 14;
+  /// The bf16 panels' and blocks' k-pairs are padded to a multiple of this (16 on AMX).
+  int64_t bf16_pair_align = 1;
 };
 
 /// The widest head the AVX-512 attend_row_block holds in registers; wider heads (and widths
@@ -133,17 +139,24 @@ inline int64_t q8_tile_bytes(int64_t m, int64_t blocks, int64_t tile_rows) {
   return (m + tile_rows - 1) / tile_rows * blocks * q8_tile_block_bytes(tile_rows);
 }
 
-/// Activation rows per bf16 panel (the register tile's height).
+/// Activation rows per bf16 panel of the VDPBF16PS GEMM (the register tile's height).
 constexpr int64_t kBf16PanelRows = 14;
-/// Weight rows per bf16 block (the register tile's width).
+/// Weight rows per bf16 block (the register tile's width; two AMX tiles' width).
 constexpr int64_t kBf16BlockCols = 32;
+/// k-pairs of a bf16 panel row or block column on level `kern`: (k + 1) / 2, rounded up to the
+/// level's bf16_pair_align (AMX tiles take 16 pairs at a time; the pad is zero).
+inline int64_t bf16_padded_pairs(const Kernels& kern, int64_t k) {
+  const int64_t kp = (k + 1) / 2;
+  return (kp + kern.bf16_pair_align - 1) / kern.bf16_pair_align * kern.bf16_pair_align;
+}
 /// 32-bit words of the bf16 row panels of m rows of k activations (pack_bf16_pairs' output).
-inline int64_t bf16_panel_words(int64_t m, int64_t k) {
-  return (m + kBf16PanelRows - 1) / kBf16PanelRows * kBf16PanelRows * ((k + 1) / 2);
+inline int64_t bf16_panel_words(const Kernels& kern, int64_t m, int64_t k) {
+  const int64_t rows = kern.bf16_panel_rows;
+  return (m + rows - 1) / rows * rows * bf16_padded_pairs(kern, k);
 }
 /// 32-bit words of gemm_bf16_pairs' scratch for rows of k weights.
-inline int64_t bf16_block_words(int64_t k) {
-  return kBf16BlockCols * ((k + 1) / 2);
+inline int64_t bf16_block_words(const Kernels& kern, int64_t k) {
+  return kBf16BlockCols * bf16_padded_pairs(kern, k);
 }
 /// Activation rows per F32 panel (the register tile's height).
 constexpr int64_t kF32PanelRows = 14;
