@@ -105,7 +105,11 @@ class CpuBackend final : public Backend {
   std::string describe() const override {
     return "cpu (" + std::to_string(threads_) + " threads, OpenBLAS, " + kernels_.name +
            " kernels, weights " + weight_kind_name(weights_) +
-           (bf16_pairs_ ? ", bf16 weights: VDPBF16PS GEMM" : "") +
+           (bf16_pairs_
+                ? std::string(", bf16 weights: ") +
+                      (kernels_.path == cpu::KernelPath::Amx ? "AMX TDPBF16PS" : "VDPBF16PS") +
+                      " GEMM"
+                : "") +
            (mapped_bytes_ ? ", " + mapped_mb() + " MB of stored weights " +
                                 (stored_weights_ == StoredWeights::Mapped
                                      ? "read in place from the file mapping"

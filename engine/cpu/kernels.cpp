@@ -1899,6 +1899,11 @@ CEPE_AMX inline void scale_amx_sums(const int32_t* c, const uint8_t* xt, __m512 
   }
 }
 
+// A packed group block's 16 row scales (F16) widened.
+CEPE_AMX inline __m512 group_block_scales(const uint8_t* blk) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+}
+
 template <bool Q4>
 CEPE_AMX void gemm_x16_tiles_amx(const uint8_t* g, const uint8_t* tiles, int64_t m, int64_t blocks,
                                  float* out, int64_t ldo, bool accumulate) {
@@ -1931,9 +1936,6 @@ CEPE_AMX void gemm_x16_tiles_amx(const uint8_t* g, const uint8_t* tiles, int64_t
                              flip));
     }
   }
-  const auto block_scales = [&](int64_t b) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + b * stride)));
-  };
   alignas(64) int32_t sums[2][R * 16];  // by block parity
   CEPE_MEMORY_BARRIER();
   _tile_loadconfig(&kAmxTiles);
@@ -1956,14 +1958,17 @@ CEPE_AMX void gemm_x16_tiles_amx(const uint8_t* g, const uint8_t* tiles, int64_t
         _tile_zero(CEPE_TMM_C1);
         _tile_dpbssd(CEPE_TMM_C1, CEPE_TMM_A1, CEPE_TMM_B1);
       }
-      if (b > 0) scale_amx_sums(sums[(b - 1) & 1], xt - block_bytes, block_scales(b - 1), acc);
+      if (b > 0)
+        scale_amx_sums(sums[(b - 1) & 1], xt - block_bytes,
+                       group_block_scales(g + (b - 1) * stride), acc);
       if ((b & 1) == 0)
         _tile_stored(CEPE_TMM_C0, sums[0], 64);
       else
         _tile_stored(CEPE_TMM_C1, sums[1], 64);
     }
     const int64_t last = blocks - 1;
-    scale_amx_sums(sums[last & 1], tile + last * block_bytes, block_scales(last), acc);
+    scale_amx_sums(sums[last & 1], tile + last * block_bytes, group_block_scales(g + last * stride),
+                   acc);
     const int64_t rows = std::min<int64_t>(R, m - i);
     if (rows == R) {
 #pragma GCC unroll 16
