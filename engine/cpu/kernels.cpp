@@ -1799,6 +1799,23 @@ inline float load_f32(const uint8_t* p) {
   return v;
 }
 
+// Rows [0, rows) of an R-row tile of group outputs (16 columns each) to `out`, rows ldo apart.
+template <int R>
+CEPE_AVX512VNNI inline void store_group_tile(const __m512* acc, int64_t rows, float* out,
+                                             int64_t ldo, bool accumulate) {
+  if (rows == R) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      float* o = out + r * ldo;
+      _mm512_storeu_ps(o, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o), acc[r]) : acc[r]);
+    }
+    return;
+  }
+  alignas(64) float rest[R][kRows];
+  for (int r = 0; r < R; ++r) _mm512_store_ps(rest[r], acc[r]);
+  for (int64_t r = 0; r < rows; ++r) store_group_row(out + r * ldo, rest[r], accumulate);
+}
+
 // The tiled form: one pointer walks a tile's blocks, so every activation operand is a fixed
 // displacement from it (a broadcast load each) and no row pointers compete for general
 // registers. Each output gets the row-major tile's operations in
@@ -1832,19 +1849,7 @@ CEPE_AVX512VNNI void gemm_x16_tiles_vnni(const uint8_t* g, const uint8_t* tiles,
         acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), d, acc[r]);
       }
     }
-    const int64_t rows = std::min<int64_t>(R, m - i);
-    if (rows == R) {
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        float* o = out + (i + r) * ldo;
-        _mm512_storeu_ps(o, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o), acc[r]) : acc[r]);
-      }
-    } else {
-      alignas(64) float last[R][kRows];
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) _mm512_store_ps(last[r], acc[r]);
-      for (int64_t r = 0; r < rows; ++r) store_group_row(out + (i + r) * ldo, last[r], accumulate);
-    }
+    store_group_tile<R>(acc, std::min<int64_t>(R, m - i), out + i * ldo, ldo, accumulate);
   }
 }
 
@@ -1969,18 +1974,7 @@ CEPE_AMX void gemm_x16_tiles_amx(const uint8_t* g, const uint8_t* tiles, int64_t
     const int64_t last = blocks - 1;
     scale_amx_sums(sums[last & 1], tile + last * block_bytes, group_block_scales(g + last * stride),
                    acc);
-    const int64_t rows = std::min<int64_t>(R, m - i);
-    if (rows == R) {
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        float* o = out + (i + r) * ldo;
-        _mm512_storeu_ps(o, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o), acc[r]) : acc[r]);
-      }
-    } else {
-      alignas(64) float rest[R][kRows];
-      for (int r = 0; r < R; ++r) _mm512_store_ps(rest[r], acc[r]);
-      for (int64_t r = 0; r < rows; ++r) store_group_row(out + (i + r) * ldo, rest[r], accumulate);
-    }
+    store_group_tile<R>(acc, std::min<int64_t>(R, m - i), out + i * ldo, ldo, accumulate);
   }
   _tile_release();
 }
