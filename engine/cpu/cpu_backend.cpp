@@ -1107,12 +1107,6 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // Packed block weights, any number of rows: the activations are quantized to Q8_0 once (with
-  // each block's F32 scale and quant sum), then every group of 16 weight rows is one kernel call
-  // over all activation rows, groups split evenly between the threads; one parallel region for
-  // the whole op. Decode steps and prefill share the arithmetic, so a row's result does not
-  // depend on how many rows came with it. Rows past the last whole group are row-major and go
-  // through the row dot kernels.
   // Activation tiles per chunk of the tiled packed GEMM: up to the level's q8_chunk_bytes of
   // them, so a chunk stays in L2 while the thread's groups meet it.
   static int64_t q8_tiles_per_chunk(const cpu::Kernels& kr, int64_t blocks) {
@@ -1120,6 +1114,12 @@ class CpuBackend final : public Backend {
         1, kr.q8_chunk_bytes / (blocks * cpu::q8_tile_block_bytes(kr.q8_tile_rows)));
   }
 
+  // Packed block weights, any number of rows: the activations are quantized to Q8_0 once (with
+  // each block's F32 scale and quant sum), then every group of 16 weight rows is one kernel call
+  // over the activation rows (a chunk of them at a time in the tiled layout), groups split
+  // evenly between the threads; one parallel region for the whole op. Decode steps and prefill
+  // share the arithmetic, so a row's result does not depend on how many rows came with it. Rows
+  // past the last whole group are row-major and go through the row dot kernels.
   void linear_packed(const float* x, std::span<const Part> parts, int64_t m, int64_t k,
                      bool accumulate) {
     const DType type = parts[0].weight->dtype();

@@ -1862,11 +1862,12 @@ CEPE_AVX512VNNI void gemm_x16_tiles_vnni(const uint8_t* g, const uint8_t* tiles,
 // ---- packed groups on AMX tiles (AMX-INT8) ----
 //
 // The tiled kernels' arithmetic, with the integer block sums made by the tile unit: for each
-// block, TDPBSUD multiplies an activation tile (16 rows x 32 signed quants, as quantize_q8_tiles
-// lays them) by the group's block (8 rows of 64 bytes: row t holds the 16 weight rows' unsigned
-// quants meeting activation bytes 4t..4t+3, which is the packed layout's chunk t) into 16 x 16
-// int32 sums. Each sum is exact, so adding the offset term gives the VNNI kernel's int32 value,
-// and the per-block scaling is the same multiply and FMA: the same results bit for bit. The
+// block, TDPBSSD multiplies an activation tile (16 rows x 32 signed quants, as quantize_q8_tiles
+// lays them) by the group's block (8 rows of 64 bytes: row t holds the 16 weight rows' quants
+// meeting activation bytes 4t..4t+3, the packed layout's chunk t, copied as signed values) into
+// 16 x 16 int32 sums. Each sum is exact, so it is the VNNI kernel's int32 value (there, the
+// unsigned quants' offset term is added back), and the per-block scaling is the same multiply
+// and FMA: the same results bit for bit. The
 // scaling stays on the vector units (one block's scales differ from the next's). Even and odd
 // blocks have their own activation, block and sum tiles, and the sums of block b are scaled
 // while the tile unit works on block b + 1, so neither waits on the other's latency.
@@ -1928,24 +1929,14 @@ CEPE_AMX void gemm_x16_tiles_amx(const uint8_t* g, const uint8_t* tiles, int64_t
   signed_blocks.resize(static_cast<size_t>(blocks) * 512 + 64);
   uint8_t* const sb =
       signed_blocks.data() + (64 - reinterpret_cast<uintptr_t>(signed_blocks.data()) % 64) % 64;
+  // The VNNI kernels' unsigned chunks (Q4: low nibbles, then high), less their offset.
+  const __m512i offset = _mm512_set1_epi8(Q4 ? 8 : static_cast<char>(0x80));
   for (int64_t b = 0; b < blocks; ++b) {
-    uint8_t* dst = sb + b * 512;
-    if (Q4) {
-      const __m512i low4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
-      for (int c = 0; c < 4; ++c) {
-        const __m512i v = _mm512_loadu_si512(g + b * stride + packed_quant_index(c, 0, 0));
-        _mm512_store_si512(dst + 64 * c, _mm512_sub_epi8(_mm512_and_si512(v, low4), eight));
-        _mm512_store_si512(dst + 64 * (4 + c),
-                           _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), low4), eight));
-      }
-    } else {
-      const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-      for (int c = 0; c < 8; ++c)
-        _mm512_store_si512(
-            dst + 64 * c,
-            _mm512_xor_si512(_mm512_loadu_si512(g + b * stride + packed_quant_index(c, 0, 0)),
-                             flip));
-    }
+    __m512i w[8];
+    load_group_block_vnni<Q4>(g + b * stride, w);
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c)
+      _mm512_store_si512(sb + b * 512 + 64 * c, _mm512_sub_epi8(w[c], offset));
   }
   alignas(64) int32_t sums[2][R * 16];  // by block parity
   CEPE_MEMORY_BARRIER();
